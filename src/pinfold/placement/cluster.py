@@ -1,0 +1,356 @@
+"""Choosing a host among many: the global scheduler's pure core.
+
+`Cluster` holds the allocators of many hosts and mirrors their counters in
+numpy columns, so that feasibility and scoring run over every host at once.
+The pipeline of `Cluster.choose`, in order:
+
+1. reject the request itself if it is malformed or its name is taken;
+2. feasibility, exact: the CPUs each host's level vNode must grow by (the
+   allocator's own `cpus_to_add`) against its free CPUs, then memory;
+3. eligibility: hosts the caller excludes (down, draining) drop out;
+4. ranking: the policy scores the feasible hosts; the best wins, ties to the
+   earliest registered host.
+
+The `Decision` keeps what each stage saw, so "why no host" is rendered from the
+same data as the choice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from pinfold.placement.allocator import Change, HostAllocator
+from pinfold.placement.arithmetic import cpus_to_add
+from pinfold.placement.errors import PlacementError, Refusal, RefusalCode
+from pinfold.placement.policies import DEFAULT_POLICY, Demand, HostColumns, get_policy
+from pinfold.placement.spec import VMSpec, invalid_reason
+
+__all__ = ["Cluster", "Decision", "NoHostError"]
+
+Floats = npt.NDArray[np.float64]
+Bools = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one host choice, with everything needed to explain it.
+
+    `host` is the chosen host's name, or None when nothing fits. Arrays hold one
+    entry per host, in registration order, as they were at decision time.
+    """
+
+    spec: VMSpec
+    policy: str
+    hosts: Sequence[str]
+    host: str | None
+    request_refusal: Refusal | None
+    needed_cpus: Floats
+    free_cpus: Floats
+    usable_cpus: Floats
+    free_mem: Floats
+    usable_mem: Floats
+    cpu_ok: Bools
+    mem_ok: Bools
+    eligible: Bools
+    scores: Floats
+
+    @property
+    def feasible(self) -> Bools:
+        return self.cpu_ok & self.mem_ok & self.eligible
+
+    def ranking(self) -> list[str]:
+        """Feasible hosts, best first (ties: earliest registered first): the
+        order in which a caller tries hosts when the chosen one refuses."""
+        order = np.flatnonzero(self.feasible)
+        ranked = order[np.argsort(-self.scores[order], kind="stable")]
+        return [self.hosts[i] for i in ranked]
+
+    def refusal(self, index: int) -> Refusal | None:
+        """The first check host `index` failed, or None if it was feasible."""
+        if self.request_refusal is not None:
+            return self.request_refusal
+        ratio = float(self.spec.ratio)
+        if not self.cpu_ok[index]:
+            return Refusal(
+                RefusalCode.NOT_ENOUGH_CPU,
+                level=ratio,
+                requested=float(self.needed_cpus[index]),
+                available=float(self.free_cpus[index]),
+                capacity=float(self.usable_cpus[index]),
+                fits_empty=self.spec.vcpus <= self.usable_cpus[index],
+            )
+        if not self.mem_ok[index]:
+            return Refusal(
+                RefusalCode.NOT_ENOUGH_MEMORY,
+                requested=float(self.spec.memory_mib),
+                available=float(self.free_mem[index]),
+                capacity=float(self.usable_mem[index]),
+                fits_empty=self.spec.memory_mib <= self.usable_mem[index],
+            )
+        if not self.eligible[index]:
+            return Refusal(RefusalCode.HOST_UNAVAILABLE)
+        return None
+
+    def refusals(self) -> dict[str, Refusal]:
+        """Per refused host, the first check that failed."""
+        out: dict[str, Refusal] = {}
+        for index, name in enumerate(self.hosts):
+            refusal = self.refusal(index)
+            if refusal is not None:
+                out[name] = refusal
+        return out
+
+    def counts(self) -> Counter[str]:
+        """How many hosts failed each check, keyed by reason (the CPU reason
+        names the level: "not enough cpu at 2.0")."""
+        if self.request_refusal is not None:
+            return Counter({self.request_refusal.reason: len(self.hosts)})
+        cpu_fail = int(np.count_nonzero(~self.cpu_ok))
+        mem_fail = int(np.count_nonzero(self.cpu_ok & ~self.mem_ok))
+        unavailable = int(np.count_nonzero(self.cpu_ok & self.mem_ok & ~self.eligible))
+        counts: Counter[str] = Counter()
+        if cpu_fail:
+            counts[f"{RefusalCode.NOT_ENOUGH_CPU.value} at {float(self.spec.ratio)}"] = cpu_fail
+        if mem_fail:
+            counts[RefusalCode.NOT_ENOUGH_MEMORY.value] = mem_fail
+        if unavailable:
+            counts[RefusalCode.HOST_UNAVAILABLE.value] = unavailable
+        return counts
+
+    def explain(self) -> str:
+        """One line: "0/12 hosts fit: 7 not enough cpu at 2.0, 5 not enough memory"."""
+        fit = 0 if self.request_refusal is not None else int(np.count_nonzero(self.feasible))
+        text = f"{fit}/{len(self.hosts)} hosts fit"
+        counts = self.counts()
+        if counts:
+            text += ": " + ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
+        return text
+
+
+class NoHostError(PlacementError):
+    """No host can take the VM; `decision` says why, host by host."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        refusal = decision.request_refusal or _dominant_refusal(decision)
+        super().__init__(refusal)
+
+    def __str__(self) -> str:
+        return self.decision.explain()
+
+
+def _dominant_refusal(decision: Decision) -> Refusal:
+    refusals = decision.refusals()
+    if not refusals:
+        return Refusal(RefusalCode.HOST_UNAVAILABLE, detail="no hosts")
+    by_code = Counter(r.code for r in refusals.values())
+    code = by_code.most_common(1)[0][0]
+    return next(r for r in refusals.values() if r.code is code)
+
+
+class Cluster:
+    """Allocators of many hosts, in registration order, with column mirrors of
+    their counters. Change hosts through `deploy`/`remove` here (or call
+    `sync(host)` after changing an allocator directly) so the columns stay true.
+    """
+
+    def __init__(self) -> None:
+        self._names: list[str] = []
+        self._index: dict[str, int] = {}
+        self._allocators: list[HostAllocator] = []
+        self._placed: dict[str, int] = {}
+        self._capacity = 0
+        self._usable_cpus = np.zeros(0)
+        self._usable_mem = np.zeros(0)
+        self._free_cpus = np.zeros(0)
+        self._mem_alloc = np.zeros(0)
+        self._level_cpus: dict[float, Floats] = {}
+        self._level_alloc: dict[float, Floats] = {}
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._names))
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return tuple(self._names)
+
+    def allocator(self, host: str) -> HostAllocator:
+        return self._allocators[self._host_index(host)]
+
+    def host_of(self, vm: str) -> str | None:
+        index = self._placed.get(vm)
+        return None if index is None else self._names[index]
+
+    def add_host(self, name: str, allocator: HostAllocator) -> None:
+        """Register a host; it ranks after every host registered before it."""
+        if name in self._index:
+            raise ValueError(f"host {name!r} is already registered")
+        clash = set(allocator.vms) & set(self._placed)
+        if clash:
+            raise ValueError(f"VM names already placed elsewhere: {sorted(clash)[:5]}")
+        index = len(self._names)
+        if index == self._capacity:
+            self._grow_columns(max(16, 2 * self._capacity))
+        self._names.append(name)
+        self._index[name] = index
+        self._allocators.append(allocator)
+        self._usable_cpus[index] = allocator.usable_cpu_count
+        self._usable_mem[index] = allocator.memory_usable_mib
+        for vm in allocator.vms:
+            self._placed[vm] = index
+        self._sync_index(index)
+
+    def sync(self, host: str) -> None:
+        """Refresh the columns of `host` after its allocator changed directly."""
+        index = self._host_index(host)
+        allocator = self._allocators[index]
+        self._placed = {vm: i for vm, i in self._placed.items() if i != index}
+        for vm in allocator.vms:
+            self._placed[vm] = index
+        self._sync_index(index)
+
+    def columns(self) -> HostColumns:
+        n = len(self._names)
+        return HostColumns(
+            usable_cpus=self._usable_cpus[:n],
+            usable_mem=self._usable_mem[:n],
+            free_cpus=self._free_cpus[:n],
+            mem_alloc=self._mem_alloc[:n],
+        )
+
+    def choose(
+        self,
+        spec: VMSpec,
+        policy: str = DEFAULT_POLICY,
+        eligible: Iterable[str] | None = None,
+    ) -> Decision:
+        """Pick the host for `spec` (see the module docstring for the stages).
+
+        `eligible`, when given, names the hosts that may be chosen; the others
+        are reported as `host unavailable` when they would otherwise fit.
+        """
+        scorer = get_policy(policy)
+        n = len(self._names)
+        hosts = self.columns()
+        eligible_mask = self._eligible_mask(eligible)
+        problem = invalid_reason(spec)
+        request_refusal = None
+        if problem is not None:
+            request_refusal = Refusal(RefusalCode.INVALID_REQUEST, detail=problem, fits_empty=False)
+        elif spec.name in self._placed:
+            request_refusal = Refusal(RefusalCode.DUPLICATE_NAME, detail=spec.name)
+        if request_refusal is not None:
+            nothing = np.zeros(n, dtype=bool)
+            return Decision(
+                spec, policy, tuple(self._names), None, request_refusal,
+                np.zeros(n), hosts.free_cpus.copy(), hosts.usable_cpus.copy(),
+                hosts.free_mem, hosts.usable_mem.copy(), nothing, nothing, eligible_mask,
+                np.full(n, -np.inf),
+            )  # fmt: skip
+        ratio = float(spec.ratio)
+        level_cpus = self._level_cpus.get(ratio)
+        if level_cpus is None:
+            needed = np.full(n, float(spec.vcpus))
+        else:
+            needed = cpus_to_add(level_cpus[:n], self._level_alloc[ratio][:n], ratio, spec.vcpus)
+        cpu_ok = needed <= hosts.free_cpus
+        mem_ok = hosts.mem_alloc + spec.memory_mib <= hosts.usable_mem
+        feasible = cpu_ok & mem_ok & eligible_mask
+        scores = np.full(n, -np.inf)
+        chosen = None
+        if feasible.any():
+            raw = scorer.score(hosts, Demand(needed, float(spec.memory_mib)))
+            scores = np.where(feasible, raw, -np.inf)
+            chosen = self._names[int(np.argmax(scores))]
+        return Decision(
+            spec, policy, tuple(self._names), chosen, None,
+            needed, hosts.free_cpus.copy(), hosts.usable_cpus.copy(),
+            hosts.free_mem, hosts.usable_mem.copy(), cpu_ok, mem_ok, eligible_mask, scores,
+        )  # fmt: skip
+
+    def deploy(
+        self,
+        spec: VMSpec,
+        policy: str = DEFAULT_POLICY,
+        eligible: Iterable[str] | None = None,
+    ) -> tuple[str, Change]:
+        """Choose a host and deploy there; NoHostError when nothing fits."""
+        decision = self.choose(spec, policy, eligible)
+        if decision.host is None:
+            raise NoHostError(decision)
+        return decision.host, self.deploy_on(decision.host, spec)
+
+    def deploy_on(self, host: str, spec: VMSpec) -> Change:
+        """Deploy on a given host (the allocator re-checks everything)."""
+        if spec.name in self._placed:
+            raise PlacementError(Refusal(RefusalCode.DUPLICATE_NAME, detail=spec.name))
+        index = self._host_index(host)
+        change = self._allocators[index].deploy(spec)
+        self._placed[spec.name] = index
+        self._sync_index(index, float(spec.ratio))
+        return change
+
+    def remove(self, vm: str) -> tuple[str, Change]:
+        index = self._placed.get(vm)
+        if index is None:
+            raise PlacementError(RefusalCode.UNKNOWN_VM.value)
+        allocator = self._allocators[index]
+        ratio = float(allocator.vms[vm].ratio)
+        change = allocator.remove(vm)
+        del self._placed[vm]
+        self._sync_index(index, ratio)
+        return self._names[index], change
+
+    # -- internals -------------------------------------------------------------
+
+    def _host_index(self, host: str) -> int:
+        try:
+            return self._index[host]
+        except KeyError:
+            raise KeyError(f"unknown host {host!r}") from None
+
+    def _eligible_mask(self, eligible: Iterable[str] | None) -> Bools:
+        n = len(self._names)
+        if eligible is None:
+            return np.ones(n, dtype=bool)
+        mask = np.zeros(n, dtype=bool)
+        for name in eligible:
+            mask[self._host_index(name)] = True
+        return mask
+
+    def _grow_columns(self, capacity: int) -> None:
+        def grown(column: Floats) -> Floats:
+            bigger = np.zeros(capacity)
+            bigger[: len(column)] = column
+            return bigger
+
+        self._usable_cpus = grown(self._usable_cpus)
+        self._usable_mem = grown(self._usable_mem)
+        self._free_cpus = grown(self._free_cpus)
+        self._mem_alloc = grown(self._mem_alloc)
+        self._level_cpus = {r: grown(c) for r, c in self._level_cpus.items()}
+        self._level_alloc = {r: grown(c) for r, c in self._level_alloc.items()}
+        self._capacity = capacity
+
+    def _sync_index(self, index: int, ratio: float | None = None) -> None:
+        """Copy one host's counters into the columns: free CPUs, memory, and
+        (C, A) of `ratio`, or of every level when `ratio` is None."""
+        allocator = self._allocators[index]
+        self._free_cpus[index] = allocator.free_cpu_count
+        self._mem_alloc[index] = allocator.memory_allocated_mib
+        ratios = set(self._level_cpus) | set(allocator.levels) if ratio is None else {ratio}
+        for level in ratios:
+            if level not in self._level_cpus:
+                self._level_cpus[level] = np.zeros(self._capacity)
+                self._level_alloc[level] = np.zeros(self._capacity)
+            cpus, allocated = allocator.level_usage(level)
+            self._level_cpus[level][index] = cpus
+            self._level_alloc[level][index] = allocated

@@ -1,0 +1,31 @@
+"""Shared fixtures: the real topology files of ../shared/data/topologies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from pinfold.topology import Topology
+
+SHARED = Path(os.environ.get("PINFOLD_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+TOPOLOGIES = SHARED / "data" / "topologies"
+I7 = TOPOLOGIES / "topology_i7-1185G7.json"
+EPYC = TOPOLOGIES / "topology_EPYC-7662.json"
+EPYC_EXP = TOPOLOGIES / "topology_EPYC-7662-exp.json"
+
+
+@pytest.fixture(scope="session")
+def i7() -> Topology:
+    return Topology.load(I7)
+
+
+@pytest.fixture(scope="session")
+def epyc() -> Topology:
+    return Topology.load(EPYC)
+
+
+@pytest.fixture(scope="session")
+def epyc_exp() -> Topology:
+    return Topology.load(EPYC_EXP)
