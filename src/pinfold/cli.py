@@ -20,7 +20,9 @@ from pinfold.topology import Topology, format_cpulist, parse_cpulist
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(no_args_is_help=True, help="pinfold: VMs of several oversubscription levels on shared hosts.")
+app = typer.Typer(
+    no_args_is_help=True, help="pinfold: VMs of several oversubscription levels on shared hosts."
+)
 topology_app = typer.Typer(no_args_is_help=True, help="Read, show and convert host CPU topologies.")
 app.add_typer(topology_app, name="topology")
 console = Console()
@@ -59,7 +61,9 @@ def topology_show(
 
         print(json.dumps(slackvm_json.to_dict(topo)))
         return
-    table = Table(title=f"{len(topo.usable_cpus)} usable of {topo.host_count} CPUs, {topo.memory_allowed_mib} MiB")
+    table = Table(
+        title=f"{len(topo.usable_cpus)} usable of {topo.host_count} CPUs, {topo.memory_allowed_mib} MiB"
+    )
     for column in ("cpu", "node", "caches (L1d L1i L2 L3 ...)", "SMT siblings", "usable"):
         table.add_column(column)
     for cpu in topo.cpus:
@@ -81,7 +85,9 @@ def topology_save(out: Path, topology: TopologyFile = None, exclude: Exclude = "
 def demo(
     topology: Annotated[
         Path | None,
-        typer.Option("--topology", "-t", help=f"SlackVM topology file (default: the bundled {DEFAULT_DEMO_TOPOLOGY})."),
+        typer.Option(
+            "--topology", "-t", help=f"SlackVM topology file (default: the bundled {DEFAULT_DEMO_TOPOLOGY})."
+        ),
     ] = None,
     critical_size: int = typer.Option(6, help="Oversubscribed levels share CPUs below this many VMs."),
 ) -> None:
@@ -101,7 +107,9 @@ def demo(
         try:
             change = host.deploy(spec)
         except PlacementError as exc:
-            console.print(f"[red]refused[/] {spec.name} ({spec.vcpus} vCPU at {spec.ratio}): {exc.refusal.describe()}")
+            console.print(
+                f"[red]refused[/] {spec.name} ({spec.vcpus} vCPU at {spec.ratio}): {exc.refusal.describe()}"
+            )
             continue
         moved = f"; re-pinned {sorted(change.repinned)}" if change.repinned else ""
         pins = format_cpulist(change.pinning or ())

@@ -39,12 +39,21 @@ def test_load_with_exclusions_removes_cpus_and_save_leaves_them_out(tmp_path, i7
     [
         ("{", "not JSON"),
         ("{}", "not a SlackVM topology"),
-        ('{"cpuset": {"cpu_list": [], "numa_distances": {"0": [10]}, "host_count": 1},'
-         ' "memset": {"total": 1}}', "no CPUs"),
-        ('{"cpuset": {"cpu_list": [{"cpu_id": 5, "numa_node": 0, "cache_level": {"0": 0}}],'
-         ' "numa_distances": {"0": [10]}, "host_count": 2}, "memset": {"total": 1}}', "cpu ids must lie"),
-        ('{"cpuset": {"cpu_list": [{"cpu_id": 0, "numa_node": 3, "cache_level": {"0": 0}}],'
-         ' "numa_distances": {"0": [10]}, "host_count": 2}, "memset": {"total": 1}}', "NUMA"),
+        (
+            '{"cpuset": {"cpu_list": [], "numa_distances": {"0": [10]}, "host_count": 1},'
+            ' "memset": {"total": 1}}',
+            "no CPUs",
+        ),
+        (
+            '{"cpuset": {"cpu_list": [{"cpu_id": 5, "numa_node": 0, "cache_level": {"0": 0}}],'
+            ' "numa_distances": {"0": [10]}, "host_count": 2}, "memset": {"total": 1}}',
+            "cpu ids must lie",
+        ),
+        (
+            '{"cpuset": {"cpu_list": [{"cpu_id": 0, "numa_node": 3, "cache_level": {"0": 0}}],'
+            ' "numa_distances": {"0": [10]}, "host_count": 2}, "memset": {"total": 1}}',
+            "NUMA",
+        ),
     ],
     ids=["truncated", "empty-object", "no-cpus", "cpu-out-of-range", "missing-numa-row"],
 )

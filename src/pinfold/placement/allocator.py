@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from pinfold.placement.arithmetic import cpus_to_add, shrunk_size
 from pinfold.placement.errors import PlacementError, Refusal, RefusalCode
@@ -129,8 +128,7 @@ class HostAllocator:
         if self.critical_size == 0:
             return False
         return any(
-            not level.premium and len(level.vms) < self.critical_size
-            for level in self._levels.values()
+            not level.premium and len(level.vms) < self.critical_size for level in self._levels.values()
         )
 
     def pinning(self, name: str) -> frozenset[int]:
@@ -194,15 +192,19 @@ class HostAllocator:
     def check(self, spec: VMSpec) -> Refusal | None:
         """The first check `spec` fails on this host, or None when it fits.
         Order: well-formed, unique name, CPU, memory."""
+        return self._admit(spec)[0]
+
+    def _admit(self, spec: VMSpec) -> tuple[Refusal | None, int]:
+        """(refusal or None, CPUs the level's vNode must grow by)."""
         problem = invalid_reason(spec)
         if problem is not None:
-            return Refusal(RefusalCode.INVALID_REQUEST, detail=problem, fits_empty=False)
+            return Refusal(RefusalCode.INVALID_REQUEST, detail=problem, fits_empty=False), 0
         if spec.name in self._vms:
-            return Refusal(RefusalCode.DUPLICATE_NAME, detail=spec.name)
+            return Refusal(RefusalCode.DUPLICATE_NAME, detail=spec.name), 0
         ratio = float(spec.ratio)
         needed = self.cpus_needed(spec.vcpus, ratio)
         if needed > self._free_count:
-            return Refusal(
+            refusal = Refusal(
                 RefusalCode.NOT_ENOUGH_CPU,
                 level=ratio,
                 requested=needed,
@@ -210,15 +212,17 @@ class HostAllocator:
                 capacity=self.usable_cpu_count,
                 fits_empty=spec.vcpus <= self.usable_cpu_count,
             )
+            return refusal, needed
         if self.memory_allocated_mib + spec.memory_mib > self.memory_usable_mib:
-            return Refusal(
+            refusal = Refusal(
                 RefusalCode.NOT_ENOUGH_MEMORY,
                 requested=spec.memory_mib,
                 available=self.memory_free_mib,
                 capacity=self.memory_usable_mib,
                 fits_empty=spec.memory_mib <= self.memory_usable_mib,
             )
-        return None
+            return refusal, needed
+        return None, needed
 
     def fits(self, spec: VMSpec) -> bool:
         return self.check(spec) is None
@@ -237,7 +241,7 @@ class HostAllocator:
         All or nothing: every check runs before anything changes, so a refusal
         (PlacementError with the stable reason) leaves the host as it was.
         """
-        refusal = self.check(spec)
+        refusal, needed = self._admit(spec)
         if refusal is not None:
             raise PlacementError(refusal)
         ratio = float(spec.ratio)
@@ -246,12 +250,12 @@ class HostAllocator:
             level = self._levels[ratio] = VNode(ratio, np.zeros_like(self._placed_sum))
             self._seed(level, spec.vcpus)
         else:
-            self._grow(level, self.cpus_needed(spec.vcpus, ratio))
+            self._grow(level, needed)
         level.add_vm(spec.name, spec.vcpus)
         self._vms[spec.name] = spec
         self.memory_allocated_mib += spec.memory_mib
         repinned = self._collect_repins(exclude=spec.name)
-        return Change(spec.name, self._level_pins(level), repinned)
+        return Change(spec.name, self._pins[ratio][1], repinned)
 
     def remove(self, name: str) -> Change:
         """Remove a VM, shrink its vNode to max(ceil(A/r), M) releasing the
@@ -344,7 +348,8 @@ class HostAllocator:
     def _collect_repins(self, exclude: str | None = None) -> dict[str, frozenset[int]]:
         """Compare each level's cpuset with the one last handed out and list
         the VMs whose cpuset moved. Only levels whose inputs changed are
-        recomputed, which keeps a deploy cheap on a full host."""
+        recomputed, which keeps a deploy cheap on a full host. Afterwards the
+        cache holds every level's current cpuset."""
         sharing = self.sharing()
         repinned: dict[str, frozenset[int]] = {}
         for ratio, level in self._levels.items():
@@ -355,7 +360,9 @@ class HostAllocator:
             pins = self._pins_for_key(level, key)
             self._pins[ratio] = (key, pins)
             if cached is not None and cached[1] != pins:
-                repinned.update(dict.fromkeys((n for n in level.vms if n != exclude), pins))
+                repinned.update(dict.fromkeys(level.vms, pins))
+        if exclude is not None:
+            repinned.pop(exclude, None)
         return repinned
 
     # -- invariants (used by tests and by callers that restore state) ------------

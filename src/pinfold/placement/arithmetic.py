@@ -10,7 +10,7 @@ largest VM's vCPUs, v = the candidate's vCPUs.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -20,10 +20,11 @@ __all__ = ["EPSILON", "cpus_to_add", "shrunk_size"]
 #: within EPSILON of an integer is that integer, not the next one.
 EPSILON = 1e-9
 
-Num = TypeVar("Num", bound=Any)
+#: A float, or an array of them (one entry per host). Results have the same shape.
+Quantity = Any
 
 
-def cpus_to_add(cpus: Num, allocated: Num, ratio: Num, vcpus: Num) -> Num:
+def cpus_to_add(cpus: Quantity, allocated: Quantity, ratio: Quantity, vcpus: Quantity) -> Quantity:
     """CPUs a vNode must grow by to admit a VM of `vcpus` vCPUs.
 
     The room `C*r - A` must reach v, so add `ceil((v - room) / r)` CPUs; then
@@ -35,7 +36,7 @@ def cpus_to_add(cpus: Num, allocated: Num, ratio: Num, vcpus: Num) -> Num:
     return np.maximum(np.maximum(shortfall, 0), vcpus - cpus)
 
 
-def shrunk_size(allocated: Num, largest: Num, ratio: Num) -> Num:
+def shrunk_size(allocated: Quantity, largest: Quantity, ratio: Quantity) -> Quantity:
     """The size a vNode shrinks to after a removal: `max(ceil(A / r), M)`;
     0 once it is empty (A = M = 0)."""
     return np.maximum(np.ceil(allocated / ratio - EPSILON), largest)

@@ -164,6 +164,7 @@ class Cluster:
         self._index: dict[str, int] = {}
         self._allocators: list[HostAllocator] = []
         self._placed: dict[str, int] = {}
+        self._host_vms: list[set[str]] = []
         self._capacity = 0
         self._usable_cpus = np.zeros(0)
         self._usable_mem = np.zeros(0)
@@ -193,7 +194,7 @@ class Cluster:
         """Register a host; it ranks after every host registered before it."""
         if name in self._index:
             raise ValueError(f"host {name!r} is already registered")
-        clash = set(allocator.vms) & set(self._placed)
+        clash = [vm for vm in allocator.vms if vm in self._placed]
         if clash:
             raise ValueError(f"VM names already placed elsewhere: {sorted(clash)[:5]}")
         index = len(self._names)
@@ -204,7 +205,8 @@ class Cluster:
         self._allocators.append(allocator)
         self._usable_cpus[index] = allocator.usable_cpu_count
         self._usable_mem[index] = allocator.memory_usable_mib
-        for vm in allocator.vms:
+        self._host_vms.append(set(allocator.vms))
+        for vm in self._host_vms[index]:
             self._placed[vm] = index
         self._sync_index(index)
 
@@ -212,9 +214,15 @@ class Cluster:
         """Refresh the columns of `host` after its allocator changed directly."""
         index = self._host_index(host)
         allocator = self._allocators[index]
-        self._placed = {vm: i for vm, i in self._placed.items() if i != index}
-        for vm in allocator.vms:
+        now = set(allocator.vms)
+        clash = [vm for vm in now if self._placed.get(vm, index) != index]
+        if clash:
+            raise ValueError(f"VM names already placed elsewhere: {sorted(clash)[:5]}")
+        for vm in self._host_vms[index] - now:
+            del self._placed[vm]
+        for vm in now:
             self._placed[vm] = index
+        self._host_vms[index] = now
         self._sync_index(index)
 
     def columns(self) -> HostColumns:
@@ -295,6 +303,7 @@ class Cluster:
         index = self._host_index(host)
         change = self._allocators[index].deploy(spec)
         self._placed[spec.name] = index
+        self._host_vms[index].add(spec.name)
         self._sync_index(index, float(spec.ratio))
         return change
 
@@ -306,6 +315,7 @@ class Cluster:
         ratio = float(allocator.vms[vm].ratio)
         change = allocator.remove(vm)
         del self._placed[vm]
+        self._host_vms[index].discard(vm)
         self._sync_index(index, ratio)
         return self._names[index], change
 

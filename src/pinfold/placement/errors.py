@@ -56,7 +56,10 @@ class Refusal:
             return self.reason
         unit = "CPUs" if self.code is RefusalCode.NOT_ENOUGH_CPU else "MiB"
         where = f" at level {self.level}" if self.level is not None else ""
-        text = f"{self.reason}{where}: needs {_num(self.requested)} {unit}, {_num(self.available)} free of {_num(self.capacity)}"
+        text = (
+            f"{self.reason}{where}: needs {_num(self.requested)} {unit}, "
+            f"{_num(self.available)} free of {_num(self.capacity)}"
+        )
         return text if self.fits_empty else text + " (would not fit even on the empty host)"
 
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["CPU", "CACHE_STEP", "Topology"]
+if TYPE_CHECKING:  # for annotations only: the model itself touches no file
+    from pathlib import Path
+
+__all__ = ["CACHE_STEP", "CPU", "Topology"]
 
 #: Distance added for each cache level two CPUs do not share (DESIGN.md).
 CACHE_STEP = 10

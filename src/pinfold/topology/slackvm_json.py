@@ -56,9 +56,7 @@ def to_dict(topology: Topology) -> dict[str, Any]:
     kept = set(usable)
     matrix = topology.distances
     cpu_list = [_cpu_to_entry(cpu) for cpu in topology.cpus if cpu.cpu_id in kept]
-    distances = {
-        str(a): {str(b): int(matrix[a, b]) for b in usable if b != a} for a in usable
-    }
+    distances = {str(a): {str(b): int(matrix[a, b]) for b in usable if b != a} for a in usable}
     return {
         "cpuset": {
             "numa_distances": {str(n): list(row) for n, row in sorted(topology.numa_distances.items())},

@@ -1,0 +1,173 @@
+"""Host choice over many allocators: exact feasibility, policies, ties,
+explanations, eligibility, and columns that stay true to the allocators."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+from pinfold.placement import (
+    POLICIES,
+    Cluster,
+    HostAllocator,
+    NoHostError,
+    PlacementError,
+    RefusalCode,
+    VMSpec,
+)
+from tests.placement.helpers import vm
+
+
+@pytest.fixture
+def cluster(i7):
+    c = Cluster()
+    for name in ("h0", "h1", "h2"):
+        c.add_host(name, HostAllocator(i7))
+    return c
+
+
+def test_progress_picks_the_host_that_balances_memory_per_cpu(cluster):
+    cluster.deploy_on("h0", vm("cpu-heavy", 4, 1, 1.0))  # 256 MiB/CPU: wants memory
+    cluster.deploy_on("h1", vm("mem-heavy", 4, 20, 1.0))  # 5 GiB/CPU: wants CPUs
+    decision = cluster.choose(vm("fat", 1, 8, 1.0))
+    assert decision.host == "h0"
+    assert decision.host == decision.ranking()[0]
+    scores = [cluster.allocator(h).progress(1, 8192, 1.0) for h in cluster.hosts]
+    assert list(decision.scores) == pytest.approx(scores)
+
+
+def test_choice_scores_equal_the_single_host_progress(cluster):
+    cluster.deploy_on("h0", vm("a", 2, 2, 1.0))
+    cluster.deploy_on("h0", vm("b", 2, 2, 2.0))
+    cluster.deploy_on("h0", vm("c", 2, 2, 2.0))
+    cluster.deploy_on("h0", vm("d", 1, 2, 3.0))
+    decision = cluster.choose(vm("x", 2, 2, 2.0))
+    assert round(float(decision.scores[0]), 4) == 68.2667
+
+
+def test_ties_go_to_the_earliest_registered_host(cluster):
+    for policy in POLICIES:
+        assert cluster.choose(vm("x", 1, 1, 2.0), policy=policy).host == "h0"
+
+
+def test_feasibility_is_exact_room_in_a_vnode_needs_no_free_cpu(i7):
+    cluster = Cluster()
+    full = HostAllocator(i7)
+    full.deploy(vm("half", 1, 1, 2.0))  # 2:1 vNode of 1 CPU with room for 1 more vCPU
+    full.deploy(vm("rest", 7, 1, 1.0))  # every other CPU
+    cluster.add_host("full", full)
+    assert full.free_cpu_count == 0
+    decision = cluster.choose(vm("fits-in-room", 1, 1, 2.0))
+    assert decision.host == "full"
+    assert cluster.choose(vm("needs-a-cpu", 2, 1, 2.0)).host is None
+
+
+def test_nothing_fits_gives_a_histogram_and_per_host_refusals(cluster):
+    cluster.deploy_on("h0", vm("a", 6, 1, 1.0))
+    cluster.deploy_on("h1", vm("b", 1, 30, 1.0))
+    cluster.deploy_on("h2", vm("c", 7, 1, 1.0))
+    decision = cluster.choose(vm("x", 4, 4, 2.0))
+    assert decision.host is None
+    assert decision.explain() == "0/3 hosts fit: 2 not enough cpu at 2.0, 1 not enough memory"
+    refusals = decision.refusals()
+    assert {h: r.code for h, r in refusals.items()} == {
+        "h0": RefusalCode.NOT_ENOUGH_CPU,
+        "h1": RefusalCode.NOT_ENOUGH_MEMORY,
+        "h2": RefusalCode.NOT_ENOUGH_CPU,
+    }
+    assert refusals["h0"].requested == 4
+    assert refusals["h0"].available == 2
+    assert refusals["h2"].requested == 4
+    assert refusals["h2"].available == 1
+    with pytest.raises(NoHostError) as error:
+        cluster.deploy(vm("x", 4, 4, 2.0))
+    assert str(error.value) == decision.explain()
+    assert error.value.code is RefusalCode.NOT_ENOUGH_CPU
+
+
+def test_ineligible_hosts_are_skipped_and_reported(cluster):
+    decision = cluster.choose(vm("x", 1, 1, 1.0), eligible=["h2"])
+    assert decision.host == "h2"
+    nowhere = cluster.choose(vm("x", 1, 1, 1.0), eligible=[])
+    assert nowhere.host is None
+    assert nowhere.explain() == "0/3 hosts fit: 3 host unavailable"
+    assert nowhere.refusals()["h0"].code is RefusalCode.HOST_UNAVAILABLE
+
+
+def test_unknown_eligible_host_is_an_error(cluster):
+    with pytest.raises(KeyError, match="unknown host"):
+        cluster.choose(vm("x", 1, 1, 1.0), eligible=["nope"])
+
+
+def test_names_are_unique_across_the_cluster(cluster):
+    cluster.deploy(vm("x", 1, 1, 1.0))
+    decision = cluster.choose(vm("x", 1, 1, 2.0))
+    assert decision.host is None
+    assert decision.explain() == "0/3 hosts fit: 3 duplicate name"
+    with pytest.raises(PlacementError, match="duplicate name"):
+        cluster.deploy_on("h1", vm("x", 1, 1, 2.0))
+
+
+def test_invalid_request_is_refused_before_any_host(cluster):
+    decision = cluster.choose(VMSpec("bad", 0, 1, 1.0))
+    assert decision.host is None
+    assert decision.request_refusal is not None
+    assert decision.request_refusal.reason == "invalid request: vcpus must be an integer >= 1"
+
+
+def test_ranking_lists_feasible_hosts_best_first(cluster):
+    cluster.deploy_on("h1", vm("a", 4, 1, 1.0))
+    cluster.deploy_on("h2", vm("b", 8, 1, 1.0))
+    ranking = cluster.choose(vm("x", 1, 1, 1.0), policy="best-fit").ranking()
+    assert ranking == ["h1", "h0"]
+
+
+def test_columns_stay_equal_to_the_allocators_through_deploys_and_removes(cluster):
+    rng = np.random.default_rng(3)
+    for i in range(200):
+        if cluster.host_of(f"v{i - 5}") and rng.random() < 0.5:
+            cluster.remove(f"v{i - 5}")
+        spec = vm(f"v{i}", int(rng.integers(1, 4)), float(rng.integers(1, 4)), float(rng.choice([1, 2, 3])))
+        with contextlib.suppress(NoHostError):
+            cluster.deploy(spec, policy=str(rng.choice(list(POLICIES))))
+        columns = cluster.columns()
+        for index, host in enumerate(cluster.hosts):
+            allocator = cluster.allocator(host)
+            assert columns.free_cpus[index] == allocator.free_cpu_count
+            assert columns.mem_alloc[index] == allocator.memory_allocated_mib
+            allocator.check_invariants()
+
+
+def test_sync_picks_up_changes_made_directly_on_an_allocator(cluster):
+    cluster.allocator("h0").deploy(vm("direct", 8, 1, 1.0))
+    assert cluster.choose(vm("x", 1, 1, 1.0)).host == "h0"  # stale columns
+    cluster.sync("h0")
+    assert cluster.choose(vm("x", 1, 1, 1.0)).host == "h1"
+    assert cluster.host_of("direct") == "h0"
+
+
+def test_adding_a_host_twice_or_with_clashing_vms_is_refused(cluster, i7):
+    with pytest.raises(ValueError, match="already registered"):
+        cluster.add_host("h0", HostAllocator(i7))
+    cluster.deploy(vm("x", 1, 1, 1.0))
+    other = HostAllocator(i7)
+    other.deploy(vm("x", 1, 1, 1.0))
+    with pytest.raises(ValueError, match="already placed"):
+        cluster.add_host("h3", other)
+
+
+def test_remove_unknown_vm_in_cluster_is_unknown_vm(cluster):
+    with pytest.raises(PlacementError, match="unknown vm"):
+        cluster.remove("ghost")
+
+
+def test_many_hosts_grow_the_columns(i7):
+    cluster = Cluster()
+    for i in range(40):
+        cluster.add_host(f"h{i}", HostAllocator(i7))
+    for i in range(40 * 8):
+        cluster.deploy(vm(f"v{i}", 1, 1, 1.0), policy="first-fit")
+    assert all(cluster.allocator(h).free_cpu_count == 0 for h in cluster.hosts)
+    assert cluster.choose(vm("one-more", 1, 1, 1.0)).explain() == "0/40 hosts fit: 40 not enough cpu at 1.0"
