@@ -75,6 +75,7 @@ class HostAllocator:
         self._placed_sum = np.zeros(topology.host_count, dtype=np.int64)
         self._levels: dict[float, VNode] = {}
         self._vms: dict[str, VMSpec] = {}
+        self._small_levels = 0  # oversubscribed levels below critical_size
         self._stamp = 0
         self._premium_stamp = 0
         self._pins: dict[float, tuple[tuple[Any, ...], frozenset[int]]] = {}
@@ -124,12 +125,12 @@ class HostAllocator:
         return [int(cpu) for cpu in np.flatnonzero(self._free)]
 
     def sharing(self) -> bool:
-        """Whether oversubscribed VMs currently share CPUs across levels."""
-        if self.critical_size == 0:
-            return False
-        return any(
-            not level.premium and len(level.vms) < self.critical_size for level in self._levels.values()
-        )
+        """Whether oversubscribed VMs currently share CPUs across levels: some
+        non-empty oversubscribed level holds fewer than critical_size VMs."""
+        return self._small_levels > 0
+
+    def _is_small(self, level: VNode) -> bool:
+        return not level.premium and 0 < len(level.vms) < self.critical_size
 
     def pinning(self, name: str) -> frozenset[int]:
         """CPUs every vCPU of VM `name` is pinned to right now."""
@@ -251,7 +252,9 @@ class HostAllocator:
             self._seed(level, spec.vcpus)
         else:
             self._grow(level, needed)
+        was_small = self._is_small(level)
         level.add_vm(spec.name, spec.vcpus)
+        self._small_levels += self._is_small(level) - was_small
         self._vms[spec.name] = spec
         self.memory_allocated_mib += spec.memory_mib
         repinned = self._collect_repins(exclude=spec.name)
@@ -265,7 +268,9 @@ class HostAllocator:
             raise PlacementError(RefusalCode.UNKNOWN_VM.value)
         ratio = float(spec.ratio)
         level = self._levels[ratio]
+        was_small = self._is_small(level)
         level.remove_vm(name)
+        self._small_levels += self._is_small(level) - was_small
         self.memory_allocated_mib -= spec.memory_mib
         self._shrink(level, int(shrunk_size(level.allocated, level.largest, ratio)))
         if not level.vms:

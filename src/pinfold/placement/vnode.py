@@ -22,15 +22,15 @@ class VNode:
 
     ratio: float
     distance_sum: npt.NDArray[np.int64]
+    premium: bool = field(init=False)
     cpus: list[int] = field(default_factory=list)
     vms: dict[str, int] = field(default_factory=dict)
     allocated: int = 0
     stamp: int = 0
     _sizes: dict[int, int] = field(default_factory=dict)
 
-    @property
-    def premium(self) -> bool:
-        return self.ratio == 1.0
+    def __post_init__(self) -> None:
+        self.premium = self.ratio == 1.0
 
     @property
     def largest(self) -> int:
