@@ -10,6 +10,7 @@ largest VM's vCPUs, v = the candidate's vCPUs.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -42,10 +43,12 @@ def shrunk_size(allocated: Quantity, largest: Quantity, ratio: Quantity) -> Quan
     return _maximum(_ceil(allocated / ratio - EPSILON), largest)
 
 
+# numpy ufuncs on Python scalars cost microseconds each, a lot for a single
+# host's deploy; these two pick the scalar or the array operation.
+
+
 def _ceil(value: Quantity) -> Quantity:
-    """Ceiling by floor division, which floats and arrays both support at
-    native speed (numpy ufuncs on Python scalars cost microseconds)."""
-    return -(-value // 1)
+    return np.ceil(value) if isinstance(value, np.ndarray) else math.ceil(value)
 
 
 def _maximum(a: Quantity, b: Quantity) -> Quantity:

@@ -41,7 +41,8 @@ class Decision:
     """The outcome of one host choice, with everything needed to explain it.
 
     `host` is the chosen host's name, or None when nothing fits. Arrays hold one
-    entry per host, in registration order, as they were at decision time.
+    entry per host, in registration order, as they were at decision time (the
+    usable capacities are views: a host's capacity never changes once added).
     """
 
     spec: VMSpec
@@ -259,8 +260,8 @@ class Cluster:
             nothing = np.zeros(n, dtype=bool)
             return Decision(
                 spec, policy, tuple(self._names), None, request_refusal,
-                np.zeros(n), hosts.free_cpus.copy(), hosts.usable_cpus.copy(),
-                hosts.free_mem, hosts.usable_mem.copy(), nothing, nothing, eligible_mask,
+                np.zeros(n), hosts.free_cpus.copy(), hosts.usable_cpus,
+                hosts.free_mem, hosts.usable_mem, nothing, nothing, eligible_mask,
                 np.full(n, -np.inf),
             )  # fmt: skip
         ratio = float(spec.ratio)
@@ -280,8 +281,8 @@ class Cluster:
             chosen = self._names[int(np.argmax(scores))]
         return Decision(
             spec, policy, tuple(self._names), chosen, None,
-            needed, hosts.free_cpus.copy(), hosts.usable_cpus.copy(),
-            hosts.free_mem, hosts.usable_mem.copy(), cpu_ok, mem_ok, eligible_mask, scores,
+            needed, hosts.free_cpus.copy(), hosts.usable_cpus,
+            hosts.free_mem, hosts.usable_mem, cpu_ok, mem_ok, eligible_mask, scores,
         )  # fmt: skip
 
     def deploy(

@@ -62,12 +62,12 @@ def progress(hosts: HostColumns, demand: Demand) -> Floats:
     usable = np.maximum(hosts.usable_cpus, 1.0)
     target = hosts.usable_mem / usable
     cpu_alloc = hosts.cpu_alloc
-    current = np.where(cpu_alloc > 0, hosts.mem_alloc / np.maximum(cpu_alloc, 1.0), target)
+    current = np.divide(hosts.mem_alloc, cpu_alloc, out=target.copy(), where=cpu_alloc > 0)
     cpus_after = cpu_alloc + demand.cpus
-    after = np.where(
-        cpus_after > 0, (hosts.mem_alloc + demand.memory_mib) / np.maximum(cpus_after, 1.0), target
-    )
-    score = np.abs(current - target) - np.abs(after - target)
+    mem_after = hosts.mem_alloc + demand.memory_mib
+    after = np.divide(mem_after, cpus_after, out=target.copy(), where=cpus_after > 0)
+    score = np.abs(current - target)
+    score -= np.abs(after - target)
     return np.where(score < 0, score * (1.0 + cpu_alloc / usable), score)
 
 
