@@ -12,6 +12,7 @@ from pinfold.placement import (
     POLICIES,
     Cluster,
     HostAllocator,
+    HostColumns,
     NoHostError,
     PlacementError,
     RefusalCode,
@@ -171,3 +172,19 @@ def test_many_hosts_grow_the_columns(i7):
         cluster.deploy(vm(f"v{i}", 1, 1, 1.0), policy="first-fit")
     assert all(cluster.allocator(h).free_cpu_count == 0 for h in cluster.hosts)
     assert cluster.choose(vm("one-more", 1, 1, 1.0)).explain() == "0/40 hosts fit: 40 not enough cpu at 1.0"
+
+
+def test_maintained_columns_equal_a_recomputation(cluster):
+    rng = np.random.default_rng(5)
+    for i in range(60):
+        spec = vm(f"v{i}", int(rng.integers(1, 5)), float(rng.integers(1, 6)), float(rng.choice([1, 2, 3])))
+        try:
+            cluster.deploy(spec)
+        except NoHostError:
+            break
+        if i % 3 == 2:
+            cluster.remove(f"v{i - 1}")
+    kept = cluster.columns()
+    fresh = HostColumns.of(kept.usable_cpus, kept.usable_mem, kept.free_cpus, kept.mem_alloc)
+    for field in ("cpu_alloc", "target_ratio", "deviation", "penalty"):
+        assert np.array_equal(getattr(kept, field), getattr(fresh, field)), field

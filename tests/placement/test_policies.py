@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from pinfold.placement import POLICIES, Demand, HostColumns, get_policy
+from pinfold.placement.policies import balance_terms
 
 
 def columns(*hosts: tuple[float, float, float, float]) -> HostColumns:
     """hosts as (usable_cpus, usable_mem, free_cpus, mem_alloc)."""
     data = np.array(hosts, dtype=float)
-    return HostColumns(data[:, 0], data[:, 1], data[:, 2], data[:, 3])
+    return HostColumns.of(data[:, 0], data[:, 1], data[:, 2], data[:, 3])
 
 
 def demand(cpus, memory):
@@ -39,6 +40,15 @@ def test_progress_guards_a_zero_cpu_denominator():
     assert np.isfinite(score).all()
 
 
+def test_balance_terms_agree_for_scalars_and_arrays():
+    rows = [(8, 31776, 3, 8192), (8, 31776, 8, 0), (232, 1031742, 40, 500000)]
+    data = np.array(rows, dtype=float)
+    target, deviation, penalty = balance_terms(data[:, 0], data[:, 1], data[:, 0] - data[:, 2], data[:, 3])
+    for i, (usable, mem, free, alloc) in enumerate(rows):
+        assert balance_terms(float(usable), float(mem), float(usable - free), float(alloc)) == (
+            target[i], deviation[i], penalty[i])  # fmt: skip
+
+
 def test_best_fit_prefers_the_fullest_host_and_worst_fit_the_emptiest():
     hosts = columns((8, 8000, 8, 0), (8, 8000, 2, 6000), (8, 8000, 5, 3000))
     d = demand([1, 1, 1], 1000)
@@ -63,12 +73,13 @@ def test_first_fit_scores_every_host_alike():
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_every_policy_returns_one_finite_score_per_host_without_mutating(name):
     hosts = columns((8, 8000, 8, 0), (4, 1000, 0, 1000), (1, 1, 1, 0))
-    snapshot = [a.copy() for a in (hosts.usable_cpus, hosts.usable_mem, hosts.free_cpus, hosts.mem_alloc)]
+    fields = ("usable_cpus", "usable_mem", "free_cpus", "mem_alloc", "cpu_alloc", "deviation", "penalty")
+    snapshot = [getattr(hosts, f).copy() for f in fields]
     d = demand([2, 3, 1], 512)
     scores = get_policy(name).score(hosts, d)
     assert scores.shape == (3,)
     assert np.isfinite(scores).all()
-    after = (hosts.usable_cpus, hosts.usable_mem, hosts.free_cpus, hosts.mem_alloc)
+    after = [getattr(hosts, f) for f in fields]
     assert all(np.array_equal(a, b) for a, b in zip(snapshot, after, strict=True))
 
 

@@ -35,7 +35,8 @@ _FAR = np.iinfo(np.int64).max
 class Change:
     """What a deploy or remove did beyond the VM itself.
 
-    `pinning` is the new VM's cpuset (None for a removal). `repinned` maps each
+    `pinning` is the new VM's cpuset (None for a removal, or when the allocator
+    does not report pins). `repinned` maps each
     VM that was already placed, and whose cpuset changed, to its new cpuset:
     the agent re-pins those live VMs.
     """
@@ -51,6 +52,9 @@ class HostAllocator:
     `critical_size` (default 6, 0 disables sharing): while any oversubscribed
     level holds fewer VMs, all oversubscribed VMs share the CPUs that premium
     VMs do not hold. `reserved_memory_mib` is kept back for the host itself.
+    `report_pins=False` leaves `Change.pinning` and `Change.repinned` empty,
+    for callers that pin nothing (the simulator): placement is the same, only
+    the report is skipped (`pinning(name)` still answers).
     """
 
     def __init__(
@@ -58,13 +62,17 @@ class HostAllocator:
         topology: Topology,
         critical_size: int = DEFAULT_CRITICAL_SIZE,
         reserved_memory_mib: int = 0,
+        report_pins: bool = True,
     ) -> None:
         if critical_size < 0:
             raise ValueError("critical_size must be >= 0")
-        if not 0 <= reserved_memory_mib <= topology.memory_allowed_mib:
+        if not 0 <= reserved_memory_mib < topology.memory_allowed_mib:
             raise ValueError("reserved_memory_mib must lie between 0 and the host's memory")
+        if not topology.usable_cpus:
+            raise ValueError("the topology leaves no usable CPU")
         self.topology = topology
         self.critical_size = critical_size
+        self.report_pins = report_pins
         self.memory_usable_mib = topology.memory_allowed_mib - reserved_memory_mib
         self.memory_allocated_mib = 0
         self._distances = topology.distances
@@ -102,7 +110,15 @@ class HostAllocator:
 
     @property
     def vms(self) -> Mapping[str, VMSpec]:
+        """A copy of name -> spec of every VM on the host."""
         return dict(self._vms)
+
+    def spec(self, name: str) -> VMSpec:
+        """The spec VM `name` was deployed with."""
+        try:
+            return self._vms[name]
+        except KeyError:
+            raise PlacementError(RefusalCode.UNKNOWN_VM.value) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._vms
@@ -174,7 +190,7 @@ class HostAllocator:
 
     def columns(self) -> HostColumns:
         """This host as a one-row column set, for the scoring policies."""
-        return HostColumns(
+        return HostColumns.of(
             usable_cpus=np.array([self.usable_cpu_count], dtype=np.float64),
             usable_mem=np.array([self.memory_usable_mib], dtype=np.float64),
             free_cpus=np.array([self._free_count], dtype=np.float64),
@@ -257,6 +273,8 @@ class HostAllocator:
         self._small_levels += self._is_small(level) - was_small
         self._vms[spec.name] = spec
         self.memory_allocated_mib += spec.memory_mib
+        if not self.report_pins:
+            return Change(spec.name)
         repinned = self._collect_repins(exclude=spec.name)
         return Change(spec.name, self._pins[ratio][1], repinned)
 
@@ -276,7 +294,7 @@ class HostAllocator:
         if not level.vms:
             del self._levels[ratio]
             self._pins.pop(ratio, None)
-        return Change(name, None, self._collect_repins())
+        return Change(name, None, self._collect_repins() if self.report_pins else {})
 
     # -- CPU choice ------------------------------------------------------------
 

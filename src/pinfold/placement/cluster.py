@@ -27,7 +27,7 @@ import numpy.typing as npt
 from pinfold.placement.allocator import Change, HostAllocator
 from pinfold.placement.arithmetic import cpus_to_add
 from pinfold.placement.errors import PlacementError, Refusal, RefusalCode
-from pinfold.placement.policies import DEFAULT_POLICY, Demand, HostColumns, get_policy
+from pinfold.placement.policies import DEFAULT_POLICY, Demand, HostColumns, balance_terms, get_policy
 from pinfold.placement.spec import VMSpec, invalid_reason
 
 __all__ = ["Cluster", "Decision", "NoHostError"]
@@ -57,8 +57,15 @@ class Decision:
     usable_mem: Floats
     cpu_ok: Bools
     mem_ok: Bools
-    eligible: Bools
+    eligible_mask: Bools | None
     scores: Floats
+
+    @property
+    def eligible(self) -> Bools:
+        """Hosts the caller allowed (all of them when it named none)."""
+        if self.eligible_mask is None:
+            return np.ones(len(self.hosts), dtype=bool)
+        return self.eligible_mask
 
     @property
     def feasible(self) -> Bools:
@@ -162,6 +169,7 @@ class Cluster:
 
     def __init__(self) -> None:
         self._names: list[str] = []
+        self._names_tuple: tuple[str, ...] = ()
         self._index: dict[str, int] = {}
         self._allocators: list[HostAllocator] = []
         self._placed: dict[str, int] = {}
@@ -171,6 +179,10 @@ class Cluster:
         self._usable_mem = np.zeros(0)
         self._free_cpus = np.zeros(0)
         self._mem_alloc = np.zeros(0)
+        self._cpu_alloc = np.zeros(0)
+        self._target = np.zeros(0)
+        self._deviation = np.zeros(0)
+        self._penalty = np.zeros(0)
         self._level_cpus: dict[float, Floats] = {}
         self._level_alloc: dict[float, Floats] = {}
 
@@ -178,11 +190,11 @@ class Cluster:
         return len(self._names)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._names))
+        return iter(self._names_tuple)
 
     @property
     def hosts(self) -> tuple[str, ...]:
-        return tuple(self._names)
+        return self._names_tuple
 
     def allocator(self, host: str) -> HostAllocator:
         return self._allocators[self._host_index(host)]
@@ -202,6 +214,7 @@ class Cluster:
         if index == self._capacity:
             self._grow_columns(max(16, 2 * self._capacity))
         self._names.append(name)
+        self._names_tuple = tuple(self._names)
         self._index[name] = index
         self._allocators.append(allocator)
         self._usable_cpus[index] = allocator.usable_cpu_count
@@ -233,6 +246,10 @@ class Cluster:
             usable_mem=self._usable_mem[:n],
             free_cpus=self._free_cpus[:n],
             mem_alloc=self._mem_alloc[:n],
+            cpu_alloc=self._cpu_alloc[:n],
+            target_ratio=self._target[:n],
+            deviation=self._deviation[:n],
+            penalty=self._penalty[:n],
         )
 
     def choose(
@@ -249,7 +266,7 @@ class Cluster:
         scorer = get_policy(policy)
         n = len(self._names)
         hosts = self.columns()
-        eligible_mask = self._eligible_mask(eligible)
+        eligible_mask = None if eligible is None else self._eligible_mask(eligible)
         problem = invalid_reason(spec)
         request_refusal = None
         if problem is not None:
@@ -259,31 +276,52 @@ class Cluster:
         if request_refusal is not None:
             nothing = np.zeros(n, dtype=bool)
             return Decision(
-                spec, policy, tuple(self._names), None, request_refusal,
+                spec, policy, self._names_tuple, None, request_refusal,
                 np.zeros(n), hosts.free_cpus.copy(), hosts.usable_cpus,
                 hosts.free_mem, hosts.usable_mem, nothing, nothing, eligible_mask,
                 np.full(n, -np.inf),
             )  # fmt: skip
+        needed, cpu_ok, mem_ok = self._feasibility(spec, hosts)
+        feasible = cpu_ok & mem_ok
+        if eligible_mask is not None:
+            feasible &= eligible_mask
+        chosen = None
+        if feasible.any():
+            scores = np.where(feasible, scorer.score(hosts, Demand(needed, float(spec.memory_mib))), -np.inf)
+            chosen = self._names[int(np.argmax(scores))]
+        else:
+            scores = np.full(n, -np.inf)
+        return Decision(
+            spec, policy, self._names_tuple, chosen, None,
+            needed, hosts.free_cpus.copy(), hosts.usable_cpus,
+            hosts.free_mem, hosts.usable_mem, cpu_ok, mem_ok, eligible_mask, scores,
+        )  # fmt: skip
+
+    def best_host(self, spec: VMSpec, policy: str = DEFAULT_POLICY) -> str | None:
+        """`choose(spec, policy).host` without the explanation, for callers
+        that place millions of VMs (the simulator): same stages, same answer."""
+        if invalid_reason(spec) is not None or spec.name in self._placed or not self._names:
+            return None
+        hosts = self.columns()
+        needed, cpu_ok, mem_ok = self._feasibility(spec, hosts)
+        raw = get_policy(policy).score(hosts, Demand(needed, float(spec.memory_mib)))
+        scores = np.where(cpu_ok & mem_ok, raw, -np.inf)
+        best = int(np.argmax(scores))
+        return None if scores[best] == -np.inf else self._names[best]
+
+    def _feasibility(self, spec: VMSpec, hosts: HostColumns) -> tuple[Floats, Bools, Bools]:
+        """Stage 2, exact: CPUs each host's level vNode must grow by, whether
+        its free CPUs cover that, and whether its memory pool takes the VM."""
         ratio = float(spec.ratio)
         level_cpus = self._level_cpus.get(ratio)
+        n = len(self._names)
         if level_cpus is None:
             needed = np.full(n, float(spec.vcpus))
         else:
             needed = cpus_to_add(level_cpus[:n], self._level_alloc[ratio][:n], ratio, spec.vcpus)
         cpu_ok = needed <= hosts.free_cpus
         mem_ok = hosts.mem_alloc + spec.memory_mib <= hosts.usable_mem
-        feasible = cpu_ok & mem_ok & eligible_mask
-        scores = np.full(n, -np.inf)
-        chosen = None
-        if feasible.any():
-            raw = scorer.score(hosts, Demand(needed, float(spec.memory_mib)))
-            scores = np.where(feasible, raw, -np.inf)
-            chosen = self._names[int(np.argmax(scores))]
-        return Decision(
-            spec, policy, tuple(self._names), chosen, None,
-            needed, hosts.free_cpus.copy(), hosts.usable_cpus,
-            hosts.free_mem, hosts.usable_mem, cpu_ok, mem_ok, eligible_mask, scores,
-        )  # fmt: skip
+        return needed, cpu_ok, mem_ok
 
     def deploy(
         self,
@@ -313,7 +351,7 @@ class Cluster:
         if index is None:
             raise PlacementError(RefusalCode.UNKNOWN_VM.value)
         allocator = self._allocators[index]
-        ratio = float(allocator.vms[vm].ratio)
+        ratio = float(allocator.spec(vm).ratio)
         change = allocator.remove(vm)
         del self._placed[vm]
         self._host_vms[index].discard(vm)
@@ -328,11 +366,8 @@ class Cluster:
         except KeyError:
             raise KeyError(f"unknown host {host!r}") from None
 
-    def _eligible_mask(self, eligible: Iterable[str] | None) -> Bools:
-        n = len(self._names)
-        if eligible is None:
-            return np.ones(n, dtype=bool)
-        mask = np.zeros(n, dtype=bool)
+    def _eligible_mask(self, eligible: Iterable[str]) -> Bools:
+        mask = np.zeros(len(self._names), dtype=bool)
         for name in eligible:
             mask[self._host_index(name)] = True
         return mask
@@ -347,6 +382,10 @@ class Cluster:
         self._usable_mem = grown(self._usable_mem)
         self._free_cpus = grown(self._free_cpus)
         self._mem_alloc = grown(self._mem_alloc)
+        self._cpu_alloc = grown(self._cpu_alloc)
+        self._target = grown(self._target)
+        self._deviation = grown(self._deviation)
+        self._penalty = grown(self._penalty)
         self._level_cpus = {r: grown(c) for r, c in self._level_cpus.items()}
         self._level_alloc = {r: grown(c) for r, c in self._level_alloc.items()}
         self._capacity = capacity
@@ -355,8 +394,18 @@ class Cluster:
         """Copy one host's counters into the columns: free CPUs, memory, and
         (C, A) of `ratio`, or of every level when `ratio` is None."""
         allocator = self._allocators[index]
-        self._free_cpus[index] = allocator.free_cpu_count
-        self._mem_alloc[index] = allocator.memory_allocated_mib
+        usable = float(allocator.usable_cpu_count)
+        free = float(allocator.free_cpu_count)
+        mem_alloc = float(allocator.memory_allocated_mib)
+        target, deviation, penalty = balance_terms(
+            usable, float(allocator.memory_usable_mib), usable - free, mem_alloc
+        )
+        self._free_cpus[index] = free
+        self._mem_alloc[index] = mem_alloc
+        self._cpu_alloc[index] = usable - free
+        self._target[index] = target
+        self._deviation[index] = deviation
+        self._penalty[index] = penalty
         ratios = set(self._level_cpus) | set(allocator.levels) if ratio is None else {ratio}
         for level in ratios:
             if level not in self._level_cpus:

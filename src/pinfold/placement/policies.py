@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["DEFAULT_POLICY", "POLICIES", "Demand", "HostColumns", "Policy", "get_policy"]
+__all__ = ["DEFAULT_POLICY", "POLICIES", "Demand", "HostColumns", "Policy", "balance_terms", "get_policy"]
 
 Floats = npt.NDArray[np.float64]
 
@@ -24,21 +25,44 @@ Floats = npt.NDArray[np.float64]
 class HostColumns:
     """Physical allocation state of N hosts, one array entry per host.
 
-    CPUs are logical CPUs (in vNodes or free); memory is MiB of the pool.
+    CPUs are logical CPUs (in vNodes or free); memory is MiB of the pool. Every
+    host has at least one usable CPU and one usable MiB. The last four columns
+    derive from the first four (see `of`, and `balance_terms` for the progress
+    ones); `Cluster` keeps them up to date host by host instead of recomputing
+    them for every choice, and a test checks the two agree.
     """
 
     usable_cpus: Floats
     usable_mem: Floats
     free_cpus: Floats
     mem_alloc: Floats
+    cpu_alloc: Floats
+    target_ratio: Floats
+    deviation: Floats
+    penalty: Floats
 
-    @property
-    def cpu_alloc(self) -> Floats:
-        return self.usable_cpus - self.free_cpus
+    @classmethod
+    def of(cls, usable_cpus: Floats, usable_mem: Floats, free_cpus: Floats, mem_alloc: Floats) -> HostColumns:
+        cpu_alloc = usable_cpus - free_cpus
+        target, deviation, penalty = balance_terms(usable_cpus, usable_mem, cpu_alloc, mem_alloc)
+        return cls(usable_cpus, usable_mem, free_cpus, mem_alloc, cpu_alloc, target, deviation, penalty)
 
     @property
     def free_mem(self) -> Floats:
         return self.usable_mem - self.mem_alloc
+
+
+def balance_terms(usable_cpus: Any, usable_mem: Any, cpu_alloc: Any, mem_alloc: Any) -> tuple[Any, Any, Any]:
+    """The parts of the progress score that depend on the host alone, for
+    scalars (one host) or arrays (many): R* = usable MiB per usable CPU, the
+    deviation |Rcur - R*| (Rcur = allocated MiB per allocated CPU, R* when
+    nothing is allocated), and the penalty 1 + cpuA / usable CPUs."""
+    target = usable_mem / usable_cpus
+    if isinstance(cpu_alloc, np.ndarray):
+        current = np.divide(mem_alloc, cpu_alloc, out=np.array(target, dtype=np.float64), where=cpu_alloc > 0)
+    else:
+        current = mem_alloc / cpu_alloc if cpu_alloc > 0 else target
+    return target, abs(current - target), 1.0 + cpu_alloc / usable_cpus
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,16 +83,11 @@ def progress(hosts: HostColumns, demand: Demand) -> Floats:
     host toward R*; a negative p is scaled by 1 + cpuA / usable CPUs, so that
     worsening a fuller host costs more.
     """
-    usable = np.maximum(hosts.usable_cpus, 1.0)
-    target = hosts.usable_mem / usable
-    cpu_alloc = hosts.cpu_alloc
-    current = np.divide(hosts.mem_alloc, cpu_alloc, out=target.copy(), where=cpu_alloc > 0)
-    cpus_after = cpu_alloc + demand.cpus
-    mem_after = hosts.mem_alloc + demand.memory_mib
-    after = np.divide(mem_after, cpus_after, out=target.copy(), where=cpus_after > 0)
-    score = np.abs(current - target)
-    score -= np.abs(after - target)
-    return np.where(score < 0, score * (1.0 + cpu_alloc / usable), score)
+    target = hosts.target_ratio
+    cpus_after = hosts.cpu_alloc + demand.cpus
+    after = (hosts.mem_alloc + demand.memory_mib) / np.maximum(cpus_after, 1.0)
+    score = hosts.deviation - np.abs(after - target)
+    return np.where(score < 0, score * hosts.penalty, score)
 
 
 def first_fit(hosts: HostColumns, demand: Demand) -> Floats:
@@ -78,8 +97,8 @@ def first_fit(hosts: HostColumns, demand: Demand) -> Floats:
 
 def _leftover(hosts: HostColumns, demand: Demand) -> Floats:
     """Mean fraction of CPU and memory left free after the candidate."""
-    cpu_left = (hosts.free_cpus - demand.cpus) / np.maximum(hosts.usable_cpus, 1.0)
-    mem_left = (hosts.free_mem - demand.memory_mib) / np.maximum(hosts.usable_mem, 1.0)
+    cpu_left = (hosts.free_cpus - demand.cpus) / hosts.usable_cpus
+    mem_left = (hosts.free_mem - demand.memory_mib) / hosts.usable_mem
     return (cpu_left + mem_left) / 2.0
 
 
@@ -98,8 +117,8 @@ def dot_product(hosts: HostColumns, demand: Demand) -> Floats:
     """Alignment (as in Tetris, Grandl et al. 2014): the dot product of the
     demand vector and the free vector, both as fractions of the host's
     capacity. Large when the host has much free of what the VM needs most."""
-    cpus = np.maximum(hosts.usable_cpus, 1.0)
-    mem = np.maximum(hosts.usable_mem, 1.0)
+    cpus = hosts.usable_cpus
+    mem = hosts.usable_mem
     return (demand.cpus / cpus) * (hosts.free_cpus / cpus) + (demand.memory_mib / mem) * (
         hosts.free_mem / mem
     )

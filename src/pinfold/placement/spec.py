@@ -26,6 +26,12 @@ class VMSpec:
 
 def invalid_reason(spec: VMSpec) -> str | None:
     """Why `spec` can never be placed anywhere, or None when it is well formed."""
+    vcpus, memory, ratio = spec.vcpus, spec.memory_mib, spec.ratio
+    if (  # the common case, checked cheaply: it runs for every placement
+        type(vcpus) is int and vcpus >= 1 and type(memory) is int and memory > 0
+        and type(ratio) is float and 1.0 <= ratio < math.inf and type(spec.name) is str and spec.name
+    ):  # fmt: skip
+        return None
     if not isinstance(spec.name, str) or not spec.name:
         return "name must be a non-empty string"
     if isinstance(spec.vcpus, bool) or not isinstance(spec.vcpus, int) or spec.vcpus < 1:

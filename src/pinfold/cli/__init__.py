@@ -27,6 +27,10 @@ topology_app = typer.Typer(no_args_is_help=True, help="Read, show and convert ho
 app.add_typer(topology_app, name="topology")
 console = Console()
 
+from pinfold.cli import simulate as _simulate  # noqa: E402  (registers its commands on `app`)
+
+_simulate.register(app)
+
 DEFAULT_DEMO_TOPOLOGY = "topology_i7-1185G7.json"
 
 TopologyFile = Annotated[

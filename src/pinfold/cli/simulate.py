@@ -1,0 +1,190 @@
+"""`pinfold simulate` and `pinfold trace generate`: shells over pinfold.sim."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from pinfold.placement import POLICIES
+from pinfold.sim.generator import TraceShape, generate
+from pinfold.sim.mix import DEFAULT_LEVELS, assign_levels, parse_mix
+from pinfold.sim.readers import FORMATS, read_trace
+from pinfold.sim.readers.neutral import write_neutral
+from pinfold.sim.replay import SEGREGATED, Result, Scenario, simulate
+from pinfold.sim.trace import Trace, TraceError
+from pinfold.topology import Topology
+
+__all__ = ["register"]
+
+console = Console(stderr=True)
+trace_app = typer.Typer(no_args_is_help=True, help="Make and inspect VM traces.")
+
+
+class EventRateColumn(ProgressColumn):
+    """Events per second since the task started."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        rate = task.completed / elapsed if elapsed > 0 else 0.0
+        return Text(f"{rate:,.0f} events/s", style="progress.data.speed")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("simulate")(simulate_command)
+    app.add_typer(trace_app, name="trace")
+
+
+def simulate_command(
+    trace_path: Annotated[Path, typer.Argument(metavar="TRACE", help="Trace file (.csv or .csv.gz).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for summary.json, plots, report.md.")],
+    topology: Annotated[
+        Path | None, typer.Option("--topology", "-t", help="Host topology file (default: this host).")
+    ] = None,
+    hosts: Annotated[int | None, typer.Option("--hosts", min=1, help="Fixed cluster of N hosts.")] = None,
+    elastic: Annotated[
+        bool, typer.Option("--elastic", help="Open a host whenever none fits (default).")
+    ] = False,
+    policy: Annotated[str, typer.Option("--policy", help=f"One of {', '.join(POLICIES)}.")] = "progress",
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare", help=f"Comma-separated policies to run, among {', '.join(POLICIES)}, {SEGREGATED}."
+        ),
+    ] = None,
+    trace_format: Annotated[
+        str, typer.Option("--format", help=f"One of auto, {', '.join(FORMATS)}.")
+    ] = "auto",
+    levels: Annotated[
+        str | None,
+        typer.Option("--levels", help=f"Level mix for traces without levels (default {DEFAULT_LEVELS})."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the level draw.")] = 0,
+    critical_size: Annotated[int, typer.Option("--critical-size", min=0)] = 6,
+) -> None:
+    """Replay a VM trace on a simulated cluster through the placement core."""
+    if hosts is not None and elastic:
+        raise typer.BadParameter("give either --hosts N or --elastic, not both")
+    names = [name.strip() for name in (compare or policy).split(",") if name.strip()]
+    try:
+        scenarios = [
+            Scenario(
+                policy=name,
+                hosts=None if name == SEGREGATED else hosts,
+                critical_size=critical_size,
+                segregated_policy=policy,
+            )
+            for name in names
+        ]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        topo = Topology.load(topology) if topology else Topology.discover()
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"topology: {exc}") from None
+    trace = _load_trace(trace_path, trace_format, levels, seed)
+    console.print(f"{len(trace):,} VMs from {trace.source}; {trace.level_note}")
+    results = [_run(trace, topo, scenario) for scenario in scenarios]
+    from pinfold.sim.report import write_outputs
+
+    summary = write_outputs(results, trace, out, str(topology or "this host (sysfs)"))
+    _print_summary(summary)
+    console.print(f"wrote {out}/summary.json, timeseries.csv, report.md and plots")
+
+
+def _load_trace(path: Path, trace_format: str, levels: str | None, seed: int) -> Trace:
+    try:
+        trace = read_trace(path, trace_format)
+    except TraceError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if levels is None and trace.has_levels:
+        return trace
+    try:
+        mix = parse_mix(levels or DEFAULT_LEVELS, "--levels", minimum_key=1.0)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return assign_levels(trace, mix, seed)
+
+
+def _run(trace: Trace, topology: Topology, scenario: Scenario) -> Result:
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        EventRateColumn(),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(f"{scenario.policy:>12}", total=None)
+
+        def advance(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        started = time.perf_counter()
+        result = simulate(trace, topology, scenario, on_progress=advance)
+        progress.update(task, description=f"{scenario.policy:>12} {time.perf_counter() - started:.1f} s")
+    return result
+
+
+def _print_summary(summary: dict[str, object]) -> None:
+    table = Table(title="simulation summary")
+    for column in ("policy", "placed", "rejected", "peak hosts", "lower bound", "peak / bound", "mean hosts"):
+        table.add_column(column)
+    policies = summary["policies"]
+    assert isinstance(policies, dict)
+    for name, row in policies.items():
+        ratio = row["peak_hosts_over_lower_bound"]
+        table.add_row(
+            name,
+            f"{row['placed']:,}",
+            f"{row['rejected']:,}",
+            f"{row['peak_hosts']:,}",
+            f"{row['lower_bound_peak']:,}",
+            "-" if ratio is None else f"{ratio:.3f}",
+            f"{row['mean_hosts']:,.1f}",
+        )
+    Console().print(table)
+
+
+@trace_app.command("generate")
+def generate_command(
+    out: Annotated[Path, typer.Argument(help="Neutral CSV to write (.csv or .csv.gz).")],
+    vms: Annotated[int, typer.Option("--vms", min=1)] = TraceShape.vms,
+    duration: Annotated[int, typer.Option("--duration", min=1, help="Seconds.")] = TraceShape.duration_s,
+    sizes: Annotated[str, typer.Option("--sizes", help="vCPUs=weight,...")] = TraceShape.sizes,
+    memory: Annotated[str, typer.Option("--memory", help="MiB per vCPU=weight,...")] = TraceShape.memory,
+    lifetimes: Annotated[
+        str, typer.Option("--lifetimes", help="mean lifetime in s=weight,... (exponential)")
+    ] = TraceShape.lifetimes,
+    levels: Annotated[str, typer.Option("--levels", help="ratio=weight,...")] = TraceShape.levels,
+    seed: Annotated[int, typer.Option("--seed")] = TraceShape.seed,
+) -> None:
+    """Write a seeded synthetic trace in the neutral CSV format."""
+    shape = TraceShape(vms, duration, sizes, memory, lifetimes, levels, seed)
+    try:
+        trace = generate(
+            shape,
+            parse_mix(sizes, "--sizes", minimum_key=1),
+            parse_mix(memory, "--memory", minimum_key=1),
+            parse_mix(lifetimes, "--lifetimes", minimum_key=1),
+            parse_mix(levels, "--levels", minimum_key=1.0),
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    write_neutral(trace, out)
+    console.print(f"wrote {len(trace):,} VMs to {out} ({trace.level_note})")

@@ -1,0 +1,108 @@
+"""PNG plots of replay results (matplotlib, no display needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import numpy.typing as npt
+
+from pinfold.sim.replay import Result
+from pinfold.sim.report import decimate
+
+__all__ = ["draw_all"]
+
+MAX_POINTS = 4000
+LEVEL_COLOURS = {1.0: "#1b6ca8", 2.0: "#f29e4c", 3.0: "#c8553d", 4.0: "#6a4c93"}
+OTHER_COLOURS = ["#2a9d8f", "#8d99ae", "#e9c46a", "#264653"]
+
+
+def _days(times: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    return np.asarray(times, dtype=np.float64) / 86_400.0
+
+
+def draw_all(results: Sequence[Result], out: Path) -> list[tuple[str, str]]:
+    """Draw every plot into `out`; returns (title, file name) pairs for the report."""
+    if not results or not len(results[0].series.time):
+        return []
+    images = [
+        ("Hosts in use against the lower bound", _hosts(results, out / "hosts.png")),
+        ("Unallocated CPU and memory on the hosts in use", _unallocated(results, out / "unallocated.png")),
+    ]
+    first = results[0]
+    if first.observed_host is not None:
+        title = f"vNode sizes on host {first.observed_host} ({first.name})"
+        images.append((title, _vnodes(first, out / "vnodes.png")))
+    return images
+
+
+def _hosts(results: Sequence[Result], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    bound = results[0].series
+    keep = decimate(bound.lower_bound, MAX_POINTS)
+    ax.step(_days(bound.time[keep]), bound.lower_bound[keep], where="post", color="black",
+            linestyle="--", linewidth=1.2, label="lower bound")  # fmt: skip
+    for result in results:
+        s = result.series
+        keep = decimate(s.hosts_in_use, MAX_POINTS)
+        ax.step(_days(s.time[keep]), s.hosts_in_use[keep], where="post", linewidth=1.0, label=result.name)
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("hosts in use")
+    ax.set_title("Hosts in use per policy")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _unallocated(results: Sequence[Result], path: Path) -> str:
+    fig, (cpu_ax, mem_ax) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    for result in results:
+        s = result.series
+        keep = decimate(s.hosts_in_use, MAX_POINTS)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cpu = 1 - s.cpus_allocated[keep] / s.cpus_in_use_hosts[keep]
+            mem = 1 - s.memory_allocated[keep] / s.memory_in_use_hosts[keep]
+        days = _days(s.time[keep])
+        cpu_ax.plot(days, 100 * cpu, linewidth=0.9, label=result.name)
+        mem_ax.plot(days, 100 * mem, linewidth=0.9, label=result.name)
+    cpu_ax.set_ylabel("unallocated CPUs (%)")
+    mem_ax.set_ylabel("unallocated memory (%)")
+    mem_ax.set_xlabel("time (days)")
+    cpu_ax.set_title("Capacity left unallocated on the hosts in use")
+    for ax in (cpu_ax, mem_ax):
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    cpu_ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def _vnodes(result: Result, path: Path) -> str:
+    """SlackVM's Figure 3: each level's vNode size on one host over time."""
+    s = result.series
+    keep = decimate(s.observed_vnodes.sum(axis=1), MAX_POINTS)
+    days = _days(s.time[keep])
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    sizes = [s.observed_vnodes[keep, j] for j in range(len(result.levels))]
+    colours = [LEVEL_COLOURS.get(level, OTHER_COLOURS[i % 4]) for i, level in enumerate(result.levels)]
+    ax.stackplot(days, *sizes, labels=[f"{level:g}:1 vNode" for level in result.levels],
+                 colors=colours, step="post", alpha=0.85)  # fmt: skip
+    ax.set_xlabel("time (days)")
+    ax.set_ylabel("logical CPUs")
+    ax.set_title(f"vNode sizes on {result.observed_host} (no usage in this trace)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name

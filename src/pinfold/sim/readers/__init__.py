@@ -1,0 +1,43 @@
+"""Trace readers. Each returns a `Trace` and raises `TraceError` naming the
+file, the line and the problem; `tests/sim/test_readers.py` runs the same
+conformance checks on every one of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from pinfold.sim.readers._common import open_text
+from pinfold.sim.readers.azure import read_azure
+from pinfold.sim.readers.neutral import read_neutral
+from pinfold.sim.trace import Trace, TraceError
+
+__all__ = ["FORMATS", "detect_format", "read_trace"]
+
+FORMATS: dict[str, Callable[[str | Path], Trace]] = {
+    "neutral": read_neutral,
+    "azure": read_azure,
+}
+
+
+def detect_format(path: str | Path) -> str:
+    """ "neutral" when the first line is the neutral header, "slackvm" for a
+    tab-separated SlackVM monitoring header, else "azure" (no header)."""
+    with open_text(path) as handle:
+        first = handle.readline()
+    if first.startswith("vm_id,"):
+        return "neutral"
+    if first.startswith("tmp\t"):
+        return "slackvm"
+    return "azure"
+
+
+def read_trace(path: str | Path, trace_format: str = "auto") -> Trace:
+    if trace_format == "auto":
+        trace_format = detect_format(path)
+    reader = FORMATS.get(trace_format)
+    if reader is None:
+        raise TraceError(
+            path, None, f"unknown trace format {trace_format!r}; valid: auto, {', '.join(FORMATS)}"
+        )
+    return reader(path)

@@ -1,0 +1,281 @@
+"""Replay a trace on a simulated cluster through the placement core.
+
+A `Scenario` says which cluster (fixed size or elastic) and which policy, or
+`segregated`: one elastic cluster per level, SlackVM's baseline. The replay
+drives `pinfold.placement.Cluster` (the very allocator and scoring the agent and
+controller use) and records, at the end of every instant, what the reports
+need: hosts in use, the lower bound, allocated and unallocated CPU and memory,
+and the vNode sizes of one host.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from pinfold.placement import Cluster, HostAllocator, VMSpec, get_policy
+from pinfold.sim.events import EventList, order_events, walk
+from pinfold.sim.trace import Trace
+from pinfold.topology import Topology
+
+__all__ = ["SEGREGATED", "Result", "Scenario", "Series", "simulate"]
+
+SEGREGATED = "segregated"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """`policy` is a placement policy name or "segregated"; `hosts` a fixed
+    cluster size, or None for an elastic cluster (a host is opened whenever
+    no open host fits). Segregated clusters are always elastic."""
+
+    policy: str = "progress"
+    hosts: int | None = None
+    segregated_policy: str = "progress"
+    critical_size: int = 6
+
+    def __post_init__(self) -> None:
+        if self.policy == SEGREGATED:
+            get_policy(self.segregated_policy)
+            if self.hosts is not None:
+                raise ValueError("segregated is a baseline of elastic clusters: use it without --hosts")
+        else:
+            get_policy(self.policy)
+        if self.hosts is not None and self.hosts < 1:
+            raise ValueError("a fixed cluster needs at least one host")
+
+    @property
+    def elastic(self) -> bool:
+        return self.hosts is None
+
+
+@dataclass
+class Series:
+    """Per-instant samples (one entry per instant with events)."""
+
+    time: npt.NDArray[np.int64]
+    hosts_in_use: npt.NDArray[np.int32]
+    lower_bound: npt.NDArray[np.int32]
+    vms_running: npt.NDArray[np.int32]
+    cpus_allocated: npt.NDArray[np.int32]
+    cpus_in_use_hosts: npt.NDArray[np.int32]
+    memory_allocated: npt.NDArray[np.int64]
+    memory_in_use_hosts: npt.NDArray[np.int64]
+    #: vNode size per level on the observed host: shape (instants, levels)
+    observed_vnodes: npt.NDArray[np.int32]
+
+    @classmethod
+    def empty(cls, size: int, levels: int) -> Series:
+        return cls(
+            time=np.zeros(size, dtype=np.int64),
+            hosts_in_use=np.zeros(size, dtype=np.int32),
+            lower_bound=np.zeros(size, dtype=np.int32),
+            vms_running=np.zeros(size, dtype=np.int32),
+            cpus_allocated=np.zeros(size, dtype=np.int32),
+            cpus_in_use_hosts=np.zeros(size, dtype=np.int32),
+            memory_allocated=np.zeros(size, dtype=np.int64),
+            memory_in_use_hosts=np.zeros(size, dtype=np.int64),
+            observed_vnodes=np.zeros((size, levels), dtype=np.int32),
+        )
+
+
+@dataclass
+class Result:
+    scenario: Scenario
+    name: str
+    levels: list[float]
+    series: Series
+    vms: int
+    placed: int
+    rejected: list[str]
+    never_fit: list[str]
+    zero_lifetime: int
+    hosts_opened: int
+    observed_host: str | None
+    wall_seconds: float
+    events: int
+    cluster_hosts: dict[str, int] = field(default_factory=dict)
+
+
+class _Pool:
+    """One cluster: fixed, or elastic (opens hosts from a template topology)."""
+
+    def __init__(self, topology: Topology, scenario: Scenario, policy: str, prefix: str) -> None:
+        self.topology = topology
+        self.critical_size = scenario.critical_size
+        self.policy = policy
+        self.prefix = prefix
+        self.cluster = Cluster()
+        self.elastic = scenario.elastic
+        self.template = HostAllocator(topology, critical_size=scenario.critical_size)
+        for _ in range(scenario.hosts or 0):
+            self._open()
+
+    def _open(self) -> str:
+        name = f"{self.prefix}{len(self.cluster):05d}"
+        self.cluster.add_host(
+            name, HostAllocator(self.topology, critical_size=self.critical_size, report_pins=False)
+        )
+        return name
+
+    def place(self, spec: VMSpec) -> tuple[str, int] | None:
+        """Deploy `spec` on the policy's host (opening one if elastic);
+        returns the host and the CPUs its vNodes grew by, or None if refused."""
+        host = self.cluster.best_host(spec, self.policy)
+        if host is None:
+            if not self.elastic or not self.template.fits(spec):
+                return None
+            host = self._open()
+        allocator = self.cluster.allocator(host)
+        free_before = allocator.free_cpu_count
+        self.cluster.deploy_on(host, spec)
+        return host, free_before - allocator.free_cpu_count
+
+    def remove(self, host: str, vm: str) -> int:
+        """Remove a VM; returns the CPUs its host's vNodes released."""
+        allocator = self.cluster.allocator(host)
+        free_before = allocator.free_cpu_count
+        self.cluster.remove(vm)
+        return allocator.free_cpu_count - free_before
+
+
+class _Replay:
+    """The state one replay carries across events."""
+
+    def __init__(self, trace: Trace, topology: Topology, scenario: Scenario, events: EventList) -> None:
+        self.trace = trace
+        self.scenario = scenario
+        self.levels = sorted({float(r) for r in np.unique(trace.ratio)})
+        if scenario.policy == SEGREGATED:
+            self.pools = {
+                level: _Pool(topology, scenario, scenario.segregated_policy, f"L{level:g}-")
+                for level in self.levels
+            }
+        else:
+            shared = _Pool(topology, scenario, scenario.policy, "host")
+            self.pools = dict.fromkeys(self.levels, shared)
+        self.host_cpus = len(topology.usable_cpus)
+        self.host_memory = topology.memory_allowed_mib
+        self.vm_ids = trace.vm_ids
+        self.vcpus = trace.vcpus.tolist()
+        self.memory = trace.memory_mib.tolist()
+        self.ratio = trace.ratio.tolist()
+        self.host_of: dict[int, tuple[_Pool, str]] = {}
+        self.vms_on: dict[str, int] = {}
+        self.in_use = 0
+        self.cpus_allocated = 0
+        self.memory_allocated = 0
+        self.demand_cpus = 0.0
+        self.rejected: list[str] = []
+        self.never_fit: list[str] = []
+        self.series = Series.empty(events.instants, len(self.levels))
+        self.sample = 0
+        self.observed: tuple[_Pool, str] | None = None
+
+    def on_event(self, vm: int, arrival: bool) -> None:
+        if arrival:
+            self._arrive(vm)
+        elif vm in self.host_of:
+            self._depart(vm)
+
+    def _arrive(self, vm: int) -> None:
+        ratio = self.ratio[vm]
+        spec = VMSpec(self.vm_ids[vm], self.vcpus[vm], self.memory[vm], ratio)
+        pool = self.pools[ratio]
+        placed = pool.place(spec)
+        if placed is None:
+            self.rejected.append(spec.name)
+            if pool.elastic:
+                self.never_fit.append(spec.name)
+            return
+        host, cpus_taken = placed
+        self.cpus_allocated += cpus_taken
+        self.memory_allocated += spec.memory_mib
+        self.demand_cpus += spec.vcpus / ratio
+        self.host_of[vm] = (pool, host)
+        count = self.vms_on.get(host, 0)
+        if count == 0:
+            self.in_use += 1
+        self.vms_on[host] = count + 1
+        if self.observed is None:
+            self.observed = (pool, host)
+
+    def _depart(self, vm: int) -> None:
+        pool, host = self.host_of.pop(vm)
+        self.cpus_allocated -= pool.remove(host, self.vm_ids[vm])
+        self.memory_allocated -= self.memory[vm]
+        self.demand_cpus -= self.vcpus[vm] / self.ratio[vm]
+        count = self.vms_on[host] - 1
+        self.vms_on[host] = count
+        if count == 0:
+            self.in_use -= 1
+
+    def on_instant_end(self, t: int) -> None:
+        s, i = self.series, self.sample
+        s.time[i] = t
+        s.hosts_in_use[i] = self.in_use
+        s.lower_bound[i] = self.lower_bound()
+        s.vms_running[i] = len(self.host_of)
+        s.cpus_allocated[i] = self.cpus_allocated
+        s.cpus_in_use_hosts[i] = self.in_use * self.host_cpus
+        s.memory_allocated[i] = self.memory_allocated
+        s.memory_in_use_hosts[i] = self.in_use * self.host_memory
+        if self.observed is not None:
+            allocator = self.observed[0].cluster.allocator(self.observed[1])
+            for j, level in enumerate(self.levels):
+                s.observed_vnodes[i, j] = allocator.level_usage(level)[0]
+        self.sample = i + 1
+
+    def lower_bound(self) -> int:
+        """DESIGN.md: for each level vCPUs / r, summed, over CPUs per host;
+        memory over memory per host; the larger, rounded up."""
+        by_cpu = math.ceil(self.demand_cpus / self.host_cpus - 1e-9)
+        by_memory = math.ceil(self.memory_allocated / self.host_memory - 1e-9)
+        return max(by_cpu, by_memory, 0)
+
+
+def simulate(
+    trace: Trace,
+    topology: Topology,
+    scenario: Scenario,
+    on_progress: Callable[[int, int], None] | None = None,
+    events: EventList | None = None,
+) -> Result:
+    """Replay `trace` under `scenario`. `on_progress(done, total)` is called
+    every few thousand events."""
+    if not trace.has_levels:
+        raise ValueError("the trace has no levels: assign them first (see pinfold.sim.mix)")
+    events = events if events is not None else order_events(trace)
+    replay = _Replay(trace, topology, scenario, events)
+    total = len(events)
+    start = time.perf_counter()
+    walk(
+        events,
+        replay.on_event,
+        replay.on_instant_end,
+        None if on_progress is None else (lambda done: on_progress(done, total)),
+    )
+    wall = time.perf_counter() - start
+    pools = {id(p): p for p in replay.pools.values()}.values()
+    observed = replay.observed[1] if replay.observed else None
+    return Result(
+        scenario=scenario,
+        name=scenario.policy,
+        levels=replay.levels,
+        series=replay.series,
+        vms=len(trace),
+        placed=len(trace) - events.zero_lifetime - len(replay.rejected),
+        rejected=replay.rejected,
+        never_fit=replay.never_fit,
+        zero_lifetime=events.zero_lifetime,
+        hosts_opened=sum(len(p.cluster) for p in pools),
+        observed_host=observed,
+        wall_seconds=wall,
+        events=total,
+        cluster_hosts={p.prefix: len(p.cluster) for p in pools},
+    )
