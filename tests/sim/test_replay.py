@@ -112,7 +112,9 @@ def test_replay_is_exactly_a_sequence_of_placement_core_calls(i7, policy):
     """Drive a Cluster by hand in the documented event order; the replay must
     reject the same VMs and have the same hosts in use at every instant."""
     shape = TraceShape(vms=400, duration_s=20_000, sizes="1=0.5,2=0.3,4=0.2", lifetimes="3000=1", seed=4)
-    trace = generate(shape, *(parse_mix(m) for m in (shape.sizes, shape.memory, shape.lifetimes, shape.levels)))
+    trace = generate(
+        shape, *(parse_mix(m) for m in (shape.sizes, shape.memory, shape.lifetimes, shape.levels))
+    )
     result = simulate(trace, i7, Scenario(policy, hosts=4))
 
     cluster = Cluster()
