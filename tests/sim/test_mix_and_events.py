@@ -43,7 +43,8 @@ def test_assign_levels_is_seeded_and_follows_the_mix():
     share = {level: float(np.mean(a.ratio == level)) for level in (1.0, 2.0, 3.0)}
     assert share[1.0] == pytest.approx(0.5, abs=0.04)
     assert share[3.0] == pytest.approx(0.2, abs=0.04)
-    assert "1=0.5,2=0.3,3=0.2" in a.level_note and "seed 7" in a.level_note
+    assert "1=0.5,2=0.3,3=0.2" in a.level_note
+    assert "seed 7" in a.level_note
 
 
 def test_departures_go_before_arrivals_at_the_same_instant():
@@ -75,9 +76,11 @@ def test_generator_is_seeded_and_honours_the_shape():
     shape = TraceShape(vms=5000, duration_s=86_400, seed=3)
     mixes = [parse_mix(m) for m in (shape.sizes, shape.memory, shape.lifetimes, shape.levels)]
     a, b = generate(shape, *mixes), generate(shape, *mixes)
-    assert np.array_equal(a.arrival, b.arrival) and np.array_equal(a.ratio, b.ratio)
+    assert np.array_equal(a.arrival, b.arrival)
+    assert np.array_equal(a.ratio, b.ratio)
     assert len(a) == 5000
-    assert a.arrival.min() >= 0 and a.arrival.max() < 86_400
+    assert a.arrival.min() >= 0
+    assert a.arrival.max() < 86_400
     assert set(np.unique(a.vcpus)) <= {1, 2, 4, 8, 16}
     assert set(np.unique(a.memory_mib // a.vcpus)) <= {1024, 2048, 4096}
     leaving = a.departure != NO_DEPARTURE
