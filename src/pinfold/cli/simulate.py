@@ -31,7 +31,7 @@ from pinfold.topology import Topology
 
 __all__ = ["register"]
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 trace_app = typer.Typer(no_args_is_help=True, help="Make and inspect VM traces.")
 
 
@@ -110,7 +110,7 @@ def _load_trace(path: Path, trace_format: str, levels: str | None, seed: int) ->
     try:
         trace = read_trace(path, trace_format)
     except TraceError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     if levels is None and trace.has_levels:
         return trace

@@ -45,15 +45,15 @@ def _hosts(results: Sequence[Result], path: Path) -> str:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     bound = results[0].series
     keep = decimate(bound.lower_bound, MAX_POINTS)
-    ax.step(_days(bound.time[keep]), bound.lower_bound[keep], where="post", color="black",
-            linestyle="--", linewidth=1.2, label="lower bound")  # fmt: skip
+    ax.fill_between(_days(bound.time[keep]), bound.lower_bound[keep], step="post", color="0.85",
+                    label="lower bound")  # fmt: skip
     for result in results:
         s = result.series
         keep = decimate(s.hosts_in_use, MAX_POINTS)
         ax.step(_days(s.time[keep]), s.hosts_in_use[keep], where="post", linewidth=1.0, label=result.name)
     ax.set_xlabel("time (days)")
     ax.set_ylabel("hosts in use")
-    ax.set_title("Hosts in use per policy")
+    ax.set_title("Hosts in use per policy (segregated: all level clusters together)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
@@ -97,6 +97,8 @@ def _vnodes(result: Result, path: Path) -> str:
     colours = [LEVEL_COLOURS.get(level, OTHER_COLOURS[i % 4]) for i, level in enumerate(result.levels)]
     ax.stackplot(days, *sizes, labels=[f"{level:g}:1 vNode" for level in result.levels],
                  colors=colours, step="post", alpha=0.85)  # fmt: skip
+    if result.host_cpus:
+        ax.axhline(result.host_cpus, color="black", linewidth=0.8, linestyle=":", label="usable CPUs")
     ax.set_xlabel("time (days)")
     ax.set_ylabel("logical CPUs")
     ax.set_title(f"vNode sizes on {result.observed_host} (no usage in this trace)")

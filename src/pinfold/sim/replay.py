@@ -100,6 +100,7 @@ class Result:
     wall_seconds: float
     events: int
     cluster_hosts: dict[str, int] = field(default_factory=dict)
+    host_cpus: int = 0
 
 
 class _Pool:
@@ -278,4 +279,5 @@ def simulate(
         wall_seconds=wall,
         events=total,
         cluster_hosts={p.prefix: len(p.cluster) for p in pools},
+        host_cpus=replay.host_cpus,
     )
