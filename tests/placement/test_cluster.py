@@ -188,3 +188,27 @@ def test_maintained_columns_equal_a_recomputation(cluster):
     fresh = HostColumns.of(kept.usable_cpus, kept.usable_mem, kept.free_cpus, kept.mem_alloc)
     for field in ("cpu_alloc", "target_ratio", "deviation", "penalty"):
         assert np.array_equal(getattr(kept, field), getattr(fresh, field)), field
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_best_host_skipping_empty_hosts_gives_the_same_answer_as_choose(i7, policy):
+    """With most hosts empty, best_host scores only busy hosts and the first
+    empty host of each capacity; it must still agree with the full choice."""
+    cluster = Cluster()
+    for h in range(120):
+        reserved = 0 if h % 3 else 1024  # two capacities among the hosts
+        cluster.add_host(f"h{h:03d}", HostAllocator(i7, reserved_memory_mib=reserved))
+    rng = np.random.default_rng(11)
+    placed: list[str] = []
+    pruned = 0
+    for i in range(400):
+        spec = vm(f"v{i}", int(rng.integers(1, 6)), float(rng.integers(1, 12)), float(rng.choice([1, 2, 3])))
+        pruned += cluster._candidate_rows() is not None
+        expected = cluster.choose(spec, policy).host
+        assert cluster.best_host(spec, policy) == expected
+        if expected is not None:
+            cluster.deploy_on(expected, spec)
+            placed.append(spec.name)
+        if i % 4 == 3 and placed:
+            cluster.remove(placed.pop(int(rng.integers(0, len(placed)))))
+    assert pruned > 50  # the shortcut was taken often enough to be tested

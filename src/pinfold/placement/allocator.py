@@ -301,7 +301,7 @@ class HostAllocator:
     def _seed(self, level: VNode, size: int) -> None:
         """A new vNode: the free CPU farthest on average from every CPU already
         in a vNode (lowest id on ties), then the size-1 free CPUs closest to it."""
-        seed = int(np.argmax(np.where(self._free, self._placed_sum, -1)))
+        seed = int(np.where(self._free, self._placed_sum, -1).argmax())
         self._take(level, seed)
         if size > 1:
             row = np.where(self._free, self._distances[seed], _FAR)
@@ -312,7 +312,7 @@ class HostAllocator:
         """Add `count` CPUs one at a time, each the free CPU closest on average
         to the vNode as it stands (lowest id on ties)."""
         for _ in range(count):
-            self._take(level, int(np.argmin(np.where(self._free, level.distance_sum, _FAR))))
+            self._take(level, int(np.where(self._free, level.distance_sum, _FAR).argmin()))
 
     def _shrink(self, level: VNode, size: int) -> None:
         while len(level.cpus) > size:

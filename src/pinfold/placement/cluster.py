@@ -17,6 +17,7 @@ same data as the choice.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ __all__ = ["Cluster", "Decision", "NoHostError"]
 
 Floats = npt.NDArray[np.float64]
 Bools = npt.NDArray[np.bool_]
+Indices = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,12 @@ class Cluster:
         self._penalty = np.zeros(0)
         self._level_cpus: dict[float, Floats] = {}
         self._level_alloc: dict[float, Floats] = {}
+        self._empty = np.zeros(0, dtype=bool)
+        self._empty_count = 0
+        # per host capacity (usable CPUs, usable MiB): a heap of hosts that were
+        # empty when pushed; stale entries are dropped when they reach the top
+        self._empty_by_shape: dict[tuple[float, float], list[int]] = {}
+        self._shape: list[tuple[float, float]] = []
 
     def __len__(self) -> int:
         return len(self._names)
@@ -219,6 +227,7 @@ class Cluster:
         self._allocators.append(allocator)
         self._usable_cpus[index] = allocator.usable_cpu_count
         self._usable_mem[index] = allocator.memory_usable_mib
+        self._shape.append((float(allocator.usable_cpu_count), float(allocator.memory_usable_mib)))
         self._host_vms.append(set(allocator.vms))
         for vm in self._host_vms[index]:
             self._placed[vm] = index
@@ -239,17 +248,22 @@ class Cluster:
         self._host_vms[index] = now
         self._sync_index(index)
 
-    def columns(self) -> HostColumns:
+    def columns(self, rows: Indices | None = None) -> HostColumns:
+        """Every host's columns, or only those of `rows` (ascending indices)."""
         n = len(self._names)
+
+        def pick(column: Floats) -> Floats:
+            return column[:n] if rows is None else column[rows]
+
         return HostColumns(
-            usable_cpus=self._usable_cpus[:n],
-            usable_mem=self._usable_mem[:n],
-            free_cpus=self._free_cpus[:n],
-            mem_alloc=self._mem_alloc[:n],
-            cpu_alloc=self._cpu_alloc[:n],
-            target_ratio=self._target[:n],
-            deviation=self._deviation[:n],
-            penalty=self._penalty[:n],
+            usable_cpus=pick(self._usable_cpus),
+            usable_mem=pick(self._usable_mem),
+            free_cpus=pick(self._free_cpus),
+            mem_alloc=pick(self._mem_alloc),
+            cpu_alloc=pick(self._cpu_alloc),
+            target_ratio=pick(self._target),
+            deviation=pick(self._deviation),
+            penalty=pick(self._penalty),
         )
 
     def choose(
@@ -302,23 +316,50 @@ class Cluster:
         that place millions of VMs (the simulator): same stages, same answer."""
         if invalid_reason(spec) is not None or spec.name in self._placed or not self._names:
             return None
-        hosts = self.columns()
-        needed, cpu_ok, mem_ok = self._feasibility(spec, hosts)
+        rows = self._candidate_rows()
+        hosts = self.columns(rows)
+        needed, cpu_ok, mem_ok = self._feasibility(spec, hosts, rows)
         raw = get_policy(policy).score(hosts, Demand(needed, float(spec.memory_mib)))
         scores = np.where(cpu_ok & mem_ok, raw, -np.inf)
-        best = int(np.argmax(scores))
-        return None if scores[best] == -np.inf else self._names[best]
+        best = int(scores.argmax())
+        if scores[best] == -np.inf:
+            return None
+        return self._names[best if rows is None else int(rows[best])]
 
-    def _feasibility(self, spec: VMSpec, hosts: HostColumns) -> tuple[Floats, Bools, Bools]:
+    def _candidate_rows(self) -> Indices | None:
+        """The hosts worth scoring when many are empty: every host holding a
+        VM, and of the empty ones only the earliest of each capacity. Empty
+        hosts of one capacity are alike to every check and every policy, and
+        ties go to the earliest, so the answer is the same as over all hosts.
+        None (score every host) when too few are empty for this to pay."""
+        n = len(self._names)
+        if self._empty_count < max(32, n // 4):
+            return None
+        firsts = []
+        for heap in self._empty_by_shape.values():
+            while heap and not self._empty[heap[0]]:
+                heapq.heappop(heap)
+            if heap:
+                firsts.append(heap[0])
+        busy = np.flatnonzero(~self._empty[:n])
+        return np.union1d(busy, np.array(firsts, dtype=np.int64))
+
+    def _feasibility(
+        self, spec: VMSpec, hosts: HostColumns, rows: Indices | None = None
+    ) -> tuple[Floats, Bools, Bools]:
         """Stage 2, exact: CPUs each host's level vNode must grow by, whether
         its free CPUs cover that, and whether its memory pool takes the VM."""
         ratio = float(spec.ratio)
         level_cpus = self._level_cpus.get(ratio)
-        n = len(self._names)
         if level_cpus is None:
-            needed = np.full(n, float(spec.vcpus))
+            needed = np.full(len(hosts.free_cpus), float(spec.vcpus))
         else:
-            needed = cpus_to_add(level_cpus[:n], self._level_alloc[ratio][:n], ratio, spec.vcpus)
+            n = len(self._names)
+            allocated = self._level_alloc[ratio]
+            cpus, alloc = (
+                (level_cpus[:n], allocated[:n]) if rows is None else (level_cpus[rows], allocated[rows])
+            )
+            needed = cpus_to_add(cpus, alloc, ratio, spec.vcpus)
         cpu_ok = needed <= hosts.free_cpus
         mem_ok = hosts.mem_alloc + spec.memory_mib <= hosts.usable_mem
         return needed, cpu_ok, mem_ok
@@ -386,6 +427,9 @@ class Cluster:
         self._target = grown(self._target)
         self._deviation = grown(self._deviation)
         self._penalty = grown(self._penalty)
+        empty = np.zeros(capacity, dtype=bool)
+        empty[: len(self._empty)] = self._empty
+        self._empty = empty
         self._level_cpus = {r: grown(c) for r, c in self._level_cpus.items()}
         self._level_alloc = {r: grown(c) for r, c in self._level_alloc.items()}
         self._capacity = capacity
@@ -406,6 +450,12 @@ class Cluster:
         self._target[index] = target
         self._deviation[index] = deviation
         self._penalty[index] = penalty
+        empty = len(allocator) == 0
+        if empty != self._empty[index]:
+            self._empty[index] = empty
+            self._empty_count += 1 if empty else -1
+            if empty:
+                heapq.heappush(self._empty_by_shape.setdefault(self._shape[index], []), index)
         ratios = set(self._level_cpus) | set(allocator.levels) if ratio is None else {ratio}
         for level in ratios:
             if level not in self._level_cpus:
