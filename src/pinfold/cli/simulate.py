@@ -23,7 +23,7 @@ from rich.text import Text
 from pinfold.placement import POLICIES
 from pinfold.sim.generator import TraceShape, generate
 from pinfold.sim.mix import DEFAULT_LEVELS, assign_levels, parse_mix
-from pinfold.sim.readers import FORMATS, read_trace
+from pinfold.sim.readers import FORMATS, detect_format, read_trace
 from pinfold.sim.readers.neutral import write_neutral
 from pinfold.sim.replay import SEGREGATED, Result, Scenario, simulate
 from pinfold.sim.trace import Trace, TraceError
@@ -76,9 +76,21 @@ def simulate_command(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the level draw.")] = 0,
     critical_size: Annotated[int, typer.Option("--critical-size", min=0)] = 6,
 ) -> None:
-    """Replay a VM trace on a simulated cluster through the placement core."""
+    """Replay a VM trace on a simulated cluster through the placement core.
+
+    A SlackVM monitoring file (--format slackvm, or detected) is replayed on one
+    host instead, as SlackVM's offline mode does, and written back with the
+    vNode rows recomputed (OUT/monitoring.csv)."""
     if hosts is not None and elastic:
         raise typer.BadParameter("give either --hosts N or --elastic, not both")
+    resolved = _resolve_format(trace_path, trace_format)
+    if resolved == "slackvm":
+        if hosts is not None or elastic or compare or levels:
+            raise typer.BadParameter(
+                "a SlackVM monitoring replay is one host: drop --hosts/--elastic/--compare/--levels"
+            )
+        _replay_slackvm(trace_path, _load_topology(topology), topology, out, critical_size)
+        return
     names = [name.strip() for name in (compare or policy).split(",") if name.strip()]
     try:
         scenarios = [
@@ -92,11 +104,8 @@ def simulate_command(
         ]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    try:
-        topo = Topology.load(topology) if topology else Topology.discover()
-    except (OSError, ValueError) as exc:
-        raise typer.BadParameter(f"topology: {exc}") from None
-    trace = _load_trace(trace_path, trace_format, levels, seed)
+    topo = _load_topology(topology)
+    trace = _load_trace(trace_path, resolved, levels, seed)
     console.print(f"{len(trace):,} VMs from {trace.source}; {trace.level_note}")
     results = [_run(trace, topo, scenario) for scenario in scenarios]
     from pinfold.sim.report import write_outputs
@@ -104,6 +113,62 @@ def simulate_command(
     summary = write_outputs(results, trace, out, str(topology or "this host (sysfs)"))
     _print_summary(summary)
     console.print(f"wrote {out}/summary.json, timeseries.csv, report.md and plots")
+
+
+def _load_topology(path: Path | None) -> Topology:
+    try:
+        return Topology.load(path) if path else Topology.discover()
+    except (OSError, ValueError) as exc:
+        raise typer.BadParameter(f"topology: {exc}") from None
+
+
+def _resolve_format(path: Path, trace_format: str) -> str:
+    if trace_format not in ("auto", *FORMATS):
+        raise typer.BadParameter(f"unknown trace format {trace_format!r}; valid: auto, {', '.join(FORMATS)}")
+    if trace_format != "auto":
+        return trace_format
+    try:
+        return detect_format(path)
+    except TraceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _replay_slackvm(
+    path: Path, topology: Topology, topology_path: Path | None, out: Path, critical_size: int
+) -> None:
+    import json
+
+    from pinfold.sim.plots import draw_host_replay
+    from pinfold.sim.readers.slackvm import read_monitoring
+    from pinfold.sim.slackvm_replay import replay_monitoring
+
+    try:
+        monitoring = read_monitoring(path)
+    except TraceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    replay = replay_monitoring(monitoring, topology, out / "monitoring.csv", critical_size)
+    summary = {
+        "input": str(path),
+        "topology": str(topology_path or "this host (sysfs)"),
+        "timestamps": len(replay.timestamps),
+        "vms": len(monitoring.vms),
+        "placed": replay.placed,
+        "rejected": replay.rejected,
+        "levels": replay.levels,
+        "peak_vnode_cpus": {f"{r:g}": int(replay.sizes[:, j].max()) for j, r in enumerate(replay.levels)},
+        "rows_written": replay.rows_written,
+        "wall_seconds": round(time.perf_counter() - started, 3),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    draw_host_replay(replay, out / "vnodes.png")
+    console.print(
+        f"replayed {len(monitoring.vms):,} VMs over {len(replay.timestamps):,} timestamps: "
+        f"{replay.placed:,} placed, {len(replay.rejected):,} refused; wrote {out}/monitoring.csv, vnodes.png"
+    )
 
 
 def _load_trace(path: Path, trace_format: str, levels: str | None, seed: int) -> Trace:

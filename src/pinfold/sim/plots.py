@@ -14,16 +14,18 @@ import numpy.typing as npt
 
 from pinfold.sim.replay import Result
 from pinfold.sim.report import decimate
+from pinfold.sim.slackvm_replay import HostReplay
 
-__all__ = ["draw_all"]
+__all__ = ["draw_all", "draw_host_replay"]
 
 MAX_POINTS = 4000
 LEVEL_COLOURS = {1.0: "#1b6ca8", 2.0: "#f29e4c", 3.0: "#c8553d", 4.0: "#6a4c93"}
 OTHER_COLOURS = ["#2a9d8f", "#8d99ae", "#e9c46a", "#264653"]
 
 
-def _days(times: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
-    return np.asarray(times, dtype=np.float64) / 86_400.0
+def _days(times: npt.NDArray[np.int64], start: float) -> npt.NDArray[np.float64]:
+    """Days since the trace's first event."""
+    return (np.asarray(times, dtype=np.float64) - start) / 86_400.0
 
 
 def draw_all(results: Sequence[Result], out: Path) -> list[tuple[str, str]]:
@@ -45,13 +47,16 @@ def _hosts(results: Sequence[Result], path: Path) -> str:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     bound = results[0].series
     keep = decimate(bound.lower_bound, MAX_POINTS)
-    ax.fill_between(_days(bound.time[keep]), bound.lower_bound[keep], step="post", color="0.85",
+    start = float(bound.time[0])
+    ax.fill_between(_days(bound.time[keep], start), bound.lower_bound[keep], step="post", color="0.85",
                     label="lower bound")  # fmt: skip
     for result in results:
         s = result.series
         keep = decimate(s.hosts_in_use, MAX_POINTS)
-        ax.step(_days(s.time[keep]), s.hosts_in_use[keep], where="post", linewidth=1.0, label=result.name)
-    ax.set_xlabel("time (days)")
+        ax.step(
+            _days(s.time[keep], start), s.hosts_in_use[keep], where="post", linewidth=1.0, label=result.name
+        )
+    ax.set_xlabel("time since the first event (days)")
     ax.set_ylabel("hosts in use")
     ax.set_title("Hosts in use per policy (segregated: all level clusters together)")
     ax.grid(alpha=0.3)
@@ -70,12 +75,12 @@ def _unallocated(results: Sequence[Result], path: Path) -> str:
         with np.errstate(invalid="ignore", divide="ignore"):
             cpu = 1 - s.cpus_allocated[keep] / s.cpus_in_use_hosts[keep]
             mem = 1 - s.memory_allocated[keep] / s.memory_in_use_hosts[keep]
-        days = _days(s.time[keep])
+        days = _days(s.time[keep], float(s.time[0]))
         cpu_ax.plot(days, 100 * cpu, linewidth=0.9, label=result.name)
         mem_ax.plot(days, 100 * mem, linewidth=0.9, label=result.name)
     cpu_ax.set_ylabel("unallocated CPUs (%)")
     mem_ax.set_ylabel("unallocated memory (%)")
-    mem_ax.set_xlabel("time (days)")
+    mem_ax.set_xlabel("time since the first event (days)")
     cpu_ax.set_title("Capacity left unallocated on the hosts in use")
     for ax in (cpu_ax, mem_ax):
         ax.set_ylim(0, 100)
@@ -91,7 +96,7 @@ def _vnodes(result: Result, path: Path) -> str:
     """SlackVM's Figure 3: each level's vNode size on one host over time."""
     s = result.series
     keep = decimate(s.observed_vnodes.sum(axis=1), MAX_POINTS)
-    days = _days(s.time[keep])
+    days = _days(s.time[keep], float(s.time[0]))
     fig, ax = plt.subplots(figsize=(10, 4.5))
     sizes = [s.observed_vnodes[keep, j] for j in range(len(result.levels))]
     colours = [LEVEL_COLOURS.get(level, OTHER_COLOURS[i % 4]) for i, level in enumerate(result.levels)]
@@ -99,11 +104,37 @@ def _vnodes(result: Result, path: Path) -> str:
                  colors=colours, step="post", alpha=0.85)  # fmt: skip
     if result.host_cpus:
         ax.axhline(result.host_cpus, color="black", linewidth=0.8, linestyle=":", label="usable CPUs")
-    ax.set_xlabel("time (days)")
+    ax.set_xlabel("time since the first event (days)")
     ax.set_ylabel("logical CPUs")
     ax.set_title(f"vNode sizes on {result.observed_host} (no usage in this trace)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def draw_host_replay(replay: HostReplay, path: Path) -> str:
+    """SlackVM's Figure 3 from a monitoring replay: per level, the vNode size
+    (CPUs, filled) and the usage the input recorded for it (cores, line)."""
+    levels = replay.levels
+    minutes = (np.asarray(replay.timestamps, dtype=np.float64) - replay.timestamps[0]) / 60.0
+    fig, axes = plt.subplots(
+        len(levels), 1, figsize=(10, 2.4 * len(levels) + 0.6), sharex=True, squeeze=False
+    )
+    for j, level in enumerate(levels):
+        ax = axes[j, 0]
+        colour = LEVEL_COLOURS.get(level, OTHER_COLOURS[j % 4])
+        ax.fill_between(minutes, replay.sizes[:, j], step="post", color=colour, alpha=0.35,
+                        label="vNode size (CPUs)")  # fmt: skip
+        if not np.isnan(replay.usage[:, j]).all():
+            ax.plot(minutes, replay.usage[:, j], color=colour, linewidth=1.0, label="vNode usage (cores)")
+        ax.set_ylabel(f"{level:g}:1 vNode")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel("time (minutes)")
+    axes[0, 0].set_title("vNode sizes recomputed by pinfold against the recorded usage")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

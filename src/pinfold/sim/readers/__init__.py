@@ -10,6 +10,7 @@ from pathlib import Path
 from pinfold.sim.readers._common import open_text
 from pinfold.sim.readers.azure import read_azure
 from pinfold.sim.readers.neutral import read_neutral
+from pinfold.sim.readers.slackvm import read_slackvm
 from pinfold.sim.trace import Trace, TraceError
 
 __all__ = ["FORMATS", "detect_format", "read_trace"]
@@ -17,6 +18,7 @@ __all__ = ["FORMATS", "detect_format", "read_trace"]
 FORMATS: dict[str, Callable[[str | Path], Trace]] = {
     "neutral": read_neutral,
     "azure": read_azure,
+    "slackvm": read_slackvm,
 }
 
 
