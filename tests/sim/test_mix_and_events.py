@@ -66,7 +66,7 @@ def test_walk_calls_back_per_event_and_per_instant():
     trace = Trace.from_columns(["a", "b", "c"], [0, 0, 3], [3, 7, NO_DEPARTURE], [1, 1, 1], [1, 1, 1])
     seen: list[object] = []
     progress: list[int] = []
-    walk(order_events(trace), lambda vm, arrival: seen.append((vm, arrival)), lambda t: seen.append(t),
+    walk(order_events(trace), lambda t, vm, arrival: seen.append((vm, arrival)), lambda t: seen.append(t),
          progress.append, progress_every=2)  # fmt: skip
     assert seen == [(0, True), (1, True), 0, (0, False), (2, True), 3, (1, False), 7]
     assert progress == [2, 4, 5]

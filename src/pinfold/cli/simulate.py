@@ -75,6 +75,10 @@ def simulate_command(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the level draw.")] = 0,
     critical_size: Annotated[int, typer.Option("--critical-size", min=0)] = 6,
+    usage: Annotated[
+        Path | None,
+        typer.Option("--usage", help="CPU usage samples (vm_id,t_s,cpu_util_pct) to plot the vNodes' usage."),
+    ] = None,
 ) -> None:
     """Replay a VM trace on a simulated cluster through the placement core.
 
@@ -110,7 +114,16 @@ def simulate_command(
     results = [_run(trace, topo, scenario) for scenario in scenarios]
     from pinfold.sim.report import write_outputs
 
-    summary = write_outputs(results, trace, out, str(topology or "this host (sysfs)"))
+    samples = None
+    if usage is not None:
+        from pinfold.sim.usage import read_usage
+
+        try:
+            samples = read_usage(usage)
+        except TraceError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    summary = write_outputs(results, trace, out, str(topology or "this host (sysfs)"), usage=samples)
     _print_summary(summary)
     console.print(f"wrote {out}/summary.json, timeseries.csv, report.md and plots")
 

@@ -51,19 +51,19 @@ def order_events(trace: Trace) -> EventList:
 
 def walk(
     events: EventList,
-    on_event: Callable[[int, bool], None],
+    on_event: Callable[[int, int, bool], None],
     on_instant_end: Callable[[int], None],
     on_progress: Callable[[int], None] | None = None,
     progress_every: int = 8192,
 ) -> None:
-    """Call `on_event(vm, is_arrival)` for each event in order, and
+    """Call `on_event(time, vm, is_arrival)` for each event in order, and
     `on_instant_end(t)` after the last event of each instant."""
     times = events.times.tolist()
     arrivals = events.arrivals.tolist()
     vms = events.vms.tolist()
     total = len(times)
     for i in range(total):
-        on_event(vms[i], arrivals[i])
+        on_event(times[i], vms[i], arrivals[i])
         if i + 1 == total or times[i + 1] != times[i]:
             on_instant_end(times[i])
         if on_progress is not None and (i + 1) % progress_every == 0:

@@ -15,8 +15,9 @@ import numpy.typing as npt
 from pinfold.sim.replay import Result
 from pinfold.sim.report import decimate
 from pinfold.sim.slackvm_replay import HostReplay
+from pinfold.sim.usage import VNodeUsage
 
-__all__ = ["draw_all", "draw_host_replay"]
+__all__ = ["draw_all", "draw_host_replay", "draw_vnode_usage"]
 
 MAX_POINTS = 4000
 LEVEL_COLOURS = {1.0: "#1b6ca8", 2.0: "#f29e4c", 3.0: "#c8553d", 4.0: "#6a4c93"}
@@ -28,7 +29,7 @@ def _days(times: npt.NDArray[np.int64], start: float) -> npt.NDArray[np.float64]
     return (np.asarray(times, dtype=np.float64) - start) / 86_400.0
 
 
-def draw_all(results: Sequence[Result], out: Path) -> list[tuple[str, str]]:
+def draw_all(results: Sequence[Result], out: Path, usage: VNodeUsage | None = None) -> list[tuple[str, str]]:
     """Draw every plot into `out`; returns (title, file name) pairs for the report."""
     if not results or not len(results[0].series.time):
         return []
@@ -40,6 +41,12 @@ def draw_all(results: Sequence[Result], out: Path) -> list[tuple[str, str]]:
     if first.observed_host is not None:
         title = f"vNode sizes on host {first.observed_host} ({first.name})"
         images.append((title, _vnodes(first, out / "vnodes.png")))
+    if usage is not None:
+        title = f"vNode sizes against usage on host {first.observed_host} ({first.name})"
+        file = draw_vnode_usage(
+            usage.times, usage.levels, usage.sizes, usage.usage, out / "vnode_usage.png", title
+        )
+        images.append((title, file))
     return images
 
 
@@ -116,25 +123,42 @@ def _vnodes(result: Result, path: Path) -> str:
 
 
 def draw_host_replay(replay: HostReplay, path: Path) -> str:
-    """SlackVM's Figure 3 from a monitoring replay: per level, the vNode size
-    (CPUs, filled) and the usage the input recorded for it (cores, line)."""
-    levels = replay.levels
-    minutes = (np.asarray(replay.timestamps, dtype=np.float64) - replay.timestamps[0]) / 60.0
+    """SlackVM's Figure 3 from a monitoring replay."""
+    title = "vNode sizes recomputed by pinfold against the usage recorded for them"
+    times = np.asarray(replay.timestamps, dtype=np.int64)
+    return draw_vnode_usage(times, replay.levels, replay.sizes, replay.usage, path, title)
+
+
+def draw_vnode_usage(
+    times: npt.NDArray[np.int64],
+    levels: list[float],
+    sizes: npt.NDArray[np.int32],
+    usage: npt.NDArray[np.float64],
+    path: Path,
+    title: str,
+) -> str:
+    """SlackVM's Figure 3: per level, the vNode size (CPUs, filled) and the
+    cores its VMs use (line), one panel per level."""
+    span = float(times[-1] - times[0]) if len(times) else 0.0
+    unit, seconds = (
+        ("days", 86_400.0) if span > 2 * 86_400 else ("hours", 3_600.0) if span > 7_200 else ("minutes", 60.0)
+    )
+    x = (np.asarray(times, dtype=np.float64) - (times[0] if len(times) else 0)) / seconds
     fig, axes = plt.subplots(
         len(levels), 1, figsize=(10, 2.4 * len(levels) + 0.6), sharex=True, squeeze=False
     )
     for j, level in enumerate(levels):
         ax = axes[j, 0]
         colour = LEVEL_COLOURS.get(level, OTHER_COLOURS[j % 4])
-        ax.fill_between(minutes, replay.sizes[:, j], step="post", color=colour, alpha=0.35,
-                        label="vNode size (CPUs)")  # fmt: skip
-        if not np.isnan(replay.usage[:, j]).all():
-            ax.plot(minutes, replay.usage[:, j], color=colour, linewidth=1.0, label="vNode usage (cores)")
+        ax.fill_between(x, sizes[:, j], step="post", color=colour, alpha=0.35, label="vNode size (CPUs)")
+        if not np.isnan(usage[:, j]).all():
+            ax.plot(x, usage[:, j], color=colour, linewidth=0.9, label="vNode usage (cores)")
         ax.set_ylabel(f"{level:g}:1 vNode")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
-    axes[-1, 0].set_xlabel("time (minutes)")
-    axes[0, 0].set_title("vNode sizes recomputed by pinfold against the recorded usage")
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1, 0].set_xlabel(f"time ({unit})")
+    axes[0, 0].set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

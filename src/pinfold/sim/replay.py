@@ -101,6 +101,8 @@ class Result:
     events: int
     cluster_hosts: dict[str, int] = field(default_factory=dict)
     host_cpus: int = 0
+    #: VMs that lived on the observed host: trace index -> (arrival, departure or None)
+    observed_stays: dict[int, tuple[int, int | None]] = field(default_factory=dict)
 
 
 class _Pool:
@@ -177,14 +179,16 @@ class _Replay:
         self.series = Series.empty(events.instants, len(self.levels))
         self.sample = 0
         self.observed: tuple[_Pool, str] | None = None
+        # VMs that lived on the observed host: vm index -> (arrival, departure or None)
+        self.observed_stays: dict[int, tuple[int, int | None]] = {}
 
-    def on_event(self, vm: int, arrival: bool) -> None:
+    def on_event(self, t: int, vm: int, arrival: bool) -> None:
         if arrival:
-            self._arrive(vm)
+            self._arrive(t, vm)
         elif vm in self.host_of:
-            self._depart(vm)
+            self._depart(t, vm)
 
-    def _arrive(self, vm: int) -> None:
+    def _arrive(self, t: int, vm: int) -> None:
         ratio = self.ratio[vm]
         spec = VMSpec(self.vm_ids[vm], self.vcpus[vm], self.memory[vm], ratio)
         pool = self.pools[ratio]
@@ -205,9 +209,13 @@ class _Replay:
         self.vms_on[host] = count + 1
         if self.observed is None:
             self.observed = (pool, host)
+        if self.observed[1] == host:
+            self.observed_stays[vm] = (t, None)
 
-    def _depart(self, vm: int) -> None:
+    def _depart(self, t: int, vm: int) -> None:
         pool, host = self.host_of.pop(vm)
+        if vm in self.observed_stays:
+            self.observed_stays[vm] = (self.observed_stays[vm][0], t)
         self.cpus_allocated -= pool.remove(host, self.vm_ids[vm])
         self.memory_allocated -= self.memory[vm]
         self.demand_cpus -= self.vcpus[vm] / self.ratio[vm]
@@ -280,4 +288,5 @@ def simulate(
         events=total,
         cluster_hosts={p.prefix: len(p.cluster) for p in pools},
         host_cpus=replay.host_cpus,
+        observed_stays=replay.observed_stays,
     )

@@ -15,6 +15,9 @@ import numpy.typing as npt
 from pinfold.sim.replay import SEGREGATED, Result
 from pinfold.sim.trace import Trace
 
+#: vm_id -> (sample times, util %), as `pinfold.sim.usage.read_usage` returns
+UsageSamples = dict[str, tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]]
+
 __all__ = ["decimate", "summarize", "write_outputs"]
 
 #: timeseries.csv keeps at most this many rows per policy (peaks are kept).
@@ -113,9 +116,11 @@ def write_outputs(
     out: Path,
     topology_name: str,
     extra: dict[str, Any] | None = None,
+    usage: UsageSamples | None = None,
 ) -> dict[str, Any]:
     """Write summary.json, timeseries.csv, rejected.csv, the plots and
-    report.md into `out`; returns the summary document."""
+    report.md into `out`; returns the summary document. With `usage` (per-VM
+    CPU samples), the observed host's vNode usage is plotted too."""
     from pinfold.sim import plots
 
     out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +133,6 @@ def write_outputs(
         **(extra or {}),
         "policies": {result.name: summarize(result) for result in results},
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     write_timeseries(results, out / "timeseries.csv")
     with (out / "rejected.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -137,7 +141,18 @@ def write_outputs(
             never = set(result.never_fit)
             for vm in result.rejected:
                 writer.writerow([result.name, vm, vm in never])
-    images = plots.draw_all(results, out)
+    observed = None
+    if usage is not None and results:
+        from pinfold.sim.usage import observed_usage
+
+        observed = observed_usage(results[0], trace, usage)
+        summary["usage"] = (
+            "none of the observed host's VMs has usage samples"
+            if observed is None
+            else (f"vNode usage of {results[0].observed_host} sampled at {len(observed.times):,} instants")
+        )
+    images = plots.draw_all(results, out, observed)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     (out / "report.md").write_text(render_report(summary, images), encoding="utf-8")
     return summary
 
