@@ -11,6 +11,7 @@ import pytest
 from pinfold.placement import (
     POLICIES,
     Cluster,
+    Demand,
     HostAllocator,
     HostColumns,
     NoHostError,
@@ -212,3 +213,69 @@ def test_best_host_skipping_empty_hosts_gives_the_same_answer_as_choose(i7, poli
         if i % 4 == 3 and placed:
             cluster.remove(placed.pop(int(rng.integers(0, len(placed)))))
     assert pruned > 50  # the shortcut was taken often enough to be tested
+
+
+def brute_force_choice(cluster: Cluster, spec: VMSpec, policy: str) -> str | None:
+    """The choice worked out host by host from the allocators themselves."""
+    best, best_score = None, -np.inf
+    for host in cluster.hosts:
+        allocator = cluster.allocator(host)
+        if not allocator.fits(spec):
+            continue
+        demand = Demand(
+            np.array([allocator.cpus_needed(spec.vcpus, spec.ratio)], dtype=float), spec.memory_mib
+        )
+        score = float(POLICIES[policy].score(allocator.columns(), demand)[0])
+        if score > best_score:
+            best, best_score = host, score
+    return best
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_choices_match_a_host_by_host_brute_force(i7, epyc_exp, policy):
+    cluster = Cluster()
+    for h in range(70):
+        topology = epyc_exp if h % 7 == 0 else i7
+        cluster.add_host(f"h{h:02d}", HostAllocator(topology, reserved_memory_mib=512 * (h % 3)))
+    rng = np.random.default_rng(21)
+    placed: list[str] = []
+    for i in range(300):
+        spec = vm(
+            f"v{i}", int(rng.integers(1, 9)), float(rng.integers(1, 24)), float(rng.choice([1, 1.5, 2, 3]))
+        )
+        expected = brute_force_choice(cluster, spec, policy)
+        assert cluster.choose(spec, policy).host == expected
+        assert cluster.best_host(spec, policy) == expected
+        if expected is not None:
+            cluster.deploy_on(expected, spec)
+            placed.append(spec.name)
+        if i % 3 == 2 and placed:
+            cluster.remove(placed.pop(int(rng.integers(0, len(placed)))))
+        if i % 50 == 49:  # a change made on an allocator directly, then synced
+            host = cluster.hosts[int(rng.integers(0, len(cluster)))]
+            if cluster.allocator(host).fits(vm(f"direct{i}", 1, 1, 1.0)):
+                cluster.allocator(host).deploy(vm(f"direct{i}", 1, 1, 1.0))
+                cluster.sync(host)
+
+
+def test_level_columns_equal_the_allocators(cluster):
+    rng = np.random.default_rng(8)
+    for i in range(120):
+        spec = vm(f"v{i}", int(rng.integers(1, 4)), 1.0, float(rng.choice([1, 2, 3])))
+        with contextlib.suppress(NoHostError):
+            cluster.deploy(spec)
+        if i % 4 == 3 and cluster.host_of(f"v{i - 2}"):
+            cluster.remove(f"v{i - 2}")
+    n = len(cluster)
+    for ratio, cpus in cluster._level_cpus.items():
+        for index, host in enumerate(cluster.hosts):
+            assert (cpus[index], cluster._level_alloc[ratio][index]) == cluster.allocator(host).level_usage(
+                ratio
+            )
+    columns = cluster.columns()
+    for index, host in enumerate(cluster.hosts):
+        single = cluster.allocator(host).columns()
+        for field in ("usable_cpus", "usable_mem", "free_cpus", "mem_alloc", "cpu_alloc", "target_ratio",
+                      "deviation", "penalty"):  # fmt: skip
+            assert getattr(columns, field)[index] == getattr(single, field)[0], (host, field)
+    assert n == 3

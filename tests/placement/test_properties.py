@@ -36,13 +36,19 @@ def check_host(host: HostAllocator, excluded: set[int]) -> None:
         assert cpus * ratio >= allocated - 1e-9
         assert cpus >= largest
     assert host.memory_allocated_mib <= host.memory_usable_mib
+    # expected pins worked out from the vNodes alone (DESIGN.md), not from the pin cache
+    usable = set(host.topology.usable_cpus)
+    sharing = host.critical_size > 0 and any(
+        sum(1 for s in host.vms.values() if float(s.ratio) == r) < host.critical_size
+        for r in host.levels
+        if r > 1
+    )
+    assert host.sharing() == sharing
     for name, spec in host.vms.items():
-        pins = host.pinning(name)
         own = set(host.vnode(spec.ratio))
-        assert own <= pins
-        assert not pins & excluded
-        if spec.ratio == 1.0 or not host.sharing():
-            assert pins == own
+        expected = own if spec.ratio == 1.0 or not sharing else usable - set(host.vnode(1.0))
+        assert host.pinning(name) == expected
+        assert not expected & excluded
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -21,6 +21,8 @@ FORBIDDEN_MODULES = {
 }  # fmt: skip
 OUTER_PACKAGES = ("pinfold.agent", "pinfold.controller", "pinfold.sim", "pinfold.rapid", "pinfold.cli")
 FORBIDDEN_CALLS = {"open", "print", "input"}
+PURE_MODULES = {"__future__", "collections", "dataclasses", "enum", "functools", "heapq", "math", "numbers",
+                "typing", "numpy", "pinfold"}  # fmt: skip
 
 
 def module_level_imports(tree: ast.Module) -> list[str]:
@@ -40,8 +42,7 @@ def test_core_module_imports_nothing_impure(path):
         root = name.split(".")[0]
         assert root not in FORBIDDEN_MODULES, f"{path.name} imports {name}"
         assert not name.startswith(OUTER_PACKAGES), f"{path.name} imports {name}"
-        assert root in {"__future__", "collections", "dataclasses", "enum", "functools", "math",
-                        "typing", "numpy", "pinfold", "heapq"}, f"{path.name} imports {name}"  # fmt: skip
+        assert root in PURE_MODULES, f"{path.name} imports {name}"
     calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
     assert not calls & FORBIDDEN_CALLS, f"{path.name} calls {calls & FORBIDDEN_CALLS}"
 

@@ -118,7 +118,7 @@ def test_too_much_memory_is_refused_and_the_cpu_side_rolled_back(host):
     [
         (VMSpec("half", 1, 1024, 0.5), "invalid request: ratio must be >= 1.0"),
         (VMSpec("zero", 0, 1024, 1.0), "invalid request: vcpus must be an integer >= 1"),
-        (VMSpec("nomem", 1, 0, 1.0), "invalid request: memory_mib must be > 0"),
+        (VMSpec("nomem", 1, 0, 1.0), "invalid request: memory_mib must be an integer >= 1 (MiB)"),
         (VMSpec("", 1, 1024, 1.0), "invalid request: name must be a non-empty string"),
         (VMSpec("nan", 1, 1024, float("nan")), "invalid request: ratio must be >= 1.0"),
         (VMSpec("A", 1, 1024, 2.0), "duplicate name"),

@@ -176,3 +176,13 @@ def test_non_integer_ratio_admits_by_float_room(i7):
     host.deploy(vm("c", 1, 1, 1.5))  # room 0.5 -> ceil(0.5/1.5) = 1 more
     assert len(host.vnode(1.5)) == 4
     assert host.status()["cpu"]["subset"]["1.5"]["vavail"] == 1.0
+
+
+def test_numpy_integers_are_valid_sizes(i7):
+    import numpy as np
+
+    host = HostAllocator(i7)
+    host.deploy(VMSpec("np", np.int64(2), np.int64(1024), np.float64(2.0)))  # type: ignore[arg-type]
+    assert host.vnode(2.0) == [0, 4]
+    with pytest.raises(PlacementError, match="memory_mib must be an integer"):
+        host.deploy(VMSpec("half-mib", 1, 0.5, 1.0))  # type: ignore[arg-type]

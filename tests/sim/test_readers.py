@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pinfold.sim.mix import assign_levels, parse_mix
 from pinfold.sim.readers import detect_format, read_trace
 from pinfold.sim.readers.azure import read_azure
 from pinfold.sim.readers.neutral import read_neutral, write_neutral
@@ -174,3 +175,42 @@ def test_detect_format_by_first_line(tmp_path):
     assert read_trace(table).vcpus[0] == 2
     with pytest.raises(TraceError, match="unknown trace format"):
         read_trace(table, "parquet")
+
+
+def test_neutral_with_only_a_header_is_an_error(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("vm_id,arrival_s,departure_s,vcpus,memory_mib\n")
+    with pytest.raises(TraceError, match="no VMs"):
+        read_neutral(path)
+
+
+def test_huge_numbers_are_errors_not_crashes(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("vm_id,arrival_s,departure_s,vcpus,memory_mib\na,0,,1,99999999999999999999\n")
+    with pytest.raises(TraceError, match=r":2: memory_mib is too large"):
+        read_neutral(path)
+
+
+def test_a_csv_field_past_the_limit_is_an_error(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text('vm_id,arrival_s,departure_s,vcpus,memory_mib\n"' + "x" * 200_000 + '",0,,1,1\n')
+    with pytest.raises(TraceError, match="cannot read"):
+        read_neutral(path)
+
+
+def test_azure_memory_below_one_mib_is_an_error(tmp_path):
+    path = tmp_path / "vmtable.csv"
+    path.write_text("v1,s,d,0,300,50,10,40,Unknown,2,0.0001\n")
+    with pytest.raises(TraceError, match=":1: vmmemory must be at least 1 MiB"):
+        read_azure(path)
+
+
+def test_partly_levelled_trace_keeps_its_levels_and_draws_the_rest(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("vm_id,arrival_s,departure_s,vcpus,memory_mib,ratio\na,0,,1,1,1.2345678\nb,0,,1,1,\n")
+    trace = read_neutral(path)
+    filled = assign_levels(trace, parse_mix("2.0=1"), seed=1, keep_recorded=True)
+    assert list(filled.ratio) == [1.2345678, 2.0]
+    assert "for the 1 VMs without one" in filled.level_note
+    write_neutral(filled, tmp_path / "back.csv")
+    assert read_neutral(tmp_path / "back.csv").ratio[0] == 1.2345678

@@ -139,3 +139,46 @@ def test_replay_is_exactly_a_sequence_of_placement_core_calls(i7, policy):
     assert rejected  # the 4-host cluster is too small for this trace: rejections happen
     assert in_use == result.series.hosts_in_use.tolist()
     assert np.all(result.series.hosts_in_use <= 4)
+
+
+def test_fixed_cluster_reports_vms_that_fit_no_host(i7):
+    trace = trace_of(
+        [("huge", 0, 10, 9, GIB, 1.0), ("crowd", 0, 10, 8, GIB, 1.0), ("late", 5, 10, 8, GIB, 1.0)]
+    )
+    result = simulate(trace, i7, Scenario("progress", hosts=1))
+    assert result.rejected == ["huge", "late"]
+    assert result.never_fit == ["huge"]
+
+
+def test_duplicate_vm_ids_are_refused(i7):
+    trace = trace_of([("a", 0, 10, 1, GIB, 1.0), ("a", 5, 10, 1, GIB, 1.0)])
+    with pytest.raises(ValueError, match="twice"):
+        simulate(trace, i7, Scenario("progress"))
+
+
+@pytest.mark.parametrize("policy", ["progress", "best-fit"])
+def test_replay_on_a_mostly_empty_large_cluster_matches_the_full_choice(i7, policy):
+    """60 hosts, most of them empty: best_host prunes them; the replay must still
+    make exactly the choices of Cluster.deploy (which scores every host)."""
+    shape = TraceShape(vms=300, duration_s=20_000, sizes="1=0.5,2=0.3,4=0.2", lifetimes="3000=1", seed=6)
+    trace = generate(
+        shape, *(parse_mix(m) for m in (shape.sizes, shape.memory, shape.lifetimes, shape.levels))
+    )
+    result = simulate(trace, i7, Scenario(policy, hosts=60))
+    cluster = Cluster()
+    for h in range(60):
+        cluster.add_host(f"h{h}", HostAllocator(i7))
+    events = order_events(trace)
+    in_use = []
+    times = events.times.tolist()
+    for i, (vm, arrival) in enumerate(zip(events.vms.tolist(), events.arrivals.tolist(), strict=True)):
+        name = trace.vm_ids[vm]
+        if arrival:
+            spec = VMSpec(name, int(trace.vcpus[vm]), int(trace.memory_mib[vm]), float(trace.ratio[vm]))
+            cluster.deploy(spec, policy)
+        else:
+            cluster.remove(name)
+        if i + 1 == len(times) or times[i + 1] != times[i]:
+            in_use.append(sum(1 for h in cluster.hosts if len(cluster.allocator(h))))
+    assert in_use == result.series.hosts_in_use.tolist()
+    assert max(in_use) < 30  # most of the 60 hosts stayed empty: the pruned path ran

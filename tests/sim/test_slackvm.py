@@ -13,6 +13,7 @@ from pinfold.cli import app
 from pinfold.placement import HostAllocator, VMSpec
 from pinfold.sim.readers import detect_format, read_trace
 from pinfold.sim.readers.slackvm import HEADER, read_monitoring
+from pinfold.sim.replay import Scenario, simulate
 from pinfold.sim.slackvm_replay import replay_monitoring
 from pinfold.sim.trace import NO_DEPARTURE, TraceError
 from tests.conftest import I7
@@ -160,3 +161,18 @@ def test_cli_refuses_cluster_options_for_a_monitoring_replay(monitoring_file, tm
     )
     assert result.exit_code == 2
     assert "one host" in result.output
+
+
+def test_slackvm_order_deploys_before_it_removes(tmp_path, i7):
+    """x holds 6 CPUs until t=15 (so SlackVM removes it at t=30); y (4 vCPUs)
+    arrives at t=30. SlackVM deploys before it removes: y does not fit the
+    8-CPU host at that moment. Both the one-host replay and a cluster replay of
+    the same file must agree."""
+    vms = [RecordedVM("u-x", "x", 6, 1024, 1.0, 0, 15), RecordedVM("u-y", "y", 4, 1024, 1.0, 30, 45)]
+    path = write_monitoring(tmp_path / "m.csv", vms, [0, 15, 30, 45])
+    one_host = replay_monitoring(read_monitoring(path), i7, tmp_path / "out.csv")
+    assert one_host.rejected == {"y": "not enough cpu"}
+    trace = read_trace(path)
+    assert not trace.departures_first
+    cluster_run = simulate(trace, i7, Scenario("progress", hosts=1))
+    assert cluster_run.rejected == ["y"]

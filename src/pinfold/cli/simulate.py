@@ -89,13 +89,16 @@ def simulate_command(
         raise typer.BadParameter("give either --hosts N or --elastic, not both")
     resolved = _resolve_format(trace_path, trace_format)
     if resolved == "slackvm":
-        if hosts is not None or elastic or compare or levels:
+        if hosts is not None or elastic or compare or levels or usage or policy != "progress" or seed != 0:
             raise typer.BadParameter(
-                "a SlackVM monitoring replay is one host: drop --hosts/--elastic/--compare/--levels"
+                "a SlackVM monitoring replay is one host with the levels and usage it records: "
+                "drop --hosts/--elastic/--compare/--policy/--levels/--seed/--usage"
             )
         _replay_slackvm(trace_path, _load_topology(topology), topology, out, critical_size)
         return
     names = [name.strip() for name in (compare or policy).split(",") if name.strip()]
+    if SEGREGATED in names and hosts is not None:
+        console.print(f"note: {SEGREGATED} is a baseline of elastic clusters; it ignores --hosts {hosts}")
     try:
         scenarios = [
             Scenario(
@@ -196,7 +199,8 @@ def _load_trace(path: Path, trace_format: str, levels: str | None, seed: int) ->
         mix = parse_mix(levels or DEFAULT_LEVELS, "--levels", minimum_key=1.0)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    return assign_levels(trace, mix, seed)
+    # --levels given: every VM gets a drawn level; otherwise only those without one
+    return assign_levels(trace, mix, seed, keep_recorded=levels is None)
 
 
 def _run(trace: Trace, topology: Topology, scenario: Scenario) -> Result:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 
 __all__ = ["VMSpec", "invalid_reason", "level_key"]
 
@@ -34,13 +35,11 @@ def invalid_reason(spec: VMSpec) -> str | None:
         return None
     if not isinstance(spec.name, str) or not spec.name:
         return "name must be a non-empty string"
-    if isinstance(spec.vcpus, bool) or not isinstance(spec.vcpus, int) or spec.vcpus < 1:
+    if isinstance(spec.vcpus, bool) or not isinstance(spec.vcpus, Integral) or spec.vcpus < 1:
         return "vcpus must be an integer >= 1"
-    if isinstance(spec.memory_mib, bool) or not isinstance(spec.memory_mib, int | float):
-        return "memory_mib must be a number"
-    if not math.isfinite(spec.memory_mib) or spec.memory_mib <= 0:
-        return "memory_mib must be > 0"
-    if isinstance(spec.ratio, bool) or not isinstance(spec.ratio, int | float):
+    if isinstance(spec.memory_mib, bool) or not isinstance(spec.memory_mib, Integral) or spec.memory_mib < 1:
+        return "memory_mib must be an integer >= 1 (MiB)"
+    if isinstance(spec.ratio, bool) or not isinstance(spec.ratio, Real):
         return "ratio must be a number"
     if not math.isfinite(spec.ratio) or spec.ratio < 1.0:
         return "ratio must be >= 1.0"

@@ -1,8 +1,10 @@
 """The event engine: order a trace's arrivals and departures, and walk them.
 
-It knows nothing of placement: it calls back with (vm index, is arrival) for
-each event and once at the end of each instant. DESIGN.md's order: at one
-instant, departures go before arrivals; ties inside a kind keep trace order.
+It knows nothing of placement: it calls back with (time, vm index, is arrival)
+for each event and once at the end of each instant. DESIGN.md's order: at one
+instant, departures go before arrivals (neutral and Azure traces), or arrivals
+before departures (SlackVM monitoring files, as SlackVM replays them); ties
+inside a kind keep trace order.
 A VM that leaves at the instant it arrives holds nothing and is skipped (the
 replay reports how many).
 """
@@ -18,9 +20,6 @@ import numpy.typing as npt
 from pinfold.sim.trace import NO_DEPARTURE, Trace
 
 __all__ = ["EventList", "order_events", "walk"]
-
-DEPARTURE = 0
-ARRIVAL = 1
 
 
 @dataclass(frozen=True)
@@ -43,10 +42,13 @@ def order_events(trace: Trace) -> EventList:
     index = np.flatnonzero(kept)
     leaving = index[trace.departure[index] != NO_DEPARTURE]
     times = np.concatenate([trace.arrival[index], trace.departure[leaving]])
-    kinds = np.concatenate([np.full(len(index), ARRIVAL), np.full(len(leaving), DEPARTURE)])
+    # sort key of each kind: the kind that goes first at an instant sorts lower
+    arrival_key, departure_key = (1, 0) if trace.departures_first else (0, 1)
+    kinds = np.concatenate([np.full(len(index), arrival_key), np.full(len(leaving), departure_key)])
     vms = np.concatenate([index, leaving])
     order = np.lexsort((vms, kinds, times))
-    return EventList(times[order], kinds[order] == ARRIVAL, vms[order], int(len(trace) - len(index)))
+    is_arrival = np.concatenate([np.ones(len(index), dtype=bool), np.zeros(len(leaving), dtype=bool)])
+    return EventList(times[order], is_arrival[order], vms[order], int(len(trace) - len(index)))
 
 
 def walk(

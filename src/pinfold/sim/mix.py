@@ -48,12 +48,21 @@ def format_mix(mix: Mix) -> str:
     return ",".join(f"{key:g}={weight:g}" for key, weight in mix.items())
 
 
-def assign_levels(trace: Trace, levels: Mix, seed: int) -> Trace:
-    """Give every VM a level drawn from `levels` with a seeded generator; the
-    same trace, mix and seed always give the same levels."""
+def assign_levels(trace: Trace, levels: Mix, seed: int, keep_recorded: bool = False) -> Trace:
+    """Give VMs a level drawn from `levels` with a seeded generator; the same
+    trace, mix and seed always give the same levels. With `keep_recorded`, VMs
+    whose level the trace records keep it and only the others are drawn."""
     rng = np.random.default_rng(seed)
     keys = np.array(list(levels), dtype=np.float64)
     weights = np.array(list(levels.values()), dtype=np.float64)
-    ratio = keys[rng.choice(len(keys), size=len(trace), p=weights / weights.sum())]
+    drawn = keys[rng.choice(len(keys), size=len(trace), p=weights / weights.sum())]
+    missing = np.isnan(trace.ratio)
+    if keep_recorded and not missing.all():
+        ratio = np.where(missing, drawn, trace.ratio)
+        note = (
+            f"levels from the trace, and for the {int(missing.sum()):,} VMs without one drawn from the mix "
+            f"{format_mix(levels)} with seed {seed}"
+        )
+        return trace.with_levels(ratio, note)
     note = f"levels drawn per VM from the mix {format_mix(levels)} with seed {seed}"
-    return trace.with_levels(ratio, note)
+    return trace.with_levels(drawn, note)

@@ -195,7 +195,7 @@ class _Replay:
         placed = pool.place(spec)
         if placed is None:
             self.rejected.append(spec.name)
-            if pool.elastic:
+            if not pool.template.fits(spec):
                 self.never_fit.append(spec.name)
             return
         host, cpus_taken = placed
@@ -259,6 +259,8 @@ def simulate(
     every few thousand events."""
     if not trace.has_levels:
         raise ValueError("the trace has no levels: assign them first (see pinfold.sim.mix)")
+    if len(set(trace.vm_ids)) != len(trace):
+        raise ValueError("the trace names a VM twice: VM ids must be unique")
     events = events if events is not None else order_events(trace)
     replay = _Replay(trace, topology, scenario, events)
     total = len(events)

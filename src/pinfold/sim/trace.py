@@ -7,7 +7,7 @@ replay reads them by index.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,9 @@ class Trace:
     ratio: npt.NDArray[np.float64]
     source: str = ""
     level_note: str = "levels from the trace"
-    extra: dict[str, object] = field(default_factory=dict)
+    #: at one instant, do departures go first (neutral and Azure traces, DESIGN.md)
+    #: or arrivals (SlackVM's replay order)?
+    departures_first: bool = True
 
     def __post_init__(self) -> None:
         n = len(self.vm_ids)

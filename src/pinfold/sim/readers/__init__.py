@@ -1,6 +1,8 @@
 """Trace readers. Each returns a `Trace` and raises `TraceError` naming the
-file, the line and the problem; `tests/sim/test_readers.py` runs the same
-conformance checks on every one of them."""
+file, the line and the problem. `tests/sim/test_readers.py` runs the same
+conformance checks on the row-per-VM readers (neutral, Azure); the SlackVM
+monitoring reader, whose VMs span many rows, has its own in
+`tests/sim/test_slackvm.py`."""
 
 from __future__ import annotations
 

@@ -3,6 +3,7 @@ parsing fields with errors that name the file and line."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import math
 from collections.abc import Iterator
@@ -12,7 +13,10 @@ from typing import IO
 
 from pinfold.sim.trace import TraceError
 
-__all__ = ["Columns", "open_text", "parse_float", "parse_int"]
+__all__ = ["MAX_INT", "Columns", "open_text", "parse_float", "parse_int"]
+
+#: Largest integer a trace field may hold (traces are stored as int64 columns).
+MAX_INT = 2**62
 
 
 @contextmanager
@@ -28,7 +32,7 @@ def open_text(path: str | Path) -> Iterator[IO[str]]:
         raise TraceError(path, None, f"cannot open: {exc.strerror or exc}") from None
     try:
         yield handle
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
         raise TraceError(path, None, f"cannot read: {exc}") from None
     finally:
         handle.close()
@@ -48,6 +52,8 @@ def parse_int(text: str, what: str, path: str | Path, line: int, minimum: int | 
         value = int(number)
     if minimum is not None and value < minimum:
         raise TraceError(path, line, f"{what} must be >= {minimum}, got {value}")
+    if value > MAX_INT:
+        raise TraceError(path, line, f"{what} is too large: {text!r}")
     return value
 
 

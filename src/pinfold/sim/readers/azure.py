@@ -52,8 +52,8 @@ def read_azure(path: str | Path) -> Trace:
             memory_gb = bucket_value(row[10], "vmmemory", path, line)
             if cores < 1 or not cores.is_integer():
                 raise TraceError(path, line, f"vmcorecount must be a whole number >= 1, got {row[9]!r}")
-            if memory_gb <= 0:
-                raise TraceError(path, line, f"vmmemory must be > 0, got {row[10]!r}")
+            if round(memory_gb * MIB_PER_GB) < 1:
+                raise TraceError(path, line, f"vmmemory must be at least 1 MiB, got {row[10]!r} GB")
             columns.add(
                 line, row[0].strip(), created, deleted, int(cores), round(memory_gb * MIB_PER_GB), math.nan
             )

@@ -48,6 +48,8 @@ def read_neutral(path: str | Path) -> Trace:
                 parse_int(row[4], "memory_mib", path, line, minimum=1),
                 ratio,
             )
+    if not columns.vm_ids:
+        raise TraceError(path, None, "no VMs after the header")
     return Trace.from_columns(
         columns.vm_ids, columns.arrival, columns.departure, columns.vcpus, columns.memory_mib,
         columns.ratio, source=str(path),
@@ -70,5 +72,5 @@ def write_neutral(trace: Trace, path: str | Path) -> None:
             row = [vm_id, int(trace.arrival[i]), "" if departure == NO_DEPARTURE else departure,
                    int(trace.vcpus[i]), int(trace.memory_mib[i])]  # fmt: skip
             if with_levels:
-                row.append(f"{trace.ratio[i]:g}")
+                row.append(repr(float(trace.ratio[i])))
             writer.writerow(row)

@@ -22,7 +22,7 @@ removes it), or none when its last row is at the last timestamp.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pinfold.sim.readers._common import open_text, parse_float, parse_int
@@ -89,7 +89,8 @@ class MonitoringFile:
             [vm.ratio for vm in vms],
             source=self.path,
         )
-        return trace.with_levels(trace.ratio, "levels from the trace (sb_oc of each VM's cpu rows)")
+        trace = trace.with_levels(trace.ratio, "levels from the trace (sb_oc of each VM's cpu rows)")
+        return replace(trace, departures_first=False)
 
 
 def read_monitoring(path: str | Path) -> MonitoringFile:
