@@ -113,7 +113,7 @@ def _vnodes(result: Result, path: Path) -> str:
         ax.axhline(result.host_cpus, color="black", linewidth=0.8, linestyle=":", label="usable CPUs")
     ax.set_xlabel("time since the first event (days)")
     ax.set_ylabel("logical CPUs")
-    ax.set_title(f"vNode sizes on {result.observed_host} (no usage in this trace)")
+    ax.set_title(f"vNode sizes on {result.observed_host}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
