@@ -12,6 +12,7 @@ from pinfold.placement.arithmetic import cpus_to_add, shrunk_size
 from pinfold.placement.cluster import Cluster, Decision, NoHostError
 from pinfold.placement.errors import PlacementError, Refusal, RefusalCode
 from pinfold.placement.policies import DEFAULT_POLICY, POLICIES, Demand, HostColumns, Policy, get_policy
+from pinfold.placement.snapshot import HostSnapshot
 from pinfold.placement.spec import VMSpec, invalid_reason, level_key
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Demand",
     "HostAllocator",
     "HostColumns",
+    "HostSnapshot",
     "NoHostError",
     "PlacementError",
     "Policy",

@@ -18,6 +18,7 @@ import numpy as np
 from pinfold.placement.arithmetic import cpus_to_add, shrunk_size
 from pinfold.placement.errors import PlacementError, Refusal, RefusalCode
 from pinfold.placement.policies import Demand, HostColumns, progress
+from pinfold.placement.snapshot import HostSnapshot
 from pinfold.placement.spec import VMSpec, invalid_reason, level_key
 from pinfold.placement.vnode import VNode
 from pinfold.topology.model import Topology
@@ -387,6 +388,83 @@ class HostAllocator:
         if exclude is not None:
             repinned.pop(exclude, None)
         return repinned
+
+    # -- persistence -------------------------------------------------------------
+
+    def snapshot(self) -> HostSnapshot:
+        """The vNodes (CPUs in the order added) and the VMs (in deploy order)."""
+        return HostSnapshot(
+            vnodes={ratio: tuple(level.cpus) for ratio, level in self._levels.items()},
+            vms=tuple(self._vms.values()),
+        )
+
+    @classmethod
+    def restore(
+        cls,
+        topology: Topology,
+        snapshot: HostSnapshot,
+        critical_size: int = DEFAULT_CRITICAL_SIZE,
+        reserved_memory_mib: int = 0,
+        report_pins: bool = True,
+    ) -> HostAllocator:
+        """Rebuild the exact state of a snapshot (not a re-placement), after
+        checking it: VMs well formed and uniquely named, every VM's level has a
+        vNode and every vNode a VM, vNodes disjoint and within usable CPUs,
+        C*r >= A and C >= M per vNode, memory within the pool. ValueError
+        names the first problem; nothing is half restored."""
+        host = cls(topology, critical_size, reserved_memory_mib, report_pins)
+        problem = host._restore_problem(snapshot)
+        if problem is not None:
+            raise ValueError(f"cannot restore host: {problem}")
+        for ratio, cpus in snapshot.vnodes.items():
+            level = host._levels[float(ratio)] = VNode(float(ratio), np.zeros_like(host._placed_sum))
+            for cpu in cpus:
+                host._take(level, cpu)
+        for spec in snapshot.vms:
+            level = host._levels[float(spec.ratio)]
+            was_small = host._is_small(level)
+            level.add_vm(spec.name, spec.vcpus)
+            host._small_levels += host._is_small(level) - was_small
+            host._vms[spec.name] = spec
+            host.memory_allocated_mib += spec.memory_mib
+        host._collect_repins()  # fill the pin cache: nothing was handed out before
+        return host
+
+    def _restore_problem(self, snapshot: HostSnapshot) -> str | None:
+        seen_cpus: set[int] = set()
+        for ratio, cpus in snapshot.vnodes.items():
+            if not cpus:
+                return f"vNode {ratio} is empty"
+            if float(ratio) < 1.0:
+                return f"vNode level {ratio} is below 1.0"
+            wrong = [cpu for cpu in cpus if cpu not in self._usable]
+            if wrong:
+                return f"vNode {ratio} holds CPUs that are not usable here: {wrong}"
+            if len(set(cpus)) != len(cpus) or seen_cpus & set(cpus):
+                return f"vNode {ratio} lists a CPU twice or shares one with another vNode"
+            seen_cpus |= set(cpus)
+        names: set[str] = set()
+        per_level: dict[float, list[int]] = {}
+        for spec in snapshot.vms:
+            reason = invalid_reason(spec)
+            if reason is not None:
+                return f"VM {spec.name!r}: {reason}"
+            if spec.name in names:
+                return f"VM {spec.name!r} is listed twice"
+            names.add(spec.name)
+            if float(spec.ratio) not in snapshot.vnodes:
+                return f"VM {spec.name!r} is at level {spec.ratio}, which has no vNode"
+            per_level.setdefault(float(spec.ratio), []).append(spec.vcpus)
+        for ratio, cpus in snapshot.vnodes.items():
+            sizes = per_level.get(float(ratio))
+            if not sizes:
+                return f"vNode {ratio} has no VM"
+            if len(cpus) * float(ratio) < sum(sizes) - 1e-9 or len(cpus) < max(sizes):
+                return f"vNode {ratio} of {len(cpus)} CPUs cannot hold its VMs ({sum(sizes)} vCPUs)"
+        memory = sum(spec.memory_mib for spec in snapshot.vms)
+        if memory > self.memory_usable_mib:
+            return f"VMs hold {memory} MiB, more than the {self.memory_usable_mib} MiB pool"
+        return None
 
     # -- invariants (used by tests and by callers that restore state) ------------
 
