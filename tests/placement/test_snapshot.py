@@ -53,7 +53,7 @@ def test_a_restored_host_behaves_like_the_original(i7, ops, cut):
         if step == cut:
             restored = HostAllocator.restore(i7, original.snapshot(), critical_size=3)
         hosts = [original] if restored is None else [original, restored]
-        outcomes = []
+        outcomes: list[object] = []
         for host in hosts:
             try:
                 if deploy or not host.vms:
