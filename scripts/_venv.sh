@@ -13,11 +13,17 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "creating $VENV" >&2
     "$PYTHON" -m venv "$VENV"
 fi
-STAMP="$VENV/.pinfold-installed"
+# libvirt-python compiles against the host's libvirt: add it when libvirt is there
+# (scripts/libvirt-up installs it; CI runs that first).
+EXTRAS="dev"
+if pkg-config --exists libvirt 2>/dev/null; then
+    EXTRAS="dev,libvirt"
+fi
+STAMP="$VENV/.pinfold-installed-${EXTRAS/,/-}"
 if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
-    echo "installing pinfold and its development tools into $VENV" >&2
+    echo "installing pinfold[$EXTRAS] into $VENV" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+    "$VENV/bin/python" -m pip install --quiet -e "$ROOT[$EXTRAS]"
     touch "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

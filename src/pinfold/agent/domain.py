@@ -1,0 +1,217 @@
+"""libvirt domain XML from a typed description, and back.
+
+Built with an XML library (ElementTree), never by pasting strings, so that a
+VM name or a path cannot inject XML. The domain carries pinfold's metadata
+(level, owner, base image) in its own namespace, one `<vcpupin>` per vCPU and an
+`<emulatorpin>`, all on the cpuset of the VM's vNode (DESIGN.md: every vCPU is
+pinned to the whole vNode, not 1:1). `DomainSpec.from_xml` reads a domain back
+(libvirt's own XML of a defined domain included), which adoption at start uses.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from pinfold.topology import format_cpulist, parse_cpulist
+
+__all__ = ["NAMESPACE", "DomainSpec", "DomainXMLError", "repinned_xml", "valid_name"]
+
+#: XML namespace of pinfold's domain metadata.
+NAMESPACE = "https://pinfold.dev/xmlns/domain/1"
+_PREFIX = "pinfold"
+ET.register_namespace(_PREFIX, NAMESPACE)
+
+# Names become file names (disk overlays) and appear in logs: keep them plain.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+DOMAIN_TYPES = ("kvm", "qemu")
+
+
+class DomainXMLError(ValueError):
+    """A domain description or document pinfold cannot use."""
+
+
+def valid_name(name: str) -> bool:
+    """1-63 characters of letters, digits, '.', '_' and '-', starting with a
+    letter or digit: safe as a libvirt name and a file name."""
+    return bool(_NAME.fullmatch(name))
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What pinfold needs a libvirt domain to be.
+
+    `disk` is the qcow2 overlay the agent created (None for a diskless guest);
+    `kernel`/`initrd`/`cmdline` boot a kernel directly (the test guests) instead
+    of from the disk; `serial_log` sends the serial console to a file.
+    """
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    cpuset: frozenset[int]
+    level: float
+    owner: str = ""
+    image: str = ""
+    domain_type: str = "kvm"
+    disk: Path | None = None
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str = ""
+    serial_log: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not valid_name(self.name):
+            raise DomainXMLError(
+                f"invalid domain name {self.name!r}: use 1-63 letters, digits, '.', '_', '-'"
+            )
+        if self.vcpus < 1 or self.memory_mib < 1:
+            raise DomainXMLError("a domain needs at least one vCPU and 1 MiB")
+        if not self.cpuset:
+            raise DomainXMLError("a domain needs a non-empty cpuset")
+        if self.domain_type not in DOMAIN_TYPES:
+            raise DomainXMLError(f"domain type must be one of {', '.join(DOMAIN_TYPES)}")
+
+    def with_cpuset(self, cpuset: frozenset[int]) -> DomainSpec:
+        return replace(self, cpuset=cpuset)
+
+    def to_xml(self) -> str:
+        cpuset = format_cpulist(self.cpuset)
+        domain = ET.Element("domain", type=self.domain_type)
+        ET.SubElement(domain, "name").text = self.name
+        metadata = ET.SubElement(ET.SubElement(domain, "metadata"), _tag("vm"))
+        ET.SubElement(metadata, _tag("level")).text = repr(float(self.level))
+        ET.SubElement(metadata, _tag("owner")).text = self.owner
+        ET.SubElement(metadata, _tag("image")).text = self.image
+        ET.SubElement(domain, "memory", unit="MiB").text = str(self.memory_mib)
+        ET.SubElement(domain, "vcpu", placement="static", cpuset=cpuset).text = str(self.vcpus)
+        cputune = ET.SubElement(domain, "cputune")
+        for vcpu in range(self.vcpus):
+            ET.SubElement(cputune, "vcpupin", vcpu=str(vcpu), cpuset=cpuset)
+        ET.SubElement(cputune, "emulatorpin", cpuset=cpuset)
+        os = ET.SubElement(domain, "os")
+        ET.SubElement(os, "type", arch="x86_64", machine="pc").text = "hvm"
+        if self.kernel is not None:
+            ET.SubElement(os, "kernel").text = str(self.kernel)
+            if self.initrd is not None:
+                ET.SubElement(os, "initrd").text = str(self.initrd)
+            ET.SubElement(os, "cmdline").text = self.cmdline
+        else:
+            ET.SubElement(os, "boot", dev="hd")
+        ET.SubElement(ET.SubElement(domain, "features"), "acpi")
+        ET.SubElement(domain, "on_poweroff").text = "destroy"
+        ET.SubElement(domain, "on_reboot").text = "restart"
+        ET.SubElement(domain, "on_crash").text = "destroy"
+        devices = ET.SubElement(domain, "devices")
+        if self.disk is not None:
+            disk = ET.SubElement(devices, "disk", type="file", device="disk")
+            ET.SubElement(disk, "driver", name="qemu", type="qcow2")
+            ET.SubElement(disk, "source", file=str(self.disk))
+            ET.SubElement(disk, "target", dev="vda", bus="virtio")
+        if self.serial_log is not None:
+            serial = ET.SubElement(devices, "serial", type="file")
+            ET.SubElement(serial, "source", path=str(self.serial_log))
+            ET.SubElement(serial, "target", port="0")
+        else:
+            ET.SubElement(ET.SubElement(devices, "serial", type="pty"), "target", port="0")
+        ET.SubElement(devices, "memballoon", model="virtio")
+        ET.indent(domain)
+        return ET.tostring(domain, encoding="unicode")
+
+    @classmethod
+    def from_xml(cls, document: str) -> DomainSpec:
+        """Read a domain back; DomainXMLError when it is not a pinfold domain."""
+        try:
+            domain = ET.fromstring(document)
+        except ET.ParseError as exc:
+            raise DomainXMLError(f"not XML: {exc}") from None
+        metadata = domain.find(f"metadata/{_tag('vm')}")
+        if metadata is None:
+            raise DomainXMLError("the domain carries no pinfold metadata")
+        try:
+            name = _text(domain, "name")
+            memory = _memory_mib(domain.find("memory"))
+            vcpus = int(_text(domain, "vcpu"))
+            pin = domain.find("cputune/vcpupin")
+            vcpu_element = domain.find("vcpu")
+            cpuset_text = pin.get("cpuset") if pin is not None else None
+            if cpuset_text is None and vcpu_element is not None:
+                cpuset_text = vcpu_element.get("cpuset")
+            if not cpuset_text:
+                raise DomainXMLError("the domain is not pinned")
+            disk = domain.find("devices/disk/source")
+            kernel = domain.find("os/kernel")
+            initrd = domain.find("os/initrd")
+            serial = domain.find("devices/serial[@type='file']/source")
+            return cls(
+                name=name,
+                vcpus=vcpus,
+                memory_mib=memory,
+                cpuset=frozenset(parse_cpulist(cpuset_text)),
+                level=float(_text(metadata, _tag("level"))),
+                owner=metadata.findtext(_tag("owner")) or "",
+                image=metadata.findtext(_tag("image")) or "",
+                domain_type=domain.get("type", "kvm"),
+                disk=Path(disk.get("file", "")) if disk is not None and disk.get("file") else None,
+                kernel=Path(kernel.text) if kernel is not None and kernel.text else None,
+                initrd=Path(initrd.text) if initrd is not None and initrd.text else None,
+                cmdline=domain.findtext("os/cmdline") or "",
+                serial_log=Path(serial.get("path", ""))
+                if serial is not None and serial.get("path")
+                else None,
+            )
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, DomainXMLError):
+                raise
+            raise DomainXMLError(f"malformed pinfold domain: {exc}") from None
+
+
+def repinned_xml(document: str, cpuset: frozenset[int]) -> str:
+    """A domain document (libvirt's own, with its uuid and the devices it
+    added) with every vCPU and the emulator pinned to `cpuset` instead."""
+    if not cpuset:
+        raise DomainXMLError("empty cpuset")
+    try:
+        domain = ET.fromstring(document)
+    except ET.ParseError as exc:
+        raise DomainXMLError(f"not XML: {exc}") from None
+    text = format_cpulist(cpuset)
+    vcpu = domain.find("vcpu")
+    if vcpu is None or vcpu.text is None:
+        raise DomainXMLError("missing <vcpu>")
+    vcpu.set("cpuset", text)
+    cputune = domain.find("cputune")
+    if cputune is None:
+        cputune = ET.SubElement(domain, "cputune")
+    for old in cputune.findall("vcpupin") + cputune.findall("emulatorpin"):
+        cputune.remove(old)
+    for index in range(int(vcpu.text)):
+        cputune.insert(index, ET.Element("vcpupin", vcpu=str(index), cpuset=text))
+    cputune.insert(int(vcpu.text), ET.Element("emulatorpin", cpuset=text))
+    return ET.tostring(domain, encoding="unicode")
+
+
+def _tag(name: str) -> str:
+    return f"{{{NAMESPACE}}}{name}"
+
+
+def _text(element: ET.Element, path: str) -> str:
+    text = element.findtext(path)
+    if text is None:
+        raise DomainXMLError(f"missing <{path}>")
+    return text.strip()
+
+
+_UNITS = {"b": 1 / 2**20, "bytes": 1 / 2**20, "k": 1 / 1024, "kib": 1 / 1024, "m": 1, "mib": 1, "g": 1024,
+          "gib": 1024}  # fmt: skip
+
+
+def _memory_mib(element: ET.Element | None) -> int:
+    if element is None or element.text is None:
+        raise DomainXMLError("missing <memory>")
+    unit = element.get("unit", "KiB").lower()
+    if unit not in _UNITS:
+        raise DomainXMLError(f"unknown memory unit {unit!r}")
+    return round(int(element.text) * _UNITS[unit])

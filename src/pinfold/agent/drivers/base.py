@@ -1,0 +1,65 @@
+"""The interface every driver offers, and the one error it raises."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from pinfold.agent.domain import DomainSpec
+
+__all__ = ["Driver", "DriverError", "GuestInfo", "GuestState"]
+
+
+class GuestState(StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    OTHER = "other"
+
+
+class DriverError(Exception):
+    """A hypervisor operation failed. `code` is stable ("not found",
+    "already exists", "invalid", "failed"); `detail` is the hypervisor's words."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        self.code = code
+        self.detail = detail
+        super().__init__(f"{code}: {detail}")
+
+
+@dataclass(frozen=True)
+class GuestInfo:
+    """A guest the hypervisor knows. `spec` is None for a domain without
+    pinfold metadata: such domains are reported, never touched."""
+
+    name: str
+    state: GuestState
+    spec: DomainSpec | None
+
+
+class Driver(Protocol):
+    """How an agent realises VMs. Every method either does what it says or
+    raises DriverError, leaving the guest as it was where the hypervisor allows."""
+
+    def create(self, spec: DomainSpec) -> None:
+        """Define and start a guest."""
+
+    def delete(self, name: str) -> None:
+        """Stop (forcefully) and undefine a guest."""
+
+    def start(self, name: str) -> None: ...
+
+    def shutdown(self, name: str, timeout_s: float) -> None:
+        """Ask the guest to power off; force it off after `timeout_s`."""
+
+    def suspend(self, name: str) -> None: ...
+
+    def resume(self, name: str) -> None: ...
+
+    def repin(self, name: str, cpuset: frozenset[int]) -> None:
+        """Pin every vCPU and the emulator to `cpuset`, live and persistently."""
+
+    def guests(self) -> list[GuestInfo]: ...
+
+    def info(self, name: str) -> GuestInfo: ...

@@ -1,0 +1,166 @@
+"""The `libvirt` driver. libvirt errors are translated here, once, into
+DriverError; nothing above this module imports libvirt."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import libvirt
+
+from pinfold.agent.domain import DomainSpec, DomainXMLError, repinned_xml
+from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
+
+__all__ = ["LibvirtDriver"]
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: GuestState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: GuestState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: GuestState.SHUTOFF,
+}
+_CODES = {
+    libvirt.VIR_ERR_NO_DOMAIN: "not found",
+    libvirt.VIR_ERR_OPERATION_INVALID: "invalid",
+    libvirt.VIR_ERR_INVALID_ARG: "invalid",
+    libvirt.VIR_ERR_XML_ERROR: "invalid",
+    libvirt.VIR_ERR_XML_DETAIL: "invalid",
+}
+
+
+@contextmanager
+def _translated(action: str) -> Iterator[None]:
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        message = exc.get_error_message() or str(exc)
+        code = _CODES.get(exc.get_error_code(), "failed")
+        if "already exists" in message:
+            code = "already exists"
+        raise DriverError(code, f"{action}: {message}") from exc
+
+
+class LibvirtDriver:
+    """Guests as libvirt domains on `uri` (qemu:///system in production)."""
+
+    def __init__(self, uri: str = "qemu:///system", poll_s: float = 0.2) -> None:
+        with _translated(f"connect to {uri}"):
+            self._conn = libvirt.open(uri)
+        self.uri = uri
+        self.poll_s = poll_s
+
+    def close(self) -> None:
+        with _translated("close"):
+            self._conn.close()
+
+    @property
+    def host_cpu_count(self) -> int:
+        with _translated("read the host CPU map"):
+            return int(self._conn.getCPUMap()[0])
+
+    def create(self, spec: DomainSpec) -> None:
+        with _translated(f"define {spec.name}"):
+            domain = self._conn.defineXML(spec.to_xml())
+        try:
+            with _translated(f"start {spec.name}"):
+                domain.create()
+        except DriverError:
+            with _translated(f"undefine {spec.name} after a failed start"):
+                domain.undefine()
+            raise
+
+    def delete(self, name: str) -> None:
+        domain = self._domain(name)
+        with _translated(f"delete {name}"):
+            if domain.isActive():
+                domain.destroy()
+            domain.undefine()
+
+    def start(self, name: str) -> None:
+        domain = self._require(name, {GuestState.SHUTOFF})
+        with _translated(f"start {name}"):
+            domain.create()
+
+    def shutdown(self, name: str, timeout_s: float) -> None:
+        domain = self._require(name, {GuestState.RUNNING, GuestState.PAUSED})
+        with _translated(f"shut down {name}"):
+            if domain.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                domain.resume()  # a paused guest cannot see the ACPI power button
+            domain.shutdown()
+        if not self._wait(lambda: not domain.isActive(), timeout_s):
+            with _translated(f"force off {name}"):
+                if domain.isActive():
+                    domain.destroy()
+
+    def suspend(self, name: str) -> None:
+        domain = self._require(name, {GuestState.RUNNING})
+        with _translated(f"suspend {name}"):
+            domain.suspend()
+
+    def resume(self, name: str) -> None:
+        domain = self._require(name, {GuestState.PAUSED})
+        with _translated(f"resume {name}"):
+            domain.resume()
+
+    def repin(self, name: str, cpuset: frozenset[int]) -> None:
+        """Live: pin each vCPU and the emulator of the running domain.
+        Persistent: redefine the domain from its own persistent XML with the
+        new cpuset, so that the pinning survives a restart of the guest."""
+        if not cpuset:
+            raise DriverError("invalid", "empty cpuset")
+        domain = self._domain(name)
+        size = self.host_cpu_count
+        if max(cpuset) >= size:
+            raise DriverError("invalid", f"CPU {max(cpuset)} does not exist on this host ({size} CPUs)")
+        spec = self._info(domain).spec
+        if spec is None:
+            raise DriverError("invalid", f"domain '{name}' is not a pinfold domain")
+        cpumap = tuple(cpu in cpuset for cpu in range(size))
+        with _translated(f"re-pin {name}"):
+            if domain.isActive():
+                for vcpu in range(spec.vcpus):
+                    domain.pinVcpuFlags(vcpu, cpumap, libvirt.VIR_DOMAIN_AFFECT_CURRENT)
+                domain.pinEmulator(cpumap, libvirt.VIR_DOMAIN_AFFECT_CURRENT)
+            persistent = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            self._conn.defineXML(repinned_xml(persistent, cpuset))
+
+    def guests(self) -> list[GuestInfo]:
+        with _translated("list domains"):
+            return [self._info(domain) for domain in self._conn.listAllDomains()]
+
+    def info(self, name: str) -> GuestInfo:
+        return self._info(self._domain(name))
+
+    def _require(self, name: str, states: set[GuestState]) -> Any:
+        """The domain, if it is in one of `states` (the same check on every
+        hypervisor, rather than each one's own error for a wrong state)."""
+        domain = self._domain(name)
+        with _translated(f"read the state of {name}"):
+            state = _STATES.get(domain.state()[0], GuestState.OTHER)
+        if state not in states:
+            raise DriverError("invalid", f"domain '{name}' is {state.value}")
+        return domain
+
+    def _domain(self, name: str) -> Any:
+        with _translated(f"look up {name}"):
+            return self._conn.lookupByName(name)
+
+    def _info(self, domain: Any) -> GuestInfo:
+        with _translated(f"read {domain.name()}"):
+            state = _STATES.get(domain.state()[0], GuestState.OTHER)
+            xml = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        try:
+            spec: DomainSpec | None = DomainSpec.from_xml(xml)
+        except DomainXMLError:
+            spec = None
+        return GuestInfo(domain.name(), state, spec)
+
+    def _wait(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with _translated("poll"):
+                if done():
+                    return True
+            time.sleep(self.poll_s)
+        return False

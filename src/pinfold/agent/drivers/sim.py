@@ -1,0 +1,62 @@
+"""The `sim` driver: guests in memory, with the libvirt driver's behaviour
+(same states, same errors), for demos and for tests that need many hosts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from pinfold.agent.domain import DomainSpec
+from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
+
+__all__ = ["SimDriver"]
+
+
+class SimDriver:
+    def __init__(self) -> None:
+        self._guests: dict[str, GuestInfo] = {}
+
+    def create(self, spec: DomainSpec) -> None:
+        if spec.name in self._guests:
+            raise DriverError("already exists", f"domain '{spec.name}' already exists")
+        self._guests[spec.name] = GuestInfo(spec.name, GuestState.RUNNING, spec)
+
+    def delete(self, name: str) -> None:
+        self._get(name)
+        del self._guests[name]
+
+    def start(self, name: str) -> None:
+        self._move(name, {GuestState.SHUTOFF}, GuestState.RUNNING)
+
+    def shutdown(self, name: str, timeout_s: float) -> None:
+        self._move(name, {GuestState.RUNNING, GuestState.PAUSED}, GuestState.SHUTOFF)
+
+    def suspend(self, name: str) -> None:
+        self._move(name, {GuestState.RUNNING}, GuestState.PAUSED)
+
+    def resume(self, name: str) -> None:
+        self._move(name, {GuestState.PAUSED}, GuestState.RUNNING)
+
+    def repin(self, name: str, cpuset: frozenset[int]) -> None:
+        guest = self._get(name)
+        if not cpuset:
+            raise DriverError("invalid", "empty cpuset")
+        assert guest.spec is not None
+        self._guests[name] = replace(guest, spec=guest.spec.with_cpuset(cpuset))
+
+    def guests(self) -> list[GuestInfo]:
+        return list(self._guests.values())
+
+    def info(self, name: str) -> GuestInfo:
+        return self._get(name)
+
+    def _get(self, name: str) -> GuestInfo:
+        guest = self._guests.get(name)
+        if guest is None:
+            raise DriverError("not found", f"no domain with matching name '{name}'")
+        return guest
+
+    def _move(self, name: str, allowed: set[GuestState], to: GuestState) -> None:
+        guest = self._get(name)
+        if guest.state not in allowed:
+            raise DriverError("invalid", f"domain '{name}' is {guest.state.value}")
+        self._guests[name] = replace(guest, state=to)

@@ -1,0 +1,55 @@
+"""Fixtures for the agent: libvirt connections, and a real test guest (Debian's
+cloud kernel booted directly with a busybox initramfs built here)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.agent.guest import build_initramfs
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUIRE_LIBVIRT = os.environ.get("PINFOLD_REQUIRE_LIBVIRT") == "1"
+
+
+def libvirt_or_skip(uri: str) -> object:
+    """A libvirt connection, or a skip where libvirt is not installed (a
+    failure in CI, which sets PINFOLD_REQUIRE_LIBVIRT=1)."""
+    try:
+        import libvirt
+    except ImportError:
+        if REQUIRE_LIBVIRT:
+            raise
+        pytest.skip("libvirt-python is not installed")
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError:
+        if REQUIRE_LIBVIRT:
+            raise
+        pytest.skip(f"{uri} does not answer")
+
+
+@pytest.fixture(scope="session")
+def guest_kernel() -> Path:
+    if shutil.which("apt-get") is None:
+        pytest.skip("no apt-get to fetch the guest kernel")
+    result = subprocess.run(
+        [str(ROOT / "scripts" / "guest-kernel")], capture_output=True, text=True, timeout=600, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"cannot fetch the guest kernel: {result.stderr}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def guest_initramfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        if REQUIRE_LIBVIRT:
+            pytest.fail("busybox is missing: scripts/libvirt-up installs busybox-static")
+        pytest.skip("busybox is not installed")
+    return build_initramfs(Path(busybox), tmp_path_factory.mktemp("guest") / "initramfs.cpio")

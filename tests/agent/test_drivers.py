@@ -1,0 +1,92 @@
+"""The same behaviour from every driver: `sim`, and `libvirt` on libvirt's own
+test hypervisor (test:///default, a real libvirt without QEMU)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from pinfold.agent.domain import DomainSpec
+from pinfold.agent.drivers import Driver, DriverError, GuestState, SimDriver
+from tests.agent.conftest import libvirt_or_skip
+
+
+def spec(name: str = "vm-a", cpuset: frozenset[int] = frozenset({0, 1})) -> DomainSpec:
+    return DomainSpec(name, 2, 256, cpuset, 2.0, owner="alice", domain_type="qemu")
+
+
+@pytest.fixture(params=["sim", "libvirt-test"])
+def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
+    if request.param == "sim":
+        yield SimDriver()
+        return
+    libvirt_or_skip("test:///default")
+    from pinfold.agent.drivers.libvirt import LibvirtDriver
+
+    real = LibvirtDriver("test:///default", poll_s=0.01)
+    yield real
+    for guest in real.guests():
+        if guest.spec is not None:
+            real.delete(guest.name)
+    real.close()
+
+
+def test_create_runs_the_guest_with_its_spec(driver):
+    driver.create(spec())
+    info = driver.info("vm-a")
+    assert info.state is GuestState.RUNNING
+    assert info.spec == spec()
+
+
+def test_lifecycle_moves_between_states(driver):
+    driver.create(spec())
+    driver.suspend("vm-a")
+    assert driver.info("vm-a").state is GuestState.PAUSED
+    driver.resume("vm-a")
+    assert driver.info("vm-a").state is GuestState.RUNNING
+    driver.shutdown("vm-a", timeout_s=0.5)
+    assert driver.info("vm-a").state is GuestState.SHUTOFF
+    driver.start("vm-a")
+    assert driver.info("vm-a").state is GuestState.RUNNING
+    driver.delete("vm-a")
+    assert "vm-a" not in {g.name for g in driver.guests()}
+
+
+def test_repin_changes_the_pinning_of_the_guest(driver):
+    driver.create(spec(cpuset=frozenset({0})))
+    driver.repin("vm-a", frozenset({0, 1}))
+    info = driver.info("vm-a")
+    assert info.spec is not None
+    assert info.spec.cpuset == frozenset({0, 1})
+
+
+@pytest.mark.parametrize(
+    ("action", "code"),
+    [
+        (lambda d: d.info("ghost"), "not found"),
+        (lambda d: d.delete("ghost"), "not found"),
+        (lambda d: d.suspend("ghost"), "not found"),
+        (lambda d: d.create(spec()), "already exists"),
+        (lambda d: d.resume("vm-a"), "invalid"),
+        (lambda d: d.start("vm-a"), "invalid"),
+        (lambda d: d.repin("vm-a", frozenset()), "invalid"),
+    ],
+    ids=["info", "delete", "suspend", "create-twice", "resume-running", "start-running", "repin-empty"],
+)
+def test_errors_have_stable_codes(driver, action, code):
+    driver.create(spec())
+    with pytest.raises(DriverError) as error:
+        action(driver)
+    assert error.value.code == code
+    assert driver.info("vm-a").state is GuestState.RUNNING  # nothing changed
+
+
+def test_domains_without_pinfold_metadata_are_listed_but_not_ours():
+    libvirt_or_skip("test:///default")
+    from pinfold.agent.drivers.libvirt import LibvirtDriver
+
+    real = LibvirtDriver("test:///default")
+    foreign = {g.name: g for g in real.guests()}
+    assert foreign["test"].spec is None  # the test hypervisor's own sample domain
+    real.close()
