@@ -87,3 +87,39 @@ def test_guest_boots_pinned_and_follows_live_repinning(driver, guest_kernel, gue
     assert time.monotonic() - started < 30
     driver.delete(NAME)
     assert NAME not in {g.name for g in driver.guests()}
+
+
+def test_agent_pins_real_guests_of_two_levels_to_their_vnodes(guest_kernel, guest_initramfs, tmp_path, i7):
+    """The agent on qemu:///system: a premium and an oversubscribed guest; each
+    QEMU vCPU thread may run only on its VM's vNode CPUs, as the allocator says."""
+    libvirt_or_skip("qemu:///system")
+    from pinfold.agent.drivers.libvirt import LibvirtDriver
+    from pinfold.agent.service import Agent, AgentSettings, VMRequest
+    from pinfold.agent.store import Store
+    from pinfold.topology import Topology
+
+    topology = Topology.discover()
+    if len(topology.usable_cpus) < 2:
+        pytest.skip("needs two host CPUs")
+    driver = LibvirtDriver("qemu:///system")
+    names = ["pinfold-test-premium", "pinfold-test-shared"]
+    for name in names:
+        if name in {g.name for g in driver.guests()}:
+            driver.delete(name)
+    settings = AgentSettings(domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs,
+                             cmdline="console=ttyS0", serial_dir=tmp_path)  # fmt: skip
+    agent = Agent(topology, driver, Store(tmp_path / "agent.db"), settings)
+    try:
+        agent.create(VMRequest(names[0], 1, 128, 1.0))
+        agent.create(VMRequest(names[1], 1, 128, 2.0))
+        for name in names:
+            expected = set(agent.allocator.pinning(name))
+            wait_for(lambda name=name: vcpu_thread_cpus(name) != [], 30, f"{name}'s vCPU thread")
+            assert vcpu_thread_cpus(name) == [expected]
+        assert agent.allocator.pinning(names[0]).isdisjoint(agent.allocator.pinning(names[1]))
+    finally:
+        for name in names:
+            if name in agent.vms:
+                agent.delete(name)
+        driver.close()
+    assert not {g.name for g in LibvirtDriver("qemu:///system").guests()} & set(names)

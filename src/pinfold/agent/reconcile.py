@@ -1,0 +1,62 @@
+"""What to do at start so that the store and the hypervisor agree.
+
+A pure function from what the store wants and what the hypervisor has to a
+list of actions; the agent carries them out. Table-tested in
+tests/agent/test_reconcile.py. The store is written before the hypervisor is
+touched, so after a crash at any point:
+
+| store | pending | hypervisor | action |
+|---|---|---|---|
+| VM | create | no domain | create it (the placement was durable) |
+| VM | create | domain | keep it, clear the pending mark, check pins |
+| VM | delete | domain | delete it, then forget the VM |
+| VM | delete | no domain | forget the VM |
+| VM | none | domain | keep it, check pins |
+| VM | none | no domain | report it missing (never recreated silently) |
+| none | - | pinfold domain | report it as unknown, never touch it |
+| none | - | other domain | ignore it |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from pinfold.agent.drivers.base import GuestInfo
+from pinfold.agent.store import Pending, StoredVM
+
+__all__ = ["Action", "Step", "plan"]
+
+
+class Action(StrEnum):
+    CREATE = "create"
+    FINISH_CREATE = "finish create"
+    DELETE = "delete"
+    FORGET = "forget"
+    KEEP = "keep"
+    MISSING = "missing"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+    name: str
+
+
+def plan(stored: Mapping[str, StoredVM], observed: Mapping[str, GuestInfo]) -> list[Step]:
+    """Steps in a fixed order: stored VMs in deploy order, then unknown domains by name."""
+    steps: list[Step] = []
+    for name, vm in stored.items():
+        present = name in observed and observed[name].spec is not None
+        if vm.pending is Pending.DELETE:
+            steps.append(Step(Action.DELETE if present else Action.FORGET, name))
+        elif vm.pending is Pending.CREATE:
+            steps.append(Step(Action.FINISH_CREATE if present else Action.CREATE, name))
+        else:
+            steps.append(Step(Action.KEEP if present else Action.MISSING, name))
+    for name in sorted(observed):
+        if name not in stored and observed[name].spec is not None:
+            steps.append(Step(Action.UNKNOWN, name))
+    return steps

@@ -1,0 +1,143 @@
+"""The agent's durable state: SQLite in the data directory.
+
+It holds the VMs (in deploy order), each vNode's CPUs (in the order they were
+added) and the operations under way. Every change is one transaction, written
+with `synchronous=FULL`, and committed before the agent acknowledges it; the
+schema itself refuses a CPU in two vNodes (UNIQUE) so a bug cannot persist one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from pinfold.placement import HostSnapshot, VMSpec
+
+__all__ = ["Pending", "Store", "StoredVM"]
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS vms (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT NOT NULL UNIQUE,
+    vcpus INTEGER NOT NULL CHECK (vcpus >= 1),
+    memory_mib INTEGER NOT NULL CHECK (memory_mib >= 1),
+    ratio REAL NOT NULL CHECK (ratio >= 1.0),
+    owner TEXT NOT NULL DEFAULT '',
+    image TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    pending TEXT
+);
+CREATE TABLE IF NOT EXISTS vnode_cpus (
+    ratio REAL NOT NULL,
+    position INTEGER NOT NULL,
+    cpu INTEGER NOT NULL UNIQUE,
+    PRIMARY KEY (ratio, position)
+);
+"""
+
+
+class Pending(StrEnum):
+    """An operation accepted and stored but not yet confirmed done."""
+
+    CREATE = "create"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class StoredVM:
+    spec: VMSpec
+    owner: str
+    image: str
+    state: str
+    pending: Pending | None
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        with self._transaction():
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                self._db.execute(statement)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        version = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        if int(version) != SCHEMA_VERSION:
+            raise RuntimeError(f"{path}: store schema {version}, this agent reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def load(self) -> tuple[HostSnapshot, dict[str, StoredVM]]:
+        """The allocator's snapshot and every stored VM, in deploy order."""
+        vms: dict[str, StoredVM] = {}
+        rows = self._db.execute(
+            "SELECT name, vcpus, memory_mib, ratio, owner, image, state, pending FROM vms ORDER BY seq"
+        )
+        for name, vcpus, memory, ratio, owner, image, state, pending in rows:
+            spec = VMSpec(name, int(vcpus), int(memory), float(ratio))
+            vms[name] = StoredVM(spec, owner, image, state, Pending(pending) if pending else None)
+        vnodes: dict[float, list[int]] = {}
+        for ratio, cpu in self._db.execute("SELECT ratio, cpu FROM vnode_cpus ORDER BY ratio, position"):
+            vnodes.setdefault(float(ratio), []).append(int(cpu))
+        snapshot = HostSnapshot(
+            {r: tuple(cpus) for r, cpus in vnodes.items()}, tuple(v.spec for v in vms.values())
+        )
+        return snapshot, vms
+
+    def save_vm(self, vm: StoredVM, snapshot: HostSnapshot) -> None:
+        """Insert or update one VM and replace the vNode layout, atomically."""
+        with self._transaction():
+            self._db.execute(
+                "INSERT INTO vms (name, vcpus, memory_mib, ratio, owner, image, state, pending) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "state = excluded.state, pending = excluded.pending",
+                (vm.spec.name, vm.spec.vcpus, vm.spec.memory_mib, float(vm.spec.ratio), vm.owner, vm.image,
+                 vm.state, vm.pending.value if vm.pending else None),
+            )  # fmt: skip
+            self._write_vnodes(snapshot.vnodes)
+
+    def set_state(self, name: str, state: str, pending: Pending | None) -> None:
+        with self._transaction():
+            self._db.execute(
+                "UPDATE vms SET state = ?, pending = ? WHERE name = ?",
+                (state, pending.value if pending else None, name),
+            )
+
+    def forget_vm(self, name: str, snapshot: HostSnapshot) -> None:
+        """Remove a VM and store the vNode layout without it, atomically."""
+        with self._transaction():
+            self._db.execute("DELETE FROM vms WHERE name = ?", (name,))
+            self._write_vnodes(snapshot.vnodes)
+
+    def _write_vnodes(self, vnodes: Mapping[float, tuple[int, ...]]) -> None:
+        self._db.execute("DELETE FROM vnode_cpus")
+        self._db.executemany(
+            "INSERT INTO vnode_cpus (ratio, position, cpu) VALUES (?, ?, ?)",
+            [
+                (float(ratio), position, cpu)
+                for ratio, cpus in vnodes.items()
+                for position, cpu in enumerate(cpus)
+            ],
+        )

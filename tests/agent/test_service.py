@@ -1,0 +1,155 @@
+"""The agent core on the sim driver and a real SQLite store: placement made
+real, re-pins applied, state stored before acting, and repaired at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pinfold.agent.domain import DomainSpec
+from pinfold.agent.drivers import DriverError, GuestState, SimDriver
+from pinfold.agent.reconcile import Action, Step
+from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
+from pinfold.agent.store import Pending, Store, StoredVM
+from pinfold.placement import VMSpec
+
+
+@pytest.fixture
+def parts(tmp_path: Path, i7):
+    driver = SimDriver()
+    store = Store(tmp_path / "agent.db")
+    return i7, driver, store, tmp_path / "agent.db"
+
+
+def agent_of(parts) -> Agent:
+    topology, driver, store, _ = parts
+    return Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+
+
+def pins(driver: SimDriver) -> dict[str, frozenset[int]]:
+    return {g.name: g.spec.cpuset for g in driver.guests() if g.spec is not None}
+
+
+def test_vms_are_pinned_to_their_vnodes_and_repinned_when_they_change(parts):
+    agent = agent_of(parts)
+    driver = parts[1]
+    agent.create(VMRequest("A", 2, 2048, 1.0))
+    agent.create(VMRequest("B", 2, 2048, 2.0))
+    assert pins(driver) == {"A": {0, 4}, "B": {1, 2, 3, 5, 6, 7}}
+    agent.create(VMRequest("A2", 2, 1024, 1.0))  # premium grows: B's shared set shrinks
+    assert pins(driver) == {"A": {0, 2, 4, 6}, "A2": {0, 2, 4, 6}, "B": {1, 3, 5, 7}}
+    agent.delete("A2")
+    assert pins(driver) == {"A": {0, 4}, "B": {1, 2, 3, 5, 6, 7}}
+    assert pins(driver) == {name: agent.allocator.pinning(name) for name in agent.vms}
+
+
+def test_a_restart_keeps_the_vnode_layout(parts):
+    agent = agent_of(parts)
+    agent.create(VMRequest("small", 1, 512, 2.0))
+    agent.create(VMRequest("big", 4, 512, 2.0))
+    agent.create(VMRequest("p", 2, 512, 1.0))
+    agent.delete("big")
+    before = {r: agent.allocator.vnode(r) for r in agent.allocator.levels}
+    parts[2].close()
+    again = Agent(parts[0], parts[1], Store(parts[3]), AgentSettings(domain_type="qemu"))
+    assert {r: again.allocator.vnode(r) for r in again.allocator.levels} == before
+    assert again.report == [Step(Action.KEEP, "small"), Step(Action.KEEP, "p")]
+
+
+def test_refused_requests_change_nothing(parts):
+    agent = agent_of(parts)
+    agent.create(VMRequest("A", 6, 1024, 1.0))
+    for request, code in [
+        (VMRequest("big", 4, 1024, 1.0), "not enough cpu"),
+        (VMRequest("A", 1, 1024, 1.0), "duplicate name"),
+        (VMRequest("x<y>", 1, 1024, 1.0), "invalid request"),
+        (VMRequest("neg", -1, 1024, 1.0), "invalid request"),
+    ]:
+        with pytest.raises(AgentError) as error:
+            agent.create(request)
+        assert error.value.code == code
+    assert set(agent.vms) == {"A"}
+    assert {g.name for g in parts[1].guests()} == {"A"}
+    _, stored = parts[2].load()
+    assert set(stored) == {"A"}
+
+
+def test_a_hypervisor_failure_on_create_rolls_everything_back(parts):
+    agent = agent_of(parts)
+    parts[1].create(DomainSpec("clash", 1, 128, frozenset({0}), 1.0))  # a domain the store does not know
+    with pytest.raises(AgentError, match="hypervisor failed"):
+        agent.create(VMRequest("clash", 1, 128, 1.0))
+    assert "clash" not in agent.vms
+    assert agent.allocator.free_cpu_count == 8
+    _, stored = parts[2].load()
+    assert stored == {}
+
+
+def test_lifecycle_actions_are_stored(parts):
+    agent = agent_of(parts)
+    agent.create(VMRequest("v", 1, 128, 2.0))
+    assert agent.suspend("v").state == "paused"
+    assert agent.resume("v").state == "running"
+    assert agent.shutdown("v").state == "shutoff"
+    with pytest.raises(AgentError, match="invalid"):
+        agent.resume("v")
+    assert agent.start("v").state == "running"
+    _, stored = parts[2].load()
+    assert stored["v"].state == "running"
+    with pytest.raises(AgentError, match="unknown vm"):
+        agent.delete("ghost")
+
+
+def test_start_repairs_every_crash_point(parts, i7):
+    """Leave the store and the hypervisor as a crash between two steps would,
+    then start an agent over them."""
+    topology, driver, store, path = parts
+    first = agent_of(parts)
+    first.create(VMRequest("steady", 1, 128, 2.0))
+    first.create(VMRequest("gone", 1, 128, 2.0))
+    first.create(VMRequest("half-deleted", 1, 128, 2.0))
+    first.create(VMRequest("deleted", 1, 128, 2.0))
+    # crash after storing a create, before the domain existed
+    first.allocator.deploy(VMSpec("half-created", 1, 128, 2.0))
+    store.save_vm(StoredVM(VMSpec("half-created", 1, 128, 2.0), "", "", "creating", Pending.CREATE),
+                  first.allocator.snapshot())  # fmt: skip
+    # crash after marking deletes: one before the domain went, one after
+    store.set_state("half-deleted", "running", Pending.DELETE)
+    store.set_state("deleted", "running", Pending.DELETE)
+    driver.delete("deleted")
+    driver.delete("gone")  # removed behind pinfold's back
+    driver.create(DomainSpec("stranger", 1, 128, frozenset({0}), 3.0))  # pinfold metadata, unknown here
+    store.close()
+
+    agent = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    assert {(step.action, step.name) for step in agent.report} == {
+        (Action.KEEP, "steady"), (Action.MISSING, "gone"), (Action.DELETE, "half-deleted"),
+        (Action.FORGET, "deleted"), (Action.CREATE, "half-created"), (Action.UNKNOWN, "stranger"),
+    }  # fmt: skip
+    assert set(agent.vms) == {"steady", "gone", "half-created"}
+    assert agent.vms["gone"].state == "missing"
+    assert {g.name for g in driver.guests()} == {"steady", "half-created", "stranger"}
+    assert driver.info("stranger").spec.cpuset == frozenset({0})  # never touched
+    agent.allocator.check_invariants()
+    for name in ("steady", "half-created"):
+        assert driver.info(name).spec.cpuset == agent.allocator.pinning(name)
+
+
+def test_the_store_refuses_a_cpu_in_two_vnodes(tmp_path):
+    import sqlite3
+
+    from pinfold.placement import HostSnapshot
+
+    store = Store(tmp_path / "s.db")
+    vm = StoredVM(VMSpec("a", 1, 128, 1.0), "", "", "running", None)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.save_vm(vm, HostSnapshot({1.0: (0,), 2.0: (0,)}, (vm.spec,)))
+    assert store.load()[1] == {}  # the whole transaction rolled back
+
+
+def test_driver_errors_keep_their_codes():
+    with pytest.raises(DriverError) as error:
+        SimDriver().info("x")
+    assert error.value.code == "not found"
+    assert GuestState.RUNNING.value == "running"
