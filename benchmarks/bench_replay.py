@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import EPYC_EXP, SHARED, pin_to_one_core
-from pinfold.sim.generator import TraceShape, generate
+from pinfold.sim.generator import TraceShape, generate_shape
 from pinfold.sim.mix import DEFAULT_LEVELS, assign_levels, parse_mix
 from pinfold.sim.readers import read_trace
 from pinfold.sim.replay import Scenario, simulate
@@ -35,14 +35,7 @@ def peak_rss_mib() -> float:
 
 
 def synthetic(vms: int, seed: int = 1) -> Trace:
-    shape = TraceShape(vms=vms, seed=seed)
-    return generate(
-        shape,
-        parse_mix(shape.sizes),
-        parse_mix(shape.memory),
-        parse_mix(shape.lifetimes),
-        parse_mix(shape.levels),
-    )
+    return generate_shape(TraceShape(vms=vms, seed=seed))
 
 
 def run_azure(policy: str) -> dict[str, object]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pinfold.sim.events import order_events, walk
-from pinfold.sim.generator import TraceShape, generate
+from pinfold.sim.generator import TraceShape, generate_shape
 from pinfold.sim.mix import assign_levels, parse_mix
 from pinfold.sim.trace import NO_DEPARTURE, Trace
 
@@ -74,8 +74,7 @@ def test_walk_calls_back_per_event_and_per_instant():
 
 def test_generator_is_seeded_and_honours_the_shape():
     shape = TraceShape(vms=5000, duration_s=86_400, seed=3)
-    mixes = [parse_mix(m) for m in (shape.sizes, shape.memory, shape.lifetimes, shape.levels)]
-    a, b = generate(shape, *mixes), generate(shape, *mixes)
+    a, b = generate_shape(shape), generate_shape(shape)
     assert np.array_equal(a.arrival, b.arrival)
     assert np.array_equal(a.ratio, b.ratio)
     assert len(a) == 5000

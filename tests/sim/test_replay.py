@@ -9,11 +9,11 @@ import pytest
 
 from pinfold.placement import Cluster, HostAllocator, NoHostError, VMSpec
 from pinfold.sim.events import order_events
-from pinfold.sim.generator import TraceShape, generate
-from pinfold.sim.mix import parse_mix
+from pinfold.sim.generator import TraceShape, generate_shape
 from pinfold.sim.replay import SEGREGATED, Scenario, simulate
 from pinfold.sim.report import summarize
 from pinfold.sim.trace import NO_DEPARTURE, Trace
+from pinfold.topology import Topology
 
 GIB = 1024
 
@@ -107,19 +107,12 @@ def test_bad_scenarios_are_refused(kwargs, problem):
         Scenario(**kwargs)
 
 
-@pytest.mark.parametrize("policy", ["progress", "best-fit", "dot-product"])
-def test_replay_is_exactly_a_sequence_of_placement_core_calls(i7, policy):
-    """Drive a Cluster by hand in the documented event order; the replay must
-    reject the same VMs and have the same hosts in use at every instant."""
-    shape = TraceShape(vms=400, duration_s=20_000, sizes="1=0.5,2=0.3,4=0.2", lifetimes="3000=1", seed=4)
-    trace = generate(
-        shape, *(parse_mix(m) for m in (shape.sizes, shape.memory, shape.lifetimes, shape.levels))
-    )
-    result = simulate(trace, i7, Scenario(policy, hosts=4))
-
+def replay_by_hand(trace: Trace, topology: Topology, hosts: int, policy: str) -> tuple[list[str], list[int]]:
+    """Drive a Cluster by hand in the documented event order: the rejected VMs
+    and the hosts in use after each instant."""
     cluster = Cluster()
-    for h in range(4):
-        cluster.add_host(f"h{h}", HostAllocator(i7))
+    for h in range(hosts):
+        cluster.add_host(f"h{h}", HostAllocator(topology))
     events = order_events(trace)
     rejected, in_use = [], []
     times = events.times.tolist()
@@ -135,6 +128,17 @@ def test_replay_is_exactly_a_sequence_of_placement_core_calls(i7, policy):
             cluster.remove(name)
         if i + 1 == len(times) or times[i + 1] != times[i]:
             in_use.append(sum(1 for h in cluster.hosts if len(cluster.allocator(h))))
+    return rejected, in_use
+
+
+@pytest.mark.parametrize("policy", ["progress", "best-fit", "dot-product"])
+def test_replay_is_exactly_a_sequence_of_placement_core_calls(i7, policy):
+    """The replay must reject the same VMs and have the same hosts in use at
+    every instant as calls to the placement core made by hand."""
+    shape = TraceShape(vms=400, duration_s=20_000, sizes="1=0.5,2=0.3,4=0.2", lifetimes="3000=1", seed=4)
+    trace = generate_shape(shape)
+    result = simulate(trace, i7, Scenario(policy, hosts=4))
+    rejected, in_use = replay_by_hand(trace, i7, 4, policy)
     assert rejected == result.rejected
     assert rejected  # the 4-host cluster is too small for this trace: rejections happen
     assert in_use == result.series.hosts_in_use.tolist()
@@ -161,24 +165,9 @@ def test_replay_on_a_mostly_empty_large_cluster_matches_the_full_choice(i7, poli
     """60 hosts, most of them empty: best_host prunes them; the replay must still
     make exactly the choices of Cluster.deploy (which scores every host)."""
     shape = TraceShape(vms=300, duration_s=20_000, sizes="1=0.5,2=0.3,4=0.2", lifetimes="3000=1", seed=6)
-    trace = generate(
-        shape, *(parse_mix(m) for m in (shape.sizes, shape.memory, shape.lifetimes, shape.levels))
-    )
+    trace = generate_shape(shape)
     result = simulate(trace, i7, Scenario(policy, hosts=60))
-    cluster = Cluster()
-    for h in range(60):
-        cluster.add_host(f"h{h}", HostAllocator(i7))
-    events = order_events(trace)
-    in_use = []
-    times = events.times.tolist()
-    for i, (vm, arrival) in enumerate(zip(events.vms.tolist(), events.arrivals.tolist(), strict=True)):
-        name = trace.vm_ids[vm]
-        if arrival:
-            spec = VMSpec(name, int(trace.vcpus[vm]), int(trace.memory_mib[vm]), float(trace.ratio[vm]))
-            cluster.deploy(spec, policy)
-        else:
-            cluster.remove(name)
-        if i + 1 == len(times) or times[i + 1] != times[i]:
-            in_use.append(sum(1 for h in cluster.hosts if len(cluster.allocator(h))))
+    rejected, in_use = replay_by_hand(trace, i7, 60, policy)
+    assert rejected == result.rejected == []
     assert in_use == result.series.hosts_in_use.tolist()
     assert max(in_use) < 30  # most of the 60 hosts stayed empty: the pruned path ran

@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pinfold.placement import POLICIES
-from pinfold.sim.generator import TraceShape, generate
+from pinfold.sim.generator import TraceShape, generate_shape
 from pinfold.sim.mix import DEFAULT_LEVELS, assign_levels, parse_mix
 from pinfold.sim.readers import FORMATS, detect_format, read_trace
 from pinfold.sim.readers.neutral import write_neutral
@@ -259,13 +259,7 @@ def generate_command(
     """Write a seeded synthetic trace in the neutral CSV format."""
     shape = TraceShape(vms, duration, sizes, memory, lifetimes, levels, seed)
     try:
-        trace = generate(
-            shape,
-            parse_mix(sizes, "--sizes", minimum_key=1),
-            parse_mix(memory, "--memory", minimum_key=1),
-            parse_mix(lifetimes, "--lifetimes", minimum_key=1),
-            parse_mix(levels, "--levels", minimum_key=1.0),
-        )
+        trace = generate_shape(shape)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     write_neutral(trace, out)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pinfold.sim.mix import Mix, format_mix
+from pinfold.sim.mix import Mix, format_mix, parse_mix
 from pinfold.sim.trace import NO_DEPARTURE, Trace
 
-__all__ = ["TraceShape", "generate"]
+__all__ = ["TraceShape", "generate", "generate_shape"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,17 @@ def generate(shape: TraceShape, sizes: Mix, memory: Mix, lifetimes: Mix, levels:
     )  # fmt: skip
     note = f"levels drawn per VM from the mix {format_mix(levels)} with seed {shape.seed}"
     return trace.with_levels(trace.ratio, note)
+
+
+def generate_shape(shape: TraceShape) -> Trace:
+    """`generate` with the shape's own mixes parsed (ValueError on a bad mix)."""
+    return generate(
+        shape,
+        parse_mix(shape.sizes, "--sizes", minimum_key=1),
+        parse_mix(shape.memory, "--memory", minimum_key=1),
+        parse_mix(shape.lifetimes, "--lifetimes", minimum_key=1),
+        parse_mix(shape.levels, "--levels", minimum_key=1.0),
+    )
 
 
 def _draw(rng: np.random.Generator, mix: Mix, n: int) -> np.ndarray:

@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import numpy.typing as npt
+from matplotlib.figure import Figure
 
 from pinfold.sim.replay import Result
 from pinfold.sim.report import decimate
@@ -27,6 +28,13 @@ OTHER_COLOURS = ["#2a9d8f", "#8d99ae", "#e9c46a", "#264653"]
 def _days(times: npt.NDArray[np.int64], start: float) -> npt.NDArray[np.float64]:
     """Days since the trace's first event."""
     return (np.asarray(times, dtype=np.float64) - start) / 86_400.0
+
+
+def _save(fig: Figure, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
 
 
 def draw_all(results: Sequence[Result], out: Path, usage: VNodeUsage | None = None) -> list[tuple[str, str]]:
@@ -68,10 +76,7 @@ def _hosts(results: Sequence[Result], path: Path) -> str:
     ax.set_title("Hosts in use per policy (segregated: all level clusters together)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, path)
 
 
 def _unallocated(results: Sequence[Result], path: Path) -> str:
@@ -93,10 +98,7 @@ def _unallocated(results: Sequence[Result], path: Path) -> str:
         ax.set_ylim(0, 100)
         ax.grid(alpha=0.3)
     cpu_ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, path)
 
 
 def _vnodes(result: Result, path: Path) -> str:
@@ -116,10 +118,7 @@ def _vnodes(result: Result, path: Path) -> str:
     ax.set_title(f"vNode sizes on {result.observed_host}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, path)
 
 
 def draw_host_replay(replay: HostReplay, path: Path) -> str:
@@ -159,7 +158,4 @@ def draw_vnode_usage(
         ax.legend(loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel(f"time ({unit})")
     axes[0, 0].set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(fig, path)

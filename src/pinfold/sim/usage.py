@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from pinfold.sim.readers._common import open_text, parse_float, parse_int
+from pinfold.sim.readers._common import csv_rows, open_text, parse_float, parse_int
 from pinfold.sim.replay import Result
 from pinfold.sim.trace import Trace, TraceError
 
@@ -37,12 +37,7 @@ def read_usage(path: str | Path) -> dict[str, Series]:
             raise TraceError(
                 path, 1, f"header must be {','.join(HEADER)}, got {','.join(header) or 'nothing'}"
             )
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            if len(row) != 3:
-                raise TraceError(path, line, f"expected 3 columns, got {len(row)}")
+        for line, row in csv_rows(reader, path, 3, ""):
             t = parse_int(row[1], "t_s", path, line, minimum=0)
             pct = parse_float(row[2], "cpu_util_pct", path, line, minimum=0.0)
             times, values = samples.setdefault(row[0].strip(), ([], []))

@@ -9,11 +9,11 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pinfold.sim.trace import TraceError
 
-__all__ = ["MAX_INT", "Columns", "open_text", "parse_float", "parse_int"]
+__all__ = ["MAX_INT", "Columns", "csv_rows", "open_text", "parse_float", "parse_int"]
 
 #: Largest integer a trace field may hold (traces are stored as int64 columns).
 MAX_INT = 2**62
@@ -67,6 +67,17 @@ def parse_float(text: str, what: str, path: str | Path, line: int, minimum: floa
     if minimum is not None and value < minimum:
         raise TraceError(path, line, f"{what} must be >= {minimum:g}, got {value:g}")
     return value
+
+
+def csv_rows(reader: Any, path: str | Path, width: int, what: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-empty row, refusing rows of the wrong width."""
+    for row in reader:
+        line = reader.line_num
+        if not row:
+            continue
+        if len(row) != width:
+            raise TraceError(path, line, f"expected {width} {what}columns, got {len(row)}")
+        yield line, row
 
 
 class Columns:

@@ -18,7 +18,7 @@ import csv
 import math
 from pathlib import Path
 
-from pinfold.sim.readers._common import Columns, open_text, parse_float, parse_int
+from pinfold.sim.readers._common import Columns, csv_rows, open_text, parse_float, parse_int
 from pinfold.sim.trace import Trace, TraceError
 
 __all__ = ["bucket_value", "read_azure"]
@@ -40,12 +40,7 @@ def read_azure(path: str | Path) -> Trace:
     columns = Columns(path)
     with open_text(path) as handle:
         reader = csv.reader(handle)
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            if len(row) != COLUMNS:
-                raise TraceError(path, line, f"expected {COLUMNS} vmtable columns, got {len(row)}")
+        for line, row in csv_rows(reader, path, COLUMNS, "vmtable "):
             created = parse_int(row[3], "vmcreated", path, line, minimum=0)
             deleted = parse_int(row[4], "vmdeleted", path, line, minimum=0)
             cores = bucket_value(row[9], "vmcorecount", path, line)

@@ -8,7 +8,7 @@ import csv
 import math
 from pathlib import Path
 
-from pinfold.sim.readers._common import Columns, open_text, parse_float, parse_int
+from pinfold.sim.readers._common import Columns, csv_rows, open_text, parse_float, parse_int
 from pinfold.sim.trace import NO_DEPARTURE, Trace, TraceError
 
 __all__ = ["HEADER", "read_neutral"]
@@ -28,12 +28,7 @@ def read_neutral(path: str | Path) -> Trace:
         if header[:5] != HEADER or len(header) > 6 or (len(header) == 6 and header[5] not in LEVEL_COLUMNS):
             raise TraceError(path, 1, f"header must be {','.join(HEADER)}[,ratio], got {','.join(header)}")
         width = len(header)
-        for row in reader:
-            line = reader.line_num
-            if not row:
-                continue
-            if len(row) != width:
-                raise TraceError(path, line, f"expected {width} columns, got {len(row)}")
+        for line, row in csv_rows(reader, path, width, ""):
             arrival = parse_int(row[1], "arrival_s", path, line, minimum=0)
             departure = parse_int(row[2], "departure_s", path, line, minimum=0) if row[2] else NO_DEPARTURE
             ratio = math.nan
