@@ -5,7 +5,8 @@ turns them into domains (libvirt) or in-memory VMs (sim), and translates
 hypervisor errors into `DriverError` at the driver boundary.
 
 Here so far (issue 4, first slices): domain XML (`domain`), the drivers, the
-SQLite store (`store`), the start-up repair plan (`reconcile`) and the agent
-core (`service`). The daemon, disk images, monitor, warm pool and REST API are
-still to come.
+SQLite store (`store`), the start-up repair plan (`reconcile`), the agent core
+(`service`), the HTTP API (`api`), settings (`config`) and the daemon
+(`daemon`, `pinfold agent`). Disk images, the monitor, the warm pool and the
+kill -9 tests are still to come.
 """

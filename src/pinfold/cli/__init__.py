@@ -27,9 +27,11 @@ topology_app = typer.Typer(no_args_is_help=True, help="Read, show and convert ho
 app.add_typer(topology_app, name="topology")
 console = Console()
 
-from pinfold.cli import simulate as _simulate  # noqa: E402  (registers its commands on `app`)
+from pinfold.cli import agent as _agent  # noqa: E402  (these register their commands on `app`)
+from pinfold.cli import simulate as _simulate  # noqa: E402
 
 _simulate.register(app)
+_agent.register(app)
 
 DEFAULT_DEMO_TOPOLOGY = "topology_i7-1185G7.json"
 

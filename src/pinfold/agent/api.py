@@ -1,0 +1,198 @@
+"""The agent's HTTP API (FastAPI): JSON under /api/v1, SlackVM's GET routes,
+/healthz and Prometheus /metrics.
+
+Routers only translate HTTP to `Agent` calls. Every mutating route needs the
+agent token: `Authorization: Bearer <token>`, or `?token=` on SlackVM's routes
+(SlackVM's client sends no header). Errors are JSON `{"error", "detail"}` with a
+4xx status; bad input never reaches the agent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from pydantic import BaseModel, Field
+
+from pinfold.agent.service import Agent, AgentError, VMRequest
+from pinfold.agent.store import StoredVM
+from pinfold.placement import level_key
+
+__all__ = ["create_app"]
+
+_STATUS = {
+    "unknown vm": 404,
+    "duplicate name": 409,
+    "not enough cpu": 409,
+    "not enough memory": 409,
+    "invalid": 409,
+    "invalid request": 400,
+    "hypervisor failed": 502,
+    "unauthorized": 401,
+}
+ACTIONS = ("start", "shutdown", "suspend", "resume")
+
+
+class CreateVM(BaseModel):
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    vcpus: int = Field(ge=1, le=1024)
+    memory_mib: int = Field(ge=1, le=64 * 1024 * 1024)
+    ratio: float = Field(default=1.0, ge=1.0, le=64.0)
+    owner: str = Field(default="", max_length=128)
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, detail: str = "") -> None:
+        self.code = code
+        self.detail = detail
+
+
+def _view(vm: StoredVM, agent: Agent) -> dict[str, Any]:
+    pins = sorted(agent.allocator.pinning(vm.spec.name)) if vm.spec.name in agent.allocator else []
+    return {
+        "name": vm.spec.name,
+        "vcpus": vm.spec.vcpus,
+        "memory_mib": vm.spec.memory_mib,
+        "ratio": float(vm.spec.ratio),
+        "owner": vm.owner,
+        "state": vm.state,
+        "pinning": pins,
+    }
+
+
+def create_app(agent: Agent, token: str) -> FastAPI:
+    app = FastAPI(title="pinfold agent", version="0.1.0")
+    lock = threading.Lock()  # one change at a time: the allocator and the store move together
+
+    def authorized(request: Request, token_query: Annotated[str | None, Query(alias="token")] = None) -> None:
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else token_query or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError("unauthorized", "a valid agent token is required")
+
+    auth = Depends(authorized)
+
+    def call(operation: Callable[[], Any]) -> Any:
+        with lock:
+            try:
+                return operation()
+            except AgentError as error:
+                raise ApiError(error.code, error.detail) from error
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=_STATUS.get(exc.code, 400))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": "invalid request", "detail": detail}, status_code=422)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/api/v1/vms")
+    def list_vms() -> list[dict[str, Any]]:
+        with lock:
+            return [_view(vm, agent) for vm in agent.vms.values()]
+
+    @app.post("/api/v1/vms", status_code=201, dependencies=[auth])
+    def create_vm(body: CreateVM) -> dict[str, Any]:
+        request = VMRequest(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner)
+        return call(lambda: _view(agent.create(request), agent))  # type: ignore[no-any-return]
+
+    @app.get("/api/v1/vms/{name}")
+    def get_vm(name: str) -> dict[str, Any]:
+        with lock:
+            vm = agent.vms.get(name)
+            if vm is None:
+                raise ApiError("unknown vm", name)
+            return _view(vm, agent)
+
+    @app.delete("/api/v1/vms/{name}", status_code=204, dependencies=[auth])
+    def delete_vm(name: str) -> None:
+        call(lambda: agent.delete(name))
+
+    @app.post("/api/v1/vms/{name}/{action}", dependencies=[auth])
+    def act(name: str, action: str) -> dict[str, Any]:
+        if action not in ACTIONS:
+            raise ApiError("invalid request", f"action must be one of {', '.join(ACTIONS)}")
+        return call(lambda: _view(getattr(agent, action)(name), agent))  # type: ignore[no-any-return]
+
+    @app.get("/api/v1/host")
+    def host() -> dict[str, Any]:
+        with lock:
+            allocator = agent.allocator
+            return {
+                "cpus": {
+                    "usable": list(allocator.topology.usable_cpus),
+                    "host_count": allocator.topology.host_count,
+                },
+                "memory_mib": {
+                    "usable": allocator.memory_usable_mib,
+                    "allocated": allocator.memory_allocated_mib,
+                },
+                "vnodes": {level_key(r): allocator.vnode(r) for r in allocator.levels},
+                "status": allocator.status(),
+            }
+
+    # -- SlackVM's routes, unchanged in shape (mem in GiB) ----------------------
+
+    @app.get("/deploy", dependencies=[auth])
+    def slackvm_deploy(
+        name: Annotated[str, Query(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")],
+        cpu: Annotated[int, Query(ge=1, le=1024)],
+        mem: Annotated[float, Query(gt=0, le=65536)],
+        oc: Annotated[float, Query(ge=1.0, le=64.0)] = 1.0,
+        qcow2: Annotated[str, Query(max_length=4096)] = "",
+    ) -> dict[str, Any]:
+        request = VMRequest(name, cpu, round(mem * 1024), oc)
+        return call(lambda: _view(agent.create(request), agent))  # type: ignore[no-any-return]
+
+    @app.get("/remove", dependencies=[auth])
+    def slackvm_remove(name: Annotated[str, Query(min_length=1, max_length=63)]) -> dict[str, str]:
+        call(lambda: agent.delete(name))
+        return {"removed": name}
+
+    @app.get("/progress")
+    def slackvm_progress(
+        cpu: Annotated[int, Query(ge=1, le=1024)],
+        mem: Annotated[float, Query(gt=0, le=65536)],
+        oc: Annotated[float, Query(ge=1.0, le=64.0)] = 1.0,
+    ) -> dict[str, Any]:
+        with lock:
+            return {"progress": agent.allocator.progress(cpu, round(mem * 1024), oc)}
+
+    @app.get("/status")
+    def slackvm_status() -> dict[str, Any]:
+        with lock:
+            return agent.allocator.status()
+
+    @app.get("/listvm")
+    def slackvm_listvm() -> dict[str, Any]:
+        with lock:
+            return {name: _view(vm, agent) for name, vm in agent.vms.items()}
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        registry = CollectorRegistry()
+        with lock:
+            Gauge("pinfold_vms", "VMs on this host", registry=registry).set(len(agent.vms))
+            Gauge("pinfold_free_cpus", "CPUs in no vNode", registry=registry).set(
+                agent.allocator.free_cpu_count
+            )
+            free = Gauge("pinfold_free_memory_mib", "MiB of the pool not allocated", registry=registry)
+            free.set(agent.allocator.memory_free_mib)
+            size = Gauge("pinfold_vnode_cpus", "CPUs in each vNode", ["level"], registry=registry)
+            for ratio in agent.allocator.levels:
+                size.labels(level_key(ratio)).set(len(agent.allocator.vnode(ratio)))
+        return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
+
+    return app

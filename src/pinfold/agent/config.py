@@ -1,0 +1,76 @@
+"""The agent's settings: defaults, then a TOML file, then PINFOLD_AGENT_*
+environment variables, then command-line flags (each overrides the one before).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["AgentConfig", "ConfigError", "load_config", "load_or_create_token"]
+
+ENV_PREFIX = "PINFOLD_AGENT_"
+
+
+class ConfigError(ValueError):
+    """A setting that is missing, unknown or malformed; says which and where."""
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Path.home() / ".local" / "share" / "pinfold" / "agent"
+    listen: str = "127.0.0.1"
+    port: int = Field(default=8099, ge=1, le=65535)
+    driver: Literal["auto", "libvirt", "sim"] = "auto"
+    libvirt_uri: str = "qemu:///system"
+    domain_type: Literal["kvm", "qemu"] = "kvm"
+    exclude_cpus: str = ""
+    reserved_memory_mib: int = Field(default=0, ge=0)
+    critical_size: int = Field(default=6, ge=0)
+    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    topology: Path | None = None
+    token: str | None = Field(default=None, min_length=16)
+
+
+def load_config(
+    path: Path | None, flags: dict[str, Any], environ: dict[str, str] | None = None
+) -> AgentConfig:
+    """Merge the layers; ConfigError names the offending key and its source."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    environ = dict(os.environ if environ is None else environ)
+    for key in AgentConfig.model_fields:
+        if ENV_PREFIX + key.upper() in environ:
+            values[key] = environ[ENV_PREFIX + key.upper()]
+    values.update({key: value for key, value in flags.items() if value is not None})
+    try:
+        return AgentConfig(**values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"agent settings: {problems}") from None
+
+
+def load_or_create_token(config: AgentConfig) -> str:
+    """The configured token, or the one in DATA_DIR/agent.token, created
+    (random, mode 0600) on first start."""
+    if config.token:
+        return config.token
+    path = config.data_dir / "agent.token"
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return token

@@ -1,0 +1,66 @@
+"""Assemble and run the agent daemon: topology, driver, store, agent, HTTP."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from pinfold.agent.api import create_app
+from pinfold.agent.config import AgentConfig, load_or_create_token
+from pinfold.agent.drivers import Driver, DriverError, SimDriver
+from pinfold.agent.service import Agent, AgentSettings
+from pinfold.agent.store import Store
+from pinfold.topology import Topology, parse_cpulist
+
+__all__ = ["build_agent", "choose_driver", "serve"]
+
+
+def choose_driver(config: AgentConfig) -> tuple[Driver, str]:
+    """The configured driver; with `auto`, libvirt when it answers, else sim
+    (and a notice saying so)."""
+    if config.driver == "sim":
+        return SimDriver(), "sim driver (in memory, no hypervisor)"
+    try:
+        from pinfold.agent.drivers.libvirt import LibvirtDriver
+
+        return LibvirtDriver(config.libvirt_uri), f"libvirt driver on {config.libvirt_uri}"
+    except (ImportError, DriverError) as exc:
+        if config.driver == "libvirt":
+            raise
+        return SimDriver(), f"sim driver: libvirt is not available here ({exc})"
+
+
+def build_agent(config: AgentConfig) -> tuple[Agent, str]:
+    exclude = parse_cpulist(config.exclude_cpus)
+    topology = Topology.load(config.topology, exclude) if config.topology else Topology.discover(exclude)
+    driver, description = choose_driver(config)
+    settings = AgentSettings(
+        domain_type=config.domain_type,
+        critical_size=config.critical_size,
+        reserved_memory_mib=config.reserved_memory_mib,
+        shutdown_timeout_s=config.shutdown_timeout_s,
+    )
+    return Agent(topology, driver, Store(config.data_dir / "agent.db"), settings), description
+
+
+def serve(config: AgentConfig) -> None:
+    """Run until SIGTERM or SIGINT (uvicorn stops gracefully on both)."""
+    import uvicorn
+
+    agent, description = build_agent(config)
+    token = load_or_create_token(config)
+    print(
+        f"pinfold agent: {description}; data in {config.data_dir}; listening on {config.listen}:{config.port}"
+    )
+    for step in agent.report:
+        if step.action.value in ("missing", "unknown"):
+            print(f"pinfold agent: {step.action.value}: {step.name}")
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
+    # to the handler it found: make that one a clean exit, not a kill.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(create_app(agent, token), host=config.listen, port=config.port, log_level="info")
+    finally:
+        agent.store.close()
+        print("pinfold agent: stopped")

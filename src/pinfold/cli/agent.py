@@ -1,0 +1,47 @@
+"""`pinfold agent`: the per-host daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("agent")(agent_command)
+
+
+def agent_command(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file of settings.")] = None,
+    data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Store and token live here.")] = None,
+    listen: Annotated[str | None, typer.Option("--listen")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default 8099.")] = None,
+    driver: Annotated[str | None, typer.Option("--driver", help="auto, libvirt or sim.")] = None,
+    libvirt_uri: Annotated[str | None, typer.Option("--libvirt-uri")] = None,
+    domain_type: Annotated[str | None, typer.Option("--domain-type", help="kvm or qemu (TCG).")] = None,
+    exclude_cpus: Annotated[
+        str | None, typer.Option("--exclude-cpus", help="CPUs kept for the host.")
+    ] = None,
+    reserved_memory_mib: Annotated[int | None, typer.Option("--reserved-memory-mib")] = None,
+    critical_size: Annotated[int | None, typer.Option("--critical-size")] = None,
+    topology: Annotated[Path | None, typer.Option("--topology", help="Default: this host.")] = None,
+) -> None:
+    """Run the host agent: VMs of several levels through libvirt (or the sim
+    driver), a SQLite store, and the HTTP API. Settings: --config TOML, then
+    PINFOLD_AGENT_* variables, then these flags."""
+    from pinfold.agent.config import ConfigError, load_config
+    from pinfold.agent.daemon import serve
+
+    flags = {
+        "data_dir": data_dir, "listen": listen, "port": port, "driver": driver, "libvirt_uri": libvirt_uri,
+        "domain_type": domain_type, "exclude_cpus": exclude_cpus, "reserved_memory_mib": reserved_memory_mib,
+        "critical_size": critical_size, "topology": topology,
+    }  # fmt: skip
+    try:
+        settings = load_config(config, flags)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    serve(settings)

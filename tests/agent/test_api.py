@@ -1,0 +1,137 @@
+"""The agent's HTTP API over a real uvicorn server on loopback (sim driver,
+real SQLite store): tokens, JSON routes, SlackVM's routes, errors, metrics."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from pinfold.agent.api import create_app
+from pinfold.agent.drivers import SimDriver
+from pinfold.agent.service import Agent, AgentSettings
+from pinfold.agent.store import Store
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def agent_url(tmp_path: Path, i7) -> Iterator[str]:
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(agent, TOKEN), host="127.0.0.1", port=port, log_level="error")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+    agent.store.close()
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def test_create_list_show_act_and_delete(agent_url):
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        created = http.post("/api/v1/vms", json={"name": "A", "vcpus": 2, "memory_mib": 2048}, headers=AUTH)
+        assert created.status_code == 201, created.text
+        assert created.json()["pinning"] == [0, 4]
+        http.post(
+            "/api/v1/vms", json={"name": "B", "vcpus": 2, "memory_mib": 2048, "ratio": 2.0}, headers=AUTH
+        )
+        assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A", "B"]
+        assert http.get("/api/v1/vms/B").json()["pinning"] == [1, 2, 3, 5, 6, 7]
+        assert http.post("/api/v1/vms/B/suspend", headers=AUTH).json()["state"] == "paused"
+        assert http.post("/api/v1/vms/B/resume", headers=AUTH).json()["state"] == "running"
+        assert http.delete("/api/v1/vms/B", headers=AUTH).status_code == 204
+        assert http.get("/api/v1/vms/B").status_code == 404
+        host = http.get("/api/v1/host").json()
+        assert host["vnodes"] == {"1.0": [0, 4]}
+        assert host["status"]["cpu"]["avail"] == 6
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("post", "/api/v1/vms"), ("delete", "/api/v1/vms/A"), ("post", "/api/v1/vms/A/suspend"),
+     ("get", "/deploy?name=x&cpu=1&mem=1&oc=1.0"), ("get", "/remove?name=A")],
+)  # fmt: skip
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}], ids=["missing", "wrong"])
+def test_every_mutating_route_refuses_a_missing_or_wrong_token(agent_url, method, path, headers):
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        http.post("/api/v1/vms", json={"name": "A", "vcpus": 1, "memory_mib": 128}, headers=AUTH)
+        body = {"name": "n", "vcpus": 1, "memory_mib": 1} if method == "post" else None
+        response = http.request(method.upper(), path, json=body, headers=headers)
+        assert response.status_code == 401
+        assert response.json() == {"error": "unauthorized", "detail": "a valid agent token is required"}
+        assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A"]  # nothing changed
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [
+        ({"name": "x<y", "vcpus": 1, "memory_mib": 1}, 422, "invalid request"),
+        ({"name": "big", "vcpus": -1, "memory_mib": 1}, 422, "invalid request"),
+        ({"name": "big", "vcpus": 10**9, "memory_mib": 1}, 422, "invalid request"),
+        ({"name": "big", "vcpus": 9, "memory_mib": 1}, 409, "not enough cpu"),
+        ({"name": "fat", "vcpus": 1, "memory_mib": 10**7}, 409, "not enough memory"),
+        ({"name": "A", "vcpus": 1, "memory_mib": 1}, 409, "duplicate name"),
+        ({"name": "half", "vcpus": 1, "memory_mib": 1, "ratio": 0.5}, 422, "invalid request"),
+        ("not json", 422, "invalid request"),
+    ],
+    ids=["xml-name", "negative", "huge", "no-cpu", "no-memory", "duplicate", "ratio", "garbage"],
+)
+def test_bad_input_is_a_4xx_json_error_and_changes_nothing(agent_url, body, status, error):
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        http.post("/api/v1/vms", json={"name": "A", "vcpus": 1, "memory_mib": 128}, headers=AUTH)
+        if isinstance(body, str):
+            response = http.post(
+                "/api/v1/vms", content=body, headers={**AUTH, "content-type": "application/json"}
+            )
+        else:
+            response = http.post("/api/v1/vms", json=body, headers=AUTH)
+        assert response.status_code == status
+        assert response.json()["error"] == error
+        assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A"]
+
+
+def test_slackvm_routes_keep_their_shape(agent_url):
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        for name, cpu, oc in (("A", 2, "1.0"), ("B", 2, "2.0"), ("C", 2, "2.0"), ("D", 1, "3.0")):
+            response = http.get(f"/deploy?name={name}&cpu={cpu}&mem=2&oc={oc}&token={TOKEN}")
+            assert response.status_code == 200, response.text
+        status = http.get("/status").json()
+        assert status["cpu"]["subset"]["3.0"] == {"pcap": 1, "palloc": 1, "vavail": 2.0, "vpotential": 9.0}
+        assert status["mem"]["avail"] == 23584
+        assert round(http.get("/progress?cpu=2&mem=2&oc=2.0").json()["progress"], 4) == 68.2667
+        assert set(http.get("/listvm").json()) == {"A", "B", "C", "D"}
+        assert http.get(f"/remove?name=D&token={TOKEN}").json() == {"removed": "D"}
+        assert http.get(f"/remove?name=D&token={TOKEN}").status_code == 404
+
+
+def test_health_metrics_and_openapi(agent_url):
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        assert http.get("/healthz").json() == {"status": "ok"}
+        http.post(
+            "/api/v1/vms", json={"name": "A", "vcpus": 2, "memory_mib": 128, "ratio": 2.0}, headers=AUTH
+        )
+        metrics = http.get("/metrics").text
+        assert "pinfold_vms 1.0" in metrics
+        assert 'pinfold_vnode_cpus{level="2.0"} 2.0' in metrics
+        assert "/api/v1/vms" in http.get("/openapi.json").json()["paths"]

@@ -1,0 +1,85 @@
+"""`pinfold agent` as an operator runs it: settings layers, the token file,
+and the daemon itself in a subprocess, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from pinfold.agent.config import AgentConfig, ConfigError, load_config, load_or_create_token
+from tests.agent.test_api import free_port
+from tests.conftest import I7
+
+
+def test_flags_override_environment_which_overrides_the_file(tmp_path):
+    config = tmp_path / "agent.toml"
+    config.write_text('port = 9001\ndriver = "sim"\ncritical_size = 3\n')
+    env = {"PINFOLD_AGENT_PORT": "9002", "PINFOLD_AGENT_CRITICAL_SIZE": "4"}
+    settings = load_config(config, {"port": 9003}, env)
+    assert (settings.port, settings.critical_size, settings.driver) == (9003, 4, "sim")
+
+
+@pytest.mark.parametrize(
+    ("content", "flags", "problem"),
+    [
+        ("prot = 1\n", {}, "prot: Extra inputs"),
+        ("port = 0\n", {}, "port"),
+        ('driver = "xen"\n', {}, "driver"),
+        ("port = \n", {}, "agent.toml"),
+        ("", {"token": "short"}, "token"),
+    ],
+    ids=["unknown-key", "bad-port", "bad-driver", "not-toml", "short-token"],
+)
+def test_bad_settings_say_which_and_where(tmp_path, content, flags, problem):
+    config = tmp_path / "agent.toml"
+    config.write_text(content)
+    with pytest.raises(ConfigError, match=problem):
+        load_config(config, flags, {})
+
+
+def test_token_is_created_once_with_mode_0600(tmp_path):
+    settings = AgentConfig(data_dir=tmp_path / "data")
+    token = load_or_create_token(settings)
+    path = tmp_path / "data" / "agent.token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_or_create_token(settings) == token
+    assert len(token) >= 32
+
+
+def test_daemon_serves_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--port", str(port)]
+    command += ["--topology", str(I7), "--data-dir", str(tmp_path / "data")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the agent did not come up"
+            time.sleep(0.2)
+        token = (tmp_path / "data" / "agent.token").read_text().strip()
+        created = httpx.post(
+            f"http://127.0.0.1:{port}/api/v1/vms",
+            json={"name": "a", "vcpus": 1, "memory_mib": 64},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "sim driver" in output
+    assert "pinfold agent: stopped" in output
+    assert (tmp_path / "data" / "agent.db").exists()
+    assert os.path.getsize(tmp_path / "data" / "agent.db") > 0
