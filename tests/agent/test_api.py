@@ -135,3 +135,14 @@ def test_health_metrics_and_openapi(agent_url):
         assert "pinfold_vms 1.0" in metrics
         assert 'pinfold_vnode_cpus{level="2.0"} 2.0' in metrics
         assert "/api/v1/vms" in http.get("/openapi.json").json()["paths"]
+
+
+def test_an_image_outside_the_image_directories_is_a_400(agent_url):
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        body = {"name": "x", "vcpus": 1, "memory_mib": 64, "image": "/etc/shadow"}
+        response = http.post("/api/v1/vms", json=body, headers=AUTH)
+        assert response.status_code == 400
+        assert response.json()["error"] == "invalid request"
+        slackvm = http.get(f"/deploy?name=y&cpu=1&mem=1&qcow2=/etc/shadow&token={TOKEN}")
+        assert slackvm.status_code == 400
+        assert http.get("/api/v1/vms").json() == []

@@ -5,6 +5,7 @@ them, and every lifecycle step is real. Needs root and libvirt (CI has both)."""
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -106,20 +107,29 @@ def test_agent_pins_real_guests_of_two_levels_to_their_vnodes(guest_kernel, gues
     for name in names:
         if name in {g.name for g in driver.guests()}:
             driver.delete(name)
+    images = tmp_path / "images"
+    images.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(images / "base.qcow2"), "64M"], check=True)
     settings = AgentSettings(domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs,
-                             cmdline="console=ttyS0", serial_dir=tmp_path)  # fmt: skip
+                             cmdline="console=ttyS0", serial_dir=tmp_path, image_dirs=(images,),
+                             disk_dir=tmp_path / "disks")  # fmt: skip
     agent = Agent(topology, driver, Store(tmp_path / "agent.db"), settings)
     try:
-        agent.create(VMRequest(names[0], 1, 128, 1.0))
+        # the premium guest boots with a disk: an overlay on the base image, opened by QEMU
+        agent.create(VMRequest(names[0], 1, 128, 1.0, image=str(images / "base.qcow2")))
         agent.create(VMRequest(names[1], 1, 128, 2.0))
         for name in names:
             expected = set(agent.allocator.pinning(name))
             wait_for(lambda name=name: vcpu_thread_cpus(name) != [], 30, f"{name}'s vCPU thread")
             assert vcpu_thread_cpus(name) == [expected]
         assert agent.allocator.pinning(names[0]).isdisjoint(agent.allocator.pinning(names[1]))
+        qemu_pid = Path(f"/run/libvirt/qemu/{names[0]}.pid").read_text().strip()
+        open_files = {str(fd.resolve()) for fd in Path(f"/proc/{qemu_pid}/fd").iterdir()}
+        assert str(tmp_path / "disks" / f"{names[0]}.qcow2") in open_files
     finally:
         for name in names:
             if name in agent.vms:
                 agent.delete(name)
         driver.close()
     assert not {g.name for g in LibvirtDriver("qemu:///system").guests()} & set(names)
+    assert not (tmp_path / "disks" / f"{names[0]}.qcow2").exists()

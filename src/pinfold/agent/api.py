@@ -34,6 +34,7 @@ _STATUS = {
     "invalid": 409,
     "invalid request": 400,
     "hypervisor failed": 502,
+    "disk failed": 502,
     "unauthorized": 401,
 }
 ACTIONS = ("start", "shutdown", "suspend", "resume")
@@ -45,6 +46,7 @@ class CreateVM(BaseModel):
     memory_mib: int = Field(ge=1, le=64 * 1024 * 1024)
     ratio: float = Field(default=1.0, ge=1.0, le=64.0)
     owner: str = Field(default="", max_length=128)
+    image: str = Field(default="", max_length=4096)
 
 
 class ApiError(Exception):
@@ -105,7 +107,7 @@ def create_app(agent: Agent, token: str) -> FastAPI:
 
     @app.post("/api/v1/vms", status_code=201, dependencies=[auth])
     def create_vm(body: CreateVM) -> dict[str, Any]:
-        request = VMRequest(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner)
+        request = VMRequest(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner, body.image)
         return call(lambda: _view(agent.create(request), agent))  # type: ignore[no-any-return]
 
     @app.get("/api/v1/vms/{name}")
@@ -153,7 +155,7 @@ def create_app(agent: Agent, token: str) -> FastAPI:
         oc: Annotated[float, Query(ge=1.0, le=64.0)] = 1.0,
         qcow2: Annotated[str, Query(max_length=4096)] = "",
     ) -> dict[str, Any]:
-        request = VMRequest(name, cpu, round(mem * 1024), oc)
+        request = VMRequest(name, cpu, round(mem * 1024), oc, image=qcow2)
         return call(lambda: _view(agent.create(request), agent))  # type: ignore[no-any-return]
 
     @app.get("/remove", dependencies=[auth])

@@ -36,6 +36,8 @@ class AgentConfig(BaseModel):
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     topology: Path | None = None
     token: str | None = Field(default=None, min_length=16)
+    #: where base images may come from (TOML list; comma-separated in env and flags)
+    image_dirs: tuple[Path, ...] = ()
 
 
 def load_config(
@@ -53,6 +55,8 @@ def load_config(
         if ENV_PREFIX + key.upper() in environ:
             values[key] = environ[ENV_PREFIX + key.upper()]
     values.update({key: value for key, value in flags.items() if value is not None})
+    if isinstance(values.get("image_dirs"), str):
+        values["image_dirs"] = [part for part in values["image_dirs"].split(",") if part]
     try:
         return AgentConfig(**values)
     except ValidationError as exc:

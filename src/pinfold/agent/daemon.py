@@ -39,6 +39,8 @@ def build_agent(config: AgentConfig) -> tuple[Agent, str]:
         critical_size=config.critical_size,
         reserved_memory_mib=config.reserved_memory_mib,
         shutdown_timeout_s=config.shutdown_timeout_s,
+        image_dirs=config.image_dirs,
+        disk_dir=config.data_dir / "disks",
     )
     return Agent(topology, driver, Store(config.data_dir / "agent.db"), settings), description
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pinfold.agent.disks import DiskError, Disks
 from pinfold.agent.domain import DomainSpec, DomainXMLError, valid_name
 from pinfold.agent.drivers.base import Driver, DriverError, GuestState
 from pinfold.agent.reconcile import Action, Step, plan
@@ -35,8 +36,9 @@ class AgentError(Exception):
 
 @dataclass(frozen=True)
 class AgentSettings:
-    """`kernel`/`initrd`/`cmdline` boot diskless guests directly (the test
-    guests); disks on base images come with the image directories."""
+    """`image_dirs` are where base images may be taken from; overlays go to
+    `disk_dir`. `kernel`/`initrd`/`cmdline` boot guests directly (the test
+    guests boot this way, with or without a disk)."""
 
     domain_type: str = "kvm"
     critical_size: int = 6
@@ -46,6 +48,8 @@ class AgentSettings:
     initrd: Path | None = None
     cmdline: str = ""
     serial_dir: Path | None = None
+    image_dirs: tuple[Path, ...] = ()
+    disk_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,7 @@ class VMRequest:
     memory_mib: int
     ratio: float = 1.0
     owner: str = ""
+    image: str = ""
 
 
 @dataclass
@@ -65,6 +70,8 @@ class Agent:
     settings: AgentSettings = field(default_factory=AgentSettings)
 
     def __post_init__(self) -> None:
+        disk_dir = self.settings.disk_dir or self.store.path.parent / "disks"
+        self.disks = Disks(self.settings.image_dirs, disk_dir)
         snapshot, self.vms = self.store.load()
         self.allocator = HostAllocator.restore(
             self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
@@ -77,11 +84,17 @@ class Agent:
         if not valid_name(request.name):
             raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
         spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
+        base = None
+        if request.image:
+            try:
+                base = self.disks.base_image(request.image)
+            except DiskError as error:
+                raise AgentError(error.code, error.detail) from error
         try:
             change = self.allocator.deploy(spec)
         except PlacementError as error:
             raise AgentError(error.code.value, error.refusal.describe()) from error
-        vm = StoredVM(spec, request.owner, "", "creating", Pending.CREATE)
+        vm = StoredVM(spec, request.owner, str(base or ""), "creating", Pending.CREATE)
         try:
             self.store.save_vm(vm, self.allocator.snapshot())
         except BaseException:
@@ -89,8 +102,8 @@ class Agent:
             raise
         self.vms[spec.name] = vm
         try:
-            self.driver.create(self._domain(vm, self.allocator.pinning(spec.name)))
-        except (DriverError, DomainXMLError) as error:
+            self._make(vm)
+        except (DriverError, DomainXMLError, DiskError) as error:
             self._forget(spec.name)
             raise AgentError("hypervisor failed", str(error)) from error
         self._repin(change.repinned)
@@ -130,7 +143,7 @@ class Agent:
         steps = plan(self.vms, observed)
         for step in steps:
             if step.action is Action.CREATE:
-                self.driver.create(self._domain(self.vms[step.name], self.allocator.pinning(step.name)))
+                self._make(self.vms[step.name])
                 self._set(step.name, "running", None)
             elif step.action is Action.FINISH_CREATE:
                 self._set(step.name, _state_name(observed[step.name].state), None)
@@ -155,13 +168,22 @@ class Agent:
 
     # -- internals -------------------------------------------------------------
 
-    def _domain(self, vm: StoredVM, cpuset: frozenset[int]) -> DomainSpec:
+    def _make(self, vm: StoredVM) -> None:
+        """The VM's disk (when it has an image), then its domain."""
+        disk = self.disks.create_overlay(vm.spec.name, Path(vm.image)) if vm.image else None
+        try:
+            self.driver.create(self._domain(vm, self.allocator.pinning(vm.spec.name), disk))
+        except BaseException:
+            self.disks.remove_overlay(vm.spec.name)
+            raise
+
+    def _domain(self, vm: StoredVM, cpuset: frozenset[int], disk: Path | None) -> DomainSpec:
         s = self.settings
         serial = s.serial_dir / f"{vm.spec.name}.log" if s.serial_dir is not None else None
         return DomainSpec(
             name=vm.spec.name, vcpus=vm.spec.vcpus, memory_mib=vm.spec.memory_mib, cpuset=cpuset,
             level=float(vm.spec.ratio), owner=vm.owner, image=vm.image, domain_type=s.domain_type,
-            kernel=s.kernel, initrd=s.initrd, cmdline=s.cmdline, serial_log=serial,
+            kernel=s.kernel, initrd=s.initrd, cmdline=s.cmdline, serial_log=serial, disk=disk,
         )  # fmt: skip
 
     def _repin(self, repinned: Mapping[str, frozenset[int]]) -> None:
@@ -170,6 +192,7 @@ class Agent:
                 self.driver.repin(name, cpuset)
 
     def _forget(self, name: str) -> None:
+        self.disks.remove_overlay(name)
         change = self.allocator.remove(name)
         self.store.forget_vm(name, self.allocator.snapshot())
         self.vms.pop(name, None)

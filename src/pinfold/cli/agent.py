@@ -28,6 +28,9 @@ def agent_command(
     reserved_memory_mib: Annotated[int | None, typer.Option("--reserved-memory-mib")] = None,
     critical_size: Annotated[int | None, typer.Option("--critical-size")] = None,
     topology: Annotated[Path | None, typer.Option("--topology", help="Default: this host.")] = None,
+    image_dirs: Annotated[
+        str | None, typer.Option("--image-dirs", help="Comma-separated base image dirs.")
+    ] = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
     driver), a SQLite store, and the HTTP API. Settings: --config TOML, then
@@ -38,7 +41,7 @@ def agent_command(
     flags = {
         "data_dir": data_dir, "listen": listen, "port": port, "driver": driver, "libvirt_uri": libvirt_uri,
         "domain_type": domain_type, "exclude_cpus": exclude_cpus, "reserved_memory_mib": reserved_memory_mib,
-        "critical_size": critical_size, "topology": topology,
+        "critical_size": critical_size, "topology": topology, "image_dirs": image_dirs,
     }  # fmt: skip
     try:
         settings = load_config(config, flags)

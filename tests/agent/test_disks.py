@@ -1,0 +1,80 @@
+"""Disks with the real qemu-img: overlays on allowed base images only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pinfold.agent.disks import DiskError, Disks
+from pinfold.agent.drivers import SimDriver
+from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
+from pinfold.agent.store import Store
+from tests.agent.conftest import REQUIRE_LIBVIRT
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    if shutil.which("qemu-img") is None:
+        if REQUIRE_LIBVIRT:
+            pytest.fail("qemu-img is missing: scripts/libvirt-up installs qemu-utils")
+        pytest.skip("qemu-img is not installed")
+    directory = tmp_path / "images"
+    directory.mkdir()
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(directory / "base.qcow2"), "64M"], check=True
+    )
+    return directory
+
+
+def backing_file(overlay: Path) -> str:
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(overlay)], capture_output=True, check=True
+    )
+    return str(json.loads(info.stdout)["backing-filename"])
+
+
+def test_overlay_is_backed_by_the_base_image(images, tmp_path):
+    disks = Disks([images], tmp_path / "disks")
+    base = disks.base_image(str(images / "base.qcow2"))
+    overlay = disks.create_overlay("vm-1", base)
+    assert overlay == tmp_path / "disks" / "vm-1.qcow2"
+    assert backing_file(overlay) == str(base)
+    disks.remove_overlay("vm-1")
+    assert not overlay.exists()
+
+
+def test_images_outside_the_image_directories_are_refused(images, tmp_path):
+    outside = tmp_path / "elsewhere.qcow2"
+    shutil.copy(images / "base.qcow2", outside)
+    (images / "escape.qcow2").symlink_to(outside)
+    disks = Disks([images], tmp_path / "disks")
+    for image, problem in [
+        (str(outside), "not inside"),
+        (str(images / "escape.qcow2"), "not inside"),  # a link out is followed, then refused
+        (str(images / ".." / "elsewhere.qcow2"), "not inside"),
+        (str(images / "missing.qcow2"), "does not exist"),
+        ("", "required"),
+    ]:
+        with pytest.raises(DiskError, match=problem):
+            disks.base_image(image)
+
+
+def test_the_agent_gives_each_vm_an_overlay_and_removes_it_with_the_vm(images, tmp_path, i7):
+    driver = SimDriver()
+    settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
+    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), settings)
+    agent.create(VMRequest("web", 1, 256, 1.0, image=str(images / "base.qcow2")))
+    overlay = tmp_path / "disks" / "web.qcow2"
+    spec = driver.info("web").spec
+    assert spec is not None
+    assert spec.disk == overlay
+    assert backing_file(overlay) == str(images / "base.qcow2")
+    with pytest.raises(AgentError, match="not inside"):
+        agent.create(VMRequest("bad", 1, 256, 1.0, image="/etc/passwd"))
+    assert set(agent.vms) == {"web"}
+    agent.delete("web")
+    assert not overlay.exists()
