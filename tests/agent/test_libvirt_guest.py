@@ -133,3 +133,41 @@ def test_agent_pins_real_guests_of_two_levels_to_their_vnodes(guest_kernel, gues
         driver.close()
     assert not {g.name for g in LibvirtDriver("qemu:///system").guests()} & set(names)
     assert not (tmp_path / "disks" / f"{names[0]}.qcow2").exists()
+
+
+def test_a_guest_that_burns_a_cpu_shows_up_in_its_vnode_usage(guest_kernel, guest_initramfs, tmp_path, i7):
+    libvirt_or_skip("qemu:///system")
+    from pinfold.agent.drivers.libvirt import LibvirtDriver
+    from pinfold.agent.monitor import Monitor
+    from pinfold.agent.service import Agent, AgentSettings, VMRequest
+    from pinfold.agent.store import Store
+    from pinfold.topology import Topology
+
+    topology = Topology.discover()
+    driver = LibvirtDriver("qemu:///system")
+    name = "pinfold-test-burn"
+    if name in {g.name for g in driver.guests()}:
+        driver.delete(name)
+    # critical size 0: the 2:1 VM is confined to its vNode (no sharing of free CPUs)
+    settings = AgentSettings(domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs, critical_size=0,
+                             cmdline="console=ttyS0 burn", serial_dir=tmp_path)  # fmt: skip
+    agent = Agent(topology, driver, Store(tmp_path / "agent.db"), settings)
+    try:
+        agent.create(VMRequest(name, 1, 128, 2.0))
+        log = tmp_path / f"{name}.log"
+        wait_for(
+            lambda: log.exists() and MARKER in log.read_text(errors="replace"), BOOT_TIMEOUT_S, "the guest"
+        )
+        monitor = Monitor([c.cpu_id for c in topology.cpus], agent.vnode_layout, driver.stats)
+        monitor.sample()
+        time.sleep(3)
+        sample = monitor.sample()
+        vnode = sample.vnodes["2.0"]
+        assert vnode["cpus"] == 1
+        assert vnode["used_cores"] > 0.7  # the guest spins its one vCPU on the vNode's CPU
+        assert sample.vms[name]["cpu_cores"] > 0.7
+        assert sample.vms[name]["memory_mib"] > 0
+    finally:
+        if name in agent.vms:
+            agent.delete(name)
+        driver.close()

@@ -10,7 +10,6 @@ agent token: `Authorization: Bearer <token>`, or `?token=` on SlackVM's routes
 from __future__ import annotations
 
 import hmac
-import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, Field
 
+from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
 from pinfold.placement import level_key
@@ -68,9 +68,9 @@ def _view(vm: StoredVM, agent: Agent) -> dict[str, Any]:
     }
 
 
-def create_app(agent: Agent, token: str) -> FastAPI:
+def create_app(agent: Agent, token: str, monitor: Monitor | None = None) -> FastAPI:
     app = FastAPI(title="pinfold agent", version="0.1.0")
-    lock = threading.Lock()  # one change at a time: the allocator and the store move together
+    lock = agent.lock  # one change at a time: the allocator and the store move together
 
     def authorized(request: Request, token_query: Annotated[str | None, Query(alias="token")] = None) -> None:
         header = request.headers.get("authorization", "")
@@ -143,6 +143,9 @@ def create_app(agent: Agent, token: str) -> FastAPI:
                 },
                 "vnodes": {level_key(r): allocator.vnode(r) for r in allocator.levels},
                 "status": allocator.status(),
+                "usage": monitor.latest.to_dict()
+                if monitor is not None and monitor.latest is not None
+                else None,
             }
 
     # -- SlackVM's routes, unchanged in shape (mem in GiB) ----------------------
@@ -195,6 +198,18 @@ def create_app(agent: Agent, token: str) -> FastAPI:
             size = Gauge("pinfold_vnode_cpus", "CPUs in each vNode", ["level"], registry=registry)
             for ratio in agent.allocator.levels:
                 size.labels(level_key(ratio)).set(len(agent.allocator.vnode(ratio)))
+            latest = monitor.latest if monitor is not None else None
+            if latest is not None:
+                Gauge("pinfold_host_cpu_busy", "Busy share of the host CPUs", registry=registry).set(
+                    latest.host_cpu
+                )
+                used = Gauge(
+                    "pinfold_vnode_used_cores", "Cores each vNode uses", ["level"], registry=registry
+                )
+                for level, values in latest.vnodes.items():
+                    used.labels(level).set(values["used_cores"])
+                gpu = Gauge("pinfold_gpus", "GPUs seen (no GPU: 0, not 0% busy)", registry=registry)
+                gpu.set(len(latest.gpus.gpus))
         return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app

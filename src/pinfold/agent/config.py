@@ -38,6 +38,8 @@ class AgentConfig(BaseModel):
     token: str | None = Field(default=None, min_length=16)
     #: where base images may come from (TOML list; comma-separated in env and flags)
     image_dirs: tuple[Path, ...] = ()
+    monitor_period_s: float = Field(default=10.0, gt=0)
+    nvidia_smi: str = "nvidia-smi"
 
 
 def load_config(

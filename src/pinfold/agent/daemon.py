@@ -8,6 +8,7 @@ import sys
 from pinfold.agent.api import create_app
 from pinfold.agent.config import AgentConfig, load_or_create_token
 from pinfold.agent.drivers import Driver, DriverError, SimDriver
+from pinfold.agent.monitor import GpuProbe, Monitor
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.topology import Topology, parse_cpulist
@@ -61,8 +62,17 @@ def serve(config: AgentConfig) -> None:
     # to the handler it found: make that one a clean exit, not a kill.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(0))
+    monitor = Monitor(
+        [cpu.cpu_id for cpu in agent.topology.cpus],
+        agent.vnode_layout,
+        agent.driver.stats,
+        GpuProbe(config.nvidia_smi),
+    )
+    monitor.sample()
+    monitor.start(config.monitor_period_s)
     try:
-        uvicorn.run(create_app(agent, token), host=config.listen, port=config.port, log_level="info")
+        uvicorn.run(create_app(agent, token, monitor), host=config.listen, port=config.port, log_level="info")
     finally:
+        monitor.stop()
         agent.store.close()
         print("pinfold agent: stopped")

@@ -10,6 +10,7 @@ A crash between any two steps is repaired at the next start (`reconcile`).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -68,6 +69,8 @@ class Agent:
     driver: Driver
     store: Store
     settings: AgentSettings = field(default_factory=AgentSettings)
+    #: held around every change and read, so the allocator and the store move together
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
     def __post_init__(self) -> None:
         disk_dir = self.settings.disk_dir or self.store.path.parent / "disks"
@@ -165,6 +168,10 @@ class Agent:
             ):
                 self.driver.repin(name, self.allocator.pinning(name))
         return steps
+
+    def vnode_layout(self) -> dict[float, list[int]]:
+        with self.lock:
+            return {ratio: self.allocator.vnode(ratio) for ratio in self.allocator.levels}
 
     # -- internals -------------------------------------------------------------
 

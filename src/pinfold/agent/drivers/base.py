@@ -62,4 +62,7 @@ class Driver(Protocol):
 
     def guests(self) -> list[GuestInfo]: ...
 
+    def stats(self) -> dict[str, tuple[int, float]]:
+        """Per running guest: cumulative CPU time (ns) and memory in use (MiB)."""
+
     def info(self, name: str) -> GuestInfo: ...

@@ -125,6 +125,20 @@ class LibvirtDriver:
             persistent = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
             self._conn.defineXML(repinned_xml(persistent, cpuset))
 
+    def stats(self) -> dict[str, tuple[int, float]]:
+        """Bulk domain stats (one call for every running domain): `cpu.time`
+        and the balloon's resident size (`balloon.rss`, KiB), else its size."""
+        with _translated("read domain stats"):
+            records = self._conn.getAllDomainStats(
+                libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON,
+                libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE,
+            )
+        out: dict[str, tuple[int, float]] = {}
+        for domain, values in records:
+            kib = values.get("balloon.rss", values.get("balloon.current", 0))
+            out[domain.name()] = (int(values.get("cpu.time", 0)), kib / 1024)
+        return out
+
     def guests(self) -> list[GuestInfo]:
         with _translated("list domains"):
             return [self._info(domain) for domain in self._conn.listAllDomains()]

@@ -43,6 +43,14 @@ class SimDriver:
         assert guest.spec is not None
         self._guests[name] = replace(guest, spec=guest.spec.with_cpuset(cpuset))
 
+    def stats(self) -> dict[str, tuple[int, float]]:
+        """Sim guests use no CPU and hold their whole memory."""
+        return {
+            g.name: (0, float(g.spec.memory_mib))
+            for g in self._guests.values()
+            if g.state is GuestState.RUNNING and g.spec is not None
+        }
+
     def guests(self) -> list[GuestInfo]:
         return list(self._guests.values())
 

@@ -1,0 +1,105 @@
+"""The monitor: CPU shares, vNode usage, and GPUs through NVML (patched to
+raise the real pynvml exceptions) or a fake nvidia-smi printing the real
+tool's CSV."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import psutil
+import pynvml
+import pytest
+
+from pinfold.agent.monitor import GpuProbe, Monitor, busy_fractions
+
+
+def times(**values: float):
+    base = psutil.cpu_times(percpu=True)[0]
+    return base._replace(**dict.fromkeys(base._fields, 0.0))._replace(**values)
+
+
+def test_busy_share_is_non_idle_time_over_elapsed_time():
+    before = [times(user=10, idle=10), times(user=5, idle=5)]
+    after = [times(user=13, idle=11), times(user=5, idle=9)]
+    assert busy_fractions(before, after) == [0.75, 0.0]
+    assert busy_fractions(before, before) == [0.0, 0.0]
+
+
+def test_vnode_usage_is_the_sum_of_its_cpus():
+    monitor = Monitor([0, 1], lambda: {2.0: [0, 1], 1.0: []}, lambda: {"vm": (10**9, 128.0)})
+    first = monitor.sample()
+    assert set(first.cpu) == {0, 1}
+    assert all(0.0 <= share <= 1.0 for share in first.cpu.values())
+    assert first.vnodes["2.0"]["used_cores"] == pytest.approx(sum(first.cpu.values()), abs=1e-3)
+    assert first.vms["vm"] == {"cpu_cores": 0.0, "memory_mib": 128.0}  # no earlier sample yet
+    assert 0 < first.memory_available_mib <= first.memory_total_mib
+    assert not first.gpus.available
+
+
+def fake_nvidia_smi(tmp_path: Path, output: str, code: int = 0) -> str:
+    script = tmp_path / "nvidia-smi"
+    script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}\nEOF\nexit {code}\n")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return str(script)
+
+
+def no_nvml(monkeypatch: pytest.MonkeyPatch, code: int = pynvml.NVML_ERROR_LIBRARY_NOT_FOUND) -> None:
+    def init() -> None:
+        raise pynvml.NVMLError(code)  # pynvml maps the code to its subclass, as the real library does
+
+    monkeypatch.setattr(pynvml, "nvmlInit", init)
+
+
+def test_this_host_has_no_gpu_and_says_so():
+    report = GpuProbe("/nonexistent/nvidia-smi").read()
+    assert report.source == "none"
+    assert not report.available
+    assert "NVML Shared Library Not Found" in report.reason
+
+
+def test_nvidia_smi_is_the_fallback_when_nvml_is_missing(tmp_path, monkeypatch):
+    no_nvml(monkeypatch)
+    smi = fake_nvidia_smi(
+        tmp_path, "0, NVIDIA A100-SXM4-40GB, 35, 1024, 40960\n1, NVIDIA A100-SXM4-40GB, 0, 3, 40960"
+    )
+    report = GpuProbe(smi).read()
+    assert report.source == "nvidia-smi"
+    seen = [(g.index, g.utilization_pct, g.memory_total_mib) for g in report.gpus]
+    assert seen == [(0, 35.0, 40960.0), (1, 0.0, 40960.0)]
+
+
+def test_a_failing_nvidia_smi_means_no_gpu_not_zero_percent(tmp_path, monkeypatch):
+    no_nvml(monkeypatch, pynvml.NVML_ERROR_DRIVER_NOT_LOADED)
+    smi = fake_nvidia_smi(
+        tmp_path,
+        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+        "Make sure that the latest NVIDIA driver is installed and running.",
+        code=9,
+    )
+    report = GpuProbe(smi).read()
+    assert report.source == "none"
+    assert report.gpus == ()
+    assert "Driver Not Loaded" in report.reason
+    assert "couldn't communicate" in report.reason
+
+
+def test_nvml_is_read_when_present(monkeypatch):
+    utilization = pynvml.c_nvmlUtilization_t()
+    utilization.gpu, utilization.memory = 42, 10
+    memory = pynvml.c_nvmlMemory_t()
+    memory.total, memory.used, memory.free = 16 * 2**30, 2**30, 15 * 2**30
+    calls: list[str] = []
+    monkeypatch.setattr(pynvml, "nvmlInit", lambda: calls.append("init"))
+    monkeypatch.setattr(pynvml, "nvmlShutdown", lambda: calls.append("shutdown"))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: 1)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda index: object())
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetName", lambda handle: "Tesla T4")
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUtilizationRates", lambda handle: utilization)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetMemoryInfo", lambda handle: memory)
+    report = GpuProbe("/nonexistent").read()
+    assert report.source == "nvml"
+    assert report.gpus[0].name == "Tesla T4"
+    assert report.gpus[0].utilization_pct == 42.0
+    assert report.gpus[0].memory_total_mib == 16384.0
+    assert calls == ["init", "shutdown"]
