@@ -18,6 +18,7 @@ from pathlib import Path
 from pinfold.agent.disks import DiskError, Disks
 from pinfold.agent.domain import DomainSpec, DomainXMLError, valid_name
 from pinfold.agent.drivers.base import Driver, DriverError, GuestState
+from pinfold.agent.failpoints import crash_point
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
@@ -104,23 +105,27 @@ class Agent:
             self.allocator.remove(spec.name)
             raise
         self.vms[spec.name] = vm
+        crash_point("create:stored")
         try:
             self._make(vm)
         except (DriverError, DomainXMLError, DiskError) as error:
             self._forget(spec.name)
             raise AgentError("hypervisor failed", str(error)) from error
+        crash_point("create:made")
         self._repin(change.repinned)
         return self._set(spec.name, "running", None)
 
     def delete(self, name: str) -> None:
         vm = self._get(name)
         self._set(name, vm.state, Pending.DELETE)
+        crash_point("delete:marked")
         try:
             self.driver.delete(name)
         except DriverError as error:
             if error.code != "not found":
                 self._set(name, vm.state, None)
                 raise AgentError("hypervisor failed", str(error)) from error
+        crash_point("delete:unmade")
         self._forget(name)
 
     def start(self, name: str) -> StoredVM:
