@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -78,7 +79,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     conn.close()  # type: ignore[attr-defined]
 
 
-def check_consistent(daemon: Daemon) -> dict[str, object]:
+def check_consistent(daemon: Daemon) -> dict[str, Any]:
     vms = {vm["name"]: vm for vm in httpx.get(daemon.url + "/api/v1/vms").json()}
     host = httpx.get(daemon.url + "/api/v1/host").json()
     cpus = [cpu for vnode in host["vnodes"].values() for cpu in vnode]
