@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from pinfold.sim.trace import TraceError
+from pinfold.sim.trace import Trace, TraceError
 
 __all__ = ["MAX_INT", "Columns", "csv_rows", "open_text", "parse_float", "parse_int"]
 
@@ -109,3 +109,17 @@ class Columns:
         self.vcpus.append(vcpus)
         self.memory_mib.append(memory)
         self.ratio.append(ratio)
+
+    def trace(self, if_empty: str) -> Trace:
+        """The rows read as a Trace; TraceError(if_empty) when there were none."""
+        if not self.vm_ids:
+            raise TraceError(self.path, None, if_empty)
+        return Trace.from_columns(
+            self.vm_ids,
+            self.arrival,
+            self.departure,
+            self.vcpus,
+            self.memory_mib,
+            self.ratio,
+            source=str(self.path),
+        )

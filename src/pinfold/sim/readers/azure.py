@@ -52,9 +52,4 @@ def read_azure(path: str | Path) -> Trace:
             columns.add(
                 line, row[0].strip(), created, deleted, int(cores), round(memory_gb * MIB_PER_GB), math.nan
             )
-    if not columns.vm_ids:
-        raise TraceError(path, None, "no VMs in the table")
-    return Trace.from_columns(
-        columns.vm_ids, columns.arrival, columns.departure, columns.vcpus, columns.memory_mib,
-        columns.ratio, source=str(path),
-    )  # fmt: skip
+    return columns.trace("no VMs in the table")

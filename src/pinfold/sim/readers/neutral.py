@@ -43,12 +43,7 @@ def read_neutral(path: str | Path) -> Trace:
                 parse_int(row[4], "memory_mib", path, line, minimum=1),
                 ratio,
             )
-    if not columns.vm_ids:
-        raise TraceError(path, None, "no VMs after the header")
-    return Trace.from_columns(
-        columns.vm_ids, columns.arrival, columns.departure, columns.vcpus, columns.memory_mib,
-        columns.ratio, source=str(path),
-    )  # fmt: skip
+    return columns.trace("no VMs after the header")
 
 
 def write_neutral(trace: Trace, path: str | Path) -> None:
