@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -83,3 +84,19 @@ def test_daemon_serves_and_stops_on_sigterm(tmp_path):
     assert "pinfold agent: stopped" in output
     assert (tmp_path / "data" / "agent.db").exists()
     assert os.path.getsize(tmp_path / "data" / "agent.db") > 0
+
+
+def test_direct_kernel_boot_settings_reach_the_agent(tmp_path):
+    from pinfold.agent.daemon import build_agent
+
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'driver = "sim"\ntopology = "{I7}"\ndata_dir = "{tmp_path / "data"}"\n'
+        'kernel = "/boot/vmlinuz"\ninitrd = "/boot/initrd.img"\ncmdline = "console=ttyS0"\n'
+    )
+    agent, description = build_agent(load_config(config, {}, {}))
+    assert description.startswith("sim driver")
+    assert agent.settings.kernel == Path("/boot/vmlinuz")
+    assert agent.settings.initrd == Path("/boot/initrd.img")
+    assert agent.settings.cmdline == "console=ttyS0"
+    agent.store.close()

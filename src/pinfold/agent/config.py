@@ -39,6 +39,10 @@ class AgentConfig(BaseModel):
     #: where base images may come from (TOML list; comma-separated in env and flags)
     image_dirs: tuple[Path, ...] = ()
     monitor_period_s: float = Field(default=10.0, gt=0)
+    #: boot guests from this kernel (and initrd, command line) instead of their disk
+    kernel: Path | None = None
+    initrd: Path | None = None
+    cmdline: str = ""
     nvidia_smi: str = "nvidia-smi"
 
 

@@ -42,6 +42,9 @@ def build_agent(config: AgentConfig) -> tuple[Agent, str]:
         shutdown_timeout_s=config.shutdown_timeout_s,
         image_dirs=config.image_dirs,
         disk_dir=config.data_dir / "disks",
+        kernel=config.kernel,
+        initrd=config.initrd,
+        cmdline=config.cmdline,
     )
     return Agent(topology, driver, Store(config.data_dir / "agent.db"), settings), description
 
