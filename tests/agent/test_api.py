@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,22 +28,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def agent_url(tmp_path: Path, i7) -> Iterator[str]:
-    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+@contextmanager
+def serving(tmp_path: Path, topology, open_networks: tuple[str, ...] = ()) -> Iterator[str]:
+    """A real uvicorn server on loopback in front of a sim-driver agent."""
+    agent = Agent(topology, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(agent, TOKEN), host="127.0.0.1", port=port, log_level="error")
-    )
+    app = create_app(agent, TOKEN, slackvm_open_networks=open_networks)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
-    agent.store.close()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        agent.store.close()
+
+
+@pytest.fixture
+def agent_url(tmp_path: Path, i7) -> Iterator[str]:
+    with serving(tmp_path, i7) as url:
+        yield url
 
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -146,3 +155,13 @@ def test_an_image_outside_the_image_directories_is_a_400(agent_url):
         slackvm = http.get(f"/deploy?name=y&cpu=1&mem=1&qcow2=/etc/shadow&token={TOKEN}")
         assert slackvm.status_code == 400
         assert http.get("/api/v1/vms").json() == []
+
+
+def test_slackvm_routes_can_be_opened_to_listed_networks_only(tmp_path, i7):
+    with serving(tmp_path / "open", i7, ("127.0.0.0/8",)) as url:
+        assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1").status_code == 200
+        assert httpx.get(f"{url}/remove?name=a").json() == {"removed": "a"}
+        body = {"name": "b", "vcpus": 1, "memory_mib": 64}
+        assert httpx.post(f"{url}/api/v1/vms", json=body).status_code == 401  # the JSON API still needs it
+    with serving(tmp_path / "closed", i7, ("10.0.0.0/8",)) as url:
+        assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1").status_code == 401

@@ -35,8 +35,9 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path):
         ('driver = "xen"\n', {}, "driver"),
         ("port = \n", {}, "agent.toml"),
         ("", {"token": "short"}, "token"),
+        ('slackvm_open_networks = ["127.0.0.0/33"]\n', {}, "slackvm_open_networks"),
     ],
-    ids=["unknown-key", "bad-port", "bad-driver", "not-toml", "short-token"],
+    ids=["unknown-key", "bad-port", "bad-driver", "not-toml", "short-token", "bad-network"],
 )
 def test_bad_settings_say_which_and_where(tmp_path, content, flags, problem):
     config = tmp_path / "agent.toml"

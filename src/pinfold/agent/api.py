@@ -3,14 +3,16 @@
 
 Routers only translate HTTP to `Agent` calls. Every mutating route needs the
 agent token: `Authorization: Bearer <token>`, or `?token=` on SlackVM's routes
-(SlackVM's client sends no header). Errors are JSON `{"error", "detail"}` with a
+(SlackVM's client sends no header); an operator may open SlackVM's routes to
+listed networks instead (off by default). Errors are JSON `{"error", "detail"}` with a
 4xx status; bad input never reaches the agent.
 """
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+import ipaddress
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -68,7 +70,15 @@ def _view(vm: StoredVM, agent: Agent) -> dict[str, Any]:
     }
 
 
-def create_app(agent: Agent, token: str, monitor: Monitor | None = None) -> FastAPI:
+def create_app(
+    agent: Agent,
+    token: str,
+    monitor: Monitor | None = None,
+    slackvm_open_networks: Sequence[str] = (),
+) -> FastAPI:
+    """`slackvm_open_networks` (CIDRs, empty by default): clients from these
+    networks may use SlackVM's mutating routes without a token, so that
+    SlackVM's own client and global scheduler, which send none, work as they are."""
     app = FastAPI(title="pinfold agent", version="0.1.0")
     lock = agent.lock  # one change at a time: the allocator and the store move together
 
@@ -79,6 +89,21 @@ def create_app(agent: Agent, token: str, monitor: Monitor | None = None) -> Fast
             raise ApiError("unauthorized", "a valid agent token is required")
 
     auth = Depends(authorized)
+    open_networks = [ipaddress.ip_network(network, strict=False) for network in slackvm_open_networks]
+
+    def slackvm_authorized(
+        request: Request, token_query: Annotated[str | None, Query(alias="token")] = None
+    ) -> None:
+        client = request.client.host if request.client is not None else ""
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            address = None
+        if address is not None and any(address in network for network in open_networks):
+            return
+        authorized(request, token_query)
+
+    slackvm_auth = Depends(slackvm_authorized)
 
     def call(operation: Callable[[], Any]) -> Any:
         with lock:
@@ -150,7 +175,7 @@ def create_app(agent: Agent, token: str, monitor: Monitor | None = None) -> Fast
 
     # -- SlackVM's routes, unchanged in shape (mem in GiB) ----------------------
 
-    @app.get("/deploy", dependencies=[auth])
+    @app.get("/deploy", dependencies=[slackvm_auth])
     def slackvm_deploy(
         name: Annotated[str, Query(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")],
         cpu: Annotated[int, Query(ge=1, le=1024)],
@@ -161,7 +186,7 @@ def create_app(agent: Agent, token: str, monitor: Monitor | None = None) -> Fast
         request = VMRequest(name, cpu, round(mem * 1024), oc, image=qcow2)
         return call(lambda: _view(agent.create(request), agent))  # type: ignore[no-any-return]
 
-    @app.get("/remove", dependencies=[auth])
+    @app.get("/remove", dependencies=[slackvm_auth])
     def slackvm_remove(name: Annotated[str, Query(min_length=1, max_length=63)]) -> dict[str, str]:
         call(lambda: agent.delete(name))
         return {"removed": name}

@@ -4,6 +4,7 @@ environment variables, then command-line flags (each overrides the one before).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -43,6 +44,8 @@ class AgentConfig(BaseModel):
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""
+    #: CIDRs whose clients may use SlackVM's /deploy and /remove without a token (off: empty)
+    slackvm_open_networks: tuple[str, ...] = ()
     nvidia_smi: str = "nvidia-smi"
 
 
@@ -61,13 +64,19 @@ def load_config(
         if ENV_PREFIX + key.upper() in environ:
             values[key] = environ[ENV_PREFIX + key.upper()]
     values.update({key: value for key, value in flags.items() if value is not None})
-    if isinstance(values.get("image_dirs"), str):
-        values["image_dirs"] = [part for part in values["image_dirs"].split(",") if part]
+    for key in ("image_dirs", "slackvm_open_networks"):
+        if isinstance(values.get(key), str):
+            values[key] = [part.strip() for part in values[key].split(",") if part.strip()]
     try:
-        return AgentConfig(**values)
+        config = AgentConfig(**values)
+        for network in config.slackvm_open_networks:
+            ipaddress.ip_network(network, strict=False)
+        return config
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"agent settings: {problems}") from None
+    except ValueError as exc:
+        raise ConfigError(f"agent settings: slackvm_open_networks: {exc}") from None
 
 
 def load_or_create_token(config: AgentConfig) -> str:

@@ -74,7 +74,8 @@ def serve(config: AgentConfig) -> None:
     monitor.sample()
     monitor.start(config.monitor_period_s)
     try:
-        uvicorn.run(create_app(agent, token, monitor), host=config.listen, port=config.port, log_level="info")
+        app = create_app(agent, token, monitor, config.slackvm_open_networks)
+        uvicorn.run(app, host=config.listen, port=config.port, log_level="info")
     finally:
         monitor.stop()
         agent.store.close()
