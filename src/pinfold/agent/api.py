@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, Field
 
+from pinfold.agent.domain import NAME_PATTERN
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
@@ -43,7 +44,7 @@ ACTIONS = ("start", "shutdown", "suspend", "resume")
 
 
 class CreateVM(BaseModel):
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
     vcpus: int = Field(ge=1, le=1024)
     memory_mib: int = Field(ge=1, le=64 * 1024 * 1024)
     ratio: float = Field(default=1.0, ge=1.0, le=64.0)
@@ -177,7 +178,7 @@ def create_app(
 
     @app.get("/deploy", dependencies=[slackvm_auth])
     def slackvm_deploy(
-        name: Annotated[str, Query(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")],
+        name: Annotated[str, Query(min_length=1, max_length=63, pattern=NAME_PATTERN)],
         cpu: Annotated[int, Query(ge=1, le=1024)],
         mem: Annotated[float, Query(gt=0, le=65536)],
         oc: Annotated[float, Query(ge=1.0, le=64.0)] = 1.0,

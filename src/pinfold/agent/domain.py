@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pinfold.topology import format_cpulist, parse_cpulist
 
-__all__ = ["NAMESPACE", "DomainSpec", "DomainXMLError", "repinned_xml", "valid_name"]
+__all__ = ["NAMESPACE", "NAME_PATTERN", "DomainSpec", "DomainXMLError", "repinned_xml", "valid_name"]
 
 #: XML namespace of pinfold's domain metadata.
 NAMESPACE = "https://pinfold.dev/xmlns/domain/1"
@@ -25,7 +25,9 @@ _PREFIX = "pinfold"
 ET.register_namespace(_PREFIX, NAMESPACE)
 
 # Names become file names (disk overlays) and appear in logs: keep them plain.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+#: The one definition of a valid VM name; the HTTP layer validates with it too.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_NAME = re.compile(NAME_PATTERN)
 DOMAIN_TYPES = ("kvm", "qemu")
 
 
