@@ -111,8 +111,8 @@ def _vnodes(result: Result, path: Path) -> str:
     colours = [LEVEL_COLOURS.get(level, OTHER_COLOURS[i % 4]) for i, level in enumerate(result.levels)]
     ax.stackplot(days, *sizes, labels=[f"{level:g}:1 vNode" for level in result.levels],
                  colors=colours, step="post", alpha=0.85)  # fmt: skip
-    if result.host_cpus:
-        ax.axhline(result.host_cpus, color="black", linewidth=0.8, linestyle=":", label="usable CPUs")
+    if s.host_cpus:
+        ax.axhline(s.host_cpus, color="black", linewidth=0.8, linestyle=":", label="usable CPUs")
     ax.set_xlabel("time since the first event (days)")
     ax.set_ylabel("logical CPUs")
     ax.set_title(f"vNode sizes on {result.observed_host}")

@@ -56,32 +56,44 @@ class Scenario:
 
 @dataclass
 class Series:
-    """Per-instant samples (one entry per instant with events)."""
+    """Per-instant samples (one entry per instant with events). Every host
+    has `host_cpus` usable CPUs and `host_memory_mib` MiB (one topology per
+    replay), so the capacity of the hosts in use is derived, not stored."""
 
     time: npt.NDArray[np.int64]
     hosts_in_use: npt.NDArray[np.int32]
     lower_bound: npt.NDArray[np.int32]
     vms_running: npt.NDArray[np.int32]
     cpus_allocated: npt.NDArray[np.int32]
-    cpus_in_use_hosts: npt.NDArray[np.int32]
     memory_allocated: npt.NDArray[np.int64]
-    memory_in_use_hosts: npt.NDArray[np.int64]
     #: vNode size per level on the observed host: shape (instants, levels)
     observed_vnodes: npt.NDArray[np.int32]
+    host_cpus: int
+    host_memory_mib: int
 
     @classmethod
-    def empty(cls, size: int, levels: int) -> Series:
+    def empty(cls, size: int, levels: int, host_cpus: int, host_memory_mib: int) -> Series:
         return cls(
             time=np.zeros(size, dtype=np.int64),
             hosts_in_use=np.zeros(size, dtype=np.int32),
             lower_bound=np.zeros(size, dtype=np.int32),
             vms_running=np.zeros(size, dtype=np.int32),
             cpus_allocated=np.zeros(size, dtype=np.int32),
-            cpus_in_use_hosts=np.zeros(size, dtype=np.int32),
             memory_allocated=np.zeros(size, dtype=np.int64),
-            memory_in_use_hosts=np.zeros(size, dtype=np.int64),
             observed_vnodes=np.zeros((size, levels), dtype=np.int32),
+            host_cpus=host_cpus,
+            host_memory_mib=host_memory_mib,
         )
+
+    @property
+    def cpus_in_use_hosts(self) -> npt.NDArray[np.int64]:
+        """Usable CPUs of the hosts in use, per instant."""
+        return self.hosts_in_use.astype(np.int64) * self.host_cpus
+
+    @property
+    def memory_in_use_hosts(self) -> npt.NDArray[np.int64]:
+        """Usable MiB of the hosts in use, per instant."""
+        return self.hosts_in_use.astype(np.int64) * self.host_memory_mib
 
 
 @dataclass
@@ -100,7 +112,6 @@ class Result:
     wall_seconds: float
     events: int
     cluster_hosts: dict[str, int] = field(default_factory=dict)
-    host_cpus: int = 0
     #: VMs that lived on the observed host: trace index -> (arrival, departure or None)
     observed_stays: dict[int, tuple[int, int | None]] = field(default_factory=dict)
 
@@ -176,7 +187,7 @@ class _Replay:
         self.demand_cpus = 0.0
         self.rejected: list[str] = []
         self.never_fit: list[str] = []
-        self.series = Series.empty(events.instants, len(self.levels))
+        self.series = Series.empty(events.instants, len(self.levels), self.host_cpus, self.host_memory)
         self.sample = 0
         self.observed: tuple[_Pool, str] | None = None
         # VMs that lived on the observed host: vm index -> (arrival, departure or None)
@@ -231,9 +242,7 @@ class _Replay:
         s.lower_bound[i] = self.lower_bound()
         s.vms_running[i] = len(self.host_of)
         s.cpus_allocated[i] = self.cpus_allocated
-        s.cpus_in_use_hosts[i] = self.in_use * self.host_cpus
         s.memory_allocated[i] = self.memory_allocated
-        s.memory_in_use_hosts[i] = self.in_use * self.host_memory
         if self.observed is not None:
             allocator = self.observed[0].cluster.allocator(self.observed[1])
             for j, level in enumerate(self.levels):
@@ -289,6 +298,5 @@ def simulate(
         wall_seconds=wall,
         events=total,
         cluster_hosts={p.prefix: len(p.cluster) for p in pools},
-        host_cpus=replay.host_cpus,
         observed_stays=replay.observed_stays,
     )

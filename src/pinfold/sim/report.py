@@ -100,12 +100,13 @@ def write_timeseries(results: Sequence[Result], path: Path) -> None:
         )  # fmt: skip
         for result in results:
             s = result.series
+            cpus_free = s.cpus_in_use_hosts - s.cpus_allocated
+            memory_free = s.memory_in_use_hosts - s.memory_allocated
             for i in decimate(s.hosts_in_use, MAX_ROWS_PER_POLICY):
                 writer.writerow(
                     [result.name, int(s.time[i]), int(s.hosts_in_use[i]), int(s.lower_bound[i]),
-                     int(s.vms_running[i]), int(s.cpus_allocated[i]),
-                     int(s.cpus_in_use_hosts[i] - s.cpus_allocated[i]), int(s.memory_allocated[i]),
-                     int(s.memory_in_use_hosts[i] - s.memory_allocated[i]),
+                     int(s.vms_running[i]), int(s.cpus_allocated[i]), int(cpus_free[i]),
+                     int(s.memory_allocated[i]), int(memory_free[i]),
                      *[int(v) for v in s.observed_vnodes[i]]]
                 )  # fmt: skip
 
