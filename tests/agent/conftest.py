@@ -46,10 +46,13 @@ def guest_kernel() -> Path:
 
 
 @pytest.fixture(scope="session")
-def guest_initramfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def guest_initramfs(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     busybox = shutil.which("busybox")
     if busybox is None:
         if REQUIRE_LIBVIRT:
             pytest.fail("busybox is missing: scripts/libvirt-up installs busybox-static")
         pytest.skip("busybox is not installed")
-    return build_initramfs(Path(busybox), tmp_path_factory.mktemp("guest") / "initramfs.cpio")
+    # vmlinuz-<release> sits in <root>/boot, its modules in <root>/lib/modules/<release>
+    release = guest_kernel.name.removeprefix("vmlinuz-")
+    modules_dir = guest_kernel.parent.parent / "lib" / "modules" / release
+    return build_initramfs(Path(busybox), tmp_path_factory.mktemp("guest") / "initramfs.cpio", modules_dir)
