@@ -36,8 +36,21 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path):
         ("port = \n", {}, "agent.toml"),
         ("", {"token": "short"}, "token"),
         ('slackvm_open_networks = ["127.0.0.0/33"]\n', {}, "slackvm_open_networks"),
+        ('[[pools]]\nname = "a b"\nsize = 1\nvcpus = 1\nmemory_mib = 1\n', {}, "pools.0.name"),
+        ('[[pools]]\nname = "a"\nsize = -1\nvcpus = 1\nmemory_mib = 1\n', {}, "pools.0.size"),
+        ('[[pools]]\nname = "a"\nsize = 1\nvcpus = 1\nmemory_mib = 1\n' * 2, {}, "same name"),
     ],
-    ids=["unknown-key", "bad-port", "bad-driver", "not-toml", "short-token", "bad-network"],
+    ids=[
+        "unknown-key",
+        "bad-port",
+        "bad-driver",
+        "not-toml",
+        "short-token",
+        "bad-network",
+        "pool-name",
+        "pool-size",
+        "pool-twice",
+    ],
 )
 def test_bad_settings_say_which_and_where(tmp_path, content, flags, problem):
     config = tmp_path / "agent.toml"
@@ -85,6 +98,48 @@ def test_daemon_serves_and_stops_on_sigterm(tmp_path):
     assert "pinfold agent: stopped" in output
     assert (tmp_path / "data" / "agent.db").exists()
     assert os.path.getsize(tmp_path / "data" / "agent.db") > 0
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_the_daemon_keeps_its_warm_pool_full_and_hands_members_out(tmp_path):
+    port = free_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[[pools]]\nname = "small"\nsize = 1\nvcpus = 1\nmemory_mib = 128\nratio = 2.0\nwarmup_s = 0\n'
+    )
+    command = [sys.executable, "-m", "pinfold", "agent", "--config", str(config), "--driver", "sim"]
+    command += ["--port", str(port), "--topology", str(I7), "--data-dir", str(tmp_path / "data")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def pool() -> object:
+        try:
+            return httpx.get(f"{url}/api/v1/host", timeout=1).json()["pools"]["small"]
+        except httpx.HTTPError:
+            return None
+
+    try:
+        wait_until(lambda: pool() == {"size": 1, "ready": 1, "warming": 0}, 30, "a ready member")
+        token = (tmp_path / "data" / "agent.token").read_text().strip()
+        created = httpx.post(
+            f"{url}/api/v1/vms",
+            json={"name": "web", "vcpus": 1, "memory_mib": 128, "ratio": 2.0},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201, created.text
+        assert (created.json()["domain"], created.json()["state"]) == ("pool-small-0", "running")
+        wait_until(lambda: pool() == {"size": 1, "ready": 1, "warming": 0}, 30, "the pool to refill")
+        assert [vm["name"] for vm in httpx.get(f"{url}/api/v1/vms").json()] == ["web"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
 
 
 def test_direct_kernel_boot_settings_reach_the_agent(tmp_path):

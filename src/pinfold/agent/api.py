@@ -68,6 +68,7 @@ def _view(vm: StoredVM, agent: Agent) -> dict[str, Any]:
         "owner": vm.owner,
         "state": vm.state,
         "pinning": pins,
+        "domain": vm.domain,
     }
 
 
@@ -129,7 +130,7 @@ def create_app(
     @app.get("/api/v1/vms")
     def list_vms() -> list[dict[str, Any]]:
         with lock:
-            return [_view(vm, agent) for vm in agent.vms.values()]
+            return [_view(vm, agent) for vm in agent.user_vms()]
 
     @app.post("/api/v1/vms", status_code=201, dependencies=[auth])
     def create_vm(body: CreateVM) -> dict[str, Any]:
@@ -140,7 +141,7 @@ def create_app(
     def get_vm(name: str) -> dict[str, Any]:
         with lock:
             vm = agent.vms.get(name)
-            if vm is None:
+            if vm is None or vm.pool:
                 raise ApiError("unknown vm", name)
             return _view(vm, agent)
 
@@ -169,6 +170,8 @@ def create_app(
                 },
                 "vnodes": {level_key(r): allocator.vnode(r) for r in allocator.levels},
                 "status": allocator.status(),
+                "pools": agent.pool_status(),
+                "unknown_domains": agent.unknown_domains(),
                 "usage": monitor.latest.to_dict()
                 if monitor is not None and monitor.latest is not None
                 else None,
@@ -209,7 +212,7 @@ def create_app(
     @app.get("/listvm")
     def slackvm_listvm() -> dict[str, Any]:
         with lock:
-            return {name: _view(vm, agent) for name, vm in agent.vms.items()}
+            return {vm.spec.name: _view(vm, agent) for vm in agent.user_vms()}
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:

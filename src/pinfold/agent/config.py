@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from pinfold.agent.pools import PoolSpec
+
 __all__ = ["AgentConfig", "ConfigError", "load_config", "load_or_create_token"]
 
 ENV_PREFIX = "PINFOLD_AGENT_"
@@ -47,6 +49,8 @@ class AgentConfig(BaseModel):
     #: CIDRs whose clients may use SlackVM's /deploy and /remove without a token (off: empty)
     slackvm_open_networks: tuple[str, ...] = ()
     nvidia_smi: str = "nvidia-smi"
+    #: warm pools, TOML only: [[pools]] name, size, vcpus, memory_mib, ratio, image, warmup_s
+    pools: tuple[PoolSpec, ...] = ()
 
 
 def load_config(
@@ -61,6 +65,8 @@ def load_config(
             raise ConfigError(f"{path}: {exc}") from None
     environ = dict(os.environ if environ is None else environ)
     for key in AgentConfig.model_fields:
+        if key == "pools":
+            continue
         if ENV_PREFIX + key.upper() in environ:
             values[key] = environ[ENV_PREFIX + key.upper()]
     values.update({key: value for key, value in flags.items() if value is not None})
@@ -71,6 +77,9 @@ def load_config(
         config = AgentConfig(**values)
         for network in config.slackvm_open_networks:
             ipaddress.ip_network(network, strict=False)
+        names = [pool.name for pool in config.pools]
+        if len(set(names)) != len(names):
+            raise ConfigError("agent settings: pools: two pools have the same name")
         return config
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())

@@ -9,6 +9,7 @@ from pinfold.agent.api import create_app
 from pinfold.agent.config import AgentConfig, load_or_create_token
 from pinfold.agent.drivers import Driver, DriverError, SimDriver
 from pinfold.agent.monitor import GpuProbe, Monitor
+from pinfold.agent.pools import PoolKeeper
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.topology import Topology, parse_cpulist
@@ -45,6 +46,7 @@ def build_agent(config: AgentConfig) -> tuple[Agent, str]:
         kernel=config.kernel,
         initrd=config.initrd,
         cmdline=config.cmdline,
+        pools=config.pools,
     )
     return Agent(topology, driver, Store(config.data_dir / "agent.db"), settings), description
 
@@ -68,15 +70,19 @@ def serve(config: AgentConfig) -> None:
     monitor = Monitor(
         [cpu.cpu_id for cpu in agent.topology.cpus],
         agent.vnode_layout,
-        agent.driver.stats,
+        agent.vm_stats,
         GpuProbe(config.nvidia_smi),
     )
     monitor.sample()
     monitor.start(config.monitor_period_s)
+    keeper = PoolKeeper(agent.tend_pools)
+    agent.on_hand_out = keeper.wake
+    keeper.start()
     try:
         app = create_app(agent, token, monitor, config.slackvm_open_networks)
         uvicorn.run(app, host=config.listen, port=config.port, log_level="info")
     finally:
+        keeper.stop()
         monitor.stop()
         agent.store.close()
         print("pinfold agent: stopped")

@@ -14,6 +14,9 @@ touched, so after a crash at any point:
 | VM | none | domain | keep it, check pins |
 | VM | none | no domain | report it missing (never recreated silently) |
 | none | - | pinfold domain | report it as unknown, never touch it |
+
+A stored VM's domain is the one named `domain` (a VM handed out by a warm pool
+keeps its domain's name); the steps name the VMs.
 | none | - | other domain | ignore it |
 """
 
@@ -49,14 +52,15 @@ def plan(stored: Mapping[str, StoredVM], observed: Mapping[str, GuestInfo]) -> l
     """Steps in a fixed order: stored VMs in deploy order, then unknown domains by name."""
     steps: list[Step] = []
     for name, vm in stored.items():
-        present = name in observed and observed[name].spec is not None
+        present = vm.domain in observed and observed[vm.domain].spec is not None
         if vm.pending is Pending.DELETE:
             steps.append(Step(Action.DELETE if present else Action.FORGET, name))
         elif vm.pending is Pending.CREATE:
             steps.append(Step(Action.FINISH_CREATE if present else Action.CREATE, name))
         else:
             steps.append(Step(Action.KEEP if present else Action.MISSING, name))
+    domains = {vm.domain for vm in stored.values()}
     for name in sorted(observed):
-        if name not in stored and observed[name].spec is not None:
+        if name not in domains and observed[name].spec is not None:
             steps.append(Step(Action.UNKNOWN, name))
     return steps

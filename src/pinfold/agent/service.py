@@ -6,6 +6,8 @@ the VM and the new vNode layout with a pending mark, create the domain, apply
 the re-pins the allocator reported to the VMs already running, clear the mark.
 A delete marks, deletes the domain, frees the placement and forgets the VM.
 A crash between any two steps is repaired at the next start (`reconcile`).
+A create that matches a warm pool takes a ready member instead (see `pools`):
+rename in the allocator and the store (pending), resume, clear the mark.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pinfold.agent.disks import DiskError, Disks
 from pinfold.agent.domain import DomainSpec, DomainXMLError, valid_name
 from pinfold.agent.drivers.base import Driver, DriverError, GuestState
 from pinfold.agent.failpoints import crash_point
+from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
@@ -52,6 +55,7 @@ class AgentSettings:
     serial_dir: Path | None = None
     image_dirs: tuple[Path, ...] = ()
     disk_dir: Path | None = None
+    pools: tuple[PoolSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,9 @@ class Agent:
     def __post_init__(self) -> None:
         disk_dir = self.settings.disk_dir or self.store.path.parent / "disks"
         self.disks = Disks(self.settings.image_dirs, disk_dir)
+        self._warming_since: dict[str, float] = {}
+        #: called after a member is handed out (the daemon's PoolKeeper refills then)
+        self.on_hand_out: Callable[[], None] = lambda: None
         snapshot, self.vms = self.store.load()
         self.allocator = HostAllocator.restore(
             self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
@@ -85,20 +92,25 @@ class Agent:
     # -- requests --------------------------------------------------------------
 
     def create(self, request: VMRequest) -> StoredVM:
-        if not valid_name(request.name):
-            raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
+        """A VM as asked: from a warm pool when one matches, else made cold."""
+        with self.lock:
+            if not valid_name(request.name):
+                raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
+            if any(vm.domain == request.name for vm in self.vms.values()):
+                raise AgentError("duplicate name", f"{request.name} (the domain of another VM)")
+            base = self._base_image(request.image)
+            member = self._ready_member(request, base) if request.name not in self.allocator else None
+            if member is not None:
+                return self._hand_out(member, request)
+            return self._create_cold(request, base, pool="")
+
+    def _create_cold(self, request: VMRequest, base: Path | None, pool: str) -> StoredVM:
         spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
-        base = None
-        if request.image:
-            try:
-                base = self.disks.base_image(request.image)
-            except DiskError as error:
-                raise AgentError(error.code, error.detail) from error
         try:
             change = self.allocator.deploy(spec)
         except PlacementError as error:
             raise AgentError(error.code.value, error.refusal.describe()) from error
-        vm = StoredVM(spec, request.owner, str(base or ""), "creating", Pending.CREATE)
+        vm = StoredVM(spec, request.owner, str(base or ""), "creating", Pending.CREATE, pool=pool)
         try:
             self.store.save_vm(vm, self.allocator.snapshot())
         except BaseException:
@@ -113,14 +125,18 @@ class Agent:
             raise AgentError("hypervisor failed", str(error)) from error
         crash_point("create:made")
         self._repin(change.repinned)
-        return self._set(spec.name, "running", None)
+        return self._set(spec.name, "warming" if pool else "running", None)
 
     def delete(self, name: str) -> None:
-        vm = self._get(name)
+        with self.lock:
+            self._delete(self._get(name))
+
+    def _delete(self, vm: StoredVM) -> None:
+        name = vm.spec.name
         self._set(name, vm.state, Pending.DELETE)
         crash_point("delete:marked")
         try:
-            self.driver.delete(name)
+            self.driver.delete(vm.domain)
         except DriverError as error:
             if error.code != "not found":
                 self._set(name, vm.state, None)
@@ -129,18 +145,123 @@ class Agent:
         self._forget(name)
 
     def start(self, name: str) -> StoredVM:
-        return self._act(name, lambda: self.driver.start(name), "running")
+        return self._act(name, self.driver.start, "running")
 
     def shutdown(self, name: str) -> StoredVM:
-        return self._act(
-            name, lambda: self.driver.shutdown(name, self.settings.shutdown_timeout_s), "shutoff"
-        )
+        timeout_s = self.settings.shutdown_timeout_s
+        return self._act(name, lambda domain: self.driver.shutdown(domain, timeout_s), "shutoff")
 
     def suspend(self, name: str) -> StoredVM:
-        return self._act(name, lambda: self.driver.suspend(name), "paused")
+        return self._act(name, self.driver.suspend, "paused")
 
     def resume(self, name: str) -> StoredVM:
-        return self._act(name, lambda: self.driver.resume(name), "running")
+        return self._act(name, self.driver.resume, "running")
+
+    def user_vms(self) -> list[StoredVM]:
+        """The VMs people asked for: every stored VM but the pool members."""
+        with self.lock:
+            return [vm for vm in self.vms.values() if not vm.pool]
+
+    def unknown_domains(self) -> list[str]:
+        """pinfold domains that no stored VM owns, as found at start: reported,
+        never touched (another agent's, or left by a store that was lost)."""
+        return [step.name for step in self.report if step.action is Action.UNKNOWN]
+
+    def vm_stats(self) -> dict[str, tuple[int, float]]:
+        """The driver's per-domain stats under the VMs' names."""
+        stats = self.driver.stats()
+        with self.lock:
+            return {name: stats[vm.domain] for name, vm in self.vms.items() if vm.domain in stats}
+
+    # -- warm pools --------------------------------------------------------------
+
+    def pool_status(self) -> dict[str, dict[str, int]]:
+        with self.lock:
+            status = {}
+            for pool in self.settings.pools:
+                members = self._members(pool.name)
+                ready = sum(1 for vm in members if vm.state == "pooled" and vm.pending is None)
+                status[pool.name] = {"size": pool.size, "ready": ready, "warming": len(members) - ready}
+            return status
+
+    def tend_pools(self, now: float) -> bool:
+        """One step of pool upkeep: suspend members whose warm-up is over, drop
+        members no pool wants, add one missing member. True while there is
+        more to do (a member still to add); a pool that does not fit on the
+        host raises AgentError, leaving the others as they are."""
+        with self.lock:
+            wanted = {pool.name: pool for pool in self.settings.pools}
+            for vm in [vm for vm in self.vms.values() if vm.pool and vm.pending is None]:
+                pool = wanted.get(vm.pool)
+                if pool is None or self._members(pool.name).index(vm) >= pool.size:
+                    self._delete(vm)
+                elif (
+                    vm.state == "warming"
+                    and now - self._warming_since.setdefault(vm.spec.name, now) >= pool.warmup_s
+                ):
+                    self._suspend_member(vm)
+            for pool in self.settings.pools:
+                if len(self._members(pool.name)) < pool.size:
+                    self._add_member(pool, now)
+                    return any(len(self._members(p.name)) < p.size for p in self.settings.pools)
+            return False
+
+    def _members(self, pool: str) -> list[StoredVM]:
+        return [vm for vm in self.vms.values() if vm.pool == pool]
+
+    def _add_member(self, pool: PoolSpec, now: float) -> None:
+        taken = set(self.vms) | {vm.domain for vm in self.vms.values()}
+        name = next(pool.member_name(i) for i in range(len(taken) + 1) if pool.member_name(i) not in taken)
+        request = VMRequest(name, pool.vcpus, pool.memory_mib, pool.ratio, owner="pool", image=pool.image)
+        self._create_cold(request, self._base_image(pool.image), pool=pool.name)
+        self._warming_since[name] = now
+
+    def _suspend_member(self, vm: StoredVM) -> None:
+        try:
+            self.driver.suspend(vm.domain)
+        except DriverError as error:
+            raise AgentError("hypervisor failed", str(error)) from error
+        self._warming_since.pop(vm.spec.name, None)
+        self._set(vm.spec.name, "pooled", None)
+
+    def _ready_member(self, request: VMRequest, base: Path | None) -> StoredVM | None:
+        for pool in self.settings.pools:
+            if (pool.vcpus, pool.memory_mib, pool.ratio) != (
+                request.vcpus,
+                request.memory_mib,
+                request.ratio,
+            ):
+                continue
+            for vm in self._members(pool.name):
+                if vm.state == "pooled" and vm.pending is None and vm.image == str(base or ""):
+                    return vm
+        return None
+
+    def _hand_out(self, member: StoredVM, request: VMRequest) -> StoredVM:
+        """Rename the member (allocator, then store, pending), resume it, done."""
+        try:
+            self.allocator.rename(member.spec.name, request.name)
+        except PlacementError as error:
+            raise AgentError(error.code.value, error.refusal.describe()) from error
+        vm = replace(
+            member, spec=replace(member.spec, name=request.name), owner=request.owner,
+            state="resuming", pending=Pending.CREATE, pool="",
+        )  # fmt: skip
+        try:
+            self.store.hand_out(member.spec.name, vm)
+        except BaseException:
+            self.allocator.rename(request.name, member.spec.name)
+            raise
+        del self.vms[member.spec.name]
+        self.vms[request.name] = vm
+        crash_point("take:stored")
+        try:
+            self.driver.resume(vm.domain)
+        except DriverError as error:
+            self._delete(vm)
+            raise AgentError("hypervisor failed", str(error)) from error
+        self.on_hand_out()
+        return self._set(request.name, "running", None)
 
     # -- start-up --------------------------------------------------------------
 
@@ -154,9 +275,9 @@ class Agent:
                 self._make(self.vms[step.name])
                 self._set(step.name, "running", None)
             elif step.action is Action.FINISH_CREATE:
-                self._set(step.name, _state_name(observed[step.name].state), None)
+                self._finish_create(self.vms[step.name], observed[self.vms[step.name].domain].state)
             elif step.action is Action.DELETE:
-                self.driver.delete(step.name)
+                self.driver.delete(self.vms[step.name].domain)
                 self._forget(step.name)
             elif step.action is Action.FORGET:
                 self._forget(step.name)
@@ -164,15 +285,23 @@ class Agent:
                 self._set(step.name, "missing", None)
         # pins follow the restored layout, whatever the domains held before the crash
         current = {guest.name: guest for guest in self.driver.guests()}
-        for name in self.vms:
-            guest = current.get(name)
+        for name, vm in self.vms.items():
+            guest = current.get(vm.domain)
             if (
                 guest is not None
                 and guest.spec is not None
                 and guest.spec.cpuset != self.allocator.pinning(name)
             ):
-                self.driver.repin(name, self.allocator.pinning(name))
+                self.driver.repin(vm.domain, self.allocator.pinning(name))
         return steps
+
+    def _finish_create(self, vm: StoredVM, state: GuestState) -> None:
+        """The domain exists: a hand-out cut short still has to be resumed;
+        a pool member warms up again from now."""
+        if state is GuestState.PAUSED and not vm.pool:
+            self.driver.resume(vm.domain)
+            state = GuestState.RUNNING
+        self._set(vm.spec.name, ("warming" if vm.pool else _state_name(state)), None)
 
     def vnode_layout(self) -> dict[float, list[int]]:
         with self.lock:
@@ -182,29 +311,31 @@ class Agent:
 
     def _make(self, vm: StoredVM) -> None:
         """The VM's disk (when it has an image), then its domain."""
-        disk = self.disks.create_overlay(vm.spec.name, Path(vm.image)) if vm.image else None
+        disk = self.disks.create_overlay(vm.domain, Path(vm.image)) if vm.image else None
         try:
             self.driver.create(self._domain(vm, self.allocator.pinning(vm.spec.name), disk))
         except BaseException:
-            self.disks.remove_overlay(vm.spec.name)
+            self.disks.remove_overlay(vm.domain)
             raise
 
     def _domain(self, vm: StoredVM, cpuset: frozenset[int], disk: Path | None) -> DomainSpec:
         s = self.settings
-        serial = s.serial_dir / f"{vm.spec.name}.log" if s.serial_dir is not None else None
+        serial = s.serial_dir / f"{vm.domain}.log" if s.serial_dir is not None else None
         return DomainSpec(
-            name=vm.spec.name, vcpus=vm.spec.vcpus, memory_mib=vm.spec.memory_mib, cpuset=cpuset,
+            name=vm.domain, vcpus=vm.spec.vcpus, memory_mib=vm.spec.memory_mib, cpuset=cpuset,
             level=float(vm.spec.ratio), owner=vm.owner, image=vm.image, domain_type=s.domain_type,
             kernel=s.kernel, initrd=s.initrd, cmdline=s.cmdline, serial_log=serial, disk=disk,
         )  # fmt: skip
 
     def _repin(self, repinned: Mapping[str, frozenset[int]]) -> None:
         for name, cpuset in repinned.items():
-            if self.vms.get(name) is not None and self.vms[name].state != "missing":
-                self.driver.repin(name, cpuset)
+            vm = self.vms.get(name)
+            if vm is not None and vm.state != "missing":
+                self.driver.repin(vm.domain, cpuset)
 
     def _forget(self, name: str) -> None:
-        self.disks.remove_overlay(name)
+        self.disks.remove_overlay(self.vms[name].domain)
+        self._warming_since.pop(name, None)
         change = self.allocator.remove(name)
         self.store.forget_vm(name, self.allocator.snapshot())
         self.vms.pop(name, None)
@@ -216,15 +347,28 @@ class Agent:
         return vm
 
     def _get(self, name: str) -> StoredVM:
+        """A user's VM by name; pool members are the agent's own, not theirs."""
         vm = self.vms.get(name)
-        if vm is None:
+        if vm is None or vm.pool:
             raise AgentError("unknown vm", name)
         return vm
 
-    def _act(self, name: str, operation: Callable[[], None], state: str) -> StoredVM:
-        self._get(name)
+    def _base_image(self, image: str) -> Path | None:
+        if not image:
+            return None
         try:
-            operation()
+            return self.disks.base_image(image)
+        except DiskError as error:
+            raise AgentError(error.code, error.detail) from error
+
+    def _act(self, name: str, operation: Callable[[str], None], state: str) -> StoredVM:
+        with self.lock:
+            return self._act_locked(self._get(name), operation, state)
+
+    def _act_locked(self, vm: StoredVM, operation: Callable[[str], None], state: str) -> StoredVM:
+        name = vm.spec.name
+        try:
+            operation(vm.domain)
         except DriverError as error:
             raise AgentError(
                 "invalid" if error.code == "invalid" else "hypervisor failed", str(error)

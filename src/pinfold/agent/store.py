@@ -1,7 +1,9 @@
 """The agent's durable state: SQLite in the data directory.
 
 It holds the VMs (in deploy order), each vNode's CPUs (in the order they were
-added) and the operations under way. Every change is one transaction, written
+added) and the operations under way. A VM's domain keeps the name it was
+created with: a warm-pool VM handed out is renamed here and in the allocator,
+not in libvirt (a running domain cannot be renamed). Every change is one transaction, written
 with `synchronous=FULL`, and committed before the agent acknowledges it; the
 schema itself refuses a CPU in two vNodes (UNIQUE) so a bug cannot persist one.
 """
@@ -19,7 +21,7 @@ from pinfold.placement import HostSnapshot, VMSpec
 
 __all__ = ["Pending", "Store", "StoredVM"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vms (
@@ -31,8 +33,11 @@ CREATE TABLE IF NOT EXISTS vms (
     owner TEXT NOT NULL DEFAULT '',
     image TEXT NOT NULL DEFAULT '',
     state TEXT NOT NULL,
-    pending TEXT
+    pending TEXT,
+    domain TEXT NOT NULL,
+    pool TEXT NOT NULL DEFAULT ''
 );
+CREATE UNIQUE INDEX IF NOT EXISTS vms_domain ON vms (domain);
 CREATE TABLE IF NOT EXISTS vnode_cpus (
     ratio REAL NOT NULL,
     position INTEGER NOT NULL,
@@ -49,13 +54,33 @@ class Pending(StrEnum):
     DELETE = "delete"
 
 
+#: from schema 1: add the domain name (equal to the VM's name until then) and the pool
+MIGRATIONS = {
+    1: (
+        "ALTER TABLE vms ADD COLUMN domain TEXT NOT NULL DEFAULT ''",
+        "UPDATE vms SET domain = name",
+        "ALTER TABLE vms ADD COLUMN pool TEXT NOT NULL DEFAULT ''",
+        "CREATE UNIQUE INDEX IF NOT EXISTS vms_domain ON vms (domain)",
+    ),
+}
+
+
 @dataclass(frozen=True)
 class StoredVM:
+    """`domain` is the hypervisor's name for it (the VM's own name unless it
+    came from a warm pool); `pool` names the pool while it waits there."""
+
     spec: VMSpec
     owner: str
     image: str
     state: str
     pending: Pending | None
+    domain: str = ""
+    pool: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.domain:
+            object.__setattr__(self, "domain", self.spec.name)
 
 
 class Store:
@@ -69,14 +94,25 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         with self._transaction():
+            self._migrate(path)
+
+    def _migrate(self, path: Path) -> None:
+        """Create the schema in a new store, or bring an older one up to date."""
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
             for statement in filter(str.strip, SCHEMA.split(";")):
                 self._db.execute(statement)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-        version = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
-        if int(version) != SCHEMA_VERSION:
-            raise RuntimeError(f"{path}: store schema {version}, this agent reads {SCHEMA_VERSION}")
+        else:
+            version = int(row[0])
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"{path}: store schema {version}, this agent reads up to {SCHEMA_VERSION}")
+            for step in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[step]:
+                    self._db.execute(statement)
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -95,11 +131,14 @@ class Store:
         """The allocator's snapshot and every stored VM, in deploy order."""
         vms: dict[str, StoredVM] = {}
         rows = self._db.execute(
-            "SELECT name, vcpus, memory_mib, ratio, owner, image, state, pending FROM vms ORDER BY seq"
+            "SELECT name, vcpus, memory_mib, ratio, owner, image, state, pending, domain, pool "
+            "FROM vms ORDER BY seq"
         )
-        for name, vcpus, memory, ratio, owner, image, state, pending in rows:
+        for name, vcpus, memory, ratio, owner, image, state, pending, domain, pool in rows:
             spec = VMSpec(name, int(vcpus), int(memory), float(ratio))
-            vms[name] = StoredVM(spec, owner, image, state, Pending(pending) if pending else None)
+            vms[name] = StoredVM(
+                spec, owner, image, state, Pending(pending) if pending else None, domain, pool
+            )
         vnodes: dict[float, list[int]] = {}
         for ratio, cpu in self._db.execute("SELECT ratio, cpu FROM vnode_cpus ORDER BY ratio, position"):
             vnodes.setdefault(float(ratio), []).append(int(cpu))
@@ -112,11 +151,12 @@ class Store:
         """Insert or update one VM and replace the vNode layout, atomically."""
         with self._transaction():
             self._db.execute(
-                "INSERT INTO vms (name, vcpus, memory_mib, ratio, owner, image, state, pending) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                "INSERT INTO vms "
+                "(name, vcpus, memory_mib, ratio, owner, image, state, pending, domain, pool) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
                 "state = excluded.state, pending = excluded.pending",
                 (vm.spec.name, vm.spec.vcpus, vm.spec.memory_mib, float(vm.spec.ratio), vm.owner, vm.image,
-                 vm.state, vm.pending.value if vm.pending else None),
+                 vm.state, vm.pending.value if vm.pending else None, vm.domain, vm.pool),
             )  # fmt: skip
             self._write_vnodes(snapshot.vnodes)
 
@@ -126,6 +166,25 @@ class Store:
                 "UPDATE vms SET state = ?, pending = ? WHERE name = ?",
                 (state, pending.value if pending else None, name),
             )
+
+    def hand_out(self, member: str, vm: StoredVM) -> None:
+        """A pool member becomes `vm` (new name, owner and state; same domain,
+        same place in the deploy order), in one transaction."""
+        with self._transaction():
+            cursor = self._db.execute(
+                "UPDATE vms SET name = ?, owner = ?, state = ?, pending = ?, pool = '' "
+                "WHERE name = ? AND domain = ? AND pool != ''",
+                (
+                    vm.spec.name,
+                    vm.owner,
+                    vm.state,
+                    vm.pending.value if vm.pending else None,
+                    member,
+                    vm.domain,
+                ),
+            )
+            if cursor.rowcount != 1:
+                raise RuntimeError(f"{member} is not a pool member with domain {vm.domain}")
 
     def forget_vm(self, name: str, snapshot: HostSnapshot) -> None:
         """Remove a VM and store the vNode layout without it, atomically."""

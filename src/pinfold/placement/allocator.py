@@ -10,7 +10,7 @@ on what it returns.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -296,6 +296,25 @@ class HostAllocator:
             del self._levels[ratio]
             self._pins.pop(ratio, None)
         return Change(name, None, self._collect_repins() if self.report_pins else {})
+
+    def rename(self, old: str, new: str) -> None:
+        """Give a placed VM another name; its vNode, CPUs, pins and memory stay
+        exactly as they are (a warm-pool VM is handed out under the name it was
+        asked for, without being moved)."""
+        spec = self._vms.get(old)
+        if spec is None:
+            raise PlacementError(RefusalCode.UNKNOWN_VM.value)
+        renamed = replace(spec, name=new)
+        problem = invalid_reason(renamed)
+        if problem is not None:
+            raise PlacementError(Refusal(RefusalCode.INVALID_REQUEST, detail=problem, fits_empty=False))
+        if new in self._vms:
+            raise PlacementError(Refusal(RefusalCode.DUPLICATE_NAME, detail=new))
+        self._vms = {
+            (new if name == old else name): (renamed if name == old else s) for name, s in self._vms.items()
+        }
+        level = self._levels[float(spec.ratio)]
+        level.vms = {(new if name == old else name): vcpus for name, vcpus in level.vms.items()}
 
     # -- CPU choice ------------------------------------------------------------
 

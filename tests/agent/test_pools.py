@@ -1,0 +1,174 @@
+"""Warm pools on the sim driver and a real SQLite store: members are made,
+suspended after their warm-up, handed out under the asked name by a resume,
+refilled, kept across restarts and repaired after a crash mid hand-out."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from pinfold.agent.drivers import GuestState, SimDriver
+from pinfold.agent.pools import PoolSpec
+from pinfold.agent.reconcile import Action
+from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
+from pinfold.agent.store import Store
+
+SMALL = PoolSpec(name="small", size=2, vcpus=1, memory_mib=128, ratio=2.0, warmup_s=5)
+
+
+@pytest.fixture
+def driver() -> SimDriver:
+    return SimDriver()
+
+
+def agent_with(tmp_path, i7, driver, *pools: PoolSpec) -> Agent:
+    settings = AgentSettings(domain_type="qemu", pools=pools)
+    return Agent(i7, driver, Store(tmp_path / "agent.db"), settings)
+
+
+def states(driver: SimDriver) -> dict[str, GuestState]:
+    return {guest.name: guest.state for guest in driver.guests()}
+
+
+def filled(agent: Agent) -> Agent:
+    while agent.tend_pools(0.0):
+        pass
+    agent.tend_pools(SMALL.warmup_s)
+    return agent
+
+
+def test_members_warm_up_then_wait_suspended(tmp_path, i7, driver):
+    agent = agent_with(tmp_path, i7, driver, SMALL)
+    assert agent.tend_pools(0.0) is True  # one member per step: requests never wait long
+    assert agent.tend_pools(0.0) is False
+    assert states(driver) == {"pool-small-0": GuestState.RUNNING, "pool-small-1": GuestState.RUNNING}
+    assert agent.pool_status() == {"small": {"size": 2, "ready": 0, "warming": 2}}
+    agent.tend_pools(SMALL.warmup_s - 0.1)
+    assert agent.pool_status()["small"]["ready"] == 0
+    agent.tend_pools(SMALL.warmup_s)
+    assert set(states(driver).values()) == {GuestState.PAUSED}
+    assert agent.pool_status() == {"small": {"size": 2, "ready": 2, "warming": 0}}
+    assert agent.user_vms() == []  # members are the agent's, not a user's
+    agent.allocator.check_invariants()
+
+
+def test_a_matching_create_resumes_a_member_under_the_asked_name(tmp_path, i7, driver):
+    agent = filled(agent_with(tmp_path, i7, driver, SMALL))
+    pins_before = agent.allocator.pinning("pool-small-0")
+    vm = agent.create(VMRequest("web", 1, 128, 2.0, owner="alice"))
+    assert (vm.spec.name, vm.domain, vm.owner, vm.state, vm.pool) == (
+        "web",
+        "pool-small-0",
+        "alice",
+        "running",
+        "",
+    )
+    assert states(driver)["pool-small-0"] is GuestState.RUNNING
+    assert agent.allocator.pinning("web") == pins_before
+    assert "pool-small-0" not in agent.allocator
+    assert [v.spec.name for v in agent.user_vms()] == ["web"]
+    assert agent.pool_status()["small"] == {"size": 2, "ready": 1, "warming": 0}
+    agent.tend_pools(10.0)  # refill: a new member, under a name no domain has
+    assert "pool-small-2" in states(driver)
+    agent.allocator.check_invariants()
+    agent.suspend("web")  # actions reach the domain
+    assert states(driver)["pool-small-0"] is GuestState.PAUSED
+    agent.delete("web")
+    assert "pool-small-0" not in states(driver)
+
+
+def test_other_creates_are_cold_and_members_cannot_be_touched(tmp_path, i7, driver):
+    agent = filled(agent_with(tmp_path, i7, driver, SMALL))
+    agent.create(VMRequest("bigger", 2, 128, 2.0))
+    agent.create(VMRequest("premium", 1, 128, 1.0))
+    assert {"bigger", "premium"} <= set(states(driver))
+    assert agent.pool_status()["small"]["ready"] == 2
+    for action in (agent.delete, agent.suspend, agent.shutdown):
+        with pytest.raises(AgentError, match="unknown vm"):
+            action("pool-small-1")
+    agent.create(VMRequest("web", 1, 128, 2.0))
+    with pytest.raises(AgentError, match="duplicate name"):
+        agent.create(VMRequest("pool-small-0", 1, 128, 2.0))  # web's domain
+
+
+def test_hand_outs_and_members_survive_a_restart(tmp_path, i7, driver):
+    agent = filled(agent_with(tmp_path, i7, driver, SMALL))
+    agent.create(VMRequest("web", 1, 128, 2.0))
+    layout = {r: agent.allocator.vnode(r) for r in agent.allocator.levels}
+    agent.store.close()
+    again = agent_with(tmp_path, i7, driver, SMALL)
+    assert [(s.action, s.name) for s in again.report] == [(Action.KEEP, "web"), (Action.KEEP, "pool-small-1")]
+    assert again.vms["web"].domain == "pool-small-0"
+    assert {r: again.allocator.vnode(r) for r in again.allocator.levels} == layout
+    assert again.pool_status()["small"]["ready"] == 1
+
+
+class Crash(BaseException):
+    """Stands for kill -9 between storing the hand-out and resuming."""
+
+
+def test_a_hand_out_cut_short_is_resumed_at_the_next_start(tmp_path, i7, driver, monkeypatch):
+    agent = filled(agent_with(tmp_path, i7, driver, SMALL))
+
+    def crash(name: str) -> None:
+        raise Crash
+
+    monkeypatch.setattr(driver, "resume", crash)
+    with pytest.raises(Crash):
+        agent.create(VMRequest("web", 1, 128, 2.0))
+    monkeypatch.undo()
+    assert states(driver)["pool-small-0"] is GuestState.PAUSED
+    agent.store.close()
+    again = agent_with(tmp_path, i7, driver, SMALL)
+    assert (again.vms["web"].state, again.vms["web"].pending) == ("running", None)
+    assert states(driver)["pool-small-0"] is GuestState.RUNNING
+
+
+def test_members_no_pool_wants_are_deleted(tmp_path, i7, driver):
+    agent = filled(agent_with(tmp_path, i7, driver, SMALL))
+    agent.store.close()
+    smaller = agent_with(tmp_path, i7, driver, SMALL.model_copy(update={"size": 1}))
+    smaller.tend_pools(0.0)
+    assert set(states(driver)) == {"pool-small-0"}
+    smaller.store.close()
+    none = agent_with(tmp_path, i7, driver)
+    none.tend_pools(0.0)
+    assert states(driver) == {}
+    assert len(none.allocator) == 0
+
+
+def test_a_pool_larger_than_the_host_fills_what_fits_and_says_why(tmp_path, i7, driver):
+    huge = PoolSpec(name="huge", size=50, vcpus=4, memory_mib=1024, ratio=1.0, warmup_s=0)
+    agent = agent_with(tmp_path, i7, driver, huge)
+
+    def fill() -> None:
+        while agent.tend_pools(0.0):
+            pass
+
+    with pytest.raises(AgentError, match="not enough cpu"):
+        fill()
+    assert len(states(driver)) == len(i7.usable_cpus) // 4
+    agent.allocator.check_invariants()
+
+
+def test_a_version_1_store_is_migrated(tmp_path, i7, driver):
+    path = tmp_path / "agent.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE vms (seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL UNIQUE,
+            vcpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, ratio REAL NOT NULL,
+            owner TEXT NOT NULL DEFAULT '', image TEXT NOT NULL DEFAULT '', state TEXT NOT NULL,
+            pending TEXT);
+        CREATE TABLE vnode_cpus (ratio REAL NOT NULL, position INTEGER NOT NULL, cpu INTEGER NOT NULL UNIQUE,
+            PRIMARY KEY (ratio, position));
+        INSERT INTO vms (name, vcpus, memory_mib, ratio, state) VALUES ('old', 1, 128, 2.0, 'running');
+        INSERT INTO vnode_cpus VALUES (2.0, 0, 1);
+        """
+    )
+    db.close()
+    _, vms = Store(path).load()
+    assert (vms["old"].domain, vms["old"].pool) == ("old", "")
