@@ -2,7 +2,8 @@
 
 The init script mounts /proc, prints a marker on the serial console, then
 loops; `burn` on the kernel command line makes it spin one CPU instead, and
-`deaf` makes it ignore the ACPI power button.
+`deaf` makes it ignore the ACPI power button, and `tick` makes it print TICK
+every 20 ms (to tell when a resumed guest runs again).
 Given the kernel's ACPI button and evdev modules, it also runs busybox's acpid,
 which powers the guest off when libvirt presses the ACPI power button, so that
 a graceful shutdown can be told from a forced one by the POWEROFF marker.
@@ -14,6 +15,7 @@ import stat
 from pathlib import Path
 
 MARKER = "pinfold-guest-up"
+TICK = "pinfold-guest-tick"
 POWEROFF_MARKER = "pinfold-guest-poweroff"
 MODULES = ("kernel/drivers/acpi/button.ko", "kernel/drivers/input/evdev.ko")
 
@@ -32,6 +34,9 @@ fi
 echo {MARKER}
 if /bin/busybox grep -q burn /proc/cmdline; then
     while :; do :; done
+fi
+if /bin/busybox grep -q tick /proc/cmdline; then
+    while :; do echo {TICK}; /bin/busybox usleep 20000; done
 fi
 while :; do /bin/busybox sleep 1; done
 """
