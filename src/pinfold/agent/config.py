@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pinfold.agent.pools import PoolSpec
 
-__all__ = ["AgentConfig", "ConfigError", "load_config", "load_or_create_token"]
+__all__ = ["AgentConfig", "ConfigError", "advertised_url", "load_config", "load_or_create_token"]
 
 ENV_PREFIX = "PINFOLD_AGENT_"
 
@@ -49,6 +50,12 @@ class AgentConfig(BaseModel):
     #: CIDRs whose clients may use SlackVM's /deploy and /remove without a token (off: empty)
     slackvm_open_networks: tuple[str, ...] = ()
     nvidia_smi: str = "nvidia-smi"
+    #: the controller to register with (none: the agent runs on its own)
+    controller_url: str | None = None
+    #: this host's name in the controller's directory (default: the host name)
+    host_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=63)
+    #: the URL the controller calls this agent on (default: http://LISTEN:PORT)
+    advertise_url: str | None = None
     #: warm pools, TOML only: [[pools]] name, size, vcpus, memory_mib, ratio, image, warmup_s
     pools: tuple[PoolSpec, ...] = ()
 
@@ -86,6 +93,13 @@ def load_config(
         raise ConfigError(f"agent settings: {problems}") from None
     except ValueError as exc:
         raise ConfigError(f"agent settings: slackvm_open_networks: {exc}") from None
+
+
+def advertised_url(config: AgentConfig) -> str:
+    if config.advertise_url:
+        return config.advertise_url
+    host = "127.0.0.1" if config.listen in ("0.0.0.0", "::") else config.listen
+    return f"http://{host}:{config.port}"
 
 
 def load_or_create_token(config: AgentConfig) -> str:

@@ -6,10 +6,11 @@ import signal
 import sys
 
 from pinfold.agent.api import create_app
-from pinfold.agent.config import AgentConfig, load_or_create_token
+from pinfold.agent.config import AgentConfig, advertised_url, load_or_create_token
 from pinfold.agent.drivers import Driver, DriverError, SimDriver
 from pinfold.agent.monitor import GpuProbe, Monitor
 from pinfold.agent.pools import PoolKeeper
+from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.topology import Topology, parse_cpulist
@@ -78,10 +79,23 @@ def serve(config: AgentConfig) -> None:
     keeper = PoolKeeper(agent.tend_pools)
     agent.on_hand_out = keeper.wake
     keeper.start()
+    registrar = None
+    if config.controller_url:
+        address = advertised_url(config)
+        registrar = Registrar(
+            config.controller_url, token, config.host_id,
+            lambda: registration_document(agent, config.host_id, address),
+            lambda: heartbeat_document(agent, monitor),
+            config.monitor_period_s,
+        )  # fmt: skip
+        registrar.start()
+        print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")
     try:
         app = create_app(agent, token, monitor, config.slackvm_open_networks)
         uvicorn.run(app, host=config.listen, port=config.port, log_level="info")
     finally:
+        if registrar is not None:
+            registrar.stop()
         keeper.stop()
         monitor.stop()
         agent.store.close()

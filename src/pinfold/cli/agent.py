@@ -31,6 +31,13 @@ def agent_command(
     image_dirs: Annotated[
         str | None, typer.Option("--image-dirs", help="Comma-separated base image dirs.")
     ] = None,
+    controller_url: Annotated[
+        str | None, typer.Option("--controller-url", help="Register with this controller.")
+    ] = None,
+    host_id: Annotated[str | None, typer.Option("--host-id", help="Name in the controller.")] = None,
+    advertise_url: Annotated[
+        str | None, typer.Option("--advertise-url", help="URL the controller calls this agent on.")
+    ] = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
     driver), a SQLite store, and the HTTP API. Settings: --config TOML, then
@@ -42,6 +49,7 @@ def agent_command(
         "data_dir": data_dir, "listen": listen, "port": port, "driver": driver, "libvirt_uri": libvirt_uri,
         "domain_type": domain_type, "exclude_cpus": exclude_cpus, "reserved_memory_mib": reserved_memory_mib,
         "critical_size": critical_size, "topology": topology, "image_dirs": image_dirs,
+        "controller_url": controller_url, "host_id": host_id, "advertise_url": advertise_url,
     }  # fmt: skip
     try:
         settings = load_config(config, flags)
