@@ -38,12 +38,14 @@ def test_refuses_cpu_with_the_allocators_description(i7_topology: dict[str, Any]
     reason = fits(host(i7_topology), existing, NewVM("b", 4, 1024))
 
     assert reason == refusal.describe()
-    assert reason is not None and reason.startswith("not enough cpu")
+    assert reason is not None
+    assert reason.startswith("not enough cpu")
 
 
 def test_refuses_memory_held_back_for_the_host(i7_topology: dict[str, Any]) -> None:
     reason = fits(host(i7_topology, reserved_memory_mib=31000), [], NewVM("a", 1, 1024))
-    assert reason is not None and reason.startswith("not enough memory")
+    assert reason is not None
+    assert reason.startswith("not enough memory")
 
 
 def test_oversubscribed_vms_share_cpus(i7_topology: dict[str, Any]) -> None:
@@ -55,22 +57,27 @@ def test_oversubscribed_vms_share_cpus(i7_topology: dict[str, Any]) -> None:
 
 def test_draining_host_refuses_everything(i7_topology: dict[str, Any]) -> None:
     reason = fits(host(i7_topology, draining=True), [], NewVM("a", 1, 256))
-    assert reason is not None and reason.startswith("host unavailable")
+    assert reason is not None
+    assert reason.startswith("host unavailable")
 
 
 def test_invalid_request_is_refused_not_raised(i7_topology: dict[str, Any]) -> None:
     reason = fits(host(i7_topology), [], NewVM("a", 0, 256))
-    assert reason is not None and reason.startswith("invalid request")
+    assert reason is not None
+    assert reason.startswith("invalid request")
 
 
 def test_host_holding_more_than_it_can_admits_nothing(i7_topology: dict[str, Any]) -> None:
     """A host re-registered smaller than the VMs it holds: refuse, naming the VM that no longer fits."""
     existing = on_host(("a", 8, 1024, 1.0), ("b", 1, 1024, 1.0))
     reason = fits(host(i7_topology), existing, NewVM("c", 1, 256, 4.0))
-    assert reason is not None and reason.startswith("not enough cpu") and "'b'" in reason
+    assert reason is not None
+    assert reason.startswith("not enough cpu")
+    assert "'b'" in reason
 
 
 @pytest.mark.parametrize("broken", [{}, {"cpuset": {}}], ids=["empty", "no-cpus"])
 def test_unusable_topology_is_refused(broken: dict[str, Any]) -> None:
     reason = fits(host(broken), [], NewVM("a", 1, 256))
-    assert reason is not None and reason.startswith("host unavailable")
+    assert reason is not None
+    assert reason.startswith("host unavailable")

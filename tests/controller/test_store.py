@@ -155,7 +155,8 @@ def test_deleting_a_vm_frees_its_room(registered: ControllerStore) -> None:
 
     deleted = registered.delete_vm("vm-3")
 
-    assert deleted is not None and deleted.name == "vm-3"
+    assert deleted is not None
+    assert deleted.name == "vm-3"
     assert registered.reserve(NewVM("late", 1, 512), "h1", fits, now=10.0).name == "late"
     assert registered.delete_vm("vm-3") is None
 
@@ -247,7 +248,8 @@ def test_unknown_state_is_refused(registered: ControllerStore) -> None:
     with pytest.raises(StoreError, match="unknown vm state"):
         registered.set_vm_state("web-1", "exploded", now=2.0)
     vm = registered.vm("web-1")
-    assert vm is not None and vm.state is VMState.RESERVED
+    assert vm is not None
+    assert vm.state is VMState.RESERVED
 
 
 def test_state_of_an_unknown_vm_raises(registered: ControllerStore) -> None:
