@@ -56,7 +56,7 @@ def _postgres_database() -> Iterator[str]:
             connection.exec_driver_sql(f"CREATE DATABASE {quoted}")
     except OperationalError as exc:
         admin.dispose()
-        postgres_or_skip(f"cannot create a database on {POSTGRES_URL}: {exc}")
+        postgres_or_skip(f"cannot create a database on {make_url(POSTGRES_URL)!s}: {exc}")
     try:
         yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     finally:
