@@ -1,0 +1,136 @@
+"""Engines for the controller's database, configured once, and its migrations.
+
+SQLite (a file: embedded, zero setup) or PostgreSQL (by URL: production, and
+several controller replicas on one database). What the store's correctness
+leans on is set here, in one place:
+
+- SQLite: WAL (readers do not wait for the writer), `synchronous=FULL` (a
+  commit is on disk before it is acknowledged), foreign keys on, and a busy
+  timeout so that writers queue instead of failing. Python's sqlite3 module
+  would issue a deferred BEGIN only before the first write, so SQLAlchemy
+  issues BEGIN itself (the pysqlite recipe of SQLAlchemy's SQLite docs):
+  `BEGIN IMMEDIATE` for connections marked with the `WRITE` execution option,
+  so a write transaction holds the database's write lock from its first read
+  (what `ControllerStore.reserve` relies on), plain `BEGIN` for reads.
+- PostgreSQL: READ COMMITTED, stated rather than assumed: after waiting for a
+  host's row lock, `reserve` must see the VMs the previous holder committed,
+  which REPEATABLE READ's older snapshot would hide.
+
+Migrations run at connect, to head, under a lock (the SQLite write lock, a
+PostgreSQL advisory lock) so that replicas starting together do not race.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import URL, Connection, Engine, create_engine, event, func, make_url, select
+from sqlalchemy.orm import Session, sessionmaker
+
+__all__ = ["WRITE", "alembic_config", "connect", "create", "sessions", "upgrade"]
+
+#: Execution option marking a connection whose transactions will write.
+WRITE = "pinfold_write"
+
+#: How long a SQLite writer waits for the write lock before failing.
+SQLITE_BUSY_TIMEOUT_S = 30
+
+#: pg_advisory_xact_lock key serialising migrations ("pinfold" in ASCII).
+MIGRATION_LOCK_KEY = 0x70696E666F6C64
+
+SCRIPT_LOCATION = "pinfold.controller:migrations"
+
+
+def connect(url: str | URL) -> Engine:
+    """An engine on `url`, its schema migrated to head.
+
+    `sqlite:///path/controller.db` (the parent directory is created) or
+    `postgresql+psycopg://user:password@host/db` (a bare `postgresql://` uses
+    psycopg too, the driver pinfold depends on).
+    """
+    engine = create(url)
+    try:
+        upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def create(url: str | URL) -> Engine:
+    """An engine on `url` with pinfold's settings, without migrating."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _create_sqlite(parsed)
+    if backend == "postgresql":
+        return _create_postgresql(parsed)
+    raise ValueError(f"unsupported database {parsed.drivername!r}: use sqlite:///path or postgresql://")
+
+
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    """Sessions on `engine`. Objects stay readable after commit: the store
+    copies them into records before the session closes anyway."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def upgrade(target: Engine | str | URL) -> None:
+    """Migrate the database to the newest revision, in one transaction."""
+    engine = target if isinstance(target, Engine) else create(target)
+    try:
+        with engine.connect() as connection:
+            connection.execution_options(**{WRITE: True})
+            with connection.begin():
+                if connection.dialect.name == "postgresql":
+                    connection.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+                command.upgrade(alembic_config(connection), "head")
+    finally:
+        if engine is not target:
+            engine.dispose()
+
+
+def alembic_config(connection: Connection) -> Config:
+    """Alembic's configuration, built in code: the scripts ship inside the
+    package, and `migrations/env.py` runs on `connection`."""
+    config = Config()
+    config.set_main_option("script_location", SCRIPT_LOCATION)
+    config.attributes["connection"] = connection
+    return config
+
+
+def _create_sqlite(url: URL) -> Engine:
+    if url.database in (None, "", ":memory:") or (url.database or "").startswith("file::memory:"):
+        raise ValueError("the controller's SQLite database must be a file: sqlite:///path/controller.db")
+    Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+    event.listen(engine, "connect", _on_sqlite_connect)
+    event.listen(engine, "begin", _on_sqlite_begin)
+    return engine
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # sqlite3 must not issue BEGIN itself: _on_sqlite_begin does, choosing the kind.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(connection: Connection) -> None:
+    if connection.get_execution_options().get(WRITE):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        connection.exec_driver_sql("BEGIN")
+
+
+def _create_postgresql(url: URL) -> Engine:
+    if url.drivername == "postgresql":
+        url = url.set(drivername="postgresql+psycopg")
+    return create_engine(url, isolation_level="READ COMMITTED", pool_pre_ping=True)

@@ -1,0 +1,1 @@
+"""One module per schema revision, written by hand and never edited once released."""

@@ -1,0 +1,112 @@
+"""The controller's tables as SQLAlchemy declarative models.
+
+The schema is created and changed only by the Alembic migrations in
+`migrations/versions` (a test checks they match these models); the models
+are what the store queries with. Times are epoch seconds as floats, so that
+SQLite and PostgreSQL store them the same way and callers inject the clock.
+The CHECK constraints keep a bug from persisting a VM no host could hold.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, CheckConstraint, Double, ForeignKey, Integer, MetaData, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["HOST_ID_MAX", "VM", "Base", "Event", "Host", "VMSequence", "VMState"]
+
+#: A host id is a DNS label: 1 to 63 characters (the CHECK on hosts.id says 63 too).
+HOST_ID_MAX = 63
+
+# Named constraints, so that migrations can refer to them on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class VMState(StrEnum):
+    """Where a VM stands as the controller sees it. Every state holds the
+    VM's resources on its host until the row is deleted."""
+
+    RESERVED = "reserved"  # room taken on the host, the agent not yet asked
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    FAILED = "failed"
+    DELETING = "deleting"
+    MISSING = "missing"  # the agent no longer reports it
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+    __table_args__ = (CheckConstraint("length(id) BETWEEN 1 AND 63", name="id_length"),)
+
+    id: Mapped[str] = mapped_column(String(HOST_ID_MAX), primary_key=True)
+    address: Mapped[str] = mapped_column(String(2048))
+    topology: Mapped[dict[str, Any]] = mapped_column(JSON)
+    critical_size: Mapped[int] = mapped_column(Integer)
+    reserved_memory_mib: Mapped[int] = mapped_column(Integer)
+    draining: Mapped[bool] = mapped_column(default=False)
+    registered_at: Mapped[float] = mapped_column(Double)
+    last_heartbeat: Mapped[float] = mapped_column(Double)
+    heartbeat: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
+class VMSequence(Base):
+    """A counter for `VM.seq`: one row is inserted (and deleted) per
+    reservation to draw the next number. An autoincrementing column that is
+    not the primary key exists on PostgreSQL but not on SQLite; this table
+    works on both, and on PostgreSQL draws from a sequence without locking."""
+
+    __tablename__ = "vm_sequence"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # never reuse a number
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+
+
+class VM(Base):
+    __tablename__ = "vms"
+    __table_args__ = (
+        CheckConstraint("vcpus >= 1", name="vcpus_positive"),
+        CheckConstraint("memory_mib >= 1", name="memory_positive"),
+        CheckConstraint("ratio >= 1.0", name="ratio_at_least_one"),
+        # VMState's values; a new state needs a migration (tests check they agree)
+        CheckConstraint(
+            "state IN ('reserved', 'running', 'paused', 'shutoff', 'failed', 'deleting', 'missing')",
+            name="state_known",
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: the order of reservation: a host's VMs replay through the allocator in it
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
+    host_id: Mapped[str | None] = mapped_column(ForeignKey("hosts.id"), index=True)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mib: Mapped[int] = mapped_column(Integer)
+    ratio: Mapped[float] = mapped_column(Double)
+    owner: Mapped[str] = mapped_column(String(255), default="")
+    image: Mapped[str] = mapped_column(String(2048), default="")
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String, default="")
+    created_at: Mapped[float] = mapped_column(Double)
+    updated_at: Mapped[float] = mapped_column(Double)
+
+
+class Event(Base):
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    time: Mapped[float] = mapped_column(Double)
+    kind: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)

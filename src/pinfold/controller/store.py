@@ -1,0 +1,372 @@
+"""The controller's durable state: hosts, VMs and events, in its database.
+
+Callers get frozen records, never live ORM objects, so nothing they hold can
+change behind them or reach the database outside a transaction. Every method
+is one transaction, committed before it returns (nothing acknowledged is lost).
+
+`reserve` is what keeps two controllers (or two requests in one) from both
+taking the last room on a host: it holds the host's lock from reading what is
+on the host to inserting the new VM. On PostgreSQL that lock is the host's
+row (`SELECT ... FOR UPDATE`), so reservations on different hosts proceed in
+parallel; on SQLite it is the database's write lock, taken at BEGIN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from pinfold.controller.database import WRITE, sessions
+from pinfold.controller.models import HOST_ID_MAX, VM, Event, Host, VMSequence, VMState
+from pinfold.placement import VMSpec
+
+__all__ = [
+    "ControllerStore",
+    "DuplicateVMError",
+    "EventRecord",
+    "Fits",
+    "HostRecord",
+    "NewVM",
+    "RefusedError",
+    "StoreError",
+    "UnknownHostError",
+    "UnknownVMError",
+    "VMRecord",
+]
+
+
+class StoreError(Exception):
+    """A request the store cannot carry out; nothing was changed."""
+
+
+class UnknownHostError(StoreError):
+    def __init__(self, host_id: str) -> None:
+        super().__init__(f"unknown host {host_id!r}")
+        self.host_id = host_id
+
+
+class UnknownVMError(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown vm {name!r}")
+        self.name = name
+
+
+class RefusedError(StoreError):
+    """The host has no room for the VM: `reason` is the feasibility check's text."""
+
+    def __init__(self, host_id: str, reason: str) -> None:
+        super().__init__(f"host {host_id!r} refused: {reason}")
+        self.host_id = host_id
+        self.reason = reason
+
+
+class DuplicateVMError(StoreError):
+    """A VM of that name exists already. Reservations are idempotent by name:
+    the caller compares `existing` with its request and decides."""
+
+    def __init__(self, existing: VMRecord) -> None:
+        super().__init__(f"vm {existing.name!r} exists already")
+        self.existing = existing
+
+
+@dataclass(frozen=True, slots=True)
+class HostRecord:
+    id: str
+    address: str
+    #: SlackVM topology document (`pinfold.topology.slackvm_json.to_dict`)
+    topology: Mapping[str, Any]
+    critical_size: int
+    reserved_memory_mib: int
+    draining: bool
+    registered_at: float
+    last_heartbeat: float
+    #: the last heartbeat's payload (usage, vNode status, GPUs), None before the first
+    heartbeat: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class NewVM:
+    """A VM to reserve room for."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    ratio: float = 1.0
+    owner: str = ""
+    image: str = ""
+
+    @property
+    def spec(self) -> VMSpec:
+        return VMSpec(self.name, self.vcpus, self.memory_mib, float(self.ratio))
+
+
+@dataclass(frozen=True, slots=True)
+class VMRecord:
+    name: str
+    #: reservation order; a host's VMs replay through the allocator in it
+    seq: int
+    host_id: str | None
+    vcpus: int
+    memory_mib: int
+    ratio: float
+    owner: str
+    image: str
+    state: VMState
+    detail: str
+    created_at: float
+    updated_at: float
+
+    @property
+    def spec(self) -> VMSpec:
+        return VMSpec(self.name, self.vcpus, self.memory_mib, self.ratio)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: int
+    time: float
+    kind: str
+    subject: str
+    detail: Mapping[str, Any]
+
+
+#: `fits(host, vms on it in seq order, new vm)`: None when it fits, else why not.
+Fits = Callable[[HostRecord, Sequence[VMRecord], NewVM], str | None]
+
+
+class ControllerStore:
+    """Hosts, VMs and events on one engine (see `database.connect`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessions(engine)
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """A transaction that will write: on SQLite it takes the write lock at
+        BEGIN, so that what it reads cannot change before it commits."""
+        with self._sessions() as session, session.begin():
+            session.connection(execution_options={WRITE: True})
+            yield session
+
+    # -- hosts -----------------------------------------------------------------
+
+    def register_host(
+        self,
+        host_id: str,
+        address: str,
+        topology: Mapping[str, Any],
+        critical_size: int,
+        reserved_memory_mib: int,
+        now: float,
+    ) -> HostRecord:
+        """Add a host, or update a known one (an agent restarting, its
+        topology changed): its `draining` flag, first registration time and
+        VMs are kept."""
+        if not 1 <= len(host_id) <= HOST_ID_MAX:
+            raise StoreError(f"a host id has 1 to {HOST_ID_MAX} characters, not {len(host_id)}")
+        with self._write() as session:
+            host = session.get(Host, host_id, with_for_update=True)
+            if host is None:
+                host = Host(id=host_id, draining=False, registered_at=now)
+                session.add(host)
+            host.address = address
+            host.topology = dict(topology)
+            host.critical_size = critical_size
+            host.reserved_memory_mib = reserved_memory_mib
+            host.last_heartbeat = now
+            session.flush()
+            return _host_record(host)
+
+    def heartbeat(self, host_id: str, payload: Mapping[str, Any], now: float) -> bool:
+        """Store a host's heartbeat; False when the host is unknown (the agent
+        should register again)."""
+        with self._write() as session:
+            host = session.get(Host, host_id, with_for_update=True)
+            if host is None:
+                return False
+            host.heartbeat = dict(payload)
+            host.last_heartbeat = now
+            return True
+
+    def set_draining(self, host_id: str, draining: bool) -> HostRecord:
+        """Mark a host draining (no new VMs) or not. Under the host's lock, so
+        a reservation in flight either sees the flag or commits before it."""
+        with self._write() as session:
+            host = session.get(Host, host_id, with_for_update=True)
+            if host is None:
+                raise UnknownHostError(host_id)
+            host.draining = draining
+            session.flush()
+            return _host_record(host)
+
+    def hosts(self) -> list[HostRecord]:
+        with self._read() as session:
+            return [_host_record(host) for host in session.scalars(select(Host).order_by(Host.id))]
+
+    def host(self, host_id: str) -> HostRecord | None:
+        with self._read() as session:
+            host = session.get(Host, host_id)
+            return _host_record(host) if host is not None else None
+
+    # -- VMs -------------------------------------------------------------------
+
+    def reserve(self, vm: NewVM, host_id: str, fits: Fits, now: float) -> VMRecord:
+        """Take room for `vm` on the host, atomically with checking that it fits.
+
+        Under the host's lock: load the host and the VMs on it (every VM row
+        holds its resources until deleted), ask `fits`, and insert the VM as
+        `reserved` only if it fits. Raises `RefusedError` with `fits`'s text,
+        `DuplicateVMError` when the name is taken (on any host), `UnknownHostError`.
+        """
+        try:
+            with self._write() as session:
+                host = session.get(Host, host_id, with_for_update=True)
+                if host is None:
+                    raise UnknownHostError(host_id)
+                existing = session.get(VM, vm.name)
+                if existing is not None:
+                    raise DuplicateVMError(_vm_record(existing))
+                on_host = [_vm_record(row) for row in session.scalars(_vms_on(host_id))]
+                reason = fits(_host_record(host), on_host, vm)
+                if reason is not None:
+                    raise RefusedError(host_id, reason)
+                row = VM(
+                    name=vm.name,
+                    seq=_next_seq(session),
+                    host_id=host_id,
+                    vcpus=vm.vcpus,
+                    memory_mib=vm.memory_mib,
+                    ratio=float(vm.ratio),
+                    owner=vm.owner,
+                    image=vm.image,
+                    state=VMState.RESERVED.value,
+                    detail="",
+                    created_at=now,
+                    updated_at=now,
+                )
+                session.add(row)
+                session.flush()
+                return _vm_record(row)
+        except IntegrityError as exc:
+            # The same name reserved at the same moment on another host (another lock).
+            taken = self.vm(vm.name)
+            if taken is None:
+                raise StoreError(f"vm {vm.name!r} breaks a rule of the schema: {exc.orig}") from exc
+            raise DuplicateVMError(taken) from None
+
+    def set_vm_state(self, name: str, state: VMState | str, now: float, detail: str = "") -> VMRecord:
+        """Record what became of a VM; `detail` holds the error text of a failure."""
+        state = _vm_state(state)
+        with self._write() as session:
+            row = session.get(VM, name, with_for_update=True)
+            if row is None:
+                raise UnknownVMError(name)
+            row.state = state.value
+            row.detail = detail
+            row.updated_at = now
+            session.flush()
+            return _vm_record(row)
+
+    def delete_vm(self, name: str) -> VMRecord | None:
+        """Forget a VM, freeing its room on its host; the record it had, or
+        None when there was no such VM."""
+        with self._write() as session:
+            row = session.get(VM, name, with_for_update=True)
+            if row is None:
+                return None
+            record = _vm_record(row)
+            session.delete(row)
+            return record
+
+    def vm(self, name: str) -> VMRecord | None:
+        with self._read() as session:
+            row = session.get(VM, name)
+            return _vm_record(row) if row is not None else None
+
+    def vms(self, host_id: str | None = None) -> list[VMRecord]:
+        """Every VM, or those on one host, in reservation order."""
+        query = select(VM).order_by(VM.seq) if host_id is None else _vms_on(host_id)
+        with self._read() as session:
+            return [_vm_record(row) for row in session.scalars(query)]
+
+    # -- events ----------------------------------------------------------------
+
+    def add_event(self, kind: str, subject: str, detail: Mapping[str, Any], now: float) -> EventRecord:
+        with self._write() as session:
+            row = Event(time=now, kind=kind, subject=subject, detail=dict(detail))
+            session.add(row)
+            session.flush()
+            return _event_record(row)
+
+    def events(self, after_id: int = 0, limit: int = 100) -> list[EventRecord]:
+        """Events with an id above `after_id`, oldest first: a reader pages
+        through them by passing the last id it saw."""
+        query = select(Event).where(Event.id > after_id).order_by(Event.id).limit(limit)
+        with self._read() as session:
+            return [_event_record(row) for row in session.scalars(query)]
+
+
+def _vms_on(host_id: str) -> Any:
+    return select(VM).where(VM.host_id == host_id).order_by(VM.seq)
+
+
+def _next_seq(session: Session) -> int:
+    """Draw the next VM number from the counter table, leaving it empty."""
+    seq = session.execute(insert(VMSequence).returning(VMSequence.id)).scalar_one()
+    session.execute(delete(VMSequence).where(VMSequence.id == seq))
+    return seq
+
+
+def _vm_state(state: VMState | str) -> VMState:
+    try:
+        return VMState(state)
+    except ValueError:
+        valid = ", ".join(s.value for s in VMState)
+        raise StoreError(f"unknown vm state {state!r}: one of {valid}") from None
+
+
+def _host_record(host: Host) -> HostRecord:
+    return HostRecord(
+        id=host.id,
+        address=host.address,
+        topology=host.topology,
+        critical_size=host.critical_size,
+        reserved_memory_mib=host.reserved_memory_mib,
+        draining=host.draining,
+        registered_at=host.registered_at,
+        last_heartbeat=host.last_heartbeat,
+        heartbeat=host.heartbeat,
+    )
+
+
+def _vm_record(row: VM) -> VMRecord:
+    return VMRecord(
+        name=row.name,
+        seq=row.seq,
+        host_id=row.host_id,
+        vcpus=row.vcpus,
+        memory_mib=row.memory_mib,
+        ratio=row.ratio,
+        owner=row.owner,
+        image=row.image,
+        state=VMState(row.state),
+        detail=row.detail,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _event_record(row: Event) -> EventRecord:
+    return EventRecord(id=row.id, time=row.time, kind=row.kind, subject=row.subject, detail=row.detail)

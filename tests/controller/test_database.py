@@ -1,0 +1,122 @@
+"""Engines and migrations: the migrated schema is the models' schema, on
+SQLite and PostgreSQL, and SQLite is set up as the store relies on."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect
+
+from pinfold.controller.database import WRITE, alembic_config, connect, create, upgrade
+from pinfold.controller.models import Base
+
+
+def differences(engine: Engine) -> list[object]:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+
+def test_migrations_create_the_schema_of_the_models(engine: Engine) -> None:
+    assert differences(engine) == []
+    assert set(inspect(engine).get_table_names()) >= {"hosts", "vms", "events", "vm_sequence"}
+
+
+def test_schema_comparison_sees_a_missing_schema(database_url: str) -> None:
+    """The comparison above is live: an unmigrated database differs from the models."""
+    engine = create(database_url)
+    try:
+        added = {
+            diff[1].name for diff in differences(engine) if isinstance(diff, tuple) and diff[0] == "add_table"
+        }
+        assert added == set(Base.metadata.tables)
+    finally:
+        engine.dispose()
+
+
+def test_connect_leaves_the_database_at_head_and_again_is_a_no_op(database_url: str) -> None:
+    for _ in range(2):  # a second controller starting on the same database
+        engine = connect(database_url)
+        try:
+            with engine.connect() as connection:
+                config = alembic_config(connection)
+                head = ScriptDirectory.from_config(config).get_current_head()
+                assert MigrationContext.configure(connection).get_current_revision() == head == "0001"
+        finally:
+            engine.dispose()
+
+
+def test_downgrade_to_base_then_upgrade_again(engine: Engine) -> None:
+    with engine.connect() as connection, connection.begin():
+        command.downgrade(alembic_config(connection), "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    upgrade(engine)
+    assert differences(engine) == []
+
+
+def test_sqlite_is_durable_and_checks_foreign_keys(tmp_path: Path) -> None:
+    engine = connect(f"sqlite:///{tmp_path / 'sub' / 'controller.db'}")
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_write_transaction_takes_the_write_lock_at_begin(tmp_path: Path) -> None:
+    path = tmp_path / "controller.db"
+    engine = connect(f"sqlite:///{path}")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with engine.connect() as connection:
+            connection.execution_options(**{WRITE: True})
+            with connection.begin(), pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+            other.execute("BEGIN IMMEDIATE")  # free again once committed
+            other.execute("ROLLBACK")
+    finally:
+        other.close()
+        engine.dispose()
+
+
+def test_sqlite_read_transaction_leaves_writers_free(tmp_path: Path) -> None:
+    path = tmp_path / "controller.db"
+    engine = connect(f"sqlite:///{path}")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        with engine.connect() as connection, connection.begin():
+            connection.exec_driver_sql("SELECT count(*) FROM hosts").scalar()
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+    finally:
+        other.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param("sqlite://", "must be a file", id="sqlite-memory-default"),
+        pytest.param("sqlite:///:memory:", "must be a file", id="sqlite-memory"),
+        pytest.param("mysql://user@localhost/db", "unsupported database", id="mysql"),
+    ],
+)
+def test_connect_refuses_databases_the_controller_cannot_use(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        connect(url)
+
+
+def test_bare_postgresql_url_uses_psycopg() -> None:
+    engine = create("postgresql://user:secret@localhost/db")
+    try:
+        assert engine.dialect.driver == "psycopg"
+    finally:
+        engine.dispose()
