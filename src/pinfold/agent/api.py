@@ -10,14 +10,11 @@ listed networks instead (off by default). Errors are JSON `{"error", "detail"}` 
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, Field
 
@@ -26,6 +23,7 @@ from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
 from pinfold.placement import level_key
+from pinfold.web import ApiError, install_error_handlers, open_to, token_check
 
 __all__ = ["create_app"]
 
@@ -50,12 +48,6 @@ class CreateVM(BaseModel):
     ratio: float = Field(default=1.0, ge=1.0, le=64.0)
     owner: str = Field(default="", max_length=128)
     image: str = Field(default="", max_length=4096)
-
-
-class ApiError(Exception):
-    def __init__(self, code: str, detail: str = "") -> None:
-        self.code = code
-        self.detail = detail
 
 
 def _view(vm: StoredVM, agent: Agent) -> dict[str, Any]:
@@ -84,28 +76,8 @@ def create_app(
     app = FastAPI(title="pinfold agent", version="0.1.0")
     lock = agent.lock  # one change at a time: the allocator and the store move together
 
-    def authorized(request: Request, token_query: Annotated[str | None, Query(alias="token")] = None) -> None:
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else token_query or ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError("unauthorized", "a valid agent token is required")
-
-    auth = Depends(authorized)
-    open_networks = [ipaddress.ip_network(network, strict=False) for network in slackvm_open_networks]
-
-    def slackvm_authorized(
-        request: Request, token_query: Annotated[str | None, Query(alias="token")] = None
-    ) -> None:
-        client = request.client.host if request.client is not None else ""
-        try:
-            address = ipaddress.ip_address(client)
-        except ValueError:
-            address = None
-        if address is not None and any(address in network for network in open_networks):
-            return
-        authorized(request, token_query)
-
-    slackvm_auth = Depends(slackvm_authorized)
+    auth = Depends(token_check(token, what="agent token"))
+    slackvm_auth = Depends(open_to(slackvm_open_networks, token_check(token, what="agent token")))
 
     def call(operation: Callable[[], Any]) -> Any:
         with lock:
@@ -114,14 +86,7 @@ def create_app(
             except AgentError as error:
                 raise ApiError(error.code, error.detail) from error
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=_STATUS.get(exc.code, 400))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": "invalid request", "detail": detail}, status_code=422)
+    install_error_handlers(app, _STATUS)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import secrets
 import socket
 import tomllib
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pinfold.agent.pools import PoolSpec
+from pinfold.tokens import token_in
 
 __all__ = ["AgentConfig", "ConfigError", "advertised_url", "load_config", "load_or_create_token"]
 
@@ -107,12 +107,4 @@ def load_or_create_token(config: AgentConfig) -> str:
     (random, mode 0600) on first start."""
     if config.token:
         return config.token
-    path = config.data_dir / "agent.token"
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    config.data_dir.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
-    return token
+    return token_in(config.data_dir / "agent.token")

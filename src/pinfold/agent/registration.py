@@ -90,11 +90,13 @@ class Registrar:
 def registration_document(agent: Agent, host_id: str, address: str) -> dict[str, Any]:
     """Who this host is and what it can hold: the controller replays the VMs
     it places here through the same allocator, so it needs the same inputs."""
+    topology = slackvm_json.to_dict(agent.topology)
+    del topology["cpuset"]["distances"]  # O(CPUs²), and recomputed from the rest on reading
     with agent.lock:
         return {
             "host_id": host_id,
             "address": address,
-            "topology": slackvm_json.to_dict(agent.topology),
+            "topology": topology,
             "critical_size": agent.settings.critical_size,
             "reserved_memory_mib": agent.settings.reserved_memory_mib,
         }

@@ -1,0 +1,113 @@
+"""The controller's calls to agents, over their HTTP API with the agent token.
+
+Failures come back as two kinds, because the scheduler treats them apart:
+`AgentRefusedError` (the agent answered no: try the next host) and
+`AgentUnreachableError` (no answer: the request may or may not have been
+carried out, so the reservation stays until a heartbeat tells). An agent's
+own JSON error is a definite answer whatever its status (on a 502 "hypervisor
+failed" the agent has undone the create).
+`sent` says whether the request may have reached the agent at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+__all__ = ["AgentClient", "AgentError", "AgentRefusedError", "AgentUnreachableError"]
+
+
+class AgentError(Exception):
+    pass
+
+
+class AgentRefusedError(AgentError):
+    def __init__(self, code: str, detail: str, status: int) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.status = status
+
+
+class AgentUnreachableError(AgentError):
+    def __init__(self, detail: str, sent: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.sent = sent
+
+
+class AgentClient:
+    """One agent; `transport` lets tests and the all-in-one node reach an
+    agent without a socket. Thread-safe (httpx.Client is)."""
+
+    def __init__(
+        self, address: str, token: str, timeout_s: float = 30.0, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self._client = httpx.Client(
+            base_url=address.rstrip("/"),
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+    def create(
+        self, name: str, vcpus: int, memory_mib: int, ratio: float, owner: str, image: str
+    ) -> dict[str, Any]:
+        body = {"name": name, "vcpus": vcpus, "memory_mib": memory_mib, "ratio": ratio, "owner": owner}
+        if image:
+            body["image"] = image
+        return self._call("POST", "/api/v1/vms", body)
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", f"/api/v1/vms/{name}")
+        except AgentRefusedError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def delete(self, name: str) -> bool:
+        """True if deleted, False if the agent had no such VM."""
+        try:
+            self._call("DELETE", f"/api/v1/vms/{name}")
+        except AgentRefusedError as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    def act(self, name: str, action: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/v1/vms/{name}/{action}")
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        try:
+            response = self._client.request(method, path, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            raise AgentUnreachableError(f"cannot reach the agent: {error}", sent=False) from error
+        except httpx.HTTPError as error:
+            raise AgentUnreachableError(f"no answer from the agent: {error}", sent=True) from error
+        if response.status_code >= 400:
+            refusal = _refusal(response)
+            if refusal is None and response.status_code >= 500:
+                raise AgentUnreachableError(f"the agent failed: {response.status_code}", sent=True)
+            raise refusal or AgentRefusedError("refused", response.text[:200], response.status_code)
+        if response.status_code == 204 or not response.content:
+            return {}
+        result = response.json()
+        return result if isinstance(result, dict) else {"result": result}
+
+
+def _refusal(response: httpx.Response) -> AgentRefusedError | None:
+    """The agent's own JSON error (a definite answer, even with a 5xx: the
+    agent undid the request), or None for anything else (a proxy, a crash)."""
+    try:
+        document = response.json()
+    except ValueError:
+        return None
+    if not isinstance(document, dict) or "error" not in document:
+        return None
+    return AgentRefusedError(str(document["error"]), str(document.get("detail", "")), response.status_code)

@@ -1,0 +1,276 @@
+"""The controller's HTTP API (FastAPI): JSON under /api/v1, SlackVM's global
+scheduler routes, /healthz and Prometheus /metrics.
+
+Two tokens: the admin token for people and their tools (every mutating route
+on VMs and hosts), the agent token for agents (registration, heartbeats).
+Routers only translate HTTP to `Controller` calls; errors are JSON
+`{"error", "detail"}` with a 4xx status for anything a client can get wrong.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, Query, Response
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from pinfold.agent.domain import NAME_PATTERN
+from pinfold.controller.models import HOST_ID_MAX
+from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError
+from pinfold.controller.store import EventRecord, NewVM, VMRecord
+from pinfold.placement import POLICIES
+from pinfold.web import ApiError, install_error_handlers, open_to, token_check
+
+__all__ = ["create_app"]
+
+_STATUS = {
+    "unknown vm": 404,
+    "unknown host": 404,
+    "duplicate name": 409,
+    "no host": 409,
+    "invalid": 409,
+    "invalid request": 400,
+    "agent failed": 502,
+    "unauthorized": 401,
+}
+HOST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+T = TypeVar("T")
+
+
+class CreateVM(BaseModel):
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
+    vcpus: int = Field(ge=1, le=1024)
+    memory_mib: int = Field(ge=1, le=64 * 1024 * 1024)
+    ratio: float = Field(default=1.0, ge=1.0, le=64.0)
+    owner: str = Field(default="", max_length=128)
+    image: str = Field(default="", max_length=4096)
+    policy: str | None = Field(default=None, description=f"one of {', '.join(POLICIES)}")
+
+
+class Registration(BaseModel):
+    host_id: str = Field(min_length=1, max_length=HOST_ID_MAX, pattern=HOST_ID_PATTERN)
+    address: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
+    topology: dict[str, Any]
+    critical_size: int = Field(ge=0, le=1_000_000)
+    reserved_memory_mib: int = Field(ge=0, le=2**40)
+
+
+class Heartbeat(BaseModel):
+    status: dict[str, Any] | None = None
+    vms: dict[str, str] = Field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+
+
+def vm_view(record: VMRecord, host_state: str | None = None) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "host": record.host_id,
+        "host_state": host_state,
+        "vcpus": record.vcpus,
+        "memory_mib": record.memory_mib,
+        "ratio": record.ratio,
+        "owner": record.owner,
+        "image": record.image,
+        "state": record.state.value,
+        "detail": record.detail,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+def host_view(view: HostView, vms: Sequence[VMRecord] = ()) -> dict[str, Any]:
+    record = view.record
+    beat = record.heartbeat or {}
+    reported = beat.get("vms") or {}
+    return {
+        "id": record.id,
+        "address": record.address,
+        "state": view.state,
+        "draining": record.draining,
+        "registered_at": record.registered_at,
+        "last_heartbeat": record.last_heartbeat,
+        "cpus": len(record.topology.get("cpuset", {}).get("cpu_list", [])),
+        "critical_size": record.critical_size,
+        "reserved_memory_mib": record.reserved_memory_mib,
+        "status": beat.get("status"),
+        "usage": beat.get("usage"),
+        "vms": [vm.name for vm in vms],
+        "unmanaged_vms": sorted(set(reported) - {vm.name for vm in vms}),
+    }
+
+
+def event_view(event: EventRecord) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "time": event.time,
+        "kind": event.kind,
+        "subject": event.subject,
+        "detail": event.detail,
+    }
+
+
+def create_app(
+    controller: Controller, admin_token: str, agent_token: str, slackvm_open_networks: Sequence[str] = ()
+) -> FastAPI:
+    app = FastAPI(title="pinfold controller", version="0.1.0")
+    install_error_handlers(app, _STATUS)
+    admin = Depends(token_check(admin_token, what="admin token"))
+    agent = Depends(token_check(agent_token, what="agent token"))
+    slackvm = Depends(open_to(slackvm_open_networks, token_check(admin_token, what="admin token")))
+    registry = CollectorRegistry()
+    latency = Histogram(
+        "pinfold_create_seconds", "Time to create a VM through the controller", registry=registry
+    )
+
+    def call(operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except NoHostError as error:
+            raise ApiError(error.code, error.detail, {"hosts": error.hosts}) from error
+        except ControllerError as error:
+            raise ApiError(error.code, error.detail) from error
+
+    def host_states() -> dict[str, str]:
+        return {view.record.id: view.state for view in controller.hosts()}
+
+    def create(body: CreateVM, response: Response) -> dict[str, Any]:
+        request = NewVM(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner, body.image)
+        started = time.perf_counter()
+        record, created = call(lambda: controller.create(request, body.policy))
+        latency.observe(time.perf_counter() - started)
+        response.status_code = 201 if created else 200
+        return vm_view(record, host_states().get(record.host_id or ""))
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # -- hosts -------------------------------------------------------------------
+
+    @app.post("/api/v1/hosts", dependencies=[agent])
+    def register(body: Registration) -> dict[str, Any]:
+        view = call(
+            lambda: controller.register(
+                body.host_id, body.address, body.topology, body.critical_size, body.reserved_memory_mib
+            )
+        )
+        return host_view(view, controller.vms(view.record.id))
+
+    @app.post("/api/v1/hosts/{host_id}/heartbeat", dependencies=[agent])
+    def heartbeat(host_id: str, body: Heartbeat) -> dict[str, str]:
+        if not controller.heartbeat(host_id, body.model_dump()):
+            raise ApiError("unknown host", f"{host_id}: register first")
+        return {"status": "ok"}
+
+    @app.get("/api/v1/hosts")
+    def list_hosts() -> list[dict[str, Any]]:
+        vms = controller.vms()
+        return [
+            host_view(view, [vm for vm in vms if vm.host_id == view.record.id]) for view in controller.hosts()
+        ]
+
+    @app.get("/api/v1/hosts/{host_id}")
+    def get_host(host_id: str) -> dict[str, Any]:
+        view = call(lambda: controller.host(host_id))
+        return host_view(view, controller.vms(host_id))
+
+    @app.post("/api/v1/hosts/{host_id}/{action}", dependencies=[admin])
+    def host_action(host_id: str, action: str) -> dict[str, Any]:
+        if action not in ("drain", "undrain"):
+            raise ApiError("invalid request", "action: drain or undrain")
+        view = call(lambda: controller.drain(host_id, action == "drain"))
+        return host_view(view, controller.vms(host_id))
+
+    # -- VMs -----------------------------------------------------------------------
+
+    @app.post("/api/v1/vms", status_code=201, dependencies=[admin])
+    def create_vm(body: CreateVM, response: Response) -> dict[str, Any]:
+        return create(body, response)
+
+    @app.get("/api/v1/vms")
+    def list_vms(host: Annotated[str | None, Query(max_length=HOST_ID_MAX)] = None) -> list[dict[str, Any]]:
+        states = host_states()
+        return [vm_view(vm, states.get(vm.host_id or "")) for vm in controller.vms(host)]
+
+    @app.get("/api/v1/vms/{name}")
+    def get_vm(name: str) -> dict[str, Any]:
+        record = call(lambda: controller.vm(name))
+        return vm_view(record, host_states().get(record.host_id or ""))
+
+    @app.delete("/api/v1/vms/{name}", dependencies=[admin])
+    def delete_vm(name: str, response: Response) -> dict[str, Any] | None:
+        left = call(lambda: controller.delete(name))
+        if left is None:
+            response.status_code = 204
+            return None
+        response.status_code = 202  # the agent did not answer: retried every period
+        return vm_view(left)
+
+    @app.post("/api/v1/vms/{name}/{action}", dependencies=[admin])
+    def vm_action(name: str, action: str) -> dict[str, Any]:
+        if action not in ACTIONS:
+            raise ApiError("invalid request", f"action: one of {', '.join(ACTIONS)}")
+        return vm_view(call(lambda: controller.act(name, action)))
+
+    @app.get("/api/v1/events")
+    def events(
+        after: Annotated[int, Query(ge=0, le=2**62)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    ) -> list[dict[str, Any]]:
+        return [event_view(event) for event in controller.store.events(after, limit)]
+
+    @app.get("/api/v1/status")
+    def status() -> dict[str, Any]:
+        views = controller.hosts()
+        vms = controller.vms()
+        by_state: dict[str, int] = {}
+        for vm in vms:
+            by_state[vm.state.value] = by_state.get(vm.state.value, 0) + 1
+        return {
+            "hosts": {s: sum(1 for v in views if v.state == s) for s in ("up", "down", "draining")},
+            "vms": {"total": len(vms), "by_state": by_state},
+            "policy": controller.default_policy,
+        }
+
+    # -- SlackVM's global scheduler routes, unchanged in shape (mem in GiB) ------------
+
+    @app.get("/deploy", dependencies=[slackvm])
+    def slackvm_deploy(
+        response: Response,
+        name: Annotated[str, Query(min_length=1, max_length=63, pattern=NAME_PATTERN)],
+        cpu: Annotated[int, Query(ge=1, le=1024)],
+        mem: Annotated[float, Query(gt=0, le=65536)],
+        oc: Annotated[float, Query(ge=1.0, le=64.0)] = 1.0,
+        qcow2: Annotated[str, Query(max_length=4096)] = "",
+    ) -> dict[str, Any]:
+        body = CreateVM(name=name, vcpus=cpu, memory_mib=max(1, round(mem * 1024)), ratio=oc, image=qcow2)
+        return create(body, response)
+
+    @app.get("/remove", dependencies=[slackvm])
+    def slackvm_remove(name: Annotated[str, Query(min_length=1, max_length=63)]) -> dict[str, str]:
+        call(lambda: controller.delete(name))
+        return {"removed": name}
+
+    @app.get("/status")
+    def slackvm_status() -> dict[str, Any]:
+        return {
+            view.record.address: (view.record.heartbeat or {}).get("status") for view in controller.hosts()
+        }
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        gauges = CollectorRegistry()
+        hosts = Gauge("pinfold_hosts", "Hosts by state", ["state"], registry=gauges)
+        views = controller.hosts()
+        for state in ("up", "down", "draining"):
+            hosts.labels(state).set(sum(1 for v in views if v.state == state))
+        vms = Gauge("pinfold_controller_vms", "VMs by state", ["state"], registry=gauges)
+        for vm in controller.vms():
+            vms.labels(vm.state.value).inc()
+        text = generate_latest(gauges) + generate_latest(registry)
+        return PlainTextResponse(text.decode(), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,103 @@
+"""Assemble and run the controller: database, tokens, agents' clients, the
+periodic checks, and the HTTP server."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+
+from pinfold.controller.agents import AgentClient
+from pinfold.controller.api import create_app
+from pinfold.controller.config import ControllerConfig
+from pinfold.controller.database import connect
+from pinfold.controller.service import Controller
+from pinfold.controller.store import ControllerStore, HostRecord
+
+__all__ = ["build_controller", "serve"]
+
+
+class AgentClients:
+    """One client per host address, made on first use (httpx pools the connections)."""
+
+    def __init__(self, token: str, timeout_s: float) -> None:
+        self._token = token
+        self._timeout_s = timeout_s
+        self._clients: dict[str, AgentClient] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, host: HostRecord) -> AgentClient:
+        with self._lock:
+            client = self._clients.get(host.address)
+            if client is None:
+                client = self._clients[host.address] = AgentClient(host.address, self._token, self._timeout_s)
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+
+def build_controller(config: ControllerConfig, agent_token: str) -> tuple[Controller, AgentClients]:
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    clients = AgentClients(agent_token, config.agent_timeout_s)
+    controller = Controller(
+        ControllerStore(connect(config.url)),
+        clients,
+        heartbeat_period_s=config.heartbeat_period_s,
+        default_policy=config.policy,
+        stale_after_s=config.stale_after_s,
+    )
+    return controller, clients
+
+
+class Upkeep:
+    """Every heartbeat period: mark hosts down (events), retry deletions
+    whose agent did not answer, rebuild the scheduler's picture (other
+    replicas' changes)."""
+
+    def __init__(self, controller: Controller, period_s: float) -> None:
+        self._controller = controller
+        self._period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pinfold-upkeep", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period_s):
+            try:
+                self._controller.check_hosts()
+                self._controller.retry_deletes()
+                self._controller.refresh()
+            except Exception as error:  # the database may be away for a moment: try next period
+                print(f"pinfold controller: upkeep failed: {error}", file=sys.stderr)
+
+
+def serve(config: ControllerConfig) -> None:
+    """Run until SIGTERM or SIGINT (uvicorn stops gracefully on both)."""
+    import uvicorn
+
+    admin_token, agent_token = config.tokens()
+    controller, clients = build_controller(config, agent_token)
+    where = "SQLite in " + str(config.data_dir) if config.database_url is None else "database by URL"
+    print(f"pinfold controller: {where}; listening on {config.listen}:{config.port}", flush=True)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: sys.exit(0))
+    upkeep = Upkeep(controller, config.heartbeat_period_s)
+    upkeep.start()
+    try:
+        app = create_app(controller, admin_token, agent_token, config.slackvm_open_networks)
+        uvicorn.run(app, host=config.listen, port=config.port, log_level="warning")
+    finally:
+        upkeep.stop()
+        clients.close()
+        controller.store.engine.dispose()
+        print("pinfold controller: stopped", flush=True)

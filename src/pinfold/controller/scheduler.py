@@ -1,0 +1,105 @@
+"""The controller's picture of the cluster, for ranking hosts fast.
+
+A `Cluster` of the placement core, rebuilt from the database and kept up to
+date with this controller's own reservations. It only ranks: the decision is
+the reservation (`ControllerStore.reserve`), exact under the host's lock. So
+the picture may lag behind another replica's reservations without harm: a
+host it thinks has room refuses at reservation, and the picture of that host
+is refreshed from the database before the next host is tried.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from pinfold.controller.store import HostRecord, VMRecord
+from pinfold.placement import Cluster, Decision, HostAllocator, PlacementError, VMSpec
+from pinfold.topology import Topology, slackvm_json
+
+__all__ = ["Scheduler"]
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self._cluster = Cluster()
+        self._shapes: dict[str, tuple[str, int, int]] = {}
+        #: parsed topologies by their JSON text: many hosts share one model
+        self._topologies: dict[str, Topology] = {}
+
+    @property
+    def hosts(self) -> tuple[str, ...]:
+        return self._cluster.hosts
+
+    def rebuild(self, hosts: Sequence[HostRecord], vms: Sequence[VMRecord]) -> None:
+        """Start again from the database's hosts and VMs (in seq order)."""
+        by_host: dict[str, list[VMRecord]] = {}
+        for vm in vms:
+            if vm.host_id is not None:
+                by_host.setdefault(vm.host_id, []).append(vm)
+        cluster = Cluster()
+        shapes = {}
+        for host in hosts:
+            allocator = self._allocator(host)
+            if allocator is None:
+                continue
+            _replay(allocator, by_host.get(host.id, ()))
+            cluster.add_host(host.id, allocator)
+            shapes[host.id] = _shape(host)
+        self._cluster, self._shapes = cluster, shapes
+
+    def knows(self, host: HostRecord) -> bool:
+        """Whether the picture has this host as it is now registered."""
+        return self._shapes.get(host.id) == _shape(host)
+
+    def refresh_host(self, host_id: str, vms: Sequence[VMRecord]) -> bool:
+        """Replace the picture of one host's VMs; False when that cannot be
+        done in place (the caller rebuilds)."""
+        if host_id not in self._shapes:
+            return False
+        allocator = self._cluster.allocator(host_id)
+        for name in list(allocator.vms):
+            allocator.remove(name)
+        _replay(allocator, vms)
+        try:
+            self._cluster.sync(host_id)
+        except ValueError:  # a name the picture still places on another host
+            return False
+        return True
+
+    def choose(self, spec: VMSpec, policy: str, eligible: Iterable[str]) -> Decision:
+        return self._cluster.choose(spec, policy, eligible)
+
+    def placed(self, host_id: str, spec: VMSpec) -> bool:
+        """Note a reservation this controller made; False if the picture
+        disagrees (stale: the caller refreshes the host)."""
+        try:
+            self._cluster.deploy_on(host_id, spec)
+        except (PlacementError, KeyError, ValueError):
+            return False
+        return True
+
+    def removed(self, name: str) -> None:
+        if self._cluster.host_of(name) is not None:
+            self._cluster.remove(name)
+
+    def _allocator(self, host: HostRecord) -> HostAllocator | None:
+        text = json.dumps(host.topology, sort_keys=True)
+        try:
+            topology = self._topologies.get(text) or slackvm_json.from_dict(host.topology)
+            self._topologies[text] = topology
+            return HostAllocator(topology, host.critical_size, host.reserved_memory_mib, report_pins=False)
+        except (KeyError, TypeError, ValueError):
+            return None  # an unusable description: `fits` refuses it with the reason
+
+
+def _shape(host: HostRecord) -> tuple[str, int, int]:
+    return json.dumps(host.topology, sort_keys=True), host.critical_size, host.reserved_memory_mib
+
+
+def _replay(allocator: HostAllocator, vms: Iterable[VMRecord]) -> None:
+    for vm in vms:
+        try:
+            allocator.deploy(vm.spec)
+        except PlacementError:
+            continue  # the host holds more than it can: the reservation will refuse

@@ -1,0 +1,361 @@
+"""The controller's core: the directory of hosts and VMs and the global scheduler.
+
+A create, in order: idempotency by name (the same request again gets the same
+VM back); rank the `up`, not draining hosts with the placement core's policy
+(`Scheduler`, a picture of the cluster); for each host in rank order, reserve
+room in the database under the host's lock (`ControllerStore.reserve`: exact,
+so two requests or two controllers cannot both take the last room), then ask
+the host's agent; on a refusal, drop the reservation and try the next host.
+
+The database is the only shared state, so a controller may die at any point:
+a reservation whose agent call never finished is settled later, by the next
+heartbeat of its host (the agent lists the VMs it has) or by the same request
+sent again (`create` finishes a stale reservation instead of refusing it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
+from pinfold.controller.feasibility import fits
+from pinfold.controller.models import VMState
+from pinfold.controller.scheduler import Scheduler
+from pinfold.controller.store import (
+    ControllerStore,
+    DuplicateVMError,
+    HostRecord,
+    NewVM,
+    RefusedError,
+    StoreError,
+    UnknownHostError,
+    VMRecord,
+)
+from pinfold.placement import POLICIES, invalid_reason
+
+__all__ = ["Controller", "ControllerError", "HostView", "NoHostError"]
+
+#: heartbeats a host may miss before it is `down`
+MISSED_HEARTBEATS = 3
+ACTIONS = ("start", "shutdown", "suspend", "resume")
+
+
+class ControllerError(Exception):
+    """A request the controller refuses or cannot carry out; `code` is stable."""
+
+    def __init__(self, code: str, detail: str = "") -> None:
+        super().__init__(f"{code}: {detail}" if detail else code)
+        self.code = code
+        self.detail = detail
+
+
+class NoHostError(ControllerError):
+    """No host took the VM; `hosts` says why, host by host."""
+
+    def __init__(self, explanation: str, hosts: Mapping[str, str]) -> None:
+        super().__init__("no host", explanation)
+        self.hosts = dict(hosts)
+
+
+@dataclass(frozen=True)
+class HostView:
+    record: HostRecord
+    state: str  # up, down or draining
+
+    @property
+    def schedulable(self) -> bool:
+        return self.state == "up"
+
+
+@dataclass
+class Controller:
+    """`agent_for(host)` gives the client to reach a host's agent; `clock` is
+    the wall clock (heartbeat times are compared with it)."""
+
+    store: ControllerStore
+    agent_for: Callable[[HostRecord], AgentClient]
+    heartbeat_period_s: float = 10.0
+    default_policy: str = "progress"
+    #: a reservation untouched this long has lost its creator (a controller died)
+    stale_after_s: float = 60.0
+    clock: Callable[[], float] = time.time
+    scheduler: Scheduler = field(default_factory=Scheduler)
+
+    def __post_init__(self) -> None:
+        if self.default_policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.default_policy!r}: one of {', '.join(POLICIES)}")
+        self._picture = threading.Lock()
+        self._down: set[str] = set()
+        self.refresh()
+
+    # -- hosts -------------------------------------------------------------------
+
+    def register(
+        self,
+        host_id: str,
+        address: str,
+        topology: Mapping[str, Any],
+        critical_size: int,
+        reserved_memory_mib: int,
+    ) -> HostView:
+        try:
+            record = self.store.register_host(
+                host_id, address, topology, critical_size, reserved_memory_mib, self.clock()
+            )
+        except StoreError as error:
+            raise ControllerError("invalid request", str(error)) from error
+        self.store.add_event("host registered", host_id, {"address": address}, self.clock())
+        self._down.discard(host_id)
+        with self._picture:
+            known = self.scheduler.knows(record)
+        if not known:
+            self.refresh()
+        return self._view(record, self.clock())
+
+    def heartbeat(self, host_id: str, payload: Mapping[str, Any]) -> bool:
+        """Store a heartbeat and settle this host's VMs with what its agent
+        reports; False when the host is unknown (the agent registers again)."""
+        now = self.clock()
+        if not self.store.heartbeat(host_id, payload, now):
+            return False
+        if host_id in self._down:
+            self._down.discard(host_id)
+            self.store.add_event("host up", host_id, {}, now)
+        reported = payload.get("vms")
+        if isinstance(reported, Mapping):
+            self._settle(host_id, {str(k): str(v) for k, v in reported.items()}, now)
+        return True
+
+    def hosts(self) -> list[HostView]:
+        now = self.clock()
+        return [self._view(record, now) for record in self.store.hosts()]
+
+    def host(self, host_id: str) -> HostView:
+        record = self.store.host(host_id)
+        if record is None:
+            raise ControllerError("unknown host", host_id)
+        return self._view(record, self.clock())
+
+    def drain(self, host_id: str, draining: bool = True) -> HostView:
+        try:
+            record = self.store.set_draining(host_id, draining)
+        except UnknownHostError as error:
+            raise ControllerError("unknown host", host_id) from error
+        self.store.add_event("host drain" if draining else "host undrain", host_id, {}, self.clock())
+        return self._view(record, self.clock())
+
+    def check_hosts(self) -> list[str]:
+        """Record the hosts that went down since the last check (an event
+        each); the names of those now down. Called every period."""
+        now = self.clock()
+        down = {view.record.id for view in self.hosts() if view.state == "down"}
+        for host_id in sorted(down - self._down):
+            self.store.add_event("host down", host_id, {}, now)
+        self._down = down
+        return sorted(down)
+
+    def _view(self, record: HostRecord, now: float) -> HostView:
+        if now - record.last_heartbeat > MISSED_HEARTBEATS * self.heartbeat_period_s:
+            return HostView(record, "down")
+        return HostView(record, "draining" if record.draining else "up")
+
+    # -- VMs ---------------------------------------------------------------------
+
+    def create(self, request: NewVM, policy: str | None = None) -> tuple[VMRecord, bool]:
+        """The VM, and whether this call created it (False: the same request
+        was seen before, and this is its VM)."""
+        policy = policy or self.default_policy
+        if policy not in POLICIES:
+            raise ControllerError("invalid request", f"policy: one of {', '.join(POLICIES)}")
+        problem = invalid_reason(request.spec)
+        if problem is not None:
+            raise ControllerError("invalid request", problem)
+        existing = self.store.vm(request.name)
+        if existing is not None:
+            return self._again(existing, request), False
+        views = {view.record.id: view for view in self.hosts()}
+        eligible = [host_id for host_id, view in views.items() if view.schedulable]
+        with self._picture:
+            decision = self.scheduler.choose(request.spec, policy, eligible)
+        refused = {name: refusal.describe() for name, refusal in decision.refusals().items()}
+        for host_id in decision.ranking():
+            record = self._try_host(views[host_id].record, request, refused)
+            if record is not None:
+                return record, True
+        explanation = decision.explain()
+        if decision.ranking():
+            explanation += f"; tried {len(decision.ranking())}, all refused"
+        raise NoHostError(explanation, refused)
+
+    def _try_host(self, host: HostRecord, request: NewVM, refused: dict[str, str]) -> VMRecord | None:
+        try:
+            self.store.reserve(request, host.id, fits, self.clock())
+        except RefusedError as error:
+            refused[host.id] = error.reason
+            self._refresh_host(host.id)
+            return None
+        except UnknownHostError:
+            refused[host.id] = "host unavailable: unknown host"
+            return None
+        except DuplicateVMError as error:  # the same name, reserved meanwhile
+            raise ControllerError("duplicate name", error.existing.name) from error
+        with self._picture:
+            in_step = self.scheduler.placed(host.id, request.spec)
+        if not in_step:
+            self._refresh_host(host.id)
+        try:
+            self.agent_for(host).create(
+                request.name, request.vcpus, request.memory_mib, request.ratio, request.owner, request.image
+            )
+        except AgentRefusedError as error:
+            refused[host.id] = f"agent refused: {error}"
+            self._forget(request.name)
+            return None
+        except AgentUnreachableError as error:
+            if not error.sent:
+                refused[host.id] = f"agent unreachable: {error.detail}"
+                self._forget(request.name)
+                return None
+            # It may have been created: keep the room, let the heartbeat (or a retry) tell.
+            raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
+        record = self.store.set_vm_state(request.name, VMState.RUNNING, self.clock())
+        self.store.add_event("vm created", request.name, {"host": host.id}, self.clock())
+        return record
+
+    def _again(self, existing: VMRecord, request: NewVM) -> VMRecord:
+        """Idempotency: the same request gets its VM; another one with the
+        same name is refused. A stale reservation (its controller died) is
+        finished here."""
+        same = (existing.vcpus, existing.memory_mib, existing.ratio, existing.owner, existing.image) == (
+            request.vcpus, request.memory_mib, float(request.ratio), request.owner, request.image,
+        )  # fmt: skip
+        if not same:
+            raise ControllerError("duplicate name", f"{existing.name} exists with another size or owner")
+        stale = self.clock() - existing.updated_at > self.stale_after_s
+        if existing.state is not VMState.RESERVED or not stale or existing.host_id is None:
+            return existing
+        host = self.store.host(existing.host_id)
+        if host is None:
+            return existing
+        client = self.agent_for(host)
+        try:
+            if client.get(existing.name) is None:
+                client.create(
+                    existing.name,
+                    existing.vcpus,
+                    existing.memory_mib,
+                    existing.ratio,
+                    existing.owner,
+                    existing.image,
+                )
+        except AgentRefusedError as error:
+            self._forget(existing.name)
+            raise ControllerError("agent failed", f"{host.id} refused the reserved VM: {error}") from error
+        except AgentUnreachableError as error:
+            raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
+        return self.store.set_vm_state(existing.name, VMState.RUNNING, self.clock())
+
+    def vm(self, name: str) -> VMRecord:
+        record = self.store.vm(name)
+        if record is None:
+            raise ControllerError("unknown vm", name)
+        return record
+
+    def vms(self, host_id: str | None = None) -> list[VMRecord]:
+        return self.store.vms(host_id)
+
+    def delete(self, name: str) -> VMRecord | None:
+        """Delete a VM; None when it is gone, else its record (`deleting`: the
+        agent did not answer, the deletion is retried every period)."""
+        record = self.vm(name)
+        if record.state is not VMState.DELETING:
+            record = self.store.set_vm_state(name, VMState.DELETING, self.clock())
+        return self._finish_delete(record)
+
+    def _finish_delete(self, record: VMRecord) -> VMRecord | None:
+        host = self.store.host(record.host_id) if record.host_id else None
+        if host is not None:
+            try:
+                self.agent_for(host).delete(record.name)
+            except AgentUnreachableError:
+                return record
+            except AgentRefusedError as error:
+                raise ControllerError("agent failed", f"{host.id}: {error}") from error
+        self._forget(record.name)
+        self.store.add_event("vm deleted", record.name, {"host": record.host_id}, self.clock())
+        return None
+
+    def act(self, name: str, action: str) -> VMRecord:
+        if action not in ACTIONS:
+            raise ControllerError("invalid request", f"action: one of {', '.join(ACTIONS)}")
+        record = self.vm(name)
+        host = self.store.host(record.host_id) if record.host_id else None
+        if host is None or record.state in (VMState.RESERVED, VMState.DELETING):
+            raise ControllerError("invalid", f"{name} is {record.state.value}")
+        try:
+            answer = self.agent_for(host).act(name, action)
+        except AgentRefusedError as error:
+            raise ControllerError("invalid" if error.status == 409 else "agent failed", str(error)) from error
+        except AgentUnreachableError as error:
+            raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
+        return self.store.set_vm_state(name, _vm_state(answer.get("state"), record.state), self.clock())
+
+    def retry_deletes(self) -> None:
+        """Finish deletions whose agent did not answer before (every period)."""
+        for record in self.store.vms():
+            if record.state is VMState.DELETING:
+                try:
+                    self._finish_delete(record)
+                except ControllerError:
+                    continue
+
+    # -- keeping the picture and the agents in step --------------------------------
+
+    def refresh(self) -> None:
+        """Rebuild the picture from the database (at start, every period, and
+        when a host's registration changed)."""
+        hosts, vms = self.store.hosts(), self.store.vms()
+        with self._picture:
+            self.scheduler.rebuild(hosts, vms)
+
+    def _refresh_host(self, host_id: str) -> None:
+        vms = self.store.vms(host_id)
+        with self._picture:
+            done = self.scheduler.refresh_host(host_id, vms)
+        if not done:
+            self.refresh()
+
+    def _forget(self, name: str) -> None:
+        self.store.delete_vm(name)
+        with self._picture:
+            self.scheduler.removed(name)
+
+    def _settle(self, host_id: str, reported: Mapping[str, str], now: float) -> None:
+        """What the agent has is what is: states follow it; a VM it lacks is
+        `missing`, or, if only reserved or deleting (and not just now), gone."""
+        for record in self.store.vms(host_id):
+            recent = now - record.updated_at < 2 * self.heartbeat_period_s
+            if record.name in reported:
+                if record.state is VMState.DELETING:
+                    continue
+                state = _vm_state(reported[record.name], record.state)
+                if state is not record.state and not recent:
+                    self.store.set_vm_state(record.name, state, now)
+            elif record.state is VMState.DELETING or (record.state is VMState.RESERVED and not recent):
+                self._forget(record.name)
+                self.store.add_event(
+                    "vm dropped", record.name, {"host": host_id, "was": record.state.value}, now
+                )
+            elif record.state is not VMState.MISSING and not recent:
+                self.store.set_vm_state(record.name, VMState.MISSING, now, "its agent does not report it")
+
+
+def _vm_state(agent_state: object, otherwise: VMState) -> VMState:
+    try:
+        return VMState(str(agent_state))
+    except ValueError:
+        return otherwise

@@ -1,0 +1,71 @@
+"""What the agent's and the controller's HTTP APIs share: bearer tokens
+(header, or `?token=` on SlackVM's routes), networks an operator opens to
+SlackVM's token-less clients, and errors as JSON `{"error", "detail"}`."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+__all__ = ["ApiError", "install_error_handlers", "open_to", "token_check"]
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, detail: str = "", extra: Mapping[str, object] | None = None) -> None:
+        super().__init__(code)
+        self.code = code
+        self.detail = detail
+        self.extra = dict(extra or {})
+
+
+def token_check(*tokens: str, what: str = "token") -> Callable[[Request, str | None], None]:
+    """A FastAPI dependency accepting any of `tokens` (compared in constant time)."""
+
+    def check(request: Request, token_query: Annotated[str | None, Query(alias="token")] = None) -> None:
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else token_query or ""
+        if not any(hmac.compare_digest(given.encode(), token.encode()) for token in tokens):
+            raise ApiError("unauthorized", f"a valid {what} is required")
+
+    return check
+
+
+def open_to(
+    networks: Sequence[str], otherwise: Callable[[Request, str | None], None]
+) -> Callable[[Request, str | None], None]:
+    """A dependency letting clients from `networks` through without a token
+    (SlackVM's client and global scheduler send none), others through `otherwise`."""
+    parsed = [ipaddress.ip_network(network, strict=False) for network in networks]
+
+    def check(request: Request, token_query: Annotated[str | None, Query(alias="token")] = None) -> None:
+        client = request.client.host if request.client is not None else ""
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            address = None
+        if address is not None and any(address in network for network in parsed):
+            return
+        otherwise(request, token_query)
+
+    return check
+
+
+def install_error_handlers(app: FastAPI, status: Mapping[str, int]) -> None:
+    """ApiError -> its status (400 when the code is not listed); FastAPI's
+    validation errors -> 422 "invalid request" naming each bad field."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        body = {"error": exc.code, "detail": exc.detail, **exc.extra}
+        return JSONResponse(body, status_code=status.get(exc.code, 400))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": "invalid request", "detail": detail}, status_code=422)
