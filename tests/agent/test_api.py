@@ -3,48 +3,30 @@ real SQLite store): tokens, JSON routes, SlackVM's routes, errors, metrics."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from pinfold.agent.api import create_app
 from pinfold.agent.drivers import SimDriver
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
+from tests.servers import serving as serving_app
 
 TOKEN = "test-token-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
 def serving(tmp_path: Path, topology, open_networks: tuple[str, ...] = ()) -> Iterator[str]:
     """A real uvicorn server on loopback in front of a sim-driver agent."""
     agent = Agent(topology, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
-    port = free_port()
-    app = create_app(agent, TOKEN, slackvm_open_networks=open_networks)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
     try:
-        yield f"http://127.0.0.1:{port}"
+        with serving_app(create_app(agent, TOKEN, slackvm_open_networks=open_networks)) as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
         agent.store.close()
 
 

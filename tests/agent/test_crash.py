@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.agent.conftest import libvirt_or_skip
-from tests.agent.test_api import free_port
+from tests.servers import free_port
 
 PREFIX = "pinfold-crash-"
 

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from pinfold.agent.config import AgentConfig, ConfigError, load_config, load_or_create_token
-from tests.agent.test_api import free_port
 from tests.conftest import I7
+from tests.servers import free_port
 
 
 def test_flags_override_environment_which_overrides_the_file(tmp_path):

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pinfold.placement import POLICIES
 from pinfold.tokens import token_in
@@ -55,6 +55,12 @@ class ControllerConfig(BaseModel):
         for network in value:
             ipaddress.ip_network(network, strict=False)
         return value
+
+    @model_validator(mode="after")
+    def _reservations_outlive_agent_calls(self) -> ControllerConfig:
+        if self.stale_after_s <= self.agent_timeout_s:
+            raise ValueError("stale_after_s must be longer than agent_timeout_s (a live call's reservation)")
+        return self
 
     @property
     def url(self) -> str:

@@ -33,6 +33,7 @@ from pinfold.controller.store import (
     RefusedError,
     StoreError,
     UnknownHostError,
+    UnknownVMError,
     VMRecord,
 )
 from pinfold.placement import POLICIES, invalid_reason
@@ -222,7 +223,10 @@ class Controller:
                 return None
             # It may have been created: keep the room, let the heartbeat (or a retry) tell.
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
-        record = self.store.set_vm_state(request.name, VMState.RUNNING, self.clock())
+        try:
+            record = self.store.set_vm_state(request.name, VMState.RUNNING, self.clock())
+        except UnknownVMError as error:  # deleted by another request meanwhile
+            raise ControllerError("invalid", f"{request.name} was deleted while being created") from error
         self.store.add_event("vm created", request.name, {"host": host.id}, self.clock())
         return record
 
@@ -336,21 +340,24 @@ class Controller:
 
     def _settle(self, host_id: str, reported: Mapping[str, str], now: float) -> None:
         """What the agent has is what is: states follow it; a VM it lacks is
-        `missing`, or, if only reserved or deleting (and not just now), gone."""
+        `missing` (not just after a change: the heartbeat may predate it), or
+        gone if it was being deleted, or only reserved by a controller that
+        has not come back to it for `stale_after_s` (longer than any agent call)."""
         for record in self.store.vms(host_id):
             recent = now - record.updated_at < 2 * self.heartbeat_period_s
+            stale = now - record.updated_at > self.stale_after_s
             if record.name in reported:
                 if record.state is VMState.DELETING:
                     continue
                 state = _vm_state(reported[record.name], record.state)
                 if state is not record.state and not recent:
                     self.store.set_vm_state(record.name, state, now)
-            elif record.state is VMState.DELETING or (record.state is VMState.RESERVED and not recent):
+            elif record.state is VMState.DELETING or (record.state is VMState.RESERVED and stale):
                 self._forget(record.name)
                 self.store.add_event(
                     "vm dropped", record.name, {"host": host_id, "was": record.state.value}, now
                 )
-            elif record.state is not VMState.MISSING and not recent:
+            elif record.state not in (VMState.MISSING, VMState.RESERVED) and not recent:
                 self.store.set_vm_state(record.name, VMState.MISSING, now, "its agent does not report it")
 
 

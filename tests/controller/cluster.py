@@ -1,0 +1,98 @@
+"""A small real cluster on loopback for the controller's tests: sim-driver
+agents, each a real uvicorn server with its own SQLite store, registering and
+sending heartbeats through the real `Registrar`; and a controller on a real
+database, served on loopback too."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from pinfold.agent.api import create_app as agent_app
+from pinfold.agent.drivers import SimDriver
+from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
+from pinfold.agent.service import Agent, AgentSettings
+from pinfold.agent.store import Store
+from pinfold.controller.api import create_app as controller_app
+from pinfold.controller.daemon import AgentClients
+from pinfold.controller.database import connect
+from pinfold.controller.service import Controller
+from pinfold.controller.store import ControllerStore
+from pinfold.topology import Topology
+from tests.servers import Served
+
+ADMIN = "admin-token-0123456789abcdef"
+AGENT = "agent-token-0123456789abcdef"
+ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
+PERIOD_S = 0.25
+#: longer than any agent call takes here, even with 16 requests at once on 2 cores
+STALE_AFTER_S = 5.0
+
+
+@dataclass
+class Host:
+    host_id: str
+    agent: Agent
+    served: Served
+    registrar: Registrar
+
+    def stop(self) -> None:
+        """The agent dies: no more heartbeats, no more answers."""
+        self.registrar.stop()
+        self.served.stop()
+
+
+@dataclass
+class LocalCluster:
+    tmp_path: Path
+    database_url: str
+    topology: Topology
+    controller: Controller = field(init=False)
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.clients = AgentClients(AGENT, timeout_s=10)
+        self.controller = Controller(
+            ControllerStore(connect(self.database_url)), self.clients, heartbeat_period_s=PERIOD_S,
+            stale_after_s=STALE_AFTER_S,
+        )  # fmt: skip
+        self.served = Served(controller_app(self.controller, ADMIN, AGENT))
+        self.url = self.served.url
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+
+    def add_host(self, host_id: str, driver: object = None, settings: AgentSettings | None = None) -> Host:
+        store = Store(self.tmp_path / host_id / "agent.db")
+        agent = Agent(
+            self.topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu")
+        )  # type: ignore[arg-type]
+        served = Served(agent_app(agent, AGENT))
+        registrar = Registrar(
+            self.url, AGENT, host_id,
+            lambda: registration_document(agent, host_id, served.url),
+            lambda: heartbeat_document(agent, None),
+            PERIOD_S,
+        )  # fmt: skip
+        registrar.beat()  # registered before the test goes on
+        registrar.start()
+        host = self.hosts[host_id] = Host(host_id, agent, served, registrar)
+        return host
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 15) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        for host in self.hosts.values():
+            host.stop()
+            host.agent.store.close()
+        self.http.close()
+        self.served.stop()
+        self.clients.close()
+        self.controller.store.engine.dispose()

@@ -1,0 +1,197 @@
+"""The controller with real agents on loopback (sim driver): registration and
+heartbeats, placement through the REST API, idempotency, refusals explained,
+hosts going down and coming back, draining, tokens, and a burst of
+concurrent creates that never over-allocates a host."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from pinfold.placement import VMSpec
+from tests.controller.cluster import ADMIN_AUTH, AGENT, LocalCluster
+
+
+@pytest.fixture
+def cluster(tmp_path, database_url, i7) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path, database_url, i7)
+    yield local
+    local.close()
+
+
+def agents_vms(cluster: LocalCluster) -> dict[str, set[str]]:
+    return {
+        host_id: {vm.spec.name for vm in host.agent.user_vms()} for host_id, host in cluster.hosts.items()
+    }
+
+
+def test_vms_of_two_levels_land_on_registered_hosts_pinned_to_their_vnodes(cluster):
+    for host_id in ("h1", "h2", "h3"):
+        cluster.add_host(host_id)
+    hosts = cluster.http.get("/api/v1/hosts").json()
+    assert [(h["id"], h["state"], h["cpus"]) for h in hosts] == [
+        ("h1", "up", 8),
+        ("h2", "up", 8),
+        ("h3", "up", 8),
+    ]
+    premium = cluster.http.post(
+        "/api/v1/vms", json={"name": "db", "vcpus": 2, "memory_mib": 4096, "ratio": 1.0}, headers=ADMIN_AUTH
+    )
+    shared = cluster.http.post(
+        "/api/v1/vms", json={"name": "web", "vcpus": 2, "memory_mib": 1024, "ratio": 2.0}, headers=ADMIN_AUTH
+    )
+    assert (premium.status_code, shared.status_code) == (201, 201), (premium.text, shared.text)
+    for response in (premium, shared):
+        vm = response.json()
+        assert vm["state"] == "running"
+        on_agent = cluster.hosts[vm["host"]].agent
+        assert vm["name"] in on_agent.allocator
+        assert on_agent.allocator.spec(vm["name"]).ratio == vm["ratio"]
+    assert {name for names in agents_vms(cluster).values() for name in names} == {"db", "web"}
+    events = [e["kind"] for e in cluster.http.get("/api/v1/events").json()]
+    assert events.count("host registered") == 3
+    assert events.count("vm created") == 2
+
+
+def test_creates_are_idempotent_by_name(cluster):
+    cluster.add_host("h1")
+    body = {"name": "a", "vcpus": 1, "memory_mib": 512, "ratio": 2.0}
+    first = cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
+    again = cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["host"] == first.json()["host"]
+    assert len(cluster.hosts["h1"].agent.user_vms()) == 1
+    other = cluster.http.post("/api/v1/vms", json={**body, "vcpus": 2}, headers=ADMIN_AUTH)
+    assert other.status_code == 409
+    assert other.json()["error"] == "duplicate name"
+
+
+def test_no_host_is_explained_host_by_host(cluster):
+    cluster.add_host("h1")
+    cluster.add_host("h2")
+    cluster.http.post("/api/v1/hosts/h2/drain", headers=ADMIN_AUTH)
+    response = cluster.http.post(
+        "/api/v1/vms", json={"name": "huge", "vcpus": 6, "memory_mib": 40000}, headers=ADMIN_AUTH
+    )
+    assert response.status_code == 409
+    body = response.json()
+    assert body["error"] == "no host"
+    assert body["detail"].startswith("0/2 hosts fit")
+    assert body["hosts"]["h1"].startswith("not enough memory")
+    assert "h2" in body["hosts"]
+    assert agents_vms(cluster) == {"h1": set(), "h2": set()}
+    assert cluster.http.get("/api/v1/vms").json() == []
+
+
+def test_a_draining_host_takes_no_new_vms(cluster):
+    cluster.add_host("h1")
+    cluster.add_host("h2")
+    assert cluster.http.post("/api/v1/hosts/h1/drain", headers=ADMIN_AUTH).json()["state"] == "draining"
+    for i in range(4):
+        vm = cluster.http.post(
+            "/api/v1/vms", json={"name": f"v{i}", "vcpus": 1, "memory_mib": 256}, headers=ADMIN_AUTH
+        ).json()
+        assert vm["host"] == "h2"
+    assert cluster.http.post("/api/v1/hosts/h1/undrain", headers=ADMIN_AUTH).json()["state"] == "up"
+
+
+def test_an_agent_that_dies_is_marked_down_with_its_vms_and_comes_back(cluster):
+    cluster.add_host("h1")
+    victim = cluster.add_host("h2")
+    cluster.http.post("/api/v1/hosts/h1/drain", headers=ADMIN_AUTH)
+    vm = cluster.http.post(
+        "/api/v1/vms", json={"name": "v", "vcpus": 1, "memory_mib": 256}, headers=ADMIN_AUTH
+    )
+    assert vm.json()["host"] == "h2"
+    victim.stop()
+    cluster.wait(lambda: cluster.http.get("/api/v1/hosts/h2").json()["state"] == "down", "h2 to be down")
+    assert cluster.http.get("/api/v1/vms/v").json()["host_state"] == "down"
+    assert cluster.controller.check_hosts() == ["h2"]
+    assert "host down" in [e["kind"] for e in cluster.http.get("/api/v1/events").json()]
+    refused = cluster.http.post(
+        "/api/v1/vms", json={"name": "w", "vcpus": 1, "memory_mib": 256}, headers=ADMIN_AUTH
+    )
+    assert refused.status_code == 409  # h1 drains, h2 is down
+    # the agent comes back on the same store; its sim hypervisor lost the domain with the process
+    victim.agent.store.close()
+    revived = cluster.add_host("h2")
+    assert [(vm.spec.name, vm.state) for vm in revived.agent.user_vms()] == [("v", "missing")]
+    cluster.wait(lambda: cluster.http.get("/api/v1/hosts/h2").json()["state"] == "up", "h2 to be up")
+    cluster.wait(lambda: cluster.http.get("/api/v1/vms/v").json()["state"] == "missing", "v to be missing")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "token"),
+    [
+        ("post", "/api/v1/vms", "admin"),
+        ("delete", "/api/v1/vms/x", "admin"),
+        ("post", "/api/v1/vms/x/suspend", "admin"),
+        ("post", "/api/v1/hosts/h1/drain", "admin"),
+        ("get", "/deploy?name=x&cpu=1&mem=1", "admin"),
+        ("get", "/remove?name=x", "admin"),
+        ("post", "/api/v1/hosts", "agent"),
+        ("post", "/api/v1/hosts/h1/heartbeat", "agent"),
+    ],
+)
+@pytest.mark.parametrize("given", ["none", "wrong", "other"])
+def test_every_mutating_route_refuses_a_missing_or_wrong_token(tmp_path, i7, method, path, token, given):
+    cluster = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'c.db'}", i7)
+    try:
+        headers = {
+            "none": {},
+            "wrong": {"Authorization": "Bearer wrong-token-0123456789"},
+            # the other kind of token: an agent cannot create VMs, a user cannot register hosts
+            "other": {"Authorization": f"Bearer {AGENT}"} if token == "admin" else ADMIN_AUTH,
+        }[given]
+        body = {"name": "x", "vcpus": 1, "memory_mib": 1} if method == "post" else None
+        response = cluster.http.request(method.upper(), path, json=body, headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"] == "unauthorized"
+    finally:
+        cluster.close()
+
+
+def test_200_concurrent_creates_over_10_hosts_never_over_allocate(cluster):
+    for i in range(10):
+        cluster.add_host(f"h{i}")
+    rng = random.Random(7)
+    requests = [
+        {"name": f"vm{i}", "vcpus": rng.choice([1, 1, 2, 4]), "memory_mib": rng.choice([512, 1024, 4096]),
+         "ratio": rng.choice([1.0, 2.0, 3.0])}
+        for i in range(200)
+    ]  # fmt: skip
+
+    def create(body: dict) -> httpx.Response:
+        with httpx.Client(base_url=cluster.url, timeout=60) as http:
+            return http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(create, requests))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {201, 409}, [r.text for r in responses if r.status_code not in (201, 409)]
+    created = {r.json()["name"]: r.json()["host"] for r in responses if r.status_code == 201}
+    assert len(created) + len([c for c in codes if c == 409]) == 200
+    assert len(created) >= 50
+    assert [c for c in codes if c == 409], "the hosts should have filled up"
+    # each agent's own state: placements valid, nothing over its CPUs or memory
+    for host in cluster.hosts.values():
+        allocator = host.agent.allocator
+        allocator.check_invariants()
+        assert allocator.memory_allocated_mib <= allocator.memory_usable_mib
+        assert sum(len(allocator.vnode(r)) for r in allocator.levels) <= allocator.usable_cpu_count
+    # the controller's directory and the agents agree, each VM on exactly one host
+    on_agents = agents_vms(cluster)
+    assert {name: host for host, names in on_agents.items() for name in names} == created
+    assert sum(len(names) for names in on_agents.values()) == len(created)
+    stored = {vm["name"]: vm["host"] for vm in cluster.http.get("/api/v1/vms").json()}
+    assert stored == created
+    # no refusal was spurious: hosts only filled up after it, so it fits nowhere now either
+    for body, response in zip(requests, responses, strict=True):
+        if response.status_code == 409:
+            assert response.json()["error"] == "no host"
+            spec = VMSpec(body["name"], body["vcpus"], body["memory_mib"], body["ratio"])
+            assert not any(host.agent.allocator.fits(spec) for host in cluster.hosts.values()), body
