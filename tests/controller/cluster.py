@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from pinfold.agent.api import create_app as agent_app
-from pinfold.agent.drivers import SimDriver
+from pinfold.agent.drivers import Driver, SimDriver
 from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
@@ -64,11 +64,13 @@ class LocalCluster:
         self.url = self.served.url
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
-    def add_host(self, host_id: str, driver: object = None, settings: AgentSettings | None = None) -> Host:
+    def add_host(
+        self, host_id: str, driver: Driver | None = None, settings: AgentSettings | None = None
+    ) -> Host:
         store = Store(self.tmp_path / host_id / "agent.db")
         agent = Agent(
             self.topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu")
-        )  # type: ignore[arg-type]
+        )
         served = Served(agent_app(agent, AGENT))
         registrar = Registrar(
             self.url, AGENT, host_id,

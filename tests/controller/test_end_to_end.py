@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -159,13 +160,13 @@ def test_200_concurrent_creates_over_10_hosts_never_over_allocate(cluster):
     for i in range(10):
         cluster.add_host(f"h{i}")
     rng = random.Random(7)
-    requests = [
+    requests: list[dict[str, Any]] = [
         {"name": f"vm{i}", "vcpus": rng.choice([1, 1, 2, 4]), "memory_mib": rng.choice([512, 1024, 4096]),
          "ratio": rng.choice([1.0, 2.0, 3.0])}
         for i in range(200)
     ]  # fmt: skip
 
-    def create(body: dict) -> httpx.Response:
+    def create(body: dict[str, Any]) -> httpx.Response:
         with httpx.Client(base_url=cluster.url, timeout=60) as http:
             return http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
 
