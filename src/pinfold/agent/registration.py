@@ -110,5 +110,6 @@ def heartbeat_document(agent: Agent, monitor: Monitor | None) -> dict[str, Any]:
         return {
             "status": agent.allocator.status(),
             "vms": {vm.spec.name: vm.state for vm in agent.user_vms()},
+            "pins": {vm.spec.name: sorted(agent.allocator.pinning(vm.spec.name)) for vm in agent.user_vms()},
             "usage": sample.to_dict() if sample is not None else None,
         }

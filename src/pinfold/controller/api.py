@@ -62,14 +62,19 @@ class Registration(BaseModel):
 class Heartbeat(BaseModel):
     status: dict[str, Any] | None = None
     vms: dict[str, str] = Field(default_factory=dict)
+    pins: dict[str, list[int]] = Field(default_factory=dict)
     usage: dict[str, Any] | None = None
 
 
-def vm_view(record: VMRecord, host_state: str | None = None) -> dict[str, Any]:
+def vm_view(record: VMRecord, host: HostView | None = None) -> dict[str, Any]:
+    """The VM as the directory has it, with its host's state and the pinning
+    its agent last reported (the CPUs of its vNode)."""
+    pins = ((host.record.heartbeat or {}).get("pins") or {}) if host is not None else {}
     return {
         "name": record.name,
         "host": record.host_id,
-        "host_state": host_state,
+        "host_state": host.state if host is not None else None,
+        "pinning": pins.get(record.name, []),
         "vcpus": record.vcpus,
         "memory_mib": record.memory_mib,
         "ratio": record.ratio,
@@ -134,16 +139,19 @@ def create_app(
         except ControllerError as error:
             raise ApiError(error.code, error.detail) from error
 
-    def host_states() -> dict[str, str]:
-        return {view.record.id: view.state for view in controller.hosts()}
+    def host_views() -> dict[str, HostView]:
+        return {view.record.id: view for view in controller.hosts()}
 
     def create(body: CreateVM, response: Response) -> dict[str, Any]:
         request = NewVM(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner, body.image)
         started = time.perf_counter()
-        record, created = call(lambda: controller.create(request, body.policy))
+        placed = call(lambda: controller.create(request, body.policy))
         latency.observe(time.perf_counter() - started)
-        response.status_code = 201 if created else 200
-        return vm_view(record, host_states().get(record.host_id or ""))
+        response.status_code = 201 if placed.created else 200
+        view = vm_view(placed.record, host_views().get(placed.record.host_id or ""))
+        if placed.pinning:
+            view["pinning"] = list(placed.pinning)
+        return view
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -193,13 +201,13 @@ def create_app(
 
     @app.get("/api/v1/vms")
     def list_vms(host: Annotated[str | None, Query(max_length=HOST_ID_MAX)] = None) -> list[dict[str, Any]]:
-        states = host_states()
-        return [vm_view(vm, states.get(vm.host_id or "")) for vm in controller.vms(host)]
+        views = host_views()
+        return [vm_view(vm, views.get(vm.host_id or "")) for vm in controller.vms(host)]
 
     @app.get("/api/v1/vms/{name}")
     def get_vm(name: str) -> dict[str, Any]:
         record = call(lambda: controller.vm(name))
-        return vm_view(record, host_states().get(record.host_id or ""))
+        return vm_view(record, host_views().get(record.host_id or ""))
 
     @app.delete("/api/v1/vms/{name}", dependencies=[admin])
     def delete_vm(name: str, response: Response) -> dict[str, Any] | None:
@@ -214,7 +222,8 @@ def create_app(
     def vm_action(name: str, action: str) -> dict[str, Any]:
         if action not in ACTIONS:
             raise ApiError("invalid request", f"action: one of {', '.join(ACTIONS)}")
-        return vm_view(call(lambda: controller.act(name, action)))
+        record = call(lambda: controller.act(name, action))
+        return vm_view(record, host_views().get(record.host_id or ""))
 
     @app.get("/api/v1/events")
     def events(

@@ -38,7 +38,7 @@ from pinfold.controller.store import (
 )
 from pinfold.placement import POLICIES, invalid_reason
 
-__all__ = ["Controller", "ControllerError", "HostView", "NoHostError"]
+__all__ = ["Controller", "ControllerError", "HostView", "NoHostError", "Placed"]
 
 #: heartbeats a host may miss before it is `down`
 MISSED_HEARTBEATS = 3
@@ -60,6 +60,17 @@ class NoHostError(ControllerError):
     def __init__(self, explanation: str, hosts: Mapping[str, str]) -> None:
         super().__init__("no host", explanation)
         self.hosts = dict(hosts)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A create's answer: the VM, whether this call made it (False: the same
+    request was seen before), and the CPUs its agent pinned it to (empty when
+    this call did not reach the agent)."""
+
+    record: VMRecord
+    created: bool
+    pinning: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,9 +177,7 @@ class Controller:
 
     # -- VMs ---------------------------------------------------------------------
 
-    def create(self, request: NewVM, policy: str | None = None) -> tuple[VMRecord, bool]:
-        """The VM, and whether this call created it (False: the same request
-        was seen before, and this is its VM)."""
+    def create(self, request: NewVM, policy: str | None = None) -> Placed:
         policy = policy or self.default_policy
         if policy not in POLICIES:
             raise ControllerError("invalid request", f"policy: one of {', '.join(POLICIES)}")
@@ -177,22 +186,22 @@ class Controller:
             raise ControllerError("invalid request", problem)
         existing = self.store.vm(request.name)
         if existing is not None:
-            return self._again(existing, request), False
+            return Placed(self._again(existing, request), created=False)
         views = {view.record.id: view for view in self.hosts()}
         eligible = [host_id for host_id, view in views.items() if view.schedulable]
         with self._picture:
             decision = self.scheduler.choose(request.spec, policy, eligible)
         refused = {name: refusal.describe() for name, refusal in decision.refusals().items()}
         for host_id in decision.ranking():
-            record = self._try_host(views[host_id].record, request, refused)
-            if record is not None:
-                return record, True
+            placed = self._try_host(views[host_id].record, request, refused)
+            if placed is not None:
+                return placed
         explanation = decision.explain()
         if decision.ranking():
             explanation += f"; tried {len(decision.ranking())}, all refused"
         raise NoHostError(explanation, refused)
 
-    def _try_host(self, host: HostRecord, request: NewVM, refused: dict[str, str]) -> VMRecord | None:
+    def _try_host(self, host: HostRecord, request: NewVM, refused: dict[str, str]) -> Placed | None:
         try:
             self.store.reserve(request, host.id, fits, self.clock())
         except RefusedError as error:
@@ -209,7 +218,7 @@ class Controller:
         if not in_step:
             self._refresh_host(host.id)
         try:
-            self.agent_for(host).create(
+            answer = self.agent_for(host).create(
                 request.name, request.vcpus, request.memory_mib, request.ratio, request.owner, request.image
             )
         except AgentRefusedError as error:
@@ -228,7 +237,8 @@ class Controller:
         except UnknownVMError as error:  # deleted by another request meanwhile
             raise ControllerError("invalid", f"{request.name} was deleted while being created") from error
         self.store.add_event("vm created", request.name, {"host": host.id}, self.clock())
-        return record
+        pins = answer.get("pinning")
+        return Placed(record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ())
 
     def _again(self, existing: VMRecord, request: NewVM) -> VMRecord:
         """Idempotency: the same request gets its VM; another one with the
