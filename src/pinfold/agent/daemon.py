@@ -92,7 +92,7 @@ def serve(config: AgentConfig) -> None:
         print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")
     try:
         app = create_app(agent, token, monitor, config.slackvm_open_networks)
-        uvicorn.run(app, host=config.listen, port=config.port, log_level="info")
+        uvicorn.run(app, host=config.listen, port=config.port, log_level="warning")
     finally:
         if registrar is not None:
             registrar.stop()

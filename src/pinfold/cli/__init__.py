@@ -28,10 +28,16 @@ app.add_typer(topology_app, name="topology")
 console = Console()
 
 from pinfold.cli import agent as _agent  # noqa: E402  (these register their commands on `app`)
+from pinfold.cli import client as _client  # noqa: E402
+from pinfold.cli import controller as _controller  # noqa: E402
 from pinfold.cli import simulate as _simulate  # noqa: E402
+from pinfold.cli import up as _up  # noqa: E402
 
 _simulate.register(app)
 _agent.register(app)
+_controller.register(app)
+_client.register(app)
+_up.register(app)
 
 DEFAULT_DEMO_TOPOLOGY = "topology_i7-1185G7.json"
 

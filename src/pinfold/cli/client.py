@@ -1,0 +1,254 @@
+"""`pinfold vm ...`, `pinfold host ...`, `pinfold status`: the controller's
+REST API for people (Rich tables) and scripts (`--json`).
+
+The controller's URL and admin token come from flags, else PINFOLD_URL and
+PINFOLD_TOKEN, else the file `pinfold up` writes (~/.config/pinfold/cli.toml,
+or PINFOLD_CLI_CONFIG), else http://127.0.0.1:8100 without a token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["CLI_CONFIG", "cli_config_path", "register", "vm_table"]
+
+DEFAULT_URL = "http://127.0.0.1:8100"
+CLI_CONFIG = Path(os.environ.get("PINFOLD_CLI_CONFIG", Path.home() / ".config" / "pinfold" / "cli.toml"))
+
+console = Console()
+vm_app = typer.Typer(no_args_is_help=True, help="Create, list and act on VMs through the controller.")
+host_app = typer.Typer(no_args_is_help=True, help="List, show and drain hosts.")
+
+Url = Annotated[str | None, typer.Option("--url", help="Controller URL (PINFOLD_URL).")]
+Token = Annotated[str | None, typer.Option("--token", help="Admin token (PINFOLD_TOKEN).")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(vm_app, name="vm")
+    app.add_typer(host_app, name="host")
+    app.command("status")(status)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    url: str
+    token: str | None
+
+
+def cli_config_path() -> Path:
+    """Read at each call, so that PINFOLD_CLI_CONFIG set later still counts."""
+    return Path(os.environ.get("PINFOLD_CLI_CONFIG", CLI_CONFIG))
+
+
+def endpoint(url: str | None, token: str | None) -> Endpoint:
+    path = cli_config_path()
+    saved: dict[str, Any] = {}
+    if path.exists():
+        try:
+            saved = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise typer.BadParameter(f"{path}: {exc}") from None
+    return Endpoint(
+        url or os.environ.get("PINFOLD_URL") or str(saved.get("url", DEFAULT_URL)),
+        token or os.environ.get("PINFOLD_TOKEN") or saved.get("token"),
+    )
+
+
+def request(where: Endpoint, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
+    try:
+        return httpx.request(method, where.url.rstrip("/") + path, json=body, headers=headers, timeout=120)
+    except httpx.HTTPError as exc:
+        console.print(f"[red]cannot reach the controller at {where.url}: {exc}[/red]")
+        raise typer.Exit(2) from None
+
+
+def answer(response: httpx.Response, as_json: bool, explain: bool = False) -> Any:
+    """The response's JSON, or the error printed and exit 1."""
+    body = response.json() if response.content else None
+    if response.status_code < 400:
+        return body
+    if as_json:
+        print(json.dumps(body, indent=1))
+    else:
+        error: dict[str, Any] = (
+            body if isinstance(body, dict) else {"error": str(response.status_code), "detail": response.text}
+        )
+        console.print(f"[red]{error.get('error')}[/red]: {error.get('detail', '')}")
+        if explain and error.get("hosts"):
+            table = Table("host", "why not")
+            for host, why in sorted(error["hosts"].items()):
+                table.add_row(host, why)
+            console.print(table)
+    raise typer.Exit(1)
+
+
+def show(body: Any, as_json: bool, render: Any) -> None:
+    if as_json:
+        print(json.dumps(body, indent=1))
+    else:
+        render(body)
+
+
+def vm_table(vms: list[dict[str, Any]]) -> None:
+    table = Table("name", "host", "level", "vCPUs", "MiB", "state", "pinned to", "owner")
+    for vm in vms:
+        state = (
+            vm["state"] if vm.get("host_state") in (None, "up", "draining") else f"{vm['state']} (host down)"
+        )
+        pins = ",".join(map(str, vm.get("pinning") or [])) or "-"
+        table.add_row(
+            vm["name"], vm["host"] or "-", f"{vm['ratio']:g}:1", str(vm["vcpus"]), str(vm["memory_mib"]),
+            state, pins, vm["owner"] or "-",
+        )  # fmt: skip
+    console.print(table)
+
+
+def host_table(hosts: list[dict[str, Any]]) -> None:
+    table = Table("host", "state", "address", "CPUs", "VMs", "vNodes (level: CPUs)")
+    for host in hosts:
+        levels = ((host.get("status") or {}).get("cpu") or {}).get("subset") or {}
+        vnodes = ", ".join(f"{level}: {values['pcap']}" for level, values in sorted(levels.items()))
+        table.add_row(
+            host["id"],
+            host["state"],
+            host["address"],
+            str(host["cpus"]),
+            str(len(host["vms"])),
+            vnodes or "-",
+        )
+    console.print(table)
+
+
+@vm_app.command("create")
+def vm_create(
+    name: str,
+    vcpus: Annotated[int, typer.Option("--vcpus", "-c", help="Virtual CPUs.")] = 1,
+    memory: Annotated[int, typer.Option("--memory", "-m", help="Memory in MiB.")] = 1024,
+    ratio: Annotated[
+        float, typer.Option("--level", "-l", help="Oversubscription level: 1 (premium), 2, 3...")
+    ] = 1.0,
+    owner: Annotated[str, typer.Option("--owner")] = "",
+    image: Annotated[str, typer.Option("--image", help="Base qcow2 image on the host.")] = "",
+    policy: Annotated[str | None, typer.Option("--policy", help="Placement policy for this VM.")] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="When nothing fits, say why host by host.")
+    ] = False,
+    url: Url = None,
+    token: Token = None,
+    as_json: Json = False,
+) -> None:
+    """Place and create a VM; the same command again returns the same VM."""
+    body = {
+        "name": name,
+        "vcpus": vcpus,
+        "memory_mib": memory,
+        "ratio": ratio,
+        "owner": owner,
+        "image": image,
+    }
+    if policy:
+        body["policy"] = policy
+    vm = answer(request(endpoint(url, token), "POST", "/api/v1/vms", body), as_json, explain)
+    show(vm, as_json, lambda v: vm_table([v]))
+
+
+@vm_app.command("list")
+def vm_list(
+    host: Annotated[str | None, typer.Option("--host", help="Only the VMs of this host.")] = None,
+    url: Url = None,
+    token: Token = None,
+    as_json: Json = False,
+) -> None:
+    path = "/api/v1/vms" + (f"?host={httpx.QueryParams({'host': host})['host']}" if host else "")
+    show(answer(request(endpoint(url, token), "GET", path), as_json), as_json, vm_table)
+
+
+@vm_app.command("show")
+def vm_show(name: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+    vm = answer(request(endpoint(url, token), "GET", f"/api/v1/vms/{_segment(name)}"), as_json)
+    show(vm, as_json, lambda v: vm_table([v]))
+
+
+@vm_app.command("delete")
+def vm_delete(name: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+    response = request(endpoint(url, token), "DELETE", f"/api/v1/vms/{_segment(name)}")
+    body = answer(response, as_json)
+    if as_json:
+        print(json.dumps(body or {"deleted": name}))
+    elif response.status_code == 202:
+        console.print(f"{name}: its agent did not answer; the deletion will be retried")
+    else:
+        console.print(f"deleted {name}")
+
+
+def _action(action: str) -> Any:
+    def run(name: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+        path = f"/api/v1/vms/{_segment(name)}/{action}"
+        show(answer(request(endpoint(url, token), "POST", path), as_json), as_json, lambda v: vm_table([v]))
+
+    run.__doc__ = f"{action.capitalize()} a VM."
+    return run
+
+
+for _name in ("start", "shutdown", "suspend", "resume"):
+    vm_app.command(_name)(_action(_name))
+
+
+@host_app.command("list")
+def host_list(url: Url = None, token: Token = None, as_json: Json = False) -> None:
+    show(answer(request(endpoint(url, token), "GET", "/api/v1/hosts"), as_json), as_json, host_table)
+
+
+@host_app.command("show")
+def host_show(host_id: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+    host = answer(request(endpoint(url, token), "GET", f"/api/v1/hosts/{_segment(host_id)}"), as_json)
+
+    def render(found: dict[str, Any]) -> None:
+        host_table([found])
+        console.print_json(json.dumps(found.get("status")))
+
+    show(host, as_json, render)
+
+
+@host_app.command("drain")
+def host_drain(host_id: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+    """Take no new VMs on this host."""
+    path = f"/api/v1/hosts/{_segment(host_id)}/drain"
+    show(answer(request(endpoint(url, token), "POST", path), as_json), as_json, lambda h: host_table([h]))
+
+
+@host_app.command("undrain")
+def host_undrain(host_id: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+    path = f"/api/v1/hosts/{_segment(host_id)}/undrain"
+    show(answer(request(endpoint(url, token), "POST", path), as_json), as_json, lambda h: host_table([h]))
+
+
+def status(url: Url = None, token: Token = None, as_json: Json = False) -> None:
+    """The cluster at a glance: hosts by state, VMs by state."""
+    where = endpoint(url, token)
+    summary = answer(request(where, "GET", "/api/v1/status"), as_json)
+
+    def render(body: dict[str, Any]) -> None:
+        hosts = ", ".join(f"{n} {s}" for s, n in body["hosts"].items())
+        vms = ", ".join(f"{n} {s}" for s, n in sorted(body["vms"]["by_state"].items())) or "none"
+        total = body["vms"]["total"]
+        console.print(f"controller {where.url}: hosts {hosts}; VMs {total} ({vms}); policy {body['policy']}")
+
+    show(summary, as_json, render)
+
+
+def _segment(value: str) -> str:
+    """A path segment with anything special escaped (names are validated by the controller)."""
+    return httpx.URL("/" + value).raw_path.decode().lstrip("/").replace("/", "%2F")

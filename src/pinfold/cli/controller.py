@@ -1,0 +1,43 @@
+"""`pinfold controller`: the directory of hosts and VMs and the global scheduler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("controller")(controller_command)
+
+
+def controller_command(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file of settings.")] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Database and tokens live here.")
+    ] = None,
+    listen: Annotated[str | None, typer.Option("--listen")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Default 8100.")] = None,
+    database_url: Annotated[
+        str | None, typer.Option("--database-url", help="SQLAlchemy URL; default SQLite in the data dir.")
+    ] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Default placement policy.")] = None,
+    heartbeat_period_s: Annotated[float | None, typer.Option("--heartbeat-period")] = None,
+) -> None:
+    """Run the controller: agents register with it, VMs are placed through it.
+    Settings: --config TOML, then PINFOLD_CONTROLLER_* variables, then these flags."""
+    from pinfold.controller.config import ControllerConfigError, load_controller_config
+    from pinfold.controller.daemon import serve
+
+    flags = {
+        "data_dir": data_dir, "listen": listen, "port": port, "database_url": database_url, "policy": policy,
+        "heartbeat_period_s": heartbeat_period_s,
+    }  # fmt: skip
+    try:
+        settings = load_controller_config(config, flags)
+    except ControllerConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    serve(settings)

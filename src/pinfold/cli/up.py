@@ -1,0 +1,191 @@
+"""`pinfold up`: an all-in-one node on this machine, the README's main command.
+
+It starts a controller (SQLite in DATA_DIR/controller) and one agent
+(DATA_DIR/agent) registered with it, each as its own process; the agent
+drives libvirt when `qemu:///system` answers, else the `sim` driver, and says
+which. It writes the CLI's settings (controller URL and admin token, mode
+0600), creates two VMs of two levels to show where they were pinned, and runs
+until Ctrl-C or SIGTERM, which stop both processes (the VMs stay, as a
+restart of the agent finds them again).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+
+from pinfold.cli.client import cli_config_path, vm_table
+from pinfold.tokens import token_in
+
+__all__ = ["register"]
+
+console = Console()
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "pinfold"
+DEMO_VMS = (
+    {"name": "demo-premium", "vcpus": 1, "memory_mib": 256, "ratio": 1.0, "owner": "pinfold-up"},
+    {"name": "demo-shared", "vcpus": 1, "memory_mib": 256, "ratio": 2.0, "owner": "pinfold-up"},
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("up")(up_command)
+
+
+def libvirt_answers(uri: str) -> tuple[bool, str]:
+    try:
+        import libvirt
+    except ImportError:
+        return False, "libvirt-python is not installed"
+    try:
+        libvirt.open(uri).close()
+    except libvirt.libvirtError as exc:
+        return False, f"{uri} does not answer ({str(exc).strip()})"
+    return True, f"libvirt answers on {uri}"
+
+
+def wait_until(what: str, check: Any, processes: list[subprocess.Popen[bytes]], timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise RuntimeError(f"{what}: a process exited with status {process.returncode}")
+        try:
+            result = check()
+            if result:
+                return result
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def write_cli_config(path: Path, url: str, token: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(f'url = "{url}"\ntoken = "{token}"\n')  # both made here: a URL and token_urlsafe text
+
+
+def up_command(
+    data_dir: Annotated[
+        Path, typer.Option("--data-dir", help="Controller and agent data.")
+    ] = DEFAULT_DATA_DIR,
+    driver: Annotated[
+        str, typer.Option("--driver", help="auto (libvirt if it answers), libvirt or sim.")
+    ] = "auto",
+    domain_type: Annotated[
+        str, typer.Option("--domain-type", help="auto (kvm when /dev/kvm is usable), kvm or qemu.")
+    ] = "auto",
+    controller_port: Annotated[int, typer.Option("--controller-port")] = 8100,
+    agent_port: Annotated[int, typer.Option("--agent-port")] = 8099,
+    heartbeat_s: Annotated[float, typer.Option("--heartbeat", help="Heartbeat period in seconds.")] = 2.0,
+    demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Create two VMs of two levels.")] = True,
+    once: Annotated[bool, typer.Option("--once", help="Stop after setting up (and the demo).")] = False,
+) -> None:
+    """Start a controller and a local agent, and show VMs of two levels pinned
+    to their vNodes. Ctrl-C stops both."""
+    if driver not in ("auto", "libvirt", "sim"):
+        raise typer.BadParameter("--driver: auto, libvirt or sim")
+    if domain_type not in ("auto", "kvm", "qemu"):
+        raise typer.BadParameter("--domain-type: auto, kvm or qemu")
+    uri = "qemu:///system"
+    if driver != "sim":
+        answers, why = libvirt_answers(uri)
+        if not answers and driver == "libvirt":
+            raise typer.BadParameter(f"--driver libvirt: {why}")
+        driver = "libvirt" if answers else "sim"
+        notice = why if answers else f"{why}: using the sim driver, VMs are simulated (no hypervisor)"
+    else:
+        notice = "sim driver: VMs are simulated (no hypervisor)"
+    if domain_type == "auto":
+        domain_type = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
+    controller_dir, agent_dir = data_dir / "controller", data_dir / "agent"
+    admin_token = token_in(controller_dir / "admin.token")
+    agent_token = token_in(controller_dir / "agent.token")
+    controller_url = f"http://127.0.0.1:{controller_port}"
+    period = str(heartbeat_s)
+    env = dict(os.environ, PINFOLD_AGENT_TOKEN=agent_token, PINFOLD_AGENT_MONITOR_PERIOD_S=period)
+    python = [sys.executable, "-m", "pinfold"]
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def stop(*_: object) -> None:
+        for process in reversed(processes):
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        processes.append(subprocess.Popen(
+            [*python, "controller", "--data-dir", str(controller_dir), "--port", str(controller_port),
+             "--heartbeat-period", period], env=env,
+        ))  # fmt: skip
+        wait_until(
+            "the controller", lambda: httpx.get(f"{controller_url}/healthz").status_code == 200, processes
+        )
+        host_id = socket.gethostname()
+        processes.append(subprocess.Popen(
+            [*python, "agent", "--data-dir", str(agent_dir), "--port", str(agent_port), "--driver", driver,
+             "--domain-type", domain_type, "--libvirt-uri", uri, "--controller-url", controller_url,
+             "--host-id", host_id], env=env,
+        ))  # fmt: skip
+
+        def registered() -> bool:
+            hosts = httpx.get(f"{controller_url}/api/v1/hosts").json()
+            return any(h["id"] == host_id and h["state"] == "up" for h in hosts)
+
+        wait_until("the agent to register", registered, processes)
+        write_cli_config(cli_config_path(), controller_url, admin_token)
+        console.print(
+            f"[bold]pinfold is up[/bold]: controller {controller_url}, agent on port {agent_port} ({notice})"
+        )
+        console.print(f"data in {data_dir}; the CLI's settings in {cli_config_path()}")
+        if demo:
+            show_demo(controller_url, admin_token)
+        console.print(
+            "try:  pinfold vm create web --vcpus 2 --memory 1024 --level 2\n"
+            "      pinfold vm list      pinfold host list      pinfold status"
+        )
+        if once:
+            return
+        console.print("Ctrl-C stops the controller and the agent.")
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        raise typer.Exit(1)
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+def show_demo(controller_url: str, admin_token: str) -> None:
+    """Two VMs of two levels, then the directory's view of them with the
+    CPUs each is pinned to (the premium one alone on its vNode's CPUs)."""
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    shown = []
+    for body in DEMO_VMS:
+        response = httpx.post(f"{controller_url}/api/v1/vms", json=body, headers=headers, timeout=120)
+        if response.status_code >= 400:
+            console.print(f"[red]demo VM {body['name']}: {response.json()}[/red]")
+            continue
+        shown.append(response.json())
+    if shown:
+        console.print("two VMs of two levels, each pinned to its level's vNode:")
+        vm_table(shown)
