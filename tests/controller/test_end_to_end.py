@@ -54,7 +54,9 @@ def test_vms_of_two_levels_land_on_registered_hosts_pinned_to_their_vnodes(clust
         assert on_agent.allocator.spec(vm["name"]).ratio == vm["ratio"]
         assert vm["pinning"] == sorted(on_agent.allocator.pinning(vm["name"]))
     # after a heartbeat the directory shows each VM's pinning too
-    cluster.wait(lambda: all(v["pinning"] for v in cluster.http.get("/api/v1/vms").json()), "pins in heartbeats")
+    cluster.wait(
+        lambda: all(v["pinning"] for v in cluster.http.get("/api/v1/vms").json()), "pins in heartbeats"
+    )
     assert {name for names in agents_vms(cluster).values() for name in names} == {"db", "web"}
     events = [e["kind"] for e in cluster.http.get("/api/v1/events").json()]
     assert events.count("host registered") == 3

@@ -1,0 +1,135 @@
+"""The CLI against a real controller and agents on loopback: tables for
+people, JSON for scripts, explanations, and `pinfold up` as the README runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from pinfold.cli import app
+from tests.controller.cluster import ADMIN, LocalCluster
+from tests.servers import free_port
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cluster(tmp_path, i7) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", i7)
+    local.add_host("h1")
+    local.add_host("h2")
+    yield local
+    local.close()
+
+
+def cli(cluster: LocalCluster, *args: str, token: str = ADMIN) -> tuple[int, str]:
+    env = {"PINFOLD_URL": cluster.url, "PINFOLD_TOKEN": token, "COLUMNS": "200"}
+    result = runner.invoke(app, list(args), env=env)
+    return result.exit_code, result.output
+
+
+def test_vm_lifecycle_from_the_command_line(cluster):
+    code, out = cli(cluster, "vm", "create", "web", "--vcpus", "2", "--memory", "1024", "--level", "2")
+    assert code == 0, out
+    assert "web" in out
+    assert "2:1" in out
+    code, out = cli(cluster, "vm", "show", "web", "--json")
+    vm = json.loads(out)
+    agent = cluster.hosts[vm["host"]].agent
+    assert (vm["state"], vm["vcpus"], vm["ratio"]) == ("running", 2, 2.0)
+    assert "web" in agent.allocator
+    code, out = cli(cluster, "vm", "suspend", "web", "--json")
+    assert json.loads(out)["state"] == "paused"
+    assert agent.vms["web"].state == "paused"
+    code, out = cli(cluster, "vm", "resume", "web", "--json")
+    assert json.loads(out)["state"] == "running"
+    code, out = cli(cluster, "vm", "list", "--json")
+    assert [v["name"] for v in json.loads(out)] == ["web"]
+    code, out = cli(cluster, "vm", "delete", "web")
+    assert (code, out.strip()) == (0, "deleted web")
+    assert "web" not in agent.allocator
+
+
+def test_hosts_and_status(cluster):
+    code, out = cli(cluster, "host", "list", "--json")
+    assert [(h["id"], h["state"]) for h in json.loads(out)] == [("h1", "up"), ("h2", "up")]
+    code, out = cli(cluster, "host", "drain", "h1")
+    assert code == 0
+    assert "draining" in out
+    code, out = cli(cluster, "status", "--json")
+    assert json.loads(out)["hosts"] == {"up": 1, "down": 0, "draining": 1}
+    code, out = cli(cluster, "host", "undrain", "h1", "--json")
+    assert json.loads(out)["state"] == "up"
+    code, out = cli(cluster, "host", "show", "nowhere")
+    assert code == 1
+    assert "unknown host" in out
+
+
+def test_explain_says_why_host_by_host(cluster):
+    code, out = cli(cluster, "vm", "create", "huge", "--vcpus", "9", "--explain")
+    assert code == 1
+    assert "no host" in out
+    assert "0/2 hosts fit" in out
+    assert out.count("not enough cpu") >= 2  # the summary, then a row per host
+    assert "h1" in out
+    assert "h2" in out
+
+
+def test_a_wrong_token_is_refused_and_nothing_changes(cluster):
+    code, out = cli(cluster, "vm", "create", "x", token="wrong-token-0123456789")
+    assert code == 1
+    assert "unauthorized" in out
+    assert cluster.controller.vms() == []
+
+
+def test_pinfold_up_sets_up_a_node_and_stops_on_sigterm(tmp_path):
+    """The README's main command, with the sim driver: controller and agent
+    start, the CLI's settings are written, the demo VMs of two levels are
+    placed and shown, the CLI then works with no flags, and SIGTERM stops it."""
+    ports = [free_port(), free_port()]
+    env = dict(os.environ, PINFOLD_CLI_CONFIG=str(tmp_path / "cli.toml"), COLUMNS="200")
+    env.pop("PINFOLD_URL", None)
+    env.pop("PINFOLD_TOKEN", None)
+    command = [sys.executable, "-m", "pinfold", "up", "--driver", "sim", "--data-dir", str(tmp_path / "data")]
+    command += ["--controller-port", str(ports[0]), "--agent-port", str(ports[1]), "--heartbeat", "0.5"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "cli.toml").exists():
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "pinfold up did not come up"
+            time.sleep(0.2)
+        assert oct((tmp_path / "cli.toml").stat().st_mode & 0o777) == "0o600"
+
+        def listed() -> list[dict]:
+            result = subprocess.run([sys.executable, "-m", "pinfold", "vm", "list", "--json"], env=env,
+                                    capture_output=True, text=True, check=True)  # fmt: skip
+            return json.loads(result.stdout)
+
+        while len(listed()) < 2:
+            assert time.monotonic() < deadline, "no demo VMs"
+            time.sleep(0.2)
+        vms = {vm["name"]: vm for vm in listed()}
+        assert {vm["ratio"] for vm in vms.values()} == {1.0, 2.0}
+        assert all(vm["state"] == "running" for vm in vms.values())
+        url = f"http://127.0.0.1:{ports[1]}/api/v1/vms"
+        on_agent = {vm["name"]: vm["pinning"] for vm in httpx.get(url).json()}
+        assert set(on_agent) == set(vms)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "pinfold is up" in output
+    assert "sim driver" in output
+    assert "demo-premium" in output
+    assert "pinfold agent: stopped" in output
+    assert "pinfold controller: stopped" in output
