@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -110,7 +111,7 @@ def test_pinfold_up_sets_up_a_node_and_stops_on_sigterm(tmp_path):
             time.sleep(0.2)
         assert oct((tmp_path / "cli.toml").stat().st_mode & 0o777) == "0o600"
 
-        def listed() -> list[dict]:
+        def listed() -> Any:
             result = subprocess.run([sys.executable, "-m", "pinfold", "vm", "list", "--json"], env=env,
                                     capture_output=True, text=True, check=True)  # fmt: skip
             return json.loads(result.stdout)
