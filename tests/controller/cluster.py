@@ -67,20 +67,8 @@ class LocalCluster:
     def add_host(
         self, host_id: str, driver: Driver | None = None, settings: AgentSettings | None = None
     ) -> Host:
-        store = Store(self.tmp_path / host_id / "agent.db")
-        agent = Agent(
-            self.topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu")
-        )
-        served = Served(agent_app(agent, AGENT))
-        registrar = Registrar(
-            self.url, AGENT, host_id,
-            lambda: registration_document(agent, host_id, served.url),
-            lambda: heartbeat_document(agent, None),
-            PERIOD_S,
-        )  # fmt: skip
-        registrar.beat()  # registered before the test goes on
-        registrar.start()
-        host = self.hosts[host_id] = Host(host_id, agent, served, registrar)
+        host = start_host(self.tmp_path, self.topology, host_id, self.url, driver, settings)
+        self.hosts[host_id] = host
         return host
 
     def wait(self, predicate: Callable[[], bool], what: str, timeout_s: float = 15) -> None:
@@ -98,3 +86,27 @@ class LocalCluster:
         self.served.stop()
         self.clients.close()
         self.controller.store.engine.dispose()
+
+
+def start_host(
+    tmp_path: Path,
+    topology: Topology,
+    host_id: str,
+    controller_url: str,
+    driver: Driver | None = None,
+    settings: AgentSettings | None = None,
+) -> Host:
+    """An agent served on loopback, registered with the controller at
+    `controller_url` (before this returns) and sending heartbeats."""
+    store = Store(tmp_path / host_id / "agent.db")
+    agent = Agent(topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu"))
+    served = Served(agent_app(agent, AGENT))
+    registrar = Registrar(
+        controller_url, AGENT, host_id,
+        lambda: registration_document(agent, host_id, served.url),
+        lambda: heartbeat_document(agent, None),
+        PERIOD_S,
+    )  # fmt: skip
+    registrar.beat()
+    registrar.start()
+    return Host(host_id, agent, served, registrar)
