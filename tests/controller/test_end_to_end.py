@@ -201,3 +201,13 @@ def test_200_concurrent_creates_over_10_hosts_never_over_allocate(cluster):
             assert response.json()["error"] == "no host"
             spec = VMSpec(body["name"], body["vcpus"], body["memory_mib"], body["ratio"])
             assert not any(host.agent.allocator.fits(spec) for host in cluster.hosts.values()), body
+
+
+def test_a_registration_the_placement_core_cannot_use_is_refused(cluster):
+    agent_auth = {"Authorization": f"Bearer {AGENT}"}
+    body = {"host_id": "bad", "address": "http://127.0.0.1:1", "critical_size": 6, "reserved_memory_mib": 0}
+    for topology in ({}, {"cpuset": {"cpu_list": []}}, {"cpuset": "x", "memset": 3}):
+        response = cluster.http.post("/api/v1/hosts", json={**body, "topology": topology}, headers=agent_auth)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"] == "invalid request"
+    assert cluster.http.get("/api/v1/hosts").json() == []

@@ -68,7 +68,9 @@ class Scheduler:
         return True
 
     def choose(self, spec: VMSpec, policy: str, eligible: Iterable[str]) -> Decision:
-        return self._cluster.choose(spec, policy, eligible)
+        """Hosts the picture lacks (registered since the last rebuild) are
+        left out: the next rebuild brings them in."""
+        return self._cluster.choose(spec, policy, [host for host in eligible if host in self._shapes])
 
     def placed(self, host_id: str, spec: VMSpec) -> bool:
         """Note a reservation this controller made; False if the picture

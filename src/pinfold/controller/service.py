@@ -36,7 +36,8 @@ from pinfold.controller.store import (
     UnknownVMError,
     VMRecord,
 )
-from pinfold.placement import POLICIES, invalid_reason
+from pinfold.placement import POLICIES, HostAllocator, invalid_reason
+from pinfold.topology import slackvm_json
 
 __all__ = ["Controller", "ControllerError", "HostView", "NoHostError", "Placed"]
 
@@ -114,6 +115,9 @@ class Controller:
         critical_size: int,
         reserved_memory_mib: int,
     ) -> HostView:
+        problem = _unusable(topology, critical_size, reserved_memory_mib)
+        if problem is not None:
+            raise ControllerError("invalid request", problem)
         try:
             record = self.store.register_host(
                 host_id, address, topology, critical_size, reserved_memory_mib, self.clock()
@@ -376,3 +380,12 @@ def _vm_state(agent_state: object, otherwise: VMState) -> VMState:
         return VMState(str(agent_state))
     except ValueError:
         return otherwise
+
+
+def _unusable(topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int) -> str | None:
+    """Why a registration cannot describe a host the placement core can use, or None."""
+    try:
+        HostAllocator(slackvm_json.from_dict(topology), critical_size, reserved_memory_mib, report_pins=False)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        return f"topology: {type(error).__name__}: {error}"
+    return None
