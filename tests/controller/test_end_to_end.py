@@ -206,7 +206,8 @@ def test_200_concurrent_creates_over_10_hosts_never_over_allocate(cluster):
 def test_a_registration_the_placement_core_cannot_use_is_refused(cluster):
     agent_auth = {"Authorization": f"Bearer {AGENT}"}
     body = {"host_id": "bad", "address": "http://127.0.0.1:1", "critical_size": 6, "reserved_memory_mib": 0}
-    for topology in ({}, {"cpuset": {"cpu_list": []}}, {"cpuset": "x", "memset": 3}):
+    topologies: list[dict[str, Any]] = [{}, {"cpuset": {"cpu_list": []}}, {"cpuset": "x", "memset": 3}]
+    for topology in topologies:
         response = cluster.http.post("/api/v1/hosts", json={**body, "topology": topology}, headers=agent_auth)
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "invalid request"
