@@ -13,8 +13,14 @@ from typing import Any
 import httpx
 import pytest
 
+from pinfold.controller.agents import AgentClient, AgentRefusedError
+from pinfold.controller.api import create_app as controller_app
+from pinfold.controller.database import connect
+from pinfold.controller.service import Controller
+from pinfold.controller.store import ControllerStore
 from pinfold.placement import VMSpec
-from tests.controller.cluster import ADMIN_AUTH, AGENT, LocalCluster
+from tests.controller.cluster import ADMIN, ADMIN_AUTH, AGENT, PERIOD_S, STALE_AFTER_S, LocalCluster
+from tests.servers import Served
 
 
 @pytest.fixture
@@ -212,3 +218,55 @@ def test_a_registration_the_placement_core_cannot_use_is_refused(cluster):
         assert response.status_code == 400, response.text
         assert response.json()["error"] == "invalid request"
     assert cluster.http.get("/api/v1/hosts").json() == []
+
+
+def test_two_controllers_on_one_database_never_over_allocate(cluster, database_url, monkeypatch):
+    """A second controller (its own engine and picture) on the same database,
+    both taking a burst of creates for the same hosts: the reservations are
+    exact, so no agent ever has to refuse a VM the controllers placed on it."""
+    for i in range(4):
+        cluster.add_host(f"h{i}")
+    refusals: list[str] = []
+    create_on_agent = AgentClient.create
+
+    def counting(self: AgentClient, *args: Any) -> dict[str, Any]:
+        try:
+            return create_on_agent(self, *args)
+        except AgentRefusedError as error:
+            refusals.append(str(error))
+            raise
+
+    monkeypatch.setattr(AgentClient, "create", counting)
+    second = Controller(
+        ControllerStore(connect(database_url)), cluster.clients, heartbeat_period_s=PERIOD_S,
+        stale_after_s=STALE_AFTER_S,
+    )  # fmt: skip
+    served = Served(controller_app(second, ADMIN, AGENT))
+    try:
+        rng = random.Random(11)
+        requests = [
+            {
+                "name": f"vm{i}",
+                "vcpus": rng.choice([1, 2]),
+                "memory_mib": 1024,
+                "ratio": rng.choice([1.0, 2.0]),
+            }
+            for i in range(80)
+        ]
+
+        def create(index: int) -> httpx.Response:
+            url = (cluster.url, served.url)[index % 2]
+            with httpx.Client(base_url=url, timeout=60) as http:
+                return http.post("/api/v1/vms", json=requests[index], headers=ADMIN_AUTH)
+
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            responses = list(pool.map(create, range(len(requests))))
+        assert {r.status_code for r in responses} <= {201, 409}
+        assert any(r.status_code == 409 for r in responses), "the hosts should have filled up"
+        assert refusals == []  # every reservation was right: no agent had to say no
+        created = {r.json()["name"]: r.json()["host"] for r in responses if r.status_code == 201}
+        on_agents = {name: host for host, names in agents_vms(cluster).items() for name in names}
+        assert on_agents == created
+    finally:
+        served.stop()
+        second.store.engine.dispose()
