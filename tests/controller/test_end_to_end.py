@@ -270,3 +270,17 @@ def test_two_controllers_on_one_database_never_over_allocate(cluster, database_u
     finally:
         served.stop()
         second.store.engine.dispose()
+
+
+def test_a_picture_behind_another_controllers_delete_does_not_refuse(cluster, database_url):
+    cluster.add_host("h1")
+    second = Controller(ControllerStore(connect(database_url)), cluster.clients, heartbeat_period_s=PERIOD_S)
+    try:
+        whole = {"vcpus": 8, "memory_mib": 1024, "ratio": 1.0}  # all 8 CPUs of the host
+        first = cluster.http.post("/api/v1/vms", json={"name": "a", **whole}, headers=ADMIN_AUTH)
+        assert first.status_code == 201
+        assert second.delete("a") is None  # the other replica frees the host; our picture still has it full
+        again = cluster.http.post("/api/v1/vms", json={"name": "b", **whole}, headers=ADMIN_AUTH)
+        assert again.status_code == 201, again.text
+    finally:
+        second.store.engine.dispose()

@@ -55,8 +55,8 @@ def build_controller(config: ControllerConfig, agent_token: str) -> tuple[Contro
 
 class Upkeep:
     """Every heartbeat period: mark hosts down (events), retry deletions
-    whose agent did not answer, rebuild the scheduler's picture (other
-    replicas' changes)."""
+    whose agent did not answer, bring the scheduler's picture in step with
+    the database (other replicas' changes)."""
 
     def __init__(self, controller: Controller, period_s: float) -> None:
         self._controller = controller
@@ -76,7 +76,7 @@ class Upkeep:
             try:
                 self._controller.check_hosts()
                 self._controller.retry_deletes()
-                self._controller.refresh()
+                self._controller.refresh_vms()
             except Exception as error:  # the database may be away for a moment: try next period
                 print(f"pinfold controller: upkeep failed: {error}", file=sys.stderr)
 

@@ -67,6 +67,21 @@ class Scheduler:
             return False
         return True
 
+    def refresh_vms(self, vms: Sequence[VMRecord]) -> bool:
+        """Replace the VMs of each host whose VMs differ from `vms` (all the
+        database's VMs, in seq order); False when a rebuild is needed."""
+        by_host: dict[str, list[VMRecord]] = {host: [] for host in self._shapes}
+        for vm in vms:
+            if vm.host_id is not None:
+                if vm.host_id not in by_host:
+                    return False  # a host the picture lacks
+                by_host[vm.host_id].append(vm)
+        for host_id, wanted in by_host.items():
+            stale = set(self._cluster.allocator(host_id).vms) != {vm.name for vm in wanted}
+            if stale and not self.refresh_host(host_id, wanted):
+                return False
+        return True
+
     def choose(self, spec: VMSpec, policy: str, eligible: Iterable[str]) -> Decision:
         """Hosts the picture lacks (registered since the last rebuild) are
         left out: the next rebuild brings them in."""

@@ -168,16 +168,27 @@ class Controller:
         """Record the hosts that went down since the last check (an event
         each); the names of those now down. Called every period."""
         now = self.clock()
-        down = {view.record.id for view in self.hosts() if view.state == "down"}
+        down = {
+            host.id
+            for host in self.store.liveness()
+            if self._state(host.draining, host.last_heartbeat, now) == "down"
+        }
         for host_id in sorted(down - self._down):
             self.store.add_event("host down", host_id, {}, now)
         self._down = down
         return sorted(down)
 
     def _view(self, record: HostRecord, now: float) -> HostView:
-        if now - record.last_heartbeat > MISSED_HEARTBEATS * self.heartbeat_period_s:
-            return HostView(record, "down")
-        return HostView(record, "draining" if record.draining else "up")
+        return HostView(record, self._state(record.draining, record.last_heartbeat, now))
+
+    def _state(self, draining: bool, last_heartbeat: float, now: float) -> str:
+        if now - last_heartbeat > MISSED_HEARTBEATS * self.heartbeat_period_s:
+            return "down"
+        return "draining" if draining else "up"
+
+    def schedulable_hosts(self) -> list[str]:
+        now = self.clock()
+        return [h.id for h in self.store.liveness() if self._state(h.draining, h.last_heartbeat, now) == "up"]
 
     # -- VMs ---------------------------------------------------------------------
 
@@ -191,13 +202,17 @@ class Controller:
         existing = self.store.vm(request.name)
         if existing is not None:
             return Placed(self._again(existing, request), created=False)
-        views = {view.record.id: view for view in self.hosts()}
-        eligible = [host_id for host_id, view in views.items() if view.schedulable]
+        eligible = self.schedulable_hosts()
         with self._picture:
             decision = self.scheduler.choose(request.spec, policy, eligible)
+        if not decision.ranking():  # the picture may be behind another replica's deletes
+            self.refresh_vms()
+            with self._picture:
+                decision = self.scheduler.choose(request.spec, policy, eligible)
         refused = {name: refusal.describe() for name, refusal in decision.refusals().items()}
         for host_id in decision.ranking():
-            placed = self._try_host(views[host_id].record, request, refused)
+            host = self.store.host(host_id)
+            placed = self._try_host(host, request, refused) if host is not None else None
             if placed is not None:
                 return placed
         explanation = decision.explain()
@@ -334,11 +349,20 @@ class Controller:
     # -- keeping the picture and the agents in step --------------------------------
 
     def refresh(self) -> None:
-        """Rebuild the picture from the database (at start, every period, and
-        when a host's registration changed)."""
+        """Rebuild the picture from the database (at start, and when a host's
+        registration changed)."""
         hosts, vms = self.store.hosts(), self.store.vms()
         with self._picture:
             self.scheduler.rebuild(hosts, vms)
+
+    def refresh_vms(self) -> None:
+        """Bring the picture's VMs in step with the database, host by host where
+        they differ (other replicas' creates and deletes): every period, and
+        before answering "no host"."""
+        vms = self.store.vms()
+        with self._picture:
+            if not self.scheduler.refresh_vms(vms):
+                self.scheduler.rebuild(self.store.hosts(), vms)
 
     def _refresh_host(self, host_id: str) -> None:
         vms = self.store.vms(host_id)

@@ -31,6 +31,7 @@ __all__ = [
     "DuplicateVMError",
     "EventRecord",
     "Fits",
+    "HostLiveness",
     "HostRecord",
     "NewVM",
     "RefusedError",
@@ -88,6 +89,13 @@ class HostRecord:
     last_heartbeat: float
     #: the last heartbeat's payload (usage, vNode status, GPUs), None before the first
     heartbeat: Mapping[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class HostLiveness:
+    id: str
+    draining: bool
+    last_heartbeat: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +222,15 @@ class ControllerStore:
     def hosts(self) -> list[HostRecord]:
         with self._read() as session:
             return [_host_record(host) for host in session.scalars(select(Host).order_by(Host.id))]
+
+    def liveness(self) -> list[HostLiveness]:
+        """Every host's id, draining flag and last heartbeat, and nothing else:
+        what scheduling needs on each request, cheap with many hosts."""
+        query = select(Host.id, Host.draining, Host.last_heartbeat).order_by(Host.id)
+        with self._read() as session:
+            return [
+                HostLiveness(host_id, draining, beat) for host_id, draining, beat in session.execute(query)
+            ]
 
     def host(self, host_id: str) -> HostRecord | None:
         with self._read() as session:
