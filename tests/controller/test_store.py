@@ -284,3 +284,21 @@ def test_events_page_after_an_id(store: ControllerStore) -> None:
         {"i": 0},
         0.0,
     )
+
+
+def test_hosts_of_one_model_share_one_topology_document(
+    store: ControllerStore, i7_topology: dict[str, Any], database_url: str
+) -> None:
+    other = {**i7_topology, "memset": {"total": 1024, "allowed": 1024}}
+    for host_id in ("a", "b", "c"):
+        store.register_host(host_id, f"http://{host_id}:1", i7_topology, 6, 0, now=1.0)
+    store.register_host("d", "http://d:1", other, 6, 0, now=1.0)
+    with store.engine.connect() as connection:
+        count = connection.exec_driver_sql("SELECT count(*) FROM topologies").scalar_one()
+    assert count == 2
+    fresh = ControllerStore(connect(database_url))  # another process: documents read from the database
+    records = {host.id: host for host in fresh.hosts()}
+    assert records["a"].topology == i7_topology
+    assert records["a"].topology_digest == records["c"].topology_digest != records["d"].topology_digest
+    assert records["d"].topology["memset"]["total"] == 1024
+    fresh.engine.dispose()

@@ -9,16 +9,40 @@ is what `ControllerStore.reserve` calls under the host's lock.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pinfold.controller.store import HostRecord, NewVM, VMRecord
 from pinfold.placement import HostAllocator, PlacementError, RefusalCode
-from pinfold.topology import slackvm_json
+from pinfold.topology import Topology, slackvm_json
 
-__all__ = ["fits"]
+__all__ = ["Feasibility", "fits"]
 
 
-def fits(host: HostRecord, existing: Sequence[VMRecord], new: NewVM) -> str | None:
+class Feasibility:
+    """`fits` with the parsed topologies kept by digest: parsing a large
+    server's document (its CPU distances) costs more than the replay."""
+
+    def __init__(self) -> None:
+        self._topologies: dict[str, Topology] = {}
+
+    def topology(self, host: HostRecord) -> Topology:
+        cached = self._topologies.get(host.topology_digest) if host.topology_digest else None
+        if cached is None:
+            cached = slackvm_json.from_dict(host.topology)
+            if host.topology_digest:
+                self._topologies[host.topology_digest] = cached
+        return cached
+
+    def __call__(self, host: HostRecord, existing: Sequence[VMRecord], new: NewVM) -> str | None:
+        return fits(host, existing, new, self.topology)
+
+
+def fits(
+    host: HostRecord,
+    existing: Sequence[VMRecord],
+    new: NewVM,
+    topology_of: Callable[[HostRecord], Topology] = lambda host: slackvm_json.from_dict(host.topology),
+) -> str | None:
     """None when `new` fits on `host` after `existing` (in seq order), else
     the refusal for people (`Refusal.describe()`: "not enough cpu at level
     2.0: needs 1 CPUs, 0 free of 8"). A draining host refuses everything."""
@@ -26,7 +50,7 @@ def fits(host: HostRecord, existing: Sequence[VMRecord], new: NewVM) -> str | No
         return f"{RefusalCode.HOST_UNAVAILABLE.value}: host {host.id!r} is draining"
     try:
         allocator = HostAllocator(
-            slackvm_json.from_dict(host.topology),
+            topology_of(host),
             host.critical_size,
             host.reserved_memory_mib,
             report_pins=False,

@@ -9,13 +9,26 @@ The CHECK constraints keep a bug from persisting a VM no host could hold.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, CheckConstraint, Double, ForeignKey, Integer, MetaData, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["HOST_ID_MAX", "VM", "Base", "Event", "Host", "VMSequence", "VMState"]
+__all__ = [
+    "HOST_ID_MAX",
+    "VM",
+    "Base",
+    "Event",
+    "Host",
+    "TopologyDocument",
+    "VMSequence",
+    "VMState",
+    "digest_of",
+]
 
 #: A host id is a DNS label: 1 to 63 characters (the CHECK on hosts.id says 63 too).
 HOST_ID_MAX = 63
@@ -47,13 +60,25 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+class TopologyDocument(Base):
+    """A host topology (SlackVM's document), stored once however many hosts
+    share it: a cluster has few host models and many hosts, and a large
+    server's document is about 180 KB."""
+
+    __tablename__ = "topologies"
+
+    #: SHA-256 of the document's canonical JSON (sorted keys, no spaces)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    document: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
 class Host(Base):
     __tablename__ = "hosts"
     __table_args__ = (CheckConstraint("length(id) BETWEEN 1 AND 63", name="id_length"),)
 
     id: Mapped[str] = mapped_column(String(HOST_ID_MAX), primary_key=True)
     address: Mapped[str] = mapped_column(String(2048))
-    topology: Mapped[dict[str, Any]] = mapped_column(JSON)
+    topology_digest: Mapped[str] = mapped_column(ForeignKey("topologies.digest"))
     critical_size: Mapped[int] = mapped_column(Integer)
     reserved_memory_mib: Mapped[int] = mapped_column(Integer)
     draining: Mapped[bool] = mapped_column(default=False)
@@ -110,3 +135,9 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(64))
     subject: Mapped[str] = mapped_column(String(255))
     detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+def digest_of(document: Mapping[str, Any]) -> str:
+    """The key a topology document is stored under."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -24,7 +24,7 @@ class Scheduler:
     def __init__(self) -> None:
         self._cluster = Cluster()
         self._shapes: dict[str, tuple[str, int, int]] = {}
-        #: parsed topologies by their JSON text: many hosts share one model
+        #: parsed topologies by digest: many hosts share one model
         self._topologies: dict[str, Topology] = {}
 
     @property
@@ -101,7 +101,7 @@ class Scheduler:
             self._cluster.remove(name)
 
     def _allocator(self, host: HostRecord) -> HostAllocator | None:
-        text = json.dumps(host.topology, sort_keys=True)
+        text = _shape(host)[0]
         try:
             topology = self._topologies.get(text) or slackvm_json.from_dict(host.topology)
             self._topologies[text] = topology
@@ -111,7 +111,8 @@ class Scheduler:
 
 
 def _shape(host: HostRecord) -> tuple[str, int, int]:
-    return json.dumps(host.topology, sort_keys=True), host.critical_size, host.reserved_memory_mib
+    digest = host.topology_digest or json.dumps(host.topology, sort_keys=True)
+    return digest, host.critical_size, host.reserved_memory_mib
 
 
 def _replay(allocator: HostAllocator, vms: Iterable[VMRecord]) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
-from pinfold.controller.feasibility import fits
+from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
 from pinfold.controller.scheduler import Scheduler
 from pinfold.controller.store import (
@@ -102,6 +102,7 @@ class Controller:
         if self.default_policy not in POLICIES:
             raise ValueError(f"unknown policy {self.default_policy!r}: one of {', '.join(POLICIES)}")
         self._picture = threading.Lock()
+        self._fits = Feasibility()
         self._down: set[str] = set()
         self.refresh()
 
@@ -222,7 +223,7 @@ class Controller:
 
     def _try_host(self, host: HostRecord, request: NewVM, refused: dict[str, str]) -> Placed | None:
         try:
-            self.store.reserve(request, host.id, fits, self.clock())
+            self.store.reserve(request, host.id, self._fits, self.clock())
         except RefusedError as error:
             refused[host.id] = error.reason
             self._refresh_host(host.id)

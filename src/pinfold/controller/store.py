@@ -23,7 +23,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pinfold.controller.database import WRITE, sessions
-from pinfold.controller.models import HOST_ID_MAX, VM, Event, Host, VMSequence, VMState
+from pinfold.controller.models import (
+    HOST_ID_MAX,
+    VM,
+    Event,
+    Host,
+    TopologyDocument,
+    VMSequence,
+    VMState,
+    digest_of,
+)
 from pinfold.placement import VMSpec
 
 __all__ = [
@@ -89,6 +98,8 @@ class HostRecord:
     last_heartbeat: float
     #: the last heartbeat's payload (usage, vNode status, GPUs), None before the first
     heartbeat: Mapping[str, Any] | None
+    #: the topology's key: hosts of one model share it (and one parsed Topology)
+    topology_digest: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +165,7 @@ class ControllerStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessions(engine)
+        self._documents: dict[str, Mapping[str, Any]] = {}
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
@@ -184,18 +196,44 @@ class ControllerStore:
         VMs are kept."""
         if not 1 <= len(host_id) <= HOST_ID_MAX:
             raise StoreError(f"a host id has 1 to {HOST_ID_MAX} characters, not {len(host_id)}")
+        digest = digest_of(topology)
         with self._write() as session:
+            if session.get(TopologyDocument, digest) is None:
+                self._add_topology(session, digest, topology)
             host = session.get(Host, host_id, with_for_update=True)
             if host is None:
                 host = Host(id=host_id, draining=False, registered_at=now)
                 session.add(host)
             host.address = address
-            host.topology = dict(topology)
+            host.topology_digest = digest
             host.critical_size = critical_size
             host.reserved_memory_mib = reserved_memory_mib
             host.last_heartbeat = now
             session.flush()
-            return _host_record(host)
+            return self._host_record(session, host)
+
+    @staticmethod
+    def _add_topology(session: Session, digest: str, document: Mapping[str, Any]) -> None:
+        """Store a topology document once; another replica storing the same
+        one at the same moment is fine (a savepoint absorbs the conflict)."""
+        try:
+            with session.begin_nested():
+                session.add(TopologyDocument(digest=digest, document=dict(document)))
+        except IntegrityError:
+            pass
+
+    def _host_record(self, session: Session, host: Host) -> HostRecord:
+        return self._host_records(session, [host])[0]
+
+    def _host_records(self, session: Session, hosts: Sequence[Host]) -> list[HostRecord]:
+        """Records with their topology documents, each read from the database
+        once per process (a document never changes under its digest)."""
+        missing = {host.topology_digest for host in hosts} - self._documents.keys()
+        if missing:
+            query = select(TopologyDocument).where(TopologyDocument.digest.in_(missing))
+            for row in session.scalars(query):
+                self._documents[row.digest] = row.document
+        return [_host_record(host, self._documents[host.topology_digest]) for host in hosts]
 
     def heartbeat(self, host_id: str, payload: Mapping[str, Any], now: float) -> bool:
         """Store a host's heartbeat; False when the host is unknown (the agent
@@ -217,11 +255,11 @@ class ControllerStore:
                 raise UnknownHostError(host_id)
             host.draining = draining
             session.flush()
-            return _host_record(host)
+            return self._host_record(session, host)
 
     def hosts(self) -> list[HostRecord]:
         with self._read() as session:
-            return [_host_record(host) for host in session.scalars(select(Host).order_by(Host.id))]
+            return self._host_records(session, list(session.scalars(select(Host).order_by(Host.id))))
 
     def liveness(self) -> list[HostLiveness]:
         """Every host's id, draining flag and last heartbeat, and nothing else:
@@ -235,7 +273,7 @@ class ControllerStore:
     def host(self, host_id: str) -> HostRecord | None:
         with self._read() as session:
             host = session.get(Host, host_id)
-            return _host_record(host) if host is not None else None
+            return self._host_record(session, host) if host is not None else None
 
     # -- VMs -------------------------------------------------------------------
 
@@ -256,7 +294,7 @@ class ControllerStore:
                 if existing is not None:
                     raise DuplicateVMError(_vm_record(existing))
                 on_host = [_vm_record(row) for row in session.scalars(_vms_on(host_id))]
-                reason = fits(_host_record(host), on_host, vm)
+                reason = fits(self._host_record(session, host), on_host, vm)
                 if reason is not None:
                     raise RefusedError(host_id, reason)
                 row = VM(
@@ -354,11 +392,12 @@ def _vm_state(state: VMState | str) -> VMState:
         raise StoreError(f"unknown vm state {state!r}: one of {valid}") from None
 
 
-def _host_record(host: Host) -> HostRecord:
+def _host_record(host: Host, topology: Mapping[str, Any]) -> HostRecord:
     return HostRecord(
         id=host.id,
         address=host.address,
-        topology=host.topology,
+        topology=topology,
+        topology_digest=host.topology_digest,
         critical_size=host.critical_size,
         reserved_memory_mib=host.reserved_memory_mib,
         draining=host.draining,

@@ -1,4 +1,5 @@
-"""The first schema: hosts, VMs (with the counter their seq is drawn from) and events.
+"""The first schema: topologies (one row per distinct host model), hosts, VMs
+(with the counter their seq is drawn from) and events.
 
 Revision ID: 0001
 Revises:
@@ -18,10 +19,16 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_table(
+        "topologies",
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("document", sa.JSON(), nullable=False),
+        sa.PrimaryKeyConstraint("digest", name=op.f("pk_topologies")),
+    )
+    op.create_table(
         "hosts",
         sa.Column("id", sa.String(63), nullable=False),
         sa.Column("address", sa.String(2048), nullable=False),
-        sa.Column("topology", sa.JSON(), nullable=False),
+        sa.Column("topology_digest", sa.String(64), nullable=False),
         sa.Column("critical_size", sa.Integer(), nullable=False),
         sa.Column("reserved_memory_mib", sa.Integer(), nullable=False),
         sa.Column("draining", sa.Boolean(), nullable=False),
@@ -29,6 +36,9 @@ def upgrade() -> None:
         sa.Column("last_heartbeat", sa.Double(), nullable=False),
         sa.Column("heartbeat", sa.JSON(), nullable=True),
         sa.CheckConstraint("length(id) BETWEEN 1 AND 63", name=op.f("ck_hosts_id_length")),
+        sa.ForeignKeyConstraint(
+            ["topology_digest"], ["topologies.digest"], name=op.f("fk_hosts_topology_digest_topologies")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_hosts")),
     )
     op.create_table(
@@ -80,3 +90,4 @@ def downgrade() -> None:
     op.drop_table("vms")
     op.drop_table("vm_sequence")
     op.drop_table("hosts")
+    op.drop_table("topologies")
