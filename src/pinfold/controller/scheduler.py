@@ -48,6 +48,23 @@ class Scheduler:
             shapes[host.id] = _shape(host)
         self._cluster, self._shapes = cluster, shapes
 
+    def add(self, host: HostRecord, vms: Sequence[VMRecord]) -> bool:
+        """Bring a newly registered host into the picture; False when that
+        cannot be done in place (it was known with another shape, or holds a
+        VM the picture places elsewhere): the caller rebuilds."""
+        if host.id in self._shapes:
+            return self.knows(host)
+        allocator = self._allocator(host)
+        if allocator is None:
+            return True  # unusable: never eligible, `fits` says why
+        _replay(allocator, vms)
+        try:
+            self._cluster.add_host(host.id, allocator)
+        except ValueError:
+            return False
+        self._shapes[host.id] = _shape(host)
+        return True
+
     def knows(self, host: HostRecord) -> bool:
         """Whether the picture has this host as it is now registered."""
         return self._shapes.get(host.id) == _shape(host)

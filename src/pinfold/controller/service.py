@@ -127,9 +127,10 @@ class Controller:
             raise ControllerError("invalid request", str(error)) from error
         self.store.add_event("host registered", host_id, {"address": address}, self.clock())
         self._down.discard(host_id)
+        vms = self.store.vms(host_id)
         with self._picture:
-            known = self.scheduler.knows(record)
-        if not known:
+            in_place = self.scheduler.add(record, vms)
+        if not in_place:
             self.refresh()
         return self._view(record, self.clock())
 
