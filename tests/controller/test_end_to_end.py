@@ -284,3 +284,29 @@ def test_a_picture_behind_another_controllers_delete_does_not_refuse(cluster, da
         assert again.status_code == 201, again.text
     finally:
         second.store.engine.dispose()
+
+
+def test_agents_register_again_with_a_controller_that_lost_them(tmp_path, i7):
+    """The controller comes back on the same address with an empty database:
+    the agents' next heartbeats are answered 404 and they register again."""
+    cluster = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'first.db'}", i7)
+    try:
+        cluster.add_host("h1")
+        cluster.add_host("h2")
+        cluster.served.stop()
+        cluster.controller.store.engine.dispose()
+        cluster.controller = Controller(
+            ControllerStore(connect(f"sqlite:///{tmp_path / 'second.db'}")), cluster.clients,
+            heartbeat_period_s=PERIOD_S,
+        )  # fmt: skip
+        cluster.served = Served(controller_app(cluster.controller, ADMIN, AGENT), port=cluster.served.port)
+        cluster.wait(
+            lambda: [h["id"] for h in cluster.http.get("/api/v1/hosts").json()] == ["h1", "h2"],
+            "re-registration",
+        )
+        created = cluster.http.post(
+            "/api/v1/vms", json={"name": "a", "vcpus": 1, "memory_mib": 128}, headers=ADMIN_AUTH
+        )
+        assert created.status_code == 201
+    finally:
+        cluster.close()

@@ -11,6 +11,7 @@ restart of the agent finds them again).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -73,7 +74,8 @@ def write_cli_config(path: Path, url: str, token: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(f'url = "{url}"\ntoken = "{token}"\n')  # both made here: a URL and token_urlsafe text
+        # JSON strings are valid TOML basic strings: quotes and backslashes stay escaped
+        handle.write(f"url = {json.dumps(url)}\ntoken = {json.dumps(token)}\n")
 
 
 def up_command(
