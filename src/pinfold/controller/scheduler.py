@@ -26,6 +26,8 @@ class Scheduler:
         self._shapes: dict[str, tuple[str, int, int]] = {}
         #: parsed topologies by digest: many hosts share one model
         self._topologies: dict[str, Topology] = {}
+        self._eligible_for: Sequence[str] | None = None
+        self._eligible: list[str] | None = None
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -47,6 +49,7 @@ class Scheduler:
             cluster.add_host(host.id, allocator)
             shapes[host.id] = _shape(host)
         self._cluster, self._shapes = cluster, shapes
+        self._eligible_for = None
 
     def add(self, host: HostRecord, vms: Sequence[VMRecord]) -> bool:
         """Bring a newly registered host into the picture; False when that
@@ -63,6 +66,7 @@ class Scheduler:
         except ValueError:
             return False
         self._shapes[host.id] = _shape(host)
+        self._eligible_for = None
         return True
 
     def knows(self, host: HostRecord) -> bool:
@@ -99,10 +103,16 @@ class Scheduler:
                 return False
         return True
 
-    def choose(self, spec: VMSpec, policy: str, eligible: Iterable[str]) -> Decision:
-        """Hosts the picture lacks (registered since the last rebuild) are
-        left out: the next rebuild brings them in."""
-        return self._cluster.choose(spec, policy, [host for host in eligible if host in self._shapes])
+    def choose(self, spec: VMSpec, policy: str, eligible: Sequence[str]) -> Decision:
+        """Hosts the picture lacks are left out. The filtered list is kept for
+        the same `eligible` object (the controller reuses it for a moment), and
+        is None when every host is eligible, the usual case, which spares
+        building a mask over thousands of hosts."""
+        if self._eligible_for is not eligible:
+            known = [host for host in eligible if host in self._shapes]
+            self._eligible_for = eligible
+            self._eligible = None if len(known) == len(self._cluster) else known
+        return self._cluster.choose(spec, policy, self._eligible)
 
     def placed(self, host_id: str, spec: VMSpec) -> bool:
         """Note a reservation this controller made; False if the picture

@@ -95,6 +95,8 @@ class Controller:
     default_policy: str = "progress"
     #: a reservation untouched this long has lost its creator (a controller died)
     stale_after_s: float = 60.0
+    #: how long the list of schedulable hosts is reused (0: read it for every request)
+    liveness_ttl_s: float = 1.0
     clock: Callable[[], float] = time.time
     scheduler: Scheduler = field(default_factory=Scheduler)
 
@@ -103,6 +105,7 @@ class Controller:
             raise ValueError(f"unknown policy {self.default_policy!r}: one of {', '.join(POLICIES)}")
         self._picture = threading.Lock()
         self._fits = Feasibility()
+        self._schedulable: tuple[float, list[str]] = (float("-inf"), [])
         self._down: set[str] = set()
         self.refresh()
 
@@ -126,6 +129,7 @@ class Controller:
         except StoreError as error:
             raise ControllerError("invalid request", str(error)) from error
         self.store.add_event("host registered", host_id, {"address": address}, self.clock())
+        self._schedulable = (float("-inf"), [])
         self._down.discard(host_id)
         vms = self.store.vms(host_id)
         with self._picture:
@@ -164,6 +168,7 @@ class Controller:
         except UnknownHostError as error:
             raise ControllerError("unknown host", host_id) from error
         self.store.add_event("host drain" if draining else "host undrain", host_id, {}, self.clock())
+        self._schedulable = (float("-inf"), [])
         return self._view(record, self.clock())
 
     def check_hosts(self) -> list[str]:
@@ -189,8 +194,17 @@ class Controller:
         return "draining" if draining else "up"
 
     def schedulable_hosts(self) -> list[str]:
+        """The hosts up and not draining, read at most every `liveness_ttl_s`
+        (a host drained or gone down that recently still refuses: the
+        reservation checks draining under the host's lock, the agent answers)."""
         now = self.clock()
-        return [h.id for h in self.store.liveness() if self._state(h.draining, h.last_heartbeat, now) == "up"]
+        cached_at, hosts = self._schedulable
+        if now - cached_at >= self.liveness_ttl_s or now < cached_at:
+            hosts = [
+                h.id for h in self.store.liveness() if self._state(h.draining, h.last_heartbeat, now) == "up"
+            ]
+            self._schedulable = (now, hosts)
+        return hosts
 
     # -- VMs ---------------------------------------------------------------------
 
