@@ -90,3 +90,12 @@ def test_domains_without_pinfold_metadata_are_listed_but_not_ours():
     foreign = {g.name: g for g in real.guests()}
     assert foreign["test"].spec is None  # the test hypervisor's own sample domain
     real.close()
+
+
+def test_sim_guests_get_predictable_addresses_while_running():
+    driver = SimDriver()
+    for name in ("a", "b"):
+        driver.create(DomainSpec(name, 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
+    assert (driver.addresses("a"), driver.addresses("b")) == (["198.51.100.1"], ["198.51.100.2"])
+    driver.suspend("a")
+    assert driver.addresses("a") == []

@@ -71,6 +71,7 @@ def test_guest_boots_pinned_and_follows_live_repinning(driver, guest_kernel, gue
     wait_for(lambda: log.exists() and MARKER in log.read_text(errors="replace"), BOOT_TIMEOUT_S, "the guest")
     assert driver.info(NAME).state is GuestState.RUNNING
     assert vcpu_thread_cpus(NAME) == [set(first)]
+    assert driver.addresses(NAME) == []  # no NIC, no lease, no guest agent: known to be unknown
 
     everywhere = frozenset(online)
     driver.repin(NAME, everywhere)

@@ -167,6 +167,15 @@ class Agent:
         never touched (another agent's, or left by a store that was lost)."""
         return [step.name for step in self.report if step.action is Action.UNKNOWN]
 
+    def addresses(self, name: str) -> list[str]:
+        """A user VM's IPv4 addresses, as the hypervisor knows them."""
+        with self.lock:
+            vm = self._get(name)
+        try:
+            return self.driver.addresses(vm.domain)
+        except DriverError:
+            return []
+
     def vm_stats(self) -> dict[str, tuple[int, float]]:
         """The driver's per-domain stats under the VMs' names."""
         stats = self.driver.stats()

@@ -66,3 +66,7 @@ class Driver(Protocol):
         """Per running guest: cumulative CPU time (ns) and memory in use (MiB)."""
 
     def info(self, name: str) -> GuestInfo: ...
+
+    def addresses(self, name: str) -> list[str]:
+        """The guest's IPv4 addresses the hypervisor knows (DHCP leases, guest
+        agent), or [] when it knows none yet."""

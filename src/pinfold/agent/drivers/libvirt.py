@@ -146,6 +146,27 @@ class LibvirtDriver:
     def info(self, name: str) -> GuestInfo:
         return self._info(self._domain(name))
 
+    def addresses(self, name: str) -> list[str]:
+        """IPv4 addresses from the network's DHCP leases, then from the guest
+        agent; neither may know any (no lease yet, no agent in the guest)."""
+        domain = self._domain(name)
+        found: list[str] = []
+        for source in (
+            libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+            libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+        ):
+            try:
+                interfaces = domain.interfaceAddresses(source) or {}
+            except libvirt.libvirtError:
+                continue  # no network driver, no agent: the next source, or none
+            for interface in interfaces.values():
+                for address in interface.get("addrs") or ():
+                    if address.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4 and address["addr"] not in found:
+                        found.append(address["addr"])
+            if found:
+                break
+        return found
+
     def _require(self, name: str, states: set[GuestState]) -> Any:
         """The domain, if it is in one of `states` (the same check on every
         hypervisor, rather than each one's own error for a wrong state)."""

@@ -14,11 +14,15 @@ __all__ = ["SimDriver"]
 class SimDriver:
     def __init__(self) -> None:
         self._guests: dict[str, GuestInfo] = {}
+        self._addresses: dict[str, str] = {}
+        self._created = 0
 
     def create(self, spec: DomainSpec) -> None:
         if spec.name in self._guests:
             raise DriverError("already exists", f"domain '{spec.name}' already exists")
         self._guests[spec.name] = GuestInfo(spec.name, GuestState.RUNNING, spec)
+        self._created += 1
+        self._addresses[spec.name] = f"198.51.100.{1 + (self._created - 1) % 254}"
 
     def delete(self, name: str) -> None:
         self._get(name)
@@ -56,6 +60,14 @@ class SimDriver:
 
     def info(self, name: str) -> GuestInfo:
         return self._get(name)
+
+    def addresses(self, name: str) -> list[str]:
+        """A running sim guest has an address in TEST-NET-2 (198.51.100.0/24,
+        for documentation): given at creation, in order, so tests can predict it."""
+        guest = self._get(name)
+        if guest.state is not GuestState.RUNNING:
+            return []
+        return [self._addresses[name]]
 
     def _get(self, name: str) -> GuestInfo:
         guest = self._guests.get(name)

@@ -1,0 +1,160 @@
+"""RAPID's persisted state, in the agent's SQLite file beside its own tables.
+
+The Java VMM rewrote two serialized files in place after each change (a crash
+mid-write corrupted them, section 6); here each change is one committed
+transaction (`synchronous=FULL`). What is kept: this VMM's id at the DS and
+the SLAM's address (`rapid_vmm`), and one row per RAPID VM (`rapid_vms`): the
+user it belongs to (helper VMs are users -1 and -2), the agent VM that
+realises it, its DS vmid, status, address and whether its AS confirmed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass, replace
+from enum import IntEnum
+from pathlib import Path
+
+__all__ = ["RapidState", "RapidVM", "Status"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rapid_vmm (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rapid_vms (
+    user_id INTEGER PRIMARY KEY,
+    vm_name TEXT NOT NULL UNIQUE,
+    vmid INTEGER NOT NULL DEFAULT 0,
+    status INTEGER NOT NULL CHECK (status IN (1, 2, 3)),
+    helper INTEGER NOT NULL DEFAULT 0 CHECK (helper IN (0, 1, 2)),
+    ip TEXT NOT NULL DEFAULT '',
+    as_sync INTEGER NOT NULL DEFAULT 0,
+    os_type INTEGER NOT NULL DEFAULT 0,
+    vcpus INTEGER NOT NULL,
+    memory_mb INTEGER NOT NULL,
+    disk_gb INTEGER NOT NULL DEFAULT 0,
+    gpu_cores INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class Status(IntEnum):
+    """RAPID's VM statuses (4 STOPPED is only ever sent to the DS)."""
+
+    STARTED = 1
+    SUSPENDED = 2
+    RESUMED = 3
+    STOPPED = 4
+
+
+@dataclass(frozen=True)
+class RapidVM:
+    user_id: int
+    vm_name: str
+    status: Status
+    vcpus: int
+    memory_mb: int
+    vmid: int = 0
+    helper: int = 0
+    ip: str = ""
+    as_sync: bool = False
+    os_type: int = 0
+    disk_gb: int = 0
+    gpu_cores: int = 0
+
+    @property
+    def running(self) -> bool:
+        return self.status in (Status.STARTED, Status.RESUMED)
+
+    def with_(self, **changes: object) -> RapidVM:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+class RapidState:
+    """Thread-safe: RAPID's handlers run on a pool of workers."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- this VMM ------------------------------------------------------------------
+
+    def vmm_id(self) -> int:
+        return int(self._meta("vmm_id") or 0)
+
+    def slam(self) -> tuple[str, int] | None:
+        ip, port = self._meta("slam_ip"), self._meta("slam_port")
+        return (ip, int(port)) if ip and port else None
+
+    def registered(self, vmm_id: int, slam_ip: str, slam_port: int) -> None:
+        """The DS's answer to VMM_REGISTER_DS, in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for key, value in (("vmm_id", vmm_id), ("slam_ip", slam_ip), ("slam_port", slam_port)):
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO rapid_vmm (key, value) VALUES (?, ?)", (key, str(value))
+                    )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _meta(self, key: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM rapid_vmm WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    # -- VMs -------------------------------------------------------------------------
+
+    def vms(self) -> list[RapidVM]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT user_id, vm_name, status, vcpus, memory_mb, vmid, helper, ip, as_sync, os_type, "
+                "disk_gb, gpu_cores FROM rapid_vms ORDER BY user_id"
+            ).fetchall()
+        return [
+            RapidVM(
+                int(u),
+                str(n),
+                Status(s),
+                int(c),
+                int(m),
+                int(v),
+                int(h),
+                str(ip),
+                bool(a),
+                int(o),
+                int(d),
+                int(g),
+            )
+            for u, n, s, c, m, v, h, ip, a, o, d, g in rows
+        ]
+
+    def vm(self, user_id: int) -> RapidVM | None:
+        return next((vm for vm in self.vms() if vm.user_id == user_id), None)
+
+    def by_ip(self, ip: str) -> RapidVM | None:
+        return next((vm for vm in self.vms() if vm.ip and vm.ip == ip), None)
+
+    def save(self, vm: RapidVM) -> RapidVM:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO rapid_vms (user_id, vm_name, vmid, status, helper, ip, as_sync, "
+                "os_type, vcpus, memory_mb, disk_gb, gpu_cores) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (vm.user_id, vm.vm_name, vm.vmid, int(vm.status), vm.helper, vm.ip, int(vm.as_sync),
+                 vm.os_type, vm.vcpus, vm.memory_mb, vm.disk_gb, vm.gpu_cores),
+            )  # fmt: skip
+        return vm
+
+    def forget(self, user_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM rapid_vms WHERE user_id = ?", (user_id,))

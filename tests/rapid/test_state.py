@@ -1,0 +1,26 @@
+"""RAPID's state in the agent's SQLite file: kept across restarts, one row per user."""
+
+from __future__ import annotations
+
+from pinfold.agent.store import Store
+from pinfold.rapid.state import RapidState, RapidVM, Status
+
+
+def test_state_survives_a_restart_beside_the_agents_tables(tmp_path):
+    path = tmp_path / "agent.db"
+    Store(path).close()  # the agent's own tables are there too
+    state = RapidState(path)
+    assert (state.vmm_id(), state.slam()) == (0, None)
+    state.registered(7, "10.1.1.1", 9002)
+    state.save(RapidVM(42, "rapid-user-42", Status.STARTED, 1, 512, vmid=9, ip="198.51.100.1"))
+    state.save(RapidVM(-1, "rapid-helper-1", Status.STARTED, 1, 1024, helper=1))
+    state.close()
+    again = RapidState(path)
+    assert (again.vmm_id(), again.slam()) == (7, ("10.1.1.1", 9002))
+    assert [vm.user_id for vm in again.vms()] == [-1, 42]
+    assert again.by_ip("198.51.100.1").user_id == 42
+    assert again.vm(42).with_(status=Status.SUSPENDED).running is False
+    again.forget(42)
+    assert again.vm(42) is None
+    _, stored = Store(path).load()
+    assert stored == {}
