@@ -18,8 +18,12 @@ def test_state_survives_a_restart_beside_the_agents_tables(tmp_path):
     again = RapidState(path)
     assert (again.vmm_id(), again.slam()) == (7, ("10.1.1.1", 9002))
     assert [vm.user_id for vm in again.vms()] == [-1, 42]
-    assert again.by_ip("198.51.100.1").user_id == 42
-    assert again.vm(42).with_(status=Status.SUSPENDED).running is False
+    found, vm = again.by_ip("198.51.100.1"), again.vm(42)
+    assert found is not None
+    assert vm is not None
+    assert found.user_id == 42
+    assert vm.running
+    assert not vm.with_(status=Status.SUSPENDED).running
     again.forget(42)
     assert again.vm(42) is None
     _, stored = Store(path).load()
