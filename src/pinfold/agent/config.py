@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pinfold.agent.pools import PoolSpec
+from pinfold.rapid.settings import RapidSettings
 from pinfold.tokens import token_in
 
 __all__ = ["AgentConfig", "ConfigError", "advertised_url", "load_config", "load_or_create_token"]
@@ -56,6 +57,8 @@ class AgentConfig(BaseModel):
     host_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=63)
     #: the URL the controller calls this agent on (default: http://LISTEN:PORT)
     advertise_url: str | None = None
+    #: the RAPID VM Manager endpoint (TOML table [rapid]; --rapid-config sets its `config`)
+    rapid: RapidSettings = RapidSettings()
     #: warm pools, TOML only: [[pools]] name, size, vcpus, memory_mib, ratio, image, warmup_s
     pools: tuple[PoolSpec, ...] = ()
 
@@ -72,11 +75,15 @@ def load_config(
             raise ConfigError(f"{path}: {exc}") from None
     environ = dict(os.environ if environ is None else environ)
     for key in AgentConfig.model_fields:
-        if key == "pools":
+        if key in ("pools", "rapid"):
             continue
         if ENV_PREFIX + key.upper() in environ:
             values[key] = environ[ENV_PREFIX + key.upper()]
+    flags = dict(flags)
+    rapid_config = flags.pop("rapid_config", None) or environ.get(ENV_PREFIX + "RAPID_CONFIG")
     values.update({key: value for key, value in flags.items() if value is not None})
+    if rapid_config is not None:
+        values["rapid"] = {**values.get("rapid", {}), "config": rapid_config}
     for key in ("image_dirs", "slackvm_open_networks"):
         if isinstance(values.get(key), str):
             values[key] = [part.strip() for part in values[key].split(",") if part.strip()]

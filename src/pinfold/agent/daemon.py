@@ -13,6 +13,8 @@ from pinfold.agent.pools import PoolKeeper
 from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
+from pinfold.rapid.config import RapidConfig, read_rapid_config
+from pinfold.rapid.endpoint import RapidEndpoint, helper_pools
 from pinfold.topology import Topology, parse_cpulist
 
 __all__ = ["build_agent", "choose_driver", "serve"]
@@ -33,7 +35,9 @@ def choose_driver(config: AgentConfig) -> tuple[Driver, str]:
         return SimDriver(), f"sim driver: libvirt is not available here ({exc})"
 
 
-def build_agent(config: AgentConfig) -> tuple[Agent, str]:
+def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[Agent, str]:
+    """The agent; with RAPID's configuration, its image directories are
+    accepted too and the helper VMs get their warm pools."""
     exclude = parse_cpulist(config.exclude_cpus)
     topology = Topology.load(config.topology, exclude) if config.topology else Topology.discover(exclude)
     driver, description = choose_driver(config)
@@ -42,12 +46,12 @@ def build_agent(config: AgentConfig) -> tuple[Agent, str]:
         critical_size=config.critical_size,
         reserved_memory_mib=config.reserved_memory_mib,
         shutdown_timeout_s=config.shutdown_timeout_s,
-        image_dirs=config.image_dirs,
+        image_dirs=config.image_dirs + (rapid.image_dirs if rapid is not None else ()),
         disk_dir=config.data_dir / "disks",
         kernel=config.kernel,
         initrd=config.initrd,
         cmdline=config.cmdline,
-        pools=config.pools,
+        pools=config.pools + (helper_pools(rapid, config.rapid) if rapid is not None else ()),
     )
     return Agent(topology, driver, Store(config.data_dir / "agent.db"), settings), description
 
@@ -56,7 +60,8 @@ def serve(config: AgentConfig) -> None:
     """Run until SIGTERM or SIGINT (uvicorn stops gracefully on both)."""
     import uvicorn
 
-    agent, description = build_agent(config)
+    rapid = read_rapid_config(config.rapid.config) if config.rapid.config is not None else None
+    agent, description = build_agent(config, rapid)
     token = load_or_create_token(config)
     print(
         f"pinfold agent: {description}; data in {config.data_dir}; listening on {config.listen}:{config.port}"
@@ -90,10 +95,17 @@ def serve(config: AgentConfig) -> None:
         )  # fmt: skip
         registrar.start()
         print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")
+    endpoint = None
+    if rapid is not None:
+        endpoint = RapidEndpoint(agent, rapid, config.rapid, monitor)
+        endpoint.start()
+        print(f"pinfold agent: RAPID VMM on port {endpoint.server.port}; DS {rapid.ds_ip}:{rapid.ds_port}")
     try:
         app = create_app(agent, token, monitor, config.slackvm_open_networks)
         uvicorn.run(app, host=config.listen, port=config.port, log_level="warning")
     finally:
+        if endpoint is not None:
+            endpoint.stop()
         if registrar is not None:
             registrar.stop()
         keeper.stop()

@@ -195,6 +195,29 @@ def repinned_xml(document: str, cpuset: frozenset[int]) -> str:
     return ET.tostring(domain, encoding="unicode")
 
 
+def resized_xml(document: str, vcpus: int, memory_mib: int) -> str:
+    """A domain document given `vcpus` and `memory_mib` (libvirt applies a
+    persistent definition at the next boot), its pins kept for every vCPU."""
+    if vcpus < 1 or memory_mib < 1:
+        raise DomainXMLError("vcpus and memory must be positive")
+    try:
+        domain = ET.fromstring(document)
+    except ET.ParseError as exc:
+        raise DomainXMLError(f"not XML: {exc}") from None
+    vcpu = domain.find("vcpu")
+    if vcpu is None:
+        raise DomainXMLError("missing <vcpu>")
+    vcpu.text = str(vcpus)
+    for tag in ("memory", "currentMemory"):
+        element = domain.find(tag)
+        if element is not None:
+            element.text = str(memory_mib * 1024)
+            element.set("unit", "KiB")
+    cpuset = vcpu.get("cpuset")
+    resized = ET.tostring(domain, encoding="unicode")
+    return repinned_xml(resized, frozenset(parse_cpulist(cpuset))) if cpuset else resized
+
+
 def _tag(name: str) -> str:
     return f"{{{NAMESPACE}}}{name}"
 

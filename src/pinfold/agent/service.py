@@ -157,6 +157,29 @@ class Agent:
     def resume(self, name: str) -> StoredVM:
         return self._act(name, self.driver.resume, "running")
 
+    def resize(self, name: str, vcpus: int, memory_mib: int) -> StoredVM:
+        """Give a VM another size: re-placed on its level's vNode now (refused,
+        and nothing changed, when it does not fit), stored, and written into
+        the domain's definition for its next boot."""
+        with self.lock:
+            vm = self._get(name)
+            new = VMSpec(name, vcpus, memory_mib, vm.spec.ratio)
+            self.allocator.remove(name)
+            try:
+                change = self.allocator.deploy(new)
+            except PlacementError as error:
+                self.allocator.deploy(vm.spec)
+                raise AgentError(error.code.value, error.refusal.describe()) from error
+            self.store.resize_vm(name, vcpus, memory_mib, self.allocator.snapshot())
+            vm = self.vms[name] = replace(vm, spec=new)
+            try:
+                self.driver.resize(vm.domain, vcpus, memory_mib)
+                self.driver.repin(vm.domain, self.allocator.pinning(name))
+            except DriverError as error:
+                raise AgentError("hypervisor failed", str(error)) from error
+            self._repin(change.repinned)
+            return vm
+
     def user_vms(self) -> list[StoredVM]:
         """The VMs people asked for: every stored VM but the pool members."""
         with self.lock:

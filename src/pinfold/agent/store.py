@@ -186,6 +186,14 @@ class Store:
             if cursor.rowcount != 1:
                 raise RuntimeError(f"{member} is not a pool member with domain {vm.domain}")
 
+    def resize_vm(self, name: str, vcpus: int, memory_mib: int, snapshot: HostSnapshot) -> None:
+        """A VM's new size and the vNode layout that goes with it, atomically."""
+        with self._transaction():
+            self._db.execute(
+                "UPDATE vms SET vcpus = ?, memory_mib = ? WHERE name = ?", (vcpus, memory_mib, name)
+            )
+            self._write_vnodes(snapshot.vnodes)
+
     def forget_vm(self, name: str, snapshot: HostSnapshot) -> None:
         """Remove a VM and store the vNode layout without it, atomically."""
         with self._transaction():

@@ -38,6 +38,10 @@ def agent_command(
     advertise_url: Annotated[
         str | None, typer.Option("--advertise-url", help="URL the controller calls this agent on.")
     ] = None,
+    rapid_config: Annotated[
+        Path | None,
+        typer.Option("--rapid-config", help="RAPID's configuration.xml: serve as its VM Manager."),
+    ] = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
     driver), a SQLite store, and the HTTP API. Settings: --config TOML, then
@@ -50,9 +54,12 @@ def agent_command(
         "domain_type": domain_type, "exclude_cpus": exclude_cpus, "reserved_memory_mib": reserved_memory_mib,
         "critical_size": critical_size, "topology": topology, "image_dirs": image_dirs,
         "controller_url": controller_url, "host_id": host_id, "advertise_url": advertise_url,
+        "rapid_config": rapid_config,
     }  # fmt: skip
+    from pinfold.rapid.config import RapidConfigError
+
     try:
         settings = load_config(config, flags)
-    except ConfigError as exc:
+        serve(settings)
+    except (ConfigError, RapidConfigError) as exc:
         raise typer.BadParameter(str(exc)) from None
-    serve(settings)

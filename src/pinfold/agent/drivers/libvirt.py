@@ -10,7 +10,7 @@ from typing import Any
 
 import libvirt
 
-from pinfold.agent.domain import DomainSpec, DomainXMLError, repinned_xml
+from pinfold.agent.domain import DomainSpec, DomainXMLError, repinned_xml, resized_xml
 from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
 
 __all__ = ["LibvirtDriver"]
@@ -124,6 +124,15 @@ class LibvirtDriver:
                 domain.pinEmulator(cpumap, libvirt.VIR_DOMAIN_AFFECT_CURRENT)
             persistent = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
             self._conn.defineXML(repinned_xml(persistent, cpuset))
+
+    def resize(self, name: str, vcpus: int, memory_mib: int) -> None:
+        domain = self._domain(name)
+        with _translated(f"resize {name}"):
+            persistent = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            try:
+                self._conn.defineXML(resized_xml(persistent, vcpus, memory_mib))
+            except DomainXMLError as error:
+                raise DriverError("invalid", str(error)) from error
 
     def stats(self) -> dict[str, tuple[int, float]]:
         """Bulk domain stats (one call for every running domain): `cpu.time`

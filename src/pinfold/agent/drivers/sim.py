@@ -47,6 +47,13 @@ class SimDriver:
         assert guest.spec is not None
         self._guests[name] = replace(guest, spec=guest.spec.with_cpuset(cpuset))
 
+    def resize(self, name: str, vcpus: int, memory_mib: int) -> None:
+        guest = self._get(name)
+        if vcpus < 1 or memory_mib < 1:
+            raise DriverError("invalid", "vcpus and memory must be positive")
+        assert guest.spec is not None
+        self._guests[name] = replace(guest, spec=replace(guest.spec, vcpus=vcpus, memory_mib=memory_mib))
+
     def stats(self) -> dict[str, tuple[int, float]]:
         """Sim guests use no CPU and hold their whole memory."""
         return {

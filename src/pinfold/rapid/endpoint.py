@@ -1,0 +1,92 @@
+"""The RAPID endpoint of an agent, assembled: configuration.xml and pinfold's
+`[rapid]` settings, the state in the agent's store, the VMM and its server."""
+
+from __future__ import annotations
+
+import psutil
+
+from pinfold.agent.monitor import Monitor
+from pinfold.agent.pools import PoolSpec
+from pinfold.agent.service import Agent
+from pinfold.rapid.config import RapidConfig
+from pinfold.rapid.server import RapidServer
+from pinfold.rapid.settings import RapidSettings
+from pinfold.rapid.state import RapidState
+from pinfold.rapid.vmm import VMM, Usage
+
+__all__ = ["RapidEndpoint", "helper_pools"]
+
+
+def helper_pools(config: RapidConfig, settings: RapidSettings) -> tuple[PoolSpec, ...]:
+    """One warm pool per helper slot, of `helper_spares` suspended VMs of the
+    helper's size and image: a helper taken or lost is replaced by a resume."""
+    if settings.helper_spares == 0:
+        return ()
+    return tuple(
+        PoolSpec(
+            name=f"rapid-helper-{slot}",
+            size=settings.helper_spares,
+            vcpus=settings.helper_vcpus,
+            memory_mib=settings.helper_memory_mib,
+            ratio=settings.ratio,
+            image=str(image or ""),
+            warmup_s=30,
+        )
+        for slot, image in enumerate(config.helper_images, start=1)
+    )
+
+
+class RapidEndpoint:
+    def __init__(
+        self, agent: Agent, config: RapidConfig, settings: RapidSettings, monitor: Monitor | None
+    ) -> None:
+        self.monitor = monitor
+        self.config = config
+        self.state = RapidState(agent.store.path)
+        self.vmm = VMM(agent, self.state, config, settings, self.usage, self.vm_usage)
+        workers = min(config.max_connections, settings.max_workers)
+        self.server = RapidServer(
+            self.vmm.handle,
+            settings.listen,
+            config.vmm_port,
+            workers,
+            settings.socket_timeout_s,
+            settings.allow,
+        )
+        self.agent = agent
+
+    def start(self) -> None:
+        self.vmm.start()
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.vmm.stop()
+        self.state.close()
+
+    def usage(self) -> Usage:
+        """CPU load and free memory as RAPID reported them (whole host; memory
+        *available*, not MemFree), GPU use of `gpuDeviceNum` (0 without a GPU,
+        as RAPID did: its peers read it as idle)."""
+        sample = self.monitor.latest if self.monitor is not None else None
+        if sample is not None:
+            load, free = sample.host_cpu * 100, sample.memory_available_mib
+            gpus = {gpu.index: gpu.utilization_pct for gpu in sample.gpus.gpus}
+        else:
+            load, free, gpus = (
+                psutil.cpu_percent(interval=None),
+                psutil.virtual_memory().available / 2**20,
+                {},
+            )
+        cores = psutil.cpu_count(logical=True) or len(self.agent.topology.cpus)
+        return Usage(int(load), int(free), int(gpus.get(self.config.gpu_device, 0)), cores)
+
+    def vm_usage(self, name: str) -> tuple[float, float] | None:
+        """(CPU use in % of the VM's vCPUs, memory in use in MB), from the last monitor sample."""
+        sample = self.monitor.latest if self.monitor is not None else None
+        if sample is None or name not in sample.vms:
+            return None
+        values = sample.vms[name]
+        vm = self.agent.vms.get(name)
+        vcpus = vm.spec.vcpus if vm is not None else 1
+        return values["cpu_cores"] / vcpus * 100, values["memory_mib"]

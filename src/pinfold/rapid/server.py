@@ -1,0 +1,90 @@
+"""The VMM's TCP server: one request per connection, a bounded pool of
+workers, a timeout on every socket, and an optional allow-list of peers.
+
+RAPID's server handed each connection to an unbounded thread pool and set no
+timeout, so silent clients pinned threads forever (section 8.1). Here a
+connection beyond what the workers and a short queue can take is closed at
+once, and a peer that stops talking is dropped after the socket timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from pinfold.rapid.codec import CodecError
+
+from pinfold.rapid.wire import Exchange
+
+__all__ = ["RapidServer"]
+
+
+class RapidServer:
+    def __init__(
+        self,
+        handler: Callable[[Exchange, str], None],
+        host: str,
+        port: int,
+        workers: int,
+        timeout_s: float,
+        allow: Sequence[str] = (),
+    ) -> None:
+        self._handler = handler
+        self._timeout_s = timeout_s
+        self._allow = [ipaddress.ip_network(network, strict=False) for network in allow]
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rapid-worker")
+        self._slots = threading.BoundedSemaphore(workers * 2)  # running + a short queue
+        self._listener = socket.create_server((host, port), reuse_port=False, backlog=128)
+        self._listener.settimeout(0.5)
+        self.port = int(self._listener.getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="rapid-accept", daemon=True)
+        self.rejected = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, address = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            peer = str(address[0])
+            if not self._allowed(peer) or not self._slots.acquire(blocking=False):
+                self.rejected += 1
+                sock.close()
+                continue
+            self._pool.submit(self._serve, sock, peer)
+
+    def _allowed(self, peer: str) -> bool:
+        if not self._allow:
+            return True
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self._allow)
+
+    def _serve(self, sock: socket.socket, peer: str) -> None:
+        try:
+            exchange = Exchange(sock, self._timeout_s)
+            self._handler(exchange, peer)
+        except (OSError, CodecError, ValueError):
+            pass  # RAPID's answer to a broken request: close without a reply
+        finally:
+            with contextlib.suppress(OSError):
+                sock.close()
+            self._slots.release()

@@ -1,0 +1,545 @@
+"""The RAPID VM Manager on top of a pinfold agent (PROTOCOL.md sections 3-4).
+
+Peers see RAPID's VMM: the same opcodes, reply layouts and "no reply" cases,
+its VM type table, one VM per user, two helper VMs (users -1 and -2). Under
+it, each RAPID VM is an agent VM (`rapid-user-<id>`, `rapid-helper-<n>`),
+placed by the agent's allocator on its level's vNode, and RAPID's own state
+(VMM id, SLAM address, users' VMs) is kept in the agent's store.
+
+Fixed here, without changing what peers see (section 8): requests for one user
+are serialised (two starts make one VM); a VM's AS confirmation can no longer
+be lost (it is reset before the VM becomes visible); every socket has a
+timeout; an AS that answers ERROR ends a start at once rather than after
+200 s; sizes are checked by the allocator before the hypervisor is touched;
+the DS is asked now and then whether it still knows this VMM, and told again
+about its VMs if it does not; helpers that vanished are made again; nothing is
+sent to RAPID's animation server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+from pinfold.rapid.codec import Writer
+
+from pinfold.agent.service import Agent, AgentError, VMRequest
+from pinfold.rapid import protocol
+from pinfold.rapid.config import RapidConfig
+from pinfold.rapid.flavors import suitable_type
+from pinfold.rapid.protocol import CATEGORY_HELPER, CATEGORY_NORMAL, ERROR, OK, Op
+from pinfold.rapid.settings import RapidSettings
+from pinfold.rapid.state import RapidState, RapidVM, Status
+from pinfold.rapid.wire import Exchange, PeerError, call
+
+__all__ = ["VMM", "Usage"]
+
+HELPERS = (1, 2)
+#: the disk RAPID assigns a start (type 0's 20 GB): recorded, reported, not a disk size here
+START_DISK_GB = 20
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What RAPID reports to the DS about this host."""
+
+    cpu_load_pct: int
+    free_memory_mb: int
+    gpu_util_pct: int
+    cpu_cores: int
+
+
+class VMM:
+    def __init__(
+        self,
+        agent: Agent,
+        state: RapidState,
+        config: RapidConfig,
+        settings: RapidSettings,
+        usage: Callable[[], Usage],
+        vm_usage: Callable[[str], tuple[float, float] | None] = lambda name: None,
+    ) -> None:
+        """`vm_usage(vm)`: (CPU use in % of its vCPUs, memory in use in MB) from
+        the agent's monitor, or None before the first sample."""
+        self.agent = agent
+        self.state = state
+        self.config = config
+        self.settings = settings
+        self.usage = usage
+        self.vm_usage = vm_usage
+        self._users_lock = threading.Lock()
+        self._user_locks: dict[int, threading.Lock] = {}
+        self._as_answers: dict[int, tuple[threading.Event, list[bool]]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.registered = threading.Event()
+
+    # -- start-up and the DS -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Settle RAPID's records with the agent's VMs, then, in the background,
+        register with the DS and the SLAM (retrying), make missing helpers, and
+        send VMM_NOTIFY_DS every period."""
+        self.reconcile()
+        for target in (self._register_loop, self._notify_loop):
+            thread = threading.Thread(target=target, name=f"rapid-{target.__name__}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=self.settings.socket_timeout_s + 5)
+
+    def reconcile(self) -> None:
+        """A record whose agent VM is gone is dropped (a helper is made again
+        later); an agent VM owned by RAPID that no record names is one a crash
+        cut off before it was recorded: nobody was told of it, so it is deleted."""
+        names = {vm.spec.name for vm in self.agent.user_vms()}
+        recorded = set()
+        for vm in self.state.vms():
+            if vm.vm_name in names:
+                recorded.add(vm.vm_name)
+            else:
+                self.state.forget(vm.user_id)
+        for name in names - recorded:
+            if name.startswith(("rapid-user-", "rapid-helper-")):
+                with contextlib.suppress(AgentError):
+                    self.agent.delete(name)
+
+    def _register_loop(self) -> None:
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                self.register()
+                self.make_helpers()
+                self.registered.set()
+                delay = self.settings.recheck_period_s
+            except PeerError:
+                delay = (
+                    min(delay * 2, 60.0) if not self.registered.is_set() else self.settings.recheck_period_s
+                )
+            self._stop.wait(delay)
+
+    def register(self) -> None:
+        """VMM_REGISTER_DS, then VMM_REGISTER_SLAM. The DS answers ERROR to a
+        VMM it knows already (same address): a VMM with an id keeps it. An OK
+        to a VMM that had an id means the DS forgot it: its VMs are registered
+        again. Raises PeerError while the DS or the SLAM is unreachable, or the
+        DS refuses a VMM that has no id yet."""
+        usage = self.usage()
+        request = partial(
+            protocol.vmm_register_ds_request, vmm_ip=self.config.vmm_ip, cpu_load=usage.cpu_load_pct,
+            cpu_cores=usage.cpu_cores, free_mem_mb=usage.free_memory_mb, gpu_util=usage.gpu_util_pct,
+            gpu_cores=self.config.gpu_cores, available_type=self.config.available_type,
+        )  # fmt: skip
+        answer = call(self._ds, self.settings.socket_timeout_s, request, protocol.vmm_register_ds_reply)
+        previous = self.state.vmm_id()
+        if answer is not None:
+            self.state.registered(answer.vmm_id, answer.slam_ip, answer.slam_port)
+            if previous:
+                self._register_vms_again()
+        elif not previous:
+            raise PeerError("the DS refused to register this VMM (is a SLAM registered with it?)")
+        slam = self.state.slam()
+        if slam is None:
+            raise PeerError("no SLAM address known")
+        hello = partial(
+            protocol.vmm_register_slam_request, vmm_ip=self.config.vmm_ip, vmm_port=self.config.vmm_port
+        )
+        if not call(slam, self.settings.socket_timeout_s, hello, protocol.status_reply):
+            raise PeerError("the SLAM refused this VMM")
+
+    def _register_vms_again(self) -> None:
+        for vm in self.state.vms():
+            category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
+            vm = self.state.save(vm.with_(vmid=self._ds_register_vm(category, vm.user_id)))
+            if vm.helper and vm.ip:
+                self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
+
+    def make_helpers(self) -> None:
+        """Helper VMs 1 and 2 (users -1, -2), from their warm pools when the
+        agent keeps spares, registered with the DS with their addresses."""
+        for slot in HELPERS:
+            user_id = -slot
+            with self._user(user_id):
+                if self.state.vm(user_id) is not None:
+                    continue
+                image = self.config.helper_images[slot - 1]
+                size = (self.settings.helper_vcpus, self.settings.helper_memory_mib)
+                made = self._create_vm(
+                    user_id, f"rapid-helper-{slot}", *size, image=str(image) if image else "", helper=slot
+                )
+                if made is None:
+                    continue
+                vm = self.state.save(made.with_(vmid=self._ds_register_vm(CATEGORY_HELPER, user_id)))
+                if vm.ip:
+                    self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
+
+    def _notify_loop(self) -> None:
+        while not self._stop.wait(self.settings.notify_period_s):
+            vmm_id = self.state.vmm_id()
+            if not vmm_id:
+                continue
+            usage = self.usage()
+            request = partial(
+                protocol.vmm_notify_ds_request, vmm_id=vmm_id, cpu_load=usage.cpu_load_pct,
+                free_mem_mb=usage.free_memory_mb, gpu_util=usage.gpu_util_pct,
+            )  # fmt: skip
+            with contextlib.suppress(PeerError):  # a DS away now may answer next time
+                self._ds_send(request)
+
+    @property
+    def _ds(self) -> tuple[str, int]:
+        return self.config.ds_ip, self.config.ds_port
+
+    def _ds_send(self, request: Callable[[Writer], None]) -> None:
+        call(self._ds, self.settings.socket_timeout_s, request)
+
+    def _ds_register_vm(self, category: int, user_id: int) -> int:
+        request = partial(
+            protocol.vm_register_ds_request, vmm_id=self.state.vmm_id(), category=category, user_id=user_id,
+            status=int(Status.STARTED),
+        )  # fmt: skip
+        return int(
+            call(self._ds, self.settings.socket_timeout_s, request, protocol.vm_register_ds_reply) or 0
+        )
+
+    def _ds_notify_vm(self, vm: RapidVM, status: Status) -> None:
+        with contextlib.suppress(PeerError):
+            self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(status)))
+
+    # -- requests ------------------------------------------------------------------------
+
+    def handle(self, exchange: Exchange, peer: str) -> None:
+        """One request: dispatch on its opcode. Unknown opcodes, and requests
+        that end in an error RAPID answers with silence, close without a reply."""
+        opcode = exchange.reader.read_byte()
+        handler = self._handlers().get(opcode)
+        if handler is not None:
+            handler(exchange, peer)
+
+    def _handlers(self) -> dict[int, Callable[[Exchange, str], None]]:
+        return {
+            Op.SLAM_START_VM_VMM: self._start_vm,
+            Op.AS_RM_REGISTER_VMM: self._as_register,
+            Op.AS_RM_NOTIFY_VMM: self._as_notify,
+            Op.DS_VM_DEREGISTER_VMM: self._deregister,
+            Op.SLAM_GET_VMINFO_VMM: self._vm_info,
+            Op.SLAM_GET_VMCPU_VMM: self._vm_cpu,
+            Op.SLAM_GET_VMMEM_VMM: self._vm_memory,
+            Op.SLAM_GET_VMDISK_VMM: self._vm_disk,
+            Op.SLAM_CHANGE_VMFLV_VMM: self._change_flavor,
+            Op.SLAM_CONFIRM_VMFLV_VMM: self._confirm_flavor,
+        }
+
+    def _start_vm(self, exchange: Exchange, peer: str) -> None:
+        read = exchange.reader
+        user_id, os_type, vcpus, memory_mb, gpu_cores = (
+            read.read_long(), read.read_int(), read.read_int(), read.read_int(), read.read_int(),
+        )  # fmt: skip
+        ip = self.start_vm(user_id, os_type, vcpus, memory_mb, gpu_cores)
+        out = exchange.writer
+        if ip is None:
+            out.write_byte(ERROR)
+        else:
+            out.write_byte(OK)
+            out.write_long(user_id)
+            out.write_utf(ip)
+        exchange.send()
+
+    def start_vm(self, user_id: int, os_type: int, vcpus: int, memory_mb: int, gpu_cores: int) -> str | None:
+        """SLAM_START_VM_VMM: the user's VM address once its AS confirmed, or
+        None (ERROR). One user at a time: a second start waits for the first."""
+        if user_id < 1:
+            return None  # helpers are the VMM's own; user ids come from the DS, from 1
+        with self._user(user_id):
+            vm = self.state.vm(user_id)
+            if vm is not None and vm.running:
+                return vm.ip
+            waiter = self._expect_as(user_id)
+            if vm is None:
+                image = str(self.config.normal_image or "")
+                made = self._create_vm(
+                    user_id, f"rapid-user-{user_id}", vcpus, memory_mb, os_type=os_type, gpu_cores=gpu_cores,
+                    image=image,
+                )  # fmt: skip
+                if made is None:
+                    return None
+                vm = made
+                try:
+                    vmid = self._ds_register_vm(CATEGORY_NORMAL, user_id)
+                except PeerError:
+                    self._remove(vm)
+                    return None
+                vm = self.state.save(vm.with_(vmid=vmid))
+            elif vm.status is Status.SUSPENDED:
+                try:
+                    self.agent.resume(vm.vm_name)
+                except AgentError:
+                    return None
+                vm = self.state.save(vm.with_(status=Status.RESUMED, as_sync=False))
+                self._ds_notify_vm(vm, Status.RESUMED)
+            else:
+                return None
+            return vm.ip if self._wait_for_as(user_id, waiter) else None
+
+    def _create_vm(
+        self, user_id: int, name: str, vcpus: int, memory_mb: int, *, image: str = "", helper: int = 0,
+        os_type: int = 0, gpu_cores: int = 0,
+    ) -> RapidVM | None:  # fmt: skip
+        """An agent VM for a RAPID user, with its address; None when the agent
+        refuses (sizes, room) or no address turns up (the VM is removed)."""
+        request = VMRequest(
+            name, vcpus, memory_mb, self.settings.ratio, owner=f"rapid:{user_id}", image=image
+        )
+        try:
+            self.agent.create(request)
+        except AgentError:
+            return None
+        ip = self._address(name)
+        vm = RapidVM(
+            user_id, name, Status.STARTED, vcpus, memory_mb, helper=helper, ip=ip or "", os_type=os_type,
+            disk_gb=START_DISK_GB if not helper else 0, gpu_cores=gpu_cores,
+        )  # fmt: skip
+        if not ip:
+            self._remove(vm, recorded=False)
+            return None
+        return self.state.save(vm)
+
+    def _address(self, name: str) -> str | None:
+        """From libvirt (leases, guest agent), else RAPID's `ipShellPath` script."""
+        deadline = time.monotonic() + self.settings.ip_wait_s
+        while not self._stop.is_set():
+            found = self.agent.addresses(name)
+            if found:
+                return found[0]
+            scripted = self._scripted_address(name)
+            if scripted:
+                return scripted
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(1.0, self.settings.ip_wait_s / 10))
+        return None
+
+    def _scripted_address(self, name: str) -> str | None:
+        script = self.config.ip_script
+        if script is None or not script.exists():
+            return None
+        domain = self.agent.vms[name].domain
+        try:  # RAPID's script has no shebang: run through sh, as the JDK ended up doing
+            result = subprocess.run(
+                ["sh", str(script), domain], capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        first = result.stdout.splitlines()[0].strip() if result.stdout.strip() else ""
+        return first if first and first != "null" else None
+
+    def _expect_as(self, user_id: int) -> tuple[threading.Event, list[bool]]:
+        waiter: tuple[threading.Event, list[bool]] = (threading.Event(), [])
+        with self._users_lock:
+            self._as_answers[user_id] = waiter
+        return waiter
+
+    def _wait_for_as(self, user_id: int, waiter: tuple[threading.Event, list[bool]]) -> bool:
+        event, answers = waiter
+        event.wait(self.settings.as_wait_s)
+        with self._users_lock:
+            self._as_answers.pop(user_id, None)
+        return bool(answers and answers[-1])
+
+    def _as_register(self, exchange: Exchange, peer: str) -> None:
+        """AS_RM_REGISTER_VMM: the AS names its address, learns its user id,
+        registers with the DS, then tells us (one more byte) how that went."""
+        as_ip = exchange.reader.read_utf()
+        vm = None
+        for attempt in range(self.settings.as_lookup_tries):
+            vm = self.state.by_ip(as_ip)
+            if vm is not None or attempt == self.settings.as_lookup_tries - 1:
+                break
+            self._stop.wait(self.settings.as_lookup_interval_s)
+        if vm is None or (self.settings.as_must_match_ip and peer != as_ip):
+            exchange.writer.write_byte(ERROR)
+            exchange.send()
+            return
+        exchange.writer.write_byte(OK)
+        exchange.writer.write_long(vm.user_id)
+        exchange.send()
+        synced = exchange.reader.read_byte() == OK
+        # not under the user's lock: the start waiting for this answer holds it
+        current = self.state.vm(vm.user_id)
+        if current is not None and current.vm_name == vm.vm_name:
+            self.state.save(current.with_(as_sync=synced))
+        with self._users_lock:
+            waiter = self._as_answers.get(vm.user_id)
+        if waiter is not None:
+            waiter[1].append(synced)
+            waiter[0].set()
+
+    def _as_notify(self, exchange: Exchange, peer: str) -> None:
+        """AS_RM_NOTIFY_VMM: 1 suspend, 2 remove; never a reply."""
+        user_id, action = exchange.reader.read_long(), exchange.reader.read_int()
+        with self._user(user_id):
+            vm = self.state.vm(user_id)
+            if vm is None or (self.settings.as_must_match_ip and peer != vm.ip):
+                return
+            if action == 1 and vm.running:
+                try:
+                    self.agent.suspend(vm.vm_name)
+                except AgentError:
+                    return
+                vm = self.state.save(vm.with_(status=Status.SUSPENDED))
+                self._ds_notify_vm(vm, Status.SUSPENDED)
+            elif action == 2:
+                self._remove(vm)
+                self._ds_notify_vm(vm, Status.STOPPED)
+
+    def _deregister(self, exchange: Exchange, peer: str) -> None:
+        """DS_VM_DEREGISTER_VMM: remove the user's VM; no reply, nothing told to the DS."""
+        user_id = exchange.reader.read_long()
+        with self._user(user_id):
+            vm = self.state.vm(user_id)
+            if vm is not None:
+                self._remove(vm)
+
+    def _remove(self, vm: RapidVM, recorded: bool = True) -> None:
+        with contextlib.suppress(AgentError):
+            self.agent.delete(vm.vm_name)
+        if recorded:
+            self.state.forget(vm.user_id)
+
+    # -- SLAM queries ------------------------------------------------------------------------
+
+    def _queried(self, exchange: Exchange) -> list[RapidVM] | None:
+        """The running VMs a SLAM query is about (user 0: all, helpers too),
+        or None for a user without a running VM."""
+        user_id = exchange.reader.read_long()
+        running = [vm for vm in self.state.vms() if vm.running]
+        if user_id == 0:
+            return running
+        chosen = [vm for vm in running if vm.user_id == user_id]
+        return chosen or None
+
+    def _reply_list(self, exchange: Exchange, values: list[str] | None) -> None:
+        if not values:
+            exchange.writer.write_byte(ERROR)
+        else:
+            exchange.writer.write_byte(OK)
+            exchange.writer.write_string_list(values)
+        exchange.send()
+
+    def _vm_info(self, exchange: Exchange, peer: str) -> None:
+        """SLAM_GET_VMINFO_VMM: 6-tuples [user, vmid, vCPUs, MB, disk GB, GPU cores]
+        (the real sizes: RAPID's libvirt back-end sent zeros)."""
+        vms = self._queried(exchange)
+        values = [
+            str(v)
+            for vm in vms or ()
+            for v in (vm.user_id, vm.vmid, vm.vcpus, vm.memory_mb, vm.disk_gb, vm.gpu_cores)
+        ]
+        self._reply_list(exchange, values)
+
+    def _vm_cpu(self, exchange: Exchange, peer: str) -> None:
+        """SLAM_GET_VMCPU_VMM: [user, vmid, CPU %] from the agent's monitor."""
+        values = []
+        for vm in self._queried(exchange) or ():
+            used = self.vm_usage(vm.vm_name)
+            if used is not None:
+                values += [str(vm.user_id), str(vm.vmid), _java_float(used[0])]
+        self._reply_list(exchange, values)
+
+    def _vm_memory(self, exchange: Exchange, peer: str) -> None:
+        """SLAM_GET_VMMEM_VMM: [user, vmid, size MB, in use MB]."""
+        values = []
+        for vm in self._queried(exchange) or ():
+            used = self.vm_usage(vm.vm_name)
+            if used is not None:
+                values += [str(vm.user_id), str(vm.vmid), str(vm.memory_mb), _java_float(used[1])]
+        self._reply_list(exchange, values)
+
+    def _vm_disk(self, exchange: Exchange, peer: str) -> None:
+        """SLAM_GET_VMDISK_VMM: [user, vmid, size bytes, allocated bytes] of the VM's overlay."""
+        values = []
+        for vm in self._queried(exchange) or ():
+            disk = self._disk(vm)
+            if disk is not None:
+                values += [str(vm.user_id), str(vm.vmid), str(disk[0]), _java_float(float(disk[1]))]
+        self._reply_list(exchange, values)
+
+    def _disk(self, vm: RapidVM) -> tuple[int, int] | None:
+        stored = self.agent.vms.get(vm.vm_name)
+        if stored is None or not stored.image:
+            return None
+        overlay = self.agent.disks.overlay_path(stored.domain)
+        if not overlay.exists():
+            return None
+        return vm.disk_gb * 2**30, overlay.stat().st_blocks * 512
+
+    # -- flavor changes --------------------------------------------------------------------
+
+    def _change_flavor(self, exchange: Exchange, peer: str) -> None:
+        """SLAM_CHANGE_VMFLV_VMM: the AS must agree (no offloaded task running),
+        then the VM is given the nearest type's size. The agent re-places it
+        on its vNode at once; the hypervisor applies the new size at the VM's
+        next boot. An AS that does not answer in time is an ERROR, not silence."""
+        read = exchange.reader
+        user_id, vcpus, memory_mb, disk_gb = (
+            read.read_long(),
+            read.read_int(),
+            read.read_int(),
+            read.read_int(),
+        )
+        ok = self.change_flavor(user_id, vcpus, memory_mb, disk_gb)
+        exchange.writer.write_byte(OK if ok else ERROR)
+        exchange.send()
+
+    def change_flavor(self, user_id: int, vcpus: int, memory_mb: int, disk_gb: int) -> bool:
+        with self._user(user_id):
+            vm = self.state.vm(user_id)
+            if vm is None or not vm.running or not self._as_agrees(vm):
+                return False
+            chosen = suitable_type(vcpus or vm.vcpus, memory_mb or vm.memory_mb, disk_gb or vm.disk_gb)
+            try:
+                self.agent.resize(vm.vm_name, chosen.vcpus, chosen.memory_mb)
+            except AgentError:
+                return False
+            self.state.save(vm.with_(vcpus=chosen.vcpus, memory_mb=chosen.memory_mb, disk_gb=chosen.disk_gb))
+            return True
+
+    def _as_agrees(self, vm: RapidVM) -> bool:
+        try:
+            request = partial(protocol.migration_request, user_id=vm.user_id)
+            timeout_s = min(10.0, self.settings.socket_timeout_s)
+            return bool(call((vm.ip, self.settings.as_port), timeout_s, request, protocol.status_reply))
+        except PeerError:
+            return False
+
+    def _confirm_flavor(self, exchange: Exchange, peer: str) -> None:
+        """SLAM_CONFIRM_VMFLV_VMM: OK for a known user (the change is already
+        in effect here); trailing bytes, as the deployed SLAM sends, are ignored."""
+        user_id = exchange.reader.read_long()
+        exchange.writer.write_byte(OK if self.state.vm(user_id) is not None else ERROR)
+        exchange.send()
+
+    # -- per-user serialisation ------------------------------------------------------------
+
+    def _user_lock_for(self, user_id: int) -> threading.Lock:
+        with self._users_lock:
+            return self._user_locks.setdefault(user_id, threading.Lock())
+
+    @contextlib.contextmanager
+    def _user(self, user_id: int) -> Iterator[None]:
+        with self._user_lock_for(user_id):
+            yield
+
+
+def _java_float(value: float) -> str:
+    """Like Java's Float.toString for ordinary values: '12.5', '512.0'."""
+    text = repr(float(round(value, 3)))
+    return text if "e" not in text else f"{value:.1f}"

@@ -1,0 +1,203 @@
+"""Python peers that speak RAPID's protocol, for the VMM's tests: a DS, a
+SLAM, an AS (both its client side and its port-4322 server), and a client
+helper. Each server records what it received, in order."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pinfold.rapid.codec import Reader, Writer
+
+from pinfold.rapid.protocol import ERROR, OK, Op
+from pinfold.rapid.wire import Exchange, call
+
+
+class Peer:
+    """A one-request-per-connection server on loopback; `answer` handles one
+    exchange given its opcode, appending what it read to `received`."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port = int(self._listener.getsockname()[1])
+        self.received: list[tuple[Any, ...]] = []
+        self._changed = threading.Condition()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        exchange = Exchange(sock, 10)
+        try:
+            self.answer(exchange, exchange.reader.read_byte())
+        except Exception:  # a test peer: what it could not read shows up as missing messages
+            pass
+        finally:
+            exchange.close()
+
+    def answer(self, exchange: Exchange, opcode: int) -> None:
+        raise NotImplementedError
+
+    def record(self, message: tuple[Any, ...]) -> None:
+        with self._changed:
+            self.received.append(message)
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[list[tuple[Any, ...]]], bool], timeout_s: float = 10) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while not predicate(self.received):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out; received {self.received}")
+                self._changed.wait(left)
+
+    def of(self, opcode: int) -> list[tuple[Any, ...]]:
+        with self._changed:
+            return [m for m in self.received if m[0] == opcode]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+
+class FakeDS(Peer):
+    def __init__(self, slam_port: int, vmm_id: int = 7, accept: bool = True) -> None:
+        self.slam_port = slam_port
+        self.vmm_id = vmm_id
+        self.accept = accept
+        self._next_vmid = 9
+        super().__init__()
+
+    def answer(self, exchange: Exchange, opcode: int) -> None:
+        read = exchange.reader
+        if opcode == Op.VMM_REGISTER_DS:
+            fields = (read.read_utf(), read.read_int(), read.read_int(), read.read_int(), read.read_long(),
+                      read.read_int(), read.read_int(), read.read_utf())  # fmt: skip
+            self.record((opcode, *fields))
+            if self.accept:
+                exchange.writer.write_byte(OK)
+                exchange.writer.write_long(self.vmm_id)
+                exchange.writer.write_utf("127.0.0.1")
+                exchange.writer.write_int(self.slam_port)
+            else:
+                exchange.writer.write_byte(ERROR)
+            exchange.send()
+        elif opcode == Op.VMM_NOTIFY_DS:
+            self.record((opcode, read.read_long(), read.read_int(), read.read_long(), read.read_int()))
+        elif opcode == Op.VM_REGISTER_DS:
+            fields = (read.read_long(), read.read_int(), read.read_int(), read.read_long(), read.read_int())
+            vmid = self._next_vmid
+            self._next_vmid += 1
+            exchange.writer.write_long(vmid)
+            exchange.send()
+            self.record((opcode, *fields, vmid))
+        elif opcode == Op.VM_NOTIFY_DS:
+            self.record((opcode, read.read_long(), read.read_int()))
+        elif opcode == Op.HELPER_NOTIFY_DS:
+            self.record((opcode, read.read_long(), read.read_utf()))
+
+
+class FakeSLAM(Peer):
+    def answer(self, exchange: Exchange, opcode: int) -> None:
+        if opcode == Op.VMM_REGISTER_SLAM:
+            self.record((opcode, exchange.reader.read_utf(), exchange.reader.read_int()))
+            exchange.writer.write_byte(OK)
+            exchange.send()
+
+
+class FakeASServer(Peer):
+    """The AS's own port (4322 in RAPID): answers DS_MIGRATION_VM_AS with
+    `reply` (OK, ERROR, or None for silence)."""
+
+    def __init__(self, reply: int | None = OK) -> None:
+        self.reply = reply
+        super().__init__()
+
+    def _serve(self, sock: socket.socket) -> None:
+        exchange = Exchange(sock, 10)
+        try:
+            header_and_raw = exchange.reader  # the opcode is a raw byte after the header
+            opcode = header_and_raw.read_raw_byte()
+            self.record((opcode, header_and_raw.read_long()))
+            if self.reply is None:
+                time.sleep(3)
+                return
+            exchange.writer.write_byte(self.reply)
+            exchange.send()
+        except Exception:
+            pass
+        finally:
+            exchange.close()
+
+
+def request(port: int, write: Callable[[Writer], None], read: Callable[[Reader], Any] | None = None) -> Any:
+    return call(("127.0.0.1", port), 30, write, read)
+
+
+def start_vm(
+    port: int, user_id: int, vcpus: int = 1, memory_mb: int = 512, os_type: int = 0, gpu: int = 1200
+) -> Any:
+    """SLAM_START_VM_VMM: (status, user id, ip) or (status,)."""
+
+    def write(out: Writer) -> None:
+        out.write_byte(Op.SLAM_START_VM_VMM)
+        out.write_long(user_id)
+        for value in (os_type, vcpus, memory_mb, gpu):
+            out.write_int(value)
+
+    def read(reply: Reader) -> tuple[Any, ...]:
+        status = reply.read_byte()
+        return (status, reply.read_long(), reply.read_utf()) if status == OK else (status,)
+
+    return request(port, write, read)
+
+
+def as_register(port: int, as_ip: str, confirm: int = OK) -> tuple[int, ...]:
+    """AS_RM_REGISTER_VMM, then the DS-registration byte on the same connection."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    exchange = Exchange(sock, 30)
+    try:
+        exchange.writer.write_byte(Op.AS_RM_REGISTER_VMM)
+        exchange.writer.write_utf(as_ip)
+        exchange.send()
+        status = exchange.reader.read_byte()
+        if status != OK:
+            return (status,)
+        user_id = exchange.reader.read_long()
+        exchange.writer.write_byte(confirm)
+        exchange.send()
+        return (status, user_id)
+    finally:
+        exchange.close()
+
+
+def no_reply(port: int, opcode: int, *longs_then_ints: tuple[str, int]) -> bytes:
+    """Send a message RAPID never answers; what came back (the VMM's header only)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    exchange = Exchange(sock, 30)
+    exchange.writer.write_byte(opcode)
+    for kind, value in longs_then_ints:
+        (exchange.writer.write_long if kind == "long" else exchange.writer.write_int)(value)
+    exchange.send()
+    sock.shutdown(socket.SHUT_WR)
+    received = b""
+    while chunk := sock.recv(1024):
+        received += chunk
+    sock.close()
+    return received

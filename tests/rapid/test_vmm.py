@@ -1,0 +1,437 @@
+"""The RAPID VM Manager of an agent against Python peers that speak the
+protocol (PROTOCOL.md section 10): a DS, a SLAM and ASs, over real sockets on
+loopback, the agent on the sim driver and a real SQLite store. Waits that
+RAPID counts in minutes are scaled down through the settings."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from pinfold.rapid.codec import Writer
+
+from pinfold.agent.drivers import GuestState, SimDriver
+from pinfold.agent.service import Agent, AgentSettings
+from pinfold.agent.store import Store
+from pinfold.rapid.config import RapidConfig
+from pinfold.rapid.protocol import ERROR, OK, Op
+from pinfold.rapid.server import RapidServer
+from pinfold.rapid.settings import RapidSettings
+from pinfold.rapid.state import RapidState, Status
+from pinfold.rapid.vmm import VMM, Usage
+from pinfold.rapid.wire import PeerError
+from tests.rapid.peers import FakeASServer, FakeDS, FakeSLAM, as_register, no_reply, request, start_vm
+
+FAST = RapidSettings(
+    socket_timeout_s=5, as_wait_s=3, ip_wait_s=0.5, as_lookup_tries=2, as_lookup_interval_s=0.2,
+    notify_period_s=0.2, recheck_period_s=0.5, helper_spares=0,
+)  # fmt: skip
+
+
+@dataclass
+class Rig:
+    agent: Agent
+    driver: SimDriver
+    vmm: VMM
+    server: RapidServer
+    ds: FakeDS
+    slam: FakeSLAM
+    state: RapidState
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def registered_vm(self, user_id: int) -> tuple[object, ...]:
+        return next(m for m in self.ds.of(Op.VM_REGISTER_DS) if m[4] == user_id)
+
+
+def make_rig(tmp_path: Path, topology, ds: FakeDS, slam: FakeSLAM, settings: RapidSettings = FAST,
+             driver: SimDriver | None = None, **config: object) -> Rig:  # fmt: skip
+    driver = driver or SimDriver()
+    agent = Agent(topology, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    rapid = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_ip="127.0.0.1", ds_port=ds.port, gpu_cores=3072)
+    rapid = replace(rapid, **config)  # type: ignore[arg-type]
+    state = RapidState(agent.store.path)
+    usage = Usage(cpu_load_pct=12, free_memory_mb=2048, gpu_util_pct=0, cpu_cores=8)
+    vmm = VMM(agent, state, rapid, settings, lambda: usage, lambda name: (12.5, 512.0))
+    server = RapidServer(vmm.handle, "127.0.0.1", 0, 8, settings.socket_timeout_s, settings.allow)
+    vmm.config = replace(vmm.config, vmm_port=server.port)
+    server.start()
+    vmm.start()
+    return Rig(agent, driver, vmm, server, ds, slam, state)
+
+
+def close(rig: Rig) -> None:
+    rig.server.stop()
+    rig.vmm.stop()
+    rig.state.close()
+    rig.agent.store.close()
+
+
+@pytest.fixture
+def peers() -> Iterator[tuple[FakeDS, FakeSLAM]]:
+    slam = FakeSLAM()
+    ds = FakeDS(slam.port)
+    yield ds, slam
+    ds.stop()
+    slam.stop()
+
+
+@pytest.fixture
+def rig(tmp_path, i7, peers) -> Iterator[Rig]:
+    made = make_rig(tmp_path, i7, *peers)
+    assert made.vmm.registered.wait(10)
+    yield made
+    close(made)
+
+
+def user_ip(rig: Rig, user_id: int) -> str:
+    vm = rig.state.vm(user_id)
+    assert vm is not None
+    return vm.ip
+
+
+def start_with_as(rig: Rig, user_id: int, confirm: int = OK, **size: int) -> tuple[object, ...]:
+    """SLAM_START for a user, with an AS that registers once the VM has an address."""
+    answer: list[tuple[object, ...]] = []
+    slam = threading.Thread(target=lambda: answer.append(start_vm(rig.port, user_id, **size)))
+    slam.start()
+    rig.ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == user_id for m in got))
+    assert as_register(rig.port, user_ip(rig, user_id), confirm) == (OK, user_id)
+    slam.join(timeout=10)
+    return answer[0]
+
+
+# -- start-up and registration (scenarios 6-10) --------------------------------------------------
+
+
+def test_first_start_registers_with_the_ds_then_the_slam_and_makes_two_helpers(rig):
+    (register,) = rig.ds.of(Op.VMM_REGISTER_DS)
+    assert register == (Op.VMM_REGISTER_DS, "127.0.0.1", 4, 12, 8, 2048, 0, 3072, "1000000000")
+    assert rig.slam.of(Op.VMM_REGISTER_SLAM) == [(Op.VMM_REGISTER_SLAM, "127.0.0.1", rig.port)]
+    assert (rig.state.vmm_id(), rig.state.slam()) == (7, ("127.0.0.1", rig.slam.port))
+    helpers = rig.ds.of(Op.VM_REGISTER_DS)
+    assert [m[:6] for m in helpers] == [
+        (Op.VM_REGISTER_DS, 7, 1, 0, -1, 1),
+        (Op.VM_REGISTER_DS, 7, 1, 0, -2, 1),
+    ]
+    notices = rig.ds.of(Op.HELPER_NOTIFY_DS)
+    assert [(m[1], m[2]) for m in notices] == [
+        (helpers[0][6], user_ip(rig, -1)),
+        (helpers[1][6], user_ip(rig, -2)),
+    ]
+    assert {vm.spec.name for vm in rig.agent.user_vms()} == {"rapid-helper-1", "rapid-helper-2"}
+
+
+def test_heartbeats_reach_the_ds_every_period(rig):
+    rig.ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VMM_NOTIFY_DS) >= 3)
+    assert rig.ds.of(Op.VMM_NOTIFY_DS)[0] == (Op.VMM_NOTIFY_DS, 7, 12, 2048, 0)
+
+
+def test_a_restart_keeps_the_id_and_the_helpers(tmp_path, i7, peers):
+    ds, slam = peers
+    driver = SimDriver()
+    first = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    assert first.vmm.registered.wait(10)
+    close(first)
+    ds.accept = False  # a DS that knows this VMM answers ERROR to its registration
+    ds.received.clear()
+    again = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    try:
+        assert again.vmm.registered.wait(10)
+        assert again.state.vmm_id() == 7
+        assert ds.of(Op.VM_REGISTER_DS) == []  # both helpers are still there
+        assert len(slam.of(Op.VMM_REGISTER_SLAM)) == 2
+    finally:
+        close(again)
+
+
+def test_helpers_the_hypervisor_lost_are_made_again(tmp_path, i7, peers):
+    ds, slam = peers
+    first = make_rig(tmp_path, i7, ds, slam)
+    assert first.vmm.registered.wait(10)
+    close(first)
+    ds.received.clear()
+    again = make_rig(tmp_path, i7, ds, slam, driver=SimDriver())  # a host reboot: no domains left
+    try:
+        assert again.vmm.registered.wait(10)
+        assert sorted(m[4] for m in ds.of(Op.VM_REGISTER_DS)) == [-2, -1]
+    finally:
+        close(again)
+
+
+def test_a_ds_that_forgot_this_vmm_is_told_again_about_its_vms(tmp_path, i7, peers):
+    ds, slam = peers
+    first = make_rig(tmp_path, i7, ds, slam)
+    assert first.vmm.registered.wait(10)
+    close(first)
+    ds.vmm_id = 8  # a DS whose database was reset: it registers the VMM anew
+    ds.received.clear()
+    again = make_rig(tmp_path, i7, ds, slam, driver=first.driver)
+    try:
+        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VM_REGISTER_DS) == 2)
+        assert again.state.vmm_id() == 8
+        assert {m[1] for m in ds.of(Op.VM_REGISTER_DS)} == {8}
+        assert len(ds.of(Op.HELPER_NOTIFY_DS)) == 2
+    finally:
+        close(again)
+
+
+# -- SLAM_START_VM_VMM (11-17) ------------------------------------------------------------------
+
+
+def test_a_new_user_gets_a_vm_once_its_as_confirms(rig):
+    assert start_with_as(rig, 42) == (OK, 42, user_ip(rig, 42))
+    assert rig.registered_vm(42)[:6] == (Op.VM_REGISTER_DS, 7, 0, 0, 42, 1)
+    vm = rig.state.vm(42)
+    assert vm is not None
+    assert (vm.status, vm.as_sync, vm.vmid, vm.vcpus, vm.memory_mb) == (
+        Status.STARTED,
+        True,
+        rig.registered_vm(42)[6],
+        1,
+        512,
+    )
+    assert rig.agent.allocator.spec("rapid-user-42").memory_mib == 512
+    # the same request again: at once, nothing created, nothing told to the DS
+    before = len(rig.ds.received)
+    assert start_vm(rig.port, 42) == (OK, 42, vm.ip)
+    assert len(rig.ds.received) == before
+    assert len([v for v in rig.agent.user_vms() if v.spec.name == "rapid-user-42"]) == 1
+
+
+def test_an_as_that_never_registers_ends_in_error(rig):
+    assert start_vm(rig.port, 43) == (ERROR,)
+    assert rig.state.vm(43) is not None  # the VM stays, as RAPID's: the next start finds it
+
+
+def test_an_as_that_answers_error_ends_the_start_at_once(rig):
+    assert start_with_as(rig, 44, confirm=ERROR) == (ERROR,)
+
+
+def test_no_address_means_no_vm(rig, monkeypatch):
+    monkeypatch.setattr(rig.agent, "addresses", lambda name: [])
+    assert start_vm(rig.port, 45) == (ERROR,)
+    assert rig.state.vm(45) is None
+    assert "rapid-user-45" not in rig.agent.allocator
+
+
+def test_a_suspended_vm_is_resumed(rig):
+    start_with_as(rig, 42)
+    vmid = rig.registered_vm(42)[6]
+    no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+    rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got)
+    answer: list[object] = []
+    slam = threading.Thread(target=lambda: answer.append(start_vm(rig.port, 42)))
+    slam.start()
+    rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 3) in got)
+    assert as_register(rig.port, user_ip(rig, 42)) == (OK, 42)
+    slam.join(timeout=10)
+    assert answer == [(OK, 42, user_ip(rig, 42))]
+    vm = rig.state.vm(42)
+    assert vm is not None
+    assert vm.status is Status.RESUMED
+
+
+def test_two_starts_for_one_new_user_make_one_vm(rig):
+    answers: list[object] = []
+    slams = [threading.Thread(target=lambda: answers.append(start_vm(rig.port, 46))) for _ in range(2)]
+    for slam in slams:
+        slam.start()
+    rig.ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == 46 for m in got))
+    assert as_register(rig.port, user_ip(rig, 46)) == (OK, 46)
+    for slam in slams:
+        slam.join(timeout=10)
+    assert answers == [(OK, 46, user_ip(rig, 46))] * 2
+    assert sum(1 for m in rig.ds.of(Op.VM_REGISTER_DS) if m[4] == 46) == 1
+
+
+@pytest.mark.parametrize(("vcpus", "memory_mb"), [(64, 512), (-1, 512), (1, -5), (1, 10**9)])
+def test_sizes_the_host_cannot_hold_are_refused_before_the_hypervisor(rig, vcpus, memory_mb):
+    before = {vm.spec.name for vm in rig.agent.user_vms()}
+    assert start_vm(rig.port, 47, vcpus=vcpus, memory_mb=memory_mb) == (ERROR,)
+    assert {vm.spec.name for vm in rig.agent.user_vms()} == before
+    assert rig.state.vm(47) is None
+
+
+# -- AS and DS messages (19-25) -------------------------------------------------------------------
+
+
+def test_an_as_with_an_unknown_address_is_refused_after_the_lookups(rig):
+    assert as_register(rig.port, "10.9.9.9") == (ERROR,)
+
+
+def test_as_notify_suspends_then_removes_without_replying(rig):
+    start_with_as(rig, 42)
+    vmid = rig.registered_vm(42)[6]
+    assert no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1)) == b"\xac\xed\x00\x05"
+    rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got)
+    assert rig.driver.info("rapid-user-42").state is GuestState.PAUSED
+    no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))  # already suspended: refused
+    assert no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 2)) == b"\xac\xed\x00\x05"
+    rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 4) in got)
+    assert rig.ds.of(Op.VM_NOTIFY_DS).count((Op.VM_NOTIFY_DS, vmid, 2)) == 1
+    assert rig.state.vm(42) is None
+    assert "rapid-user-42" not in {g.name for g in rig.driver.guests()}
+
+
+def test_notifications_for_unknown_users_or_actions_change_nothing(rig):
+    start_with_as(rig, 42)
+    before = (list(rig.ds.received), rig.state.vms())
+    no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 99), ("int", 1))
+    no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 3))
+    assert (list(rig.ds.received), rig.state.vms()) == before
+
+
+def test_ds_deregistration_removes_the_vm_silently(rig):
+    start_with_as(rig, 42)
+    before = len(rig.ds.received)
+    assert no_reply(rig.port, Op.DS_VM_DEREGISTER_VMM, ("long", 42)) == b"\xac\xed\x00\x05"
+    assert rig.state.vm(42) is None
+    assert "rapid-user-42" not in rig.agent.allocator
+    assert len(rig.ds.received) == before
+
+
+# -- SLAM queries (26-29) ---------------------------------------------------------------------------
+
+
+def query(rig: Rig, opcode: int, user_id: int) -> tuple[object, ...]:
+    def write(out: Writer) -> None:
+        out.write_byte(opcode)
+        out.write_long(user_id)
+
+    def read(reply):
+        status = reply.read_byte()
+        return (status, reply.read_string_list()) if status == OK else (status,)
+
+    return request(rig.port, write, read)
+
+
+def test_vm_info_lists_running_vms_with_helpers(rig):
+    start_with_as(rig, 42)
+    start_with_as(rig, 43)
+    no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 43), ("int", 1))
+    status, values = query(rig, Op.SLAM_GET_VMINFO_VMM, 0)
+    tuples = [values[i : i + 6] for i in range(0, len(values), 6)]
+    assert status == OK
+    assert sorted(t[0] for t in tuples) == ["-1", "-2", "42"]
+    mine = next(t for t in tuples if t[0] == "42")
+    assert mine == ["42", str(rig.registered_vm(42)[6]), "1", "512", "20", "1200"]
+    assert query(rig, Op.SLAM_GET_VMINFO_VMM, 43) == (ERROR,)
+
+
+def test_cpu_and_memory_come_from_the_agents_monitor(rig):
+    start_with_as(rig, 42)
+    vmid = str(rig.registered_vm(42)[6])
+    assert query(rig, Op.SLAM_GET_VMCPU_VMM, 42) == (OK, ["42", vmid, "12.5"])
+    assert query(rig, Op.SLAM_GET_VMMEM_VMM, 42) == (OK, ["42", vmid, "512", "512.0"])
+    assert query(rig, Op.SLAM_GET_VMCPU_VMM, 99) == (ERROR,)
+    assert query(rig, Op.SLAM_GET_VMDISK_VMM, 42) == (ERROR,)  # a diskless VM has no disk to report
+    rig.vmm.vm_usage = lambda name: None
+    assert query(rig, Op.SLAM_GET_VMCPU_VMM, 42) == (ERROR,)
+
+
+# -- flavors (30-31) ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def local_vms(tmp_path, rig, monkeypatch) -> Rig:
+    """VMs whose address is 127.0.0.1 (RAPID's ipShellPath fallback), so the
+    VMM reaches the fake AS server on loopback."""
+    script = tmp_path / "getIp.sh"
+    script.write_text("echo 127.0.0.1\n")  # no shebang, like RAPID's
+    monkeypatch.setattr(rig.agent, "addresses", lambda name: [])
+    rig.vmm.config = replace(rig.vmm.config, ip_script=script)
+    return rig
+
+
+@pytest.mark.parametrize(("reply", "expected"), [(OK, OK), (ERROR, ERROR), (None, ERROR)])
+def test_a_flavor_change_needs_the_as_to_agree(local_vms, reply, expected):
+    rig = local_vms
+    as_server = FakeASServer(reply)
+    rig.vmm.settings = rig.vmm.settings.model_copy(update={"as_port": as_server.port, "socket_timeout_s": 1})
+    try:
+        answer: list[object] = []
+        slam = threading.Thread(target=lambda: answer.append(start_vm(rig.port, 42)))
+        slam.start()
+        rig.ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == 42 for m in got))
+        as_register(rig.port, "127.0.0.1")
+        slam.join(timeout=10)
+
+        def change(out: Writer) -> None:
+            out.write_byte(Op.SLAM_CHANGE_VMFLV_VMM)
+            out.write_long(42)
+            for value in (2, 0, 0):
+                out.write_int(value)
+
+        assert request(rig.port, change, lambda r: r.read_byte()) == expected
+        assert as_server.of(Op.DS_MIGRATION_VM_AS) == [(Op.DS_MIGRATION_VM_AS, 42)]
+        size = rig.agent.allocator.spec("rapid-user-42")
+        assert (size.vcpus, size.memory_mib) == ((2, 1024) if expected == OK else (1, 512))
+    finally:
+        as_server.stop()
+
+
+def test_confirm_ignores_trailing_bytes_and_knows_its_users(rig):
+    start_with_as(rig, 42)
+
+    def confirm(user_id: int) -> int:
+        def write(out: Writer) -> None:
+            out.write_byte(Op.SLAM_CONFIRM_VMFLV_VMM)
+            out.write_long(user_id)
+            for value in (2, 1024, 20):  # what the deployed SLAM adds
+                out.write_int(value)
+
+        return int(request(rig.port, write, lambda r: r.read_byte()))
+
+    assert (confirm(42), confirm(99)) == (OK, ERROR)
+
+
+# -- robustness (5, 32, 33, 35) --------------------------------------------------------------------
+
+
+def test_bad_magic_and_unknown_opcodes_are_dropped_and_the_server_goes_on(rig):
+    with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert sock.recv(100) == b"\xac\xed\x00\x05"
+        assert sock.recv(100) == b""  # closed
+    assert no_reply(rig.port, 99) == b"\xac\xed\x00\x05"
+    assert query(rig, Op.SLAM_GET_VMINFO_VMM, 0)[0] == OK
+
+
+def test_silent_clients_are_dropped_and_do_not_starve_the_server(tmp_path, i7, peers):
+    settings = FAST.model_copy(update={"socket_timeout_s": 0.5})
+    rig = make_rig(tmp_path, i7, *peers, settings=settings)
+    try:
+        assert rig.vmm.registered.wait(10)
+        silent = [socket.create_connection(("127.0.0.1", rig.port), timeout=5) for _ in range(100)]
+        assert rig.server.rejected > 0  # beyond the workers and their queue: closed at once
+        deadline = time.monotonic() + 10
+        while True:  # the silent ones are dropped after the socket timeout; then requests get in
+            try:
+                assert query(rig, Op.SLAM_GET_VMINFO_VMM, 0)[0] == OK
+                break
+            except PeerError:
+                assert time.monotonic() < deadline, "the server stayed starved"
+                time.sleep(0.1)
+        for sock in silent:
+            sock.close()
+    finally:
+        close(rig)
+
+
+def test_peers_outside_the_allow_list_are_refused(tmp_path, i7, peers):
+    settings = FAST.model_copy(update={"allow": ("10.0.0.0/8",)})
+    rig = make_rig(tmp_path, i7, *peers, settings=settings)
+    try:
+        with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
+            assert sock.recv(100) == b""  # closed before a header
+        assert rig.server.rejected >= 1
+    finally:
+        close(rig)
