@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 from pinfold.rapid.codec import Reader, Writer
-
 from pinfold.rapid.protocol import ERROR, OK, Op
 from pinfold.rapid.wire import Exchange, call
 
@@ -101,12 +100,18 @@ class FakeDS(Peer):
         elif opcode == Op.VMM_NOTIFY_DS:
             self.record((opcode, read.read_long(), read.read_int(), read.read_long(), read.read_int()))
         elif opcode == Op.VM_REGISTER_DS:
-            fields = (read.read_long(), read.read_int(), read.read_int(), read.read_long(), read.read_int())
+            registration = (
+                read.read_long(),
+                read.read_int(),
+                read.read_int(),
+                read.read_long(),
+                read.read_int(),
+            )
             vmid = self._next_vmid
             self._next_vmid += 1
             exchange.writer.write_long(vmid)
             exchange.send()
-            self.record((opcode, *fields, vmid))
+            self.record((opcode, *registration, vmid))
         elif opcode == Op.VM_NOTIFY_DS:
             self.record((opcode, read.read_long(), read.read_int()))
         elif opcode == Op.HELPER_NOTIFY_DS:

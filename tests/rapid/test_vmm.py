@@ -11,13 +11,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pinfold.rapid.codec import Writer
 
 from pinfold.agent.drivers import GuestState, SimDriver
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
+from pinfold.rapid.codec import Writer
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.protocol import ERROR, OK, Op
 from pinfold.rapid.server import RapidServer
@@ -85,7 +86,7 @@ def peers() -> Iterator[tuple[FakeDS, FakeSLAM]]:
 
 @pytest.fixture
 def rig(tmp_path, i7, peers) -> Iterator[Rig]:
-    made = make_rig(tmp_path, i7, *peers)
+    made = make_rig(tmp_path, i7, peers[0], peers[1])
     assert made.vmm.registered.wait(10)
     yield made
     close(made)
@@ -121,6 +122,7 @@ def test_first_start_registers_with_the_ds_then_the_slam_and_makes_two_helpers(r
         (Op.VM_REGISTER_DS, 7, 1, 0, -1, 1),
         (Op.VM_REGISTER_DS, 7, 1, 0, -2, 1),
     ]
+    rig.ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2)
     notices = rig.ds.of(Op.HELPER_NOTIFY_DS)
     assert [(m[1], m[2]) for m in notices] == [
         (helpers[0][6], user_ip(rig, -1)),
@@ -178,7 +180,7 @@ def test_a_ds_that_forgot_this_vmm_is_told_again_about_its_vms(tmp_path, i7, pee
         ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VM_REGISTER_DS) == 2)
         assert again.state.vmm_id() == 8
         assert {m[1] for m in ds.of(Op.VM_REGISTER_DS)} == {8}
-        assert len(ds.of(Op.HELPER_NOTIFY_DS)) == 2
+        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2)
     finally:
         close(again)
 
@@ -301,7 +303,7 @@ def test_ds_deregistration_removes_the_vm_silently(rig):
 # -- SLAM queries (26-29) ---------------------------------------------------------------------------
 
 
-def query(rig: Rig, opcode: int, user_id: int) -> tuple[object, ...]:
+def query(rig: Rig, opcode: int, user_id: int) -> Any:
     def write(out: Writer) -> None:
         out.write_byte(opcode)
         out.write_long(user_id)
@@ -348,7 +350,7 @@ def local_vms(tmp_path, rig, monkeypatch) -> Rig:
     script.write_text("echo 127.0.0.1\n")  # no shebang, like RAPID's
     monkeypatch.setattr(rig.agent, "addresses", lambda name: [])
     rig.vmm.config = replace(rig.vmm.config, ip_script=script)
-    return rig
+    return rig  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize(("reply", "expected"), [(OK, OK), (ERROR, ERROR), (None, ERROR)])
@@ -400,19 +402,25 @@ def test_bad_magic_and_unknown_opcodes_are_dropped_and_the_server_goes_on(rig):
     with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
         sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert sock.recv(100) == b"\xac\xed\x00\x05"
-        assert sock.recv(100) == b""  # closed
+        try:
+            rest = sock.recv(100)
+        except ConnectionResetError:  # closed with our unread bytes in its buffer: a reset
+            rest = b""
+        assert rest == b""
     assert no_reply(rig.port, 99) == b"\xac\xed\x00\x05"
     assert query(rig, Op.SLAM_GET_VMINFO_VMM, 0)[0] == OK
 
 
 def test_silent_clients_are_dropped_and_do_not_starve_the_server(tmp_path, i7, peers):
     settings = FAST.model_copy(update={"socket_timeout_s": 0.5})
-    rig = make_rig(tmp_path, i7, *peers, settings=settings)
+    rig = make_rig(tmp_path, i7, peers[0], peers[1], settings=settings)
     try:
         assert rig.vmm.registered.wait(10)
         silent = [socket.create_connection(("127.0.0.1", rig.port), timeout=5) for _ in range(100)]
-        assert rig.server.rejected > 0  # beyond the workers and their queue: closed at once
         deadline = time.monotonic() + 10
+        while rig.server.rejected == 0:  # beyond the workers and their queue: closed at once
+            assert time.monotonic() < deadline, "no connection was turned away"
+            time.sleep(0.05)
         while True:  # the silent ones are dropped after the socket timeout; then requests get in
             try:
                 assert query(rig, Op.SLAM_GET_VMINFO_VMM, 0)[0] == OK
@@ -428,7 +436,7 @@ def test_silent_clients_are_dropped_and_do_not_starve_the_server(tmp_path, i7, p
 
 def test_peers_outside_the_allow_list_are_refused(tmp_path, i7, peers):
     settings = FAST.model_copy(update={"allow": ("10.0.0.0/8",)})
-    rig = make_rig(tmp_path, i7, *peers, settings=settings)
+    rig = make_rig(tmp_path, i7, peers[0], peers[1], settings=settings)
     try:
         with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
             assert sock.recv(100) == b""  # closed before a header

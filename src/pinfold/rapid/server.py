@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from pinfold.rapid.codec import CodecError
-
 from pinfold.rapid.wire import Exchange
 
 __all__ = ["RapidServer"]

@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
-from pinfold.rapid.codec import Writer
-
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.rapid import protocol
+from pinfold.rapid.codec import Writer
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.flavors import suitable_type
 from pinfold.rapid.protocol import CATEGORY_HELPER, CATEGORY_NORMAL, ERROR, OK, Op
