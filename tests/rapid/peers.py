@@ -81,7 +81,13 @@ class FakeDS(Peer):
         self.vmm_id = vmm_id
         self.accept = accept
         self._next_vmid = 9
+        self.known: set[str] = set()
         super().__init__()
+
+    def forget(self, vmm_id: int) -> None:
+        """A DS whose database was reset: it registers the VMM anew, under `vmm_id`."""
+        self.known.clear()
+        self.vmm_id = vmm_id
 
     def answer(self, exchange: Exchange, opcode: int) -> None:
         read = exchange.reader
@@ -89,7 +95,8 @@ class FakeDS(Peer):
             fields = (read.read_utf(), read.read_int(), read.read_int(), read.read_int(), read.read_long(),
                       read.read_int(), read.read_int(), read.read_utf())  # fmt: skip
             self.record((opcode, *fields))
-            if self.accept:
+            if self.accept and fields[0] not in self.known:  # a real DS refuses an address it knows
+                self.known.add(fields[0])
                 exchange.writer.write_byte(OK)
                 exchange.writer.write_long(self.vmm_id)
                 exchange.writer.write_utf("127.0.0.1")
@@ -109,9 +116,9 @@ class FakeDS(Peer):
             )
             vmid = self._next_vmid
             self._next_vmid += 1
+            self.record((opcode, *registration, vmid))  # before answering: the VMM goes on at once
             exchange.writer.write_long(vmid)
             exchange.send()
-            self.record((opcode, *registration, vmid))
         elif opcode == Op.VM_NOTIFY_DS:
             self.record((opcode, read.read_long(), read.read_int()))
         elif opcode == Op.HELPER_NOTIFY_DS:

@@ -142,8 +142,7 @@ def test_a_restart_keeps_the_id_and_the_helpers(tmp_path, i7, peers):
     first = make_rig(tmp_path, i7, ds, slam, driver=driver)
     assert first.vmm.registered.wait(10)
     close(first)
-    ds.accept = False  # a DS that knows this VMM answers ERROR to its registration
-    ds.received.clear()
+    ds.received.clear()  # the DS still knows this VMM: it answers ERROR to its registration
     again = make_rig(tmp_path, i7, ds, slam, driver=driver)
     try:
         assert again.vmm.registered.wait(10)
@@ -173,7 +172,7 @@ def test_a_ds_that_forgot_this_vmm_is_told_again_about_its_vms(tmp_path, i7, pee
     first = make_rig(tmp_path, i7, ds, slam)
     assert first.vmm.registered.wait(10)
     close(first)
-    ds.vmm_id = 8  # a DS whose database was reset: it registers the VMM anew
+    ds.forget(8)
     ds.received.clear()
     again = make_rig(tmp_path, i7, ds, slam, driver=first.driver)
     try:
@@ -441,5 +440,28 @@ def test_peers_outside_the_allow_list_are_refused(tmp_path, i7, peers):
         with socket.create_connection(("127.0.0.1", rig.port), timeout=5) as sock:
             assert sock.recv(100) == b""  # closed before a header
         assert rig.server.rejected >= 1
+    finally:
+        close(rig)
+
+
+def test_two_users_racing_for_the_last_room_one_wins_the_other_hears_error(tmp_path, i7, peers):
+    """Scenario 16: room for one more VM only; both starts are answered."""
+    rig = make_rig(tmp_path, i7, peers[0], peers[1])
+    try:
+        assert rig.vmm.registered.wait(10)
+        free = rig.agent.allocator.free_cpu_count  # premium VMs of this size take every free CPU
+        answers: list[object] = []
+        slams = [
+            threading.Thread(target=lambda user=user: answers.append(start_vm(rig.port, user, vcpus=free)))
+            for user in (50, 51)
+        ]
+        for slam in slams:
+            slam.start()
+        rig.ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] in (50, 51) for m in got))
+        winner = next(m[4] for m in rig.ds.of(Op.VM_REGISTER_DS) if m[4] in (50, 51))
+        as_register(rig.port, user_ip(rig, winner))
+        for slam in slams:
+            slam.join(timeout=10)
+        assert sorted(answers, key=len) == [(ERROR,), (OK, winner, user_ip(rig, winner))]
     finally:
         close(rig)

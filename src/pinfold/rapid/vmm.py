@@ -96,17 +96,18 @@ class VMM:
             thread.join(timeout=self.settings.socket_timeout_s + 5)
 
     def reconcile(self) -> None:
-        """A record whose agent VM is gone is dropped (a helper is made again
-        later); an agent VM owned by RAPID that no record names is one a crash
-        cut off before it was recorded: nobody was told of it, so it is deleted."""
-        names = {vm.spec.name for vm in self.agent.user_vms()}
+        """A record whose agent VM is gone (or missing from the hypervisor) is
+        dropped, and so is that VM (a helper is made again later); an agent VM
+        owned by RAPID that no record names is one a crash cut off before it
+        was recorded: nobody was told of it, so it is deleted."""
+        names = {vm.spec.name for vm in self.agent.user_vms() if vm.state != "missing"}
         recorded = set()
         for vm in self.state.vms():
             if vm.vm_name in names:
                 recorded.add(vm.vm_name)
             else:
                 self.state.forget(vm.user_id)
-        for name in names - recorded:
+        for name in {vm.spec.name for vm in self.agent.user_vms()} - recorded:
             if name.startswith(("rapid-user-", "rapid-helper-")):
                 with contextlib.suppress(AgentError):
                     self.agent.delete(name)
@@ -141,7 +142,7 @@ class VMM:
         previous = self.state.vmm_id()
         if answer is not None:
             self.state.registered(answer.vmm_id, answer.slam_ip, answer.slam_port)
-            if previous:
+            if previous and answer.vmm_id != previous:
                 self._register_vms_again()
         elif not previous:
             raise PeerError("the DS refused to register this VMM (is a SLAM registered with it?)")
