@@ -450,7 +450,7 @@ def test_two_users_racing_for_the_last_room_one_wins_the_other_hears_error(tmp_p
     try:
         assert rig.vmm.registered.wait(10)
         free = rig.agent.allocator.free_cpu_count  # premium VMs of this size take every free CPU
-        answers: list[object] = []
+        answers: list[tuple[object, ...]] = []
         slams = [
             threading.Thread(target=lambda user=user: answers.append(start_vm(rig.port, user, vcpus=free)))
             for user in (50, 51)

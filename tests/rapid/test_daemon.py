@@ -1,0 +1,72 @@
+"""`pinfold agent --rapid-config configuration.xml` as an operator runs it:
+the daemon registers with the DS and the SLAM, makes its helper VMs from
+their warm pools, serves RAPID on vmmPort, and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+
+from pinfold.rapid.protocol import OK, Op
+from tests.conftest import I7
+from tests.rapid.peers import FakeDS, FakeSLAM, as_register, start_vm
+from tests.servers import free_port
+
+CONFIG = """<RAPID_VMM_DS>
+  <VMM>
+    <vmmPort>{port}</vmmPort><vmmMaxConnection>10</vmmMaxConnection><vmmIpAddress>127.0.0.1</vmmIpAddress>
+    <openStackSupport>0</openStackSupport><gpuCores>0</gpuCores><availableType>1000000000</availableType>
+    <dataPath>/nonexistent/unused</dataPath>
+  </VMM>
+  <DS><dsPort>{ds_port}</dsPort><dsIpAddress>127.0.0.1</dsIpAddress></DS>
+</RAPID_VMM_DS>
+"""
+SETTINGS = """
+[rapid]
+notify_period_s = 0.5
+as_wait_s = 20
+ip_wait_s = 2
+as_lookup_tries = 1
+helper_spares = 1
+"""
+
+
+def test_the_agent_serves_rapid_from_its_configuration(tmp_path):
+    slam = FakeSLAM()
+    ds = FakeDS(slam.port)
+    port = free_port()
+    (tmp_path / "configuration.xml").write_text(CONFIG.format(port=port, ds_port=ds.port))
+    (tmp_path / "agent.toml").write_text(SETTINGS)
+    command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
+    command += ["--data-dir", str(tmp_path / "data"), "--port", str(free_port())]
+    command += [
+        "--config",
+        str(tmp_path / "agent.toml"),
+        "--rapid-config",
+        str(tmp_path / "configuration.xml"),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2, timeout_s=60)
+        assert slam.of(Op.VMM_REGISTER_SLAM) == [(Op.VMM_REGISTER_SLAM, "127.0.0.1", port)]
+        ds.wait_for(lambda got: any(m[0] == Op.VMM_NOTIFY_DS for m in got))
+        answer: list[object] = []
+        request = threading.Thread(target=lambda: answer.append(start_vm(port, 42)))
+        request.start()
+        ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == 42 for m in got), timeout_s=30)
+        # the sim driver's addresses are 198.51.100.1, .2, ... in creation order: the AS of
+        # user 42 is one of them (a wrong one is refused at once with as_lookup_tries = 1)
+        answers = (as_register(port, f"198.51.100.{n}") for n in range(1, 10))
+        assert any(result == (OK, 42) for result in answers)
+        request.join(timeout=30)
+        assert len(answer) == 1
+        assert answer[0][:2] == (OK, 42)  # type: ignore[index]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        ds.stop()
+        slam.stop()
+    assert process.returncode == 0, output
+    assert "RAPID VMM on port" in output
