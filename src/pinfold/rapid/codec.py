@@ -322,7 +322,9 @@ class Reader:
     exactly the bytes it needs, so it never consumes past the end of a message, and a
     source that can block (a socket with a timeout) blocks only when data is due.
     Anything but the expected value raises CodecError; EOF raises TruncatedError.
-    Exceptions of the source itself (a socket timeout) pass through unchanged.
+    Exceptions of the source itself (a socket timeout) pass through unchanged. After
+    any of these the position in the stream is lost: drop the reader (and the
+    connection), as a Java peer does.
     """
 
     def __init__(self, read: ReadFn, *, header: bool = True) -> None:
