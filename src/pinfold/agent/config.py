@@ -5,9 +5,7 @@ environment variables, then command-line flags (each overrides the one before).
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pinfold.agent.pools import PoolSpec
 from pinfold.rapid.settings import RapidSettings
+from pinfold.settings import SettingsError, describe, environment, layered
 from pinfold.tokens import token_in
 
 __all__ = ["AgentConfig", "ConfigError", "advertised_url", "load_config", "load_or_create_token"]
@@ -67,26 +66,16 @@ def load_config(
     path: Path | None, flags: dict[str, Any], environ: dict[str, str] | None = None
 ) -> AgentConfig:
     """Merge the layers; ConfigError names the offending key and its source."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{path}: {exc}") from None
-    environ = dict(os.environ if environ is None else environ)
-    for key in AgentConfig.model_fields:
-        if key in ("pools", "rapid"):
-            continue
-        if ENV_PREFIX + key.upper() in environ:
-            values[key] = environ[ENV_PREFIX + key.upper()]
+    environ = environment(environ)
     flags = dict(flags)
     rapid_config = flags.pop("rapid_config", None) or environ.get(ENV_PREFIX + "RAPID_CONFIG")
-    values.update({key: value for key, value in flags.items() if value is not None})
+    keys = [key for key in AgentConfig.model_fields if key not in ("pools", "rapid")]
+    try:
+        values = layered(path, flags, environ, ENV_PREFIX, keys, ("image_dirs", "slackvm_open_networks"))
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from None
     if rapid_config is not None:
         values["rapid"] = {**values.get("rapid", {}), "config": rapid_config}
-    for key in ("image_dirs", "slackvm_open_networks"):
-        if isinstance(values.get(key), str):
-            values[key] = [part.strip() for part in values[key].split(",") if part.strip()]
     try:
         config = AgentConfig(**values)
         for network in config.slackvm_open_networks:
@@ -96,8 +85,7 @@ def load_config(
             raise ConfigError("agent settings: pools: two pools have the same name")
         return config
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"agent settings: {problems}") from None
+        raise ConfigError(f"agent settings: {describe(exc)}") from None
     except ValueError as exc:
         raise ConfigError(f"agent settings: slackvm_open_networks: {exc}") from None
 

@@ -4,14 +4,13 @@ PINFOLD_CONTROLLER_* environment variables, then flags."""
 from __future__ import annotations
 
 import ipaddress
-import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pinfold.placement import POLICIES
+from pinfold.settings import SettingsError, describe, environment, layered
 from pinfold.tokens import token_in
 
 __all__ = ["ControllerConfig", "ControllerConfigError", "load_controller_config"]
@@ -77,23 +76,14 @@ class ControllerConfig(BaseModel):
 def load_controller_config(
     path: Path | None, flags: dict[str, Any], environ: dict[str, str] | None = None
 ) -> ControllerConfig:
-    values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            values.update(tomllib.loads(path.read_text(encoding="utf-8")))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ControllerConfigError(f"{path}: {exc}") from None
-    environ = dict(os.environ if environ is None else environ)
-    for key in ControllerConfig.model_fields:
-        if ENV_PREFIX + key.upper() in environ:
-            values[key] = environ[ENV_PREFIX + key.upper()]
-    values.update({key: value for key, value in flags.items() if value is not None})
-    if isinstance(values.get("slackvm_open_networks"), str):
-        values["slackvm_open_networks"] = [
-            p.strip() for p in values["slackvm_open_networks"].split(",") if p.strip()
-        ]
+    environ = environment(environ)
+    try:
+        values = layered(
+            path, flags, environ, ENV_PREFIX, ControllerConfig.model_fields, ("slackvm_open_networks",)
+        )
+    except SettingsError as exc:
+        raise ControllerConfigError(str(exc)) from None
     try:
         return ControllerConfig(**values)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ControllerConfigError(f"controller settings: {problems}") from None
+        raise ControllerConfigError(f"controller settings: {describe(exc)}") from None
