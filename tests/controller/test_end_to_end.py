@@ -310,3 +310,30 @@ def test_agents_register_again_with_a_controller_that_lost_them(tmp_path, i7):
         assert created.status_code == 201
     finally:
         cluster.close()
+
+
+def test_cpu_map_and_history_follow_the_heartbeats(cluster):
+    cluster.add_host("h1")
+    cluster.http.post(
+        "/api/v1/vms", json={"name": "a", "vcpus": 2, "memory_mib": 256, "ratio": 2.0}, headers=ADMIN_AUTH
+    )
+    vnode = cluster.hosts["h1"].agent.allocator.vnode(2.0)
+
+    def mapped() -> list[int]:
+        cpus = cluster.http.get("/api/v1/hosts/h1/cpus").json()["cpus"]
+        return sorted(c["cpu"] for c in cpus if c["level"] == "2.0")
+
+    cluster.wait(lambda: mapped() == sorted(vnode), "the vNode on the CPU map")
+    cpus = cluster.http.get("/api/v1/hosts/h1/cpus").json()["cpus"]
+    assert len(cpus) == 8
+    assert {c["socket"] for c in cpus} == {0}
+    assert next(c for c in cpus if c["cpu"] == 4)["core"] == 0  # 0 and 4 are SMT siblings on the i7
+    history = cluster.http.get("/api/v1/hosts/h1/history").json()
+    assert history[-1]["sizes"] == {"2.0": len(vnode)}
+    assert cluster.http.get("/api/v1/hosts/nowhere/history").status_code == 404
+    assert cluster.http.get("/api/v1/whoami").status_code == 401
+    assert cluster.http.get("/api/v1/whoami", headers=ADMIN_AUTH).json() == {"role": "admin"}
+    page = cluster.http.get("/")
+    assert page.status_code == 200
+    assert "<title>pinfold</title>" in page.text
+    assert cluster.http.get("/dashboard/app.js").status_code == 200

@@ -18,6 +18,7 @@ import httpx
 
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent
+from pinfold.placement import level_key
 from pinfold.topology import slackvm_json
 
 __all__ = ["Registrar", "heartbeat_document", "registration_document"]
@@ -111,5 +112,6 @@ def heartbeat_document(agent: Agent, monitor: Monitor | None) -> dict[str, Any]:
             "status": agent.allocator.status(),
             "vms": {vm.spec.name: vm.state for vm in agent.user_vms()},
             "pins": {vm.spec.name: sorted(agent.allocator.pinning(vm.spec.name)) for vm in agent.user_vms()},
+            "vnodes": {level_key(ratio): cpus for ratio, cpus in agent.vnode_layout().items()},
             "usage": sample.to_dict() if sample is not None else None,
         }

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Response
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
@@ -38,6 +40,8 @@ _STATUS = {
     "unauthorized": 401,
 }
 HOST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: the dashboard's files, served as they are (no CDN, no build step)
+DASHBOARD = Path(__file__).parent / "dashboard"
 T = TypeVar("T")
 
 
@@ -63,6 +67,7 @@ class Heartbeat(BaseModel):
     status: dict[str, Any] | None = None
     vms: dict[str, str] = Field(default_factory=dict)
     pins: dict[str, list[int]] = Field(default_factory=dict)
+    vnodes: dict[str, list[int]] = Field(default_factory=dict)
     usage: dict[str, Any] | None = None
 
 
@@ -106,6 +111,30 @@ def host_view(view: HostView, vms: Sequence[VMRecord] = ()) -> dict[str, Any]:
         "vms": [vm.name for vm in vms],
         "unmanaged_vms": sorted(set(reported) - {vm.name for vm in vms}),
     }
+
+
+def cpu_map(view: HostView) -> dict[str, Any]:
+    """One entry per usable CPU, laid out by socket, L3 and core (the group
+    ids are the smallest CPU id of each group), with the level whose vNode
+    holds it and its last measured use."""
+    beat = view.record.heartbeat or {}
+    owner = {cpu: level for level, cpus in (beat.get("vnodes") or {}).items() for cpu in cpus}
+    busy = ((beat.get("usage") or {}).get("cpu")) or {}
+    cpus = []
+    for entry in view.record.topology.get("cpuset", {}).get("cpu_list", []):
+        cpu = int(entry["cpu_id"])
+        caches = entry.get("cache_level") or {}
+        cpus.append(
+            {
+                "cpu": cpu,
+                "socket": min([cpu, *map(int, entry.get("sib_cpu") or ())]),
+                "l3": int(caches[max(caches, key=int)]) if caches else 0,
+                "core": min([cpu, *map(int, entry.get("sib_smt") or ())]),
+                "level": owner.get(cpu),
+                "busy": float(busy.get(str(cpu), 0.0)),
+            }
+        )
+    return {"host": view.record.id, "state": view.state, "cpus": sorted(cpus, key=lambda c: c["cpu"])}
 
 
 def event_view(event: EventRecord) -> dict[str, Any]:
@@ -185,6 +214,22 @@ def create_app(
     def get_host(host_id: str) -> dict[str, Any]:
         view = call(lambda: controller.host(host_id))
         return host_view(view, controller.vms(host_id))
+
+    @app.get("/api/v1/hosts/{host_id}/cpus")
+    def host_cpus(host_id: str) -> dict[str, Any]:
+        return cpu_map(call(lambda: controller.host(host_id)))
+
+    @app.get("/api/v1/hosts/{host_id}/history")
+    def host_history(
+        host_id: str, since: Annotated[float, Query(ge=0, le=1e12)] = 0.0
+    ) -> list[dict[str, Any]]:
+        call(lambda: controller.host(host_id))
+        return [sample.to_dict() for sample in controller.history.of(host_id, since)]
+
+    @app.get("/api/v1/whoami", dependencies=[admin])
+    def whoami() -> dict[str, str]:
+        """A token check for the dashboard's login form."""
+        return {"role": "admin"}
 
     @app.post("/api/v1/hosts/{host_id}/{action}", dependencies=[admin])
     def host_action(host_id: str, action: str) -> dict[str, Any]:
@@ -281,5 +326,11 @@ def create_app(
             vms.labels(vm.state.value).inc()
         text = generate_latest(gauges) + generate_latest(registry)
         return PlainTextResponse(text.decode(), media_type="text/plain; version=0.0.4")
+
+    app.mount("/dashboard", StaticFiles(directory=DASHBOARD), name="dashboard")
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(DASHBOARD / "index.html")
 
     return app

@@ -23,6 +23,7 @@ from typing import Any
 
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.feasibility import Feasibility
+from pinfold.controller.history import History
 from pinfold.controller.models import VMState
 from pinfold.controller.scheduler import Scheduler
 from pinfold.controller.store import (
@@ -99,6 +100,7 @@ class Controller:
     liveness_ttl_s: float = 1.0
     clock: Callable[[], float] = time.time
     scheduler: Scheduler = field(default_factory=Scheduler)
+    history: History = field(default_factory=History)
 
     def __post_init__(self) -> None:
         if self.default_policy not in POLICIES:
@@ -144,6 +146,7 @@ class Controller:
         now = self.clock()
         if not self.store.heartbeat(host_id, payload, now):
             return False
+        self.history.record(host_id, now, payload)
         if host_id in self._down:
             self._down.discard(host_id)
             self.store.add_event("host up", host_id, {}, now)

@@ -1,0 +1,294 @@
+// pinfold's dashboard: plain JavaScript, no build step, no CDN. Every value
+// from the API reaches the page through textContent (the `h` helper), never
+// as HTML. The admin token stays in sessionStorage, for this tab only.
+"use strict";
+
+const main = document.getElementById("main");
+const REFRESH_MS = 2000;
+let timer = null;
+
+function h(tag, attrs = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key.startsWith("on")) element.addEventListener(key.slice(2), value);
+    else if (value !== false && value !== null && value !== undefined) element.setAttribute(key, value);
+  }
+  for (const child of children.flat()) {
+    element.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return element;
+}
+
+function token() { return sessionStorage.getItem("pinfold-token") || ""; }
+
+async function api(method, path, body) {
+  const response = await fetch(path, {
+    method,
+    headers: { "Authorization": "Bearer " + token(), "Content-Type": "application/json" },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401) { showLogin("Your token was refused: log in again."); throw new Error("unauthorized"); }
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (!response.ok) throw new Error((data && (data.error + ": " + data.detail)) || response.statusText);
+  return data;
+}
+
+function levelClass(level) {
+  if (level === null || level === undefined) return "level-free";
+  const known = { "1.0": "level-1", "2.0": "level-2", "3.0": "level-3" };
+  return known[String(level)] || "level-x";
+}
+
+function levelName(ratio) { return Number(ratio) === 1 ? "1:1" : Number(ratio) + ":1"; }
+
+function legend(levels) {
+  return h("p", { class: "legend" },
+    [...levels].sort().map((level) => h("span", {}, h("i", { class: levelClass(level) }), levelName(level) + " vNode")),
+    h("span", {}, h("i", { class: "level-free" }), "free"),
+    h("span", { class: "muted" }, "darker band: CPU use"));
+}
+
+// -- overview ---------------------------------------------------------------------------
+
+async function overview() {
+  const [hosts, vms] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/vms")]);
+  const levels = [...new Set(vms.map((vm) => vm.ratio.toFixed(1)))].sort();
+  const totals = { cpus: 0, allocated: 0, used: 0, memTotal: 0, memVMs: 0, perLevel: {} };
+  const rows = hosts.map((host) => {
+    const subset = ((host.status || {}).cpu || {}).subset || {};
+    const allocated = Object.values(subset).reduce((sum, level) => sum + level.pcap, 0);
+    const usage = host.usage || {};
+    const used = Object.values(usage.cpu || {}).reduce((sum, share) => sum + share, 0);
+    const memTotal = (usage.memory_mib || {}).total || 0;
+    const mine = vms.filter((vm) => vm.host === host.id);
+    const memVMs = mine.reduce((sum, vm) => sum + vm.memory_mib, 0);
+    totals.cpus += host.cpus; totals.allocated += allocated; totals.used += used;
+    totals.memTotal += memTotal; totals.memVMs += memVMs;
+    const counts = levels.map((level) => {
+      const n = mine.filter((vm) => vm.ratio.toFixed(1) === level).length;
+      totals.perLevel[level] = (totals.perLevel[level] || 0) + n;
+      return h("td", {}, n);
+    });
+    return h("tr", { "data-testid": "host-row" },
+      h("td", {}, h("a", { href: "#/hosts/" + encodeURIComponent(host.id) }, host.id)),
+      h("td", {}, h("span", { class: "badge " + host.state }, host.state)),
+      h("td", {}, host.cpus), h("td", {}, allocated), h("td", {}, used.toFixed(2)),
+      h("td", {}, memTotal ? Math.round(memVMs) + " / " + Math.round(memTotal) : Math.round(memVMs)),
+      counts);
+  });
+  main.replaceChildren(
+    h("h2", {}, "Cluster"),
+    h("table", { "data-testid": "hosts" },
+      h("tr", {}, ["host", "state", "CPUs", "in vNodes", "cores used", "MiB of VMs / host"].map((t) => h("th", {}, t)),
+        levels.map((level) => h("th", {}, "VMs " + levelName(level)))),
+      rows,
+      h("tr", { class: "total" }, h("td", {}, "total"), h("td", {}, hosts.length + " hosts"), h("td", {}, totals.cpus),
+        h("td", {}, totals.allocated), h("td", {}, totals.used.toFixed(2)),
+        h("td", {}, Math.round(totals.memVMs) + " / " + Math.round(totals.memTotal)),
+        levels.map((level) => h("td", {}, totals.perLevel[level] || 0)))),
+    hosts.length ? "" : h("p", { class: "muted" }, "No host has registered yet."));
+}
+
+// -- one host ---------------------------------------------------------------------------
+
+function groupBy(items, key) {
+  const groups = new Map();
+  for (const item of items) {
+    if (!groups.has(item[key])) groups.set(item[key], []);
+    groups.get(item[key]).push(item);
+  }
+  return groups;
+}
+
+function cpuCell(cpu) {
+  const percent = Math.round(cpu.busy * 100);
+  return h("div", {
+    class: "cell " + levelClass(cpu.level), "data-cpu": cpu.cpu, "data-level": cpu.level || "free",
+    title: "CPU " + cpu.cpu + (cpu.level ? ", " + levelName(cpu.level) + " vNode" : ", free") + ", " + percent + "% busy",
+  }, h("div", { class: "use", style: "height:" + percent + "%" }), h("span", {}, cpu.cpu));
+}
+
+function cpuMap(cpus) {
+  const sockets = [...groupBy(cpus, "socket").entries()].map(([socket, inSocket]) => {
+    const l3s = [...groupBy(inSocket, "l3").entries()].map(([l3, inL3]) => {
+      const cores = [...groupBy(inL3, "core").values()].map((threads) => h("div", { class: "core" }, threads.map(cpuCell)));
+      return h("div", { class: "l3", title: "L3 " + l3 }, cores);
+    });
+    return h("div", { class: "socket", title: "socket of CPU " + socket }, l3s);
+  });
+  return h("div", { "data-testid": "cpu-map" }, sockets);
+}
+
+function historyPlot(samples) {
+  const width = 640, height = 180, pad = 28;
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("class", "history"); svg.setAttribute("width", width); svg.setAttribute("height", height);
+  svg.setAttribute("data-testid", "history");
+  if (samples.length < 2) return h("p", { class: "muted" }, "Collecting samples for the vNode plot...");
+  const t0 = samples[0].time, t1 = samples[samples.length - 1].time;
+  const levels = [...new Set(samples.flatMap((s) => Object.keys(s.sizes)))].sort();
+  const top = Math.max(1, ...samples.flatMap((s) => Object.values(s.sizes)), ...samples.flatMap((s) => Object.values(s.used)));
+  const x = (t) => pad + (width - 2 * pad) * (t - t0) / Math.max(1e-9, t1 - t0);
+  const y = (v) => height - pad - (height - 2 * pad) * v / top;
+  const colour = { "level-1": "#2f6fd6", "level-2": "#e08a1e", "level-3": "#2e9d57", "level-x": "#8e44ad" };
+  for (const level of levels) {
+    for (const [key, dash] of [["sizes", "5,4"], ["used", ""]]) {
+      const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+      line.setAttribute("points", samples.map((s) => x(s.time) + "," + y(s[key][level] || 0)).join(" "));
+      line.setAttribute("fill", "none"); line.setAttribute("stroke", colour[levelClass(level)]);
+      line.setAttribute("stroke-width", "2"); if (dash) line.setAttribute("stroke-dasharray", dash);
+      svg.append(line);
+    }
+  }
+  const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
+  label.setAttribute("x", 4); label.setAttribute("y", 14); label.setAttribute("font-size", "11");
+  label.textContent = "CPUs: dashed = vNode size, solid = cores used (0.." + top.toFixed(1) + ")";
+  svg.append(label);
+  return svg;
+}
+
+async function hostPage(id) {
+  const path = "/api/v1/hosts/" + encodeURIComponent(id);
+  const [host, map, vms, samples] = await Promise.all([
+    api("GET", path), api("GET", path + "/cpus"), api("GET", "/api/v1/vms?host=" + encodeURIComponent(id)),
+    api("GET", path + "/history?since=" + (Date.now() / 1000 - 3600)),
+  ]);
+  const usage = host.usage || {};
+  const memory = usage.memory_mib || {};
+  const used = memory.total ? (memory.total - memory.available) / memory.total : 0;
+  const gpus = (usage.gpus || {});
+  const levels = new Set(map.cpus.filter((c) => c.level).map((c) => c.level));
+  main.replaceChildren(
+    h("h2", {}, "Host " + host.id + " ", h("span", { class: "badge " + host.state }, host.state)),
+    h("p", { class: "muted" }, host.address + " - " + host.cpus + " CPUs"),
+    legend(levels), cpuMap(map.cpus),
+    h("h3", {}, "Memory"),
+    h("div", { class: "bar", title: Math.round(used * 100) + "% in use" }, h("div", { style: "width:" + Math.round(used * 100) + "%" })),
+    h("p", { class: "muted" }, memory.total ? Math.round(memory.total - memory.available) + " of " + memory.total + " MiB in use" : "no sample yet"),
+    h("h3", {}, "GPUs"),
+    h("p", {}, gpus.available ? gpus.devices.map((g) => g.name + ": " + g.utilization_pct + "%").join(", ") : "No GPU (" + (gpus.reason || "not reported") + ")"),
+    h("h3", {}, "vNodes over the last hour"), historyPlot(samples),
+    h("h3", {}, "VMs"), vmTable(vms, false));
+}
+
+// -- VMs --------------------------------------------------------------------------------
+
+const filters = { host: "", level: "", state: "" };
+
+function vmTable(vms, withActions) {
+  return h("table", { "data-testid": "vms" },
+    h("tr", {}, ["name", "host", "level", "vCPUs", "MiB", "state", "pinned to"].map((t) => h("th", {}, t)), withActions ? h("th", {}, "") : []),
+    vms.map((vm) => h("tr", { "data-vm": vm.name },
+      h("td", {}, vm.name), h("td", {}, vm.host || "-"),
+      h("td", {}, h("span", { class: "badge " + levelClass(vm.ratio.toFixed(1)) }, levelName(vm.ratio))),
+      h("td", {}, vm.vcpus), h("td", {}, vm.memory_mib),
+      h("td", { "data-testid": "state" }, vm.host_state === "down" ? vm.state + " (host down)" : vm.state),
+      h("td", {}, (vm.pinning || []).join(",") || "-"),
+      withActions ? h("td", {}, actions(vm)) : [])));
+}
+
+function actions(vm) {
+  const act = (label, run, confirmText) => h("button", {
+    "data-action": label,
+    onclick: async () => {
+      if (confirmText && !window.confirm(confirmText)) return;
+      try { await run(); } catch (error) { flash(error.message); }
+      render();
+    },
+  }, label);
+  const path = "/api/v1/vms/" + encodeURIComponent(vm.name);
+  return [
+    vm.state === "paused" ? act("resume", () => api("POST", path + "/resume")) : act("suspend", () => api("POST", path + "/suspend")),
+    act("shutdown", () => api("POST", path + "/shutdown"), "Shut " + vm.name + " down?"),
+    act("delete", () => api("DELETE", path), "Delete " + vm.name + "? Its disk goes with it."),
+  ];
+}
+
+function flash(text) { document.getElementById("status").textContent = text; }
+
+function select(name, values) {
+  return h("label", {}, name, h("select", {
+    "data-filter": name,
+    onchange: (event) => { filters[name] = event.target.value; render(); },
+  }, h("option", { value: "" }, "all"), values.map((v) => h("option", { value: v, selected: filters[name] === v ? "" : null }, v))));
+}
+
+function createForm() {
+  const field = (name, attrs) => h("label", {}, name, h("input", { name, ...attrs }));
+  return h("form", {
+    class: "inline", "data-testid": "create",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      const data = new FormData(event.target);
+      const body = { name: data.get("name"), vcpus: Number(data.get("vcpus")), memory_mib: Number(data.get("memory_mib")), ratio: Number(data.get("ratio")) };
+      if (data.get("image")) body.image = data.get("image");
+      try { await api("POST", "/api/v1/vms", body); flash("created " + body.name); event.target.reset(); } catch (error) { flash(error.message); }
+      render();
+    },
+  },
+  field("name", { required: "", pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]{0,62}" }),
+  field("vcpus", { type: "number", min: 1, value: 1 }),
+  field("memory_mib", { type: "number", min: 1, value: 512 }),
+  h("label", {}, "level", h("select", { name: "ratio" }, ["1", "2", "3", "4"].map((r) => h("option", { value: r }, levelName(r))))),
+  field("image", { placeholder: "base image (optional)" }),
+  h("button", { type: "submit" }, "Create VM"));
+}
+
+async function vmsPage() {
+  const vms = await api("GET", "/api/v1/vms");
+  const shown = vms.filter((vm) => (!filters.host || vm.host === filters.host) &&
+    (!filters.level || levelName(vm.ratio) === filters.level) && (!filters.state || vm.state === filters.state));
+  const unique = (values) => [...new Set(values)].sort();
+  main.replaceChildren(
+    h("h2", {}, "VMs"), createForm(),
+    h("form", { class: "inline" }, select("host", unique(vms.map((vm) => vm.host || "-"))),
+      select("level", unique(vms.map((vm) => levelName(vm.ratio)))), select("state", unique(vms.map((vm) => vm.state)))),
+    vmTable(shown, true));
+}
+
+// -- routing, refresh, login -------------------------------------------------------------
+
+let busy = false;
+
+async function render() {
+  if (busy || !token()) return;
+  busy = true;
+  const route = location.hash.slice(1) || "/";
+  try {
+    if (route.startsWith("/hosts/")) await hostPage(decodeURIComponent(route.slice(7)));
+    else if (route === "/vms") await vmsPage();
+    else await overview();
+  } catch (error) {
+    flash(error.message);
+  } finally {
+    busy = false;
+  }
+}
+
+function showLogin(message) {
+  sessionStorage.removeItem("pinfold-token");
+  document.getElementById("login").hidden = false;
+  document.getElementById("logout").hidden = true;
+  document.getElementById("login-error").textContent = message || "";
+  main.replaceChildren();
+}
+
+document.getElementById("login").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("pinfold-token", document.getElementById("token").value.trim());
+  try {
+    await api("GET", "/api/v1/whoami");
+  } catch (error) {
+    return;
+  }
+  document.getElementById("login").hidden = true;
+  document.getElementById("logout").hidden = false;
+  render();
+});
+
+document.getElementById("logout").addEventListener("click", () => showLogin(""));
+window.addEventListener("hashchange", render);
+timer = setInterval(() => { if (!document.querySelector("form.inline input:focus, select:focus")) render(); }, REFRESH_MS);
+
+if (token()) { document.getElementById("logout").hidden = false; render(); } else { showLogin(""); }
