@@ -54,17 +54,18 @@ function legend(levels) {
 async function overview() {
   const [hosts, vms] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/vms")]);
   const levels = [...new Set(vms.map((vm) => vm.ratio.toFixed(1)))].sort();
-  const totals = { cpus: 0, allocated: 0, used: 0, memTotal: 0, memVMs: 0, perLevel: {} };
+  const totals = { cpus: 0, allocated: 0, used: 0, memTotal: 0, memVMs: 0, memUsed: 0, perLevel: {} };
   const rows = hosts.map((host) => {
     const subset = ((host.status || {}).cpu || {}).subset || {};
     const allocated = Object.values(subset).reduce((sum, level) => sum + level.pcap, 0);
     const usage = host.usage || {};
     const used = Object.values(usage.cpu || {}).reduce((sum, share) => sum + share, 0);
     const memTotal = (usage.memory_mib || {}).total || 0;
+    const memUsed = memTotal ? memTotal - ((usage.memory_mib || {}).available || 0) : 0;
     const mine = vms.filter((vm) => vm.host === host.id);
     const memVMs = mine.reduce((sum, vm) => sum + vm.memory_mib, 0);
     totals.cpus += host.cpus; totals.allocated += allocated; totals.used += used;
-    totals.memTotal += memTotal; totals.memVMs += memVMs;
+    totals.memTotal += memTotal; totals.memVMs += memVMs; totals.memUsed += memUsed;
     const counts = levels.map((level) => {
       const n = mine.filter((vm) => vm.ratio.toFixed(1) === level).length;
       totals.perLevel[level] = (totals.perLevel[level] || 0) + n;
@@ -75,17 +76,19 @@ async function overview() {
       h("td", {}, h("span", { class: "badge " + host.state }, host.state)),
       h("td", {}, host.cpus), h("td", {}, allocated), h("td", {}, used.toFixed(2)),
       h("td", {}, memTotal ? Math.round(memVMs) + " / " + Math.round(memTotal) : Math.round(memVMs)),
+      h("td", {}, Math.round(memUsed)),
       counts);
   });
   main.replaceChildren(
     h("h2", {}, "Cluster"),
     h("table", { "data-testid": "hosts" },
-      h("tr", {}, ["host", "state", "CPUs", "in vNodes", "cores used", "MiB of VMs / host"].map((t) => h("th", {}, t)),
+      h("tr", {}, ["host", "state", "CPUs", "in vNodes", "cores used", "MiB of VMs / host", "MiB used"].map((t) => h("th", {}, t)),
         levels.map((level) => h("th", {}, "VMs " + levelName(level)))),
       rows,
       h("tr", { class: "total" }, h("td", {}, "total"), h("td", {}, hosts.length + " hosts"), h("td", {}, totals.cpus),
         h("td", {}, totals.allocated), h("td", {}, totals.used.toFixed(2)),
         h("td", {}, Math.round(totals.memVMs) + " / " + Math.round(totals.memTotal)),
+        h("td", {}, Math.round(totals.memUsed)),
         levels.map((level) => h("td", {}, totals.perLevel[level] || 0)))),
     hosts.length ? "" : h("p", { class: "muted" }, "No host has registered yet."));
 }
