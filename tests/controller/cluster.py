@@ -53,13 +53,15 @@ class LocalCluster:
     topology: Topology
     controller: Controller = field(init=False)
     hosts: dict[str, Host] = field(default_factory=dict)
+    #: the controller's period: a host is down after three missed ones (agents beat every PERIOD_S)
+    heartbeat_period_s: float = PERIOD_S
 
     def __post_init__(self) -> None:
         self.clients = AgentClients(AGENT, timeout_s=10)
+        store = ControllerStore(connect(self.database_url))
         self.controller = Controller(
-            ControllerStore(connect(self.database_url)), self.clients, heartbeat_period_s=PERIOD_S,
-            stale_after_s=STALE_AFTER_S,
-        )  # fmt: skip
+            store, self.clients, heartbeat_period_s=self.heartbeat_period_s, stale_after_s=STALE_AFTER_S
+        )
         self.served = Served(controller_app(self.controller, ADMIN, AGENT))
         self.url = self.served.url
         self.http = httpx.Client(base_url=self.url, timeout=30)
