@@ -1,7 +1,7 @@
 """Controller benchmarks (issue 5).
 
     python -m benchmarks.bench_controller schedule [--hosts 10000] [--vms 1000]
-    python -m benchmarks.bench_controller e2e [--agents 20] [--vms 1000] [--clients 8]
+    python -m benchmarks.bench_controller e2e [--agents 20] [--vms 1000] [--clients 8] [--database-url URL]
 
 schedule: scheduling latency inside the controller with N registered hosts
 (EPYC 7662-exp, SQLite file, pinned to one core): each create ranks every
@@ -107,7 +107,7 @@ def wait_for(what: str, check: Any, timeout_s: float = 120) -> None:
     raise TimeoutError(what)
 
 
-def end_to_end(agents: int, vms: int, clients: int) -> dict[str, Any]:
+def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = None) -> dict[str, Any]:
     admin, agent_token = "bench-admin-token-0123456789", "bench-agent-token-0123456789"
     base = 18400
     controller_url = f"http://127.0.0.1:{base}"
@@ -118,8 +118,9 @@ def end_to_end(agents: int, vms: int, clients: int) -> dict[str, Any]:
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
+            database = ["--database-url", database_url] if database_url else []
             processes.append(subprocess.Popen(
-                [*python, "controller", "--data-dir", f"{tmp}/controller", "--port", str(base)],
+                [*python, "controller", "--data-dir", f"{tmp}/controller", "--port", str(base), *database],
                 env=env, stdout=subprocess.DEVNULL,
             ))  # fmt: skip
             wait_for("the controller", lambda: httpx.get(f"{controller_url}/healthz").status_code == 200)
@@ -178,6 +179,7 @@ def end_to_end(agents: int, vms: int, clients: int) -> dict[str, Any]:
             for process in processes:
                 process.wait(timeout=60)
     return {
+        "database": "postgresql" if database_url else "sqlite",
         "agents": agents,
         "clients": clients,
         "vms": vms,
@@ -198,11 +200,14 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument(
+        "--database-url", help="e2e: the controller's database (default: SQLite in a temp dir)"
+    )
     args = parser.parse_args()
     if args.mode == "schedule":
         result = schedule(args.hosts, args.vms)
     else:
-        result = end_to_end(args.agents, args.vms, args.clients)
+        result = end_to_end(args.agents, args.vms, args.clients, args.database_url)
     print(json.dumps(result, indent=1))
 
 
