@@ -172,22 +172,24 @@ async function hostPage(id) {
     h("h3", {}, "GPUs"),
     h("p", {}, gpus.available ? gpus.devices.map((g) => g.name + ": " + g.utilization_pct + "%").join(", ") : "No GPU (" + (gpus.reason || "not reported") + ")"),
     h("h3", {}, "vNodes over the last hour"), historyPlot(samples),
-    h("h3", {}, "VMs"), vmTable(vms, false));
+    h("h3", {}, "VMs"), vmTable(vms, false, usage.vms || {}));
 }
 
 // -- VMs --------------------------------------------------------------------------------
 
 const filters = { host: "", level: "", state: "" };
 
-function vmTable(vms, withActions) {
+function vmTable(vms, withActions, use) {
   return h("table", { "data-testid": "vms" },
-    h("tr", {}, ["name", "host", "level", "vCPUs", "MiB", "state", "pinned to"].map((t) => h("th", {}, t)), withActions ? h("th", {}, "") : []),
+    h("tr", {}, ["name", "host", "level", "vCPUs", "MiB", "state", "pinned to"].map((t) => h("th", {}, t)),
+      use ? h("th", {}, "cores used") : [], withActions ? h("th", {}, "") : []),
     vms.map((vm) => h("tr", { "data-vm": vm.name },
       h("td", {}, vm.name), h("td", {}, vm.host || "-"),
       h("td", {}, h("span", { class: "badge " + levelClass(vm.ratio.toFixed(1)) }, levelName(vm.ratio))),
       h("td", {}, vm.vcpus), h("td", {}, vm.memory_mib),
       h("td", { "data-testid": "state" }, vm.host_state === "down" ? vm.state + " (host down)" : vm.state),
       h("td", {}, (vm.pinning || []).join(",") || "-"),
+      use ? h("td", {}, use[vm.name] ? use[vm.name].cpu_cores.toFixed(2) : "-") : [],
       withActions ? h("td", {}, actions(vm)) : [])));
 }
 
