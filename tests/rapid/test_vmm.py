@@ -6,6 +6,7 @@ RAPID counts in minutes are scaled down through the settings."""
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -55,9 +56,12 @@ class Rig:
 def make_rig(tmp_path: Path, topology, ds: FakeDS, slam: FakeSLAM, settings: RapidSettings = FAST,
              driver: SimDriver | None = None, **config: object) -> Rig:  # fmt: skip
     driver = driver or SimDriver()
-    agent = Agent(topology, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     rapid = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_ip="127.0.0.1", ds_port=ds.port, gpu_cores=3072)
     rapid = replace(rapid, **config)  # type: ignore[arg-type]
+    agent_settings = AgentSettings(
+        domain_type="qemu", image_dirs=rapid.image_dirs, disk_dir=tmp_path / "disks"
+    )
+    agent = Agent(topology, driver, Store(tmp_path / "agent.db"), agent_settings)
     state = RapidState(agent.store.path)
     usage = Usage(cpu_load_pct=12, free_memory_mb=2048, gpu_util_pct=0, cpu_cores=8)
     vmm = VMM(agent, state, rapid, settings, lambda: usage, lambda name: (12.5, 512.0))
@@ -463,5 +467,55 @@ def test_two_users_racing_for_the_last_room_one_wins_the_other_hears_error(tmp_p
         for slam in slams:
             slam.join(timeout=10)
         assert sorted(answers, key=len) == [(ERROR,), (OK, winner, user_ip(rig, winner))]
+    finally:
+        close(rig)
+
+
+def test_a_ds_that_refuses_a_new_vmm_is_asked_again_until_it_accepts(tmp_path, i7, peers):
+    """Scenario 7, improved: no exit; registration retries with backoff."""
+    ds, slam = peers
+    ds.accept = False  # e.g. no SLAM has registered with it yet
+    rig = make_rig(tmp_path, i7, ds, slam)
+    try:
+        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VMM_REGISTER_DS) >= 2)
+        assert not rig.vmm.registered.is_set()
+        assert rig.state.vmm_id() == 0
+        assert slam.of(Op.VMM_REGISTER_SLAM) == []
+        ds.accept = True
+        assert rig.vmm.registered.wait(15)
+        assert rig.state.vmm_id() == 7
+    finally:
+        close(rig)
+
+
+def test_disk_size_and_allocation_of_a_vm_with_an_image(tmp_path, i7, peers):
+    """Scenario 29: the third element is the type's 20 GB in bytes; the fourth
+    what the VM's qcow2 overlay holds on disk."""
+    images = tmp_path / "images"
+    images.mkdir()
+    base = images / "RAPID_VM_template.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    rig = make_rig(tmp_path, i7, peers[0], peers[1], normal_image=base)
+    try:
+        assert rig.vmm.registered.wait(10)
+        start_with_as(rig, 42)
+        status, values = query(rig, Op.SLAM_GET_VMDISK_VMM, 42)
+        assert status == OK
+        assert values[:3] == ["42", str(rig.registered_vm(42)[6]), str(20 * 2**30)]
+        assert float(values[3]) > 0
+    finally:
+        close(rig)
+
+
+def test_an_as_may_act_only_from_its_vms_address_when_so_configured(tmp_path, i7, peers):
+    settings = FAST.model_copy(update={"as_must_match_ip": True})
+    rig = make_rig(tmp_path, i7, peers[0], peers[1], settings=settings)
+    try:
+        assert rig.vmm.registered.wait(10)
+        ip = user_ip(rig, -1)  # a helper's address: not 127.0.0.1, where this test connects from
+        assert as_register(rig.port, ip) == (ERROR,)
+        before = rig.state.vms()
+        no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", -1), ("int", 2))
+        assert rig.state.vms() == before
     finally:
         close(rig)
