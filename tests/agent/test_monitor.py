@@ -103,3 +103,14 @@ def test_nvml_is_read_when_present(monkeypatch):
     assert report.gpus[0].utilization_pct == 42.0
     assert report.gpus[0].memory_total_mib == 16384.0
     assert calls == ["init", "shutdown"]
+
+
+def test_a_simulated_host_reports_its_model_not_this_machine():
+    monitor = Monitor(
+        list(range(64)), lambda: {2.0: [0, 1]}, lambda: {}, simulated_memory=lambda: (262144.0, 200000.0)
+    )
+    sample = monitor.sample()
+    assert (sample.memory_total_mib, sample.memory_available_mib) == (262144.0, 200000.0)
+    assert set(sample.cpu) == set(range(64))
+    assert set(sample.cpu.values()) == {0.0}
+    assert sample.vnodes["2.0"] == {"cpus": 2, "used_cores": 0.0}

@@ -56,6 +56,13 @@ def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[
     return Agent(topology, driver, Store(config.data_dir / "agent.db"), settings), description
 
 
+def simulated_memory(agent: Agent) -> tuple[float, float]:
+    """A simulated host's memory: its model's, less what its VMs hold."""
+    with agent.lock:
+        total = float(agent.topology.memory_total_mib)
+        return total, total - agent.allocator.memory_allocated_mib
+
+
 def serve(config: AgentConfig) -> None:
     """Run until SIGTERM or SIGINT (uvicorn stops gracefully on both)."""
     import uvicorn
@@ -73,11 +80,13 @@ def serve(config: AgentConfig) -> None:
     # to the handler it found: make that one a clean exit, not a kill.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(0))
+    simulated = isinstance(agent.driver, SimDriver)
     monitor = Monitor(
         [cpu.cpu_id for cpu in agent.topology.cpus],
         agent.vnode_layout,
         agent.vm_stats,
         GpuProbe(config.nvidia_smi),
+        simulated_memory=(lambda: simulated_memory(agent)) if simulated else None,
     )
     monitor.sample()
     monitor.start(config.monitor_period_s)

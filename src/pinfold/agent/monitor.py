@@ -157,12 +157,17 @@ class Monitor:
         vm_stats: Callable[[], dict[str, tuple[int, float]]],
         gpu: GpuProbe | None = None,
         clock: Callable[[], float] = time.monotonic,
+        simulated_memory: Callable[[], tuple[float, float]] | None = None,
     ) -> None:
+        """`simulated_memory` (total, available MiB) stands in for the machine's
+        memory, and makes every CPU idle, for an agent whose host is simulated
+        (the `sim` driver): it reports its model, not the machine it runs on."""
         self.cpu_ids = list(cpu_ids)
         self.vnodes = vnodes
         self.vm_stats = vm_stats
         self.gpu = gpu
         self.clock = clock
+        self.simulated_memory = simulated_memory
         self.latest: HostSample | None = None
         self._times = psutil.cpu_times(percpu=True)
         self._vm_times: dict[str, int] = {}
@@ -173,7 +178,9 @@ class Monitor:
     def sample(self) -> HostSample:
         now = self.clock()
         times = psutil.cpu_times(percpu=True)
-        shares = busy_fractions(self._times, times)
+        shares = (
+            busy_fractions(self._times, times) if self.simulated_memory is None else [0.0] * len(self.cpu_ids)
+        )
         per_cpu = dict(zip(self.cpu_ids, shares, strict=False))
         elapsed_ns = max(1.0, (now - self._at) * 1e9)
         vms: dict[str, dict[str, float]] = {}
@@ -189,13 +196,17 @@ class Monitor:
             }
             for ratio, cpus in self.vnodes().items()
         }
-        memory = psutil.virtual_memory()
+        if self.simulated_memory is None:
+            memory = psutil.virtual_memory()
+            total, available = memory.total / 2**20, memory.available / 2**20
+        else:
+            total, available = self.simulated_memory()
         sample = HostSample(
             time=now,
             cpu=per_cpu,
             host_cpu=sum(shares) / len(shares) if shares else 0.0,
-            memory_total_mib=memory.total / 2**20,
-            memory_available_mib=memory.available / 2**20,
+            memory_total_mib=total,
+            memory_available_mib=available,
             vms=vms,
             vnodes=vnodes,
             gpus=self.gpu.read()
