@@ -107,7 +107,7 @@ def test_nvml_is_read_when_present(monkeypatch):
 
 def test_a_simulated_host_reports_its_model_not_this_machine():
     monitor = Monitor(
-        list(range(64)), lambda: {2.0: [0, 1]}, lambda: {}, simulated_memory=lambda: (262144.0, 200000.0)
+        list(range(64)), lambda: {2.0: [0, 1]}, dict, simulated_memory=lambda: (262144.0, 200000.0)
     )
     sample = monitor.sample()
     assert (sample.memory_total_mib, sample.memory_available_mib) == (262144.0, 200000.0)
