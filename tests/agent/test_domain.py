@@ -86,3 +86,17 @@ def test_libvirt_accepts_the_xml_and_gives_the_same_spec_back():
         assert DomainSpec.from_xml(domain.XMLDesc()) == spec
     finally:
         domain.undefine()
+
+
+def test_relabel_changes_only_the_owner_and_refuses_foreign_domains():
+    from pinfold.agent.domain import metadata_fragment, relabeled_xml
+
+    spec = DomainSpec(
+        "a", 2, 256, frozenset({1, 2}), 2.0, owner="pool", domain_type="qemu", image="/img/base.qcow2"
+    )
+    again = DomainSpec.from_xml(relabeled_xml(spec.to_xml(), "alice <&>"))
+    assert again == DomainSpec("a", 2, 256, frozenset({1, 2}), 2.0, owner="alice <&>", domain_type="qemu",
+                               image="/img/base.qcow2")  # fmt: skip
+    assert "alice &lt;&amp;&gt;" in metadata_fragment(relabeled_xml(spec.to_xml(), "alice <&>"))
+    with pytest.raises(DomainXMLError):
+        relabeled_xml("<domain type='kvm'><name>x</name></domain>", "bob")

@@ -50,6 +50,12 @@ def vcpu_thread_cpus(name: str) -> list[set[int]]:
     return allowed
 
 
+def libvirt_module():
+    import libvirt
+
+    return libvirt
+
+
 def wait_for(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -77,6 +83,11 @@ def test_guest_boots_pinned_and_follows_live_repinning(driver, guest_kernel, gue
     driver.repin(NAME, everywhere)
     assert vcpu_thread_cpus(NAME) == [set(everywhere)]
     assert driver.info(NAME).spec.cpuset == everywhere  # persistent too
+
+    driver.relabel(NAME, "someone else")  # live and persistent metadata
+    assert driver.info(NAME).spec.owner == "someone else"
+    inactive = driver._domain(NAME).XMLDesc(libvirt_module().VIR_DOMAIN_XML_INACTIVE)
+    assert DomainSpec.from_xml(inactive).owner == "someone else"
 
     driver.suspend(NAME)
     assert driver.info(NAME).state is GuestState.PAUSED

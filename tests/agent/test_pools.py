@@ -65,6 +65,7 @@ def test_a_matching_create_resumes_a_member_under_the_asked_name(tmp_path, i7, d
         "",
     )
     assert states(driver)["pool-small-0"] is GuestState.RUNNING
+    assert driver.info("pool-small-0").spec.owner == "alice"  # the domain's metadata too
     assert agent.allocator.pinning("web") == pins_before
     assert "pool-small-0" not in agent.allocator
     assert [v.spec.name for v in agent.user_vms()] == ["web"]

@@ -17,7 +17,17 @@ from pathlib import Path
 
 from pinfold.topology import format_cpulist, parse_cpulist
 
-__all__ = ["NAMESPACE", "NAME_PATTERN", "DomainSpec", "DomainXMLError", "repinned_xml", "valid_name"]
+__all__ = [
+    "NAMESPACE",
+    "NAME_PATTERN",
+    "DomainSpec",
+    "DomainXMLError",
+    "metadata_fragment",
+    "relabeled_xml",
+    "repinned_xml",
+    "resized_xml",
+    "valid_name",
+]
 
 #: XML namespace of pinfold's domain metadata.
 NAMESPACE = "https://pinfold.dev/xmlns/domain/1"
@@ -216,6 +226,35 @@ def resized_xml(document: str, vcpus: int, memory_mib: int) -> str:
     cpuset = vcpu.get("cpuset")
     resized = ET.tostring(domain, encoding="unicode")
     return repinned_xml(resized, frozenset(parse_cpulist(cpuset))) if cpuset else resized
+
+
+def relabeled_xml(document: str, owner: str) -> str:
+    """A domain document whose pinfold metadata names another owner."""
+    try:
+        domain = ET.fromstring(document)
+    except ET.ParseError as exc:
+        raise DomainXMLError(f"not XML: {exc}") from None
+    metadata = domain.find(f"metadata/{_tag('vm')}")
+    if metadata is None:
+        raise DomainXMLError("the domain carries no pinfold metadata")
+    element = metadata.find(_tag("owner"))
+    if element is None:
+        element = ET.SubElement(metadata, _tag("owner"))
+    element.text = owner
+    return ET.tostring(domain, encoding="unicode")
+
+
+def metadata_fragment(document: str) -> str:
+    """The pinfold metadata element of a domain document, without its
+    namespace (libvirt's setMetadata adds it back under the key it is given)."""
+    domain = ET.fromstring(document)
+    metadata = domain.find(f"metadata/{_tag('vm')}")
+    if metadata is None:
+        raise DomainXMLError("the domain carries no pinfold metadata")
+    bare = ET.Element("vm")
+    for child in metadata:
+        ET.SubElement(bare, child.tag.split("}", 1)[-1]).text = child.text
+    return ET.tostring(bare, encoding="unicode")
 
 
 def _tag(name: str) -> str:

@@ -12,6 +12,7 @@ rename in the allocator and the store (pending), resume, clear the mark.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -292,6 +293,8 @@ class Agent:
         except DriverError as error:
             self._delete(vm)
             raise AgentError("hypervisor failed", str(error)) from error
+        with contextlib.suppress(DriverError):  # metadata only: the store has the owner already
+            self.driver.relabel(vm.domain, vm.owner)
         self.on_hand_out()
         return self._set(request.name, "running", None)
 

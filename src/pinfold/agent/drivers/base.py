@@ -60,6 +60,9 @@ class Driver(Protocol):
     def repin(self, name: str, cpuset: frozenset[int]) -> None:
         """Pin every vCPU and the emulator to `cpuset`, live and persistently."""
 
+    def relabel(self, name: str, owner: str) -> None:
+        """Name another owner in the guest's pinfold metadata, live and persistently."""
+
     def resize(self, name: str, vcpus: int, memory_mib: int) -> None:
         """Give the guest's persistent definition another size (in effect at its next boot)."""
 

@@ -10,7 +10,15 @@ from typing import Any
 
 import libvirt
 
-from pinfold.agent.domain import DomainSpec, DomainXMLError, repinned_xml, resized_xml
+from pinfold.agent.domain import (
+    NAMESPACE,
+    DomainSpec,
+    DomainXMLError,
+    metadata_fragment,
+    relabeled_xml,
+    repinned_xml,
+    resized_xml,
+)
 from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
 
 __all__ = ["LibvirtDriver"]
@@ -124,6 +132,21 @@ class LibvirtDriver:
                 domain.pinEmulator(cpumap, libvirt.VIR_DOMAIN_AFFECT_CURRENT)
             persistent = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
             self._conn.defineXML(repinned_xml(persistent, cpuset))
+
+    def relabel(self, name: str, owner: str) -> None:
+        domain = self._domain(name)
+        with _translated(f"relabel {name}"):
+            try:
+                persistent = relabeled_xml(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), owner)
+                self._conn.defineXML(persistent)
+                if domain.isActive():
+                    live = relabeled_xml(domain.XMLDesc(0), owner)
+                    domain.setMetadata(
+                        libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata_fragment(live), "pinfold", NAMESPACE,
+                        libvirt.VIR_DOMAIN_AFFECT_LIVE,
+                    )  # fmt: skip
+            except DomainXMLError as error:
+                raise DriverError("invalid", str(error)) from error
 
     def resize(self, name: str, vcpus: int, memory_mib: int) -> None:
         domain = self._domain(name)

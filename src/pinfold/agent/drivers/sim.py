@@ -47,6 +47,11 @@ class SimDriver:
         assert guest.spec is not None
         self._guests[name] = replace(guest, spec=guest.spec.with_cpuset(cpuset))
 
+    def relabel(self, name: str, owner: str) -> None:
+        guest = self._get(name)
+        assert guest.spec is not None
+        self._guests[name] = replace(guest, spec=replace(guest.spec, owner=owner))
+
     def resize(self, name: str, vcpus: int, memory_mib: int) -> None:
         guest = self._get(name)
         if vcpus < 1 or memory_mib < 1:
