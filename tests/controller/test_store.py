@@ -302,3 +302,18 @@ def test_hosts_of_one_model_share_one_topology_document(
     assert records["a"].topology_digest == records["c"].topology_digest != records["d"].topology_digest
     assert records["d"].topology["memset"]["total"] == 1024
     fresh.engine.dispose()
+
+
+def test_a_state_change_or_a_deletion_and_its_event_commit_together(registered: ControllerStore) -> None:
+    from pinfold.controller.store import NewEvent
+
+    registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=101.0)
+    registered.set_vm_state("web-1", "running", 102.0, event=NewEvent("vm created", "web-1", {"host": "h1"}))
+    registered.delete_vm("web-1", NewEvent("vm deleted", "web-1", {"host": "h1"}), 103.0)
+    assert [(e.kind, e.subject, e.time, dict(e.detail)) for e in registered.events()] == [
+        ("vm created", "web-1", 102.0, {"host": "h1"}),
+        ("vm deleted", "web-1", 103.0, {"host": "h1"}),
+    ]
+    with pytest.raises(UnknownVMError):  # nothing recorded for a VM that is not there
+        registered.set_vm_state("web-1", "running", 104.0, event=NewEvent("vm created", "web-1", {}))
+    assert len(registered.events()) == 2

@@ -30,6 +30,7 @@ from pinfold.controller.store import (
     ControllerStore,
     DuplicateVMError,
     HostRecord,
+    NewEvent,
     NewVM,
     RefusedError,
     StoreError,
@@ -270,11 +271,11 @@ class Controller:
                 return None
             # It may have been created: keep the room, let the heartbeat (or a retry) tell.
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
+        created = NewEvent("vm created", request.name, {"host": host.id})
         try:
-            record = self.store.set_vm_state(request.name, VMState.RUNNING, self.clock())
+            record = self.store.set_vm_state(request.name, VMState.RUNNING, self.clock(), event=created)
         except UnknownVMError as error:  # deleted by another request meanwhile
             raise ControllerError("invalid", f"{request.name} was deleted while being created") from error
-        self.store.add_event("vm created", request.name, {"host": host.id}, self.clock())
         pins = answer.get("pinning")
         return Placed(record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ())
 
@@ -337,8 +338,7 @@ class Controller:
                 return record
             except AgentRefusedError as error:
                 raise ControllerError("agent failed", f"{host.id}: {error}") from error
-        self._forget(record.name)
-        self.store.add_event("vm deleted", record.name, {"host": record.host_id}, self.clock())
+        self._forget(record.name, NewEvent("vm deleted", record.name, {"host": record.host_id}))
         return None
 
     def act(self, name: str, action: str) -> VMRecord:
@@ -390,8 +390,8 @@ class Controller:
         if not done:
             self.refresh()
 
-    def _forget(self, name: str) -> None:
-        self.store.delete_vm(name)
+    def _forget(self, name: str, event: NewEvent | None = None) -> None:
+        self.store.delete_vm(name, event, self.clock())
         with self._picture:
             self.scheduler.removed(name)
 

@@ -42,6 +42,7 @@ __all__ = [
     "Fits",
     "HostLiveness",
     "HostRecord",
+    "NewEvent",
     "NewVM",
     "RefusedError",
     "StoreError",
@@ -144,6 +145,15 @@ class VMRecord:
     @property
     def spec(self) -> VMSpec:
         return VMSpec(self.name, self.vcpus, self.memory_mib, self.ratio)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to record along with another change."""
+
+    kind: str
+    subject: str
+    detail: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,8 +331,12 @@ class ControllerStore:
                 raise StoreError(f"vm {vm.name!r} breaks a rule of the schema: {exc.orig}") from exc
             raise DuplicateVMError(taken) from None
 
-    def set_vm_state(self, name: str, state: VMState | str, now: float, detail: str = "") -> VMRecord:
-        """Record what became of a VM; `detail` holds the error text of a failure."""
+    def set_vm_state(
+        self, name: str, state: VMState | str, now: float, detail: str = "", event: NewEvent | None = None
+    ) -> VMRecord:
+        """Record what became of a VM; `detail` holds the error text of a
+        failure. `event`, when given, is recorded in the same transaction
+        (one commit, one fsync, instead of two)."""
         state = _vm_state(state)
         with self._write() as session:
             row = session.get(VM, name, with_for_update=True)
@@ -331,18 +345,26 @@ class ControllerStore:
             row.state = state.value
             row.detail = detail
             row.updated_at = now
+            if event is not None:
+                session.add(
+                    Event(time=now, kind=event.kind, subject=event.subject, detail=dict(event.detail))
+                )
             session.flush()
             return _vm_record(row)
 
-    def delete_vm(self, name: str) -> VMRecord | None:
+    def delete_vm(self, name: str, event: NewEvent | None = None, now: float = 0.0) -> VMRecord | None:
         """Forget a VM, freeing its room on its host; the record it had, or
-        None when there was no such VM."""
+        None when there was no such VM. `event` goes in the same transaction."""
         with self._write() as session:
             row = session.get(VM, name, with_for_update=True)
             if row is None:
                 return None
             record = _vm_record(row)
             session.delete(row)
+            if event is not None:
+                session.add(
+                    Event(time=now, kind=event.kind, subject=event.subject, detail=dict(event.detail))
+                )
             return record
 
     def vm(self, name: str) -> VMRecord | None:
