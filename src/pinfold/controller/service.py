@@ -229,16 +229,19 @@ class Controller:
             self.refresh_vms()
             with self._picture:
                 decision = self.scheduler.choose(request.spec, policy, eligible)
-        refused = {name: refusal.describe() for name, refusal in decision.refusals().items()}
-        for host_id in decision.ranking():
+        refused: dict[str, str] = {}  # hosts of the ranking that said no, and why
+        ranking = decision.ranking()
+        for host_id in ranking:
             host = self.store.host(host_id)
             placed = self._try_host(host, request, refused) if host is not None else None
             if placed is not None:
                 return placed
+        # only now, with no host: every other host's reason (one pass over all hosts)
+        reasons = {name: refusal.describe() for name, refusal in decision.refusals().items()}
         explanation = decision.explain()
-        if decision.ranking():
-            explanation += f"; tried {len(decision.ranking())}, all refused"
-        raise NoHostError(explanation, refused)
+        if ranking:
+            explanation += f"; tried {len(ranking)}, all refused"
+        raise NoHostError(explanation, {**reasons, **refused})
 
     def _try_host(self, host: HostRecord, request: NewVM, refused: dict[str, str]) -> Placed | None:
         try:
