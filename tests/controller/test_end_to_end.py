@@ -349,3 +349,16 @@ def test_cpu_map_and_history_follow_the_heartbeats(cluster):
     assert page.status_code == 200
     assert "<title>pinfold</title>" in page.text
     assert cluster.http.get("/dashboard/app.js").status_code == 200
+
+
+def test_an_agents_refusal_is_explained_and_nothing_is_left(cluster):
+    cluster.add_host("h1")
+    response = cluster.http.post(
+        "/api/v1/vms",
+        json={"name": "bad", "vcpus": 1, "memory_mib": 128, "image": "/etc/passwd"},
+        headers=ADMIN_AUTH,
+    )
+    assert response.status_code == 409
+    assert "not inside an image directory" in response.json()["detail"]
+    assert cluster.http.get("/api/v1/vms").json() == []
+    assert cluster.hosts["h1"].agent.user_vms() == []

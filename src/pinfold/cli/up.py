@@ -93,6 +93,9 @@ def up_command(
     heartbeat_s: Annotated[float, typer.Option("--heartbeat", help="Heartbeat period in seconds.")] = 2.0,
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Create two VMs of two levels.")] = True,
     once: Annotated[bool, typer.Option("--once", help="Stop after setting up (and the demo).")] = False,
+    image_dirs: Annotated[
+        str, typer.Option("--image-dirs", help="Comma-separated directories VMs' base images may come from.")
+    ] = "",
 ) -> None:
     """Start a controller and a local agent, and show VMs of two levels pinned
     to their vNodes. Ctrl-C stops both."""
@@ -143,7 +146,7 @@ def up_command(
         processes.append(subprocess.Popen(
             [*python, "agent", "--data-dir", str(agent_dir), "--port", str(agent_port), "--driver", driver,
              "--domain-type", domain_type, "--libvirt-uri", uri, "--controller-url", controller_url,
-             "--host-id", host_id], env=env,
+             "--host-id", host_id, *(["--image-dirs", image_dirs] if image_dirs else [])], env=env,
         ))  # fmt: skip
 
         def registered() -> bool:

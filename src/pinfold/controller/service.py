@@ -240,7 +240,8 @@ class Controller:
         reasons = {name: refusal.describe() for name, refusal in decision.refusals().items()}
         explanation = decision.explain()
         if ranking:
-            explanation += f"; tried {len(ranking)}, all refused"
+            why = "; ".join(sorted(set(refused.values()))[:3])
+            explanation += f"; tried {len(ranking)}, all refused: {why}"
         raise NoHostError(explanation, {**reasons, **refused})
 
     def _try_host(self, host: HostRecord, request: NewVM, refused: dict[str, str]) -> Placed | None:
