@@ -135,13 +135,8 @@ class DomainSpec:
     @classmethod
     def from_xml(cls, document: str) -> DomainSpec:
         """Read a domain back; DomainXMLError when it is not a pinfold domain."""
-        try:
-            domain = ET.fromstring(document)
-        except ET.ParseError as exc:
-            raise DomainXMLError(f"not XML: {exc}") from None
-        metadata = domain.find(f"metadata/{_tag('vm')}")
-        if metadata is None:
-            raise DomainXMLError("the domain carries no pinfold metadata")
+        domain = _parse(document)
+        metadata = _metadata(domain)
         try:
             name = _text(domain, "name")
             memory = _memory_mib(domain.find("memory"))
@@ -185,10 +180,7 @@ def repinned_xml(document: str, cpuset: frozenset[int]) -> str:
     added) with every vCPU and the emulator pinned to `cpuset` instead."""
     if not cpuset:
         raise DomainXMLError("empty cpuset")
-    try:
-        domain = ET.fromstring(document)
-    except ET.ParseError as exc:
-        raise DomainXMLError(f"not XML: {exc}") from None
+    domain = _parse(document)
     text = format_cpulist(cpuset)
     vcpu = domain.find("vcpu")
     if vcpu is None or vcpu.text is None:
@@ -210,10 +202,7 @@ def resized_xml(document: str, vcpus: int, memory_mib: int) -> str:
     persistent definition at the next boot), its pins kept for every vCPU."""
     if vcpus < 1 or memory_mib < 1:
         raise DomainXMLError("vcpus and memory must be positive")
-    try:
-        domain = ET.fromstring(document)
-    except ET.ParseError as exc:
-        raise DomainXMLError(f"not XML: {exc}") from None
+    domain = _parse(document)
     vcpu = domain.find("vcpu")
     if vcpu is None:
         raise DomainXMLError("missing <vcpu>")
@@ -230,13 +219,8 @@ def resized_xml(document: str, vcpus: int, memory_mib: int) -> str:
 
 def relabeled_xml(document: str, owner: str) -> str:
     """A domain document whose pinfold metadata names another owner."""
-    try:
-        domain = ET.fromstring(document)
-    except ET.ParseError as exc:
-        raise DomainXMLError(f"not XML: {exc}") from None
-    metadata = domain.find(f"metadata/{_tag('vm')}")
-    if metadata is None:
-        raise DomainXMLError("the domain carries no pinfold metadata")
+    domain = _parse(document)
+    metadata = _metadata(domain)
     element = metadata.find(_tag("owner"))
     if element is None:
         element = ET.SubElement(metadata, _tag("owner"))
@@ -247,14 +231,26 @@ def relabeled_xml(document: str, owner: str) -> str:
 def metadata_fragment(document: str) -> str:
     """The pinfold metadata element of a domain document, without its
     namespace (libvirt's setMetadata adds it back under the key it is given)."""
-    domain = ET.fromstring(document)
-    metadata = domain.find(f"metadata/{_tag('vm')}")
-    if metadata is None:
-        raise DomainXMLError("the domain carries no pinfold metadata")
+    metadata = _metadata(_parse(document))
     bare = ET.Element("vm")
     for child in metadata:
         ET.SubElement(bare, child.tag.split("}", 1)[-1]).text = child.text
     return ET.tostring(bare, encoding="unicode")
+
+
+def _parse(document: str) -> ET.Element:
+    try:
+        return ET.fromstring(document)
+    except ET.ParseError as exc:
+        raise DomainXMLError(f"not XML: {exc}") from None
+
+
+def _metadata(domain: ET.Element) -> ET.Element:
+    """The domain's pinfold metadata element; DomainXMLError when it has none."""
+    metadata = domain.find(f"metadata/{_tag('vm')}")
+    if metadata is None:
+        raise DomainXMLError("the domain carries no pinfold metadata")
+    return metadata
 
 
 def _tag(name: str) -> str:
