@@ -346,9 +346,7 @@ class ControllerStore:
             row.detail = detail
             row.updated_at = now
             if event is not None:
-                session.add(
-                    Event(time=now, kind=event.kind, subject=event.subject, detail=dict(event.detail))
-                )
+                session.add(_event_row(event, now))
             session.flush()
             return _vm_record(row)
 
@@ -362,9 +360,7 @@ class ControllerStore:
             record = _vm_record(row)
             session.delete(row)
             if event is not None:
-                session.add(
-                    Event(time=now, kind=event.kind, subject=event.subject, detail=dict(event.detail))
-                )
+                session.add(_event_row(event, now))
             return record
 
     def vm(self, name: str) -> VMRecord | None:
@@ -382,7 +378,7 @@ class ControllerStore:
 
     def add_event(self, kind: str, subject: str, detail: Mapping[str, Any], now: float) -> EventRecord:
         with self._write() as session:
-            row = Event(time=now, kind=kind, subject=subject, detail=dict(detail))
+            row = _event_row(NewEvent(kind, subject, detail), now)
             session.add(row)
             session.flush()
             return _event_record(row)
@@ -412,6 +408,10 @@ def _vm_state(state: VMState | str) -> VMState:
     except ValueError:
         valid = ", ".join(s.value for s in VMState)
         raise StoreError(f"unknown vm state {state!r}: one of {valid}") from None
+
+
+def _event_row(event: NewEvent, now: float) -> Event:
+    return Event(time=now, kind=event.kind, subject=event.subject, detail=dict(event.detail))
 
 
 def _host_record(host: Host, topology: Mapping[str, Any]) -> HostRecord:
