@@ -4,15 +4,16 @@ one before). Comma-separated strings become lists for the keys that hold lists."
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ValidationError
+from pydantic import AfterValidator, ValidationError
 
-__all__ = ["SettingsError", "describe", "environment", "layered"]
+__all__ = ["Networks", "SettingsError", "describe", "environment", "layered"]
 
 
 class SettingsError(ValueError):
@@ -51,3 +52,13 @@ def describe(error: ValidationError) -> str:
 
 def environment(environ: Mapping[str, str] | None) -> dict[str, str]:
     return dict(os.environ if environ is None else environ)
+
+
+def _networks(value: tuple[str, ...]) -> tuple[str, ...]:
+    for network in value:
+        ipaddress.ip_network(network, strict=False)  # ValueError names the bad one
+    return value
+
+
+#: CIDRs, each checked (e.g. the networks opened to SlackVM's token-less clients)
+Networks = Annotated[tuple[str, ...], AfterValidator(_networks)]

@@ -4,7 +4,6 @@ environment variables, then command-line flags (each overrides the one before).
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pinfold.agent.pools import PoolSpec
 from pinfold.rapid.settings import RapidSettings
-from pinfold.settings import SettingsError, describe, environment, layered
+from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import token_in
 
 __all__ = ["AgentConfig", "ConfigError", "advertised_url", "load_config", "load_or_create_token"]
@@ -48,7 +47,7 @@ class AgentConfig(BaseModel):
     initrd: Path | None = None
     cmdline: str = ""
     #: CIDRs whose clients may use SlackVM's /deploy and /remove without a token (off: empty)
-    slackvm_open_networks: tuple[str, ...] = ()
+    slackvm_open_networks: Networks = ()
     nvidia_smi: str = "nvidia-smi"
     #: the controller to register with (none: the agent runs on its own)
     controller_url: str | None = None
@@ -78,16 +77,12 @@ def load_config(
         values["rapid"] = {**values.get("rapid", {}), "config": rapid_config}
     try:
         config = AgentConfig(**values)
-        for network in config.slackvm_open_networks:
-            ipaddress.ip_network(network, strict=False)
-        names = [pool.name for pool in config.pools]
-        if len(set(names)) != len(names):
-            raise ConfigError("agent settings: pools: two pools have the same name")
-        return config
     except ValidationError as exc:
         raise ConfigError(f"agent settings: {describe(exc)}") from None
-    except ValueError as exc:
-        raise ConfigError(f"agent settings: slackvm_open_networks: {exc}") from None
+    names = [pool.name for pool in config.pools]
+    if len(set(names)) != len(names):
+        raise ConfigError("agent settings: pools: two pools have the same name")
+    return config
 
 
 def advertised_url(config: AgentConfig) -> str:

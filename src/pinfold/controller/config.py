@@ -3,14 +3,13 @@ PINFOLD_CONTROLLER_* environment variables, then flags."""
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pinfold.placement import POLICIES
-from pinfold.settings import SettingsError, describe, environment, layered
+from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import token_in
 
 __all__ = ["ControllerConfig", "ControllerConfigError", "load_controller_config"]
@@ -39,20 +38,13 @@ class ControllerConfig(BaseModel):
     admin_token: str | None = Field(default=None, min_length=16)
     agent_token: str | None = Field(default=None, min_length=16)
     #: CIDRs whose clients may use SlackVM's /deploy and /remove without a token
-    slackvm_open_networks: tuple[str, ...] = ()
+    slackvm_open_networks: Networks = ()
 
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, value: str) -> str:
         if value not in POLICIES:
             raise ValueError(f"one of {', '.join(POLICIES)}")
-        return value
-
-    @field_validator("slackvm_open_networks")
-    @classmethod
-    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for network in value:
-            ipaddress.ip_network(network, strict=False)
         return value
 
     @model_validator(mode="after")
