@@ -91,8 +91,7 @@ class Registrar:
 def registration_document(agent: Agent, host_id: str, address: str) -> dict[str, Any]:
     """Who this host is and what it can hold: the controller replays the VMs
     it places here through the same allocator, so it needs the same inputs."""
-    topology = slackvm_json.to_dict(agent.topology)
-    del topology["cpuset"]["distances"]  # O(CPUs²), and recomputed from the rest on reading
+    topology = slackvm_json.to_dict(agent.topology, distances=False)
     with agent.lock:
         return {
             "host_id": host_id,
@@ -108,10 +107,11 @@ def heartbeat_document(agent: Agent, monitor: Monitor | None) -> dict[str, Any]:
     (usage and GPUs)."""
     sample = monitor.latest if monitor is not None else None
     with agent.lock:
+        vms = agent.user_vms()
         return {
             "status": agent.allocator.status(),
-            "vms": {vm.spec.name: vm.state for vm in agent.user_vms()},
-            "pins": {vm.spec.name: sorted(agent.allocator.pinning(vm.spec.name)) for vm in agent.user_vms()},
+            "vms": {vm.spec.name: vm.state for vm in vms},
+            "pins": {vm.spec.name: sorted(agent.allocator.pinning(vm.spec.name)) for vm in vms},
             "vnodes": {level_key(ratio): cpus for ratio, cpus in agent.vnode_layout().items()},
             "usage": sample.to_dict() if sample is not None else None,
         }

@@ -49,21 +49,24 @@ def from_dict(document: Mapping[str, Any], exclude: Iterable[int] = ()) -> Topol
     return topology.with_exclusions(exclude) if exclude else topology
 
 
-def to_dict(topology: Topology) -> dict[str, Any]:
+def to_dict(topology: Topology, distances: bool = True) -> dict[str, Any]:
     """The SlackVM document. Excluded CPUs are left out of `cpu_list`, as in
-    SlackVM's own files for hosts with reserved CPUs; `host_count` keeps them."""
+    SlackVM's own files for hosts with reserved CPUs; `host_count` keeps them.
+    `distances=False` leaves out the CPU distance table, O(CPUs²) and
+    recomputed on reading anyway (what an agent sends its controller)."""
     usable = topology.usable_cpus
     kept = set(usable)
-    matrix = topology.distances
     cpu_list = [_cpu_to_entry(cpu) for cpu in topology.cpus if cpu.cpu_id in kept]
-    distances = {str(a): {str(b): int(matrix[a, b]) for b in usable if b != a} for a in usable}
+    cpuset: dict[str, Any] = {
+        "numa_distances": {str(n): list(row) for n, row in sorted(topology.numa_distances.items())},
+        "cpu_list": cpu_list,
+    }
+    if distances:
+        matrix = topology.distances
+        cpuset["distances"] = {str(a): {str(b): int(matrix[a, b]) for b in usable if b != a} for a in usable}
+    cpuset["host_count"] = topology.host_count
     return {
-        "cpuset": {
-            "numa_distances": {str(n): list(row) for n, row in sorted(topology.numa_distances.items())},
-            "cpu_list": cpu_list,
-            "distances": distances,
-            "host_count": topology.host_count,
-        },
+        "cpuset": cpuset,
         "memset": {"total": topology.memory_total_mib, "allowed": topology.memory_allowed_mib},
     }
 
