@@ -445,32 +445,42 @@ class VMM:
         ]
         self._reply_list(exchange, values)
 
-    def _vm_cpu(self, exchange: Exchange, peer: str) -> None:
-        """SLAM_GET_VMCPU_VMM: [user, vmid, CPU %] from the agent's monitor."""
+    def _reply_rows(self, exchange: Exchange, row: Callable[[RapidVM], list[str] | None]) -> None:
+        """A metric query's reply: [user, vmid, *row] for each queried VM that
+        has data (RAPID left out VMs without), ERROR when none has."""
         values = []
         for vm in self._queried(exchange) or ():
-            used = self.vm_usage(vm.vm_name)
-            if used is not None:
-                values += [str(vm.user_id), str(vm.vmid), _java_float(used[0])]
+            found = row(vm)
+            if found is not None:
+                values += [str(vm.user_id), str(vm.vmid), *found]
         self._reply_list(exchange, values)
+
+    def _vm_cpu(self, exchange: Exchange, peer: str) -> None:
+        """SLAM_GET_VMCPU_VMM: [user, vmid, CPU %] from the agent's monitor."""
+
+        def row(vm: RapidVM) -> list[str] | None:
+            used = self.vm_usage(vm.vm_name)
+            return None if used is None else [_java_float(used[0])]
+
+        self._reply_rows(exchange, row)
 
     def _vm_memory(self, exchange: Exchange, peer: str) -> None:
         """SLAM_GET_VMMEM_VMM: [user, vmid, size MB, in use MB]."""
-        values = []
-        for vm in self._queried(exchange) or ():
+
+        def row(vm: RapidVM) -> list[str] | None:
             used = self.vm_usage(vm.vm_name)
-            if used is not None:
-                values += [str(vm.user_id), str(vm.vmid), str(vm.memory_mb), _java_float(used[1])]
-        self._reply_list(exchange, values)
+            return None if used is None else [str(vm.memory_mb), _java_float(used[1])]
+
+        self._reply_rows(exchange, row)
 
     def _vm_disk(self, exchange: Exchange, peer: str) -> None:
         """SLAM_GET_VMDISK_VMM: [user, vmid, size bytes, allocated bytes] of the VM's overlay."""
-        values = []
-        for vm in self._queried(exchange) or ():
+
+        def row(vm: RapidVM) -> list[str] | None:
             disk = self._disk(vm)
-            if disk is not None:
-                values += [str(vm.user_id), str(vm.vmid), str(disk[0]), _java_float(float(disk[1]))]
-        self._reply_list(exchange, values)
+            return None if disk is None else [str(disk[0]), _java_float(float(disk[1]))]
+
+        self._reply_rows(exchange, row)
 
     def _disk(self, vm: RapidVM) -> tuple[int, int] | None:
         stored = self.agent.vms.get(vm.vm_name)
