@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
 
-__all__ = ["token_in"]
+__all__ = ["MIN_TOKEN_LENGTH", "TokenError", "token_in"]
+
+#: the shortest token accepted from a file or a setting: an empty or short one
+#: (a file truncated by a crash, say) would open every guarded route
+MIN_TOKEN_LENGTH = 16
+
+
+class TokenError(ValueError):
+    """A token file that holds no usable token."""
 
 
 def token_in(path: Path) -> str:
-    """The token stored at `path`, or a new random one written there (the
-    file created with mode 0600 in one step, so it is never readable by others)."""
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
+    """The token stored at `path`, or a new random one written there.
+
+    The new file is written whole under a temporary name (mode 0600 from the
+    start) and then linked into place, so that a crash never leaves an empty
+    token file behind and two processes starting together agree on one token."""
+    if not path.exists():
+        _create(path, secrets.token_urlsafe(32))
+    token = path.read_text(encoding="utf-8").strip()
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise TokenError(
+            f"{path} holds no usable token (fewer than {MIN_TOKEN_LENGTH} characters): "
+            "delete it to have a new one made, or write one there"
+        )
     return token
+
+
+def _create(path: Path, token: str) -> None:
+    """Write `token` to `path` unless another process got there first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+    descriptor = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(token + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(scratch, path)
+    finally:
+        scratch.unlink()

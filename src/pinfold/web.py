@@ -30,7 +30,10 @@ def token_check(*tokens: str, what: str = "token") -> Callable[[Request, str | N
     def check(request: Request, token_query: Annotated[str | None, Query(alias="token")] = None) -> None:
         header = request.headers.get("authorization", "")
         given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else token_query or ""
-        if not any(hmac.compare_digest(given.encode(), token.encode()) for token in tokens):
+        # an empty token never matches, even if a caller handed one in by mistake
+        if not given or not any(
+            token and hmac.compare_digest(given.encode(), token.encode()) for token in tokens
+        ):
             raise ApiError("unauthorized", f"a valid {what} is required")
 
     return check

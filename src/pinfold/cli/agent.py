@@ -57,9 +57,10 @@ def agent_command(
         "rapid_config": rapid_config,
     }  # fmt: skip
     from pinfold.rapid.config import RapidConfigError
+    from pinfold.tokens import TokenError
 
     try:
         settings = load_config(config, flags)
         serve(settings)
-    except (ConfigError, RapidConfigError) as exc:
+    except (ConfigError, RapidConfigError, TokenError) as exc:
         raise typer.BadParameter(str(exc)) from None

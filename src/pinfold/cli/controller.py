@@ -31,6 +31,7 @@ def controller_command(
     Settings: --config TOML, then PINFOLD_CONTROLLER_* variables, then these flags."""
     from pinfold.controller.config import ControllerConfigError, load_controller_config
     from pinfold.controller.daemon import serve
+    from pinfold.tokens import TokenError
 
     flags = {
         "data_dir": data_dir, "listen": listen, "port": port, "database_url": database_url, "policy": policy,
@@ -40,4 +41,7 @@ def controller_command(
         settings = load_controller_config(config, flags)
     except ControllerConfigError as exc:
         raise typer.BadParameter(str(exc)) from None
-    serve(settings)
+    try:
+        serve(settings)
+    except TokenError as exc:
+        raise typer.BadParameter(str(exc)) from None

@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 
 from pinfold.cli.client import cli_config_path, vm_table
-from pinfold.tokens import token_in
+from pinfold.tokens import TokenError, token_in
 
 __all__ = ["register"]
 
@@ -115,8 +115,11 @@ def up_command(
     if domain_type == "auto":
         domain_type = "kvm" if os.access("/dev/kvm", os.R_OK | os.W_OK) else "qemu"
     controller_dir, agent_dir = data_dir / "controller", data_dir / "agent"
-    admin_token = token_in(controller_dir / "admin.token")
-    agent_token = token_in(controller_dir / "agent.token")
+    try:
+        admin_token = token_in(controller_dir / "admin.token")
+        agent_token = token_in(controller_dir / "agent.token")
+    except TokenError as exc:
+        raise typer.BadParameter(str(exc)) from None
     controller_url = f"http://127.0.0.1:{controller_port}"
     period = str(heartbeat_s)
     env = dict(os.environ, PINFOLD_AGENT_TOKEN=agent_token, PINFOLD_AGENT_MONITOR_PERIOD_S=period)

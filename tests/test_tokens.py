@@ -1,0 +1,76 @@
+"""Token files and the token check shared by the agent and the controller."""
+
+from __future__ import annotations
+
+import stat
+import threading
+
+import httpx
+import pytest
+from fastapi import Depends, FastAPI
+
+from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
+from pinfold.web import install_error_handlers, token_check
+from tests.servers import Served
+
+
+def test_a_new_token_is_written_whole_with_mode_0600_and_kept(tmp_path):
+    path = tmp_path / "data" / "admin.token"
+    token = token_in(path)
+    assert len(token) >= MIN_TOKEN_LENGTH
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert token_in(path) == token
+    assert [p.name for p in path.parent.iterdir()] == ["admin.token"]  # no scratch file left
+
+
+@pytest.mark.parametrize("content", ["", "\n", "short\n"], ids=["empty", "blank", "short"])
+def test_a_token_file_without_a_usable_token_is_refused(tmp_path, content):
+    path = tmp_path / "agent.token"
+    path.write_text(content)
+    with pytest.raises(TokenError, match="no usable token"):
+        token_in(path)
+    assert path.read_text() == content  # left for the operator to look at
+
+
+def test_processes_starting_together_agree_on_one_token(tmp_path):
+    path = tmp_path / "agent.token"
+    seen: list[str] = []
+    threads = [threading.Thread(target=lambda: seen.append(token_in(path))) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(seen)) == 1
+    assert seen[0] == path.read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def guarded() -> object:
+    """A route guarded by a check that was (wrongly) handed an empty token too."""
+    app = FastAPI()
+    install_error_handlers(app, {"unauthorized": 401})
+
+    @app.post("/thing", dependencies=[Depends(token_check("", "x" * 20))])
+    def thing() -> dict[str, bool]:
+        return {"ok": True}
+
+    served = Served(app)
+    yield served
+    served.stop()
+
+
+@pytest.mark.parametrize(
+    ("headers", "params", "status"),
+    [
+        ({}, {}, 401),
+        ({}, {"token": ""}, 401),
+        ({"Authorization": "Bearer wrong"}, {}, 401),
+        ({"Authorization": "Bearer " + "x" * 20}, {}, 200),
+    ],
+    ids=["none", "empty", "wrong", "right"],
+)
+def test_an_empty_token_never_opens_a_route(guarded, headers, params, status):
+    response = httpx.post(f"{guarded.url}/thing", headers=headers, params=params)
+    assert response.status_code == status
+    if status == 401:
+        assert response.json()["error"] == "unauthorized"
