@@ -82,6 +82,23 @@ def test_heartbeat_of_an_unknown_host_is_false(registered: ControllerStore) -> N
     assert [host.id for host in registered.hosts()] == ["h1"]
 
 
+def test_mark_down_reports_a_silent_host_once_and_its_next_heartbeat_brings_it_up(
+    registered: ControllerStore,
+) -> None:
+    assert registered.mark_down("h1", silent_since=150.0, now=160.0) is True
+    assert registered.mark_down("h1", silent_since=150.0, now=170.0) is False  # already down
+    assert [host.down for host in registered.liveness()] == [True]
+    registered.heartbeat("h1", {}, now=180.0)
+    assert registered.liveness()[0].down is False
+    assert [(e.kind, e.time) for e in registered.events()] == [("host down", 160.0), ("host up", 180.0)]
+
+
+def test_mark_down_leaves_a_host_heard_from_since_the_caller_looked(registered: ControllerStore) -> None:
+    registered.heartbeat("h1", {}, now=155.0)
+    assert registered.mark_down("h1", silent_since=150.0, now=160.0) is False
+    assert registered.events() == []
+
+
 def test_drain_and_undrain(registered: ControllerStore) -> None:
     assert registered.set_draining("h1", True).draining is True
     assert registered.host("h1") == registered.hosts()[0]

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, CheckConstraint, Double, ForeignKey, Integer, MetaData, String
+from sqlalchemy import JSON, CheckConstraint, Double, ForeignKey, Integer, MetaData, String, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -85,6 +85,10 @@ class Host(Base):
     registered_at: Mapped[float] = mapped_column(Double)
     last_heartbeat: Mapped[float] = mapped_column(Double)
     heartbeat: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    #: a "host down" event was recorded and no heartbeat came since: stored, so
+    #: that a restarted controller (or another replica) neither repeats the event
+    #: nor misses the "host up" that follows
+    down: Mapped[bool] = mapped_column(default=False, server_default=false())
 
 
 class VMSequence(Base):

@@ -109,7 +109,6 @@ class Controller:
         self._picture = threading.Lock()
         self._fits = Feasibility()
         self._schedulable: tuple[float, list[str]] = (float("-inf"), [])
-        self._down: set[str] = set()
         self.refresh()
 
     # -- hosts -------------------------------------------------------------------
@@ -133,7 +132,6 @@ class Controller:
             raise ControllerError("invalid request", str(error)) from error
         self.store.add_event("host registered", host_id, {"address": address}, self.clock())
         self._schedulable = (float("-inf"), [])
-        self._down.discard(host_id)
         vms = self.store.vms(host_id)
         with self._picture:
             in_place = self.scheduler.add(record, vms)
@@ -148,9 +146,6 @@ class Controller:
         if not self.store.heartbeat(host_id, payload, now):
             return False
         self.history.record(host_id, now, payload)
-        if host_id in self._down:
-            self._down.discard(host_id)
-            self.store.add_event("host up", host_id, {}, now)
         reported = payload.get("vms")
         if isinstance(reported, Mapping):
             self._settle(host_id, {str(k): str(v) for k, v in reported.items()}, now)
@@ -176,18 +171,18 @@ class Controller:
         return self._view(record, self.clock())
 
     def check_hosts(self) -> list[str]:
-        """Record the hosts that went down since the last check (an event
-        each); the names of those now down. Called every period."""
+        """Report the hosts that went silent, a "host down" event each; the
+        ids of those now down. Called every period. Whether a host was
+        reported is stored with it (the store clears it, with a "host up",
+        on its next heartbeat or registration): a restart repeats nothing."""
         now = self.clock()
-        down = {
-            host.id
-            for host in self.store.liveness()
-            if self._state(host.draining, host.last_heartbeat, now) == "down"
-        }
-        for host_id in sorted(down - self._down):
-            self.store.add_event("host down", host_id, {}, now)
-        self._down = down
-        return sorted(down)
+        down = []
+        for host in self.store.liveness():
+            if self._state(host.draining, host.last_heartbeat, now) == "down":
+                down.append(host.id)
+                if not host.down:
+                    self.store.mark_down(host.id, now - MISSED_HEARTBEATS * self.heartbeat_period_s, now)
+        return down
 
     def _view(self, record: HostRecord, now: float) -> HostView:
         return HostView(record, self._state(record.draining, record.last_heartbeat, now))

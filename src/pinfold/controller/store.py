@@ -9,6 +9,11 @@ taking the last room on a host: it holds the host's lock from reading what is
 on the host to inserting the new VM. On PostgreSQL that lock is the host's
 row (`SELECT ... FOR UPDATE`), so reservations on different hosts proceed in
 parallel; on SQLite it is the database's write lock, taken at BEGIN.
+
+A host's `down` flag moves with its events: `mark_down` sets it and records
+"host down", the next heartbeat or registration clears it and records "host
+up", each in one transaction. So a restarted controller, or another replica,
+neither repeats a "host down" nor misses the "host up" after it.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -101,6 +106,8 @@ class HostRecord:
     heartbeat: Mapping[str, Any] | None
     #: the topology's key: hosts of one model share it (and one parsed Topology)
     topology_digest: str = ""
+    #: reported down ("host down" recorded) and not heard from since
+    down: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +115,7 @@ class HostLiveness:
     id: str
     draining: bool
     last_heartbeat: float
+    down: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +211,7 @@ class ControllerStore:
     ) -> HostRecord:
         """Add a host, or update a known one (an agent restarting, its
         topology changed): its `draining` flag, first registration time and
-        VMs are kept."""
+        VMs are kept; a host reported down is up again ("host up")."""
         if not 1 <= len(host_id) <= HOST_ID_MAX:
             raise StoreError(f"a host id has 1 to {HOST_ID_MAX} characters, not {len(host_id)}")
         digest = digest_of(topology)
@@ -219,6 +227,7 @@ class ControllerStore:
             host.critical_size = critical_size
             host.reserved_memory_mib = reserved_memory_mib
             host.last_heartbeat = now
+            _heard_from(session, host, now)
             session.flush()
             return self._host_record(session, host)
 
@@ -247,13 +256,30 @@ class ControllerStore:
 
     def heartbeat(self, host_id: str, payload: Mapping[str, Any], now: float) -> bool:
         """Store a host's heartbeat; False when the host is unknown (the agent
-        should register again)."""
+        should register again). A host reported down is up again ("host up")."""
         with self._write() as session:
             host = session.get(Host, host_id, with_for_update=True)
             if host is None:
                 return False
             host.heartbeat = dict(payload)
             host.last_heartbeat = now
+            _heard_from(session, host, now)
+            return True
+
+    def mark_down(self, host_id: str, silent_since: float, now: float) -> bool:
+        """Report a host down ("host down") if it is not already and has sent
+        nothing since `silent_since`: True when this call reported it. The
+        condition is checked in the UPDATE, so a heartbeat that arrived since
+        the caller looked wins, and of two replicas only one reports it."""
+        query = (
+            update(Host)
+            .where(Host.id == host_id, Host.down.is_(False), Host.last_heartbeat < silent_since)
+            .values(down=True)
+        )
+        with self._write() as session:
+            if session.execute(query).rowcount == 0:  # type: ignore[attr-defined]
+                return False
+            session.add(_event_row(NewEvent("host down", host_id, {}), now))
             return True
 
     def set_draining(self, host_id: str, draining: bool) -> HostRecord:
@@ -274,11 +300,9 @@ class ControllerStore:
     def liveness(self) -> list[HostLiveness]:
         """Every host's id, draining flag and last heartbeat, and nothing else:
         what scheduling needs on each request, cheap with many hosts."""
-        query = select(Host.id, Host.draining, Host.last_heartbeat).order_by(Host.id)
+        query = select(Host.id, Host.draining, Host.last_heartbeat, Host.down).order_by(Host.id)
         with self._read() as session:
-            return [
-                HostLiveness(host_id, draining, beat) for host_id, draining, beat in session.execute(query)
-            ]
+            return [HostLiveness(*row) for row in session.execute(query)]
 
     def host(self, host_id: str) -> HostRecord | None:
         with self._read() as session:
@@ -391,6 +415,12 @@ class ControllerStore:
             return [_event_record(row) for row in session.scalars(query)]
 
 
+def _heard_from(session: Session, host: Host, now: float) -> None:
+    if host.down:
+        host.down = False
+        session.add(_event_row(NewEvent("host up", host.id, {}), now))
+
+
 def _vms_on(host_id: str) -> Any:
     return select(VM).where(VM.host_id == host_id).order_by(VM.seq)
 
@@ -426,6 +456,7 @@ def _host_record(host: Host, topology: Mapping[str, Any]) -> HostRecord:
         registered_at=host.registered_at,
         last_heartbeat=host.last_heartbeat,
         heartbeat=host.heartbeat,
+        down=host.down,
     )
 
 
