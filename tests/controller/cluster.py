@@ -67,9 +67,15 @@ class LocalCluster:
         self.http = httpx.Client(base_url=self.url, timeout=30)
 
     def add_host(
-        self, host_id: str, driver: Driver | None = None, settings: AgentSettings | None = None
+        self,
+        host_id: str,
+        driver: Driver | None = None,
+        settings: AgentSettings | None = None,
+        topology: Topology | None = None,
+        period_s: float = PERIOD_S,
     ) -> Host:
-        host = start_host(self.tmp_path, self.topology, host_id, self.url, driver, settings)
+        topology = topology or self.topology
+        host = start_host(self.tmp_path, topology, host_id, self.url, driver, settings, period_s)
         self.hosts[host_id] = host
         return host
 
@@ -97,17 +103,19 @@ def start_host(
     controller_url: str,
     driver: Driver | None = None,
     settings: AgentSettings | None = None,
+    period_s: float = PERIOD_S,
 ) -> Host:
     """An agent served on loopback, registered with the controller at
-    `controller_url` (before this returns) and sending heartbeats."""
+    `controller_url` (before this returns) and sending heartbeats every
+    `period_s`, a period it states in its registration."""
     store = Store(tmp_path / host_id / "agent.db")
     agent = Agent(topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu"))
     served = Served(agent_app(agent, AGENT))
     registrar = Registrar(
         controller_url, AGENT, host_id,
-        lambda: registration_document(agent, host_id, served.url),
+        lambda: {**registration_document(agent, host_id, served.url), "heartbeat_period_s": period_s},
         lambda: heartbeat_document(agent, None),
-        PERIOD_S,
+        period_s,
     )  # fmt: skip
     registrar.beat()
     registrar.start()

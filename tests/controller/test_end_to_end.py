@@ -6,6 +6,7 @@ concurrent creates that never over-allocates a host."""
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -134,6 +135,19 @@ def test_an_agent_that_dies_is_marked_down_with_its_vms_and_comes_back(cluster):
     assert [(vm.spec.name, vm.state) for vm in revived.agent.user_vms()] == [("v", "missing")]
     cluster.wait(lambda: cluster.http.get("/api/v1/hosts/h2").json()["state"] == "up", "h2 to be up")
     cluster.wait(lambda: cluster.http.get("/api/v1/vms/v").json()["state"] == "missing", "v to be missing")
+
+
+def test_an_agent_beating_slower_than_the_controller_checks_stays_up(cluster):
+    """The agent says it beats every 1 s, the controller's period is 0.25 s:
+    three of the controller's periods pass between two heartbeats, yet the
+    host never goes down."""
+    cluster.add_host("slow", period_s=1.0)
+    assert cluster.http.get("/api/v1/hosts/slow").json()["heartbeat_period_s"] == 1.0
+    for _ in range(12):
+        assert cluster.controller.check_hosts() == []
+        assert cluster.http.get("/api/v1/hosts/slow").json()["state"] == "up"
+        time.sleep(PERIOD_S)
+    assert "host down" not in [e["kind"] for e in cluster.http.get("/api/v1/events").json()]
 
 
 @pytest.mark.parametrize(

@@ -70,3 +70,30 @@ def test_a_host_back_after_being_down_is_reported_up_even_by_a_restarted_control
     clock.now += 3 * PERIOD_S + 1  # and down again: a second event, as it should
     assert restarted.check_hosts() == ["h1"]
     assert liveness_events(store) == ["host down", "host up", "host down"]
+
+
+def test_a_host_is_down_after_three_of_its_agents_own_periods(
+    store: ControllerStore, i7_topology: dict[str, Any]
+) -> None:
+    """The agent beats every 30 s, the controller checks every 10 s: judged by
+    the controller's period alone it would be down 30 s after each beat."""
+    clock = Clock()
+    control = controller(store, clock)
+    control.register("slow", "http://slow:8099", i7_topology, 6, 0, heartbeat_period_s=3 * PERIOD_S)
+    control.register("plain", "http://plain:8099", i7_topology, 6, 0)  # an agent that does not say
+    clock.now += 3 * PERIOD_S + 1
+    assert control.host("slow").state == "up"
+    assert control.check_hosts() == ["plain"]
+    assert control.schedulable_hosts() == ["slow"]
+    clock.now += 6 * PERIOD_S
+    assert control.check_hosts() == ["plain", "slow"]
+
+
+def test_an_agent_period_shorter_than_the_controllers_does_not_hurry_it(
+    store: ControllerStore, i7_topology: dict[str, Any]
+) -> None:
+    clock = Clock()
+    control = controller(store, clock)
+    control.register("fast", "http://fast:8099", i7_topology, 6, 0, heartbeat_period_s=1.0)
+    clock.now += 3 * PERIOD_S - 1
+    assert control.check_hosts() == []

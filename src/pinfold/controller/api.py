@@ -61,6 +61,8 @@ class Registration(BaseModel):
     topology: dict[str, Any]
     critical_size: int = Field(ge=0, le=1_000_000)
     reserved_memory_mib: int = Field(ge=0, le=2**40)
+    #: how often this agent sends heartbeats: the host is down after three missed
+    heartbeat_period_s: float | None = Field(default=None, gt=0, le=86400)
 
 
 class Heartbeat(BaseModel):
@@ -103,6 +105,7 @@ def host_view(view: HostView, vms: Sequence[VMRecord] = ()) -> dict[str, Any]:
         "draining": record.draining,
         "registered_at": record.registered_at,
         "last_heartbeat": record.last_heartbeat,
+        "heartbeat_period_s": record.heartbeat_period_s,
         "cpus": len(record.topology.get("cpuset", {}).get("cpu_list", [])),
         "critical_size": record.critical_size,
         "reserved_memory_mib": record.reserved_memory_mib,
@@ -192,7 +195,12 @@ def create_app(
     def register(body: Registration) -> dict[str, Any]:
         view = call(
             lambda: controller.register(
-                body.host_id, body.address, body.topology, body.critical_size, body.reserved_memory_mib
+                body.host_id,
+                body.address,
+                body.topology,
+                body.critical_size,
+                body.reserved_memory_mib,
+                body.heartbeat_period_s,
             )
         )
         return host_view(view, controller.vms(view.record.id))

@@ -89,6 +89,8 @@ class Host(Base):
     #: that a restarted controller (or another replica) neither repeats the event
     #: nor misses the "host up" that follows
     down: Mapped[bool] = mapped_column(default=False, server_default=false())
+    #: the period its agent sends heartbeats at, if it said so at registration
+    heartbeat_period_s: Mapped[float | None] = mapped_column(Double)
 
 
 class VMSequence(Base):

@@ -29,6 +29,7 @@ from pinfold.controller.scheduler import Scheduler
 from pinfold.controller.store import (
     ControllerStore,
     DuplicateVMError,
+    HostLiveness,
     HostRecord,
     NewEvent,
     NewVM,
@@ -120,13 +121,22 @@ class Controller:
         topology: Mapping[str, Any],
         critical_size: int,
         reserved_memory_mib: int,
+        heartbeat_period_s: float | None = None,
     ) -> HostView:
+        """Add or update a host. `heartbeat_period_s`, the period its agent
+        says it beats at, stretches the time after which it is down (see `silence_s`)."""
         problem = _unusable(topology, critical_size, reserved_memory_mib)
         if problem is not None:
             raise ControllerError("invalid request", problem)
         try:
             record = self.store.register_host(
-                host_id, address, topology, critical_size, reserved_memory_mib, self.clock()
+                host_id,
+                address,
+                topology,
+                critical_size,
+                reserved_memory_mib,
+                self.clock(),
+                heartbeat_period_s,
             )
         except StoreError as error:
             raise ControllerError("invalid request", str(error)) from error
@@ -178,19 +188,27 @@ class Controller:
         now = self.clock()
         down = []
         for host in self.store.liveness():
-            if self._state(host.draining, host.last_heartbeat, now) == "down":
+            if self._state(host, now) == "down":
                 down.append(host.id)
                 if not host.down:
-                    self.store.mark_down(host.id, now - MISSED_HEARTBEATS * self.heartbeat_period_s, now)
+                    self.store.mark_down(host.id, now - self.silence_s(host.heartbeat_period_s), now)
         return down
 
-    def _view(self, record: HostRecord, now: float) -> HostView:
-        return HostView(record, self._state(record.draining, record.last_heartbeat, now))
+    def silence_s(self, agent_period_s: float | None) -> float:
+        """How long a host may stay silent before it is down: three periods,
+        of its agent's own period if it said, else of the controller's, and
+        never less than three of the controller's (its checks run that often,
+        and an operator may set it longer to be patient). Judging an agent that
+        beats every 10 s by a 2 s period would have it flap down and up."""
+        return MISSED_HEARTBEATS * max(self.heartbeat_period_s, agent_period_s or 0.0)
 
-    def _state(self, draining: bool, last_heartbeat: float, now: float) -> str:
-        if now - last_heartbeat > MISSED_HEARTBEATS * self.heartbeat_period_s:
+    def _view(self, record: HostRecord, now: float) -> HostView:
+        return HostView(record, self._state(record, now))
+
+    def _state(self, host: HostRecord | HostLiveness, now: float) -> str:
+        if now - host.last_heartbeat > self.silence_s(host.heartbeat_period_s):
             return "down"
-        return "draining" if draining else "up"
+        return "draining" if host.draining else "up"
 
     def schedulable_hosts(self) -> list[str]:
         """The hosts up and not draining, read at most every `liveness_ttl_s`
@@ -199,9 +217,7 @@ class Controller:
         now = self.clock()
         cached_at, hosts = self._schedulable
         if now - cached_at >= self.liveness_ttl_s or now < cached_at:
-            hosts = [
-                h.id for h in self.store.liveness() if self._state(h.draining, h.last_heartbeat, now) == "up"
-            ]
+            hosts = [h.id for h in self.store.liveness() if self._state(h, now) == "up"]
             self._schedulable = (now, hosts)
         return hosts
 

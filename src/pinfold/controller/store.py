@@ -108,6 +108,8 @@ class HostRecord:
     topology_digest: str = ""
     #: reported down ("host down" recorded) and not heard from since
     down: bool = False
+    #: the period its agent said it sends heartbeats at (None: it did not say)
+    heartbeat_period_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +118,7 @@ class HostLiveness:
     draining: bool
     last_heartbeat: float
     down: bool = False
+    heartbeat_period_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +211,7 @@ class ControllerStore:
         critical_size: int,
         reserved_memory_mib: int,
         now: float,
+        heartbeat_period_s: float | None = None,
     ) -> HostRecord:
         """Add a host, or update a known one (an agent restarting, its
         topology changed): its `draining` flag, first registration time and
@@ -226,6 +230,7 @@ class ControllerStore:
             host.topology_digest = digest
             host.critical_size = critical_size
             host.reserved_memory_mib = reserved_memory_mib
+            host.heartbeat_period_s = heartbeat_period_s
             host.last_heartbeat = now
             _heard_from(session, host, now)
             session.flush()
@@ -300,7 +305,8 @@ class ControllerStore:
     def liveness(self) -> list[HostLiveness]:
         """Every host's id, draining flag and last heartbeat, and nothing else:
         what scheduling needs on each request, cheap with many hosts."""
-        query = select(Host.id, Host.draining, Host.last_heartbeat, Host.down).order_by(Host.id)
+        columns = (Host.id, Host.draining, Host.last_heartbeat, Host.down, Host.heartbeat_period_s)
+        query = select(*columns).order_by(Host.id)
         with self._read() as session:
             return [HostLiveness(*row) for row in session.execute(query)]
 
@@ -457,6 +463,7 @@ def _host_record(host: Host, topology: Mapping[str, Any]) -> HostRecord:
         last_heartbeat=host.last_heartbeat,
         heartbeat=host.heartbeat,
         down=host.down,
+        heartbeat_period_s=host.heartbeat_period_s,
     )
 
 
