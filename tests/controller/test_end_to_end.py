@@ -5,7 +5,9 @@ concurrent creates that never over-allocates a host."""
 
 from __future__ import annotations
 
+import itertools
 import random
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -81,6 +83,53 @@ def test_creates_are_idempotent_by_name(cluster):
     other = cluster.http.post("/api/v1/vms", json={**body, "vcpus": 2}, headers=ADMIN_AUTH)
     assert other.status_code == 409
     assert other.json()["error"] == "duplicate name"
+
+
+def race(
+    cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, bodies: list[dict[str, Any]]
+) -> list[httpx.Response]:
+    """Send the creates at once, each past the controller's first look for the
+    name before any reserves it (a barrier on that look): they meet at the reservation."""
+    barrier = threading.Barrier(len(bodies), timeout=10)
+    looks = itertools.count()
+    look_up = cluster.controller.store.vm
+
+    def vm(name: str) -> Any:
+        if next(looks) < len(bodies):
+            barrier.wait()
+        return look_up(name)
+
+    monkeypatch.setattr(cluster.controller.store, "vm", vm)
+
+    def create(body: dict[str, Any]) -> httpx.Response:
+        with httpx.Client(base_url=cluster.url, timeout=60) as http:
+            return http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
+
+    with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
+        return list(pool.map(create, bodies))
+
+
+def test_identical_creates_at_the_same_moment_make_one_vm_and_both_get_it(cluster, monkeypatch):
+    cluster.add_host("h1")
+    cluster.add_host("h2")
+    body = {"name": "twin", "vcpus": 2, "memory_mib": 512, "ratio": 2.0}
+    responses = race(cluster, monkeypatch, [body, body])
+    assert sorted(r.status_code for r in responses) == [200, 201], [r.text for r in responses]
+    host = responses[0].json()["host"]
+    assert [(r.json()["state"], r.json()["host"]) for r in responses] == [("running", host)] * 2
+    assert sum(len(names) for names in agents_vms(cluster).values()) == 1
+
+
+def test_creates_of_one_name_and_two_sizes_at_the_same_moment_refuse_one(cluster, monkeypatch):
+    cluster.add_host("h1")
+    bodies = [{"name": "twin", "vcpus": vcpus, "memory_mib": 512} for vcpus in (1, 2)]
+    responses = race(cluster, monkeypatch, bodies)
+    assert sorted(r.status_code for r in responses) == [201, 409], [r.text for r in responses]
+    refused = next(r for r in responses if r.status_code == 409)
+    assert refused.json()["error"] == "duplicate name"
+    assert [vm.spec.vcpus for vm in cluster.hosts["h1"].agent.user_vms()] == [
+        next(r for r in responses if r.status_code == 201).json()["vcpus"]
+    ]
 
 
 def test_no_host_is_explained_host_by_host(cluster):

@@ -49,6 +49,7 @@ def build_controller(config: ControllerConfig, agent_token: str) -> tuple[Contro
         heartbeat_period_s=config.heartbeat_period_s,
         default_policy=config.policy,
         stale_after_s=config.stale_after_s,
+        race_wait_s=config.agent_timeout_s,  # the longest a concurrent create's agent call takes
     )
     return controller, clients
 

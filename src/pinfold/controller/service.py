@@ -1,7 +1,8 @@
 """The controller's core: the directory of hosts and VMs and the global scheduler.
 
 A create, in order: idempotency by name (the same request again gets the same
-VM back); rank the `up`, not draining hosts with the placement core's policy
+VM back, also when both are sent at once: the later waits for the earlier);
+rank the `up`, not draining hosts with the placement core's policy
 (`Scheduler`, a picture of the cluster); for each host in rank order, reserve
 room in the database under the host's lock (`ControllerStore.reserve`: exact,
 so two requests or two controllers cannot both take the last room), then ask
@@ -100,6 +101,8 @@ class Controller:
     stale_after_s: float = 60.0
     #: how long the list of schedulable hosts is reused (0: read it for every request)
     liveness_ttl_s: float = 1.0
+    #: how long a create waits for the same create, sent at the same time, to hear from its agent
+    race_wait_s: float = 30.0
     clock: Callable[[], float] = time.time
     scheduler: Scheduler = field(default_factory=Scheduler)
     history: History = field(default_factory=History)
@@ -265,8 +268,8 @@ class Controller:
         except UnknownHostError:
             refused[host.id] = "host unavailable: unknown host"
             return None
-        except DuplicateVMError as error:  # the same name, reserved meanwhile
-            raise ControllerError("duplicate name", error.existing.name) from error
+        except DuplicateVMError as error:  # the same name, reserved meanwhile: the same request?
+            return Placed(self._again(error.existing, request), created=False)
         with self._picture:
             in_step = self.scheduler.placed(host.id, request.spec)
         if not in_step:
@@ -295,14 +298,17 @@ class Controller:
         return Placed(record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ())
 
     def _again(self, existing: VMRecord, request: NewVM) -> VMRecord:
-        """Idempotency: the same request gets its VM; another one with the
-        same name is refused. A stale reservation (its controller died) is
-        finished here."""
+        """Idempotency: the same request gets its VM, even when both were
+        sent at once (the later one waits for the earlier one's agent);
+        another one with the same name is refused. A stale reservation (its
+        controller died) is finished here."""
         same = (existing.vcpus, existing.memory_mib, existing.ratio, existing.owner, existing.image) == (
             request.vcpus, request.memory_mib, float(request.ratio), request.owner, request.image,
         )  # fmt: skip
         if not same:
             raise ControllerError("duplicate name", f"{existing.name} exists with another size or owner")
+        if existing.state is VMState.RESERVED:
+            existing = self._await_creator(existing)
         stale = self.clock() - existing.updated_at > self.stale_after_s
         if existing.state is not VMState.RESERVED or not stale or existing.host_id is None:
             return existing
@@ -326,6 +332,24 @@ class Controller:
         except AgentUnreachableError as error:
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
         return self.store.set_vm_state(existing.name, VMState.RUNNING, self.clock())
+
+    def _await_creator(self, reserved: VMRecord) -> VMRecord:
+        """The VM as it stands once the request that reserved it heard from
+        its agent, or after `race_wait_s`, or once the reservation is stale
+        (its controller died: the caller finishes it). The name may vanish for
+        a moment while that request moves on to its next host."""
+        deadline = time.monotonic() + self.race_wait_s
+        record: VMRecord | None = reserved
+        while time.monotonic() < deadline:
+            if record is not None and (
+                record.state is not VMState.RESERVED or self.clock() - record.updated_at > self.stale_after_s
+            ):
+                return record
+            time.sleep(0.05)
+            record = self.store.vm(reserved.name)
+        if record is None:
+            raise ControllerError("no host", f"{reserved.name}: the same request sent at once found none")
+        return record
 
     def vm(self, name: str) -> VMRecord:
         record = self.store.vm(name)
