@@ -425,3 +425,61 @@ def test_an_agents_refusal_is_explained_and_nothing_is_left(cluster):
     assert "not inside an image directory" in response.json()["detail"]
     assert cluster.http.get("/api/v1/vms").json() == []
     assert cluster.hosts["h1"].agent.user_vms() == []
+
+
+def test_slackvm_remove_says_removing_while_the_agent_is_away(cluster):
+    host = cluster.add_host("h1")
+    token = f"token={ADMIN}"
+    assert cluster.http.get(f"/deploy?name=v&cpu=1&mem=0.5&{token}").status_code == 200
+    host.stop()
+    response = cluster.http.get(f"/remove?name=v&{token}")
+    assert response.status_code == 202
+    assert response.json()["removing"] == "v"
+    assert cluster.http.get("/api/v1/vms/v", headers=ADMIN_AUTH).json()["state"] == "deleting"
+
+
+def metric(text: str, name: str) -> float | None:
+    """The value of one sample line of Prometheus text, None when absent."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_slackvm_global_routes_keep_slackvms_shapes_and_metrics_follow(cluster):
+    hosts = [cluster.add_host("h1"), cluster.add_host("h2")]
+    token = f"token={ADMIN}"
+    running = 'pinfold_controller_vms{state="running"}'
+    before = cluster.http.get("/metrics").text
+    assert metric(before, 'pinfold_hosts{state="up"}') == 2.0
+    assert metric(before, running) is None
+    assert metric(before, "pinfold_create_seconds_count") == 0.0
+
+    deployed = cluster.http.get(f"/deploy?name=a&cpu=2&mem=1&oc=2.0&{token}")
+    assert deployed.status_code == 200, deployed.text  # SlackVM's client expects 200, as from an agent
+    vm = deployed.json()
+    agent = cluster.hosts[vm["host"]]
+    on_agent = httpx.get(f"{agent.served.url}/api/v1/vms/a").json()  # the agent's /deploy shape
+    shared = [key for key in on_agent if key != "domain"]
+    assert {key: vm[key] for key in shared} == {key: on_agent[key] for key in shared}
+    assert (vm["vcpus"], vm["memory_mib"], vm["ratio"], vm["state"]) == (2, 1024, 2.0, "running")
+    assert cluster.http.get(f"/deploy?name=a&cpu=2&mem=1&oc=2.0&{token}").status_code == 200  # seen before
+
+    def slackvm_status() -> Any:
+        return cluster.http.get("/status", headers=ADMIN_AUTH).json()
+
+    # host address -> that host's own SlackVM status, as its heartbeats carry it
+    expected = {host.served.url: httpx.get(f"{host.served.url}/status").json() for host in hosts}
+    cluster.wait(lambda: slackvm_status() == expected, "the heartbeats to carry the new status")
+    subset = expected[agent.served.url]["cpu"]["subset"]["2.0"]
+    assert set(subset) == {"pcap", "palloc", "vavail", "vpotential"}
+    assert subset["palloc"] == 2
+    assert set(expected[agent.served.url]["mem"]["subset"]["1"]) == {"pcap", "palloc", "vavail", "vpotential"}
+
+    after = cluster.http.get("/metrics").text
+    assert metric(after, running) == 1.0
+    assert metric(after, "pinfold_create_seconds_count") == 2.0
+
+    assert cluster.http.get(f"/remove?name=a&{token}").json() == {"removed": "a"}
+    assert cluster.http.get(f"/remove?name=a&{token}").status_code == 404
+    assert metric(cluster.http.get("/metrics").text, running) is None

@@ -309,12 +309,20 @@ def create_app(
         qcow2: Annotated[str, Query(max_length=4096)] = "",
     ) -> dict[str, Any]:
         body = CreateVM(name=name, vcpus=cpu, memory_mib=max(1, round(mem * 1024)), ratio=oc, image=qcow2)
-        return create(body, response)
+        view = create(body, response)
+        response.status_code = 200  # as the agent's /deploy and SlackVM's, created or seen before
+        return view
 
     @app.get("/remove", dependencies=[slackvm])
-    def slackvm_remove(name: Annotated[str, Query(min_length=1, max_length=63)]) -> dict[str, str]:
-        call(lambda: controller.delete(name))
-        return {"removed": name}
+    def slackvm_remove(
+        response: Response, name: Annotated[str, Query(min_length=1, max_length=63)]
+    ) -> dict[str, str]:
+        """SlackVM's `{"removed": name}` once it is gone; 202 `{"removing": name}`
+        when its agent did not answer (as DELETE: it stays `deleting`, retried)."""
+        if call(lambda: controller.delete(name)) is None:
+            return {"removed": name}
+        response.status_code = 202
+        return {"removing": name, "detail": "its agent did not answer: the deletion is retried every period"}
 
     @app.get("/status")
     def slackvm_status() -> dict[str, Any]:
