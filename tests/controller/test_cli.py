@@ -14,11 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.responses import HTMLResponse
 from typer.testing import CliRunner
 
 from pinfold.cli import app
 from tests.controller.cluster import ADMIN, LocalCluster
-from tests.servers import free_port
+from tests.servers import free_port, serving
 
 runner = CliRunner()
 
@@ -134,3 +136,30 @@ def test_pinfold_up_sets_up_a_node_and_stops_on_sigterm(tmp_path):
     assert "demo-premium" in output
     assert "pinfold agent: stopped" in output
     assert "pinfold controller: stopped" in output
+
+
+def test_a_reply_that_is_not_json_is_reported_not_raised():
+    """A proxy in front of the controller answering its own HTML 502 page."""
+    proxy = FastAPI()
+
+    @proxy.get("/api/v1/vms")
+    def bad_gateway() -> HTMLResponse:
+        return HTMLResponse("<html><body><h1>502 Bad Gateway</h1></body></html>", status_code=502)
+
+    with serving(proxy) as url:
+        for json_flag in ([], ["--json"]):
+            env = {"PINFOLD_URL": url, "COLUMNS": "200"}
+            result = runner.invoke(app, ["vm", "list", *json_flag], env=env)
+            assert result.exit_code == 1, result.output
+            assert isinstance(result.exception, SystemExit)  # no traceback
+            assert "not a pinfold controller's answer" in result.output
+            assert "502" in result.output
+
+
+def test_the_host_filter_is_sent_encoded(cluster):
+    code, out = cli(cluster, "vm", "create", "web", "--json")
+    host = json.loads(out)["host"]
+    code, out = cli(cluster, "vm", "list", "--host", host, "--json")
+    assert [vm["name"] for vm in json.loads(out)] == ["web"]
+    code, out = cli(cluster, "vm", "list", "--host", f"{host}&x=1", "--json")
+    assert (code, json.loads(out)) == (0, [])  # one odd host name, not ?host=h1 and x=1

@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["CLI_CONFIG", "cli_config_path", "register", "vm_table"]
@@ -65,18 +66,37 @@ def endpoint(url: str | None, token: str | None) -> Endpoint:
     )
 
 
-def request(where: Endpoint, method: str, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+def request(
+    where: Endpoint,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    params: dict[str, str] | None = None,
+) -> httpx.Response:
+    """`params` go in the query string, encoded by httpx."""
     headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
+    url = where.url.rstrip("/") + path
     try:
-        return httpx.request(method, where.url.rstrip("/") + path, json=body, headers=headers, timeout=120)
+        return httpx.request(method, url, json=body, params=params, headers=headers, timeout=120)
     except httpx.HTTPError as exc:
         console.print(f"[red]cannot reach the controller at {where.url}: {exc}[/red]")
         raise typer.Exit(2) from None
 
 
 def answer(response: httpx.Response, as_json: bool, explain: bool = False) -> Any:
-    """The response's JSON, or the error printed and exit 1."""
-    body = response.json() if response.content else None
+    """The response's JSON, or the error printed and exit 1. A body that is
+    not JSON (a proxy's HTML error page, something else on that port) is
+    reported as such, with its status and its first line."""
+    try:
+        body = response.json() if response.content else None
+    except ValueError:
+        first = (response.text.strip().splitlines() or [""])[0][:120]
+        detail = f"HTTP {response.status_code} from {response.url}, not JSON: {first!r}"
+        if as_json:
+            print(json.dumps({"error": "not a pinfold controller's answer", "detail": detail}, indent=1))
+        else:
+            console.print(f"[red]not a pinfold controller's answer[/red]: {escape(detail)}")
+        raise typer.Exit(1) from None
     if response.status_code < 400:
         return body
     if as_json:
@@ -85,7 +105,7 @@ def answer(response: httpx.Response, as_json: bool, explain: bool = False) -> An
         error: dict[str, Any] = (
             body if isinstance(body, dict) else {"error": str(response.status_code), "detail": response.text}
         )
-        console.print(f"[red]{error.get('error')}[/red]: {error.get('detail', '')}")
+        console.print(f"[red]{escape(str(error.get('error')))}[/red]: {escape(str(error.get('detail', '')))}")
         if explain and error.get("hosts"):
             table = Table("host", "why not")
             for host, why in sorted(error["hosts"].items()):
@@ -171,8 +191,8 @@ def vm_list(
     token: Token = None,
     as_json: Json = False,
 ) -> None:
-    path = "/api/v1/vms" + (f"?host={httpx.QueryParams({'host': host})['host']}" if host else "")
-    show(answer(request(endpoint(url, token), "GET", path), as_json), as_json, vm_table)
+    response = request(endpoint(url, token), "GET", "/api/v1/vms", params={"host": host} if host else None)
+    show(answer(response, as_json), as_json, vm_table)
 
 
 @vm_app.command("show")
