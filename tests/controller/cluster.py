@@ -55,12 +55,18 @@ class LocalCluster:
     hosts: dict[str, Host] = field(default_factory=dict)
     #: the controller's period: a host is down after three missed ones (agents beat every PERIOD_S)
     heartbeat_period_s: float = PERIOD_S
+    #: the controller's default placement policy
+    policy: str = "progress"
 
     def __post_init__(self) -> None:
         self.clients = AgentClients(AGENT, timeout_s=10)
         store = ControllerStore(connect(self.database_url))
         self.controller = Controller(
-            store, self.clients, heartbeat_period_s=self.heartbeat_period_s, stale_after_s=STALE_AFTER_S
+            store,
+            self.clients,
+            heartbeat_period_s=self.heartbeat_period_s,
+            default_policy=self.policy,
+            stale_after_s=STALE_AFTER_S,
         )
         self.served = Served(controller_app(self.controller, ADMIN, AGENT))
         self.url = self.served.url

@@ -16,12 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
+from pinfold.agent.service import AgentSettings, VMRequest
 from pinfold.controller.agents import AgentClient, AgentRefusedError
 from pinfold.controller.api import create_app as controller_app
 from pinfold.controller.database import connect
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore
 from pinfold.placement import VMSpec
+from pinfold.topology import Topology
 from tests.controller.cluster import ADMIN, ADMIN_AUTH, AGENT, PERIOD_S, STALE_AFTER_S, LocalCluster
 from tests.servers import Served
 
@@ -147,6 +149,70 @@ def test_no_host_is_explained_host_by_host(cluster):
     assert "h2" in body["hosts"]
     assert agents_vms(cluster) == {"h1": set(), "h2": set()}
     assert cluster.http.get("/api/v1/vms").json() == []
+
+
+#: a VM of 2 vCPUs and 4000 MiB on three empty hosts of three shapes, and where each policy puts it
+SHAPED_VM = {"vcpus": 2, "memory_mib": 4000, "ratio": 1.0}
+CHOSEN_BY = {"progress": "b-lean", "first-fit": "a-small", "worst-fit": "c-big"}
+
+
+def three_shapes(cluster: LocalCluster, epyc: Topology) -> None:
+    """Registered in the order of their ids (ties go to the earliest)."""
+    cluster.add_host("a-small")  # i7: 8 CPUs, 31776 MiB, about 3970 MiB per CPU
+    lean = AgentSettings(domain_type="qemu", reserved_memory_mib=16000)
+    cluster.add_host("b-lean", settings=lean)  # the same with 1970 MiB per CPU: 2000 per CPU suits it
+    cluster.add_host("c-big", topology=epyc)  # 256 CPUs, 1 TB: the most room left after any VM
+
+
+def test_the_policy_a_request_names_chooses_the_host(cluster, epyc):
+    three_shapes(cluster, epyc)
+    for policy in [*CHOSEN_BY, None]:  # None: the controller's default, progress
+        body = {"name": f"by-{policy}", **SHAPED_VM, **({"policy": policy} if policy else {})}
+        created = cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
+        assert created.status_code == 201, created.text
+        assert (policy, created.json()["host"]) == (policy, CHOSEN_BY[policy or "progress"])
+        assert cluster.http.delete(f"/api/v1/vms/by-{policy}", headers=ADMIN_AUTH).status_code == 204
+
+
+@pytest.mark.parametrize("policy", ["first-fit", "worst-fit"])
+def test_the_controllers_default_policy_chooses_the_host(tmp_path, i7, epyc, policy):
+    cluster = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'c.db'}", i7, policy=policy)
+    try:
+        three_shapes(cluster, epyc)
+        body = {"name": "v", **SHAPED_VM}
+        created = cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
+        assert created.json()["host"] == CHOSEN_BY[policy]
+        assert cluster.http.get("/api/v1/status", headers=ADMIN_AUTH).json()["policy"] == policy
+    finally:
+        cluster.close()
+
+
+def test_a_host_whose_agent_refuses_is_passed_over_and_its_reservation_dropped(cluster, monkeypatch):
+    squatted = cluster.add_host("h1")
+    cluster.add_host("h2")
+    # behind the controller's back, h1's agent gives all its 8 CPUs to a VM: the
+    # controller still sees h1 empty, first in line, and reserves room on it
+    squatted.agent.create(VMRequest("squatter", 8, 1024, 1.0))
+    refusals: list[str] = []
+    create_on_agent = AgentClient.create
+
+    def recording(self: AgentClient, *args: Any) -> dict[str, Any]:
+        try:
+            return create_on_agent(self, *args)
+        except AgentRefusedError as error:
+            refusals.append(error.code)
+            raise
+
+    monkeypatch.setattr(AgentClient, "create", recording)
+    body = {"name": "v", "vcpus": 2, "memory_mib": 512, "policy": "first-fit"}
+    created = cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
+    assert created.status_code == 201, created.text
+    assert created.json()["host"] == "h2"
+    assert refusals == ["not enough cpu"]  # h1's agent said no, then h2 was tried
+    assert [(vm.name, vm.host_id) for vm in cluster.controller.vms()] == [
+        ("v", "h2")
+    ]  # h1's reservation gone
+    assert agents_vms(cluster) == {"h1": {"squatter"}, "h2": {"v"}}
 
 
 def test_a_draining_host_takes_no_new_vms(cluster):
