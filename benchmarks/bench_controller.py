@@ -136,7 +136,8 @@ def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = N
                 processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
 
             def all_up() -> bool:
-                hosts = httpx.get(f"{controller_url}/api/v1/hosts").json()
+                auth = {"Authorization": f"Bearer {admin}"}
+                hosts = httpx.get(f"{controller_url}/api/v1/hosts", headers=auth).json()
                 return sum(1 for h in hosts if h["state"] == "up") == agents
 
             wait_for("the agents to register", all_up)

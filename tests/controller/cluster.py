@@ -57,6 +57,8 @@ class LocalCluster:
     heartbeat_period_s: float = PERIOD_S
     #: the controller's default placement policy
     policy: str = "progress"
+    #: networks whose clients may use SlackVM's routes without a token
+    slackvm_open_networks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.clients = AgentClients(AGENT, timeout_s=10)
@@ -68,9 +70,10 @@ class LocalCluster:
             default_policy=self.policy,
             stale_after_s=STALE_AFTER_S,
         )
-        self.served = Served(controller_app(self.controller, ADMIN, AGENT))
+        self.served = Served(controller_app(self.controller, ADMIN, AGENT, self.slackvm_open_networks))
         self.url = self.served.url
-        self.http = httpx.Client(base_url=self.url, timeout=30)
+        #: the controller's API as an admin (`httpx.Client(base_url=cluster.url)` for no token)
+        self.http = httpx.Client(base_url=self.url, timeout=30, headers=ADMIN_AUTH)
 
     def add_host(
         self,

@@ -116,7 +116,8 @@ def test_kill_9_during_a_burst_of_creates_loses_and_doubles_nothing(tmp_path, co
             time.sleep(0.2)
         time.sleep(4 * PERIOD_S)  # heartbeats settle anything left
 
-        directory = {vm["name"]: vm for vm in httpx.get(f"{controller.url}/api/v1/vms").json()}
+        listed = httpx.get(f"{controller.url}/api/v1/vms", headers=ADMIN_AUTH).json()
+        directory = {vm["name"]: vm for vm in listed}
         assert set(directory) == set(bodies)
         assert {vm["state"] for vm in directory.values()} == {"running"}
         placements: dict[str, list[str]] = {}

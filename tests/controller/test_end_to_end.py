@@ -276,11 +276,22 @@ def test_an_agent_beating_slower_than_the_controller_checks_stays_up(cluster):
         ("get", "/remove?name=x", "admin"),
         ("post", "/api/v1/hosts", "agent"),
         ("post", "/api/v1/hosts/h1/heartbeat", "agent"),
+        # reads too: the directory says what runs where, and for whom
+        ("get", "/api/v1/hosts", "admin"),
+        ("get", "/api/v1/hosts/h1", "admin"),
+        ("get", "/api/v1/hosts/h1/cpus", "admin"),
+        ("get", "/api/v1/hosts/h1/history", "admin"),
+        ("get", "/api/v1/vms", "admin"),
+        ("get", "/api/v1/vms/x", "admin"),
+        ("get", "/api/v1/events", "admin"),
+        ("get", "/api/v1/status", "admin"),
+        ("get", "/status", "admin"),
     ],
 )
 @pytest.mark.parametrize("given", ["none", "wrong", "other"])
-def test_every_mutating_route_refuses_a_missing_or_wrong_token(tmp_path, i7, method, path, token, given):
+def test_every_route_refuses_a_missing_or_wrong_token(tmp_path, i7, method, path, token, given):
     cluster = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'c.db'}", i7)
+    cluster.http.headers.pop("Authorization")
     try:
         headers = {
             "none": {},
@@ -472,7 +483,7 @@ def test_cpu_map_and_history_follow_the_heartbeats(cluster):
     history = cluster.http.get("/api/v1/hosts/h1/history").json()
     assert history[-1]["sizes"] == {"2.0": len(vnode)}
     assert cluster.http.get("/api/v1/hosts/nowhere/history").status_code == 404
-    assert cluster.http.get("/api/v1/whoami").status_code == 401
+    assert httpx.get(f"{cluster.url}/api/v1/whoami").status_code == 401
     assert cluster.http.get("/api/v1/whoami", headers=ADMIN_AUTH).json() == {"role": "admin"}
     page = cluster.http.get("/")
     assert page.status_code == 200
@@ -491,6 +502,23 @@ def test_an_agents_refusal_is_explained_and_nothing_is_left(cluster):
     assert "not inside an image directory" in response.json()["detail"]
     assert cluster.http.get("/api/v1/vms").json() == []
     assert cluster.hosts["h1"].agent.user_vms() == []
+
+
+def test_health_metrics_openapi_and_the_dashboard_need_no_token(cluster):
+    for path in ("/healthz", "/metrics", "/openapi.json", "/", "/dashboard/app.js"):
+        assert httpx.get(cluster.url + path).status_code == 200, path
+
+
+def test_slackvm_status_is_open_to_the_networks_opened_to_slackvm(tmp_path, i7):
+    cluster = LocalCluster(
+        tmp_path, f"sqlite:///{tmp_path / 'c.db'}", i7, slackvm_open_networks=("127.0.0.0/8",)
+    )
+    try:
+        host = cluster.add_host("h1")
+        assert set(httpx.get(f"{cluster.url}/status").json()) == {host.served.url}
+        assert httpx.get(f"{cluster.url}/api/v1/hosts").status_code == 401  # the rest of the API is not
+    finally:
+        cluster.close()
 
 
 def test_slackvm_remove_says_removing_while_the_agent_is_away(cluster):

@@ -153,7 +153,8 @@ def up_command(
         ))  # fmt: skip
 
         def registered() -> bool:
-            hosts = httpx.get(f"{controller_url}/api/v1/hosts").json()
+            headers = {"Authorization": f"Bearer {admin_token}"}
+            hosts = httpx.get(f"{controller_url}/api/v1/hosts", headers=headers).json()
             return any(h["id"] == host_id and h["state"] == "up" for h in hosts)
 
         wait_until("the agent to register", registered, processes)

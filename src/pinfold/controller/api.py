@@ -1,8 +1,12 @@
 """The controller's HTTP API (FastAPI): JSON under /api/v1, SlackVM's global
 scheduler routes, /healthz and Prometheus /metrics.
 
-Two tokens: the admin token for people and their tools (every mutating route
-on VMs and hosts), the agent token for agents (registration, heartbeats).
+Two tokens: the admin token for people and their tools (every route on VMs
+and hosts, reads too: the directory says what runs where), the agent token for
+agents (registration, heartbeats). SlackVM's routes take the admin token too,
+or none from the networks an operator opened to SlackVM's token-less tools.
+Open to all: /healthz, /metrics (counts only, for scrapers), the OpenAPI
+document and the dashboard's files (its login form asks for the token).
 Routers only translate HTTP to `Controller` calls; errors are JSON
 `{"error", "detail"}` with a 4xx status for anything a client can get wrong.
 """
@@ -211,23 +215,23 @@ def create_app(
             raise ApiError("unknown host", f"{host_id}: register first")
         return {"status": "ok"}
 
-    @app.get("/api/v1/hosts")
+    @app.get("/api/v1/hosts", dependencies=[admin])
     def list_hosts() -> list[dict[str, Any]]:
         vms = controller.vms()
         return [
             host_view(view, [vm for vm in vms if vm.host_id == view.record.id]) for view in controller.hosts()
         ]
 
-    @app.get("/api/v1/hosts/{host_id}")
+    @app.get("/api/v1/hosts/{host_id}", dependencies=[admin])
     def get_host(host_id: str) -> dict[str, Any]:
         view = call(lambda: controller.host(host_id))
         return host_view(view, controller.vms(host_id))
 
-    @app.get("/api/v1/hosts/{host_id}/cpus")
+    @app.get("/api/v1/hosts/{host_id}/cpus", dependencies=[admin])
     def host_cpus(host_id: str) -> dict[str, Any]:
         return cpu_map(call(lambda: controller.host(host_id)))
 
-    @app.get("/api/v1/hosts/{host_id}/history")
+    @app.get("/api/v1/hosts/{host_id}/history", dependencies=[admin])
     def host_history(
         host_id: str, since: Annotated[float, Query(ge=0, le=1e12)] = 0.0
     ) -> list[dict[str, Any]]:
@@ -252,12 +256,12 @@ def create_app(
     def create_vm(body: CreateVM, response: Response) -> dict[str, Any]:
         return create(body, response)
 
-    @app.get("/api/v1/vms")
+    @app.get("/api/v1/vms", dependencies=[admin])
     def list_vms(host: Annotated[str | None, Query(max_length=HOST_ID_MAX)] = None) -> list[dict[str, Any]]:
         views = host_views()
         return [vm_view(vm, views.get(vm.host_id or "")) for vm in controller.vms(host)]
 
-    @app.get("/api/v1/vms/{name}")
+    @app.get("/api/v1/vms/{name}", dependencies=[admin])
     def get_vm(name: str) -> dict[str, Any]:
         record = call(lambda: controller.vm(name))
         return vm_view(record, host_views().get(record.host_id or ""))
@@ -278,13 +282,13 @@ def create_app(
         record = call(lambda: controller.act(name, action))
         return vm_view(record, host_views().get(record.host_id or ""))
 
-    @app.get("/api/v1/events")
+    @app.get("/api/v1/events", dependencies=[admin])
     def events(
         after: Annotated[int, Query(ge=0, le=2**62)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 100
     ) -> list[dict[str, Any]]:
         return [event_view(event) for event in controller.store.events(after, limit)]
 
-    @app.get("/api/v1/status")
+    @app.get("/api/v1/status", dependencies=[admin])
     def status() -> dict[str, Any]:
         views = controller.hosts()
         vms = controller.vms()
@@ -324,7 +328,7 @@ def create_app(
         response.status_code = 202
         return {"removing": name, "detail": "its agent did not answer: the deletion is retried every period"}
 
-    @app.get("/status")
+    @app.get("/status", dependencies=[slackvm])
     def slackvm_status() -> dict[str, Any]:
         return {
             view.record.address: (view.record.heartbeat or {}).get("status") for view in controller.hosts()
