@@ -481,7 +481,9 @@ def test_cpu_map_and_history_follow_the_heartbeats(cluster):
     assert {c["socket"] for c in cpus} == {0}
     assert next(c for c in cpus if c["cpu"] == 4)["core"] == 0  # 0 and 4 are SMT siblings on the i7
     history = cluster.http.get("/api/v1/hosts/h1/history").json()
-    assert history[-1]["sizes"] == {"2.0": len(vnode)}
+    assert history["samples"][-1]["sizes"] == {"2.0": len(vnode)}
+    assert history["span_s"] == 3600
+    assert history["samples"][-1]["time"] <= history["now"] <= time.time()
     assert cluster.http.get("/api/v1/hosts/nowhere/history").status_code == 404
     assert httpx.get(f"{cluster.url}/api/v1/whoami").status_code == 401
     assert cluster.http.get("/api/v1/whoami", headers=ADMIN_AUTH).json() == {"role": "admin"}

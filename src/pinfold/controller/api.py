@@ -232,11 +232,13 @@ def create_app(
         return cpu_map(call(lambda: controller.host(host_id)))
 
     @app.get("/api/v1/hosts/{host_id}/history", dependencies=[admin])
-    def host_history(
-        host_id: str, since: Annotated[float, Query(ge=0, le=1e12)] = 0.0
-    ) -> list[dict[str, Any]]:
+    def host_history(host_id: str, since: Annotated[float, Query(ge=0, le=1e12)] = 0.0) -> dict[str, Any]:
+        """The host's samples of the last hour, with the controller's `now`:
+        the plot's time axis ends there, whatever the browser's clock says."""
         call(lambda: controller.host(host_id))
-        return [sample.to_dict() for sample in controller.history.of(host_id, since)]
+        now = controller.clock()
+        samples = controller.history.of(host_id, now, since)
+        return {"now": now, "span_s": controller.history.span_s, "samples": [s.to_dict() for s in samples]}
 
     @app.get("/api/v1/whoami", dependencies=[admin])
     def whoami() -> dict[str, str]:

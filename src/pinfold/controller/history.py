@@ -1,7 +1,11 @@
-"""A small history of each host, kept in the controller's memory: a bounded
-ring of heartbeat samples (vNode sizes and the cores each vNode uses), for the
+"""A small history of each host, kept in the controller's memory: the heartbeat
+samples of the last hour (vNode sizes and the cores each vNode uses), for the
 dashboard's live counterpart of the simulator's vNode plot. Lost on restart,
-by design: it is a view, not a record."""
+by design: it is a view, not a record.
+
+Bounded twice: by time (`span_s`, what the plot shows) and by count
+(`per_host`, so that an agent beating very fast cannot grow a ring without
+limit; at the agents' default period of 10 s an hour is 360 samples)."""
 
 from __future__ import annotations
 
@@ -25,8 +29,10 @@ class Sample:
 
 
 class History:
-    def __init__(self, per_host: int = 720) -> None:
-        """720 samples: an hour at the default 5 s... or two at 10 s."""
+    def __init__(self, span_s: float = 3600.0, per_host: int = 3600) -> None:
+        """Samples of the last `span_s` seconds, at most `per_host` of them
+        per host (the newest: an hour at one sample a second)."""
+        self.span_s = span_s
         self._per_host = per_host
         self._rings: dict[str, deque[Sample]] = {}
         self._lock = threading.Lock()
@@ -47,7 +53,12 @@ class History:
         with self._lock:
             ring = self._rings.setdefault(host_id, deque(maxlen=self._per_host))
             ring.append(sample)
+            while ring[0].time < now - self.span_s:
+                ring.popleft()
 
-    def of(self, host_id: str, since: float = 0.0) -> list[Sample]:
+    def of(self, host_id: str, now: float, since: float = 0.0) -> list[Sample]:
+        """The host's samples of the `span_s` before `now` (the controller's
+        clock: a host that fell silent has its old samples age out), from `since`."""
+        start = max(since, now - self.span_s)
         with self._lock:
-            return [sample for sample in self._rings.get(host_id, ()) if sample.time >= since]
+            return [sample for sample in self._rings.get(host_id, ()) if sample.time >= start]

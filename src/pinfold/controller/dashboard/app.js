@@ -123,39 +123,51 @@ function cpuMap(cpus) {
   return h("div", { "data-testid": "cpu-map" }, sockets);
 }
 
-function historyPlot(samples) {
-  const width = 640, height = 180, pad = 28;
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("class", "history"); svg.setAttribute("width", width); svg.setAttribute("height", height);
-  svg.setAttribute("data-testid", "history");
+function svg(tag, attrs = {}, text = "") {
+  const element = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) element.setAttribute(key, value);
+  element.textContent = text;
+  return element;
+}
+
+function clock(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+// The last hour by the controller's clock (history.now), not the browser's: the
+// x axis ends at the controller's "now", whatever the two clocks disagree by.
+function historyPlot(history) {
+  const samples = history.samples;
   if (samples.length < 2) return h("p", { class: "muted" }, "Collecting samples for the vNode plot...");
-  const t0 = samples[0].time, t1 = samples[samples.length - 1].time;
+  const width = 640, height = 200, pad = 32, t1 = history.now, t0 = t1 - history.span_s;
+  const plot = svg("svg", { class: "history", width, height, "data-testid": "history" });
   const levels = [...new Set(samples.flatMap((s) => Object.keys(s.sizes)))].sort();
   const top = Math.max(1, ...samples.flatMap((s) => Object.values(s.sizes)), ...samples.flatMap((s) => Object.values(s.used)));
-  const x = (t) => pad + (width - 2 * pad) * (t - t0) / Math.max(1e-9, t1 - t0);
+  const x = (t) => pad + (width - 2 * pad) * (t - t0) / history.span_s;
   const y = (v) => height - pad - (height - 2 * pad) * v / top;
   const colour = { "level-1": "#2f6fd6", "level-2": "#e08a1e", "level-3": "#2e9d57", "level-x": "#8e44ad" };
+  for (let quarter = 0; quarter <= 4; quarter++) {  // a tick every 15 minutes, labelled with the time
+    const t = t0 + quarter * history.span_s / 4;
+    plot.append(svg("line", { x1: x(t), x2: x(t), y1: pad, y2: height - pad, stroke: "#e3e6ea" }),
+      svg("text", { x: x(t), y: height - pad + 14, "font-size": 11, "text-anchor": "middle", class: "tick" }, clock(t)));
+  }
   for (const level of levels) {
     for (const [key, dash] of [["sizes", "5,4"], ["used", ""]]) {
-      const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-      line.setAttribute("points", samples.map((s) => x(s.time) + "," + y(s[key][level] || 0)).join(" "));
-      line.setAttribute("fill", "none"); line.setAttribute("stroke", colour[levelClass(level)]);
-      line.setAttribute("stroke-width", "2"); if (dash) line.setAttribute("stroke-dasharray", dash);
-      svg.append(line);
+      const points = samples.map((s) => x(s.time) + "," + y(s[key][level] || 0)).join(" ");
+      const line = svg("polyline", { points, fill: "none", stroke: colour[levelClass(level)], "stroke-width": 2, "data-level": level });
+      if (dash) line.setAttribute("stroke-dasharray", dash);
+      plot.append(line);
     }
   }
-  const label = document.createElementNS("http://www.w3.org/2000/svg", "text");
-  label.setAttribute("x", 4); label.setAttribute("y", 14); label.setAttribute("font-size", "11");
-  label.textContent = "CPUs: dashed = vNode size, solid = cores used (0.." + top.toFixed(1) + ")";
-  svg.append(label);
-  return svg;
+  plot.append(svg("text", { x: 4, y: 14, "font-size": 11 }, "CPUs: dashed = vNode size, solid = cores used (0.." + top.toFixed(1) + ")"));
+  return plot;
 }
 
 async function hostPage(id) {
   const path = "/api/v1/hosts/" + encodeURIComponent(id);
-  const [host, map, vms, samples] = await Promise.all([
+  const [host, map, vms, history] = await Promise.all([
     api("GET", path), api("GET", path + "/cpus"), api("GET", "/api/v1/vms?host=" + encodeURIComponent(id)),
-    api("GET", path + "/history?since=" + (Date.now() / 1000 - 3600)),
+    api("GET", path + "/history"),
   ]);
   const usage = host.usage || {};
   const memory = usage.memory_mib || {};
@@ -171,7 +183,7 @@ async function hostPage(id) {
     h("p", { class: "muted" }, memory.total ? Math.round(memory.total - memory.available) + " of " + memory.total + " MiB in use" : "no sample yet"),
     h("h3", {}, "GPUs"),
     h("p", {}, gpus.available ? gpus.devices.map((g) => g.name + ": " + g.utilization_pct + "%").join(", ") : "No GPU (" + (gpus.reason || "not reported") + ")"),
-    h("h3", {}, "vNodes over the last hour"), historyPlot(samples),
+    h("h3", {}, "vNodes over the last hour"), historyPlot(history),
     h("h3", {}, "VMs"), vmTable(vms, false, usage.vms || {}));
 }
 
