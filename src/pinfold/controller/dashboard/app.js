@@ -231,8 +231,13 @@ function select(name, values) {
   }, h("option", { value: "" }, "all"), values.map((v) => h("option", { value: v, selected: filters[name] === v ? "" : null }, v))));
 }
 
+// What the create form holds, kept across the re-render of every refresh.
+const EMPTY_DRAFT = { name: "", vcpus: "1", memory_mib: "512", ratio: "1", image: "" };
+const draft = { ...EMPTY_DRAFT };
+
 function createForm() {
-  const field = (name, attrs) => h("label", {}, name, h("input", { name, ...attrs }));
+  const keep = (event) => { draft[event.target.name] = event.target.value; };
+  const field = (name, attrs) => h("label", {}, name, h("input", { name, value: draft[name], oninput: keep, ...attrs }));
   return h("form", {
     class: "inline", "data-testid": "create",
     onsubmit: async (event) => {
@@ -240,21 +245,22 @@ function createForm() {
       const data = new FormData(event.target);
       const body = { name: data.get("name"), vcpus: Number(data.get("vcpus")), memory_mib: Number(data.get("memory_mib")), ratio: Number(data.get("ratio")) };
       if (data.get("image")) body.image = data.get("image");
-      try { await api("POST", "/api/v1/vms", body); flash("created " + body.name); event.target.reset(); } catch (error) { flash(error.message); }
+      try { await api("POST", "/api/v1/vms", body); flash("created " + body.name); Object.assign(draft, EMPTY_DRAFT); } catch (error) { flash(error.message); }
       render();
     },
   },
   field("name", { required: "", pattern: "[A-Za-z0-9][A-Za-z0-9_.\\-]{0,62}" }),
-  field("vcpus", { type: "number", min: 1, value: 1 }),
-  field("memory_mib", { type: "number", min: 1, value: 512 }),
-  h("label", {}, "level", h("select", { name: "ratio" }, ["1", "2", "3", "4"].map((r) => h("option", { value: r }, levelName(r))))),
+  field("vcpus", { type: "number", min: 1 }),
+  field("memory_mib", { type: "number", min: 1 }),
+  h("label", {}, "level", h("select", { name: "ratio", onchange: keep },
+    ["1", "2", "3", "4"].map((r) => h("option", { value: r, selected: draft.ratio === r ? "" : null }, levelName(r))))),
   field("image", { placeholder: "base image (optional)" }),
   h("button", { type: "submit" }, "Create VM"));
 }
 
 async function vmsPage() {
   const vms = await api("GET", "/api/v1/vms");
-  const shown = vms.filter((vm) => (!filters.host || vm.host === filters.host) &&
+  const shown = vms.filter((vm) => (!filters.host || (vm.host || "-") === filters.host) &&
     (!filters.level || levelName(vm.ratio) === filters.level) && (!filters.state || vm.state === filters.state));
   const unique = (values) => [...new Set(values)].sort();
   main.replaceChildren(
