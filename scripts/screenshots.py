@@ -66,7 +66,7 @@ def main(out: Path) -> None:
                 page.get_by_test_id("login-button").click()
                 page.wait_for_selector("[data-testid=host-row]")
                 page.screenshot(path=str(out / "overview.png"), full_page=True)
-                host = httpx.get(f"{url}/api/v1/vms/db").json()["host"]
+                host = httpx.get(f"{url}/api/v1/vms/db", headers=headers).json()["host"]
                 page.goto(f"{url}/#/hosts/{host}")
                 page.wait_for_selector("[data-testid=history]")
                 page.screenshot(path=str(out / "host.png"), full_page=True)
