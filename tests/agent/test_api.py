@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from pinfold.agent.api import create_app
-from pinfold.agent.drivers import SimDriver
+from pinfold.agent.drivers import DriverError, SimDriver
+from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from tests.servers import serving as serving_app
@@ -147,3 +148,27 @@ def test_slackvm_routes_can_be_opened_to_listed_networks_only(tmp_path, i7):
         assert httpx.post(f"{url}/api/v1/vms", json=body).status_code == 401  # the JSON API still needs it
     with serving(tmp_path / "closed", i7, ("10.0.0.0/8",)) as url:
         assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1").status_code == 401
+
+
+def test_the_host_says_how_old_its_usage_is_and_why_sampling_fails(tmp_path, i7):
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    broken = [False]
+
+    def vm_stats() -> dict[str, tuple[int, float]]:
+        if broken[0]:
+            raise DriverError("failed", "read domain stats: libvirtd went away")
+        return agent.vm_stats()
+
+    monitor = Monitor([cpu.cpu_id for cpu in i7.cpus], agent.vnode_layout, vm_stats)
+    monitor.sample_safely()
+    broken[0] = True
+    monitor.sample_safely()
+    try:
+        with serving_app(create_app(agent, TOKEN, monitor)) as url:
+            host = httpx.get(f"{url}/api/v1/host").json()
+    finally:
+        agent.store.close()
+    assert host["usage"] is not None  # the last good sample, labelled as such:
+    assert host["monitor"]["stale"] is True
+    assert "libvirtd went away" in host["monitor"]["last_error"]
+    assert host["monitor"]["sample_age_s"] >= 0

@@ -140,6 +140,8 @@ def create_app(
                 "usage": monitor.latest.to_dict()
                 if monitor is not None and monitor.latest is not None
                 else None,
+                # how old `usage` is and why sampling fails, if it does: never stale data as fresh
+                "monitor": monitor.health() if monitor is not None else None,
             }
 
     # -- SlackVM's routes, unchanged in shape (mem in GiB) ----------------------

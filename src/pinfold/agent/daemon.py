@@ -88,7 +88,7 @@ def serve(config: AgentConfig) -> None:
         GpuProbe(config.nvidia_smi),
         simulated_memory=(lambda: simulated_memory(agent)) if simulated else None,
     )
-    monitor.sample()
+    monitor.sample_safely()
     monitor.start(config.monitor_period_s)
     keeper = PoolKeeper(agent.tend_pools)
     agent.on_hand_out = keeper.wake
