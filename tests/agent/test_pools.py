@@ -126,6 +126,30 @@ def test_a_hand_out_cut_short_is_resumed_at_the_next_start(tmp_path, i7, driver,
     assert states(driver)["pool-small-0"] is GuestState.RUNNING
 
 
+def test_a_member_whose_create_was_cut_short_warms_up_again_at_the_next_start(
+    tmp_path, i7, driver, monkeypatch
+):
+    """Recreated at start, a member is warming (then suspended and handed
+    out), not running: a running member is never handed out or refilled."""
+    agent = agent_with(tmp_path, i7, driver, SMALL)
+
+    def crash(spec: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(driver, "create", crash)
+    with pytest.raises(Crash):
+        agent.tend_pools(0.0)  # stored (pending), never made
+    monkeypatch.undo()
+    assert states(driver) == {}
+    agent.store.close()
+    again = agent_with(tmp_path, i7, driver, SMALL)
+    assert [(s.action, s.name) for s in again.report] == [(Action.CREATE, "pool-small-0")]
+    assert again.vms["pool-small-0"].state == "warming"
+    filled(again)
+    assert again.pool_status()["small"] == {"size": 2, "ready": 2, "warming": 0}
+    assert again.create(VMRequest("web", 1, 128, 2.0)).domain == "pool-small-0"
+
+
 def test_members_no_pool_wants_are_deleted(tmp_path, i7, driver):
     agent = filled(agent_with(tmp_path, i7, driver, SMALL))
     agent.store.close()

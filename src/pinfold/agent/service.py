@@ -307,8 +307,9 @@ class Agent:
         steps = plan(self.vms, observed)
         for step in steps:
             if step.action is Action.CREATE:
-                self._make(self.vms[step.name])
-                self._set(step.name, "running", None)
+                vm = self.vms[step.name]
+                self._make(vm)
+                self._set(step.name, "warming" if vm.pool else "running", None)  # as `_create_cold`
             elif step.action is Action.FINISH_CREATE:
                 self._finish_create(self.vms[step.name], observed[self.vms[step.name].domain].state)
             elif step.action is Action.DELETE:
