@@ -153,3 +153,48 @@ def test_driver_errors_keep_their_codes():
         SimDriver().info("x")
     assert error.value.code == "not found"
     assert GuestState.RUNNING.value == "running"
+
+
+def test_a_step_that_fails_at_start_is_recorded_and_the_agent_starts_all_the_same(parts, monkeypatch, caplog):
+    topology, driver, store, path = parts
+    first = agent_of(parts)
+    first.create(VMRequest("steady", 1, 128, 2.0))
+    first.create(VMRequest("doomed", 1, 128, 2.0))
+    for name in ("broken", "fine"):  # crash after storing two creates, before either domain existed
+        first.allocator.deploy(VMSpec(name, 1, 128, 2.0))
+        store.save_vm(StoredVM(VMSpec(name, 1, 128, 2.0), "", "", "creating", Pending.CREATE),
+                      first.allocator.snapshot())  # fmt: skip
+    store.set_state("doomed", "running", Pending.DELETE)  # and after marking a delete
+    store.close()
+    create, delete = driver.create, driver.delete
+
+    def failing_create(spec: DomainSpec) -> None:
+        if spec.name == "broken":
+            raise DriverError("failed", "start broken: qemu exited")
+        create(spec)
+
+    def failing_delete(name: str) -> None:
+        if name == "doomed":
+            raise DriverError("failed", "delete doomed: libvirtd hiccup")
+        delete(name)
+
+    monkeypatch.setattr(driver, "create", failing_create)
+    monkeypatch.setattr(driver, "delete", failing_delete)
+    agent = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    failed = {step.name: step.error for step in agent.report if step.error}
+    assert set(failed) == {"broken", "doomed"}
+    assert "qemu exited" in failed["broken"]
+    assert "cannot create broken" in caplog.text
+    assert (agent.vms["broken"].state, agent.vms["broken"].pending) == ("error", Pending.CREATE)
+    assert (agent.vms["doomed"].state, agent.vms["doomed"].pending) == ("error", Pending.DELETE)
+    assert (agent.vms["fine"].state, agent.vms["fine"].pending) == ("running", None)
+    assert agent.create(VMRequest("new", 1, 128, 2.0)).state == "running"  # the agent works
+    monkeypatch.undo()
+    agent.store.close()
+    again = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))  # retried
+    assert not [step for step in again.report if step.error]
+    assert {name: vm.state for name, vm in again.vms.items()} == dict.fromkeys(
+        ("steady", "broken", "fine", "new"), "running"
+    )
+    assert {g.name for g in driver.guests()} == {"steady", "broken", "fine", "new"}
+    again.allocator.check_invariants()

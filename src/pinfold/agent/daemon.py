@@ -74,7 +74,11 @@ def serve(config: AgentConfig) -> None:
         f"pinfold agent: {description}; data in {config.data_dir}; listening on {config.listen}:{config.port}"
     )
     for step in agent.report:
-        if step.action.value in ("missing", "unknown"):
+        if step.error:
+            print(
+                f"pinfold agent: {step.action.value} {step.name} failed, tried again next start: {step.error}"
+            )
+        elif step.action.value in ("missing", "unknown"):
             print(f"pinfold agent: {step.action.value}: {step.name}")
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
     # to the handler it found: make that one a clean exit, not a kill.

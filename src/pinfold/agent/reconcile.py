@@ -44,8 +44,11 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class Step:
+    """`error` is set by the agent when carrying the step out failed."""
+
     action: Action
     name: str
+    error: str = ""
 
 
 def plan(stored: Mapping[str, StoredVM], observed: Mapping[str, GuestInfo]) -> list[Step]:

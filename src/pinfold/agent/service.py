@@ -13,6 +13,7 @@ rename in the allocator and the store (pending), resume, clear the mark.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from pinfold.agent.disks import DiskError, Disks
 from pinfold.agent.domain import DomainSpec, DomainXMLError, valid_name
-from pinfold.agent.drivers.base import Driver, DriverError, GuestState
+from pinfold.agent.drivers.base import Driver, DriverError, GuestInfo, GuestState
 from pinfold.agent.failpoints import crash_point
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
@@ -29,6 +30,8 @@ from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology
 
 __all__ = ["Agent", "AgentError", "AgentSettings", "VMRequest"]
+
+log = logging.getLogger(__name__)
 
 
 class AgentError(Exception):
@@ -302,34 +305,57 @@ class Agent:
 
     def reconcile(self) -> list[Step]:
         """Make the hypervisor match the store (see `reconcile.plan`); returns
-        the steps, including the VMs reported missing and unknown domains."""
+        the steps, including the VMs reported missing and unknown domains.
+
+        A step that fails is logged and returned with its error, and its VM
+        is left in state "error" with its pending mark, so the next start
+        tries again: one broken VM must not keep the agent (and every other
+        VM's API) from starting. Only a hypervisor that cannot list its
+        domains stops the start."""
         observed = {guest.name: guest for guest in self.driver.guests()}
-        steps = plan(self.vms, observed)
-        for step in steps:
-            if step.action is Action.CREATE:
-                vm = self.vms[step.name]
-                self._make(vm)
-                self._set(step.name, "warming" if vm.pool else "running", None)  # as `_create_cold`
-            elif step.action is Action.FINISH_CREATE:
-                self._finish_create(self.vms[step.name], observed[self.vms[step.name].domain].state)
-            elif step.action is Action.DELETE:
-                self.driver.delete(self.vms[step.name].domain)
-                self._forget(step.name)
-            elif step.action is Action.FORGET:
-                self._forget(step.name)
-            elif step.action is Action.MISSING:
-                self._set(step.name, "missing", None)
-        # pins follow the restored layout, whatever the domains held before the crash
+        steps = []
+        for step in plan(self.vms, observed):
+            try:
+                self._carry_out(step, observed)
+            except (DriverError, DomainXMLError, DiskError) as error:
+                log.error("start: cannot %s %s: %s", step.action.value, step.name, error)
+                if step.name in self.vms:
+                    self._set(step.name, "error", self.vms[step.name].pending)
+                step = replace(step, error=str(error))
+            steps.append(step)
+        self._check_pins()
+        return steps
+
+    def _carry_out(self, step: Step, observed: Mapping[str, GuestInfo]) -> None:
+        vm = self.vms.get(step.name)
+        if vm is None:  # an unknown domain: reported, never touched
+            return
+        if step.action is Action.CREATE:
+            self._make(vm)
+            self._set(step.name, "warming" if vm.pool else "running", None)  # as `_create_cold`
+        elif step.action is Action.FINISH_CREATE:
+            self._finish_create(vm, observed[vm.domain].state)
+        elif step.action is Action.DELETE:
+            self.driver.delete(vm.domain)
+            self._forget(step.name)
+        elif step.action is Action.FORGET:
+            self._forget(step.name)
+        elif step.action is Action.MISSING:
+            self._set(step.name, "missing", None)
+
+    def _check_pins(self) -> None:
+        """Pins follow the restored layout, whatever the domains held before
+        the crash; a domain that cannot be re-pinned is logged, and left."""
         current = {guest.name: guest for guest in self.driver.guests()}
         for name, vm in self.vms.items():
             guest = current.get(vm.domain)
-            if (
-                guest is not None
-                and guest.spec is not None
-                and guest.spec.cpuset != self.allocator.pinning(name)
-            ):
-                self.driver.repin(vm.domain, self.allocator.pinning(name))
-        return steps
+            cpuset = self.allocator.pinning(name)
+            if guest is None or guest.spec is None or guest.spec.cpuset == cpuset:
+                continue
+            try:
+                self.driver.repin(vm.domain, cpuset)
+            except DriverError as error:
+                log.error("start: cannot re-pin %s to its vNode: %s", name, error)
 
     def _finish_create(self, vm: StoredVM, state: GuestState) -> None:
         """The domain exists: a hand-out cut short still has to be resumed;
