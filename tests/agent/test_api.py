@@ -172,3 +172,28 @@ def test_the_host_says_how_old_its_usage_is_and_why_sampling_fails(tmp_path, i7)
     assert host["monitor"]["stale"] is True
     assert "libvirtd went away" in host["monitor"]["last_error"]
     assert host["monitor"]["sample_age_s"] >= 0
+
+
+def test_a_neighbour_that_cannot_be_repinned_is_a_502_not_a_500(tmp_path, i7, monkeypatch):
+    driver = SimDriver()
+    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    repin = driver.repin
+
+    def fail_for_b(name: str, cpuset: frozenset[int]) -> None:
+        if name == "B":
+            raise DriverError("failed", "re-pin B: Unable to write to cgroup")
+        repin(name, cpuset)
+
+    try:
+        with serving_app(create_app(agent, TOKEN)) as url, httpx.Client(base_url=url, timeout=10) as http:
+            for name, ratio in (("A", 1.0), ("B", 2.0)):
+                body = {"name": name, "vcpus": 2, "memory_mib": 1024, "ratio": ratio}
+                assert http.post("/api/v1/vms", json=body, headers=AUTH).status_code == 201
+            monkeypatch.setattr(driver, "repin", fail_for_b)
+            body = {"name": "A2", "vcpus": 2, "memory_mib": 1024}
+            response = http.post("/api/v1/vms", json=body, headers=AUTH)
+            assert response.status_code == 502
+            assert response.json()["error"] == "hypervisor failed"
+            assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A", "B"]
+    finally:
+        agent.store.close()

@@ -198,3 +198,64 @@ def test_a_step_that_fails_at_start_is_recorded_and_the_agent_starts_all_the_sam
     )
     assert {g.name for g in driver.guests()} == {"steady", "broken", "fine", "new"}
     again.allocator.check_invariants()
+
+
+def failing_repin(driver: SimDriver, monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
+    repin = driver.repin
+
+    def fail(name: str, cpuset: frozenset[int]) -> None:
+        if name == victim:
+            raise DriverError("failed", f"re-pin {name}: Unable to write to cgroup")
+        repin(name, cpuset)
+
+    monkeypatch.setattr(driver, "repin", fail)
+
+
+def test_a_create_whose_neighbours_cannot_be_repinned_is_undone(parts, monkeypatch):
+    """A2 grows the premium vNode: B must leave its CPUs. When B cannot, A2 is
+    refused (no 500, nothing left pending) rather than share CPUs with B."""
+    agent = agent_of(parts)
+    driver = parts[1]
+    agent.create(VMRequest("A", 2, 2048, 1.0))
+    agent.create(VMRequest("B", 2, 2048, 2.0))
+    before = (pins(driver), agent.allocator.snapshot())
+    failing_repin(driver, monkeypatch, "B")
+    with pytest.raises(AgentError) as error:
+        agent.create(VMRequest("A2", 2, 1024, 1.0))
+    assert (error.value.code, "Unable to write to cgroup" in error.value.detail) == (
+        "hypervisor failed",
+        True,
+    )
+    assert set(agent.vms) == {"A", "B"}
+    assert (pins(driver), agent.allocator.snapshot()) == before  # A went back to its CPUs
+    _, stored = parts[2].load()
+    assert {name: (vm.state, vm.pending) for name, vm in stored.items()} == {
+        "A": ("running", None), "B": ("running", None),
+    }  # fmt: skip
+
+
+def test_a_delete_stands_when_a_neighbour_cannot_be_repinned(parts, monkeypatch, caplog):
+    agent = agent_of(parts)
+    driver = parts[1]
+    for name, ratio in (("A", 1.0), ("B", 2.0), ("A2", 1.0)):
+        agent.create(VMRequest(name, 2, 1024, ratio))
+    failing_repin(driver, monkeypatch, "B")
+    agent.delete("A2")  # done: B keeps its old (smaller) set until the next start
+    assert set(agent.vms) == {"A", "B"}
+    assert "cannot re-pin B" in caplog.text
+    assert set(parts[2].load()[1]) == {"A", "B"}
+    monkeypatch.undo()
+    agent.store.close()
+    again = Agent(parts[0], driver, Store(parts[3]), AgentSettings(domain_type="qemu"))
+    assert pins(driver) == {name: again.allocator.pinning(name) for name in again.vms}
+
+
+def test_a_neighbour_whose_domain_has_gone_is_marked_missing_and_the_create_stands(parts):
+    agent = agent_of(parts)
+    driver = parts[1]
+    agent.create(VMRequest("A", 2, 2048, 1.0))
+    agent.create(VMRequest("B", 2, 2048, 2.0))
+    driver.delete("B")  # behind pinfold's back
+    assert agent.create(VMRequest("A2", 2, 1024, 1.0)).state == "running"
+    assert agent.vms["B"].state == "missing"
+    assert parts[2].load()[1]["B"].state == "missing"

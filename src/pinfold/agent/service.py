@@ -27,7 +27,7 @@ from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
-from pinfold.topology import Topology
+from pinfold.topology import Topology, format_cpulist
 
 __all__ = ["Agent", "AgentError", "AgentSettings", "VMRequest"]
 
@@ -128,7 +128,10 @@ class Agent:
             self._forget(spec.name)
             raise AgentError("hypervisor failed", str(error)) from error
         crash_point("create:made")
-        self._repin(change.repinned)
+        failed = self._repin(change.repinned)
+        if failed:  # its neighbours would overlap its vNode: undo it rather than break isolation
+            self._delete(self.vms[spec.name])
+            raise AgentError("hypervisor failed", "cannot re-pin " + "; ".join(failed))
         return self._set(spec.name, "warming" if pool else "running", None)
 
     def delete(self, name: str) -> None:
@@ -181,7 +184,7 @@ class Agent:
                 self.driver.repin(vm.domain, self.allocator.pinning(name))
             except DriverError as error:
                 raise AgentError("hypervisor failed", str(error)) from error
-            self._repin(change.repinned)
+            self._repin(change.repinned)  # the resize stands; a failure is logged (as in `_forget`)
             return vm
 
     def user_vms(self) -> list[StoredVM]:
@@ -389,11 +392,25 @@ class Agent:
             kernel=s.kernel, initrd=s.initrd, cmdline=s.cmdline, serial_log=serial, disk=disk,
         )  # fmt: skip
 
-    def _repin(self, repinned: Mapping[str, frozenset[int]]) -> None:
+    def _repin(self, repinned: Mapping[str, frozenset[int]]) -> list[str]:
+        """Re-pin the VMs whose vNode changed; the failures ("name: why"),
+        each logged. A VM whose domain has gone is marked missing, as a start
+        would find it; one still pending takes its pins when it is made."""
+        failed = []
         for name, cpuset in repinned.items():
             vm = self.vms.get(name)
-            if vm is not None and vm.state != "missing":
+            if vm is None or vm.state == "missing":
+                continue
+            try:
                 self.driver.repin(vm.domain, cpuset)
+            except DriverError as error:
+                if error.code != "not found":
+                    log.error("cannot re-pin %s to CPUs %s: %s", name, format_cpulist(cpuset), error)
+                    failed.append(f"{name}: {error}")
+                elif vm.pending is None:
+                    log.warning("the domain %s of %s has gone: marked missing", vm.domain, name)
+                    self._set(name, "missing", None)
+        return failed
 
     def _forget(self, name: str) -> None:
         self.disks.remove_overlay(self.vms[name].domain)
@@ -401,6 +418,8 @@ class Agent:
         change = self.allocator.remove(name)
         self.store.forget_vm(name, self.allocator.snapshot())
         self.vms.pop(name, None)
+        # the VM is gone for good: a neighbour that cannot follow is logged, and
+        # keeps its old pins until it is re-pinned at the next start
         self._repin(change.repinned)
 
     def _set(self, name: str, state: str, pending: Pending | None) -> StoredVM:
