@@ -4,6 +4,7 @@ real SQLite store): tokens, JSON routes, SlackVM's routes, errors, metrics."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,8 +14,9 @@ import pytest
 from pinfold.agent.api import create_app
 from pinfold.agent.drivers import DriverError, SimDriver
 from pinfold.agent.monitor import Monitor
-from pinfold.agent.service import Agent, AgentSettings
+from pinfold.agent.service import Agent, AgentSettings, VMRequest
 from pinfold.agent.store import Store
+from tests.agent.test_service import SlowShutdown
 from tests.servers import serving as serving_app
 
 TOKEN = "test-token-0123456789abcdef"
@@ -196,4 +198,31 @@ def test_a_neighbour_that_cannot_be_repinned_is_a_502_not_a_500(tmp_path, i7, mo
             assert response.json()["error"] == "hypervisor failed"
             assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A", "B"]
     finally:
+        agent.store.close()
+
+
+def test_every_route_answers_while_a_guest_shuts_down(tmp_path, i7):
+    """`POST .../shutdown` waits for the guest (up to shutdown_timeout_s): the
+    reads and the other VMs must not wait with it."""
+    driver = SlowShutdown()
+    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent.create(VMRequest("slow", 1, 128, 2.0))
+    agent.create(VMRequest("other", 1, 128, 2.0))
+    try:
+        with (
+            serving_app(create_app(agent, TOKEN)) as url,
+            httpx.Client(base_url=url, timeout=3) as http,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            shutdown = pool.submit(http.post, "/api/v1/vms/slow/shutdown", headers=AUTH, timeout=20)
+            assert driver.waiting.wait(10)
+            assert http.get("/api/v1/vms/slow").json()["state"] == "stopping"
+            assert http.get("/api/v1/host").status_code == 200
+            assert http.post("/api/v1/vms/other/suspend", headers=AUTH).json()["state"] == "paused"
+            refused = http.post("/api/v1/vms/slow/start", headers=AUTH)
+            assert (refused.status_code, refused.json()["error"]) == (409, "invalid")
+            driver.release.set()
+            assert shutdown.result().json()["state"] == "shutoff"
+    finally:
+        driver.release.set()
         agent.store.close()

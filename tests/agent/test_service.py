@@ -3,6 +3,9 @@ real, re-pins applied, state stored before acting, and repaired at start."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers import DriverError, GuestState, SimDriver
 from pinfold.agent.reconcile import Action, Step
+from pinfold.agent.registration import heartbeat_document
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.placement import VMSpec
@@ -259,3 +263,101 @@ def test_a_neighbour_whose_domain_has_gone_is_marked_missing_and_the_create_stan
     assert agent.create(VMRequest("A2", 2, 1024, 1.0)).state == "running"
     assert agent.vms["B"].state == "missing"
     assert parts[2].load()[1]["B"].state == "missing"
+
+
+class SlowShutdown(SimDriver):
+    """A guest that takes its time to power off: `shutdown` waits for `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def shutdown(self, name: str, timeout_s: float) -> None:
+        self.waiting.set()
+        assert self.release.wait(10)
+        super().shutdown(name, timeout_s)
+
+
+@contextmanager
+def shutting_down(agent: Agent, name: str) -> Iterator[dict[str, object]]:
+    """`agent.shutdown(name)` in a thread, caught waiting for the guest; the
+    result (or AgentError) is in the yielded dict once the block is left."""
+    driver = agent.driver
+    assert isinstance(driver, SlowShutdown)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["vm"] = agent.shutdown(name)
+        except AgentError as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert driver.waiting.wait(10)
+    try:
+        yield outcome
+    finally:
+        driver.release.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_graceful_shutdown_waits_without_holding_the_agent(parts):
+    topology, _, store, _ = parts
+    driver = SlowShutdown()
+    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    agent.create(VMRequest("slow", 1, 128, 2.0))
+    agent.create(VMRequest("other", 1, 128, 2.0))
+    with shutting_down(agent, "slow") as outcome:
+        assert agent.lock.acquire(timeout=2), "the agent's lock is held during the wait"
+        agent.lock.release()
+        assert heartbeat_document(agent, None)["vms"] == {"slow": "stopping", "other": "running"}
+        assert agent.suspend("other").state == "paused"  # other VMs go on
+        agent.create(VMRequest("new", 1, 128, 2.0))
+        stored = store.load()[1]["slow"]
+        assert (stored.state, stored.pending) == ("stopping", Pending.SHUTDOWN)  # crash-safe
+        for action in (agent.start, agent.suspend, agent.shutdown):
+            with pytest.raises(AgentError, match="its shutdown is not finished"):
+                action("slow")
+    vm = outcome["vm"]
+    assert isinstance(vm, StoredVM)
+    assert (vm.state, vm.pending) == ("shutoff", None)
+    assert (store.load()[1]["slow"].state, driver.info("slow").state) == ("shutoff", GuestState.SHUTOFF)
+
+
+def test_a_delete_during_a_graceful_shutdown_wins(parts):
+    topology, _, store, _ = parts
+    driver = SlowShutdown()
+    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    agent.create(VMRequest("slow", 1, 128, 2.0))
+    with shutting_down(agent, "slow") as outcome:
+        agent.delete("slow")
+    assert isinstance(outcome["error"], AgentError)
+    assert outcome["error"].code == "unknown vm"
+    assert (agent.vms, store.load()[1], driver.guests()) == ({}, {}, [])
+
+
+def test_a_failed_shutdown_records_the_state_the_guest_is_in(parts):
+    agent = agent_of(parts)
+    driver = parts[1]
+    agent.create(VMRequest("v", 1, 128, 2.0))
+    driver.shutdown("v", 0)  # the guest powered itself off: the store still says running
+    with pytest.raises(AgentError, match="invalid"):
+        agent.shutdown("v")
+    assert (agent.vms["v"].state, agent.vms["v"].pending) == ("shutoff", None)
+
+
+@pytest.mark.parametrize(("guest_off", "state"), [(True, "shutoff"), (False, "running")], ids=["off", "on"])
+def test_a_shutdown_cut_short_by_a_crash_records_the_domain_state_at_start(parts, guest_off, state):
+    agent = agent_of(parts)
+    topology, driver, store, path = parts
+    agent.create(VMRequest("v", 1, 128, 2.0))
+    store.set_state("v", "stopping", Pending.SHUTDOWN)  # as the mark before the wait leaves it
+    if guest_off:
+        driver.shutdown("v", 0)
+    store.close()
+    again = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    assert again.report == [Step(Action.FINISH_SHUTDOWN, "v")]
+    assert (again.vms["v"].state, again.vms["v"].pending) == (state, None)

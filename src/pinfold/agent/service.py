@@ -146,7 +146,7 @@ class Agent:
             self.driver.delete(vm.domain)
         except DriverError as error:
             if error.code != "not found":
-                self._set(name, vm.state, None)
+                self._set(name, vm.state, vm.pending)  # as it was: a shutdown waiting records its end
                 raise AgentError("hypervisor failed", str(error)) from error
         crash_point("delete:unmade")
         self._forget(name)
@@ -155,8 +155,31 @@ class Agent:
         return self._act(name, self.driver.start, "running")
 
     def shutdown(self, name: str) -> StoredVM:
-        timeout_s = self.settings.shutdown_timeout_s
-        return self._act(name, lambda domain: self.driver.shutdown(domain, timeout_s), "shutoff")
+        """Power the guest off gracefully, forced after `shutdown_timeout_s`.
+
+        That wait (30 s by default) happens without the agent's lock, so that
+        every other request, the monitor and the heartbeat go on meanwhile:
+        the VM is stored "stopping", with a pending mark, before, and its end
+        state recorded after. Other actions on it are refused until then (not
+        a delete, which forces it off). A crash during the wait leaves the
+        mark, and the next start records the state the domain is in."""
+        with self.lock:
+            vm = self._idle(name)
+            before = vm.state
+            vm = self._set(name, "stopping", Pending.SHUTDOWN)
+        failure: DriverError | None = None
+        try:
+            self.driver.shutdown(vm.domain, self.settings.shutdown_timeout_s)
+        except DriverError as error:
+            failure = error
+        with self.lock:
+            current = self.vms.get(name)
+            if current is None or current.pending is not Pending.SHUTDOWN:
+                raise AgentError("unknown vm", f"{name} (deleted while it shut down)")
+            if failure is None:
+                return self._set(name, "shutoff", None)
+            self._set(name, self._observed_state(vm.domain, before), None)
+        raise _refusal(failure) from failure
 
     def suspend(self, name: str) -> StoredVM:
         return self._act(name, self.driver.suspend, "paused")
@@ -169,7 +192,7 @@ class Agent:
         and nothing changed, when it does not fit), stored, and written into
         the domain's definition for its next boot."""
         with self.lock:
-            vm = self._get(name)
+            vm = self._idle(name)
             new = VMSpec(name, vcpus, memory_mib, vm.spec.ratio)
             self.allocator.remove(name)
             try:
@@ -343,6 +366,8 @@ class Agent:
             self._forget(step.name)
         elif step.action is Action.FORGET:
             self._forget(step.name)
+        elif step.action is Action.FINISH_SHUTDOWN:
+            self._set(step.name, _state_name(observed[vm.domain].state), None)
         elif step.action is Action.MISSING:
             self._set(step.name, "missing", None)
 
@@ -442,19 +467,32 @@ class Agent:
         except DiskError as error:
             raise AgentError(error.code, error.detail) from error
 
+    def _idle(self, name: str) -> StoredVM:
+        """A user's VM with no operation under way: a shutdown waits without
+        the lock, and nothing else may act on the VM meanwhile."""
+        vm = self._get(name)
+        if vm.pending is not None:
+            raise AgentError("invalid", f"{name} is {vm.state}: its {vm.pending.value} is not finished")
+        return vm
+
+    def _observed_state(self, domain: str, otherwise: str) -> str:
+        try:
+            return _state_name(self.driver.info(domain).state)
+        except DriverError:
+            return otherwise
+
     def _act(self, name: str, operation: Callable[[str], None], state: str) -> StoredVM:
         with self.lock:
-            return self._act_locked(self._get(name), operation, state)
+            vm = self._idle(name)
+            try:
+                operation(vm.domain)
+            except DriverError as error:
+                raise _refusal(error) from error
+            return self._set(name, state, None)
 
-    def _act_locked(self, vm: StoredVM, operation: Callable[[str], None], state: str) -> StoredVM:
-        name = vm.spec.name
-        try:
-            operation(vm.domain)
-        except DriverError as error:
-            raise AgentError(
-                "invalid" if error.code == "invalid" else "hypervisor failed", str(error)
-            ) from error
-        return self._set(name, state, None)
+
+def _refusal(error: DriverError) -> AgentError:
+    return AgentError("invalid" if error.code == "invalid" else "hypervisor failed", str(error))
 
 
 def _state_name(state: GuestState) -> str:
