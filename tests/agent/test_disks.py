@@ -78,3 +78,36 @@ def test_the_agent_gives_each_vm_an_overlay_and_removes_it_with_the_vm(images, t
     assert set(agent.vms) == {"web"}
     agent.delete("web")
     assert not overlay.exists()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_the_overlay_names_the_format_of_its_base(images, tmp_path, fmt):
+    """A raw base image works too: the overlay's -F is what qemu-img finds,
+    not an assumed qcow2."""
+    base = images / f"base.{fmt}"
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(base), "64M"], check=True)
+    disks = Disks([images], tmp_path / "disks")
+    assert disks.image_format(base) == fmt
+    overlay = disks.create_overlay("vm-1", disks.base_image(str(base)))
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(overlay)], capture_output=True, check=True
+        ).stdout
+    )
+    assert (info["format"], info["backing-filename"], info["backing-filename-format"]) == (
+        "qcow2",
+        str(base),
+        fmt,
+    )
+
+
+def test_a_base_qemu_img_cannot_read_or_no_qemu_img_is_a_disk_failure(images, tmp_path):
+    (images / "not-an-image").mkdir()
+    for qemu_img, base in [
+        ("qemu-img", images / "not-an-image"),
+        (str(tmp_path / "none"), images / "base.qcow2"),
+    ]:
+        disks = Disks([images], tmp_path / "disks", qemu_img=qemu_img)
+        with pytest.raises(DiskError, match="disk failed"):
+            disks.create_overlay("vm-1", base)
+        assert not (tmp_path / "disks" / "vm-1.qcow2").exists()

@@ -1,12 +1,15 @@
 """Disks: a qcow2 overlay per VM, on a base image that must lie inside one
 of the configured image directories (anything else is refused).
 
-The overlay lives in the agent's disk directory and goes with the VM. qemu-img
-runs with an argument list, never through a shell.
+The overlay lives in the agent's disk directory and goes with the VM. Its
+header names the base image's format (raw, qcow2, ...), found by `qemu-img
+info`, so that QEMU never has to guess it. qemu-img runs with an argument
+list, never through a shell.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,13 +52,33 @@ class Disks:
         self.disk_dir.mkdir(parents=True, exist_ok=True)
         overlay = self.overlay_path(name)
         overlay.unlink(missing_ok=True)
-        command = [self.qemu_img, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        backing_format = self.image_format(base)
+        self._qemu_img("create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(base), str(overlay))
+        return overlay
+
+    def image_format(self, image: Path) -> str:
+        """The format of `image` as qemu-img reads it. Only base images from
+        the image directories are probed (the operator's, not a user's upload);
+        `--force-share` reads the header of one that a guest has open too."""
+        answer = self._qemu_img("info", "--output=json", "--force-share", str(image))
+        try:
+            return str(json.loads(answer)["format"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise DiskError("disk failed", f"qemu-img info {image}: no format in {answer[:200]!r}") from error
+
+    def _qemu_img(self, *arguments: str) -> str:
+        """qemu-img's output; its failure (or its absence) as a DiskError."""
+        try:
+            result = subprocess.run(
+                [self.qemu_img, *arguments], capture_output=True, text=True, timeout=120, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise DiskError("disk failed", f"qemu-img {arguments[0]}: {error}") from error
         if result.returncode != 0:
             raise DiskError(
                 "disk failed", result.stderr.strip() or f"qemu-img exited with {result.returncode}"
             )
-        return overlay
+        return result.stdout
 
     def remove_overlay(self, name: str) -> None:
         self.overlay_path(name).unlink(missing_ok=True)
