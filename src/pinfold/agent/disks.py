@@ -10,11 +10,16 @@ list, never through a shell.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["DiskError", "Disks"]
+
+#: the name an overlay has while it is made for a VM not placed yet (no VM name starts with '.')
+PARTIAL = ".partial-"
 
 
 class DiskError(Exception):
@@ -49,9 +54,33 @@ class Disks:
 
     def create_overlay(self, name: str, base: Path) -> Path:
         """A qcow2 overlay backed by `base` (replacing a stale one of that name)."""
-        self.disk_dir.mkdir(parents=True, exist_ok=True)
         overlay = self.overlay_path(name)
         overlay.unlink(missing_ok=True)
+        return self._make_overlay(base, overlay)
+
+    def prepare_overlay(self, base: Path) -> Path:
+        """An overlay on `base` under a temporary name, made before the agent
+        takes its lock (qemu-img reads the base, perhaps on slow storage);
+        `adopt_overlay` then gives it its VM's name, in one rename."""
+        return self._make_overlay(base, self.disk_dir / f"{PARTIAL}{uuid.uuid4().hex}.qcow2")
+
+    def adopt_overlay(self, name: str, prepared: Path) -> Path:
+        """The prepared overlay under `name` (the header names the base, not
+        the overlay itself, so a rename is all it takes)."""
+        overlay = self.overlay_path(name)
+        try:
+            os.replace(prepared, overlay)
+        except OSError as error:
+            raise DiskError("disk failed", f"cannot name the overlay {overlay}: {error}") from error
+        return overlay
+
+    def remove_partial_overlays(self) -> None:
+        """Overlays prepared for creates that a crash cut short: no VM has them."""
+        for path in self.disk_dir.glob(f"{PARTIAL}*.qcow2"):
+            path.unlink(missing_ok=True)
+
+    def _make_overlay(self, base: Path, overlay: Path) -> Path:
+        self.disk_dir.mkdir(parents=True, exist_ok=True)
         backing_format = self.image_format(base)
         self._qemu_img("create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(base), str(overlay))
         return overlay

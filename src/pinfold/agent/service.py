@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -84,6 +84,7 @@ class Agent:
     def __post_init__(self) -> None:
         disk_dir = self.settings.disk_dir or self.store.path.parent / "disks"
         self.disks = Disks(self.settings.image_dirs, disk_dir)
+        self.disks.remove_partial_overlays()
         self._warming_since: dict[str, float] = {}
         #: called after a member is handed out (the daemon's PoolKeeper refills then)
         self.on_hand_out: Callable[[], None] = lambda: None
@@ -96,19 +97,47 @@ class Agent:
     # -- requests --------------------------------------------------------------
 
     def create(self, request: VMRequest) -> StoredVM:
-        """A VM as asked: from a warm pool when one matches, else made cold."""
+        """A VM as asked: from a warm pool when one matches, else made cold.
+        A cold VM's overlay is made before the lock is taken and adopted
+        under it (`_overlay_for`): no request waits for qemu-img."""
+        if not valid_name(request.name):
+            raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
+        base = self._base_image(request.image)
         with self.lock:
-            if not valid_name(request.name):
-                raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
-            if any(vm.domain == request.name for vm in self.vms.values()):
-                raise AgentError("duplicate name", f"{request.name} (the domain of another VM)")
-            base = self._base_image(request.image)
+            self._refuse_taken(request.name)
             member = self._ready_member(request, base) if request.name not in self.allocator else None
             if member is not None:
                 return self._hand_out(member, request)
-            return self._create_cold(request, base, pool="")
+            if base is None:
+                return self._create_cold(request, None, pool="")
+        with self._overlay_for(base) as prepared, self.lock:
+            self._refuse_taken(request.name)  # again: the name may have gone meanwhile
+            return self._create_cold(request, base, pool="", prepared=prepared)
 
-    def _create_cold(self, request: VMRequest, base: Path | None, pool: str) -> StoredVM:
+    def _refuse_taken(self, name: str) -> None:
+        if any(vm.domain == name for vm in self.vms.values()):
+            raise AgentError("duplicate name", f"{name} (the domain of another VM)")
+
+    @contextlib.contextmanager
+    def _overlay_for(self, base: Path | None) -> Iterator[Path | None]:
+        """An overlay on `base`, made now, before the lock is taken (never
+        call this holding it); `_make` adopts it under its VM's name, and
+        one not adopted (a refused create) is removed on the way out."""
+        if base is None:
+            yield None
+            return
+        try:
+            prepared = self.disks.prepare_overlay(base)
+        except DiskError as error:
+            raise AgentError(error.code, error.detail) from error
+        try:
+            yield prepared
+        finally:
+            prepared.unlink(missing_ok=True)
+
+    def _create_cold(
+        self, request: VMRequest, base: Path | None, pool: str, prepared: Path | None = None
+    ) -> StoredVM:
         spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
         try:
             change = self.allocator.deploy(spec)
@@ -123,7 +152,7 @@ class Agent:
         self.vms[spec.name] = vm
         crash_point("create:stored")
         try:
-            self._make(vm)
+            self._make(vm, prepared)
         except (DriverError, DomainXMLError, DiskError) as error:
             self._forget(spec.name)
             raise AgentError("hypervisor failed", str(error)) from error
@@ -262,20 +291,23 @@ class Agent:
                     and now - self._warming_since.setdefault(vm.spec.name, now) >= pool.warmup_s
                 ):
                     self._suspend_member(vm)
-            for pool in self.settings.pools:
-                if len(self._members(pool.name)) < pool.size:
-                    self._add_member(pool, now)
-                    return any(len(self._members(p.name)) < p.size for p in self.settings.pools)
-            return False
+            short = next((p for p in self.settings.pools if len(self._members(p.name)) < p.size), None)
+            if short is None:
+                return False
+        base = self._base_image(short.image)
+        with self._overlay_for(base) as prepared, self.lock:
+            if len(self._members(short.name)) < short.size:  # (only this thread adds members)
+                self._add_member(short, now, base, prepared)
+            return any(len(self._members(p.name)) < p.size for p in self.settings.pools)
 
     def _members(self, pool: str) -> list[StoredVM]:
         return [vm for vm in self.vms.values() if vm.pool == pool]
 
-    def _add_member(self, pool: PoolSpec, now: float) -> None:
+    def _add_member(self, pool: PoolSpec, now: float, base: Path | None, prepared: Path | None) -> None:
         taken = set(self.vms) | {vm.domain for vm in self.vms.values()}
         name = next(pool.member_name(i) for i in range(len(taken) + 1) if pool.member_name(i) not in taken)
         request = VMRequest(name, pool.vcpus, pool.memory_mib, pool.ratio, owner="pool", image=pool.image)
-        self._create_cold(request, self._base_image(pool.image), pool=pool.name)
+        self._create_cold(request, base, pool=pool.name, prepared=prepared)
         self._warming_since[name] = now
 
     def _suspend_member(self, vm: StoredVM) -> None:
@@ -399,9 +431,14 @@ class Agent:
 
     # -- internals -------------------------------------------------------------
 
-    def _make(self, vm: StoredVM) -> None:
-        """The VM's disk (when it has an image), then its domain."""
-        disk = self.disks.create_overlay(vm.domain, Path(vm.image)) if vm.image else None
+    def _make(self, vm: StoredVM, prepared: Path | None = None) -> None:
+        """The VM's disk (the overlay prepared for it, else one made now, when
+        it has an image), then its domain."""
+        disk = None
+        if prepared is not None:
+            disk = self.disks.adopt_overlay(vm.domain, prepared)
+        elif vm.image:
+            disk = self.disks.create_overlay(vm.domain, Path(vm.image))
         try:
             self.driver.create(self._domain(vm, self.allocator.pinning(vm.spec.name), disk))
         except BaseException:
