@@ -14,7 +14,8 @@ import pytest
 from pinfold.agent.api import create_app
 from pinfold.agent.drivers import DriverError, SimDriver
 from pinfold.agent.monitor import Monitor
-from pinfold.agent.service import Agent, AgentSettings, VMRequest
+from pinfold.agent.pools import PoolSpec
+from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Store
 from tests.agent.test_service import SlowShutdown
 from tests.servers import serving as serving_app
@@ -226,3 +227,23 @@ def test_every_route_answers_while_a_guest_shuts_down(tmp_path, i7):
     finally:
         driver.release.set()
         agent.store.close()
+
+
+def test_the_host_says_why_a_pool_does_not_fill(tmp_path, i7):
+    huge = PoolSpec(name="huge", size=50, vcpus=4, memory_mib=1024, warmup_s=0)
+    settings = AgentSettings(domain_type="qemu", pools=(huge,))
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+
+    def fill() -> None:
+        while agent.tend_pools(0.0):
+            pass
+
+    with pytest.raises(AgentError, match="not enough cpu"):
+        fill()
+    try:
+        with serving_app(create_app(agent, TOKEN)) as url:
+            pools = httpx.get(f"{url}/api/v1/host").json()["pools"]
+    finally:
+        agent.store.close()
+    assert pools["huge"]["ready"] + pools["huge"]["warming"] == 2
+    assert pools["huge"]["last_error"].startswith("not enough cpu: ")

@@ -125,7 +125,9 @@ def test_the_daemon_keeps_its_warm_pool_full_and_hands_members_out(tmp_path):
             return None
 
     try:
-        wait_until(lambda: pool() == {"size": 1, "ready": 1, "warming": 0}, 30, "a ready member")
+        wait_until(
+            lambda: pool() == {"size": 1, "ready": 1, "warming": 0, "last_error": None}, 30, "a ready member"
+        )
         token = (tmp_path / "data" / "agent.token").read_text().strip()
         created = httpx.post(
             f"{url}/api/v1/vms",
@@ -134,7 +136,11 @@ def test_the_daemon_keeps_its_warm_pool_full_and_hands_members_out(tmp_path):
         )
         assert created.status_code == 201, created.text
         assert (created.json()["domain"], created.json()["state"]) == ("pool-small-0", "running")
-        wait_until(lambda: pool() == {"size": 1, "ready": 1, "warming": 0}, 30, "the pool to refill")
+        wait_until(
+            lambda: pool() == {"size": 1, "ready": 1, "warming": 0, "last_error": None},
+            30,
+            "the pool to refill",
+        )
         assert [vm["name"] for vm in httpx.get(f"{url}/api/v1/vms").json()] == ["web"]
     finally:
         process.send_signal(signal.SIGTERM)

@@ -86,6 +86,8 @@ class Agent:
         self.disks = Disks(self.settings.image_dirs, disk_dir)
         self.disks.remove_partial_overlays()
         self._warming_since: dict[str, float] = {}
+        #: per pool, why its last step (adding or suspending a member) failed: why it does not fill
+        self.pool_errors: dict[str, str] = {}
         #: called after a member is handed out (the daemon's PoolKeeper refills then)
         self.on_hand_out: Callable[[], None] = lambda: None
         snapshot, self.vms = self.store.load()
@@ -266,13 +268,18 @@ class Agent:
 
     # -- warm pools --------------------------------------------------------------
 
-    def pool_status(self) -> dict[str, dict[str, int]]:
+    def pool_status(self) -> dict[str, dict[str, int | str | None]]:
+        """Per pool: its size, members ready and warming, and `last_error`
+        (None while it fills as it should)."""
         with self.lock:
-            status = {}
+            status: dict[str, dict[str, int | str | None]] = {}
             for pool in self.settings.pools:
                 members = self._members(pool.name)
                 ready = sum(1 for vm in members if vm.state == "pooled" and vm.pending is None)
-                status[pool.name] = {"size": pool.size, "ready": ready, "warming": len(members) - ready}
+                status[pool.name] = {
+                    "size": pool.size, "ready": ready, "warming": len(members) - ready,
+                    "last_error": self.pool_errors.get(pool.name),
+                }  # fmt: skip
             return status
 
     def tend_pools(self, now: float) -> bool:
@@ -290,15 +297,30 @@ class Agent:
                     vm.state == "warming"
                     and now - self._warming_since.setdefault(vm.spec.name, now) >= pool.warmup_s
                 ):
-                    self._suspend_member(vm)
+                    with self._tending(pool.name):
+                        self._suspend_member(vm)
             short = next((p for p in self.settings.pools if len(self._members(p.name)) < p.size), None)
             if short is None:
                 return False
-        base = self._base_image(short.image)
-        with self._overlay_for(base) as prepared, self.lock:
-            if len(self._members(short.name)) < short.size:  # (only this thread adds members)
-                self._add_member(short, now, base, prepared)
-            return any(len(self._members(p.name)) < p.size for p in self.settings.pools)
+        with self._tending(short.name):
+            base = self._base_image(short.image)
+            with self._overlay_for(base) as prepared, self.lock:
+                if len(self._members(short.name)) < short.size:  # (only this thread adds members)
+                    self._add_member(short, now, base, prepared)
+                return any(len(self._members(p.name)) < p.size for p in self.settings.pools)
+
+    @contextlib.contextmanager
+    def _tending(self, pool: str) -> Iterator[None]:
+        """Keep why a step of `pool`'s upkeep failed (shown by `pool_status`),
+        until one succeeds; the error goes on up to the PoolKeeper."""
+        try:
+            yield
+        except AgentError as error:
+            with self.lock:
+                self.pool_errors[pool] = f"{error.code}: {error.detail}" if error.detail else error.code
+            raise
+        with self.lock:
+            self.pool_errors.pop(pool, None)
 
     def _members(self, pool: str) -> list[StoredVM]:
         return [vm for vm in self.vms.values() if vm.pool == pool]
