@@ -247,3 +247,23 @@ def test_the_host_says_why_a_pool_does_not_fill(tmp_path, i7):
         agent.store.close()
     assert pools["huge"]["ready"] + pools["huge"]["warming"] == 2
     assert pools["huge"]["last_error"].startswith("not enough cpu: ")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [
+        ("GET", "/nowhere", 404, "not found"),
+        ("GET", "/api/v1/vms/A/extra/parts", 404, "not found"),
+        ("PUT", "/api/v1/vms", 405, "method not allowed"),
+        ("DELETE", "/healthz", 405, "method not allowed"),
+    ],
+    ids=["no-route", "too-deep", "put-vms", "delete-healthz"],
+)
+def test_fastapis_own_errors_have_the_error_shape_too(agent_url, method, path, status, error):
+    response = httpx.request(method, agent_url + path, headers=AUTH)
+    assert response.status_code == status
+    body = response.json()
+    assert (set(body), body["error"]) == ({"error", "detail"}, error)
+    assert path in body["detail"]
+    if status == 405:
+        assert response.headers["allow"]  # still says what is allowed
