@@ -1,13 +1,17 @@
 """The agent's core: one host's allocator made real through a driver, with
 every accepted change stored before the hypervisor is touched.
 
-Order of a create: place in the allocator (refusals change nothing), store
-the VM and the new vNode layout with a pending mark, create the domain, apply
-the re-pins the allocator reported to the VMs already running, clear the mark.
-A delete marks, deletes the domain, frees the placement and forgets the VM.
+Order of a create: make the disk overlay (before the lock: qemu-img may be
+slow), place in the allocator (refusals change nothing), store the VM and the
+new vNode layout with a pending mark, create the domain, apply the re-pins the
+allocator reported to the VMs already running, clear the mark. A delete
+marks, deletes the domain, frees the placement and forgets the VM. A shutdown
+marks, waits for the guest without the lock, and records how it ended.
 A crash between any two steps is repaired at the next start (`reconcile`).
 A create that matches a warm pool takes a ready member instead (see `pools`):
 rename in the allocator and the store (pending), resume, clear the mark.
+
+Every change is made under `Agent.lock`; only those two waits are not.
 """
 
 from __future__ import annotations
