@@ -4,6 +4,7 @@ real SQLite store): tokens, JSON routes, SlackVM's routes, errors, metrics."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,9 +12,12 @@ import httpx
 import pytest
 
 from pinfold.agent.api import create_app
-from pinfold.agent.drivers import SimDriver
-from pinfold.agent.service import Agent, AgentSettings
+from pinfold.agent.drivers import DriverError, SimDriver
+from pinfold.agent.monitor import Monitor
+from pinfold.agent.pools import PoolSpec
+from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Store
+from tests.agent.test_service import SlowShutdown
 from tests.servers import serving as serving_app
 
 TOKEN = "test-token-0123456789abcdef"
@@ -147,3 +151,119 @@ def test_slackvm_routes_can_be_opened_to_listed_networks_only(tmp_path, i7):
         assert httpx.post(f"{url}/api/v1/vms", json=body).status_code == 401  # the JSON API still needs it
     with serving(tmp_path / "closed", i7, ("10.0.0.0/8",)) as url:
         assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1").status_code == 401
+
+
+def test_the_host_says_how_old_its_usage_is_and_why_sampling_fails(tmp_path, i7):
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    broken = [False]
+
+    def vm_stats() -> dict[str, tuple[int, float]]:
+        if broken[0]:
+            raise DriverError("failed", "read domain stats: libvirtd went away")
+        return agent.vm_stats()
+
+    monitor = Monitor([cpu.cpu_id for cpu in i7.cpus], agent.vnode_layout, vm_stats)
+    monitor.sample_safely()
+    broken[0] = True
+    monitor.sample_safely()
+    try:
+        with serving_app(create_app(agent, TOKEN, monitor)) as url:
+            host = httpx.get(f"{url}/api/v1/host").json()
+    finally:
+        agent.store.close()
+    assert host["usage"] is not None  # the last good sample, labelled as such:
+    assert host["monitor"]["stale"] is True
+    assert "libvirtd went away" in host["monitor"]["last_error"]
+    assert host["monitor"]["sample_age_s"] >= 0
+
+
+def test_a_neighbour_that_cannot_be_repinned_is_a_502_not_a_500(tmp_path, i7, monkeypatch):
+    driver = SimDriver()
+    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    repin = driver.repin
+
+    def fail_for_b(name: str, cpuset: frozenset[int]) -> None:
+        if name == "B":
+            raise DriverError("failed", "re-pin B: Unable to write to cgroup")
+        repin(name, cpuset)
+
+    try:
+        with serving_app(create_app(agent, TOKEN)) as url, httpx.Client(base_url=url, timeout=10) as http:
+            for name, ratio in (("A", 1.0), ("B", 2.0)):
+                body = {"name": name, "vcpus": 2, "memory_mib": 1024, "ratio": ratio}
+                assert http.post("/api/v1/vms", json=body, headers=AUTH).status_code == 201
+            monkeypatch.setattr(driver, "repin", fail_for_b)
+            body = {"name": "A2", "vcpus": 2, "memory_mib": 1024}
+            response = http.post("/api/v1/vms", json=body, headers=AUTH)
+            assert response.status_code == 502
+            assert response.json()["error"] == "hypervisor failed"
+            assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A", "B"]
+    finally:
+        agent.store.close()
+
+
+def test_every_route_answers_while_a_guest_shuts_down(tmp_path, i7):
+    """`POST .../shutdown` waits for the guest (up to shutdown_timeout_s): the
+    reads and the other VMs must not wait with it."""
+    driver = SlowShutdown()
+    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent.create(VMRequest("slow", 1, 128, 2.0))
+    agent.create(VMRequest("other", 1, 128, 2.0))
+    try:
+        with (
+            serving_app(create_app(agent, TOKEN)) as url,
+            httpx.Client(base_url=url, timeout=3) as http,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            shutdown = pool.submit(http.post, "/api/v1/vms/slow/shutdown", headers=AUTH, timeout=20)
+            assert driver.waiting.wait(10)
+            assert http.get("/api/v1/vms/slow").json()["state"] == "stopping"
+            assert http.get("/api/v1/host").status_code == 200
+            assert http.post("/api/v1/vms/other/suspend", headers=AUTH).json()["state"] == "paused"
+            refused = http.post("/api/v1/vms/slow/start", headers=AUTH)
+            assert (refused.status_code, refused.json()["error"]) == (409, "invalid")
+            driver.release.set()
+            assert shutdown.result().json()["state"] == "shutoff"
+    finally:
+        driver.release.set()
+        agent.store.close()
+
+
+def test_the_host_says_why_a_pool_does_not_fill(tmp_path, i7):
+    huge = PoolSpec(name="huge", size=50, vcpus=4, memory_mib=1024, warmup_s=0)
+    settings = AgentSettings(domain_type="qemu", pools=(huge,))
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+
+    def fill() -> None:
+        while agent.tend_pools(0.0):
+            pass
+
+    with pytest.raises(AgentError, match="not enough cpu"):
+        fill()
+    try:
+        with serving_app(create_app(agent, TOKEN)) as url:
+            pools = httpx.get(f"{url}/api/v1/host").json()["pools"]
+    finally:
+        agent.store.close()
+    assert pools["huge"]["ready"] + pools["huge"]["warming"] == 2
+    assert pools["huge"]["last_error"].startswith("not enough cpu: ")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [
+        ("GET", "/nowhere", 404, "not found"),
+        ("GET", "/api/v1/vms/A/extra/parts", 404, "not found"),
+        ("PUT", "/api/v1/vms", 405, "method not allowed"),
+        ("DELETE", "/healthz", 405, "method not allowed"),
+    ],
+    ids=["no-route", "too-deep", "put-vms", "delete-healthz"],
+)
+def test_fastapis_own_errors_have_the_error_shape_too(agent_url, method, path, status, error):
+    response = httpx.request(method, agent_url + path, headers=AUTH)
+    assert response.status_code == status
+    body = response.json()
+    assert (set(body), body["error"]) == ({"error", "detail"}, error)
+    assert path in body["detail"]
+    if status == 405:
+        assert response.headers["allow"]  # still says what is allowed

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
 from pinfold.agent.config import AgentConfig, ConfigError, load_config, load_or_create_token
+from pinfold.tokens import TokenError
 from tests.conftest import I7
 from tests.servers import free_port
 
@@ -59,6 +61,52 @@ def test_bad_settings_say_which_and_where(tmp_path, content, flags, problem):
         load_config(config, flags, {})
 
 
+def test_monitor_period_and_token_file_flags_override_the_environment_which_overrides_the_file(
+    tmp_path, monkeypatch
+):
+    from pinfold.cli import app
+
+    served: list[AgentConfig] = []
+    monkeypatch.setattr("pinfold.agent.daemon.serve", served.append)
+    config = tmp_path / "agent.toml"
+    config.write_text(f'monitor_period_s = 30.0\ntoken_file = "{tmp_path / "file.token"}"\n')
+    env: dict[str, str | None] = {
+        "PINFOLD_AGENT_MONITOR_PERIOD_S": "20",
+        "PINFOLD_AGENT_TOKEN_FILE": str(tmp_path / "env.token"),
+    }
+    unset = dict.fromkeys(env)
+    flags = ["--monitor-period", "5", "--token-file", str(tmp_path / "flag.token")]
+    cases: list[tuple[list[str], dict[str, str | None], tuple[float, str]]] = [
+        ([], unset, (30.0, "file.token")),
+        ([], env, (20.0, "env.token")),
+        (flags, env, (5.0, "flag.token")),
+    ]
+    for given, environ, (period, token_file) in cases:
+        result = CliRunner().invoke(app, ["agent", "--config", str(config), *given], env=environ)
+        assert result.exit_code == 0, result.output
+        assert served[-1].monitor_period_s == period
+        assert served[-1].token_file == tmp_path / token_file
+    refused = CliRunner().invoke(app, ["agent", "--monitor-period", "0"], env=unset)
+    assert (refused.exit_code, "monitor_period_s" in refused.output) == (2, True)
+    assert CliRunner().invoke(app, ["agent", "--token", "x" * 32]).exit_code == 2  # no token in ps
+
+
+def test_a_token_file_is_read_never_created(tmp_path):
+    token_file = tmp_path / "cluster.token"
+    token_file.write_text("cluster-token-0123456789\n")
+    settings = AgentConfig(data_dir=tmp_path / "data", token_file=token_file)
+    assert load_or_create_token(settings) == "cluster-token-0123456789"
+    assert not (tmp_path / "data" / "agent.token").exists()
+    for problem, content in [("No such file", None), ("no usable token", "short\n")]:
+        token_file.unlink(missing_ok=True)
+        if content is not None:
+            token_file.write_text(content)
+        with pytest.raises(TokenError, match=problem):
+            load_or_create_token(settings)
+    with pytest.raises(ConfigError, match="set one, not both"):
+        load_config(None, {"token": "t" * 16, "token_file": token_file}, {})
+
+
 def test_token_is_created_once_with_mode_0600(tmp_path):
     settings = AgentConfig(data_dir=tmp_path / "data")
     token = load_or_create_token(settings)
@@ -68,10 +116,14 @@ def test_token_is_created_once_with_mode_0600(tmp_path):
     assert len(token) >= 32
 
 
-def test_daemon_serves_and_stops_on_sigterm(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_daemon_serves_and_stops_on_sigterm_or_sigint(tmp_path, signum):
     port = free_port()
+    token_file = tmp_path / "cluster.token"
+    token_file.write_text("cluster-token-0123456789abcdef\n")
     command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--port", str(port)]
-    command += ["--topology", str(I7), "--data-dir", str(tmp_path / "data")]
+    command += ["--topology", str(I7), "--data-dir", str(tmp_path / "data"), "--token-file", str(token_file)]
+    command += ["--monitor-period", "0.2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -83,17 +135,19 @@ def test_daemon_serves_and_stops_on_sigterm(tmp_path):
                 pass
             assert time.monotonic() < deadline, "the agent did not come up"
             time.sleep(0.2)
-        token = (tmp_path / "data" / "agent.token").read_text().strip()
         created = httpx.post(
             f"http://127.0.0.1:{port}/api/v1/vms",
             json={"name": "a", "vcpus": 1, "memory_mib": 64},
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": "Bearer cluster-token-0123456789abcdef"},
         )
         assert created.status_code == 201
+        monitor = httpx.get(f"http://127.0.0.1:{port}/api/v1/host").json()["monitor"]
+        assert monitor["period_s"] == 0.2
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
+    assert not (tmp_path / "data" / "agent.token").exists()  # the file named was used
     assert "sim driver" in output
     assert "pinfold agent: stopped" in output
     assert (tmp_path / "data" / "agent.db").exists()
@@ -125,7 +179,9 @@ def test_the_daemon_keeps_its_warm_pool_full_and_hands_members_out(tmp_path):
             return None
 
     try:
-        wait_until(lambda: pool() == {"size": 1, "ready": 1, "warming": 0}, 30, "a ready member")
+        wait_until(
+            lambda: pool() == {"size": 1, "ready": 1, "warming": 0, "last_error": None}, 30, "a ready member"
+        )
         token = (tmp_path / "data" / "agent.token").read_text().strip()
         created = httpx.post(
             f"{url}/api/v1/vms",
@@ -134,7 +190,11 @@ def test_the_daemon_keeps_its_warm_pool_full_and_hands_members_out(tmp_path):
         )
         assert created.status_code == 201, created.text
         assert (created.json()["domain"], created.json()["state"]) == ("pool-small-0", "running")
-        wait_until(lambda: pool() == {"size": 1, "ready": 1, "warming": 0}, 30, "the pool to refill")
+        wait_until(
+            lambda: pool() == {"size": 1, "ready": 1, "warming": 0, "last_error": None},
+            30,
+            "the pool to refill",
+        )
         assert [vm["name"] for vm in httpx.get(f"{url}/api/v1/vms").json()] == ["web"]
     finally:
         process.send_signal(signal.SIGTERM)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,83 @@ def test_the_agent_gives_each_vm_an_overlay_and_removes_it_with_the_vm(images, t
     assert set(agent.vms) == {"web"}
     agent.delete("web")
     assert not overlay.exists()
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_the_overlay_names_the_format_of_its_base(images, tmp_path, fmt):
+    """A raw base image works too: the overlay's -F is what qemu-img finds,
+    not an assumed qcow2."""
+    base = images / f"base.{fmt}"
+    subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(base), "64M"], check=True)
+    disks = Disks([images], tmp_path / "disks")
+    assert disks.image_format(base) == fmt
+    overlay = disks.create_overlay("vm-1", disks.base_image(str(base)))
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(overlay)], capture_output=True, check=True
+        ).stdout
+    )
+    assert (info["format"], info["backing-filename"], info["backing-filename-format"]) == (
+        "qcow2",
+        str(base),
+        fmt,
+    )
+
+
+def test_a_base_qemu_img_cannot_read_or_no_qemu_img_is_a_disk_failure(images, tmp_path):
+    (images / "not-an-image").mkdir()
+    for qemu_img, base in [
+        ("qemu-img", images / "not-an-image"),
+        (str(tmp_path / "none"), images / "base.qcow2"),
+    ]:
+        disks = Disks([images], tmp_path / "disks", qemu_img=qemu_img)
+        with pytest.raises(DiskError, match="disk failed"):
+            disks.create_overlay("vm-1", base)
+        assert not (tmp_path / "disks" / "vm-1.qcow2").exists()
+
+
+def slow_qemu_img(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A qemu-img that waits at `create` until `go` exists (it says so in
+    `started`), then runs the real one: a base image on slow storage."""
+    started, go, script = tmp_path / "started", tmp_path / "go", tmp_path / "slow-qemu-img"
+    script.write_text(
+        f'#!/bin/sh\nif [ "$1" = create ]; then\n  touch "{started}"\n'
+        f'  while [ ! -e "{go}" ]; do sleep 0.02; done\nfi\nexec qemu-img "$@"\n'
+    )
+    script.chmod(0o755)
+    return script, started, go
+
+
+def test_overlays_are_made_without_holding_the_agent(images, tmp_path, i7):
+    settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    script, started, go = slow_qemu_img(tmp_path)
+    agent.disks.qemu_img = str(script)
+    with ThreadPoolExecutor(1) as pool:
+        created = pool.submit(agent.create, VMRequest("web", 1, 256, 1.0, image=str(images / "base.qcow2")))
+        try:
+            deadline = time.monotonic() + 10
+            while not started.exists():
+                assert not created.done(), created.exception()  # done: it failed before qemu-img
+                assert time.monotonic() < deadline, "qemu-img did not start"
+                time.sleep(0.02)
+            assert agent.lock.acquire(timeout=2), "the agent's lock is held while qemu-img runs"
+            agent.lock.release()
+            assert "web" not in agent.vms  # nothing half-made to be seen meanwhile
+        finally:
+            go.touch()
+        assert created.result().state == "running"
+    assert sorted(p.name for p in (tmp_path / "disks").iterdir()) == ["web.qcow2"]
+    assert backing_file(tmp_path / "disks" / "web.qcow2") == str(images / "base.qcow2")
+
+
+def test_an_overlay_made_for_a_refused_create_or_cut_short_by_a_crash_is_removed(images, tmp_path, i7):
+    settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    with pytest.raises(AgentError, match="not enough cpu"):
+        agent.create(VMRequest("big", 64, 256, 1.0, image=str(images / "base.qcow2")))
+    assert list((tmp_path / "disks").iterdir()) == []
+    agent.disks.prepare_overlay(images / "base.qcow2")  # then kill -9
+    agent.store.close()
+    Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    assert list((tmp_path / "disks").iterdir()) == []

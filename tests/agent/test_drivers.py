@@ -3,6 +3,9 @@ test hypervisor (test:///default, a real libvirt without QEMU)."""
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -99,3 +102,34 @@ def test_sim_guests_get_predictable_addresses_while_running():
     assert (driver.addresses("a"), driver.addresses("b")) == (["198.51.100.1"], ["198.51.100.2"])
     driver.suspend("a")
     assert driver.addresses("a") == []
+
+
+def test_the_sim_driver_can_be_read_while_other_threads_change_it():
+    """The monitor reads stats, and a graceful shutdown waits, outside the
+    agent's lock while API threads create and delete guests."""
+    driver = SimDriver()
+    stop = threading.Event()
+
+    def churn() -> None:
+        index = 0
+        while not stop.is_set():
+            name = f"vm-{index % 64}"
+            if index % 128 < 64:
+                driver.create(DomainSpec(name, 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
+            else:
+                driver.delete(name)
+            index += 1
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: mid-iteration too
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            assert all(memory == 128.0 for _, memory in driver.stats().values())
+            assert len(driver.guests()) <= 64
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(interval)

@@ -4,13 +4,17 @@ tool's CSV."""
 
 from __future__ import annotations
 
+import logging
 import stat
+import threading
+import time
 from pathlib import Path
 
 import psutil
 import pynvml
 import pytest
 
+from pinfold.agent.drivers import DriverError
 from pinfold.agent.monitor import GpuProbe, Monitor, busy_fractions
 
 
@@ -114,3 +118,53 @@ def test_a_simulated_host_reports_its_model_not_this_machine():
     assert set(sample.cpu) == set(range(64))
     assert set(sample.cpu.values()) == {0.0}
     assert sample.vnodes["2.0"] == {"cpus": 2, "used_cores": 0.0}
+
+
+def wait_until(predicate, what: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_the_sampling_thread_outlives_a_failing_driver_and_says_so(caplog):
+    """libvirtd restarting makes the driver's stats raise: the thread logs it,
+    keeps sampling, and works again once the driver does."""
+    failing = threading.Event()
+    failing.set()
+
+    def vm_stats() -> dict[str, tuple[int, float]]:
+        if failing.is_set():
+            raise DriverError("failed", "read domain stats: Cannot recv data: Connection reset by peer")
+        return {}
+
+    monitor = Monitor([0], dict, vm_stats)
+    with caplog.at_level(logging.WARNING, logger="pinfold.agent.monitor"):
+        monitor.start(0.05)
+        try:
+            wait_until(lambda: monitor.last_error is not None, "a failed sample")
+            health = monitor.health()
+            assert health["stale"] is True
+            assert "Connection reset by peer" in health["last_error"]
+            assert monitor.latest is None
+            time.sleep(0.3)  # several more failing periods: logged once, not once per period
+            failing.clear()
+            wait_until(lambda: monitor.latest is not None, "a sample after the driver came back")
+            wait_until(lambda: not monitor.health()["stale"], "a fresh sample")
+        finally:
+            monitor.stop()
+    assert monitor.health()["last_error"] is None
+    warnings = [r for r in caplog.records if "sampling failed" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_a_sample_older_than_two_periods_is_stale():
+    now = [100.0]
+    monitor = Monitor([0], dict, dict, clock=lambda: now[0])
+    monitor.period_s = 10.0
+    monitor.sample()
+    assert monitor.health() == {
+        "period_s": 10.0, "sample_age_s": 0.0, "stale": False, "last_error": None, "last_error_age_s": None,
+    }  # fmt: skip
+    now[0] += 25.0
+    assert (monitor.health()["sample_age_s"], monitor.health()["stale"]) == (25.0, True)

@@ -4,12 +4,14 @@ refilled, kept across restarts and repaired after a crash mid hand-out."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import time
 
 import pytest
 
 from pinfold.agent.drivers import GuestState, SimDriver
-from pinfold.agent.pools import PoolSpec
+from pinfold.agent.pools import PoolKeeper, PoolSpec
 from pinfold.agent.reconcile import Action
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Store
@@ -43,12 +45,12 @@ def test_members_warm_up_then_wait_suspended(tmp_path, i7, driver):
     assert agent.tend_pools(0.0) is True  # one member per step: requests never wait long
     assert agent.tend_pools(0.0) is False
     assert states(driver) == {"pool-small-0": GuestState.RUNNING, "pool-small-1": GuestState.RUNNING}
-    assert agent.pool_status() == {"small": {"size": 2, "ready": 0, "warming": 2}}
+    assert agent.pool_status() == {"small": {"size": 2, "ready": 0, "warming": 2, "last_error": None}}
     agent.tend_pools(SMALL.warmup_s - 0.1)
     assert agent.pool_status()["small"]["ready"] == 0
     agent.tend_pools(SMALL.warmup_s)
     assert set(states(driver).values()) == {GuestState.PAUSED}
-    assert agent.pool_status() == {"small": {"size": 2, "ready": 2, "warming": 0}}
+    assert agent.pool_status() == {"small": {"size": 2, "ready": 2, "warming": 0, "last_error": None}}
     assert agent.user_vms() == []  # members are the agent's, not a user's
     agent.allocator.check_invariants()
 
@@ -69,7 +71,7 @@ def test_a_matching_create_resumes_a_member_under_the_asked_name(tmp_path, i7, d
     assert agent.allocator.pinning("web") == pins_before
     assert "pool-small-0" not in agent.allocator
     assert [v.spec.name for v in agent.user_vms()] == ["web"]
-    assert agent.pool_status()["small"] == {"size": 2, "ready": 1, "warming": 0}
+    assert agent.pool_status()["small"] == {"size": 2, "ready": 1, "warming": 0, "last_error": None}
     agent.tend_pools(10.0)  # refill: a new member, under a name no domain has
     assert "pool-small-2" in states(driver)
     agent.allocator.check_invariants()
@@ -126,6 +128,30 @@ def test_a_hand_out_cut_short_is_resumed_at_the_next_start(tmp_path, i7, driver,
     assert states(driver)["pool-small-0"] is GuestState.RUNNING
 
 
+def test_a_member_whose_create_was_cut_short_warms_up_again_at_the_next_start(
+    tmp_path, i7, driver, monkeypatch
+):
+    """Recreated at start, a member is warming (then suspended and handed
+    out), not running: a running member is never handed out or refilled."""
+    agent = agent_with(tmp_path, i7, driver, SMALL)
+
+    def crash(spec: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(driver, "create", crash)
+    with pytest.raises(Crash):
+        agent.tend_pools(0.0)  # stored (pending), never made
+    monkeypatch.undo()
+    assert states(driver) == {}
+    agent.store.close()
+    again = agent_with(tmp_path, i7, driver, SMALL)
+    assert [(s.action, s.name) for s in again.report] == [(Action.CREATE, "pool-small-0")]
+    assert again.vms["pool-small-0"].state == "warming"
+    filled(again)
+    assert again.pool_status()["small"] == {"size": 2, "ready": 2, "warming": 0, "last_error": None}
+    assert again.create(VMRequest("web", 1, 128, 2.0)).domain == "pool-small-0"
+
+
 def test_members_no_pool_wants_are_deleted(tmp_path, i7, driver):
     agent = filled(agent_with(tmp_path, i7, driver, SMALL))
     agent.store.close()
@@ -150,7 +176,34 @@ def test_a_pool_larger_than_the_host_fills_what_fits_and_says_why(tmp_path, i7, 
     with pytest.raises(AgentError, match="not enough cpu"):
         fill()
     assert len(states(driver)) == len(i7.usable_cpus) // 4
+    assert str(agent.pool_status()["huge"]["last_error"]).startswith("not enough cpu: ")
     agent.allocator.check_invariants()
+
+
+def test_the_pool_keeper_logs_a_failure_once_and_keeps_it_until_tending_works(caplog):
+    outcomes = [AgentError("not enough cpu", "1 vCPU at 2.0"), AgentError("not enough cpu", "1 vCPU at 2.0")]
+    rounds = []
+
+    def tend(now: float) -> bool:
+        rounds.append(now)
+        if outcomes:
+            raise outcomes.pop(0)
+        return False
+
+    keeper = PoolKeeper(tend, period_s=0.01)
+    with caplog.at_level(logging.INFO, logger="pinfold.agent.pools"):
+        keeper.start()
+        try:
+            deadline = time.monotonic() + 10
+            while len(rounds) < 4:
+                assert time.monotonic() < deadline, "the keeper stopped tending"
+                time.sleep(0.01)
+        finally:
+            keeper.stop()
+    assert keeper.last_error is None  # it works again
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == ["warm pools: not enough cpu: 1 vCPU at 2.0 (trying again every 0.01 s)",
+                        "warm pools: tending works again"]  # fmt: skip
 
 
 def test_a_version_1_store_is_migrated(tmp_path, i7, driver):

@@ -30,6 +30,8 @@ def foreign(name: str) -> GuestInfo:
         (stored("a", Pending.CREATE), ours("a"), Action.FINISH_CREATE),
         (stored("a", Pending.DELETE), ours("a"), Action.DELETE),
         (stored("a", Pending.DELETE), None, Action.FORGET),
+        (stored("a", Pending.SHUTDOWN), ours("a"), Action.FINISH_SHUTDOWN),
+        (stored("a", Pending.SHUTDOWN), None, Action.MISSING),
         (stored("a"), ours("a"), Action.KEEP),
         (stored("a"), None, Action.MISSING),
         (stored("a"), foreign("a"), Action.MISSING),  # a foreign domain of the same name is not ours
@@ -39,6 +41,8 @@ def foreign(name: str) -> GuestInfo:
         "create-made",
         "delete-not-done",
         "delete-done",
+        "shutdown-cut-short",
+        "shutdown-and-vanished",
         "steady",
         "vanished",
         "impostor",

@@ -3,6 +3,9 @@ real, re-pins applied, state stored before acting, and repaired at start."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers import DriverError, GuestState, SimDriver
 from pinfold.agent.reconcile import Action, Step
+from pinfold.agent.registration import heartbeat_document
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.placement import VMSpec
@@ -153,3 +157,207 @@ def test_driver_errors_keep_their_codes():
         SimDriver().info("x")
     assert error.value.code == "not found"
     assert GuestState.RUNNING.value == "running"
+
+
+def test_a_step_that_fails_at_start_is_recorded_and_the_agent_starts_all_the_same(parts, monkeypatch, caplog):
+    topology, driver, store, path = parts
+    first = agent_of(parts)
+    first.create(VMRequest("steady", 1, 128, 2.0))
+    first.create(VMRequest("doomed", 1, 128, 2.0))
+    for name in ("broken", "fine"):  # crash after storing two creates, before either domain existed
+        first.allocator.deploy(VMSpec(name, 1, 128, 2.0))
+        store.save_vm(StoredVM(VMSpec(name, 1, 128, 2.0), "", "", "creating", Pending.CREATE),
+                      first.allocator.snapshot())  # fmt: skip
+    store.set_state("doomed", "running", Pending.DELETE)  # and after marking a delete
+    store.close()
+    create, delete = driver.create, driver.delete
+
+    def failing_create(spec: DomainSpec) -> None:
+        if spec.name == "broken":
+            raise DriverError("failed", "start broken: qemu exited")
+        create(spec)
+
+    def failing_delete(name: str) -> None:
+        if name == "doomed":
+            raise DriverError("failed", "delete doomed: libvirtd hiccup")
+        delete(name)
+
+    monkeypatch.setattr(driver, "create", failing_create)
+    monkeypatch.setattr(driver, "delete", failing_delete)
+    agent = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    failed = {step.name: step.error for step in agent.report if step.error}
+    assert set(failed) == {"broken", "doomed"}
+    assert "qemu exited" in failed["broken"]
+    assert "cannot create broken" in caplog.text
+    assert (agent.vms["broken"].state, agent.vms["broken"].pending) == ("error", Pending.CREATE)
+    assert (agent.vms["doomed"].state, agent.vms["doomed"].pending) == ("error", Pending.DELETE)
+    assert (agent.vms["fine"].state, agent.vms["fine"].pending) == ("running", None)
+    assert agent.create(VMRequest("new", 1, 128, 2.0)).state == "running"  # the agent works
+    monkeypatch.undo()
+    agent.store.close()
+    again = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))  # retried
+    assert not [step for step in again.report if step.error]
+    assert {name: vm.state for name, vm in again.vms.items()} == dict.fromkeys(
+        ("steady", "broken", "fine", "new"), "running"
+    )
+    assert {g.name for g in driver.guests()} == {"steady", "broken", "fine", "new"}
+    again.allocator.check_invariants()
+
+
+def failing_repin(driver: SimDriver, monkeypatch: pytest.MonkeyPatch, victim: str) -> None:
+    repin = driver.repin
+
+    def fail(name: str, cpuset: frozenset[int]) -> None:
+        if name == victim:
+            raise DriverError("failed", f"re-pin {name}: Unable to write to cgroup")
+        repin(name, cpuset)
+
+    monkeypatch.setattr(driver, "repin", fail)
+
+
+def test_a_create_whose_neighbours_cannot_be_repinned_is_undone(parts, monkeypatch):
+    """A2 grows the premium vNode: B must leave its CPUs. When B cannot, A2 is
+    refused (no 500, nothing left pending) rather than share CPUs with B."""
+    agent = agent_of(parts)
+    driver = parts[1]
+    agent.create(VMRequest("A", 2, 2048, 1.0))
+    agent.create(VMRequest("B", 2, 2048, 2.0))
+    before = (pins(driver), agent.allocator.snapshot())
+    failing_repin(driver, monkeypatch, "B")
+    with pytest.raises(AgentError) as error:
+        agent.create(VMRequest("A2", 2, 1024, 1.0))
+    assert (error.value.code, "Unable to write to cgroup" in error.value.detail) == (
+        "hypervisor failed",
+        True,
+    )
+    assert set(agent.vms) == {"A", "B"}
+    assert (pins(driver), agent.allocator.snapshot()) == before  # A went back to its CPUs
+    _, stored = parts[2].load()
+    assert {name: (vm.state, vm.pending) for name, vm in stored.items()} == {
+        "A": ("running", None), "B": ("running", None),
+    }  # fmt: skip
+
+
+def test_a_delete_stands_when_a_neighbour_cannot_be_repinned(parts, monkeypatch, caplog):
+    agent = agent_of(parts)
+    driver = parts[1]
+    for name, ratio in (("A", 1.0), ("B", 2.0), ("A2", 1.0)):
+        agent.create(VMRequest(name, 2, 1024, ratio))
+    failing_repin(driver, monkeypatch, "B")
+    agent.delete("A2")  # done: B keeps its old (smaller) set until the next start
+    assert set(agent.vms) == {"A", "B"}
+    assert "cannot re-pin B" in caplog.text
+    assert set(parts[2].load()[1]) == {"A", "B"}
+    monkeypatch.undo()
+    agent.store.close()
+    again = Agent(parts[0], driver, Store(parts[3]), AgentSettings(domain_type="qemu"))
+    assert pins(driver) == {name: again.allocator.pinning(name) for name in again.vms}
+
+
+def test_a_neighbour_whose_domain_has_gone_is_marked_missing_and_the_create_stands(parts):
+    agent = agent_of(parts)
+    driver = parts[1]
+    agent.create(VMRequest("A", 2, 2048, 1.0))
+    agent.create(VMRequest("B", 2, 2048, 2.0))
+    driver.delete("B")  # behind pinfold's back
+    assert agent.create(VMRequest("A2", 2, 1024, 1.0)).state == "running"
+    assert agent.vms["B"].state == "missing"
+    assert parts[2].load()[1]["B"].state == "missing"
+
+
+class SlowShutdown(SimDriver):
+    """A guest that takes its time to power off: `shutdown` waits for `release`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting = threading.Event()
+        self.release = threading.Event()
+
+    def shutdown(self, name: str, timeout_s: float) -> None:
+        self.waiting.set()
+        assert self.release.wait(10)
+        super().shutdown(name, timeout_s)
+
+
+@contextmanager
+def shutting_down(agent: Agent, name: str) -> Iterator[dict[str, object]]:
+    """`agent.shutdown(name)` in a thread, caught waiting for the guest; the
+    result (or AgentError) is in the yielded dict once the block is left."""
+    driver = agent.driver
+    assert isinstance(driver, SlowShutdown)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["vm"] = agent.shutdown(name)
+        except AgentError as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert driver.waiting.wait(10)
+    try:
+        yield outcome
+    finally:
+        driver.release.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_a_graceful_shutdown_waits_without_holding_the_agent(parts):
+    topology, _, store, _ = parts
+    driver = SlowShutdown()
+    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    agent.create(VMRequest("slow", 1, 128, 2.0))
+    agent.create(VMRequest("other", 1, 128, 2.0))
+    with shutting_down(agent, "slow") as outcome:
+        assert agent.lock.acquire(timeout=2), "the agent's lock is held during the wait"
+        agent.lock.release()
+        assert heartbeat_document(agent, None)["vms"] == {"slow": "stopping", "other": "running"}
+        assert agent.suspend("other").state == "paused"  # other VMs go on
+        agent.create(VMRequest("new", 1, 128, 2.0))
+        stored = store.load()[1]["slow"]
+        assert (stored.state, stored.pending) == ("stopping", Pending.SHUTDOWN)  # crash-safe
+        for action in (agent.start, agent.suspend, agent.shutdown):
+            with pytest.raises(AgentError, match="its shutdown is not finished"):
+                action("slow")
+    vm = outcome["vm"]
+    assert isinstance(vm, StoredVM)
+    assert (vm.state, vm.pending) == ("shutoff", None)
+    assert (store.load()[1]["slow"].state, driver.info("slow").state) == ("shutoff", GuestState.SHUTOFF)
+
+
+def test_a_delete_during_a_graceful_shutdown_wins(parts):
+    topology, _, store, _ = parts
+    driver = SlowShutdown()
+    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    agent.create(VMRequest("slow", 1, 128, 2.0))
+    with shutting_down(agent, "slow") as outcome:
+        agent.delete("slow")
+    assert isinstance(outcome["error"], AgentError)
+    assert outcome["error"].code == "unknown vm"
+    assert (agent.vms, store.load()[1], driver.guests()) == ({}, {}, [])
+
+
+def test_a_failed_shutdown_records_the_state_the_guest_is_in(parts):
+    agent = agent_of(parts)
+    driver = parts[1]
+    agent.create(VMRequest("v", 1, 128, 2.0))
+    driver.shutdown("v", 0)  # the guest powered itself off: the store still says running
+    with pytest.raises(AgentError, match="invalid"):
+        agent.shutdown("v")
+    assert (agent.vms["v"].state, agent.vms["v"].pending) == ("shutoff", None)
+
+
+@pytest.mark.parametrize(("guest_off", "state"), [(True, "shutoff"), (False, "running")], ids=["off", "on"])
+def test_a_shutdown_cut_short_by_a_crash_records_the_domain_state_at_start(parts, guest_off, state):
+    agent = agent_of(parts)
+    topology, driver, store, path = parts
+    agent.create(VMRequest("v", 1, 128, 2.0))
+    store.set_state("v", "stopping", Pending.SHUTDOWN)  # as the mark before the wait leaves it
+    if guest_off:
+        driver.shutdown("v", 0)
+    store.close()
+    again = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    assert again.report == [Step(Action.FINISH_SHUTDOWN, "v")]
+    assert (again.vms["v"].state, again.vms["v"].pending) == (state, None)

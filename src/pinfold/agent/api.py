@@ -5,18 +5,20 @@ Routers only translate HTTP to `Agent` calls. Every mutating route needs the
 agent token: `Authorization: Bearer <token>`, or `?token=` on SlackVM's routes
 (SlackVM's client sends no header); an operator may open SlackVM's routes to
 listed networks instead (off by default). Errors are JSON `{"error", "detail"}` with a
-4xx status; bad input never reaches the agent.
+4xx status (FastAPI's own 404 and 405 too); bad input never reaches the agent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any
+from http import HTTPStatus
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Query
-from fastapi.responses import PlainTextResponse
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
 from pinfold.agent.domain import NAME_PATTERN
 from pinfold.agent.monitor import Monitor
@@ -39,6 +41,7 @@ _STATUS = {
     "unauthorized": 401,
 }
 ACTIONS = ("start", "shutdown", "suspend", "resume")
+T = TypeVar("T")
 
 
 class CreateVM(BaseModel):
@@ -74,19 +77,32 @@ def create_app(
     networks may use SlackVM's mutating routes without a token, so that
     SlackVM's own client and global scheduler, which send none, work as they are."""
     app = FastAPI(title="pinfold agent", version="0.1.0")
-    lock = agent.lock  # one change at a time: the allocator and the store move together
+    lock = agent.lock  # held while reading: the allocator and the store move together
 
     auth = Depends(token_check(token, what="agent token"))
     slackvm_auth = Depends(open_to(slackvm_open_networks, token_check(token, what="agent token")))
 
-    def call(operation: Callable[[], Any]) -> Any:
+    def call(operation: Callable[[], T]) -> T:
+        """The agent takes its lock itself, and lets it go while it waits (a
+        graceful shutdown): holding it here would stop every other route."""
+        try:
+            return operation()
+        except AgentError as error:
+            raise ApiError(error.code, error.detail) from error
+
+    def view(vm: StoredVM) -> dict[str, Any]:
         with lock:
-            try:
-                return operation()
-            except AgentError as error:
-                raise ApiError(error.code, error.detail) from error
+            return _view(vm, agent)
 
     install_error_handlers(app, _STATUS)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """FastAPI's own replies (no such route: 404, method not allowed: 405)
+        in the shape of every other error, the status's phrase as the code."""
+        code = HTTPStatus(exc.status_code).phrase.lower()
+        detail = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse({"error": code, "detail": detail}, exc.status_code, headers=exc.headers)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -100,7 +116,7 @@ def create_app(
     @app.post("/api/v1/vms", status_code=201, dependencies=[auth])
     def create_vm(body: CreateVM) -> dict[str, Any]:
         request = VMRequest(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner, body.image)
-        return call(lambda: _view(agent.create(request), agent))  # type: ignore[no-any-return]
+        return view(call(lambda: agent.create(request)))
 
     @app.get("/api/v1/vms/{name}")
     def get_vm(name: str) -> dict[str, Any]:
@@ -118,7 +134,8 @@ def create_app(
     def act(name: str, action: str) -> dict[str, Any]:
         if action not in ACTIONS:
             raise ApiError("invalid request", f"action must be one of {', '.join(ACTIONS)}")
-        return call(lambda: _view(getattr(agent, action)(name), agent))  # type: ignore[no-any-return]
+        operation: Callable[[str], StoredVM] = getattr(agent, action)
+        return view(call(lambda: operation(name)))
 
     @app.get("/api/v1/host")
     def host() -> dict[str, Any]:
@@ -140,6 +157,8 @@ def create_app(
                 "usage": monitor.latest.to_dict()
                 if monitor is not None and monitor.latest is not None
                 else None,
+                # how old `usage` is and why sampling fails, if it does: never stale data as fresh
+                "monitor": monitor.health() if monitor is not None else None,
             }
 
     # -- SlackVM's routes, unchanged in shape (mem in GiB) ----------------------
@@ -153,7 +172,7 @@ def create_app(
         qcow2: Annotated[str, Query(max_length=4096)] = "",
     ) -> dict[str, Any]:
         request = VMRequest(name, cpu, round(mem * 1024), oc, image=qcow2)
-        return call(lambda: _view(agent.create(request), agent))  # type: ignore[no-any-return]
+        return view(call(lambda: agent.create(request)))
 
     @app.get("/remove", dependencies=[slackvm_auth])
     def slackvm_remove(name: Annotated[str, Query(min_length=1, max_length=63)]) -> dict[str, str]:

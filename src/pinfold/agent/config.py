@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pinfold.agent.pools import PoolSpec
 from pinfold.rapid.settings import RapidSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
-from pinfold.tokens import token_in
+from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
 
 __all__ = ["AgentConfig", "ConfigError", "advertised_url", "load_config", "load_or_create_token"]
 
@@ -39,6 +39,8 @@ class AgentConfig(BaseModel):
     shutdown_timeout_s: float = Field(default=30.0, gt=0)
     topology: Path | None = None
     token: str | None = Field(default=None, min_length=16)
+    #: a file holding the token (a flag can name it; a token itself on the command line would show in ps)
+    token_file: Path | None = None
     #: where base images may come from (TOML list; comma-separated in env and flags)
     image_dirs: tuple[Path, ...] = ()
     monitor_period_s: float = Field(default=10.0, gt=0)
@@ -82,6 +84,8 @@ def load_config(
     names = [pool.name for pool in config.pools]
     if len(set(names)) != len(names):
         raise ConfigError("agent settings: pools: two pools have the same name")
+    if config.token and config.token_file:
+        raise ConfigError("agent settings: token and token_file: set one, not both")
     return config
 
 
@@ -93,8 +97,21 @@ def advertised_url(config: AgentConfig) -> str:
 
 
 def load_or_create_token(config: AgentConfig) -> str:
-    """The configured token, or the one in DATA_DIR/agent.token, created
-    (random, mode 0600) on first start."""
+    """The configured token, or the one in `token_file`, or the one in
+    DATA_DIR/agent.token, created (random, mode 0600) on first start. A
+    `token_file` is never created: it holds a token given to this agent
+    (the cluster's), and a new random one would only be refused."""
     if config.token:
         return config.token
+    if config.token_file is not None:
+        try:
+            token = config.token_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise TokenError(f"token_file: {exc}") from None
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise TokenError(
+                f"token_file: {config.token_file} holds no usable token "
+                f"(fewer than {MIN_TOKEN_LENGTH} characters)"
+            )
+        return token
     return token_in(config.data_dir / "agent.token")

@@ -74,7 +74,11 @@ def serve(config: AgentConfig) -> None:
         f"pinfold agent: {description}; data in {config.data_dir}; listening on {config.listen}:{config.port}"
     )
     for step in agent.report:
-        if step.action.value in ("missing", "unknown"):
+        if step.error:
+            print(
+                f"pinfold agent: {step.action.value} {step.name} failed, tried again next start: {step.error}"
+            )
+        elif step.action.value in ("missing", "unknown"):
             print(f"pinfold agent: {step.action.value}: {step.name}")
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal
     # to the handler it found: make that one a clean exit, not a kill.
@@ -88,7 +92,7 @@ def serve(config: AgentConfig) -> None:
         GpuProbe(config.nvidia_smi),
         simulated_memory=(lambda: simulated_memory(agent)) if simulated else None,
     )
-    monitor.sample()
+    monitor.sample_safely()
     monitor.start(config.monitor_period_s)
     keeper = PoolKeeper(agent.tend_pools)
     agent.on_hand_out = keeper.wake

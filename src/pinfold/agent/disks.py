@@ -1,17 +1,25 @@
 """Disks: a qcow2 overlay per VM, on a base image that must lie inside one
 of the configured image directories (anything else is refused).
 
-The overlay lives in the agent's disk directory and goes with the VM. qemu-img
-runs with an argument list, never through a shell.
+The overlay lives in the agent's disk directory and goes with the VM. Its
+header names the base image's format (raw, qcow2, ...), found by `qemu-img
+info`, so that QEMU never has to guess it. qemu-img runs with an argument
+list, never through a shell.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["DiskError", "Disks"]
+
+#: the name an overlay has while it is made for a VM not placed yet (no VM name starts with '.')
+PARTIAL = ".partial-"
 
 
 class DiskError(Exception):
@@ -46,16 +54,60 @@ class Disks:
 
     def create_overlay(self, name: str, base: Path) -> Path:
         """A qcow2 overlay backed by `base` (replacing a stale one of that name)."""
-        self.disk_dir.mkdir(parents=True, exist_ok=True)
         overlay = self.overlay_path(name)
         overlay.unlink(missing_ok=True)
-        command = [self.qemu_img, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+        return self._make_overlay(base, overlay)
+
+    def prepare_overlay(self, base: Path) -> Path:
+        """An overlay on `base` under a temporary name, made before the agent
+        takes its lock (qemu-img reads the base, perhaps on slow storage);
+        `adopt_overlay` then gives it its VM's name, in one rename."""
+        return self._make_overlay(base, self.disk_dir / f"{PARTIAL}{uuid.uuid4().hex}.qcow2")
+
+    def adopt_overlay(self, name: str, prepared: Path) -> Path:
+        """The prepared overlay under `name` (the header names the base, not
+        the overlay itself, so a rename is all it takes)."""
+        overlay = self.overlay_path(name)
+        try:
+            os.replace(prepared, overlay)
+        except OSError as error:
+            raise DiskError("disk failed", f"cannot name the overlay {overlay}: {error}") from error
+        return overlay
+
+    def remove_partial_overlays(self) -> None:
+        """Overlays prepared for creates that a crash cut short: no VM has them."""
+        for path in self.disk_dir.glob(f"{PARTIAL}*.qcow2"):
+            path.unlink(missing_ok=True)
+
+    def _make_overlay(self, base: Path, overlay: Path) -> Path:
+        self.disk_dir.mkdir(parents=True, exist_ok=True)
+        backing_format = self.image_format(base)
+        self._qemu_img("create", "-q", "-f", "qcow2", "-F", backing_format, "-b", str(base), str(overlay))
+        return overlay
+
+    def image_format(self, image: Path) -> str:
+        """The format of `image` as qemu-img reads it. Only base images from
+        the image directories are probed (the operator's, not a user's upload);
+        `--force-share` reads the header of one that a guest has open too."""
+        answer = self._qemu_img("info", "--output=json", "--force-share", str(image))
+        try:
+            return str(json.loads(answer)["format"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise DiskError("disk failed", f"qemu-img info {image}: no format in {answer[:200]!r}") from error
+
+    def _qemu_img(self, *arguments: str) -> str:
+        """qemu-img's output; its failure (or its absence) as a DiskError."""
+        try:
+            result = subprocess.run(
+                [self.qemu_img, *arguments], capture_output=True, text=True, timeout=120, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise DiskError("disk failed", f"qemu-img {arguments[0]}: {error}") from error
         if result.returncode != 0:
             raise DiskError(
                 "disk failed", result.stderr.strip() or f"qemu-img exited with {result.returncode}"
             )
-        return overlay
+        return result.stdout
 
     def remove_overlay(self, name: str) -> None:
         self.overlay_path(name).unlink(missing_ok=True)

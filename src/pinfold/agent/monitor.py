@@ -6,11 +6,16 @@
 - per-VM CPU (cores, from the driver's cumulative CPU time) and memory;
 - GPUs through NVML, falling back to `nvidia-smi`; "no GPU" is a state of its
   own, never reported as 0% busy.
+
+The sampling thread outlives a failed sample (libvirtd restarting makes the
+driver's stats raise): it logs the error, keeps the last good sample and tries
+again next period; `health()` tells readers how old that sample is and why.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import threading
 import time
@@ -23,6 +28,8 @@ import psutil
 from pinfold.placement import level_key
 
 __all__ = ["GPU", "GpuProbe", "GpuReport", "HostSample", "Monitor", "busy_fractions"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -169,6 +176,10 @@ class Monitor:
         self.clock = clock
         self.simulated_memory = simulated_memory
         self.latest: HostSample | None = None
+        #: why the last attempt failed (None once a sample succeeds again), and when
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None
+        self.period_s: float | None = None
         self._times = psutil.cpu_times(percpu=True)
         self._vm_times: dict[str, int] = {}
         self._at = clock()
@@ -218,10 +229,44 @@ class Monitor:
         self.latest = sample
         return sample
 
+    def sample_safely(self) -> HostSample | None:
+        """`sample()`, its failure logged and kept in `last_error` instead of
+        raised: the thread must outlive a hypervisor that restarts."""
+        try:
+            sample = self.sample()
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}"
+            if message != self.last_error:  # once per new error, not once per period
+                log.warning("monitor: sampling failed, keeping the last sample: %s", message, exc_info=True)
+            self.last_error, self.last_error_at = message, self.clock()
+            return None
+        if self.last_error is not None:
+            log.info("monitor: sampling works again")
+        self.last_error = self.last_error_at = None
+        return sample
+
+    def health(self) -> dict[str, Any]:
+        """How fresh `latest` is: its age, and `stale` when there is none, the
+        last attempt failed, or it is older than two periods."""
+        now = self.clock()
+        age = now - self.latest.time if self.latest is not None else None
+        too_old = age is not None and self.period_s is not None and age > 2 * self.period_s
+        return {
+            "period_s": self.period_s,
+            "sample_age_s": round(age, 3) if age is not None else None,
+            "stale": age is None or self.last_error is not None or too_old,
+            "last_error": self.last_error,
+            "last_error_age_s": round(now - self.last_error_at, 3)
+            if self.last_error_at is not None
+            else None,
+        }
+
     def start(self, period_s: float) -> None:
+        self.period_s = period_s
+
         def loop() -> None:
             while not self._stop.wait(period_s):
-                self.sample()
+                self.sample_safely()
 
         self._thread = threading.Thread(target=loop, name="pinfold-monitor", daemon=True)
         self._thread.start()

@@ -11,6 +11,7 @@ background, one member at a time so that requests are never kept waiting long.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["PoolKeeper", "PoolSpec"]
+
+log = logging.getLogger(__name__)
 
 
 class PoolSpec(BaseModel):
@@ -40,7 +43,9 @@ class PoolSpec(BaseModel):
 
 class PoolKeeper:
     """Calls `tend(now)` until it reports nothing left to do, then every
-    `period_s`, or at once when `wake()` is called (after a hand-out)."""
+    `period_s`, or at once when `wake()` is called (after a hand-out). A
+    failure is logged (once while it stays the same), kept in `last_error`,
+    and tried again next period; the agent shows it per pool."""
 
     def __init__(self, tend: Callable[[float], bool], period_s: float = 1.0) -> None:
         self._tend = tend
@@ -67,10 +72,15 @@ class PoolKeeper:
         while not self._stop.is_set():
             try:
                 busy = self._tend(time.monotonic())
-                self.last_error = None
             except Exception as error:  # keep tending: the next round may succeed
-                self.last_error = str(error)
-                busy = False
+                message = str(error) or type(error).__name__
+                if message != self.last_error:
+                    log.warning("warm pools: %s (trying again every %g s)", message, self._period_s)
+                self.last_error, busy = message, False
+            else:
+                if self.last_error is not None:
+                    log.info("warm pools: tending works again")
+                self.last_error = None
             if not busy:
                 self._wake.wait(self._period_s)
                 self._wake.clear()

@@ -11,13 +11,15 @@ touched, so after a crash at any point:
 | VM | create | domain | keep it, clear the pending mark, check pins |
 | VM | delete | domain | delete it, then forget the VM |
 | VM | delete | no domain | forget the VM |
+| VM | shutdown | domain | record the state it is in (the wait was cut short) |
+| VM | shutdown | no domain | report it missing |
 | VM | none | domain | keep it, check pins |
 | VM | none | no domain | report it missing (never recreated silently) |
 | none | - | pinfold domain | report it as unknown, never touch it |
+| none | - | other domain | ignore it |
 
 A stored VM's domain is the one named `domain` (a VM handed out by a warm pool
 keeps its domain's name); the steps name the VMs.
-| none | - | other domain | ignore it |
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Action(StrEnum):
     FINISH_CREATE = "finish create"
     DELETE = "delete"
     FORGET = "forget"
+    FINISH_SHUTDOWN = "finish shutdown"
     KEEP = "keep"
     MISSING = "missing"
     UNKNOWN = "unknown"
@@ -44,8 +47,11 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class Step:
+    """`error` is set by the agent when carrying the step out failed."""
+
     action: Action
     name: str
+    error: str = ""
 
 
 def plan(stored: Mapping[str, StoredVM], observed: Mapping[str, GuestInfo]) -> list[Step]:
@@ -57,6 +63,8 @@ def plan(stored: Mapping[str, StoredVM], observed: Mapping[str, GuestInfo]) -> l
             steps.append(Step(Action.DELETE if present else Action.FORGET, name))
         elif vm.pending is Pending.CREATE:
             steps.append(Step(Action.FINISH_CREATE if present else Action.CREATE, name))
+        elif vm.pending is Pending.SHUTDOWN:
+            steps.append(Step(Action.FINISH_SHUTDOWN if present else Action.MISSING, name))
         else:
             steps.append(Step(Action.KEEP if present else Action.MISSING, name))
     domains = {vm.domain for vm in stored.values()}

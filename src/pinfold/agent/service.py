@@ -1,34 +1,41 @@
 """The agent's core: one host's allocator made real through a driver, with
 every accepted change stored before the hypervisor is touched.
 
-Order of a create: place in the allocator (refusals change nothing), store
-the VM and the new vNode layout with a pending mark, create the domain, apply
-the re-pins the allocator reported to the VMs already running, clear the mark.
-A delete marks, deletes the domain, frees the placement and forgets the VM.
+Order of a create: make the disk overlay (before the lock: qemu-img may be
+slow), place in the allocator (refusals change nothing), store the VM and the
+new vNode layout with a pending mark, create the domain, apply the re-pins the
+allocator reported to the VMs already running, clear the mark. A delete
+marks, deletes the domain, frees the placement and forgets the VM. A shutdown
+marks, waits for the guest without the lock, and records how it ended.
 A crash between any two steps is repaired at the next start (`reconcile`).
 A create that matches a warm pool takes a ready member instead (see `pools`):
 rename in the allocator and the store (pending), resume, clear the mark.
+
+Every change is made under `Agent.lock`; only those two waits are not.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pinfold.agent.disks import DiskError, Disks
 from pinfold.agent.domain import DomainSpec, DomainXMLError, valid_name
-from pinfold.agent.drivers.base import Driver, DriverError, GuestState
+from pinfold.agent.drivers.base import Driver, DriverError, GuestInfo, GuestState
 from pinfold.agent.failpoints import crash_point
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
-from pinfold.topology import Topology
+from pinfold.topology import Topology, format_cpulist
 
 __all__ = ["Agent", "AgentError", "AgentSettings", "VMRequest"]
+
+log = logging.getLogger(__name__)
 
 
 class AgentError(Exception):
@@ -81,7 +88,10 @@ class Agent:
     def __post_init__(self) -> None:
         disk_dir = self.settings.disk_dir or self.store.path.parent / "disks"
         self.disks = Disks(self.settings.image_dirs, disk_dir)
+        self.disks.remove_partial_overlays()
         self._warming_since: dict[str, float] = {}
+        #: per pool, why its last step (adding or suspending a member) failed: why it does not fill
+        self.pool_errors: dict[str, str] = {}
         #: called after a member is handed out (the daemon's PoolKeeper refills then)
         self.on_hand_out: Callable[[], None] = lambda: None
         snapshot, self.vms = self.store.load()
@@ -93,19 +103,47 @@ class Agent:
     # -- requests --------------------------------------------------------------
 
     def create(self, request: VMRequest) -> StoredVM:
-        """A VM as asked: from a warm pool when one matches, else made cold."""
+        """A VM as asked: from a warm pool when one matches, else made cold.
+        A cold VM's overlay is made before the lock is taken and adopted
+        under it (`_overlay_for`): no request waits for qemu-img."""
+        if not valid_name(request.name):
+            raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
+        base = self._base_image(request.image)
         with self.lock:
-            if not valid_name(request.name):
-                raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
-            if any(vm.domain == request.name for vm in self.vms.values()):
-                raise AgentError("duplicate name", f"{request.name} (the domain of another VM)")
-            base = self._base_image(request.image)
+            self._refuse_taken(request.name)
             member = self._ready_member(request, base) if request.name not in self.allocator else None
             if member is not None:
                 return self._hand_out(member, request)
-            return self._create_cold(request, base, pool="")
+            if base is None:
+                return self._create_cold(request, None, pool="")
+        with self._overlay_for(base) as prepared, self.lock:
+            self._refuse_taken(request.name)  # again: the name may have gone meanwhile
+            return self._create_cold(request, base, pool="", prepared=prepared)
 
-    def _create_cold(self, request: VMRequest, base: Path | None, pool: str) -> StoredVM:
+    def _refuse_taken(self, name: str) -> None:
+        if any(vm.domain == name for vm in self.vms.values()):
+            raise AgentError("duplicate name", f"{name} (the domain of another VM)")
+
+    @contextlib.contextmanager
+    def _overlay_for(self, base: Path | None) -> Iterator[Path | None]:
+        """An overlay on `base`, made now, before the lock is taken (never
+        call this holding it); `_make` adopts it under its VM's name, and
+        one not adopted (a refused create) is removed on the way out."""
+        if base is None:
+            yield None
+            return
+        try:
+            prepared = self.disks.prepare_overlay(base)
+        except DiskError as error:
+            raise AgentError(error.code, error.detail) from error
+        try:
+            yield prepared
+        finally:
+            prepared.unlink(missing_ok=True)
+
+    def _create_cold(
+        self, request: VMRequest, base: Path | None, pool: str, prepared: Path | None = None
+    ) -> StoredVM:
         spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
         try:
             change = self.allocator.deploy(spec)
@@ -120,12 +158,15 @@ class Agent:
         self.vms[spec.name] = vm
         crash_point("create:stored")
         try:
-            self._make(vm)
+            self._make(vm, prepared)
         except (DriverError, DomainXMLError, DiskError) as error:
             self._forget(spec.name)
             raise AgentError("hypervisor failed", str(error)) from error
         crash_point("create:made")
-        self._repin(change.repinned)
+        failed = self._repin(change.repinned)
+        if failed:  # its neighbours would overlap its vNode: undo it rather than break isolation
+            self._delete(self.vms[spec.name])
+            raise AgentError("hypervisor failed", "cannot re-pin " + "; ".join(failed))
         return self._set(spec.name, "warming" if pool else "running", None)
 
     def delete(self, name: str) -> None:
@@ -140,7 +181,7 @@ class Agent:
             self.driver.delete(vm.domain)
         except DriverError as error:
             if error.code != "not found":
-                self._set(name, vm.state, None)
+                self._set(name, vm.state, vm.pending)  # as it was: a shutdown waiting records its end
                 raise AgentError("hypervisor failed", str(error)) from error
         crash_point("delete:unmade")
         self._forget(name)
@@ -149,8 +190,31 @@ class Agent:
         return self._act(name, self.driver.start, "running")
 
     def shutdown(self, name: str) -> StoredVM:
-        timeout_s = self.settings.shutdown_timeout_s
-        return self._act(name, lambda domain: self.driver.shutdown(domain, timeout_s), "shutoff")
+        """Power the guest off gracefully, forced after `shutdown_timeout_s`.
+
+        That wait (30 s by default) happens without the agent's lock, so that
+        every other request, the monitor and the heartbeat go on meanwhile:
+        the VM is stored "stopping", with a pending mark, before, and its end
+        state recorded after. Other actions on it are refused until then (not
+        a delete, which forces it off). A crash during the wait leaves the
+        mark, and the next start records the state the domain is in."""
+        with self.lock:
+            vm = self._idle(name)
+            before = vm.state
+            vm = self._set(name, "stopping", Pending.SHUTDOWN)
+        failure: DriverError | None = None
+        try:
+            self.driver.shutdown(vm.domain, self.settings.shutdown_timeout_s)
+        except DriverError as error:
+            failure = error
+        with self.lock:
+            current = self.vms.get(name)
+            if current is None or current.pending is not Pending.SHUTDOWN:
+                raise AgentError("unknown vm", f"{name} (deleted while it shut down)")
+            if failure is None:
+                return self._set(name, "shutoff", None)
+            self._set(name, self._observed_state(vm.domain, before), None)
+        raise _refusal(failure) from failure
 
     def suspend(self, name: str) -> StoredVM:
         return self._act(name, self.driver.suspend, "paused")
@@ -163,7 +227,7 @@ class Agent:
         and nothing changed, when it does not fit), stored, and written into
         the domain's definition for its next boot."""
         with self.lock:
-            vm = self._get(name)
+            vm = self._idle(name)
             new = VMSpec(name, vcpus, memory_mib, vm.spec.ratio)
             self.allocator.remove(name)
             try:
@@ -178,7 +242,7 @@ class Agent:
                 self.driver.repin(vm.domain, self.allocator.pinning(name))
             except DriverError as error:
                 raise AgentError("hypervisor failed", str(error)) from error
-            self._repin(change.repinned)
+            self._repin(change.repinned)  # the resize stands; a failure is logged (as in `_forget`)
             return vm
 
     def user_vms(self) -> list[StoredVM]:
@@ -208,13 +272,18 @@ class Agent:
 
     # -- warm pools --------------------------------------------------------------
 
-    def pool_status(self) -> dict[str, dict[str, int]]:
+    def pool_status(self) -> dict[str, dict[str, int | str | None]]:
+        """Per pool: its size, members ready and warming, and `last_error`
+        (None while it fills as it should)."""
         with self.lock:
-            status = {}
+            status: dict[str, dict[str, int | str | None]] = {}
             for pool in self.settings.pools:
                 members = self._members(pool.name)
                 ready = sum(1 for vm in members if vm.state == "pooled" and vm.pending is None)
-                status[pool.name] = {"size": pool.size, "ready": ready, "warming": len(members) - ready}
+                status[pool.name] = {
+                    "size": pool.size, "ready": ready, "warming": len(members) - ready,
+                    "last_error": self.pool_errors.get(pool.name),
+                }  # fmt: skip
             return status
 
     def tend_pools(self, now: float) -> bool:
@@ -232,21 +301,39 @@ class Agent:
                     vm.state == "warming"
                     and now - self._warming_since.setdefault(vm.spec.name, now) >= pool.warmup_s
                 ):
-                    self._suspend_member(vm)
-            for pool in self.settings.pools:
-                if len(self._members(pool.name)) < pool.size:
-                    self._add_member(pool, now)
-                    return any(len(self._members(p.name)) < p.size for p in self.settings.pools)
-            return False
+                    with self._tending(pool.name):
+                        self._suspend_member(vm)
+            short = next((p for p in self.settings.pools if len(self._members(p.name)) < p.size), None)
+            if short is None:
+                return False
+        with self._tending(short.name):
+            base = self._base_image(short.image)
+            with self._overlay_for(base) as prepared, self.lock:
+                if len(self._members(short.name)) < short.size:  # (only this thread adds members)
+                    self._add_member(short, now, base, prepared)
+                return any(len(self._members(p.name)) < p.size for p in self.settings.pools)
+
+    @contextlib.contextmanager
+    def _tending(self, pool: str) -> Iterator[None]:
+        """Keep why a step of `pool`'s upkeep failed (shown by `pool_status`),
+        until one succeeds; the error goes on up to the PoolKeeper."""
+        try:
+            yield
+        except AgentError as error:
+            with self.lock:
+                self.pool_errors[pool] = f"{error.code}: {error.detail}" if error.detail else error.code
+            raise
+        with self.lock:
+            self.pool_errors.pop(pool, None)
 
     def _members(self, pool: str) -> list[StoredVM]:
         return [vm for vm in self.vms.values() if vm.pool == pool]
 
-    def _add_member(self, pool: PoolSpec, now: float) -> None:
+    def _add_member(self, pool: PoolSpec, now: float, base: Path | None, prepared: Path | None) -> None:
         taken = set(self.vms) | {vm.domain for vm in self.vms.values()}
         name = next(pool.member_name(i) for i in range(len(taken) + 1) if pool.member_name(i) not in taken)
         request = VMRequest(name, pool.vcpus, pool.memory_mib, pool.ratio, owner="pool", image=pool.image)
-        self._create_cold(request, self._base_image(pool.image), pool=pool.name)
+        self._create_cold(request, base, pool=pool.name, prepared=prepared)
         self._warming_since[name] = now
 
     def _suspend_member(self, vm: StoredVM) -> None:
@@ -302,33 +389,59 @@ class Agent:
 
     def reconcile(self) -> list[Step]:
         """Make the hypervisor match the store (see `reconcile.plan`); returns
-        the steps, including the VMs reported missing and unknown domains."""
+        the steps, including the VMs reported missing and unknown domains.
+
+        A step that fails is logged and returned with its error, and its VM
+        is left in state "error" with its pending mark, so the next start
+        tries again: one broken VM must not keep the agent (and every other
+        VM's API) from starting. Only a hypervisor that cannot list its
+        domains stops the start."""
         observed = {guest.name: guest for guest in self.driver.guests()}
-        steps = plan(self.vms, observed)
-        for step in steps:
-            if step.action is Action.CREATE:
-                self._make(self.vms[step.name])
-                self._set(step.name, "running", None)
-            elif step.action is Action.FINISH_CREATE:
-                self._finish_create(self.vms[step.name], observed[self.vms[step.name].domain].state)
-            elif step.action is Action.DELETE:
-                self.driver.delete(self.vms[step.name].domain)
-                self._forget(step.name)
-            elif step.action is Action.FORGET:
-                self._forget(step.name)
-            elif step.action is Action.MISSING:
-                self._set(step.name, "missing", None)
-        # pins follow the restored layout, whatever the domains held before the crash
+        steps = []
+        for step in plan(self.vms, observed):
+            try:
+                self._carry_out(step, observed)
+            except (DriverError, DomainXMLError, DiskError) as error:
+                log.error("start: cannot %s %s: %s", step.action.value, step.name, error)
+                if step.name in self.vms:
+                    self._set(step.name, "error", self.vms[step.name].pending)
+                step = replace(step, error=str(error))
+            steps.append(step)
+        self._check_pins()
+        return steps
+
+    def _carry_out(self, step: Step, observed: Mapping[str, GuestInfo]) -> None:
+        vm = self.vms.get(step.name)
+        if vm is None:  # an unknown domain: reported, never touched
+            return
+        if step.action is Action.CREATE:
+            self._make(vm)
+            self._set(step.name, "warming" if vm.pool else "running", None)  # as `_create_cold`
+        elif step.action is Action.FINISH_CREATE:
+            self._finish_create(vm, observed[vm.domain].state)
+        elif step.action is Action.DELETE:
+            self.driver.delete(vm.domain)
+            self._forget(step.name)
+        elif step.action is Action.FORGET:
+            self._forget(step.name)
+        elif step.action is Action.FINISH_SHUTDOWN:
+            self._set(step.name, _state_name(observed[vm.domain].state), None)
+        elif step.action is Action.MISSING:
+            self._set(step.name, "missing", None)
+
+    def _check_pins(self) -> None:
+        """Pins follow the restored layout, whatever the domains held before
+        the crash; a domain that cannot be re-pinned is logged, and left."""
         current = {guest.name: guest for guest in self.driver.guests()}
         for name, vm in self.vms.items():
             guest = current.get(vm.domain)
-            if (
-                guest is not None
-                and guest.spec is not None
-                and guest.spec.cpuset != self.allocator.pinning(name)
-            ):
-                self.driver.repin(vm.domain, self.allocator.pinning(name))
-        return steps
+            cpuset = self.allocator.pinning(name)
+            if guest is None or guest.spec is None or guest.spec.cpuset == cpuset:
+                continue
+            try:
+                self.driver.repin(vm.domain, cpuset)
+            except DriverError as error:
+                log.error("start: cannot re-pin %s to its vNode: %s", name, error)
 
     def _finish_create(self, vm: StoredVM, state: GuestState) -> None:
         """The domain exists: a hand-out cut short still has to be resumed;
@@ -344,9 +457,14 @@ class Agent:
 
     # -- internals -------------------------------------------------------------
 
-    def _make(self, vm: StoredVM) -> None:
-        """The VM's disk (when it has an image), then its domain."""
-        disk = self.disks.create_overlay(vm.domain, Path(vm.image)) if vm.image else None
+    def _make(self, vm: StoredVM, prepared: Path | None = None) -> None:
+        """The VM's disk (the overlay prepared for it, else one made now, when
+        it has an image), then its domain."""
+        disk = None
+        if prepared is not None:
+            disk = self.disks.adopt_overlay(vm.domain, prepared)
+        elif vm.image:
+            disk = self.disks.create_overlay(vm.domain, Path(vm.image))
         try:
             self.driver.create(self._domain(vm, self.allocator.pinning(vm.spec.name), disk))
         except BaseException:
@@ -362,11 +480,25 @@ class Agent:
             kernel=s.kernel, initrd=s.initrd, cmdline=s.cmdline, serial_log=serial, disk=disk,
         )  # fmt: skip
 
-    def _repin(self, repinned: Mapping[str, frozenset[int]]) -> None:
+    def _repin(self, repinned: Mapping[str, frozenset[int]]) -> list[str]:
+        """Re-pin the VMs whose vNode changed; the failures ("name: why"),
+        each logged. A VM whose domain has gone is marked missing, as a start
+        would find it; one still pending takes its pins when it is made."""
+        failed = []
         for name, cpuset in repinned.items():
             vm = self.vms.get(name)
-            if vm is not None and vm.state != "missing":
+            if vm is None or vm.state == "missing":
+                continue
+            try:
                 self.driver.repin(vm.domain, cpuset)
+            except DriverError as error:
+                if error.code != "not found":
+                    log.error("cannot re-pin %s to CPUs %s: %s", name, format_cpulist(cpuset), error)
+                    failed.append(f"{name}: {error}")
+                elif vm.pending is None:
+                    log.warning("the domain %s of %s has gone: marked missing", vm.domain, name)
+                    self._set(name, "missing", None)
+        return failed
 
     def _forget(self, name: str) -> None:
         self.disks.remove_overlay(self.vms[name].domain)
@@ -374,6 +506,8 @@ class Agent:
         change = self.allocator.remove(name)
         self.store.forget_vm(name, self.allocator.snapshot())
         self.vms.pop(name, None)
+        # the VM is gone for good: a neighbour that cannot follow is logged, and
+        # keeps its old pins until it is re-pinned at the next start
         self._repin(change.repinned)
 
     def _set(self, name: str, state: str, pending: Pending | None) -> StoredVM:
@@ -396,19 +530,32 @@ class Agent:
         except DiskError as error:
             raise AgentError(error.code, error.detail) from error
 
+    def _idle(self, name: str) -> StoredVM:
+        """A user's VM with no operation under way: a shutdown waits without
+        the lock, and nothing else may act on the VM meanwhile."""
+        vm = self._get(name)
+        if vm.pending is not None:
+            raise AgentError("invalid", f"{name} is {vm.state}: its {vm.pending.value} is not finished")
+        return vm
+
+    def _observed_state(self, domain: str, otherwise: str) -> str:
+        try:
+            return _state_name(self.driver.info(domain).state)
+        except DriverError:
+            return otherwise
+
     def _act(self, name: str, operation: Callable[[str], None], state: str) -> StoredVM:
         with self.lock:
-            return self._act_locked(self._get(name), operation, state)
+            vm = self._idle(name)
+            try:
+                operation(vm.domain)
+            except DriverError as error:
+                raise _refusal(error) from error
+            return self._set(name, state, None)
 
-    def _act_locked(self, vm: StoredVM, operation: Callable[[str], None], state: str) -> StoredVM:
-        name = vm.spec.name
-        try:
-            operation(vm.domain)
-        except DriverError as error:
-            raise AgentError(
-                "invalid" if error.code == "invalid" else "hypervisor failed", str(error)
-            ) from error
-        return self._set(name, state, None)
+
+def _refusal(error: DriverError) -> AgentError:
+    return AgentError("invalid" if error.code == "invalid" else "hypervisor failed", str(error))
 
 
 def _state_name(state: GuestState) -> str:

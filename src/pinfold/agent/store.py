@@ -52,6 +52,8 @@ class Pending(StrEnum):
 
     CREATE = "create"
     DELETE = "delete"
+    #: a graceful shutdown waiting for the guest (the agent's lock is not held meanwhile)
+    SHUTDOWN = "shutdown"
 
 
 #: from schema 1: add the domain name (equal to the VM's name until then) and the pool

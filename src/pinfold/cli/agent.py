@@ -42,6 +42,14 @@ def agent_command(
         Path | None,
         typer.Option("--rapid-config", help="RAPID's configuration.xml: serve as its VM Manager."),
     ] = None,
+    monitor_period_s: Annotated[
+        float | None,
+        typer.Option("--monitor-period", help="Seconds between samples and heartbeats (default 10)."),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option("--token-file", help="File holding the agent token (default DATA_DIR/agent.token)."),
+    ] = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
     driver), a SQLite store, and the HTTP API. Settings: --config TOML, then
@@ -54,7 +62,7 @@ def agent_command(
         "domain_type": domain_type, "exclude_cpus": exclude_cpus, "reserved_memory_mib": reserved_memory_mib,
         "critical_size": critical_size, "topology": topology, "image_dirs": image_dirs,
         "controller_url": controller_url, "host_id": host_id, "advertise_url": advertise_url,
-        "rapid_config": rapid_config,
+        "rapid_config": rapid_config, "monitor_period_s": monitor_period_s, "token_file": token_file,
     }  # fmt: skip
     from pinfold.rapid.config import RapidConfigError
     from pinfold.tokens import TokenError

@@ -1,8 +1,14 @@
 """The `sim` driver: guests in memory, with the libvirt driver's behaviour
-(same states, same errors), for demos and for tests that need many hosts."""
+(same states, same errors), for demos and for tests that need many hosts.
+
+Thread-safe as libvirt is: the monitor reads stats and a graceful shutdown
+waits outside the agent's lock, while API threads create and delete guests.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 from pinfold.agent.domain import DomainSpec
@@ -16,17 +22,21 @@ class SimDriver:
         self._guests: dict[str, GuestInfo] = {}
         self._addresses: dict[str, str] = {}
         self._created = 0
+        #: held around every read and change of the guests (RLock: methods call `_get`)
+        self._lock = threading.RLock()
 
     def create(self, spec: DomainSpec) -> None:
-        if spec.name in self._guests:
-            raise DriverError("already exists", f"domain '{spec.name}' already exists")
-        self._guests[spec.name] = GuestInfo(spec.name, GuestState.RUNNING, spec)
-        self._created += 1
-        self._addresses[spec.name] = f"198.51.100.{1 + (self._created - 1) % 254}"
+        with self._lock:
+            if spec.name in self._guests:
+                raise DriverError("already exists", f"domain '{spec.name}' already exists")
+            self._guests[spec.name] = GuestInfo(spec.name, GuestState.RUNNING, spec)
+            self._created += 1
+            self._addresses[spec.name] = f"198.51.100.{1 + (self._created - 1) % 254}"
 
     def delete(self, name: str) -> None:
-        self._get(name)
-        del self._guests[name]
+        with self._lock:
+            self._get(name)
+            del self._guests[name]
 
     def start(self, name: str) -> None:
         self._move(name, {GuestState.SHUTOFF}, GuestState.RUNNING)
@@ -41,34 +51,30 @@ class SimDriver:
         self._move(name, {GuestState.PAUSED}, GuestState.RUNNING)
 
     def repin(self, name: str, cpuset: frozenset[int]) -> None:
-        guest = self._get(name)
         if not cpuset:
             raise DriverError("invalid", "empty cpuset")
-        assert guest.spec is not None
-        self._guests[name] = replace(guest, spec=guest.spec.with_cpuset(cpuset))
+        self._update(name, lambda spec: spec.with_cpuset(cpuset))
 
     def relabel(self, name: str, owner: str) -> None:
-        guest = self._get(name)
-        assert guest.spec is not None
-        self._guests[name] = replace(guest, spec=replace(guest.spec, owner=owner))
+        self._update(name, lambda spec: replace(spec, owner=owner))
 
     def resize(self, name: str, vcpus: int, memory_mib: int) -> None:
-        guest = self._get(name)
         if vcpus < 1 or memory_mib < 1:
             raise DriverError("invalid", "vcpus and memory must be positive")
-        assert guest.spec is not None
-        self._guests[name] = replace(guest, spec=replace(guest.spec, vcpus=vcpus, memory_mib=memory_mib))
+        self._update(name, lambda spec: replace(spec, vcpus=vcpus, memory_mib=memory_mib))
 
     def stats(self) -> dict[str, tuple[int, float]]:
         """Sim guests use no CPU and hold their whole memory."""
-        return {
-            g.name: (0, float(g.spec.memory_mib))
-            for g in self._guests.values()
-            if g.state is GuestState.RUNNING and g.spec is not None
-        }
+        with self._lock:
+            return {
+                g.name: (0, float(g.spec.memory_mib))
+                for g in self._guests.values()
+                if g.state is GuestState.RUNNING and g.spec is not None
+            }
 
     def guests(self) -> list[GuestInfo]:
-        return list(self._guests.values())
+        with self._lock:
+            return list(self._guests.values())
 
     def info(self, name: str) -> GuestInfo:
         return self._get(name)
@@ -76,19 +82,28 @@ class SimDriver:
     def addresses(self, name: str) -> list[str]:
         """A running sim guest has an address in TEST-NET-2 (198.51.100.0/24,
         for documentation): given at creation, in order, so tests can predict it."""
-        guest = self._get(name)
-        if guest.state is not GuestState.RUNNING:
-            return []
-        return [self._addresses[name]]
+        with self._lock:
+            guest = self._get(name)
+            if guest.state is not GuestState.RUNNING:
+                return []
+            return [self._addresses[name]]
 
     def _get(self, name: str) -> GuestInfo:
-        guest = self._guests.get(name)
+        with self._lock:
+            guest = self._guests.get(name)
         if guest is None:
             raise DriverError("not found", f"no domain with matching name '{name}'")
         return guest
 
     def _move(self, name: str, allowed: set[GuestState], to: GuestState) -> None:
-        guest = self._get(name)
-        if guest.state not in allowed:
-            raise DriverError("invalid", f"domain '{name}' is {guest.state.value}")
-        self._guests[name] = replace(guest, state=to)
+        with self._lock:
+            guest = self._get(name)
+            if guest.state not in allowed:
+                raise DriverError("invalid", f"domain '{name}' is {guest.state.value}")
+            self._guests[name] = replace(guest, state=to)
+
+    def _update(self, name: str, change: Callable[[DomainSpec], DomainSpec]) -> None:
+        with self._lock:
+            guest = self._get(name)
+            assert guest.spec is not None
+            self._guests[name] = replace(guest, spec=change(guest.spec))
