@@ -7,11 +7,13 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Callable, Mapping, Sequence
+from http import HTTPStatus
 from typing import Annotated
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 __all__ = ["ApiError", "install_error_handlers", "open_to", "token_check"]
 
@@ -61,12 +63,21 @@ def open_to(
 
 def install_error_handlers(app: FastAPI, status: Mapping[str, int]) -> None:
     """ApiError -> its status (400 when the code is not listed); FastAPI's
-    validation errors -> 422 "invalid request" naming each bad field."""
+    validation errors -> 422 "invalid request" naming each bad field; its own
+    404 and 405 replies -> the same JSON shape."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         body = {"error": exc.code, "detail": exc.detail, **exc.extra}
         return JSONResponse(body, status_code=status.get(exc.code, 400))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """FastAPI's own replies (no such route: 404, method not allowed: 405)
+        in the shape of every other error, the status's phrase as the code."""
+        code = HTTPStatus(exc.status_code).phrase.lower()
+        detail = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse({"error": code, "detail": detail}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -116,13 +116,13 @@ def start_host(
 ) -> Host:
     """An agent served on loopback, registered with the controller at
     `controller_url` (before this returns) and sending heartbeats every
-    `period_s`, a period it states in its registration."""
+    `period_s`, a period its `Registrar` states in the registration."""
     store = Store(tmp_path / host_id / "agent.db")
     agent = Agent(topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu"))
     served = Served(agent_app(agent, AGENT))
     registrar = Registrar(
         controller_url, AGENT, host_id,
-        lambda: {**registration_document(agent, host_id, served.url), "heartbeat_period_s": period_s},
+        lambda: registration_document(agent, host_id, served.url),
         lambda: heartbeat_document(agent, None),
         period_s,
     )  # fmt: skip

@@ -511,6 +511,25 @@ def test_health_metrics_openapi_and_the_dashboard_need_no_token(cluster):
         assert httpx.get(cluster.url + path).status_code == 200, path
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [
+        ("GET", "/nowhere", 404, "not found"),
+        ("GET", "/api/v1/vms/a/b/c", 404, "not found"),
+        ("PUT", "/api/v1/vms", 405, "method not allowed"),
+        ("DELETE", "/healthz", 405, "method not allowed"),
+        ("GET", "/dashboard/missing.js", 404, "not found"),
+    ],
+    ids=["no-route", "too-deep", "put-vms", "delete-healthz", "missing-asset"],
+)
+def test_fastapis_own_errors_have_the_error_shape_too(cluster, method, path, status, error):
+    response = cluster.http.request(method, path)
+    assert response.status_code == status
+    body = response.json()
+    assert (set(body), body["error"]) == ({"error", "detail"}, error)
+    assert path in body["detail"]
+
+
 def test_slackvm_status_is_open_to_the_networks_opened_to_slackvm(tmp_path, i7):
     cluster = LocalCluster(
         tmp_path, f"sqlite:///{tmp_path / 'c.db'}", i7, slackvm_open_networks=("127.0.0.0/8",)

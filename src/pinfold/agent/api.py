@@ -11,14 +11,12 @@ listed networks instead (off by default). Errors are JSON `{"error", "detail"}` 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from http import HTTPStatus
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException
 
 from pinfold.agent.domain import NAME_PATTERN
 from pinfold.agent.monitor import Monitor
@@ -95,14 +93,6 @@ def create_app(
             return _view(vm, agent)
 
     install_error_handlers(app, _STATUS)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        """FastAPI's own replies (no such route: 404, method not allowed: 405)
-        in the shape of every other error, the status's phrase as the code."""
-        code = HTTPStatus(exc.status_code).phrase.lower()
-        detail = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse({"error": code, "detail": detail}, exc.status_code, headers=exc.headers)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
