@@ -28,3 +28,14 @@ def test_state_survives_a_restart_beside_the_agents_tables(tmp_path):
     assert again.vm(42) is None
     _, stored = Store(path).load()
     assert stored == {}
+
+
+def test_an_update_changes_only_its_fields_and_only_of_that_vm(tmp_path):
+    state = RapidState(tmp_path / "agent.db")
+    older = state.save(RapidVM(42, "rapid-user-42", Status.STARTED, 1, 512))
+    state.update(older, as_sync=True)
+    state.update(older, vmid=9)  # from a copy that does not know as_sync changed
+    assert state.vm(42) == older.with_(as_sync=True, vmid=9)
+    state.update(older.with_(vm_name="rapid-user-42-gone"), vmid=1)  # another VM of that user: no-op
+    assert state.vm(42) == older.with_(as_sync=True, vmid=9)
+    state.close()

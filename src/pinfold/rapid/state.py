@@ -6,6 +6,9 @@ transaction (`synchronous=FULL`). What is kept: this VMM's id at the DS and
 the SLAM's address (`rapid_vmm`), and one row per RAPID VM (`rapid_vms`): the
 user it belongs to (helper VMs are users -1 and -2), the agent VM that
 realises it, its DS vmid, status, address and whether its AS confirmed.
+
+Rows are changed field by field (`update`): a handler that saved its whole,
+older copy of a row would undo what another handler wrote meanwhile.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ CREATE TABLE IF NOT EXISTS rapid_vms (
     gpu_cores INTEGER NOT NULL DEFAULT 0
 );
 """
+COLUMNS = (
+    "user_id", "vm_name", "status", "vcpus", "memory_mb", "vmid", "helper", "ip", "as_sync", "os_type",
+    "disk_gb", "gpu_cores",
+)  # fmt: skip
 
 
 class Status(IntEnum):
@@ -117,27 +124,12 @@ class RapidState:
 
     def vms(self) -> list[RapidVM]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT user_id, vm_name, status, vcpus, memory_mb, vmid, helper, ip, as_sync, os_type, "
-                "disk_gb, gpu_cores FROM rapid_vms ORDER BY user_id"
-            ).fetchall()
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM rapid_vms ORDER BY user_id").fetchall()
         return [
-            RapidVM(
-                int(u),
-                str(n),
-                Status(s),
-                int(c),
-                int(m),
-                int(v),
-                int(h),
-                str(ip),
-                bool(a),
-                int(o),
-                int(d),
-                int(g),
-            )
+            RapidVM(int(u), str(n), Status(s), int(c), int(m), int(v), int(h), str(ip), bool(a), int(o),
+                    int(d), int(g))
             for u, n, s, c, m, v, h, ip, a, o, d, g in rows
-        ]
+        ]  # fmt: skip
 
     def vm(self, user_id: int) -> RapidVM | None:
         return next((vm for vm in self.vms() if vm.user_id == user_id), None)
@@ -146,14 +138,30 @@ class RapidState:
         return next((vm for vm in self.vms() if vm.ip and vm.ip == ip), None)
 
     def save(self, vm: RapidVM) -> RapidVM:
+        """The whole row: for a VM just made."""
+        names, marks = ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS))
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO rapid_vms (user_id, vm_name, vmid, status, helper, ip, as_sync, "
-                "os_type, vcpus, memory_mb, disk_gb, gpu_cores) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (vm.user_id, vm.vm_name, vm.vmid, int(vm.status), vm.helper, vm.ip, int(vm.as_sync),
-                 vm.os_type, vm.vcpus, vm.memory_mb, vm.disk_gb, vm.gpu_cores),
-            )  # fmt: skip
+                f"INSERT OR REPLACE INTO rapid_vms ({names}) VALUES ({marks})",
+                tuple(getattr(vm, column) for column in COLUMNS),
+            )
         return vm
+
+    def update(self, vm: RapidVM, **changes: object) -> RapidVM:
+        """Set only these fields of `vm`'s row, in one statement, and only if
+        the row still holds that VM; other fields keep what others wrote.
+        Returns `vm` with the changes (its other fields may be older)."""
+        updated = vm.with_(**changes)
+        columns = [column for column in COLUMNS[2:] if column in changes]
+        if len(columns) != len(changes):
+            raise ValueError(f"not fields of a VM's row: {sorted(set(changes) - set(columns))}")
+        with self._lock:
+            assignments = ", ".join(f"{column} = ?" for column in columns)
+            self._db.execute(
+                f"UPDATE rapid_vms SET {assignments} WHERE user_id = ? AND vm_name = ?",
+                (*(getattr(updated, column) for column in columns), vm.user_id, vm.vm_name),
+            )
+        return updated
 
     def forget(self, user_id: int) -> None:
         with self._lock:

@@ -7,9 +7,9 @@ placed by the agent's allocator on its level's vNode, and RAPID's own state
 (VMM id, SLAM address, users' VMs) is kept in the agent's store.
 
 Fixed here, without changing what peers see (section 8): requests for one user
-are serialised (two starts make one VM); a VM's AS confirmation can no longer
-be lost (it is reset before the VM becomes visible); every socket has a
-timeout; an AS that answers ERROR ends a start at once rather than after
+are serialised (two starts make one VM); handlers change only the fields of a
+VM's record they mean to (an AS confirmation or a DS vmid can no longer be
+lost); every socket has a timeout; an AS that answers ERROR ends a start at once rather than after
 200 s; sizes are checked by the allocator before the hypervisor is touched;
 the DS is asked now and then whether it still knows this VMM, and told again
 about its VMs if it does not; helpers that vanished are made again; nothing is
@@ -158,7 +158,7 @@ class VMM:
     def _register_vms_again(self) -> None:
         for vm in self.state.vms():
             category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
-            vm = self.state.save(vm.with_(vmid=self._ds_register_vm(category, vm.user_id)))
+            vm = self.state.update(vm, vmid=self._ds_register_vm(category, vm.user_id))
             if vm.helper and vm.ip:
                 self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
 
@@ -177,7 +177,7 @@ class VMM:
                 )
                 if made is None:
                     continue
-                vm = self.state.save(made.with_(vmid=self._ds_register_vm(CATEGORY_HELPER, user_id)))
+                vm = self.state.update(made, vmid=self._ds_register_vm(CATEGORY_HELPER, user_id))
                 if vm.ip:
                     self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
 
@@ -277,13 +277,14 @@ class VMM:
                 except PeerError:
                     self._remove(vm)
                     return None
-                vm = self.state.save(vm.with_(vmid=vmid))
+                vm = self.state.update(vm, vmid=vmid)
             elif vm.status is Status.SUSPENDED:
+                self.state.update(vm, as_sync=False)
                 try:
                     self.agent.resume(vm.vm_name)
                 except AgentError:
                     return None
-                vm = self.state.save(vm.with_(status=Status.RESUMED, as_sync=False))
+                vm = self.state.update(vm, status=Status.RESUMED)
                 self._ds_notify_vm(vm, Status.RESUMED)
             else:
                 return None
@@ -372,10 +373,9 @@ class VMM:
         exchange.writer.write_long(vm.user_id)
         exchange.send()
         synced = exchange.reader.read_byte() == OK
-        # not under the user's lock: the start waiting for this answer holds it
-        current = self.state.vm(vm.user_id)
-        if current is not None and current.vm_name == vm.vm_name:
-            self.state.save(current.with_(as_sync=synced))
+        # not under the user's lock (the start waiting for this answer holds it):
+        # one field, and only if the row still holds this VM
+        self.state.update(vm, as_sync=synced)
         with self._users_lock:
             waiter = self._as_answers.get(vm.user_id)
         if waiter is not None:
@@ -394,7 +394,7 @@ class VMM:
                     self.agent.suspend(vm.vm_name)
                 except AgentError:
                     return
-                vm = self.state.save(vm.with_(status=Status.SUSPENDED))
+                vm = self.state.update(vm, status=Status.SUSPENDED)
                 self._ds_notify_vm(vm, Status.SUSPENDED)
             elif action == 2:
                 self._remove(vm)
@@ -519,7 +519,7 @@ class VMM:
                 self.agent.resize(vm.vm_name, chosen.vcpus, chosen.memory_mb)
             except AgentError:
                 return False
-            self.state.save(vm.with_(vcpus=chosen.vcpus, memory_mb=chosen.memory_mb, disk_gb=chosen.disk_gb))
+            self.state.update(vm, vcpus=chosen.vcpus, memory_mb=chosen.memory_mb, disk_gb=chosen.disk_gb)
             return True
 
     def _as_agrees(self, vm: RapidVM) -> bool:

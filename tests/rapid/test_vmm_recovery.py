@@ -1,0 +1,33 @@
+"""What the VMM does when a peer or the hypervisor fails it, or a DS forgets
+it: nothing is lost, what was left undone is done on a later pass, and no
+peer hears a message more than RAPID's VMM would send."""
+
+from __future__ import annotations
+
+import threading
+
+from pinfold.rapid.protocol import OK, Op
+from tests.rapid.peers import as_register, start_vm
+from tests.rapid.rig import user_ip, wait_until
+
+# -- registration with the SLAM and the DS ---------------------------------------------------------
+
+
+def test_an_as_that_confirms_while_the_ds_registers_its_vm_is_not_lost(rig):
+    """The AS registers (and its flag is saved) while the start still waits
+    for the DS's vmid: saving the vmid must not undo the flag."""
+    rig.ds.holding = {Op.VM_REGISTER_DS}
+    answer: list[object] = []
+    slam = threading.Thread(target=lambda: answer.append(start_vm(rig.port, 42)))
+    slam.start()
+    rig.ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == 42 for m in got))
+    try:
+        assert as_register(rig.port, user_ip(rig, 42)) == (OK, 42)
+        wait_until(lambda: rig.state.vm(42).as_sync)
+    finally:
+        rig.ds.released.set()
+    slam.join(timeout=10)
+    assert answer == [(OK, 42, user_ip(rig, 42))]
+    vm = rig.state.vm(42)
+    assert vm is not None
+    assert (vm.as_sync, vm.vmid) == (True, rig.registered_vm(42)[6])
