@@ -1,13 +1,14 @@
 """What the VMM does when a peer or the hypervisor fails it, or a DS forgets
 it: nothing is lost, what was left undone is done on a later pass, and no
-peer hears a message more than RAPID's VMM would send."""
+peer hears a message more than RAPID's VMM would send. Also: what stays in
+memory once requests are answered."""
 
 from __future__ import annotations
 
 import threading
 
-from pinfold.rapid.protocol import OK, Op
-from tests.rapid.peers import as_register, start_vm
+from pinfold.rapid.protocol import ERROR, OK, Op
+from tests.rapid.peers import as_register, no_reply, start_vm
 from tests.rapid.rig import user_ip, wait_until
 
 # -- registration with the SLAM and the DS ---------------------------------------------------------
@@ -31,3 +32,17 @@ def test_an_as_that_confirms_while_the_ds_registers_its_vm_is_not_lost(rig):
     vm = rig.state.vm(42)
     assert vm is not None
     assert (vm.as_sync, vm.vmid) == (True, rig.registered_vm(42)[6])
+
+
+# -- memory ---------------------------------------------------------------------------------------
+
+
+def test_answered_requests_leave_no_locks_or_waiters_behind(rig, monkeypatch):
+    monkeypatch.setattr(rig.agent, "addresses", lambda name: [])
+    assert start_vm(rig.port, 45) == (ERROR,)  # no address
+    assert start_vm(rig.port, 46, vcpus=64) == (ERROR,)  # too big
+    for user_id in range(1000, 1050):  # users nobody knows
+        no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", user_id), ("int", 1))
+        no_reply(rig.port, Op.DS_VM_DEREGISTER_VMM, ("long", user_id))
+    wait_until(lambda: not rig.vmm._user_locks)  # the register loop may hold a helper's a moment
+    assert rig.vmm._as_answers == {}

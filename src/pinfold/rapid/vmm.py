@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from pinfold.agent.service import Agent, AgentError, VMRequest
@@ -72,8 +72,8 @@ class VMM:
         self.usage = usage
         self.vm_usage = vm_usage
         self._users_lock = threading.Lock()
-        self._user_locks: dict[int, threading.Lock] = {}
-        self._as_answers: dict[int, tuple[threading.Event, list[bool]]] = {}
+        self._user_locks: dict[int, _UserLock] = {}
+        self._as_answers: dict[int, _ASAnswer] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.registered = threading.Event()
@@ -258,11 +258,10 @@ class VMM:
         None (ERROR). One user at a time: a second start waits for the first."""
         if user_id < 1:
             return None  # helpers are the VMM's own; user ids come from the DS, from 1
-        with self._user(user_id):
+        with self._user(user_id), self._as_answer(user_id) as answer:
             vm = self.state.vm(user_id)
             if vm is not None and vm.running:
                 return vm.ip
-            waiter = self._expect_as(user_id)
             if vm is None:
                 image = str(self.config.normal_image or "")
                 made = self._create_vm(
@@ -288,7 +287,7 @@ class VMM:
                 self._ds_notify_vm(vm, Status.RESUMED)
             else:
                 return None
-            return vm.ip if self._wait_for_as(user_id, waiter) else None
+            return vm.ip if answer.wait(self.settings.as_wait_s) else None
 
     def _create_vm(
         self, user_id: int, name: str, vcpus: int, memory_mb: int, *, image: str = "", helper: int = 0,
@@ -342,18 +341,19 @@ class VMM:
         first = result.stdout.splitlines()[0].strip() if result.stdout.strip() else ""
         return first if first and first != "null" else None
 
-    def _expect_as(self, user_id: int) -> tuple[threading.Event, list[bool]]:
-        waiter: tuple[threading.Event, list[bool]] = (threading.Event(), [])
+    @contextlib.contextmanager
+    def _as_answer(self, user_id: int) -> Iterator[_ASAnswer]:
+        """Where the AS of the user's VM will leave its answer, for as long as
+        a start waits; gone after, however the start ends."""
+        answer = _ASAnswer()
         with self._users_lock:
-            self._as_answers[user_id] = waiter
-        return waiter
-
-    def _wait_for_as(self, user_id: int, waiter: tuple[threading.Event, list[bool]]) -> bool:
-        event, answers = waiter
-        event.wait(self.settings.as_wait_s)
-        with self._users_lock:
-            self._as_answers.pop(user_id, None)
-        return bool(answers and answers[-1])
+            self._as_answers[user_id] = answer
+        try:
+            yield answer
+        finally:
+            with self._users_lock:
+                if self._as_answers.get(user_id) is answer:
+                    del self._as_answers[user_id]
 
     def _as_register(self, exchange: Exchange, peer: str) -> None:
         """AS_RM_REGISTER_VMM: the AS names its address, learns its user id,
@@ -377,10 +377,9 @@ class VMM:
         # one field, and only if the row still holds this VM
         self.state.update(vm, as_sync=synced)
         with self._users_lock:
-            waiter = self._as_answers.get(vm.user_id)
-        if waiter is not None:
-            waiter[1].append(synced)
-            waiter[0].set()
+            answer = self._as_answers.get(vm.user_id)
+        if answer is not None:
+            answer.give(synced)
 
     def _as_notify(self, exchange: Exchange, peer: str) -> None:
         """AS_RM_NOTIFY_VMM: 1 suspend, 2 remove; never a reply."""
@@ -539,14 +538,46 @@ class VMM:
 
     # -- per-user serialisation ------------------------------------------------------------
 
-    def _user_lock_for(self, user_id: int) -> threading.Lock:
-        with self._users_lock:
-            return self._user_locks.setdefault(user_id, threading.Lock())
-
     @contextlib.contextmanager
     def _user(self, user_id: int) -> Iterator[None]:
-        with self._user_lock_for(user_id):
-            yield
+        """Requests about one user, one at a time. A lock lives only while
+        someone holds or waits for it, so user ids a peer makes up cost
+        nothing once answered."""
+        with self._users_lock:
+            entry = self._user_locks.setdefault(user_id, _UserLock())
+            entry.users += 1
+        try:
+            with entry.lock:
+                yield
+        finally:
+            with self._users_lock:
+                entry.users -= 1
+                if not entry.users:
+                    del self._user_locks[user_id]
+
+
+@dataclass
+class _UserLock:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: threads holding or waiting for it
+    users: int = 0
+
+
+class _ASAnswer:
+    """What the AS of a starting VM said (its DS registration went well or
+    not); the last answer wins, as RAPID's asSync flag."""
+
+    def __init__(self) -> None:
+        self._given = threading.Event()
+        self._synced = False
+
+    def give(self, synced: bool) -> None:
+        self._synced = synced
+        self._given.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """True if the AS confirmed within `timeout_s`."""
+        return self._given.wait(timeout_s) and self._synced
 
 
 def _java_float(value: float) -> str:
