@@ -11,7 +11,18 @@ from pinfold.rapid.protocol import ERROR, OK, Op
 from tests.rapid.peers import as_register, no_reply, start_vm
 from tests.rapid.rig import user_ip, wait_until
 
+
+def count(messages: list[tuple[object, ...]], opcode: int) -> int:
+    return sum(1 for m in messages if m[0] == opcode)
+
+
 # -- registration with the SLAM and the DS ---------------------------------------------------------
+
+
+def test_the_slam_hears_from_this_vmm_once_not_at_every_recheck(rig):
+    """The SLAM appends "ip|port" to a list at each VMM_REGISTER_SLAM."""
+    rig.ds.wait_for(lambda got: count(got, Op.VMM_REGISTER_DS) >= 3)  # two rechecks done
+    assert rig.slam.of(Op.VMM_REGISTER_SLAM) == [(Op.VMM_REGISTER_SLAM, "127.0.0.1", rig.port)]
 
 
 def test_an_as_that_confirms_while_the_ds_registers_its_vm_is_not_lost(rig):

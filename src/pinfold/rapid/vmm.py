@@ -74,6 +74,8 @@ class VMM:
         self._users_lock = threading.Lock()
         self._user_locks: dict[int, _UserLock] = {}
         self._as_answers: dict[int, _ASAnswer] = {}
+        #: the SLAM this process registered with (RAPID: once per start, and after a DS registration)
+        self._slam_told: tuple[str, int] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.registered = threading.Event()
@@ -130,8 +132,10 @@ class VMM:
         """VMM_REGISTER_DS, then VMM_REGISTER_SLAM. The DS answers ERROR to a
         VMM it knows already (same address): a VMM with an id keeps it. An OK
         to a VMM that had an id means the DS forgot it: its VMs are registered
-        again. Raises PeerError while the DS or the SLAM is unreachable, or the
-        DS refuses a VMM that has no id yet."""
+        again. The SLAM appends each registration to a list, so it is told
+        once per start and again only after the DS registration was (re)done.
+        Raises PeerError while the DS or the SLAM is unreachable, or the DS
+        refuses a VMM that has no id yet."""
         usage = self.usage()
         request = partial(
             protocol.vmm_register_ds_request, vmm_ip=self.config.vmm_ip, cpu_load=usage.cpu_load_pct,
@@ -142,6 +146,7 @@ class VMM:
         previous = self.state.vmm_id()
         if answer is not None:
             self.state.registered(answer.vmm_id, answer.slam_ip, answer.slam_port)
+            self._slam_told = None
             if previous and answer.vmm_id != previous:
                 self._register_vms_again()
         elif not previous:
@@ -149,11 +154,14 @@ class VMM:
         slam = self.state.slam()
         if slam is None:
             raise PeerError("no SLAM address known")
+        if slam == self._slam_told:
+            return
         hello = partial(
             protocol.vmm_register_slam_request, vmm_ip=self.config.vmm_ip, vmm_port=self.config.vmm_port
         )
         if not call(slam, self.settings.socket_timeout_s, hello, protocol.status_reply):
             raise PeerError("the SLAM refused this VMM")
+        self._slam_told = slam
 
     def _register_vms_again(self) -> None:
         for vm in self.state.vms():
