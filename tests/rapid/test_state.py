@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pinfold.agent.store import Store
-from pinfold.rapid.state import RapidState, RapidVM, Status
+from pinfold.rapid.state import Pending, RapidState, RapidVM, Status
 
 
 def test_state_survives_a_restart_beside_the_agents_tables(tmp_path):
@@ -28,6 +28,20 @@ def test_state_survives_a_restart_beside_the_agents_tables(tmp_path):
     assert again.vm(42) is None
     _, stored = Store(path).load()
     assert stored == {}
+
+
+def test_a_registration_marks_every_vm_for_the_ds_in_the_same_transaction(tmp_path):
+    """A DS that registers this VMM knows none of its VMs: each is to be
+    registered again."""
+    state = RapidState(tmp_path / "agent.db")
+    state.save(RapidVM(42, "rapid-user-42", Status.SUSPENDED, 1, 512, vmid=9))
+    state.save(RapidVM(43, "rapid-user-43", Status.STARTED, 1, 512, vmid=10))
+    state.registered(8, "10.2.2.2", 9003)
+    assert [(vm.vmid, vm.status, vm.pending) for vm in state.vms()] == [
+        (0, Status.SUSPENDED, Pending.DS),
+        (0, Status.STARTED, Pending.DS),
+    ]
+    state.close()
 
 
 def test_an_update_changes_only_its_fields_and_only_of_that_vm(tmp_path):

@@ -377,6 +377,8 @@ def test_a_ds_that_refuses_a_new_vmm_is_asked_again_until_it_accepts(tmp_path, i
         assert not rig.vmm.registered.is_set()
         assert rig.state.vmm_id() == 0
         assert slam.of(Op.VMM_REGISTER_SLAM) == []
+        assert start_vm(rig.port, 42) == (ERROR,)  # the DS could not be told of its VM
+        assert ds.of(Op.VM_REGISTER_DS) == []
         ds.accept = True
         assert rig.vmm.registered.wait(15)
         assert rig.state.vmm_id() == 7

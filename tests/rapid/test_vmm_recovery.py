@@ -6,10 +6,16 @@ memory once requests are answered."""
 from __future__ import annotations
 
 import threading
+from functools import partial
 
+import pytest
+
+from pinfold.rapid import protocol, vmm, wire
 from pinfold.rapid.protocol import ERROR, OK, Op
+from pinfold.rapid.state import Pending
+from pinfold.rapid.wire import PeerError
 from tests.rapid.peers import as_register, no_reply, start_vm
-from tests.rapid.rig import user_ip, wait_until
+from tests.rapid.rig import close, make_rig, start_with_as, user_ip, wait_until
 
 
 def count(messages: list[tuple[object, ...]], opcode: int) -> int:
@@ -23,6 +29,32 @@ def test_the_slam_hears_from_this_vmm_once_not_at_every_recheck(rig):
     """The SLAM appends "ip|port" to a list at each VMM_REGISTER_SLAM."""
     rig.ds.wait_for(lambda got: count(got, Op.VMM_REGISTER_DS) >= 3)  # two rechecks done
     assert rig.slam.of(Op.VMM_REGISTER_SLAM) == [(Op.VMM_REGISTER_SLAM, "127.0.0.1", rig.port)]
+
+
+def test_a_ds_that_forgot_this_vmm_hears_of_all_its_vms_again_whatever_id_it_gives(rig):
+    """Even with the same id; a suspended VM is registered, then said to be
+    suspended; a pass cut short by the DS is finished on the next one; the
+    SLAM is told again, since the DS's registration was done again."""
+    start_with_as(rig, 42)
+    no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+    rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, rig.registered_vm(42)[6], 2) in got)
+    rig.ds.received.clear()
+    rig.ds.drop = {-1}  # the DS fails midway: after the helper -2, before -1 and user 42
+    rig.ds.forget(7)
+    rig.ds.wait_for(lambda got: any(m[0] == Op.VM_NOTIFY_DS and m[2] == 2 for m in got))
+    registrations = rig.ds.of(Op.VM_REGISTER_DS)
+    assert [m[4] for m in registrations] == [-2, -1, -1, 42]
+    assert all(m[1:4] == (7, 1, 0) and m[5] == 1 for m in registrations[:3])
+    assert registrations[3][1:6] == (7, 0, 0, 42, 1)
+    vmids = {m[4]: m[6] for m in registrations}  # the last registration of each
+    assert rig.ds.of(Op.VM_NOTIFY_DS) == [(Op.VM_NOTIFY_DS, vmids[42], 2)]
+    assert sorted(rig.ds.of(Op.HELPER_NOTIFY_DS)) == sorted(
+        (Op.HELPER_NOTIFY_DS, vmids[user], user_ip(rig, user)) for user in (-1, -2)
+    )
+    assert {vm.user_id: (vm.vmid, vm.pending) for vm in rig.state.vms()} == {
+        user: (vmid, Pending.NONE) for user, vmid in vmids.items()
+    }
+    assert len(rig.slam.of(Op.VMM_REGISTER_SLAM)) == 2
 
 
 def test_an_as_that_confirms_while_the_ds_registers_its_vm_is_not_lost(rig):
@@ -42,7 +74,40 @@ def test_an_as_that_confirms_while_the_ds_registers_its_vm_is_not_lost(rig):
     assert answer == [(OK, 42, user_ip(rig, 42))]
     vm = rig.state.vm(42)
     assert vm is not None
-    assert (vm.as_sync, vm.vmid) == (True, rig.registered_vm(42)[6])
+    assert (vm.as_sync, vm.vmid, vm.pending) == (True, rig.registered_vm(42)[6], Pending.NONE)
+
+
+@pytest.mark.parametrize("failing", ["VM_REGISTER_DS", "HELPER_NOTIFY_DS"])
+def test_a_helper_the_ds_could_not_be_told_about_is_told_on_a_later_pass(tmp_path, i7, peers, monkeypatch,
+                                                                         failing):  # fmt: skip
+    ds, slam = peers
+    if failing == "VM_REGISTER_DS":
+        ds.drop = {-1}
+    else:
+        failed: list[bool] = []
+
+        def flaky(address, timeout_s, request, reply=None):
+            if (
+                isinstance(request, partial)
+                and request.func is protocol.helper_notify_ds_request
+                and not failed
+            ):
+                failed.append(True)
+                raise PeerError("the DS went away")
+            return wire.call(address, timeout_s, request, reply)
+
+        monkeypatch.setattr(vmm, "call", flaky)
+    rig = make_rig(tmp_path, i7, ds, slam)
+    try:
+        assert rig.vmm.registered.wait(10)
+        helper = rig.state.vm(-1)
+        assert helper is not None
+        last = [m for m in ds.of(Op.VM_REGISTER_DS) if m[4] == -1][-1]
+        assert (helper.vmid, helper.pending) == (last[6], Pending.NONE)
+        assert (Op.HELPER_NOTIFY_DS, helper.vmid, helper.ip) in ds.of(Op.HELPER_NOTIFY_DS)
+        assert count(ds.of(Op.VM_REGISTER_DS), Op.VM_REGISTER_DS) == (3 if failing == "VM_REGISTER_DS" else 2)
+    finally:
+        close(rig)
 
 
 # -- memory ---------------------------------------------------------------------------------------

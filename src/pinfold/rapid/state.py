@@ -5,7 +5,8 @@ mid-write corrupted them, section 6); here each change is one committed
 transaction (`synchronous=FULL`). What is kept: this VMM's id at the DS and
 the SLAM's address (`rapid_vmm`), and one row per RAPID VM (`rapid_vms`): the
 user it belongs to (helper VMs are users -1 and -2), the agent VM that
-realises it, its DS vmid, status, address and whether its AS confirmed.
+realises it, its DS vmid, status, address, whether its AS confirmed, and
+whether the DS is still to be told about it (`pending`).
 
 Rows are changed field by field (`update`): a handler that saved its whole,
 older copy of a row would undo what another handler wrote meanwhile.
@@ -16,10 +17,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 from dataclasses import dataclass, replace
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 
-__all__ = ["RapidState", "RapidVM", "Status"]
+__all__ = ["Pending", "RapidState", "RapidVM", "Status"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rapid_vmm (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -35,12 +36,13 @@ CREATE TABLE IF NOT EXISTS rapid_vms (
     vcpus INTEGER NOT NULL,
     memory_mb INTEGER NOT NULL,
     disk_gb INTEGER NOT NULL DEFAULT 0,
-    gpu_cores INTEGER NOT NULL DEFAULT 0
+    gpu_cores INTEGER NOT NULL DEFAULT 0,
+    pending TEXT NOT NULL DEFAULT ''
 );
 """
 COLUMNS = (
     "user_id", "vm_name", "status", "vcpus", "memory_mb", "vmid", "helper", "ip", "as_sync", "os_type",
-    "disk_gb", "gpu_cores",
+    "disk_gb", "gpu_cores", "pending",
 )  # fmt: skip
 
 
@@ -51,6 +53,14 @@ class Status(IntEnum):
     SUSPENDED = 2
     RESUMED = 3
     STOPPED = 4
+
+
+class Pending(StrEnum):
+    """What is left to do for a VM after a peer failed."""
+
+    NONE = ""
+    #: the DS does not know all about it yet: its registration (vmid 0), a helper's address, its status
+    DS = "ds"
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class RapidVM:
     os_type: int = 0
     disk_gb: int = 0
     gpu_cores: int = 0
+    pending: Pending = Pending.NONE
 
     @property
     def running(self) -> bool:
@@ -87,6 +98,9 @@ class RapidState:
         self._db.execute("PRAGMA synchronous=FULL")
         with self._lock:
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(rapid_vms)")}
+            if "pending" not in columns:  # a store written before the column existed
+                self._db.execute("ALTER TABLE rapid_vms ADD COLUMN pending TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -102,7 +116,10 @@ class RapidState:
         return (ip, int(port)) if ip and port else None
 
     def registered(self, vmm_id: int, slam_ip: str, slam_port: int) -> None:
-        """The DS's answer to VMM_REGISTER_DS, in one transaction."""
+        """The DS's answer to VMM_REGISTER_DS, in one transaction. A DS that
+        registers this VMM (again) knows none of its VMs: each is marked to be
+        registered anew (vmid 0), in the same transaction, so that a crash
+        cannot leave the new id saved and the VMs unmarked."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -110,6 +127,7 @@ class RapidState:
                     self._db.execute(
                         "INSERT OR REPLACE INTO rapid_vmm (key, value) VALUES (?, ?)", (key, str(value))
                     )
+                self._db.execute("UPDATE rapid_vms SET vmid = 0, pending = ?", (Pending.DS,))
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -127,8 +145,8 @@ class RapidState:
             rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM rapid_vms ORDER BY user_id").fetchall()
         return [
             RapidVM(int(u), str(n), Status(s), int(c), int(m), int(v), int(h), str(ip), bool(a), int(o),
-                    int(d), int(g))
-            for u, n, s, c, m, v, h, ip, a, o, d, g in rows
+                    int(d), int(g), Pending(p))
+            for u, n, s, c, m, v, h, ip, a, o, d, g, p in rows
         ]  # fmt: skip
 
     def vm(self, user_id: int) -> RapidVM | None:

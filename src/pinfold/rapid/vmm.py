@@ -9,11 +9,13 @@ placed by the agent's allocator on its level's vNode, and RAPID's own state
 Fixed here, without changing what peers see (section 8): requests for one user
 are serialised (two starts make one VM); handlers change only the fields of a
 VM's record they mean to (an AS confirmation or a DS vmid can no longer be
-lost); every socket has a timeout; an AS that answers ERROR ends a start at once rather than after
-200 s; sizes are checked by the allocator before the hypervisor is touched;
-the DS is asked now and then whether it still knows this VMM, and told again
-about its VMs if it does not; helpers that vanished are made again; nothing is
-sent to RAPID's animation server.
+lost); every socket has a timeout; an AS that answers ERROR ends a start at
+once rather than after 200 s; sizes are checked by the allocator before the
+hypervisor is touched; the DS is asked now and then whether it still knows
+this VMM, and told again about its VMs if it does not; what the DS
+failed to hear (a VM's registration, a helper's address, a status) is
+marked in the VM's record and told again on a later pass; helpers that
+vanished are made again; nothing is sent to RAPID's animation server.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.flavors import suitable_type
 from pinfold.rapid.protocol import CATEGORY_HELPER, CATEGORY_NORMAL, ERROR, OK, Op
 from pinfold.rapid.settings import RapidSettings
-from pinfold.rapid.state import RapidState, RapidVM, Status
+from pinfold.rapid.state import Pending, RapidState, RapidVM, Status
 from pinfold.rapid.wire import Exchange, PeerError, call
 
 __all__ = ["VMM", "Usage"]
@@ -84,8 +86,8 @@ class VMM:
 
     def start(self) -> None:
         """Settle RAPID's records with the agent's VMs, then, in the background,
-        register with the DS and the SLAM (retrying), make missing helpers, and
-        send VMM_NOTIFY_DS every period."""
+        register with the DS and the SLAM (retrying), finish what failures
+        left undone, make missing helpers, and send VMM_NOTIFY_DS every period."""
         self.reconcile()
         for target in (self._register_loop, self._notify_loop):
             thread = threading.Thread(target=target, name=f"rapid-{target.__name__}", daemon=True)
@@ -119,6 +121,7 @@ class VMM:
         while not self._stop.is_set():
             try:
                 self.register()
+                self.settle()
                 self.make_helpers()
                 self.registered.set()
                 delay = self.settings.recheck_period_s
@@ -131,11 +134,12 @@ class VMM:
     def register(self) -> None:
         """VMM_REGISTER_DS, then VMM_REGISTER_SLAM. The DS answers ERROR to a
         VMM it knows already (same address): a VMM with an id keeps it. An OK
-        to a VMM that had an id means the DS forgot it: its VMs are registered
-        again. The SLAM appends each registration to a list, so it is told
-        once per start and again only after the DS registration was (re)done.
-        Raises PeerError while the DS or the SLAM is unreachable, or the DS
-        refuses a VMM that has no id yet."""
+        means the DS does not know this VMM (first start, or a DS that forgot
+        it, whatever id it gives): all its VMs are to be registered again
+        (`settle`). The SLAM appends each registration to a list, so it is
+        told once per start and again only after the DS registration was
+        (re)done. Raises PeerError while the DS or the SLAM is unreachable,
+        or the DS refuses a VMM that has no id yet."""
         usage = self.usage()
         request = partial(
             protocol.vmm_register_ds_request, vmm_ip=self.config.vmm_ip, cpu_load=usage.cpu_load_pct,
@@ -143,13 +147,10 @@ class VMM:
             gpu_cores=self.config.gpu_cores, available_type=self.config.available_type,
         )  # fmt: skip
         answer = call(self._ds, self.settings.socket_timeout_s, request, protocol.vmm_register_ds_reply)
-        previous = self.state.vmm_id()
         if answer is not None:
             self.state.registered(answer.vmm_id, answer.slam_ip, answer.slam_port)
             self._slam_told = None
-            if previous and answer.vmm_id != previous:
-                self._register_vms_again()
-        elif not previous:
+        elif not self.state.vmm_id():
             raise PeerError("the DS refused to register this VMM (is a SLAM registered with it?)")
         slam = self.state.slam()
         if slam is None:
@@ -163,16 +164,22 @@ class VMM:
             raise PeerError("the SLAM refused this VMM")
         self._slam_told = slam
 
-    def _register_vms_again(self) -> None:
+    def settle(self) -> None:
+        """Tell the DS what it could not hear before: VMs marked as not fully
+        known to it. A user a request is busy with is left for the next
+        pass. Raises PeerError when the DS cannot be reached: the marks stay."""
         for vm in self.state.vms():
-            category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
-            vm = self.state.update(vm, vmid=self._ds_register_vm(category, vm.user_id))
-            if vm.helper and vm.ip:
-                self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
+            if vm.pending is Pending.NONE:
+                continue
+            with self._user(vm.user_id, wait=False) as free:
+                current = self.state.vm(vm.user_id)
+                if free and current is not None and current.pending is Pending.DS:
+                    self._tell_ds(current)
 
     def make_helpers(self) -> None:
         """Helper VMs 1 and 2 (users -1, -2), from their warm pools when the
-        agent keeps spares, registered with the DS with their addresses."""
+        agent keeps spares, registered with the DS with their addresses. A
+        helper the DS could not be told about stays marked; `settle` tells it."""
         for slot in HELPERS:
             user_id = -slot
             with self._user(user_id):
@@ -183,11 +190,8 @@ class VMM:
                 made = self._create_vm(
                     user_id, f"rapid-helper-{slot}", *size, image=str(image) if image else "", helper=slot
                 )
-                if made is None:
-                    continue
-                vm = self.state.update(made, vmid=self._ds_register_vm(CATEGORY_HELPER, user_id))
-                if vm.ip:
-                    self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
+                if made is not None:
+                    self._tell_ds(made)
 
     def _notify_loop(self) -> None:
         while not self._stop.wait(self.settings.notify_period_s):
@@ -218,9 +222,34 @@ class VMM:
             call(self._ds, self.settings.socket_timeout_s, request, protocol.vm_register_ds_reply) or 0
         )
 
-    def _ds_notify_vm(self, vm: RapidVM, status: Status) -> None:
-        with contextlib.suppress(PeerError):
+    def _ds_status(self, vm: RapidVM, status: Status) -> None:
+        """VM_NOTIFY_DS for a VM's new status. The status is saved marked
+        first and the mark cleared once the DS heard it, so a DS away now (or
+        a crash) leaves it for `settle`; so does a VM the DS must first be
+        told more about (it was marked already)."""
+        settled = vm.pending is Pending.NONE
+        vm = self.state.update(vm, status=status, pending=Pending.DS)
+        if not settled:
+            return
+        try:
             self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(status)))
+        except PeerError:
+            return
+        self.state.update(vm, pending=Pending.NONE)
+
+    def _tell_ds(self, vm: RapidVM) -> RapidVM:
+        """All the DS should know about a VM and may not (PROTOCOL.md 3.4):
+        its registration when it has no vmid (status 1, as RAPID sends it),
+        a helper's address, a status other than STARTED; then the mark goes.
+        Raises PeerError with the VM still marked."""
+        if not vm.vmid:
+            category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
+            vm = self.state.update(vm, vmid=self._ds_register_vm(category, vm.user_id))
+        if vm.helper and vm.ip:
+            self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
+        if vm.status is not Status.STARTED:
+            self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(vm.status)))
+        return self.state.update(vm, pending=Pending.NONE)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -263,46 +292,53 @@ class VMM:
 
     def start_vm(self, user_id: int, os_type: int, vcpus: int, memory_mb: int, gpu_cores: int) -> str | None:
         """SLAM_START_VM_VMM: the user's VM address once its AS confirmed, or
-        None (ERROR). One user at a time: a second start waits for the first."""
-        if user_id < 1:
+        None (ERROR). One user at a time: a second start waits for the first.
+        Before this VMM is registered with the DS (RAPID did not listen yet)
+        a start is an ERROR: the DS could not be told of the VM."""
+        if user_id < 1 or not self.state.vmm_id():
             return None  # helpers are the VMM's own; user ids come from the DS, from 1
         with self._user(user_id), self._as_answer(user_id) as answer:
             vm = self.state.vm(user_id)
             if vm is not None and vm.running:
                 return vm.ip
             if vm is None:
-                image = str(self.config.normal_image or "")
-                made = self._create_vm(
-                    user_id, f"rapid-user-{user_id}", vcpus, memory_mb, os_type=os_type, gpu_cores=gpu_cores,
-                    image=image,
-                )  # fmt: skip
-                if made is None:
+                vm = self._create_user_vm(user_id, os_type, vcpus, memory_mb, gpu_cores)
+                if vm is None:
                     return None
-                vm = made
-                try:
-                    vmid = self._ds_register_vm(CATEGORY_NORMAL, user_id)
-                except PeerError:
-                    self._remove(vm)
-                    return None
-                vm = self.state.update(vm, vmid=vmid)
-            elif vm.status is Status.SUSPENDED:
+            else:  # suspended
                 self.state.update(vm, as_sync=False)
                 try:
                     self.agent.resume(vm.vm_name)
                 except AgentError:
                     return None
-                vm = self.state.update(vm, status=Status.RESUMED)
-                self._ds_notify_vm(vm, Status.RESUMED)
-            else:
-                return None
+                self._ds_status(vm, Status.RESUMED)
             return vm.ip if answer.wait(self.settings.as_wait_s) else None
+
+    def _create_user_vm(
+        self, user_id: int, os_type: int, vcpus: int, memory_mb: int, gpu_cores: int
+    ) -> RapidVM | None:
+        """A user's new VM, registered with the DS; None (and no VM) when the
+        agent or the DS fails."""
+        image = str(self.config.normal_image or "")
+        vm = self._create_vm(
+            user_id, f"rapid-user-{user_id}", vcpus, memory_mb, os_type=os_type, gpu_cores=gpu_cores,
+            image=image,
+        )  # fmt: skip
+        if vm is None:
+            return None
+        try:
+            return self._tell_ds(vm)
+        except PeerError:
+            self._remove(vm)
+            return None
 
     def _create_vm(
         self, user_id: int, name: str, vcpus: int, memory_mb: int, *, image: str = "", helper: int = 0,
         os_type: int = 0, gpu_cores: int = 0,
     ) -> RapidVM | None:  # fmt: skip
-        """An agent VM for a RAPID user, with its address; None when the agent
-        refuses (sizes, room) or no address turns up (the VM is removed)."""
+        """An agent VM for a RAPID user, with its address, recorded as one the
+        DS is still to be told about; None when the agent refuses (sizes,
+        room) or no address turns up (the VM is removed)."""
         request = VMRequest(
             name, vcpus, memory_mb, self.settings.ratio, owner=f"rapid:{user_id}", image=image
         )
@@ -313,10 +349,10 @@ class VMM:
         ip = self._address(name)
         vm = RapidVM(
             user_id, name, Status.STARTED, vcpus, memory_mb, helper=helper, ip=ip or "", os_type=os_type,
-            disk_gb=START_DISK_GB if not helper else 0, gpu_cores=gpu_cores,
+            disk_gb=START_DISK_GB if not helper else 0, gpu_cores=gpu_cores, pending=Pending.DS,
         )  # fmt: skip
         if not ip:
-            self._remove(vm, recorded=False)
+            self._remove(vm)
             return None
         return self.state.save(vm)
 
@@ -390,7 +426,8 @@ class VMM:
             answer.give(synced)
 
     def _as_notify(self, exchange: Exchange, peer: str) -> None:
-        """AS_RM_NOTIFY_VMM: 1 suspend, 2 remove; never a reply."""
+        """AS_RM_NOTIFY_VMM: 1 suspend, 2 remove; never a reply. The DS hears
+        SUSPENDED (later, if it cannot hear it now) or STOPPED."""
         user_id, action = exchange.reader.read_long(), exchange.reader.read_int()
         with self._user(user_id):
             vm = self.state.vm(user_id)
@@ -401,11 +438,13 @@ class VMM:
                     self.agent.suspend(vm.vm_name)
                 except AgentError:
                     return
-                vm = self.state.update(vm, status=Status.SUSPENDED)
-                self._ds_notify_vm(vm, Status.SUSPENDED)
+                self._ds_status(vm, Status.SUSPENDED)
             elif action == 2:
                 self._remove(vm)
-                self._ds_notify_vm(vm, Status.STOPPED)
+                with contextlib.suppress(PeerError):
+                    self._ds_send(
+                        partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(Status.STOPPED))
+                    )
 
     def _deregister(self, exchange: Exchange, peer: str) -> None:
         """DS_VM_DEREGISTER_VMM: remove the user's VM; no reply, nothing told to the DS."""
@@ -415,11 +454,10 @@ class VMM:
             if vm is not None:
                 self._remove(vm)
 
-    def _remove(self, vm: RapidVM, recorded: bool = True) -> None:
+    def _remove(self, vm: RapidVM) -> None:
         with contextlib.suppress(AgentError):
             self.agent.delete(vm.vm_name)
-        if recorded:
-            self.state.forget(vm.user_id)
+        self.state.forget(vm.user_id)
 
     # -- SLAM queries ------------------------------------------------------------------------
 
@@ -547,17 +585,20 @@ class VMM:
     # -- per-user serialisation ------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _user(self, user_id: int) -> Iterator[None]:
-        """Requests about one user, one at a time. A lock lives only while
-        someone holds or waits for it, so user ids a peer makes up cost
-        nothing once answered."""
+    def _user(self, user_id: int, wait: bool = True) -> Iterator[bool]:
+        """Requests about one user, one at a time. Yields whether the user's
+        lock was taken: always, unless `wait` is False and it is held. A
+        lock lives only while someone holds or waits for it, so user ids a
+        peer makes up cost nothing once answered."""
         with self._users_lock:
             entry = self._user_locks.setdefault(user_id, _UserLock())
             entry.users += 1
+        taken = entry.lock.acquire(blocking=wait)
         try:
-            with entry.lock:
-                yield
+            yield taken
         finally:
+            if taken:
+                entry.lock.release()
             with self._users_lock:
                 entry.users -= 1
                 if not entry.users:
