@@ -32,14 +32,14 @@ def test_state_survives_a_restart_beside_the_agents_tables(tmp_path):
 
 def test_a_registration_marks_every_vm_for_the_ds_in_the_same_transaction(tmp_path):
     """A DS that registers this VMM knows none of its VMs: each is to be
-    registered again."""
+    registered again; one being removed stays so, without its old vmid."""
     state = RapidState(tmp_path / "agent.db")
     state.save(RapidVM(42, "rapid-user-42", Status.SUSPENDED, 1, 512, vmid=9))
-    state.save(RapidVM(43, "rapid-user-43", Status.STARTED, 1, 512, vmid=10))
+    state.save(RapidVM(43, "rapid-user-43", Status.STARTED, 1, 512, vmid=10, pending=Pending.REMOVE))
     state.registered(8, "10.2.2.2", 9003)
     assert [(vm.vmid, vm.status, vm.pending) for vm in state.vms()] == [
         (0, Status.SUSPENDED, Pending.DS),
-        (0, Status.STARTED, Pending.DS),
+        (0, Status.STARTED, Pending.REMOVE),
     ]
     state.close()
 

@@ -10,12 +10,13 @@ from functools import partial
 
 import pytest
 
+from pinfold.agent.drivers import DriverError, SimDriver
 from pinfold.rapid import protocol, vmm, wire
 from pinfold.rapid.protocol import ERROR, OK, Op
 from pinfold.rapid.state import Pending
 from pinfold.rapid.wire import PeerError
 from tests.rapid.peers import as_register, no_reply, start_vm
-from tests.rapid.rig import close, make_rig, start_with_as, user_ip, wait_until
+from tests.rapid.rig import close, make_rig, query, start_with_as, user_ip, wait_until
 
 
 def count(messages: list[tuple[object, ...]], opcode: int) -> int:
@@ -108,6 +109,73 @@ def test_a_helper_the_ds_could_not_be_told_about_is_told_on_a_later_pass(tmp_pat
         assert count(ds.of(Op.VM_REGISTER_DS), Op.VM_REGISTER_DS) == (3 if failing == "VM_REGISTER_DS" else 2)
     finally:
         close(rig)
+
+
+# -- removals ---------------------------------------------------------------------------------------
+
+
+class StubbornDriver(SimDriver):
+    """A hypervisor that refuses to delete while `refuse` is set."""
+
+    refuse = False
+
+    def delete(self, name: str) -> None:
+        if self.refuse:
+            raise DriverError("failed", f"cannot destroy '{name}'")
+        super().delete(name)
+
+
+@pytest.mark.parametrize("message", ["AS_RM_NOTIFY_VMM", "DS_VM_DEREGISTER_VMM"])
+def test_a_vm_the_hypervisor_would_not_delete_is_kept_hidden_and_deleted_later(tmp_path, i7, peers, message):
+    """Not dropped (RAPID leaked it): hidden from peers, no STOPPED yet (a
+    failure), a start for the user is an ERROR; deleted on a later pass, and
+    then the DS hears STOPPED (one more than RAPID sends after a DS_VM_DEREGISTER_VMM)."""
+    driver = StubbornDriver()
+    rig = make_rig(tmp_path, i7, peers[0], peers[1], driver=driver)
+    try:
+        assert rig.vmm.registered.wait(10)
+        start_with_as(rig, 42)
+        vmid = rig.registered_vm(42)[6]
+        driver.refuse = True
+        if message == "AS_RM_NOTIFY_VMM":
+            no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 2))
+        else:
+            no_reply(rig.port, Op.DS_VM_DEREGISTER_VMM, ("long", 42))
+        vm = rig.state.vm(42)
+        assert vm is not None
+        assert vm.removing
+        assert "rapid-user-42" in {g.name for g in driver.guests()}
+        assert query(rig, Op.SLAM_GET_VMINFO_VMM, 42) == (ERROR,)
+        assert as_register(rig.port, vm.ip) == (ERROR,)
+        assert start_vm(rig.port, 42) == (ERROR,)
+        assert (Op.VM_NOTIFY_DS, vmid, 4) not in rig.ds.received
+        driver.refuse = False
+        rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 4) in got)
+        wait_until(lambda: rig.state.vm(42) is None)
+        assert "rapid-user-42" not in {g.name for g in driver.guests()}
+        assert "rapid-user-42" not in rig.agent.allocator
+    finally:
+        close(rig)
+
+
+def test_vms_that_vanished_are_dropped_and_the_ds_told_they_stopped(tmp_path, i7, peers):
+    """PROTOCOL.md 8.3.9: a helper made again must not leave its old row at
+    the DS looking alive."""
+    ds, slam = peers
+    first = make_rig(tmp_path, i7, ds, slam)
+    assert first.vmm.registered.wait(10)
+    start_with_as(first, 42)
+    vmids = {m[4]: m[6] for m in ds.of(Op.VM_REGISTER_DS)}
+    close(first)
+    ds.received.clear()
+    again = make_rig(tmp_path, i7, ds, slam, driver=SimDriver())  # a host reboot: no domains left
+    try:
+        assert again.vmm.registered.wait(10)
+        assert sorted(ds.of(Op.VM_NOTIFY_DS)) == sorted((Op.VM_NOTIFY_DS, vmid, 4) for vmid in vmids.values())
+        assert again.state.vm(42) is None
+        assert sorted(m[4] for m in ds.of(Op.VM_REGISTER_DS)) == [-2, -1]  # the helpers, made again
+    finally:
+        close(again)
 
 
 # -- memory ---------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ transaction (`synchronous=FULL`). What is kept: this VMM's id at the DS and
 the SLAM's address (`rapid_vmm`), and one row per RAPID VM (`rapid_vms`): the
 user it belongs to (helper VMs are users -1 and -2), the agent VM that
 realises it, its DS vmid, status, address, whether its AS confirmed, and
-whether the DS is still to be told about it (`pending`).
+what is still to be done for it (`pending`: tell the DS, or remove it).
 
 Rows are changed field by field (`update`): a handler that saved its whole,
 older copy of a row would undo what another handler wrote meanwhile.
@@ -56,11 +56,14 @@ class Status(IntEnum):
 
 
 class Pending(StrEnum):
-    """What is left to do for a VM after a peer failed."""
+    """What is left to do for a VM after a peer or the hypervisor failed."""
 
     NONE = ""
     #: the DS does not know all about it yet: its registration (vmid 0), a helper's address, its status
     DS = "ds"
+    #: to be removed (the hypervisor refused the delete, the DS could not be told STOPPED, or
+    #: the VM vanished): hidden from peers, retried until done
+    REMOVE = "remove"
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,12 @@ class RapidVM:
 
     @property
     def running(self) -> bool:
-        return self.status in (Status.STARTED, Status.RESUMED)
+        """Running as peers see it: a VM being removed is not."""
+        return self.status in (Status.STARTED, Status.RESUMED) and not self.removing
+
+    @property
+    def removing(self) -> bool:
+        return self.pending is Pending.REMOVE
 
     def with_(self, **changes: object) -> RapidVM:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -119,7 +127,8 @@ class RapidState:
         """The DS's answer to VMM_REGISTER_DS, in one transaction. A DS that
         registers this VMM (again) knows none of its VMs: each is marked to be
         registered anew (vmid 0), in the same transaction, so that a crash
-        cannot leave the new id saved and the VMs unmarked."""
+        cannot leave the new id saved and the VMs unmarked. A VM being removed
+        stays so; its old vmid may be another VM's at this DS, so it goes too."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -127,7 +136,10 @@ class RapidState:
                     self._db.execute(
                         "INSERT OR REPLACE INTO rapid_vmm (key, value) VALUES (?, ?)", (key, str(value))
                     )
-                self._db.execute("UPDATE rapid_vms SET vmid = 0, pending = ?", (Pending.DS,))
+                self._db.execute(
+                    "UPDATE rapid_vms SET vmid = 0, pending = CASE WHEN pending = ? THEN pending ELSE ? END",
+                    (Pending.REMOVE, Pending.DS),
+                )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -153,10 +165,11 @@ class RapidState:
         return next((vm for vm in self.vms() if vm.user_id == user_id), None)
 
     def by_ip(self, ip: str) -> RapidVM | None:
-        return next((vm for vm in self.vms() if vm.ip and vm.ip == ip), None)
+        """The VM an AS at `ip` runs in (not one being removed)."""
+        return next((vm for vm in self.vms() if vm.ip and vm.ip == ip and not vm.removing), None)
 
     def save(self, vm: RapidVM) -> RapidVM:
-        """The whole row: for a VM just made."""
+        """The whole row: for a VM just made (or marked for removal)."""
         names, marks = ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS))
         with self._lock:
             self._db.execute(

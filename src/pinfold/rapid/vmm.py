@@ -12,10 +12,11 @@ VM's record they mean to (an AS confirmation or a DS vmid can no longer be
 lost); every socket has a timeout; an AS that answers ERROR ends a start at
 once rather than after 200 s; sizes are checked by the allocator before the
 hypervisor is touched; the DS is asked now and then whether it still knows
-this VMM, and told again about its VMs if it does not; what the DS
-failed to hear (a VM's registration, a helper's address, a status) is
-marked in the VM's record and told again on a later pass; helpers that
-vanished are made again; nothing is sent to RAPID's animation server.
+this VMM, and told again about its VMs if it does not; what a peer or the
+hypervisor failed to do (a DS registration, a notification, a delete) is
+marked in the record and done again on a later pass; VMs that vanished are
+dropped with the DS told, and helpers made again; nothing is sent to RAPID's
+animation server.
 """
 
 from __future__ import annotations
@@ -101,17 +102,16 @@ class VMM:
 
     def reconcile(self) -> None:
         """A record whose agent VM is gone (or missing from the hypervisor) is
-        dropped, and so is that VM (a helper is made again later); an agent VM
-        owned by RAPID that no record names is one a crash cut off before it
-        was recorded: nobody was told of it, so it is deleted."""
-        names = {vm.spec.name for vm in self.agent.user_vms() if vm.state != "missing"}
-        recorded = set()
+        marked for removal: the register loop drops it and tells the DS it
+        STOPPED (a helper is made again then). An agent VM owned by RAPID that
+        no record names is one a crash cut off before it was recorded: nobody
+        was told of it, so it is deleted."""
+        agent_vms = {vm.spec.name: vm for vm in self.agent.user_vms()}
         for vm in self.state.vms():
-            if vm.vm_name in names:
-                recorded.add(vm.vm_name)
-            else:
-                self.state.forget(vm.user_id)
-        for name in {vm.spec.name for vm in self.agent.user_vms()} - recorded:
+            found = agent_vms.pop(vm.vm_name, None)
+            if (found is None or found.state == "missing") and not vm.removing:
+                self.state.update(vm, pending=Pending.REMOVE)
+        for name in agent_vms:
             if name.startswith(("rapid-user-", "rapid-helper-")):
                 with contextlib.suppress(AgentError):
                     self.agent.delete(name)
@@ -165,15 +165,20 @@ class VMM:
         self._slam_told = slam
 
     def settle(self) -> None:
-        """Tell the DS what it could not hear before: VMs marked as not fully
-        known to it. A user a request is busy with is left for the next
+        """Finish what failures left undone: VMs to be removed are removed
+        (and the DS hears they STOPPED), VMs the DS does not fully know about
+        are told to it. A user a request is busy with is left for the next
         pass. Raises PeerError when the DS cannot be reached: the marks stay."""
         for vm in self.state.vms():
             if vm.pending is Pending.NONE:
                 continue
             with self._user(vm.user_id, wait=False) as free:
                 current = self.state.vm(vm.user_id)
-                if free and current is not None and current.pending is Pending.DS:
+                if not free or current is None:
+                    continue
+                if current.removing:
+                    self._remove(current, tell_ds=True)
+                elif current.pending is Pending.DS:
                     self._tell_ds(current)
 
     def make_helpers(self) -> None:
@@ -299,6 +304,10 @@ class VMM:
             return None  # helpers are the VMM's own; user ids come from the DS, from 1
         with self._user(user_id), self._as_answer(user_id) as answer:
             vm = self.state.vm(user_id)
+            if vm is not None and vm.removing:
+                if not self._remove(vm, tell_ds=True):
+                    return None
+                vm = None
             if vm is not None and vm.running:
                 return vm.ip
             if vm is None:
@@ -427,11 +436,11 @@ class VMM:
 
     def _as_notify(self, exchange: Exchange, peer: str) -> None:
         """AS_RM_NOTIFY_VMM: 1 suspend, 2 remove; never a reply. The DS hears
-        SUSPENDED (later, if it cannot hear it now) or STOPPED."""
+        SUSPENDED or STOPPED once done (later, if it cannot hear it now)."""
         user_id, action = exchange.reader.read_long(), exchange.reader.read_int()
         with self._user(user_id):
             vm = self.state.vm(user_id)
-            if vm is None or (self.settings.as_must_match_ip and peer != vm.ip):
+            if vm is None or vm.removing or (self.settings.as_must_match_ip and peer != vm.ip):
                 return
             if action == 1 and vm.running:
                 try:
@@ -440,24 +449,38 @@ class VMM:
                     return
                 self._ds_status(vm, Status.SUSPENDED)
             elif action == 2:
-                self._remove(vm)
-                with contextlib.suppress(PeerError):
-                    self._ds_send(
-                        partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(Status.STOPPED))
-                    )
+                self._remove(vm, tell_ds=True)
 
     def _deregister(self, exchange: Exchange, peer: str) -> None:
         """DS_VM_DEREGISTER_VMM: remove the user's VM; no reply, nothing told to the DS."""
         user_id = exchange.reader.read_long()
         with self._user(user_id):
             vm = self.state.vm(user_id)
-            if vm is not None:
+            if vm is not None and not vm.removing:
                 self._remove(vm)
 
-    def _remove(self, vm: RapidVM) -> None:
-        with contextlib.suppress(AgentError):
+    def _remove(self, vm: RapidVM, tell_ds: bool = False) -> bool:
+        """Delete the VM, then (`tell_ds`) tell the DS it STOPPED, then forget
+        it. If the hypervisor refuses or the DS cannot be told, the record
+        stays, marked (hidden from peers), and `settle` tries again, telling
+        the DS then in any case: for a VM the DS itself deregistered, one
+        STOPPED more than RAPID sends. True once it is all done."""
+        try:
             self.agent.delete(vm.vm_name)
+        except AgentError as error:
+            if error.code != "unknown vm":  # gone already: as good as deleted
+                self.state.save(vm.with_(pending=Pending.REMOVE))
+                return False
+        if tell_ds and vm.vmid:
+            try:
+                self._ds_send(
+                    partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(Status.STOPPED))
+                )
+            except PeerError:
+                self.state.save(vm.with_(pending=Pending.REMOVE))
+                return False
         self.state.forget(vm.user_id)
+        return True
 
     # -- SLAM queries ------------------------------------------------------------------------
 
@@ -465,7 +488,7 @@ class VMM:
         """The running VMs a SLAM query is about (user 0: all, helpers too),
         or None for a user without a running VM."""
         user_id = exchange.reader.read_long()
-        running = [vm for vm in self.state.vms() if vm.running]
+        running = [vm for vm in self.state.vms() if vm.running]  # not those being removed
         if user_id == 0:
             return running
         chosen = [vm for vm in running if vm.user_id == user_id]
@@ -578,8 +601,8 @@ class VMM:
     def _confirm_flavor(self, exchange: Exchange, peer: str) -> None:
         """SLAM_CONFIRM_VMFLV_VMM: OK for a known user (the change is already
         in effect here); trailing bytes, as the deployed SLAM sends, are ignored."""
-        user_id = exchange.reader.read_long()
-        exchange.writer.write_byte(OK if self.state.vm(user_id) is not None else ERROR)
+        vm = self.state.vm(exchange.reader.read_long())
+        exchange.writer.write_byte(OK if vm is not None and not vm.removing else ERROR)
         exchange.send()
 
     # -- per-user serialisation ------------------------------------------------------------
