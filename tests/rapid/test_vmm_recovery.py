@@ -5,6 +5,7 @@ memory once requests are answered."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import partial
 
@@ -176,6 +177,32 @@ def test_vms_that_vanished_are_dropped_and_the_ds_told_they_stopped(tmp_path, i7
         assert sorted(m[4] for m in ds.of(Op.VM_REGISTER_DS)) == [-2, -1]  # the helpers, made again
     finally:
         close(again)
+
+
+# -- bugs ---------------------------------------------------------------------------------------------
+
+
+def test_a_bug_in_a_background_loop_is_logged_and_the_loop_goes_on(rig, caplog):
+    """An unexpected exception used to end the thread silently: no more
+    heartbeats, no more rechecks."""
+    usage, broken = rig.vmm.usage, threading.Event()
+    broken.set()
+
+    def flaky_usage():
+        if broken.is_set():
+            raise RuntimeError("a bug in the usage probe")
+        return usage()
+
+    with caplog.at_level(logging.ERROR, logger="pinfold.rapid.vmm"):
+        rig.vmm.usage = flaky_usage
+        wait_until(lambda: {"RAPID: VMM_NOTIFY_DS failed", "RAPID: registration pass failed"}
+                   <= {r.getMessage() for r in caplog.records})  # fmt: skip
+    broken.clear()
+    beats, checks = count(rig.ds.received, Op.VMM_NOTIFY_DS), count(rig.ds.received, Op.VMM_REGISTER_DS)
+    rig.ds.wait_for(
+        lambda got: count(got, Op.VMM_NOTIFY_DS) > beats and count(got, Op.VMM_REGISTER_DS) > checks
+    )
+    assert all(r.exc_info is not None for r in caplog.records if r.levelno >= logging.ERROR)
 
 
 # -- memory ---------------------------------------------------------------------------------------

@@ -16,12 +16,13 @@ this VMM, and told again about its VMs if it does not; what a peer or the
 hypervisor failed to do (a DS registration, a notification, a delete) is
 marked in the record and done again on a later pass; VMs that vanished are
 dropped with the DS told, and helpers made again; nothing is sent to RAPID's
-animation server.
+animation server. Failures are logged (logger `pinfold.rapid.vmm`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import threading
 import time
@@ -40,6 +41,8 @@ from pinfold.rapid.state import Pending, RapidState, RapidVM, Status
 from pinfold.rapid.wire import Exchange, PeerError, call
 
 __all__ = ["VMM", "Usage"]
+
+log = logging.getLogger(__name__)
 
 HELPERS = (1, 2)
 #: the disk RAPID assigns a start (type 0's 20 GB): recorded, reported, not a disk size here
@@ -110,11 +113,14 @@ class VMM:
         for vm in self.state.vms():
             found = agent_vms.pop(vm.vm_name, None)
             if (found is None or found.state == "missing") and not vm.removing:
+                log.warning("RAPID: %s (user %d) is gone from the hypervisor", vm.vm_name, vm.user_id)
                 self.state.update(vm, pending=Pending.REMOVE)
         for name in agent_vms:
             if name.startswith(("rapid-user-", "rapid-helper-")):
-                with contextlib.suppress(AgentError):
+                try:
                     self.agent.delete(name)
+                except AgentError as error:
+                    log.warning("RAPID: cannot delete %s, which no record names: %s", name, error)
 
     def _register_loop(self) -> None:
         delay = 1.0
@@ -125,10 +131,14 @@ class VMM:
                 self.make_helpers()
                 self.registered.set()
                 delay = self.settings.recheck_period_s
-            except PeerError:
+            except PeerError as error:
+                log.warning("RAPID: %s; trying again", error)
                 delay = (
                     min(delay * 2, 60.0) if not self.registered.is_set() else self.settings.recheck_period_s
                 )
+            except Exception:  # a bug must not end the loop that keeps this VMM known
+                log.exception("RAPID: registration pass failed")
+                delay = self.settings.recheck_period_s
             self._stop.wait(delay)
 
     def register(self) -> None:
@@ -148,6 +158,10 @@ class VMM:
         )  # fmt: skip
         answer = call(self._ds, self.settings.socket_timeout_s, request, protocol.vmm_register_ds_reply)
         if answer is not None:
+            if self.state.vmm_id():
+                log.warning(
+                    "RAPID: the DS did not know this VMM (id %d now): its VMs go to it again", answer.vmm_id
+                )
             self.state.registered(answer.vmm_id, answer.slam_ip, answer.slam_port)
             self._slam_told = None
         elif not self.state.vmm_id():
@@ -200,16 +214,24 @@ class VMM:
 
     def _notify_loop(self) -> None:
         while not self._stop.wait(self.settings.notify_period_s):
-            vmm_id = self.state.vmm_id()
-            if not vmm_id:
-                continue
-            usage = self.usage()
-            request = partial(
-                protocol.vmm_notify_ds_request, vmm_id=vmm_id, cpu_load=usage.cpu_load_pct,
-                free_mem_mb=usage.free_memory_mb, gpu_util=usage.gpu_util_pct,
-            )  # fmt: skip
-            with contextlib.suppress(PeerError):  # a DS away now may answer next time
-                self._ds_send(request)
+            try:
+                self.notify()
+            except PeerError as error:  # a DS away now may answer next time
+                log.info("RAPID: VMM_NOTIFY_DS not delivered: %s", error)
+            except Exception:  # nor may a bug end the heartbeats
+                log.exception("RAPID: VMM_NOTIFY_DS failed")
+
+    def notify(self) -> None:
+        """VMM_NOTIFY_DS, once registered: this host's usage."""
+        vmm_id = self.state.vmm_id()
+        if not vmm_id:
+            return
+        usage = self.usage()
+        request = partial(
+            protocol.vmm_notify_ds_request, vmm_id=vmm_id, cpu_load=usage.cpu_load_pct,
+            free_mem_mb=usage.free_memory_mb, gpu_util=usage.gpu_util_pct,
+        )  # fmt: skip
+        self._ds_send(request)
 
     @property
     def _ds(self) -> tuple[str, int]:
@@ -238,7 +260,10 @@ class VMM:
             return
         try:
             self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(status)))
-        except PeerError:
+        except PeerError as error:
+            log.warning(
+                "RAPID: the DS did not hear that user %d's VM is %s: %s", vm.user_id, status.name, error
+            )
             return
         self.state.update(vm, pending=Pending.NONE)
 
@@ -318,7 +343,8 @@ class VMM:
                 self.state.update(vm, as_sync=False)
                 try:
                     self.agent.resume(vm.vm_name)
-                except AgentError:
+                except AgentError as error:
+                    log.warning("RAPID: cannot resume %s: %s", vm.vm_name, error)
                     return None
                 self._ds_status(vm, Status.RESUMED)
             return vm.ip if answer.wait(self.settings.as_wait_s) else None
@@ -337,7 +363,8 @@ class VMM:
             return None
         try:
             return self._tell_ds(vm)
-        except PeerError:
+        except PeerError as error:
+            log.warning("RAPID: the DS did not register user %d's VM, so it goes: %s", user_id, error)
             self._remove(vm)
             return None
 
@@ -353,7 +380,8 @@ class VMM:
         )
         try:
             self.agent.create(request)
-        except AgentError:
+        except AgentError as error:
+            log.warning("RAPID: no VM for user %d: %s", user_id, error)
             return None
         ip = self._address(name)
         vm = RapidVM(
@@ -361,6 +389,7 @@ class VMM:
             disk_gb=START_DISK_GB if not helper else 0, gpu_cores=gpu_cores, pending=Pending.DS,
         )  # fmt: skip
         if not ip:
+            log.warning("RAPID: %s has no address, so it goes", name)
             self._remove(vm)
             return None
         return self.state.save(vm)
@@ -445,7 +474,8 @@ class VMM:
             if action == 1 and vm.running:
                 try:
                     self.agent.suspend(vm.vm_name)
-                except AgentError:
+                except AgentError as error:
+                    log.warning("RAPID: cannot suspend %s: %s", vm.vm_name, error)
                     return
                 self._ds_status(vm, Status.SUSPENDED)
             elif action == 2:
@@ -469,6 +499,9 @@ class VMM:
             self.agent.delete(vm.vm_name)
         except AgentError as error:
             if error.code != "unknown vm":  # gone already: as good as deleted
+                log.warning(
+                    "RAPID: cannot delete %s (user %d), will retry: %s", vm.vm_name, vm.user_id, error
+                )
                 self.state.save(vm.with_(pending=Pending.REMOVE))
                 return False
         if tell_ds and vm.vmid:
@@ -476,7 +509,8 @@ class VMM:
                 self._ds_send(
                     partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(Status.STOPPED))
                 )
-            except PeerError:
+            except PeerError as error:
+                log.warning("RAPID: the DS did not hear that user %d's VM stopped: %s", vm.user_id, error)
                 self.state.save(vm.with_(pending=Pending.REMOVE))
                 return False
         self.state.forget(vm.user_id)
