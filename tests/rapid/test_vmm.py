@@ -48,6 +48,21 @@ def test_heartbeats_reach_the_ds_every_period(rig):
     assert rig.ds.of(Op.VMM_NOTIFY_DS)[0] == (Op.VMM_NOTIFY_DS, 7, 12, 2048, 0)
 
 
+def test_a_stalled_ds_does_not_stop_later_heartbeats(rig):
+    """Scenario 9, improved: the DS takes connections and then stalls, the
+    registration recheck's and the heartbeats' alike; heartbeats go on at
+    their period meanwhile (RAPID's one Timer thread waited for ever)."""
+    rig.ds.holding = {Op.VMM_REGISTER_DS, Op.VMM_NOTIFY_DS}
+    try:
+        before = len(rig.ds.of(Op.VMM_REGISTER_DS))
+        rig.ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VMM_REGISTER_DS) > before)
+        beats = len(rig.ds.of(Op.VMM_NOTIFY_DS))
+        rig.ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VMM_NOTIFY_DS) >= beats + 3, timeout_s=3)
+        assert not rig.ds.released.is_set()  # the recheck is still stalled
+    finally:
+        rig.ds.released.set()
+
+
 def test_a_restart_keeps_the_id_and_the_helpers(tmp_path, i7, peers):
     ds, slam = peers
     driver = SimDriver()
@@ -176,8 +191,21 @@ def test_sizes_the_host_cannot_hold_are_refused_before_the_hypervisor(rig, vcpus
 # -- AS and DS messages (19-25) -------------------------------------------------------------------
 
 
-def test_an_as_with_an_unknown_address_is_refused_after_the_lookups(rig):
+def test_an_as_with_an_unknown_address_is_refused_after_the_lookups(rig, monkeypatch):
+    """Scenario 19: RAPID's four lookups 10 s apart, scaled down."""
+    rig.vmm.settings = rig.vmm.settings.model_copy(update={"as_lookup_tries": 4, "as_lookup_interval_s": 0.1})
+    lookups: list[str] = []
+    by_ip = rig.state.by_ip
+
+    def counted(ip: str):
+        lookups.append(ip)
+        return by_ip(ip)
+
+    monkeypatch.setattr(rig.state, "by_ip", counted)
+    began = time.monotonic()
     assert as_register(rig.port, "10.9.9.9") == (ERROR,)
+    assert lookups == ["10.9.9.9"] * 4
+    assert time.monotonic() - began >= 3 * 0.1
 
 
 def test_as_notify_suspends_then_removes_without_replying(rig):
@@ -227,6 +255,14 @@ def test_vm_info_lists_running_vms_with_helpers(rig):
     assert query(rig, Op.SLAM_GET_VMINFO_VMM, 43) == (ERROR,)
 
 
+def test_vm_info_with_no_running_vm_is_an_error(rig):
+    """Scenario 26: an empty list is ERROR, not OK and no tuples."""
+    for helper in (-1, -2):
+        no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", helper), ("int", 1))
+    assert [vm.status for vm in rig.state.vms()] == [Status.SUSPENDED] * 2
+    assert query(rig, Op.SLAM_GET_VMINFO_VMM, 0) == (ERROR,)
+
+
 def test_cpu_and_memory_come_from_the_agents_monitor(rig):
     start_with_as(rig, 42)
     vmid = str(rig.registered_vm(42)[6])
@@ -234,8 +270,10 @@ def test_cpu_and_memory_come_from_the_agents_monitor(rig):
     assert query(rig, Op.SLAM_GET_VMMEM_VMM, 42) == (OK, ["42", vmid, "512", "512.0"])
     assert query(rig, Op.SLAM_GET_VMCPU_VMM, 99) == (ERROR,)
     assert query(rig, Op.SLAM_GET_VMDISK_VMM, 42) == (ERROR,)  # a diskless VM has no disk to report
-    rig.vmm.vm_usage = lambda name: None
+    rig.vmm.vm_usage = lambda name: None  # no sample yet: no CPU use, no memory.usage
     assert query(rig, Op.SLAM_GET_VMCPU_VMM, 42) == (ERROR,)
+    assert query(rig, Op.SLAM_GET_VMMEM_VMM, 42) == (ERROR,)
+    assert query(rig, Op.SLAM_GET_VMMEM_VMM, 0) == (ERROR,)
 
 
 # -- flavors (30-31) ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """What the VMM does when a peer or the hypervisor fails it, or a DS forgets
 it: nothing is lost, what was left undone is done on a later pass, and no
 peer hears a message more than RAPID's VMM would send. Also: what stays in
-memory once requests are answered."""
+memory once requests are answered, and the helpers' warm pools."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ import pytest
 
 from pinfold.agent.drivers import DriverError, SimDriver
 from pinfold.rapid import protocol, vmm, wire
+from pinfold.rapid.config import RapidConfig
+from pinfold.rapid.endpoint import helper_pools
 from pinfold.rapid.protocol import ERROR, OK, Op
-from pinfold.rapid.state import Pending
+from pinfold.rapid.state import Pending, Status
 from pinfold.rapid.wire import PeerError
 from tests.rapid.peers import as_register, no_reply, start_vm
-from tests.rapid.rig import close, make_rig, query, start_with_as, user_ip, wait_until
+from tests.rapid.rig import FAST, begin, close, make_rig, query, start_with_as, user_ip, wait_until
 
 
 def count(messages: list[tuple[object, ...]], opcode: int) -> int:
@@ -217,3 +219,40 @@ def test_answered_requests_leave_no_locks_or_waiters_behind(rig, monkeypatch):
         no_reply(rig.port, Op.DS_VM_DEREGISTER_VMM, ("long", user_id))
     wait_until(lambda: not rig.vmm._user_locks)  # the register loop may hold a helper's a moment
     assert rig.vmm._as_answers == {}
+
+
+# -- helpers from the warm pool -------------------------------------------------------------------------
+
+
+def test_helpers_come_from_their_warm_pools(tmp_path, i7, peers):
+    settings = FAST.model_copy(update={"helper_spares": 1})
+    rig = make_rig(
+        tmp_path,
+        i7,
+        peers[0],
+        peers[1],
+        settings=settings,
+        start=False,
+        pools=helper_pools(RapidConfig(), settings),
+    )
+    try:
+        while rig.agent.tend_pools(0.0):  # fill the pools, then let the members warm up
+            pass
+        rig.agent.tend_pools(3600.0)
+        pooled = {vm.spec.name: vm.domain for vm in rig.agent.vms.values() if vm.pool}
+        assert set(pooled) == {"pool-rapid-helper-1-0", "pool-rapid-helper-2-0"}
+        assert {vm.state for vm in rig.agent.vms.values()} == {"pooled"}
+        begin(rig)
+        assert rig.vmm.registered.wait(10)
+        domains = {rig.agent.vms[f"rapid-helper-{slot}"].domain for slot in (1, 2)}
+        assert domains == set(pooled.values())  # the members, renamed and resumed
+        assert not any(vm.pool for vm in rig.agent.vms.values())  # none made cold beside them
+        for slot in (1, 2):
+            helper = rig.state.vm(-slot)
+            assert helper is not None
+            assert (helper.status, helper.ip) == (
+                Status.STARTED,
+                rig.agent.addresses(f"rapid-helper-{slot}")[0],
+            )
+    finally:
+        close(rig)
