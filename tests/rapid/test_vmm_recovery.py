@@ -161,6 +161,25 @@ def test_a_vm_the_hypervisor_would_not_delete_is_kept_hidden_and_deleted_later(t
         close(rig)
 
 
+def test_a_new_vm_without_address_that_would_not_go_is_recorded_for_removal(tmp_path, i7, peers, monkeypatch):
+    driver = StubbornDriver()
+    rig = make_rig(tmp_path, i7, peers[0], peers[1], driver=driver)
+    try:
+        assert rig.vmm.registered.wait(10)
+        monkeypatch.setattr(rig.agent, "addresses", lambda name: [])
+        driver.refuse = True
+        assert start_vm(rig.port, 45) == (ERROR,)
+        vm = rig.state.vm(45)
+        assert vm is not None
+        assert (vm.removing, vm.vmid) == (True, 0)
+        driver.refuse = False
+        wait_until(lambda: rig.state.vm(45) is None)
+        assert "rapid-user-45" not in {g.name for g in driver.guests()}
+        assert not [m for m in rig.ds.received if m[0] == Op.VM_REGISTER_DS and m[4] == 45]
+    finally:
+        close(rig)
+
+
 def test_vms_that_vanished_are_dropped_and_the_ds_told_they_stopped(tmp_path, i7, peers):
     """PROTOCOL.md 8.3.9: a helper made again must not leave its old row at
     the DS looking alive."""

@@ -502,7 +502,7 @@ class VMM:
                 log.warning(
                     "RAPID: cannot delete %s (user %d), will retry: %s", vm.vm_name, vm.user_id, error
                 )
-                self.state.save(vm.with_(pending=Pending.REMOVE))
+                self._mark_for_removal(vm)
                 return False
         if tell_ds and vm.vmid:
             try:
@@ -511,10 +511,18 @@ class VMM:
                 )
             except PeerError as error:
                 log.warning("RAPID: the DS did not hear that user %d's VM stopped: %s", vm.user_id, error)
-                self.state.save(vm.with_(pending=Pending.REMOVE))
+                self._mark_for_removal(vm)
                 return False
         self.state.forget(vm.user_id)
         return True
+
+    def _mark_for_removal(self, vm: RapidVM) -> None:
+        """Field by field, as any change to a record; a new VM not yet
+        recorded gets its record now, so that it is not forgotten."""
+        if self.state.vm(vm.user_id) is None:
+            self.state.save(vm.with_(pending=Pending.REMOVE))
+        else:
+            self.state.update(vm, pending=Pending.REMOVE)
 
     # -- SLAM queries ------------------------------------------------------------------------
 
