@@ -76,13 +76,26 @@ class Peer:
 
 
 class FakeDS(Peer):
+    """RAPID's DS, as far as a VMM sees it. `holding`: opcodes whose
+    exchanges stall (recorded, then neither answered nor closed) until
+    `released` is set; `drop`: users whose next VM_REGISTER_DS is recorded
+    and then closed without an answer."""
+
     def __init__(self, slam_port: int, vmm_id: int = 7, accept: bool = True) -> None:
         self.slam_port = slam_port
         self.vmm_id = vmm_id
         self.accept = accept
         self._next_vmid = 9
         self.known: set[str] = set()
+        self.holding: set[int] = set()
+        self.released = threading.Event()
+        self.drop: set[int] = set()
         super().__init__()
+
+    def record(self, message: tuple[Any, ...]) -> None:
+        super().record(message)
+        if message[0] in self.holding:
+            self.released.wait(30)
 
     def forget(self, vmm_id: int) -> None:
         """A DS whose database was reset: it registers the VMM anew, under `vmm_id`."""
@@ -117,6 +130,9 @@ class FakeDS(Peer):
             vmid = self._next_vmid
             self._next_vmid += 1
             self.record((opcode, *registration, vmid))  # before answering: the VMM goes on at once
+            if registration[3] in self.drop:
+                self.drop.discard(registration[3])
+                return
             exchange.writer.write_long(vmid)
             exchange.send()
         elif opcode == Op.VM_NOTIFY_DS:

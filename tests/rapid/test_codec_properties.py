@@ -22,9 +22,12 @@ from tests.rapid.ops import (
 KINDS = ["byte", "int", "long", "utf", "list", "raw"]
 
 # Few distinct characters make repeated list elements (shared handles) likely; the
-# full range covers NUL, 2- and 3-byte forms and surrogate pairs.
+# full range covers NUL, 2- and 3-byte forms and surrogate pairs. No lone surrogate:
+# the encoder refuses those (ValueError), as st.text() already knows.
 short_text = st.text(alphabet="ab\x00é€😀", max_size=4) | st.text(max_size=20)
-long_text = st.builds(lambda char, count: char * count, st.characters(), st.integers(300, 3000))
+long_text = st.builds(
+    lambda char, count: char * count, st.characters(exclude_categories=["Cs"]), st.integers(300, 3000)
+)
 
 op = st.one_of(
     st.tuples(st.just("byte"), st.integers(-128, 255)),

@@ -1,9 +1,11 @@
 """`pinfold agent --rapid-config configuration.xml` as an operator runs it:
-the daemon registers with the DS and the SLAM, makes its helper VMs from
-their warm pools, serves RAPID on vmmPort, and stops on SIGTERM."""
+the daemon registers with the DS and the SLAM (reporting the GPU that
+nvidiaSmiPath sees), makes its helper VMs from their warm pools, serves
+RAPID on vmmPort, and stops on SIGTERM."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,10 +20,17 @@ CONFIG = """<RAPID_VMM_DS>
   <VMM>
     <vmmPort>{port}</vmmPort><vmmMaxConnection>10</vmmMaxConnection><vmmIpAddress>127.0.0.1</vmmIpAddress>
     <openStackSupport>0</openStackSupport><gpuCores>0</gpuCores><availableType>1000000000</availableType>
+    <nvidiaSmiPath>{nvidia_smi}</nvidiaSmiPath><gpuDeviceNum>1</gpuDeviceNum>
     <dataPath>/nonexistent/unused</dataPath>
+    <normalVmImagePath/><helperVmImagePath1/><helperVmImagePath2/><vmImageFolder/><ipShellPath/>
   </VMM>
   <DS><dsPort>{ds_port}</dsPort><dsIpAddress>127.0.0.1</dsIpAddress></DS>
 </RAPID_VMM_DS>
+"""
+#: an nvidia-smi that knows two GPUs (the agent's probe asks for index, name, use %, memory used and total)
+NVIDIA_SMI = """#!/bin/sh
+echo "0, Fake GPU, 37, 100, 1000"
+echo "1, Fake GPU, 81, 100, 1000"
 """
 SETTINGS = """
 [rapid]
@@ -37,7 +46,12 @@ def test_the_agent_serves_rapid_from_its_configuration(tmp_path):
     slam = FakeSLAM()
     ds = FakeDS(slam.port)
     port = free_port()
-    (tmp_path / "configuration.xml").write_text(CONFIG.format(port=port, ds_port=ds.port))
+    nvidia_smi = tmp_path / "nvidia-smi"
+    nvidia_smi.write_text(NVIDIA_SMI)
+    nvidia_smi.chmod(0o755)
+    (tmp_path / "configuration.xml").write_text(
+        CONFIG.format(port=port, ds_port=ds.port, nvidia_smi=nvidia_smi)
+    )
     (tmp_path / "agent.toml").write_text(SETTINGS)
     command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
     command += ["--data-dir", str(tmp_path / "data"), "--port", str(free_port())]
@@ -51,6 +65,8 @@ def test_the_agent_serves_rapid_from_its_configuration(tmp_path):
     try:
         ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2, timeout_s=60)
         assert slam.of(Op.VMM_REGISTER_SLAM) == [(Op.VMM_REGISTER_SLAM, "127.0.0.1", port)]
+        (register,) = ds.of(Op.VMM_REGISTER_DS)
+        assert register[6] == 81  # GPU use of gpuDeviceNum 1, from the nvidiaSmiPath binary
         ds.wait_for(lambda got: any(m[0] == Op.VMM_NOTIFY_DS for m in got))
         answer: list[object] = []
         request = threading.Thread(target=lambda: answer.append(start_vm(port, 42)))
@@ -70,3 +86,15 @@ def test_the_agent_serves_rapid_from_its_configuration(tmp_path):
         slam.stop()
     assert process.returncode == 0, output
     assert "RAPID VMM on port" in output
+
+
+def test_a_configuration_without_a_key_rapid_needs_stops_the_agent_naming_it(tmp_path):
+    config = CONFIG.format(port=free_port(), ds_port=free_port(), nvidia_smi="")
+    path = tmp_path / "configuration.xml"
+    path.write_text(config.replace("<vmmIpAddress>127.0.0.1</vmmIpAddress>", ""))
+    command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
+    command += ["--data-dir", str(tmp_path / "data"), "--rapid-config", str(path)]
+    wide = {**os.environ, "COLUMNS": "1000"}  # the error box on one line
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=wide)
+    assert result.returncode != 0
+    assert f"{path}: vmmIpAddress: missing (RAPID's VMM needs it)" in result.stderr

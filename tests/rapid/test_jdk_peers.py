@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.rapid.peers import FakeDS, FakeSLAM
-from tests.rapid.test_vmm import FAST, Rig, close, make_rig
+from tests.rapid.rig import FAST, Rig, close, make_rig
 
 JAVA = Path(__file__).parent / "java" / "RapidClient.java"
 

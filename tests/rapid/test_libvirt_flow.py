@@ -20,7 +20,7 @@ from pinfold.rapid.vmm import VMM, Usage
 from pinfold.topology import Topology
 from tests.agent.conftest import guest_initramfs, guest_kernel, libvirt_or_skip  # noqa: F401  (fixtures)
 from tests.rapid.peers import FakeDS, FakeSLAM, as_register, no_reply, start_vm
-from tests.rapid.test_vmm import FAST
+from tests.rapid.rig import FAST
 
 NAMES = ("rapid-user-42", "rapid-helper-1", "rapid-helper-2")
 

@@ -1,7 +1,7 @@
 """The RAPID VM Manager of an agent against Python peers that speak the
 protocol (PROTOCOL.md section 10): a DS, a SLAM and ASs, over real sockets on
 loopback, the agent on the sim driver and a real SQLite store. Waits that
-RAPID counts in minutes are scaled down through the settings."""
+RAPID counts in minutes are scaled down through the settings (`tests.rapid.rig`)."""
 
 from __future__ import annotations
 
@@ -9,109 +9,17 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
-from pathlib import Path
-from typing import Any
+from dataclasses import replace
 
 import pytest
 
 from pinfold.agent.drivers import GuestState, SimDriver
-from pinfold.agent.service import Agent, AgentSettings
-from pinfold.agent.store import Store
 from pinfold.rapid.codec import Writer
-from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.protocol import ERROR, OK, Op
-from pinfold.rapid.server import RapidServer
-from pinfold.rapid.settings import RapidSettings
-from pinfold.rapid.state import RapidState, Status
-from pinfold.rapid.vmm import VMM, Usage
+from pinfold.rapid.state import Status
 from pinfold.rapid.wire import PeerError
-from tests.rapid.peers import FakeASServer, FakeDS, FakeSLAM, as_register, no_reply, request, start_vm
-
-FAST = RapidSettings(
-    socket_timeout_s=5, as_wait_s=3, ip_wait_s=0.5, as_lookup_tries=2, as_lookup_interval_s=0.2,
-    notify_period_s=0.2, recheck_period_s=0.5, helper_spares=0,
-)  # fmt: skip
-
-
-@dataclass
-class Rig:
-    agent: Agent
-    driver: SimDriver
-    vmm: VMM
-    server: RapidServer
-    ds: FakeDS
-    slam: FakeSLAM
-    state: RapidState
-
-    @property
-    def port(self) -> int:
-        return self.server.port
-
-    def registered_vm(self, user_id: int) -> tuple[object, ...]:
-        return next(m for m in self.ds.of(Op.VM_REGISTER_DS) if m[4] == user_id)
-
-
-def make_rig(tmp_path: Path, topology, ds: FakeDS, slam: FakeSLAM, settings: RapidSettings = FAST,
-             driver: SimDriver | None = None, **config: object) -> Rig:  # fmt: skip
-    driver = driver or SimDriver()
-    rapid = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_ip="127.0.0.1", ds_port=ds.port, gpu_cores=3072)
-    rapid = replace(rapid, **config)  # type: ignore[arg-type]
-    agent_settings = AgentSettings(
-        domain_type="qemu", image_dirs=rapid.image_dirs, disk_dir=tmp_path / "disks"
-    )
-    agent = Agent(topology, driver, Store(tmp_path / "agent.db"), agent_settings)
-    state = RapidState(agent.store.path)
-    usage = Usage(cpu_load_pct=12, free_memory_mb=2048, gpu_util_pct=0, cpu_cores=8)
-    vmm = VMM(agent, state, rapid, settings, lambda: usage, lambda name: (12.5, 512.0))
-    server = RapidServer(vmm.handle, "127.0.0.1", 0, 8, settings.socket_timeout_s, settings.allow)
-    vmm.config = replace(vmm.config, vmm_port=server.port)
-    server.start()
-    vmm.start()
-    return Rig(agent, driver, vmm, server, ds, slam, state)
-
-
-def close(rig: Rig) -> None:
-    rig.server.stop()
-    rig.vmm.stop()
-    rig.state.close()
-    rig.agent.store.close()
-
-
-@pytest.fixture
-def peers() -> Iterator[tuple[FakeDS, FakeSLAM]]:
-    slam = FakeSLAM()
-    ds = FakeDS(slam.port)
-    yield ds, slam
-    ds.stop()
-    slam.stop()
-
-
-@pytest.fixture
-def rig(tmp_path, i7, peers) -> Iterator[Rig]:
-    made = make_rig(tmp_path, i7, peers[0], peers[1])
-    assert made.vmm.registered.wait(10)
-    yield made
-    close(made)
-
-
-def user_ip(rig: Rig, user_id: int) -> str:
-    vm = rig.state.vm(user_id)
-    assert vm is not None
-    return vm.ip
-
-
-def start_with_as(rig: Rig, user_id: int, confirm: int = OK, **size: int) -> tuple[object, ...]:
-    """SLAM_START for a user, with an AS that registers once the VM has an address."""
-    answer: list[tuple[object, ...]] = []
-    slam = threading.Thread(target=lambda: answer.append(start_vm(rig.port, user_id, **size)))
-    slam.start()
-    rig.ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == user_id for m in got))
-    assert as_register(rig.port, user_ip(rig, user_id), confirm) == (OK, user_id)
-    slam.join(timeout=10)
-    return answer[0]
-
+from tests.rapid.peers import FakeASServer, as_register, no_reply, request, start_vm
+from tests.rapid.rig import FAST, Rig, close, make_rig, query, start_with_as, user_ip
 
 # -- start-up and registration (scenarios 6-10) --------------------------------------------------
 
@@ -140,6 +48,21 @@ def test_heartbeats_reach_the_ds_every_period(rig):
     assert rig.ds.of(Op.VMM_NOTIFY_DS)[0] == (Op.VMM_NOTIFY_DS, 7, 12, 2048, 0)
 
 
+def test_a_stalled_ds_does_not_stop_later_heartbeats(rig):
+    """Scenario 9, improved: the DS takes connections and then stalls, the
+    registration recheck's and the heartbeats' alike; heartbeats go on at
+    their period meanwhile (RAPID's one Timer thread waited for ever)."""
+    rig.ds.holding = {Op.VMM_REGISTER_DS, Op.VMM_NOTIFY_DS}
+    try:
+        before = len(rig.ds.of(Op.VMM_REGISTER_DS))
+        rig.ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VMM_REGISTER_DS) > before)
+        beats = len(rig.ds.of(Op.VMM_NOTIFY_DS))
+        rig.ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VMM_NOTIFY_DS) >= beats + 3, timeout_s=3)
+        assert not rig.ds.released.is_set()  # the recheck is still stalled
+    finally:
+        rig.ds.released.set()
+
+
 def test_a_restart_keeps_the_id_and_the_helpers(tmp_path, i7, peers):
     ds, slam = peers
     driver = SimDriver()
@@ -152,7 +75,7 @@ def test_a_restart_keeps_the_id_and_the_helpers(tmp_path, i7, peers):
         assert again.vmm.registered.wait(10)
         assert again.state.vmm_id() == 7
         assert ds.of(Op.VM_REGISTER_DS) == []  # both helpers are still there
-        assert len(slam.of(Op.VMM_REGISTER_SLAM)) == 2
+        assert len(slam.of(Op.VMM_REGISTER_SLAM)) == 2  # once per start, rechecks or not
     finally:
         close(again)
 
@@ -268,8 +191,21 @@ def test_sizes_the_host_cannot_hold_are_refused_before_the_hypervisor(rig, vcpus
 # -- AS and DS messages (19-25) -------------------------------------------------------------------
 
 
-def test_an_as_with_an_unknown_address_is_refused_after_the_lookups(rig):
+def test_an_as_with_an_unknown_address_is_refused_after_the_lookups(rig, monkeypatch):
+    """Scenario 19: RAPID's four lookups 10 s apart, scaled down."""
+    rig.vmm.settings = rig.vmm.settings.model_copy(update={"as_lookup_tries": 4, "as_lookup_interval_s": 0.1})
+    lookups: list[str] = []
+    by_ip = rig.state.by_ip
+
+    def counted(ip: str):
+        lookups.append(ip)
+        return by_ip(ip)
+
+    monkeypatch.setattr(rig.state, "by_ip", counted)
+    began = time.monotonic()
     assert as_register(rig.port, "10.9.9.9") == (ERROR,)
+    assert lookups == ["10.9.9.9"] * 4
+    assert time.monotonic() - began >= 3 * 0.1
 
 
 def test_as_notify_suspends_then_removes_without_replying(rig):
@@ -306,18 +242,6 @@ def test_ds_deregistration_removes_the_vm_silently(rig):
 # -- SLAM queries (26-29) ---------------------------------------------------------------------------
 
 
-def query(rig: Rig, opcode: int, user_id: int) -> Any:
-    def write(out: Writer) -> None:
-        out.write_byte(opcode)
-        out.write_long(user_id)
-
-    def read(reply):
-        status = reply.read_byte()
-        return (status, reply.read_string_list()) if status == OK else (status,)
-
-    return request(rig.port, write, read)
-
-
 def test_vm_info_lists_running_vms_with_helpers(rig):
     start_with_as(rig, 42)
     start_with_as(rig, 43)
@@ -331,6 +255,14 @@ def test_vm_info_lists_running_vms_with_helpers(rig):
     assert query(rig, Op.SLAM_GET_VMINFO_VMM, 43) == (ERROR,)
 
 
+def test_vm_info_with_no_running_vm_is_an_error(rig):
+    """Scenario 26: an empty list is ERROR, not OK and no tuples."""
+    for helper in (-1, -2):
+        no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", helper), ("int", 1))
+    assert [vm.status for vm in rig.state.vms()] == [Status.SUSPENDED] * 2
+    assert query(rig, Op.SLAM_GET_VMINFO_VMM, 0) == (ERROR,)
+
+
 def test_cpu_and_memory_come_from_the_agents_monitor(rig):
     start_with_as(rig, 42)
     vmid = str(rig.registered_vm(42)[6])
@@ -338,8 +270,10 @@ def test_cpu_and_memory_come_from_the_agents_monitor(rig):
     assert query(rig, Op.SLAM_GET_VMMEM_VMM, 42) == (OK, ["42", vmid, "512", "512.0"])
     assert query(rig, Op.SLAM_GET_VMCPU_VMM, 99) == (ERROR,)
     assert query(rig, Op.SLAM_GET_VMDISK_VMM, 42) == (ERROR,)  # a diskless VM has no disk to report
-    rig.vmm.vm_usage = lambda name: None
+    rig.vmm.vm_usage = lambda name: None  # no sample yet: no CPU use, no memory.usage
     assert query(rig, Op.SLAM_GET_VMCPU_VMM, 42) == (ERROR,)
+    assert query(rig, Op.SLAM_GET_VMMEM_VMM, 42) == (ERROR,)
+    assert query(rig, Op.SLAM_GET_VMMEM_VMM, 0) == (ERROR,)
 
 
 # -- flavors (30-31) ------------------------------------------------------------------------------
@@ -481,6 +415,8 @@ def test_a_ds_that_refuses_a_new_vmm_is_asked_again_until_it_accepts(tmp_path, i
         assert not rig.vmm.registered.is_set()
         assert rig.state.vmm_id() == 0
         assert slam.of(Op.VMM_REGISTER_SLAM) == []
+        assert start_vm(rig.port, 42) == (ERROR,)  # the DS could not be told of its VM
+        assert ds.of(Op.VM_REGISTER_DS) == []
         ds.accept = True
         assert rig.vmm.registered.wait(15)
         assert rig.state.vmm_id() == 7

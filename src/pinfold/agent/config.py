@@ -50,6 +50,7 @@ class AgentConfig(BaseModel):
     cmdline: str = ""
     #: CIDRs whose clients may use SlackVM's /deploy and /remove without a token (off: empty)
     slackvm_open_networks: Networks = ()
+    #: the binary the GPU probe falls back to without NVML (with --rapid-config: its nvidiaSmiPath)
     nvidia_smi: str = "nvidia-smi"
     #: the controller to register with (none: the agent runs on its own)
     controller_url: str | None = None

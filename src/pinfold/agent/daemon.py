@@ -89,7 +89,7 @@ def serve(config: AgentConfig) -> None:
         [cpu.cpu_id for cpu in agent.topology.cpus],
         agent.vnode_layout,
         agent.vm_stats,
-        GpuProbe(config.nvidia_smi),
+        GpuProbe(rapid.nvidia_smi if rapid is not None else config.nvidia_smi),  # RAPID's nvidiaSmiPath
         simulated_memory=(lambda: simulated_memory(agent)) if simulated else None,
     )
     monitor.sample_safely()

@@ -1,31 +1,51 @@
 """RAPID's `configuration.xml` (PROTOCOL.md section 7), read into settings.
 
 The Java VMM reads each key with XPath `//*/<key>` (the first element of that
-name anywhere) and gives up silently on the first bad number, leaving later
-keys at their defaults. Here every key is read, and a missing or malformed
-value stops the agent with a message naming the key; values the Java VMM
-tolerated but no peer can use (an announced address of 0.0.0.0, the
-OpenStack back-end this agent does not have) are refused too.
+name anywhere), as done here. It gave up silently on the first missing or bad
+number, leaving the later keys at values it then crashed on (`dataPath`);
+here every key of section 7 is read and checked, and a bad file stops the
+agent with a message naming the file and the key. Per key:
 
-How the keys map onto pinfold: `vmmPort`, `vmmIpAddress` and
-`vmmMaxConnection` are the RAPID server's port, announced address and worker
-count; `dsIpAddress`/`dsPort` where the DS is; `gpuCores`, `availableType`,
-`nvidiaSmiPath`, `gpuDeviceNum` what is reported to it; `normalVmImagePath`
-and `helperVmImagePath1/2` the base images of user and helper VMs (the agent
-makes qcow2 overlays on them instead of RAPID's full copies, so their
-directories and `vmImageFolder` become image directories); `ipShellPath` the
-fallback for a VM's address. `dataPath` and `vmShellPath` are read and not
-used: the agent keeps RAPID's state in its own store.
+- required (missing: an error), as RAPID's VMM could not run without them:
+  `vmmPort`, `vmmMaxConnection`, `vmmIpAddress` (an IP address, not 0.0.0.0:
+  peers connect to it), `gpuCores`, `availableType` (ten digits),
+  `gpuDeviceNum`, `dataPath`; and RAPID's libvirt keys `normalVmImagePath`,
+  `helperVmImagePath1/2`, `vmImageFolder`, `ipShellPath`, which may be left
+  empty here (no base image, no fallback script: the agent does without);
+- with RAPID's default when missing: `dsIpAddress` (127.0.0.1), `dsPort`
+  (9001) (the `<DS>` section is absent from the VMM's shipped file),
+  `nvidiaSmiPath` (/usr/bin/nvidia-smi), `openStackSupport` (libvirt, as
+  RAPID reads anything but "1"), `vmShellPath` (none);
+- the OpenStack keys are read as text (missing: empty, as RAPID) and kept,
+  but `openStackSupport` 1 is an error: this agent has no OpenStack driver.
+
+How they map onto pinfold: `vmmPort`, `vmmIpAddress` and `vmmMaxConnection`
+are the RAPID server's port, announced address and worker count;
+`dsIpAddress`/`dsPort` where the DS is; `gpuCores`, `availableType`,
+`gpuDeviceNum` what is reported to it, `nvidiaSmiPath` the agent's GPU probe;
+`normalVmImagePath` and `helperVmImagePath1/2` the base images of user and
+helper VMs (the agent makes qcow2 overlays on them instead of RAPID's full
+copies, so their directories and `vmImageFolder` become image directories);
+`ipShellPath` the fallback for a VM's address. `dataPath` and `vmShellPath`
+are not used: the agent keeps RAPID's state in its own store, and RAPID
+never ran the VM-PID script.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
-__all__ = ["RapidConfig", "RapidConfigError", "read_rapid_config"]
+__all__ = ["OPENSTACK_KEYS", "RapidConfig", "RapidConfigError", "read_rapid_config"]
+
+OPENSTACK_KEYS = (
+    "defaultFlavorId", "type2_1024_20FlavorId", "type4_1024_20FlavorId", "linuxNormalVmImageId",
+    "linuxHelperVmImageId", "androidNormalVmImageId", "androidHelperVmImageId", "authAddress",
+    "openStackUserId", "openStackPasswd", "projectId1", "projectId2", "networkId", "publicKey",
+    "offloadingSecurity",
+)  # fmt: skip
 
 
 class RapidConfigError(ValueError):
@@ -47,7 +67,10 @@ class RapidConfig:
     helper_images: tuple[Path | None, Path | None] = (None, None)
     image_folder: Path | None = None
     ip_script: Path | None = None
+    vm_script: Path | None = None
     data_path: Path | None = None
+    #: the OpenStack keys as written (unused: OpenStack support is refused)
+    openstack: dict[str, str] = field(default_factory=dict)
 
     @property
     def image_dirs(self) -> tuple[Path, ...]:
@@ -65,11 +88,13 @@ def read_rapid_config(path: Path) -> RapidConfig:
     except (OSError, ElementTree.ParseError) as exc:
         raise RapidConfigError(f"{path}: {exc}") from None
     keys = _Keys(root, path)
-    if keys.text("openStackSupport", "0") == "1":
+    openstack = {key: keys.text(key, default="") for key in OPENSTACK_KEYS}
+    if keys.text("openStackSupport", default="") == "1":
         raise RapidConfigError(
-            f"{path}: openStackSupport is 1, but this agent drives libvirt (or sim): set it to 0"
+            f"{path}: openStackSupport is 1, but this agent has no OpenStack driver (it drives libvirt, or "
+            "sim): set it to 0"
         )
-    vmm_ip = keys.text("vmmIpAddress", "127.0.0.1")
+    vmm_ip = keys.text("vmmIpAddress")
     try:
         announced = ipaddress.ip_address(vmm_ip)
     except ValueError:
@@ -78,42 +103,53 @@ def read_rapid_config(path: Path) -> RapidConfig:
         raise RapidConfigError(
             f"{path}: vmmIpAddress: {vmm_ip} is announced to the DS and SLAM: give this host's address"
         )
-    available_type = keys.text("availableType", "1000000000")
+    available_type = keys.text("availableType")
     if len(available_type) < 10 or not available_type.isdigit():
         raise RapidConfigError(f"{path}: availableType: ten digits expected, not {available_type!r}")
+    ds_ip = keys.text("dsIpAddress", default="127.0.0.1")
+    if not ds_ip:
+        raise RapidConfigError(f"{path}: dsIpAddress: empty (leave the key out for 127.0.0.1)")
+    data_path = keys.path("dataPath")
+    if data_path is None:
+        raise RapidConfigError(f"{path}: dataPath: empty: RAPID's VMM needs a directory there")
     return RapidConfig(
-        vmm_port=keys.number("vmmPort", 9000, 1, 65535),
-        max_connections=keys.number("vmmMaxConnection", 100, 1, 10_000),
+        vmm_port=keys.number("vmmPort", 1, 65535),
+        max_connections=keys.number("vmmMaxConnection", 1, 10_000),
         vmm_ip=vmm_ip,
-        ds_ip=keys.text("dsIpAddress", "127.0.0.1"),
-        ds_port=keys.number("dsPort", 9001, 1, 65535),
-        gpu_cores=keys.number("gpuCores", 0, 0, 10_000_000),
+        ds_ip=ds_ip,
+        ds_port=keys.number("dsPort", 1, 65535, default=9001),
+        gpu_cores=keys.number("gpuCores", 0, 10_000_000),
         available_type=available_type,
-        nvidia_smi=keys.text("nvidiaSmiPath", "/usr/bin/nvidia-smi"),
-        gpu_device=keys.number("gpuDeviceNum", 0, 0, 1024),
+        nvidia_smi=keys.text("nvidiaSmiPath", default="") or "/usr/bin/nvidia-smi",
+        gpu_device=keys.number("gpuDeviceNum", 0, 1024),
         normal_image=keys.path("normalVmImagePath"),
         helper_images=(keys.path("helperVmImagePath1"), keys.path("helperVmImagePath2")),
         image_folder=keys.path("vmImageFolder"),
         ip_script=keys.path("ipShellPath"),
-        data_path=keys.path("dataPath"),
+        vm_script=keys.path("vmShellPath", default=""),
+        data_path=data_path,
+        openstack=openstack,
     )
 
 
 class _Keys:
-    """The first element of each name anywhere in the document, as RAPID reads it."""
+    """The first element of each name anywhere in the document, as RAPID
+    reads it; a key without a default must be there."""
 
     def __init__(self, root: ElementTree.Element, path: Path) -> None:
         self._root = root
         self._path = path
 
-    def text(self, key: str, default: str) -> str:
+    def text(self, key: str, default: str | None = None) -> str:
         element = next(self._root.iter(key), None)
-        if element is None:
-            return default
-        return (element.text or "").strip()
+        if element is not None:
+            return (element.text or "").strip()
+        if default is None:
+            raise RapidConfigError(f"{self._path}: {key}: missing (RAPID's VMM needs it)")
+        return default
 
-    def number(self, key: str, default: int, low: int, high: int) -> int:
-        raw = self.text(key, str(default))
+    def number(self, key: str, low: int, high: int, default: int | None = None) -> int:
+        raw = self.text(key, None if default is None else str(default))
         try:
             value = int(raw)
         except ValueError:
@@ -122,8 +158,9 @@ class _Keys:
             raise RapidConfigError(f"{self._path}: {key}: {value} is outside {low}..{high}")
         return value
 
-    def path(self, key: str) -> Path | None:
-        raw = self.text(key, "")
+    def path(self, key: str, default: str | None = None) -> Path | None:
+        """An absolute path, or None for an empty value."""
+        raw = self.text(key, default)
         if not raw:
             return None
         path = Path(raw)

@@ -5,12 +5,15 @@ RAPID's server handed each connection to an unbounded thread pool and set no
 timeout, so silent clients pinned threads forever (section 8.1). Here a
 connection beyond what the workers and a short queue can take is closed at
 once, and a peer that stops talking is dropped after the socket timeout.
+A request that breaks the handler is logged (logger `pinfold.rapid.server`)
+and closed without a reply, as RAPID did; the server goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import socket
 import threading
 from collections.abc import Callable, Sequence
@@ -20,6 +23,8 @@ from pinfold.rapid.codec import CodecError
 from pinfold.rapid.wire import Exchange
 
 __all__ = ["RapidServer"]
+
+log = logging.getLogger(__name__)
 
 
 class RapidServer:
@@ -62,11 +67,12 @@ class RapidServer:
             except OSError:
                 return
             peer = str(address[0])
-            if not self._allowed(peer) or not self._slots.acquire(blocking=False):
-                self.rejected += 1
-                sock.close()
+            if self._allowed(peer) and self._slots.acquire(blocking=False):
+                self._pool.submit(self._serve, sock, peer)
                 continue
-            self._pool.submit(self._serve, sock, peer)
+            self.rejected += 1
+            log.info("RAPID: connection from %s closed: not allowed, or no worker free", peer)
+            sock.close()
 
     def _allowed(self, peer: str) -> bool:
         if not self._allow:
@@ -81,8 +87,10 @@ class RapidServer:
         try:
             exchange = Exchange(sock, self._timeout_s)
             self._handler(exchange, peer)
-        except (OSError, CodecError, ValueError):
-            pass  # RAPID's answer to a broken request: close without a reply
+        except (OSError, CodecError, ValueError) as error:  # RAPID's answer: close without a reply
+            log.debug("RAPID: broken request from %s: %s", peer, error)
+        except Exception:  # a bug: the pool would keep it in a future nobody reads
+            log.exception("RAPID: request from %s failed", peer)
         finally:
             with contextlib.suppress(OSError):
                 sock.close()

@@ -5,7 +5,11 @@ mid-write corrupted them, section 6); here each change is one committed
 transaction (`synchronous=FULL`). What is kept: this VMM's id at the DS and
 the SLAM's address (`rapid_vmm`), and one row per RAPID VM (`rapid_vms`): the
 user it belongs to (helper VMs are users -1 and -2), the agent VM that
-realises it, its DS vmid, status, address and whether its AS confirmed.
+realises it, its DS vmid, status, address, whether its AS confirmed, and
+what is still to be done for it (`pending`: tell the DS, or remove it).
+
+Rows are changed field by field (`update`): a handler that saved its whole,
+older copy of a row would undo what another handler wrote meanwhile.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from __future__ import annotations
 import sqlite3
 import threading
 from dataclasses import dataclass, replace
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 
-__all__ = ["RapidState", "RapidVM", "Status"]
+__all__ = ["Pending", "RapidState", "RapidVM", "Status"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rapid_vmm (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -32,9 +36,14 @@ CREATE TABLE IF NOT EXISTS rapid_vms (
     vcpus INTEGER NOT NULL,
     memory_mb INTEGER NOT NULL,
     disk_gb INTEGER NOT NULL DEFAULT 0,
-    gpu_cores INTEGER NOT NULL DEFAULT 0
+    gpu_cores INTEGER NOT NULL DEFAULT 0,
+    pending TEXT NOT NULL DEFAULT ''
 );
 """
+COLUMNS = (
+    "user_id", "vm_name", "status", "vcpus", "memory_mb", "vmid", "helper", "ip", "as_sync", "os_type",
+    "disk_gb", "gpu_cores", "pending",
+)  # fmt: skip
 
 
 class Status(IntEnum):
@@ -44,6 +53,17 @@ class Status(IntEnum):
     SUSPENDED = 2
     RESUMED = 3
     STOPPED = 4
+
+
+class Pending(StrEnum):
+    """What is left to do for a VM after a peer or the hypervisor failed."""
+
+    NONE = ""
+    #: the DS does not know all about it yet: its registration (vmid 0), a helper's address, its status
+    DS = "ds"
+    #: to be removed (the hypervisor refused the delete, the DS could not be told STOPPED, or
+    #: the VM vanished): hidden from peers, retried until done
+    REMOVE = "remove"
 
 
 @dataclass(frozen=True)
@@ -60,10 +80,16 @@ class RapidVM:
     os_type: int = 0
     disk_gb: int = 0
     gpu_cores: int = 0
+    pending: Pending = Pending.NONE
 
     @property
     def running(self) -> bool:
-        return self.status in (Status.STARTED, Status.RESUMED)
+        """Running as peers see it: a VM being removed is not."""
+        return self.status in (Status.STARTED, Status.RESUMED) and not self.removing
+
+    @property
+    def removing(self) -> bool:
+        return self.pending is Pending.REMOVE
 
     def with_(self, **changes: object) -> RapidVM:
         return replace(self, **changes)  # type: ignore[arg-type]
@@ -80,6 +106,9 @@ class RapidState:
         self._db.execute("PRAGMA synchronous=FULL")
         with self._lock:
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(rapid_vms)")}
+            if "pending" not in columns:  # a store written before the column existed
+                self._db.execute("ALTER TABLE rapid_vms ADD COLUMN pending TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -95,7 +124,11 @@ class RapidState:
         return (ip, int(port)) if ip and port else None
 
     def registered(self, vmm_id: int, slam_ip: str, slam_port: int) -> None:
-        """The DS's answer to VMM_REGISTER_DS, in one transaction."""
+        """The DS's answer to VMM_REGISTER_DS, in one transaction. A DS that
+        registers this VMM (again) knows none of its VMs: each is marked to be
+        registered anew (vmid 0), in the same transaction, so that a crash
+        cannot leave the new id saved and the VMs unmarked. A VM being removed
+        stays so; its old vmid may be another VM's at this DS, so it goes too."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -103,6 +136,10 @@ class RapidState:
                     self._db.execute(
                         "INSERT OR REPLACE INTO rapid_vmm (key, value) VALUES (?, ?)", (key, str(value))
                     )
+                self._db.execute(
+                    "UPDATE rapid_vms SET vmid = 0, pending = CASE WHEN pending = ? THEN pending ELSE ? END",
+                    (Pending.REMOVE, Pending.DS),
+                )
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -117,43 +154,45 @@ class RapidState:
 
     def vms(self) -> list[RapidVM]:
         with self._lock:
-            rows = self._db.execute(
-                "SELECT user_id, vm_name, status, vcpus, memory_mb, vmid, helper, ip, as_sync, os_type, "
-                "disk_gb, gpu_cores FROM rapid_vms ORDER BY user_id"
-            ).fetchall()
+            rows = self._db.execute(f"SELECT {', '.join(COLUMNS)} FROM rapid_vms ORDER BY user_id").fetchall()
         return [
-            RapidVM(
-                int(u),
-                str(n),
-                Status(s),
-                int(c),
-                int(m),
-                int(v),
-                int(h),
-                str(ip),
-                bool(a),
-                int(o),
-                int(d),
-                int(g),
-            )
-            for u, n, s, c, m, v, h, ip, a, o, d, g in rows
-        ]
+            RapidVM(int(u), str(n), Status(s), int(c), int(m), int(v), int(h), str(ip), bool(a), int(o),
+                    int(d), int(g), Pending(p))
+            for u, n, s, c, m, v, h, ip, a, o, d, g, p in rows
+        ]  # fmt: skip
 
     def vm(self, user_id: int) -> RapidVM | None:
         return next((vm for vm in self.vms() if vm.user_id == user_id), None)
 
     def by_ip(self, ip: str) -> RapidVM | None:
-        return next((vm for vm in self.vms() if vm.ip and vm.ip == ip), None)
+        """The VM an AS at `ip` runs in (not one being removed)."""
+        return next((vm for vm in self.vms() if vm.ip and vm.ip == ip and not vm.removing), None)
 
     def save(self, vm: RapidVM) -> RapidVM:
+        """The whole row: for a VM just made (or marked for removal)."""
+        names, marks = ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS))
         with self._lock:
             self._db.execute(
-                "INSERT OR REPLACE INTO rapid_vms (user_id, vm_name, vmid, status, helper, ip, as_sync, "
-                "os_type, vcpus, memory_mb, disk_gb, gpu_cores) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (vm.user_id, vm.vm_name, vm.vmid, int(vm.status), vm.helper, vm.ip, int(vm.as_sync),
-                 vm.os_type, vm.vcpus, vm.memory_mb, vm.disk_gb, vm.gpu_cores),
-            )  # fmt: skip
+                f"INSERT OR REPLACE INTO rapid_vms ({names}) VALUES ({marks})",
+                tuple(getattr(vm, column) for column in COLUMNS),
+            )
         return vm
+
+    def update(self, vm: RapidVM, **changes: object) -> RapidVM:
+        """Set only these fields of `vm`'s row, in one statement, and only if
+        the row still holds that VM; other fields keep what others wrote.
+        Returns `vm` with the changes (its other fields may be older)."""
+        updated = vm.with_(**changes)
+        columns = [column for column in COLUMNS[2:] if column in changes]
+        if len(columns) != len(changes):
+            raise ValueError(f"not fields of a VM's row: {sorted(set(changes) - set(columns))}")
+        with self._lock:
+            assignments = ", ".join(f"{column} = ?" for column in columns)
+            self._db.execute(
+                f"UPDATE rapid_vms SET {assignments} WHERE user_id = ? AND vm_name = ?",
+                (*(getattr(updated, column) for column in columns), vm.user_id, vm.vm_name),
+            )
+        return updated
 
     def forget(self, user_id: int) -> None:
         with self._lock:

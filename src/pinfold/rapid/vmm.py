@@ -7,23 +7,27 @@ placed by the agent's allocator on its level's vNode, and RAPID's own state
 (VMM id, SLAM address, users' VMs) is kept in the agent's store.
 
 Fixed here, without changing what peers see (section 8): requests for one user
-are serialised (two starts make one VM); a VM's AS confirmation can no longer
-be lost (it is reset before the VM becomes visible); every socket has a
-timeout; an AS that answers ERROR ends a start at once rather than after
-200 s; sizes are checked by the allocator before the hypervisor is touched;
-the DS is asked now and then whether it still knows this VMM, and told again
-about its VMs if it does not; helpers that vanished are made again; nothing is
-sent to RAPID's animation server.
+are serialised (two starts make one VM); handlers change only the fields of a
+VM's record they mean to (an AS confirmation or a DS vmid can no longer be
+lost); every socket has a timeout; an AS that answers ERROR ends a start at
+once rather than after 200 s; sizes are checked by the allocator before the
+hypervisor is touched; the DS is asked now and then whether it still knows
+this VMM, and told again about its VMs if it does not; what a peer or the
+hypervisor failed to do (a DS registration, a notification, a delete) is
+marked in the record and done again on a later pass; VMs that vanished are
+dropped with the DS told, and helpers made again; nothing is sent to RAPID's
+animation server. Failures are logged (logger `pinfold.rapid.vmm`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from pinfold.agent.service import Agent, AgentError, VMRequest
@@ -33,10 +37,12 @@ from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.flavors import suitable_type
 from pinfold.rapid.protocol import CATEGORY_HELPER, CATEGORY_NORMAL, ERROR, OK, Op
 from pinfold.rapid.settings import RapidSettings
-from pinfold.rapid.state import RapidState, RapidVM, Status
+from pinfold.rapid.state import Pending, RapidState, RapidVM, Status
 from pinfold.rapid.wire import Exchange, PeerError, call
 
 __all__ = ["VMM", "Usage"]
+
+log = logging.getLogger(__name__)
 
 HELPERS = (1, 2)
 #: the disk RAPID assigns a start (type 0's 20 GB): recorded, reported, not a disk size here
@@ -72,8 +78,10 @@ class VMM:
         self.usage = usage
         self.vm_usage = vm_usage
         self._users_lock = threading.Lock()
-        self._user_locks: dict[int, threading.Lock] = {}
-        self._as_answers: dict[int, tuple[threading.Event, list[bool]]] = {}
+        self._user_locks: dict[int, _UserLock] = {}
+        self._as_answers: dict[int, _ASAnswer] = {}
+        #: the SLAM this process registered with (RAPID: once per start, and after a DS registration)
+        self._slam_told: tuple[str, int] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.registered = threading.Event()
@@ -82,8 +90,8 @@ class VMM:
 
     def start(self) -> None:
         """Settle RAPID's records with the agent's VMs, then, in the background,
-        register with the DS and the SLAM (retrying), make missing helpers, and
-        send VMM_NOTIFY_DS every period."""
+        register with the DS and the SLAM (retrying), finish what failures
+        left undone, make missing helpers, and send VMM_NOTIFY_DS every period."""
         self.reconcile()
         for target in (self._register_loop, self._notify_loop):
             thread = threading.Thread(target=target, name=f"rapid-{target.__name__}", daemon=True)
@@ -97,41 +105,51 @@ class VMM:
 
     def reconcile(self) -> None:
         """A record whose agent VM is gone (or missing from the hypervisor) is
-        dropped, and so is that VM (a helper is made again later); an agent VM
-        owned by RAPID that no record names is one a crash cut off before it
-        was recorded: nobody was told of it, so it is deleted."""
-        names = {vm.spec.name for vm in self.agent.user_vms() if vm.state != "missing"}
-        recorded = set()
+        marked for removal: the register loop drops it and tells the DS it
+        STOPPED (a helper is made again then). An agent VM owned by RAPID that
+        no record names is one a crash cut off before it was recorded: nobody
+        was told of it, so it is deleted."""
+        agent_vms = {vm.spec.name: vm for vm in self.agent.user_vms()}
         for vm in self.state.vms():
-            if vm.vm_name in names:
-                recorded.add(vm.vm_name)
-            else:
-                self.state.forget(vm.user_id)
-        for name in {vm.spec.name for vm in self.agent.user_vms()} - recorded:
+            found = agent_vms.pop(vm.vm_name, None)
+            if (found is None or found.state == "missing") and not vm.removing:
+                log.warning("RAPID: %s (user %d) is gone from the hypervisor", vm.vm_name, vm.user_id)
+                self.state.update(vm, pending=Pending.REMOVE)
+        for name in agent_vms:
             if name.startswith(("rapid-user-", "rapid-helper-")):
-                with contextlib.suppress(AgentError):
+                try:
                     self.agent.delete(name)
+                except AgentError as error:
+                    log.warning("RAPID: cannot delete %s, which no record names: %s", name, error)
 
     def _register_loop(self) -> None:
         delay = 1.0
         while not self._stop.is_set():
             try:
                 self.register()
+                self.settle()
                 self.make_helpers()
                 self.registered.set()
                 delay = self.settings.recheck_period_s
-            except PeerError:
+            except PeerError as error:
+                log.warning("RAPID: %s; trying again", error)
                 delay = (
                     min(delay * 2, 60.0) if not self.registered.is_set() else self.settings.recheck_period_s
                 )
+            except Exception:  # a bug must not end the loop that keeps this VMM known
+                log.exception("RAPID: registration pass failed")
+                delay = self.settings.recheck_period_s
             self._stop.wait(delay)
 
     def register(self) -> None:
         """VMM_REGISTER_DS, then VMM_REGISTER_SLAM. The DS answers ERROR to a
         VMM it knows already (same address): a VMM with an id keeps it. An OK
-        to a VMM that had an id means the DS forgot it: its VMs are registered
-        again. Raises PeerError while the DS or the SLAM is unreachable, or the
-        DS refuses a VMM that has no id yet."""
+        means the DS does not know this VMM (first start, or a DS that forgot
+        it, whatever id it gives): all its VMs are to be registered again
+        (`settle`). The SLAM appends each registration to a list, so it is
+        told once per start and again only after the DS registration was
+        (re)done. Raises PeerError while the DS or the SLAM is unreachable,
+        or the DS refuses a VMM that has no id yet."""
         usage = self.usage()
         request = partial(
             protocol.vmm_register_ds_request, vmm_ip=self.config.vmm_ip, cpu_load=usage.cpu_load_pct,
@@ -139,32 +157,48 @@ class VMM:
             gpu_cores=self.config.gpu_cores, available_type=self.config.available_type,
         )  # fmt: skip
         answer = call(self._ds, self.settings.socket_timeout_s, request, protocol.vmm_register_ds_reply)
-        previous = self.state.vmm_id()
         if answer is not None:
+            if self.state.vmm_id():
+                log.warning(
+                    "RAPID: the DS did not know this VMM (id %d now): its VMs go to it again", answer.vmm_id
+                )
             self.state.registered(answer.vmm_id, answer.slam_ip, answer.slam_port)
-            if previous and answer.vmm_id != previous:
-                self._register_vms_again()
-        elif not previous:
+            self._slam_told = None
+        elif not self.state.vmm_id():
             raise PeerError("the DS refused to register this VMM (is a SLAM registered with it?)")
         slam = self.state.slam()
         if slam is None:
             raise PeerError("no SLAM address known")
+        if slam == self._slam_told:
+            return
         hello = partial(
             protocol.vmm_register_slam_request, vmm_ip=self.config.vmm_ip, vmm_port=self.config.vmm_port
         )
         if not call(slam, self.settings.socket_timeout_s, hello, protocol.status_reply):
             raise PeerError("the SLAM refused this VMM")
+        self._slam_told = slam
 
-    def _register_vms_again(self) -> None:
+    def settle(self) -> None:
+        """Finish what failures left undone: VMs to be removed are removed
+        (and the DS hears they STOPPED), VMs the DS does not fully know about
+        are told to it. A user a request is busy with is left for the next
+        pass. Raises PeerError when the DS cannot be reached: the marks stay."""
         for vm in self.state.vms():
-            category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
-            vm = self.state.save(vm.with_(vmid=self._ds_register_vm(category, vm.user_id)))
-            if vm.helper and vm.ip:
-                self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
+            if vm.pending is Pending.NONE:
+                continue
+            with self._user(vm.user_id, wait=False) as free:
+                current = self.state.vm(vm.user_id)
+                if not free or current is None:
+                    continue
+                if current.removing:
+                    self._remove(current, tell_ds=True)
+                elif current.pending is Pending.DS:
+                    self._tell_ds(current)
 
     def make_helpers(self) -> None:
         """Helper VMs 1 and 2 (users -1, -2), from their warm pools when the
-        agent keeps spares, registered with the DS with their addresses."""
+        agent keeps spares, registered with the DS with their addresses. A
+        helper the DS could not be told about stays marked; `settle` tells it."""
         for slot in HELPERS:
             user_id = -slot
             with self._user(user_id):
@@ -175,24 +209,29 @@ class VMM:
                 made = self._create_vm(
                     user_id, f"rapid-helper-{slot}", *size, image=str(image) if image else "", helper=slot
                 )
-                if made is None:
-                    continue
-                vm = self.state.save(made.with_(vmid=self._ds_register_vm(CATEGORY_HELPER, user_id)))
-                if vm.ip:
-                    self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
+                if made is not None:
+                    self._tell_ds(made)
 
     def _notify_loop(self) -> None:
         while not self._stop.wait(self.settings.notify_period_s):
-            vmm_id = self.state.vmm_id()
-            if not vmm_id:
-                continue
-            usage = self.usage()
-            request = partial(
-                protocol.vmm_notify_ds_request, vmm_id=vmm_id, cpu_load=usage.cpu_load_pct,
-                free_mem_mb=usage.free_memory_mb, gpu_util=usage.gpu_util_pct,
-            )  # fmt: skip
-            with contextlib.suppress(PeerError):  # a DS away now may answer next time
-                self._ds_send(request)
+            try:
+                self.notify()
+            except PeerError as error:  # a DS away now may answer next time
+                log.info("RAPID: VMM_NOTIFY_DS not delivered: %s", error)
+            except Exception:  # nor may a bug end the heartbeats
+                log.exception("RAPID: VMM_NOTIFY_DS failed")
+
+    def notify(self) -> None:
+        """VMM_NOTIFY_DS, once registered: this host's usage."""
+        vmm_id = self.state.vmm_id()
+        if not vmm_id:
+            return
+        usage = self.usage()
+        request = partial(
+            protocol.vmm_notify_ds_request, vmm_id=vmm_id, cpu_load=usage.cpu_load_pct,
+            free_mem_mb=usage.free_memory_mb, gpu_util=usage.gpu_util_pct,
+        )  # fmt: skip
+        self._ds_send(request)
 
     @property
     def _ds(self) -> tuple[str, int]:
@@ -210,9 +249,37 @@ class VMM:
             call(self._ds, self.settings.socket_timeout_s, request, protocol.vm_register_ds_reply) or 0
         )
 
-    def _ds_notify_vm(self, vm: RapidVM, status: Status) -> None:
-        with contextlib.suppress(PeerError):
+    def _ds_status(self, vm: RapidVM, status: Status) -> None:
+        """VM_NOTIFY_DS for a VM's new status. The status is saved marked
+        first and the mark cleared once the DS heard it, so a DS away now (or
+        a crash) leaves it for `settle`; so does a VM the DS must first be
+        told more about (it was marked already)."""
+        settled = vm.pending is Pending.NONE
+        vm = self.state.update(vm, status=status, pending=Pending.DS)
+        if not settled:
+            return
+        try:
             self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(status)))
+        except PeerError as error:
+            log.warning(
+                "RAPID: the DS did not hear that user %d's VM is %s: %s", vm.user_id, status.name, error
+            )
+            return
+        self.state.update(vm, pending=Pending.NONE)
+
+    def _tell_ds(self, vm: RapidVM) -> RapidVM:
+        """All the DS should know about a VM and may not (PROTOCOL.md 3.4):
+        its registration when it has no vmid (status 1, as RAPID sends it),
+        a helper's address, a status other than STARTED; then the mark goes.
+        Raises PeerError with the VM still marked."""
+        if not vm.vmid:
+            category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
+            vm = self.state.update(vm, vmid=self._ds_register_vm(category, vm.user_id))
+        if vm.helper and vm.ip:
+            self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
+        if vm.status is not Status.STARTED:
+            self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(vm.status)))
+        return self.state.update(vm, pending=Pending.NONE)
 
     # -- requests ------------------------------------------------------------------------
 
@@ -255,60 +322,75 @@ class VMM:
 
     def start_vm(self, user_id: int, os_type: int, vcpus: int, memory_mb: int, gpu_cores: int) -> str | None:
         """SLAM_START_VM_VMM: the user's VM address once its AS confirmed, or
-        None (ERROR). One user at a time: a second start waits for the first."""
-        if user_id < 1:
+        None (ERROR). One user at a time: a second start waits for the first.
+        Before this VMM is registered with the DS (RAPID did not listen yet)
+        a start is an ERROR: the DS could not be told of the VM."""
+        if user_id < 1 or not self.state.vmm_id():
             return None  # helpers are the VMM's own; user ids come from the DS, from 1
-        with self._user(user_id):
+        with self._user(user_id), self._as_answer(user_id) as answer:
             vm = self.state.vm(user_id)
+            if vm is not None and vm.removing:
+                if not self._remove(vm, tell_ds=True):
+                    return None
+                vm = None
             if vm is not None and vm.running:
                 return vm.ip
-            waiter = self._expect_as(user_id)
             if vm is None:
-                image = str(self.config.normal_image or "")
-                made = self._create_vm(
-                    user_id, f"rapid-user-{user_id}", vcpus, memory_mb, os_type=os_type, gpu_cores=gpu_cores,
-                    image=image,
-                )  # fmt: skip
-                if made is None:
+                vm = self._create_user_vm(user_id, os_type, vcpus, memory_mb, gpu_cores)
+                if vm is None:
                     return None
-                vm = made
-                try:
-                    vmid = self._ds_register_vm(CATEGORY_NORMAL, user_id)
-                except PeerError:
-                    self._remove(vm)
-                    return None
-                vm = self.state.save(vm.with_(vmid=vmid))
-            elif vm.status is Status.SUSPENDED:
+            else:  # suspended
+                self.state.update(vm, as_sync=False)
                 try:
                     self.agent.resume(vm.vm_name)
-                except AgentError:
+                except AgentError as error:
+                    log.warning("RAPID: cannot resume %s: %s", vm.vm_name, error)
                     return None
-                vm = self.state.save(vm.with_(status=Status.RESUMED, as_sync=False))
-                self._ds_notify_vm(vm, Status.RESUMED)
-            else:
-                return None
-            return vm.ip if self._wait_for_as(user_id, waiter) else None
+                self._ds_status(vm, Status.RESUMED)
+            return vm.ip if answer.wait(self.settings.as_wait_s) else None
+
+    def _create_user_vm(
+        self, user_id: int, os_type: int, vcpus: int, memory_mb: int, gpu_cores: int
+    ) -> RapidVM | None:
+        """A user's new VM, registered with the DS; None (and no VM) when the
+        agent or the DS fails."""
+        image = str(self.config.normal_image or "")
+        vm = self._create_vm(
+            user_id, f"rapid-user-{user_id}", vcpus, memory_mb, os_type=os_type, gpu_cores=gpu_cores,
+            image=image,
+        )  # fmt: skip
+        if vm is None:
+            return None
+        try:
+            return self._tell_ds(vm)
+        except PeerError as error:
+            log.warning("RAPID: the DS did not register user %d's VM, so it goes: %s", user_id, error)
+            self._remove(vm)
+            return None
 
     def _create_vm(
         self, user_id: int, name: str, vcpus: int, memory_mb: int, *, image: str = "", helper: int = 0,
         os_type: int = 0, gpu_cores: int = 0,
     ) -> RapidVM | None:  # fmt: skip
-        """An agent VM for a RAPID user, with its address; None when the agent
-        refuses (sizes, room) or no address turns up (the VM is removed)."""
+        """An agent VM for a RAPID user, with its address, recorded as one the
+        DS is still to be told about; None when the agent refuses (sizes,
+        room) or no address turns up (the VM is removed)."""
         request = VMRequest(
             name, vcpus, memory_mb, self.settings.ratio, owner=f"rapid:{user_id}", image=image
         )
         try:
             self.agent.create(request)
-        except AgentError:
+        except AgentError as error:
+            log.warning("RAPID: no VM for user %d: %s", user_id, error)
             return None
         ip = self._address(name)
         vm = RapidVM(
             user_id, name, Status.STARTED, vcpus, memory_mb, helper=helper, ip=ip or "", os_type=os_type,
-            disk_gb=START_DISK_GB if not helper else 0, gpu_cores=gpu_cores,
+            disk_gb=START_DISK_GB if not helper else 0, gpu_cores=gpu_cores, pending=Pending.DS,
         )  # fmt: skip
         if not ip:
-            self._remove(vm, recorded=False)
+            log.warning("RAPID: %s has no address, so it goes", name)
+            self._remove(vm)
             return None
         return self.state.save(vm)
 
@@ -341,18 +423,19 @@ class VMM:
         first = result.stdout.splitlines()[0].strip() if result.stdout.strip() else ""
         return first if first and first != "null" else None
 
-    def _expect_as(self, user_id: int) -> tuple[threading.Event, list[bool]]:
-        waiter: tuple[threading.Event, list[bool]] = (threading.Event(), [])
+    @contextlib.contextmanager
+    def _as_answer(self, user_id: int) -> Iterator[_ASAnswer]:
+        """Where the AS of the user's VM will leave its answer, for as long as
+        a start waits; gone after, however the start ends."""
+        answer = _ASAnswer()
         with self._users_lock:
-            self._as_answers[user_id] = waiter
-        return waiter
-
-    def _wait_for_as(self, user_id: int, waiter: tuple[threading.Event, list[bool]]) -> bool:
-        event, answers = waiter
-        event.wait(self.settings.as_wait_s)
-        with self._users_lock:
-            self._as_answers.pop(user_id, None)
-        return bool(answers and answers[-1])
+            self._as_answers[user_id] = answer
+        try:
+            yield answer
+        finally:
+            with self._users_lock:
+                if self._as_answers.get(user_id) is answer:
+                    del self._as_answers[user_id]
 
     def _as_register(self, exchange: Exchange, peer: str) -> None:
         """AS_RM_REGISTER_VMM: the AS names its address, learns its user id,
@@ -372,47 +455,74 @@ class VMM:
         exchange.writer.write_long(vm.user_id)
         exchange.send()
         synced = exchange.reader.read_byte() == OK
-        # not under the user's lock: the start waiting for this answer holds it
-        current = self.state.vm(vm.user_id)
-        if current is not None and current.vm_name == vm.vm_name:
-            self.state.save(current.with_(as_sync=synced))
+        # not under the user's lock (the start waiting for this answer holds it):
+        # one field, and only if the row still holds this VM
+        self.state.update(vm, as_sync=synced)
         with self._users_lock:
-            waiter = self._as_answers.get(vm.user_id)
-        if waiter is not None:
-            waiter[1].append(synced)
-            waiter[0].set()
+            answer = self._as_answers.get(vm.user_id)
+        if answer is not None:
+            answer.give(synced)
 
     def _as_notify(self, exchange: Exchange, peer: str) -> None:
-        """AS_RM_NOTIFY_VMM: 1 suspend, 2 remove; never a reply."""
+        """AS_RM_NOTIFY_VMM: 1 suspend, 2 remove; never a reply. The DS hears
+        SUSPENDED or STOPPED once done (later, if it cannot hear it now)."""
         user_id, action = exchange.reader.read_long(), exchange.reader.read_int()
         with self._user(user_id):
             vm = self.state.vm(user_id)
-            if vm is None or (self.settings.as_must_match_ip and peer != vm.ip):
+            if vm is None or vm.removing or (self.settings.as_must_match_ip and peer != vm.ip):
                 return
             if action == 1 and vm.running:
                 try:
                     self.agent.suspend(vm.vm_name)
-                except AgentError:
+                except AgentError as error:
+                    log.warning("RAPID: cannot suspend %s: %s", vm.vm_name, error)
                     return
-                vm = self.state.save(vm.with_(status=Status.SUSPENDED))
-                self._ds_notify_vm(vm, Status.SUSPENDED)
+                self._ds_status(vm, Status.SUSPENDED)
             elif action == 2:
-                self._remove(vm)
-                self._ds_notify_vm(vm, Status.STOPPED)
+                self._remove(vm, tell_ds=True)
 
     def _deregister(self, exchange: Exchange, peer: str) -> None:
         """DS_VM_DEREGISTER_VMM: remove the user's VM; no reply, nothing told to the DS."""
         user_id = exchange.reader.read_long()
         with self._user(user_id):
             vm = self.state.vm(user_id)
-            if vm is not None:
+            if vm is not None and not vm.removing:
                 self._remove(vm)
 
-    def _remove(self, vm: RapidVM, recorded: bool = True) -> None:
-        with contextlib.suppress(AgentError):
+    def _remove(self, vm: RapidVM, tell_ds: bool = False) -> bool:
+        """Delete the VM, then (`tell_ds`) tell the DS it STOPPED, then forget
+        it. If the hypervisor refuses or the DS cannot be told, the record
+        stays, marked (hidden from peers), and `settle` tries again, telling
+        the DS then in any case: for a VM the DS itself deregistered, one
+        STOPPED more than RAPID sends. True once it is all done."""
+        try:
             self.agent.delete(vm.vm_name)
-        if recorded:
-            self.state.forget(vm.user_id)
+        except AgentError as error:
+            if error.code != "unknown vm":  # gone already: as good as deleted
+                log.warning(
+                    "RAPID: cannot delete %s (user %d), will retry: %s", vm.vm_name, vm.user_id, error
+                )
+                self._mark_for_removal(vm)
+                return False
+        if tell_ds and vm.vmid:
+            try:
+                self._ds_send(
+                    partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(Status.STOPPED))
+                )
+            except PeerError as error:
+                log.warning("RAPID: the DS did not hear that user %d's VM stopped: %s", vm.user_id, error)
+                self._mark_for_removal(vm)
+                return False
+        self.state.forget(vm.user_id)
+        return True
+
+    def _mark_for_removal(self, vm: RapidVM) -> None:
+        """Field by field, as any change to a record; a new VM not yet
+        recorded gets its record now, so that it is not forgotten."""
+        if self.state.vm(vm.user_id) is None:
+            self.state.save(vm.with_(pending=Pending.REMOVE))
+        else:
+            self.state.update(vm, pending=Pending.REMOVE)
 
     # -- SLAM queries ------------------------------------------------------------------------
 
@@ -420,7 +530,7 @@ class VMM:
         """The running VMs a SLAM query is about (user 0: all, helpers too),
         or None for a user without a running VM."""
         user_id = exchange.reader.read_long()
-        running = [vm for vm in self.state.vms() if vm.running]
+        running = [vm for vm in self.state.vms() if vm.running]  # not those being removed
         if user_id == 0:
             return running
         chosen = [vm for vm in running if vm.user_id == user_id]
@@ -519,7 +629,7 @@ class VMM:
                 self.agent.resize(vm.vm_name, chosen.vcpus, chosen.memory_mb)
             except AgentError:
                 return False
-            self.state.save(vm.with_(vcpus=chosen.vcpus, memory_mb=chosen.memory_mb, disk_gb=chosen.disk_gb))
+            self.state.update(vm, vcpus=chosen.vcpus, memory_mb=chosen.memory_mb, disk_gb=chosen.disk_gb)
             return True
 
     def _as_agrees(self, vm: RapidVM) -> bool:
@@ -533,20 +643,55 @@ class VMM:
     def _confirm_flavor(self, exchange: Exchange, peer: str) -> None:
         """SLAM_CONFIRM_VMFLV_VMM: OK for a known user (the change is already
         in effect here); trailing bytes, as the deployed SLAM sends, are ignored."""
-        user_id = exchange.reader.read_long()
-        exchange.writer.write_byte(OK if self.state.vm(user_id) is not None else ERROR)
+        vm = self.state.vm(exchange.reader.read_long())
+        exchange.writer.write_byte(OK if vm is not None and not vm.removing else ERROR)
         exchange.send()
 
     # -- per-user serialisation ------------------------------------------------------------
 
-    def _user_lock_for(self, user_id: int) -> threading.Lock:
-        with self._users_lock:
-            return self._user_locks.setdefault(user_id, threading.Lock())
-
     @contextlib.contextmanager
-    def _user(self, user_id: int) -> Iterator[None]:
-        with self._user_lock_for(user_id):
-            yield
+    def _user(self, user_id: int, wait: bool = True) -> Iterator[bool]:
+        """Requests about one user, one at a time. Yields whether the user's
+        lock was taken: always, unless `wait` is False and it is held. A
+        lock lives only while someone holds or waits for it, so user ids a
+        peer makes up cost nothing once answered."""
+        with self._users_lock:
+            entry = self._user_locks.setdefault(user_id, _UserLock())
+            entry.users += 1
+        taken = entry.lock.acquire(blocking=wait)
+        try:
+            yield taken
+        finally:
+            if taken:
+                entry.lock.release()
+            with self._users_lock:
+                entry.users -= 1
+                if not entry.users:
+                    del self._user_locks[user_id]
+
+
+@dataclass
+class _UserLock:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    #: threads holding or waiting for it
+    users: int = 0
+
+
+class _ASAnswer:
+    """What the AS of a starting VM said (its DS registration went well or
+    not); the last answer wins, as RAPID's asSync flag."""
+
+    def __init__(self) -> None:
+        self._given = threading.Event()
+        self._synced = False
+
+    def give(self, synced: bool) -> None:
+        self._synced = synced
+        self._given.set()
+
+    def wait(self, timeout_s: float) -> bool:
+        """True if the AS confirmed within `timeout_s`."""
+        return self._given.wait(timeout_s) and self._synced
 
 
 def _java_float(value: float) -> str:
