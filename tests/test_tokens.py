@@ -40,6 +40,7 @@ def test_processes_starting_together_agree_on_one_token(tmp_path):
         thread.start()
     for thread in threads:
         thread.join()
+    assert len(seen) == 8  # no thread died on the way
     assert len(set(seen)) == 1
     assert seen[0] == path.read_text().strip()
 
@@ -74,3 +75,14 @@ def test_an_empty_token_never_opens_a_route(guarded, headers, params, status):
     assert response.status_code == status
     if status == 401:
         assert response.json()["error"] == "unauthorized"
+
+
+def test_a_filesystem_without_hard_links_is_a_clear_error(tmp_path, monkeypatch):
+    def no_links(source: object, target: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr("pinfold.tokens.os.link", no_links)
+    path = tmp_path / "admin.token"
+    with pytest.raises(TokenError, match="cannot create"):
+        token_in(path)
+    assert list(tmp_path.iterdir()) == []  # neither the token nor the scratch file

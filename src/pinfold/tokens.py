@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from pathlib import Path
@@ -45,7 +44,11 @@ def _create(path: Path, token: str) -> None:
             handle.write(token + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        with contextlib.suppress(FileExistsError):
+        try:
             os.link(scratch, path)
+        except FileExistsError:
+            pass  # another process made it first: its token stands
+        except OSError as exc:  # a filesystem without hard links (vfat, some FUSE mounts)
+            raise TokenError(f"cannot create {path}: {exc}") from exc
     finally:
         scratch.unlink()

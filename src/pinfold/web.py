@@ -75,7 +75,8 @@ def install_error_handlers(app: FastAPI, status: Mapping[str, int]) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         """FastAPI's own replies (no such route: 404, method not allowed: 405)
         in the shape of every other error, the status's phrase as the code."""
-        code = HTTPStatus(exc.status_code).phrase.lower()
+        known = exc.status_code in HTTPStatus._value2member_map_
+        code = HTTPStatus(exc.status_code).phrase.lower() if known else str(exc.status_code)
         detail = f"{request.method} {request.url.path}: {exc.detail}"
         return JSONResponse({"error": code, "detail": detail}, exc.status_code, headers=exc.headers)
 
