@@ -154,14 +154,15 @@ class Controller:
 
     def heartbeat(self, host_id: str, payload: Mapping[str, Any]) -> bool:
         """Store a heartbeat and settle this host's VMs with what its agent
-        reports; False when the host is unknown (the agent registers again)."""
+        reports; False when the host is unknown (the agent registers again).
+        The API has checked its shape (`api.Heartbeat`)."""
         now = self.clock()
         if not self.store.heartbeat(host_id, payload, now):
             return False
-        self.history.record(host_id, now, payload)
         reported = payload.get("vms")
         if isinstance(reported, Mapping):
             self._settle(host_id, {str(k): str(v) for k, v in reported.items()}, now)
+        self.history.record(host_id, now, payload)  # a view only: last, after what the heartbeat settles
         return True
 
     def hosts(self) -> list[HostView]:
