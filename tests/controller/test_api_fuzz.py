@@ -10,6 +10,7 @@ from typing import Any
 
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
 
 from tests.controller.cluster import ADMIN_AUTH, AGENT, LocalCluster
 
@@ -36,17 +37,32 @@ def test_no_generated_request_makes_the_controller_fail(tmp_path, i7):
         cluster.close()
 
 
-def fuzz(operation: Any, headers: dict[str, str]) -> int:
-    """Run the generated cases of one operation; how many ran."""
+def test_no_malformed_heartbeat_is_taken(tmp_path, i7):
+    """Heartbeats that break their schema (schemathesis's negative mode: a
+    `usage.vnodes` that is a list, a `used_cores` that is a string, ...) are
+    refused with a 4xx, never stored half way with a 5xx."""
+    cluster = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", i7)
+    try:
+        cluster.add_host("h1")
+        schema = schemathesis.openapi.from_url(cluster.url + "/openapi.json")
+        operation = schema["/api/v1/hosts/{host_id}/heartbeat"]["POST"]
+        assert fuzz(operation, AGENT_AUTH, GenerationMode.NEGATIVE, accept=range(400, 500)) > 0
+    finally:
+        cluster.close()
+
+
+def fuzz(operation: Any, headers: dict[str, str], mode: Any = None, accept: range = range(100, 500)) -> int:
+    """Run the generated cases of one operation (of `mode`: valid by default);
+    how many ran. Each answer's status must be in `accept`."""
     calls = 0
 
-    @given(case=operation.as_strategy())
+    @given(case=operation.as_strategy() if mode is None else operation.as_strategy(generation_mode=mode))
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
     def call(case: Any) -> None:
         nonlocal calls
         calls += 1
         response = case.call(headers=dict(headers), timeout=30)
-        assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text}"
+        assert response.status_code in accept, f"{case.method} {case.formatted_path}: {response.text}"
 
     call()
     return calls

@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse
 from typer.testing import CliRunner
 
 from pinfold.cli import app
+from pinfold.controller.config import ControllerConfig
 from tests.controller.cluster import ADMIN, LocalCluster
 from tests.servers import free_port, serving
 
@@ -163,3 +164,21 @@ def test_the_host_filter_is_sent_encoded(cluster):
     assert [vm["name"] for vm in json.loads(out)] == ["web"]
     code, out = cli(cluster, "vm", "list", "--host", f"{host}&x=1", "--json")
     assert (code, json.loads(out)) == (0, [])  # one odd host name, not ?host=h1 and x=1
+
+
+def test_a_shutdown_from_the_cli_waits_longer_than_the_controller_waits_for_the_agent(monkeypatch):
+    """A shutdown the agent ends by forcing the guest off takes the agent's
+    shutdown_timeout_s and more: the controller waits agent_action_timeout_s
+    for it, and the CLI must outwait the controller."""
+    seen: dict[str, Any] = {}
+
+    def answer(method: str, url: str, **kwargs: Any) -> httpx.Response:
+        seen.update(kwargs, method=method, url=url)
+        return httpx.Response(200, json={"name": "web", "state": "shutoff"})
+
+    monkeypatch.setattr(httpx, "request", answer)
+    env = {"PINFOLD_URL": "http://controller:8100", "PINFOLD_TOKEN": ADMIN}
+    result = runner.invoke(app, ["vm", "shutdown", "web", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    assert seen["url"].endswith("/api/v1/vms/web/shutdown")
+    assert seen["timeout"] > ControllerConfig().agent_action_timeout_s + 10

@@ -6,7 +6,9 @@ import stat
 
 import pytest
 
+from pinfold.agent.config import AgentConfig
 from pinfold.controller.config import ControllerConfigError, load_controller_config
+from pinfold.controller.daemon import build_controller
 
 
 def test_flags_override_environment_which_overrides_the_file(tmp_path):
@@ -46,3 +48,19 @@ def test_both_tokens_are_made_once_with_mode_0600(tmp_path):
     assert config.tokens() == (admin, agent)
     for name in ("admin.token", "agent.token"):
         assert stat.S_IMODE((tmp_path / "data" / name).stat().st_mode) == 0o600
+
+
+def test_lifecycle_actions_wait_longer_than_an_agents_forced_shutdown(tmp_path):
+    """An agent's shutdown forces the guest off after its shutdown_timeout_s:
+    the controller's default wait for an action outlasts that with room."""
+    default = load_controller_config(None, {}, {})
+    assert default.agent_action_timeout_s >= AgentConfig().shutdown_timeout_s + default.agent_timeout_s
+    env = {"PINFOLD_CONTROLLER_AGENT_ACTION_TIMEOUT_S": "120"}
+    config = load_controller_config(None, {"data_dir": tmp_path}, env)
+    assert (config.agent_timeout_s, config.agent_action_timeout_s) == (30.0, 120.0)
+    controller, clients = build_controller(config, "agent-token-0123456789")
+    try:
+        assert clients._action_timeout_s == 120.0
+    finally:
+        clients.close()
+        controller.store.engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -14,7 +15,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
 from pinfold.controller.database import WRITE, alembic_config, connect, create, upgrade
+from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import Base
+from pinfold.controller.store import ControllerStore, NewVM
 
 
 def differences(engine: Engine) -> list[object]:
@@ -58,6 +61,30 @@ def test_downgrade_to_base_then_upgrade_again(engine: Engine) -> None:
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     upgrade(engine)
     assert differences(engine) == []
+
+
+@pytest.mark.parametrize("revision", ["0002", "0001"])
+def test_downgrade_keeps_the_hosts_and_vms_of_a_database_in_use(
+    engine: Engine, i7_topology: dict[str, Any], revision: str
+) -> None:
+    """Dropping a column of `hosts` must not rebuild the table: with foreign
+    keys on, SQLite refuses to drop a table that `vms.host_id` refers to."""
+    store = ControllerStore(engine)
+    store.register_host("h1", "http://h1:8099", i7_topology, 6, 0, 1000.0, 10.0)
+    store.reserve(NewVM("v1", 1, 512), "h1", Feasibility(), 1000.0)
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE: True})
+        with connection.begin():
+            command.downgrade(alembic_config(connection), revision)
+    columns = {column["name"] for column in inspect(engine).get_columns("hosts")}
+    assert "heartbeat_period_s" not in columns
+    assert ("down" in columns) == (revision == "0002")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT id FROM hosts").scalars().all() == ["h1"]
+        assert connection.exec_driver_sql("SELECT name, host_id FROM vms").all() == [("v1", "h1")]
+    upgrade(engine)
+    assert differences(engine) == []
+    assert [vm.name for vm in ControllerStore(engine).vms("h1")] == ["v1"]
 
 
 def test_sqlite_is_durable_and_checks_foreign_keys(tmp_path: Path) -> None:

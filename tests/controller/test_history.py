@@ -3,6 +3,8 @@ bounded by count too, and aged by the controller's clock."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pinfold.controller.history import History
 
 BEAT = {"vnodes": {"2.0": [0, 1]}, "usage": {"vnodes": {"2.0": {"used_cores": 0.5}}}}
@@ -29,3 +31,22 @@ def test_a_silent_hosts_samples_age_out_by_the_controllers_clock():
     assert history.of("h1", now=100.0 + 3601) == []
     assert history.of("h1", now=200.0, since=150.0) == []
     assert history.of("nowhere", now=200.0) == []
+
+
+def test_a_sample_leaves_out_what_is_not_of_the_expected_shape():
+    """The API checks a heartbeat's shape; the history does not trust it to."""
+    history = History()
+    beats: list[dict[str, Any]] = [
+        {"vnodes": [[0, 1]], "usage": {"vnodes": []}},
+        {"vnodes": {"2.0": 3}, "usage": {"vnodes": {"2.0": {"used_cores": "x"}, "1.0": [1]}}},
+        {"vnodes": {"2.0": [0, 1]}, "usage": {"vnodes": {"2.0": {"used_cores": float("nan")}}}},
+        {"usage": "busy"},
+    ]
+    for beat in beats:
+        history.record("h1", 1.0, beat)
+    assert [(s.sizes, s.used) for s in history.of("h1", now=2.0)] == [
+        ({}, {}),
+        ({}, {}),
+        ({"2.0": 2}, {}),
+        ({}, {}),
+    ]

@@ -21,9 +21,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-__all__ = ["CLI_CONFIG", "cli_config_path", "register", "vm_table"]
+from pinfold.controller.agents import ACTION_TIMEOUT_S
+
+__all__ = ["CLI_CONFIG", "REQUEST_TIMEOUT_S", "cli_config_path", "register", "vm_table"]
 
 DEFAULT_URL = "http://127.0.0.1:8100"
+#: how long a request waits for the controller: longer than the controller's own wait for an
+#: agent's lifecycle action (`agent_action_timeout_s`, 90 s by default: a shutdown that ends
+#: in a forced power-off), so that `pinfold vm shutdown` hears the controller's answer
+REQUEST_TIMEOUT_S = ACTION_TIMEOUT_S + 30.0
 CLI_CONFIG = Path(os.environ.get("PINFOLD_CLI_CONFIG", Path.home() / ".config" / "pinfold" / "cli.toml"))
 
 console = Console()
@@ -77,7 +83,9 @@ def request(
     headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
     url = where.url.rstrip("/") + path
     try:
-        return httpx.request(method, url, json=body, params=params, headers=headers, timeout=120)
+        return httpx.request(
+            method, url, json=body, params=params, headers=headers, timeout=REQUEST_TIMEOUT_S
+        )
     except httpx.HTTPError as exc:
         console.print(f"[red]cannot reach the controller at {where.url}: {exc}[/red]")
         raise typer.Exit(2) from None

@@ -7,6 +7,11 @@ carried out, so the reservation stays until a heartbeat tells). An agent's
 own JSON error is a definite answer whatever its status (on a 502 "hypervisor
 failed" the agent has undone the create).
 `sent` says whether the request may have reached the agent at all.
+
+Lifecycle actions get their own, longer timeout: an agent's shutdown waits up
+to its `shutdown_timeout_s` (30 s by default) for the guest before forcing it
+off, so with the ordinary timeout the controller would give up (502) while the
+agent is still carrying the shutdown out.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["AgentClient", "AgentError", "AgentRefusedError", "AgentUnreachableError"]
+__all__ = ["ACTION_TIMEOUT_S", "AgentClient", "AgentError", "AgentRefusedError", "AgentUnreachableError"]
 
 
 class AgentError(Exception):
@@ -37,13 +42,25 @@ class AgentUnreachableError(AgentError):
         self.sent = sent
 
 
+#: the default timeout of a lifecycle action: an agent's default shutdown_timeout_s (30 s), a forced
+#: power-off after it, and room to spare
+ACTION_TIMEOUT_S = 90.0
+
+
 class AgentClient:
-    """One agent; `transport` lets tests and the all-in-one node reach an
+    """One agent; `timeout_s` bounds each call, `action_timeout_s` a lifecycle
+    action (`act`); `transport` lets tests and the all-in-one node reach an
     agent without a socket. Thread-safe (httpx.Client is)."""
 
     def __init__(
-        self, address: str, token: str, timeout_s: float = 30.0, transport: httpx.BaseTransport | None = None
+        self,
+        address: str,
+        token: str,
+        timeout_s: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        action_timeout_s: float = ACTION_TIMEOUT_S,
     ) -> None:
+        self._action_timeout_s = max(action_timeout_s, timeout_s)
         self._client = httpx.Client(
             base_url=address.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
@@ -81,11 +98,15 @@ class AgentClient:
         return True
 
     def act(self, name: str, action: str) -> dict[str, Any]:
-        return self._call("POST", f"/api/v1/vms/{name}/{action}")
+        """start, shutdown, suspend or resume, with `action_timeout_s`."""
+        return self._call("POST", f"/api/v1/vms/{name}/{action}", timeout_s=self._action_timeout_s)
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        timeout = httpx.USE_CLIENT_DEFAULT if timeout_s is None else httpx.Timeout(timeout_s)
         try:
-            response = self._client.request(method, path, json=body)
+            response = self._client.request(method, path, json=body, timeout=timeout)
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             raise AgentUnreachableError(f"cannot reach the agent: {error}", sent=False) from error
         except httpx.HTTPError as error:

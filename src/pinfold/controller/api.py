@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, Query, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pinfold.agent.domain import NAME_PATTERN
 from pinfold.controller.models import HOST_ID_MAX
@@ -69,12 +69,31 @@ class Registration(BaseModel):
     heartbeat_period_s: float | None = Field(default=None, gt=0, le=86400)
 
 
+class VNodeUsage(BaseModel):
+    """A vNode's use in a heartbeat's monitor sample (the history plots `used_cores`)."""
+
+    model_config = ConfigDict(extra="allow")
+    used_cores: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+
+
+class Usage(BaseModel):
+    """A heartbeat's monitor sample: the parts the controller reads are checked
+    (each CPU's busy share, for the CPU map; each vNode's cores, for the
+    history); the rest is kept as the agent sent it, for the dashboard."""
+
+    model_config = ConfigDict(extra="allow")
+    cpu: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
+    vnodes: dict[str, VNodeUsage] = Field(default_factory=dict)
+
+
 class Heartbeat(BaseModel):
+    """Checked whole before anything of it is stored: a malformed one is a 422."""
+
     status: dict[str, Any] | None = None
     vms: dict[str, str] = Field(default_factory=dict)
     pins: dict[str, list[int]] = Field(default_factory=dict)
     vnodes: dict[str, list[int]] = Field(default_factory=dict)
-    usage: dict[str, Any] | None = None
+    usage: Usage | None = None
 
 
 def vm_view(record: VMRecord, host: HostView | None = None) -> dict[str, Any]:

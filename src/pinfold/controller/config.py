@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pinfold.controller.agents import ACTION_TIMEOUT_S
 from pinfold.placement import POLICIES
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import token_in
@@ -35,6 +36,9 @@ class ControllerConfig(BaseModel):
     stale_after_s: float = Field(default=60.0, gt=0)
     #: timeout of each call to an agent
     agent_timeout_s: float = Field(default=30.0, gt=0)
+    #: timeout of a lifecycle action (start, shutdown, ...): longer than the agents'
+    #: shutdown_timeout_s, after which they force the guest off
+    agent_action_timeout_s: float = Field(default=ACTION_TIMEOUT_S, gt=0)
     admin_token: str | None = Field(default=None, min_length=16)
     agent_token: str | None = Field(default=None, min_length=16)
     #: CIDRs whose clients may use SlackVM's /deploy and /remove without a token

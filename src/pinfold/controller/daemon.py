@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 
-from pinfold.controller.agents import AgentClient
+from pinfold.controller.agents import ACTION_TIMEOUT_S, AgentClient
 from pinfold.controller.api import create_app
 from pinfold.controller.config import ControllerConfig
 from pinfold.controller.database import connect
@@ -20,9 +20,10 @@ __all__ = ["build_controller", "serve"]
 class AgentClients:
     """One client per host address, made on first use (httpx pools the connections)."""
 
-    def __init__(self, token: str, timeout_s: float) -> None:
+    def __init__(self, token: str, timeout_s: float, action_timeout_s: float = ACTION_TIMEOUT_S) -> None:
         self._token = token
         self._timeout_s = timeout_s
+        self._action_timeout_s = action_timeout_s
         self._clients: dict[str, AgentClient] = {}
         self._lock = threading.Lock()
 
@@ -30,7 +31,9 @@ class AgentClients:
         with self._lock:
             client = self._clients.get(host.address)
             if client is None:
-                client = self._clients[host.address] = AgentClient(host.address, self._token, self._timeout_s)
+                client = self._clients[host.address] = AgentClient(
+                    host.address, self._token, self._timeout_s, action_timeout_s=self._action_timeout_s
+                )
             return client
 
     def close(self) -> None:
@@ -42,7 +45,7 @@ class AgentClients:
 
 def build_controller(config: ControllerConfig, agent_token: str) -> tuple[Controller, AgentClients]:
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    clients = AgentClients(agent_token, config.agent_timeout_s)
+    clients = AgentClients(agent_token, config.agent_timeout_s, config.agent_action_timeout_s)
     controller = Controller(
         ControllerStore(connect(config.url)),
         clients,

@@ -9,6 +9,7 @@ limit; at the agents' default period of 10 s an hour is 360 samples)."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -38,18 +39,9 @@ class History:
         self._lock = threading.Lock()
 
     def record(self, host_id: str, now: float, heartbeat: Mapping[str, Any]) -> None:
-        vnodes = heartbeat.get("vnodes") or {}
-        usage = heartbeat.get("usage") or {}
-        used_by_level = usage.get("vnodes") or {}
-        sample = Sample(
-            now,
-            {str(level): len(cpus) for level, cpus in vnodes.items()},
-            {
-                str(level): float(v.get("used_cores", 0.0))
-                for level, v in used_by_level.items()
-                if isinstance(v, dict)
-            },
-        )
+        """Add a sample of `heartbeat`; what is not of the expected shape (the
+        API checks it, a heartbeat from elsewhere may not be) is left out."""
+        sample = Sample(now, _sizes(heartbeat.get("vnodes")), _used(heartbeat.get("usage")))
         with self._lock:
             ring = self._rings.setdefault(host_id, deque(maxlen=self._per_host))
             ring.append(sample)
@@ -62,3 +54,23 @@ class History:
         start = max(since, now - self.span_s)
         with self._lock:
             return [sample for sample in self._rings.get(host_id, ()) if sample.time >= start]
+
+
+def _sizes(vnodes: object) -> dict[str, int]:
+    """level -> CPUs in its vNode, from `{level: [cpu, ...]}`."""
+    if not isinstance(vnodes, Mapping):
+        return {}
+    return {str(level): len(cpus) for level, cpus in vnodes.items() if isinstance(cpus, list | tuple)}
+
+
+def _used(usage: object) -> dict[str, float]:
+    """level -> cores used, from `{"vnodes": {level: {"used_cores": n}}}`."""
+    by_level = usage.get("vnodes") if isinstance(usage, Mapping) else None
+    if not isinstance(by_level, Mapping):
+        return {}
+    used = {}
+    for level, entry in by_level.items():
+        cores = entry.get("used_cores", 0.0) if isinstance(entry, Mapping) else None
+        if isinstance(cores, int | float) and not isinstance(cores, bool) and math.isfinite(cores):
+            used[str(level)] = float(cores)
+    return used

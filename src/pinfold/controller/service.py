@@ -1,7 +1,8 @@
 """The controller's core: the directory of hosts and VMs and the global scheduler.
 
 A create, in order: idempotency by name (the same request again gets the same
-VM back, also when both are sent at once: the later waits for the earlier);
+VM back, also when both are sent at once: the later waits for the earlier to
+end, then looks again, see `_await_creator`);
 rank the `up`, not draining hosts with the placement core's policy
 (`Scheduler`, a picture of the cluster); for each host in rank order, reserve
 room in the database under the host's lock (`ControllerStore.reserve`: exact,
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,10 @@ __all__ = ["Controller", "ControllerError", "HostView", "NoHostError", "Placed"]
 #: heartbeats a host may miss before it is `down`
 MISSED_HEARTBEATS = 3
 ACTIONS = ("start", "shutdown", "suspend", "resume")
+#: how often a create polls the database for the same create on another replica
+RACE_POLL_S = 0.05
+#: how many times a create looks for its name again after another request took and dropped it
+CREATE_ATTEMPTS = 3
 
 
 class ControllerError(Exception):
@@ -103,6 +109,8 @@ class Controller:
     liveness_ttl_s: float = 1.0
     #: how long a create waits for the same create, sent at the same time, to hear from its agent
     race_wait_s: float = 30.0
+    #: how many creates may wait so at once (each holds one of the server's workers)
+    max_race_waiters: int = 8
     clock: Callable[[], float] = time.time
     scheduler: Scheduler = field(default_factory=Scheduler)
     history: History = field(default_factory=History)
@@ -113,6 +121,13 @@ class Controller:
         self._picture = threading.Lock()
         self._fits = Feasibility()
         self._schedulable: tuple[float, list[str]] = (float("-inf"), [])
+        # the creates under way in this process, by name (a create of a name
+        # sent twice at once may run twice), and the creates waiting for them
+        self._creating = threading.Condition()
+        self._creators: dict[str, int] = {}
+        self._waiters = 0
+        # SQLite is one controller's; on PostgreSQL a reservation's creator may be another replica
+        self._replicas = self.store.engine.dialect.name != "sqlite"
         self.refresh()
 
     # -- hosts -------------------------------------------------------------------
@@ -154,14 +169,15 @@ class Controller:
 
     def heartbeat(self, host_id: str, payload: Mapping[str, Any]) -> bool:
         """Store a heartbeat and settle this host's VMs with what its agent
-        reports; False when the host is unknown (the agent registers again)."""
+        reports; False when the host is unknown (the agent registers again).
+        The API has checked its shape (`api.Heartbeat`)."""
         now = self.clock()
         if not self.store.heartbeat(host_id, payload, now):
             return False
-        self.history.record(host_id, now, payload)
         reported = payload.get("vms")
         if isinstance(reported, Mapping):
             self._settle(host_id, {str(k): str(v) for k, v in reported.items()}, now)
+        self.history.record(host_id, now, payload)  # a view only: last, after what the heartbeat settles
         return True
 
     def hosts(self) -> list[HostView]:
@@ -234,8 +250,22 @@ class Controller:
         if problem is not None:
             raise ControllerError("invalid request", problem)
         existing = self.store.vm(request.name)
-        if existing is not None:
-            return Placed(self._again(existing, request), created=False)
+        for _ in range(CREATE_ATTEMPTS):
+            if existing is not None:
+                record = self._again(existing, request)
+                if record is not None:
+                    return Placed(record, created=False)
+                # gone once its creator was done (it found no host): place it here
+            try:
+                with self._creating_vm(request.name):
+                    return self._place(request, policy)
+            except _NameTaken as taken:  # reserved by another request between our look and ours
+                existing = taken.existing
+        raise ControllerError(
+            "duplicate name", f"{request.name}: taken and dropped by other requests at once"
+        )
+
+    def _place(self, request: NewVM, policy: str) -> Placed:
         eligible = self.schedulable_hosts()
         with self._picture:
             decision = self.scheduler.choose(request.spec, policy, eligible)
@@ -269,7 +299,7 @@ class Controller:
             refused[host.id] = "host unavailable: unknown host"
             return None
         except DuplicateVMError as error:  # the same name, reserved meanwhile: the same request?
-            return Placed(self._again(error.existing, request), created=False)
+            raise _NameTaken(error.existing) from error
         with self._picture:
             in_step = self.scheduler.placed(host.id, request.spec)
         if not in_step:
@@ -297,20 +327,21 @@ class Controller:
         pins = answer.get("pinning")
         return Placed(record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ())
 
-    def _again(self, existing: VMRecord, request: NewVM) -> VMRecord:
+    def _again(self, existing: VMRecord, request: NewVM) -> VMRecord | None:
         """Idempotency: the same request gets its VM, even when both were
-        sent at once (the later one waits for the earlier one's agent);
-        another one with the same name is refused. A stale reservation (its
-        controller died) is finished here."""
-        same = (existing.vcpus, existing.memory_mib, existing.ratio, existing.owner, existing.image) == (
-            request.vcpus, request.memory_mib, float(request.ratio), request.owner, request.image,
-        )  # fmt: skip
-        if not same:
-            raise ControllerError("duplicate name", f"{existing.name} exists with another size or owner")
-        if existing.state is VMState.RESERVED:
-            existing = self._await_creator(existing)
-        stale = self.clock() - existing.updated_at > self.stale_after_s
-        if existing.state is not VMState.RESERVED or not stale or existing.host_id is None:
+        sent at once (the later one waits for the earlier one, then compares
+        again: the name may be another request's by then); another one with
+        the same name is refused. None: the VM is gone once the earlier one
+        was done (it found no host), the caller places it. A stale
+        reservation (its controller died) is finished here."""
+        _same_or_refuse(existing, request)
+        if existing.state is VMState.RESERVED and not self._stale(existing):
+            waited = self._await_creator(existing)
+            if waited is None:
+                return None
+            _same_or_refuse(waited, request)
+            existing = waited
+        if existing.state is not VMState.RESERVED or not self._stale(existing) or existing.host_id is None:
             return existing
         host = self.store.host(existing.host_id)
         if host is None:
@@ -333,23 +364,59 @@ class Controller:
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
         return self.store.set_vm_state(existing.name, VMState.RUNNING, self.clock())
 
-    def _await_creator(self, reserved: VMRecord) -> VMRecord:
-        """The VM as it stands once the request that reserved it heard from
-        its agent, or after `race_wait_s`, or once the reservation is stale
-        (its controller died: the caller finishes it). The name may vanish for
-        a moment while that request moves on to its next host."""
+    def _stale(self, record: VMRecord) -> bool:
+        return self.clock() - record.updated_at > self.stale_after_s
+
+    @contextmanager
+    def _creating_vm(self, name: str) -> Iterator[None]:
+        """Mark a create of `name` under way in this process, from before its
+        first reservation to its end (its last host tried), and wake the
+        creates waiting for it at the end."""
+        with self._creating:
+            self._creators[name] = self._creators.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            with self._creating:
+                if self._creators[name] > 1:
+                    self._creators[name] -= 1
+                else:
+                    del self._creators[name]
+                self._creating.notify_all()
+
+    def _await_creator(self, reserved: VMRecord) -> VMRecord | None:
+        """The VM, read again once the create that reserved it is over, or
+        after `race_wait_s` (then still `reserved`); None if it is gone.
+
+        A creator in this process wakes its waiters when it ends. Else, on
+        PostgreSQL, the creator may be another replica: the database is polled
+        until the VM is no longer reserved, or its reservation is stale. On
+        SQLite no other controller can be creating it (its controller died):
+        the VM is returned as it stands, at once. Past `max_race_waiters`
+        waiting creates, the VM is returned as it stands too."""
+        name = reserved.name
         deadline = time.monotonic() + self.race_wait_s
-        record: VMRecord | None = reserved
-        while time.monotonic() < deadline:
-            if record is not None and (
-                record.state is not VMState.RESERVED or self.clock() - record.updated_at > self.stale_after_s
-            ):
-                return record
-            time.sleep(0.05)
-            record = self.store.vm(reserved.name)
-        if record is None:
-            raise ControllerError("no host", f"{reserved.name}: the same request sent at once found none")
-        return record
+        with self._creating:
+            if self._waiters >= self.max_race_waiters:
+                return reserved
+            self._waiters += 1
+        try:
+            while True:
+                with self._creating:
+                    here = name in self._creators
+                    if here:
+                        remaining = max(0.0, deadline - time.monotonic())
+                        self._creating.wait_for(lambda: name not in self._creators, timeout=remaining)
+                record = self.store.vm(name)
+                if record is None or record.state is not VMState.RESERVED or self._stale(record):
+                    return record
+                if time.monotonic() >= deadline or not (here or self._replicas):
+                    return record
+                if not here:  # here: another create in this process reserved it since; wait for it
+                    time.sleep(RACE_POLL_S)
+        finally:
+            with self._creating:
+                self._waiters -= 1
 
     def vm(self, name: str) -> VMRecord:
         record = self.store.vm(name)
@@ -455,6 +522,23 @@ class Controller:
                 )
             elif record.state not in (VMState.MISSING, VMState.RESERVED) and not recent:
                 self.store.set_vm_state(record.name, VMState.MISSING, now, "its agent does not report it")
+
+
+class _NameTaken(Exception):  # noqa: N818 (not an error: a create's reason to look again)
+    """A create's reservation met another request's VM of that name."""
+
+    def __init__(self, existing: VMRecord) -> None:
+        super().__init__(existing.name)
+        self.existing = existing
+
+
+def _same_or_refuse(existing: VMRecord, request: NewVM) -> None:
+    """Refuse a request under a name whose VM is not the one it asks for."""
+    same = (existing.vcpus, existing.memory_mib, existing.ratio, existing.owner, existing.image) == (
+        request.vcpus, request.memory_mib, float(request.ratio), request.owner, request.image,
+    )  # fmt: skip
+    if not same:
+        raise ControllerError("duplicate name", f"{existing.name} exists with another size or owner")
 
 
 def _vm_state(agent_state: object, otherwise: VMState) -> VMState:

@@ -22,5 +22,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("hosts") as batch:  # SQLite rebuilds the table
-        batch.drop_column("down")
+    # A plain ALTER TABLE ... DROP COLUMN (SQLite >= 3.35, PostgreSQL), not a
+    # batch: rebuilding `hosts` would drop it, which SQLite refuses with foreign
+    # keys on while `vms.host_id` refers to it (any database with a VM).
+    op.drop_column("hosts", "down")

@@ -1,0 +1,86 @@
+"""The controller's agent client against a stand-in agent served on loopback:
+a lifecycle action has its own, longer timeout than the other calls."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+
+from pinfold.controller.agents import AgentClient, AgentUnreachableError
+from pinfold.controller.daemon import AgentClients
+from pinfold.controller.feasibility import Feasibility
+from pinfold.controller.models import VMState
+from pinfold.controller.service import Controller
+from pinfold.controller.store import ControllerStore, NewVM
+from tests.servers import serving
+
+#: the client's ordinary timeout; the stand-in agent takes SLOW_S, its action timeout is longer
+TIMEOUT_S = 0.3
+SLOW_S = 0.8
+ACTION_TIMEOUT_S = 5.0
+
+
+@pytest.fixture
+def slow_agent() -> Iterator[str]:
+    """An agent whose every answer takes SLOW_S, as a shutdown that ends in a forced power-off."""
+    app = FastAPI()
+
+    @app.post("/api/v1/vms/{name}/{action}")
+    def act(name: str, action: str) -> dict[str, str]:
+        time.sleep(SLOW_S)
+        return {"name": name, "state": "shutoff" if action == "shutdown" else "running"}
+
+    @app.get("/api/v1/vms/{name}")
+    def get(name: str) -> dict[str, str]:
+        time.sleep(SLOW_S)
+        return {"name": name, "state": "running"}
+
+    with serving(app) as url:
+        yield url
+
+
+def test_a_shutdown_slower_than_the_call_timeout_waits_for_the_agents_answer(slow_agent: str) -> None:
+    client = AgentClient(slow_agent, "t" * 16, timeout_s=TIMEOUT_S, action_timeout_s=ACTION_TIMEOUT_S)
+    try:
+        assert client.act("v1", "shutdown")["state"] == "shutoff"
+    finally:
+        client.close()
+
+
+def test_other_calls_keep_the_ordinary_timeout(slow_agent: str) -> None:
+    client = AgentClient(slow_agent, "t" * 16, timeout_s=TIMEOUT_S, action_timeout_s=ACTION_TIMEOUT_S)
+    try:
+        with pytest.raises(AgentUnreachableError) as caught:
+            client.get("v1")
+        assert caught.value.sent
+    finally:
+        client.close()
+
+
+def test_an_action_slower_than_the_action_timeout_is_unanswered(slow_agent: str) -> None:
+    client = AgentClient(slow_agent, "t" * 16, timeout_s=TIMEOUT_S, action_timeout_s=TIMEOUT_S)
+    try:
+        with pytest.raises(AgentUnreachableError):
+            client.act("v1", "shutdown")
+    finally:
+        client.close()
+
+
+def test_a_shutdown_through_the_controller_outlasting_the_call_timeout_succeeds(
+    slow_agent: str, store: ControllerStore, i7_topology: dict[str, Any]
+) -> None:
+    """What `pinfold vm shutdown` does when the guest has to be forced off:
+    the controller answers with the agent's state, not 502 "agent failed"."""
+    clients = AgentClients("t" * 16, timeout_s=TIMEOUT_S, action_timeout_s=ACTION_TIMEOUT_S)
+    try:
+        controller = Controller(store, clients, stale_after_s=60.0)
+        controller.register("h1", slow_agent, i7_topology, 6, 0)
+        store.reserve(NewVM("v1", 1, 512), "h1", Feasibility(), controller.clock())
+        store.set_vm_state("v1", VMState.RUNNING, controller.clock())
+        assert controller.act("v1", "shutdown").state is VMState.SHUTOFF
+    finally:
+        clients.close()

@@ -1,0 +1,176 @@
+"""Identical creates sent at once, on a real database with a scripted agent:
+the later waits for the earlier, then looks at the VM again. It gets the VM
+if it is still the one it asked for, places it itself if the earlier found no
+host, and is refused if another request took the name meanwhile."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from pinfold.controller.agents import AgentClient, AgentRefusedError
+from pinfold.controller.feasibility import Feasibility
+from pinfold.controller.models import VMState
+from pinfold.controller.service import Controller, ControllerError, NoHostError, Placed
+from pinfold.controller.store import ControllerStore, HostRecord, NewVM, VMRecord
+
+#: short, so that a waiter that does not wake on the creator's end fails the test, not hangs it
+RACE_WAIT_S = 5.0
+TWIN = NewVM("twin", 1, 512, 2.0)
+
+
+class ScriptedAgent(AgentClient):
+    """An agent whose first create waits for `release`, then refuses (its
+    host is full after all); the others succeed."""
+
+    def __init__(self) -> None:  # no HTTP client: nothing is sent
+        self.creates: list[tuple[str, int]] = []
+        self.first_asked = threading.Event()
+        self.release = threading.Event()
+
+    def create(
+        self, name: str, vcpus: int, memory_mib: int, ratio: float, owner: str, image: str
+    ) -> dict[str, Any]:
+        self.creates.append((name, vcpus))
+        if len(self.creates) == 1:
+            self.first_asked.set()
+            assert self.release.wait(10), "the test never released the first create"
+            raise AgentRefusedError("no room", "taken behind the controller's back", 409)
+        return {"name": name, "pinning": [0]}
+
+    def get(self, name: str) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def agent() -> ScriptedAgent:
+    return ScriptedAgent()
+
+
+@pytest.fixture
+def controller(store: ControllerStore, agent: ScriptedAgent, i7_topology: dict[str, Any]) -> Controller:
+    def agent_for(host: HostRecord) -> AgentClient:
+        return agent
+
+    control = Controller(store, agent_for, race_wait_s=RACE_WAIT_S)
+    control.register("h1", "http://h1:8099", i7_topology, 6, 0)
+    return control
+
+
+@pytest.fixture
+def pool() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        yield executor
+
+
+def seen_reserved(controller: Controller, monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Set once a look-up of the VM finds it `reserved` (the later request is about to wait)."""
+    seen = threading.Event()
+    look_up = controller.store.vm
+
+    def vm(name: str) -> VMRecord | None:
+        record = look_up(name)
+        if record is not None and record.state is VMState.RESERVED:
+            seen.set()
+        return record
+
+    monkeypatch.setattr(controller.store, "vm", vm)
+    return seen
+
+
+def race(
+    controller: Controller,
+    agent: ScriptedAgent,
+    pool: ThreadPoolExecutor,
+    monkeypatch: pytest.MonkeyPatch,
+    later: NewVM = TWIN,
+) -> tuple[Future[Placed], Future[Placed]]:
+    """The first create reaches its agent; the later one finds its
+    reservation; then the first one's agent answers (no)."""
+    first = pool.submit(controller.create, TWIN)
+    assert agent.first_asked.wait(10)
+    seen = seen_reserved(controller, monkeypatch)
+    second = pool.submit(controller.create, later)
+    assert seen.wait(10)
+    agent.release.set()
+    return first, second
+
+
+def test_a_create_whose_twin_found_no_host_places_the_vm_itself(
+    controller: Controller, agent: ScriptedAgent, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = time.monotonic()
+    first, second = race(controller, agent, pool, monkeypatch)
+    with pytest.raises(NoHostError):
+        first.result(timeout=30)
+    placed = second.result(timeout=30)
+    assert time.monotonic() - started < RACE_WAIT_S  # woken by the first one's end, not the wait's
+    assert (placed.created, placed.record.state, placed.record.host_id) == (True, VMState.RUNNING, "h1")
+    assert agent.creates == [("twin", 1), ("twin", 1)]
+
+
+def test_a_waiting_create_is_refused_when_another_request_took_the_name_meanwhile(
+    controller: Controller, agent: ScriptedAgent, pool: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first create fails; before the waiting one looks again, a create of
+    another size takes the name: that VM is not the waiting one's."""
+    forget = controller._forget
+    other: list[Placed] = []
+
+    def forget_then_take_the_name(name: str, *args: Any) -> None:
+        forget(name, *args)
+        if not other:  # the first create's reservation is dropped: another size comes in
+            other.append(controller.create(NewVM("twin", 2, 512, 2.0)))
+
+    monkeypatch.setattr(controller, "_forget", forget_then_take_the_name)
+    first, second = race(controller, agent, pool, monkeypatch)
+    with pytest.raises(NoHostError):
+        first.result(timeout=30)
+    with pytest.raises(ControllerError) as refused:
+        second.result(timeout=30)
+    assert refused.value.code == "duplicate name"
+    assert other[0].record.vcpus == 2
+    assert agent.creates == [("twin", 1), ("twin", 2)]
+
+
+def test_a_retry_of_a_reservation_without_a_creator_answers_at_once_on_sqlite(
+    controller: Controller, store: ControllerStore
+) -> None:
+    """A controller that died after reserving and came back: nobody in this
+    process creates the VM, and on SQLite no other controller can. On
+    PostgreSQL another replica may be its creator: the retry waits for it."""
+    controller.race_wait_s = 1.0
+    store.reserve(TWIN, "h1", Feasibility(), controller.clock())
+    started = time.monotonic()
+    placed = controller.create(TWIN)
+    took = time.monotonic() - started
+    assert (placed.created, placed.record.state) == (False, VMState.RESERVED)
+    if store.engine.dialect.name == "sqlite":
+        assert took < 0.5
+    else:
+        assert took >= 1.0
+
+
+def test_creates_past_the_cap_of_waiters_answer_with_the_reservation_at_once(
+    controller: Controller, agent: ScriptedAgent, pool: ThreadPoolExecutor
+) -> None:
+    """Each waiter holds one of the server's workers: past the cap, the VM is
+    returned `reserved` at once (as when the wait runs out)."""
+    controller.max_race_waiters = 0
+    first = pool.submit(controller.create, TWIN)
+    assert agent.first_asked.wait(10)
+    started = time.monotonic()
+    placed = controller.create(TWIN)
+    assert time.monotonic() - started < 1.0
+    assert (placed.created, placed.record.state) == (False, VMState.RESERVED)
+    agent.release.set()
+    with pytest.raises(NoHostError):
+        first.result(timeout=30)
