@@ -114,6 +114,151 @@ def test_a_helper_the_ds_could_not_be_told_about_is_told_on_a_later_pass(tmp_pat
         close(rig)
 
 
+# -- a DS registration while a handler talks to the DS ----------------------------------------------
+#
+# `registered` marks every row without the per-user locks: an exchange with the DS that began
+# before it must not write back the old DS's vmid, nor clear the new mark, nor send a vmid the
+# new DS never issued. Each test stalls the VMM mid-exchange, has the DS register it again, then
+# lets the exchange finish; the register loop is kept quiet so that the test drives each pass.
+
+
+def quiet_rig(tmp_path, i7, peers):
+    settings = FAST.model_copy(update={"recheck_period_s": 3600})
+    rig = make_rig(tmp_path, i7, peers[0], peers[1], settings=settings)
+    assert rig.vmm.registered.wait(10)
+    return rig
+
+
+def stall_after(monkeypatch, func):
+    """The VMM's first exchange with a request made by `func` is done, then
+    held (`reached` set) until `release` is set."""
+    reached, release = threading.Event(), threading.Event()
+
+    def stalling(address, timeout_s, request, reply=None):
+        answer = wire.call(address, timeout_s, request, reply)
+        if isinstance(request, partial) and request.func is func and not reached.is_set():
+            reached.set()
+            assert release.wait(30)
+        return answer
+
+    monkeypatch.setattr(vmm, "call", stalling)
+    return reached, release
+
+
+def in_background(function, *args):
+    thread = threading.Thread(target=function, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def register_again(rig, vmm_id=8):
+    """A DS whose database was reset meanwhile registers this VMM anew."""
+    rig.ds.forget(vmm_id)
+    rig.vmm.register()
+    assert rig.state.vmm_id() == vmm_id
+
+
+def last_registration(rig, user_id):
+    return [m for m in rig.ds.of(Op.VM_REGISTER_DS) if m[4] == user_id][-1]
+
+
+def test_a_vmid_the_ds_gave_before_registering_this_vmm_again_is_not_kept(tmp_path, i7, peers, monkeypatch):
+    rig = quiet_rig(tmp_path, i7, peers)
+    try:
+        reached, release = stall_after(monkeypatch, protocol.vm_register_ds_request)
+        answer: list[object] = []
+        slam = threading.Thread(target=lambda: answer.append(start_vm(rig.port, 42)))
+        slam.start()
+        assert reached.wait(10)
+        stale = rig.registered_vm(42)[6]
+        register_again(rig)
+        release.set()
+        assert as_register(rig.port, user_ip(rig, 42)) == (OK, 42)
+        slam.join(timeout=10)
+        assert answer == [(OK, 42, user_ip(rig, 42))]
+        vm = rig.state.vm(42)
+        assert vm is not None
+        assert (vm.vmid, vm.pending) == (0, Pending.DS)  # not the old DS's vmid, and still to be told
+        rig.vmm.settle()
+        again = last_registration(rig, 42)
+        assert (again[1], again[6] != stale) == (8, True)
+        vm = rig.state.vm(42)
+        assert vm is not None
+        assert (vm.vmid, vm.pending) == (again[6], Pending.NONE)
+    finally:
+        close(rig)
+
+
+def test_a_status_the_old_ds_heard_does_not_clear_the_new_registration_mark(tmp_path, i7, peers, monkeypatch):
+    rig = quiet_rig(tmp_path, i7, peers)
+    try:
+        start_with_as(rig, 42)
+        reached, release = stall_after(monkeypatch, protocol.vm_notify_ds_request)
+        notify = in_background(no_reply, rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+        assert reached.wait(10)
+        register_again(rig)
+        release.set()
+        notify.join(timeout=10)  # the VMM closes once the suspend is done
+        assert not notify.is_alive()
+        vm = rig.state.vm(42)
+        assert vm is not None
+        assert (vm.status, vm.vmid, vm.pending) == (Status.SUSPENDED, 0, Pending.DS)
+        rig.vmm.settle()
+        again = last_registration(rig, 42)
+        assert again[1] == 8
+        rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, again[6], 2) in got)
+        vm = rig.state.vm(42)
+        assert vm is not None
+        assert (vm.vmid, vm.pending) == (again[6], Pending.NONE)
+    finally:
+        close(rig)
+
+
+@pytest.mark.parametrize("action", [1, 2])
+def test_a_vm_read_before_the_ds_registered_again_is_not_sent_with_its_old_vmid(
+    tmp_path, i7, peers, monkeypatch, action
+):
+    """The suspend (1) or removal (2) read the VM, then the hypervisor took
+    its time: the VM's old vmid may be another VM's at the new DS."""
+    rig = quiet_rig(tmp_path, i7, peers)
+    try:
+        start_with_as(rig, 42)
+        old = rig.registered_vm(42)[6]
+        calling, release = threading.Event(), threading.Event()
+        name = "suspend" if action == 1 else "delete"
+        real = getattr(rig.agent, name)
+
+        def slow(vm_name):
+            if vm_name == "rapid-user-42":
+                calling.set()
+                assert release.wait(30)
+            return real(vm_name)
+
+        monkeypatch.setattr(rig.agent, name, slow)
+        notify = in_background(no_reply, rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", action))
+        assert calling.wait(10)
+        register_again(rig)
+        release.set()
+        notify.join(timeout=10)
+        assert not notify.is_alive()
+        rig.vmm.settle()
+        helpers = {last_registration(rig, user)[6] for user in (-1, -2)}  # told after the handler's messages
+        rig.ds.wait_for(lambda got: {m[1] for m in got if m[0] == Op.HELPER_NOTIFY_DS} >= helpers)
+        if action == 1:
+            again = last_registration(rig, 42)
+            rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, again[6], 2) in got)
+            assert rig.ds.of(Op.VM_NOTIFY_DS) == [(Op.VM_NOTIFY_DS, again[6], 2)]
+            vm = rig.state.vm(42)
+            assert vm is not None
+            assert (vm.status, vm.vmid, vm.pending) == (Status.SUSPENDED, again[6], Pending.NONE)
+        else:  # gone before the new DS knew it: nothing to tell it
+            assert rig.state.vm(42) is None
+            assert [m for m in rig.ds.of(Op.VM_REGISTER_DS) if m[4] == 42 and m[1] == 8] == []
+            assert not [m for m in rig.ds.of(Op.VM_NOTIFY_DS) if m[1] == old]
+    finally:
+        close(rig)
+
+
 # -- removals ---------------------------------------------------------------------------------------
 
 

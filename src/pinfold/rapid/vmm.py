@@ -240,9 +240,14 @@ class VMM:
     def _ds_send(self, request: Callable[[Writer], None]) -> None:
         call(self._ds, self.settings.socket_timeout_s, request)
 
-    def _ds_register_vm(self, category: int, user_id: int) -> int:
+    def _ds_register_vm(self, category: int, user_id: int, epoch: int) -> int | None:
+        """VM_REGISTER_DS: the vmid the DS gives; None, and nothing sent, if
+        the DS registered this VMM since `epoch` (the VM is marked anew)."""
+        vmm_id = self.state.vmm_id()
+        if self.state.epoch() != epoch:
+            return None
         request = partial(
-            protocol.vm_register_ds_request, vmm_id=self.state.vmm_id(), category=category, user_id=user_id,
+            protocol.vm_register_ds_request, vmm_id=vmm_id, category=category, user_id=user_id,
             status=int(Status.STARTED),
         )  # fmt: skip
         return int(
@@ -253,10 +258,15 @@ class VMM:
         """VM_NOTIFY_DS for a VM's new status. The status is saved marked
         first and the mark cleared once the DS heard it, so a DS away now (or
         a crash) leaves it for `settle`; so does a VM the DS must first be
-        told more about (it was marked already)."""
-        settled = vm.pending is Pending.NONE
-        vm = self.state.update(vm, status=status, pending=Pending.DS)
-        if not settled:
+        told more about (it was marked already: by a failure, or by a DS
+        registration, which `vm` may be older than). The vmid sent is the
+        row's as marked, and the mark is cleared only if no DS registration
+        came meanwhile (`RapidState.ds_update`)."""
+        marked = self.state.mark(vm, status=status)
+        if marked is None:
+            return
+        vm, settled = marked
+        if not settled or not vm.vmid:
             return
         try:
             self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(status)))
@@ -265,21 +275,33 @@ class VMM:
                 "RAPID: the DS did not hear that user %d's VM is %s: %s", vm.user_id, status.name, error
             )
             return
-        self.state.update(vm, pending=Pending.NONE)
+        if self.state.ds_update(vm, pending=Pending.NONE) is None:
+            log.info("RAPID: the DS registered this VMM again while told of user %d's VM", vm.user_id)
 
     def _tell_ds(self, vm: RapidVM) -> RapidVM:
         """All the DS should know about a VM and may not (PROTOCOL.md 3.4):
         its registration when it has no vmid (status 1, as RAPID sends it),
         a helper's address, a status other than STARTED; then the mark goes.
-        Raises PeerError with the VM still marked."""
+        Raises PeerError with the VM still marked. What the DS answers is
+        written only if it did not register this VMM again meanwhile (a new
+        epoch): then the VM stays marked, with no vmid, for `settle`, and
+        this returns the row as it is."""
         if not vm.vmid:
             category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
-            vm = self.state.update(vm, vmid=self._ds_register_vm(category, vm.user_id))
+            vmid = self._ds_register_vm(category, vm.user_id, vm.epoch)
+            registered = None if vmid is None else self.state.ds_update(vm, vmid=vmid)
+            if registered is None:
+                return self._marked_again(vm)
+            vm = registered
         if vm.helper and vm.ip:
             self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
         if vm.status is not Status.STARTED:
             self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(vm.status)))
-        return self.state.update(vm, pending=Pending.NONE)
+        return self.state.ds_update(vm, pending=Pending.NONE) or self._marked_again(vm)
+
+    def _marked_again(self, vm: RapidVM) -> RapidVM:
+        log.info("RAPID: the DS registered this VMM again while told of user %d's VM", vm.user_id)
+        return self.state.vm(vm.user_id) or vm
 
     # -- requests ------------------------------------------------------------------------
 
@@ -504,6 +526,9 @@ class VMM:
                 )
                 self._mark_for_removal(vm)
                 return False
+        if tell_ds:  # the vmid as now recorded: a DS registration since `vm` was read took the old one
+            current = self.state.vm(vm.user_id)
+            vm = current if current is not None and current.vm_name == vm.vm_name else vm
         if tell_ds and vm.vmid:
             try:
                 self._ds_send(
