@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 
-from pinfold.agent.drivers import DriverError, SimDriver
+from pinfold.agent.drivers import DriverError, GuestState, SimDriver
 from pinfold.rapid import protocol, vmm, wire
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.endpoint import helper_pools
@@ -257,6 +257,108 @@ def test_a_vm_read_before_the_ds_registered_again_is_not_sent_with_its_old_vmid(
             assert not [m for m in rig.ds.of(Op.VM_NOTIFY_DS) if m[1] == old]
     finally:
         close(rig)
+
+
+# -- a crash between the hypervisor's call and the record's change --------------------------------------
+#
+# A kill -9 after the hypervisor suspended or resumed the VM and before RAPID's record (or even
+# the agent's) was changed: made here by doing the hypervisor's part behind the VMM's back,
+# then starting a VMM again on the same store and the same (simulated) hypervisor.
+
+
+def behind_the_vmms_back(rig, who, action):
+    """`action` ("suspend", "resume") done on user 42's VM by the agent (RAPID
+    killed before its record), or by the hypervisor alone (the agent killed
+    before its own)."""
+    if who == "agent":
+        getattr(rig.agent, action)("rapid-user-42")
+    else:
+        getattr(rig.driver, action)(rig.agent.vms["rapid-user-42"].domain)
+
+
+def guest_state(rig):
+    return rig.driver.info(rig.agent.vms["rapid-user-42"].domain).state
+
+
+@pytest.mark.parametrize("who", ["agent", "hypervisor"])
+def test_a_vm_a_crash_left_paused_but_recorded_started_is_suspended_and_resumed_by_a_start(
+    tmp_path, i7, peers, who
+):
+    """It was: a start answered with the paused guest's address at once."""
+    ds, slam = peers
+    driver = SimDriver()
+    first = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    assert first.vmm.registered.wait(10)
+    start_with_as(first, 42)
+    vmid, ip = first.registered_vm(42)[6], user_ip(first, 42)
+    behind_the_vmms_back(first, who, "suspend")
+    close(first)
+    ds.received.clear()
+    again = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    try:
+        assert again.vmm.registered.wait(10)
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got)  # the DS hears the real status
+        vm = again.state.vm(42)
+        assert vm is not None
+        assert (vm.status, vm.vmid, vm.pending) == (Status.SUSPENDED, vmid, Pending.NONE)
+        answer: list[object] = []
+        request = threading.Thread(target=lambda: answer.append(start_vm(again.port, 42)))
+        request.start()
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 3) in got)
+        assert guest_state(again) is GuestState.RUNNING
+        assert as_register(again.port, ip) == (OK, 42)
+        request.join(timeout=10)
+        assert answer == [(OK, 42, ip)]
+    finally:
+        close(again)
+
+
+@pytest.mark.parametrize("who", ["agent", "hypervisor"])
+def test_a_vm_a_crash_left_running_but_recorded_suspended_is_resumed_and_started_at_once(
+    tmp_path, i7, peers, who
+):
+    """It was: every start failed, resuming a VM that ran."""
+    ds, slam = peers
+    driver = SimDriver()
+    first = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    assert first.vmm.registered.wait(10)
+    start_with_as(first, 42)
+    vmid, ip = first.registered_vm(42)[6], user_ip(first, 42)
+    no_reply(first.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+    ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got)
+    behind_the_vmms_back(first, who, "resume")
+    close(first)
+    ds.received.clear()
+    again = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    try:
+        assert again.vmm.registered.wait(10)
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 3) in got)
+        vm = again.state.vm(42)
+        assert vm is not None
+        assert (vm.status, vm.vmid, vm.pending) == (Status.RESUMED, vmid, Pending.NONE)
+        assert start_vm(again.port, 42) == (OK, 42, ip)
+    finally:
+        close(again)
+
+
+@pytest.mark.parametrize("who", ["agent", "hypervisor"])
+def test_a_start_for_a_suspended_vm_that_runs_already_takes_it_as_resumed(rig, who):
+    start_with_as(rig, 42)
+    vmid = rig.registered_vm(42)[6]
+    no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+    rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got)
+    behind_the_vmms_back(rig, who, "resume")
+    answer: list[object] = []
+    request = threading.Thread(target=lambda: answer.append(start_vm(rig.port, 42)))
+    request.start()
+    rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 3) in got)
+    assert as_register(rig.port, user_ip(rig, 42)) == (OK, 42)
+    request.join(timeout=10)
+    assert answer == [(OK, 42, user_ip(rig, 42))]
+    vm = rig.state.vm(42)
+    assert vm is not None
+    assert (vm.status, vm.pending) == (Status.RESUMED, Pending.NONE)
+    assert guest_state(rig) is GuestState.RUNNING
 
 
 # -- removals ---------------------------------------------------------------------------------------

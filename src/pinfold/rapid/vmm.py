@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
+from pinfold.agent.drivers import DriverError, GuestState
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.rapid import protocol
 from pinfold.rapid.codec import Writer
@@ -47,6 +48,14 @@ log = logging.getLogger(__name__)
 HELPERS = (1, 2)
 #: the disk RAPID assigns a start (type 0's 20 GB): recorded, reported, not a disk size here
 START_DISK_GB = 20
+
+
+#: (the hypervisor's state of a VM, its recorded status) -> the status it really has
+_REAL_STATUS: dict[tuple[str | None, Status], Status] = {
+    (GuestState.PAUSED, Status.STARTED): Status.SUSPENDED,
+    (GuestState.PAUSED, Status.RESUMED): Status.SUSPENDED,
+    (GuestState.RUNNING, Status.SUSPENDED): Status.RESUMED,
+}
 
 
 @dataclass(frozen=True)
@@ -106,21 +115,50 @@ class VMM:
     def reconcile(self) -> None:
         """A record whose agent VM is gone (or missing from the hypervisor) is
         marked for removal: the register loop drops it and tells the DS it
-        STOPPED (a helper is made again then). An agent VM owned by RAPID that
-        no record names is one a crash cut off before it was recorded: nobody
-        was told of it, so it is deleted."""
+        STOPPED (a helper is made again then). A record whose VM runs while
+        it says SUSPENDED, or is paused while it says STARTED or RESUMED, is
+        one a crash cut off between the hypervisor's call and the record's
+        change: it takes the VM's real status (RESUMED, SUSPENDED: what the
+        resume or the suspend would have recorded), marked for the DS, which
+        hears it on the next pass. An agent VM owned by RAPID that no record
+        names is one a crash cut off before it was recorded: nobody was told
+        of it, so it is deleted."""
         agent_vms = {vm.spec.name: vm for vm in self.agent.user_vms()}
         for vm in self.state.vms():
             found = agent_vms.pop(vm.vm_name, None)
-            if (found is None or found.state == "missing") and not vm.removing:
+            if vm.removing:
+                continue
+            if found is None or found.state == "missing":
                 log.warning("RAPID: %s (user %d) is gone from the hypervisor", vm.vm_name, vm.user_id)
                 self.state.update(vm, pending=Pending.REMOVE)
+                continue
+            real = _REAL_STATUS.get((self._guest_state(vm.vm_name), vm.status))
+            if real is not None:
+                log.warning(
+                    "RAPID: %s (user %d) is %s, not %s as recorded: now so recorded",
+                    vm.vm_name, vm.user_id, real.name, vm.status.name,
+                )  # fmt: skip
+                self.state.mark(vm, status=real)
         for name in agent_vms:
             if name.startswith(("rapid-user-", "rapid-helper-")):
                 try:
                     self.agent.delete(name)
                 except AgentError as error:
                     log.warning("RAPID: cannot delete %s, which no record names: %s", name, error)
+
+    def _guest_state(self, name: str) -> str | None:
+        """The state of the agent VM `name` as the hypervisor has it ("running",
+        "paused", ...): the agent's own record of it may be older, if a crash
+        came between its call and its write. The agent's record if the
+        hypervisor cannot say; None for no such VM."""
+        with self.agent.lock:
+            stored = self.agent.vms.get(name)
+        if stored is None:
+            return None
+        try:
+            return self.agent.driver.info(stored.domain).state.value
+        except DriverError:
+            return stored.state
 
     def _register_loop(self) -> None:
         delay = 1.0
@@ -363,11 +401,14 @@ class VMM:
                     return None
             else:  # suspended
                 self.state.update(vm, as_sync=False)
-                try:
-                    self.agent.resume(vm.vm_name)
-                except AgentError as error:
-                    log.warning("RAPID: cannot resume %s: %s", vm.vm_name, error)
-                    return None
+                if self._guest_state(vm.vm_name) == GuestState.RUNNING:  # a crash cut a resume short
+                    log.warning("RAPID: %s runs already: taken as resumed", vm.vm_name)
+                else:
+                    try:
+                        self.agent.resume(vm.vm_name)
+                    except AgentError as error:
+                        log.warning("RAPID: cannot resume %s: %s", vm.vm_name, error)
+                        return None
                 self._ds_status(vm, Status.RESUMED)
             return vm.ip if answer.wait(self.settings.as_wait_s) else None
 
