@@ -6,14 +6,19 @@ RAPID on vmmPort, and stops on SIGTERM."""
 from __future__ import annotations
 
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
+from pathlib import Path
+from typing import Any
 
 from pinfold.rapid.protocol import OK, Op
 from tests.conftest import I7
-from tests.rapid.peers import FakeDS, FakeSLAM, as_register, start_vm
+from tests.rapid.peers import FakeDS, FakeSLAM, Peer, as_register, start_vm
 from tests.servers import free_port
 
 CONFIG = """<RAPID_VMM_DS>
@@ -42,10 +47,57 @@ helper_spares = 1
 """
 
 
+def unused_ports(count: int) -> list[int]:
+    """Distinct ports free on every address, below the kernel's ephemeral
+    range: `free_port()` hands out a port from that range, which any
+    process's outgoing connection may take before the daemon binds it (a
+    RAPID server that cannot bind vmmPort ends the daemon at once; the test
+    then waited its 60 s for helpers that would never come)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randrange(10000, low) if low > 11000 else free_port()
+        if port in chosen:
+            continue
+        try:
+            socket.create_server(("0.0.0.0", port)).close()
+        except OSError:
+            continue
+        chosen.append(port)
+    return chosen
+
+
+def until(process: subprocess.Popen[str], peer: Peer, predicate: Any, timeout_s: float) -> None:
+    """`peer.wait_for`, failing at once if the daemon has exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            peer.wait_for(predicate, timeout_s=min(0.5, max(0.01, deadline - time.monotonic())))
+            return
+        except AssertionError:
+            if process.poll() is not None:
+                raise AssertionError(f"the daemon exited ({process.returncode}) first") from None
+            if time.monotonic() >= deadline:
+                raise
+
+
+def stop(process: subprocess.Popen[str]) -> str:
+    """SIGTERM, then its output once it exited (killed if it does not within 60 s)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.communicate(timeout=60)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.communicate()[0] + "\n[killed: still running 60 s after SIGTERM]"
+
+
 def test_the_agent_serves_rapid_from_its_configuration(tmp_path):
+    """Every failure shows the daemon's output (one that hung once, at 60 s,
+    showed nothing)."""
     slam = FakeSLAM()
     ds = FakeDS(slam.port)
-    port = free_port()
+    port, api_port = unused_ports(2)
     nvidia_smi = tmp_path / "nvidia-smi"
     nvidia_smi.write_text(NVIDIA_SMI)
     nvidia_smi.chmod(0o755)
@@ -54,7 +106,7 @@ def test_the_agent_serves_rapid_from_its_configuration(tmp_path):
     )
     (tmp_path / "agent.toml").write_text(SETTINGS)
     command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
-    command += ["--data-dir", str(tmp_path / "data"), "--port", str(free_port())]
+    command += ["--data-dir", str(tmp_path / "data"), "--port", str(api_port)]
     command += [
         "--config",
         str(tmp_path / "agent.toml"),
@@ -62,26 +114,31 @@ def test_the_agent_serves_rapid_from_its_configuration(tmp_path):
         str(tmp_path / "configuration.xml"),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = "[none yet]"
     try:
-        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2, timeout_s=60)
-        assert slam.of(Op.VMM_REGISTER_SLAM) == [(Op.VMM_REGISTER_SLAM, "127.0.0.1", port)]
-        (register,) = ds.of(Op.VMM_REGISTER_DS)
-        assert register[6] == 81  # GPU use of gpuDeviceNum 1, from the nvidiaSmiPath binary
-        ds.wait_for(lambda got: any(m[0] == Op.VMM_NOTIFY_DS for m in got))
-        answer: list[object] = []
-        request = threading.Thread(target=lambda: answer.append(start_vm(port, 42)))
-        request.start()
-        ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == 42 for m in got), timeout_s=30)
-        # the sim driver's addresses are 198.51.100.1, .2, ... in creation order: the AS of
-        # user 42 is one of them (a wrong one is refused at once with as_lookup_tries = 1)
-        answers = (as_register(port, f"198.51.100.{n}") for n in range(1, 10))
-        assert any(result == (OK, 42) for result in answers)
-        request.join(timeout=30)
-        assert len(answer) == 1
-        assert answer[0][:2] == (OK, 42)  # type: ignore[index]
+        try:
+            until(process, ds, lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2, 60)
+            assert slam.of(Op.VMM_REGISTER_SLAM) == [(Op.VMM_REGISTER_SLAM, "127.0.0.1", port)]
+            (register,) = ds.of(Op.VMM_REGISTER_DS)
+            assert register[6] == 81  # GPU use of gpuDeviceNum 1, from the nvidiaSmiPath binary
+            until(process, ds, lambda got: any(m[0] == Op.VMM_NOTIFY_DS for m in got), 10)
+            answer: list[object] = []
+            request = threading.Thread(target=lambda: answer.append(start_vm(port, 42)), daemon=True)
+            request.start()
+            until(process, ds, lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == 42 for m in got), 30)
+            # the sim driver's addresses are 198.51.100.1, .2, ... in creation order: the AS of
+            # user 42 is one of them (a wrong one is refused at once with as_lookup_tries = 1)
+            answers = (as_register(port, f"198.51.100.{n}") for n in range(1, 10))
+            assert any(result == (OK, 42) for result in answers)
+            request.join(timeout=30)
+            assert len(answer) == 1
+            assert answer[0][:2] == (OK, 42)  # type: ignore[index]
+        finally:
+            output = stop(process)
+    except BaseException as error:
+        error.add_note(f"--- the daemon's output ---\n{output}")
+        raise
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=60)
         ds.stop()
         slam.stop()
     assert process.returncode == 0, output

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from pinfold.agent.store import Store
 from pinfold.rapid.state import Pending, RapidState, RapidVM, Status
 
@@ -96,4 +98,40 @@ def test_an_update_changes_only_its_fields_and_only_of_that_vm(tmp_path):
     assert state.vm(42) == older.with_(as_sync=True, vmid=9)
     state.update(older.with_(vm_name="rapid-user-42-gone"), vmid=1)  # another VM of that user: no-op
     assert state.vm(42) == older.with_(as_sync=True, vmid=9)
+    state.close()
+
+
+def test_what_a_ds_exchange_learnt_is_written_only_in_the_epoch_it_began_in(tmp_path):
+    """A DS registration starts an epoch; rows made or marked then carry it."""
+    state = RapidState(tmp_path / "agent.db")
+    state.registered(7, "10.1.1.1", 9002)
+    read = state.save(RapidVM(42, "rapid-user-42", Status.STARTED, 1, 512, pending=Pending.DS))
+    assert (state.epoch(), read.epoch) == (1, 1)
+    state.registered(8, "10.2.2.2", 9003)  # while the exchange about `read` went on
+    assert state.ds_update(read, vmid=9) is None
+    assert state.ds_update(read, pending=Pending.NONE) is None
+    now = state.vm(42)
+    assert now is not None
+    assert (now.vmid, now.pending, now.epoch) == (0, Pending.DS, 2)
+    assert state.ds_update(now, vmid=10) == now.with_(vmid=10)
+    assert state.vm(42) == now.with_(vmid=10)
+    with pytest.raises(ValueError, match="not fields"):
+        state.ds_update(now, status=Status.SUSPENDED)  # not what a DS exchange learns
+    with pytest.raises(ValueError, match="not fields"):
+        state.update(now, epoch=1)  # the store's own
+    state.close()
+
+
+def test_a_mark_for_the_ds_says_whether_the_row_was_settled(tmp_path):
+    state = RapidState(tmp_path / "agent.db")
+    older = state.save(RapidVM(42, "rapid-user-42", Status.STARTED, 1, 512, vmid=9))
+    assert state.mark(older, status=Status.SUSPENDED) == (
+        older.with_(status=Status.SUSPENDED, pending=Pending.DS),
+        True,
+    )
+    state.registered(8, "10.2.2.2", 9003)
+    marked = state.mark(older, status=Status.RESUMED)  # `older` still has vmid 9: the row has none
+    assert marked is not None
+    assert (marked[0].vmid, marked[0].status, marked[0].epoch, marked[1]) == (0, Status.RESUMED, 1, False)
+    assert state.mark(older.with_(vm_name="rapid-user-42-gone"), status=Status.STARTED) is None
     state.close()

@@ -11,7 +11,7 @@ from functools import partial
 
 import pytest
 
-from pinfold.agent.drivers import DriverError, SimDriver
+from pinfold.agent.drivers import DriverError, GuestState, SimDriver
 from pinfold.rapid import protocol, vmm, wire
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.endpoint import helper_pools
@@ -112,6 +112,253 @@ def test_a_helper_the_ds_could_not_be_told_about_is_told_on_a_later_pass(tmp_pat
         assert count(ds.of(Op.VM_REGISTER_DS), Op.VM_REGISTER_DS) == (3 if failing == "VM_REGISTER_DS" else 2)
     finally:
         close(rig)
+
+
+# -- a DS registration while a handler talks to the DS ----------------------------------------------
+#
+# `registered` marks every row without the per-user locks: an exchange with the DS that began
+# before it must not write back the old DS's vmid, nor clear the new mark, nor send a vmid the
+# new DS never issued. Each test stalls the VMM mid-exchange, has the DS register it again, then
+# lets the exchange finish; the register loop is kept quiet so that the test drives each pass.
+
+
+def quiet_rig(tmp_path, i7, peers):
+    settings = FAST.model_copy(update={"recheck_period_s": 3600})
+    rig = make_rig(tmp_path, i7, peers[0], peers[1], settings=settings)
+    assert rig.vmm.registered.wait(10)
+    return rig
+
+
+def stall_after(monkeypatch, func):
+    """The VMM's first exchange with a request made by `func` is done, then
+    held (`reached` set) until `release` is set."""
+    reached, release = threading.Event(), threading.Event()
+
+    def stalling(address, timeout_s, request, reply=None):
+        answer = wire.call(address, timeout_s, request, reply)
+        if isinstance(request, partial) and request.func is func and not reached.is_set():
+            reached.set()
+            assert release.wait(30)
+        return answer
+
+    monkeypatch.setattr(vmm, "call", stalling)
+    return reached, release
+
+
+def in_background(function, *args):
+    thread = threading.Thread(target=function, args=args, daemon=True)
+    thread.start()
+    return thread
+
+
+def register_again(rig, vmm_id=8):
+    """A DS whose database was reset meanwhile registers this VMM anew."""
+    rig.ds.forget(vmm_id)
+    rig.vmm.register()
+    assert rig.state.vmm_id() == vmm_id
+
+
+def last_registration(rig, user_id):
+    return [m for m in rig.ds.of(Op.VM_REGISTER_DS) if m[4] == user_id][-1]
+
+
+def test_a_vmid_the_ds_gave_before_registering_this_vmm_again_is_not_kept(tmp_path, i7, peers, monkeypatch):
+    rig = quiet_rig(tmp_path, i7, peers)
+    try:
+        reached, release = stall_after(monkeypatch, protocol.vm_register_ds_request)
+        answer: list[object] = []
+        slam = threading.Thread(target=lambda: answer.append(start_vm(rig.port, 42)))
+        slam.start()
+        assert reached.wait(10)
+        stale = rig.registered_vm(42)[6]
+        register_again(rig)
+        release.set()
+        assert as_register(rig.port, user_ip(rig, 42)) == (OK, 42)
+        slam.join(timeout=10)
+        assert answer == [(OK, 42, user_ip(rig, 42))]
+        vm = rig.state.vm(42)
+        assert vm is not None
+        assert (vm.vmid, vm.pending) == (0, Pending.DS)  # not the old DS's vmid, and still to be told
+        rig.vmm.settle()
+        again = last_registration(rig, 42)
+        assert (again[1], again[6] != stale) == (8, True)
+        vm = rig.state.vm(42)
+        assert vm is not None
+        assert (vm.vmid, vm.pending) == (again[6], Pending.NONE)
+    finally:
+        close(rig)
+
+
+def test_a_status_the_old_ds_heard_does_not_clear_the_new_registration_mark(tmp_path, i7, peers, monkeypatch):
+    rig = quiet_rig(tmp_path, i7, peers)
+    try:
+        start_with_as(rig, 42)
+        reached, release = stall_after(monkeypatch, protocol.vm_notify_ds_request)
+        notify = in_background(no_reply, rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+        assert reached.wait(10)
+        register_again(rig)
+        release.set()
+        notify.join(timeout=10)  # the VMM closes once the suspend is done
+        assert not notify.is_alive()
+        vm = rig.state.vm(42)
+        assert vm is not None
+        assert (vm.status, vm.vmid, vm.pending) == (Status.SUSPENDED, 0, Pending.DS)
+        rig.vmm.settle()
+        again = last_registration(rig, 42)
+        assert again[1] == 8
+        rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, again[6], 2) in got)
+        vm = rig.state.vm(42)
+        assert vm is not None
+        assert (vm.vmid, vm.pending) == (again[6], Pending.NONE)
+    finally:
+        close(rig)
+
+
+@pytest.mark.parametrize("action", [1, 2])
+def test_a_vm_read_before_the_ds_registered_again_is_not_sent_with_its_old_vmid(
+    tmp_path, i7, peers, monkeypatch, action
+):
+    """The suspend (1) or removal (2) read the VM, then the hypervisor took
+    its time: the VM's old vmid may be another VM's at the new DS."""
+    rig = quiet_rig(tmp_path, i7, peers)
+    try:
+        start_with_as(rig, 42)
+        old = rig.registered_vm(42)[6]
+        calling, release = threading.Event(), threading.Event()
+        name = "suspend" if action == 1 else "delete"
+        real = getattr(rig.agent, name)
+
+        def slow(vm_name):
+            if vm_name == "rapid-user-42":
+                calling.set()
+                assert release.wait(30)
+            return real(vm_name)
+
+        monkeypatch.setattr(rig.agent, name, slow)
+        notify = in_background(no_reply, rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", action))
+        assert calling.wait(10)
+        register_again(rig)
+        release.set()
+        notify.join(timeout=10)
+        assert not notify.is_alive()
+        rig.vmm.settle()
+        helpers = {last_registration(rig, user)[6] for user in (-1, -2)}  # told after the handler's messages
+        rig.ds.wait_for(lambda got: {m[1] for m in got if m[0] == Op.HELPER_NOTIFY_DS} >= helpers)
+        if action == 1:
+            again = last_registration(rig, 42)
+            rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, again[6], 2) in got)
+            assert rig.ds.of(Op.VM_NOTIFY_DS) == [(Op.VM_NOTIFY_DS, again[6], 2)]
+            vm = rig.state.vm(42)
+            assert vm is not None
+            assert (vm.status, vm.vmid, vm.pending) == (Status.SUSPENDED, again[6], Pending.NONE)
+        else:  # gone before the new DS knew it: nothing to tell it
+            assert rig.state.vm(42) is None
+            assert [m for m in rig.ds.of(Op.VM_REGISTER_DS) if m[4] == 42 and m[1] == 8] == []
+            assert not [m for m in rig.ds.of(Op.VM_NOTIFY_DS) if m[1] == old]
+    finally:
+        close(rig)
+
+
+# -- a crash between the hypervisor's call and the record's change --------------------------------------
+#
+# A kill -9 after the hypervisor suspended or resumed the VM and before RAPID's record (or even
+# the agent's) was changed: made here by doing the hypervisor's part behind the VMM's back,
+# then starting a VMM again on the same store and the same (simulated) hypervisor.
+
+
+def behind_the_vmms_back(rig, who, action):
+    """`action` ("suspend", "resume") done on user 42's VM by the agent (RAPID
+    killed before its record), or by the hypervisor alone (the agent killed
+    before its own)."""
+    if who == "agent":
+        getattr(rig.agent, action)("rapid-user-42")
+    else:
+        getattr(rig.driver, action)(rig.agent.vms["rapid-user-42"].domain)
+
+
+def guest_state(rig):
+    return rig.driver.info(rig.agent.vms["rapid-user-42"].domain).state
+
+
+@pytest.mark.parametrize("who", ["agent", "hypervisor"])
+def test_a_vm_a_crash_left_paused_but_recorded_started_is_suspended_and_resumed_by_a_start(
+    tmp_path, i7, peers, who
+):
+    """It was: a start answered with the paused guest's address at once."""
+    ds, slam = peers
+    driver = SimDriver()
+    first = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    assert first.vmm.registered.wait(10)
+    start_with_as(first, 42)
+    vmid, ip = first.registered_vm(42)[6], user_ip(first, 42)
+    behind_the_vmms_back(first, who, "suspend")
+    close(first)
+    ds.received.clear()
+    again = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    try:
+        assert again.vmm.registered.wait(10)
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got)  # the DS hears the real status
+        vm = again.state.vm(42)
+        assert vm is not None
+        assert (vm.status, vm.vmid, vm.pending) == (Status.SUSPENDED, vmid, Pending.NONE)
+        answer: list[object] = []
+        request = threading.Thread(target=lambda: answer.append(start_vm(again.port, 42)))
+        request.start()
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 3) in got)
+        assert guest_state(again) is GuestState.RUNNING
+        assert as_register(again.port, ip) == (OK, 42)
+        request.join(timeout=10)
+        assert answer == [(OK, 42, ip)]
+    finally:
+        close(again)
+
+
+@pytest.mark.parametrize("who", ["agent", "hypervisor"])
+def test_a_vm_a_crash_left_running_but_recorded_suspended_is_resumed_and_started_at_once(
+    tmp_path, i7, peers, who
+):
+    """It was: every start failed, resuming a VM that ran."""
+    ds, slam = peers
+    driver = SimDriver()
+    first = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    assert first.vmm.registered.wait(10)
+    start_with_as(first, 42)
+    vmid, ip = first.registered_vm(42)[6], user_ip(first, 42)
+    no_reply(first.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+    ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got)
+    behind_the_vmms_back(first, who, "resume")
+    close(first)
+    ds.received.clear()
+    again = make_rig(tmp_path, i7, ds, slam, driver=driver)
+    try:
+        assert again.vmm.registered.wait(10)
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 3) in got)
+        vm = again.state.vm(42)
+        assert vm is not None
+        assert (vm.status, vm.vmid, vm.pending) == (Status.RESUMED, vmid, Pending.NONE)
+        assert start_vm(again.port, 42) == (OK, 42, ip)
+    finally:
+        close(again)
+
+
+@pytest.mark.parametrize("who", ["agent", "hypervisor"])
+def test_a_start_for_a_suspended_vm_that_runs_already_takes_it_as_resumed(rig, who):
+    start_with_as(rig, 42)
+    vmid = rig.registered_vm(42)[6]
+    no_reply(rig.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+    rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got)
+    behind_the_vmms_back(rig, who, "resume")
+    answer: list[object] = []
+    request = threading.Thread(target=lambda: answer.append(start_vm(rig.port, 42)))
+    request.start()
+    rig.ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 3) in got)
+    assert as_register(rig.port, user_ip(rig, 42)) == (OK, 42)
+    request.join(timeout=10)
+    assert answer == [(OK, 42, user_ip(rig, 42))]
+    vm = rig.state.vm(42)
+    assert vm is not None
+    assert (vm.status, vm.pending) == (Status.RESUMED, Pending.NONE)
+    assert guest_state(rig) is GuestState.RUNNING
 
 
 # -- removals ---------------------------------------------------------------------------------------

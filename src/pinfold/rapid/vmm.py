@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
+from pinfold.agent.drivers import DriverError, GuestState
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.rapid import protocol
 from pinfold.rapid.codec import Writer
@@ -47,6 +48,14 @@ log = logging.getLogger(__name__)
 HELPERS = (1, 2)
 #: the disk RAPID assigns a start (type 0's 20 GB): recorded, reported, not a disk size here
 START_DISK_GB = 20
+
+
+#: (the hypervisor's state of a VM, its recorded status) -> the status it really has
+_REAL_STATUS: dict[tuple[str | None, Status], Status] = {
+    (GuestState.PAUSED, Status.STARTED): Status.SUSPENDED,
+    (GuestState.PAUSED, Status.RESUMED): Status.SUSPENDED,
+    (GuestState.RUNNING, Status.SUSPENDED): Status.RESUMED,
+}
 
 
 @dataclass(frozen=True)
@@ -106,21 +115,50 @@ class VMM:
     def reconcile(self) -> None:
         """A record whose agent VM is gone (or missing from the hypervisor) is
         marked for removal: the register loop drops it and tells the DS it
-        STOPPED (a helper is made again then). An agent VM owned by RAPID that
-        no record names is one a crash cut off before it was recorded: nobody
-        was told of it, so it is deleted."""
+        STOPPED (a helper is made again then). A record whose VM runs while
+        it says SUSPENDED, or is paused while it says STARTED or RESUMED, is
+        one a crash cut off between the hypervisor's call and the record's
+        change: it takes the VM's real status (RESUMED, SUSPENDED: what the
+        resume or the suspend would have recorded), marked for the DS, which
+        hears it on the next pass. An agent VM owned by RAPID that no record
+        names is one a crash cut off before it was recorded: nobody was told
+        of it, so it is deleted."""
         agent_vms = {vm.spec.name: vm for vm in self.agent.user_vms()}
         for vm in self.state.vms():
             found = agent_vms.pop(vm.vm_name, None)
-            if (found is None or found.state == "missing") and not vm.removing:
+            if vm.removing:
+                continue
+            if found is None or found.state == "missing":
                 log.warning("RAPID: %s (user %d) is gone from the hypervisor", vm.vm_name, vm.user_id)
                 self.state.update(vm, pending=Pending.REMOVE)
+                continue
+            real = _REAL_STATUS.get((self._guest_state(vm.vm_name), vm.status))
+            if real is not None:
+                log.warning(
+                    "RAPID: %s (user %d) is %s, not %s as recorded: now so recorded",
+                    vm.vm_name, vm.user_id, real.name, vm.status.name,
+                )  # fmt: skip
+                self.state.mark(vm, status=real)
         for name in agent_vms:
             if name.startswith(("rapid-user-", "rapid-helper-")):
                 try:
                     self.agent.delete(name)
                 except AgentError as error:
                     log.warning("RAPID: cannot delete %s, which no record names: %s", name, error)
+
+    def _guest_state(self, name: str) -> str | None:
+        """The state of the agent VM `name` as the hypervisor has it ("running",
+        "paused", ...): the agent's own record of it may be older, if a crash
+        came between its call and its write. The agent's record if the
+        hypervisor cannot say; None for no such VM."""
+        with self.agent.lock:
+            stored = self.agent.vms.get(name)
+        if stored is None:
+            return None
+        try:
+            return self.agent.driver.info(stored.domain).state.value
+        except DriverError:
+            return stored.state
 
     def _register_loop(self) -> None:
         delay = 1.0
@@ -240,9 +278,14 @@ class VMM:
     def _ds_send(self, request: Callable[[Writer], None]) -> None:
         call(self._ds, self.settings.socket_timeout_s, request)
 
-    def _ds_register_vm(self, category: int, user_id: int) -> int:
+    def _ds_register_vm(self, category: int, user_id: int, epoch: int) -> int | None:
+        """VM_REGISTER_DS: the vmid the DS gives; None, and nothing sent, if
+        the DS registered this VMM since `epoch` (the VM is marked anew)."""
+        vmm_id = self.state.vmm_id()
+        if self.state.epoch() != epoch:
+            return None
         request = partial(
-            protocol.vm_register_ds_request, vmm_id=self.state.vmm_id(), category=category, user_id=user_id,
+            protocol.vm_register_ds_request, vmm_id=vmm_id, category=category, user_id=user_id,
             status=int(Status.STARTED),
         )  # fmt: skip
         return int(
@@ -253,10 +296,15 @@ class VMM:
         """VM_NOTIFY_DS for a VM's new status. The status is saved marked
         first and the mark cleared once the DS heard it, so a DS away now (or
         a crash) leaves it for `settle`; so does a VM the DS must first be
-        told more about (it was marked already)."""
-        settled = vm.pending is Pending.NONE
-        vm = self.state.update(vm, status=status, pending=Pending.DS)
-        if not settled:
+        told more about (it was marked already: by a failure, or by a DS
+        registration, which `vm` may be older than). The vmid sent is the
+        row's as marked, and the mark is cleared only if no DS registration
+        came meanwhile (`RapidState.ds_update`)."""
+        marked = self.state.mark(vm, status=status)
+        if marked is None:
+            return
+        vm, settled = marked
+        if not settled or not vm.vmid:
             return
         try:
             self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(status)))
@@ -265,21 +313,33 @@ class VMM:
                 "RAPID: the DS did not hear that user %d's VM is %s: %s", vm.user_id, status.name, error
             )
             return
-        self.state.update(vm, pending=Pending.NONE)
+        if self.state.ds_update(vm, pending=Pending.NONE) is None:
+            log.info("RAPID: the DS registered this VMM again while told of user %d's VM", vm.user_id)
 
     def _tell_ds(self, vm: RapidVM) -> RapidVM:
         """All the DS should know about a VM and may not (PROTOCOL.md 3.4):
         its registration when it has no vmid (status 1, as RAPID sends it),
         a helper's address, a status other than STARTED; then the mark goes.
-        Raises PeerError with the VM still marked."""
+        Raises PeerError with the VM still marked. What the DS answers is
+        written only if it did not register this VMM again meanwhile (a new
+        epoch): then the VM stays marked, with no vmid, for `settle`, and
+        this returns the row as it is."""
         if not vm.vmid:
             category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
-            vm = self.state.update(vm, vmid=self._ds_register_vm(category, vm.user_id))
+            vmid = self._ds_register_vm(category, vm.user_id, vm.epoch)
+            registered = None if vmid is None else self.state.ds_update(vm, vmid=vmid)
+            if registered is None:
+                return self._marked_again(vm)
+            vm = registered
         if vm.helper and vm.ip:
             self._ds_send(partial(protocol.helper_notify_ds_request, vmid=vm.vmid, ip=vm.ip))
         if vm.status is not Status.STARTED:
             self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(vm.status)))
-        return self.state.update(vm, pending=Pending.NONE)
+        return self.state.ds_update(vm, pending=Pending.NONE) or self._marked_again(vm)
+
+    def _marked_again(self, vm: RapidVM) -> RapidVM:
+        log.info("RAPID: the DS registered this VMM again while told of user %d's VM", vm.user_id)
+        return self.state.vm(vm.user_id) or vm
 
     # -- requests ------------------------------------------------------------------------
 
@@ -341,11 +401,14 @@ class VMM:
                     return None
             else:  # suspended
                 self.state.update(vm, as_sync=False)
-                try:
-                    self.agent.resume(vm.vm_name)
-                except AgentError as error:
-                    log.warning("RAPID: cannot resume %s: %s", vm.vm_name, error)
-                    return None
+                if self._guest_state(vm.vm_name) == GuestState.RUNNING:  # a crash cut a resume short
+                    log.warning("RAPID: %s runs already: taken as resumed", vm.vm_name)
+                else:
+                    try:
+                        self.agent.resume(vm.vm_name)
+                    except AgentError as error:
+                        log.warning("RAPID: cannot resume %s: %s", vm.vm_name, error)
+                        return None
                 self._ds_status(vm, Status.RESUMED)
             return vm.ip if answer.wait(self.settings.as_wait_s) else None
 
@@ -504,6 +567,9 @@ class VMM:
                 )
                 self._mark_for_removal(vm)
                 return False
+        if tell_ds:  # the vmid as now recorded: a DS registration since `vm` was read took the old one
+            current = self.state.vm(vm.user_id)
+            vm = current if current is not None and current.vm_name == vm.vm_name else vm
         if tell_ds and vm.vmid:
             try:
                 self._ds_send(
