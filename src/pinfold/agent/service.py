@@ -12,6 +12,12 @@ A create that matches a warm pool takes a ready member instead (see `pools`):
 rename in the allocator and the store (pending), resume, clear the mark.
 
 Every change is made under `Agent.lock`; only those two waits are not.
+
+A VM that cannot follow its vNode (a re-pin the hypervisor refuses, after a
+delete or a resize, or at start) is kept in `Agent.stale_pins` and re-pinned
+again before every change and at every PoolKeeper tick. Until that works, no
+cold create is accepted (`stale pins`): it could hand the CPUs that VM still
+holds to another vNode. A hand-out from a pool moves no CPU and goes on.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, format_cpulist
 
-__all__ = ["Agent", "AgentError", "AgentSettings", "VMRequest"]
+__all__ = ["Agent", "AgentError", "AgentSettings", "StalePin", "VMRequest"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,14 @@ class VMRequest:
     image: str = ""
 
 
+@dataclass(frozen=True)
+class StalePin:
+    """A VM the hypervisor would not re-pin: the CPUs it should be on, and why not."""
+
+    cpuset: frozenset[int]
+    error: str
+
+
 @dataclass
 class Agent:
     topology: Topology
@@ -94,6 +108,8 @@ class Agent:
         self.pool_errors: dict[str, str] = {}
         #: called after a member is handed out (the daemon's PoolKeeper refills then)
         self.on_hand_out: Callable[[], None] = lambda: None
+        #: VMs whose last re-pin failed (their live pins are not their vNode's): retried before every change
+        self._stale_pins: dict[str, StalePin] = {}
         snapshot, self.vms = self.store.load()
         self.allocator = HostAllocator.restore(
             self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
@@ -110,6 +126,7 @@ class Agent:
             raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
         base = self._base_image(request.image)
         with self.lock:
+            self._retry_stale_pins()
             self._refuse_taken(request.name)
             member = self._ready_member(request, base) if request.name not in self.allocator else None
             if member is not None:
@@ -145,6 +162,7 @@ class Agent:
         self, request: VMRequest, base: Path | None, pool: str, prepared: Path | None = None
     ) -> StoredVM:
         spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
+        self._refuse_stale()
         try:
             change = self.allocator.deploy(spec)
         except PlacementError as error:
@@ -171,6 +189,7 @@ class Agent:
 
     def delete(self, name: str) -> None:
         with self.lock:
+            self._retry_stale_pins()
             self._delete(self._get(name))
 
     def _delete(self, vm: StoredVM) -> None:
@@ -199,6 +218,7 @@ class Agent:
         a delete, which forces it off). A crash during the wait leaves the
         mark, and the next start records the state the domain is in."""
         with self.lock:
+            self._retry_stale_pins()
             vm = self._idle(name)
             before = vm.state
             vm = self._set(name, "stopping", Pending.SHUTDOWN)
@@ -225,11 +245,14 @@ class Agent:
     def resize(self, name: str, vcpus: int, memory_mib: int) -> StoredVM:
         """Give a VM another size: re-placed on its level's vNode now (refused,
         and nothing changed, when it does not fit), stored, and written into
-        the domain's definition for its next boot."""
+        the domain's definition for its next boot. Refused while a pin is
+        stale, as a create is: the VM's vNode may grow."""
         with self.lock:
+            self._retry_stale_pins()
             vm = self._idle(name)
+            self._refuse_stale()
             new = VMSpec(name, vcpus, memory_mib, vm.spec.ratio)
-            self.allocator.remove(name)
+            removed = self.allocator.remove(name)
             try:
                 change = self.allocator.deploy(new)
             except PlacementError as error:
@@ -237,12 +260,19 @@ class Agent:
                 raise AgentError(error.code.value, error.refusal.describe()) from error
             self.store.resize_vm(name, vcpus, memory_mib, self.allocator.snapshot())
             vm = self.vms[name] = replace(vm, spec=new)
+            failure: DriverError | None = None
             try:
                 self.driver.resize(vm.domain, vcpus, memory_mib)
-                self.driver.repin(vm.domain, self.allocator.pinning(name))
             except DriverError as error:
-                raise AgentError("hypervisor failed", str(error)) from error
-            self._repin(change.repinned)  # the resize stands; a failure is logged (as in `_forget`)
+                failure = error
+            # the resize stands: a VM that cannot follow (this one or a neighbour,
+            # moved by the removal or by the new placement) is kept as a stale pin
+            moved = [name, *removed.repinned, *change.repinned]
+            self._repin({other: self.allocator.pinning(other) for other in moved if other in self.allocator})
+            if failure is not None:
+                raise AgentError("hypervisor failed", str(failure)) from failure
+            if name in self._stale_pins:
+                raise AgentError("hypervisor failed", f"cannot re-pin {name}: {self._stale_pins[name].error}")
             return vm
 
     def user_vms(self) -> list[StoredVM]:
@@ -292,6 +322,7 @@ class Agent:
         more to do (a member still to add); a pool that does not fit on the
         host raises AgentError, leaving the others as they are."""
         with self.lock:
+            self._retry_stale_pins()
             wanted = {pool.name: pool for pool in self.settings.pools}
             for vm in [vm for vm in self.vms.values() if vm.pool and vm.pending is None]:
                 pool = wanted.get(vm.pool)
@@ -374,6 +405,8 @@ class Agent:
             raise
         del self.vms[member.spec.name]
         self.vms[request.name] = vm
+        if member.spec.name in self._stale_pins:
+            self._stale_pins[request.name] = self._stale_pins.pop(member.spec.name)
         crash_point("take:stored")
         try:
             self.driver.resume(vm.domain)
@@ -395,7 +428,9 @@ class Agent:
         is left in state "error" with its pending mark, so the next start
         tries again: one broken VM must not keep the agent (and every other
         VM's API) from starting. Only a hypervisor that cannot list its
-        domains stops the start."""
+        domains stops the start. A VM that cannot be re-pinned to its vNode
+        is returned as a `re-pin` step with its error (and kept as a stale
+        pin, tried again before every change)."""
         observed = {guest.name: guest for guest in self.driver.guests()}
         steps = []
         for step in plan(self.vms, observed):
@@ -408,7 +443,7 @@ class Agent:
                 step = replace(step, error=str(error))
             steps.append(step)
         self._check_pins()
-        return steps
+        return steps + [Step(Action.REPIN, name, pin.error) for name, pin in self._stale_pins.items()]
 
     def _carry_out(self, step: Step, observed: Mapping[str, GuestInfo]) -> None:
         vm = self.vms.get(step.name)
@@ -431,17 +466,16 @@ class Agent:
 
     def _check_pins(self) -> None:
         """Pins follow the restored layout, whatever the domains held before
-        the crash; a domain that cannot be re-pinned is logged, and left."""
+        the crash; a domain that cannot be re-pinned is kept as a stale pin
+        (with those that failed during the steps before)."""
         current = {guest.name: guest for guest in self.driver.guests()}
+        wrong = {name: self.allocator.pinning(name) for name in self._stale_pins if name in self.allocator}
         for name, vm in self.vms.items():
             guest = current.get(vm.domain)
             cpuset = self.allocator.pinning(name)
-            if guest is None or guest.spec is None or guest.spec.cpuset == cpuset:
-                continue
-            try:
-                self.driver.repin(vm.domain, cpuset)
-            except DriverError as error:
-                log.error("start: cannot re-pin %s to its vNode: %s", name, error)
+            if guest is not None and guest.spec is not None and guest.spec.cpuset != cpuset:
+                wrong[name] = cpuset
+        self._repin(wrong)
 
     def _finish_create(self, vm: StoredVM, state: GuestState) -> None:
         """The domain exists: a hand-out cut short still has to be resumed;
@@ -481,33 +515,68 @@ class Agent:
         )  # fmt: skip
 
     def _repin(self, repinned: Mapping[str, frozenset[int]]) -> list[str]:
-        """Re-pin the VMs whose vNode changed; the failures ("name: why"),
-        each logged. A VM whose domain has gone is marked missing, as a start
+        """Re-pin the VMs whose vNode changed; the failures ("name: why").
+        A failure is kept in `_stale_pins` (logged when it is new), a success
+        clears it. A VM whose domain has gone is marked missing, as a start
         would find it; one still pending takes its pins when it is made."""
         failed = []
         for name, cpuset in repinned.items():
             vm = self.vms.get(name)
             if vm is None or vm.state == "missing":
+                self._stale_pins.pop(name, None)
                 continue
             try:
                 self.driver.repin(vm.domain, cpuset)
             except DriverError as error:
                 if error.code != "not found":
-                    log.error("cannot re-pin %s to CPUs %s: %s", name, format_cpulist(cpuset), error)
+                    stale = StalePin(cpuset, str(error))
+                    if self._stale_pins.get(name) != stale:
+                        log.error("cannot re-pin %s to CPUs %s: %s", name, format_cpulist(cpuset), error)
+                    self._stale_pins[name] = stale
                     failed.append(f"{name}: {error}")
-                elif vm.pending is None:
+                    continue
+                if vm.pending is None:
                     log.warning("the domain %s of %s has gone: marked missing", vm.domain, name)
                     self._set(name, "missing", None)
+            if self._stale_pins.pop(name, None) is not None:
+                log.info("%s is re-pinned to CPUs %s", name, format_cpulist(cpuset))
         return failed
+
+    def _retry_stale_pins(self) -> None:
+        """Re-pin the VMs whose last re-pin failed, to their vNode as it is now."""
+        for name in [name for name in self._stale_pins if name not in self.allocator]:
+            del self._stale_pins[name]
+        self._repin({name: self.allocator.pinning(name) for name in self._stale_pins})
+
+    def _refuse_stale(self) -> None:
+        """No CPUs are placed while a VM may still hold CPUs its vNode gave up."""
+        if self._stale_pins:
+            stuck = "; ".join(
+                f"{name} to CPUs {format_cpulist(pin.cpuset)} ({pin.error})"
+                for name, pin in self._stale_pins.items()
+            )
+            raise AgentError(
+                "stale pins",
+                f"no CPUs are handed out while a VM cannot be re-pinned: {stuck} "
+                "(tried again before every change)",
+            )
+
+    def stale_pins(self) -> dict[str, dict[str, list[int] | str]]:
+        """The VMs whose re-pin failed: the CPUs they should be on, and why not."""
+        with self.lock:
+            return {
+                name: {"cpus": sorted(pin.cpuset), "error": pin.error}
+                for name, pin in self._stale_pins.items()
+            }
 
     def _forget(self, name: str) -> None:
         self.disks.remove_overlay(self.vms[name].domain)
         self._warming_since.pop(name, None)
+        self._stale_pins.pop(name, None)
         change = self.allocator.remove(name)
         self.store.forget_vm(name, self.allocator.snapshot())
         self.vms.pop(name, None)
-        # the VM is gone for good: a neighbour that cannot follow is logged, and
-        # keeps its old pins until it is re-pinned at the next start
+        # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
         self._repin(change.repinned)
 
     def _set(self, name: str, state: str, pending: Pending | None) -> StoredVM:
@@ -546,6 +615,7 @@ class Agent:
 
     def _act(self, name: str, operation: Callable[[str], None], state: str) -> StoredVM:
         with self.lock:
+            self._retry_stale_pins()
             vm = self._idle(name)
             try:
                 operation(vm.domain)
