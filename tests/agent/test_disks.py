@@ -103,6 +103,65 @@ def test_the_overlay_names_the_format_of_its_base(images, tmp_path, fmt):
     )
 
 
+def qemu_img(*arguments: str) -> None:
+    subprocess.run(["qemu-img", *arguments], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        pytest.param(
+            lambda images, outside: qemu_img(
+                "create", "-q", "-f", "qcow2", "-b", str(outside / "secret.qcow2"), "-F", "qcow2",
+                str(images / "bad.qcow2"),
+            ),
+            "has a backing file",
+            id="qcow2-backed-by-a-file-outside",
+        ),
+        pytest.param(
+            lambda images, outside: qemu_img(
+                "create", "-q", "-f", "qcow2", "-b", str(images / "base.qcow2"), "-F", "qcow2",
+                str(images / "bad.qcow2"),
+            ),
+            "has a backing file",
+            id="qcow2-backed-by-a-file-inside",
+        ),
+        pytest.param(
+            lambda images, outside: qemu_img(
+                "create", "-q", "-f", "qcow2", "-o", f"data_file={outside / 'data.raw'}",
+                str(images / "bad.qcow2"), "16M",
+            ),
+            "external data file",
+            id="qcow2-with-a-data-file-outside",
+        ),
+        pytest.param(
+            lambda images, outside: qemu_img("create", "-q", "-f", "vmdk", str(images / "bad.qcow2"), "16M"),
+            "is vmdk: base images must be raw or qcow2",
+            id="vmdk",
+        ),
+    ],
+)  # fmt: skip
+def test_a_base_image_that_does_not_stand_alone_or_is_not_raw_or_qcow2_is_refused(
+    images, tmp_path, i7, make, problem
+):
+    """libvirt would give the guest the backing file or data file too, and a
+    vmdk names host files of its own: only a raw or qcow2 image alone is a base."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    qemu_img("create", "-q", "-f", "qcow2", str(outside / "secret.qcow2"), "16M")
+    make(images, outside)
+    disks = Disks([images], tmp_path / "disks")
+    with pytest.raises(DiskError, match=problem) as error:
+        disks.create_overlay("vm-1", disks.base_image(str(images / "bad.qcow2")))
+    assert error.value.code == "invalid request"
+    settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    with pytest.raises(AgentError, match=problem) as refused:
+        agent.create(VMRequest("web", 1, 256, 1.0, image=str(images / "bad.qcow2")))
+    assert refused.value.code == "invalid request"
+    assert (agent.vms, list((tmp_path / "disks").glob("*"))) == ({}, [])
+
+
 def test_a_base_qemu_img_cannot_read_or_no_qemu_img_is_a_disk_failure(images, tmp_path):
     (images / "not-an-image").mkdir()
     for qemu_img, base in [
