@@ -120,7 +120,8 @@ class Disks:
             )
         if data_file:
             raise DiskError(
-                "invalid request", f"image {str(image)!r} has an external data file ({data_file}): flatten it first"
+                "invalid request",
+                f"image {str(image)!r} has an external data file ({data_file}): flatten it first",
             )
         return found
 

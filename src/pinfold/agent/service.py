@@ -1,8 +1,9 @@
 """The agent's core: one host's allocator made real through a driver, with
 every accepted change stored before the hypervisor is touched.
 
-Order of a create: make the disk overlay (before the lock: qemu-img may be
-slow), place in the allocator (refusals change nothing), store the VM and the
+Order of a create: check that the VM would fit and its name is free (a
+refusal costs no qemu-img), make the disk overlay (without the lock: qemu-img
+may be slow), place in the allocator (refusals change nothing), store the VM and the
 new vNode layout with a pending mark, create the domain, apply the re-pins the
 allocator reported to the VMs already running, clear the mark. A delete
 marks, deletes the domain, frees the placement and forgets the VM. A shutdown
@@ -120,8 +121,9 @@ class Agent:
 
     def create(self, request: VMRequest) -> StoredVM:
         """A VM as asked: from a warm pool when one matches, else made cold.
-        A cold VM's overlay is made before the lock is taken and adopted
-        under it (`_overlay_for`): no request waits for qemu-img."""
+        A cold VM's overlay is made without the lock and adopted under it
+        (`_overlay_for`): no request waits for qemu-img. It is made only
+        once the VM would fit: a refused create runs no qemu-img."""
         if not valid_name(request.name):
             raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
         base = self._base_image(request.image)
@@ -133,9 +135,20 @@ class Agent:
                 return self._hand_out(member, request)
             if base is None:
                 return self._create_cold(request, None, pool="")
+            self._refuse_unplaceable(request)
         with self._overlay_for(base) as prepared, self.lock:
             self._refuse_taken(request.name)  # again: the name may have gone meanwhile
             return self._create_cold(request, base, pool="", prepared=prepared)
+
+    def _refuse_unplaceable(self, request: VMRequest) -> None:
+        """What `_create_cold` would refuse before it places anything, asked
+        before an overlay is made for it. The placement is only a check here:
+        the real one follows, under the lock again, and may still refuse."""
+        self._refuse_stale()
+        spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
+        refusal = self.allocator.check(spec)
+        if refusal is not None:
+            raise AgentError(refusal.code.value, refusal.describe())
 
     def _refuse_taken(self, name: str) -> None:
         if any(vm.domain == name for vm in self.vms.values()):
@@ -339,6 +352,9 @@ class Agent:
                 return False
         with self._tending(short.name):
             base = self._base_image(short.image)
+            if base is not None:
+                with self.lock:  # a pool larger than the host runs no qemu-img every period
+                    self._refuse_unplaceable(self._member_request(short))
             with self._overlay_for(base) as prepared, self.lock:
                 if len(self._members(short.name)) < short.size:  # (only this thread adds members)
                     self._add_member(short, now, base, prepared)
@@ -360,12 +376,16 @@ class Agent:
     def _members(self, pool: str) -> list[StoredVM]:
         return [vm for vm in self.vms.values() if vm.pool == pool]
 
-    def _add_member(self, pool: PoolSpec, now: float, base: Path | None, prepared: Path | None) -> None:
+    def _member_request(self, pool: PoolSpec) -> VMRequest:
+        """A new member of `pool`, under the first member name no VM or domain has."""
         taken = set(self.vms) | {vm.domain for vm in self.vms.values()}
         name = next(pool.member_name(i) for i in range(len(taken) + 1) if pool.member_name(i) not in taken)
-        request = VMRequest(name, pool.vcpus, pool.memory_mib, pool.ratio, owner="pool", image=pool.image)
+        return VMRequest(name, pool.vcpus, pool.memory_mib, pool.ratio, owner="pool", image=pool.image)
+
+    def _add_member(self, pool: PoolSpec, now: float, base: Path | None, prepared: Path | None) -> None:
+        request = self._member_request(pool)
         self._create_cold(request, base, pool=pool.name, prepared=prepared)
-        self._warming_since[name] = now
+        self._warming_since[request.name] = now
 
     def _suspend_member(self, vm: StoredVM) -> None:
         try:
