@@ -427,6 +427,65 @@ def test_a_delete_during_a_graceful_shutdown_wins(parts):
     assert (agent.vms, store.load()[1], driver.guests()) == ({}, {}, [])
 
 
+class GatedShutdown(SimDriver):
+    """Each `shutdown` waits at its own gate (`gates[i]`, in call order); one
+    whose domain was deleted meanwhile (even if another took its name) finds
+    it gone, as libvirt would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[threading.Event] = []
+        self.arrived = threading.Semaphore(0)
+
+    def shutdown(self, name: str, timeout_s: float) -> None:
+        spec = self.info(name).spec
+        gate = threading.Event()
+        self.gates.append(gate)
+        self.arrived.release()
+        assert gate.wait(10)
+        current = self.guests()
+        if not any(guest.name == name and guest.spec is spec for guest in current):
+            raise DriverError("not found", f"no domain with matching name '{name}'")
+        super().shutdown(name, timeout_s)
+
+
+def test_the_end_of_a_shutdown_is_not_recorded_on_a_new_vm_of_the_same_name(parts):
+    """Delete a VM while it shuts down, create one of the same name and shut
+    it down too: the first shutdown ends without touching the second VM."""
+    topology, _, store, _ = parts
+    driver = GatedShutdown()
+    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    agent.create(VMRequest("v", 1, 128, 2.0))
+    outcomes: list[dict[str, object]] = [{}, {}]
+
+    def shut_down(outcome: dict[str, object]) -> None:
+        try:
+            outcome["vm"] = agent.shutdown("v")
+        except AgentError as error:
+            outcome["error"] = error
+
+    first = threading.Thread(target=shut_down, args=(outcomes[0],))
+    first.start()
+    assert driver.arrived.acquire(timeout=10)
+    agent.delete("v")
+    agent.create(VMRequest("v", 1, 128, 2.0))
+    second = threading.Thread(target=shut_down, args=(outcomes[1],))
+    second.start()
+    assert driver.arrived.acquire(timeout=10)
+    driver.gates[0].set()  # the first shutdown ends while the second waits
+    first.join(10)
+    error = outcomes[0]["error"]
+    assert isinstance(error, AgentError)
+    assert error.code == "unknown vm"
+    assert (agent.vms["v"].state, agent.vms["v"].pending) == ("stopping", Pending.SHUTDOWN)
+    driver.gates[1].set()
+    second.join(10)
+    vm = outcomes[1]["vm"]
+    assert isinstance(vm, StoredVM)
+    assert (vm.state, vm.pending) == ("shutoff", None)
+    assert (store.load()[1]["v"].state, driver.info("v").state) == ("shutoff", GuestState.SHUTOFF)
+
+
 def test_a_failed_shutdown_records_the_state_the_guest_is_in(parts):
     agent = agent_of(parts)
     driver = parts[1]

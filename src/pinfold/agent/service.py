@@ -111,6 +111,8 @@ class Agent:
         self.on_hand_out: Callable[[], None] = lambda: None
         #: VMs whose last re-pin failed (their live pins are not their vNode's): retried before every change
         self._stale_pins: dict[str, StalePin] = {}
+        #: per VM shutting down, the token of that shutdown: its end is recorded only while it is the same
+        self._shutdowns: dict[str, object] = {}
         snapshot, self.vms = self.store.load()
         self.allocator = HostAllocator.restore(
             self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
@@ -229,21 +231,25 @@ class Agent:
         the VM is stored "stopping", with a pending mark, before, and its end
         state recorded after. Other actions on it are refused until then (not
         a delete, which forces it off). A crash during the wait leaves the
-        mark, and the next start records the state the domain is in."""
+        mark, and the next start records the state the domain is in. The
+        end is matched by a token, not by the name: a VM deleted meanwhile and
+        made again under that name (and shut down in turn) is another's."""
+        token = object()
         with self.lock:
             self._retry_stale_pins()
             vm = self._idle(name)
             before = vm.state
             vm = self._set(name, "stopping", Pending.SHUTDOWN)
+            self._shutdowns[name] = token
         failure: DriverError | None = None
         try:
             self.driver.shutdown(vm.domain, self.settings.shutdown_timeout_s)
         except DriverError as error:
             failure = error
         with self.lock:
-            current = self.vms.get(name)
-            if current is None or current.pending is not Pending.SHUTDOWN:
+            if self._shutdowns.get(name) is not token:
                 raise AgentError("unknown vm", f"{name} (deleted while it shut down)")
+            del self._shutdowns[name]
             if failure is None:
                 return self._set(name, "shutoff", None)
             self._set(name, self._observed_state(vm.domain, before), None)
@@ -593,6 +599,7 @@ class Agent:
         self.disks.remove_overlay(self.vms[name].domain)
         self._warming_since.pop(name, None)
         self._stale_pins.pop(name, None)
+        self._shutdowns.pop(name, None)  # a shutdown still waiting records nothing
         change = self.allocator.remove(name)
         self.store.forget_vm(name, self.allocator.snapshot())
         self.vms.pop(name, None)
