@@ -44,6 +44,9 @@ __all__ = ["Agent", "AgentError", "AgentSettings", "StalePin", "VMRequest"]
 
 log = logging.getLogger(__name__)
 
+#: the states of a pool member that will never be handed out (see `Agent.tend_pools`)
+BROKEN = frozenset({"error", "missing"})
+
 
 class AgentError(Exception):
     """A request the agent refuses; `code` is stable (as the placement's)."""
@@ -336,16 +339,28 @@ class Agent:
             return status
 
     def tend_pools(self, now: float) -> bool:
-        """One step of pool upkeep: suspend members whose warm-up is over, drop
-        members no pool wants, add one missing member. True while there is
-        more to do (a member still to add); a pool that does not fit on the
-        host raises AgentError, leaving the others as they are."""
+        """One step of pool upkeep: replace broken members, suspend members
+        whose warm-up is over, drop members no pool wants, add one missing
+        member. True while there is more to do (a member still to add); a
+        pool that does not fit on the host raises AgentError, leaving the
+        others as they are.
+
+        A broken member (left in state error or missing by a start, or with
+        a pending mark, which under the lock only a failed start leaves) is
+        deleted, and the pool refills as for a hand-out: members are all
+        alike, so replacing one is simpler than finishing what a start could
+        not. Otherwise it would count towards the pool's size until the next
+        start, never to be handed out. When it cannot be deleted, the pool's
+        `last_error` says so, and the next tick tries again."""
         with self.lock:
             self._retry_stale_pins()
             wanted = {pool.name: pool for pool in self.settings.pools}
-            for vm in [vm for vm in self.vms.values() if vm.pool and vm.pending is None]:
+            for vm in [vm for vm in self.vms.values() if vm.pool]:
                 pool = wanted.get(vm.pool)
-                if pool is None or self._members(pool.name).index(vm) >= pool.size:
+                if vm.pending is not None or vm.state in BROKEN:
+                    with self._tending(vm.pool):
+                        self._replace_member(vm)
+                elif pool is None or self._members(pool.name).index(vm) >= pool.size:
                     self._delete(vm)
                 elif (
                     vm.state == "warming"
@@ -378,6 +393,20 @@ class Agent:
             raise
         with self.lock:
             self.pool_errors.pop(pool, None)
+
+    def _replace_member(self, vm: StoredVM) -> None:
+        """Delete a broken member (the pool refills); a failure is the pool's
+        error (the PoolKeeper logs it once)."""
+        what = f"{vm.state}, {vm.pending.value} pending" if vm.pending is not None else vm.state
+        try:
+            self._delete(vm)
+        except AgentError as error:
+            raise AgentError(
+                error.code, f"cannot replace the broken member {vm.spec.name} ({what}): {error.detail}"
+            ) from error
+        log.warning(
+            "warm pool %s: deleted the broken member %s (%s), to be replaced", vm.pool, vm.spec.name, what
+        )
 
     def _members(self, pool: str) -> list[StoredVM]:
         return [vm for vm in self.vms.values() if vm.pool == pool]
