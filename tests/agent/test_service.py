@@ -321,6 +321,20 @@ def test_a_resize_stands_when_a_neighbour_cannot_follow_and_its_pin_is_kept_stal
     assert pins(driver) == {name: agent.allocator.pinning(name) for name in agent.vms}
 
 
+def test_a_refused_resize_leaves_the_layout_exactly_as_it_was(parts):
+    """Placed again after the removal, v0 would get CPU 5 where it had CPU 2,
+    with neither the store nor the domains told."""
+    agent = agent_of(parts)
+    agent.create(VMRequest("v0", 4, 128, 2.0))
+    agent.create(VMRequest("v1", 3, 128, 2.0))
+    before = agent.allocator.snapshot()
+    with pytest.raises(AgentError, match="not enough cpu"):
+        agent.resize("v0", 64, 128)
+    assert agent.allocator.snapshot() == before == parts[2].load()[0]
+    assert pins(parts[1]) == {name: agent.allocator.pinning(name) for name in agent.vms}
+    agent.allocator.check_invariants()
+
+
 def test_a_vm_that_cannot_be_repinned_at_start_is_in_the_report_and_stays_stale(parts, monkeypatch):
     topology, driver, store, path = parts
     agent = agent_of(parts)

@@ -274,11 +274,16 @@ class Agent:
             vm = self._idle(name)
             self._refuse_stale()
             new = VMSpec(name, vcpus, memory_mib, vm.spec.ratio)
+            before = self.allocator.snapshot()
             removed = self.allocator.remove(name)
             try:
                 change = self.allocator.deploy(new)
             except PlacementError as error:
-                self.allocator.deploy(vm.spec)
+                # restored exactly (pins included), not deployed again: that could pick other CPUs
+                s = self.settings
+                self.allocator = HostAllocator.restore(
+                    self.topology, before, s.critical_size, s.reserved_memory_mib
+                )
                 raise AgentError(error.code.value, error.refusal.describe()) from error
             self.store.resize_vm(name, vcpus, memory_mib, self.allocator.snapshot())
             vm = self.vms[name] = replace(vm, spec=new)
