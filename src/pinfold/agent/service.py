@@ -15,8 +15,8 @@ rename in the allocator and the store (pending), resume, clear the mark.
 Every change is made under `Agent.lock`; only those two waits are not.
 
 A VM that cannot follow its vNode (a re-pin the hypervisor refuses, after a
-delete or a resize, or at start) is kept in `Agent.stale_pins` and re-pinned
-again before every change and at every PoolKeeper tick. Until that works, no
+delete or a resize, or at start) is kept as a stale pin (`Agent.stale_pins()`)
+and re-pinned again before every change and at every PoolKeeper tick. Until that works, no
 cold create is accepted (`stale pins`): it could hand the CPUs that VM still
 holds to another vNode. A hand-out from a pool moves no CPU and goes on.
 """
