@@ -198,6 +198,17 @@ def test_a_neighbour_that_cannot_be_repinned_is_a_502_not_a_500(tmp_path, i7, mo
             assert response.status_code == 502
             assert response.json()["error"] == "hypervisor failed"
             assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A", "B"]
+            # B could not be moved back either: shown, and no CPUs are handed out until it is
+            stale = http.get("/api/v1/host").json()["stale_pins"]
+            assert stale == {
+                "B": {"cpus": [1, 2, 3, 5, 6, 7], "error": "failed: re-pin B: Unable to write to cgroup"}
+            }
+            body = {"name": "C", "vcpus": 1, "memory_mib": 128, "ratio": 2.0}
+            response = http.post("/api/v1/vms", json=body, headers=AUTH)
+            assert (response.status_code, response.json()["error"]) == (503, "stale pins")
+            monkeypatch.undo()
+            assert http.post("/api/v1/vms", json=body, headers=AUTH).status_code == 201
+            assert http.get("/api/v1/host").json()["stale_pins"] == {}
     finally:
         agent.store.close()
 

@@ -13,6 +13,7 @@ import pytest
 
 from pinfold.agent.disks import DiskError, Disks
 from pinfold.agent.drivers import SimDriver
+from pinfold.agent.pools import PoolSpec
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Store
 from tests.agent.conftest import REQUIRE_LIBVIRT
@@ -103,6 +104,65 @@ def test_the_overlay_names_the_format_of_its_base(images, tmp_path, fmt):
     )
 
 
+def qemu_img(*arguments: str) -> None:
+    subprocess.run(["qemu-img", *arguments], check=True, capture_output=True)
+
+
+@pytest.mark.parametrize(
+    ("make", "problem"),
+    [
+        pytest.param(
+            lambda images, outside: qemu_img(
+                "create", "-q", "-f", "qcow2", "-b", str(outside / "secret.qcow2"), "-F", "qcow2",
+                str(images / "bad.qcow2"),
+            ),
+            "has a backing file",
+            id="qcow2-backed-by-a-file-outside",
+        ),
+        pytest.param(
+            lambda images, outside: qemu_img(
+                "create", "-q", "-f", "qcow2", "-b", str(images / "base.qcow2"), "-F", "qcow2",
+                str(images / "bad.qcow2"),
+            ),
+            "has a backing file",
+            id="qcow2-backed-by-a-file-inside",
+        ),
+        pytest.param(
+            lambda images, outside: qemu_img(
+                "create", "-q", "-f", "qcow2", "-o", f"data_file={outside / 'data.raw'}",
+                str(images / "bad.qcow2"), "16M",
+            ),
+            "external data file",
+            id="qcow2-with-a-data-file-outside",
+        ),
+        pytest.param(
+            lambda images, outside: qemu_img("create", "-q", "-f", "vmdk", str(images / "bad.qcow2"), "16M"),
+            "is vmdk: base images must be raw or qcow2",
+            id="vmdk",
+        ),
+    ],
+)  # fmt: skip
+def test_a_base_image_that_does_not_stand_alone_or_is_not_raw_or_qcow2_is_refused(
+    images, tmp_path, i7, make, problem
+):
+    """libvirt would give the guest the backing file or data file too, and a
+    vmdk names host files of its own: only a raw or qcow2 image alone is a base."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    qemu_img("create", "-q", "-f", "qcow2", str(outside / "secret.qcow2"), "16M")
+    make(images, outside)
+    disks = Disks([images], tmp_path / "disks")
+    with pytest.raises(DiskError, match=problem) as error:
+        disks.create_overlay("vm-1", disks.base_image(str(images / "bad.qcow2")))
+    assert error.value.code == "invalid request"
+    settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    with pytest.raises(AgentError, match=problem) as refused:
+        agent.create(VMRequest("web", 1, 256, 1.0, image=str(images / "bad.qcow2")))
+    assert refused.value.code == "invalid request"
+    assert (agent.vms, list((tmp_path / "disks").glob("*"))) == ({}, [])
+
+
 def test_a_base_qemu_img_cannot_read_or_no_qemu_img_is_a_disk_failure(images, tmp_path):
     (images / "not-an-image").mkdir()
     for qemu_img, base in [
@@ -155,8 +215,57 @@ def test_an_overlay_made_for_a_refused_create_or_cut_short_by_a_crash_is_removed
     agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
     with pytest.raises(AgentError, match="not enough cpu"):
         agent.create(VMRequest("big", 64, 256, 1.0, image=str(images / "base.qcow2")))
-    assert list((tmp_path / "disks").iterdir()) == []
+    assert list((tmp_path / "disks").glob("*")) == []
     agent.disks.prepare_overlay(images / "base.qcow2")  # then kill -9
     agent.store.close()
     Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
     assert list((tmp_path / "disks").iterdir()) == []
+
+
+def counting_qemu_img(tmp_path: Path) -> tuple[Path, Path]:
+    """A qemu-img that writes each subcommand it runs (info, create) to a log."""
+    log, script = tmp_path / "qemu-img.log", tmp_path / "counting-qemu-img"
+    script.write_text(f'#!/bin/sh\necho "$1" >> "{log}"\nexec qemu-img "$@"\n')
+    script.chmod(0o755)
+    return script, log
+
+
+def qemu_img_calls(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_a_refused_create_or_pool_refill_runs_no_qemu_img(images, tmp_path, i7):
+    """A create the host would refuse is refused before an overlay is made:
+    an API create pays no qemu-img for it, and a pool larger than the host
+    does not make and delete an overlay every period."""
+    image = str(images / "base.qcow2")
+    huge = PoolSpec(name="huge", size=50, vcpus=2, memory_mib=256, ratio=1.0, image=image, warmup_s=0)
+    settings = AgentSettings(
+        domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks", pools=(huge,)
+    )
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    script, log = counting_qemu_img(tmp_path)
+    agent.disks.qemu_img = str(script)
+    agent.create(VMRequest("web", 4, 256, 1.0, image=image))
+    assert qemu_img_calls(log) == ["info", "create"]
+    for request, code in [
+        (VMRequest("big", 64, 256, 1.0, image=image), "not enough cpu"),
+        (VMRequest("fat", 1, 10**7, 1.0, image=image), "not enough memory"),
+        (VMRequest("web", 1, 256, 1.0, image=image), "duplicate name"),
+    ]:
+        with pytest.raises(AgentError) as error:
+            agent.create(request)
+        assert error.value.code == code
+    assert qemu_img_calls(log) == ["info", "create"]
+    assert agent.tend_pools(0.0) is True
+    assert agent.tend_pools(0.0) is True  # the second member that fits
+    made = len(qemu_img_calls(log))
+    assert made == 2 + 2 * 2  # the two members that fit
+    for _ in range(5):  # PoolKeeper periods
+        with pytest.raises(AgentError, match="not enough cpu"):
+            agent.tend_pools(0.0)
+    assert len(qemu_img_calls(log)) == made
+    assert str(agent.pool_status()["huge"]["last_error"]).startswith("not enough cpu: ")
+    assert sorted(p.name for p in (tmp_path / "disks").iterdir()) == [
+        "pool-huge-0.qcow2", "pool-huge-1.qcow2", "web.qcow2",
+    ]  # fmt: skip

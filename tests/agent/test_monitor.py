@@ -132,8 +132,10 @@ def test_the_sampling_thread_outlives_a_failing_driver_and_says_so(caplog):
     keeps sampling, and works again once the driver does."""
     failing = threading.Event()
     failing.set()
+    calls = [0]
 
     def vm_stats() -> dict[str, tuple[int, float]]:
+        calls[0] += 1
         if failing.is_set():
             raise DriverError("failed", "read domain stats: Cannot recv data: Connection reset by peer")
         return {}
@@ -147,7 +149,9 @@ def test_the_sampling_thread_outlives_a_failing_driver_and_says_so(caplog):
             assert health["stale"] is True
             assert "Connection reset by peer" in health["last_error"]
             assert monitor.latest is None
-            time.sleep(0.3)  # several more failing periods: logged once, not once per period
+            failed = calls[0]  # several more failing samples: logged once, not once per period
+            wait_until(lambda: calls[0] >= failed + 3, "three more failed samples")
+            assert len([r for r in caplog.records if "sampling failed" in r.getMessage()]) == 1
             failing.clear()
             wait_until(lambda: monitor.latest is not None, "a sample after the driver came back")
             wait_until(lambda: not monitor.health()["stale"], "a fresh sample")

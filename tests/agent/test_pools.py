@@ -10,11 +10,12 @@ import time
 
 import pytest
 
-from pinfold.agent.drivers import GuestState, SimDriver
+from pinfold.agent.domain import DomainSpec
+from pinfold.agent.drivers import DriverError, GuestState, SimDriver
 from pinfold.agent.pools import PoolKeeper, PoolSpec
 from pinfold.agent.reconcile import Action
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
-from pinfold.agent.store import Store
+from pinfold.agent.store import Pending, Store
 
 SMALL = PoolSpec(name="small", size=2, vcpus=1, memory_mib=128, ratio=2.0, warmup_s=5)
 
@@ -150,6 +151,58 @@ def test_a_member_whose_create_was_cut_short_warms_up_again_at_the_next_start(
     filled(again)
     assert again.pool_status()["small"] == {"size": 2, "ready": 2, "warming": 0, "last_error": None}
     assert again.create(VMRequest("web", 1, 128, 2.0)).domain == "pool-small-0"
+
+
+def test_a_member_a_start_could_not_make_is_replaced(tmp_path, i7, driver, monkeypatch):
+    """A member whose create a crash cut short, and that the next start could
+    not make either, is left in state error: the keeper replaces it, rather
+    than let it count towards the pool's size until another start."""
+    agent = agent_with(tmp_path, i7, driver, SMALL)
+
+    def crash(spec: object) -> None:
+        raise Crash
+
+    monkeypatch.setattr(driver, "create", crash)
+    with pytest.raises(Crash):
+        agent.tend_pools(0.0)
+    agent.store.close()
+
+    def refuse(spec: DomainSpec) -> None:
+        raise DriverError("failed", "start pool-small-0: qemu exited")
+
+    monkeypatch.setattr(driver, "create", refuse)
+    again = agent_with(tmp_path, i7, driver, SMALL)
+    assert (again.vms["pool-small-0"].state, again.vms["pool-small-0"].pending) == ("error", Pending.CREATE)
+    monkeypatch.undo()
+    filled(again)
+    assert again.pool_status()["small"] == {"size": 2, "ready": 2, "warming": 0, "last_error": None}
+    assert {(vm.state, vm.pending) for vm in again.vms.values()} == {("pooled", None)}
+    assert set(states(driver).values()) == {GuestState.PAUSED}
+    again.allocator.check_invariants()
+
+
+def test_a_broken_member_that_cannot_be_deleted_is_the_pools_last_error(tmp_path, i7, driver, monkeypatch):
+    agent = filled(agent_with(tmp_path, i7, driver, SMALL))
+    agent.store.set_state("pool-small-0", "pooled", Pending.DELETE)  # a delete a crash cut short
+    agent.store.close()
+    delete = driver.delete
+
+    def refuse(name: str) -> None:
+        raise DriverError("failed", f"delete {name}: libvirtd hiccup")
+
+    monkeypatch.setattr(driver, "delete", refuse)
+    again = agent_with(tmp_path, i7, driver, SMALL)
+    assert again.vms["pool-small-0"].state == "error"
+    with pytest.raises(AgentError, match="libvirtd hiccup"):
+        again.tend_pools(0.0)
+    assert again.pool_status()["small"]["last_error"] == (
+        "hypervisor failed: cannot replace the broken member pool-small-0 (error, delete pending): "
+        "failed: delete pool-small-0: libvirtd hiccup"
+    )
+    monkeypatch.setattr(driver, "delete", delete)
+    filled(again)
+    assert again.pool_status()["small"] == {"size": 2, "ready": 2, "warming": 0, "last_error": None}
+    assert {(vm.state, vm.pending) for vm in again.vms.values()} == {("pooled", None)}
 
 
 def test_members_no_pool_wants_are_deleted(tmp_path, i7, driver):

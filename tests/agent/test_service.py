@@ -236,6 +236,11 @@ def test_a_create_whose_neighbours_cannot_be_repinned_is_undone(parts, monkeypat
     assert {name: (vm.state, vm.pending) for name, vm in stored.items()} == {
         "A": ("running", None), "B": ("running", None),
     }  # fmt: skip
+    # B could not be moved back either: where its vCPUs run is not known, so it stays stale
+    assert set(agent.stale_pins()) == {"B"}
+    monkeypatch.undo()
+    agent.suspend("A")  # any change tries again first
+    assert agent.stale_pins() == {}
 
 
 def test_a_delete_stands_when_a_neighbour_cannot_be_repinned(parts, monkeypatch, caplog):
@@ -244,13 +249,110 @@ def test_a_delete_stands_when_a_neighbour_cannot_be_repinned(parts, monkeypatch,
     for name, ratio in (("A", 1.0), ("B", 2.0), ("A2", 1.0)):
         agent.create(VMRequest(name, 2, 1024, ratio))
     failing_repin(driver, monkeypatch, "B")
-    agent.delete("A2")  # done: B keeps its old (smaller) set until the next start
+    agent.delete("A2")  # done: B keeps its old (smaller) set until it can be re-pinned
     assert set(agent.vms) == {"A", "B"}
     assert "cannot re-pin B" in caplog.text
     assert set(parts[2].load()[1]) == {"A", "B"}
     monkeypatch.undo()
     agent.store.close()
     again = Agent(parts[0], driver, Store(parts[3]), AgentSettings(domain_type="qemu"))
+    assert pins(driver) == {name: again.allocator.pinning(name) for name in again.vms}
+
+
+def overlapping(driver: SimDriver, agent: Agent) -> set[int]:
+    """CPUs that a VM runs on (as the hypervisor has it) and another level's vNode holds."""
+    shared: set[int] = set()
+    for vm in agent.vms.values():
+        level = vm.spec.ratio
+        held = pins(driver).get(vm.domain, frozenset())
+        for ratio in agent.allocator.levels:
+            if ratio != level:
+                shared |= held & set(agent.allocator.vnode(ratio))
+    return shared
+
+
+def test_a_vm_that_cannot_leave_released_cpus_is_retried_and_no_cpus_are_handed_out_meanwhile(
+    parts, monkeypatch, caplog
+):
+    """A2's delete shrinks the premium vNode: A must leave the CPUs it gives
+    up. While A cannot, a create that could be given those CPUs is refused;
+    every change (and every PoolKeeper tick) tries A again."""
+    agent = agent_of(parts)
+    driver = parts[1]
+    agent.create(VMRequest("A", 2, 1024, 1.0))
+    agent.create(VMRequest("A2", 2, 1024, 1.0))
+    failing_repin(driver, monkeypatch, "A")
+    agent.delete("A2")
+    vnode = agent.allocator.pinning("A")
+    assert pins(driver)["A"] - vnode  # A still runs on released CPUs
+    assert agent.stale_pins() == {
+        "A": {"cpus": sorted(vnode), "error": "failed: re-pin A: Unable to write to cgroup"}
+    }
+    for _ in range(3):  # tried again each time: logged once
+        with pytest.raises(AgentError) as error:
+            agent.create(VMRequest("B", 4, 1024, 2.0))
+        assert error.value.code == "stale pins"
+        assert "A to CPUs 0,4 (failed: re-pin A: Unable to write to cgroup)" in error.value.detail
+    assert caplog.text.count("cannot re-pin A") == 1
+    assert ("B" in agent.vms, "B" in pins(driver), overlapping(driver, agent)) == (False, False, set())
+    monkeypatch.undo()
+    agent.tend_pools(0.0)  # a PoolKeeper tick, no pool configured
+    assert agent.stale_pins() == {}
+    assert pins(driver)["A"] == vnode
+    agent.create(VMRequest("B", 4, 1024, 2.0))
+    assert overlapping(driver, agent) == set()
+
+
+def test_a_resize_stands_when_a_neighbour_cannot_follow_and_its_pin_is_kept_stale(parts, monkeypatch):
+    agent = agent_of(parts)
+    driver = parts[1]
+    agent.create(VMRequest("A", 2, 1024, 1.0))
+    agent.create(VMRequest("A2", 2, 1024, 1.0))
+    failing_repin(driver, monkeypatch, "A")
+    agent.resize("A2", 1, 1024)  # the premium vNode shrinks by one CPU
+    assert agent.vms["A2"].spec.vcpus == 1
+    assert set(agent.stale_pins()) == {"A"}
+    with pytest.raises(AgentError, match="stale pins"):
+        agent.create(VMRequest("B", 1, 128, 2.0))
+    with pytest.raises(AgentError, match="stale pins"):
+        agent.resize("A2", 2, 1024)
+    monkeypatch.undo()
+    agent.create(VMRequest("B", 1, 128, 2.0))
+    assert pins(driver) == {name: agent.allocator.pinning(name) for name in agent.vms}
+
+
+def test_a_refused_resize_leaves_the_layout_exactly_as_it_was(parts):
+    """Placed again after the removal, v0 would get CPU 5 where it had CPU 2,
+    with neither the store nor the domains told."""
+    agent = agent_of(parts)
+    agent.create(VMRequest("v0", 4, 128, 2.0))
+    agent.create(VMRequest("v1", 3, 128, 2.0))
+    before = agent.allocator.snapshot()
+    with pytest.raises(AgentError, match="not enough cpu"):
+        agent.resize("v0", 64, 128)
+    assert agent.allocator.snapshot() == before == parts[2].load()[0]
+    assert pins(parts[1]) == {name: agent.allocator.pinning(name) for name in agent.vms}
+    agent.allocator.check_invariants()
+
+
+def test_a_vm_that_cannot_be_repinned_at_start_is_in_the_report_and_stays_stale(parts, monkeypatch):
+    topology, driver, store, path = parts
+    agent = agent_of(parts)
+    agent.create(VMRequest("A", 2, 1024, 1.0))
+    agent.create(VMRequest("B", 2, 1024, 2.0))
+    driver.repin("A", frozenset(range(8)))  # as a crash mid re-pin could leave it
+    store.close()
+    failing_repin(driver, monkeypatch, "A")
+    again = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    assert again.report == [
+        Step(Action.KEEP, "A"), Step(Action.KEEP, "B"),
+        Step(Action.REPIN, "A", "failed: re-pin A: Unable to write to cgroup"),
+    ]  # fmt: skip
+    assert set(again.stale_pins()) == {"A"}
+    with pytest.raises(AgentError, match="stale pins"):
+        again.create(VMRequest("C", 1, 128, 2.0))
+    monkeypatch.undo()
+    again.create(VMRequest("C", 1, 128, 2.0))
     assert pins(driver) == {name: again.allocator.pinning(name) for name in again.vms}
 
 
@@ -337,6 +439,65 @@ def test_a_delete_during_a_graceful_shutdown_wins(parts):
     assert isinstance(outcome["error"], AgentError)
     assert outcome["error"].code == "unknown vm"
     assert (agent.vms, store.load()[1], driver.guests()) == ({}, {}, [])
+
+
+class GatedShutdown(SimDriver):
+    """Each `shutdown` waits at its own gate (`gates[i]`, in call order); one
+    whose domain was deleted meanwhile (even if another took its name) finds
+    it gone, as libvirt would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gates: list[threading.Event] = []
+        self.arrived = threading.Semaphore(0)
+
+    def shutdown(self, name: str, timeout_s: float) -> None:
+        spec = self.info(name).spec
+        gate = threading.Event()
+        self.gates.append(gate)
+        self.arrived.release()
+        assert gate.wait(10)
+        current = self.guests()
+        if not any(guest.name == name and guest.spec is spec for guest in current):
+            raise DriverError("not found", f"no domain with matching name '{name}'")
+        super().shutdown(name, timeout_s)
+
+
+def test_the_end_of_a_shutdown_is_not_recorded_on_a_new_vm_of_the_same_name(parts):
+    """Delete a VM while it shuts down, create one of the same name and shut
+    it down too: the first shutdown ends without touching the second VM."""
+    topology, _, store, _ = parts
+    driver = GatedShutdown()
+    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    agent.create(VMRequest("v", 1, 128, 2.0))
+    outcomes: list[dict[str, object]] = [{}, {}]
+
+    def shut_down(outcome: dict[str, object]) -> None:
+        try:
+            outcome["vm"] = agent.shutdown("v")
+        except AgentError as error:
+            outcome["error"] = error
+
+    first = threading.Thread(target=shut_down, args=(outcomes[0],))
+    first.start()
+    assert driver.arrived.acquire(timeout=10)
+    agent.delete("v")
+    agent.create(VMRequest("v", 1, 128, 2.0))
+    second = threading.Thread(target=shut_down, args=(outcomes[1],))
+    second.start()
+    assert driver.arrived.acquire(timeout=10)
+    driver.gates[0].set()  # the first shutdown ends while the second waits
+    first.join(10)
+    error = outcomes[0]["error"]
+    assert isinstance(error, AgentError)
+    assert error.code == "unknown vm"
+    assert (agent.vms["v"].state, agent.vms["v"].pending) == ("stopping", Pending.SHUTDOWN)
+    driver.gates[1].set()
+    second.join(10)
+    vm = outcomes[1]["vm"]
+    assert isinstance(vm, StoredVM)
+    assert (vm.state, vm.pending) == ("shutoff", None)
+    assert (store.load()[1]["v"].state, driver.info("v").state) == ("shutoff", GuestState.SHUTOFF)
 
 
 def test_a_failed_shutdown_records_the_state_the_guest_is_in(parts):

@@ -36,6 +36,7 @@ _STATUS = {
     "invalid request": 400,
     "hypervisor failed": 502,
     "disk failed": 502,
+    "stale pins": 503,
     "unauthorized": 401,
 }
 ACTIONS = ("start", "shutdown", "suspend", "resume")
@@ -144,6 +145,8 @@ def create_app(
                 "status": allocator.status(),
                 "pools": agent.pool_status(),
                 "unknown_domains": agent.unknown_domains(),
+                # VMs the hypervisor would not re-pin: no cold create is accepted until they are
+                "stale_pins": agent.stale_pins(),
                 "usage": monitor.latest.to_dict()
                 if monitor is not None and monitor.latest is not None
                 else None,

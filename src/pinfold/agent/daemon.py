@@ -10,6 +10,7 @@ from pinfold.agent.config import AgentConfig, advertised_url, load_or_create_tok
 from pinfold.agent.drivers import Driver, DriverError, SimDriver
 from pinfold.agent.monitor import GpuProbe, Monitor
 from pinfold.agent.pools import PoolKeeper
+from pinfold.agent.reconcile import Action
 from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
@@ -75,9 +76,8 @@ def serve(config: AgentConfig) -> None:
     )
     for step in agent.report:
         if step.error:
-            print(
-                f"pinfold agent: {step.action.value} {step.name} failed, tried again next start: {step.error}"
-            )
+            again = "before every change" if step.action is Action.REPIN else "next start"
+            print(f"pinfold agent: {step.action.value} {step.name} failed, tried again {again}: {step.error}")
         elif step.action.value in ("missing", "unknown"):
             print(f"pinfold agent: {step.action.value}: {step.name}")
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal

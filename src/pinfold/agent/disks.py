@@ -2,9 +2,14 @@
 of the configured image directories (anything else is refused).
 
 The overlay lives in the agent's disk directory and goes with the VM. Its
-header names the base image's format (raw, qcow2, ...), found by `qemu-img
-info`, so that QEMU never has to guess it. qemu-img runs with an argument
-list, never through a shell.
+header names the base image's format, found by `qemu-img info`, so that QEMU
+never has to guess it. A base image must stand alone: raw or qcow2 only
+(`BASE_FORMATS`), and with no backing file and no external data file at
+all, wherever they lie. libvirt gives the guest access to the whole chain,
+and other formats name further host files too (a vmdk descriptor its
+extents), so anything else could open a file outside the image directories
+to a guest: flatten such an image first (`qemu-img convert -O qcow2`).
+qemu-img runs with an argument list, never through a shell.
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["DiskError", "Disks"]
+
+#: the only formats a base image may have: neither can name another host file, but for the
+#: backing file and data file of a qcow2, which `Disks.image_format` refuses
+BASE_FORMATS = frozenset({"raw", "qcow2"})
 
 #: the name an overlay has while it is made for a VM not placed yet (no VM name starts with '.')
 PARTIAL = ".partial-"
@@ -86,14 +95,35 @@ class Disks:
         return overlay
 
     def image_format(self, image: Path) -> str:
-        """The format of `image` as qemu-img reads it. Only base images from
-        the image directories are probed (the operator's, not a user's upload);
-        `--force-share` reads the header of one that a guest has open too."""
-        answer = self._qemu_img("info", "--output=json", "--force-share", str(image))
+        """The format of `image` as qemu-img reads it, once it is known to be
+        a base image that stands alone (see the module): "invalid request"
+        otherwise. Only base images from the image directories are probed (the
+        operator's, not a user's upload); `--force-share` reads the header of
+        one that a guest has open too; `--backing-chain` lists every image the
+        base would bring with it."""
+        answer = self._qemu_img("info", "--backing-chain", "--output=json", "--force-share", str(image))
         try:
-            return str(json.loads(answer)["format"])
-        except (ValueError, KeyError, TypeError) as error:
+            chain = json.loads(answer)
+            base = chain[0]
+            found = str(base["format"])
+            data_file = (base.get("format-specific") or {}).get("data", {}).get("data-file")
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
             raise DiskError("disk failed", f"qemu-img info {image}: no format in {answer[:200]!r}") from error
+        if found not in BASE_FORMATS:
+            raise DiskError(
+                "invalid request", f"image {str(image)!r} is {found}: base images must be raw or qcow2"
+            )
+        backing = base.get("full-backing-filename") or base.get("backing-filename")
+        if backing or len(chain) > 1:
+            raise DiskError(
+                "invalid request", f"image {str(image)!r} has a backing file ({backing}): flatten it first"
+            )
+        if data_file:
+            raise DiskError(
+                "invalid request",
+                f"image {str(image)!r} has an external data file ({data_file}): flatten it first",
+            )
+        return found
 
     def _qemu_img(self, *arguments: str) -> str:
         """qemu-img's output; its failure (or its absence) as a DiskError."""

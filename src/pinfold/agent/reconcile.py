@@ -43,6 +43,8 @@ class Action(StrEnum):
     KEEP = "keep"
     MISSING = "missing"
     UNKNOWN = "unknown"
+    #: never planned: the agent reports a VM it could not re-pin to its vNode after the steps
+    REPIN = "re-pin"
 
 
 @dataclass(frozen=True)

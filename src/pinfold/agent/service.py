@@ -1,8 +1,9 @@
 """The agent's core: one host's allocator made real through a driver, with
 every accepted change stored before the hypervisor is touched.
 
-Order of a create: make the disk overlay (before the lock: qemu-img may be
-slow), place in the allocator (refusals change nothing), store the VM and the
+Order of a create: check that the VM would fit and its name is free (a
+refusal costs no qemu-img), make the disk overlay (without the lock: qemu-img
+may be slow), place in the allocator (refusals change nothing), store the VM and the
 new vNode layout with a pending mark, create the domain, apply the re-pins the
 allocator reported to the VMs already running, clear the mark. A delete
 marks, deletes the domain, frees the placement and forgets the VM. A shutdown
@@ -12,6 +13,12 @@ A create that matches a warm pool takes a ready member instead (see `pools`):
 rename in the allocator and the store (pending), resume, clear the mark.
 
 Every change is made under `Agent.lock`; only those two waits are not.
+
+A VM that cannot follow its vNode (a re-pin the hypervisor refuses, after a
+delete or a resize, or at start) is kept as a stale pin (`Agent.stale_pins()`)
+and re-pinned again before every change and at every PoolKeeper tick. Until that works, no
+cold create is accepted (`stale pins`): it could hand the CPUs that VM still
+holds to another vNode. A hand-out from a pool moves no CPU and goes on.
 """
 
 from __future__ import annotations
@@ -33,9 +40,12 @@ from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, format_cpulist
 
-__all__ = ["Agent", "AgentError", "AgentSettings", "VMRequest"]
+__all__ = ["Agent", "AgentError", "AgentSettings", "StalePin", "VMRequest"]
 
 log = logging.getLogger(__name__)
+
+#: the states of a pool member that will never be handed out (see `Agent.tend_pools`)
+BROKEN = frozenset({"error", "missing"})
 
 
 class AgentError(Exception):
@@ -76,6 +86,14 @@ class VMRequest:
     image: str = ""
 
 
+@dataclass(frozen=True)
+class StalePin:
+    """A VM the hypervisor would not re-pin: the CPUs it should be on, and why not."""
+
+    cpuset: frozenset[int]
+    error: str
+
+
 @dataclass
 class Agent:
     topology: Topology
@@ -94,6 +112,10 @@ class Agent:
         self.pool_errors: dict[str, str] = {}
         #: called after a member is handed out (the daemon's PoolKeeper refills then)
         self.on_hand_out: Callable[[], None] = lambda: None
+        #: VMs whose last re-pin failed (their live pins are not their vNode's): retried before every change
+        self._stale_pins: dict[str, StalePin] = {}
+        #: per VM shutting down, the token of that shutdown: its end is recorded only while it is the same
+        self._shutdowns: dict[str, object] = {}
         snapshot, self.vms = self.store.load()
         self.allocator = HostAllocator.restore(
             self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
@@ -104,21 +126,34 @@ class Agent:
 
     def create(self, request: VMRequest) -> StoredVM:
         """A VM as asked: from a warm pool when one matches, else made cold.
-        A cold VM's overlay is made before the lock is taken and adopted
-        under it (`_overlay_for`): no request waits for qemu-img."""
+        A cold VM's overlay is made without the lock and adopted under it
+        (`_overlay_for`): no request waits for qemu-img. It is made only
+        once the VM would fit: a refused create runs no qemu-img."""
         if not valid_name(request.name):
             raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
         base = self._base_image(request.image)
         with self.lock:
+            self._retry_stale_pins()
             self._refuse_taken(request.name)
             member = self._ready_member(request, base) if request.name not in self.allocator else None
             if member is not None:
                 return self._hand_out(member, request)
             if base is None:
                 return self._create_cold(request, None, pool="")
+            self._refuse_unplaceable(request)
         with self._overlay_for(base) as prepared, self.lock:
             self._refuse_taken(request.name)  # again: the name may have gone meanwhile
             return self._create_cold(request, base, pool="", prepared=prepared)
+
+    def _refuse_unplaceable(self, request: VMRequest) -> None:
+        """What `_create_cold` would refuse before it places anything, asked
+        before an overlay is made for it. The placement is only a check here:
+        the real one follows, under the lock again, and may still refuse."""
+        self._refuse_stale()
+        spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
+        refusal = self.allocator.check(spec)
+        if refusal is not None:
+            raise AgentError(refusal.code.value, refusal.describe())
 
     def _refuse_taken(self, name: str) -> None:
         if any(vm.domain == name for vm in self.vms.values()):
@@ -145,6 +180,7 @@ class Agent:
         self, request: VMRequest, base: Path | None, pool: str, prepared: Path | None = None
     ) -> StoredVM:
         spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
+        self._refuse_stale()
         try:
             change = self.allocator.deploy(spec)
         except PlacementError as error:
@@ -171,6 +207,7 @@ class Agent:
 
     def delete(self, name: str) -> None:
         with self.lock:
+            self._retry_stale_pins()
             self._delete(self._get(name))
 
     def _delete(self, vm: StoredVM) -> None:
@@ -197,20 +234,25 @@ class Agent:
         the VM is stored "stopping", with a pending mark, before, and its end
         state recorded after. Other actions on it are refused until then (not
         a delete, which forces it off). A crash during the wait leaves the
-        mark, and the next start records the state the domain is in."""
+        mark, and the next start records the state the domain is in. The
+        end is matched by a token, not by the name: a VM deleted meanwhile and
+        made again under that name (and shut down in turn) is another's."""
+        token = object()
         with self.lock:
+            self._retry_stale_pins()
             vm = self._idle(name)
             before = vm.state
             vm = self._set(name, "stopping", Pending.SHUTDOWN)
+            self._shutdowns[name] = token
         failure: DriverError | None = None
         try:
             self.driver.shutdown(vm.domain, self.settings.shutdown_timeout_s)
         except DriverError as error:
             failure = error
         with self.lock:
-            current = self.vms.get(name)
-            if current is None or current.pending is not Pending.SHUTDOWN:
+            if self._shutdowns.get(name) is not token:
                 raise AgentError("unknown vm", f"{name} (deleted while it shut down)")
+            del self._shutdowns[name]
             if failure is None:
                 return self._set(name, "shutoff", None)
             self._set(name, self._observed_state(vm.domain, before), None)
@@ -225,24 +267,39 @@ class Agent:
     def resize(self, name: str, vcpus: int, memory_mib: int) -> StoredVM:
         """Give a VM another size: re-placed on its level's vNode now (refused,
         and nothing changed, when it does not fit), stored, and written into
-        the domain's definition for its next boot."""
+        the domain's definition for its next boot. Refused while a pin is
+        stale, as a create is: the VM's vNode may grow."""
         with self.lock:
+            self._retry_stale_pins()
             vm = self._idle(name)
+            self._refuse_stale()
             new = VMSpec(name, vcpus, memory_mib, vm.spec.ratio)
-            self.allocator.remove(name)
+            before = self.allocator.snapshot()
+            removed = self.allocator.remove(name)
             try:
                 change = self.allocator.deploy(new)
             except PlacementError as error:
-                self.allocator.deploy(vm.spec)
+                # restored exactly (pins included), not deployed again: that could pick other CPUs
+                s = self.settings
+                self.allocator = HostAllocator.restore(
+                    self.topology, before, s.critical_size, s.reserved_memory_mib
+                )
                 raise AgentError(error.code.value, error.refusal.describe()) from error
             self.store.resize_vm(name, vcpus, memory_mib, self.allocator.snapshot())
             vm = self.vms[name] = replace(vm, spec=new)
+            failure: DriverError | None = None
             try:
                 self.driver.resize(vm.domain, vcpus, memory_mib)
-                self.driver.repin(vm.domain, self.allocator.pinning(name))
             except DriverError as error:
-                raise AgentError("hypervisor failed", str(error)) from error
-            self._repin(change.repinned)  # the resize stands; a failure is logged (as in `_forget`)
+                failure = error
+            # the resize stands: a VM that cannot follow (this one or a neighbour,
+            # moved by the removal or by the new placement) is kept as a stale pin
+            moved = [name, *removed.repinned, *change.repinned]
+            self._repin({other: self.allocator.pinning(other) for other in moved if other in self.allocator})
+            if failure is not None:
+                raise AgentError("hypervisor failed", str(failure)) from failure
+            if name in self._stale_pins:
+                raise AgentError("hypervisor failed", f"cannot re-pin {name}: {self._stale_pins[name].error}")
             return vm
 
     def user_vms(self) -> list[StoredVM]:
@@ -287,15 +344,28 @@ class Agent:
             return status
 
     def tend_pools(self, now: float) -> bool:
-        """One step of pool upkeep: suspend members whose warm-up is over, drop
-        members no pool wants, add one missing member. True while there is
-        more to do (a member still to add); a pool that does not fit on the
-        host raises AgentError, leaving the others as they are."""
+        """One step of pool upkeep: replace broken members, suspend members
+        whose warm-up is over, drop members no pool wants, add one missing
+        member. True while there is more to do (a member still to add); a
+        pool that does not fit on the host raises AgentError, leaving the
+        others as they are.
+
+        A broken member (left in state error or missing by a start, or with
+        a pending mark, which under the lock only a failed start leaves) is
+        deleted, and the pool refills as for a hand-out: members are all
+        alike, so replacing one is simpler than finishing what a start could
+        not. Otherwise it would count towards the pool's size until the next
+        start, never to be handed out. When it cannot be deleted, the pool's
+        `last_error` says so, and the next tick tries again."""
         with self.lock:
+            self._retry_stale_pins()
             wanted = {pool.name: pool for pool in self.settings.pools}
-            for vm in [vm for vm in self.vms.values() if vm.pool and vm.pending is None]:
+            for vm in [vm for vm in self.vms.values() if vm.pool]:
                 pool = wanted.get(vm.pool)
-                if pool is None or self._members(pool.name).index(vm) >= pool.size:
+                if vm.pending is not None or vm.state in BROKEN:
+                    with self._tending(vm.pool):
+                        self._replace_member(vm)
+                elif pool is None or self._members(pool.name).index(vm) >= pool.size:
                     self._delete(vm)
                 elif (
                     vm.state == "warming"
@@ -308,6 +378,9 @@ class Agent:
                 return False
         with self._tending(short.name):
             base = self._base_image(short.image)
+            if base is not None:
+                with self.lock:  # a pool larger than the host runs no qemu-img every period
+                    self._refuse_unplaceable(self._member_request(short))
             with self._overlay_for(base) as prepared, self.lock:
                 if len(self._members(short.name)) < short.size:  # (only this thread adds members)
                     self._add_member(short, now, base, prepared)
@@ -326,15 +399,33 @@ class Agent:
         with self.lock:
             self.pool_errors.pop(pool, None)
 
+    def _replace_member(self, vm: StoredVM) -> None:
+        """Delete a broken member (the pool refills); a failure is the pool's
+        error (the PoolKeeper logs it once)."""
+        what = f"{vm.state}, {vm.pending.value} pending" if vm.pending is not None else vm.state
+        try:
+            self._delete(vm)
+        except AgentError as error:
+            raise AgentError(
+                error.code, f"cannot replace the broken member {vm.spec.name} ({what}): {error.detail}"
+            ) from error
+        log.warning(
+            "warm pool %s: deleted the broken member %s (%s), to be replaced", vm.pool, vm.spec.name, what
+        )
+
     def _members(self, pool: str) -> list[StoredVM]:
         return [vm for vm in self.vms.values() if vm.pool == pool]
 
-    def _add_member(self, pool: PoolSpec, now: float, base: Path | None, prepared: Path | None) -> None:
+    def _member_request(self, pool: PoolSpec) -> VMRequest:
+        """A new member of `pool`, under the first member name no VM or domain has."""
         taken = set(self.vms) | {vm.domain for vm in self.vms.values()}
         name = next(pool.member_name(i) for i in range(len(taken) + 1) if pool.member_name(i) not in taken)
-        request = VMRequest(name, pool.vcpus, pool.memory_mib, pool.ratio, owner="pool", image=pool.image)
+        return VMRequest(name, pool.vcpus, pool.memory_mib, pool.ratio, owner="pool", image=pool.image)
+
+    def _add_member(self, pool: PoolSpec, now: float, base: Path | None, prepared: Path | None) -> None:
+        request = self._member_request(pool)
         self._create_cold(request, base, pool=pool.name, prepared=prepared)
-        self._warming_since[name] = now
+        self._warming_since[request.name] = now
 
     def _suspend_member(self, vm: StoredVM) -> None:
         try:
@@ -374,6 +465,8 @@ class Agent:
             raise
         del self.vms[member.spec.name]
         self.vms[request.name] = vm
+        if member.spec.name in self._stale_pins:
+            self._stale_pins[request.name] = self._stale_pins.pop(member.spec.name)
         crash_point("take:stored")
         try:
             self.driver.resume(vm.domain)
@@ -395,7 +488,9 @@ class Agent:
         is left in state "error" with its pending mark, so the next start
         tries again: one broken VM must not keep the agent (and every other
         VM's API) from starting. Only a hypervisor that cannot list its
-        domains stops the start."""
+        domains stops the start. A VM that cannot be re-pinned to its vNode
+        is returned as a `re-pin` step with its error (and kept as a stale
+        pin, tried again before every change)."""
         observed = {guest.name: guest for guest in self.driver.guests()}
         steps = []
         for step in plan(self.vms, observed):
@@ -408,7 +503,7 @@ class Agent:
                 step = replace(step, error=str(error))
             steps.append(step)
         self._check_pins()
-        return steps
+        return steps + [Step(Action.REPIN, name, pin.error) for name, pin in self._stale_pins.items()]
 
     def _carry_out(self, step: Step, observed: Mapping[str, GuestInfo]) -> None:
         vm = self.vms.get(step.name)
@@ -431,17 +526,16 @@ class Agent:
 
     def _check_pins(self) -> None:
         """Pins follow the restored layout, whatever the domains held before
-        the crash; a domain that cannot be re-pinned is logged, and left."""
+        the crash; a domain that cannot be re-pinned is kept as a stale pin
+        (with those that failed during the steps before)."""
         current = {guest.name: guest for guest in self.driver.guests()}
+        wrong = {name: self.allocator.pinning(name) for name in self._stale_pins if name in self.allocator}
         for name, vm in self.vms.items():
             guest = current.get(vm.domain)
             cpuset = self.allocator.pinning(name)
-            if guest is None or guest.spec is None or guest.spec.cpuset == cpuset:
-                continue
-            try:
-                self.driver.repin(vm.domain, cpuset)
-            except DriverError as error:
-                log.error("start: cannot re-pin %s to its vNode: %s", name, error)
+            if guest is not None and guest.spec is not None and guest.spec.cpuset != cpuset:
+                wrong[name] = cpuset
+        self._repin(wrong)
 
     def _finish_create(self, vm: StoredVM, state: GuestState) -> None:
         """The domain exists: a hand-out cut short still has to be resumed;
@@ -481,33 +575,69 @@ class Agent:
         )  # fmt: skip
 
     def _repin(self, repinned: Mapping[str, frozenset[int]]) -> list[str]:
-        """Re-pin the VMs whose vNode changed; the failures ("name: why"),
-        each logged. A VM whose domain has gone is marked missing, as a start
+        """Re-pin the VMs whose vNode changed; the failures ("name: why").
+        A failure is kept in `_stale_pins` (logged when it is new), a success
+        clears it. A VM whose domain has gone is marked missing, as a start
         would find it; one still pending takes its pins when it is made."""
         failed = []
         for name, cpuset in repinned.items():
             vm = self.vms.get(name)
             if vm is None or vm.state == "missing":
+                self._stale_pins.pop(name, None)
                 continue
             try:
                 self.driver.repin(vm.domain, cpuset)
             except DriverError as error:
                 if error.code != "not found":
-                    log.error("cannot re-pin %s to CPUs %s: %s", name, format_cpulist(cpuset), error)
+                    stale = StalePin(cpuset, str(error))
+                    if self._stale_pins.get(name) != stale:
+                        log.error("cannot re-pin %s to CPUs %s: %s", name, format_cpulist(cpuset), error)
+                    self._stale_pins[name] = stale
                     failed.append(f"{name}: {error}")
-                elif vm.pending is None:
+                    continue
+                if vm.pending is None:
                     log.warning("the domain %s of %s has gone: marked missing", vm.domain, name)
                     self._set(name, "missing", None)
+            if self._stale_pins.pop(name, None) is not None:
+                log.info("%s is re-pinned to CPUs %s", name, format_cpulist(cpuset))
         return failed
+
+    def _retry_stale_pins(self) -> None:
+        """Re-pin the VMs whose last re-pin failed, to their vNode as it is now."""
+        for name in [name for name in self._stale_pins if name not in self.allocator]:
+            del self._stale_pins[name]
+        self._repin({name: self.allocator.pinning(name) for name in self._stale_pins})
+
+    def _refuse_stale(self) -> None:
+        """No CPUs are placed while a VM may still hold CPUs its vNode gave up."""
+        if self._stale_pins:
+            stuck = "; ".join(
+                f"{name} to CPUs {format_cpulist(pin.cpuset)} ({pin.error})"
+                for name, pin in self._stale_pins.items()
+            )
+            raise AgentError(
+                "stale pins",
+                f"no CPUs are handed out while a VM cannot be re-pinned: {stuck} "
+                "(tried again before every change)",
+            )
+
+    def stale_pins(self) -> dict[str, dict[str, list[int] | str]]:
+        """The VMs whose re-pin failed: the CPUs they should be on, and why not."""
+        with self.lock:
+            return {
+                name: {"cpus": sorted(pin.cpuset), "error": pin.error}
+                for name, pin in self._stale_pins.items()
+            }
 
     def _forget(self, name: str) -> None:
         self.disks.remove_overlay(self.vms[name].domain)
         self._warming_since.pop(name, None)
+        self._stale_pins.pop(name, None)
+        self._shutdowns.pop(name, None)  # a shutdown still waiting records nothing
         change = self.allocator.remove(name)
         self.store.forget_vm(name, self.allocator.snapshot())
         self.vms.pop(name, None)
-        # the VM is gone for good: a neighbour that cannot follow is logged, and
-        # keeps its old pins until it is re-pinned at the next start
+        # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
         self._repin(change.repinned)
 
     def _set(self, name: str, state: str, pending: Pending | None) -> StoredVM:
@@ -546,6 +676,7 @@ class Agent:
 
     def _act(self, name: str, operation: Callable[[str], None], state: str) -> StoredVM:
         with self.lock:
+            self._retry_stale_pins()
             vm = self._idle(name)
             try:
                 operation(vm.domain)
