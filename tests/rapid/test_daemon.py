@@ -155,3 +155,24 @@ def test_a_configuration_without_a_key_rapid_needs_stops_the_agent_naming_it(tmp
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=wide)
     assert result.returncode != 0
     assert f"{path}: vmmIpAddress: missing (RAPID's VMM needs it)" in result.stderr
+
+
+def test_a_vmm_port_another_process_holds_stops_the_agent_in_one_line(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        path = tmp_path / "configuration.xml"
+        path.write_text(CONFIG.format(port=port, ds_port=free_port(), nvidia_smi=""))
+        command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
+        command += [
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--port",
+            str(free_port()),
+            "--rapid-config",
+            str(path),
+        ]
+        wide = {**os.environ, "COLUMNS": "1000"}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=wide)
+    assert result.returncode != 0
+    assert f"RAPID vmmPort {port}: cannot listen" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -6,7 +6,7 @@ import signal
 import sys
 
 from pinfold.agent.api import create_app
-from pinfold.agent.config import AgentConfig, advertised_url, load_or_create_token
+from pinfold.agent.config import AgentConfig, ConfigError, advertised_url, load_or_create_token
 from pinfold.agent.drivers import Driver, DriverError, SimDriver
 from pinfold.agent.monitor import GpuProbe, Monitor
 from pinfold.agent.pools import PoolKeeper
@@ -64,6 +64,18 @@ def simulated_memory(agent: Agent) -> tuple[float, float]:
         return total, total - agent.allocator.memory_allocated_mib
 
 
+def rapid_endpoint(agent: Agent, rapid: RapidConfig, config: AgentConfig, monitor: Monitor) -> RapidEndpoint:
+    """The RAPID VMM, listening: a port another process holds is a setting to
+    change, said in one line, not a traceback."""
+    try:
+        endpoint = RapidEndpoint(agent, rapid, config.rapid, monitor)
+    except OSError as exc:
+        raise ConfigError(f"RAPID vmmPort {rapid.vmm_port}: cannot listen ({exc.strerror or exc})") from None
+    endpoint.start()
+    print(f"pinfold agent: RAPID VMM on port {endpoint.server.port}; DS {rapid.ds_ip}:{rapid.ds_port}")
+    return endpoint
+
+
 def serve(config: AgentConfig) -> None:
     """Run until SIGTERM or SIGINT (uvicorn stops gracefully on both)."""
     import uvicorn
@@ -109,11 +121,9 @@ def serve(config: AgentConfig) -> None:
         registrar.start()
         print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")
     endpoint = None
-    if rapid is not None:
-        endpoint = RapidEndpoint(agent, rapid, config.rapid, monitor)
-        endpoint.start()
-        print(f"pinfold agent: RAPID VMM on port {endpoint.server.port}; DS {rapid.ds_ip}:{rapid.ds_port}")
     try:
+        if rapid is not None:
+            endpoint = rapid_endpoint(agent, rapid, config, monitor)
         app = create_app(agent, token, monitor, config.slackvm_open_networks)
         uvicorn.run(app, host=config.listen, port=config.port, log_level="warning")
     finally:
