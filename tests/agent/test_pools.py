@@ -205,6 +205,27 @@ def test_a_broken_member_that_cannot_be_deleted_is_the_pools_last_error(tmp_path
     assert {(vm.state, vm.pending) for vm in again.vms.values()} == {("pooled", None)}
 
 
+def test_a_member_that_cannot_be_deleted_does_not_stop_the_other_pools(tmp_path, i7, driver, monkeypatch):
+    other = PoolSpec(name="other", size=1, vcpus=1, memory_mib=128, ratio=1.0, warmup_s=5)
+    agent = agent_with(tmp_path, i7, driver, SMALL, other)
+    while agent.tend_pools(0.0):
+        pass
+    agent.store.set_state("pool-small-0", "pooled", Pending.DELETE)  # a delete a crash cut short
+    agent.store.close()
+
+    def refuse(name: str) -> None:
+        raise DriverError("failed", f"delete {name}: libvirtd hiccup")
+
+    monkeypatch.setattr(driver, "delete", refuse)
+    again = agent_with(tmp_path, i7, driver, SMALL, other)
+    for now in (0.0, other.warmup_s):  # the other pool's member starts warming, then is done
+        with pytest.raises(AgentError, match="libvirtd hiccup"):
+            again.tend_pools(now)
+    assert again.pool_status()["other"] == {"size": 1, "ready": 1, "warming": 0, "last_error": None}
+    assert states(driver)["pool-other-0"] is GuestState.PAUSED
+    assert str(again.pool_status()["small"]["last_error"]).startswith("hypervisor failed: cannot replace")
+
+
 def test_members_no_pool_wants_are_deleted(tmp_path, i7, driver):
     agent = filled(agent_with(tmp_path, i7, driver, SMALL))
     agent.store.close()

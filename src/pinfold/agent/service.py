@@ -356,15 +356,21 @@ class Agent:
         alike, so replacing one is simpler than finishing what a start could
         not. Otherwise it would count towards the pool's size until the next
         start, never to be handed out. When it cannot be deleted, the pool's
-        `last_error` says so, and the next tick tries again."""
+        `last_error` says so, the rest of the upkeep goes on (one stuck member
+        must not stop every pool), and the error is raised at the end; the
+        next tick tries again."""
+        stuck: tuple[str, AgentError] | None = None
         with self.lock:
             self._retry_stale_pins()
             wanted = {pool.name: pool for pool in self.settings.pools}
             for vm in [vm for vm in self.vms.values() if vm.pool]:
                 pool = wanted.get(vm.pool)
                 if vm.pending is not None or vm.state in BROKEN:
-                    with self._tending(vm.pool):
-                        self._replace_member(vm)
+                    try:
+                        with self._tending(vm.pool):
+                            self._replace_member(vm)
+                    except AgentError as error:
+                        stuck = stuck or (vm.pool, error)
                 elif pool is None or self._members(pool.name).index(vm) >= pool.size:
                     self._delete(vm)
                 elif (
@@ -374,8 +380,16 @@ class Agent:
                     with self._tending(pool.name):
                         self._suspend_member(vm)
             short = next((p for p in self.settings.pools if len(self._members(p.name)) < p.size), None)
-            if short is None:
-                return False
+        more = short is not None and self._fill(short, now)
+        if stuck is not None:
+            pool_name, failure = stuck
+            with self.lock:  # a later step of the same pool that went well does not hide it
+                self.pool_errors[pool_name] = f"{failure.code}: {failure.detail}"
+            raise failure
+        return more
+
+    def _fill(self, short: PoolSpec, now: float) -> bool:
+        """Add one member to `short`; True while some pool still lacks members."""
         with self._tending(short.name):
             base = self._base_image(short.image)
             if base is not None:
