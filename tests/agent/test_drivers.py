@@ -95,6 +95,22 @@ def test_domains_without_pinfold_metadata_are_listed_but_not_ours():
     real.close()
 
 
+def test_a_domain_deleted_while_the_list_is_read_is_left_out(monkeypatch):
+    libvirt_or_skip("test:///default")
+    from pinfold.agent.drivers.libvirt import LibvirtDriver
+
+    real = LibvirtDriver("test:///default", poll_s=0.01)
+    try:
+        real.create(spec("vm-gone"))
+        listed = real._conn.listAllDomains()  # the listing, before another client deletes vm-gone
+        real.delete("vm-gone")
+        monkeypatch.setattr(real._conn, "listAllDomains", lambda *flags: listed)
+        assert "vm-gone" not in {guest.name for guest in real.guests()}
+        assert "test" in {guest.name for guest in real.guests()}  # the others are still read
+    finally:
+        real.close()
+
+
 def test_sim_guests_get_predictable_addresses_while_running():
     driver = SimDriver()
     for name in ("a", "b"):

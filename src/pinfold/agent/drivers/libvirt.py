@@ -172,8 +172,18 @@ class LibvirtDriver:
         return out
 
     def guests(self) -> list[GuestInfo]:
+        """Every domain. One that another client deletes between the listing
+        and its reading is left out: it is gone, not an error of the listing."""
         with _translated("list domains"):
-            return [self._info(domain) for domain in self._conn.listAllDomains()]
+            domains = self._conn.listAllDomains()
+        found: list[GuestInfo] = []
+        for domain in domains:
+            try:
+                found.append(self._info(domain))
+            except DriverError as error:
+                if error.code != "not found":
+                    raise
+        return found
 
     def info(self, name: str) -> GuestInfo:
         return self._info(self._domain(name))
