@@ -33,6 +33,15 @@ def libvirt_or_skip(uri: str) -> object:
         pytest.skip(f"{uri} does not answer")
 
 
+def qemu_img_or_skip() -> None:
+    """Skip where qemu-img is not installed (a failure in CI, which sets
+    PINFOLD_REQUIRE_LIBVIRT=1)."""
+    if shutil.which("qemu-img") is None:
+        if REQUIRE_LIBVIRT:
+            pytest.fail("qemu-img is missing: scripts/libvirt-up installs qemu-utils")
+        pytest.skip("qemu-img is not installed")
+
+
 @pytest.fixture(scope="session")
 def guest_kernel() -> Path:
     if shutil.which("apt-get") is None:

@@ -16,15 +16,12 @@ from pinfold.agent.drivers import SimDriver
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Store
-from tests.agent.conftest import REQUIRE_LIBVIRT
+from tests.agent.conftest import qemu_img_or_skip
 
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    if shutil.which("qemu-img") is None:
-        if REQUIRE_LIBVIRT:
-            pytest.fail("qemu-img is missing: scripts/libvirt-up installs qemu-utils")
-        pytest.skip("qemu-img is not installed")
+    qemu_img_or_skip()
     directory = tmp_path / "images"
     directory.mkdir()
     subprocess.run(

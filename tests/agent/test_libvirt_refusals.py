@@ -17,7 +17,7 @@ from pinfold.agent.api import create_app
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Store
 from pinfold.topology import Topology
-from tests.agent.conftest import REQUIRE_LIBVIRT, libvirt_or_skip
+from tests.agent.conftest import libvirt_or_skip, qemu_img_or_skip
 from tests.servers import serving
 
 PREFIX = "pinfold-refused"
@@ -29,10 +29,7 @@ def real(tmp_path: Path) -> Iterator[tuple[Agent, Path]]:
     """An agent on qemu:///system, and its image directory (a base image
     inside; outside it, a copy and a link pointing there)."""
     libvirt_or_skip("qemu:///system")
-    if shutil.which("qemu-img") is None:
-        if REQUIRE_LIBVIRT:
-            pytest.fail("qemu-img is missing: scripts/libvirt-up installs qemu-utils")
-        pytest.skip("qemu-img is not installed")
+    qemu_img_or_skip()
     from pinfold.agent.drivers.libvirt import LibvirtDriver
 
     images = tmp_path / "images"
