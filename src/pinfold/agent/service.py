@@ -384,7 +384,7 @@ class Agent:
         if stuck is not None:
             pool_name, failure = stuck
             with self.lock:  # a later step of the same pool that went well does not hide it
-                self.pool_errors[pool_name] = f"{failure.code}: {failure.detail}"
+                self.pool_errors[pool_name] = str(failure)
             raise failure
         return more
 
@@ -408,7 +408,7 @@ class Agent:
             yield
         except AgentError as error:
             with self.lock:
-                self.pool_errors[pool] = f"{error.code}: {error.detail}" if error.detail else error.code
+                self.pool_errors[pool] = str(error)
             raise
         with self.lock:
             self.pool_errors.pop(pool, None)
