@@ -358,11 +358,23 @@ class Controller:
                     existing.image,
                 )
         except AgentRefusedError as error:
-            self._forget(existing.name)
-            raise ControllerError("agent failed", f"{host.id} refused the reserved VM: {error}") from error
+            # "duplicate name": the dead controller's own create was still under
+            # way on the agent when we looked, and it has the VM now. Forgetting
+            # it then would place it a second time on another host.
+            if error.code != "duplicate name" or not self._agent_has(client, existing.name):
+                self._forget(existing.name)
+                detail = f"{host.id} refused the reserved VM: {error}"
+                raise ControllerError("agent failed", detail) from error
         except AgentUnreachableError as error:
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
         return self.store.set_vm_state(existing.name, VMState.RUNNING, self.clock())
+
+    @staticmethod
+    def _agent_has(client: AgentClient, name: str) -> bool:
+        try:
+            return client.get(name) is not None
+        except AgentUnreachableError as error:  # keep the reservation: the next retry looks again
+            raise ControllerError("agent failed", error.detail) from error
 
     def _stale(self, record: VMRecord) -> bool:
         return self.clock() - record.updated_at > self.stale_after_s
