@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from pinfold.rapid.codec import Reader, Writer
@@ -75,11 +76,31 @@ class Peer:
         self._listener.close()
 
 
+#: AS -> DS (the DS's, not the VMM's: only the fake DS reads it)
+AS_RM_REGISTER_DS = 37
+
+
+@dataclass
+class DSRow:
+    """One row of the DS's `vm_info` table, as far as a VMM's messages set it."""
+
+    vmm_id: int
+    category: int
+    user_id: int
+    status: int
+    ip: str = ""
+
+
 class FakeDS(Peer):
-    """RAPID's DS, as far as a VMM sees it. `holding`: opcodes whose
-    exchanges stall (recorded, then neither answered nor closed) until
+    """RAPID's DS, as far as a VMM sees it, with its `vm_info` bookkeeping
+    (`rows`, by vmid): VM_REGISTER_DS inserts a row, VM_NOTIFY_DS and
+    HELPER_NOTIFY_DS change a known vmid's and ignore an unknown one, and
+    AS_RM_REGISTER_DS looks the row up by user id alone, as the genuine
+    DS's selectOne does: two rows for one user (a helper registered twice)
+    and it answers nothing (TooManyResultsException). `holding`: opcodes
+    whose exchanges stall (recorded, then neither answered nor closed) until
     `released` is set; `drop`: users whose next VM_REGISTER_DS is recorded
-    and then closed without an answer."""
+    and then closed without an answer (and no row: it failed before its insert)."""
 
     def __init__(self, slam_port: int, vmm_id: int = 7, accept: bool = True) -> None:
         self.slam_port = slam_port
@@ -87,6 +108,7 @@ class FakeDS(Peer):
         self.accept = accept
         self._next_vmid = 9
         self.known: set[str] = set()
+        self.rows: dict[int, DSRow] = {}
         self.holding: set[int] = set()
         self.released = threading.Event()
         self.drop: set[int] = set()
@@ -100,6 +122,7 @@ class FakeDS(Peer):
     def forget(self, vmm_id: int) -> None:
         """A DS whose database was reset: it registers the VMM anew, under `vmm_id`."""
         self.known.clear()
+        self.rows.clear()
         self.vmm_id = vmm_id
 
     def answer(self, exchange: Exchange, opcode: int) -> None:
@@ -133,12 +156,38 @@ class FakeDS(Peer):
             if registration[3] in self.drop:
                 self.drop.discard(registration[3])
                 return
+            vmm_id, category, _, user_id, status = registration
+            self.rows[vmid] = DSRow(vmm_id, category, user_id, status)
             exchange.writer.write_long(vmid)
             exchange.send()
         elif opcode == Op.VM_NOTIFY_DS:
-            self.record((opcode, read.read_long(), read.read_int()))
+            vmid, status = read.read_long(), read.read_int()
+            self.record((opcode, vmid, status))
+            if vmid in self.rows:
+                self.rows[vmid].status = status
         elif opcode == Op.HELPER_NOTIFY_DS:
-            self.record((opcode, read.read_long(), read.read_utf()))
+            vmid, ip = read.read_long(), read.read_utf()
+            self.record((opcode, vmid, ip))
+            if vmid in self.rows:
+                self.rows[vmid].ip = ip
+        elif opcode == AS_RM_REGISTER_DS:
+            self._as_register(exchange, read.read_long())
+
+    def of_user(self, user_id: int) -> dict[int, DSRow]:
+        """The rows the DS holds for a user (by vmid)."""
+        return {vmid: row for vmid, row in self.rows.items() if row.user_id == user_id}
+
+    def _as_register(self, exchange: Exchange, user_id: int) -> None:
+        """AS_RM_REGISTER_DS: OK and the vmid of the user's one row; ERROR for
+        none; for more, the genuine DS's selectOne throws: no answer at all."""
+        rows = self.of_user(user_id)
+        self.record((AS_RM_REGISTER_DS, user_id, len(rows)))
+        if len(rows) > 1:
+            return
+        exchange.writer.write_byte(OK if rows else ERROR)
+        if rows:
+            exchange.writer.write_long(next(iter(rows)))
+        exchange.send()
 
 
 class FakeSLAM(Peer):
@@ -194,6 +243,21 @@ def start_vm(
         return (status, reply.read_long(), reply.read_utf()) if status == OK else (status,)
 
     return request(port, write, read)
+
+
+def as_register_ds(ds_port: int, user_id: int) -> tuple[int, ...]:
+    """What a VM's AS asks the DS once the VMM gave it its user id: (OK, vmid) or (ERROR,)."""
+
+    def write(out: Writer) -> None:
+        out.write_byte(AS_RM_REGISTER_DS)
+        out.write_long(user_id)
+
+    def read(reply: Reader) -> tuple[int, ...]:
+        status = reply.read_byte()
+        return (status, reply.read_long()) if status == OK else (status,)
+
+    answer: tuple[int, ...] = request(ds_port, write, read)
+    return answer
 
 
 def as_register(port: int, as_ip: str, confirm: int = OK) -> tuple[int, ...]:

@@ -36,6 +36,23 @@ def test_state_survives_a_restart_beside_the_agents_tables(tmp_path):
     assert stored == {}
 
 
+def test_a_helper_slot_keeps_its_ds_vmid_until_the_ds_registers_this_vmm_again(tmp_path):
+    """The vmid stays across restarts, for this DS registration only."""
+    state = RapidState(tmp_path / "agent.db")
+    state.registered(7, "10.1.1.1", 9002)
+    epoch = state.epoch()
+    state.save(RapidVM(-1, "rapid-helper-1", Status.STARTED, 1, 1024, vmid=11, helper=1))
+    state.save(RapidVM(42, "rapid-user-42", Status.STARTED, 1, 512, vmid=12))
+    state.forget(-1)
+    state.forget(42)
+    state.close()
+    again = RapidState(tmp_path / "agent.db")
+    assert (again.slot_vmid(1, epoch), again.slot_vmid(2, epoch)) == (11, 0)
+    assert again.slot_vmid(1, epoch - 1) == 0  # asked by an exchange begun under an older registration
+    again.registered(8, "10.1.1.1", 9002)
+    assert again.slot_vmid(1, again.epoch()) == 0
+
+
 KILLED_MID_WRITE = """
 import os, signal, sys
 from pathlib import Path

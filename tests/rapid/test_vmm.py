@@ -89,7 +89,8 @@ def test_helpers_the_hypervisor_lost_are_made_again(tmp_path, i7, peers):
     again = make_rig(tmp_path, i7, ds, slam, driver=SimDriver())  # a host reboot: no domains left
     try:
         assert again.vmm.registered.wait(10)
-        assert sorted(m[4] for m in ds.of(Op.VM_REGISTER_DS)) == [-2, -1]
+        assert {vm.spec.name for vm in again.agent.user_vms()} == {"rapid-helper-1", "rapid-helper-2"}
+        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2)
     finally:
         close(again)
 

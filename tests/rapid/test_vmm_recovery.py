@@ -18,7 +18,7 @@ from pinfold.rapid.endpoint import helper_pools
 from pinfold.rapid.protocol import ERROR, OK, Op
 from pinfold.rapid.state import Pending, Status
 from pinfold.rapid.wire import PeerError
-from tests.rapid.peers import as_register, no_reply, start_vm
+from tests.rapid.peers import as_register, as_register_ds, no_reply, start_vm
 from tests.rapid.rig import FAST, begin, close, make_rig, query, start_with_as, user_ip, wait_until
 
 
@@ -440,9 +440,67 @@ def test_vms_that_vanished_are_dropped_and_the_ds_told_they_stopped(tmp_path, i7
     again = make_rig(tmp_path, i7, ds, slam, driver=SimDriver())  # a host reboot: no domains left
     try:
         assert again.vmm.registered.wait(10)
-        assert sorted(ds.of(Op.VM_NOTIFY_DS)) == sorted((Op.VM_NOTIFY_DS, vmid, 4) for vmid in vmids.values())
+        stopped = [m for m in ds.of(Op.VM_NOTIFY_DS) if m[2] == 4]
+        assert sorted(stopped) == sorted((Op.VM_NOTIFY_DS, vmid, 4) for vmid in vmids.values())
         assert again.state.vm(42) is None
-        assert sorted(m[4] for m in ds.of(Op.VM_REGISTER_DS)) == [-2, -1]  # the helpers, made again
+        # the helpers, made again in their slots' rows, which are told they run
+        assert ds.of(Op.VM_REGISTER_DS) == []
+        restarted = [m for m in ds.of(Op.VM_NOTIFY_DS) if m[2] == 1]
+        assert sorted(restarted) == sorted((Op.VM_NOTIFY_DS, vmids[user], 1) for user in (-1, -2))
+    finally:
+        close(again)
+
+
+def test_a_helper_made_again_keeps_the_one_row_of_its_slot_at_the_ds(tmp_path, i7, peers):
+    """The genuine DS looks a helper's AS up by user id alone (selectOne):
+    a second row for user -1, even one marked STOPPED, and the helper's AS
+    never hears back (TooManyResultsException in DSEngine.asRmRegisterDs).
+    A helper made again takes its slot's vmid: the row is told it runs
+    again, at the new address, and no row is added. Twice, across restarts."""
+    ds, slam = peers
+    first = make_rig(tmp_path, i7, ds, slam)
+    assert first.vmm.registered.wait(10)
+    slots = {m[4]: m[6] for m in ds.of(Op.VM_REGISTER_DS)}
+    close(first)
+    for _ in range(2):
+        ds.received.clear()
+        again = make_rig(tmp_path, i7, ds, slam, driver=SimDriver())  # a host reboot: no domains left
+        try:
+            assert again.vmm.registered.wait(10)
+            ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2)
+            for user, vmid in slots.items():
+                assert as_register_ds(ds.port, user) == (OK, vmid)
+                assert ds.of_user(user)[vmid].ip == user_ip(again, user)
+                helper = again.state.vm(user)
+                assert helper is not None
+                assert (ds.of_user(user)[vmid].status, helper.vmid) == (1, vmid)
+            assert ds.of(Op.VM_REGISTER_DS) == []
+        finally:
+            close(again)
+
+
+def test_a_helper_made_again_for_a_ds_that_lost_its_tables_is_registered_afresh(tmp_path, i7, peers):
+    """A DS that lost its tables is seen by its answer to the VMM's
+    registration (OK: it does not know this VMM); the old slot vmids are
+    then nobody's, and the helpers get new rows there, one each."""
+    ds, slam = peers
+    first = make_rig(tmp_path, i7, ds, slam)
+    assert first.vmm.registered.wait(10)
+    close(first)
+    ds.forget(8)
+    ds.received.clear()
+    again = make_rig(tmp_path, i7, ds, slam, driver=SimDriver())
+    try:
+        assert again.vmm.registered.wait(10)
+        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2)
+        fresh = {m[4]: m[6] for m in ds.of(Op.VM_REGISTER_DS)}
+        assert sorted(fresh) == [-2, -1]
+        for user, vmid in fresh.items():
+            assert as_register_ds(ds.port, user) == (OK, vmid)
+            helper = again.state.vm(user)
+            assert helper is not None
+            assert helper.vmid == vmid
+        assert ds.of(Op.VM_NOTIFY_DS) == []  # the old rows are gone with the tables: nothing to stop
     finally:
         close(again)
 

@@ -18,12 +18,19 @@ the DS. So that such an exchange cannot write back what the old DS answered
 each registration starts a new *epoch*: rows record the epoch they were made
 or marked in, and what a DS exchange learnt is written only if the row is
 still in the epoch the exchange started in (`ds_update`).
+
+The DS looks a helper up by its user id alone (-1, -2; PROTOCOL.md 8.3.9), so
+a helper made again must not add a row there: each helper slot keeps the DS
+vmid of its row (`slot_vmid`, kept when the helper's record goes), for as long
+as the DS registration it was issued in lasts (a new one forgets them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 from pathlib import Path
@@ -153,26 +160,47 @@ class RapidState:
         stays so; its old vmid may be another VM's at this DS, so it goes too.
         A new epoch begins: what an exchange with the DS begun before learns
         is not written (`ds_update`)."""
+        with self._transaction():
+            row = self._db.execute("SELECT value FROM rapid_vmm WHERE key = 'epoch'").fetchone()
+            epoch = (int(row[0]) if row is not None else 0) + 1
+            for key, value in (
+                ("vmm_id", vmm_id), ("slam_ip", slam_ip), ("slam_port", slam_port), ("epoch", epoch),
+            ):  # fmt: skip
+                self._set_meta(key, value)
+            self._db.execute(
+                "UPDATE rapid_vms SET vmid = 0, pending = CASE WHEN pending = ? THEN pending ELSE ? END,"
+                " epoch = ?",
+                (Pending.REMOVE, Pending.DS, epoch),
+            )
+            self._db.execute("DELETE FROM rapid_vmm WHERE key IN (?, ?)", tuple(map(_slot_key, (1, 2))))
+
+    def slot_vmid(self, slot: int, epoch: int) -> int:
+        """The DS vmid of helper slot `slot`'s row, issued in DS registration
+        `epoch`; 0 if there is none, or the DS registered this VMM since."""
+        with self._lock:
+            rows = dict(
+                self._db.execute(
+                    "SELECT key, value FROM rapid_vmm WHERE key IN ('epoch', ?)", (_slot_key(slot),)
+                ).fetchall()
+            )
+        if int(rows.get("epoch", 0)) != epoch:
+            return 0
+        return int(rows.get(_slot_key(slot), 0))
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One committed transaction, under the lock: all of it or none."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT value FROM rapid_vmm WHERE key = 'epoch'").fetchone()
-                epoch = (int(row[0]) if row is not None else 0) + 1
-                for key, value in (
-                    ("vmm_id", vmm_id), ("slam_ip", slam_ip), ("slam_port", slam_port), ("epoch", epoch),
-                ):  # fmt: skip
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO rapid_vmm (key, value) VALUES (?, ?)", (key, str(value))
-                    )
-                self._db.execute(
-                    "UPDATE rapid_vms SET vmid = 0, pending = CASE WHEN pending = ? THEN pending ELSE ? END,"
-                    " epoch = ?",
-                    (Pending.REMOVE, Pending.DS, epoch),
-                )
+                yield
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def _set_meta(self, key: str, value: object) -> None:
+        self._db.execute("INSERT OR REPLACE INTO rapid_vmm (key, value) VALUES (?, ?)", (key, str(value)))
 
     def _meta(self, key: str) -> str | None:
         with self._lock:
@@ -260,8 +288,17 @@ class RapidState:
         return cursor.rowcount > 0
 
     def forget(self, user_id: int) -> None:
-        with self._lock:
+        """Drop the user's record. A helper's DS vmid stays with its slot
+        (same transaction), for the helper made in its place to take."""
+        with self._transaction():
+            gone = self._row(user_id)
+            if gone is not None and gone.helper and gone.vmid:
+                self._set_meta(_slot_key(gone.helper), gone.vmid)
             self._db.execute("DELETE FROM rapid_vms WHERE user_id = ?", (user_id,))
+
+
+def _slot_key(slot: int) -> str:
+    return f"helper_vmid_{slot}"
 
 
 def _vm(row: Any) -> RapidVM:

@@ -325,8 +325,7 @@ class VMM:
         epoch): then the VM stays marked, with no vmid, for `settle`, and
         this returns the row as it is."""
         if not vm.vmid:
-            category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
-            vmid = self._ds_register_vm(category, vm.user_id, vm.epoch)
+            vmid = self._ds_row(vm)
             registered = None if vmid is None else self.state.ds_update(vm, vmid=vmid)
             if registered is None:
                 return self._marked_again(vm)
@@ -336,6 +335,20 @@ class VMM:
         if vm.status is not Status.STARTED:
             self._ds_send(partial(protocol.vm_notify_ds_request, vmid=vm.vmid, status=int(vm.status)))
         return self.state.ds_update(vm, pending=Pending.NONE) or self._marked_again(vm)
+
+    def _ds_row(self, vm: RapidVM) -> int | None:
+        """The vmid of the VM's row at the DS. A helper takes its slot's row
+        if the DS gave it one since it registered this VMM: the DS finds a
+        helper's AS by user id alone and fails on two rows, so a helper made
+        again is not registered again; its row, told STOPPED when the
+        helper went, is told it runs (its address follows). Otherwise
+        VM_REGISTER_DS; None if the DS registered this VMM since `vm.epoch`."""
+        reused = self.state.slot_vmid(vm.helper, vm.epoch) if vm.helper else 0
+        if not reused:
+            category = CATEGORY_HELPER if vm.helper else CATEGORY_NORMAL
+            return self._ds_register_vm(category, vm.user_id, vm.epoch)
+        self._ds_send(partial(protocol.vm_notify_ds_request, vmid=reused, status=int(Status.STARTED)))
+        return reused
 
     def _marked_again(self, vm: RapidVM) -> RapidVM:
         log.info("RAPID: the DS registered this VMM again while told of user %d's VM", vm.user_id)
