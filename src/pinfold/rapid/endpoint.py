@@ -67,7 +67,10 @@ class RapidEndpoint:
     def usage(self) -> Usage:
         """CPU load and free memory as RAPID reported them (whole host; memory
         *available*, not MemFree), GPU use of `gpuDeviceNum` (0 without a GPU,
-        as RAPID did: its peers read it as idle)."""
+        as RAPID did: its peers read it as idle). The cores are the CPUs the
+        agent places VMs on (the topology's usable ones), not the machine's
+        (RAPID's `lscpu`): the DS admits a start by vcpus / cores, and with
+        the `sim` driver, or CPUs kept for the host, the two differ."""
         sample = self.monitor.latest if self.monitor is not None else None
         if sample is not None:
             load, free = sample.host_cpu * 100, sample.memory_available_mib
@@ -78,7 +81,7 @@ class RapidEndpoint:
                 psutil.virtual_memory().available / 2**20,
                 {},
             )
-        cores = psutil.cpu_count(logical=True) or len(self.agent.topology.cpus)
+        cores = len(self.agent.topology.usable_cpus)
         return Usage(int(load), int(free), int(gpus.get(self.config.gpu_device, 0)), cores)
 
     def vm_usage(self, name: str) -> tuple[float, float] | None:

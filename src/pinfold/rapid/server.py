@@ -54,7 +54,8 @@ class RapidServer:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         self._listener.close()
         self._pool.shutdown(wait=True, cancel_futures=True)
 

@@ -1,0 +1,30 @@
+"""The assembled RAPID endpoint: what it reports to the DS about this host."""
+
+from __future__ import annotations
+
+import psutil
+
+from pinfold.agent.drivers import SimDriver
+from pinfold.agent.service import Agent, AgentSettings
+from pinfold.agent.store import Store
+from pinfold.rapid.config import RapidConfig
+from pinfold.rapid.endpoint import RapidEndpoint
+from pinfold.rapid.settings import RapidSettings
+
+
+def test_the_ds_hears_the_cpus_the_agent_places_on_not_the_machines_cores(tmp_path, epyc):
+    """The DS admits a start when vcpu / cpunums fits the free share: with the
+    machine's cores (2 here) it refused what a simulated EPYC host (or one
+    with CPUs kept for the host) could serve, or admitted what it could not."""
+    topology = epyc.with_exclusions([0, 1, 2, 3])
+    assert len(topology.usable_cpus) != psutil.cpu_count(logical=True)
+    settings = AgentSettings(domain_type="qemu", disk_dir=tmp_path / "disks")
+    agent = Agent(topology, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1")
+    endpoint = RapidEndpoint(agent, config, RapidSettings(listen="127.0.0.1"), monitor=None)
+    try:
+        assert endpoint.usage().cpu_cores == len(topology.usable_cpus)
+    finally:
+        endpoint.server.stop()
+        endpoint.state.close()
+        agent.store.close()
