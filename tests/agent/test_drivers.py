@@ -120,6 +120,25 @@ def test_sim_guests_get_predictable_addresses_while_running():
     assert driver.addresses("a") == []
 
 
+def test_sim_addresses_do_not_start_again_after_a_restart_on_the_same_data_dir(tmp_path):
+    """A RAPID DS (or anyone) still holds the addresses handed out before:
+    an agent restarted on its data dir must not give them to new VMs."""
+    from pinfold.agent.config import AgentConfig
+    from pinfold.agent.daemon import choose_driver
+
+    config = AgentConfig(driver="sim", data_dir=tmp_path / "data")
+    before: set[str] = set()
+    for run in range(3):
+        driver, _ = choose_driver(config)  # each run: a new process's driver, nothing in memory
+        for n in range(2):
+            name = f"vm-{run}-{n}"
+            driver.create(DomainSpec(name, 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
+            (address,) = driver.addresses(name)
+            assert address not in before
+            assert address.startswith(("198.51.100.", "203.0.113.", "192.0.2."))  # documentation ranges
+            before.add(address)
+
+
 def test_the_sim_driver_can_be_read_while_other_threads_change_it():
     """The monitor reads stats, and a graceful shutdown waits, outside the
     agent's lock while API threads create and delete guests."""

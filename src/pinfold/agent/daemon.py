@@ -23,9 +23,11 @@ __all__ = ["build_agent", "choose_driver", "serve"]
 
 def choose_driver(config: AgentConfig) -> tuple[Driver, str]:
     """The configured driver; with `auto`, libvirt when it answers, else sim
-    (and a notice saying so)."""
+    (and a notice saying so). The sim driver's address counter lives in the
+    data dir: a restarted agent does not hand out its old addresses again."""
+    sim = SimDriver(config.data_dir / "sim-addresses")
     if config.driver == "sim":
-        return SimDriver(), "sim driver (in memory, no hypervisor)"
+        return sim, "sim driver (in memory, no hypervisor)"
     try:
         from pinfold.agent.drivers.libvirt import LibvirtDriver
 
@@ -33,7 +35,7 @@ def choose_driver(config: AgentConfig) -> tuple[Driver, str]:
     except (ImportError, DriverError) as exc:
         if config.driver == "libvirt":
             raise
-        return SimDriver(), f"sim driver: libvirt is not available here ({exc})"
+        return sim, f"sim driver: libvirt is not available here ({exc})"
 
 
 def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[Agent, str]:

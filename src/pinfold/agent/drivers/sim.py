@@ -7,21 +7,31 @@ waits outside the agent's lock, while API threads create and delete guests.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
 
 __all__ = ["SimDriver"]
 
+#: the documentation ranges (TEST-NET-2, -3, -1), in the order addresses are taken from them
+_RANGES = ("198.51.100", "203.0.113", "192.0.2")
+
 
 class SimDriver:
-    def __init__(self) -> None:
+    def __init__(self, counter: Path | None = None) -> None:
+        """`counter`: a file that keeps how many addresses were handed out,
+        so that a driver made again on it (an agent restarted on its data
+        dir) goes on past them: a peer such as a RAPID DS may still hold
+        them. None: in memory only, from the first address."""
         self._guests: dict[str, GuestInfo] = {}
         self._addresses: dict[str, str] = {}
-        self._created = 0
+        self._counter = counter
+        self._created = int(counter.read_text() or 0) if counter is not None and counter.exists() else 0
         #: held around every read and change of the guests (RLock: methods call `_get`)
         self._lock = threading.RLock()
 
@@ -31,7 +41,18 @@ class SimDriver:
                 raise DriverError("already exists", f"domain '{spec.name}' already exists")
             self._guests[spec.name] = GuestInfo(spec.name, GuestState.RUNNING, spec)
             self._created += 1
-            self._addresses[spec.name] = f"198.51.100.{1 + (self._created - 1) % 254}"
+            self._save_counter()
+            index = (self._created - 1) % (254 * len(_RANGES))
+            self._addresses[spec.name] = f"{_RANGES[index // 254]}.{1 + index % 254}"
+
+    def _save_counter(self) -> None:
+        """Written (and replaced atomically) before the address is handed out."""
+        if self._counter is None:
+            return
+        self._counter.parent.mkdir(parents=True, exist_ok=True)
+        partial = self._counter.with_name(self._counter.name + ".tmp")
+        partial.write_text(str(self._created))
+        os.replace(partial, self._counter)
 
     def delete(self, name: str) -> None:
         with self._lock:
@@ -81,7 +102,8 @@ class SimDriver:
 
     def addresses(self, name: str) -> list[str]:
         """A running sim guest has an address in TEST-NET-2 (198.51.100.0/24,
-        for documentation): given at creation, in order, so tests can predict it."""
+        for documentation), then TEST-NET-3 and -1: given at creation, in
+        order, so tests can predict it."""
         with self._lock:
             guest = self._get(name)
             if guest.state is not GuestState.RUNNING:
