@@ -260,9 +260,11 @@ def as_register_ds(ds_port: int, user_id: int) -> tuple[int, ...]:
     return answer
 
 
-def as_register(port: int, as_ip: str, confirm: int = OK) -> tuple[int, ...]:
-    """AS_RM_REGISTER_VMM, then the DS-registration byte on the same connection."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+def as_register(port: int, as_ip: str, confirm: int = OK, source: str | None = None) -> tuple[int, ...]:
+    """AS_RM_REGISTER_VMM, then the DS-registration byte on the same connection
+    (from `source`, an address of 127/8, if given)."""
+    bind = (source, 0) if source is not None else None
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=bind)
     exchange = Exchange(sock, 30)
     try:
         exchange.writer.write_byte(Op.AS_RM_REGISTER_VMM)

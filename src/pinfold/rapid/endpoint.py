@@ -14,7 +14,7 @@ from pinfold.rapid.settings import RapidSettings
 from pinfold.rapid.state import RapidState
 from pinfold.rapid.vmm import VMM, Usage
 
-__all__ = ["RapidEndpoint", "helper_pools"]
+__all__ = ["RapidEndpoint", "helper_pools", "vmm_server"]
 
 
 def helper_pools(config: RapidConfig, settings: RapidSettings) -> tuple[PoolSpec, ...]:
@@ -36,6 +36,16 @@ def helper_pools(config: RapidConfig, settings: RapidSettings) -> tuple[PoolSpec
     )
 
 
+def vmm_server(vmm: VMM, host: str, port: int, workers: int) -> RapidServer:
+    """The VMM's server, with the VMM's settings: timeouts, deadline, who may connect."""
+    settings = vmm.settings
+    return RapidServer(
+        vmm.handle, host, port, workers, settings.socket_timeout_s, settings.allow,
+        deadline_s=settings.message_deadline_s,
+        admit=vmm.known_peer if settings.allow_known_peers else None,
+    )  # fmt: skip
+
+
 class RapidEndpoint:
     def __init__(
         self, agent: Agent, config: RapidConfig, settings: RapidSettings, monitor: Monitor | None
@@ -45,14 +55,7 @@ class RapidEndpoint:
         self.state = RapidState(agent.store.path)
         self.vmm = VMM(agent, self.state, config, settings, self.usage, self.vm_usage)
         workers = min(config.max_connections, settings.max_workers)
-        self.server = RapidServer(
-            self.vmm.handle,
-            settings.listen,
-            config.vmm_port,
-            workers,
-            settings.socket_timeout_s,
-            settings.allow,
-        )
+        self.server = vmm_server(self.vmm, settings.listen, config.vmm_port, workers)
         self.agent = agent
 
     def start(self) -> None:

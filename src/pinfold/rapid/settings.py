@@ -17,14 +17,19 @@ class RapidSettings(BaseModel):
     config: Path | None = None
     #: the address the VMM port is bound to (RAPID announces `vmmIpAddress`, binds all)
     listen: str = "0.0.0.0"
-    #: CIDRs allowed to connect to the VMM port; empty: any peer, as in RAPID
+    #: CIDRs allowed to connect to the VMM port; empty (and no `allow_known_peers`): any peer, as in RAPID
     allow: tuple[str, ...] = ()
+    #: allow the DS (`dsIpAddress`), the SLAM (as the DS names it) and the VMs' own addresses
+    #: (their ASs) besides `allow`; off: RAPID's peers may connect from addresses the VMM never hears of
+    allow_known_peers: bool = False
     #: an AS may act only on the VM whose address it connects from
     as_must_match_ip: bool = False
     #: the oversubscription level of RAPID's VMs
     ratio: float = Field(default=1.0, ge=1.0, le=64.0)
     #: timeout of every socket, both ways
     socket_timeout_s: float = Field(default=30.0, gt=0)
+    #: a peer's whole message (from its connection, or from the VMM's last reply) must be in by then
+    message_deadline_s: float = Field(default=15.0, gt=0)
     #: how long a start waits for the VM's AS to register (RAPID: about 200 s)
     as_wait_s: float = Field(default=200.0, gt=0)
     #: how long a new VM's address is looked for (RAPID: about 100 s)

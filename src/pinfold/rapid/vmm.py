@@ -22,7 +22,9 @@ animation server. Failures are logged (logger `pinfold.rapid.vmm`).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import socket
 import subprocess
 import threading
 import time
@@ -94,6 +96,16 @@ class VMM:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.registered = threading.Event()
+        #: the DS's addresses, for `known_peer` (a name is resolved once, here)
+        self._ds_addresses = _addresses_of(config.ds_ip) if settings.allow_known_peers else frozenset()
+
+    def known_peer(self, peer: str) -> bool:
+        """Whether `peer` is one RAPID's VMM talks with: the DS, the SLAM the
+        DS named, or a VM's own address (its AS)."""
+        slam = self.state.slam()
+        if peer in self._ds_addresses or (slam is not None and peer == slam[0]):
+            return True
+        return self.state.by_ip(peer) is not None
 
     # -- start-up and the DS -------------------------------------------------------------
 
@@ -771,6 +783,19 @@ class _ASAnswer:
     def wait(self, timeout_s: float) -> bool:
         """True if the AS confirmed within `timeout_s`."""
         return self._given.wait(timeout_s) and self._synced
+
+
+def _addresses_of(host: str) -> frozenset[str]:
+    """The IP addresses of `host` (itself if it is one); none if it cannot be resolved."""
+    try:
+        return frozenset({str(ipaddress.ip_address(host))})
+    except ValueError:
+        pass
+    try:
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(host, None))
+    except OSError as error:
+        log.warning("RAPID: cannot resolve the DS's address %s: %s", host, error)
+        return frozenset()
 
 
 def _java_float(value: float) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -25,25 +26,50 @@ class PeerError(Exception):
 
 
 class Exchange:
-    """One connection: `writer` to fill then `send()`, `reader` for the reply."""
+    """One connection: `writer` to fill then `send()`, `reader` for the reply.
 
-    def __init__(self, sock: socket.socket, timeout_s: float) -> None:
+    `timeout_s` bounds each read and write. With `deadline_s`, each message
+    the peer owes must also be read in full within that long: from
+    `deadline` (a time.monotonic() value; default: now) for the first, from
+    each `send()` for the next; a read past it raises TimeoutError however
+    fast the bytes before it came, so a peer that trickles its message
+    cannot hold the connection. `header`: send our stream header now (False:
+    it was sent already)."""
+
+    def __init__(
+        self, sock: socket.socket, timeout_s: float, *, deadline_s: float | None = None,
+        deadline: float | None = None, header: bool = True,
+    ) -> None:  # fmt: skip
         self.sock = sock
+        self._timeout_s = timeout_s
+        self._deadline_s = deadline_s
+        self._deadline = deadline if deadline is not None else _after(deadline_s)
         sock.settimeout(timeout_s)
-        self.writer = Writer()
+        self.writer = Writer(header=header)
         self.sock.sendall(self.writer.data_to_send())  # our header, at once
         self.reader = Reader(self._recv)
 
     def _recv(self, count: int) -> bytes:
+        if self._deadline is not None:
+            left = self._deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the peer's message was not in by its deadline")
+            self.sock.settimeout(min(left, self._timeout_s))
         return self.sock.recv(count)
 
     def send(self) -> None:
         self.writer.flush()
+        self.sock.settimeout(self._timeout_s)
         self.sock.sendall(self.writer.data_to_send())
+        self._deadline = _after(self._deadline_s)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _after(seconds: float | None) -> float | None:
+    return None if seconds is None else time.monotonic() + seconds
 
 
 def call(
