@@ -73,6 +73,19 @@ def make_rig(tmp_path: Path, topology: Topology, ds: FakeDS, slam: FakeSLAM, set
     return rig
 
 
+def ran_once(tmp_path: Path, topology: Topology, ds: FakeDS, slam: FakeSLAM, forget: int = 0) -> Rig:
+    """A VMM that registered, made its helpers and stopped (its driver keeps
+    its domains); then the DS's record of messages is cleared and, with
+    `forget`, the DS lost its tables and registers VMMs anew under that id."""
+    first = make_rig(tmp_path, topology, ds, slam)
+    assert first.vmm.registered.wait(10)
+    close(first)
+    if forget:
+        ds.forget(forget)
+    ds.received.clear()
+    return first
+
+
 def begin(rig: Rig) -> None:
     rig.server.start()
     rig.vmm.start()

@@ -18,7 +18,7 @@ from pinfold.rapid.codec import CodecError, Writer
 from pinfold.rapid.protocol import ERROR, OK, Op
 from pinfold.rapid.state import Status
 from tests.rapid.peers import FakeASServer, as_register, no_reply, request, start_vm
-from tests.rapid.rig import FAST, Rig, close, make_rig, query, start_with_as, user_ip
+from tests.rapid.rig import FAST, Rig, close, make_rig, query, ran_once, start_with_as, user_ip
 
 # -- start-up and registration (scenarios 6-10) --------------------------------------------------
 
@@ -81,10 +81,7 @@ def test_a_restart_keeps_the_id_and_the_helpers(tmp_path, i7, peers):
 
 def test_helpers_the_hypervisor_lost_are_made_again(tmp_path, i7, peers):
     ds, slam = peers
-    first = make_rig(tmp_path, i7, ds, slam)
-    assert first.vmm.registered.wait(10)
-    close(first)
-    ds.received.clear()
+    ran_once(tmp_path, i7, ds, slam)
     again = make_rig(tmp_path, i7, ds, slam, driver=SimDriver())  # a host reboot: no domains left
     try:
         assert again.vmm.registered.wait(10)
@@ -96,11 +93,7 @@ def test_helpers_the_hypervisor_lost_are_made_again(tmp_path, i7, peers):
 
 def test_a_ds_that_forgot_this_vmm_is_told_again_about_its_vms(tmp_path, i7, peers):
     ds, slam = peers
-    first = make_rig(tmp_path, i7, ds, slam)
-    assert first.vmm.registered.wait(10)
-    close(first)
-    ds.forget(8)
-    ds.received.clear()
+    first = ran_once(tmp_path, i7, ds, slam, forget=8)
     again = make_rig(tmp_path, i7, ds, slam, driver=first.driver)
     try:
         ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VM_REGISTER_DS) == 2)

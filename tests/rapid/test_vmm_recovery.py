@@ -19,7 +19,7 @@ from pinfold.rapid.protocol import ERROR, OK, Op
 from pinfold.rapid.state import Pending, Status
 from pinfold.rapid.wire import PeerError
 from tests.rapid.peers import as_register, as_register_ds, no_reply, start_vm
-from tests.rapid.rig import FAST, begin, close, make_rig, query, start_with_as, user_ip, wait_until
+from tests.rapid.rig import FAST, begin, close, make_rig, query, ran_once, start_with_as, user_ip, wait_until
 
 
 def count(messages: list[tuple[object, ...]], opcode: int) -> int:
@@ -484,11 +484,7 @@ def test_a_helper_made_again_for_a_ds_that_lost_its_tables_is_registered_afresh(
     registration (OK: it does not know this VMM); the old slot vmids are
     then nobody's, and the helpers get new rows there, one each."""
     ds, slam = peers
-    first = make_rig(tmp_path, i7, ds, slam)
-    assert first.vmm.registered.wait(10)
-    close(first)
-    ds.forget(8)
-    ds.received.clear()
+    ran_once(tmp_path, i7, ds, slam, forget=8)
     again = make_rig(tmp_path, i7, ds, slam, driver=SimDriver())
     try:
         assert again.vmm.registered.wait(10)
