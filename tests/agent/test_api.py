@@ -153,6 +153,18 @@ def test_slackvm_routes_can_be_opened_to_listed_networks_only(tmp_path, i7):
         assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1").status_code == 401
 
 
+def test_a_token_in_the_query_opens_only_slackvms_routes(agent_url):
+    """A token in a URL ends up in logs and browser history: only SlackVM's
+    routes (whose client can send no header) take `?token=`."""
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        body = {"name": "q", "vcpus": 1, "memory_mib": 64}
+        response = http.post(f"/api/v1/vms?token={TOKEN}", json=body)
+        assert response.status_code == 401, response.text
+        assert http.delete(f"/api/v1/vms/q?token={TOKEN}").status_code == 401
+        assert http.get("/api/v1/vms").json() == []
+        assert http.get(f"/deploy?name=q&cpu=1&mem=1&oc=1&qcow2=&token={TOKEN}").status_code == 200
+
+
 def test_the_host_says_how_old_its_usage_is_and_why_sampling_fails(tmp_path, i7):
     agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     broken = [False]

@@ -553,6 +553,26 @@ def test_slackvm_remove_says_removing_while_the_agent_is_away(cluster):
     assert cluster.http.get("/api/v1/vms/v", headers=ADMIN_AUTH).json()["state"] == "deleting"
 
 
+def test_a_token_in_the_query_opens_only_slackvms_routes(tmp_path, i7):
+    """A token in a URL ends up in logs and browser history: only SlackVM's
+    routes (whose tools can send no header) take `?token=`."""
+    cluster = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'c.db'}", i7)
+    cluster.http.headers.pop("Authorization")
+    try:
+        cluster.add_host("h1")
+        body = {"name": "q", "vcpus": 1, "memory_mib": 64}
+        response = cluster.http.post(f"/api/v1/vms?token={ADMIN}", json=body)
+        assert response.status_code == 401, response.text
+        assert cluster.http.get(f"/api/v1/vms?token={ADMIN}").status_code == 401
+        heartbeat = cluster.http.post(f"/api/v1/hosts/h1/heartbeat?token={AGENT}", json={})
+        assert heartbeat.status_code == 401
+        assert cluster.controller.vms() == []
+        deployed = cluster.http.get(f"/deploy?name=q&cpu=1&mem=1&oc=1&qcow2=&token={ADMIN}")
+        assert deployed.status_code == 200
+    finally:
+        cluster.close()
+
+
 def metric(text: str, name: str) -> float | None:
     """The value of one sample line of Prometheus text, None when absent."""
     for line in text.splitlines():

@@ -79,7 +79,7 @@ def create_app(
     lock = agent.lock  # held while reading: the allocator and the store move together
 
     auth = Depends(token_check(token, what="agent token"))
-    slackvm_auth = Depends(open_to(slackvm_open_networks, token_check(token, what="agent token")))
+    slackvm_auth = Depends(open_to(slackvm_open_networks, token_check(token, what="agent token", query=True)))
 
     def call(operation: Callable[[], T]) -> T:
         """The agent takes its lock itself, and lets it go while it waits (a

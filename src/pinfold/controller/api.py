@@ -180,7 +180,9 @@ def create_app(
     install_error_handlers(app, _STATUS)
     admin = Depends(token_check(admin_token, what="admin token"))
     agent = Depends(token_check(agent_token, what="agent token"))
-    slackvm = Depends(open_to(slackvm_open_networks, token_check(admin_token, what="admin token")))
+    slackvm = Depends(
+        open_to(slackvm_open_networks, token_check(admin_token, what="admin token", query=True))
+    )
     registry = CollectorRegistry()
     latency = Histogram(
         "pinfold_create_seconds", "Time to create a VM through the controller", registry=registry
