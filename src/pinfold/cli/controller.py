@@ -26,6 +26,13 @@ def controller_command(
     ] = None,
     policy: Annotated[str | None, typer.Option("--policy", help="Default placement policy.")] = None,
     heartbeat_period_s: Annotated[float | None, typer.Option("--heartbeat-period")] = None,
+    slackvm_open_networks: Annotated[
+        str | None,
+        typer.Option(
+            "--slackvm-open-networks",
+            help="Comma-separated CIDRs whose clients use SlackVM's routes without a token.",
+        ),
+    ] = None,
 ) -> None:
     """Run the controller: agents register with it, VMs are placed through it.
     Settings: --config TOML, then PINFOLD_CONTROLLER_* variables, then these flags."""
@@ -35,7 +42,7 @@ def controller_command(
 
     flags = {
         "data_dir": data_dir, "listen": listen, "port": port, "database_url": database_url, "policy": policy,
-        "heartbeat_period_s": heartbeat_period_s,
+        "heartbeat_period_s": heartbeat_period_s, "slackvm_open_networks": slackvm_open_networks,
     }  # fmt: skip
     try:
         settings = load_controller_config(config, flags)
