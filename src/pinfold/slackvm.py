@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
+from fastapi.params import Depends
 from fastapi.responses import Response
 
 from pinfold.agent.domain import valid_name
@@ -37,6 +38,7 @@ __all__ = [
     "UNREGISTERED",
     "Deploy",
     "Progress",
+    "add_deploy_and_remove",
     "answer_deploy",
     "answer_progress",
     "answer_remove",
@@ -205,3 +207,23 @@ def answer_progress(request: Request, score: Callable[[Progress], float]) -> Res
     except _MalformedError:
         return _wrong_usage(request, "progress")
     return as_json({"progress": float(score(asked))})
+
+
+def add_deploy_and_remove(
+    app: FastAPI,
+    auth: Depends,
+    deploy: Callable[[Deploy], str | None],
+    remove: Callable[[str], str | None],
+) -> None:
+    """SlackVM's two mutating routes on `app`, guarded by `auth`: the agent's
+    and the controller's differ only in what placing and removing mean."""
+
+    @app.get("/deploy", dependencies=[auth])
+    def slackvm_deploy(request: Request) -> Response:
+        """SlackVM's `/deploy?name&cpu&mem&oc&qcow2` (mem in GiB; `qcow2=` empty: no disk)."""
+        return answer_deploy(request, deploy)
+
+    @app.get("/remove", dependencies=[auth])
+    def slackvm_remove(request: Request) -> Response:
+        """SlackVM's `/remove?name`."""
+        return answer_remove(request, remove)

@@ -181,15 +181,7 @@ def create_app(
     def slackvm_home() -> Response:
         return slackvm.as_text(slackvm.HOME)
 
-    @app.get("/deploy", dependencies=[slackvm_auth])
-    def slackvm_deploy(request: Request) -> Response:
-        """SlackVM's `/deploy?name&cpu&mem&oc&qcow2` (mem in GiB; `qcow2=` empty: no disk)."""
-        return slackvm.answer_deploy(request, slackvm_deploy_vm)
-
-    @app.get("/remove", dependencies=[slackvm_auth])
-    def slackvm_remove(request: Request) -> Response:
-        """SlackVM's `/remove?name`."""
-        return slackvm.answer_remove(request, slackvm_remove_vm)
+    slackvm.add_deploy_and_remove(app, slackvm_auth, slackvm_deploy_vm, slackvm_remove_vm)
 
     @app.get("/progress")
     def slackvm_progress(request: Request) -> Response:

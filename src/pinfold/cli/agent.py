@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pinfold.cli.options import SlackVMOpenNetworks
+
 __all__ = ["register"]
 
 
@@ -50,13 +52,7 @@ def agent_command(
         Path | None,
         typer.Option("--token-file", help="File holding the agent token (default DATA_DIR/agent.token)."),
     ] = None,
-    slackvm_open_networks: Annotated[
-        str | None,
-        typer.Option(
-            "--slackvm-open-networks",
-            help="Comma-separated CIDRs whose clients use SlackVM's routes without a token.",
-        ),
-    ] = None,
+    slackvm_open_networks: SlackVMOpenNetworks = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
     driver), a SQLite store, and the HTTP API. Settings: --config TOML, then

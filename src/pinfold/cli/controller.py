@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pinfold.cli.options import SlackVMOpenNetworks
+
 __all__ = ["register"]
 
 
@@ -26,13 +28,7 @@ def controller_command(
     ] = None,
     policy: Annotated[str | None, typer.Option("--policy", help="Default placement policy.")] = None,
     heartbeat_period_s: Annotated[float | None, typer.Option("--heartbeat-period")] = None,
-    slackvm_open_networks: Annotated[
-        str | None,
-        typer.Option(
-            "--slackvm-open-networks",
-            help="Comma-separated CIDRs whose clients use SlackVM's routes without a token.",
-        ),
-    ] = None,
+    slackvm_open_networks: SlackVMOpenNetworks = None,
 ) -> None:
     """Run the controller: agents register with it, VMs are placed through it.
     Settings: --config TOML, then PINFOLD_CONTROLLER_* variables, then these flags."""

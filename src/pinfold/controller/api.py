@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, Query, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
@@ -352,15 +352,7 @@ def create_app(
             return slackvm.UNREGISTERED if error.code == "unknown vm" else slackvm.reason_for(error.code)
         return None if left is None else "deletion pending"
 
-    @app.get("/deploy", dependencies=[slackvm_auth])
-    def slackvm_deploy(request: Request) -> Response:
-        """SlackVM's `/deploy?name&cpu&mem&oc&qcow2` (mem in GiB; `qcow2=` empty: no disk)."""
-        return slackvm.answer_deploy(request, slackvm_deploy_vm)
-
-    @app.get("/remove", dependencies=[slackvm_auth])
-    def slackvm_remove(request: Request) -> Response:
-        """SlackVM's `/remove?name`."""
-        return slackvm.answer_remove(request, slackvm_remove_vm)
+    slackvm.add_deploy_and_remove(app, slackvm_auth, slackvm_deploy_vm, slackvm_remove_vm)
 
     @app.get("/status", dependencies=[slackvm_auth])
     def slackvm_status() -> Response:
