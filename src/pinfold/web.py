@@ -26,26 +26,38 @@ class ApiError(Exception):
         self.extra = dict(extra or {})
 
 
-def token_check(*tokens: str, what: str = "token") -> Callable[[Request, str | None], None]:
-    """A FastAPI dependency accepting any of `tokens` (compared in constant time)."""
+def token_check(*tokens: str, what: str = "token", query: bool = False) -> Callable[..., None]:
+    """A FastAPI dependency accepting any of `tokens` (compared in constant time)
+    from `Authorization: Bearer`. With `query`, `?token=` is taken too: only
+    for SlackVM's routes, whose client sends no header (a token in a URL ends
+    up in logs and browser history, so no other route takes one there)."""
 
-    def check(request: Request, token_query: Annotated[str | None, Query(alias="token")] = None) -> None:
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else token_query or ""
+    def verify(given: str) -> None:
         # an empty token never matches, even if a caller handed one in by mistake
         if not given or not any(
             token and hmac.compare_digest(given.encode(), token.encode()) for token in tokens
         ):
             raise ApiError("unauthorized", f"a valid {what} is required")
 
-    return check
+    def bearer(request: Request) -> str:
+        header = request.headers.get("authorization", "")
+        return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+
+    def check_header(request: Request) -> None:
+        verify(bearer(request))
+
+    def check_header_or_query(
+        request: Request, token_query: Annotated[str | None, Query(alias="token")] = None
+    ) -> None:
+        verify(bearer(request) or token_query or "")
+
+    return check_header_or_query if query else check_header
 
 
-def open_to(
-    networks: Sequence[str], otherwise: Callable[[Request, str | None], None]
-) -> Callable[[Request, str | None], None]:
+def open_to(networks: Sequence[str], otherwise: Callable[..., None]) -> Callable[..., None]:
     """A dependency letting clients from `networks` through without a token
-    (SlackVM's client and global scheduler send none), others through `otherwise`."""
+    (SlackVM's client and global scheduler send none), others through
+    `otherwise` (a `token_check(..., query=True)`)."""
     parsed = [ipaddress.ip_network(network, strict=False) for network in networks]
 
     def check(request: Request, token_query: Annotated[str | None, Query(alias="token")] = None) -> None:

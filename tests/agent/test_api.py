@@ -106,18 +106,23 @@ def test_bad_input_is_a_4xx_json_error_and_changes_nothing(agent_url, body, stat
         assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A"]
 
 
-def test_slackvm_routes_keep_their_shape(agent_url):
+def test_slackvm_routes_place_as_slackvm_does(agent_url):
+    """SlackVM's A, B, C, D through its own routes: the status and score it
+    saw (the exact bytes of every outcome: tests/test_slackvm.py)."""
     with httpx.Client(base_url=agent_url, timeout=10) as http:
         for name, cpu, oc in (("A", 2, "1.0"), ("B", 2, "2.0"), ("C", 2, "2.0"), ("D", 1, "3.0")):
-            response = http.get(f"/deploy?name={name}&cpu={cpu}&mem=2&oc={oc}&token={TOKEN}")
-            assert response.status_code == 200, response.text
+            response = http.get(f"/deploy?name={name}&cpu={cpu}&mem=2&oc={oc}&qcow2=&token={TOKEN}")
+            assert response.json() == {"reason": None, "success": True}, response.text
         status = http.get("/status").json()
         assert status["cpu"]["subset"]["3.0"] == {"pcap": 1, "palloc": 1, "vavail": 2.0, "vpotential": 9.0}
         assert status["mem"]["avail"] == 23584
         assert round(http.get("/progress?cpu=2&mem=2&oc=2.0").json()["progress"], 4) == 68.2667
-        assert set(http.get("/listvm").json()) == {"A", "B", "C", "D"}
-        assert http.get(f"/remove?name=D&token={TOKEN}").json() == {"removed": "D"}
-        assert http.get(f"/remove?name=D&token={TOKEN}").status_code == 404
+        assert http.get("/listvm").json() == ["A", "B", "C", "D"]
+        assert http.get(f"/remove?name=D&token={TOKEN}").json() == {"reason": None, "success": True}
+        assert http.get(f"/remove?name=D&token={TOKEN}").json() == {
+            "reason": "does not exist",
+            "success": False,
+        }
 
 
 def test_health_metrics_and_openapi(agent_url):
@@ -138,19 +143,31 @@ def test_an_image_outside_the_image_directories_is_a_400(agent_url):
         response = http.post("/api/v1/vms", json=body, headers=AUTH)
         assert response.status_code == 400
         assert response.json()["error"] == "invalid request"
-        slackvm = http.get(f"/deploy?name=y&cpu=1&mem=1&qcow2=/etc/shadow&token={TOKEN}")
-        assert slackvm.status_code == 400
+        slackvm = http.get(f"/deploy?name=y&cpu=1&mem=1&oc=1&qcow2=/etc/shadow&token={TOKEN}")
+        assert slackvm.json() == {"reason": "invalid request", "success": False}
         assert http.get("/api/v1/vms").json() == []
 
 
 def test_slackvm_routes_can_be_opened_to_listed_networks_only(tmp_path, i7):
     with serving(tmp_path / "open", i7, ("127.0.0.0/8",)) as url:
-        assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1").status_code == 200
-        assert httpx.get(f"{url}/remove?name=a").json() == {"removed": "a"}
+        assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1&oc=1&qcow2=").json()["success"] is True
+        assert httpx.get(f"{url}/remove?name=a").json() == {"reason": None, "success": True}
         body = {"name": "b", "vcpus": 1, "memory_mib": 64}
         assert httpx.post(f"{url}/api/v1/vms", json=body).status_code == 401  # the JSON API still needs it
     with serving(tmp_path / "closed", i7, ("10.0.0.0/8",)) as url:
-        assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1").status_code == 401
+        assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1&oc=1&qcow2=").status_code == 401
+
+
+def test_a_token_in_the_query_opens_only_slackvms_routes(agent_url):
+    """A token in a URL ends up in logs and browser history: only SlackVM's
+    routes (whose client can send no header) take `?token=`."""
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        body = {"name": "q", "vcpus": 1, "memory_mib": 64}
+        response = http.post(f"/api/v1/vms?token={TOKEN}", json=body)
+        assert response.status_code == 401, response.text
+        assert http.delete(f"/api/v1/vms/q?token={TOKEN}").status_code == 401
+        assert http.get("/api/v1/vms").json() == []
+        assert http.get(f"/deploy?name=q&cpu=1&mem=1&oc=1&qcow2=&token={TOKEN}").json()["success"] is True
 
 
 def test_the_host_says_how_old_its_usage_is_and_why_sampling_fails(tmp_path, i7):

@@ -153,3 +153,23 @@ def test_removing_an_unknown_vm_raises_unknown_vm(host):
         host.remove("ghost")
     with pytest.raises(PlacementError, match=r"^unknown vm$"):
         host.pinning("ghost")
+
+
+def test_an_empty_host_has_no_memory_subset_until_its_first_vm(host):
+    """SlackVM creates its memory subset with the first VM; its global
+    scheduler then falls back to `mem.avail`, which says the same."""
+    assert host.status() == {"cpu": {"avail": 8, "subset": {}}, "mem": {"avail": 31776, "subset": {}}}
+    host.deploy(vm("A", 1, 1, 1.0))
+    assert host.status()["mem"]["subset"] == {
+        "1": {"pcap": 1024, "palloc": 1024, "vavail": 0, "vpotential": 30752}
+    }
+    host.remove("A")
+    assert host.status()["mem"] == {"avail": 31776, "subset": {}}
+
+
+def test_progress_of_zero_vcpus_on_an_empty_host_is_zero(host):
+    """No CPU before or after: Rnew is undefined, taken as R* like Rcur
+    (the host does not move), so the score is 0, not a penalty."""
+    assert host.progress(0, 1024, 1.0) == 0.0
+    host.deploy(vm("A", 2, 2, 1.0))
+    assert host.progress(0, 1024, 1.0) == host.progress(0, 1024, 2.0)  # no vNode grows for 0 vCPUs

@@ -1,23 +1,25 @@
-"""The agent's HTTP API (FastAPI): JSON under /api/v1, SlackVM's GET routes,
-/healthz and Prometheus /metrics.
+"""The agent's HTTP API (FastAPI): JSON under /api/v1, SlackVM's GET routes
+(in SlackVM's own bytes, see `pinfold.slackvm`), /healthz and Prometheus /metrics.
 
 Routers only translate HTTP to `Agent` calls. Every mutating route needs the
 agent token: `Authorization: Bearer <token>`, or `?token=` on SlackVM's routes
 (SlackVM's client sends no header); an operator may open SlackVM's routes to
 listed networks instead (off by default). Errors are JSON `{"error", "detail"}` with a
-4xx status (FastAPI's own 404 and 405 too); bad input never reaches the agent.
+4xx status (FastAPI's own 404 and 405 too); bad input never reaches the agent. SlackVM's
+routes answer 200 in SlackVM's shapes whatever happens (a missing token is still a 401).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
-from fastapi import Depends, FastAPI, Query
-from fastapi.responses import PlainTextResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, Field
 
+from pinfold import slackvm
 from pinfold.agent.domain import NAME_PATTERN
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
@@ -79,7 +81,7 @@ def create_app(
     lock = agent.lock  # held while reading: the allocator and the store move together
 
     auth = Depends(token_check(token, what="agent token"))
-    slackvm_auth = Depends(open_to(slackvm_open_networks, token_check(token, what="agent token")))
+    slackvm_auth = Depends(open_to(slackvm_open_networks, token_check(token, what="agent token", query=True)))
 
     def call(operation: Callable[[], T]) -> T:
         """The agent takes its lock itself, and lets it go while it waits (a
@@ -154,42 +156,47 @@ def create_app(
                 "monitor": monitor.health() if monitor is not None else None,
             }
 
-    # -- SlackVM's routes, unchanged in shape (mem in GiB) ----------------------
+    # -- SlackVM's local scheduler routes, in SlackVM's bytes (pinfold.slackvm) --------
 
-    @app.get("/deploy", dependencies=[slackvm_auth])
-    def slackvm_deploy(
-        name: Annotated[str, Query(min_length=1, max_length=63, pattern=NAME_PATTERN)],
-        cpu: Annotated[int, Query(ge=1, le=1024)],
-        mem: Annotated[float, Query(gt=0, le=65536)],
-        oc: Annotated[float, Query(ge=1.0, le=64.0)] = 1.0,
-        qcow2: Annotated[str, Query(max_length=4096)] = "",
-    ) -> dict[str, Any]:
-        request = VMRequest(name, cpu, round(mem * 1024), oc, image=qcow2)
-        return view(call(lambda: agent.create(request)))
+    def slackvm_deploy_vm(asked: slackvm.Deploy) -> str | None:
+        request = VMRequest(asked.name, asked.vcpus, asked.memory_mib, asked.ratio, image=asked.image)
+        try:
+            agent.create(request)
+        except AgentError as error:
+            return slackvm.reason_for(error.code)
+        return None
 
-    @app.get("/remove", dependencies=[slackvm_auth])
-    def slackvm_remove(name: Annotated[str, Query(min_length=1, max_length=63)]) -> dict[str, str]:
-        call(lambda: agent.delete(name))
-        return {"removed": name}
+    def slackvm_remove_vm(name: str) -> str | None:
+        try:
+            agent.delete(name)
+        except AgentError as error:
+            return slackvm.DOES_NOT_EXIST if error.code == "unknown vm" else slackvm.reason_for(error.code)
+        return None
+
+    def slackvm_score(asked: slackvm.Progress) -> float:
+        with lock:
+            return agent.allocator.progress(asked.vcpus, asked.memory_mib, asked.ratio)
+
+    @app.get("/", include_in_schema=False)
+    def slackvm_home() -> Response:
+        return slackvm.as_text(slackvm.HOME)
+
+    slackvm.add_deploy_and_remove(app, slackvm_auth, slackvm_deploy_vm, slackvm_remove_vm)
 
     @app.get("/progress")
-    def slackvm_progress(
-        cpu: Annotated[int, Query(ge=1, le=1024)],
-        mem: Annotated[float, Query(gt=0, le=65536)],
-        oc: Annotated[float, Query(ge=1.0, le=64.0)] = 1.0,
-    ) -> dict[str, Any]:
-        with lock:
-            return {"progress": agent.allocator.progress(cpu, round(mem * 1024), oc)}
+    def slackvm_progress(request: Request) -> Response:
+        """SlackVM's `/progress?cpu&mem&oc`: the progress score a VM would have here."""
+        return slackvm.answer_progress(request, slackvm_score)
 
     @app.get("/status")
-    def slackvm_status() -> dict[str, Any]:
+    def slackvm_status() -> Response:
         with lock:
-            return agent.allocator.status()
+            return slackvm.as_json(agent.allocator.status())
 
     @app.get("/listvm")
-    def slackvm_listvm() -> dict[str, Any]:
-        with lock:
-            return {vm.spec.name: _view(vm, agent) for vm in agent.user_vms()}
+    def slackvm_listvm() -> Response:
+        """The VMs' names, in the order they were created (the store's order)."""
+        return slackvm.as_json([vm.spec.name for vm in agent.user_vms()])
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:

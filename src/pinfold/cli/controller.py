@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from pinfold.cli.options import SlackVMOpenNetworks
+
 __all__ = ["register"]
 
 
@@ -26,6 +28,7 @@ def controller_command(
     ] = None,
     policy: Annotated[str | None, typer.Option("--policy", help="Default placement policy.")] = None,
     heartbeat_period_s: Annotated[float | None, typer.Option("--heartbeat-period")] = None,
+    slackvm_open_networks: SlackVMOpenNetworks = None,
 ) -> None:
     """Run the controller: agents register with it, VMs are placed through it.
     Settings: --config TOML, then PINFOLD_CONTROLLER_* variables, then these flags."""
@@ -35,7 +38,7 @@ def controller_command(
 
     flags = {
         "data_dir": data_dir, "listen": listen, "port": port, "database_url": database_url, "policy": policy,
-        "heartbeat_period_s": heartbeat_period_s,
+        "heartbeat_period_s": heartbeat_period_s, "slackvm_open_networks": slackvm_open_networks,
     }  # fmt: skip
     try:
         settings = load_controller_config(config, flags)

@@ -1,5 +1,6 @@
 """The controller's HTTP API (FastAPI): JSON under /api/v1, SlackVM's global
-scheduler routes, /healthz and Prometheus /metrics.
+scheduler routes (in SlackVM's own bytes, see `pinfold.slackvm`), /healthz and
+Prometheus /metrics.
 
 Two tokens: the admin token for people and their tools (every route on VMs
 and hosts, reads too: the directory says what runs where), the agent token for
@@ -8,7 +9,8 @@ or none from the networks an operator opened to SlackVM's token-less tools.
 Open to all: /healthz, /metrics (counts only, for scrapers), the OpenAPI
 document and the dashboard's files (its login form asks for the token).
 Routers only translate HTTP to `Controller` calls; errors are JSON
-`{"error", "detail"}` with a 4xx status for anything a client can get wrong.
+`{"error", "detail"}` with a 4xx status for anything a client can get wrong;
+SlackVM's routes answer 200 in SlackVM's shapes (a missing token is still a 401).
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from pinfold import slackvm
 from pinfold.agent.domain import NAME_PATTERN
 from pinfold.controller.models import HOST_ID_MAX
-from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError
+from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
 from pinfold.controller.store import EventRecord, NewVM, VMRecord
 from pinfold.placement import POLICIES
 from pinfold.web import ApiError, install_error_handlers, open_to, token_check
@@ -180,7 +183,9 @@ def create_app(
     install_error_handlers(app, _STATUS)
     admin = Depends(token_check(admin_token, what="admin token"))
     agent = Depends(token_check(agent_token, what="agent token"))
-    slackvm = Depends(open_to(slackvm_open_networks, token_check(admin_token, what="admin token")))
+    slackvm_auth = Depends(
+        open_to(slackvm_open_networks, token_check(admin_token, what="admin token", query=True))
+    )
     registry = CollectorRegistry()
     latency = Histogram(
         "pinfold_create_seconds", "Time to create a VM through the controller", registry=registry
@@ -197,11 +202,15 @@ def create_app(
     def host_views() -> dict[str, HostView]:
         return {view.record.id: view for view in controller.hosts()}
 
+    def timed_create(request: NewVM, policy: str | None) -> Placed:
+        started = time.perf_counter()
+        placed = call(lambda: controller.create(request, policy))
+        latency.observe(time.perf_counter() - started)
+        return placed
+
     def create(body: CreateVM, response: Response) -> dict[str, Any]:
         request = NewVM(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner, body.image)
-        started = time.perf_counter()
-        placed = call(lambda: controller.create(request, body.policy))
-        latency.observe(time.perf_counter() - started)
+        placed = timed_create(request, body.policy)
         response.status_code = 201 if placed.created else 200
         view = vm_view(placed.record, host_views().get(placed.record.host_id or ""))
         if placed.pinning:
@@ -322,38 +331,36 @@ def create_app(
             "policy": controller.default_policy,
         }
 
-    # -- SlackVM's global scheduler routes, unchanged in shape (mem in GiB) ------------
+    # -- SlackVM's global scheduler routes, in SlackVM's bytes (pinfold.slackvm) -------
 
-    @app.get("/deploy", dependencies=[slackvm])
-    def slackvm_deploy(
-        response: Response,
-        name: Annotated[str, Query(min_length=1, max_length=63, pattern=NAME_PATTERN)],
-        cpu: Annotated[int, Query(ge=1, le=1024)],
-        mem: Annotated[float, Query(gt=0, le=65536)],
-        oc: Annotated[float, Query(ge=1.0, le=64.0)] = 1.0,
-        qcow2: Annotated[str, Query(max_length=4096)] = "",
-    ) -> dict[str, Any]:
-        body = CreateVM(name=name, vcpus=cpu, memory_mib=max(1, round(mem * 1024)), ratio=oc, image=qcow2)
-        view = create(body, response)
-        response.status_code = 200  # as the agent's /deploy and SlackVM's, created or seen before
-        return view
+    def slackvm_deploy_vm(asked: slackvm.Deploy) -> str | None:
+        """A name already in the directory is refused, as SlackVM does (its
+        local scheduler fails on a reused name), even for the same request."""
+        request = NewVM(asked.name, asked.vcpus, asked.memory_mib, asked.ratio, image=asked.image)
+        try:
+            placed = timed_create(request, None)
+        except ApiError as error:
+            return slackvm.NO_NODE if error.code == "no host" else slackvm.reason_for(error.code)
+        return None if placed.created else "duplicate name"
 
-    @app.get("/remove", dependencies=[slackvm])
-    def slackvm_remove(
-        response: Response, name: Annotated[str, Query(min_length=1, max_length=63)]
-    ) -> dict[str, str]:
-        """SlackVM's `{"removed": name}` once it is gone; 202 `{"removing": name}`
-        when its agent did not answer (as DELETE: it stays `deleting`, retried)."""
-        if call(lambda: controller.delete(name)) is None:
-            return {"removed": name}
-        response.status_code = 202
-        return {"removing": name, "detail": "its agent did not answer: the deletion is retried every period"}
+    def slackvm_remove_vm(name: str) -> str | None:
+        """Gone: success. Its agent did not answer: `deletion pending` (the VM
+        is `deleting`, the controller retries every period, as for DELETE)."""
+        try:
+            left = call(lambda: controller.delete(name))
+        except ApiError as error:
+            return slackvm.UNREGISTERED if error.code == "unknown vm" else slackvm.reason_for(error.code)
+        return None if left is None else "deletion pending"
 
-    @app.get("/status", dependencies=[slackvm])
-    def slackvm_status() -> dict[str, Any]:
-        return {
-            view.record.address: (view.record.heartbeat or {}).get("status") for view in controller.hosts()
-        }
+    slackvm.add_deploy_and_remove(app, slackvm_auth, slackvm_deploy_vm, slackvm_remove_vm)
+
+    @app.get("/status", dependencies=[slackvm_auth])
+    def slackvm_status() -> Response:
+        """Each host's address -> its SlackVM status, as its last heartbeat carried it."""
+        hosts = controller.hosts()
+        return slackvm.as_json(
+            {view.record.address: (view.record.heartbeat or {}).get("status") for view in hosts}
+        )
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:

@@ -168,21 +168,16 @@ class HostAllocator:
                 "vavail": len(level.cpus) * ratio - level.allocated,
                 "vpotential": avail * ratio,
             }
+        return {"cpu": {"avail": avail, "subset": subset}, "mem": self._memory_status()}
+
+    def _memory_status(self) -> dict[str, Any]:
+        """The memory pool as SlackVM's single subset "1", present only while
+        VMs hold memory: SlackVM creates it with the first VM (an empty host
+        has none), as pinfold drops a CPU level with its last VM."""
         mem_free = self.memory_free_mib
-        return {
-            "cpu": {"avail": avail, "subset": subset},
-            "mem": {
-                "avail": mem_free,
-                "subset": {
-                    "1": {
-                        "pcap": self.memory_allocated_mib,
-                        "palloc": self.memory_allocated_mib,
-                        "vavail": 0,
-                        "vpotential": mem_free,
-                    }
-                },
-            },
-        }
+        allocated = self.memory_allocated_mib
+        subset = {"1": {"pcap": allocated, "palloc": allocated, "vavail": 0, "vpotential": mem_free}}
+        return {"avail": mem_free, "subset": subset if allocated > 0 else {}}
 
     def cpus_needed(self, vcpus: int, ratio: float) -> int:
         """CPUs the level's vNode would grow by to admit `vcpus` vCPUs."""

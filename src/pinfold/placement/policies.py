@@ -79,13 +79,20 @@ def progress(hosts: HostColumns, demand: Demand) -> Floats:
 
     R* is the host's own MiB per usable CPU; Rcur its allocated MiB per
     allocated CPU (R* when nothing is allocated), Rnew the same after the
-    candidate. p = |Rcur - R*| - |Rnew - R*| is positive when the VM moves the
+    candidate (R* when it has no CPU either: 0 vCPUs on an empty host score
+    0). p = |Rcur - R*| - |Rnew - R*| is positive when the VM moves the
     host toward R*; a negative p is scaled by 1 + cpuA / usable CPUs, so that
     worsening a fuller host costs more.
     """
     target = hosts.target_ratio
     cpus_after = hosts.cpu_alloc + demand.cpus
-    after = (hosts.mem_alloc + demand.memory_mib) / np.maximum(cpus_after, 1.0)
+    # no CPU before or after (0 vCPUs asked of an empty host): Rnew is R*, as Rcur is
+    after = np.divide(
+        hosts.mem_alloc + demand.memory_mib,
+        cpus_after,
+        out=np.array(target, dtype=np.float64),
+        where=cpus_after > 0,
+    )
     score = hosts.deviation - np.abs(after - target)
     return np.where(score < 0, score * hosts.penalty, score)
 
