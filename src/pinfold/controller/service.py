@@ -468,11 +468,15 @@ class Controller:
             raise ControllerError("invalid request", f"action: one of {', '.join(ACTIONS)}")
         record = self.vm(name)
         host = self.store.host(record.host_id) if record.host_id else None
-        if host is None or record.state in (VMState.RESERVED, VMState.DELETING):
-            raise ControllerError("invalid", f"{name} is {record.state.value}")
+        if host is None or record.state in (VMState.RESERVED, VMState.DELETING, VMState.MISSING):
+            because = f": {record.detail}" if record.detail else ""
+            raise ControllerError("invalid", f"{name} is {record.state.value}{because}")
         try:
             answer = self.agent_for(host).act(name, action)
         except AgentRefusedError as error:
+            if error.status == 404:  # the agent has no such VM: deleted meanwhile, or not yet seen missing
+                self.vm(name)
+                raise ControllerError("invalid", f"{name} is missing: {host.id} does not have it") from error
             raise ControllerError("invalid" if error.status == 409 else "agent failed", str(error)) from error
         except AgentUnreachableError as error:
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
