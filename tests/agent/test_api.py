@@ -143,6 +143,30 @@ def test_an_image_outside_the_image_directories_is_a_400(agent_url):
         assert http.get("/api/v1/vms").json() == []
 
 
+@pytest.mark.parametrize("image", ["images/base.raw", "{images}/../images/base.raw", "{images}//base.raw"])
+def test_an_image_path_of_the_wrong_shape_is_a_400_even_if_it_leads_to_an_image(
+    tmp_path, i7, monkeypatch, image
+):
+    """Relative to the agent's working directory, or with '..' or an empty
+    part, the path still names a file in an image directory: refused all the
+    same, a path names one file one way."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "base.raw").write_bytes(b"\0" * 512)
+    monkeypatch.chdir(tmp_path)
+    settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    try:
+        with serving_app(create_app(agent, TOKEN)) as url, httpx.Client(base_url=url, timeout=10) as http:
+            body = {"name": "x", "vcpus": 1, "memory_mib": 64, "image": image.format(images=images)}
+            response = http.post("/api/v1/vms", json=body, headers=AUTH)
+            assert response.status_code == 400, response.text
+            assert response.json()["error"] == "invalid request"
+            assert http.get("/api/v1/vms").json() == []
+    finally:
+        agent.store.close()
+
+
 def test_slackvm_routes_can_be_opened_to_listed_networks_only(tmp_path, i7):
     with serving(tmp_path / "open", i7, ("127.0.0.0/8",)) as url:
         assert httpx.get(f"{url}/deploy?name=a&cpu=1&mem=1").status_code == 200

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pinfold.agent.disks import DiskError, Disks
+from pinfold.agent.disks import DiskError, Disks, image_path_problem
 from pinfold.agent.domain import DomainSpec, DomainXMLError, valid_name
 from pinfold.agent.drivers.base import Driver, DriverError, GuestInfo, GuestState
 from pinfold.agent.failpoints import crash_point
@@ -131,6 +131,9 @@ class Agent:
         once the VM would fit: a refused create runs no qemu-img."""
         if not valid_name(request.name):
             raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
+        problem = image_path_problem(request.image) if request.image else None
+        if problem is not None:
+            raise AgentError("invalid request", problem)
         base = self._base_image(request.image)
         with self.lock:
             self._retry_stale_pins()

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pinfold.agent.disks import image_path_problem
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.history import History
@@ -247,7 +248,9 @@ class Controller:
         policy = policy or self.default_policy
         if policy not in POLICIES:
             raise ControllerError("invalid request", f"policy: one of {', '.join(POLICIES)}")
-        problem = invalid_reason(request.spec)
+        problem = invalid_reason(request.spec) or (
+            image_path_problem(request.image) if request.image else None
+        )
         if problem is not None:
             raise ControllerError("invalid request", problem)
         existing = self.store.vm(request.name)
@@ -310,8 +313,10 @@ class Controller:
                 request.name, request.vcpus, request.memory_mib, request.ratio, request.owner, request.image
             )
         except AgentRefusedError as error:
-            refused[host.id] = f"agent refused: {error}"
             self._forget(request.name)
+            if error.code == "invalid request":  # the request's fault (its image), not the host's
+                raise ControllerError("invalid request", f"{host.id} refused it: {error.detail}") from error
+            refused[host.id] = f"agent refused: {error}"
             return None
         except AgentUnreachableError as error:
             if not error.sent:
