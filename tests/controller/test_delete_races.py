@@ -25,20 +25,13 @@ from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore, HostRecord, NewVM, VMRecord
 from pinfold.topology import Topology
 from tests.controller.cluster import ADMIN, ADMIN_AUTH, AGENT, LocalCluster
+from tests.controller.test_service import Clock
 from tests.servers import serving
 
 ROUNDS = 30
 DELETERS = 4
 AGENT_AUTH = {"Authorization": f"Bearer {AGENT}"}
 PERIOD_S = 10.0
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class QuietAgent(AgentClient):
