@@ -89,8 +89,29 @@ def test_every_mutating_route_refuses_a_missing_or_wrong_token(agent_url, method
         ({"name": "A", "vcpus": 1, "memory_mib": 1}, 409, "duplicate name"),
         ({"name": "half", "vcpus": 1, "memory_mib": 1, "ratio": 0.5}, 422, "invalid request"),
         ("not json", 422, "invalid request"),
+        ({"name": "s", "vcpus": "1", "memory_mib": 1}, 422, "invalid request"),
+        ({"name": "t", "vcpus": True, "memory_mib": 1}, 422, "invalid request"),
+        ({"name": "f", "vcpus": 1.0, "memory_mib": 1}, 422, "invalid request"),
+        ({"name": "m", "vcpus": 1, "memory_mib": "64"}, 422, "invalid request"),
+        ({"name": "r", "vcpus": 1, "memory_mib": 1, "ratio": True}, 422, "invalid request"),
+        ({"name": "o", "vcpus": 1, "memory_mib": 1, "ratio": "2.0"}, 422, "invalid request"),
     ],
-    ids=["xml-name", "negative", "huge", "no-cpu", "no-memory", "duplicate", "ratio", "garbage"],
+    ids=[
+        "xml-name",
+        "negative",
+        "huge",
+        "no-cpu",
+        "no-memory",
+        "duplicate",
+        "ratio",
+        "garbage",
+        "vcpus-a-string",
+        "vcpus-true",
+        "vcpus-a-float",
+        "memory-a-string",
+        "ratio-true",
+        "ratio-a-string",
+    ],
 )
 def test_bad_input_is_a_4xx_json_error_and_changes_nothing(agent_url, body, status, error):
     with httpx.Client(base_url=agent_url, timeout=10) as http:
@@ -146,6 +167,30 @@ def test_an_image_outside_the_image_directories_is_a_400(agent_url):
         slackvm = http.get(f"/deploy?name=y&cpu=1&mem=1&oc=1&qcow2=/etc/shadow&token={TOKEN}")
         assert slackvm.json() == {"reason": "invalid request", "success": False}
         assert http.get("/api/v1/vms").json() == []
+
+
+@pytest.mark.parametrize("image", ["images/base.raw", "{images}/../images/base.raw", "{images}//base.raw"])
+def test_an_image_path_of_the_wrong_shape_is_a_400_even_if_it_leads_to_an_image(
+    tmp_path, i7, monkeypatch, image
+):
+    """Relative to the agent's working directory, or with '..' or an empty
+    part, the path still names a file in an image directory: refused all the
+    same, a path names one file one way."""
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "base.raw").write_bytes(b"\0" * 512)
+    monkeypatch.chdir(tmp_path)
+    settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
+    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    try:
+        with serving_app(create_app(agent, TOKEN)) as url, httpx.Client(base_url=url, timeout=10) as http:
+            body = {"name": "x", "vcpus": 1, "memory_mib": 64, "image": image.format(images=images)}
+            response = http.post("/api/v1/vms", json=body, headers=AUTH)
+            assert response.status_code == 400, response.text
+            assert response.json()["error"] == "invalid request"
+            assert http.get("/api/v1/vms").json() == []
+    finally:
+        agent.store.close()
 
 
 def test_slackvm_routes_can_be_opened_to_listed_networks_only(tmp_path, i7):

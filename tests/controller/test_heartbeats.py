@@ -79,3 +79,120 @@ def test_a_well_formed_heartbeat_is_stored_and_sampled(api: httpx.Client) -> Non
     assert [(s["sizes"], s["used"]) for s in samples] == [({"2.0": 2}, {"2.0": 0.75})]
     cpus = api.get("/api/v1/hosts/h1/cpus", headers=admin).json()["cpus"]
     assert [c["busy"] for c in cpus[:2]] == [0.5, 0.25]
+
+
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+VM_BODY = {"name": "w", "vcpus": 1, "memory_mib": 256}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"vcpus": "1"},
+        {"vcpus": True},
+        {"vcpus": 1.0},
+        {"memory_mib": "256"},
+        {"memory_mib": True},
+        {"ratio": "2.0"},
+        {"ratio": True},
+        {"owner": 7},
+        {"image": 0},
+        {"policy": 1},
+    ],
+    ids=str,
+)
+def test_a_create_with_a_field_of_another_json_type_is_refused(
+    api: httpx.Client, store: ControllerStore, change: dict[str, Any]
+) -> None:
+    """No coercion at the edge: `"1"` or `true` is not a vCPU count."""
+    response = api.post("/api/v1/vms", json={**VM_BODY, **change}, headers=ADMIN_HEADERS)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid request"
+    assert [vm.name for vm in store.vms()] == ["v1"]
+
+
+def registration(topology: dict[str, Any], **change: Any) -> dict[str, Any]:
+    return {
+        "host_id": "h2",
+        "address": "http://h2:8099",
+        "topology": topology,
+        "critical_size": 6,
+        "reserved_memory_mib": 0,
+        **change,
+    }
+
+
+def with_memset(topology: dict[str, Any], total: Any) -> dict[str, Any]:
+    return {**topology, "memset": {**topology["memset"], "total": total, "allowed": total}}
+
+
+def with_first_cpu(topology: dict[str, Any], **change: Any) -> dict[str, Any]:
+    cpus = topology["cpuset"]["cpu_list"]
+    return {**topology, "cpuset": {**topology["cpuset"], "cpu_list": [{**cpus[0], **change}, *cpus[1:]]}}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        lambda t: registration(with_memset(t, 1e308)),
+        lambda t: registration(with_memset(t, 2**62)),
+        lambda t: registration(with_memset(t, "31776")),
+        lambda t: registration(with_first_cpu(t, cpu_id="0")),
+        lambda t: registration(with_first_cpu(t, cpu_id=True)),
+        lambda t: registration(with_first_cpu(t, sib_cpu=list(range(100_000)))),
+        lambda t: registration(with_first_cpu(t, max_freq=10**30)),
+        lambda t: registration(t, critical_size=True),
+        lambda t: registration(t, critical_size="6"),
+        lambda t: registration(t, reserved_memory_mib=2**50),
+        lambda t: registration(t, heartbeat_period_s="10"),
+        lambda t: registration(t, heartbeat_period_s=True),
+    ],
+    ids=[
+        "memory-1e308", "memory-2**62", "memory-a-string", "cpu-id-a-string", "cpu-id-true",
+        "100k-siblings", "frequency-1e30", "critical-true", "critical-a-string", "reserved-2**50",
+        "period-a-string", "period-true",
+    ],
+)  # fmt: skip
+def test_a_registration_out_of_bounds_or_of_another_type_is_refused(
+    api: httpx.Client, store: ControllerStore, i7_topology: dict[str, Any], case: Any
+) -> None:
+    response = api.post("/api/v1/hosts", json=case(i7_topology), headers=AGENT_AUTH)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "invalid request"
+    assert store.host("h2") is None
+
+
+@pytest.mark.parametrize(
+    "beat",
+    [
+        {"vms": {f"vm-{i}": "running" for i in range(100_000)}},
+        {"vms": {"x" * 10_000: "running"}},
+        {"vms": {"v1": "r" * 10_000}},
+        {"pins": {"v1": list(range(100_000))}},
+        {"pins": {"v1": [10**12]}},
+        {"pins": {"v1": ["0"]}},
+        {"pins": {"v1": [True]}},
+        {"vnodes": {"2.0": [0, 2**40]}},
+        {"vnodes": {f"{i}.0": [0] for i in range(10_000)}},
+        {"usage": {"cpu": {"0": 1e308}}},
+        {"usage": {"cpu": {"0": True}}},
+        {"usage": {"cpu": {str(i): 0.5 for i in range(100_000)}}},
+        {"usage": {"vnodes": {"2.0": {"used_cores": 1e308}}}},
+        {"status": {f"k{i}": i for i in range(10_000)}},
+    ],
+    ids=[
+        "100k-vms", "long-vm-name", "long-state", "100k-pins", "huge-cpu-id", "pin-a-string",
+        "pin-true", "huge-vnode-cpu", "10k-levels", "share-1e308", "share-true", "100k-cpus",
+        "cores-1e308", "status-10k-keys",
+    ],
+)  # fmt: skip
+def test_a_heartbeat_out_of_bounds_or_of_another_type_is_refused(
+    api: httpx.Client, store: ControllerStore, beat: dict[str, Any]
+) -> None:
+    before = store.host("h1")
+    response = api.post("/api/v1/hosts/h1/heartbeat", json=beat, headers=AGENT_AUTH)
+    assert response.status_code == 422, response.text
+    after = store.host("h1")
+    assert after is not None
+    assert before is not None
+    assert (after.last_heartbeat, after.heartbeat) == (before.last_heartbeat, before.heartbeat)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from pinfold import slackvm
 from pinfold.agent.domain import NAME_PATTERN
@@ -46,6 +46,8 @@ T = TypeVar("T")
 
 
 class CreateVM(BaseModel):
+    #: JSON numbers are taken as they are: `"1"` or `true` is no vCPU count
+    model_config = ConfigDict(strict=True)
     name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
     vcpus: int = Field(ge=1, le=1024)
     memory_mib: int = Field(ge=1, le=64 * 1024 * 1024)

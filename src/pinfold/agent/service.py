@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pinfold.agent.disks import DiskError, Disks
+from pinfold.agent.disks import DiskError, Disks, image_path_problem
 from pinfold.agent.domain import DomainSpec, DomainXMLError, valid_name
 from pinfold.agent.drivers.base import Driver, DriverError, GuestInfo, GuestState
 from pinfold.agent.failpoints import crash_point
@@ -131,6 +131,9 @@ class Agent:
         once the VM would fit: a refused create runs no qemu-img."""
         if not valid_name(request.name):
             raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
+        problem = image_path_problem(request.image) if request.image else None
+        if problem is not None:
+            raise AgentError("invalid request", problem)
         base = self._base_image(request.image)
         with self.lock:
             self._retry_stale_pins()
@@ -255,6 +258,8 @@ class Agent:
             del self._shutdowns[name]
             if failure is None:
                 return self._set(name, "shutoff", None)
+            if failure.code == "not found":
+                raise self._lost(name) from failure
             self._set(name, self._observed_state(vm.domain, before), None)
         raise _refusal(failure) from failure
 
@@ -680,7 +685,17 @@ class Agent:
         vm = self._get(name)
         if vm.pending is not None:
             raise AgentError("invalid", f"{name} is {vm.state}: its {vm.pending.value} is not finished")
+        if vm.state == "missing":
+            raise _missing(name)
         return vm
+
+    def _lost(self, name: str) -> AgentError:
+        """An action found the VM's domain gone from the hypervisor: the VM is
+        missing (as a re-pin would mark it), a state no action can leave, so
+        the request is refused as invalid (409), not as a hypervisor failure."""
+        log.warning("the domain of %s has gone: marked missing", name)
+        self._set(name, "missing", None)
+        return _missing(name)
 
     def _observed_state(self, domain: str, otherwise: str) -> str:
         try:
@@ -695,8 +710,12 @@ class Agent:
             try:
                 operation(vm.domain)
             except DriverError as error:
-                raise _refusal(error) from error
+                raise (self._lost(name) if error.code == "not found" else _refusal(error)) from error
             return self._set(name, state, None)
+
+
+def _missing(name: str) -> AgentError:
+    return AgentError("invalid", f"{name} is missing: its domain has gone from the hypervisor (delete it)")
 
 
 def _refusal(error: DriverError) -> AgentError:

@@ -47,12 +47,37 @@ _STATUS = {
     "unauthorized": 401,
 }
 HOST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+#: Upper bounds of what an agent may say about its host (docs/controller.md), far above
+#: any real machine, so that no registration or heartbeat holds absurd numbers or lists:
+#: CPUs per host (Linux's own NR_CPUS limit), memory (4 PiB), NUMA nodes, a CPU's
+#: frequency (100 GHz, in kHz), user VMs per host, and vNode levels per host.
+MAX_CPUS = 8192
+MAX_MEMORY_MIB = 2**32
+MAX_NUMA_NODES = 1024
+MAX_FREQ_KHZ = 10**8
+MAX_VMS_PER_HOST = 16384
+MAX_LEVELS = 1024
+#: a VM name (as the database holds it), a VM state, a level key ("2.0"), an id of a cache
+NAME_MAX = 255
+STATE_MAX = 32
+LEVEL_MAX = 32
+CACHE_ID_MAX = 2**31 - 1
 #: the dashboard's files, served as they are (no CDN, no build step)
 DASHBOARD = Path(__file__).parent / "dashboard"
 T = TypeVar("T")
 
 
+#: JSON numbers are taken as they are: `"1"` or `true` is no count (strict mode)
+STRICT = ConfigDict(strict=True)
+CpuId = Annotated[int, Field(ge=0, lt=MAX_CPUS)]
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+Level = Annotated[str, Field(min_length=1, max_length=LEVEL_MAX)]
+VMName = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+CPUs = Annotated[list[CpuId], Field(max_length=MAX_CPUS)]
+
+
 class CreateVM(BaseModel):
+    model_config = STRICT
     name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
     vcpus: int = Field(ge=1, le=1024)
     memory_mib: int = Field(ge=1, le=64 * 1024 * 1024)
@@ -62,12 +87,53 @@ class CreateVM(BaseModel):
     policy: str | None = Field(default=None, description=f"one of {', '.join(POLICIES)}")
 
 
+class CPUEntry(BaseModel):
+    """One CPU of SlackVM's topology document; other keys are dropped."""
+
+    model_config = STRICT
+    cpu_id: CpuId
+    numa_node: int = Field(ge=0, lt=MAX_NUMA_NODES)
+    sib_smt: CPUs = Field(default_factory=list)
+    sib_cpu: CPUs = Field(default_factory=list)
+    cache_level: dict[Annotated[str, Field(max_length=2)], Annotated[int, Field(ge=0, le=CACHE_ID_MAX)]] = (
+        Field(max_length=8)
+    )
+    max_freq: int | None = Field(default=None, ge=0, le=MAX_FREQ_KHZ)
+
+
+class CPUSet(BaseModel):
+    model_config = STRICT
+    numa_distances: dict[Annotated[str, Field(max_length=8)], list[Annotated[int, Field(ge=0, le=255)]]] = (
+        Field(max_length=MAX_NUMA_NODES)
+    )
+    cpu_list: list[CPUEntry] = Field(min_length=1, max_length=MAX_CPUS)
+    host_count: int = Field(ge=1, le=MAX_CPUS)
+    #: SlackVM's CPU distance table: recomputed on reading, so never kept (O(CPUs²))
+    distances: dict[str, Any] | None = Field(default=None, exclude=True)
+
+
+class MemSet(BaseModel):
+    model_config = STRICT
+    total: int = Field(ge=1, le=MAX_MEMORY_MIB)
+    allowed: int | None = Field(default=None, ge=1, le=MAX_MEMORY_MIB)
+
+
+class TopologyBody(BaseModel):
+    """SlackVM's topology document as an agent sends it, every number bounded;
+    the document stored is what this model read (unknown keys dropped)."""
+
+    model_config = STRICT
+    cpuset: CPUSet
+    memset: MemSet
+
+
 class Registration(BaseModel):
+    model_config = STRICT
     host_id: str = Field(min_length=1, max_length=HOST_ID_MAX, pattern=HOST_ID_PATTERN)
     address: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
-    topology: dict[str, Any]
-    critical_size: int = Field(ge=0, le=1_000_000)
-    reserved_memory_mib: int = Field(ge=0, le=2**40)
+    topology: TopologyBody
+    critical_size: int = Field(ge=0, le=MAX_CPUS)
+    reserved_memory_mib: int = Field(ge=0, le=MAX_MEMORY_MIB)
     #: how often this agent sends heartbeats: the host is down after three missed
     heartbeat_period_s: float | None = Field(default=None, gt=0, le=86400)
 
@@ -75,8 +141,8 @@ class Registration(BaseModel):
 class VNodeUsage(BaseModel):
     """A vNode's use in a heartbeat's monitor sample (the history plots `used_cores`)."""
 
-    model_config = ConfigDict(extra="allow")
-    used_cores: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    model_config = ConfigDict(extra="allow", strict=True)
+    used_cores: float = Field(default=0.0, ge=0, le=MAX_CPUS, allow_inf_nan=False)
 
 
 class Usage(BaseModel):
@@ -84,18 +150,22 @@ class Usage(BaseModel):
     (each CPU's busy share, for the CPU map; each vNode's cores, for the
     history); the rest is kept as the agent sent it, for the dashboard."""
 
-    model_config = ConfigDict(extra="allow")
-    cpu: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
-    vnodes: dict[str, VNodeUsage] = Field(default_factory=dict)
+    model_config = ConfigDict(extra="allow", strict=True)
+    cpu: dict[Level, Share] = Field(default_factory=dict, max_length=MAX_CPUS)
+    vnodes: dict[Level, VNodeUsage] = Field(default_factory=dict, max_length=MAX_LEVELS)
 
 
 class Heartbeat(BaseModel):
     """Checked whole before anything of it is stored: a malformed one is a 422."""
 
-    status: dict[str, Any] | None = None
-    vms: dict[str, str] = Field(default_factory=dict)
-    pins: dict[str, list[int]] = Field(default_factory=dict)
-    vnodes: dict[str, list[int]] = Field(default_factory=dict)
+    model_config = STRICT
+    #: SlackVM's status document (shown as it is): its top level only is bounded here
+    status: dict[Level, Any] | None = Field(default=None, max_length=16)
+    vms: dict[VMName, Annotated[str, Field(max_length=STATE_MAX)]] = Field(
+        default_factory=dict, max_length=MAX_VMS_PER_HOST
+    )
+    pins: dict[VMName, CPUs] = Field(default_factory=dict, max_length=MAX_VMS_PER_HOST)
+    vnodes: dict[Level, CPUs] = Field(default_factory=dict, max_length=MAX_LEVELS)
     usage: Usage | None = None
 
 
@@ -229,7 +299,7 @@ def create_app(
             lambda: controller.register(
                 body.host_id,
                 body.address,
-                body.topology,
+                body.topology.model_dump(exclude_unset=True),
                 body.critical_size,
                 body.reserved_memory_mib,
                 body.heartbeat_period_s,

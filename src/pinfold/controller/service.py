@@ -17,6 +17,7 @@ sent again (`create` finishes a stale reservation instead of refusing it).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from pinfold.agent.disks import image_path_problem
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.history import History
@@ -246,7 +248,9 @@ class Controller:
         policy = policy or self.default_policy
         if policy not in POLICIES:
             raise ControllerError("invalid request", f"policy: one of {', '.join(POLICIES)}")
-        problem = invalid_reason(request.spec)
+        problem = invalid_reason(request.spec) or (
+            image_path_problem(request.image) if request.image else None
+        )
         if problem is not None:
             raise ControllerError("invalid request", problem)
         existing = self.store.vm(request.name)
@@ -309,8 +313,10 @@ class Controller:
                 request.name, request.vcpus, request.memory_mib, request.ratio, request.owner, request.image
             )
         except AgentRefusedError as error:
-            refused[host.id] = f"agent refused: {error}"
             self._forget(request.name)
+            if error.code == "invalid request":  # the request's fault (its image), not the host's
+                raise ControllerError("invalid request", f"{host.id} refused it: {error.detail}") from error
+            refused[host.id] = f"agent refused: {error}"
             return None
         except AgentUnreachableError as error:
             if not error.sent:
@@ -367,7 +373,10 @@ class Controller:
                 raise ControllerError("agent failed", detail) from error
         except AgentUnreachableError as error:
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
-        return self.store.set_vm_state(existing.name, VMState.RUNNING, self.clock())
+        try:
+            return self.store.set_vm_state(existing.name, VMState.RUNNING, self.clock())
+        except UnknownVMError as error:  # deleted by another request meanwhile
+            raise ControllerError("invalid", f"{existing.name} was deleted while being created") from error
 
     @staticmethod
     def _agent_has(client: AgentClient, name: str) -> bool:
@@ -444,7 +453,7 @@ class Controller:
         agent did not answer, the deletion is retried every period)."""
         record = self.vm(name)
         if record.state is not VMState.DELETING:
-            record = self.store.set_vm_state(name, VMState.DELETING, self.clock())
+            record = self._set_state(name, VMState.DELETING)
         return self._finish_delete(record)
 
     def _finish_delete(self, record: VMRecord) -> VMRecord | None:
@@ -464,15 +473,28 @@ class Controller:
             raise ControllerError("invalid request", f"action: one of {', '.join(ACTIONS)}")
         record = self.vm(name)
         host = self.store.host(record.host_id) if record.host_id else None
-        if host is None or record.state in (VMState.RESERVED, VMState.DELETING):
-            raise ControllerError("invalid", f"{name} is {record.state.value}")
+        if host is None or record.state in (VMState.RESERVED, VMState.DELETING, VMState.MISSING):
+            because = f": {record.detail}" if record.detail else ""
+            raise ControllerError("invalid", f"{name} is {record.state.value}{because}")
         try:
             answer = self.agent_for(host).act(name, action)
         except AgentRefusedError as error:
+            if error.status == 404:  # the agent has no such VM: deleted meanwhile, or not yet seen missing
+                self.vm(name)
+                raise ControllerError("invalid", f"{name} is missing: {host.id} does not have it") from error
             raise ControllerError("invalid" if error.status == 409 else "agent failed", str(error)) from error
         except AgentUnreachableError as error:
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
-        return self.store.set_vm_state(name, _vm_state(answer.get("state"), record.state), self.clock())
+        return self._set_state(name, _vm_state(answer.get("state"), record.state))
+
+    def _set_state(self, name: str, state: VMState) -> VMRecord:
+        """Record a VM's new state for a request about it; a VM another
+        request deleted meanwhile is "unknown vm" (404), as it would be to a
+        request sent a moment later, not an error of the controller's."""
+        try:
+            return self.store.set_vm_state(name, state, self.clock())
+        except UnknownVMError as error:
+            raise ControllerError("unknown vm", f"{name} (deleted by another request meanwhile)") from error
 
     def retry_deletes(self) -> None:
         """Finish deletions whose agent did not answer before (every period)."""
@@ -526,14 +548,20 @@ class Controller:
                     continue
                 state = _vm_state(reported[record.name], record.state)
                 if state is not record.state and not recent:
-                    self.store.set_vm_state(record.name, state, now)
+                    self._settle_state(record.name, state, now)
             elif record.state is VMState.DELETING or (record.state is VMState.RESERVED and stale):
                 self._forget(record.name)
                 self.store.add_event(
                     "vm dropped", record.name, {"host": host_id, "was": record.state.value}, now
                 )
             elif record.state not in (VMState.MISSING, VMState.RESERVED) and not recent:
-                self.store.set_vm_state(record.name, VMState.MISSING, now, "its agent does not report it")
+                self._settle_state(record.name, VMState.MISSING, now, "its agent does not report it")
+
+    def _settle_state(self, name: str, state: VMState, now: float, detail: str = "") -> None:
+        """A heartbeat's change of one VM's state; a VM deleted since the
+        heartbeat read its host's VMs has nothing left to settle."""
+        with contextlib.suppress(UnknownVMError):
+            self.store.set_vm_state(name, state, now, detail)
 
 
 class _NameTaken(Exception):  # noqa: N818 (not an error: a create's reason to look again)
