@@ -161,3 +161,17 @@ def test_a_host_enrolled_before_host_credentials_enrols_once(
     assert len(first.json()["credential"]) >= 32
     second = cluster.http.post("/api/v1/hosts", json=body, headers=ENROLMENT)
     assert second.status_code == 409
+
+
+def test_a_removed_agent_stays_out_until_its_credential_file_is_deleted(cluster: LocalCluster) -> None:
+    host = cluster.add_host("h1")
+    assert cluster.http.delete("/api/v1/hosts/h1").status_code == 200
+    cluster.wait(lambda: "credential revoked" in (host.registrar.last_error or ""), "the refusal")
+    host.registrar.beat()  # another round: it tries its revoked credential again, and does not enrol
+    assert "credential revoked" in (host.registrar.last_error or "")
+    assert cluster.http.get("/api/v1/hosts").json() == []
+    old = credential_of(cluster, "h1")
+    (cluster.tmp_path / "h1" / "host.token").unlink()
+    cluster.wait(lambda: cluster.http.get("/api/v1/hosts/h1").status_code == 200, "the enrolment")
+    assert credential_of(cluster, "h1") != old
+    cluster.wait(lambda: host.registrar.last_error is None, "heartbeats")

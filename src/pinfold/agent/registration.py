@@ -9,7 +9,7 @@ calls it with. The agent keeps trying while the controller is unreachable,
 and registers again when a heartbeat is refused: with its credential, or,
 when the controller does not know that credential (it lost its database),
 by enrolling again. A revoked credential (`pinfold host remove`) is not
-replaced by itself: the operator deletes host.token to enrol the host anew.
+replaced by itself: the operator deletes host.token to have the host enrol anew.
 Either side may restart at any time; the other carries on by itself.
 """
 
@@ -95,7 +95,8 @@ class Registrar:
         the controller does not know it: 401) enrol; True once registered."""
         # the controller judges this host down after three of these periods
         document = {**self._registration(), "heartbeat_period_s": self._period_s}
-        credential = self._credential or _stored(self._credential_file)
+        # read each time: an operator deletes the file to have the host enrol again
+        credential = _stored(self._credential_file)
         if credential is not None:
             response = self._client.post("/api/v1/hosts", json=document, headers=_bearer(credential))
             if response.status_code == 200:
@@ -113,7 +114,7 @@ class Registrar:
         if isinstance(issued, str):
             write_token(self._credential_file, issued)
         # a controller from before host credentials issues none: it takes the enrolment token
-        self._credential = issued if isinstance(issued, str) else self._enrolment_token
+        self._credential = issued if isinstance(issued, str) else None
         self.registered = True
         return True
 

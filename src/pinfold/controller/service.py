@@ -584,7 +584,7 @@ class Controller:
 
 _REVOKED = (
     "host {host_id}'s credential was revoked (pinfold host remove): to enrol the host again, "
-    "delete its agent's DATA_DIR/host.token and restart the agent"
+    "delete its agent's DATA_DIR/host.token"
 )
 
 
