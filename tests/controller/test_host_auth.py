@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,10 @@ import pytest
 from typer.testing import CliRunner
 
 from pinfold.cli import app
+from pinfold.controller.credentials import Enrolment, HostCredential, digest
+from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
+from pinfold.controller.store import ControllerStore, HostAuthError, HostInUseError, NewVM
 from tests.controller.cluster import ADMIN, AGENT, PERIOD_S, LocalCluster, start_host
 
 ENROLMENT = {"Authorization": f"Bearer {AGENT}"}
@@ -175,3 +179,27 @@ def test_a_removed_agent_stays_out_until_its_credential_file_is_deleted(cluster:
     cluster.wait(lambda: cluster.http.get("/api/v1/hosts/h1").status_code == 200, "the enrolment")
     assert credential_of(cluster, "h1") != old
     cluster.wait(lambda: host.registrar.last_error is None, "heartbeats")
+
+
+def test_the_store_checks_credentials_under_the_hosts_lock(
+    store: ControllerStore, i7_topology: dict[str, Any]
+) -> None:
+    """On both backends: a removal forgets the VMs only when forced, and a
+    registration with a credential revoked since the API looked is refused
+    as revoked (not as unknown, which would have its agent enrol again)."""
+    mine = digest("h1-credential-0123456789")
+    register = partial(store.register_host, "h1", "http://127.0.0.1:1", i7_topology, 6, 0, 1.0)
+    register(proof=Enrolment(mine))
+    store.reserve(NewVM("a", 1, 128), "h1", Feasibility(), 2.0)
+    with pytest.raises(HostInUseError):
+        store.remove_host("h1", force=False, now=3.0)
+    assert [vm.name for vm in store.vms("h1")] == ["a"]
+    assert [vm.name for vm in store.remove_host("h1", force=True, now=4.0)] == ["a"]
+    assert store.host("h1") is None
+    assert store.revoked(mine)
+    with pytest.raises(HostAuthError) as refused:
+        register(proof=HostCredential(mine))
+    assert refused.value.code == "credential revoked"
+    assert store.host("h1") is None
+    register(proof=Enrolment(digest("h1-new-credential-0123456789")))
+    assert store.credential("h1") == digest("h1-new-credential-0123456789")

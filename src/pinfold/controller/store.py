@@ -256,6 +256,9 @@ class ControllerStore:
             if session.get(TopologyDocument, digest) is None:
                 self._add_topology(session, digest, topology)
             host = session.get(Host, host_id, with_for_update=True)
+            if isinstance(proof, HostCredential) and session.get(RevokedCredential, proof.digest) is not None:
+                # removed since the API looked: refused as revoked, so that its agent does not enrol
+                raise HostAuthError("credential revoked", f"host {host_id} was removed (pinfold host remove)")
             _admit(host, host_id, proof)
             if host is None:
                 host = Host(id=host_id, draining=False, registered_at=now)
