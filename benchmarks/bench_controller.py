@@ -110,7 +110,7 @@ def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = N
     base = 18400
     controller_url = f"http://127.0.0.1:{base}"
     env = dict(os.environ, PINFOLD_CONTROLLER_ADMIN_TOKEN=admin, PINFOLD_CONTROLLER_AGENT_TOKEN=agent_token,
-               PINFOLD_AGENT_TOKEN=agent_token, PINFOLD_CONTROLLER_HEARTBEAT_PERIOD_S="5",
+               PINFOLD_AGENT_ENROLMENT_TOKEN=agent_token, PINFOLD_CONTROLLER_HEARTBEAT_PERIOD_S="5",
                PINFOLD_AGENT_MONITOR_PERIOD_S="5")  # fmt: skip
     python = [sys.executable, "-m", "pinfold"]
     processes: list[subprocess.Popen[bytes]] = []

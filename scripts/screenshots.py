@@ -26,7 +26,7 @@ ADMIN, AGENT = "screenshot-admin-0123456789", "screenshot-agent-0123456789"
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PINFOLD_CONTROLLER_ADMIN_TOKEN=ADMIN, PINFOLD_CONTROLLER_AGENT_TOKEN=AGENT,
-               PINFOLD_AGENT_TOKEN=AGENT, PINFOLD_AGENT_MONITOR_PERIOD_S="1")  # fmt: skip
+               PINFOLD_AGENT_ENROLMENT_TOKEN=AGENT, PINFOLD_AGENT_MONITOR_PERIOD_S="1")  # fmt: skip
     python = [sys.executable, "-m", "pinfold"]
     url = "http://127.0.0.1:18700"
     with tempfile.TemporaryDirectory() as tmp:

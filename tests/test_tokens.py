@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi import Depends, FastAPI
 
-from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
+from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in, write_token
 from pinfold.web import install_error_handlers, token_check
 from tests.servers import Served
 
@@ -21,6 +21,15 @@ def test_a_new_token_is_written_whole_with_mode_0600_and_kept(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert token_in(path) == token
     assert [p.name for p in path.parent.iterdir()] == ["admin.token"]  # no scratch file left
+
+
+def test_write_token_replaces_the_file_whole_with_mode_0600(tmp_path):
+    path = tmp_path / "data" / "host.token"
+    write_token(path, "first-credential-0123456789")
+    write_token(path, "second-credential-0123456789")
+    assert token_in(path) == "second-credential-0123456789"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["host.token"]  # no scratch file left
 
 
 @pytest.mark.parametrize("content", ["", "\n", "short\n"], ids=["empty", "blank", "short"])

@@ -15,7 +15,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from pinfold.agent.config import AgentConfig, ConfigError, load_config, load_or_create_token
+from pinfold.agent.config import (
+    AgentConfig,
+    ConfigError,
+    load_config,
+    load_enrolment_token,
+    load_or_create_token,
+)
 from pinfold.tokens import TokenError
 from tests.conftest import I7
 from tests.servers import free_port
@@ -105,6 +111,22 @@ def test_a_token_file_is_read_never_created(tmp_path):
             load_or_create_token(settings)
     with pytest.raises(ConfigError, match="set one, not both"):
         load_config(None, {"token": "t" * 16, "token_file": token_file}, {})
+
+
+def test_the_enrolment_token_is_the_setting_or_its_file_else_the_agents_own(tmp_path):
+    """Without one, an agent enrols with its own token: what an agent given the
+    cluster's agent token as its own before host credentials keeps doing."""
+    enrolment_file = tmp_path / "enrolment.token"
+    enrolment_file.write_text("cluster-enrolment-0123456789\n")
+    data = tmp_path / "data"
+    assert load_enrolment_token(AgentConfig(data_dir=data), "own-token-0123456789") == "own-token-0123456789"
+    given = AgentConfig(data_dir=data, enrolment_token_file=enrolment_file)
+    assert load_enrolment_token(given, "own-token-0123456789") == "cluster-enrolment-0123456789"
+    enrolment_file.write_text("short\n")
+    with pytest.raises(TokenError, match="no usable token"):
+        load_enrolment_token(given, "own-token-0123456789")
+    with pytest.raises(ConfigError, match="set one, not both"):
+        load_config(None, {"enrolment_token": "t" * 16, "enrolment_token_file": enrolment_file}, {})
 
 
 def test_token_is_created_once_with_mode_0600(tmp_path):

@@ -1,6 +1,7 @@
 """A small real cluster on loopback for the controller's tests: sim-driver
-agents, each a real uvicorn server with its own SQLite store, registering and
-sending heartbeats through the real `Registrar`; and a controller on a real
+agents, each a real uvicorn server with its own SQLite store and its own API
+token, enrolling with the cluster's agent token and sending heartbeats with
+their host credential through the real `Registrar`; and a controller on a real
 database, served on loopback too."""
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pinfold.topology import Topology
 from tests.servers import Served
 
 ADMIN = "admin-token-0123456789abcdef"
+#: the cluster's agent token: the enrolment token
 AGENT = "agent-token-0123456789abcdef"
 ADMIN_AUTH = {"Authorization": f"Bearer {ADMIN}"}
 PERIOD_S = 0.25
@@ -39,6 +41,8 @@ class Host:
     agent: Agent
     served: Served
     registrar: Registrar
+    #: the agent's own API token (the controller calls it with this one)
+    token: str
 
     def stop(self) -> None:
         """The agent dies: no more heartbeats, no more answers."""
@@ -82,9 +86,10 @@ class LocalCluster:
         settings: AgentSettings | None = None,
         topology: Topology | None = None,
         period_s: float = PERIOD_S,
+        token: str | None = None,
     ) -> Host:
         topology = topology or self.topology
-        host = start_host(self.tmp_path, topology, host_id, self.url, driver, settings, period_s)
+        host = start_host(self.tmp_path, topology, host_id, self.url, driver, settings, period_s, token=token)
         self.hosts[host_id] = host
         return host
 
@@ -113,19 +118,27 @@ def start_host(
     driver: Driver | None = None,
     settings: AgentSettings | None = None,
     period_s: float = PERIOD_S,
+    *,
+    token: str | None = None,
+    agent: Agent | None = None,
 ) -> Host:
     """An agent served on loopback, registered with the controller at
     `controller_url` (before this returns) and sending heartbeats every
-    `period_s`, a period its `Registrar` states in the registration."""
-    store = Store(tmp_path / host_id / "agent.db")
-    agent = Agent(topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu"))
-    served = Served(agent_app(agent, AGENT))
+    `period_s`, a period its `Registrar` states in the registration. Its API
+    token is `token` (default: its own, made from the host id); its host
+    credential is kept in TMP_PATH/HOST_ID/host.token. `agent`: an agent
+    restarting (the same one, served and registering anew)."""
+    if agent is None:
+        store = Store(tmp_path / host_id / "agent.db")
+        agent = Agent(topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu"))
+    token = token or f"{host_id}-api-token-0123456789abcdef"
+    served = Served(agent_app(agent, token))
     registrar = Registrar(
         controller_url, AGENT, host_id,
-        lambda: registration_document(agent, host_id, served.url),
+        lambda: registration_document(agent, host_id, served.url, token),
         lambda: heartbeat_document(agent, None),
-        period_s,
+        period_s, tmp_path / host_id / "host.token",
     )  # fmt: skip
     registrar.beat()
     registrar.start()
-    return Host(host_id, agent, served, registrar)
+    return Host(host_id, agent, served, registrar, token)

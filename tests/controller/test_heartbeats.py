@@ -12,13 +12,16 @@ import pytest
 
 from pinfold.controller.agents import AgentClient
 from pinfold.controller.api import create_app
+from pinfold.controller.credentials import Enrolment, digest
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore, HostRecord, NewVM
 from tests.controller.cluster import ADMIN, AGENT
 from tests.servers import serving
 
-AGENT_AUTH = {"Authorization": f"Bearer {AGENT}"}
+#: h1's own credential, which its heartbeats present
+CREDENTIAL = "h1-credential-0123456789abcdef"
+AGENT_AUTH = {"Authorization": f"Bearer {CREDENTIAL}"}
 GOOD = {
     "vms": {"v1": "running"},
     "vnodes": {"2.0": [0, 1]},
@@ -38,7 +41,7 @@ def no_agents(host: HostRecord) -> AgentClient:
 def api(store: ControllerStore, i7_topology: dict[str, Any]) -> Iterator[httpx.Client]:
     """The API of a controller with one host, h1, and a VM reserved on it."""
     controller = Controller(store, no_agents, heartbeat_period_s=10.0)
-    controller.register("h1", "http://h1:8099", i7_topology, 6, 0)
+    controller.register("h1", "http://h1:8099", i7_topology, 6, 0, proof=Enrolment(digest(CREDENTIAL)))
     store.reserve(NewVM("v1", 1, 512, 2.0), "h1", Feasibility(), controller.clock())
     with serving(create_app(controller, ADMIN, AGENT)) as url, httpx.Client(base_url=url, timeout=30) as http:
         yield http

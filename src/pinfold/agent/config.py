@@ -15,7 +15,14 @@ from pinfold.rapid.settings import RapidSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
 
-__all__ = ["AgentConfig", "ConfigError", "advertised_url", "load_config", "load_or_create_token"]
+__all__ = [
+    "AgentConfig",
+    "ConfigError",
+    "advertised_url",
+    "load_config",
+    "load_enrolment_token",
+    "load_or_create_token",
+]
 
 ENV_PREFIX = "PINFOLD_AGENT_"
 
@@ -54,6 +61,11 @@ class AgentConfig(BaseModel):
     nvidia_smi: str = "nvidia-smi"
     #: the controller to register with (none: the agent runs on its own)
     controller_url: str | None = None
+    #: the cluster's enrolment token (the controller's agent token), used once to enrol
+    #: this host (default: this agent's own token, as before host credentials)
+    enrolment_token: str | None = Field(default=None, min_length=16)
+    #: a file holding the enrolment token (pinfold up names the controller's agent.token)
+    enrolment_token_file: Path | None = None
     #: this host's name in the controller's directory (default: the host name)
     host_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=63)
     #: the URL the controller calls this agent on (default: http://LISTEN:PORT)
@@ -87,6 +99,8 @@ def load_config(
         raise ConfigError("agent settings: pools: two pools have the same name")
     if config.token and config.token_file:
         raise ConfigError("agent settings: token and token_file: set one, not both")
+    if config.enrolment_token and config.enrolment_token_file:
+        raise ConfigError("agent settings: enrolment_token and enrolment_token_file: set one, not both")
     return config
 
 
@@ -105,14 +119,31 @@ def load_or_create_token(config: AgentConfig) -> str:
     if config.token:
         return config.token
     if config.token_file is not None:
-        try:
-            token = config.token_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise TokenError(f"token_file: {exc}") from None
-        if len(token) < MIN_TOKEN_LENGTH:
-            raise TokenError(
-                f"token_file: {config.token_file} holds no usable token "
-                f"(fewer than {MIN_TOKEN_LENGTH} characters)"
-            )
-        return token
+        return _token_from(config.token_file, "token_file")
     return token_in(config.data_dir / "agent.token")
+
+
+def load_enrolment_token(config: AgentConfig, own_token: str) -> str:
+    """The token this agent enrols its host with: the configured enrolment
+    token, or the one in `enrolment_token_file`; else the agent's own token,
+    which is what an agent configured before host credentials was given (the
+    cluster's agent token) and keeps it registering after an upgrade."""
+    if config.enrolment_token:
+        return config.enrolment_token
+    if config.enrolment_token_file is not None:
+        return _token_from(config.enrolment_token_file, "enrolment_token_file")
+    return own_token
+
+
+def _token_from(path: Path, setting: str) -> str:
+    """The token in a file given to this agent (never created: a new random
+    one would only be refused)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise TokenError(f"{setting}: {exc}") from None
+    if len(token) < MIN_TOKEN_LENGTH:
+        raise TokenError(
+            f"{setting}: {path} holds no usable token (fewer than {MIN_TOKEN_LENGTH} characters)"
+        )
+    return token

@@ -6,7 +6,13 @@ import signal
 import sys
 
 from pinfold.agent.api import create_app
-from pinfold.agent.config import AgentConfig, ConfigError, advertised_url, load_or_create_token
+from pinfold.agent.config import (
+    AgentConfig,
+    ConfigError,
+    advertised_url,
+    load_enrolment_token,
+    load_or_create_token,
+)
 from pinfold.agent.drivers import Driver, DriverError, SimDriver
 from pinfold.agent.monitor import GpuProbe, Monitor
 from pinfold.agent.pools import PoolKeeper
@@ -115,10 +121,10 @@ def serve(config: AgentConfig) -> None:
     if config.controller_url:
         address = advertised_url(config)
         registrar = Registrar(
-            config.controller_url, token, config.host_id,
-            lambda: registration_document(agent, config.host_id, address),
+            config.controller_url, load_enrolment_token(config, token), config.host_id,
+            lambda: registration_document(agent, config.host_id, address, token),
             lambda: heartbeat_document(agent, monitor),
-            config.monitor_period_s,
+            config.monitor_period_s, config.data_dir / "host.token",
         )  # fmt: skip
         registrar.start()
         print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")

@@ -1,17 +1,23 @@
 """The agent's side of the controller: register, then heartbeat every period.
 
-The agent finds the controller from its settings (`controller_url`) and
-authenticates with the cluster's agent token (its own API token, which the
-controller also uses to call it). It keeps trying while the controller is
-unreachable, and registers again when a heartbeat is answered 404: the
-controller restarted without the host in its directory. Either side may
-restart at any time; the other carries on by itself.
+The agent finds the controller from its settings (`controller_url`). Its
+first registration, with the cluster's enrolment token, enrols the host: the
+answer holds the host's own credential, kept in DATA_DIR/host.token (0600),
+which every heartbeat and later registration presents instead. The
+registration also carries the agent's own API token, which the controller
+calls it with. The agent keeps trying while the controller is unreachable,
+and registers again when a heartbeat is refused: with its credential, or,
+when the controller does not know that credential (it lost its database),
+by enrolling again. A revoked credential (`pinfold host remove`) is not
+replaced by itself: the operator deletes host.token to have the host enrol anew.
+Either side may restart at any time; the other carries on by itself.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +25,7 @@ import httpx
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent
 from pinfold.placement import level_key
+from pinfold.tokens import MIN_TOKEN_LENGTH, write_token
 from pinfold.topology import slackvm_json
 
 __all__ = ["Registrar", "heartbeat_document", "registration_document"]
@@ -26,27 +33,30 @@ __all__ = ["Registrar", "heartbeat_document", "registration_document"]
 
 class Registrar:
     """`registration()` and `heartbeat()` build the two documents (read from
-    the agent under its lock); they are called on this thread, each round."""
+    the agent under its lock); they are called on this thread, each round.
+    `enrolment_token` enrols the host; `credential_file` keeps the credential
+    the controller gives it then."""
 
     def __init__(
         self,
         controller_url: str,
-        token: str,
+        enrolment_token: str,
         host_id: str,
         registration: Callable[[], dict[str, Any]],
         heartbeat: Callable[[], dict[str, Any]],
         period_s: float,
+        credential_file: Path,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.host_id = host_id
         self._registration = registration
         self._heartbeat = heartbeat
         self._period_s = period_s
+        self._enrolment_token = enrolment_token
+        self._credential_file = credential_file
+        self._credential: str | None = None
         self._client = httpx.Client(
-            base_url=controller_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=max(2.0, period_s),
-            transport=transport,
+            base_url=controller_url.rstrip("/"), timeout=max(2.0, period_s), transport=transport
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,22 +76,50 @@ class Registrar:
     def beat(self) -> None:
         """One round: register if needed, then send a heartbeat."""
         try:
-            if not self.registered:
-                # the controller judges this host down after three of these periods
-                self._post("/api/v1/hosts", {**self._registration(), "heartbeat_period_s": self._period_s})
-                self.registered = True
-            response = self._client.post(f"/api/v1/hosts/{self.host_id}/heartbeat", json=self._heartbeat())
-            if response.status_code == 404:
-                self.registered = False  # the controller forgot us: register next round
-                self.last_error = "the controller does not know this host: registering again"
+            if not self.registered and not self._register():
+                return
+            response = self._client.post(
+                f"/api/v1/hosts/{self.host_id}/heartbeat", json=self._heartbeat(), headers=self._as_host()
+            )
+            if response.status_code in (401, 403, 404):
+                self.registered = False  # the controller forgot or refuses us: register next round
+                self.last_error = _refused("heartbeat", response)
                 return
             response.raise_for_status()
             self.last_error = None
         except httpx.HTTPError as error:
             self.last_error = f"controller unreachable or refusing: {error}"
 
-    def _post(self, path: str, body: dict[str, Any]) -> None:
-        self._client.post(path, json=body).raise_for_status()
+    def _register(self) -> bool:
+        """Register with the host's credential if it has one, else (or when
+        the controller does not know it: 401) enrol; True once registered."""
+        # the controller judges this host down after three of these periods
+        document = {**self._registration(), "heartbeat_period_s": self._period_s}
+        # read each time: an operator deletes the file to have the host enrol again
+        credential = _stored(self._credential_file)
+        if credential is not None:
+            response = self._client.post("/api/v1/hosts", json=document, headers=_bearer(credential))
+            if response.status_code == 200:
+                self._credential = credential
+                self.registered = True
+                return True
+            if response.status_code != 401:  # revoked (403), or the controller failing
+                self.last_error = _refused("registration", response)
+                return False
+        response = self._client.post("/api/v1/hosts", json=document, headers=_bearer(self._enrolment_token))
+        if response.status_code != 200:
+            self.last_error = _refused("enrolment", response)
+            return False
+        issued = response.json().get("credential")
+        if isinstance(issued, str):
+            write_token(self._credential_file, issued)
+        # a controller from before host credentials issues none: it takes the enrolment token
+        self._credential = issued if isinstance(issued, str) else None
+        self.registered = True
+        return True
+
+    def _as_host(self) -> dict[str, str]:
+        return _bearer(self._credential or self._enrolment_token)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -89,14 +127,40 @@ class Registrar:
             self._stop.wait(self._period_s if self.registered else min(self._period_s, 1.0))
 
 
-def registration_document(agent: Agent, host_id: str, address: str) -> dict[str, Any]:
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _stored(path: Path) -> str | None:
+    """The host credential kept in `path`, or None when there is none (not
+    enrolled yet, or the operator deleted it to enrol again)."""
+    try:
+        credential = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return credential if len(credential) >= MIN_TOKEN_LENGTH else None
+
+
+def _refused(what: str, response: httpx.Response) -> str:
+    """The controller's refusal, in one line, with its own explanation."""
+    try:
+        error = response.json()
+        said = f"{error['error']}: {error['detail']}"
+    except (ValueError, KeyError, TypeError):
+        said = response.text[:200]
+    return f"the controller refused this host's {what} ({response.status_code} {said})"
+
+
+def registration_document(agent: Agent, host_id: str, address: str, token: str) -> dict[str, Any]:
     """Who this host is and what it can hold: the controller replays the VMs
-    it places here through the same allocator, so it needs the same inputs."""
+    it places here through the same allocator, so it needs the same inputs;
+    and the agent's own API `token`, which the controller calls it with."""
     topology = slackvm_json.to_dict(agent.topology, distances=False)
     with agent.lock:
         return {
             "host_id": host_id,
             "address": address,
+            "agent_token": token,
             "topology": topology,
             "critical_size": agent.settings.critical_size,
             "reserved_memory_mib": agent.settings.reserved_memory_mib,

@@ -53,6 +53,10 @@ def agent_command(
         typer.Option("--token-file", help="File holding the agent token (default DATA_DIR/agent.token)."),
     ] = None,
     slackvm_open_networks: SlackVMOpenNetworks = None,
+    enrolment_token_file: Annotated[
+        Path | None,
+        typer.Option("--enrolment-token-file", help="File holding the cluster's enrolment token."),
+    ] = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
     driver), a SQLite store, and the HTTP API. Settings: --config TOML, then
@@ -67,6 +71,7 @@ def agent_command(
         "controller_url": controller_url, "host_id": host_id, "advertise_url": advertise_url,
         "rapid_config": rapid_config, "monitor_period_s": monitor_period_s, "token_file": token_file,
         "slackvm_open_networks": slackvm_open_networks,
+        "enrolment_token_file": enrolment_token_file,
     }  # fmt: skip
     from pinfold.rapid.config import RapidConfigError
     from pinfold.tokens import TokenError

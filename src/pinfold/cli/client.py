@@ -34,7 +34,7 @@ CLI_CONFIG = Path(os.environ.get("PINFOLD_CLI_CONFIG", Path.home() / ".config" /
 
 console = Console()
 vm_app = typer.Typer(no_args_is_help=True, help="Create, list and act on VMs through the controller.")
-host_app = typer.Typer(no_args_is_help=True, help="List, show and drain hosts.")
+host_app = typer.Typer(no_args_is_help=True, help="List, show, drain and remove hosts.")
 
 Url = Annotated[str | None, typer.Option("--url", help="Controller URL (PINFOLD_URL).")]
 Token = Annotated[str | None, typer.Option("--token", help="Admin token (PINFOLD_TOKEN).")]
@@ -255,6 +255,29 @@ def host_drain(host_id: str, url: Url = None, token: Token = None, as_json: Json
     """Take no new VMs on this host."""
     path = f"/api/v1/hosts/{_segment(host_id)}/drain"
     show(answer(request(endpoint(url, token), "POST", path), as_json), as_json, lambda h: host_table([h]))
+
+
+@host_app.command("remove")
+def host_remove(
+    host_id: str,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also while it has VMs: the controller forgets them.")
+    ] = False,
+    url: Url = None,
+    token: Token = None,
+    as_json: Json = False,
+) -> None:
+    """Remove a host and revoke its credential: its agent is refused from
+    then on, until its DATA_DIR/host.token is deleted and it enrols again."""
+    path = f"/api/v1/hosts/{_segment(host_id)}"
+    body = answer(request(endpoint(url, token), "DELETE", path, params={"force": "true"} if force else None),
+                  as_json)  # fmt: skip
+    forgotten = ", ".join(body["forgotten_vms"])
+    show(
+        body,
+        as_json,
+        lambda _: console.print(f"removed {host_id}" + (f"; forgot {forgotten}" if forgotten else "")),
+    )
 
 
 @host_app.command("undrain")

@@ -117,12 +117,14 @@ def up_command(
     controller_dir, agent_dir = data_dir / "controller", data_dir / "agent"
     try:
         admin_token = token_in(controller_dir / "admin.token")
-        agent_token = token_in(controller_dir / "agent.token")
+        token_in(controller_dir / "agent.token")  # made here, so that the agent can be given it
     except TokenError as exc:
         raise typer.BadParameter(str(exc)) from None
     controller_url = f"http://127.0.0.1:{controller_port}"
     period = str(heartbeat_s)
-    env = dict(os.environ, PINFOLD_AGENT_TOKEN=agent_token, PINFOLD_AGENT_MONITOR_PERIOD_S=period)
+    # the agent enrols with the controller's agent token and keeps its own API token
+    # (DATA_DIR/agent/agent.token): the controller calls it with that one
+    env = dict(os.environ, PINFOLD_AGENT_MONITOR_PERIOD_S=period)
     python = [sys.executable, "-m", "pinfold"]
     processes: list[subprocess.Popen[bytes]] = []
 
@@ -149,7 +151,8 @@ def up_command(
         processes.append(subprocess.Popen(
             [*python, "agent", "--data-dir", str(agent_dir), "--port", str(agent_port), "--driver", driver,
              "--domain-type", domain_type, "--libvirt-uri", uri, "--controller-url", controller_url,
-             "--host-id", host_id, *(["--image-dirs", image_dirs] if image_dirs else [])], env=env,
+             "--host-id", host_id, "--enrolment-token-file", str(controller_dir / "agent.token"),
+             *(["--image-dirs", image_dirs] if image_dirs else [])], env=env,
         ))  # fmt: skip
 
         def registered() -> bool:

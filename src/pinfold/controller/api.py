@@ -2,9 +2,11 @@
 scheduler routes (in SlackVM's own bytes, see `pinfold.slackvm`), /healthz and
 Prometheus /metrics.
 
-Two tokens: the admin token for people and their tools (every route on VMs
-and hosts, reads too: the directory says what runs where), the agent token for
-agents (registration, heartbeats). SlackVM's routes take the admin token too,
+Two tokens and a credential per host: the admin token for people and their
+tools (every route on VMs and hosts, reads too: the directory says what runs
+where); the cluster's agent token, an enrolment token, which lets a new host
+register once and get its own credential; and that host credential, which
+alone lets the host send heartbeats and register again. SlackVM's routes take the admin token too,
 or none from the networks an operator opened to SlackVM's token-less tools.
 Open to all: /healthz, /metrics (counts only, for scrapers), the OpenAPI
 document and the dashboard's files (its login form asks for the token).
@@ -15,12 +17,13 @@ SlackVM's routes answer 200 in SlackVM's shapes (a missing token is still a 401)
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, FastAPI, Query, Response
+from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
@@ -28,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pinfold import slackvm
 from pinfold.agent.domain import NAME_PATTERN
+from pinfold.controller.credentials import Enrolment, HostCredential, Proof, bearer, digest, new_credential
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
 from pinfold.controller.store import EventRecord, NewVM, VMRecord
@@ -40,6 +44,9 @@ _STATUS = {
     "unknown vm": 404,
     "unknown host": 404,
     "duplicate name": 409,
+    "host enrolled": 409,
+    "host in use": 409,
+    "credential revoked": 403,
     "no host": 409,
     "invalid": 409,
     "invalid request": 400,
@@ -136,6 +143,9 @@ class Registration(BaseModel):
     reserved_memory_mib: int = Field(ge=0, le=MAX_MEMORY_MIB)
     #: how often this agent sends heartbeats: the host is down after three missed
     heartbeat_period_s: float | None = Field(default=None, gt=0, le=86400)
+    #: the agent's own API token, which the controller calls it with (an older
+    #: agent sends none: it is then called with the enrolment token, as before)
+    agent_token: str | None = Field(default=None, min_length=16, max_length=512)
 
 
 class VNodeUsage(BaseModel):
@@ -252,7 +262,6 @@ def create_app(
     app = FastAPI(title="pinfold controller", version="0.1.0")
     install_error_handlers(app, _STATUS)
     admin = Depends(token_check(admin_token, what="admin token"))
-    agent = Depends(token_check(agent_token, what="agent token"))
     slackvm_auth = Depends(
         open_to(slackvm_open_networks, token_check(admin_token, what="admin token", query=True))
     )
@@ -268,6 +277,27 @@ def create_app(
             raise ApiError(error.code, error.detail, {"hosts": error.hosts}) from error
         except ControllerError as error:
             raise ApiError(error.code, error.detail) from error
+
+    def registration_proof(request: Request) -> tuple[Proof, str | None]:
+        """What a registration proves itself with, checked before its body:
+        the enrolment token (with the credential the host gets if it is new)
+        or some host's credential (the store checks that it is this host's)."""
+        presented = bearer(request)
+        if presented and hmac.compare_digest(presented.encode(), agent_token.encode()):
+            credential, fresh = new_credential()
+            return Enrolment(fresh), credential
+        presented_digest = digest(presented)
+        if presented and controller.store.revoked(presented_digest):
+            raise ApiError("credential revoked", "this host was removed (pinfold host remove)")
+        if not presented or controller.store.holder(presented_digest) is None:
+            raise ApiError("unauthorized", "the enrolment token or a host's own credential is required")
+        return HostCredential(presented_digest), None
+
+    enrolling = Depends(registration_proof)  # a default value: the closure is not in the module's names
+
+    def host_credential(host_id: str, request: Request) -> None:
+        """A heartbeat's check: the host's own credential, nothing else."""
+        call(lambda: controller.authenticate(host_id, bearer(request)))
 
     def host_views() -> dict[str, HostView]:
         return {view.record.id: view for view in controller.hosts()}
@@ -293,8 +323,11 @@ def create_app(
 
     # -- hosts -------------------------------------------------------------------
 
-    @app.post("/api/v1/hosts", dependencies=[agent])
-    def register(body: Registration) -> dict[str, Any]:
+    @app.post("/api/v1/hosts")
+    def register(body: Registration, proven: tuple[Proof, str | None] = enrolling) -> dict[str, Any]:
+        """Enrol a new host (the answer holds its `credential`, given once) or
+        register an enrolled one again (with its credential)."""
+        proof, credential = proven
         view = call(
             lambda: controller.register(
                 body.host_id,
@@ -303,11 +336,16 @@ def create_app(
                 body.critical_size,
                 body.reserved_memory_mib,
                 body.heartbeat_period_s,
+                proof=proof,
+                agent_token=body.agent_token,
             )
         )
-        return host_view(view, controller.vms(view.record.id))
+        answer = host_view(view, controller.vms(view.record.id))
+        if credential is not None:
+            answer["credential"] = credential
+        return answer
 
-    @app.post("/api/v1/hosts/{host_id}/heartbeat", dependencies=[agent])
+    @app.post("/api/v1/hosts/{host_id}/heartbeat", dependencies=[Depends(host_credential)])
     def heartbeat(host_id: str, body: Heartbeat) -> dict[str, str]:
         if not controller.heartbeat(host_id, body.model_dump()):
             raise ApiError("unknown host", f"{host_id}: register first")
@@ -342,6 +380,13 @@ def create_app(
     def whoami() -> dict[str, str]:
         """A token check for the dashboard's login form."""
         return {"role": "admin"}
+
+    @app.delete("/api/v1/hosts/{host_id}", dependencies=[admin])
+    def remove_host(host_id: str, force: bool = False) -> dict[str, Any]:
+        """Remove a host and revoke its credential (refused while it has VMs,
+        unless `force`: then they are forgotten, their agent not asked)."""
+        forgotten = call(lambda: controller.remove_host(host_id, force))
+        return {"removed": host_id, "forgotten_vms": [vm.name for vm in forgotten]}
 
     @app.post("/api/v1/hosts/{host_id}/{action}", dependencies=[admin])
     def host_action(host_id: str, action: str) -> dict[str, Any]:

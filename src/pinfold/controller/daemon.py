@@ -18,21 +18,28 @@ __all__ = ["build_controller", "serve"]
 
 
 class AgentClients:
-    """One client per host address, made on first use (httpx pools the connections)."""
+    """One client per host address and agent token, made on first use (httpx
+    pools the connections). Each agent is called with its own API token, which
+    it sent when it registered; `fallback_token` (the enrolment token) only
+    for a host registered by an older agent, which sent none (its API token
+    was then the cluster's agent token)."""
 
-    def __init__(self, token: str, timeout_s: float, action_timeout_s: float = ACTION_TIMEOUT_S) -> None:
-        self._token = token
+    def __init__(
+        self, fallback_token: str, timeout_s: float, action_timeout_s: float = ACTION_TIMEOUT_S
+    ) -> None:
+        self._fallback_token = fallback_token
         self._timeout_s = timeout_s
         self._action_timeout_s = action_timeout_s
-        self._clients: dict[str, AgentClient] = {}
+        self._clients: dict[tuple[str, str], AgentClient] = {}
         self._lock = threading.Lock()
 
     def __call__(self, host: HostRecord) -> AgentClient:
+        key = (host.address, host.agent_token or self._fallback_token)
         with self._lock:
-            client = self._clients.get(host.address)
+            client = self._clients.get(key)
             if client is None:
-                client = self._clients[host.address] = AgentClient(
-                    host.address, self._token, self._timeout_s, action_timeout_s=self._action_timeout_s
+                client = self._clients[key] = AgentClient(
+                    *key, self._timeout_s, action_timeout_s=self._action_timeout_s
                 )
             return client
 

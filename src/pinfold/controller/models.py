@@ -24,6 +24,7 @@ __all__ = [
     "Base",
     "Event",
     "Host",
+    "RevokedCredential",
     "TopologyDocument",
     "VMSequence",
     "VMState",
@@ -91,6 +92,24 @@ class Host(Base):
     down: Mapped[bool] = mapped_column(default=False, server_default=false())
     #: the period its agent sends heartbeats at, if it said so at registration
     heartbeat_period_s: Mapped[float | None] = mapped_column(Double)
+    #: SHA-256 (hex) of the host's own credential, issued at enrolment; None for
+    #: a host enrolled before host credentials (its next enrolment issues one)
+    credential_digest: Mapped[str | None] = mapped_column(String(64))
+    #: the agent's own API token, as it is: the controller presents it on every
+    #: call to this agent (None: an older agent; the enrolment token is used)
+    agent_token: Mapped[str | None] = mapped_column(String(512))
+
+
+class RevokedCredential(Base):
+    """The credential of a host removed with `pinfold host remove`: its
+    agent's heartbeats and registrations are answered 403 "credential revoked"
+    (not 404, which would have the agent enrol again by itself)."""
+
+    __tablename__ = "revoked_credentials"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host_id: Mapped[str] = mapped_column(String(HOST_ID_MAX))
+    revoked_at: Mapped[float] = mapped_column(Double)
 
 
 class VMSequence(Base):

@@ -27,6 +27,7 @@ from typing import Any
 
 from pinfold.agent.disks import image_path_problem
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
+from pinfold.controller.credentials import Proof, digest, matches
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.history import History
 from pinfold.controller.models import VMState
@@ -34,6 +35,8 @@ from pinfold.controller.scheduler import Scheduler
 from pinfold.controller.store import (
     ControllerStore,
     DuplicateVMError,
+    HostAuthError,
+    HostInUseError,
     HostLiveness,
     HostRecord,
     NewEvent,
@@ -142,9 +145,14 @@ class Controller:
         critical_size: int,
         reserved_memory_mib: int,
         heartbeat_period_s: float | None = None,
+        *,
+        proof: Proof | None = None,
+        agent_token: str | None = None,
     ) -> HostView:
         """Add or update a host. `heartbeat_period_s`, the period its agent
-        says it beats at, stretches the time after which it is down (see `silence_s`)."""
+        says it beats at, stretches the time after which it is down (see `silence_s`).
+        `proof` (the API's: the enrolment token or the host's credential) is
+        checked by the store; `agent_token` is what the controller calls the agent with."""
         problem = _unusable(topology, critical_size, reserved_memory_mib)
         if problem is not None:
             raise ControllerError("invalid request", problem)
@@ -157,7 +165,11 @@ class Controller:
                 reserved_memory_mib,
                 self.clock(),
                 heartbeat_period_s,
+                proof=proof,
+                agent_token=agent_token,
             )
+        except HostAuthError as error:
+            raise ControllerError(error.code, error.detail) from error
         except StoreError as error:
             raise ControllerError("invalid request", str(error)) from error
         self.store.add_event("host registered", host_id, {"address": address}, self.clock())
@@ -181,6 +193,40 @@ class Controller:
             self._settle(host_id, {str(k): str(v) for k, v in reported.items()}, now)
         self.history.record(host_id, now, payload)  # a view only: last, after what the heartbeat settles
         return True
+
+    def authenticate(self, host_id: str, credential: str) -> None:
+        """Check that `credential` is host `host_id`'s own, as a heartbeat
+        must be: ControllerError "credential revoked" (the host was removed),
+        or "unauthorized" (also for a host the controller does not know: its
+        agent then registers again, and enrols when its credential is unknown)."""
+        presented = digest(credential)
+        if self.store.revoked(presented):
+            raise ControllerError("credential revoked", _REVOKED.format(host_id=host_id))
+        try:
+            stored = self.store.credential(host_id)
+        except UnknownHostError:
+            stored = None
+        if not matches(stored, presented):
+            raise ControllerError("unauthorized", f"host {host_id}'s own credential is required")
+
+    def remove_host(self, host_id: str, force: bool = False) -> list[VMRecord]:
+        """Remove a host from the directory and revoke its credential; with
+        `force`, also while it has VMs (forgotten, their agent not asked).
+        The VMs forgotten."""
+        try:
+            forgotten = self.store.remove_host(host_id, force, self.clock())
+        except UnknownHostError as error:
+            raise ControllerError("unknown host", host_id) from error
+        except HostInUseError as error:
+            names = ", ".join(error.names)
+            raise ControllerError(
+                "host in use",
+                f"{host_id} still has {len(error.names)} VMs ({names}): delete them first, or remove "
+                "it with --force (?force=true): the controller forgets them, their agent is not asked",
+            ) from error
+        self._schedulable = (float("-inf"), [])
+        self.refresh()
+        return forgotten
 
     def hosts(self) -> list[HostView]:
         now = self.clock()
@@ -562,6 +608,12 @@ class Controller:
         heartbeat read its host's VMs has nothing left to settle."""
         with contextlib.suppress(UnknownVMError):
             self.store.set_vm_state(name, state, now, detail)
+
+
+_REVOKED = (
+    "host {host_id}'s credential was revoked (pinfold host remove): to enrol the host again, "
+    "delete its agent's DATA_DIR/host.token"
+)
 
 
 class _NameTaken(Exception):  # noqa: N818 (not an error: a create's reason to look again)

@@ -20,19 +20,21 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from pinfold.controller.credentials import Enrolment, HostCredential, Proof, matches
 from pinfold.controller.database import WRITE, sessions
 from pinfold.controller.models import (
     HOST_ID_MAX,
     VM,
     Event,
     Host,
+    RevokedCredential,
     TopologyDocument,
     VMSequence,
     VMState,
@@ -45,6 +47,8 @@ __all__ = [
     "DuplicateVMError",
     "EventRecord",
     "Fits",
+    "HostAuthError",
+    "HostInUseError",
     "HostLiveness",
     "HostRecord",
     "NewEvent",
@@ -65,6 +69,25 @@ class UnknownHostError(StoreError):
     def __init__(self, host_id: str) -> None:
         super().__init__(f"unknown host {host_id!r}")
         self.host_id = host_id
+
+
+class HostAuthError(StoreError):
+    """A registration whose proof does not hold for its host: `code` is the
+    API's error code ("unauthorized", "host enrolled"), `detail` says why."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class HostInUseError(StoreError):
+    """A host to remove still has VMs (`names`), and removal was not forced."""
+
+    def __init__(self, host_id: str, names: Sequence[str]) -> None:
+        super().__init__(f"host {host_id!r} has {len(names)} VMs")
+        self.host_id = host_id
+        self.names = list(names)
 
 
 class UnknownVMError(StoreError):
@@ -110,6 +133,8 @@ class HostRecord:
     down: bool = False
     #: the period its agent said it sends heartbeats at (None: it did not say)
     heartbeat_period_s: float | None = None
+    #: the agent's own API token, which the controller calls it with (None: an older agent)
+    agent_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,10 +237,18 @@ class ControllerStore:
         reserved_memory_mib: int,
         now: float,
         heartbeat_period_s: float | None = None,
+        *,
+        proof: Proof | None = None,
+        agent_token: str | None = None,
     ) -> HostRecord:
         """Add a host, or update a known one (an agent restarting, its
         topology changed): its `draining` flag, first registration time and
-        VMs are kept; a host reported down is up again ("host up")."""
+        VMs are kept; a host reported down is up again ("host up").
+
+        `proof` is checked under the host's lock (`HostAuthError` if it does
+        not hold, nothing changed): an `Enrolment` adds a host that holds no
+        credential yet and gives it the enrolment's; a `HostCredential` only
+        updates the host it was issued to. None: a caller inside the controller."""
         if not 1 <= len(host_id) <= HOST_ID_MAX:
             raise StoreError(f"a host id has 1 to {HOST_ID_MAX} characters, not {len(host_id)}")
         digest = digest_of(topology)
@@ -223,9 +256,17 @@ class ControllerStore:
             if session.get(TopologyDocument, digest) is None:
                 self._add_topology(session, digest, topology)
             host = session.get(Host, host_id, with_for_update=True)
+            if isinstance(proof, HostCredential) and session.get(RevokedCredential, proof.digest) is not None:
+                # removed since the API looked: refused as revoked, so that its agent does not enrol
+                raise HostAuthError("credential revoked", f"host {host_id} was removed (pinfold host remove)")
+            _admit(host, host_id, proof)
             if host is None:
                 host = Host(id=host_id, draining=False, registered_at=now)
                 session.add(host)
+            if isinstance(proof, Enrolment):
+                host.credential_digest = proof.digest
+            if agent_token is not None:
+                host.agent_token = agent_token
             host.address = address
             host.topology_digest = digest
             host.critical_size = critical_size
@@ -270,6 +311,47 @@ class ControllerStore:
             host.last_heartbeat = now
             _heard_from(session, host, now)
             return True
+
+    def credential(self, host_id: str) -> str | None:
+        """The digest of the host's credential (None: enrolled before host
+        credentials); `UnknownHostError` when there is no such host."""
+        with self._read() as session:
+            host = session.get(Host, host_id)
+            if host is None:
+                raise UnknownHostError(host_id)
+            return host.credential_digest
+
+    def holder(self, digest: str) -> str | None:
+        """The id of the host whose credential has this digest, if any."""
+        with self._read() as session:
+            return session.scalar(select(Host.id).where(Host.credential_digest == digest))
+
+    def revoked(self, digest: str) -> bool:
+        """Whether this is the credential of a removed host."""
+        with self._read() as session:
+            return session.get(RevokedCredential, digest) is not None
+
+    def remove_host(self, host_id: str, force: bool, now: float) -> list[VMRecord]:
+        """Remove a host and revoke its credential ("host removed"), and with
+        `force` forget its VMs (their agent is not asked: it may be gone);
+        without, `HostInUseError` while it has VMs. The VMs forgotten."""
+        with self._write() as session:
+            host = session.get(Host, host_id, with_for_update=True)
+            if host is None:
+                raise UnknownHostError(host_id)
+            rows = list(session.scalars(_vms_on(host_id)))
+            if rows and not force:
+                raise HostInUseError(host_id, [row.name for row in rows])
+            for row in rows:
+                session.delete(row)
+            session.flush()  # the VMs first: they refer to the host
+            if host.credential_digest is not None:
+                session.add(RevokedCredential(digest=host.credential_digest, host_id=host_id, revoked_at=now))
+            session.delete(host)
+            forgotten = [_vm_record(row) for row in rows]
+            detail = {"vms": [vm.name for vm in forgotten]}
+            session.add(_event_row(NewEvent("host removed", host_id, detail), now))
+            return forgotten
 
     def mark_down(self, host_id: str, silent_since: float, now: float) -> bool:
         """Report a host down ("host down") if it is not already and has sent
@@ -421,6 +503,23 @@ class ControllerStore:
             return [_event_record(row) for row in session.scalars(query)]
 
 
+def _admit(host: Host | None, host_id: str, proof: Proof | None) -> None:
+    """Raise `HostAuthError` unless `proof` may register `host_id` (see `register_host`)."""
+    if proof is None:
+        return
+    if isinstance(proof, HostCredential):
+        if host is None or not matches(host.credential_digest, proof.digest):
+            raise HostAuthError("unauthorized", f"this credential is not host {host_id}'s")
+        return
+    if host is not None and host.credential_digest is not None:
+        raise HostAuthError(
+            "host enrolled",
+            f"host {host_id} is enrolled already and registers with its own credential "
+            f"(its agent's DATA_DIR/host.token), not the enrolment token; to enrol it anew, "
+            f"remove it first: pinfold host remove {host_id}",
+        )
+
+
 def _heard_from(session: Session, host: Host, now: float) -> None:
     if host.down:
         host.down = False
@@ -464,6 +563,7 @@ def _host_record(host: Host, topology: Mapping[str, Any]) -> HostRecord:
         heartbeat=host.heartbeat,
         down=host.down,
         heartbeat_period_s=host.heartbeat_period_s,
+        agent_token=host.agent_token,
     )
 
 
