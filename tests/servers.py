@@ -8,8 +8,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import uvicorn
 from fastapi import FastAPI
+
+from pinfold.serving import ServerLimits, server
 
 
 def free_port() -> int:
@@ -19,14 +20,13 @@ def free_port() -> int:
 
 
 class Served:
-    """An app served on 127.0.0.1:`port` until `stop()`."""
+    """An app served on 127.0.0.1:`port` until `stop()`, by the server the
+    daemons run."""
 
-    def __init__(self, app: FastAPI, port: int | None = None) -> None:
+    def __init__(self, app: FastAPI, port: int | None = None, limits: ServerLimits | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error")
-        )
+        self._server = server(app, "127.0.0.1", self.port, limits or ServerLimits(), log_level="error")
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10

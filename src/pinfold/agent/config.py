@@ -8,10 +8,11 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from pinfold.agent.pools import PoolSpec
 from pinfold.rapid.settings import RapidSettings
+from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
 
@@ -24,7 +25,7 @@ class ConfigError(ValueError):
     """A setting that is missing, unknown or malformed; says which and where."""
 
 
-class AgentConfig(BaseModel):
+class AgentConfig(HttpSettings):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data_dir: Path = Path.home() / ".local" / "share" / "pinfold" / "agent"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from pinfold import serving
 from pinfold.agent.api import create_app
 from pinfold.agent.config import AgentConfig, ConfigError, advertised_url, load_or_create_token
 from pinfold.agent.drivers import Driver, DriverError, SimDriver
@@ -77,9 +78,7 @@ def rapid_endpoint(agent: Agent, rapid: RapidConfig, config: AgentConfig, monito
 
 
 def serve(config: AgentConfig) -> None:
-    """Run until SIGTERM or SIGINT (uvicorn stops gracefully on both)."""
-    import uvicorn
-
+    """Run until SIGTERM or SIGINT."""
     rapid = read_rapid_config(config.rapid.config) if config.rapid.config is not None else None
     agent, description = build_agent(config, rapid)
     token = load_or_create_token(config)
@@ -125,7 +124,7 @@ def serve(config: AgentConfig) -> None:
         if rapid is not None:
             endpoint = rapid_endpoint(agent, rapid, config, monitor)
         app = create_app(agent, token, monitor, config.slackvm_open_networks)
-        uvicorn.run(app, host=config.listen, port=config.port, log_level="warning")
+        serving.run(app, config, config.listen, config.port)
     finally:
         if endpoint is not None:
             endpoint.stop()

@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 
+from pinfold import serving
 from pinfold.controller.agents import ACTION_TIMEOUT_S, AgentClient
 from pinfold.controller.api import create_app
 from pinfold.controller.config import ControllerConfig
@@ -86,9 +87,7 @@ class Upkeep:
 
 
 def serve(config: ControllerConfig) -> None:
-    """Run until SIGTERM or SIGINT (uvicorn stops gracefully on both)."""
-    import uvicorn
-
+    """Run until SIGTERM or SIGINT."""
     admin_token, agent_token = config.tokens()
     controller, clients = build_controller(config, agent_token)
     where = "SQLite in " + str(config.data_dir) if config.database_url is None else "database by URL"
@@ -99,7 +98,7 @@ def serve(config: ControllerConfig) -> None:
     upkeep.start()
     try:
         app = create_app(controller, admin_token, agent_token, config.slackvm_open_networks)
-        uvicorn.run(app, host=config.listen, port=config.port, log_level="warning")
+        serving.run(app, config, config.listen, config.port)
     finally:
         upkeep.stop()
         clients.close()
