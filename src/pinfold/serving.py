@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import sys
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import ClassVar
@@ -40,7 +41,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-__all__ = ["BodyLimit", "HttpSettings", "ServerLimits", "run", "server"]
+__all__ = ["BodyLimit", "ExtraHeaders", "HttpSettings", "ServerLimits", "run", "server"]
 
 #: uvicorn's exit status when its server did not start (a port in use, say)
 STARTUP_FAILURE = 3
@@ -224,3 +225,27 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return pending.pop() if pending else await receive()
 
     return replayed
+
+
+class ExtraHeaders:
+    """ASGI middleware adding `headers` to every answer to a path `applies`
+    to (the dashboard's security headers, say), errors included."""
+
+    def __init__(self, app: ASGIApp, headers: Mapping[str, str], applies: Callable[[str], bool]) -> None:
+        self.app = app
+        self.headers = [
+            (name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()
+        ]
+        self.applies = applies
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.applies(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
