@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -23,10 +24,16 @@ class Served:
     """An app served on 127.0.0.1:`port` until `stop()`, by the server the
     daemons run."""
 
-    def __init__(self, app: FastAPI, port: int | None = None, limits: ServerLimits | None = None) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        port: int | None = None,
+        limits: ServerLimits | None = None,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._server = server(app, "127.0.0.1", self.port, limits or ServerLimits(), log_level="error")
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self._server = server(app, "127.0.0.1", self.port, limits or ServerLimits(), tls, log_level="error")
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10

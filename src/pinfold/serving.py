@@ -32,17 +32,22 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from typing import ClassVar
 
 import h11
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pinfold.tls import warn_plain_listener
+
 __all__ = ["BodyLimit", "ExtraHeaders", "HttpSettings", "ServerLimits", "run", "server"]
 
+#: how long a timed-out TLS connection's orderly close may take before it is dropped
+TLS_CLOSE_GRACE_S = 1.0
 #: uvicorn's exit status when its server did not start (a port in use, say)
 STARTUP_FAILURE = 3
 
@@ -71,15 +76,39 @@ class HttpSettings(BaseModel):
     #: the largest request body, in bytes; a larger one is answered 413
     max_body_bytes: int = Field(default=ServerLimits.max_body_bytes, ge=1024)
 
+    #: serve HTTPS with this certificate (PEM, the chain after it) and its key
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
+    #: verify peers (the controller, the agents) against this CA file, or a peer's own
+    #: self-signed certificate (pinned); default: the system's CAs
+    tls_ca: FilePath | None = None
+
+    @model_validator(mode="after")
+    def _certificate_with_its_key(self) -> HttpSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key: set both (HTTPS) or neither (plain HTTP)")
+        return self
+
     @property
     def limits(self) -> ServerLimits:
         return ServerLimits(self.request_timeout_s, self.max_connections, self.max_body_bytes)
 
+    @property
+    def tls(self) -> tuple[Path, Path] | None:
+        """(certificate, key) to serve HTTPS with, or None for plain HTTP."""
+        return (self.tls_cert, self.tls_key) if self.tls_cert and self.tls_key else None
 
-def run(app: ASGIApp, settings: HttpSettings, host: str, port: int) -> None:
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+
+def run(app: ASGIApp, settings: HttpSettings, host: str, port: int, who: str) -> None:
     """Serve until SIGTERM or SIGINT (uvicorn stops gracefully on both); exit
-    with uvicorn's status 3 when the server could not start, as `uvicorn.run` does."""
-    served = server(app, host, port, settings.limits)
+    with uvicorn's status 3 when the server could not start, as `uvicorn.run`
+    does. Plain HTTP off loopback is warned about."""
+    warn_plain_listener(who, host, tls=settings.tls is not None)
+    served = server(app, host, port, settings.limits, settings.tls)
     with contextlib.suppress(KeyboardInterrupt):
         served.run()
     if not served.started:
@@ -87,13 +116,21 @@ def run(app: ASGIApp, settings: HttpSettings, host: str, port: int) -> None:
 
 
 def server(
-    app: ASGIApp, host: str, port: int, limits: ServerLimits, log_level: str = "warning"
+    app: ASGIApp,
+    host: str,
+    port: int,
+    limits: ServerLimits,
+    tls: tuple[Path, Path] | None = None,
+    log_level: str = "warning",
 ) -> uvicorn.Server:
-    """uvicorn serving `app` on `host`:`port` within `limits` (`run()` it)."""
+    """uvicorn serving `app` on `host`:`port` within `limits`, over HTTPS
+    with `tls` (certificate, key) (`run()` it)."""
     protocol = type("BoundedH11Protocol", (BoundedH11Protocol,), {"limits": limits})
+    cert, key = tls or (None, None)
     config = uvicorn.Config(
-        BodyLimit(app, limits.max_body_bytes), host=host, port=port, log_level=log_level, http=protocol
-    )
+        BodyLimit(app, limits.max_body_bytes), host=host, port=port, log_level=log_level, http=protocol,
+        ssl_certfile=cert, ssl_keyfile=key,
+    )  # fmt: skip
     return uvicorn.Server(config)
 
 
@@ -123,6 +160,16 @@ class BoundedH11Protocol(H11Protocol):
         if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
             self._stop_deadline()  # the request has arrived whole (or the connection is done)
 
+    def shutdown(self) -> None:
+        """On the server's stop: an idle TLS connection is dropped at once.
+        TLS's orderly close waits for the peer's close_notify, which an idle
+        pooled client (the controller's, an agent's) does not send until it
+        next reads, and uvicorn waits for every connection to end."""
+        idle = self.cycle is None or self.cycle.response_complete
+        super().shutdown()
+        if idle and self.scheme == "https":
+            self.transport.abort()
+
     def _start_deadline(self) -> None:
         self._stop_deadline()
         self._deadline = self.loop.call_later(self.limits.request_timeout_s, self._request_timed_out)
@@ -142,6 +189,8 @@ class BoundedH11Protocol(H11Protocol):
         if self.cycle is not None:
             self.cycle.disconnected = True  # an app still waiting on this request answers no one
         self.transport.close()
+        if self.scheme == "https":  # a client that sent no whole request will not answer TLS's close either
+            self.loop.call_later(TLS_CLOSE_GRACE_S, self.transport.abort)
 
 
 def _raw_answer(status: HTTPStatus, error: str, detail: str) -> bytes:

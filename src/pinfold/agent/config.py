@@ -57,7 +57,7 @@ class AgentConfig(HttpSettings):
     controller_url: str | None = None
     #: this host's name in the controller's directory (default: the host name)
     host_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=63)
-    #: the URL the controller calls this agent on (default: http://LISTEN:PORT)
+    #: the URL the controller calls this agent on (default: http://LISTEN:PORT, https with TLS)
     advertise_url: str | None = None
     #: the RAPID VM Manager endpoint (TOML table [rapid]; --rapid-config sets its `config`)
     rapid: RapidSettings = RapidSettings()
@@ -95,7 +95,7 @@ def advertised_url(config: AgentConfig) -> str:
     if config.advertise_url:
         return config.advertise_url
     host = "127.0.0.1" if config.listen in ("0.0.0.0", "::") else config.listen
-    return f"http://{host}:{config.port}"
+    return f"{config.scheme}://{host}:{config.port}"
 
 
 def load_or_create_token(config: AgentConfig) -> str:

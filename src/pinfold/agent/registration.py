@@ -10,6 +10,7 @@ restart at any time; the other carries on by itself.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ import httpx
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent
 from pinfold.placement import level_key
+from pinfold.tls import tls_failure
 from pinfold.topology import slackvm_json
 
 __all__ = ["Registrar", "heartbeat_document", "registration_document"]
@@ -26,7 +28,8 @@ __all__ = ["Registrar", "heartbeat_document", "registration_document"]
 
 class Registrar:
     """`registration()` and `heartbeat()` build the two documents (read from
-    the agent under its lock); they are called on this thread, each round."""
+    the agent under its lock); they are called on this thread, each round.
+    `verify`: what an HTTPS controller's certificate is checked against."""
 
     def __init__(
         self,
@@ -37,6 +40,7 @@ class Registrar:
         heartbeat: Callable[[], dict[str, Any]],
         period_s: float,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.host_id = host_id
         self._registration = registration
@@ -47,6 +51,7 @@ class Registrar:
             headers={"Authorization": f"Bearer {token}"},
             timeout=max(2.0, period_s),
             transport=transport,
+            verify=verify,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,7 +83,7 @@ class Registrar:
             response.raise_for_status()
             self.last_error = None
         except httpx.HTTPError as error:
-            self.last_error = f"controller unreachable or refusing: {error}"
+            self.last_error = f"controller unreachable or refusing: {tls_failure(error) or error}"
 
     def _post(self, path: str, body: dict[str, Any]) -> None:
         self._client.post(path, json=body).raise_for_status()

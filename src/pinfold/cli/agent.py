@@ -50,6 +50,14 @@ def agent_command(
         Path | None,
         typer.Option("--token-file", help="File holding the agent token (default DATA_DIR/agent.token)."),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The certificate's key (PEM).")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", help="CA file (or a pinned certificate) to verify the controller with."),
+    ] = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
     driver), a SQLite store, and the HTTP API. Settings: --config TOML, then
@@ -63,6 +71,7 @@ def agent_command(
         "critical_size": critical_size, "topology": topology, "image_dirs": image_dirs,
         "controller_url": controller_url, "host_id": host_id, "advertise_url": advertise_url,
         "rapid_config": rapid_config, "monitor_period_s": monitor_period_s, "token_file": token_file,
+        "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca,
     }  # fmt: skip
     from pinfold.rapid.config import RapidConfigError
     from pinfold.tokens import TokenError
