@@ -212,3 +212,55 @@ def test_an_unfinished_request_over_tls_is_answered_408_and_closed(tmp_path: Pat
     finally:
         served.stop()
         agent.store.close()
+
+
+def test_a_pinned_self_signed_certificate_is_trusted_as_its_own_ca(tmp_path: Path) -> None:
+    """No CA at all: the server's own self-signed certificate is the CA file."""
+    cert, key = self_signed(tmp_path)
+    agent = Agent(
+        Topology.load(I7), SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu")
+    )
+    served = Served(agent_app(agent, AGENT), tls=(cert, key))
+    try:
+        client = AgentClient(served.url, AGENT, verify=client_context(cert))
+        assert client.get("absent") is None  # an answer (404) over verified TLS
+        client.close()
+        other = AgentClient(served.url, AGENT, verify=client_context(self_signed(tmp_path / "other")[0]))
+        with pytest.raises(AgentUnreachableError, match="not trusted"):
+            other.get("absent")
+        other.close()
+    finally:
+        served.stop()
+        agent.store.close()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A self-signed server certificate for 127.0.0.1 (not a CA) and its key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    address = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(address, critical=False)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "self.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "self.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return directory / "self.pem", directory / "self.key"
