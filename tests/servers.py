@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 from fastapi import FastAPI
 
 from pinfold.serving import ServerLimits, server
@@ -54,3 +57,17 @@ def serving(app: FastAPI) -> Iterator[str]:
         yield served.url
     finally:
         served.stop()
+
+
+def wait_for_health(url: str, process: subprocess.Popen[Any], what: str, timeout_s: float = 30) -> None:
+    """Wait for a daemon started as `process` to answer `url`/healthz."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None, f"{what} exited"
+        assert time.monotonic() < deadline, f"{what} did not come up"
+        time.sleep(0.1)

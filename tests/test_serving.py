@@ -30,7 +30,7 @@ from pinfold.controller.config import ControllerConfig, ControllerConfigError, l
 from pinfold.controller.daemon import build_controller
 from pinfold.serving import ServerLimits
 from pinfold.topology import Topology
-from tests.servers import Served, free_port
+from tests.servers import Served, free_port, wait_for_health
 
 #: short limits, so that each test waits a fraction of a second for the server
 LIMITS = ServerLimits(request_timeout_s=0.5, max_connections=3, max_body_bytes=64 * 1024)
@@ -274,16 +274,7 @@ def test_the_controller_daemon_closes_an_unfinished_request(tmp_path: Path) -> N
         command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, "the controller exited"
-            assert time.monotonic() < deadline, "the controller did not come up"
-            time.sleep(0.1)
+        wait_for_health(f"http://127.0.0.1:{port}", process, "the controller")
         with connect(port) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
             assert status_of(read_until_closed(sock)) == 408
