@@ -21,6 +21,10 @@ after 20 s). Here:
 - a body over `max_body_bytes` is refused with `413` as soon as its
   Content-Length says so, or as soon as that many bytes of a chunked body have
   arrived: the app is called with the body read whole, never with part of it.
+
+Over TLS (a certificate and key given) the deadline starts once the handshake
+is done; the handshake itself is bounded by asyncio's own 60 s, which uvicorn
+does not let one set.
 """
 
 from __future__ import annotations
