@@ -24,7 +24,7 @@ from pinfold.agent.config import (
 )
 from pinfold.tokens import TokenError
 from tests.conftest import I7
-from tests.servers import free_port
+from tests.servers import free_port, wait_for_health
 
 
 def test_flags_override_environment_which_overrides_the_file(tmp_path):
@@ -148,15 +148,7 @@ def test_daemon_serves_and_stops_on_sigterm_or_sigint(tmp_path, signum):
     command += ["--monitor-period", "0.2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the agent did not come up"
-            time.sleep(0.2)
+        wait_for_health(f"http://127.0.0.1:{port}", process, "the agent")
         created = httpx.post(
             f"http://127.0.0.1:{port}/api/v1/vms",
             json={"name": "a", "vcpus": 1, "memory_mib": 64},

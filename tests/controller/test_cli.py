@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from typer.testing import CliRunner
 
 from pinfold.cli import app
 from pinfold.controller.config import ControllerConfig
+from pinfold.tls import client_context
 from tests.controller.cluster import ADMIN, LocalCluster
 from tests.servers import free_port, serving
 
@@ -125,8 +127,15 @@ def test_pinfold_up_sets_up_a_node_and_stops_on_sigterm(tmp_path):
         vms = {vm["name"]: vm for vm in listed()}
         assert {vm["ratio"] for vm in vms.values()} == {1.0, 2.0}
         assert all(vm["state"] == "running" for vm in vms.values())
-        url = f"http://127.0.0.1:{ports[1]}/api/v1/vms"
-        on_agent = {vm["name"]: vm["pinning"] for vm in httpx.get(url).json()}
+        # both over HTTPS, with the local CA pinfold up made, which the CLI's settings name
+        settings = tomllib.loads((tmp_path / "cli.toml").read_text())
+        ca = tmp_path / "data" / "tls" / "ca.pem"
+        assert settings["url"] == f"https://127.0.0.1:{ports[0]}"
+        assert settings["ca_file"] == str(ca)
+        for name in ("ca.pem", "ca.key", "node.pem", "node.key"):
+            assert oct((tmp_path / "data" / "tls" / name).stat().st_mode & 0o777) == "0o600"
+        url = f"https://127.0.0.1:{ports[1]}/api/v1/vms"
+        on_agent = {vm["name"]: vm["pinning"] for vm in httpx.get(url, verify=client_context(ca)).json()}
         assert set(on_agent) == set(vms)
     finally:
         process.send_signal(signal.SIGTERM)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.controller.cluster import ADMIN, ADMIN_AUTH, AGENT, PERIOD_S, Host, start_host
-from tests.servers import free_port
+from tests.servers import free_port, wait_for_health
 
 VMS = 48  # 1 vCPU each, a third per level: 30 of the 40 CPUs of five hosts
 THREADS = 6
@@ -41,16 +41,7 @@ class ControllerProcess:
 
     def start(self) -> None:
         self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            assert self.process.poll() is None, "the controller exited"
-            assert time.monotonic() < deadline, "the controller did not come up"
-            time.sleep(0.1)
+        wait_for_health(self.url, self.process, "the controller")
 
     def kill(self) -> None:
         assert self.process is not None

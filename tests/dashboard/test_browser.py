@@ -73,6 +73,15 @@ def rows(page) -> list[str]:
     return sorted(row.get_attribute("data-vm") for row in page.locator("[data-testid=vms] tr[data-vm]").all())
 
 
+def vm_rows_are(page, count: int) -> None:
+    """Wait for the VM table to show `count` rows (a locator, not a JavaScript
+    predicate: the page's Content-Security-Policy refuses the eval Playwright
+    runs those with)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("[data-testid=vms] tr[data-vm]")).to_have_count(count)
+
+
 def state_of(page, name: str, state: str) -> None:
     page.wait_for_selector(f"tr[data-vm={name}] [data-testid=state]:text-is('{state}')")
 
@@ -87,6 +96,12 @@ def test_log_in_create_watch_filter_act_and_delete(browser, cluster):
         dialog.accept() if accept["next"] else dialog.dismiss()
 
     page.on("dialog", on_dialog)
+    # the pages' Content-Security-Policy blocks nothing they need (Chromium says so on the console)
+    refused: list[str] = []
+    page.on(
+        "console",
+        lambda message: refused.append(message.text) if "Content Security" in message.text else None,
+    )
     page.goto(cluster.url + "/")
     page.get_by_test_id("token").fill("wrong-token-0123456789")
     page.get_by_test_id("login-button").click()
@@ -126,6 +141,13 @@ def test_log_in_create_watch_filter_act_and_delete(browser, cluster):
     page.wait_for_selector("[data-testid=history] polyline[data-level='2.0']", timeout=15000)
     assert page.locator("[data-testid=history] polyline[data-level='2.0']").count() == 2
     assert page.locator("[data-testid=history] text.tick").count() == 5
+    # the CPU map's bars have their heights (set from script, which the policy allows)
+    heights = [
+        cell.evaluate("e => e.style.height") for cell in page.locator("[data-testid=cpu-map] .use").all()
+    ]
+    assert heights
+    assert all(height.endswith("%") for height in heights)
+    assert refused == []
     shot(page, "host")
 
     page.get_by_test_id("nav-vms").click()
@@ -135,14 +157,14 @@ def test_log_in_create_watch_filter_act_and_delete(browser, cluster):
     assert dialogs == []  # suspending is not destructive: no confirmation
 
     page.locator("select[data-filter=state]").select_option("paused")
-    page.wait_for_function("document.querySelectorAll('[data-testid=vms] tr[data-vm]').length === 1")
+    vm_rows_are(page, 1)
     assert rows(page) == ["web"]
     page.locator("select[data-filter=state]").select_option("")
     page.locator("select[data-filter=level]").select_option("1:1")
-    page.wait_for_function("document.querySelectorAll('[data-testid=vms] tr[data-vm]').length === 1")
+    vm_rows_are(page, 1)
     assert rows(page) == ["db"]
     page.locator("select[data-filter=level]").select_option("")
-    page.wait_for_function("document.querySelectorAll('[data-testid=vms] tr[data-vm]').length === 2")
+    vm_rows_are(page, 2)
     shot(page, "vms")
 
     page.locator("tr[data-vm=web] button[data-action=resume]").click()
@@ -177,7 +199,7 @@ def test_the_host_filter_finds_vms_without_a_host(browser, cluster):
     page.get_by_test_id("nav-vms").click()
     page.wait_for_selector("tr[data-vm=orphan]")
     page.locator("select[data-filter=host]").select_option("-")
-    page.wait_for_function("document.querySelectorAll('[data-testid=vms] tr[data-vm]').length === 1")
+    vm_rows_are(page, 1)
     assert rows(page) == ["orphan"]
     page.locator("select[data-filter=host]").select_option(created.json()["host"])
     page.wait_for_selector("tr[data-vm=placed]")

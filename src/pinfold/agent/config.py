@@ -8,10 +8,11 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from pinfold.agent.pools import PoolSpec
 from pinfold.rapid.settings import RapidSettings
+from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
 
@@ -31,7 +32,7 @@ class ConfigError(ValueError):
     """A setting that is missing, unknown or malformed; says which and where."""
 
 
-class AgentConfig(BaseModel):
+class AgentConfig(HttpSettings):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data_dir: Path = Path.home() / ".local" / "share" / "pinfold" / "agent"
@@ -68,7 +69,7 @@ class AgentConfig(BaseModel):
     enrolment_token_file: Path | None = None
     #: this host's name in the controller's directory (default: the host name)
     host_id: str = Field(default_factory=socket.gethostname, min_length=1, max_length=63)
-    #: the URL the controller calls this agent on (default: http://LISTEN:PORT)
+    #: the URL the controller calls this agent on (default: http://LISTEN:PORT, https with TLS)
     advertise_url: str | None = None
     #: the RAPID VM Manager endpoint (TOML table [rapid]; --rapid-config sets its `config`)
     rapid: RapidSettings = RapidSettings()
@@ -108,7 +109,7 @@ def advertised_url(config: AgentConfig) -> str:
     if config.advertise_url:
         return config.advertise_url
     host = "127.0.0.1" if config.listen in ("0.0.0.0", "::") else config.listen
-    return f"http://{host}:{config.port}"
+    return f"{config.scheme}://{host}:{config.port}"
 
 
 def load_or_create_token(config: AgentConfig) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from pinfold import serving
 from pinfold.agent.api import create_app
 from pinfold.agent.config import (
     AgentConfig,
@@ -22,6 +23,7 @@ from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.rapid.config import RapidConfig, read_rapid_config
 from pinfold.rapid.endpoint import RapidEndpoint, helper_pools
+from pinfold.tls import client_context, warn_plain_url
 from pinfold.topology import Topology, parse_cpulist
 
 __all__ = ["build_agent", "choose_driver", "serve"]
@@ -85,15 +87,12 @@ def rapid_endpoint(agent: Agent, rapid: RapidConfig, config: AgentConfig, monito
 
 
 def serve(config: AgentConfig) -> None:
-    """Run until SIGTERM or SIGINT (uvicorn stops gracefully on both)."""
-    import uvicorn
-
+    """Run until SIGTERM or SIGINT."""
     rapid = read_rapid_config(config.rapid.config) if config.rapid.config is not None else None
     agent, description = build_agent(config, rapid)
     token = load_or_create_token(config)
-    print(
-        f"pinfold agent: {description}; data in {config.data_dir}; listening on {config.listen}:{config.port}"
-    )
+    listening = f"{config.scheme}://{config.listen}:{config.port}"
+    print(f"pinfold agent: {description}; data in {config.data_dir}; listening on {listening}")
     for step in agent.report:
         if step.error:
             again = "before every change" if step.action is Action.REPIN else "next start"
@@ -120,11 +119,13 @@ def serve(config: AgentConfig) -> None:
     registrar = None
     if config.controller_url:
         address = advertised_url(config)
+        warn_plain_url("pinfold agent", config.controller_url)
         registrar = Registrar(
             config.controller_url, load_enrolment_token(config, token), config.host_id,
             lambda: registration_document(agent, config.host_id, address, token),
             lambda: heartbeat_document(agent, monitor),
             config.monitor_period_s, config.data_dir / "host.token",
+            verify=client_context(config.tls_ca),
         )  # fmt: skip
         registrar.start()
         print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")
@@ -133,7 +134,7 @@ def serve(config: AgentConfig) -> None:
         if rapid is not None:
             endpoint = rapid_endpoint(agent, rapid, config, monitor)
         app = create_app(agent, token, monitor, config.slackvm_open_networks)
-        uvicorn.run(app, host=config.listen, port=config.port, log_level="warning")
+        serving.run(app, config, config.listen, config.port, "pinfold agent")
     finally:
         if endpoint is not None:
             endpoint.stop()

@@ -15,6 +15,7 @@ Either side may restart at any time; the other carries on by itself.
 
 from __future__ import annotations
 
+import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ import httpx
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent
 from pinfold.placement import level_key
+from pinfold.tls import tls_failure
 from pinfold.tokens import MIN_TOKEN_LENGTH, write_token
 from pinfold.topology import slackvm_json
 
@@ -35,7 +37,8 @@ class Registrar:
     """`registration()` and `heartbeat()` build the two documents (read from
     the agent under its lock); they are called on this thread, each round.
     `enrolment_token` enrols the host; `credential_file` keeps the credential
-    the controller gives it then."""
+    the controller gives it then. `verify`: what an HTTPS controller's
+    certificate is checked against."""
 
     def __init__(
         self,
@@ -47,6 +50,7 @@ class Registrar:
         period_s: float,
         credential_file: Path,
         transport: httpx.BaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self.host_id = host_id
         self._registration = registration
@@ -56,7 +60,10 @@ class Registrar:
         self._credential_file = credential_file
         self._credential: str | None = None
         self._client = httpx.Client(
-            base_url=controller_url.rstrip("/"), timeout=max(2.0, period_s), transport=transport
+            base_url=controller_url.rstrip("/"),
+            timeout=max(2.0, period_s),
+            transport=transport,
+            verify=verify,
         )
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -88,7 +95,7 @@ class Registrar:
             response.raise_for_status()
             self.last_error = None
         except httpx.HTTPError as error:
-            self.last_error = f"controller unreachable or refusing: {error}"
+            self.last_error = f"controller unreachable or refusing: {tls_failure(error) or error}"
 
     def _register(self) -> bool:
         """Register with the host's credential if it has one, else (or when

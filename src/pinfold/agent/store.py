@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from pinfold.placement import HostSnapshot, VMSpec
+from pinfold.private import private_database
 
 __all__ = ["Pending", "Store", "StoredVM"]
 
@@ -87,7 +88,7 @@ class StoredVM:
 
 class Store:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_database(path)
         self.path = path
         # Callers serialise access (the API holds one lock around every change),
         # so the connection may move between the server's worker threads.

@@ -57,6 +57,14 @@ def agent_command(
         Path | None,
         typer.Option("--enrolment-token-file", help="File holding the cluster's enrolment token."),
     ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The certificate's key (PEM).")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", help="CA file (or a pinned certificate) to verify the controller with."),
+    ] = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
     driver), a SQLite store, and the HTTP API. Settings: --config TOML, then
@@ -72,6 +80,7 @@ def agent_command(
         "rapid_config": rapid_config, "monitor_period_s": monitor_period_s, "token_file": token_file,
         "slackvm_open_networks": slackvm_open_networks,
         "enrolment_token_file": enrolment_token_file,
+        "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca,
     }  # fmt: skip
     from pinfold.rapid.config import RapidConfigError
     from pinfold.tokens import TokenError

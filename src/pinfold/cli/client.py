@@ -3,7 +3,10 @@ REST API for people (Rich tables) and scripts (`--json`).
 
 The controller's URL and admin token come from flags, else PINFOLD_URL and
 PINFOLD_TOKEN, else the file `pinfold up` writes (~/.config/pinfold/cli.toml,
-or PINFOLD_CLI_CONFIG), else http://127.0.0.1:8100 without a token.
+or PINFOLD_CLI_CONFIG), else http://127.0.0.1:8100 without a token. Over
+HTTPS the controller's certificate is verified against the CA file of
+`--tls-ca`, else PINFOLD_CA_FILE, else `ca_file` in that file, else the
+system's CAs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pinfold.controller.agents import ACTION_TIMEOUT_S
+from pinfold.tls import client_context, tls_failure, warn_plain_url
 
 __all__ = ["CLI_CONFIG", "REQUEST_TIMEOUT_S", "cli_config_path", "register", "vm_table"]
 
@@ -38,6 +42,9 @@ host_app = typer.Typer(no_args_is_help=True, help="List, show, drain and remove 
 
 Url = Annotated[str | None, typer.Option("--url", help="Controller URL (PINFOLD_URL).")]
 Token = Annotated[str | None, typer.Option("--token", help="Admin token (PINFOLD_TOKEN).")]
+Ca = Annotated[
+    Path | None, typer.Option("--tls-ca", help="CA file to verify an HTTPS controller (PINFOLD_CA_FILE).")
+]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
@@ -51,6 +58,7 @@ def register(app: typer.Typer) -> None:
 class Endpoint:
     url: str
     token: str | None
+    ca_file: Path | None = None
 
 
 def cli_config_path() -> Path:
@@ -58,7 +66,7 @@ def cli_config_path() -> Path:
     return Path(os.environ.get("PINFOLD_CLI_CONFIG", CLI_CONFIG))
 
 
-def endpoint(url: str | None, token: str | None) -> Endpoint:
+def endpoint(url: str | None, token: str | None, ca_file: Path | None = None) -> Endpoint:
     path = cli_config_path()
     saved: dict[str, Any] = {}
     if path.exists():
@@ -66,9 +74,11 @@ def endpoint(url: str | None, token: str | None) -> Endpoint:
             saved = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise typer.BadParameter(f"{path}: {exc}") from None
+    ca = ca_file or os.environ.get("PINFOLD_CA_FILE") or saved.get("ca_file")
     return Endpoint(
         url or os.environ.get("PINFOLD_URL") or str(saved.get("url", DEFAULT_URL)),
         token or os.environ.get("PINFOLD_TOKEN") or saved.get("token"),
+        Path(ca) if ca else None,
     )
 
 
@@ -82,12 +92,21 @@ def request(
     """`params` go in the query string, encoded by httpx."""
     headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
     url = where.url.rstrip("/") + path
+    warn_plain_url("pinfold", where.url)
+    try:
+        verify = client_context(where.ca_file)
+    except OSError as exc:
+        console.print(f"[red]CA file {escape(str(where.ca_file))}: {escape(exc.strerror or str(exc))}[/red]")
+        raise typer.Exit(2) from None
     try:
         return httpx.request(
-            method, url, json=body, params=params, headers=headers, timeout=REQUEST_TIMEOUT_S
+            method, url, json=body, params=params, headers=headers, timeout=REQUEST_TIMEOUT_S, verify=verify
         )
     except httpx.HTTPError as exc:
-        console.print(f"[red]cannot reach the controller at {where.url}: {exc}[/red]")
+        why = tls_failure(exc) or str(exc)
+        console.print(
+            f"[red]cannot reach the controller at {escape(where.url)}: {escape(why)}[/red]", soft_wrap=True
+        )
         raise typer.Exit(2) from None
 
 
@@ -175,6 +194,7 @@ def vm_create(
     ] = False,
     url: Url = None,
     token: Token = None,
+    ca: Ca = None,
     as_json: Json = False,
 ) -> None:
     """Place and create a VM; the same command again returns the same VM."""
@@ -188,7 +208,7 @@ def vm_create(
     }
     if policy:
         body["policy"] = policy
-    vm = answer(request(endpoint(url, token), "POST", "/api/v1/vms", body), as_json, explain)
+    vm = answer(request(endpoint(url, token, ca), "POST", "/api/v1/vms", body), as_json, explain)
     show(vm, as_json, lambda v: vm_table([v]))
 
 
@@ -197,21 +217,24 @@ def vm_list(
     host: Annotated[str | None, typer.Option("--host", help="Only the VMs of this host.")] = None,
     url: Url = None,
     token: Token = None,
+    ca: Ca = None,
     as_json: Json = False,
 ) -> None:
-    response = request(endpoint(url, token), "GET", "/api/v1/vms", params={"host": host} if host else None)
+    response = request(
+        endpoint(url, token, ca), "GET", "/api/v1/vms", params={"host": host} if host else None
+    )
     show(answer(response, as_json), as_json, vm_table)
 
 
 @vm_app.command("show")
-def vm_show(name: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
-    vm = answer(request(endpoint(url, token), "GET", f"/api/v1/vms/{_segment(name)}"), as_json)
+def vm_show(name: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
+    vm = answer(request(endpoint(url, token, ca), "GET", f"/api/v1/vms/{_segment(name)}"), as_json)
     show(vm, as_json, lambda v: vm_table([v]))
 
 
 @vm_app.command("delete")
-def vm_delete(name: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
-    response = request(endpoint(url, token), "DELETE", f"/api/v1/vms/{_segment(name)}")
+def vm_delete(name: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
+    response = request(endpoint(url, token, ca), "DELETE", f"/api/v1/vms/{_segment(name)}")
     body = answer(response, as_json)
     if as_json:
         print(json.dumps(body or {"deleted": name}))
@@ -222,9 +245,11 @@ def vm_delete(name: str, url: Url = None, token: Token = None, as_json: Json = F
 
 
 def _action(action: str) -> Any:
-    def run(name: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+    def run(name: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
         path = f"/api/v1/vms/{_segment(name)}/{action}"
-        show(answer(request(endpoint(url, token), "POST", path), as_json), as_json, lambda v: vm_table([v]))
+        show(
+            answer(request(endpoint(url, token, ca), "POST", path), as_json), as_json, lambda v: vm_table([v])
+        )
 
     run.__doc__ = f"{action.capitalize()} a VM."
     return run
@@ -235,13 +260,15 @@ for _name in ("start", "shutdown", "suspend", "resume"):
 
 
 @host_app.command("list")
-def host_list(url: Url = None, token: Token = None, as_json: Json = False) -> None:
-    show(answer(request(endpoint(url, token), "GET", "/api/v1/hosts"), as_json), as_json, host_table)
+def host_list(url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
+    show(answer(request(endpoint(url, token, ca), "GET", "/api/v1/hosts"), as_json), as_json, host_table)
 
 
 @host_app.command("show")
-def host_show(host_id: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
-    host = answer(request(endpoint(url, token), "GET", f"/api/v1/hosts/{_segment(host_id)}"), as_json)
+def host_show(
+    host_id: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False
+) -> None:
+    host = answer(request(endpoint(url, token, ca), "GET", f"/api/v1/hosts/{_segment(host_id)}"), as_json)
 
     def render(found: dict[str, Any]) -> None:
         host_table([found])
@@ -251,10 +278,12 @@ def host_show(host_id: str, url: Url = None, token: Token = None, as_json: Json 
 
 
 @host_app.command("drain")
-def host_drain(host_id: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+def host_drain(
+    host_id: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False
+) -> None:
     """Take no new VMs on this host."""
     path = f"/api/v1/hosts/{_segment(host_id)}/drain"
-    show(answer(request(endpoint(url, token), "POST", path), as_json), as_json, lambda h: host_table([h]))
+    show(answer(request(endpoint(url, token, ca), "POST", path), as_json), as_json, lambda h: host_table([h]))
 
 
 @host_app.command("remove")
@@ -281,14 +310,16 @@ def host_remove(
 
 
 @host_app.command("undrain")
-def host_undrain(host_id: str, url: Url = None, token: Token = None, as_json: Json = False) -> None:
+def host_undrain(
+    host_id: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False
+) -> None:
     path = f"/api/v1/hosts/{_segment(host_id)}/undrain"
-    show(answer(request(endpoint(url, token), "POST", path), as_json), as_json, lambda h: host_table([h]))
+    show(answer(request(endpoint(url, token, ca), "POST", path), as_json), as_json, lambda h: host_table([h]))
 
 
-def status(url: Url = None, token: Token = None, as_json: Json = False) -> None:
+def status(url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
     """The cluster at a glance: hosts by state, VMs by state."""
-    where = endpoint(url, token)
+    where = endpoint(url, token, ca)
     summary = answer(request(where, "GET", "/api/v1/status"), as_json)
 
     def render(body: dict[str, Any]) -> None:

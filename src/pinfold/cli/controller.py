@@ -29,6 +29,13 @@ def controller_command(
     policy: Annotated[str | None, typer.Option("--policy", help="Default placement policy.")] = None,
     heartbeat_period_s: Annotated[float | None, typer.Option("--heartbeat-period")] = None,
     slackvm_open_networks: SlackVMOpenNetworks = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM).")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The certificate's key (PEM).")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option("--tls-ca", help="CA file (or a pinned certificate) to verify agents with.")
+    ] = None,
 ) -> None:
     """Run the controller: agents register with it, VMs are placed through it.
     Settings: --config TOML, then PINFOLD_CONTROLLER_* variables, then these flags."""
@@ -39,6 +46,7 @@ def controller_command(
     flags = {
         "data_dir": data_dir, "listen": listen, "port": port, "database_url": database_url, "policy": policy,
         "heartbeat_period_s": heartbeat_period_s, "slackvm_open_networks": slackvm_open_networks,
+        "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca,
     }  # fmt: skip
     try:
         settings = load_controller_config(config, flags)

@@ -3,10 +3,13 @@
 It starts a controller (SQLite in DATA_DIR/controller) and one agent
 (DATA_DIR/agent) registered with it, each as its own process; the agent
 drives libvirt when `qemu:///system` answers, else the `sim` driver, and says
-which. It writes the CLI's settings (controller URL and admin token, mode
-0600), creates two VMs of two levels to show where they were pinned, and runs
-until Ctrl-C or SIGTERM, which stop both processes (the VMs stay, as a
-restart of the agent finds them again).
+which. Both serve HTTPS with certificates from a local CA made on first start
+in DATA_DIR/tls (`ca.pem`, `ca.key`, `node.pem`, `node.key`, mode 0600; the
+node's certificate names 127.0.0.1 and localhost), and each verifies the other
+against that CA. It writes the CLI's settings (controller URL, admin token and
+the CA file, mode 0600), creates two VMs of two levels to show where they were
+pinned, and runs until Ctrl-C or SIGTERM, which stop both processes (the VMs
+stay, as a restart of the agent finds them again).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +30,7 @@ import typer
 from rich.console import Console
 
 from pinfold.cli.client import cli_config_path, vm_table
+from pinfold.tls import client_context, local_certificates
 from pinfold.tokens import TokenError, token_in
 
 __all__ = ["register"]
@@ -70,12 +75,14 @@ def wait_until(what: str, check: Any, processes: list[subprocess.Popen[bytes]], 
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def write_cli_config(path: Path, url: str, token: str) -> None:
+def write_cli_config(path: Path, url: str, token: str, ca_file: Path | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
         # JSON strings are valid TOML basic strings: quotes and backslashes stay escaped
         handle.write(f"url = {json.dumps(url)}\ntoken = {json.dumps(token)}\n")
+        if ca_file is not None:
+            handle.write(f"ca_file = {json.dumps(str(ca_file))}\n")
 
 
 def up_command(
@@ -96,6 +103,9 @@ def up_command(
     image_dirs: Annotated[
         str, typer.Option("--image-dirs", help="Comma-separated directories VMs' base images may come from.")
     ] = "",
+    tls: Annotated[
+        bool, typer.Option("--tls/--no-tls", help="HTTPS with a local CA made in DATA_DIR/tls (default).")
+    ] = True,
 ) -> None:
     """Start a controller and a local agent, and show VMs of two levels pinned
     to their vNodes. Ctrl-C stops both."""
@@ -120,7 +130,21 @@ def up_command(
         token_in(controller_dir / "agent.token")  # made here, so that the agent can be given it
     except TokenError as exc:
         raise typer.BadParameter(str(exc)) from None
-    controller_url = f"http://127.0.0.1:{controller_port}"
+    certificates = local_certificates(data_dir / "tls") if tls else None
+    tls_flags = (
+        [
+            "--tls-cert",
+            str(certificates.cert),
+            "--tls-key",
+            str(certificates.key),
+            "--tls-ca",
+            str(certificates.ca),
+        ]
+        if certificates is not None
+        else []
+    )
+    verify: ssl.SSLContext | bool = client_context(certificates.ca) if certificates is not None else True
+    controller_url = f"{'https' if tls else 'http'}://127.0.0.1:{controller_port}"
     period = str(heartbeat_s)
     # the agent enrols with the controller's agent token and keeps its own API token
     # (DATA_DIR/agent/agent.token): the controller calls it with that one
@@ -142,32 +166,35 @@ def up_command(
     try:
         processes.append(subprocess.Popen(
             [*python, "controller", "--data-dir", str(controller_dir), "--port", str(controller_port),
-             "--heartbeat-period", period], env=env,
+             "--heartbeat-period", period, *tls_flags], env=env,
         ))  # fmt: skip
-        wait_until(
-            "the controller", lambda: httpx.get(f"{controller_url}/healthz").status_code == 200, processes
-        )
+        healthz = f"{controller_url}/healthz"
+        wait_until("the controller", lambda: httpx.get(healthz, verify=verify).status_code == 200, processes)
         host_id = socket.gethostname()
         processes.append(subprocess.Popen(
             [*python, "agent", "--data-dir", str(agent_dir), "--port", str(agent_port), "--driver", driver,
              "--domain-type", domain_type, "--libvirt-uri", uri, "--controller-url", controller_url,
              "--host-id", host_id, "--enrolment-token-file", str(controller_dir / "agent.token"),
-             *(["--image-dirs", image_dirs] if image_dirs else [])], env=env,
+             *(["--image-dirs", image_dirs] if image_dirs else []), *tls_flags], env=env,
         ))  # fmt: skip
 
         def registered() -> bool:
             headers = {"Authorization": f"Bearer {admin_token}"}
-            hosts = httpx.get(f"{controller_url}/api/v1/hosts", headers=headers).json()
+            hosts = httpx.get(f"{controller_url}/api/v1/hosts", headers=headers, verify=verify).json()
             return any(h["id"] == host_id and h["state"] == "up" for h in hosts)
 
         wait_until("the agent to register", registered, processes)
-        write_cli_config(cli_config_path(), controller_url, admin_token)
+        write_cli_config(
+            cli_config_path(), controller_url, admin_token, certificates.ca if certificates else None
+        )
         console.print(
             f"[bold]pinfold is up[/bold]: controller {controller_url}, agent on port {agent_port} ({notice})"
         )
         console.print(f"data in {data_dir}; the CLI's settings in {cli_config_path()}")
+        if certificates is not None:
+            console.print(f"HTTPS with a local CA: {certificates.ca} (its certificates beside it)")
         if demo:
-            show_demo(controller_url, admin_token)
+            show_demo(controller_url, admin_token, verify)
         console.print(
             "try:  pinfold vm create web --vcpus 2 --memory 1024 --level 2\n"
             "      pinfold vm list      pinfold host list      pinfold status"
@@ -187,13 +214,15 @@ def up_command(
         stop()
 
 
-def show_demo(controller_url: str, admin_token: str) -> None:
+def show_demo(controller_url: str, admin_token: str, verify: ssl.SSLContext | bool = True) -> None:
     """Two VMs of two levels, then the directory's view of them with the
     CPUs each is pinned to (the premium one alone on its vNode's CPUs)."""
     headers = {"Authorization": f"Bearer {admin_token}"}
     shown = []
     for body in DEMO_VMS:
-        response = httpx.post(f"{controller_url}/api/v1/vms", json=body, headers=headers, timeout=120)
+        response = httpx.post(
+            f"{controller_url}/api/v1/vms", json=body, headers=headers, timeout=120, verify=verify
+        )
         if response.status_code >= 400:
             console.print(f"[red]demo VM {body['name']}: {response.json()}[/red]")
             continue

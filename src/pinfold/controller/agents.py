@@ -16,9 +16,12 @@ agent is still carrying the shutdown out.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import httpx
+
+from pinfold.tls import tls_failure
 
 __all__ = ["ACTION_TIMEOUT_S", "AgentClient", "AgentError", "AgentRefusedError", "AgentUnreachableError"]
 
@@ -50,7 +53,8 @@ ACTION_TIMEOUT_S = 90.0
 class AgentClient:
     """One agent; `timeout_s` bounds each call, `action_timeout_s` a lifecycle
     action (`act`); `transport` lets tests and the all-in-one node reach an
-    agent without a socket. Thread-safe (httpx.Client is)."""
+    agent without a socket; `verify` is what an HTTPS agent's certificate is
+    checked against (pinfold.tls.client_context). Thread-safe (httpx.Client is)."""
 
     def __init__(
         self,
@@ -59,6 +63,7 @@ class AgentClient:
         timeout_s: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         action_timeout_s: float = ACTION_TIMEOUT_S,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._action_timeout_s = max(action_timeout_s, timeout_s)
         self._client = httpx.Client(
@@ -66,6 +71,7 @@ class AgentClient:
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout_s,
             transport=transport,
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -108,7 +114,8 @@ class AgentClient:
         try:
             response = self._client.request(method, path, json=body, timeout=timeout)
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-            raise AgentUnreachableError(f"cannot reach the agent: {error}", sent=False) from error
+            detail = tls_failure(error) or str(error)
+            raise AgentUnreachableError(f"cannot reach the agent: {detail}", sent=False) from error
         except httpx.HTTPError as error:
             raise AgentUnreachableError(f"no answer from the agent: {error}", sent=True) from error
         if response.status_code >= 400:

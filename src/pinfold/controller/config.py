@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pinfold.controller.agents import ACTION_TIMEOUT_S
 from pinfold.placement import POLICIES
+from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import token_in
 
@@ -22,7 +23,7 @@ class ControllerConfigError(ValueError):
     """A setting that is missing, unknown or malformed; says which and where."""
 
 
-class ControllerConfig(BaseModel):
+class ControllerConfig(HttpSettings):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data_dir: Path = Path.home() / ".local" / "share" / "pinfold" / "controller"

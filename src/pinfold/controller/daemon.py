@@ -4,15 +4,18 @@ periodic checks, and the HTTP server."""
 from __future__ import annotations
 
 import signal
+import ssl
 import sys
 import threading
 
+from pinfold import serving
 from pinfold.controller.agents import ACTION_TIMEOUT_S, AgentClient
 from pinfold.controller.api import create_app
 from pinfold.controller.config import ControllerConfig
 from pinfold.controller.database import connect
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore, HostRecord
+from pinfold.tls import client_context, warn_plain_url
 
 __all__ = ["build_controller", "serve"]
 
@@ -25,9 +28,14 @@ class AgentClients:
     was then the cluster's agent token)."""
 
     def __init__(
-        self, fallback_token: str, timeout_s: float, action_timeout_s: float = ACTION_TIMEOUT_S
+        self,
+        fallback_token: str,
+        timeout_s: float,
+        action_timeout_s: float = ACTION_TIMEOUT_S,
+        verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._fallback_token = fallback_token
+        self._verify = verify
         self._timeout_s = timeout_s
         self._action_timeout_s = action_timeout_s
         self._clients: dict[tuple[str, str], AgentClient] = {}
@@ -38,8 +46,9 @@ class AgentClients:
         with self._lock:
             client = self._clients.get(key)
             if client is None:
+                warn_plain_url("pinfold controller", host.address)
                 client = self._clients[key] = AgentClient(
-                    *key, self._timeout_s, action_timeout_s=self._action_timeout_s
+                    *key, self._timeout_s, action_timeout_s=self._action_timeout_s, verify=self._verify
                 )
             return client
 
@@ -50,9 +59,12 @@ class AgentClients:
             self._clients.clear()
 
 
-def build_controller(config: ControllerConfig, agent_token: str) -> tuple[Controller, AgentClients]:
+def build_controller(
+    config: ControllerConfig, agent_token: str, verify: ssl.SSLContext | bool = True
+) -> tuple[Controller, AgentClients]:
+    """`verify`: what agents' HTTPS certificates are checked against."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    clients = AgentClients(agent_token, config.agent_timeout_s, config.agent_action_timeout_s)
+    clients = AgentClients(agent_token, config.agent_timeout_s, config.agent_action_timeout_s, verify)
     controller = Controller(
         ControllerStore(connect(config.url)),
         clients,
@@ -93,20 +105,19 @@ class Upkeep:
 
 
 def serve(config: ControllerConfig) -> None:
-    """Run until SIGTERM or SIGINT (uvicorn stops gracefully on both)."""
-    import uvicorn
-
+    """Run until SIGTERM or SIGINT."""
     admin_token, agent_token = config.tokens()
-    controller, clients = build_controller(config, agent_token)
+    controller, clients = build_controller(config, agent_token, client_context(config.tls_ca))
     where = "SQLite in " + str(config.data_dir) if config.database_url is None else "database by URL"
-    print(f"pinfold controller: {where}; listening on {config.listen}:{config.port}", flush=True)
+    listening = f"{config.scheme}://{config.listen}:{config.port}"
+    print(f"pinfold controller: {where}; listening on {listening}", flush=True)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(0))
     upkeep = Upkeep(controller, config.heartbeat_period_s)
     upkeep.start()
     try:
         app = create_app(controller, admin_token, agent_token, config.slackvm_open_networks)
-        uvicorn.run(app, host=config.listen, port=config.port, log_level="warning")
+        serving.run(app, config, config.listen, config.port, "pinfold controller")
     finally:
         upkeep.stop()
         clients.close()

@@ -30,6 +30,8 @@ from alembic.config import Config
 from sqlalchemy import URL, Connection, Engine, create_engine, event, func, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pinfold.private import private_database
+
 __all__ = ["WRITE", "alembic_config", "connect", "create", "sessions", "upgrade"]
 
 #: Execution option marking a connection whose transactions will write.
@@ -104,7 +106,7 @@ def alembic_config(connection: Connection) -> Config:
 def _create_sqlite(url: URL) -> Engine:
     if url.database in (None, "", ":memory:") or (url.database or "").startswith("file::memory:"):
         raise ValueError("the controller's SQLite database must be a file: sqlite:///path/controller.db")
-    Path(url.database or "").parent.mkdir(parents=True, exist_ok=True)
+    private_database(Path(url.database or ""))
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
     event.listen(engine, "connect", _on_sqlite_connect)
     event.listen(engine, "begin", _on_sqlite_begin)

@@ -36,6 +36,8 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
+from pinfold.private import private_database
+
 __all__ = ["Pending", "RapidState", "RapidVM", "Status"]
 
 SCHEMA = """
@@ -122,7 +124,7 @@ class RapidState:
     """Thread-safe: RAPID's handlers run on a pool of workers."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_database(path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")

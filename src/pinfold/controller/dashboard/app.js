@@ -1,6 +1,7 @@
 // pinfold's dashboard: plain JavaScript, no build step, no CDN. Every value
 // from the API reaches the page through textContent (the `h` helper), never
-// as HTML. The admin token stays in sessionStorage, for this tab only.
+// as HTML, and styles are set through the DOM (the controller's Content-Security-Policy
+// allows no inline script or style). The admin token stays in sessionStorage, for this tab only.
 "use strict";
 
 const main = document.getElementById("main");
@@ -11,6 +12,8 @@ function h(tag, attrs = {}, ...children) {
   const element = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (key.startsWith("on")) element.addEventListener(key.slice(2), value);
+    // styles through the DOM: the Content-Security-Policy refuses inline style attributes
+    else if (key === "style") Object.assign(element.style, value);
     else if (value !== false && value !== null && value !== undefined) element.setAttribute(key, value);
   }
   for (const child of children.flat()) {
@@ -109,7 +112,7 @@ function cpuCell(cpu) {
   return h("div", {
     class: "cell " + levelClass(cpu.level), "data-cpu": cpu.cpu, "data-level": cpu.level || "free",
     title: "CPU " + cpu.cpu + (cpu.level ? ", " + levelName(cpu.level) + " vNode" : ", free") + ", " + percent + "% busy",
-  }, h("div", { class: "use", style: "height:" + percent + "%" }), h("span", {}, cpu.cpu));
+  }, h("div", { class: "use", style: { height: percent + "%" } }), h("span", {}, cpu.cpu));
 }
 
 function cpuMap(cpus) {
@@ -179,7 +182,7 @@ async function hostPage(id) {
     h("p", { class: "muted" }, host.address + " - " + host.cpus + " CPUs"),
     legend(levels), cpuMap(map.cpus),
     h("h3", {}, "Memory"),
-    h("div", { class: "bar", title: Math.round(used * 100) + "% in use" }, h("div", { style: "width:" + Math.round(used * 100) + "%" })),
+    h("div", { class: "bar", title: Math.round(used * 100) + "% in use" }, h("div", { style: { width: Math.round(used * 100) + "%" } })),
     h("p", { class: "muted" }, memory.total ? Math.round(memory.total - memory.available) + " of " + memory.total + " MiB in use" : "no sample yet"),
     h("h3", {}, "GPUs"),
     h("p", {}, gpus.available ? gpus.devices.map((g) => g.name + ": " + g.utilization_pct + "%").join(", ") : "No GPU (" + (gpus.reason || "not reported") + ")"),
