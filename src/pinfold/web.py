@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-__all__ = ["ApiError", "install_error_handlers", "open_to", "token_check"]
+__all__ = ["ApiError", "bearer", "install_error_handlers", "open_to", "token_check"]
 
 
 class ApiError(Exception):
@@ -24,6 +24,13 @@ class ApiError(Exception):
         self.code = code
         self.detail = detail
         self.extra = dict(extra or {})
+
+
+def bearer(request: Request) -> str:
+    """The request's bearer token, from its Authorization header only (a
+    token in a URL would end up in logs); empty when there is none."""
+    header = request.headers.get("authorization", "")
+    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
 
 
 def token_check(*tokens: str, what: str = "token", query: bool = False) -> Callable[..., None]:
@@ -38,10 +45,6 @@ def token_check(*tokens: str, what: str = "token", query: bool = False) -> Calla
             token and hmac.compare_digest(given.encode(), token.encode()) for token in tokens
         ):
             raise ApiError("unauthorized", f"a valid {what} is required")
-
-    def bearer(request: Request) -> str:
-        header = request.headers.get("authorization", "")
-        return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
 
     def check_header(request: Request) -> None:
         verify(bearer(request))

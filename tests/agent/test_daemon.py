@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from pinfold.agent.config import (
     AgentConfig,
     ConfigError,
+    enrols_blind,
     load_config,
     load_enrolment_token,
     load_or_create_token,
@@ -111,6 +112,17 @@ def test_a_token_file_is_read_never_created(tmp_path):
             load_or_create_token(settings)
     with pytest.raises(ConfigError, match="set one, not both"):
         load_config(None, {"token": "t" * 16, "token_file": token_file}, {})
+
+
+def test_an_agent_that_would_enrol_with_a_token_of_its_own_making_is_told(tmp_path):
+    """Its random token is refused by the controller for ever: said at start."""
+    url = "http://127.0.0.1:8100"
+    assert enrols_blind(AgentConfig(data_dir=tmp_path, controller_url=url))
+    assert not enrols_blind(AgentConfig(data_dir=tmp_path))  # no controller: nothing to enrol with
+    assert not enrols_blind(AgentConfig(data_dir=tmp_path, controller_url=url, enrolment_token="e" * 16))
+    assert not enrols_blind(AgentConfig(data_dir=tmp_path, controller_url=url, token="t" * 16))
+    (tmp_path / "host.token").write_text("credential-0123456789abcdef\n")
+    assert not enrols_blind(AgentConfig(data_dir=tmp_path, controller_url=url))  # enrolled already
 
 
 def test_the_enrolment_token_is_the_setting_or_its_file_else_the_agents_own(tmp_path):

@@ -19,6 +19,7 @@ import pytest
 
 from pinfold.controller.agents import AgentClient
 from pinfold.controller.api import create_app
+from pinfold.controller.credentials import Enrolment, digest
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
 from pinfold.controller.service import Controller
@@ -30,7 +31,9 @@ from tests.servers import serving
 
 ROUNDS = 30
 DELETERS = 4
-AGENT_AUTH = {"Authorization": f"Bearer {AGENT}"}
+#: h1's own credential, which its heartbeats present
+CREDENTIAL = "h1-credential-0123456789abcdef"
+AGENT_AUTH = {"Authorization": f"Bearer {CREDENTIAL}"}
 PERIOD_S = 10.0
 
 
@@ -105,7 +108,7 @@ def api(store: ControllerStore, i7_topology: dict[str, Any]) -> Iterator[tuple[h
         return QuietAgent()
 
     controller = Controller(store, agent_for, heartbeat_period_s=PERIOD_S, clock=clock)
-    controller.register("h1", "http://h1:8099", i7_topology, 6, 0)
+    controller.register("h1", "http://h1:8099", i7_topology, 6, 0, proof=Enrolment(digest(CREDENTIAL)))
     store.reserve(NewVM("v1", 1, 512, 2.0), "h1", Feasibility(), clock())
     store.set_vm_state("v1", VMState.RUNNING, clock())
     with serving(create_app(controller, ADMIN, AGENT)) as url, httpx.Client(base_url=url, timeout=30) as http:

@@ -168,7 +168,7 @@ def test_a_registration_out_of_bounds_or_of_another_type_is_refused(
 @pytest.mark.parametrize(
     "beat",
     [
-        {"vms": {f"vm-{i}": "running" for i in range(100_000)}},
+        {"vms": {f"vm-{i}": "running" for i in range(16_385)}},
         {"vms": {"x" * 10_000: "running"}},
         {"vms": {"v1": "r" * 10_000}},
         {"pins": {"v1": list(range(100_000))}},
@@ -179,13 +179,13 @@ def test_a_registration_out_of_bounds_or_of_another_type_is_refused(
         {"vnodes": {f"{i}.0": [0] for i in range(10_000)}},
         {"usage": {"cpu": {"0": 1e308}}},
         {"usage": {"cpu": {"0": True}}},
-        {"usage": {"cpu": {str(i): 0.5 for i in range(100_000)}}},
+        {"usage": {"cpu": {str(i): 0.5 for i in range(8_193)}}},
         {"usage": {"vnodes": {"2.0": {"used_cores": 1e308}}}},
         {"status": {f"k{i}": i for i in range(10_000)}},
     ],
     ids=[
-        "100k-vms", "long-vm-name", "long-state", "100k-pins", "huge-cpu-id", "pin-a-string",
-        "pin-true", "huge-vnode-cpu", "10k-levels", "share-1e308", "share-true", "100k-cpus",
+        "16385-vms", "long-vm-name", "long-state", "100k-pins", "huge-cpu-id", "pin-a-string",
+        "pin-true", "huge-vnode-cpu", "10k-levels", "share-1e308", "share-true", "8193-cpus",
         "cores-1e308", "status-10k-keys",
     ],
 )  # fmt: skip

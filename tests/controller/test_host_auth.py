@@ -203,3 +203,20 @@ def test_the_store_checks_credentials_under_the_hosts_lock(
     assert store.host("h1") is None
     register(proof=Enrolment(digest("h1-new-credential-0123456789")))
     assert store.credential("h1") == digest("h1-new-credential-0123456789")
+
+
+def test_a_credential_that_cannot_be_saved_is_kept_in_memory_and_saved_later(cluster: LocalCluster) -> None:
+    """The controller holds the credential's digest once it answered: an agent
+    that dropped it (a full or unwritable disk) would be refused for ever."""
+    blocker = cluster.tmp_path / "h1" / "host.token"
+    blocker.mkdir(parents=True)  # a directory where the file goes: writing it fails, even as root
+    host = cluster.add_host("h1")
+    assert host.registrar.registered
+    assert "could not be saved" in (host.registrar.last_error or "")
+    running_vm(cluster, "h1")  # heartbeats go on with the credential kept in memory
+    assert cluster.controller.store.vm("a") is not None
+    assert cluster.controller.store.vm("a").state == VMState.RUNNING  # type: ignore[union-attr]
+    blocker.rmdir()
+    cluster.wait(lambda: blocker.is_file() and host.registrar.last_error is None, "the credential saved")
+    assert cluster.http.post("/api/v1/hosts/h1/heartbeat", json={"vms": {"a": "running"}},
+                             headers=credential_of(cluster, "h1")).status_code == 200  # fmt: skip

@@ -20,6 +20,7 @@ __all__ = [
     "AgentConfig",
     "ConfigError",
     "advertised_url",
+    "enrols_blind",
     "load_config",
     "load_enrolment_token",
     "load_or_create_token",
@@ -134,6 +135,14 @@ def load_enrolment_token(config: AgentConfig, own_token: str) -> str:
     if config.enrolment_token_file is not None:
         return _token_from(config.enrolment_token_file, "enrolment_token_file")
     return own_token
+
+
+def enrols_blind(config: AgentConfig) -> bool:
+    """Whether this agent would enrol with nothing the controller can know: no
+    enrolment token, its own token made at random here, and no credential yet.
+    The controller refuses it for ever (401), so the daemon says so at start."""
+    given = config.enrolment_token or config.enrolment_token_file or config.token or config.token_file
+    return bool(config.controller_url) and not given and not (config.data_dir / "host.token").exists()
 
 
 def _token_from(path: Path, setting: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -11,6 +12,7 @@ from pinfold.agent.config import (
     AgentConfig,
     ConfigError,
     advertised_url,
+    enrols_blind,
     load_enrolment_token,
     load_or_create_token,
 )
@@ -25,6 +27,8 @@ from pinfold.rapid.config import RapidConfig, read_rapid_config
 from pinfold.rapid.endpoint import RapidEndpoint, helper_pools
 from pinfold.tls import client_context, warn_plain_url
 from pinfold.topology import Topology, parse_cpulist
+
+log = logging.getLogger(__name__)
 
 __all__ = ["build_agent", "choose_driver", "serve"]
 
@@ -120,6 +124,12 @@ def serve(config: AgentConfig) -> None:
     if config.controller_url:
         address = advertised_url(config)
         warn_plain_url("pinfold agent", config.controller_url)
+        if enrols_blind(config):
+            log.warning(
+                "pinfold agent: no enrolment token (enrolment_token or enrolment_token_file): the "
+                "controller at %s will refuse this host until it is given the controller's agent.token",
+                config.controller_url,
+            )
         registrar = Registrar(
             config.controller_url, load_enrolment_token(config, token), config.host_id,
             lambda: registration_document(agent, config.host_id, address, token),

@@ -15,6 +15,7 @@ Either side may restart at any time; the other carries on by itself.
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 from collections.abc import Callable
@@ -27,10 +28,12 @@ from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent
 from pinfold.placement import level_key
 from pinfold.tls import tls_failure
-from pinfold.tokens import MIN_TOKEN_LENGTH, write_token
+from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, write_token
 from pinfold.topology import slackvm_json
 
 __all__ = ["Registrar", "heartbeat_document", "registration_document"]
+
+logger = logging.getLogger(__name__)
 
 
 class Registrar:
@@ -59,6 +62,12 @@ class Registrar:
         self._enrolment_token = enrolment_token
         self._credential_file = credential_file
         self._credential: str | None = None
+        #: a credential the controller issued that could not be written yet (a full
+        #: or read-only disk): kept in memory and written again every round, since the
+        #: controller already holds it and would refuse a second enrolment
+        self._unsaved: str | None = None
+        #: the controller revoked this host: ask again only once a period, not every second
+        self._revoked = False
         self._client = httpx.Client(
             base_url=controller_url.rstrip("/"),
             timeout=max(2.0, period_s),
@@ -93,9 +102,11 @@ class Registrar:
                 self.last_error = _refused("heartbeat", response)
                 return
             response.raise_for_status()
-            self.last_error = None
+            self.last_error = self._save_credential()
         except httpx.HTTPError as error:
             self.last_error = f"controller unreachable or refusing: {tls_failure(error) or error}"
+        except ValueError as error:  # an answer that is not the JSON it should be
+            self.last_error = f"the controller's answer could not be read: {error}"
 
     def _register(self) -> bool:
         """Register with the host's credential if it has one, else (or when
@@ -103,13 +114,14 @@ class Registrar:
         # the controller judges this host down after three of these periods
         document = {**self._registration(), "heartbeat_period_s": self._period_s}
         # read each time: an operator deletes the file to have the host enrol again
-        credential = _stored(self._credential_file)
+        credential = _stored(self._credential_file) or self._unsaved
         if credential is not None:
             response = self._client.post("/api/v1/hosts", json=document, headers=_bearer(credential))
             if response.status_code == 200:
                 self._credential = credential
                 self.registered = True
                 return True
+            self._revoked = response.status_code == 403
             if response.status_code != 401:  # revoked (403), or the controller failing
                 self.last_error = _refused("registration", response)
                 return False
@@ -118,20 +130,39 @@ class Registrar:
             self.last_error = _refused("enrolment", response)
             return False
         issued = response.json().get("credential")
-        if isinstance(issued, str):
-            write_token(self._credential_file, issued)
         # a controller from before host credentials issues none: it takes the enrolment token
         self._credential = issued if isinstance(issued, str) else None
+        self._unsaved = self._credential
+        self._revoked = False
         self.registered = True
+        self.last_error = self._save_credential()
         return True
+
+    def _save_credential(self) -> str | None:
+        """Write an issued credential not yet on disk; the error, if that fails."""
+        if self._unsaved is None:
+            return None
+        try:
+            write_token(self._credential_file, self._unsaved)
+        except (OSError, TokenError) as error:
+            return (
+                f"the host credential could not be saved in {self._credential_file} (kept in memory): {error}"
+            )
+        self._unsaved = None
+        return None
 
     def _as_host(self) -> dict[str, str]:
         return _bearer(self._credential or self._enrolment_token)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.beat()
-            self._stop.wait(self._period_s if self.registered else min(self._period_s, 1.0))
+            try:
+                self.beat()
+            except Exception as error:  # the thread outlives any one round: the host must not go silent
+                logger.exception("a registration round failed")
+                self.last_error = f"a registration round failed: {error}"
+            eager = not self.registered and not self._revoked
+            self._stop.wait(min(self._period_s, 1.0) if eager else self._period_s)
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -143,7 +174,7 @@ def _stored(path: Path) -> str | None:
     enrolled yet, or the operator deleted it to enrol again)."""
     try:
         credential = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
+    except OSError:  # absent, or unreadable (the registrar says so when it cannot write it)
         return None
     return credential if len(credential) >= MIN_TOKEN_LENGTH else None
 

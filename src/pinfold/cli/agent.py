@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pinfold.cli.options import SlackVMOpenNetworks
+from pinfold.cli.options import SlackVMOpenNetworks, TlsCa, TlsCert, TlsKey
 
 __all__ = ["register"]
 
@@ -57,14 +57,9 @@ def agent_command(
         Path | None,
         typer.Option("--enrolment-token-file", help="File holding the cluster's enrolment token."),
     ] = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM).")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The certificate's key (PEM).")] = None,
-    tls_ca: Annotated[
-        Path | None,
-        typer.Option("--tls-ca", help="CA file (or a pinned certificate) to verify the controller with."),
-    ] = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
     driver), a SQLite store, and the HTTP API. Settings: --config TOML, then

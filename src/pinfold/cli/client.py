@@ -294,13 +294,14 @@ def host_remove(
     ] = False,
     url: Url = None,
     token: Token = None,
+    ca: Ca = None,
     as_json: Json = False,
 ) -> None:
     """Remove a host and revoke its credential: its agent is refused from
     then on, until its DATA_DIR/host.token is deleted and it enrols again."""
     path = f"/api/v1/hosts/{_segment(host_id)}"
-    body = answer(request(endpoint(url, token), "DELETE", path, params={"force": "true"} if force else None),
-                  as_json)  # fmt: skip
+    params = {"force": "true"} if force else None
+    body = answer(request(endpoint(url, token, ca), "DELETE", path, params=params), as_json)
     forgotten = ", ".join(body["forgotten_vms"])
     show(
         body,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pinfold.cli.options import SlackVMOpenNetworks
+from pinfold.cli.options import SlackVMOpenNetworks, TlsCa, TlsCert, TlsKey
 
 __all__ = ["register"]
 
@@ -29,13 +29,9 @@ def controller_command(
     policy: Annotated[str | None, typer.Option("--policy", help="Default placement policy.")] = None,
     heartbeat_period_s: Annotated[float | None, typer.Option("--heartbeat-period")] = None,
     slackvm_open_networks: SlackVMOpenNetworks = None,
-    tls_cert: Annotated[
-        Path | None, typer.Option("--tls-cert", help="Serve HTTPS with this certificate (PEM).")
-    ] = None,
-    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="The certificate's key (PEM).")] = None,
-    tls_ca: Annotated[
-        Path | None, typer.Option("--tls-ca", help="CA file (or a pinned certificate) to verify agents with.")
-    ] = None,
+    tls_cert: TlsCert = None,
+    tls_key: TlsKey = None,
+    tls_ca: TlsCa = None,
 ) -> None:
     """Run the controller: agents register with it, VMs are placed through it.
     Settings: --config TOML, then PINFOLD_CONTROLLER_* variables, then these flags."""

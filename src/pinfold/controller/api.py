@@ -31,13 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pinfold import slackvm
 from pinfold.agent.domain import NAME_PATTERN
-from pinfold.controller.credentials import Enrolment, HostCredential, Proof, bearer, digest, new_credential
+from pinfold.controller.credentials import Enrolment, HostCredential, Proof, digest, new_credential
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
 from pinfold.controller.store import EventRecord, NewVM, VMRecord
 from pinfold.placement import POLICIES
 from pinfold.serving import ExtraHeaders
-from pinfold.web import ApiError, install_error_handlers, open_to, token_check
+from pinfold.web import ApiError, bearer, install_error_handlers, open_to, token_check
 
 __all__ = ["create_app"]
 

@@ -44,6 +44,9 @@ class ControllerConfig(HttpSettings):
     agent_token: str | None = Field(default=None, min_length=16)
     #: CIDRs whose clients may use SlackVM's /deploy and /remove without a token
     slackvm_open_networks: Networks = ()
+    #: heartbeats of big hosts (hundreds of VMs, each with its pins) outgrow the
+    #: agents' 1 MiB; still far below a body that would tie up the controller
+    max_body_bytes: int = Field(default=4 << 20, ge=1024)
 
     @field_validator("policy")
     @classmethod

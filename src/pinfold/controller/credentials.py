@@ -13,9 +13,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from fastapi import Request
-
-__all__ = ["Enrolment", "HostCredential", "Proof", "bearer", "digest", "matches", "new_credential"]
+__all__ = ["Enrolment", "HostCredential", "Proof", "digest", "matches", "new_credential"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +48,3 @@ def digest(credential: str) -> str:
 def matches(stored: str | None, presented: str) -> bool:
     """Whether a presented digest is the stored one (never when none is stored)."""
     return stored is not None and hmac.compare_digest(stored.encode(), presented.encode())
-
-
-def bearer(request: Request) -> str:
-    """The request's bearer token, from its Authorization header only (a
-    credential in a URL would end up in logs); empty when there is none."""
-    header = request.headers.get("authorization", "")
-    return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
