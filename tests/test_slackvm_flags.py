@@ -7,7 +7,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ from typer.testing import CliRunner
 
 from pinfold.cli import app
 from tests.conftest import I7
-from tests.servers import free_port
+from tests.servers import free_port, wait_for_health
 
 runner = CliRunner()
 
@@ -36,16 +35,7 @@ def daemon(command: list[str], port: int) -> Iterator[str]:
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, process.communicate()[0]
-            assert time.monotonic() < deadline, "the daemon did not come up"
-            time.sleep(0.2)
+        wait_for_health(url, process, f"pinfold {command[3]}")
         yield url
     finally:
         process.send_signal(signal.SIGTERM)

@@ -139,6 +139,16 @@ def test_sim_addresses_do_not_start_again_after_a_restart_on_the_same_data_dir(t
             before.add(address)
 
 
+def test_a_sim_address_count_damaged_by_hand_starts_again_from_the_first(tmp_path, caplog):
+    counter = tmp_path / "sim-addresses"
+    counter.write_text("not a number\n")
+    driver = SimDriver(counter)
+    driver.create(DomainSpec("a", 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
+    assert driver.addresses("a") == ["198.51.100.1"]
+    assert "holds no count" in caplog.text
+    assert counter.read_text() == "1"
+
+
 def test_the_sim_driver_can_be_read_while_other_threads_change_it():
     """The monitor reads stats, and a graceful shutdown waits, outside the
     agent's lock while API threads create and delete guests."""

@@ -7,6 +7,7 @@ waits outside the agent's lock, while API threads create and delete guests.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
 
 __all__ = ["SimDriver"]
+
+log = logging.getLogger(__name__)
 
 #: the documentation ranges (TEST-NET-2, -3, -1), in the order addresses are taken from them
 _RANGES = ("198.51.100", "203.0.113", "192.0.2")
@@ -31,7 +34,7 @@ class SimDriver:
         self._guests: dict[str, GuestInfo] = {}
         self._addresses: dict[str, str] = {}
         self._counter = counter
-        self._created = int(counter.read_text() or 0) if counter is not None and counter.exists() else 0
+        self._created = _count_in(counter) if counter is not None else 0
         #: held around every read and change of the guests (RLock: methods call `_get`)
         self._lock = threading.RLock()
 
@@ -129,3 +132,19 @@ class SimDriver:
             guest = self._get(name)
             assert guest.spec is not None
             self._guests[name] = replace(guest, spec=change(guest.spec))
+
+
+def _count_in(counter: Path) -> int:
+    """The count kept in `counter` (0 when there is none). One damaged by
+    hand is said and counted from 0 again: simulated addresses are not worth
+    an agent that will not start."""
+    try:
+        text = counter.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return 0
+    if text.isdigit():
+        return int(text)
+    log.warning(
+        "sim driver: %s holds no count (%r): addresses start again from the first", counter, text[:40]
+    )
+    return 0
