@@ -28,7 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.params import Depends
 from fastapi.responses import Response
 
-from pinfold.agent.domain import valid_name
+from pinfold.model.vm import MAX_IMAGE_LENGTH, MAX_RATIO, MAX_VCPUS, MAX_VM_MEMORY_MIB, valid_name
 
 __all__ = [
     "DOES_NOT_EXIST",
@@ -70,10 +70,7 @@ _USAGE: Mapping[str, tuple[tuple[str, ...], str]] = {
     "progress": (("cpu", "mem", "oc"), "/progress?cpu=1&mem=1&oc=1.0"),
 }
 _INTEGER = re.compile(r"[0-9]{1,7}")
-MAX_VCPUS = 1024
-MAX_MEMORY_GIB = 65536.0
-MAX_RATIO = 64.0
-MAX_IMAGE = 4096
+MAX_MEMORY_GIB = MAX_VM_MEMORY_MIB / 1024
 
 
 class _MalformedError(ValueError):
@@ -160,7 +157,7 @@ def _number(text: str, low: float, high: float, *, above_low: bool = False) -> f
 
 def _deploy(args: Mapping[str, str]) -> Deploy:
     name, image = args["name"], args["qcow2"]
-    if not valid_name(name) or len(image) > MAX_IMAGE:
+    if not valid_name(name) or len(image) > MAX_IMAGE_LENGTH:
         raise _MalformedError(name)
     vcpus = _integer(args["cpu"], 1, MAX_VCPUS)
     memory_gib = _number(args["mem"], 0.0, MAX_MEMORY_GIB, above_low=True)

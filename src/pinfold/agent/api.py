@@ -20,10 +20,18 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from pinfold import slackvm
-from pinfold.agent.domain import NAME_PATTERN
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
+from pinfold.model.vm import (
+    MAX_IMAGE_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_OWNER_LENGTH,
+    MAX_RATIO,
+    MAX_VCPUS,
+    MAX_VM_MEMORY_MIB,
+    NAME_PATTERN,
+)
 from pinfold.placement import level_key
 from pinfold.web import ApiError, install_error_handlers, open_to, token_check
 
@@ -48,12 +56,12 @@ T = TypeVar("T")
 class CreateVM(BaseModel):
     #: JSON numbers are taken as they are: `"1"` or `true` is no vCPU count
     model_config = ConfigDict(strict=True)
-    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
-    vcpus: int = Field(ge=1, le=1024)
-    memory_mib: int = Field(ge=1, le=64 * 1024 * 1024)
-    ratio: float = Field(default=1.0, ge=1.0, le=64.0)
-    owner: str = Field(default="", max_length=128)
-    image: str = Field(default="", max_length=4096)
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    vcpus: int = Field(ge=1, le=MAX_VCPUS)
+    memory_mib: int = Field(ge=1, le=MAX_VM_MEMORY_MIB)
+    ratio: float = Field(default=1.0, ge=1.0, le=MAX_RATIO)
+    owner: str = Field(default="", max_length=MAX_OWNER_LENGTH)
+    image: str = Field(default="", max_length=MAX_IMAGE_LENGTH)
 
 
 def _view(vm: StoredVM, agent: Agent) -> dict[str, Any]:

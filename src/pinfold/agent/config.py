@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationError
 
 from pinfold.agent.pools import PoolSpec
-from pinfold.rapid.settings import RapidSettings
+from pinfold.agent.rapid_settings import RapidSettings
 from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in

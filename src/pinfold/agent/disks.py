@@ -21,6 +21,8 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from pinfold.model.vm import image_path_problem
+
 __all__ = ["DiskError", "Disks", "image_path_problem"]
 
 #: the only formats a base image may have: neither can name another host file, but for the
@@ -38,22 +40,6 @@ class DiskError(Exception):
         self.code = code
         self.detail = detail
         super().__init__(f"{code}: {detail}")
-
-
-def image_path_problem(image: str) -> str | None:
-    """Why `image`, as a request names a base image, cannot be one on any
-    host, or None. Only its shape is judged (no file is looked at): an
-    absolute path, with no NUL and no '.', '..' or empty part, so that a path
-    means one file whatever the agent's working directory, and one file is
-    named one way (a create sent again compares the image as written)."""
-    if "\x00" in image:
-        return "image: a path has no NUL character"
-    if not image.startswith("/"):
-        return f"image {image[:200]!r}: an absolute path is required"
-    for part in image.split("/")[1:]:
-        if part in ("", ".", ".."):
-            return f"image {image[:200]!r}: no {part!r} part in the path (name the file itself)"
-    return None
 
 
 class Disks:

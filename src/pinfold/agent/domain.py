@@ -10,11 +10,11 @@ pinned to the whole vNode, not 1:1). `DomainSpec.from_xml` reads a domain back
 
 from __future__ import annotations
 
-import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from pinfold.model.vm import NAME_PATTERN, valid_name
 from pinfold.topology import format_cpulist, parse_cpulist
 
 __all__ = [
@@ -34,21 +34,11 @@ NAMESPACE = "https://pinfold.dev/xmlns/domain/1"
 _PREFIX = "pinfold"
 ET.register_namespace(_PREFIX, NAMESPACE)
 
-# Names become file names (disk overlays) and appear in logs: keep them plain.
-#: The one definition of a valid VM name; the HTTP layer validates with it too.
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-_NAME = re.compile(NAME_PATTERN)
 DOMAIN_TYPES = ("kvm", "qemu")
 
 
 class DomainXMLError(ValueError):
     """A domain description or document pinfold cannot use."""
-
-
-def valid_name(name: str) -> bool:
-    """1-63 characters of letters, digits, '.', '_' and '-', starting with a
-    letter or digit: safe as a libvirt name and a file name."""
-    return bool(_NAME.fullmatch(name))
 
 
 @dataclass(frozen=True)

@@ -30,13 +30,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pinfold.agent.disks import DiskError, Disks, image_path_problem
-from pinfold.agent.domain import DomainSpec, DomainXMLError, valid_name
+from pinfold.agent.disks import DiskError, Disks
+from pinfold.agent.domain import DomainSpec, DomainXMLError
 from pinfold.agent.drivers.base import Driver, DriverError, GuestInfo, GuestState
 from pinfold.agent.failpoints import crash_point
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
+from pinfold.model.vm import VMRequest, image_path_problem, valid_name
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, format_cpulist
 
@@ -74,16 +75,6 @@ class AgentSettings:
     image_dirs: tuple[Path, ...] = ()
     disk_dir: Path | None = None
     pools: tuple[PoolSpec, ...] = ()
-
-
-@dataclass(frozen=True)
-class VMRequest:
-    name: str
-    vcpus: int
-    memory_mib: int
-    ratio: float = 1.0
-    owner: str = ""
-    image: str = ""
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,19 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from pydantic import BaseModel, ConfigDict, Field
 
 from pinfold import slackvm
-from pinfold.agent.domain import NAME_PATTERN
 from pinfold.controller.credentials import Enrolment, HostCredential, Proof, digest, new_credential
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
 from pinfold.controller.store import EventRecord, NewVM, VMRecord
+from pinfold.model.vm import (
+    MAX_IMAGE_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_OWNER_LENGTH,
+    MAX_RATIO,
+    MAX_VCPUS,
+    MAX_VM_MEMORY_MIB,
+    NAME_PATTERN,
+)
 from pinfold.placement import POLICIES
 from pinfold.serving import ExtraHeaders
 from pinfold.web import ApiError, bearer, install_error_handlers, open_to, token_check
@@ -95,12 +103,12 @@ CPUs = Annotated[list[CpuId], Field(max_length=MAX_CPUS)]
 
 class CreateVM(BaseModel):
     model_config = STRICT
-    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
-    vcpus: int = Field(ge=1, le=1024)
-    memory_mib: int = Field(ge=1, le=64 * 1024 * 1024)
-    ratio: float = Field(default=1.0, ge=1.0, le=64.0)
-    owner: str = Field(default="", max_length=128)
-    image: str = Field(default="", max_length=4096)
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    vcpus: int = Field(ge=1, le=MAX_VCPUS)
+    memory_mib: int = Field(ge=1, le=MAX_VM_MEMORY_MIB)
+    ratio: float = Field(default=1.0, ge=1.0, le=MAX_RATIO)
+    owner: str = Field(default="", max_length=MAX_OWNER_LENGTH)
+    image: str = Field(default="", max_length=MAX_IMAGE_LENGTH)
     policy: str | None = Field(default=None, description=f"one of {', '.join(POLICIES)}")
 
 

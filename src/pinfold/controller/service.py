@@ -25,7 +25,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from pinfold.agent.disks import image_path_problem
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.credentials import Proof, digest, matches
 from pinfold.controller.feasibility import Feasibility
@@ -47,6 +46,7 @@ from pinfold.controller.store import (
     UnknownVMError,
     VMRecord,
 )
+from pinfold.model.vm import image_path_problem
 from pinfold.placement import POLICIES, HostAllocator, invalid_reason
 from pinfold.topology import slackvm_json
 

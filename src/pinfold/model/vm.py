@@ -1,0 +1,76 @@
+"""A VM as pinfold's shells ask for it: the name rule, the bounds of its
+sizes at the edges (REST, SlackVM's query strings), the shape of a base
+image path, and `VMRequest`, the request the agent acts on.
+
+The rules live here, below the agent and the controller, so that both judge
+a request the same way without one importing the other (tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "MAX_IMAGE_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_OWNER_LENGTH",
+    "MAX_RATIO",
+    "MAX_VCPUS",
+    "MAX_VM_MEMORY_MIB",
+    "NAME_PATTERN",
+    "VMRequest",
+    "image_path_problem",
+    "valid_name",
+]
+
+# Names become file names (disk overlays) and appear in logs: keep them plain.
+#: The one definition of a valid VM name; the HTTP layers validate with it too.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+_NAME = re.compile(NAME_PATTERN)
+#: the bounds a request's fields are checked against at every edge (far above a real VM)
+MAX_NAME_LENGTH = 63
+MAX_VCPUS = 1024
+MAX_VM_MEMORY_MIB = 64 * 1024 * 1024
+MAX_RATIO = 64.0
+MAX_OWNER_LENGTH = 128
+MAX_IMAGE_LENGTH = 4096
+
+
+def valid_name(name: str) -> bool:
+    """1-63 characters of letters, digits, '.', '_' and '-', starting with a
+    letter or digit: safe as a libvirt name and a file name."""
+    return bool(_NAME.fullmatch(name))
+
+
+def image_path_problem(image: str) -> str | None:
+    """Why `image`, as a request names a base image, cannot be one on any
+    host, or None. Only its shape is judged (no file is looked at): an
+    absolute path, with no NUL and no '.', '..' or empty part, so that a path
+    means one file whatever the agent's working directory, and one file is
+    named one way (a create sent again compares the image as written)."""
+    if "\x00" in image:
+        return "image: a path has no NUL character"
+    if not image.startswith("/"):
+        return f"image {image[:200]!r}: an absolute path is required"
+    for part in image.split("/")[1:]:
+        if part in ("", ".", ".."):
+            return f"image {image[:200]!r}: no {part!r} part in the path (name the file itself)"
+    return None
+
+
+@dataclass(frozen=True)
+class VMRequest:
+    """A VM to create: its sizes, oversubscription level, owner and base image
+    ("" for a diskless guest). `nics`, `ssh_keys` and `user_data` are room for
+    the guest's network and first-boot setup: empty, and not read yet."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    ratio: float = 1.0
+    owner: str = ""
+    image: str = ""
+    nics: tuple[str, ...] = ()
+    ssh_keys: tuple[str, ...] = ()
+    user_data: str = ""
