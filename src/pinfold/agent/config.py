@@ -12,6 +12,13 @@ from pydantic import ConfigDict, Field, ValidationError
 
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.rapid_settings import RapidSettings
+from pinfold.model.defaults import (
+    AGENT_PORT,
+    DEFAULT_CRITICAL_SIZE,
+    DEFAULT_RESERVED_MEMORY_MIB,
+    HEARTBEAT_PERIOD_S,
+    SHUTDOWN_TIMEOUT_S,
+)
 from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
@@ -38,21 +45,21 @@ class AgentConfig(HttpSettings):
 
     data_dir: Path = Path.home() / ".local" / "share" / "pinfold" / "agent"
     listen: str = "127.0.0.1"
-    port: int = Field(default=8099, ge=1, le=65535)
+    port: int = Field(default=AGENT_PORT, ge=1, le=65535)
     driver: Literal["auto", "libvirt", "sim"] = "auto"
     libvirt_uri: str = "qemu:///system"
     domain_type: Literal["kvm", "qemu"] = "kvm"
     exclude_cpus: str = ""
-    reserved_memory_mib: int = Field(default=0, ge=0)
-    critical_size: int = Field(default=6, ge=0)
-    shutdown_timeout_s: float = Field(default=30.0, gt=0)
+    reserved_memory_mib: int = Field(default=DEFAULT_RESERVED_MEMORY_MIB, ge=0)
+    critical_size: int = Field(default=DEFAULT_CRITICAL_SIZE, ge=0)
+    shutdown_timeout_s: float = Field(default=SHUTDOWN_TIMEOUT_S, gt=0)
     topology: Path | None = None
     token: str | None = Field(default=None, min_length=16)
     #: a file holding the token (a flag can name it; a token itself on the command line would show in ps)
     token_file: Path | None = None
     #: where base images may come from (TOML list; comma-separated in env and flags)
     image_dirs: tuple[Path, ...] = ()
-    monitor_period_s: float = Field(default=10.0, gt=0)
+    monitor_period_s: float = Field(default=HEARTBEAT_PERIOD_S, gt=0)
     #: boot guests from this kernel (and initrd, command line) instead of their disk
     kernel: Path | None = None
     initrd: Path | None = None

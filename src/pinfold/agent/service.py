@@ -37,6 +37,7 @@ from pinfold.agent.failpoints import crash_point
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
+from pinfold.model.defaults import DEFAULT_CRITICAL_SIZE, DEFAULT_RESERVED_MEMORY_MIB, SHUTDOWN_TIMEOUT_S
 from pinfold.model.vm import VMRequest, image_path_problem, valid_name
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, format_cpulist
@@ -65,9 +66,9 @@ class AgentSettings:
     guests boot this way, with or without a disk)."""
 
     domain_type: str = "kvm"
-    critical_size: int = 6
-    reserved_memory_mib: int = 0
-    shutdown_timeout_s: float = 30.0
+    critical_size: int = DEFAULT_CRITICAL_SIZE
+    reserved_memory_mib: int = DEFAULT_RESERVED_MEMORY_MIB
+    shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S
     kernel: Path | None = None
     initrd: Path | None = None
     cmdline: str = ""

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pinfold.placement import Cluster, HostAllocator, PlacementError, VMSpec
+from pinfold.placement import DEFAULT_CRITICAL_SIZE, Cluster, HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, format_cpulist, parse_cpulist
 
 __all__ = ["app", "main"]
@@ -101,7 +101,9 @@ def demo(
             "--topology", "-t", help=f"SlackVM topology file (default: the bundled {DEFAULT_DEMO_TOPOLOGY})."
         ),
     ] = None,
-    critical_size: int = typer.Option(6, help="Oversubscribed levels share CPUs below this many VMs."),
+    critical_size: int = typer.Option(
+        DEFAULT_CRITICAL_SIZE, help="Oversubscribed levels share CPUs below this many VMs."
+    ),
 ) -> None:
     """Place VMs of three levels on one host and on a small cluster, showing
     the vNodes, the pinning and why a VM that does not fit was refused."""

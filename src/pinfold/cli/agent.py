@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pinfold.cli.options import SlackVMOpenNetworks, TlsCa, TlsCert, TlsKey
+from pinfold.model.defaults import AGENT_PORT, HEARTBEAT_PERIOD_S
 
 __all__ = ["register"]
 
@@ -20,7 +21,7 @@ def agent_command(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML file of settings.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Store and token live here.")] = None,
     listen: Annotated[str | None, typer.Option("--listen")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Default 8099.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help=f"Default {AGENT_PORT}.")] = None,
     driver: Annotated[str | None, typer.Option("--driver", help="auto, libvirt or sim.")] = None,
     libvirt_uri: Annotated[str | None, typer.Option("--libvirt-uri")] = None,
     domain_type: Annotated[str | None, typer.Option("--domain-type", help="kvm or qemu (TCG).")] = None,
@@ -46,7 +47,10 @@ def agent_command(
     ] = None,
     monitor_period_s: Annotated[
         float | None,
-        typer.Option("--monitor-period", help="Seconds between samples and heartbeats (default 10)."),
+        typer.Option(
+            "--monitor-period",
+            help=f"Seconds between samples and heartbeats (default {HEARTBEAT_PERIOD_S:g}).",
+        ),
     ] = None,
     token_file: Annotated[
         Path | None,

@@ -24,12 +24,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pinfold.controller.agents import ACTION_TIMEOUT_S
+from pinfold.model.defaults import ACTION_TIMEOUT_S, CONTROLLER_PORT
 from pinfold.tls import client_context, tls_failure, warn_plain_url
 
 __all__ = ["CLI_CONFIG", "REQUEST_TIMEOUT_S", "cli_config_path", "register", "vm_table"]
 
-DEFAULT_URL = "http://127.0.0.1:8100"
+DEFAULT_URL = f"http://127.0.0.1:{CONTROLLER_PORT}"
 #: how long a request waits for the controller: longer than the controller's own wait for an
 #: agent's lifecycle action (`agent_action_timeout_s`, 90 s by default: a shutdown that ends
 #: in a forced power-off), so that `pinfold vm shutdown` hears the controller's answer

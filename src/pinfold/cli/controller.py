@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from pinfold.cli.options import SlackVMOpenNetworks, TlsCa, TlsCert, TlsKey
+from pinfold.model.defaults import CONTROLLER_PORT
 
 __all__ = ["register"]
 
@@ -22,7 +23,7 @@ def controller_command(
         Path | None, typer.Option("--data-dir", help="Database and tokens live here.")
     ] = None,
     listen: Annotated[str | None, typer.Option("--listen")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Default 8100.")] = None,
+    port: Annotated[int | None, typer.Option("--port", help=f"Default {CONTROLLER_PORT}.")] = None,
     database_url: Annotated[
         str | None, typer.Option("--database-url", help="SQLAlchemy URL; default SQLite in the data dir.")
     ] = None,

@@ -20,7 +20,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from pinfold.placement import POLICIES
+from pinfold.placement import DEFAULT_CRITICAL_SIZE, DEFAULT_POLICY, POLICIES
 from pinfold.sim.generator import TraceShape, generate_shape
 from pinfold.sim.mix import DEFAULT_LEVELS, assign_levels, parse_mix
 from pinfold.sim.readers import FORMATS, detect_format, read_trace
@@ -59,7 +59,7 @@ def simulate_command(
     elastic: Annotated[
         bool, typer.Option("--elastic", help="Open a host whenever none fits (default).")
     ] = False,
-    policy: Annotated[str, typer.Option("--policy", help=f"One of {', '.join(POLICIES)}.")] = "progress",
+    policy: Annotated[str, typer.Option("--policy", help=f"One of {', '.join(POLICIES)}.")] = DEFAULT_POLICY,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -74,7 +74,7 @@ def simulate_command(
         typer.Option("--levels", help=f"Level mix for traces without levels (default {DEFAULT_LEVELS})."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the level draw.")] = 0,
-    critical_size: Annotated[int, typer.Option("--critical-size", min=0)] = 6,
+    critical_size: Annotated[int, typer.Option("--critical-size", min=0)] = DEFAULT_CRITICAL_SIZE,
     usage: Annotated[
         Path | None,
         typer.Option("--usage", help="CPU usage samples (vm_id,t_s,cpu_util_pct) to plot the vNodes' usage."),
@@ -89,7 +89,15 @@ def simulate_command(
         raise typer.BadParameter("give either --hosts N or --elastic, not both")
     resolved = _resolve_format(trace_path, trace_format)
     if resolved == "slackvm":
-        if hosts is not None or elastic or compare or levels or usage or policy != "progress" or seed != 0:
+        if (
+            hosts is not None
+            or elastic
+            or compare
+            or levels
+            or usage
+            or policy != DEFAULT_POLICY
+            or seed != 0
+        ):
             raise typer.BadParameter(
                 "a SlackVM monitoring replay is one host with the levels and usage it records: "
                 "drop --hosts/--elastic/--compare/--policy/--levels/--seed/--usage"

@@ -30,6 +30,7 @@ import typer
 from rich.console import Console
 
 from pinfold.cli.client import cli_config_path, vm_table
+from pinfold.model.defaults import AGENT_PORT, CONTROLLER_PORT
 from pinfold.tls import client_context, local_certificates
 from pinfold.tokens import TokenError, token_in
 
@@ -95,8 +96,8 @@ def up_command(
     domain_type: Annotated[
         str, typer.Option("--domain-type", help="auto (kvm when /dev/kvm is usable), kvm or qemu.")
     ] = "auto",
-    controller_port: Annotated[int, typer.Option("--controller-port")] = 8100,
-    agent_port: Annotated[int, typer.Option("--agent-port")] = 8099,
+    controller_port: Annotated[int, typer.Option("--controller-port")] = CONTROLLER_PORT,
+    agent_port: Annotated[int, typer.Option("--agent-port")] = AGENT_PORT,
     heartbeat_s: Annotated[float, typer.Option("--heartbeat", help="Heartbeat period in seconds.")] = 2.0,
     demo: Annotated[bool, typer.Option("--demo/--no-demo", help="Create two VMs of two levels.")] = True,
     once: Annotated[bool, typer.Option("--once", help="Stop after setting up (and the demo).")] = False,

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S
 from pinfold.tls import tls_failure
 
 __all__ = ["ACTION_TIMEOUT_S", "AgentClient", "AgentError", "AgentRefusedError", "AgentUnreachableError"]
@@ -45,11 +46,6 @@ class AgentUnreachableError(AgentError):
         self.sent = sent
 
 
-#: the default timeout of a lifecycle action: an agent's default shutdown_timeout_s (30 s), a forced
-#: power-off after it, and room to spare
-ACTION_TIMEOUT_S = 90.0
-
-
 class AgentClient:
     """One agent; `timeout_s` bounds each call, `action_timeout_s` a lifecycle
     action (`act`); `transport` lets tests and the all-in-one node reach an
@@ -60,7 +56,7 @@ class AgentClient:
         self,
         address: str,
         token: str,
-        timeout_s: float = 30.0,
+        timeout_s: float = AGENT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
         action_timeout_s: float = ACTION_TIMEOUT_S,
         verify: ssl.SSLContext | bool = True,

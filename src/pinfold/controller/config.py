@@ -8,7 +8,14 @@ from typing import Any
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pinfold.controller.agents import ACTION_TIMEOUT_S
+from pinfold.model.defaults import (
+    ACTION_TIMEOUT_S,
+    AGENT_TIMEOUT_S,
+    CONTROLLER_PORT,
+    DEFAULT_POLICY,
+    HEARTBEAT_PERIOD_S,
+    STALE_AFTER_S,
+)
 from pinfold.placement import POLICIES
 from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
@@ -28,15 +35,15 @@ class ControllerConfig(HttpSettings):
 
     data_dir: Path = Path.home() / ".local" / "share" / "pinfold" / "controller"
     listen: str = "127.0.0.1"
-    port: int = Field(default=8100, ge=1, le=65535)
+    port: int = Field(default=CONTROLLER_PORT, ge=1, le=65535)
     #: SQLAlchemy URL; default: a SQLite file in the data directory
     database_url: str | None = None
-    heartbeat_period_s: float = Field(default=10.0, gt=0)
-    policy: str = "progress"
+    heartbeat_period_s: float = Field(default=HEARTBEAT_PERIOD_S, gt=0)
+    policy: str = DEFAULT_POLICY
     #: a reservation left this long by a controller that died is finished by a retry
-    stale_after_s: float = Field(default=60.0, gt=0)
+    stale_after_s: float = Field(default=STALE_AFTER_S, gt=0)
     #: timeout of each call to an agent
-    agent_timeout_s: float = Field(default=30.0, gt=0)
+    agent_timeout_s: float = Field(default=AGENT_TIMEOUT_S, gt=0)
     #: timeout of a lifecycle action (start, shutdown, ...): longer than the agents'
     #: shutdown_timeout_s, after which they force the guest off
     agent_action_timeout_s: float = Field(default=ACTION_TIMEOUT_S, gt=0)

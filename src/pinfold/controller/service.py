@@ -46,6 +46,7 @@ from pinfold.controller.store import (
     UnknownVMError,
     VMRecord,
 )
+from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
 from pinfold.model.vm import image_path_problem
 from pinfold.placement import POLICIES, HostAllocator, invalid_reason
 from pinfold.topology import slackvm_json
@@ -106,10 +107,10 @@ class Controller:
 
     store: ControllerStore
     agent_for: Callable[[HostRecord], AgentClient]
-    heartbeat_period_s: float = 10.0
-    default_policy: str = "progress"
+    heartbeat_period_s: float = HEARTBEAT_PERIOD_S
+    default_policy: str = DEFAULT_POLICY
     #: a reservation untouched this long has lost its creator (a controller died)
-    stale_after_s: float = 60.0
+    stale_after_s: float = STALE_AFTER_S
     #: how long the list of schedulable hosts is reused (0: read it for every request)
     liveness_ttl_s: float = 1.0
     #: how long a create waits for the same create, sent at the same time, to hear from its agent

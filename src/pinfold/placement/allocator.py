@@ -23,10 +23,12 @@ from pinfold.placement.spec import VMSpec, invalid_reason, level_key
 from pinfold.placement.vnode import VNode
 from pinfold.topology.model import Topology
 
-__all__ = ["DEFAULT_CRITICAL_SIZE", "Change", "HostAllocator"]
+__all__ = ["DEFAULT_CRITICAL_SIZE", "DEFAULT_RESERVED_MEMORY_MIB", "Change", "HostAllocator"]
 
 #: Oversubscribed levels share their CPUs while any holds fewer VMs than this.
 DEFAULT_CRITICAL_SIZE = 6
+#: Memory kept from the VMs (for the host itself) unless a host says otherwise.
+DEFAULT_RESERVED_MEMORY_MIB = 0
 
 # Larger than any sum of distances, for masking CPUs out of an argmin.
 _FAR = np.iinfo(np.int64).max
@@ -62,7 +64,7 @@ class HostAllocator:
         self,
         topology: Topology,
         critical_size: int = DEFAULT_CRITICAL_SIZE,
-        reserved_memory_mib: int = 0,
+        reserved_memory_mib: int = DEFAULT_RESERVED_MEMORY_MIB,
         report_pins: bool = True,
     ) -> None:
         if critical_size < 0:
@@ -418,7 +420,7 @@ class HostAllocator:
         topology: Topology,
         snapshot: HostSnapshot,
         critical_size: int = DEFAULT_CRITICAL_SIZE,
-        reserved_memory_mib: int = 0,
+        reserved_memory_mib: int = DEFAULT_RESERVED_MEMORY_MIB,
         report_pins: bool = True,
     ) -> HostAllocator:
         """Rebuild the exact state of a snapshot (not a re-placement), after

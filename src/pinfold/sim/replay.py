@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from pinfold.placement import Cluster, HostAllocator, VMSpec, get_policy
+from pinfold.placement import (
+    DEFAULT_CRITICAL_SIZE,
+    DEFAULT_POLICY,
+    Cluster,
+    HostAllocator,
+    VMSpec,
+    get_policy,
+)
 from pinfold.sim.events import EventList, order_events, walk
 from pinfold.sim.trace import Trace
 from pinfold.topology import Topology
@@ -34,10 +41,10 @@ class Scenario:
     cluster size, or None for an elastic cluster (a host is opened whenever
     no open host fits). Segregated clusters are always elastic."""
 
-    policy: str = "progress"
+    policy: str = DEFAULT_POLICY
     hosts: int | None = None
-    segregated_policy: str = "progress"
-    critical_size: int = 6
+    segregated_policy: str = DEFAULT_POLICY
+    critical_size: int = DEFAULT_CRITICAL_SIZE
 
     def __post_init__(self) -> None:
         if self.policy == SEGREGATED:

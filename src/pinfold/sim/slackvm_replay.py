@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from pinfold.placement import HostAllocator, PlacementError, VMSpec
+from pinfold.placement import DEFAULT_CRITICAL_SIZE, HostAllocator, PlacementError, VMSpec
 from pinfold.sim.readers.slackvm import HEADER, NULL, MonitoringFile, MonitoringRow
 from pinfold.topology import Topology
 
@@ -49,7 +49,7 @@ class HostReplay:
 
 
 def replay_monitoring(
-    monitoring: MonitoringFile, topology: Topology, out_csv: Path, critical_size: int = 6
+    monitoring: MonitoringFile, topology: Topology, out_csv: Path, critical_size: int = DEFAULT_CRITICAL_SIZE
 ) -> HostReplay:
     host = HostAllocator(topology, critical_size=critical_size, report_pins=False)
     arriving: dict[int, list[str]] = {}

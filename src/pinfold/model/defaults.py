@@ -1,0 +1,41 @@
+"""Every default that more than one place spells: named once, imported
+everywhere (settings models, service dataclasses, CLI options, the simulator).
+
+The placement core's own defaults are defined in `pinfold.placement` (which
+cannot import this package) and named here again for the shells.
+"""
+
+from __future__ import annotations
+
+from pinfold.placement.allocator import DEFAULT_CRITICAL_SIZE, DEFAULT_RESERVED_MEMORY_MIB
+from pinfold.placement.policies import DEFAULT_POLICY
+
+__all__ = [
+    "ACTION_TIMEOUT_S",
+    "AGENT_PORT",
+    "AGENT_TIMEOUT_S",
+    "CONTROLLER_PORT",
+    "DEFAULT_CRITICAL_SIZE",
+    "DEFAULT_POLICY",
+    "DEFAULT_RESERVED_MEMORY_MIB",
+    "HEARTBEAT_PERIOD_S",
+    "SHUTDOWN_TIMEOUT_S",
+    "STALE_AFTER_S",
+]
+
+#: how often an agent samples its host and sends a heartbeat, and the period the controller
+#: assumes of an agent that names none
+HEARTBEAT_PERIOD_S = 10.0
+#: how long an agent waits for a guest to shut down before forcing it off
+SHUTDOWN_TIMEOUT_S = 30.0
+#: the default timeout of a lifecycle action: an agent's shutdown timeout, a forced power-off
+#: after it, and room to spare
+ACTION_TIMEOUT_S = SHUTDOWN_TIMEOUT_S + 60.0
+#: the timeout of every other call from the controller to an agent
+AGENT_TIMEOUT_S = 30.0
+#: a reservation untouched this long has lost its creator (a controller died)
+STALE_AFTER_S = 60.0
+#: the agent's port
+AGENT_PORT = 8099
+#: the controller's port, and the one the CLI calls when told no URL
+CONTROLLER_PORT = 8100
