@@ -216,14 +216,15 @@ class HostAllocator:
             return Refusal(RefusalCode.DUPLICATE_NAME, detail=spec.name), 0
         ratio = float(spec.ratio)
         needed = self.cpus_needed(spec.vcpus, ratio)
-        free, allocated, usable = self._free_count, self.memory_allocated_mib, self.memory_usable_mib
-        cpu_ok, mem_ok = admits(needed, free, allocated, spec.memory_mib, usable)
+        cpu_ok, mem_ok = admits(
+            needed, self._free_count, self.memory_allocated_mib, spec.memory_mib, self.memory_usable_mib
+        )
         if cpu_ok and mem_ok:
             return None, needed
         refusal = capacity_refusal(
-            cpu_ok, mem_ok, level=ratio, vcpus=spec.vcpus, needed=needed, free_cpus=free,
+            cpu_ok, mem_ok, level=ratio, vcpus=spec.vcpus, needed=needed, free_cpus=self._free_count,
             usable_cpus=self.usable_cpu_count, memory_mib=spec.memory_mib,
-            memory_free=usable - allocated, memory_usable=usable,
+            memory_free=self.memory_free_mib, memory_usable=self.memory_usable_mib,
         )  # fmt: skip
         return refusal, needed
 
