@@ -3,7 +3,9 @@
 The controller keeps no allocator in memory (another replica may have changed
 the host since): `fits` rebuilds the host from its stored topology and replays
 its VMs in reservation order through the placement core, the same code the
-agent runs, so the controller admits exactly what the agent will accept. It
+agent runs, so the controller admits exactly what the agent will accept
+(the allocator's check is the placement core's one feasibility rule,
+`placement.arithmetic.admits`). It
 is what `ControllerStore.reserve` calls under the host's lock.
 """
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pinfold.placement.arithmetic import cpus_to_add, shrunk_size
+from pinfold.placement.arithmetic import admits, capacity_refusal, cpus_to_add, shrunk_size
 from pinfold.placement.errors import PlacementError, Refusal, RefusalCode
 from pinfold.placement.policies import Demand, HostColumns, progress
 from pinfold.placement.snapshot import HostSnapshot
@@ -218,26 +218,17 @@ class HostAllocator:
             return Refusal(RefusalCode.DUPLICATE_NAME, detail=spec.name), 0
         ratio = float(spec.ratio)
         needed = self.cpus_needed(spec.vcpus, ratio)
-        if needed > self._free_count:
-            refusal = Refusal(
-                RefusalCode.NOT_ENOUGH_CPU,
-                level=ratio,
-                requested=needed,
-                available=self._free_count,
-                capacity=self.usable_cpu_count,
-                fits_empty=spec.vcpus <= self.usable_cpu_count,
-            )
-            return refusal, needed
-        if self.memory_allocated_mib + spec.memory_mib > self.memory_usable_mib:
-            refusal = Refusal(
-                RefusalCode.NOT_ENOUGH_MEMORY,
-                requested=spec.memory_mib,
-                available=self.memory_free_mib,
-                capacity=self.memory_usable_mib,
-                fits_empty=spec.memory_mib <= self.memory_usable_mib,
-            )
-            return refusal, needed
-        return None, needed
+        cpu_ok, mem_ok = admits(
+            needed, self._free_count, self.memory_allocated_mib, spec.memory_mib, self.memory_usable_mib
+        )
+        if cpu_ok and mem_ok:
+            return None, needed
+        refusal = capacity_refusal(
+            cpu_ok, mem_ok, level=ratio, vcpus=spec.vcpus, needed=needed, free_cpus=self._free_count,
+            usable_cpus=self.usable_cpu_count, memory_mib=spec.memory_mib,
+            memory_free=self.memory_free_mib, memory_usable=self.memory_usable_mib,
+        )  # fmt: skip
+        return refusal, needed
 
     def fits(self, spec: VMSpec) -> bool:
         return self.check(spec) is None

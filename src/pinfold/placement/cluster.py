@@ -6,7 +6,8 @@ The pipeline of `Cluster.choose`, in order:
 
 1. reject the request itself if it is malformed or its name is taken;
 2. feasibility, exact: the CPUs each host's level vNode must grow by (the
-   allocator's own `cpus_to_add`) against its free CPUs, then memory;
+   allocator's own `cpus_to_add`) against its free CPUs, then memory, by the
+   allocator's own rule (`arithmetic.admits`, one column per host);
 3. eligibility: hosts the caller excludes (down, draining) drop out;
 4. ranking: the policy scores the feasible hosts; the best wins, ties to the
    earliest registered host.
@@ -26,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pinfold.placement.allocator import Change, HostAllocator
-from pinfold.placement.arithmetic import cpus_to_add
+from pinfold.placement.arithmetic import admits, capacity_refusal, cpus_to_add
 from pinfold.placement.errors import PlacementError, Refusal, RefusalCode
 from pinfold.placement.policies import DEFAULT_POLICY, Demand, HostColumns, balance_terms, get_policy
 from pinfold.placement.spec import VMSpec, invalid_reason
@@ -84,24 +85,15 @@ class Decision:
         """The first check host `index` failed, or None if it was feasible."""
         if self.request_refusal is not None:
             return self.request_refusal
-        ratio = float(self.spec.ratio)
-        if not self.cpu_ok[index]:
-            return Refusal(
-                RefusalCode.NOT_ENOUGH_CPU,
-                level=ratio,
-                requested=float(self.needed_cpus[index]),
-                available=float(self.free_cpus[index]),
-                capacity=float(self.usable_cpus[index]),
-                fits_empty=self.spec.vcpus <= self.usable_cpus[index],
-            )
-        if not self.mem_ok[index]:
-            return Refusal(
-                RefusalCode.NOT_ENOUGH_MEMORY,
-                requested=float(self.spec.memory_mib),
-                available=float(self.free_mem[index]),
-                capacity=float(self.usable_mem[index]),
-                fits_empty=self.spec.memory_mib <= self.usable_mem[index],
-            )
+        refusal = capacity_refusal(
+            bool(self.cpu_ok[index]), bool(self.mem_ok[index]), level=float(self.spec.ratio),
+            vcpus=self.spec.vcpus, needed=float(self.needed_cpus[index]),
+            free_cpus=float(self.free_cpus[index]), usable_cpus=float(self.usable_cpus[index]),
+            memory_mib=float(self.spec.memory_mib), memory_free=float(self.free_mem[index]),
+            memory_usable=float(self.usable_mem[index]),
+        )  # fmt: skip
+        if refusal is not None:
+            return refusal
         if not self.eligible[index]:
             return Refusal(RefusalCode.HOST_UNAVAILABLE)
         return None
@@ -357,8 +349,7 @@ class Cluster:
                 (level_cpus[:n], allocated[:n]) if rows is None else (level_cpus[rows], allocated[rows])
             )
             needed = cpus_to_add(cpus, alloc, ratio, spec.vcpus)
-        cpu_ok = needed <= hosts.free_cpus
-        mem_ok = hosts.mem_alloc + spec.memory_mib <= hosts.usable_mem
+        cpu_ok, mem_ok = admits(needed, hosts.free_cpus, hosts.mem_alloc, spec.memory_mib, hosts.usable_mem)
         return needed, cpu_ok, mem_ok
 
     def deploy(
