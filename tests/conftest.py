@@ -29,3 +29,14 @@ def epyc() -> Topology:
 @pytest.fixture(scope="session")
 def epyc_exp() -> Topology:
     return Topology.load(EPYC_EXP)
+
+
+@pytest.fixture(autouse=True)
+def _cli_settings_of_the_test_only(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI reads (and `pinfold up` writes) ~/.config/pinfold/cli.toml:
+    a file left there by a real `pinfold up` on the machine would point the
+    tests' CLI at another controller and CA. Each test gets a path of its own,
+    absent until the test writes it (a test may set its own)."""
+    monkeypatch.setenv("PINFOLD_CLI_CONFIG", str(tmp_path_factory.mktemp("cli") / "cli.toml"))
