@@ -22,8 +22,9 @@ others belong to one side only (`CONTROLLER_STATES`, `AGENT_STATES`):
 | missing | both | the hypervisor (agent) or the agent (controller) lacks it |
 
 The controller stores only its states (its table's CHECK lists them; a new
-one needs a migration) and keeps its record when an agent reports a state
-of the agent's own.
+one needs a migration), in each of which the VM holds its resources on its
+host until the row is deleted, and keeps its record when an agent reports a
+state of the agent's own.
 
 Transitions (`transition(state, action)`; every other pair is refused):
 
@@ -59,6 +60,7 @@ __all__ = [
     "VMState",
     "allowed",
     "table",
+    "takes_actions",
     "transition",
 ]
 
@@ -127,8 +129,8 @@ class Refused(Exception):  # noqa: N818 (a refusal, not an error of the program)
         super().__init__(f"{action} is refused in state {state}")
 
     def detail(self, name: str, because: str | None = None) -> str:
-        """"web is paused: start needs shutoff", or `because` in place of the
-        table's reason ("" for none)."""
+        """The refusal in words ("web is paused: start needs shutoff"), with
+        `because` in place of the table's reason ("" for none)."""
         if because is None:
             needs = " or ".join(state for state in VMState if (state, self.action) in _TABLE)
             because = f"{self.action} needs {needs}"
@@ -146,6 +148,12 @@ def transition(state: VMState, action: Action) -> VMState:
 def allowed(state: VMState) -> tuple[Action, ...]:
     """The actions legal in `state`, in `Action`'s order."""
     return tuple(action for action in Action if (state, action) in _TABLE)
+
+
+def takes_actions(state: VMState) -> bool:
+    """Whether any action but a delete is legal in `state`: the controller
+    refuses the others itself, whatever the hypervisor says."""
+    return any((state, action) in _TABLE for action in POWER_ACTIONS)
 
 
 def table() -> dict[str, list[str]]:
