@@ -24,6 +24,7 @@ from pinfold.agent.domain import NAME_PATTERN
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
+from pinfold.model.lifecycle import POWER_ACTIONS
 from pinfold.placement import level_key
 from pinfold.web import ApiError, install_error_handlers, open_to, token_check
 
@@ -41,7 +42,7 @@ _STATUS = {
     "stale pins": 503,
     "unauthorized": 401,
 }
-ACTIONS = ("start", "shutdown", "suspend", "resume")
+ACTIONS: tuple[str, ...] = POWER_ACTIONS
 T = TypeVar("T")
 
 
