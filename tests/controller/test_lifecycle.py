@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pinfold.controller.service import ACTIONS
+from pinfold.controller.service import ACTIONS, _vm_state
 from pinfold.model import lifecycle
-from pinfold.model.lifecycle import VMState
+from pinfold.model.lifecycle import AGENT_STATES, CONTROLLER_STATES, VMState
 from pinfold.topology import Topology
 from tests.controller.cluster import Host, LocalCluster
 
@@ -106,3 +106,12 @@ def test_a_deleting_vm_is_refused_by_the_controller_without_asking_its_agent(
     assert response.status_code == 409, response.text
     assert (response.json()["error"], response.json()["detail"]) == ("invalid", "v is deleting")
     assert host.agent.vms["v"].state is VMState.RUNNING  # the agent was not asked
+
+
+@pytest.mark.parametrize("reported", sorted(set(AGENT_STATES) - set(CONTROLLER_STATES)), ids=str)
+def test_an_agent_only_state_in_a_report_keeps_the_controllers_record(reported: VMState) -> None:
+    """The enum is shared, but the controller stores only its own states: an
+    agent's `stopping` or `creating` leaves the record as it was (the CHECK on
+    vms.state would refuse it)."""
+    assert _vm_state(reported.value, VMState.RUNNING) is VMState.RUNNING
+    assert _vm_state("paused", VMState.RUNNING) is VMState.PAUSED
