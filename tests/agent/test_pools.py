@@ -16,6 +16,7 @@ from pinfold.agent.pools import PoolKeeper, PoolSpec
 from pinfold.agent.reconcile import Action
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Pending, Store
+from pinfold.model.lifecycle import VMState
 
 SMALL = PoolSpec(name="small", size=2, vcpus=1, memory_mib=128, ratio=2.0, warmup_s=5)
 
@@ -183,7 +184,7 @@ def test_a_member_a_start_could_not_make_is_replaced(tmp_path, i7, driver, monke
 
 def test_a_broken_member_that_cannot_be_deleted_is_the_pools_last_error(tmp_path, i7, driver, monkeypatch):
     agent = filled(agent_with(tmp_path, i7, driver, SMALL))
-    agent.store.set_state("pool-small-0", "pooled", Pending.DELETE)  # a delete a crash cut short
+    agent.store.set_state("pool-small-0", VMState.POOLED, Pending.DELETE)  # a delete a crash cut short
     agent.store.close()
     delete = driver.delete
 
@@ -210,7 +211,7 @@ def test_a_member_that_cannot_be_deleted_does_not_stop_the_other_pools(tmp_path,
     agent = agent_with(tmp_path, i7, driver, SMALL, other)
     while agent.tend_pools(0.0):
         pass
-    agent.store.set_state("pool-small-0", "pooled", Pending.DELETE)  # a delete a crash cut short
+    agent.store.set_state("pool-small-0", VMState.POOLED, Pending.DELETE)  # a delete a crash cut short
     agent.store.close()
 
     def refuse(name: str) -> None:

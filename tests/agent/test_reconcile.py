@@ -8,11 +8,12 @@ from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers import GuestInfo, GuestState
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, StoredVM
+from pinfold.model.lifecycle import VMState
 from pinfold.placement import VMSpec
 
 
 def stored(name: str, pending: Pending | None = None) -> StoredVM:
-    return StoredVM(VMSpec(name, 1, 128, 2.0), "", "", "running", pending)
+    return StoredVM(VMSpec(name, 1, 128, 2.0), "", "", VMState.RUNNING, pending)
 
 
 def ours(name: str) -> GuestInfo:

@@ -16,6 +16,7 @@ from pinfold.agent.reconcile import Action, Step
 from pinfold.agent.registration import heartbeat_document
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Pending, Store, StoredVM
+from pinfold.model.lifecycle import VMState
 from pinfold.placement import VMSpec
 
 
@@ -116,7 +117,7 @@ def test_start_repairs_every_crash_point(parts, i7):
     first.create(VMRequest("deleted", 1, 128, 2.0))
     # crash after storing a create, before the domain existed
     first.allocator.deploy(VMSpec("half-created", 1, 128, 2.0))
-    store.save_vm(StoredVM(VMSpec("half-created", 1, 128, 2.0), "", "", "creating", Pending.CREATE),
+    store.save_vm(StoredVM(VMSpec("half-created", 1, 128, 2.0), "", "", VMState.CREATING, Pending.CREATE),
                   first.allocator.snapshot())  # fmt: skip
     # crash after marking deletes: one before the domain went, one after
     store.set_state("half-deleted", "running", Pending.DELETE)
@@ -146,7 +147,7 @@ def test_the_store_refuses_a_cpu_in_two_vnodes(tmp_path):
     from pinfold.placement import HostSnapshot
 
     store = Store(tmp_path / "s.db")
-    vm = StoredVM(VMSpec("a", 1, 128, 1.0), "", "", "running", None)
+    vm = StoredVM(VMSpec("a", 1, 128, 1.0), "", "", VMState.RUNNING, None)
     with pytest.raises(sqlite3.IntegrityError):
         store.save_vm(vm, HostSnapshot({1.0: (0,), 2.0: (0,)}, (vm.spec,)))
     assert store.load()[1] == {}  # the whole transaction rolled back
@@ -166,7 +167,7 @@ def test_a_step_that_fails_at_start_is_recorded_and_the_agent_starts_all_the_sam
     first.create(VMRequest("doomed", 1, 128, 2.0))
     for name in ("broken", "fine"):  # crash after storing two creates, before either domain existed
         first.allocator.deploy(VMSpec(name, 1, 128, 2.0))
-        store.save_vm(StoredVM(VMSpec(name, 1, 128, 2.0), "", "", "creating", Pending.CREATE),
+        store.save_vm(StoredVM(VMSpec(name, 1, 128, 2.0), "", "", VMState.CREATING, Pending.CREATE),
                       first.allocator.snapshot())  # fmt: skip
     store.set_state("doomed", "running", Pending.DELETE)  # and after marking a delete
     store.close()

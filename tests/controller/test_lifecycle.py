@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
-from pinfold.controller.service import ACTIONS
+from pinfold.controller.service import ACTIONS, _vm_state
+from pinfold.model import lifecycle
+from pinfold.model.lifecycle import AGENT_STATES, CONTROLLER_STATES, VMState
 from pinfold.topology import Topology
 from tests.controller.cluster import Host, LocalCluster
 
@@ -81,3 +84,34 @@ def test_an_action_on_a_vm_whose_domain_has_gone_is_invalid(
     again = cluster.http.post(f"/api/v1/vms/v/{action}")
     assert again.status_code == 409, again.text
     assert cluster.http.delete("/api/v1/vms/v").status_code == 204
+
+
+def test_the_lifecycle_table_is_served_to_admins(cluster: LocalCluster) -> None:
+    """The dashboard's buttons come from the model's table, not from rules of its own."""
+    served = cluster.http.get("/api/v1/lifecycle")
+    assert served.status_code == 200, served.text
+    assert served.json() == lifecycle.table()
+    assert served.json()["paused"] == ["shutdown", "resume", "delete"]
+    with httpx.Client(base_url=cluster.url) as anonymous:
+        assert anonymous.get("/api/v1/lifecycle").status_code == 401
+
+
+@pytest.mark.parametrize("action", ACTIONS)
+def test_a_deleting_vm_is_refused_by_the_controller_without_asking_its_agent(
+    cluster: LocalCluster, host: Host, action: str
+) -> None:
+    """`deleting` allows nothing but a delete in the table, whatever the agent has."""
+    cluster.controller.store.set_vm_state("v", VMState.DELETING, cluster.controller.clock())
+    response = cluster.http.post(f"/api/v1/vms/v/{action}")
+    assert response.status_code == 409, response.text
+    assert (response.json()["error"], response.json()["detail"]) == ("invalid", "v is deleting")
+    assert host.agent.vms["v"].state is VMState.RUNNING  # the agent was not asked
+
+
+@pytest.mark.parametrize("reported", sorted(set(AGENT_STATES) - set(CONTROLLER_STATES)), ids=str)
+def test_an_agent_only_state_in_a_report_keeps_the_controllers_record(reported: VMState) -> None:
+    """The enum is shared, but the controller stores only its own states: an
+    agent's `stopping` or `creating` leaves the record as it was (the CHECK on
+    vms.state would refuse it)."""
+    assert _vm_state(reported.value, VMState.RUNNING) is VMState.RUNNING
+    assert _vm_state("paused", VMState.RUNNING) is VMState.PAUSED

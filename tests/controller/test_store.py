@@ -9,7 +9,7 @@ import pytest
 
 from pinfold.controller.database import connect
 from pinfold.controller.feasibility import fits
-from pinfold.controller.models import VMState
+from pinfold.controller.models import VM, VMState
 from pinfold.controller.store import (
     ControllerStore,
     DuplicateVMError,
@@ -21,6 +21,7 @@ from pinfold.controller.store import (
     UnknownVMError,
     VMRecord,
 )
+from pinfold.model.lifecycle import AGENT_STATES, CONTROLLER_STATES
 from pinfold.placement import HostAllocator, VMSpec
 from pinfold.topology import slackvm_json
 
@@ -250,7 +251,7 @@ def test_another_store_sees_what_one_committed(registered: ControllerStore, data
 # -- VM states ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("state", list(VMState), ids=str)
+@pytest.mark.parametrize("state", CONTROLLER_STATES, ids=str)
 def test_every_vm_state_round_trips(registered: ControllerStore, state: VMState) -> None:
     registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=1.0)
 
@@ -267,6 +268,25 @@ def test_unknown_state_is_refused(registered: ControllerStore) -> None:
     vm = registered.vm("web-1")
     assert vm is not None
     assert vm.state is VMState.RESERVED
+
+
+@pytest.mark.parametrize("state", sorted(set(AGENT_STATES) - set(CONTROLLER_STATES)), ids=str)
+def test_an_agent_only_state_is_refused_before_the_database(
+    registered: ControllerStore, state: VMState
+) -> None:
+    """A state of the shared enum the controller does not store is the store's
+    refusal, not a CHECK violation from the database."""
+    registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=1.0)
+    with pytest.raises(StoreError, match="unknown vm state"):
+        registered.set_vm_state("web-1", state, now=2.0)
+    assert registered.vm("web-1").state is VMState.RESERVED  # type: ignore[union-attr]
+
+
+def test_the_schema_check_lists_the_controller_states() -> None:
+    """`CONTROLLER_STATES` and the CHECK on vms.state (and so the migrations) agree."""
+    check = next(c for c in VM.__table__.constraints if c.name == "ck_vms_state_known")  # type: ignore[attr-defined]
+    listed = str(check.sqltext)
+    assert listed == "state IN (" + ", ".join(f"'{state}'" for state in CONTROLLER_STATES) + ")"
 
 
 def test_state_of_an_unknown_vm_raises(registered: ControllerStore) -> None:

@@ -174,6 +174,8 @@ def test_log_in_create_watch_filter_act_and_delete(browser, cluster):
     state_of(page, "web", "shutoff")
     assert dialogs == ["Shut web down?"]
     assert cluster.hosts[host].agent.vms["web"].state == "shutoff"
+    # its buttons are the lifecycle table's for its state: a shut-off VM is started or deleted
+    assert page.locator("tr[data-vm=web] button").all_text_contents() == ["start", "delete"]
 
     accept["next"] = False  # "cancel": nothing happens
     page.locator("tr[data-vm=web] button[data-action=delete]").click()

@@ -23,6 +23,7 @@ from pinfold import slackvm
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
+from pinfold.model.lifecycle import POWER_ACTIONS
 from pinfold.model.vm import (
     MAX_IMAGE_LENGTH,
     MAX_NAME_LENGTH,
@@ -49,7 +50,7 @@ _STATUS = {
     "stale pins": 503,
     "unauthorized": 401,
 }
-ACTIONS = ("start", "shutdown", "suspend", "resume")
+ACTIONS: tuple[str, ...] = POWER_ACTIONS
 T = TypeVar("T")
 
 

@@ -14,6 +14,10 @@ rename in the allocator and the store (pending), resume, clear the mark.
 
 Every change is made under `Agent.lock`; only those two waits are not.
 
+Whether start, shutdown, suspend or resume is legal is the lifecycle table's
+(`pinfold.model.lifecycle`), asked with the state the guest is in before the
+driver is called; the states stored are that module's `VMState`.
+
 A VM that cannot follow its vNode (a re-pin the hypervisor refuses, after a
 delete or a resize, or at start) is kept as a stale pin (`Agent.stale_pins()`)
 and re-pinned again before every change and at every PoolKeeper tick. Until that works, no
@@ -38,6 +42,8 @@ from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.model.defaults import DEFAULT_CRITICAL_SIZE, DEFAULT_RESERVED_MEMORY_MIB, SHUTDOWN_TIMEOUT_S
+from pinfold.model.lifecycle import Action as LifecycleAction
+from pinfold.model.lifecycle import Refused, VMState, transition
 from pinfold.model.vm import VMRequest, image_path_problem, valid_name
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, format_cpulist
@@ -47,7 +53,7 @@ __all__ = ["Agent", "AgentError", "AgentSettings", "StalePin", "VMRequest"]
 log = logging.getLogger(__name__)
 
 #: the states of a pool member that will never be handed out (see `Agent.tend_pools`)
-BROKEN = frozenset({"error", "missing"})
+BROKEN = frozenset({VMState.ERROR, VMState.MISSING})
 
 
 class AgentError(Exception):
@@ -180,7 +186,7 @@ class Agent:
             change = self.allocator.deploy(spec)
         except PlacementError as error:
             raise AgentError(error.code.value, error.refusal.describe()) from error
-        vm = StoredVM(spec, request.owner, str(base or ""), "creating", Pending.CREATE, pool=pool)
+        vm = StoredVM(spec, request.owner, str(base or ""), VMState.CREATING, Pending.CREATE, pool=pool)
         try:
             self.store.save_vm(vm, self.allocator.snapshot())
         except BaseException:
@@ -198,7 +204,7 @@ class Agent:
         if failed:  # its neighbours would overlap its vNode: undo it rather than break isolation
             self._delete(self.vms[spec.name])
             raise AgentError("hypervisor failed", "cannot re-pin " + "; ".join(failed))
-        return self._set(spec.name, "warming" if pool else "running", None)
+        return self._set(spec.name, VMState.WARMING if pool else VMState.RUNNING, None)
 
     def delete(self, name: str) -> None:
         with self.lock:
@@ -219,7 +225,7 @@ class Agent:
         self._forget(name)
 
     def start(self, name: str) -> StoredVM:
-        return self._act(name, self.driver.start, "running")
+        return self._act(name, self.driver.start, LifecycleAction.START)
 
     def shutdown(self, name: str) -> StoredVM:
         """Power the guest off gracefully, forced after `shutdown_timeout_s`.
@@ -235,9 +241,9 @@ class Agent:
         token = object()
         with self.lock:
             self._retry_stale_pins()
-            vm = self._idle(name)
+            vm, after = self._allowed(name, LifecycleAction.SHUTDOWN, record_refused=True)
             before = vm.state
-            vm = self._set(name, "stopping", Pending.SHUTDOWN)
+            vm = self._set(name, VMState.STOPPING, Pending.SHUTDOWN)
             self._shutdowns[name] = token
         failure: DriverError | None = None
         try:
@@ -249,17 +255,17 @@ class Agent:
                 raise AgentError("unknown vm", f"{name} (deleted while it shut down)")
             del self._shutdowns[name]
             if failure is None:
-                return self._set(name, "shutoff", None)
+                return self._set(name, after, None)
             if failure.code == "not found":
                 raise self._lost(name) from failure
             self._set(name, self._observed_state(vm.domain, before), None)
         raise _refusal(failure) from failure
 
     def suspend(self, name: str) -> StoredVM:
-        return self._act(name, self.driver.suspend, "paused")
+        return self._act(name, self.driver.suspend, LifecycleAction.SUSPEND)
 
     def resume(self, name: str) -> StoredVM:
-        return self._act(name, self.driver.resume, "running")
+        return self._act(name, self.driver.resume, LifecycleAction.RESUME)
 
     def resize(self, name: str, vcpus: int, memory_mib: int) -> StoredVM:
         """Give a VM another size: re-placed on its level's vNode now (refused,
@@ -333,7 +339,7 @@ class Agent:
             status: dict[str, dict[str, int | str | None]] = {}
             for pool in self.settings.pools:
                 members = self._members(pool.name)
-                ready = sum(1 for vm in members if vm.state == "pooled" and vm.pending is None)
+                ready = sum(1 for vm in members if vm.state is VMState.POOLED and vm.pending is None)
                 status[pool.name] = {
                     "size": pool.size, "ready": ready, "warming": len(members) - ready,
                     "last_error": self.pool_errors.get(pool.name),
@@ -371,7 +377,7 @@ class Agent:
                 elif pool is None or self._members(pool.name).index(vm) >= pool.size:
                     self._delete(vm)
                 elif (
-                    vm.state == "warming"
+                    vm.state is VMState.WARMING
                     and now - self._warming_since.setdefault(vm.spec.name, now) >= pool.warmup_s
                 ):
                     with self._tending(pool.name):
@@ -444,7 +450,7 @@ class Agent:
         except DriverError as error:
             raise AgentError("hypervisor failed", str(error)) from error
         self._warming_since.pop(vm.spec.name, None)
-        self._set(vm.spec.name, "pooled", None)
+        self._set(vm.spec.name, VMState.POOLED, None)
 
     def _ready_member(self, request: VMRequest, base: Path | None) -> StoredVM | None:
         for pool in self.settings.pools:
@@ -455,7 +461,7 @@ class Agent:
             ):
                 continue
             for vm in self._members(pool.name):
-                if vm.state == "pooled" and vm.pending is None and vm.image == str(base or ""):
+                if vm.state is VMState.POOLED and vm.pending is None and vm.image == str(base or ""):
                     return vm
         return None
 
@@ -467,7 +473,7 @@ class Agent:
             raise AgentError(error.code.value, error.refusal.describe()) from error
         vm = replace(
             member, spec=replace(member.spec, name=request.name), owner=request.owner,
-            state="resuming", pending=Pending.CREATE, pool="",
+            state=VMState.RESUMING, pending=Pending.CREATE, pool="",
         )  # fmt: skip
         try:
             self.store.hand_out(member.spec.name, vm)
@@ -487,7 +493,7 @@ class Agent:
         with contextlib.suppress(DriverError):  # metadata only: the store has the owner already
             self.driver.relabel(vm.domain, vm.owner)
         self.on_hand_out()
-        return self._set(request.name, "running", None)
+        return self._set(request.name, VMState.RUNNING, None)
 
     # -- start-up --------------------------------------------------------------
 
@@ -510,7 +516,7 @@ class Agent:
             except (DriverError, DomainXMLError, DiskError) as error:
                 log.error("start: cannot %s %s: %s", step.action.value, step.name, error)
                 if step.name in self.vms:
-                    self._set(step.name, "error", self.vms[step.name].pending)
+                    self._set(step.name, VMState.ERROR, self.vms[step.name].pending)
                 step = replace(step, error=str(error))
             steps.append(step)
         self._check_pins()
@@ -522,7 +528,7 @@ class Agent:
             return
         if step.action is Action.CREATE:
             self._make(vm)
-            self._set(step.name, "warming" if vm.pool else "running", None)  # as `_create_cold`
+            self._set(step.name, VMState.WARMING if vm.pool else VMState.RUNNING, None)  # as `_create_cold`
         elif step.action is Action.FINISH_CREATE:
             self._finish_create(vm, observed[vm.domain].state)
         elif step.action is Action.DELETE:
@@ -533,7 +539,7 @@ class Agent:
         elif step.action is Action.FINISH_SHUTDOWN:
             self._set(step.name, _state_name(observed[vm.domain].state), None)
         elif step.action is Action.MISSING:
-            self._set(step.name, "missing", None)
+            self._set(step.name, VMState.MISSING, None)
 
     def _check_pins(self) -> None:
         """Pins follow the restored layout, whatever the domains held before
@@ -554,7 +560,7 @@ class Agent:
         if state is GuestState.PAUSED and not vm.pool:
             self.driver.resume(vm.domain)
             state = GuestState.RUNNING
-        self._set(vm.spec.name, ("warming" if vm.pool else _state_name(state)), None)
+        self._set(vm.spec.name, (VMState.WARMING if vm.pool else _state_name(state)), None)
 
     def vnode_layout(self) -> dict[float, list[int]]:
         with self.lock:
@@ -593,7 +599,7 @@ class Agent:
         failed = []
         for name, cpuset in repinned.items():
             vm = self.vms.get(name)
-            if vm is None or vm.state == "missing":
+            if vm is None or vm.state is VMState.MISSING:
                 self._stale_pins.pop(name, None)
                 continue
             try:
@@ -608,7 +614,7 @@ class Agent:
                     continue
                 if vm.pending is None:
                     log.warning("the domain %s of %s has gone: marked missing", vm.domain, name)
-                    self._set(name, "missing", None)
+                    self._set(name, VMState.MISSING, None)
             if self._stale_pins.pop(name, None) is not None:
                 log.info("%s is re-pinned to CPUs %s", name, format_cpulist(cpuset))
         return failed
@@ -651,7 +657,7 @@ class Agent:
         # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
         self._repin(change.repinned)
 
-    def _set(self, name: str, state: str, pending: Pending | None) -> StoredVM:
+    def _set(self, name: str, state: VMState, pending: Pending | None) -> StoredVM:
         self.store.set_state(name, state, pending)
         vm = self.vms[name] = replace(self.vms[name], state=state, pending=pending)
         return vm
@@ -677,7 +683,7 @@ class Agent:
         vm = self._get(name)
         if vm.pending is not None:
             raise AgentError("invalid", f"{name} is {vm.state}: its {vm.pending.value} is not finished")
-        if vm.state == "missing":
+        if vm.state is VMState.MISSING:
             raise _missing(name)
         return vm
 
@@ -686,24 +692,49 @@ class Agent:
         missing (as a re-pin would mark it), a state no action can leave, so
         the request is refused as invalid (409), not as a hypervisor failure."""
         log.warning("the domain of %s has gone: marked missing", name)
-        self._set(name, "missing", None)
+        self._set(name, VMState.MISSING, None)
         return _missing(name)
 
-    def _observed_state(self, domain: str, otherwise: str) -> str:
+    def _observed_state(self, domain: str, otherwise: VMState) -> VMState:
         try:
             return _state_name(self.driver.info(domain).state)
         except DriverError:
             return otherwise
 
-    def _act(self, name: str, operation: Callable[[str], None], state: str) -> StoredVM:
+    def _act(self, name: str, operation: Callable[[str], None], action: LifecycleAction) -> StoredVM:
         with self.lock:
             self._retry_stale_pins()
-            vm = self._idle(name)
+            vm, state = self._allowed(name, action)
             try:
                 operation(vm.domain)
             except DriverError as error:
-                raise (self._lost(name) if error.code == "not found" else _refusal(error)) from error
+                raise self._failed(name, error) from error
             return self._set(name, state, None)
+
+    def _allowed(
+        self, name: str, action: LifecycleAction, record_refused: bool = False
+    ) -> tuple[StoredVM, VMState]:
+        """A user's idle VM and the state `action` takes it to, by the lifecycle
+        table from the state its guest is in now (the stored state may lag: a
+        guest may power itself off). An illegal action is refused here, with
+        the guest untouched; the driver's own check stays as a backstop.
+        `record_refused`: a refusal records the state the guest is in (a
+        shutdown does, as it records how a failed one left the guest)."""
+        vm = self._idle(name)
+        try:
+            observed = _state_name(self.driver.info(vm.domain).state)
+        except DriverError as error:
+            raise self._failed(name, error) from error
+        try:
+            return vm, transition(observed, action)
+        except Refused as refused:
+            if record_refused:
+                self._set(name, observed, None)
+            raise AgentError(refused.code, refused.detail(name)) from None
+
+    def _failed(self, name: str, error: DriverError) -> AgentError:
+        """A driver's failure on `name`: its domain gone (`_lost`), or refused."""
+        return self._lost(name) if error.code == "not found" else _refusal(error)
 
 
 def _missing(name: str) -> AgentError:
@@ -714,5 +745,6 @@ def _refusal(error: DriverError) -> AgentError:
     return AgentError("invalid" if error.code == "invalid" else "hypervisor failed", str(error))
 
 
-def _state_name(state: GuestState) -> str:
-    return "running" if state is GuestState.RUNNING else state.value
+def _state_name(state: GuestState) -> VMState:
+    """The lifecycle's state for a guest's (`other` for the hypervisor's other states)."""
+    return VMState(state.value)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
+from pinfold.model.lifecycle import VMState
 from pinfold.placement import HostSnapshot, VMSpec
 from pinfold.private import private_database
 
@@ -76,7 +77,7 @@ class StoredVM:
     spec: VMSpec
     owner: str
     image: str
-    state: str
+    state: VMState
     pending: Pending | None
     domain: str = ""
     pool: str = ""
@@ -140,7 +141,7 @@ class Store:
         for name, vcpus, memory, ratio, owner, image, state, pending, domain, pool in rows:
             spec = VMSpec(name, int(vcpus), int(memory), float(ratio))
             vms[name] = StoredVM(
-                spec, owner, image, state, Pending(pending) if pending else None, domain, pool
+                spec, owner, image, VMState(state), Pending(pending) if pending else None, domain, pool
             )
         vnodes: dict[float, list[int]] = {}
         for ratio, cpu in self._db.execute("SELECT ratio, cpu FROM vnode_cpus ORDER BY ratio, position"):
@@ -163,7 +164,7 @@ class Store:
             )  # fmt: skip
             self._write_vnodes(snapshot.vnodes)
 
-    def set_state(self, name: str, state: str, pending: Pending | None) -> None:
+    def set_state(self, name: str, state: VMState, pending: Pending | None) -> None:
         with self._transaction():
             self._db.execute(
                 "UPDATE vms SET state = ?, pending = ? WHERE name = ?",

@@ -34,6 +34,7 @@ from pinfold.controller.credentials import Enrolment, HostCredential, Proof, dig
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
 from pinfold.controller.store import EventRecord, NewVM, VMRecord
+from pinfold.model import lifecycle
 from pinfold.model.vm import (
     MAX_IMAGE_LENGTH,
     MAX_NAME_LENGTH,
@@ -444,6 +445,11 @@ def create_app(
             raise ApiError("invalid request", f"action: one of {', '.join(ACTIONS)}")
         record = call(lambda: controller.act(name, action))
         return vm_view(record, host_views().get(record.host_id or ""))
+
+    @app.get("/api/v1/lifecycle", dependencies=[admin])
+    def lifecycle_table() -> dict[str, list[str]]:
+        """Every state's legal actions (the dashboard's buttons): the model's table."""
+        return lifecycle.table()
 
     @app.get("/api/v1/events", dependencies=[admin])
     def events(

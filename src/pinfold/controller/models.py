@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, CheckConstraint, Double, ForeignKey, Integer, MetaData, String, false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from pinfold.model.lifecycle import VMState
 
 __all__ = [
     "HOST_ID_MAX",
@@ -42,19 +43,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-class VMState(StrEnum):
-    """Where a VM stands as the controller sees it. Every state holds the
-    VM's resources on its host until the row is deleted."""
-
-    RESERVED = "reserved"  # room taken on the host, the agent not yet asked
-    RUNNING = "running"
-    PAUSED = "paused"
-    SHUTOFF = "shutoff"
-    FAILED = "failed"
-    DELETING = "deleting"
-    MISSING = "missing"  # the agent no longer reports it
 
 
 class Base(DeclarativeBase):
@@ -130,7 +118,7 @@ class VM(Base):
         CheckConstraint("vcpus >= 1", name="vcpus_positive"),
         CheckConstraint("memory_mib >= 1", name="memory_positive"),
         CheckConstraint("ratio >= 1.0", name="ratio_at_least_one"),
-        # VMState's values; a new state needs a migration (tests check they agree)
+        # lifecycle.CONTROLLER_STATES; a new state needs a migration (tests check they agree)
         CheckConstraint(
             "state IN ('reserved', 'running', 'paused', 'shutoff', 'failed', 'deleting', 'missing')",
             name="state_known",

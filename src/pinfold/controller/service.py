@@ -47,6 +47,7 @@ from pinfold.controller.store import (
     VMRecord,
 )
 from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
+from pinfold.model.lifecycle import CONTROLLER_STATES, POWER_ACTIONS, takes_actions
 from pinfold.model.vm import image_path_problem
 from pinfold.placement import POLICIES, HostAllocator, invalid_reason
 from pinfold.topology import slackvm_json
@@ -55,7 +56,7 @@ __all__ = ["Controller", "ControllerError", "HostView", "NoHostError", "Placed"]
 
 #: heartbeats a host may miss before it is `down`
 MISSED_HEARTBEATS = 3
-ACTIONS = ("start", "shutdown", "suspend", "resume")
+ACTIONS: tuple[str, ...] = POWER_ACTIONS
 #: how often a create polls the database for the same create on another replica
 RACE_POLL_S = 0.05
 #: how many times a create looks for its name again after another request took and dropped it
@@ -520,7 +521,7 @@ class Controller:
             raise ControllerError("invalid request", f"action: one of {', '.join(ACTIONS)}")
         record = self.vm(name)
         host = self.store.host(record.host_id) if record.host_id else None
-        if host is None or record.state in (VMState.RESERVED, VMState.DELETING, VMState.MISSING):
+        if host is None or not takes_actions(record.state):  # the table: only a delete
             because = f": {record.detail}" if record.detail else ""
             raise ControllerError("invalid", f"{name} is {record.state.value}{because}")
         try:
@@ -635,10 +636,10 @@ def _same_or_refuse(existing: VMRecord, request: NewVM) -> None:
 
 
 def _vm_state(agent_state: object, otherwise: VMState) -> VMState:
-    try:
-        return VMState(str(agent_state))
-    except ValueError:
-        return otherwise
+    """The controller's state for an agent's report; `otherwise` for one of the
+    agent's own states (creating, stopping...) or one it does not know."""
+    state = str(agent_state)
+    return VMState(state) if state in CONTROLLER_STATES else otherwise
 
 
 def _unusable(topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int) -> str | None:

@@ -40,6 +40,7 @@ from pinfold.controller.models import (
     VMState,
     digest_of,
 )
+from pinfold.model.lifecycle import CONTROLLER_STATES
 from pinfold.placement import VMSpec
 
 __all__ = [
@@ -538,11 +539,11 @@ def _next_seq(session: Session) -> int:
 
 
 def _vm_state(state: VMState | str) -> VMState:
-    try:
-        return VMState(state)
-    except ValueError:
-        valid = ", ".join(s.value for s in VMState)
-        raise StoreError(f"unknown vm state {state!r}: one of {valid}") from None
+    """One of the controller's states (the agent's own would break the CHECK)."""
+    if state not in CONTROLLER_STATES:
+        valid = ", ".join(s.value for s in CONTROLLER_STATES)
+        raise StoreError(f"unknown vm state {state!r}: one of {valid}")
+    return VMState(state)
 
 
 def _event_row(event: NewEvent, now: float) -> Event:

@@ -187,17 +187,18 @@ async function hostPage(id) {
     h("h3", {}, "GPUs"),
     h("p", {}, gpus.available ? gpus.devices.map((g) => g.name + ": " + g.utilization_pct + "%").join(", ") : "No GPU (" + (gpus.reason || "not reported") + ")"),
     h("h3", {}, "vNodes over the last hour"), historyPlot(history),
-    h("h3", {}, "VMs"), vmTable(vms, false, usage.vms || {}));
+    h("h3", {}, "VMs"), vmTable(vms, null, usage.vms || {}));
 }
 
 // -- VMs --------------------------------------------------------------------------------
 
 const filters = { host: "", level: "", state: "" };
 
-function vmTable(vms, withActions, use) {
+// `lifecycle`: the controller's table of each state's legal actions (a button each), or null for none.
+function vmTable(vms, lifecycle, use) {
   return h("table", { "data-testid": "vms" },
     h("tr", {}, ["name", "host", "level", "vCPUs", "MiB", "state", "pinned to"].map((t) => h("th", {}, t)),
-      use ? h("th", {}, "cores used") : [], withActions ? h("th", {}, "") : []),
+      use ? h("th", {}, "cores used") : [], lifecycle ? h("th", {}, "") : []),
     vms.map((vm) => h("tr", { "data-vm": vm.name },
       h("td", {}, vm.name), h("td", {}, vm.host || "-"),
       h("td", {}, h("span", { class: "badge " + levelClass(vm.ratio.toFixed(1)) }, levelName(vm.ratio))),
@@ -205,24 +206,33 @@ function vmTable(vms, withActions, use) {
       h("td", { "data-testid": "state" }, vm.host_state === "down" ? vm.state + " (host down)" : vm.state),
       h("td", {}, (vm.pinning || []).join(",") || "-"),
       use ? h("td", {}, use[vm.name] ? use[vm.name].cpu_cores.toFixed(2) : "-") : [],
-      withActions ? h("td", {}, actions(vm)) : [])));
+      lifecycle ? h("td", {}, actions(vm, lifecycle[vm.state] || ["delete"])) : [])));
 }
 
-function actions(vm) {
-  const act = (label, run, confirmText) => h("button", {
-    "data-action": label,
+// The destructive actions ask first.
+const CONFIRM = {
+  shutdown: (name) => "Shut " + name + " down?",
+  delete: (name) => "Delete " + name + "? Its disk goes with it.",
+};
+
+function actions(vm, allowed) {
+  const path = "/api/v1/vms/" + encodeURIComponent(vm.name);
+  return allowed.map((action) => h("button", {
+    "data-action": action,
     onclick: async () => {
-      if (confirmText && !window.confirm(confirmText)) return;
-      try { await run(); } catch (error) { flash(error.message); }
+      if (CONFIRM[action] && !window.confirm(CONFIRM[action](vm.name))) return;
+      try { await (action === "delete" ? api("DELETE", path) : api("POST", path + "/" + action)); } catch (error) { flash(error.message); }
       render();
     },
-  }, label);
-  const path = "/api/v1/vms/" + encodeURIComponent(vm.name);
-  return [
-    vm.state === "paused" ? act("resume", () => api("POST", path + "/resume")) : act("suspend", () => api("POST", path + "/suspend")),
-    act("shutdown", () => api("POST", path + "/shutdown"), "Shut " + vm.name + " down?"),
-    act("delete", () => api("DELETE", path), "Delete " + vm.name + "? Its disk goes with it."),
-  ];
+  }, action));
+}
+
+// The lifecycle table, asked once: it changes only with the controller's version.
+let lifecycleTable = null;
+
+async function lifecycle() {
+  if (lifecycleTable === null) lifecycleTable = await api("GET", "/api/v1/lifecycle");
+  return lifecycleTable;
 }
 
 function flash(text) { document.getElementById("status").textContent = text; }
@@ -262,7 +272,7 @@ function createForm() {
 }
 
 async function vmsPage() {
-  const vms = await api("GET", "/api/v1/vms");
+  const [vms, table] = await Promise.all([api("GET", "/api/v1/vms"), lifecycle()]);
   const shown = vms.filter((vm) => (!filters.host || (vm.host || "-") === filters.host) &&
     (!filters.level || levelName(vm.ratio) === filters.level) && (!filters.state || vm.state === filters.state));
   const unique = (values) => [...new Set(values)].sort();
@@ -270,7 +280,7 @@ async function vmsPage() {
     h("h2", {}, "VMs"), createForm(),
     h("form", { class: "inline" }, select("host", unique(vms.map((vm) => vm.host || "-"))),
       select("level", unique(vms.map((vm) => levelName(vm.ratio)))), select("state", unique(vms.map((vm) => vm.state)))),
-    vmTable(shown, true));
+    vmTable(shown, table));
 }
 
 // -- routing, refresh, login -------------------------------------------------------------
