@@ -37,6 +37,7 @@ from pinfold.agent.failpoints import crash_point
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
+from pinfold.model.errors import PinfoldError
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, format_cpulist
 
@@ -48,13 +49,9 @@ log = logging.getLogger(__name__)
 BROKEN = frozenset({"error", "missing"})
 
 
-class AgentError(Exception):
-    """A request the agent refuses; `code` is stable (as the placement's)."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{code}: {detail}" if detail else code)
+class AgentError(PinfoldError):
+    """A request the agent refuses; `code` is an `ErrorCode` (the placement's
+    refusal codes are among them)."""
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from pinfold.controller.store import (
     UnknownVMError,
     VMRecord,
 )
+from pinfold.model.errors import PinfoldError
 from pinfold.placement import POLICIES, HostAllocator, invalid_reason
 from pinfold.topology import slackvm_json
 
@@ -61,13 +62,8 @@ RACE_POLL_S = 0.05
 CREATE_ATTEMPTS = 3
 
 
-class ControllerError(Exception):
-    """A request the controller refuses or cannot carry out; `code` is stable."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        super().__init__(f"{code}: {detail}" if detail else code)
-        self.code = code
-        self.detail = detail
+class ControllerError(PinfoldError):
+    """A request the controller refuses or cannot carry out; `code` is an `ErrorCode`."""
 
 
 class NoHostError(ControllerError):
