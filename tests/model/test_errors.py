@@ -116,3 +116,16 @@ def test_controller_json_errors_carry_the_code_and_the_hosts_of_a_refusal(tmp_pa
     assert body["hosts"]["h1"].startswith("not enough memory")
     for response, code in [(unknown, ErrorCode.UNKNOWN_HOST), (anonymous, ErrorCode.UNAUTHORIZED)]:
         assert (response.status_code, response.json()["code"]) == (code.status, code), response.text
+
+
+def test_the_documented_table_has_every_code_with_its_status_and_message():
+    docs = (SRC.parents[1] / "docs" / "controller.md").read_text()
+    rows = {
+        cells[0].strip("`"): cells[1:3]
+        for line in docs.splitlines()
+        if line.startswith("| `") and len(cells := [cell.strip() for cell in line.strip("|").split("|")]) == 4
+    }
+    for code in ErrorCode:
+        status, message = rows.get(code.value, ["missing", ""])
+        assert status.split()[0] == str(code.status.value), code
+        assert message == code.message, code

@@ -78,7 +78,7 @@ class ErrorInfo(NamedTuple):
 _CONFLICT = HTTPStatus.CONFLICT
 _BAD_GATEWAY = HTTPStatus.BAD_GATEWAY
 
-#: code -> (HTTP status, message); docs/design.md shows the same table
+#: code -> (HTTP status, message); docs/controller.md ("Error codes") shows the same table
 ERRORS: Final[Mapping[ErrorCode, ErrorInfo]] = MappingProxyType(
     {
         ErrorCode.INVALID_REQUEST: ErrorInfo(
@@ -96,9 +96,7 @@ ERRORS: Final[Mapping[ErrorCode, ErrorInfo]] = MappingProxyType(
             HTTPStatus.METHOD_NOT_ALLOWED, "the route does not take this method"
         ),
         ErrorCode.UNKNOWN_VM: ErrorInfo(HTTPStatus.NOT_FOUND, "no VM of that name"),
-        ErrorCode.DUPLICATE_NAME: ErrorInfo(
-            _CONFLICT, "a VM of that name exists already, with another request"
-        ),
+        ErrorCode.DUPLICATE_NAME: ErrorInfo(_CONFLICT, "a VM of that name exists already"),
         ErrorCode.INVALID: ErrorInfo(_CONFLICT, "the action does not fit the VM's state"),
         ErrorCode.NOT_ENOUGH_CPU: ErrorInfo(_CONFLICT, "the host has not enough free CPUs at the VM's level"),
         ErrorCode.NOT_ENOUGH_MEMORY: ErrorInfo(_CONFLICT, "the host has not enough free memory"),
