@@ -58,7 +58,7 @@ def test_processes_starting_together_agree_on_one_token(tmp_path):
 def guarded() -> object:
     """A route guarded by a check that was (wrongly) handed an empty token too."""
     app = FastAPI()
-    install_error_handlers(app, {"unauthorized": 401})
+    install_error_handlers(app)
 
     @app.post("/thing", dependencies=[Depends(token_check("", "x" * 20))])
     def thing() -> dict[str, bool]:

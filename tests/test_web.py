@@ -16,7 +16,7 @@ from tests.servers import Served
 )
 def test_an_http_exception_of_any_status_keeps_the_error_shape(status, code):
     app = FastAPI()
-    install_error_handlers(app, {})
+    install_error_handlers(app)
 
     @app.get("/odd")
     def odd() -> None:
@@ -28,4 +28,4 @@ def test_an_http_exception_of_any_status_keeps_the_error_shape(status, code):
     finally:
         served.stop()
     assert response.status_code == status
-    assert response.json() == {"error": code, "detail": "GET /odd: odd"}
+    assert response.json() == {"error": code, "code": code, "detail": "GET /odd: odd"}

@@ -11,7 +11,7 @@ after 20 s). Here:
 - each request must arrive whole (headers and body) within
   `request_timeout_s` of its first byte (of the connection, for the first
   request): a deadline for the whole request, not per read, so a trickle does
-  not extend it. Past it the client gets `408 {"error", "detail"}` and the
+  not extend it. Past it the client gets `408 {"error", "code", "detail"}` and the
   connection is closed. No deadline runs while the app works on a request or
   while a kept-alive connection waits for the next one (uvicorn's own
   keep-alive timeout bounds that);
@@ -35,7 +35,6 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import ClassVar
 
@@ -46,6 +45,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from pinfold.model.errors import ErrorCode, error_body
 from pinfold.tls import warn_plain_listener
 
 __all__ = ["BodyLimit", "ExtraHeaders", "HttpSettings", "ServerLimits", "run", "server"]
@@ -189,7 +189,7 @@ class BoundedH11Protocol(H11Protocol):
             return
         if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # nothing of an answer sent yet
             detail = f"the request did not arrive whole within {self.limits.request_timeout_s:g} s"
-            self.transport.write(_raw_answer(HTTPStatus.REQUEST_TIMEOUT, "request timeout", detail))
+            self.transport.write(_raw_answer(ErrorCode.REQUEST_TIMEOUT, detail))
         if self.cycle is not None:
             self.cycle.disconnected = True  # an app still waiting on this request answers no one
         self.transport.close()
@@ -197,10 +197,11 @@ class BoundedH11Protocol(H11Protocol):
             self.loop.call_later(TLS_CLOSE_GRACE_S, self.transport.abort)
 
 
-def _raw_answer(status: HTTPStatus, error: str, detail: str) -> bytes:
+def _raw_answer(code: ErrorCode, detail: str) -> bytes:
     """A whole JSON answer that closes the connection, written without h11
     (which cannot answer a request whose headers have not ended)."""
-    body = json.dumps({"error": error, "detail": detail}).encode()
+    body = json.dumps(error_body(code, detail)).encode()
+    status = code.status
     head = (
         f"HTTP/1.1 {status.value} {status.phrase}\r\ncontent-type: application/json\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -216,11 +217,11 @@ class TooManyConnections:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"more than {self.max_connections} connections at once: try again later"
-        await _refusal(503, "service unavailable", detail)(scope, receive, send)
+        await _refusal(ErrorCode.SERVICE_UNAVAILABLE, detail)(scope, receive, send)
 
 
-def _refusal(status: int, error: str, detail: str) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail}, status, headers={"connection": "close"})
+def _refusal(code: ErrorCode, detail: str) -> JSONResponse:
+    return JSONResponse(error_body(code, detail), code.status, headers={"connection": "close"})
 
 
 class BodyLimit:
@@ -255,7 +256,7 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         detail = f"the request body is over {self.max_bytes} bytes"
-        await _refusal(413, "payload too large", detail)(scope, receive, send)
+        await _refusal(ErrorCode.PAYLOAD_TOO_LARGE, detail)(scope, receive, send)
 
 
 def _declared_length(scope: Scope) -> int:

@@ -1,6 +1,8 @@
 """What the agent's and the controller's HTTP APIs share: bearer tokens
 (header, or `?token=` on SlackVM's routes), networks an operator opens to
-SlackVM's token-less clients, and errors as JSON `{"error", "detail"}`."""
+SlackVM's token-less clients, and errors as JSON `{"error", "code", "detail"}`
+(`error` and `code` hold the same `pinfold.model.errors.ErrorCode`; `error` is
+kept for the clients written before `code`)."""
 
 from __future__ import annotations
 
@@ -15,14 +17,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from pinfold.model.errors import ErrorCode, PinfoldError, error_body
+
 __all__ = ["ApiError", "bearer", "install_error_handlers", "open_to", "token_check"]
 
 
-class ApiError(Exception):
-    def __init__(self, code: str, detail: str = "", extra: Mapping[str, object] | None = None) -> None:
-        super().__init__(code)
-        self.code = code
-        self.detail = detail
+class ApiError(PinfoldError):
+    """An error answered as JSON with its code's status; `extra` adds fields
+    to the body (a refused placement's `hosts`). `code` must be an `ErrorCode`
+    (or its value): an unknown one raises `ValueError` here, not a 400 later."""
+
+    def __init__(
+        self, code: ErrorCode | str, detail: str = "", extra: Mapping[str, object] | None = None
+    ) -> None:
+        super().__init__(code, detail)
         self.extra = dict(extra or {})
 
 
@@ -44,7 +52,7 @@ def token_check(*tokens: str, what: str = "token", query: bool = False) -> Calla
         if not given or not any(
             token and hmac.compare_digest(given.encode(), token.encode()) for token in tokens
         ):
-            raise ApiError("unauthorized", f"a valid {what} is required")
+            raise ApiError(ErrorCode.UNAUTHORIZED, f"a valid {what} is required")
 
     def check_header(request: Request) -> None:
         verify(bearer(request))
@@ -76,26 +84,28 @@ def open_to(networks: Sequence[str], otherwise: Callable[..., None]) -> Callable
     return check
 
 
-def install_error_handlers(app: FastAPI, status: Mapping[str, int]) -> None:
-    """ApiError -> its status (400 when the code is not listed); FastAPI's
+def install_error_handlers(app: FastAPI) -> None:
+    """ApiError -> its code's status (`ErrorCode.status`); FastAPI's
     validation errors -> 422 "invalid request" naming each bad field; its own
     404 and 405 replies -> the same JSON shape."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        body = {"error": exc.code, "detail": exc.detail, **exc.extra}
-        return JSONResponse(body, status_code=status.get(exc.code, 400))
+        return JSONResponse({**error_body(exc.code, exc.detail), **exc.extra}, status_code=exc.code.status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         """FastAPI's own replies (no such route: 404, method not allowed: 405)
-        in the shape of every other error, the status's phrase as the code."""
+        in the shape of every other error, the status's phrase as the code
+        (`ErrorCode.NOT_FOUND`, `METHOD_NOT_ALLOWED`; any other status, which
+        no route raises today, keeps its phrase or its number)."""
         known = exc.status_code in HTTPStatus._value2member_map_
         code = HTTPStatus(exc.status_code).phrase.lower() if known else str(exc.status_code)
         detail = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse({"error": code, "detail": detail}, exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(code, detail), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return JSONResponse({"error": "invalid request", "detail": detail}, status_code=422)
+        # 422, not the code's 400: FastAPI's schema said no, before any check of pinfold's
+        return JSONResponse(error_body(ErrorCode.INVALID_REQUEST, detail), status_code=422)

@@ -74,7 +74,11 @@ def test_every_mutating_route_refuses_a_missing_or_wrong_token(agent_url, method
         body = {"name": "n", "vcpus": 1, "memory_mib": 1} if method == "post" else None
         response = http.request(method.upper(), path, json=body, headers=headers)
         assert response.status_code == 401
-        assert response.json() == {"error": "unauthorized", "detail": "a valid agent token is required"}
+        assert response.json() == {
+            "error": "unauthorized",
+            "code": "unauthorized",
+            "detail": "a valid agent token is required",
+        }
         assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A"]  # nothing changed
 
 
@@ -336,7 +340,7 @@ def test_fastapis_own_errors_have_the_error_shape_too(agent_url, method, path, s
     response = httpx.request(method, agent_url + path, headers=AUTH)
     assert response.status_code == status
     body = response.json()
-    assert (set(body), body["error"]) == ({"error", "detail"}, error)
+    assert (set(body), body["error"], body["code"]) == ({"error", "code", "detail"}, error, error)
     assert path in body["detail"]
     if status == 405:
         assert response.headers["allow"]  # still says what is allowed

@@ -552,7 +552,7 @@ def test_fastapis_own_errors_have_the_error_shape_too(cluster, method, path, sta
     response = cluster.http.request(method, path)
     assert response.status_code == status
     body = response.json()
-    assert (set(body), body["error"]) == ({"error", "detail"}, error)
+    assert (set(body), body["error"], body["code"]) == ({"error", "code", "detail"}, error, error)
     assert path in body["detail"]
 
 

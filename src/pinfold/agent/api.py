@@ -4,9 +4,10 @@
 Routers only translate HTTP to `Agent` calls. Every mutating route needs the
 agent token: `Authorization: Bearer <token>`, or `?token=` on SlackVM's routes
 (SlackVM's client sends no header); an operator may open SlackVM's routes to
-listed networks instead (off by default). Errors are JSON `{"error", "detail"}` with a
-4xx status (FastAPI's own 404 and 405 too); bad input never reaches the agent. SlackVM's
-routes answer 200 in SlackVM's shapes whatever happens (a missing token is still a 401).
+listed networks instead (off by default). Errors are JSON `{"error", "code", "detail"}`
+with their code's status (`pinfold.model.errors`), a 4xx for bad input (FastAPI's own
+404 and 405 too); bad input never reaches the agent. SlackVM's routes answer 200 in
+SlackVM's shapes whatever happens (a missing token is still a 401).
 """
 
 from __future__ import annotations
@@ -38,18 +39,6 @@ from pinfold.web import ApiError, install_error_handlers, open_to, token_check
 
 __all__ = ["create_app"]
 
-_STATUS = {
-    "unknown vm": 404,
-    "duplicate name": 409,
-    "not enough cpu": 409,
-    "not enough memory": 409,
-    "invalid": 409,
-    "invalid request": 400,
-    "hypervisor failed": 502,
-    "disk failed": 502,
-    "stale pins": 503,
-    "unauthorized": 401,
-}
 ACTIONS: tuple[str, ...] = POWER_ACTIONS
 T = TypeVar("T")
 
@@ -106,7 +95,7 @@ def create_app(
         with lock:
             return _view(vm, agent)
 
-    install_error_handlers(app, _STATUS)
+    install_error_handlers(app)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
+from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.vm import image_path_problem
 
 __all__ = ["DiskError", "Disks", "image_path_problem"]
@@ -33,13 +34,11 @@ BASE_FORMATS = frozenset({"raw", "qcow2"})
 PARTIAL = ".partial-"
 
 
-class DiskError(Exception):
+class DiskError(PinfoldError):
     """`code` is "invalid request" (the image is not allowed) or "disk failed"."""
 
-    def __init__(self, code: str, detail: str) -> None:
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{code}: {detail}")
+    def __init__(self, code: ErrorCode | str, detail: str) -> None:
+        super().__init__(code, detail)
 
 
 class Disks:

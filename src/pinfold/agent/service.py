@@ -42,6 +42,7 @@ from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.model.defaults import DEFAULT_CRITICAL_SIZE, DEFAULT_RESERVED_MEMORY_MIB, SHUTDOWN_TIMEOUT_S
+from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import Action as LifecycleAction
 from pinfold.model.lifecycle import Refused, VMState, transition
 from pinfold.model.vm import VMRequest, image_path_problem, valid_name
@@ -56,13 +57,9 @@ log = logging.getLogger(__name__)
 BROKEN = frozenset({VMState.ERROR, VMState.MISSING})
 
 
-class AgentError(Exception):
-    """A request the agent refuses; `code` is stable (as the placement's)."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        self.code = code
-        self.detail = detail
-        super().__init__(f"{code}: {detail}" if detail else code)
+class AgentError(PinfoldError):
+    """A request the agent refuses; `code` is an `ErrorCode` (the placement's
+    refusal codes are among them)."""
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ or none from the networks an operator opened to SlackVM's token-less tools.
 Open to all: /healthz, /metrics (counts only, for scrapers), the OpenAPI
 document and the dashboard's files (its login form asks for the token).
 Routers only translate HTTP to `Controller` calls; errors are JSON
-`{"error", "detail"}` with a 4xx status for anything a client can get wrong;
-SlackVM's routes answer 200 in SlackVM's shapes (a missing token is still a 401).
+`{"error", "code", "detail"}` with their code's status (`pinfold.model.errors`), a 4xx
+for anything a client can get wrong; SlackVM's routes answer 200 in SlackVM's shapes
+(a missing token is still a 401).
 """
 
 from __future__ import annotations
@@ -50,19 +51,6 @@ from pinfold.web import ApiError, bearer, install_error_handlers, open_to, token
 
 __all__ = ["create_app"]
 
-_STATUS = {
-    "unknown vm": 404,
-    "unknown host": 404,
-    "duplicate name": 409,
-    "host enrolled": 409,
-    "host in use": 409,
-    "credential revoked": 403,
-    "no host": 409,
-    "invalid": 409,
-    "invalid request": 400,
-    "agent failed": 502,
-    "unauthorized": 401,
-}
 HOST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 #: Upper bounds of what an agent may say about its host (docs/controller.md), far above
 #: any real machine, so that no registration or heartbeat holds absurd numbers or lists:
@@ -279,7 +267,7 @@ def create_app(
     controller: Controller, admin_token: str, agent_token: str, slackvm_open_networks: Sequence[str] = ()
 ) -> FastAPI:
     app = FastAPI(title="pinfold controller", version="0.1.0")
-    install_error_handlers(app, _STATUS)
+    install_error_handlers(app)
     admin = Depends(token_check(admin_token, what="admin token"))
     slackvm_auth = Depends(
         open_to(slackvm_open_networks, token_check(admin_token, what="admin token", query=True))

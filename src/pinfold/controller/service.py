@@ -47,6 +47,7 @@ from pinfold.controller.store import (
     VMRecord,
 )
 from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
+from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import CONTROLLER_STATES, POWER_ACTIONS, takes_actions
 from pinfold.model.vm import image_path_problem
 from pinfold.placement import POLICIES, HostAllocator, invalid_reason
@@ -63,13 +64,8 @@ RACE_POLL_S = 0.05
 CREATE_ATTEMPTS = 3
 
 
-class ControllerError(Exception):
-    """A request the controller refuses or cannot carry out; `code` is stable."""
-
-    def __init__(self, code: str, detail: str = "") -> None:
-        super().__init__(f"{code}: {detail}" if detail else code)
-        self.code = code
-        self.detail = detail
+class ControllerError(PinfoldError):
+    """A request the controller refuses or cannot carry out; `code` is an `ErrorCode`."""
 
 
 class NoHostError(ControllerError):

@@ -40,6 +40,7 @@ from pinfold.controller.models import (
     VMState,
     digest_of,
 )
+from pinfold.model.errors import ErrorCode
 from pinfold.model.lifecycle import CONTROLLER_STATES
 from pinfold.placement import VMSpec
 
@@ -76,10 +77,10 @@ class HostAuthError(StoreError):
     """A registration whose proof does not hold for its host: `code` is the
     API's error code ("unauthorized", "host enrolled"), `detail` says why."""
 
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
-        self.code = code
+    def __init__(self, code: ErrorCode | str, detail: str) -> None:
+        self.code = ErrorCode(code)
         self.detail = detail
+        super().__init__(f"{self.code}: {detail}")
 
 
 class HostInUseError(StoreError):
