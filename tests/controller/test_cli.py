@@ -90,6 +90,18 @@ def test_explain_says_why_host_by_host(cluster):
     assert "h2" in out
 
 
+def test_explain_shows_the_refusals_as_a_table(cluster):
+    code, out = cli(cluster, "vm", "create", "huge", "--vcpus", "9", "--explain")
+    assert code == 1
+    assert "0/2 hosts fit: 2 not enough cpu at 1.0" in out  # the summary
+    header = next(line for line in out.splitlines() if "could ever fit" in line)
+    assert all(word in header for word in ("host", "code", "level", "needed", "free"))
+    rows = [line.split() for line in out.splitlines() if line.strip().strip("│┃ ").startswith("h")]
+    rows = [[cell for cell in row if cell not in "│┃"] for row in rows]
+    assert [row[0] for row in rows] == ["h1", "h2"]
+    assert all(row[-4:] == ["1.0", "9", "8", "no"] for row in rows), out
+
+
 def test_a_wrong_token_is_refused_and_nothing_changes(cluster):
     code, out = cli(cluster, "vm", "create", "x", token="wrong-token-0123456789")
     assert code == 1
