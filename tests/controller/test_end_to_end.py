@@ -167,12 +167,19 @@ def test_no_host_carries_each_hosts_refusal_as_data(cluster):
         assert response.status_code == 409
         body = response.json()
         assert set(body["hosts"]) == hosts_before
-        assert all(isinstance(why, str) and why.startswith("not enough cpu") for why in body["hosts"].values())
+        assert all(
+            isinstance(why, str) and why.startswith("not enough cpu") for why in body["hosts"].values()
+        )
         assert body["refusals"] == {
             host: {
-                "code": "not enough cpu", "level": 1.0, "needed": float(vcpus), "free": 2.0,
-                "capacity": 8.0, "fits_ever": fits_ever, "detail": "",
-            }  # fmt: skip
+                "code": "not enough cpu",
+                "level": 1.0,
+                "needed": float(vcpus),
+                "free": 2.0,
+                "capacity": 8.0,
+                "fits_ever": fits_ever,
+                "detail": "",
+            }
             for host in hosts_before
         }
         assert body["summary"] == "0/2 hosts fit: 2 not enough cpu at 1.0"

@@ -20,7 +20,12 @@ CPU, MEM, GONE = RefusalCode.NOT_ENOUGH_CPU, RefusalCode.NOT_ENOUGH_MEMORY, Refu
             "0/3 hosts fit: 2 not enough cpu at 2.0, 1 not enough memory",
         ),
         (  # ties: by code, then level
-            {"a": Refusal(MEM), "b": Refusal(CPU, level=2.0), "c": Refusal(CPU, level=1.0), "d": Refusal(GONE)},
+            {
+                "a": Refusal(MEM),
+                "b": Refusal(CPU, level=2.0),
+                "c": Refusal(CPU, level=1.0),
+                "d": Refusal(GONE),
+            },
             4,
             "0/4 hosts fit: 1 host unavailable, 1 not enough cpu at 1.0, 1 not enough cpu at 2.0, "
             "1 not enough memory",

@@ -35,7 +35,9 @@ class Feasibility:
                 self._topologies[host.topology_digest] = cached
         return cached
 
-    def __call__(self, host: HostRecord, existing: Sequence[VMRecord], new: NewVM) -> tuple[str, Refusal] | None:
+    def __call__(
+        self, host: HostRecord, existing: Sequence[VMRecord], new: NewVM
+    ) -> tuple[str, Refusal] | None:
         return check(host, existing, new, self.topology)
 
 

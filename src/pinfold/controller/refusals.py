@@ -37,13 +37,15 @@ def refusal_json(refusal: Refusal) -> dict[str, Any]:
 
 
 def summary(refusals: Mapping[str, Refusal], hosts: int) -> str:
-    """"0/3 hosts fit: 2 not enough cpu at 2.0, 1 not enough memory": the
+    """ "0/3 hosts fit: 2 not enough cpu at 2.0, 1 not enough memory": the
     refusals counted by code and level, most first (ties: by code, then level),
     and the `hosts` that refused without a refusal as data counted as `refused
     otherwise`. Deterministic: the same refusals give the same line."""
     counts = Counter((refusal.code.value, refusal.level) for refusal in refusals.values())
     order = sorted(counts.items(), key=lambda item: (-item[1], item[0][0], item[0][1] or 0.0))
-    parts = [f"{count} {code}" + (f" at {level}" if level is not None else "") for (code, level), count in order]
+    parts = [
+        f"{count} {code}" + (f" at {level}" if level is not None else "") for (code, level), count in order
+    ]
     if hosts > len(refusals):
         parts.append(f"{hosts - len(refusals)} refused otherwise")
     return f"0/{hosts} hosts fit: " + (", ".join(parts) if parts else "no host registered")
