@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from typer.testing import CliRunner
 
 from pinfold.cli import app
@@ -88,6 +88,18 @@ def test_explain_says_why_host_by_host(cluster):
     assert out.count("not enough cpu") >= 2  # the summary, then a row per host
     assert "h1" in out
     assert "h2" in out
+
+
+def test_explain_shows_the_refusals_as_a_table(cluster):
+    code, out = cli(cluster, "vm", "create", "huge", "--vcpus", "9", "--explain")
+    assert code == 1
+    assert "0/2 hosts fit: 2 not enough cpu at 1.0" in out  # the summary
+    header = next(line for line in out.splitlines() if "could ever fit" in line)
+    assert all(word in header for word in ("host", "code", "level", "needed", "free"))
+    rows = [[cell for cell in line.split() if cell not in "│┃"] for line in out.splitlines()]
+    rows = [row for row in rows if row and row[0] in ("h1", "h2")]
+    assert [row[0] for row in rows] == ["h1", "h2"]
+    assert all(row[-4:] == ["1.0", "9", "8", "no"] for row in rows), out
 
 
 def test_a_wrong_token_is_refused_and_nothing_changes(cluster):
@@ -164,6 +176,28 @@ def test_a_reply_that_is_not_json_is_reported_not_raised():
             assert isinstance(result.exception, SystemExit)  # no traceback
             assert "not a pinfold controller's answer" in result.output
             assert "502" in result.output
+
+
+def test_explain_from_an_older_controller_shows_its_host_strings():
+    """A controller from before `refusals`: its `hosts` strings, one row each."""
+    older = FastAPI()
+
+    @older.post("/api/v1/vms")
+    def no_host() -> JSONResponse:
+        body = {
+            "error": "no host",
+            "detail": "0/1 hosts fit",
+            "hosts": {"h1": "not enough memory: old words"},
+        }
+        return JSONResponse(body, status_code=409)
+
+    with serving(older) as url:
+        env = {"PINFOLD_URL": url, "COLUMNS": "200"}
+        result = runner.invoke(app, ["vm", "create", "x", "--explain"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "why not" in result.output
+    assert "not enough memory: old words" in result.output
+    assert "could ever fit" not in result.output
 
 
 def test_the_host_filter_is_sent_encoded(cluster):

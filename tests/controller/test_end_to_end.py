@@ -151,6 +151,54 @@ def test_no_host_is_explained_host_by_host(cluster):
     assert cluster.http.get("/api/v1/vms").json() == []
 
 
+def test_no_host_carries_each_hosts_refusal_as_data(cluster):
+    cluster.add_host("h1")
+    cluster.add_host("h2")
+    for name in ("f1", "f2"):  # 6 of the 8 CPUs of each host at level 1.0
+        response = cluster.http.post(
+            "/api/v1/vms", json={"name": name, "vcpus": 6, "memory_mib": 512}, headers=ADMIN_AUTH
+        )
+        assert response.status_code == 201, response.text
+    hosts_before = {"h1", "h2"}
+    for vcpus, fits_ever in ((4, True), (9, False)):  # lacks room now; bigger than any host
+        response = cluster.http.post(
+            "/api/v1/vms", json={"name": "big", "vcpus": vcpus, "memory_mib": 512}, headers=ADMIN_AUTH
+        )
+        assert response.status_code == 409
+        body = response.json()
+        assert set(body["hosts"]) == hosts_before
+        assert all(
+            isinstance(why, str) and why.startswith("not enough cpu") for why in body["hosts"].values()
+        )
+        assert body["refusals"] == {
+            host: {
+                "code": "not enough cpu",
+                "level": 1.0,
+                "needed": float(vcpus),
+                "free": 2.0,
+                "capacity": 8.0,
+                "fits_ever": fits_ever,
+                "detail": "",
+            }
+            for host in hosts_before
+        }
+        assert body["summary"] == "0/2 hosts fit: 2 not enough cpu at 1.0"
+
+
+def test_an_agents_refusal_of_a_placement_code_is_kept_as_data(cluster):
+    squatted = cluster.add_host("h1")
+    squatted.agent.create(VMRequest("squatter", 8, 1024, 1.0))  # the controller still sees h1 empty
+    body = {"name": "v", "vcpus": 2, "memory_mib": 512}
+    response = cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
+    assert response.status_code == 409
+    refused = response.json()
+    assert refused["hosts"]["h1"].startswith("agent refused: not enough cpu")
+    refusal = refused["refusals"]["h1"]
+    assert (refusal["code"], refusal["needed"], refusal["fits_ever"]) == ("not enough cpu", None, None)
+    assert refusal["detail"].startswith("not enough cpu")  # the agent's words
+    assert refused["summary"] == "0/1 hosts fit: 1 not enough cpu"
+
+
 #: a VM of 2 vCPUs and 4000 MiB on three empty hosts of three shapes, and where each policy puts it
 SHAPED_VM = {"vcpus": 2, "memory_mib": 4000, "ratio": 1.0}
 CHOSEN_BY = {"progress": "b-lean", "first-fit": "a-small", "worst-fit": "c-big"}

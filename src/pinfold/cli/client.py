@@ -133,12 +133,43 @@ def answer(response: httpx.Response, as_json: bool, explain: bool = False) -> An
             body if isinstance(body, dict) else {"error": str(response.status_code), "detail": response.text}
         )
         console.print(f"[red]{escape(str(error.get('error')))}[/red]: {escape(str(error.get('detail', '')))}")
-        if explain and error.get("hosts"):
-            table = Table("host", "why not")
-            for host, why in sorted(error["hosts"].items()):
-                table.add_row(host, why)
-            console.print(table)
+        if explain:
+            explain_refusal(error)
     raise typer.Exit(1)
+
+
+def explain_refusal(error: dict[str, Any]) -> None:
+    """Why no host took the VM: the `refusals` as a table and their summary,
+    or, from a controller older than `refusals`, the `hosts` strings."""
+    if isinstance(error.get("refusals"), dict) and error["refusals"]:
+        if error.get("summary"):
+            console.print(escape(str(error["summary"])))
+        table = Table("host", "code", "level", "needed", "free", "could ever fit")
+        for host, refusal in sorted(error["refusals"].items()):
+            fits_ever = {True: "yes", False: "no"}.get(refusal.get("fits_ever"), "?")
+            table.add_row(
+                escape(host), escape(str(refusal.get("code"))), _level(refusal.get("level")),
+                _cell(refusal.get("needed")), _cell(refusal.get("free")), fits_ever,
+            )  # fmt: skip
+        console.print(table)
+    elif error.get("hosts"):
+        table = Table("host", "why not")
+        for host, why in sorted(error["hosts"].items()):
+            table.add_row(host, why)
+        console.print(table)
+
+
+def _level(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _cell(value: Any) -> str:
+    """A count of a refusal as people write it (9 CPUs, not 9.0), or -."""
+    if value is None:
+        return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def show(body: Any, as_json: bool, render: Any) -> None:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pinfold import slackvm
 from pinfold.controller.credentials import Enrolment, HostCredential, Proof, digest, new_credential
 from pinfold.controller.models import HOST_ID_MAX
+from pinfold.controller.refusals import refusal_json
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
 from pinfold.controller.store import EventRecord, NewVM, VMRecord
 from pinfold.model import lifecycle
@@ -281,7 +282,9 @@ def create_app(
         try:
             return operation()
         except NoHostError as error:
-            raise ApiError(error.code, error.detail, {"hosts": error.hosts}) from error
+            refusals = {host: refusal_json(refusal) for host, refusal in sorted(error.refusals.items())}
+            extra = {"hosts": error.hosts, "refusals": refusals, "summary": error.summary}
+            raise ApiError(error.code, error.detail, extra) from error
         except ControllerError as error:
             raise ApiError(error.code, error.detail) from error
 

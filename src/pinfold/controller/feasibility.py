@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from pinfold.controller.store import HostRecord, NewVM, VMRecord
-from pinfold.placement import HostAllocator, PlacementError, RefusalCode
+from pinfold.placement import HostAllocator, PlacementError, Refusal, RefusalCode
 from pinfold.topology import Topology, slackvm_json
 
-__all__ = ["Feasibility", "fits"]
+__all__ = ["Feasibility", "check", "fits"]
 
 
 class Feasibility:
@@ -35,21 +35,44 @@ class Feasibility:
                 self._topologies[host.topology_digest] = cached
         return cached
 
-    def __call__(self, host: HostRecord, existing: Sequence[VMRecord], new: NewVM) -> str | None:
-        return fits(host, existing, new, self.topology)
+    def __call__(
+        self, host: HostRecord, existing: Sequence[VMRecord], new: NewVM
+    ) -> tuple[str, Refusal] | None:
+        return check(host, existing, new, self.topology)
+
+
+def _from_json(host: HostRecord) -> Topology:
+    return slackvm_json.from_dict(host.topology)
 
 
 def fits(
     host: HostRecord,
     existing: Sequence[VMRecord],
     new: NewVM,
-    topology_of: Callable[[HostRecord], Topology] = lambda host: slackvm_json.from_dict(host.topology),
+    topology_of: Callable[[HostRecord], Topology] = _from_json,
 ) -> str | None:
     """None when `new` fits on `host` after `existing` (in seq order), else
     the refusal for people (`Refusal.describe()`: "not enough cpu at level
     2.0: needs 1 CPUs, 0 free of 8"). A draining host refuses everything."""
+    refused = check(host, existing, new, topology_of)
+    return None if refused is None else refused[0]
+
+
+def check(
+    host: HostRecord,
+    existing: Sequence[VMRecord],
+    new: NewVM,
+    topology_of: Callable[[HostRecord], Topology] = _from_json,
+) -> tuple[str, Refusal] | None:
+    """`fits` with the refusal as data too: (the text, the `Refusal`). A host
+    that cannot be used (draining, a description that does not parse) gives a
+    `host unavailable` refusal whose detail is the text's reason; one holding
+    more than it can (re-registered smaller) too, its detail the whole text (the
+    numbers of the replayed VM are not this request's)."""
+    unavailable = RefusalCode.HOST_UNAVAILABLE
     if host.draining:
-        return f"{RefusalCode.HOST_UNAVAILABLE.value}: host {host.id!r} is draining"
+        why = f"host {host.id!r} is draining"
+        return f"{unavailable.value}: {why}", Refusal(unavailable, detail=why)
     try:
         allocator = HostAllocator(
             topology_of(host),
@@ -58,15 +81,17 @@ def fits(
             report_pins=False,
         )
     except (KeyError, TypeError, ValueError) as exc:
-        return f"{RefusalCode.HOST_UNAVAILABLE.value}: host {host.id!r} has an unusable description: {exc}"
+        why = f"host {host.id!r} has an unusable description: {exc}"
+        return f"{unavailable.value}: {why}", Refusal(unavailable, detail=why)
     for vm in existing:
         try:
             allocator.deploy(vm.spec)
         except PlacementError as exc:
             # The host was re-registered smaller than what it holds: admit nothing more.
-            return f"{exc.refusal.describe()} (replaying vm {vm.name!r}: host {host.id!r} holds too much)"
+            text = f"{exc.refusal.describe()} (replaying vm {vm.name!r}: host {host.id!r} holds too much)"
+            return text, Refusal(unavailable, detail=text)
     try:
         allocator.deploy(new.spec)
     except PlacementError as exc:
-        return exc.refusal.describe()
+        return exc.refusal.describe(), exc.refusal
     return None

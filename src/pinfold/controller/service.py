@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
@@ -30,6 +31,7 @@ from pinfold.controller.credentials import Proof, digest, matches
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.history import History
 from pinfold.controller.models import VMState
+from pinfold.controller.refusals import summary
 from pinfold.controller.scheduler import Scheduler
 from pinfold.controller.store import (
     ControllerStore,
@@ -50,7 +52,7 @@ from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFT
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import CONTROLLER_STATES, POWER_ACTIONS, takes_actions
 from pinfold.model.vm import image_path_problem
-from pinfold.placement import POLICIES, HostAllocator, invalid_reason
+from pinfold.placement import POLICIES, HostAllocator, Refusal, RefusalCode, invalid_reason
 from pinfold.topology import slackvm_json
 
 __all__ = ["Controller", "ControllerError", "HostView", "NoHostError", "Placed"]
@@ -62,6 +64,8 @@ ACTIONS: tuple[str, ...] = POWER_ACTIONS
 RACE_POLL_S = 0.05
 #: how many times a create looks for its name again after another request took and dropped it
 CREATE_ATTEMPTS = 3
+#: an agent's refusal of one of these codes is its allocator's: kept as a `Refusal`
+_REFUSAL_CODES = frozenset(code.value for code in RefusalCode)
 
 
 class ControllerError(PinfoldError):
@@ -69,11 +73,18 @@ class ControllerError(PinfoldError):
 
 
 class NoHostError(ControllerError):
-    """No host took the VM; `hosts` says why, host by host."""
+    """No host took the VM; `hosts` says why, host by host, in words;
+    `refusals` the same as data for the hosts whose refusal has a placement
+    code (an agent's refusal of another code, or an unreachable agent, is only
+    in `hosts`); `summary` counts them (`refusals.summary`)."""
 
-    def __init__(self, explanation: str, hosts: Mapping[str, str]) -> None:
+    def __init__(
+        self, explanation: str, hosts: Mapping[str, str], refusals: Mapping[str, Refusal] | None = None
+    ) -> None:
         super().__init__("no host", explanation)
         self.hosts = dict(hosts)
+        self.refusals: Mapping[str, Refusal] = MappingProxyType(dict(refusals or {}))
+        self.summary = summary(self.refusals, len(self.hosts))
 
 
 @dataclass(frozen=True)
@@ -322,29 +333,38 @@ class Controller:
             with self._picture:
                 decision = self.scheduler.choose(request.spec, policy, eligible)
         refused: dict[str, str] = {}  # hosts of the ranking that said no, and why
+        as_data: dict[str, Refusal] = {}  # the same as data, for those with a placement code
         ranking = decision.ranking()
         for host_id in ranking:
             host = self.store.host(host_id)
-            placed = self._try_host(host, request, refused) if host is not None else None
+            placed = self._try_host(host, request, refused, as_data) if host is not None else None
             if placed is not None:
                 return placed
         # only now, with no host: every other host's reason (one pass over all hosts)
-        reasons = {name: refusal.describe() for name, refusal in decision.refusals().items()}
+        refusals = decision.refusals()
+        reasons = {name: refusal.describe() for name, refusal in refusals.items()}
         explanation = decision.explain()
         if ranking:
             why = "; ".join(sorted(set(refused.values()))[:3])
             explanation += f"; tried {len(ranking)}, all refused: {why}"
-        raise NoHostError(explanation, {**reasons, **refused})
+        raise NoHostError(explanation, {**reasons, **refused}, {**refusals, **as_data})
 
-    def _try_host(self, host: HostRecord, request: NewVM, refused: dict[str, str]) -> Placed | None:
+    def _try_host(
+        self, host: HostRecord, request: NewVM, refused: dict[str, str], as_data: dict[str, Refusal]
+    ) -> Placed | None:
+        """Reserve on `host` and create there; None when the host refused
+        (its reason put in `refused`, and in `as_data` if it has a code)."""
         try:
             self.store.reserve(request, host.id, self._fits, self.clock())
         except RefusedError as error:
             refused[host.id] = error.reason
+            if error.refusal is not None:
+                as_data[host.id] = error.refusal
             self._refresh_host(host.id)
             return None
         except UnknownHostError:
             refused[host.id] = "host unavailable: unknown host"
+            as_data[host.id] = Refusal(RefusalCode.HOST_UNAVAILABLE, detail="unknown host")
             return None
         except DuplicateVMError as error:  # the same name, reserved meanwhile: the same request?
             raise _NameTaken(error.existing) from error
@@ -361,6 +381,8 @@ class Controller:
             if error.code == "invalid request":  # the request's fault (its image), not the host's
                 raise ControllerError("invalid request", f"{host.id} refused it: {error.detail}") from error
             refused[host.id] = f"agent refused: {error}"
+            if error.code in _REFUSAL_CODES:  # the agent's allocator said no, with its code
+                as_data[host.id] = Refusal(RefusalCode(error.code), detail=error.detail)
             return None
         except AgentUnreachableError as error:
             if not error.sent:

@@ -42,7 +42,7 @@ from pinfold.controller.models import (
 )
 from pinfold.model.errors import ErrorCode
 from pinfold.model.lifecycle import CONTROLLER_STATES
-from pinfold.placement import VMSpec
+from pinfold.placement import Refusal, VMSpec
 
 __all__ = [
     "ControllerStore",
@@ -99,12 +99,14 @@ class UnknownVMError(StoreError):
 
 
 class RefusedError(StoreError):
-    """The host has no room for the VM: `reason` is the feasibility check's text."""
+    """The host has no room for the VM: `reason` is the feasibility check's
+    text, `refusal` the same as data (None when the check gave only text)."""
 
-    def __init__(self, host_id: str, reason: str) -> None:
+    def __init__(self, host_id: str, reason: str, refusal: Refusal | None = None) -> None:
         super().__init__(f"host {host_id!r} refused: {reason}")
         self.host_id = host_id
         self.reason = reason
+        self.refusal = refusal
 
 
 class DuplicateVMError(StoreError):
@@ -203,8 +205,9 @@ class EventRecord:
     detail: Mapping[str, Any]
 
 
-#: `fits(host, vms on it in seq order, new vm)`: None when it fits, else why not.
-Fits = Callable[[HostRecord, Sequence[VMRecord], NewVM], str | None]
+#: `fits(host, vms on it in seq order, new vm)`: None when it fits, else why
+#: not: the text, or the text with the refusal as data.
+Fits = Callable[[HostRecord, Sequence[VMRecord], NewVM], str | tuple[str, Refusal] | None]
 
 
 class ControllerStore:
@@ -419,6 +422,8 @@ class ControllerStore:
                     raise DuplicateVMError(_vm_record(existing))
                 on_host = [_vm_record(row) for row in session.scalars(_vms_on(host_id))]
                 reason = fits(self._host_record(session, host), on_host, vm)
+                if isinstance(reason, tuple):
+                    raise RefusedError(host_id, *reason)
                 if reason is not None:
                     raise RefusedError(host_id, reason)
                 row = VM(
