@@ -342,6 +342,11 @@ class Controller:
                 return placed
         # only now, with no host: every other host's reason (one pass over all hosts)
         refusals = decision.refusals()
+        if any(refusal.code is RefusalCode.DUPLICATE_NAME for refusal in refusals.values()):
+            # the picture holds the name: another request reserved it since our look
+            taken = self.store.vm(request.name)
+            if taken is not None:
+                raise _NameTaken(taken)
         reasons = {name: refusal.describe() for name, refusal in refusals.items()}
         explanation = decision.explain()
         if ranking:
