@@ -321,6 +321,41 @@ class Agent:
         except DriverError:
             return []
 
+    @property
+    def store_path(self) -> Path:
+        """The agent's SQLite file: plug-ins (RAPID) keep their own tables in it."""
+        return self.store.path
+
+    def find(self, name: str) -> StoredVM | None:
+        """Any stored VM by name, a pool member included, as stored now; None for none."""
+        with self.lock:
+            return self.vms.get(name)
+
+    def guest_state(self, name: str) -> VMState | None:
+        """The state VM `name`'s guest is in as the hypervisor has it now: the
+        stored state may be older (a crash between a call and its write, a
+        guest that powered itself off). The stored state when the hypervisor
+        cannot say; None for no such VM."""
+        vm = self.find(name)
+        if vm is None:
+            return None
+        try:
+            return _state_name(self.driver.info(vm.domain).state)
+        except DriverError:
+            return vm.state
+
+    def disk_allocated_bytes(self, name: str) -> int | None:
+        """The bytes VM `name`'s disk overlay takes on the host; None for a VM
+        without a disk (or none found)."""
+        vm = self.find(name)
+        if vm is None or not vm.image:
+            return None
+        overlay = self.disks.overlay_path(vm.domain)
+        try:
+            return overlay.stat().st_blocks * 512
+        except FileNotFoundError:
+            return None
+
     def vm_stats(self) -> dict[str, tuple[int, float]]:
         """The driver's per-domain stats under the VMs' names."""
         stats = self.driver.stats()

@@ -52,7 +52,7 @@ class RapidEndpoint:
     ) -> None:
         self.monitor = monitor
         self.config = config
-        self.state = RapidState(agent.store.path)
+        self.state = RapidState(agent.store_path)
         self.vmm = VMM(agent, self.state, config, settings, self.usage, self.vm_usage)
         workers = min(config.max_connections, settings.max_workers)
         self.server = vmm_server(self.vmm, settings.listen, config.vmm_port, workers)
@@ -93,6 +93,6 @@ class RapidEndpoint:
         if sample is None or name not in sample.vms:
             return None
         values = sample.vms[name]
-        vm = self.agent.vms.get(name)
+        vm = self.agent.find(name)
         vcpus = vm.spec.vcpus if vm is not None else 1
         return values["cpu_cores"] / vcpus * 100, values["memory_mib"]

@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
-from pinfold.agent.drivers import DriverError, GuestState
 from pinfold.agent.service import Agent, AgentError, VMRequest
+from pinfold.model.lifecycle import VMState
 from pinfold.rapid import protocol
 from pinfold.rapid.codec import Writer
 from pinfold.rapid.config import RapidConfig
@@ -54,9 +54,9 @@ START_DISK_GB = 20
 
 #: (the hypervisor's state of a VM, its recorded status) -> the status it really has
 _REAL_STATUS: dict[tuple[str | None, Status], Status] = {
-    (GuestState.PAUSED, Status.STARTED): Status.SUSPENDED,
-    (GuestState.PAUSED, Status.RESUMED): Status.SUSPENDED,
-    (GuestState.RUNNING, Status.SUSPENDED): Status.RESUMED,
+    (VMState.PAUSED, Status.STARTED): Status.SUSPENDED,
+    (VMState.PAUSED, Status.RESUMED): Status.SUSPENDED,
+    (VMState.RUNNING, Status.SUSPENDED): Status.RESUMED,
 }
 
 
@@ -140,7 +140,7 @@ class VMM:
             found = agent_vms.pop(vm.vm_name, None)
             if vm.removing:
                 continue
-            if found is None or found.state == "missing":
+            if found is None or found.state is VMState.MISSING:
                 log.warning("RAPID: %s (user %d) is gone from the hypervisor", vm.vm_name, vm.user_id)
                 self.state.update(vm, pending=Pending.REMOVE)
                 continue
@@ -158,19 +158,9 @@ class VMM:
                 except AgentError as error:
                     log.warning("RAPID: cannot delete %s, which no record names: %s", name, error)
 
-    def _guest_state(self, name: str) -> str | None:
-        """The state of the agent VM `name` as the hypervisor has it ("running",
-        "paused", ...): the agent's own record of it may be older, if a crash
-        came between its call and its write. The agent's record if the
-        hypervisor cannot say; None for no such VM."""
-        with self.agent.lock:
-            stored = self.agent.vms.get(name)
-        if stored is None:
-            return None
-        try:
-            return self.agent.driver.info(stored.domain).state.value
-        except DriverError:
-            return stored.state
+    def _guest_state(self, name: str) -> VMState | None:
+        """The state of the agent VM `name` as the hypervisor has it (see `Agent.guest_state`)."""
+        return self.agent.guest_state(name)
 
     def _register_loop(self) -> None:
         delay = 1.0
@@ -426,7 +416,7 @@ class VMM:
                     return None
             else:  # suspended
                 self.state.update(vm, as_sync=False)
-                if self._guest_state(vm.vm_name) == GuestState.RUNNING:  # a crash cut a resume short
+                if self._guest_state(vm.vm_name) == VMState.RUNNING:  # a crash cut a resume short
                     log.warning("RAPID: %s runs already: taken as resumed", vm.vm_name)
                 else:
                     try:
@@ -501,7 +491,10 @@ class VMM:
         script = self.config.ip_script
         if script is None or not script.exists():
             return None
-        domain = self.agent.vms[name].domain
+        stored = self.agent.find(name)
+        if stored is None:
+            return None
+        domain = stored.domain
         try:  # RAPID's script has no shebang: run through sh, as the JDK ended up doing
             result = subprocess.run(
                 ["sh", str(script), domain], capture_output=True, text=True, timeout=10, check=False
@@ -684,13 +677,8 @@ class VMM:
         self._reply_rows(exchange, row)
 
     def _disk(self, vm: RapidVM) -> tuple[int, int] | None:
-        stored = self.agent.vms.get(vm.vm_name)
-        if stored is None or not stored.image:
-            return None
-        overlay = self.agent.disks.overlay_path(stored.domain)
-        if not overlay.exists():
-            return None
-        return vm.disk_gb * 2**30, overlay.stat().st_blocks * 512
+        allocated = self.agent.disk_allocated_bytes(vm.vm_name)
+        return None if allocated is None else (vm.disk_gb * 2**30, allocated)
 
     # -- flavor changes --------------------------------------------------------------------
 
