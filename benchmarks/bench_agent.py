@@ -65,14 +65,16 @@ def main() -> None:
         if args.driver == "sim":
             driver: Driver = SimDriver()
             topology = Topology.load(TOPOLOGIES / "topology_EPYC-7662-exp.json")
-            agent = Agent(topology, driver, Store(Path(tmp) / "agent.db"), AgentSettings(domain_type="qemu"))
+            agent = Agent.open(
+                topology, driver, Store(Path(tmp) / "agent.db"), AgentSettings(domain_type="qemu")
+            )
             for i in range(args.vms):
                 agent.create(VMRequest(f"vm{i}", 2, 1024, (1.0, 2.0, 3.0)[i % 3]))
         else:
             from pinfold.agent.drivers.libvirt import LibvirtDriver
 
             driver = LibvirtDriver("qemu:///system")
-            agent = Agent(
+            agent = Agent.open(
                 Topology.discover(), driver, Store(Path(tmp) / "agent.db"), AgentSettings(domain_type="qemu")
             )
             for i in range(args.guests):

@@ -64,7 +64,9 @@ def main() -> None:
             domain_type="qemu", kernel=kernel, initrd=initrd, cmdline="console=ttyS0 tick", serial_dir=tmp,
             pools=(pool,),
         )  # fmt: skip
-        agent = Agent(Topology.discover(), LibvirtDriver("qemu:///system"), Store(tmp / "agent.db"), settings)
+        agent = Agent.open(
+            Topology.discover(), LibvirtDriver("qemu:///system"), Store(tmp / "agent.db"), settings
+        )
 
         def printed(domain: str, text: str, offset: int = 0) -> Callable[[], bool]:
             log = tmp / f"{domain}.log"

@@ -221,7 +221,7 @@ def test_a_body_under_the_limit_is_read_whole() -> None:
 def test_a_ten_megabyte_heartbeat_or_create_is_refused_by_both_daemons(tmp_path: Path) -> None:
     """The agent's create and the controller's heartbeat, with the default 1 MiB limit."""
     i7 = Topology.load(Path(pinfold.__file__).parent / "data" / "topology_i7-1185G7.json")
-    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent = Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     controller, clients = build_controller(ControllerConfig(data_dir=tmp_path / "controller"), "a" * 16)
     apps = {
         "/api/v1/vms": agent_app(agent, "t" * 16),

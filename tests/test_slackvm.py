@@ -106,7 +106,7 @@ CONTROLLER_ROWS = {
 
 @contextmanager
 def agent_serving(tmp_path: Path, topology: Any) -> Iterator[str]:
-    agent = Agent(topology, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent = Agent.open(topology, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     try:
         app = create_app(agent, "agent-token-0123456789abcdef", slackvm_open_networks=("127.0.0.0/8",))
         with serving(app) as url:

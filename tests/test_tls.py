@@ -63,7 +63,7 @@ def node(tmp_path: Path) -> Iterator[TlsNode]:
     verify = client_context(certificates.ca)
     controller, clients = build_controller(ControllerConfig(data_dir=tmp_path / "controller"), AGENT, verify)
     served_controller = Served(controller_app(controller, ADMIN, AGENT), tls=tls)
-    agent = Agent(
+    agent = Agent.open(
         Topology.load(I7), SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu")
     )
     served_agent = Served(agent_app(agent, AGENT), tls=tls)
@@ -180,7 +180,7 @@ def test_a_tls_server_stops_promptly_though_a_client_keeps_a_connection_open(tmp
     """TLS's orderly close waits for the peer's answer, which an idle pooled
     client never sends: the daemons must not wait for it when they stop."""
     certificates = local_certificates(tmp_path)
-    agent = Agent(
+    agent = Agent.open(
         Topology.load(I7), SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu")
     )
     served = Served(agent_app(agent, AGENT), tls=(certificates.cert, certificates.key))
@@ -194,7 +194,7 @@ def test_a_tls_server_stops_promptly_though_a_client_keeps_a_connection_open(tmp
 
 def test_an_unfinished_request_over_tls_is_answered_408_and_closed(tmp_path: Path) -> None:
     certificates = local_certificates(tmp_path)
-    agent = Agent(
+    agent = Agent.open(
         Topology.load(I7), SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu")
     )
     served = Served(
@@ -218,7 +218,7 @@ def test_an_unfinished_request_over_tls_is_answered_408_and_closed(tmp_path: Pat
 def test_a_pinned_self_signed_certificate_is_trusted_as_its_own_ca(tmp_path: Path) -> None:
     """No CA at all: the server's own self-signed certificate is the CA file."""
     cert, key = self_signed(tmp_path)
-    agent = Agent(
+    agent = Agent.open(
         Topology.load(I7), SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu")
     )
     served = Served(agent_app(agent, AGENT), tls=(cert, key))

@@ -26,7 +26,7 @@ TOKEN = "test-token-0123456789abcdef"
 @contextmanager
 def serving(tmp_path: Path, topology, open_networks: tuple[str, ...] = ()) -> Iterator[str]:
     """A real uvicorn server on loopback in front of a sim-driver agent."""
-    agent = Agent(topology, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent = Agent.open(topology, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     try:
         with serving_app(create_app(agent, TOKEN, slackvm_open_networks=open_networks)) as url:
             yield url
@@ -185,7 +185,7 @@ def test_an_image_path_of_the_wrong_shape_is_a_400_even_if_it_leads_to_an_image(
     (images / "base.raw").write_bytes(b"\0" * 512)
     monkeypatch.chdir(tmp_path)
     settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
-    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
     try:
         with serving_app(create_app(agent, TOKEN)) as url, httpx.Client(base_url=url, timeout=10) as http:
             body = {"name": "x", "vcpus": 1, "memory_mib": 64, "image": image.format(images=images)}
@@ -220,7 +220,7 @@ def test_a_token_in_the_query_opens_only_slackvms_routes(agent_url):
 
 
 def test_the_host_says_how_old_its_usage_is_and_why_sampling_fails(tmp_path, i7):
-    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent = Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     broken = [False]
 
     def vm_stats() -> dict[str, tuple[int, float]]:
@@ -245,7 +245,7 @@ def test_the_host_says_how_old_its_usage_is_and_why_sampling_fails(tmp_path, i7)
 
 def test_a_neighbour_that_cannot_be_repinned_is_a_502_not_a_500(tmp_path, i7, monkeypatch):
     driver = SimDriver()
-    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent = Agent.open(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     repin = driver.repin
 
     def fail_for_b(name: str, cpuset: frozenset[int]) -> None:
@@ -283,7 +283,7 @@ def test_every_route_answers_while_a_guest_shuts_down(tmp_path, i7):
     """`POST .../shutdown` waits for the guest (up to shutdown_timeout_s): the
     reads and the other VMs must not wait with it."""
     driver = SlowShutdown()
-    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent = Agent.open(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     agent.create(VMRequest("slow", 1, 128, 2.0))
     agent.create(VMRequest("other", 1, 128, 2.0))
     try:
@@ -309,7 +309,7 @@ def test_every_route_answers_while_a_guest_shuts_down(tmp_path, i7):
 def test_the_host_says_why_a_pool_does_not_fill(tmp_path, i7):
     huge = PoolSpec(name="huge", size=50, vcpus=4, memory_mib=1024, warmup_s=0)
     settings = AgentSettings(domain_type="qemu", pools=(huge,))
-    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
 
     def fill() -> None:
         while agent.tend_pools(0.0):

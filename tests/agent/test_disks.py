@@ -66,7 +66,7 @@ def test_images_outside_the_image_directories_are_refused(images, tmp_path):
 def test_the_agent_gives_each_vm_an_overlay_and_removes_it_with_the_vm(images, tmp_path, i7):
     driver = SimDriver()
     settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
-    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(i7, driver, Store(tmp_path / "agent.db"), settings)
     agent.create(VMRequest("web", 1, 256, 1.0, image=str(images / "base.qcow2")))
     overlay = tmp_path / "disks" / "web.qcow2"
     spec = driver.info("web").spec
@@ -153,7 +153,7 @@ def test_a_base_image_that_does_not_stand_alone_or_is_not_raw_or_qcow2_is_refuse
         disks.create_overlay("vm-1", disks.base_image(str(images / "bad.qcow2")))
     assert error.value.code == "invalid request"
     settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
-    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
     with pytest.raises(AgentError, match=problem) as refused:
         agent.create(VMRequest("web", 1, 256, 1.0, image=str(images / "bad.qcow2")))
     assert refused.value.code == "invalid request"
@@ -186,7 +186,7 @@ def slow_qemu_img(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 def test_overlays_are_made_without_holding_the_agent(images, tmp_path, i7):
     settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
-    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
     script, started, go = slow_qemu_img(tmp_path)
     agent.disks.qemu_img = str(script)
     with ThreadPoolExecutor(1) as pool:
@@ -209,13 +209,13 @@ def test_overlays_are_made_without_holding_the_agent(images, tmp_path, i7):
 
 def test_an_overlay_made_for_a_refused_create_or_cut_short_by_a_crash_is_removed(images, tmp_path, i7):
     settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
-    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
     with pytest.raises(AgentError, match="not enough cpu"):
         agent.create(VMRequest("big", 64, 256, 1.0, image=str(images / "base.qcow2")))
     assert list((tmp_path / "disks").glob("*")) == []
     agent.disks.prepare_overlay(images / "base.qcow2")  # then kill -9
     agent.store.close()
-    Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
     assert list((tmp_path / "disks").iterdir()) == []
 
 
@@ -240,7 +240,7 @@ def test_a_refused_create_or_pool_refill_runs_no_qemu_img(images, tmp_path, i7):
     settings = AgentSettings(
         domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks", pools=(huge,)
     )
-    agent = Agent(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
     script, log = counting_qemu_img(tmp_path)
     agent.disks.qemu_img = str(script)
     agent.create(VMRequest("web", 4, 256, 1.0, image=image))

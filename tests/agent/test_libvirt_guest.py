@@ -142,7 +142,7 @@ def test_agent_pins_real_guests_of_two_levels_to_their_vnodes(guest_kernel, gues
     settings = AgentSettings(domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs,
                              cmdline="console=ttyS0", serial_dir=tmp_path, image_dirs=(images,),
                              disk_dir=tmp_path / "disks")  # fmt: skip
-    agent = Agent(topology, driver, Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(topology, driver, Store(tmp_path / "agent.db"), settings)
     try:
         # the premium guest boots with a disk: an overlay on the base image, opened by QEMU
         agent.create(VMRequest(names[0], 1, 128, 1.0, image=str(images / "base.qcow2")))
@@ -180,7 +180,7 @@ def test_a_guest_that_burns_a_cpu_shows_up_in_its_vnode_usage(guest_kernel, gues
     # critical size 0: the 2:1 VM is confined to its vNode (no sharing of free CPUs)
     settings = AgentSettings(domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs, critical_size=0,
                              cmdline="console=ttyS0 burn", serial_dir=tmp_path)  # fmt: skip
-    agent = Agent(topology, driver, Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(topology, driver, Store(tmp_path / "agent.db"), settings)
     try:
         agent.create(VMRequest(name, 1, 128, 2.0))
         log = tmp_path / f"{name}.log"

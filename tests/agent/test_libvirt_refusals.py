@@ -39,7 +39,7 @@ def real(tmp_path: Path) -> Iterator[tuple[Agent, Path]]:
     (images / "escape.qcow2").symlink_to(tmp_path / "outside.qcow2")
     driver = LibvirtDriver("qemu:///system")
     settings = AgentSettings(domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "disks")
-    agent = Agent(Topology.discover(), driver, Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(Topology.discover(), driver, Store(tmp_path / "agent.db"), settings)
     try:
         yield agent, images
     finally:

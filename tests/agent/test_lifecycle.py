@@ -73,7 +73,7 @@ def test_an_action_is_done_or_refused_by_the_table_before_the_driver(
     tmp_path: Path, i7: Topology, guest: GuestState, action: Action
 ) -> None:
     driver = RecordingDriver()
-    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent = Agent.open(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
     agent.create(VMRequest("v", 1, 128, 2.0))
     _guest_in(driver, "v", guest)
     operation = getattr(agent, action.value)
@@ -145,7 +145,9 @@ def test_every_state_in_the_agents_database_is_a_vm_state(tmp_path: Path, i7: To
     domain: every state written to SQLite is a VMState value."""
     pool = PoolSpec(name="small", size=2, vcpus=1, memory_mib=128, ratio=2.0, warmup_s=5)
     driver = RecordingDriver()
-    agent = Agent(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu", pools=(pool,)))
+    agent = Agent.open(
+        i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu", pools=(pool,))
+    )
     seen: set[str] = set()
 
     def look() -> None:

@@ -28,7 +28,7 @@ def driver() -> SimDriver:
 
 def agent_with(tmp_path, i7, driver, *pools: PoolSpec) -> Agent:
     settings = AgentSettings(domain_type="qemu", pools=pools)
-    return Agent(i7, driver, Store(tmp_path / "agent.db"), settings)
+    return Agent.open(i7, driver, Store(tmp_path / "agent.db"), settings)
 
 
 def states(driver: SimDriver) -> dict[str, GuestState]:

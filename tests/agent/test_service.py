@@ -14,7 +14,7 @@ from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers import DriverError, GuestState, SimDriver
 from pinfold.agent.reconcile import Action, Step
 from pinfold.agent.registration import heartbeat_document
-from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
+from pinfold.agent.service import Agent, AgentError, AgentSettings, NotStartedError, VMRequest
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.model.lifecycle import VMState
 from pinfold.placement import VMSpec
@@ -29,7 +29,7 @@ def parts(tmp_path: Path, i7):
 
 def agent_of(parts) -> Agent:
     topology, driver, store, _ = parts
-    return Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    return Agent.open(topology, driver, store, AgentSettings(domain_type="qemu"))
 
 
 def pins(driver: SimDriver) -> dict[str, frozenset[int]]:
@@ -57,7 +57,7 @@ def test_a_restart_keeps_the_vnode_layout(parts):
     agent.delete("big")
     before = {r: agent.allocator.vnode(r) for r in agent.allocator.levels}
     parts[2].close()
-    again = Agent(parts[0], parts[1], Store(parts[3]), AgentSettings(domain_type="qemu"))
+    again = Agent.open(parts[0], parts[1], Store(parts[3]), AgentSettings(domain_type="qemu"))
     assert {r: again.allocator.vnode(r) for r in again.allocator.levels} == before
     assert again.report == [Step(Action.KEEP, "small"), Step(Action.KEEP, "p")]
 
@@ -127,7 +127,7 @@ def test_start_repairs_every_crash_point(parts, i7):
     driver.create(DomainSpec("stranger", 1, 128, frozenset({0}), 3.0))  # pinfold metadata, unknown here
     store.close()
 
-    agent = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    agent = Agent.open(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
     assert {(step.action, step.name) for step in agent.report} == {
         (Action.KEEP, "steady"), (Action.MISSING, "gone"), (Action.DELETE, "half-deleted"),
         (Action.FORGET, "deleted"), (Action.CREATE, "half-created"), (Action.UNKNOWN, "stranger"),
@@ -185,7 +185,7 @@ def test_a_step_that_fails_at_start_is_recorded_and_the_agent_starts_all_the_sam
 
     monkeypatch.setattr(driver, "create", failing_create)
     monkeypatch.setattr(driver, "delete", failing_delete)
-    agent = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    agent = Agent.open(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
     failed = {step.name: step.error for step in agent.report if step.error}
     assert set(failed) == {"broken", "doomed"}
     assert "qemu exited" in failed["broken"]
@@ -196,7 +196,7 @@ def test_a_step_that_fails_at_start_is_recorded_and_the_agent_starts_all_the_sam
     assert agent.create(VMRequest("new", 1, 128, 2.0)).state == "running"  # the agent works
     monkeypatch.undo()
     agent.store.close()
-    again = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))  # retried
+    again = Agent.open(topology, driver, Store(path), AgentSettings(domain_type="qemu"))  # retried
     assert not [step for step in again.report if step.error]
     assert {name: vm.state for name, vm in again.vms.items()} == dict.fromkeys(
         ("steady", "broken", "fine", "new"), "running"
@@ -256,7 +256,7 @@ def test_a_delete_stands_when_a_neighbour_cannot_be_repinned(parts, monkeypatch,
     assert set(parts[2].load()[1]) == {"A", "B"}
     monkeypatch.undo()
     agent.store.close()
-    again = Agent(parts[0], driver, Store(parts[3]), AgentSettings(domain_type="qemu"))
+    again = Agent.open(parts[0], driver, Store(parts[3]), AgentSettings(domain_type="qemu"))
     assert pins(driver) == {name: again.allocator.pinning(name) for name in again.vms}
 
 
@@ -344,7 +344,7 @@ def test_a_vm_that_cannot_be_repinned_at_start_is_in_the_report_and_stays_stale(
     driver.repin("A", frozenset(range(8)))  # as a crash mid re-pin could leave it
     store.close()
     failing_repin(driver, monkeypatch, "A")
-    again = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    again = Agent.open(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
     assert again.report == [
         Step(Action.KEEP, "A"), Step(Action.KEEP, "B"),
         Step(Action.REPIN, "A", "failed: re-pin A: Unable to write to cgroup"),
@@ -410,7 +410,7 @@ def shutting_down(agent: Agent, name: str) -> Iterator[dict[str, object]]:
 def test_a_graceful_shutdown_waits_without_holding_the_agent(parts):
     topology, _, store, _ = parts
     driver = SlowShutdown()
-    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    agent = Agent.open(topology, driver, store, AgentSettings(domain_type="qemu"))
     agent.create(VMRequest("slow", 1, 128, 2.0))
     agent.create(VMRequest("other", 1, 128, 2.0))
     with shutting_down(agent, "slow") as outcome:
@@ -433,7 +433,7 @@ def test_a_graceful_shutdown_waits_without_holding_the_agent(parts):
 def test_a_delete_during_a_graceful_shutdown_wins(parts):
     topology, _, store, _ = parts
     driver = SlowShutdown()
-    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    agent = Agent.open(topology, driver, store, AgentSettings(domain_type="qemu"))
     agent.create(VMRequest("slow", 1, 128, 2.0))
     with shutting_down(agent, "slow") as outcome:
         agent.delete("slow")
@@ -469,7 +469,7 @@ def test_the_end_of_a_shutdown_is_not_recorded_on_a_new_vm_of_the_same_name(part
     it down too: the first shutdown ends without touching the second VM."""
     topology, _, store, _ = parts
     driver = GatedShutdown()
-    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+    agent = Agent.open(topology, driver, store, AgentSettings(domain_type="qemu"))
     agent.create(VMRequest("v", 1, 128, 2.0))
     outcomes: list[dict[str, object]] = [{}, {}]
 
@@ -520,6 +520,36 @@ def test_a_shutdown_cut_short_by_a_crash_records_the_domain_state_at_start(parts
     if guest_off:
         driver.shutdown("v", 0)
     store.close()
-    again = Agent(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    again = Agent.open(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
     assert again.report == [Step(Action.FINISH_SHUTDOWN, "v")]
     assert (again.vms["v"].state, again.vms["v"].pending) == (state, None)
+
+
+class UnlistableDriver(SimDriver):
+    """A hypervisor that cannot list its domains: a start-up that asks it fails."""
+
+    def guests(self):
+        raise DriverError("failed", "cannot list domains")
+
+
+def test_building_an_agent_does_no_io_and_a_request_before_start_up_is_a_clear_error(parts):
+    topology, _, store, path = parts
+    leftover = path.parent / "disks" / ".partial-x.qcow2"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"")
+    agent = Agent(topology, UnlistableDriver(), store, AgentSettings(domain_type="qemu"))  # asks nothing
+    assert leftover.exists()
+    with pytest.raises(NotStartedError, match="start_up"):
+        agent.user_vms()
+    with pytest.raises(NotStartedError, match="start_up"):
+        agent.create(VMRequest("A", 1, 512, 1.0))
+    with pytest.raises(DriverError, match="cannot list"):
+        agent.start_up()
+    with pytest.raises(NotStartedError):  # a start-up that failed leaves the agent not started
+        agent.user_vms()
+    started = Agent.open(topology, SimDriver(), store, AgentSettings(domain_type="qemu"))
+    assert started.user_vms() == []
+    assert started.report == []
+    assert not leftover.exists()
+    with pytest.raises(RuntimeError, match="already started"):
+        started.start_up()

@@ -134,7 +134,9 @@ def start_host(
     restarting (the same one, served and registering anew)."""
     if agent is None:
         store = Store(tmp_path / host_id / "agent.db")
-        agent = Agent(topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu"))
+        agent = Agent.open(
+            topology, driver or SimDriver(), store, settings or AgentSettings(domain_type="qemu")
+        )
     token = token or f"{host_id}-api-token-0123456789abcdef"
     served = Served(agent_app(agent, token))
     registrar = Registrar(

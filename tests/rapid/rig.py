@@ -61,7 +61,7 @@ def make_rig(tmp_path: Path, topology: Topology, ds: FakeDS, slam: FakeSLAM, set
     agent_settings = AgentSettings(
         domain_type="qemu", image_dirs=rapid.image_dirs, disk_dir=tmp_path / "disks", pools=pools
     )
-    agent = Agent(topology, driver, Store(tmp_path / "agent.db"), agent_settings)
+    agent = Agent.open(topology, driver, Store(tmp_path / "agent.db"), agent_settings)
     state = RapidState(agent.store.path)
     usage = Usage(cpu_load_pct=12, free_memory_mb=2048, gpu_util_pct=0, cpu_cores=8)
     vmm = VMM(agent, state, rapid, settings, lambda: usage, lambda name: (12.5, 512.0))

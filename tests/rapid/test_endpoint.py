@@ -19,7 +19,7 @@ def test_the_ds_hears_the_cpus_the_agent_places_on_not_the_machines_cores(tmp_pa
     topology = epyc.with_exclusions([0, 1, 2, 3])
     assert len(topology.usable_cpus) != psutil.cpu_count(logical=True)
     settings = AgentSettings(domain_type="qemu", disk_dir=tmp_path / "disks")
-    agent = Agent(topology, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(topology, SimDriver(), Store(tmp_path / "agent.db"), settings)
     config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1")
     endpoint = RapidEndpoint(agent, config, RapidSettings(listen="127.0.0.1"), monitor=None)
     try:

@@ -39,7 +39,7 @@ def test_start_register_suspend_resume_deregister_on_libvirt(tmp_path, guest_ker
     ds = FakeDS(slam.port)
     settings = AgentSettings(domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs,
                              cmdline="console=ttyS0", serial_dir=tmp_path)  # fmt: skip
-    agent = Agent(Topology.discover(), driver, Store(tmp_path / "agent.db"), settings)
+    agent = Agent.open(Topology.discover(), driver, Store(tmp_path / "agent.db"), settings)
     state = RapidState(agent.store.path)
     config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port, ip_script=script)
     # three 1-vCPU VMs on a 2-CPU host: at 2:1 they fit

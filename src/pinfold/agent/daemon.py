@@ -68,7 +68,7 @@ def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[
         cmdline=config.cmdline,
         pools=config.pools + (helper_pools(rapid, config.rapid) if rapid is not None else ()),
     )
-    return Agent(topology, driver, Store(config.data_dir / "agent.db"), settings), description
+    return Agent.open(topology, driver, Store(config.data_dir / "agent.db"), settings), description
 
 
 def simulated_memory(agent: Agent) -> tuple[float, float]:

@@ -49,7 +49,7 @@ from pinfold.model.vm import VMRequest, image_path_problem, valid_name
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, format_cpulist
 
-__all__ = ["Agent", "AgentError", "AgentSettings", "StalePin", "VMRequest"]
+__all__ = ["Agent", "AgentError", "AgentSettings", "NotStartedError", "StalePin", "VMRequest"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,14 @@ class AgentSettings:
     pools: tuple[PoolSpec, ...] = ()
 
 
+class NotStartedError(RuntimeError):
+    """A request to an agent whose `Agent.start_up` has not run (or failed):
+    its store is not loaded, so it knows no VM and no placement."""
+
+    def __init__(self) -> None:
+        super().__init__("the agent is not started: call start_up() first (or build it with Agent.open)")
+
+
 @dataclass(frozen=True)
 class StalePin:
     """A VM the hypervisor would not re-pin: the CPUs it should be on, and why not."""
@@ -101,7 +109,6 @@ class Agent:
     def __post_init__(self) -> None:
         disk_dir = self.settings.disk_dir or self.store.path.parent / "disks"
         self.disks = Disks(self.settings.image_dirs, disk_dir)
-        self.disks.remove_partial_overlays()
         self._warming_since: dict[str, float] = {}
         #: per pool, why its last step (adding or suspending a member) failed: why it does not fill
         self.pool_errors: dict[str, str] = {}
@@ -111,11 +118,59 @@ class Agent:
         self._stale_pins: dict[str, StalePin] = {}
         #: per VM shutting down, the token of that shutdown: its end is recorded only while it is the same
         self._shutdowns: dict[str, object] = {}
-        snapshot, self.vms = self.store.load()
-        self.allocator = HostAllocator.restore(
-            self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
-        )
-        self.report: list[Step] = self.reconcile()
+        #: the stored VMs and the allocator, None until `start_up` loads them
+        self._vms: dict[str, StoredVM] | None = None
+        self._allocator: HostAllocator | None = None
+        #: what the start-up did (`reconcile`'s steps); empty until it has run
+        self.report: list[Step] = []
+
+    @classmethod
+    def open(
+        cls, topology: Topology, driver: Driver, store: Store, settings: AgentSettings | None = None
+    ) -> Agent:
+        """An agent built and started (`start_up`): what callers want."""
+        agent = cls(topology, driver, store, settings or AgentSettings())
+        agent.start_up()
+        return agent
+
+    def start_up(self) -> list[Step]:
+        """Load the store, restore the allocator from it, remove the overlays
+        a crash left half made and make the hypervisor match (`reconcile`);
+        the steps taken, also kept in `report`. Building an agent does none
+        of this (no I/O in a constructor): requests are refused (`NotStartedError`)
+        until it has run. A start-up that fails leaves the agent not started."""
+        with self.lock:
+            if self._vms is not None:
+                raise RuntimeError("the agent is already started")
+            self.disks.remove_partial_overlays()
+            snapshot, self._vms = self.store.load()
+            self._allocator = HostAllocator.restore(
+                self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
+            )
+            try:
+                self.report = self.reconcile()
+            except BaseException:
+                self._vms = self._allocator = None
+                raise
+            return self.report
+
+    @property
+    def vms(self) -> dict[str, StoredVM]:
+        """Every stored VM by name, pool members included (the core's own)."""
+        if self._vms is None:
+            raise NotStartedError()
+        return self._vms
+
+    @property
+    def allocator(self) -> HostAllocator:
+        """The host's placement, restored from the store (the core's own)."""
+        if self._allocator is None:
+            raise NotStartedError()
+        return self._allocator
+
+    @allocator.setter
+    def allocator(self, allocator: HostAllocator) -> None:
+        self._allocator = allocator
 
     # -- requests --------------------------------------------------------------
 
