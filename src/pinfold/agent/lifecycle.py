@@ -1,0 +1,168 @@
+"""A user's requests on VMs: create (from a warm pool or cold), delete,
+the power actions (legal by `pinfold.model.lifecycle`'s table) and resize.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from pinfold.agent.core import AgentError, refusal_of, state_of
+from pinfold.agent.drivers.base import DriverError
+from pinfold.agent.store import Pending, StoredVM
+from pinfold.agent.warm import WarmPools
+from pinfold.model.lifecycle import Action as LifecycleAction
+from pinfold.model.lifecycle import Refused, VMState, transition
+from pinfold.model.vm import VMRequest, image_path_problem, valid_name
+from pinfold.placement import HostAllocator, PlacementError, VMSpec
+
+__all__ = ["Lifecycle"]
+
+
+class Lifecycle(WarmPools):
+    """The requests that change a VM, each under the lock (a shutdown's wait excepted)."""
+
+    def create(self, request: VMRequest) -> StoredVM:
+        """A VM as asked: from a warm pool when one matches, else made cold.
+        A cold VM's overlay is made without the lock and adopted under it
+        (`_overlay_for`): no request waits for qemu-img. It is made only
+        once the VM would fit: a refused create runs no qemu-img."""
+        if not valid_name(request.name):
+            raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
+        problem = image_path_problem(request.image) if request.image else None
+        if problem is not None:
+            raise AgentError("invalid request", problem)
+        base = self._base_image(request.image)
+        with self.lock:
+            self._retry_stale_pins()
+            self._refuse_taken(request.name)
+            member = self._ready_member(request, base) if request.name not in self.allocator else None
+            if member is not None:
+                return self._hand_out(member, request)
+            if base is None:
+                return self._create_cold(request, None, pool="")
+            self._refuse_unplaceable(request)
+        with self._overlay_for(base) as prepared, self.lock:
+            self._refuse_taken(request.name)  # again: the name may have gone meanwhile
+            return self._create_cold(request, base, pool="", prepared=prepared)
+
+    def delete(self, name: str) -> None:
+        with self.lock:
+            self._retry_stale_pins()
+            self._delete(self._get(name))
+
+    def start(self, name: str) -> StoredVM:
+        return self._act(name, self.driver.start, LifecycleAction.START)
+
+    def shutdown(self, name: str) -> StoredVM:
+        """Power the guest off gracefully, forced after `shutdown_timeout_s`.
+
+        That wait (30 s by default) happens without the agent's lock, so that
+        every other request, the monitor and the heartbeat go on meanwhile:
+        the VM is stored "stopping", with a pending mark, before, and its end
+        state recorded after. Other actions on it are refused until then (not
+        a delete, which forces it off). A crash during the wait leaves the
+        mark, and the next start records the state the domain is in. The
+        end is matched by a token, not by the name: a VM deleted meanwhile and
+        made again under that name (and shut down in turn) is another's."""
+        token = object()
+        with self.lock:
+            self._retry_stale_pins()
+            vm, after = self._allowed(name, LifecycleAction.SHUTDOWN, record_refused=True)
+            before = vm.state
+            vm = self._set(name, VMState.STOPPING, Pending.SHUTDOWN)
+            self._shutdowns[name] = token
+        failure: DriverError | None = None
+        try:
+            self.driver.shutdown(vm.domain, self.settings.shutdown_timeout_s)
+        except DriverError as error:
+            failure = error
+        with self.lock:
+            if self._shutdowns.get(name) is not token:
+                raise AgentError("unknown vm", f"{name} (deleted while it shut down)")
+            del self._shutdowns[name]
+            if failure is None:
+                return self._set(name, after, None)
+            if failure.code == "not found":
+                raise self._lost(name) from failure
+            self._set(name, self._observed_state(vm.domain, before), None)
+        raise refusal_of(failure) from failure
+
+    def suspend(self, name: str) -> StoredVM:
+        return self._act(name, self.driver.suspend, LifecycleAction.SUSPEND)
+
+    def resume(self, name: str) -> StoredVM:
+        return self._act(name, self.driver.resume, LifecycleAction.RESUME)
+
+    def resize(self, name: str, vcpus: int, memory_mib: int) -> StoredVM:
+        """Give a VM another size: re-placed on its level's vNode now (refused,
+        and nothing changed, when it does not fit), stored, and written into
+        the domain's definition for its next boot. Refused while a pin is
+        stale, as a create is: the VM's vNode may grow."""
+        with self.lock:
+            self._retry_stale_pins()
+            vm = self._idle(name)
+            self._refuse_stale()
+            new = VMSpec(name, vcpus, memory_mib, vm.spec.ratio)
+            before = self.allocator.snapshot()
+            removed = self.allocator.remove(name)
+            try:
+                change = self.allocator.deploy(new)
+            except PlacementError as error:
+                # restored exactly (pins included), not deployed again: that could pick other CPUs
+                s = self.settings
+                self.allocator = HostAllocator.restore(
+                    self.topology, before, s.critical_size, s.reserved_memory_mib
+                )
+                raise AgentError(error.code.value, error.refusal.describe()) from error
+            self.store.resize_vm(name, vcpus, memory_mib, self.allocator.snapshot())
+            vm = self.vms[name] = replace(vm, spec=new)
+            failure: DriverError | None = None
+            try:
+                self.driver.resize(vm.domain, vcpus, memory_mib)
+            except DriverError as error:
+                failure = error
+            # the resize stands: a VM that cannot follow (this one or a neighbour,
+            # moved by the removal or by the new placement) is kept as a stale pin
+            moved = [name, *removed.repinned, *change.repinned]
+            self._repin({other: self.allocator.pinning(other) for other in moved if other in self.allocator})
+            if failure is not None:
+                raise AgentError("hypervisor failed", str(failure)) from failure
+            if name in self._stale_pins:
+                raise AgentError("hypervisor failed", f"cannot re-pin {name}: {self._stale_pins[name].error}")
+            return vm
+
+    def _act(self, name: str, operation: Callable[[str], None], action: LifecycleAction) -> StoredVM:
+        with self.lock:
+            self._retry_stale_pins()
+            vm, state = self._allowed(name, action)
+            try:
+                operation(vm.domain)
+            except DriverError as error:
+                raise self._failed(name, error) from error
+            return self._set(name, state, None)
+
+    def _allowed(
+        self, name: str, action: LifecycleAction, record_refused: bool = False
+    ) -> tuple[StoredVM, VMState]:
+        """A user's idle VM and the state `action` takes it to, by the lifecycle
+        table from the state its guest is in now (the stored state may lag: a
+        guest may power itself off). An illegal action is refused here, with
+        the guest untouched; the driver's own check stays as a backstop.
+        `record_refused`: a refusal records the state the guest is in (a
+        shutdown does, as it records how a failed one left the guest)."""
+        vm = self._idle(name)
+        try:
+            observed = state_of(self.driver.info(vm.domain).state)
+        except DriverError as error:
+            raise self._failed(name, error) from error
+        try:
+            return vm, transition(observed, action)
+        except Refused as refused:
+            if record_refused:
+                self._set(name, observed, None)
+            raise AgentError(refused.code, refused.detail(name)) from None
+
+    def _failed(self, name: str, error: DriverError) -> AgentError:
+        """A driver's failure on `name`: its domain gone (`_lost`), or refused."""
+        return self._lost(name) if error.code == "not found" else refusal_of(error)

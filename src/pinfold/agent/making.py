@@ -1,0 +1,135 @@
+"""Making and unmaking one VM: a cold create's steps (overlay, placement,
+store with a pending mark, domain, re-pins, mark cleared) and a delete's
+(mark, domain, placement, store), with their crash points; see `service`
+for the order and why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from pinfold.agent.core import AgentError
+from pinfold.agent.disks import DiskError
+from pinfold.agent.domain import DomainSpec, DomainXMLError
+from pinfold.agent.drivers.base import DriverError
+from pinfold.agent.failpoints import crash_point
+from pinfold.agent.pins import PinKeeping
+from pinfold.agent.store import Pending, StoredVM
+from pinfold.model.lifecycle import VMState
+from pinfold.model.vm import VMRequest
+from pinfold.placement import PlacementError, VMSpec
+
+__all__ = ["Making"]
+
+
+class Making(PinKeeping):
+    """The steps a create and a delete take, shared by requests, warm pools and start-up."""
+
+    def _refuse_unplaceable(self, request: VMRequest) -> None:
+        """What `_create_cold` would refuse before it places anything, asked
+        before an overlay is made for it. The placement is only a check here:
+        the real one follows, under the lock again, and may still refuse."""
+        self._refuse_stale()
+        spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
+        refusal = self.allocator.check(spec)
+        if refusal is not None:
+            raise AgentError(refusal.code.value, refusal.describe())
+
+    def _refuse_taken(self, name: str) -> None:
+        if any(vm.domain == name for vm in self.vms.values()):
+            raise AgentError("duplicate name", f"{name} (the domain of another VM)")
+
+    @contextlib.contextmanager
+    def _overlay_for(self, base: Path | None) -> Iterator[Path | None]:
+        """An overlay on `base`, made now, before the lock is taken (never
+        call this holding it); `_make` adopts it under its VM's name, and
+        one not adopted (a refused create) is removed on the way out."""
+        if base is None:
+            yield None
+            return
+        try:
+            prepared = self.disks.prepare_overlay(base)
+        except DiskError as error:
+            raise AgentError(error.code, error.detail) from error
+        try:
+            yield prepared
+        finally:
+            prepared.unlink(missing_ok=True)
+
+    def _create_cold(
+        self, request: VMRequest, base: Path | None, pool: str, prepared: Path | None = None
+    ) -> StoredVM:
+        spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
+        self._refuse_stale()
+        try:
+            change = self.allocator.deploy(spec)
+        except PlacementError as error:
+            raise AgentError(error.code.value, error.refusal.describe()) from error
+        vm = StoredVM(spec, request.owner, str(base or ""), VMState.CREATING, Pending.CREATE, pool=pool)
+        try:
+            self.store.save_vm(vm, self.allocator.snapshot())
+        except BaseException:
+            self.allocator.remove(spec.name)
+            raise
+        self.vms[spec.name] = vm
+        crash_point("create:stored")
+        try:
+            self._make(vm, prepared)
+        except (DriverError, DomainXMLError, DiskError) as error:
+            self._forget(spec.name)
+            raise AgentError("hypervisor failed", str(error)) from error
+        crash_point("create:made")
+        failed = self._repin(change.repinned)
+        if failed:  # its neighbours would overlap its vNode: undo it rather than break isolation
+            self._delete(self.vms[spec.name])
+            raise AgentError("hypervisor failed", "cannot re-pin " + "; ".join(failed))
+        return self._set(spec.name, VMState.WARMING if pool else VMState.RUNNING, None)
+
+    def _delete(self, vm: StoredVM) -> None:
+        name = vm.spec.name
+        self._set(name, vm.state, Pending.DELETE)
+        crash_point("delete:marked")
+        try:
+            self.driver.delete(vm.domain)
+        except DriverError as error:
+            if error.code != "not found":
+                self._set(name, vm.state, vm.pending)  # as it was: a shutdown waiting records its end
+                raise AgentError("hypervisor failed", str(error)) from error
+        crash_point("delete:unmade")
+        self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        self.disks.remove_overlay(self.vms[name].domain)
+        self._warming_since.pop(name, None)
+        self._stale_pins.pop(name, None)
+        self._shutdowns.pop(name, None)  # a shutdown still waiting records nothing
+        change = self.allocator.remove(name)
+        self.store.forget_vm(name, self.allocator.snapshot())
+        self.vms.pop(name, None)
+        # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
+        self._repin(change.repinned)
+
+    def _make(self, vm: StoredVM, prepared: Path | None = None) -> None:
+        """The VM's disk (the overlay prepared for it, else one made now, when
+        it has an image), then its domain."""
+        disk = None
+        if prepared is not None:
+            disk = self.disks.adopt_overlay(vm.domain, prepared)
+        elif vm.image:
+            disk = self.disks.create_overlay(vm.domain, Path(vm.image))
+        try:
+            self.driver.create(self._domain(vm, self.allocator.pinning(vm.spec.name), disk))
+        except BaseException:
+            self.disks.remove_overlay(vm.domain)
+            raise
+
+    def _domain(self, vm: StoredVM, cpuset: frozenset[int], disk: Path | None) -> DomainSpec:
+        s = self.settings
+        serial = s.serial_dir / f"{vm.domain}.log" if s.serial_dir is not None else None
+        return DomainSpec(
+            name=vm.domain, vcpus=vm.spec.vcpus, memory_mib=vm.spec.memory_mib, cpuset=cpuset,
+            level=float(vm.spec.ratio), owner=vm.owner, image=vm.image, domain_type=s.domain_type,
+            kernel=s.kernel, initrd=s.initrd, cmdline=s.cmdline, serial_log=serial, disk=disk,
+        )  # fmt: skip

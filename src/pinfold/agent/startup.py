@@ -1,0 +1,98 @@
+"""The start step: load the store, restore the allocator, remove the
+overlays a crash left half made, and make the hypervisor match the store
+(`reconcile.plan`), re-pinning what a crash left on the wrong CPUs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+
+from pinfold.agent.core import log, state_of
+from pinfold.agent.disks import DiskError
+from pinfold.agent.domain import DomainXMLError
+from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
+from pinfold.agent.making import Making
+from pinfold.agent.reconcile import Action, Step, plan
+from pinfold.agent.store import StoredVM
+from pinfold.model.lifecycle import VMState
+from pinfold.placement import HostAllocator
+
+__all__ = ["StartUp"]
+
+
+class StartUp(Making):
+    """`start_up`, once, before any request: no I/O happens when an agent is built."""
+
+    def start_up(self) -> list[Step]:
+        """Load the store, restore the allocator from it, remove the overlays
+        a crash left half made and make the hypervisor match (`reconcile`);
+        the steps taken, also kept in `report`. Building an agent does none
+        of this (no I/O in a constructor): requests are refused (`NotStartedError`)
+        until it has run. A start-up that fails leaves the agent not started."""
+        with self.lock:
+            if self._vms is not None:
+                raise RuntimeError("the agent is already started")
+            self.disks.remove_partial_overlays()
+            snapshot, self._vms = self.store.load()
+            self._allocator = HostAllocator.restore(
+                self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
+            )
+            try:
+                self.report = self.reconcile()
+            except BaseException:
+                self._vms = self._allocator = None
+                raise
+            return self.report
+
+    def reconcile(self) -> list[Step]:
+        """Make the hypervisor match the store (see `reconcile.plan`); returns
+        the steps, including the VMs reported missing and unknown domains.
+
+        A step that fails is logged and returned with its error, and its VM
+        is left in state "error" with its pending mark, so the next start
+        tries again: one broken VM must not keep the agent (and every other
+        VM's API) from starting. Only a hypervisor that cannot list its
+        domains stops the start. A VM that cannot be re-pinned to its vNode
+        is returned as a `re-pin` step with its error (and kept as a stale
+        pin, tried again before every change)."""
+        observed = {guest.name: guest for guest in self.driver.guests()}
+        steps = []
+        for step in plan(self.vms, observed):
+            try:
+                self._carry_out(step, observed)
+            except (DriverError, DomainXMLError, DiskError) as error:
+                log.error("start: cannot %s %s: %s", step.action.value, step.name, error)
+                if step.name in self.vms:
+                    self._set(step.name, VMState.ERROR, self.vms[step.name].pending)
+                step = replace(step, error=str(error))
+            steps.append(step)
+        self._check_pins()
+        return steps + [Step(Action.REPIN, name, pin.error) for name, pin in self._stale_pins.items()]
+
+    def _carry_out(self, step: Step, observed: Mapping[str, GuestInfo]) -> None:
+        vm = self.vms.get(step.name)
+        if vm is None:  # an unknown domain: reported, never touched
+            return
+        if step.action is Action.CREATE:
+            self._make(vm)
+            self._set(step.name, VMState.WARMING if vm.pool else VMState.RUNNING, None)  # as `_create_cold`
+        elif step.action is Action.FINISH_CREATE:
+            self._finish_create(vm, observed[vm.domain].state)
+        elif step.action is Action.DELETE:
+            self.driver.delete(vm.domain)
+            self._forget(step.name)
+        elif step.action is Action.FORGET:
+            self._forget(step.name)
+        elif step.action is Action.FINISH_SHUTDOWN:
+            self._set(step.name, state_of(observed[vm.domain].state), None)
+        elif step.action is Action.MISSING:
+            self._set(step.name, VMState.MISSING, None)
+
+    def _finish_create(self, vm: StoredVM, state: GuestState) -> None:
+        """The domain exists: a hand-out cut short still has to be resumed;
+        a pool member warms up again from now."""
+        if state is GuestState.PAUSED and not vm.pool:
+            self.driver.resume(vm.domain)
+            state = GuestState.RUNNING
+        self._set(vm.spec.name, (VMState.WARMING if vm.pool else state_of(state)), None)
