@@ -31,7 +31,7 @@ def serving(tmp_path: Path, topology, open_networks: tuple[str, ...] = ()) -> It
         with serving_app(create_app(agent, TOKEN, slackvm_open_networks=open_networks)) as url:
             yield url
     finally:
-        agent.store.close()
+        agent.close()
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def test_an_image_path_of_the_wrong_shape_is_a_400_even_if_it_leads_to_an_image(
             assert response.json()["error"] == "invalid request"
             assert http.get("/api/v1/vms").json() == []
     finally:
-        agent.store.close()
+        agent.close()
 
 
 def test_slackvm_routes_can_be_opened_to_listed_networks_only(tmp_path, i7):
@@ -236,7 +236,7 @@ def test_the_host_says_how_old_its_usage_is_and_why_sampling_fails(tmp_path, i7)
         with serving_app(create_app(agent, TOKEN, monitor)) as url:
             host = httpx.get(f"{url}/api/v1/host").json()
     finally:
-        agent.store.close()
+        agent.close()
     assert host["usage"] is not None  # the last good sample, labelled as such:
     assert host["monitor"]["stale"] is True
     assert "libvirtd went away" in host["monitor"]["last_error"]
@@ -276,7 +276,7 @@ def test_a_neighbour_that_cannot_be_repinned_is_a_502_not_a_500(tmp_path, i7, mo
             assert http.post("/api/v1/vms", json=body, headers=AUTH).status_code == 201
             assert http.get("/api/v1/host").json()["stale_pins"] == {}
     finally:
-        agent.store.close()
+        agent.close()
 
 
 def test_every_route_answers_while_a_guest_shuts_down(tmp_path, i7):
@@ -303,7 +303,7 @@ def test_every_route_answers_while_a_guest_shuts_down(tmp_path, i7):
             assert shutdown.result().json()["state"] == "shutoff"
     finally:
         driver.release.set()
-        agent.store.close()
+        agent.close()
 
 
 def test_the_host_says_why_a_pool_does_not_fill(tmp_path, i7):
@@ -321,7 +321,7 @@ def test_the_host_says_why_a_pool_does_not_fill(tmp_path, i7):
         with serving_app(create_app(agent, TOKEN)) as url:
             pools = httpx.get(f"{url}/api/v1/host").json()["pools"]
     finally:
-        agent.store.close()
+        agent.close()
     assert pools["huge"]["ready"] + pools["huge"]["warming"] == 2
     assert pools["huge"]["last_error"].startswith("not enough cpu: ")
 

@@ -23,6 +23,7 @@ from pinfold.agent.config import (
     load_enrolment_token,
     load_or_create_token,
 )
+from pinfold.agent.drivers import SimDriver
 from pinfold.tokens import TokenError
 from tests.conftest import I7
 from tests.servers import free_port, wait_for_health
@@ -236,9 +237,10 @@ def test_direct_kernel_boot_settings_reach_the_agent(tmp_path):
         f'driver = "sim"\ntopology = "{I7}"\ndata_dir = "{tmp_path / "data"}"\n'
         'kernel = "/boot/vmlinuz"\ninitrd = "/boot/initrd.img"\ncmdline = "console=ttyS0"\n'
     )
-    agent, description = build_agent(load_config(config, {}, {}))
+    agent, driver, description = build_agent(load_config(config, {}, {}))
+    assert isinstance(driver, SimDriver)
     assert description.startswith("sim driver")
     assert agent.settings.kernel == Path("/boot/vmlinuz")
     assert agent.settings.initrd == Path("/boot/initrd.img")
     assert agent.settings.cmdline == "console=ttyS0"
-    agent.store.close()
+    agent.close()

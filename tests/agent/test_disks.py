@@ -214,7 +214,7 @@ def test_an_overlay_made_for_a_refused_create_or_cut_short_by_a_crash_is_removed
         agent.create(VMRequest("big", 64, 256, 1.0, image=str(images / "base.qcow2")))
     assert list((tmp_path / "disks").glob("*")) == []
     agent.disks.prepare_overlay(images / "base.qcow2")  # then kill -9
-    agent.store.close()
+    agent.close()
     Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), settings)
     assert list((tmp_path / "disks").iterdir()) == []
 

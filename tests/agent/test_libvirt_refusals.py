@@ -43,7 +43,7 @@ def real(tmp_path: Path) -> Iterator[tuple[Agent, Path]]:
     try:
         yield agent, images
     finally:
-        agent.store.close()
+        agent.close()
         driver.close()
 
 

@@ -101,7 +101,7 @@ def test_hand_outs_and_members_survive_a_restart(tmp_path, i7, driver):
     agent = filled(agent_with(tmp_path, i7, driver, SMALL))
     agent.create(VMRequest("web", 1, 128, 2.0))
     layout = {r: agent.allocator.vnode(r) for r in agent.allocator.levels}
-    agent.store.close()
+    agent.close()
     again = agent_with(tmp_path, i7, driver, SMALL)
     assert [(s.action, s.name) for s in again.report] == [(Action.KEEP, "web"), (Action.KEEP, "pool-small-1")]
     assert again.vms["web"].domain == "pool-small-0"
@@ -124,7 +124,7 @@ def test_a_hand_out_cut_short_is_resumed_at_the_next_start(tmp_path, i7, driver,
         agent.create(VMRequest("web", 1, 128, 2.0))
     monkeypatch.undo()
     assert states(driver)["pool-small-0"] is GuestState.PAUSED
-    agent.store.close()
+    agent.close()
     again = agent_with(tmp_path, i7, driver, SMALL)
     assert (again.vms["web"].state, again.vms["web"].pending) == ("running", None)
     assert states(driver)["pool-small-0"] is GuestState.RUNNING
@@ -145,7 +145,7 @@ def test_a_member_whose_create_was_cut_short_warms_up_again_at_the_next_start(
         agent.tend_pools(0.0)  # stored (pending), never made
     monkeypatch.undo()
     assert states(driver) == {}
-    agent.store.close()
+    agent.close()
     again = agent_with(tmp_path, i7, driver, SMALL)
     assert [(s.action, s.name) for s in again.report] == [(Action.CREATE, "pool-small-0")]
     assert again.vms["pool-small-0"].state == "warming"
@@ -166,7 +166,7 @@ def test_a_member_a_start_could_not_make_is_replaced(tmp_path, i7, driver, monke
     monkeypatch.setattr(driver, "create", crash)
     with pytest.raises(Crash):
         agent.tend_pools(0.0)
-    agent.store.close()
+    agent.close()
 
     def refuse(spec: DomainSpec) -> None:
         raise DriverError("failed", "start pool-small-0: qemu exited")
@@ -185,7 +185,7 @@ def test_a_member_a_start_could_not_make_is_replaced(tmp_path, i7, driver, monke
 def test_a_broken_member_that_cannot_be_deleted_is_the_pools_last_error(tmp_path, i7, driver, monkeypatch):
     agent = filled(agent_with(tmp_path, i7, driver, SMALL))
     agent.store.set_state("pool-small-0", VMState.POOLED, Pending.DELETE)  # a delete a crash cut short
-    agent.store.close()
+    agent.close()
     delete = driver.delete
 
     def refuse(name: str) -> None:
@@ -212,7 +212,7 @@ def test_a_member_that_cannot_be_deleted_does_not_stop_the_other_pools(tmp_path,
     while agent.tend_pools(0.0):
         pass
     agent.store.set_state("pool-small-0", VMState.POOLED, Pending.DELETE)  # a delete a crash cut short
-    agent.store.close()
+    agent.close()
 
     def refuse(name: str) -> None:
         raise DriverError("failed", f"delete {name}: libvirtd hiccup")
@@ -229,11 +229,11 @@ def test_a_member_that_cannot_be_deleted_does_not_stop_the_other_pools(tmp_path,
 
 def test_members_no_pool_wants_are_deleted(tmp_path, i7, driver):
     agent = filled(agent_with(tmp_path, i7, driver, SMALL))
-    agent.store.close()
+    agent.close()
     smaller = agent_with(tmp_path, i7, driver, SMALL.model_copy(update={"size": 1}))
     smaller.tend_pools(0.0)
     assert set(states(driver)) == {"pool-small-0"}
-    smaller.store.close()
+    smaller.close()
     none = agent_with(tmp_path, i7, driver)
     none.tend_pools(0.0)
     assert states(driver) == {}
@@ -301,3 +301,20 @@ def test_a_version_1_store_is_migrated(tmp_path, i7, driver):
     db.close()
     _, vms = Store(path).load()
     assert (vms["old"].domain, vms["old"].pool) == ("old", "")
+
+
+def test_a_snapshot_shows_the_users_vms_and_counts_the_pool_members(tmp_path, i7, driver):
+    """`Agent.snapshot`, what the API and the heartbeat read: the users' VMs and
+    their pins; pool members count among the host's VMs but are nobody's."""
+    agent = filled(agent_with(tmp_path, i7, driver, SMALL))
+    agent.create(VMRequest("web", 2, 256, 1.0))
+    now = agent.snapshot()
+    assert list(now.vms) == ["web"]
+    assert now.vm_count == 3
+    assert now.pins == {"web": agent.pinning("web")}
+    assert now.pins["web"] == sorted(now.vnodes[1.0])
+    assert now.pools == {"small": {"size": 2, "ready": 2, "warming": 0, "last_error": None}}
+    assert now.memory_allocated_mib == 2 * 128 + 256
+    assert now.memory_free_mib == now.memory_usable_mib - now.memory_allocated_mib
+    assert now.free_cpus == len(now.usable_cpus) - sum(len(cpus) for cpus in now.vnodes.values())
+    assert agent.pinning("nothing") == []

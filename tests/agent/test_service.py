@@ -195,7 +195,7 @@ def test_a_step_that_fails_at_start_is_recorded_and_the_agent_starts_all_the_sam
     assert (agent.vms["fine"].state, agent.vms["fine"].pending) == ("running", None)
     assert agent.create(VMRequest("new", 1, 128, 2.0)).state == "running"  # the agent works
     monkeypatch.undo()
-    agent.store.close()
+    agent.close()
     again = Agent.open(topology, driver, Store(path), AgentSettings(domain_type="qemu"))  # retried
     assert not [step for step in again.report if step.error]
     assert {name: vm.state for name, vm in again.vms.items()} == dict.fromkeys(
@@ -255,7 +255,7 @@ def test_a_delete_stands_when_a_neighbour_cannot_be_repinned(parts, monkeypatch,
     assert "cannot re-pin B" in caplog.text
     assert set(parts[2].load()[1]) == {"A", "B"}
     monkeypatch.undo()
-    agent.store.close()
+    agent.close()
     again = Agent.open(parts[0], driver, Store(parts[3]), AgentSettings(domain_type="qemu"))
     assert pins(driver) == {name: again.allocator.pinning(name) for name in again.vms}
 

@@ -54,8 +54,7 @@ class CreateVM(BaseModel):
     image: str = Field(default="", max_length=MAX_IMAGE_LENGTH)
 
 
-def _view(vm: StoredVM, agent: Agent) -> dict[str, Any]:
-    pins = sorted(agent.allocator.pinning(vm.spec.name)) if vm.spec.name in agent.allocator else []
+def _view(vm: StoredVM, pins: list[int]) -> dict[str, Any]:
     return {
         "name": vm.spec.name,
         "vcpus": vm.spec.vcpus,
@@ -78,7 +77,6 @@ def create_app(
     networks may use SlackVM's mutating routes without a token, so that
     SlackVM's own client and global scheduler, which send none, work as they are."""
     app = FastAPI(title="pinfold agent", version="0.1.0")
-    lock = agent.lock  # held while reading: the allocator and the store move together
 
     auth = Depends(token_check(token, what="agent token"))
     slackvm_auth = Depends(open_to(slackvm_open_networks, token_check(token, what="agent token", query=True)))
@@ -92,8 +90,7 @@ def create_app(
             raise ApiError(error.code, error.detail) from error
 
     def view(vm: StoredVM) -> dict[str, Any]:
-        with lock:
-            return _view(vm, agent)
+        return _view(vm, agent.pinning(vm.spec.name))
 
     install_error_handlers(app)
 
@@ -103,8 +100,8 @@ def create_app(
 
     @app.get("/api/v1/vms")
     def list_vms() -> list[dict[str, Any]]:
-        with lock:
-            return [_view(vm, agent) for vm in agent.user_vms()]
+        now = agent.snapshot()  # the VMs and their pins read together
+        return [_view(vm, now.pins[name]) for name, vm in now.vms.items()]
 
     @app.post("/api/v1/vms", status_code=201, dependencies=[auth])
     def create_vm(body: CreateVM) -> dict[str, Any]:
@@ -113,11 +110,11 @@ def create_app(
 
     @app.get("/api/v1/vms/{name}")
     def get_vm(name: str) -> dict[str, Any]:
-        with lock:
-            vm = agent.vms.get(name)
-            if vm is None or vm.pool:
-                raise ApiError("unknown vm", name)
-            return _view(vm, agent)
+        now = agent.snapshot()
+        vm = now.vms.get(name)
+        if vm is None:  # pool members are not in `vms`: they are the agent's own
+            raise ApiError("unknown vm", name)
+        return _view(vm, now.pins[name])
 
     @app.delete("/api/v1/vms/{name}", status_code=204, dependencies=[auth])
     def delete_vm(name: str) -> None:
@@ -132,29 +129,20 @@ def create_app(
 
     @app.get("/api/v1/host")
     def host() -> dict[str, Any]:
-        with lock:
-            allocator = agent.allocator
-            return {
-                "cpus": {
-                    "usable": list(allocator.topology.usable_cpus),
-                    "host_count": allocator.topology.host_count,
-                },
-                "memory_mib": {
-                    "usable": allocator.memory_usable_mib,
-                    "allocated": allocator.memory_allocated_mib,
-                },
-                "vnodes": {level_key(r): allocator.vnode(r) for r in allocator.levels},
-                "status": allocator.status(),
-                "pools": agent.pool_status(),
-                "unknown_domains": agent.unknown_domains(),
-                # VMs the hypervisor would not re-pin: no cold create is accepted until they are
-                "stale_pins": agent.stale_pins(),
-                "usage": monitor.latest.to_dict()
-                if monitor is not None and monitor.latest is not None
-                else None,
-                # how old `usage` is and why sampling fails, if it does: never stale data as fresh
-                "monitor": monitor.health() if monitor is not None else None,
-            }
+        now = agent.snapshot()
+        return {
+            "cpus": {"usable": list(now.usable_cpus), "host_count": now.host_count},
+            "memory_mib": {"usable": now.memory_usable_mib, "allocated": now.memory_allocated_mib},
+            "vnodes": {level_key(r): cpus for r, cpus in now.vnodes.items()},
+            "status": now.status,
+            "pools": now.pools,
+            "unknown_domains": now.unknown_domains,
+            # VMs the hypervisor would not re-pin: no cold create is accepted until they are
+            "stale_pins": now.stale_pins,
+            "usage": monitor.latest.to_dict() if monitor is not None and monitor.latest is not None else None,
+            # how old `usage` is and why sampling fails, if it does: never stale data as fresh
+            "monitor": monitor.health() if monitor is not None else None,
+        }
 
     # -- SlackVM's local scheduler routes, in SlackVM's bytes (pinfold.slackvm) --------
 
@@ -174,8 +162,7 @@ def create_app(
         return None
 
     def slackvm_score(asked: slackvm.Progress) -> float:
-        with lock:
-            return agent.allocator.progress(asked.vcpus, asked.memory_mib, asked.ratio)
+        return agent.progress(asked.vcpus, asked.memory_mib, asked.ratio)
 
     @app.get("/", include_in_schema=False)
     def slackvm_home() -> Response:
@@ -190,8 +177,7 @@ def create_app(
 
     @app.get("/status")
     def slackvm_status() -> Response:
-        with lock:
-            return slackvm.as_json(agent.allocator.status())
+        return slackvm.as_json(agent.status())
 
     @app.get("/listvm")
     def slackvm_listvm() -> Response:
@@ -201,28 +187,24 @@ def create_app(
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
         registry = CollectorRegistry()
-        with lock:
-            Gauge("pinfold_vms", "VMs on this host", registry=registry).set(len(agent.vms))
-            Gauge("pinfold_free_cpus", "CPUs in no vNode", registry=registry).set(
-                agent.allocator.free_cpu_count
+        now = agent.snapshot()
+        Gauge("pinfold_vms", "VMs on this host", registry=registry).set(now.vm_count)
+        Gauge("pinfold_free_cpus", "CPUs in no vNode", registry=registry).set(now.free_cpus)
+        free = Gauge("pinfold_free_memory_mib", "MiB of the pool not allocated", registry=registry)
+        free.set(now.memory_free_mib)
+        size = Gauge("pinfold_vnode_cpus", "CPUs in each vNode", ["level"], registry=registry)
+        for ratio, cpus in now.vnodes.items():
+            size.labels(level_key(ratio)).set(len(cpus))
+        latest = monitor.latest if monitor is not None else None
+        if latest is not None:
+            Gauge("pinfold_host_cpu_busy", "Busy share of the host CPUs", registry=registry).set(
+                latest.host_cpu
             )
-            free = Gauge("pinfold_free_memory_mib", "MiB of the pool not allocated", registry=registry)
-            free.set(agent.allocator.memory_free_mib)
-            size = Gauge("pinfold_vnode_cpus", "CPUs in each vNode", ["level"], registry=registry)
-            for ratio in agent.allocator.levels:
-                size.labels(level_key(ratio)).set(len(agent.allocator.vnode(ratio)))
-            latest = monitor.latest if monitor is not None else None
-            if latest is not None:
-                Gauge("pinfold_host_cpu_busy", "Busy share of the host CPUs", registry=registry).set(
-                    latest.host_cpu
-                )
-                used = Gauge(
-                    "pinfold_vnode_used_cores", "Cores each vNode uses", ["level"], registry=registry
-                )
-                for level, values in latest.vnodes.items():
-                    used.labels(level).set(values["used_cores"])
-                gpu = Gauge("pinfold_gpus", "GPUs seen (no GPU: 0, not 0% busy)", registry=registry)
-                gpu.set(len(latest.gpus.gpus))
+            used = Gauge("pinfold_vnode_used_cores", "Cores each vNode uses", ["level"], registry=registry)
+            for level, values in latest.vnodes.items():
+                used.labels(level).set(values["used_cores"])
+            gpu = Gauge("pinfold_gpus", "GPUs seen (no GPU: 0, not 0% busy)", registry=registry)
+            gpu.set(len(latest.gpus.gpus))
         return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app

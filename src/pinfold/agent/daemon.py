@@ -50,9 +50,10 @@ def choose_driver(config: AgentConfig) -> tuple[Driver, str]:
         return sim, f"sim driver: libvirt is not available here ({exc})"
 
 
-def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[Agent, str]:
-    """The agent; with RAPID's configuration, its image directories are
-    accepted too and the helper VMs get their warm pools."""
+def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[Agent, Driver, str]:
+    """The agent, started, and the driver it was given (the daemon, which
+    built it, may ask what it is); with RAPID's configuration, its image
+    directories are accepted too and the helper VMs get their warm pools."""
     exclude = parse_cpulist(config.exclude_cpus)
     topology = Topology.load(config.topology, exclude) if config.topology else Topology.discover(exclude)
     driver, description = choose_driver(config)
@@ -68,14 +69,13 @@ def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[
         cmdline=config.cmdline,
         pools=config.pools + (helper_pools(rapid, config.rapid) if rapid is not None else ()),
     )
-    return Agent.open(topology, driver, Store(config.data_dir / "agent.db"), settings), description
+    return Agent.open(topology, driver, Store(config.data_dir / "agent.db"), settings), driver, description
 
 
 def simulated_memory(agent: Agent) -> tuple[float, float]:
     """A simulated host's memory: its model's, less what its VMs hold."""
-    with agent.lock:
-        total = float(agent.topology.memory_total_mib)
-        return total, total - agent.allocator.memory_allocated_mib
+    total = float(agent.topology.memory_total_mib)
+    return total, total - agent.snapshot().memory_allocated_mib
 
 
 def rapid_endpoint(agent: Agent, rapid: RapidConfig, config: AgentConfig, monitor: Monitor) -> RapidEndpoint:
@@ -93,7 +93,7 @@ def rapid_endpoint(agent: Agent, rapid: RapidConfig, config: AgentConfig, monito
 def serve(config: AgentConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     rapid = read_rapid_config(config.rapid.config) if config.rapid.config is not None else None
-    agent, description = build_agent(config, rapid)
+    agent, driver, description = build_agent(config, rapid)
     token = load_or_create_token(config)
     listening = f"{config.scheme}://{config.listen}:{config.port}"
     print(f"pinfold agent: {description}; data in {config.data_dir}; listening on {listening}")
@@ -107,7 +107,7 @@ def serve(config: AgentConfig) -> None:
     # to the handler it found: make that one a clean exit, not a kill.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(0))
-    simulated = isinstance(agent.driver, SimDriver)
+    simulated = isinstance(driver, SimDriver)
     monitor = Monitor(
         [cpu.cpu_id for cpu in agent.topology.cpus],
         agent.vnode_layout,
@@ -152,5 +152,5 @@ def serve(config: AgentConfig) -> None:
             registrar.stop()
         keeper.stop()
         monitor.stop()
-        agent.store.close()
+        agent.close()
         print("pinfold agent: stopped")

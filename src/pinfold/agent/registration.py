@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 class Registrar:
     """`registration()` and `heartbeat()` build the two documents (read from
-    the agent under its lock); they are called on this thread, each round.
+    the agent in one snapshot); they are called on this thread, each round.
     `enrolment_token` enrols the host; `credential_file` keeps the credential
     the controller gives it then. `verify`: what an HTTPS controller's
     certificate is checked against."""
@@ -194,27 +194,25 @@ def registration_document(agent: Agent, host_id: str, address: str, token: str) 
     it places here through the same allocator, so it needs the same inputs;
     and the agent's own API `token`, which the controller calls it with."""
     topology = slackvm_json.to_dict(agent.topology, distances=False)
-    with agent.lock:
-        return {
-            "host_id": host_id,
-            "address": address,
-            "agent_token": token,
-            "topology": topology,
-            "critical_size": agent.settings.critical_size,
-            "reserved_memory_mib": agent.settings.reserved_memory_mib,
-        }
+    return {  # the topology and the settings never change: read without the agent's lock
+        "host_id": host_id,
+        "address": address,
+        "agent_token": token,
+        "topology": topology,
+        "critical_size": agent.settings.critical_size,
+        "reserved_memory_mib": agent.settings.reserved_memory_mib,
+    }
 
 
 def heartbeat_document(agent: Agent, monitor: Monitor | None) -> dict[str, Any]:
     """The host's SlackVM status, its VMs' states and the last monitor sample
     (usage and GPUs)."""
     sample = monitor.latest if monitor is not None else None
-    with agent.lock:
-        vms = agent.user_vms()
-        return {
-            "status": agent.allocator.status(),
-            "vms": {vm.spec.name: vm.state for vm in vms},
-            "pins": {vm.spec.name: sorted(agent.allocator.pinning(vm.spec.name)) for vm in vms},
-            "vnodes": {level_key(ratio): cpus for ratio, cpus in agent.vnode_layout().items()},
-            "usage": sample.to_dict() if sample is not None else None,
-        }
+    now = agent.snapshot()  # the status, the VMs, their pins and the vNodes of one moment
+    return {
+        "status": now.status,
+        "vms": {name: vm.state for name, vm in now.vms.items()},
+        "pins": dict(now.pins),
+        "vnodes": {level_key(ratio): cpus for ratio, cpus in now.vnodes.items()},
+        "usage": sample.to_dict() if sample is not None else None,
+    }

@@ -31,11 +31,17 @@ delete's steps), `warm` (warm-pool upkeep and hand-out), `lifecycle` (the
 requests) and `startup` (the start step). Building an agent does no I/O:
 `start_up()` loads the store, restores the allocator, removes the overlays
 a crash left half made and reconciles (`Agent.open` builds and starts).
+Other packages call `Agent`'s methods (`snapshot` for one consistent read)
+and never touch its `vms`, `allocator`, `lock`, `driver`, `store` or
+`disks`: tests/test_layers.py checks so.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pinfold.agent.core import AgentError, AgentSettings, NotStartedError, StalePin, state_of
 from pinfold.agent.drivers.base import Driver, DriverError
@@ -47,7 +53,45 @@ from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
 from pinfold.topology import Topology
 
-__all__ = ["Agent", "AgentError", "AgentSettings", "NotStartedError", "StalePin", "VMRequest"]
+__all__ = [
+    "Agent",
+    "AgentError",
+    "AgentSettings",
+    "AgentSnapshot",
+    "NotStartedError",
+    "StalePin",
+    "VMRequest",
+]
+
+
+@dataclass(frozen=True)
+class AgentSnapshot:
+    """One consistent read of the agent (`Agent.snapshot`), taken under its
+    lock: the VMs, their pins and the host's figures all from the same moment,
+    for the HTTP API, the heartbeat and the monitor. Values only: reading it
+    holds no lock and changes nothing."""
+
+    #: the users' VMs by name, in the store's order (pool members are the agent's own)
+    vms: Mapping[str, StoredVM]
+    #: each user VM's CPUs, ascending
+    pins: Mapping[str, list[int]]
+    #: every stored VM, pool members included
+    vm_count: int
+    #: SlackVM's /status document of the host
+    status: dict[str, Any]
+    #: each level's vNode (its CPUs in the order they were added), levels ascending
+    vnodes: dict[float, list[int]]
+    usable_cpus: tuple[int, ...]
+    host_count: int
+    #: CPUs in no vNode
+    free_cpus: int
+    memory_usable_mib: int
+    memory_allocated_mib: int
+    memory_free_mib: int
+    #: `Agent.pool_status`, `Agent.unknown_domains`, `Agent.stale_pins`
+    pools: dict[str, dict[str, int | str | None]]
+    unknown_domains: list[str]
+    stale_pins: dict[str, dict[str, list[int] | str]]
 
 
 class Agent(Lifecycle, StartUp):
@@ -62,6 +106,50 @@ class Agent(Lifecycle, StartUp):
         agent = cls(topology, driver, store, settings or AgentSettings())
         agent.start_up()
         return agent
+
+    def close(self) -> None:
+        """Close the store (the daemon's last step)."""
+        self.store.close()
+
+    def snapshot(self) -> AgentSnapshot:
+        """The agent as it is now, read in one go under the lock."""
+        with self.lock:
+            allocator = self.allocator
+            vms = {vm.spec.name: vm for vm in self.user_vms()}
+            return AgentSnapshot(
+                vms=vms,
+                pins={name: self._pins(name) for name in vms},
+                vm_count=len(self.vms),
+                status=allocator.status(),
+                vnodes=self.vnode_layout(),
+                usable_cpus=tuple(allocator.topology.usable_cpus),
+                host_count=allocator.topology.host_count,
+                free_cpus=allocator.free_cpu_count,
+                memory_usable_mib=allocator.memory_usable_mib,
+                memory_allocated_mib=allocator.memory_allocated_mib,
+                memory_free_mib=allocator.memory_free_mib,
+                pools=self.pool_status(),
+                unknown_domains=self.unknown_domains(),
+                stale_pins=self.stale_pins(),
+            )
+
+    def pinning(self, name: str) -> list[int]:
+        """The CPUs VM `name` is pinned to, ascending; none for a VM not placed."""
+        with self.lock:
+            return self._pins(name)
+
+    def _pins(self, name: str) -> list[int]:
+        return sorted(self.allocator.pinning(name)) if name in self.allocator else []
+
+    def status(self) -> dict[str, Any]:
+        """The host in SlackVM's /status shape."""
+        with self.lock:
+            return self.allocator.status()
+
+    def progress(self, vcpus: int, memory_mib: int, ratio: float) -> float:
+        """SlackVM's progress score a VM of that size would have on this host."""
+        with self.lock:
+            return self.allocator.progress(vcpus, memory_mib, ratio)
 
     def user_vms(self) -> list[StoredVM]:
         """The VMs people asked for: every stored VM but the pool members."""
