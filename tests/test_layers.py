@@ -6,6 +6,14 @@ instead of being found in review. A module may import its own unit and any
 unit of a lower layer, nothing else; `ALLOWED` lists the few edges that the
 layering itself wants (RAPID is a plug-in only the agent's daemon loads).
 A module that no layer claims fails too: a new package must be placed.
+
+The agent's state is its core's own (docs/agent.md, "Inside the agent"): no
+module outside `AGENT_CORE` touches an attribute named in `AGENT_STATE` of an
+object whose name says it is an agent (`agent`, `self.agent`, `rig.agent`,
+`self._agent`, `host_agent`: a name `agent` or ending in `_agent`, as a variable
+or as an attribute); they call `Agent`'s methods (`snapshot`, `find`, ...).
+Read from the source with `ast`, like the imports; tests are not checked
+(they may look inside what they test), nor objects named otherwise.
 """
 
 from __future__ import annotations
@@ -44,6 +52,14 @@ ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {
     "pinfold.rapid": ("pinfold.rapid", "pinfold.agent.daemon", "pinfold.cli"),
     "pinfold.cli": ("pinfold.cli", "pinfold.__main__"),
 }
+
+
+#: the modules `Agent` is made of (pinfold.agent.service's docstring): the only ones that touch its state
+AGENT_CORE: frozenset[str] = frozenset(
+    f"pinfold.agent.{part}" for part in ("core", "pins", "making", "warm", "lifecycle", "startup", "service")
+)
+#: an agent's state: the core keeps these consistent under its lock, so nobody else touches them
+AGENT_STATE: frozenset[str] = frozenset({"vms", "allocator", "lock", "driver", "store", "disks"})
 
 
 def _within(module: str, prefix: str) -> bool:
@@ -114,6 +130,27 @@ def _edge_problem(importer: str, target: str) -> str | None:
     return f"{LAYERS[source[0]][0]} is below {LAYERS[goal[0]][0]}"
 
 
+def _names_an_agent(node: ast.expr) -> bool:
+    """`agent`, `x.agent`, `self._agent`, `served_agent`: an expression named as an agent."""
+    name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+    return name is not None and (name == "agent" or name.endswith("_agent"))
+
+
+def agent_reaches(src: Path) -> list[str]:
+    """Every touch of an agent's state outside the agent's core, as readable lines."""
+    problems = []
+    for name, path in modules(src).items():
+        if name in AGENT_CORE:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in sorted(ast.walk(tree), key=lambda node: getattr(node, "lineno", 0)):
+            if isinstance(node, ast.Attribute) and node.attr in AGENT_STATE and _names_an_agent(node.value):
+                problems.append(
+                    f"{name}:{node.lineno} reaches into the agent ({ast.unparse(node)}): call its methods"
+                )
+    return problems
+
+
 def test_every_import_follows_the_layers() -> None:
     assert violations(SRC) == []
 
@@ -166,3 +203,48 @@ def test_the_real_tree_fails_with_an_injected_edge(tmp_path: Path) -> None:
     assert len(problems) == 1, problems
     assert problems[0].startswith("pinfold.controller.api:")
     assert "imports pinfold.agent.service: controller and agent are side by side" in problems[0]
+
+
+def test_no_module_reaches_into_the_agent() -> None:
+    assert agent_reaches(SRC) == []
+
+
+def test_a_reach_into_the_agent_is_caught(tmp_path: Path) -> None:
+    """Each way of naming an agent is caught outside the core; the core itself,
+    the agent's methods and other objects' attributes of the same names are not."""
+    src = _tree(
+        tmp_path,
+        {
+            "pinfold/agent/api.py": (
+                "def f(agent, self, rig, config):\n"
+                "    agent.snapshot()\n"
+                "    return (agent.vms, self.agent.lock, rig.agent.store, self._agent.driver,\n"
+                "            host_agent.allocator, config.store, self.vms, agent.settings)\n"
+            ),
+            "pinfold/rapid/vmm.py": "def g(self):\n    self.agent.disks = None\n",
+            "pinfold/agent/warm.py": "def h(self, agent):\n    return self.vms, agent.lock\n",
+        },
+    )
+    assert [problem.split(" reaches")[0] + " " + problem.split("(")[1].split(")")[0]
+            for problem in agent_reaches(src)] == [
+        "pinfold.agent.api:3 agent.vms",
+        "pinfold.agent.api:3 self.agent.lock",
+        "pinfold.agent.api:3 rig.agent.store",
+        "pinfold.agent.api:3 self._agent.driver",
+        "pinfold.agent.api:4 host_agent.allocator",
+        "pinfold.rapid.vmm:2 self.agent.disks",
+    ]  # fmt: skip
+
+
+def test_the_real_tree_fails_with_an_injected_reach(tmp_path: Path) -> None:
+    """The real sources, copied, with the API reading the agent's VMs again: caught."""
+    for path in modules(SRC).values():
+        copy = tmp_path / path.relative_to(SRC)
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_text(path.read_text())
+    with (tmp_path / "pinfold" / "agent" / "api.py").open("a") as api:
+        api.write("\n\ndef _late(agent: Agent) -> int:\n    return len(agent.vms)\n")
+    problems = agent_reaches(tmp_path)
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("pinfold.agent.api:")
+    assert "reaches into the agent (agent.vms): call its methods" in problems[0]
