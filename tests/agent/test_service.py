@@ -553,3 +553,19 @@ def test_building_an_agent_does_no_io_and_a_request_before_start_up_is_a_clear_e
     assert not leftover.exists()
     with pytest.raises(RuntimeError, match="already started"):
         started.start_up()
+
+
+def test_a_start_up_that_cannot_restore_the_allocator_can_be_tried_again(parts, monkeypatch):
+    topology, driver, store, _ = parts
+    agent = Agent(topology, driver, store, AgentSettings(domain_type="qemu"))
+
+    def broken(*args: object) -> None:
+        raise ValueError("a stored layout that does not fit this topology")
+
+    monkeypatch.setattr("pinfold.agent.startup.HostAllocator.restore", broken)
+    with pytest.raises(ValueError, match="does not fit"):
+        agent.start_up()
+    monkeypatch.undo()
+    with pytest.raises(NotStartedError):
+        agent.user_vms()
+    assert agent.start_up() == []

@@ -34,10 +34,11 @@ class StartUp(Making):
             if self._vms is not None:
                 raise RuntimeError("the agent is already started")
             self.disks.remove_partial_overlays()
-            snapshot, self._vms = self.store.load()
-            self._allocator = HostAllocator.restore(
+            snapshot, vms = self.store.load()
+            allocator = HostAllocator.restore(
                 self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
             )
+            self._vms, self._allocator = vms, allocator  # together: started, or (raised above) not
             try:
                 self.report = self.reconcile()
             except BaseException:
