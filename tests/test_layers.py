@@ -19,7 +19,10 @@ Read from the source with `ast`, like the imports; tests are not checked
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 import pinfold
 
@@ -191,18 +194,34 @@ def test_a_wrong_import_is_caught(tmp_path: Path) -> None:
     ]
 
 
-def test_the_real_tree_fails_with_an_injected_edge(tmp_path: Path) -> None:
-    """The real sources, copied, with one wrong import added to the controller: caught."""
+@pytest.mark.parametrize(
+    ("module", "appended", "check", "found"),
+    [
+        pytest.param(
+            "controller/api.py", "\n\ndef _late() -> None:\n    import pinfold.agent.service  # noqa\n",
+            violations, "imports pinfold.agent.service: controller and agent are side by side", id="import",
+        ),
+        pytest.param(
+            "agent/api.py", "\n\ndef _late(agent: Agent) -> int:\n    return len(agent.vms)\n",
+            agent_reaches, "reaches into the agent (agent.vms): call its methods", id="agent-state",
+        ),
+    ],
+)  # fmt: skip
+def test_the_real_tree_fails_with_an_injected_edge(
+    tmp_path: Path, module: str, appended: str, check: Callable[[Path], list[str]], found: str
+) -> None:
+    """The real sources, copied, with one wrong line added (an import of the agent
+    in the controller, a read of the agent's VMs in its API): caught, and only it."""
     for path in modules(SRC).values():
         copy = tmp_path / path.relative_to(SRC)
         copy.parent.mkdir(parents=True, exist_ok=True)
         copy.write_text(path.read_text())
-    with (tmp_path / "pinfold" / "controller" / "api.py").open("a") as api:
-        api.write("\n\ndef _late() -> None:\n    import pinfold.agent.service  # noqa\n")
-    problems = violations(tmp_path)
+    with (tmp_path / "pinfold" / module).open("a") as file:
+        file.write(appended)
+    problems = check(tmp_path)
     assert len(problems) == 1, problems
-    assert problems[0].startswith("pinfold.controller.api:")
-    assert "imports pinfold.agent.service: controller and agent are side by side" in problems[0]
+    assert problems[0].startswith("pinfold." + module.removesuffix(".py").replace("/", ".") + ":")
+    assert found in problems[0]
 
 
 def test_no_module_reaches_into_the_agent() -> None:
@@ -234,17 +253,3 @@ def test_a_reach_into_the_agent_is_caught(tmp_path: Path) -> None:
         "pinfold.agent.api:4 host_agent.allocator",
         "pinfold.rapid.vmm:2 self.agent.disks",
     ]  # fmt: skip
-
-
-def test_the_real_tree_fails_with_an_injected_reach(tmp_path: Path) -> None:
-    """The real sources, copied, with the API reading the agent's VMs again: caught."""
-    for path in modules(SRC).values():
-        copy = tmp_path / path.relative_to(SRC)
-        copy.parent.mkdir(parents=True, exist_ok=True)
-        copy.write_text(path.read_text())
-    with (tmp_path / "pinfold" / "agent" / "api.py").open("a") as api:
-        api.write("\n\ndef _late(agent: Agent) -> int:\n    return len(agent.vms)\n")
-    problems = agent_reaches(tmp_path)
-    assert len(problems) == 1, problems
-    assert problems[0].startswith("pinfold.agent.api:")
-    assert "reaches into the agent (agent.vms): call its methods" in problems[0]
