@@ -32,13 +32,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
-from pinfold.agent.service import Agent, AgentError, VMRequest
+from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
+from pinfold.model.vm import VMRequest
 from pinfold.rapid import protocol
+from pinfold.rapid.backend import Backend
 from pinfold.rapid.codec import Writer
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.flavors import suitable_type
 from pinfold.rapid.protocol import CATEGORY_HELPER, CATEGORY_NORMAL, ERROR, OK, Op
+from pinfold.rapid.reconcile import Action, plan, settling
 from pinfold.rapid.settings import RapidSettings
 from pinfold.rapid.state import Pending, RapidState, RapidVM, Status
 from pinfold.rapid.wire import Exchange, PeerError, call
@@ -50,14 +53,6 @@ log = logging.getLogger(__name__)
 HELPERS = (1, 2)
 #: the disk RAPID assigns a start (type 0's 20 GB): recorded, reported, not a disk size here
 START_DISK_GB = 20
-
-
-#: (the hypervisor's state of a VM, its recorded status) -> the status it really has
-_REAL_STATUS: dict[tuple[str | None, Status], Status] = {
-    (VMState.PAUSED, Status.STARTED): Status.SUSPENDED,
-    (VMState.PAUSED, Status.RESUMED): Status.SUSPENDED,
-    (VMState.RUNNING, Status.SUSPENDED): Status.RESUMED,
-}
 
 
 @dataclass(frozen=True)
@@ -73,7 +68,7 @@ class Usage:
 class VMM:
     def __init__(
         self,
-        agent: Agent,
+        backend: Backend,
         state: RapidState,
         config: RapidConfig,
         settings: RapidSettings,
@@ -82,7 +77,7 @@ class VMM:
     ) -> None:
         """`vm_usage(vm)`: (CPU use in % of its vCPUs, memory in use in MB) from
         the agent's monitor, or None before the first sample."""
-        self.agent = agent
+        self.backend = backend
         self.state = state
         self.config = config
         self.settings = settings
@@ -125,42 +120,28 @@ class VMM:
             thread.join(timeout=self.settings.socket_timeout_s + 5)
 
     def reconcile(self) -> None:
-        """A record whose agent VM is gone (or missing from the hypervisor) is
-        marked for removal: the register loop drops it and tells the DS it
-        STOPPED (a helper is made again then). A record whose VM runs while
-        it says SUSPENDED, or is paused while it says STARTED or RESUMED, is
-        one a crash cut off between the hypervisor's call and the record's
-        change: it takes the VM's real status (RESUMED, SUSPENDED: what the
-        resume or the suspend would have recorded), marked for the DS, which
-        hears it on the next pass. An agent VM owned by RAPID that no record
-        names is one a crash cut off before it was recorded: nobody was told
-        of it, so it is deleted."""
-        agent_vms = {vm.spec.name: vm for vm in self.agent.user_vms()}
-        for vm in self.state.vms():
-            found = agent_vms.pop(vm.vm_name, None)
-            if vm.removing:
-                continue
-            if found is None or found.state is VMState.MISSING:
+        """Carry out `reconcile.plan` (its table says why each step): a record
+        whose VM is gone is marked for removal (the register loop drops it
+        and tells the DS it STOPPED; a helper is made again then), one a crash
+        left with another status than its VM's takes the VM's, marked for the
+        DS, and a VM of RAPID's that no record names is deleted."""
+        records = {vm.vm_name: vm for vm in self.state.vms()}
+        for step in plan(records.values(), self.backend.vms()):
+            vm = records.get(step.name)
+            if step.action is Action.MARK_REMOVE and vm is not None:
                 log.warning("RAPID: %s (user %d) is gone from the hypervisor", vm.vm_name, vm.user_id)
                 self.state.update(vm, pending=Pending.REMOVE)
-                continue
-            real = _REAL_STATUS.get((self._guest_state(vm.vm_name), vm.status))
-            if real is not None:
+            elif step.action is Action.RECORD and vm is not None and step.status is not None:
                 log.warning(
                     "RAPID: %s (user %d) is %s, not %s as recorded: now so recorded",
-                    vm.vm_name, vm.user_id, real.name, vm.status.name,
+                    vm.vm_name, vm.user_id, step.status.name, vm.status.name,
                 )  # fmt: skip
-                self.state.mark(vm, status=real)
-        for name in agent_vms:
-            if name.startswith(("rapid-user-", "rapid-helper-")):
+                self.state.mark(vm, status=step.status)
+            elif step.action is Action.DELETE:
                 try:
-                    self.agent.delete(name)
-                except AgentError as error:
-                    log.warning("RAPID: cannot delete %s, which no record names: %s", name, error)
-
-    def _guest_state(self, name: str) -> VMState | None:
-        """The state of the agent VM `name` as the hypervisor has it (see `Agent.guest_state`)."""
-        return self.agent.guest_state(name)
+                    self.backend.delete(step.name)
+                except PinfoldError as error:
+                    log.warning("RAPID: cannot delete %s, which no record names: %s", step.name, error)
 
     def _register_loop(self) -> None:
         delay = 1.0
@@ -224,15 +205,16 @@ class VMM:
         are told to it. A user a request is busy with is left for the next
         pass. Raises PeerError when the DS cannot be reached: the marks stay."""
         for vm in self.state.vms():
-            if vm.pending is Pending.NONE:
+            if settling(vm) is None:
                 continue
             with self._user(vm.user_id, wait=False) as free:
                 current = self.state.vm(vm.user_id)
                 if not free or current is None:
                     continue
-                if current.removing:
+                action = settling(current)
+                if action is Action.REMOVE:
                     self._remove(current, tell_ds=True)
-                elif current.pending is Pending.DS:
+                elif action is Action.TELL_DS:
                     self._tell_ds(current)
 
     def make_helpers(self) -> None:
@@ -416,12 +398,12 @@ class VMM:
                     return None
             else:  # suspended
                 self.state.update(vm, as_sync=False)
-                if self._guest_state(vm.vm_name) == VMState.RUNNING:  # a crash cut a resume short
+                if self.backend.state(vm.vm_name) is VMState.RUNNING:  # a crash cut a resume short
                     log.warning("RAPID: %s runs already: taken as resumed", vm.vm_name)
                 else:
                     try:
-                        self.agent.resume(vm.vm_name)
-                    except AgentError as error:
+                        self.backend.resume(vm.vm_name)
+                    except PinfoldError as error:
                         log.warning("RAPID: cannot resume %s: %s", vm.vm_name, error)
                         return None
                 self._ds_status(vm, Status.RESUMED)
@@ -457,8 +439,8 @@ class VMM:
             name, vcpus, memory_mb, self.settings.ratio, owner=f"rapid:{user_id}", image=image
         )
         try:
-            self.agent.create(request)
-        except AgentError as error:
+            self.backend.create(request)
+        except PinfoldError as error:
             log.warning("RAPID: no VM for user %d: %s", user_id, error)
             return None
         ip = self._address(name)
@@ -476,7 +458,7 @@ class VMM:
         """From libvirt (leases, guest agent), else RAPID's `ipShellPath` script."""
         deadline = time.monotonic() + self.settings.ip_wait_s
         while not self._stop.is_set():
-            found = self.agent.addresses(name)
+            found = self.backend.addresses(name)
             if found:
                 return found[0]
             scripted = self._scripted_address(name)
@@ -491,10 +473,9 @@ class VMM:
         script = self.config.ip_script
         if script is None or not script.exists():
             return None
-        stored = self.agent.find(name)
-        if stored is None:
+        domain = self.backend.hypervisor_name(name)
+        if domain is None:
             return None
-        domain = stored.domain
         try:  # RAPID's script has no shebang: run through sh, as the JDK ended up doing
             result = subprocess.run(
                 ["sh", str(script), domain], capture_output=True, text=True, timeout=10, check=False
@@ -554,8 +535,8 @@ class VMM:
                 return
             if action == 1 and vm.running:
                 try:
-                    self.agent.suspend(vm.vm_name)
-                except AgentError as error:
+                    self.backend.suspend(vm.vm_name)
+                except PinfoldError as error:
                     log.warning("RAPID: cannot suspend %s: %s", vm.vm_name, error)
                     return
                 self._ds_status(vm, Status.SUSPENDED)
@@ -577,9 +558,9 @@ class VMM:
         the DS then in any case: for a VM the DS itself deregistered, one
         STOPPED more than RAPID sends. True once it is all done."""
         try:
-            self.agent.delete(vm.vm_name)
-        except AgentError as error:
-            if error.code != "unknown vm":  # gone already: as good as deleted
+            self.backend.delete(vm.vm_name)
+        except PinfoldError as error:
+            if error.code is not ErrorCode.UNKNOWN_VM:  # gone already: as good as deleted
                 log.warning(
                     "RAPID: cannot delete %s (user %d), will retry: %s", vm.vm_name, vm.user_id, error
                 )
@@ -677,7 +658,7 @@ class VMM:
         self._reply_rows(exchange, row)
 
     def _disk(self, vm: RapidVM) -> tuple[int, int] | None:
-        allocated = self.agent.disk_allocated_bytes(vm.vm_name)
+        allocated = self.backend.disk_allocated_bytes(vm.vm_name)
         return None if allocated is None else (vm.disk_gb * 2**30, allocated)
 
     # -- flavor changes --------------------------------------------------------------------
@@ -705,8 +686,8 @@ class VMM:
                 return False
             chosen = suitable_type(vcpus or vm.vcpus, memory_mb or vm.memory_mb, disk_gb or vm.disk_gb)
             try:
-                self.agent.resize(vm.vm_name, chosen.vcpus, chosen.memory_mb)
-            except AgentError:
+                self.backend.resize(vm.vm_name, chosen.vcpus, chosen.memory_mb)
+            except PinfoldError:
                 return False
             self.state.update(vm, vcpus=chosen.vcpus, memory_mb=chosen.memory_mb, disk_gb=chosen.disk_gb)
             return True
