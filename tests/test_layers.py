@@ -56,6 +56,15 @@ ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {
     "pinfold.cli": ("pinfold.cli", "pinfold.__main__"),
 }
 
+#: (guarded unit, importers kept from it, those among them allowed): a seam inside an edge the layers allow
+KEPT_FROM: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    # RAPID's VMM talks to whatever runs VMs through `rapid.backend.Backend`, so that an OpenStack
+    # back-end can sit behind the same VMM (issue 14): only the adapter over an Agent, the endpoint
+    # that wires it and the settings the agent's configuration reads know the agent
+    ("pinfold.agent", "pinfold.rapid",
+     ("pinfold.rapid.agent_backend", "pinfold.rapid.endpoint", "pinfold.rapid.settings")),
+)  # fmt: skip
+
 
 #: the modules `Agent` is made of (pinfold.agent.service's docstring): the only ones that touch its state
 AGENT_CORE: frozenset[str] = frozenset(
@@ -123,6 +132,13 @@ def _edge_problem(importer: str, target: str) -> str | None:
     for guarded, importers in ONLY_IMPORTED_BY.items():
         if _within(target, guarded) and not any(_within(importer, allowed) for allowed in importers):
             return f"only {', '.join(importers)} may import {guarded}"
+    for guarded, kept, allowed in KEPT_FROM:
+        if (
+            _within(target, guarded)
+            and _within(importer, kept)
+            and not any(_within(importer, a) for a in allowed)
+        ):
+            return f"in {kept} only {', '.join(allowed)} may import {guarded}"
     if any(_within(importer, a) and _within(target, b) for a, b in ALLOWED):
         return None
     source, goal = place(importer), place(target)
@@ -175,7 +191,8 @@ def test_a_wrong_import_is_caught(tmp_path: Path) -> None:
             "pinfold/model/vm.py": "",
             "pinfold/agent/domain.py": "from pinfold.model.vm import x\n",
             "pinfold/agent/service.py": "def f():\n    from pinfold.rapid import vmm\n",
-            "pinfold/rapid/vmm.py": "from pinfold.agent import domain\n",
+            "pinfold/rapid/vmm.py": "",
+            "pinfold/rapid/endpoint.py": "from pinfold.agent import domain\n",
             "pinfold/controller/api.py": "from pinfold.agent.domain import NAME_PATTERN\n",
             "pinfold/placement/core.py": "import pinfold.model.vm\n",
             "pinfold/slackvm.py": "from .cli import main\n",
@@ -253,3 +270,25 @@ def test_a_reach_into_the_agent_is_caught(tmp_path: Path) -> None:
         "pinfold.agent.api:4 host_agent.allocator",
         "pinfold.rapid.vmm:2 self.agent.disks",
     ]  # fmt: skip
+
+
+def test_rapid_reaches_the_agent_only_through_its_backend_adapter(tmp_path: Path) -> None:
+    """RAPID's VMM talks to whatever runs VMs through `rapid.backend.Backend`:
+    an import of the agent from the VMM is caught, the adapter's and the
+    endpoint's are not."""
+    src = _tree(
+        tmp_path,
+        {
+            "pinfold/agent/service.py": "",
+            "pinfold/agent/monitor.py": "",
+            "pinfold/rapid/vmm.py": "from pinfold.agent.service import AgentError\n",
+            "pinfold/rapid/handlers.py": "def f():\n    import pinfold.agent.monitor\n",
+            "pinfold/rapid/agent_backend.py": "from pinfold.agent.service import Agent\n",
+            "pinfold/rapid/endpoint.py": "from pinfold.agent import monitor, service\n",
+        },
+    )
+    rule = "in pinfold.rapid only pinfold.rapid.agent_backend, pinfold.rapid.endpoint, pinfold.rapid.settings"
+    assert sorted(violations(src)) == [
+        f"pinfold.rapid.handlers:2 imports pinfold.agent.monitor: {rule} may import pinfold.agent",
+        f"pinfold.rapid.vmm:1 imports pinfold.agent.service: {rule} may import pinfold.agent",
+    ]

@@ -15,6 +15,7 @@ from pinfold.agent.drivers import SimDriver
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
+from pinfold.rapid.agent_backend import AgentBackend
 from pinfold.rapid.codec import Writer
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.endpoint import vmm_server
@@ -64,7 +65,7 @@ def make_rig(tmp_path: Path, topology: Topology, ds: FakeDS, slam: FakeSLAM, set
     agent = Agent.open(topology, driver, Store(tmp_path / "agent.db"), agent_settings)
     state = RapidState(agent.store.path)
     usage = Usage(cpu_load_pct=12, free_memory_mb=2048, gpu_util_pct=0, cpu_cores=8)
-    vmm = VMM(agent, state, rapid, settings, lambda: usage, lambda name: (12.5, 512.0))
+    vmm = VMM(AgentBackend(agent), state, rapid, settings, lambda: usage, lambda name: (12.5, 512.0))
     server = vmm_server(vmm, "127.0.0.1", 0, 8)
     vmm.config = replace(vmm.config, vmm_port=server.port)
     rig = Rig(agent, driver, vmm, server, ds, slam, state)

@@ -12,6 +12,7 @@ import threading
 from pinfold.agent.drivers import GuestState
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
+from pinfold.rapid.agent_backend import AgentBackend
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.protocol import OK, Op
 from pinfold.rapid.server import RapidServer
@@ -44,7 +45,7 @@ def test_start_register_suspend_resume_deregister_on_libvirt(tmp_path, guest_ker
     config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port, ip_script=script)
     # three 1-vCPU VMs on a 2-CPU host: at 2:1 they fit
     rapid = FAST.model_copy(update={"helper_memory_mib": 128, "as_wait_s": 60, "ratio": 2.0})
-    vmm = VMM(agent, state, config, rapid, lambda: Usage(5, 1024, 0, 2))
+    vmm = VMM(AgentBackend(agent), state, config, rapid, lambda: Usage(5, 1024, 0, 2))
     server = RapidServer(vmm.handle, "127.0.0.1", 0, 4, rapid.socket_timeout_s)
     server.start()
     vmm.start()

@@ -12,7 +12,8 @@ from functools import partial
 import pytest
 
 from pinfold.agent.drivers import DriverError, GuestState, SimDriver
-from pinfold.rapid import protocol, vmm, wire
+from pinfold.rapid import ds as ds_link
+from pinfold.rapid import protocol, wire
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.endpoint import helper_pools
 from pinfold.rapid.protocol import ERROR, OK, Op
@@ -100,7 +101,7 @@ def test_a_helper_the_ds_could_not_be_told_about_is_told_on_a_later_pass(tmp_pat
                 raise PeerError("the DS went away")
             return wire.call(address, timeout_s, request, reply)
 
-        monkeypatch.setattr(vmm, "call", flaky)
+        monkeypatch.setattr(ds_link, "call", flaky)
     rig = make_rig(tmp_path, i7, ds, slam)
     try:
         assert rig.vmm.registered.wait(10)
@@ -141,7 +142,7 @@ def stall_after(monkeypatch, func):
             assert release.wait(30)
         return answer
 
-    monkeypatch.setattr(vmm, "call", stalling)
+    monkeypatch.setattr(ds_link, "call", stalling)
     return reached, release
 
 

@@ -8,6 +8,7 @@ import psutil
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.service import Agent
+from pinfold.rapid.agent_backend import AgentBackend
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.server import RapidServer
 from pinfold.rapid.settings import RapidSettings
@@ -53,10 +54,10 @@ class RapidEndpoint:
         self.monitor = monitor
         self.config = config
         self.state = RapidState(agent.store_path)
-        self.vmm = VMM(agent, self.state, config, settings, self.usage, self.vm_usage)
+        self.backend = AgentBackend(agent)
+        self.vmm = VMM(self.backend, self.state, config, settings, self.usage, self.vm_usage)
         workers = min(config.max_connections, settings.max_workers)
         self.server = vmm_server(self.vmm, settings.listen, config.vmm_port, workers)
-        self.agent = agent
 
     def start(self) -> None:
         self.vmm.start()
@@ -84,7 +85,7 @@ class RapidEndpoint:
                 psutil.virtual_memory().available / 2**20,
                 {},
             )
-        cores = len(self.agent.topology.usable_cpus)
+        cores = self.backend.cores()
         return Usage(int(load), int(free), int(gpus.get(self.config.gpu_device, 0)), cores)
 
     def vm_usage(self, name: str) -> tuple[float, float] | None:
@@ -93,6 +94,5 @@ class RapidEndpoint:
         if sample is None or name not in sample.vms:
             return None
         values = sample.vms[name]
-        vm = self.agent.find(name)
-        vcpus = vm.spec.vcpus if vm is not None else 1
+        vcpus = self.backend.vcpus(name) or 1
         return values["cpu_cores"] / vcpus * 100, values["memory_mib"]
