@@ -762,7 +762,7 @@ class Agent:
         except Refused as refused:
             if record_refused:
                 self._set(name, observed, None)
-            raise AgentError(refused.code, refused.detail(name)) from None
+            raise AgentError(refused.code, refused.describe(name)) from None
 
     def _failed(self, name: str, error: DriverError) -> AgentError:
         """A driver's failure on `name`: its domain gone (`_lost`), or refused."""
