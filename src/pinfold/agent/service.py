@@ -42,11 +42,11 @@ from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Action, Step, plan
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.model.defaults import DEFAULT_CRITICAL_SIZE, DEFAULT_RESERVED_MEMORY_MIB, SHUTDOWN_TIMEOUT_S
-from pinfold.model.errors import PinfoldError
+from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import Action as LifecycleAction
 from pinfold.model.lifecycle import Refused, VMState, transition
 from pinfold.model.vm import VMRequest, image_path_problem, valid_name
-from pinfold.placement import HostAllocator, PlacementError, VMSpec
+from pinfold.placement import HostAllocator, PlacementError, Refusal, VMSpec
 from pinfold.topology import Topology, format_cpulist
 
 __all__ = ["Agent", "AgentError", "AgentSettings", "StalePin", "VMRequest"]
@@ -59,7 +59,12 @@ BROKEN = frozenset({VMState.ERROR, VMState.MISSING})
 
 class AgentError(PinfoldError):
     """A request the agent refuses; `code` is an `ErrorCode` (the placement's
-    refusal codes are among them)."""
+    refusal codes are among them), `refusal` the placement's refusal as data
+    when it came from the allocator (its JSON error carries it)."""
+
+    def __init__(self, code: ErrorCode | str, detail: str = "", refusal: Refusal | None = None) -> None:
+        super().__init__(code, detail)
+        self.refusal = refusal
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ class Agent:
         try:
             change = self.allocator.deploy(spec)
         except PlacementError as error:
-            raise AgentError(error.code.value, error.refusal.describe()) from error
+            raise AgentError(error.code.value, error.refusal.describe(), error.refusal) from error
         vm = StoredVM(spec, request.owner, str(base or ""), VMState.CREATING, Pending.CREATE, pool=pool)
         try:
             self.store.save_vm(vm, self.allocator.snapshot())
@@ -284,7 +289,7 @@ class Agent:
                 self.allocator = HostAllocator.restore(
                     self.topology, before, s.critical_size, s.reserved_memory_mib
                 )
-                raise AgentError(error.code.value, error.refusal.describe()) from error
+                raise AgentError(error.code.value, error.refusal.describe(), error.refusal) from error
             self.store.resize_vm(name, vcpus, memory_mib, self.allocator.snapshot())
             vm = self.vms[name] = replace(vm, spec=new)
             failure: DriverError | None = None
@@ -502,7 +507,7 @@ class Agent:
         try:
             self.allocator.rename(member.spec.name, request.name)
         except PlacementError as error:
-            raise AgentError(error.code.value, error.refusal.describe()) from error
+            raise AgentError(error.code.value, error.refusal.describe(), error.refusal) from error
         vm = replace(
             member, spec=replace(member.spec, name=request.name), owner=request.owner,
             state=VMState.RESUMING, pending=Pending.CREATE, pool="",

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -389,7 +389,8 @@ class Controller:
                 raise ControllerError("invalid request", f"{host.id} refused it: {error.detail}") from error
             refused[host.id] = f"agent refused: {error}"
             if error.code in _REFUSAL_CODES:  # the agent's allocator said no, with its code
-                as_data[host.id] = Refusal(RefusalCode(error.code), detail=error.detail)
+                refusal = error.refusal or Refusal(RefusalCode(error.code))  # its numbers, if it sent them
+                as_data[host.id] = replace(refusal, detail=error.detail)  # and its words
             return None
         except AgentUnreachableError as error:
             if not error.sent:
