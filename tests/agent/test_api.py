@@ -344,3 +344,20 @@ def test_fastapis_own_errors_have_the_error_shape_too(agent_url, method, path, s
     assert path in body["detail"]
     if status == 405:
         assert response.headers["allow"]  # still says what is allowed
+
+
+def test_a_refused_placement_carries_the_refusal_as_data(agent_url):
+    """The controller passes these numbers on to its 409 `no host` answer."""
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        http.post("/api/v1/vms", json={"name": "A", "vcpus": 7, "memory_mib": 128}, headers=AUTH)
+        full = http.post("/api/v1/vms", json={"name": "b", "vcpus": 2, "memory_mib": 128}, headers=AUTH)
+        never = http.post("/api/v1/vms", json={"name": "c", "vcpus": 9, "memory_mib": 128}, headers=AUTH)
+        unknown = http.delete("/api/v1/vms/ghost", headers=AUTH)
+    assert (full.status_code, full.json()["code"]) == (409, "not enough cpu")
+    assert full.json()["refusal"] == {
+        "code": "not enough cpu", "level": 1.0, "needed": 2.0, "free": 1.0, "capacity": 8.0,
+        "fits_ever": True, "detail": "",
+    }  # fmt: skip
+    assert full.json()["detail"] == "not enough cpu at level 1.0: needs 2 CPUs, 1 free of 8"
+    assert never.json()["refusal"]["fits_ever"] is False
+    assert (unknown.status_code, "refusal" in unknown.json()) == (404, False)  # not a placement's

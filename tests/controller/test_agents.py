@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
-from pinfold.controller.agents import AgentClient, AgentUnreachableError
+from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.daemon import AgentClients
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
@@ -84,3 +85,37 @@ def test_a_shutdown_through_the_controller_outlasting_the_call_timeout_succeeds(
         assert controller.act("v1", "shutdown").state is VMState.SHUTOFF
     finally:
         clients.close()
+
+
+#: an agent's refused placement: its JSON error, and the refusal as data (agent/api.py)
+REFUSAL: dict[str, Any] = {
+    "code": "not enough cpu", "level": 1.0, "needed": 2.0, "free": 0.0, "capacity": 8.0,
+    "fits_ever": True, "detail": "",
+}  # fmt: skip
+REFUSED: dict[str, Any] = {
+    "error": "not enough cpu", "code": "not enough cpu", "detail": "not enough cpu at level 1.0: ...",
+    "refusal": REFUSAL,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "needed"),
+    [
+        (REFUSED, 2.0),
+        ({**REFUSED, "refusal": {**REFUSAL, "needed": "two"}}, None),  # not a refusal
+        ({key: value for key, value in REFUSED.items() if key != "refusal"}, None),  # an older agent
+    ],
+    ids=["with-numbers", "malformed", "without"],
+)
+def test_the_client_reads_an_agents_refusal_as_data(body: dict[str, Any], needed: float | None) -> None:
+    app = FastAPI()
+
+    @app.post("/api/v1/vms")
+    def create() -> JSONResponse:
+        return JSONResponse(body, status_code=409)
+
+    with serving(app) as url, pytest.raises(AgentRefusedError) as refused:
+        AgentClient(url, "token").create("v", 2, 512, 1.0, "", "")
+    assert (refused.value.code, refused.value.status) == ("not enough cpu", 409)
+    refusal = refused.value.refusal
+    assert (refusal.requested if refusal else None) == needed

@@ -189,7 +189,7 @@ def test_no_host_carries_each_hosts_refusal_as_data(cluster):
         assert body["summary"] == "0/2 hosts fit: 2 not enough cpu at 1.0"
 
 
-def test_an_agents_refusal_of_a_placement_code_is_kept_as_data(cluster):
+def test_an_agents_refusal_of_a_placement_code_is_kept_as_data_with_its_numbers(cluster):
     squatted = cluster.add_host("h1")
     squatted.agent.create(VMRequest("squatter", 8, 1024, 1.0))  # the controller still sees h1 empty
     body = {"name": "v", "vcpus": 2, "memory_mib": 512}
@@ -197,10 +197,11 @@ def test_an_agents_refusal_of_a_placement_code_is_kept_as_data(cluster):
     assert response.status_code == 409
     refused = response.json()
     assert refused["hosts"]["h1"].startswith("agent refused: not enough cpu")
-    refusal = refused["refusals"]["h1"]
-    assert (refusal["code"], refusal["needed"], refusal["fits_ever"]) == ("not enough cpu", None, None)
-    assert refusal["detail"].startswith("not enough cpu")  # the agent's words
-    assert refused["summary"] == "0/1 hosts fit: 1 not enough cpu"
+    refusal = refused["refusals"].pop("h1")
+    assert refusal.pop("detail").startswith("not enough cpu at level 1.0: needs 2")  # the agent's words
+    numbers = {"code": "not enough cpu", "level": 1.0, "needed": 2.0, "free": 0.0, "capacity": 8.0}
+    assert refusal == {**numbers, "fits_ever": True}  # the agent's numbers, as the controller's own
+    assert refused["summary"] == "0/1 hosts fit: 1 not enough cpu at 1.0"
 
 
 #: a VM of 2 vCPUs and 4000 MiB on three empty hosts of three shapes, and where each policy puts it

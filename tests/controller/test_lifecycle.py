@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pinfold.controller.service import ACTIONS, _vm_state
+from pinfold.controller.service import ACTIONS
+from pinfold.controller.settle import vm_state
 from pinfold.model import lifecycle
 from pinfold.model.lifecycle import AGENT_STATES, CONTROLLER_STATES, VMState
 from pinfold.topology import Topology
@@ -113,5 +114,5 @@ def test_an_agent_only_state_in_a_report_keeps_the_controllers_record(reported: 
     """The enum is shared, but the controller stores only its own states: an
     agent's `stopping` or `creating` leaves the record as it was (the CHECK on
     vms.state would refuse it)."""
-    assert _vm_state(reported.value, VMState.RUNNING) is VMState.RUNNING
-    assert _vm_state("paused", VMState.RUNNING) is VMState.PAUSED
+    assert vm_state(reported.value, VMState.RUNNING) is VMState.RUNNING
+    assert vm_state("paused", VMState.RUNNING) is VMState.PAUSED

@@ -48,18 +48,18 @@ def test_every_pair(state: VMState, action: Action) -> None:
     with pytest.raises(Refused) as refused:
         transition(state, action)
     assert (refused.value.code, refused.value.state, refused.value.action) == ("invalid", state, action)
-    assert refused.value.detail("web").startswith(f"web is {state.value}: {action.value} needs ")
+    assert refused.value.describe("web").startswith(f"web is {state.value}: {action.value} needs ")
     assert action not in allowed(state)
 
 
 def test_a_refusal_names_the_state_and_what_the_action_needs() -> None:
     with pytest.raises(Refused) as refused:
         transition(S.RUNNING, A.START)
-    assert refused.value.detail("web") == "web is running: start needs shutoff"
-    assert refused.value.detail("web", "its agent does not report it") == (
+    assert refused.value.describe("web") == "web is running: start needs shutoff"
+    assert refused.value.describe("web", "its agent does not report it") == (
         "web is running: its agent does not report it"
     )
-    assert refused.value.detail("web", "") == "web is running"
+    assert refused.value.describe("web", "") == "web is running"
 
 
 def test_the_table_as_json_lists_every_state() -> None:

@@ -25,6 +25,7 @@ from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
 from pinfold.model.lifecycle import POWER_ACTIONS
+from pinfold.model.refusal import refusal_json
 from pinfold.model.vm import (
     MAX_IMAGE_LENGTH,
     MAX_NAME_LENGTH,
@@ -86,8 +87,9 @@ def create_app(
         graceful shutdown): holding it here would stop every other route."""
         try:
             return operation()
-        except AgentError as error:
-            raise ApiError(error.code, error.detail) from error
+        except AgentError as error:  # a placement's refusal goes out as data too (its numbers)
+            extra = None if error.refusal is None else {"refusal": refusal_json(error.refusal)}
+            raise ApiError(error.code, error.detail, extra) from error
 
     def view(vm: StoredVM) -> dict[str, Any]:
         return _view(vm, agent.pinning(vm.spec.name))

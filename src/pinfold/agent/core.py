@@ -17,9 +17,9 @@ from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Step
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.model.defaults import DEFAULT_CRITICAL_SIZE, DEFAULT_RESERVED_MEMORY_MIB, SHUTDOWN_TIMEOUT_S
-from pinfold.model.errors import PinfoldError
+from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
-from pinfold.placement import HostAllocator
+from pinfold.placement import HostAllocator, Refusal
 from pinfold.topology import Topology
 
 __all__ = ["AgentCore", "AgentError", "AgentSettings", "NotStartedError", "StalePin"]
@@ -30,7 +30,12 @@ log = logging.getLogger("pinfold.agent.service")
 
 class AgentError(PinfoldError):
     """A request the agent refuses; `code` is an `ErrorCode` (the placement's
-    refusal codes are among them)."""
+    refusal codes are among them), `refusal` the placement's refusal as data
+    when it came from the allocator (its JSON error carries it)."""
+
+    def __init__(self, code: ErrorCode | str, detail: str = "", refusal: Refusal | None = None) -> None:
+        super().__init__(code, detail)
+        self.refusal = refusal
 
 
 @dataclass(frozen=True)

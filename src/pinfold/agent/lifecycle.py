@@ -114,7 +114,7 @@ class Lifecycle(WarmPools):
                 self.allocator = HostAllocator.restore(
                     self.topology, before, s.critical_size, s.reserved_memory_mib
                 )
-                raise AgentError(error.code.value, error.refusal.describe()) from error
+                raise AgentError(error.code.value, error.refusal.describe(), error.refusal) from error
             self.store.resize_vm(name, vcpus, memory_mib, self.allocator.snapshot())
             vm = self.vms[name] = replace(vm, spec=new)
             failure: DriverError | None = None
@@ -161,7 +161,7 @@ class Lifecycle(WarmPools):
         except Refused as refused:
             if record_refused:
                 self._set(name, observed, None)
-            raise AgentError(refused.code, refused.detail(name)) from None
+            raise AgentError(refused.code, refused.describe(name)) from None
 
     def _failed(self, name: str, error: DriverError) -> AgentError:
         """A driver's failure on `name`: its domain gone (`_lost`), or refused."""

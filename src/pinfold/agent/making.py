@@ -35,7 +35,7 @@ class Making(PinKeeping):
         spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
         refusal = self.allocator.check(spec)
         if refusal is not None:
-            raise AgentError(refusal.code.value, refusal.describe())
+            raise AgentError(refusal.code.value, refusal.describe(), refusal)
 
     def _refuse_taken(self, name: str) -> None:
         if any(vm.domain == name for vm in self.vms.values()):
@@ -66,7 +66,7 @@ class Making(PinKeeping):
         try:
             change = self.allocator.deploy(spec)
         except PlacementError as error:
-            raise AgentError(error.code.value, error.refusal.describe()) from error
+            raise AgentError(error.code.value, error.refusal.describe(), error.refusal) from error
         vm = StoredVM(spec, request.owner, str(base or ""), VMState.CREATING, Pending.CREATE, pool=pool)
         try:
             self.store.save_vm(vm, self.allocator.snapshot())

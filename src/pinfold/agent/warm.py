@@ -167,7 +167,7 @@ class WarmPools(Making):
         try:
             self.allocator.rename(member.spec.name, request.name)
         except PlacementError as error:
-            raise AgentError(error.code.value, error.refusal.describe()) from error
+            raise AgentError(error.code.value, error.refusal.describe(), error.refusal) from error
         vm = replace(
             member, spec=replace(member.spec, name=request.name), owner=request.owner,
             state=VMState.RESUMING, pending=Pending.CREATE, pool="",

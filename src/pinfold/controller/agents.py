@@ -5,7 +5,8 @@ Failures come back as two kinds, because the scheduler treats them apart:
 `AgentUnreachableError` (no answer: the request may or may not have been
 carried out, so the reservation stays until a heartbeat tells). An agent's
 own JSON error is a definite answer whatever its status (on a 502 "hypervisor
-failed" the agent has undone the create).
+failed" the agent has undone the create); a refused placement's carries the
+placement's refusal as data (`refusal`), kept in `AgentRefusedError.refusal`.
 `sent` says whether the request may have reached the agent at all.
 
 Lifecycle actions get their own, longer timeout: an agent's shutdown waits up
@@ -22,6 +23,8 @@ from typing import Any
 import httpx
 
 from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S
+from pinfold.model.refusal import refusal_from_json
+from pinfold.placement import Refusal
 from pinfold.tls import tls_failure
 
 __all__ = ["ACTION_TIMEOUT_S", "AgentClient", "AgentError", "AgentRefusedError", "AgentUnreachableError"]
@@ -32,11 +35,15 @@ class AgentError(Exception):
 
 
 class AgentRefusedError(AgentError):
-    def __init__(self, code: str, detail: str, status: int) -> None:
+    """The agent's JSON error as it came; `refusal` its placement refusal as
+    data (the numbers), None when it has none (another refusal, an older agent)."""
+
+    def __init__(self, code: str, detail: str, status: int, refusal: Refusal | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
         self.status = status
+        self.refusal = refusal
 
 
 class AgentUnreachableError(AgentError):
@@ -134,4 +141,7 @@ def _refusal(response: httpx.Response) -> AgentRefusedError | None:
         return None
     if not isinstance(document, dict) or "error" not in document:
         return None
-    return AgentRefusedError(str(document["error"]), str(document.get("detail", "")), response.status_code)
+    refusal = refusal_from_json(document.get("refusal"))
+    return AgentRefusedError(
+        str(document["error"]), str(document.get("detail", "")), response.status_code, refusal
+    )

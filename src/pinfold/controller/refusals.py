@@ -3,37 +3,20 @@
 The placement core says why each host refused a VM with a `Refusal` (a code, the
 level, the numbers, whether the host could ever take it). The controller keeps
 those objects up to the 409 `no host` answer, where each becomes a JSON object
-(`refusal_json`) and all of them one line (`summary`), counted by code and level
-as Kubernetes' FitError does, so that people read the gist and scripts the codes.
+(`refusal_json`, from `pinfold.model.refusal`: the agent's errors use the same
+shape) and all of them one line (`summary`), counted by code and level as
+Kubernetes' FitError does, so that people read the gist and scripts the codes.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
 
+from pinfold.model.refusal import refusal_json
 from pinfold.placement import Refusal
 
 __all__ = ["refusal_json", "summary"]
-
-
-def refusal_json(refusal: Refusal) -> dict[str, Any]:
-    """One host's refusal for the `refusals` object of a `no host` answer.
-
-    `needed`/`free`/`capacity` are CPUs for `not enough cpu`, MiB for memory,
-    null where the refusal has no numbers (a drained host, an agent's refusal);
-    `fits_ever` (whether the empty host could take the VM) is null then too."""
-    known = refusal.requested is not None
-    return {
-        "code": refusal.code.value,
-        "level": refusal.level,
-        "needed": refusal.requested,
-        "free": refusal.available,
-        "capacity": refusal.capacity,
-        "fits_ever": refusal.fits_empty if known else None,
-        "detail": refusal.detail,
-    }
 
 
 def summary(refusals: Mapping[str, Refusal], hosts: int) -> str:

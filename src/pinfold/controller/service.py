@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -33,6 +33,8 @@ from pinfold.controller.history import History
 from pinfold.controller.models import VMState
 from pinfold.controller.refusals import summary
 from pinfold.controller.scheduler import Scheduler
+from pinfold.controller.settle import Action as SettleAction
+from pinfold.controller.settle import Stored, plan, vm_state
 from pinfold.controller.store import (
     ControllerStore,
     DuplicateVMError,
@@ -50,7 +52,7 @@ from pinfold.controller.store import (
 )
 from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
 from pinfold.model.errors import PinfoldError
-from pinfold.model.lifecycle import CONTROLLER_STATES, POWER_ACTIONS, takes_actions
+from pinfold.model.lifecycle import POWER_ACTIONS, takes_actions
 from pinfold.model.vm import image_path_problem
 from pinfold.placement import POLICIES, HostAllocator, Refusal, RefusalCode, invalid_reason
 from pinfold.topology import slackvm_json
@@ -387,7 +389,8 @@ class Controller:
                 raise ControllerError("invalid request", f"{host.id} refused it: {error.detail}") from error
             refused[host.id] = f"agent refused: {error}"
             if error.code in _REFUSAL_CODES:  # the agent's allocator said no, with its code
-                as_data[host.id] = Refusal(RefusalCode(error.code), detail=error.detail)
+                refusal = error.refusal or Refusal(RefusalCode(error.code))  # its numbers, if it sent them
+                as_data[host.id] = replace(refusal, detail=error.detail)  # and its words
             return None
         except AgentUnreachableError as error:
             if not error.sent:
@@ -556,7 +559,7 @@ class Controller:
             raise ControllerError("invalid" if error.status == 409 else "agent failed", str(error)) from error
         except AgentUnreachableError as error:
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
-        return self._set_state(name, _vm_state(answer.get("state"), record.state))
+        return self._set_state(name, vm_state(answer.get("state"), record.state))
 
     def _set_state(self, name: str, state: VMState) -> VMRecord:
         """Record a VM's new state for a request about it; a VM another
@@ -607,26 +610,15 @@ class Controller:
             self.scheduler.removed(name)
 
     def _settle(self, host_id: str, reported: Mapping[str, str], now: float) -> None:
-        """What the agent has is what is: states follow it; a VM it lacks is
-        `missing` (not just after a change: the heartbeat may predate it), or
-        gone if it was being deleted, or only reserved by a controller that
-        has not come back to it for `stale_after_s` (longer than any agent call)."""
-        for record in self.store.vms(host_id):
-            recent = now - record.updated_at < 2 * self.heartbeat_period_s
-            stale = now - record.updated_at > self.stale_after_s
-            if record.name in reported:
-                if record.state is VMState.DELETING:
-                    continue
-                state = _vm_state(reported[record.name], record.state)
-                if state is not record.state and not recent:
-                    self._settle_state(record.name, state, now)
-            elif record.state is VMState.DELETING or (record.state is VMState.RESERVED and stale):
-                self._forget(record.name)
-                self.store.add_event(
-                    "vm dropped", record.name, {"host": host_id, "was": record.state.value}, now
-                )
-            elif record.state not in (VMState.MISSING, VMState.RESERVED) and not recent:
-                self._settle_state(record.name, VMState.MISSING, now, "its agent does not report it")
+        """What the agent has is what is: carry out `settle.plan` (its table
+        says which VM follows the agent, is forgotten or is `missing`)."""
+        stored = [Stored(record.name, record.state, record.updated_at) for record in self.store.vms(host_id)]
+        for step in plan(stored, reported, now, self.heartbeat_period_s, self.stale_after_s):
+            if step.action is SettleAction.FORGET:
+                self._forget(step.name)
+                self.store.add_event("vm dropped", step.name, {"host": host_id, "was": step.was.value}, now)
+            elif step.state is not None:
+                self._settle_state(step.name, step.state, now, step.detail)
 
     def _settle_state(self, name: str, state: VMState, now: float, detail: str = "") -> None:
         """A heartbeat's change of one VM's state; a VM deleted since the
@@ -656,13 +648,6 @@ def _same_or_refuse(existing: VMRecord, request: NewVM) -> None:
     )  # fmt: skip
     if not same:
         raise ControllerError("duplicate name", f"{existing.name} exists with another size or owner")
-
-
-def _vm_state(agent_state: object, otherwise: VMState) -> VMState:
-    """The controller's state for an agent's report; `otherwise` for one of the
-    agent's own states (creating, stopping...) or one it does not know."""
-    state = str(agent_state)
-    return VMState(state) if state in CONTROLLER_STATES else otherwise
 
 
 def _unusable(topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int) -> str | None:

@@ -40,7 +40,7 @@ from pinfold.controller.models import (
     VMState,
     digest_of,
 )
-from pinfold.model.errors import ErrorCode
+from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import CONTROLLER_STATES
 from pinfold.placement import Refusal, VMSpec
 
@@ -73,14 +73,9 @@ class UnknownHostError(StoreError):
         self.host_id = host_id
 
 
-class HostAuthError(StoreError):
+class HostAuthError(StoreError, PinfoldError):
     """A registration whose proof does not hold for its host: `code` is the
     API's error code ("unauthorized", "host enrolled"), `detail` says why."""
-
-    def __init__(self, code: ErrorCode | str, detail: str) -> None:
-        self.code = ErrorCode(code)
-        self.detail = detail
-        super().__init__(f"{self.code}: {detail}")
 
 
 class HostInUseError(StoreError):

@@ -37,7 +37,7 @@ Transitions (`transition(state, action)`; every other pair is refused):
 
 Delete is legal in every state (it forces the guest off); its next state is
 the controller's `deleting` (the agent forgets the VM instead). A refusal is
-`Refused`, code "invalid" (HTTP 409), naming the state.
+`Refused`, a `PinfoldError` of code "invalid" (HTTP 409), naming the state.
 
 Who consults it: the agent, with the state the hypervisor reports just
 before it acts (its stored state may lag behind a guest that powered itself
@@ -50,6 +50,8 @@ through `GET /api/v1/lifecycle`, to show the buttons of each state.
 from __future__ import annotations
 
 from enum import StrEnum
+
+from pinfold.model.errors import ErrorCode, PinfoldError
 
 __all__ = [
     "AGENT_STATES",
@@ -117,18 +119,17 @@ _TABLE: dict[tuple[VMState, Action], VMState] = {
 }
 
 
-class Refused(Exception):  # noqa: N818 (a refusal, not an error of the program)
-    """An action the table forbids in a state. `code` is the HTTP layers'
-    "invalid" (409); `detail(name)` names the VM and its state."""
-
-    code = "invalid"
+class Refused(PinfoldError):  # noqa: N818 (a refusal, not an error of the program)
+    """An action the table forbids in a state: code "invalid" (409), `detail`
+    the rule ("start is refused in state running"); `describe(name)` says it
+    for one VM."""
 
     def __init__(self, state: VMState, action: Action) -> None:
         self.state = state
         self.action = action
-        super().__init__(f"{action} is refused in state {state}")
+        super().__init__(ErrorCode.INVALID, f"{action} is refused in state {state}")
 
-    def detail(self, name: str, because: str | None = None) -> str:
+    def describe(self, name: str, because: str | None = None) -> str:
         """The refusal in words ("web is paused: start needs shutoff"), with
         `because` in place of the table's reason ("" for none)."""
         if because is None:
