@@ -15,7 +15,8 @@ from pinfold.controller.daemon import AgentClients
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
 from pinfold.controller.service import Controller
-from pinfold.controller.store import ControllerStore, NewVM
+from pinfold.controller.store import ControllerStore
+from pinfold.model.vm import VMRequest
 from tests.servers import serving
 
 #: the client's ordinary timeout; the stand-in agent takes SLOW_S, its action timeout is longer
@@ -79,7 +80,7 @@ def test_a_shutdown_through_the_controller_outlasting_the_call_timeout_succeeds(
     try:
         controller = Controller(store, clients, stale_after_s=60.0)
         controller.register("h1", slow_agent, i7_topology, 6, 0)
-        store.reserve(NewVM("v1", 1, 512), "h1", Feasibility(), controller.clock())
+        store.reserve(VMRequest("v1", 1, 512), "h1", Feasibility(), controller.clock())
         store.set_vm_state("v1", VMState.RUNNING, controller.clock())
         assert controller.act("v1", "shutdown").state is VMState.SHUTOFF
     finally:

@@ -35,7 +35,7 @@ from pinfold.controller.credentials import Enrolment, HostCredential, Proof, dig
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.refusals import refusal_json
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
-from pinfold.controller.store import EventRecord, NewVM, VMRecord
+from pinfold.controller.store import EventRecord, VMRecord
 from pinfold.model import lifecycle
 from pinfold.model.vm import (
     MAX_IMAGE_LENGTH,
@@ -45,6 +45,7 @@ from pinfold.model.vm import (
     MAX_VCPUS,
     MAX_VM_MEMORY_MIB,
     NAME_PATTERN,
+    VMRequest,
 )
 from pinfold.placement import POLICIES
 from pinfold.serving import ExtraHeaders
@@ -312,14 +313,14 @@ def create_app(
     def host_views() -> dict[str, HostView]:
         return {view.record.id: view for view in controller.hosts()}
 
-    def timed_create(request: NewVM, policy: str | None) -> Placed:
+    def timed_create(request: VMRequest, policy: str | None) -> Placed:
         started = time.perf_counter()
         placed = call(lambda: controller.create(request, policy))
         latency.observe(time.perf_counter() - started)
         return placed
 
     def create(body: CreateVM, response: Response) -> dict[str, Any]:
-        request = NewVM(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner, body.image)
+        request = VMRequest(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner, body.image)
         placed = timed_create(request, body.policy)
         response.status_code = 201 if placed.created else 200
         view = vm_view(placed.record, host_views().get(placed.record.host_id or ""))
@@ -466,7 +467,7 @@ def create_app(
     def slackvm_deploy_vm(asked: slackvm.Deploy) -> str | None:
         """A name already in the directory is refused, as SlackVM does (its
         local scheduler fails on a reused name), even for the same request."""
-        request = NewVM(asked.name, asked.vcpus, asked.memory_mib, asked.ratio, image=asked.image)
+        request = VMRequest(asked.name, asked.vcpus, asked.memory_mib, asked.ratio, image=asked.image)
         try:
             placed = timed_create(request, None)
         except ApiError as error:

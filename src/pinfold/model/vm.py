@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pinfold.placement import VMSpec
+
 __all__ = [
     "MAX_IMAGE_LENGTH",
     "MAX_NAME_LENGTH",
@@ -74,3 +76,8 @@ class VMRequest:
     nics: tuple[str, ...] = ()
     ssh_keys: tuple[str, ...] = ()
     user_data: str = ""
+
+    @property
+    def spec(self) -> VMSpec:
+        """What the placement core places: the sizes and the level (a float, whatever was given)."""
+        return VMSpec(self.name, self.vcpus, self.memory_mib, float(self.ratio))
