@@ -34,10 +34,9 @@ class ScriptedAgent(AgentClient):
         self.first_asked = threading.Event()
         self.release = threading.Event()
 
-    def create(
-        self, name: str, vcpus: int, memory_mib: int, ratio: float, owner: str, image: str
-    ) -> dict[str, Any]:
-        self.creates.append((name, vcpus))
+    def create(self, request: VMRequest) -> dict[str, Any]:
+        name = request.name
+        self.creates.append((name, request.vcpus))
         if len(self.creates) == 1:
             self.first_asked.set()
             assert self.release.wait(10), "the test never released the first create"

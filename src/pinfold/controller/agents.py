@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S
+from pinfold.model.vm import VMRequest
 from pinfold.tls import tls_failure
 
 __all__ = ["ACTION_TIMEOUT_S", "AgentClient", "AgentError", "AgentRefusedError", "AgentUnreachableError"]
@@ -73,12 +74,18 @@ class AgentClient:
     def close(self) -> None:
         self._client.close()
 
-    def create(
-        self, name: str, vcpus: int, memory_mib: int, ratio: float, owner: str, image: str
-    ) -> dict[str, Any]:
-        body = {"name": name, "vcpus": vcpus, "memory_mib": memory_mib, "ratio": ratio, "owner": owner}
-        if image:
-            body["image"] = image
+    def create(self, request: VMRequest) -> dict[str, Any]:
+        """Create `request` on the agent, in the body `pinfold.bodies.CreateVM` reads
+        (an empty image is left out, a diskless VM)."""
+        body: dict[str, Any] = {
+            "name": request.name,
+            "vcpus": request.vcpus,
+            "memory_mib": request.memory_mib,
+            "ratio": request.ratio,
+            "owner": request.owner,
+        }
+        if request.image:
+            body["image"] = request.image
         return self._call("POST", "/api/v1/vms", body)
 
     def get(self, name: str) -> dict[str, Any] | None:

@@ -377,9 +377,7 @@ class Controller:
         if not in_step:
             self._refresh_host(host.id)
         try:
-            answer = self.agent_for(host).create(
-                request.name, request.vcpus, request.memory_mib, request.ratio, request.owner, request.image
-            )
+            answer = self.agent_for(host).create(request)
         except AgentRefusedError as error:
             self._forget(request.name)
             if error.code == "invalid request":  # the request's fault (its image), not the host's
@@ -426,12 +424,14 @@ class Controller:
         try:
             if client.get(existing.name) is None:
                 client.create(
-                    existing.name,
-                    existing.vcpus,
-                    existing.memory_mib,
-                    existing.ratio,
-                    existing.owner,
-                    existing.image,
+                    VMRequest(
+                        existing.name,
+                        existing.vcpus,
+                        existing.memory_mib,
+                        existing.ratio,
+                        existing.owner,
+                        existing.image,
+                    )
                 )
         except AgentRefusedError as error:
             # "duplicate name": the dead controller's own create was still under
