@@ -145,6 +145,15 @@ def test_reserve_stores_a_reserved_vm(registered: ControllerStore) -> None:
     assert (vm.state, vm.detail, vm.created_at, vm.updated_at) == (VMState.RESERVED, "", 150.0, 150.0)
 
 
+def test_a_reserved_vm_gives_back_its_request(registered: ControllerStore) -> None:
+    """What `Controller._again` hands a stale reservation's agent: the request as reserved."""
+    request = VMRequest("web-1", 2, 2048, 2.0, "alice", "/images/debian.qcow2")
+    registered.reserve(request, "h1", fits, now=150.0)
+    record = registered.vm("web-1")
+    assert record is not None
+    assert record.request == request
+
+
 def test_reserve_refuses_when_the_host_is_full_with_the_placement_reason(
     registered: ControllerStore, i7_topology: dict[str, Any]
 ) -> None:

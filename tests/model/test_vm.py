@@ -4,12 +4,16 @@ rebuilds one field by field."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.bodies import CreateVM
+from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
-from pinfold.placement import VMSpec
+from pinfold.placement import HostSnapshot, VMSpec
 
 WEB = VMRequest("web-1", 2, 2048, 2.0, "alice", "/images/debian.qcow2")
 
@@ -46,3 +50,15 @@ def test_the_create_body_keeps_the_models_bounds(bad: dict[str, object]) -> None
 
 def test_the_create_body_has_no_room_for_nics_keys_or_user_data_yet() -> None:
     assert set(CreateVM.model_fields) == {"name", "vcpus", "memory_mib", "ratio", "owner", "image"}
+
+
+def test_an_agent_store_row_gives_back_its_request(tmp_path: Path) -> None:
+    store = Store(tmp_path / "agent.db")
+    try:
+        stored = StoredVM(WEB.spec, WEB.owner, WEB.image, VMState.CREATING, Pending.CREATE)
+        store.save_vm(stored, HostSnapshot({}, (WEB.spec,)))
+        _, loaded = store.load()
+    finally:
+        store.close()
+    assert stored.request == WEB
+    assert loaded["web-1"].request == WEB

@@ -423,16 +423,7 @@ class Controller:
         client = self.agent_for(host)
         try:
             if client.get(existing.name) is None:
-                client.create(
-                    VMRequest(
-                        existing.name,
-                        existing.vcpus,
-                        existing.memory_mib,
-                        existing.ratio,
-                        existing.owner,
-                        existing.image,
-                    )
-                )
+                client.create(existing.request)
         except AgentRefusedError as error:
             # "duplicate name": the dead controller's own create was still under
             # way on the agent when we looked, and it has the VM now. Forgetting

@@ -170,6 +170,11 @@ class VMRecord:
     def spec(self) -> VMSpec:
         return VMSpec(self.name, self.vcpus, self.memory_mib, self.ratio)
 
+    @property
+    def request(self) -> VMRequest:
+        """The request this VM was reserved for (what its agent is asked to create)."""
+        return VMRequest(self.name, self.vcpus, self.memory_mib, self.ratio, self.owner, self.image)
+
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
