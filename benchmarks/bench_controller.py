@@ -63,18 +63,18 @@ def schedule(hosts: int, vms: int) -> dict[str, Any]:
         for i in range(hosts):
             controller.register(f"h{i:05d}", f"http://10.0.{i // 250}.{i % 250}:8099", topology, 6, 0)
         registration_s = time.perf_counter() - started
-        from pinfold.controller.store import NewVM
+        from pinfold.model.vm import VMRequest
 
         latencies = []
         for i in range(vms):
-            request = NewVM(f"vm{i}", (1, 2, 4, 8)[i % 4], 2048 * (1 + i % 3), LEVELS[i % 3])
+            request = VMRequest(f"vm{i}", (1, 2, 4, 8)[i % 4], 2048 * (1 + i % 3), LEVELS[i % 3])
             started = time.perf_counter()
             controller.create(request)
             latencies.append(time.perf_counter() - started)
         choose = []
         eligible = controller.schedulable_hosts()
         for i in range(200):
-            request = NewVM(f"probe{i}", 2, 4096, LEVELS[i % 3])
+            request = VMRequest(f"probe{i}", 2, 4096, LEVELS[i % 3])
             started = time.perf_counter()
             controller.scheduler.choose(request.spec, "progress", eligible)
             choose.append(time.perf_counter() - started)

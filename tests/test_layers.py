@@ -30,14 +30,15 @@ SRC = Path(pinfold.__file__).parent.parent
 
 #: bottom to top; each layer holds one or more units (a unit may import itself freely,
 #: but not another unit of its layer). "shell-common" is the code both shells share:
-#: HTTP plumbing, tokens, TLS, private files, settings sources and SlackVM's REST surface.
+#: HTTP plumbing and bodies, tokens, TLS, private files, settings sources and SlackVM's REST surface.
 LAYERS: tuple[tuple[str, dict[str, tuple[str, ...]]], ...] = (
     ("root", {"pinfold": ("pinfold",)}),
     ("topology", {"topology": ("pinfold.topology",)}),
     ("placement", {"placement": ("pinfold.placement",)}),
     ("model", {"model": ("pinfold.model",)}),
     ("shell-common", {"shell-common": ("pinfold.web", "pinfold.tokens", "pinfold.serving", "pinfold.tls",
-                                        "pinfold.private", "pinfold.settings", "pinfold.slackvm")}),
+                                        "pinfold.private", "pinfold.settings", "pinfold.slackvm",
+                                        "pinfold.bodies")}),
     ("shells", {"agent": ("pinfold.agent",), "controller": ("pinfold.controller",), "sim": ("pinfold.sim",)}),
     ("plug-ins", {"rapid": ("pinfold.rapid",)}),
     ("cli", {"cli": ("pinfold.cli",)}),

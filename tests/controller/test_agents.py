@@ -1,5 +1,6 @@
 """The controller's agent client against a stand-in agent served on loopback:
-a lifecycle action has its own, longer timeout than the other calls."""
+a lifecycle action has its own, longer timeout than the other calls; a create
+sends its request's fields as the agent's create body."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
@@ -16,7 +17,8 @@ from pinfold.controller.daemon import AgentClients
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
 from pinfold.controller.service import Controller
-from pinfold.controller.store import ControllerStore, NewVM
+from pinfold.controller.store import ControllerStore
+from pinfold.model.vm import VMRequest
 from tests.servers import serving
 
 #: the client's ordinary timeout; the stand-in agent takes SLOW_S, its action timeout is longer
@@ -80,7 +82,7 @@ def test_a_shutdown_through_the_controller_outlasting_the_call_timeout_succeeds(
     try:
         controller = Controller(store, clients, stale_after_s=60.0)
         controller.register("h1", slow_agent, i7_topology, 6, 0)
-        store.reserve(NewVM("v1", 1, 512), "h1", Feasibility(), controller.clock())
+        store.reserve(VMRequest("v1", 1, 512), "h1", Feasibility(), controller.clock())
         store.set_vm_state("v1", VMState.RUNNING, controller.clock())
         assert controller.act("v1", "shutdown").state is VMState.SHUTOFF
     finally:
@@ -115,7 +117,31 @@ def test_the_client_reads_an_agents_refusal_as_data(body: dict[str, Any], needed
         return JSONResponse(body, status_code=409)
 
     with serving(app) as url, pytest.raises(AgentRefusedError) as refused:
-        AgentClient(url, "token").create("v", 2, 512, 1.0, "", "")
+        AgentClient(url, "token").create(VMRequest("v", 2, 512))
     assert (refused.value.code, refused.value.status) == ("not enough cpu", 409)
     refusal = refused.value.refusal
     assert (refusal.requested if refusal else None) == needed
+
+
+def test_a_create_sends_the_requests_fields_as_the_agents_body() -> None:
+    """The bytes the positional create sent before it took a `VMRequest`:
+    every field, but an empty image is left out."""
+    app = FastAPI()
+    received: list[bytes] = []
+
+    @app.post("/api/v1/vms", status_code=201)
+    async def create(request: Request) -> dict[str, str]:
+        received.append(await request.body())
+        return {"state": "running"}
+
+    with serving(app) as url:
+        client = AgentClient(url, "t" * 16, timeout_s=10)
+        try:
+            client.create(VMRequest("web-1", 2, 512, 2.0, "alice", "/img/base.qcow2"))
+            client.create(VMRequest("d", 1, 128))
+        finally:
+            client.close()
+    assert received == [
+        b'{"name":"web-1","vcpus":2,"memory_mib":512,"ratio":2.0,"owner":"alice","image":"/img/base.qcow2"}',
+        b'{"name":"d","vcpus":1,"memory_mib":128,"ratio":1.0,"owner":""}',
+    ]

@@ -18,7 +18,8 @@ import pytest
 
 from pinfold.controller.database import connect
 from pinfold.controller.feasibility import fits
-from pinfold.controller.store import ControllerStore, HostRecord, NewVM, RefusedError, VMRecord
+from pinfold.controller.store import ControllerStore, HostRecord, RefusedError, VMRecord
+from pinfold.model.vm import VMRequest
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import slackvm_json
 
@@ -48,7 +49,7 @@ def test_two_controllers_do_not_over_allocate_a_host(database_url: str, i7_topol
     seen: list[tuple[int, bool]] = []  # (VMs on the host as fits saw them, admitted)
     seen_lock = threading.Lock()
 
-    def recording(host: HostRecord, existing: Sequence[VMRecord], new: NewVM) -> str | None:
+    def recording(host: HostRecord, existing: Sequence[VMRecord], new: VMRequest) -> str | None:
         reason = fits(host, existing, new)
         with seen_lock:
             seen.append((len(existing), reason is None))
@@ -61,7 +62,9 @@ def test_two_controllers_do_not_over_allocate_a_host(database_url: str, i7_topol
         reserved = refused = 0
         for attempt in range(ATTEMPTS_PER_THREAD):
             try:
-                store.reserve(NewVM(f"{thread}-{attempt}", 1, MEMORY_MIB, RATIO), "h1", recording, now=2.0)
+                store.reserve(
+                    VMRequest(f"{thread}-{attempt}", 1, MEMORY_MIB, RATIO), "h1", recording, now=2.0
+                )
                 reserved += 1
             except RefusedError:
                 refused += 1

@@ -17,7 +17,8 @@ from sqlalchemy import Engine, inspect
 from pinfold.controller.database import WRITE, alembic_config, connect, create, upgrade
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import Base
-from pinfold.controller.store import ControllerStore, NewVM
+from pinfold.controller.store import ControllerStore
+from pinfold.model.vm import VMRequest
 
 
 def differences(engine: Engine) -> list[object]:
@@ -71,7 +72,7 @@ def test_downgrade_keeps_the_hosts_and_vms_of_a_database_in_use(
     keys on, SQLite refuses to drop a table that `vms.host_id` refers to."""
     store = ControllerStore(engine)
     store.register_host("h1", "http://h1:8099", i7_topology, 6, 0, 1000.0, 10.0)
-    store.reserve(NewVM("v1", 1, 512), "h1", Feasibility(), 1000.0)
+    store.reserve(VMRequest("v1", 1, 512), "h1", Feasibility(), 1000.0)
     with engine.connect() as connection:
         connection.execution_options(**{WRITE: True})
         with connection.begin():

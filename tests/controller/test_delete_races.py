@@ -23,7 +23,8 @@ from pinfold.controller.credentials import Enrolment, digest
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
 from pinfold.controller.service import Controller
-from pinfold.controller.store import ControllerStore, HostRecord, NewVM, VMRecord
+from pinfold.controller.store import ControllerStore, HostRecord, VMRecord
+from pinfold.model.vm import VMRequest
 from pinfold.topology import Topology
 from tests.controller.cluster import ADMIN, ADMIN_AUTH, AGENT, LocalCluster
 from tests.controller.test_service import Clock
@@ -109,7 +110,7 @@ def api(store: ControllerStore, i7_topology: dict[str, Any]) -> Iterator[tuple[h
 
     controller = Controller(store, agent_for, heartbeat_period_s=PERIOD_S, clock=clock)
     controller.register("h1", "http://h1:8099", i7_topology, 6, 0, proof=Enrolment(digest(CREDENTIAL)))
-    store.reserve(NewVM("v1", 1, 512, 2.0), "h1", Feasibility(), clock())
+    store.reserve(VMRequest("v1", 1, 512, 2.0), "h1", Feasibility(), clock())
     store.set_vm_state("v1", VMState.RUNNING, clock())
     with serving(create_app(controller, ADMIN, AGENT)) as url, httpx.Client(base_url=url, timeout=30) as http:
         yield http, clock

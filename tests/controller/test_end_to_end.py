@@ -570,9 +570,9 @@ def test_an_image_no_agent_can_use_is_a_400_at_once_and_nothing_is_left(
     asked: list[str] = []
     create_on_agent = AgentClient.create
 
-    def recording(self: AgentClient, name: str, *args: Any) -> dict[str, Any]:
-        asked.append(name)
-        return create_on_agent(self, name, *args)
+    def recording(self: AgentClient, request: VMRequest) -> dict[str, Any]:
+        asked.append(request.name)
+        return create_on_agent(self, request)
 
     monkeypatch.setattr(AgentClient, "create", recording)
     body = {"name": "bad", "vcpus": 1, "memory_mib": 128, "image": image.format(images=images)}

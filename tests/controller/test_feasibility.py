@@ -8,7 +8,8 @@ import pytest
 
 from pinfold.controller.feasibility import fits
 from pinfold.controller.models import VMState
-from pinfold.controller.store import HostRecord, NewVM, VMRecord
+from pinfold.controller.store import HostRecord, VMRecord
+from pinfold.model.vm import VMRequest
 from pinfold.placement import HostAllocator, VMSpec
 from pinfold.topology import slackvm_json
 
@@ -25,7 +26,7 @@ def on_host(*specs: tuple[str, int, int, float]) -> list[VMRecord]:
 
 
 def test_fits_on_an_empty_host(i7_topology: dict[str, Any]) -> None:
-    assert fits(host(i7_topology), [], NewVM("a", 8, 1024)) is None
+    assert fits(host(i7_topology), [], VMRequest("a", 8, 1024)) is None
 
 
 def test_refuses_cpu_with_the_allocators_description(i7_topology: dict[str, Any]) -> None:
@@ -35,7 +36,7 @@ def test_refuses_cpu_with_the_allocators_description(i7_topology: dict[str, Any]
     refusal = allocator.check(VMSpec("b", 4, 1024, 1.0))
     assert refusal is not None
 
-    reason = fits(host(i7_topology), existing, NewVM("b", 4, 1024))
+    reason = fits(host(i7_topology), existing, VMRequest("b", 4, 1024))
 
     assert reason == refusal.describe()
     assert reason is not None
@@ -43,7 +44,7 @@ def test_refuses_cpu_with_the_allocators_description(i7_topology: dict[str, Any]
 
 
 def test_refuses_memory_held_back_for_the_host(i7_topology: dict[str, Any]) -> None:
-    reason = fits(host(i7_topology, reserved_memory_mib=31000), [], NewVM("a", 1, 1024))
+    reason = fits(host(i7_topology, reserved_memory_mib=31000), [], VMRequest("a", 1, 1024))
     assert reason is not None
     assert reason.startswith("not enough memory")
 
@@ -51,18 +52,18 @@ def test_refuses_memory_held_back_for_the_host(i7_topology: dict[str, Any]) -> N
 def test_oversubscribed_vms_share_cpus(i7_topology: dict[str, Any]) -> None:
     """Replay counts vCPUs at their level: 16 vCPUs at 2.0 fit on 8 CPUs."""
     existing = on_host(*[(f"v{i}", 1, 256, 2.0) for i in range(15)])
-    assert fits(host(i7_topology), existing, NewVM("last", 1, 256, 2.0)) is None
-    assert fits(host(i7_topology), [*existing, *on_host(("v15", 1, 256, 2.0))], NewVM("x", 1, 256, 2.0))
+    assert fits(host(i7_topology), existing, VMRequest("last", 1, 256, 2.0)) is None
+    assert fits(host(i7_topology), [*existing, *on_host(("v15", 1, 256, 2.0))], VMRequest("x", 1, 256, 2.0))
 
 
 def test_draining_host_refuses_everything(i7_topology: dict[str, Any]) -> None:
-    reason = fits(host(i7_topology, draining=True), [], NewVM("a", 1, 256))
+    reason = fits(host(i7_topology, draining=True), [], VMRequest("a", 1, 256))
     assert reason is not None
     assert reason.startswith("host unavailable")
 
 
 def test_invalid_request_is_refused_not_raised(i7_topology: dict[str, Any]) -> None:
-    reason = fits(host(i7_topology), [], NewVM("a", 0, 256))
+    reason = fits(host(i7_topology), [], VMRequest("a", 0, 256))
     assert reason is not None
     assert reason.startswith("invalid request")
 
@@ -70,7 +71,7 @@ def test_invalid_request_is_refused_not_raised(i7_topology: dict[str, Any]) -> N
 def test_host_holding_more_than_it_can_admits_nothing(i7_topology: dict[str, Any]) -> None:
     """A host re-registered smaller than the VMs it holds: refuse, naming the VM that no longer fits."""
     existing = on_host(("a", 8, 1024, 1.0), ("b", 1, 1024, 1.0))
-    reason = fits(host(i7_topology), existing, NewVM("c", 1, 256, 4.0))
+    reason = fits(host(i7_topology), existing, VMRequest("c", 1, 256, 4.0))
     assert reason is not None
     assert reason.startswith("not enough cpu")
     assert "'b'" in reason
@@ -78,6 +79,6 @@ def test_host_holding_more_than_it_can_admits_nothing(i7_topology: dict[str, Any
 
 @pytest.mark.parametrize("broken", [{}, {"cpuset": {}}], ids=["empty", "no-cpus"])
 def test_unusable_topology_is_refused(broken: dict[str, Any]) -> None:
-    reason = fits(host(broken), [], NewVM("a", 1, 256))
+    reason = fits(host(broken), [], VMRequest("a", 1, 256))
     assert reason is not None
     assert reason.startswith("host unavailable")

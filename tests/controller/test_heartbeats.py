@@ -15,7 +15,8 @@ from pinfold.controller.api import create_app
 from pinfold.controller.credentials import Enrolment, digest
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.service import Controller
-from pinfold.controller.store import ControllerStore, HostRecord, NewVM
+from pinfold.controller.store import ControllerStore, HostRecord
+from pinfold.model.vm import VMRequest
 from tests.controller.cluster import ADMIN, AGENT
 from tests.servers import serving
 
@@ -42,7 +43,7 @@ def api(store: ControllerStore, i7_topology: dict[str, Any]) -> Iterator[httpx.C
     """The API of a controller with one host, h1, and a VM reserved on it."""
     controller = Controller(store, no_agents, heartbeat_period_s=10.0)
     controller.register("h1", "http://h1:8099", i7_topology, 6, 0, proof=Enrolment(digest(CREDENTIAL)))
-    store.reserve(NewVM("v1", 1, 512, 2.0), "h1", Feasibility(), controller.clock())
+    store.reserve(VMRequest("v1", 1, 512, 2.0), "h1", Feasibility(), controller.clock())
     with serving(create_app(controller, ADMIN, AGENT)) as url, httpx.Client(base_url=url, timeout=30) as http:
         yield http
 

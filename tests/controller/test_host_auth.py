@@ -19,7 +19,8 @@ from pinfold.cli import app
 from pinfold.controller.credentials import Enrolment, HostCredential, digest
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
-from pinfold.controller.store import ControllerStore, HostAuthError, HostInUseError, NewVM
+from pinfold.controller.store import ControllerStore, HostAuthError, HostInUseError
+from pinfold.model.vm import VMRequest
 from tests.controller.cluster import ADMIN, AGENT, PERIOD_S, LocalCluster, start_host
 
 ENROLMENT = {"Authorization": f"Bearer {AGENT}"}
@@ -190,7 +191,7 @@ def test_the_store_checks_credentials_under_the_hosts_lock(
     mine = digest("h1-credential-0123456789")
     register = partial(store.register_host, "h1", "http://127.0.0.1:1", i7_topology, 6, 0, 1.0)
     register(proof=Enrolment(mine))
-    store.reserve(NewVM("a", 1, 128), "h1", Feasibility(), 2.0)
+    store.reserve(VMRequest("a", 1, 128), "h1", Feasibility(), 2.0)
     with pytest.raises(HostInUseError):
         store.remove_host("h1", force=False, now=3.0)
     assert [vm.name for vm in store.vms("h1")] == ["a"]

@@ -17,11 +17,12 @@ from pinfold.controller.agents import AgentClient, AgentRefusedError
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
 from pinfold.controller.service import Controller, ControllerError, NoHostError, Placed
-from pinfold.controller.store import ControllerStore, HostRecord, NewVM, VMRecord
+from pinfold.controller.store import ControllerStore, HostRecord, VMRecord
+from pinfold.model.vm import VMRequest
 
 #: short, so that a waiter that does not wake on the creator's end fails the test, not hangs it
 RACE_WAIT_S = 5.0
-TWIN = NewVM("twin", 1, 512, 2.0)
+TWIN = VMRequest("twin", 1, 512, 2.0)
 
 
 class ScriptedAgent(AgentClient):
@@ -33,10 +34,9 @@ class ScriptedAgent(AgentClient):
         self.first_asked = threading.Event()
         self.release = threading.Event()
 
-    def create(
-        self, name: str, vcpus: int, memory_mib: int, ratio: float, owner: str, image: str
-    ) -> dict[str, Any]:
-        self.creates.append((name, vcpus))
+    def create(self, request: VMRequest) -> dict[str, Any]:
+        name = request.name
+        self.creates.append((name, request.vcpus))
         if len(self.creates) == 1:
             self.first_asked.set()
             assert self.release.wait(10), "the test never released the first create"
@@ -91,7 +91,7 @@ def race(
     agent: ScriptedAgent,
     pool: ThreadPoolExecutor,
     monkeypatch: pytest.MonkeyPatch,
-    later: NewVM = TWIN,
+    later: VMRequest = TWIN,
 ) -> tuple[Future[Placed], Future[Placed]]:
     """The first create reaches its agent; the later one finds its
     reservation; then the first one's agent answers (no)."""
@@ -128,7 +128,7 @@ def test_a_waiting_create_is_refused_when_another_request_took_the_name_meanwhil
     def forget_then_take_the_name(name: str, *args: Any) -> None:
         forget(name, *args)
         if not other:  # the first create's reservation is dropped: another size comes in
-            other.append(controller.create(NewVM("twin", 2, 512, 2.0)))
+            other.append(controller.create(VMRequest("twin", 2, 512, 2.0)))
 
     monkeypatch.setattr(controller, "_forget", forget_then_take_the_name)
     first, second = race(controller, agent, pool, monkeypatch)

@@ -14,7 +14,6 @@ from pinfold.controller.store import (
     ControllerStore,
     DuplicateVMError,
     HostRecord,
-    NewVM,
     RefusedError,
     StoreError,
     UnknownHostError,
@@ -22,11 +21,12 @@ from pinfold.controller.store import (
     VMRecord,
 )
 from pinfold.model.lifecycle import AGENT_STATES, CONTROLLER_STATES
+from pinfold.model.vm import VMRequest
 from pinfold.placement import HostAllocator, VMSpec
 from pinfold.topology import slackvm_json
 
 
-def always(_host: HostRecord, _existing: Sequence[VMRecord], _new: NewVM) -> str | None:
+def always(_host: HostRecord, _existing: Sequence[VMRecord], _new: VMRequest) -> str | None:
     return None
 
 
@@ -58,7 +58,7 @@ def test_reregister_updates_the_host_and_keeps_draining_and_vms(
     registered: ControllerStore, i7_topology: dict[str, Any]
 ) -> None:
     registered.set_draining("h1", True)
-    registered.reserve(NewVM("web-1", 1, 256), "h1", always, now=101.0)
+    registered.reserve(VMRequest("web-1", 1, 256), "h1", always, now=101.0)
 
     record = registered.register_host("h1", "http://h1:9000", i7_topology, 3, 1024, now=200.0)
 
@@ -131,7 +131,7 @@ def test_hosts_are_listed_by_id(store: ControllerStore, i7_topology: dict[str, A
 
 
 def test_reserve_stores_a_reserved_vm(registered: ControllerStore) -> None:
-    vm = registered.reserve(NewVM("web-1", 2, 2048, 2.0, "alice", "debian"), "h1", fits, now=150.0)
+    vm = registered.reserve(VMRequest("web-1", 2, 2048, 2.0, "alice", "debian"), "h1", fits, now=150.0)
 
     assert vm == registered.vm("web-1")
     assert (vm.host_id, vm.vcpus, vm.memory_mib, vm.ratio, vm.owner, vm.image) == (
@@ -145,18 +145,27 @@ def test_reserve_stores_a_reserved_vm(registered: ControllerStore) -> None:
     assert (vm.state, vm.detail, vm.created_at, vm.updated_at) == (VMState.RESERVED, "", 150.0, 150.0)
 
 
+def test_a_reserved_vm_gives_back_its_request(registered: ControllerStore) -> None:
+    """What `Controller._again` hands a stale reservation's agent: the request as reserved."""
+    request = VMRequest("web-1", 2, 2048, 2.0, "alice", "/images/debian.qcow2")
+    registered.reserve(request, "h1", fits, now=150.0)
+    record = registered.vm("web-1")
+    assert record is not None
+    assert record.request == request
+
+
 def test_reserve_refuses_when_the_host_is_full_with_the_placement_reason(
     registered: ControllerStore, i7_topology: dict[str, Any]
 ) -> None:
     allocator = HostAllocator(slackvm_json.from_dict(i7_topology), report_pins=False)
     for i in range(8):
-        registered.reserve(NewVM(f"vm-{i}", 1, 512), "h1", fits, now=float(i))
+        registered.reserve(VMRequest(f"vm-{i}", 1, 512), "h1", fits, now=float(i))
         allocator.deploy(VMSpec(f"vm-{i}", 1, 512, 1.0))
     expected = allocator.check(VMSpec("one-too-many", 1, 512, 1.0))
     assert expected is not None
 
     with pytest.raises(RefusedError) as refused:
-        registered.reserve(NewVM("one-too-many", 1, 512), "h1", fits, now=9.0)
+        registered.reserve(VMRequest("one-too-many", 1, 512), "h1", fits, now=9.0)
 
     assert refused.value.reason == expected.describe()
     assert refused.value.reason.startswith("not enough cpu")
@@ -167,28 +176,28 @@ def test_reserve_refuses_when_the_host_is_full_with_the_placement_reason(
 
 def test_deleting_a_vm_frees_its_room(registered: ControllerStore) -> None:
     for i in range(8):
-        registered.reserve(NewVM(f"vm-{i}", 1, 512), "h1", fits, now=float(i))
+        registered.reserve(VMRequest(f"vm-{i}", 1, 512), "h1", fits, now=float(i))
     with pytest.raises(RefusedError):
-        registered.reserve(NewVM("late", 1, 512), "h1", fits, now=9.0)
+        registered.reserve(VMRequest("late", 1, 512), "h1", fits, now=9.0)
 
     deleted = registered.delete_vm("vm-3")
 
     assert deleted is not None
     assert deleted.name == "vm-3"
-    assert registered.reserve(NewVM("late", 1, 512), "h1", fits, now=10.0).name == "late"
+    assert registered.reserve(VMRequest("late", 1, 512), "h1", fits, now=10.0).name == "late"
     assert registered.delete_vm("vm-3") is None
 
 
 def test_reserve_on_a_draining_host_is_refused(registered: ControllerStore) -> None:
     registered.set_draining("h1", True)
     with pytest.raises(RefusedError, match="host unavailable"):
-        registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=1.0)
+        registered.reserve(VMRequest("web-1", 1, 256), "h1", fits, now=1.0)
     assert registered.vms() == []
 
 
 def test_reserve_on_an_unknown_host_raises(registered: ControllerStore) -> None:
     with pytest.raises(UnknownHostError):
-        registered.reserve(NewVM("web-1", 1, 256), "h2", fits, now=1.0)
+        registered.reserve(VMRequest("web-1", 1, 256), "h2", fits, now=1.0)
     assert registered.vms() == []
 
 
@@ -197,10 +206,10 @@ def test_reserving_a_taken_name_raises_duplicate_with_the_existing_vm(
     registered: ControllerStore, i7_topology: dict[str, Any], second_host: str
 ) -> None:
     registered.register_host("h2", "http://h2:8000", i7_topology, 6, 0, now=1.0)
-    first = registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=1.0)
+    first = registered.reserve(VMRequest("web-1", 1, 256), "h1", fits, now=1.0)
 
     with pytest.raises(DuplicateVMError) as duplicate:
-        registered.reserve(NewVM("web-1", 4, 4096), second_host, fits, now=2.0)
+        registered.reserve(VMRequest("web-1", 4, 4096), second_host, fits, now=2.0)
 
     assert duplicate.value.existing == first
     assert registered.vms() == [first]
@@ -208,35 +217,35 @@ def test_reserving_a_taken_name_raises_duplicate_with_the_existing_vm(
 
 def test_fits_sees_the_host_and_its_vms_in_reservation_order(registered: ControllerStore) -> None:
     for name in ["c", "a", "b"]:
-        registered.reserve(NewVM(name, 1, 256), "h1", fits, now=1.0)
+        registered.reserve(VMRequest(name, 1, 256), "h1", fits, now=1.0)
     seen: list[tuple[str, list[str], str]] = []
 
-    def recording(host: HostRecord, existing: Sequence[VMRecord], new: NewVM) -> str | None:
+    def recording(host: HostRecord, existing: Sequence[VMRecord], new: VMRequest) -> str | None:
         seen.append((host.id, [vm.name for vm in existing], new.name))
         return None
 
-    registered.reserve(NewVM("d", 1, 256), "h1", recording, now=2.0)
+    registered.reserve(VMRequest("d", 1, 256), "h1", recording, now=2.0)
 
     assert seen == [("h1", ["c", "a", "b"], "d")]
 
 
 def test_seq_increases_and_is_never_reused(registered: ControllerStore) -> None:
-    a = registered.reserve(NewVM("a", 1, 256), "h1", fits, now=1.0)
-    b = registered.reserve(NewVM("b", 1, 256), "h1", fits, now=1.0)
+    a = registered.reserve(VMRequest("a", 1, 256), "h1", fits, now=1.0)
+    b = registered.reserve(VMRequest("b", 1, 256), "h1", fits, now=1.0)
     registered.delete_vm("b")
-    c = registered.reserve(NewVM("c", 1, 256), "h1", fits, now=1.0)
+    c = registered.reserve(VMRequest("c", 1, 256), "h1", fits, now=1.0)
     assert a.seq < b.seq < c.seq
 
 
 def test_a_vm_the_schema_forbids_is_a_store_error(registered: ControllerStore) -> None:
     """A feasibility check that lets anything through still cannot store 0 vCPUs."""
     with pytest.raises(StoreError, match="schema"):
-        registered.reserve(NewVM("zero", 0, 256), "h1", always, now=1.0)
+        registered.reserve(VMRequest("zero", 0, 256), "h1", always, now=1.0)
     assert registered.vms() == []
 
 
 def test_another_store_sees_what_one_committed(registered: ControllerStore, database_url: str) -> None:
-    registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=1.0)
+    registered.reserve(VMRequest("web-1", 1, 256), "h1", fits, now=1.0)
     registered.add_event("vm.reserved", "web-1", {"host": "h1"}, now=1.0)
     engine = connect(database_url)
     try:
@@ -253,7 +262,7 @@ def test_another_store_sees_what_one_committed(registered: ControllerStore, data
 
 @pytest.mark.parametrize("state", CONTROLLER_STATES, ids=str)
 def test_every_vm_state_round_trips(registered: ControllerStore, state: VMState) -> None:
-    registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=1.0)
+    registered.reserve(VMRequest("web-1", 1, 256), "h1", fits, now=1.0)
 
     record = registered.set_vm_state("web-1", state, now=5.0, detail="why")
 
@@ -262,7 +271,7 @@ def test_every_vm_state_round_trips(registered: ControllerStore, state: VMState)
 
 
 def test_unknown_state_is_refused(registered: ControllerStore) -> None:
-    registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=1.0)
+    registered.reserve(VMRequest("web-1", 1, 256), "h1", fits, now=1.0)
     with pytest.raises(StoreError, match="unknown vm state"):
         registered.set_vm_state("web-1", "exploded", now=2.0)
     vm = registered.vm("web-1")
@@ -276,7 +285,7 @@ def test_an_agent_only_state_is_refused_before_the_database(
 ) -> None:
     """A state of the shared enum the controller does not store is the store's
     refusal, not a CHECK violation from the database."""
-    registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=1.0)
+    registered.reserve(VMRequest("web-1", 1, 256), "h1", fits, now=1.0)
     with pytest.raises(StoreError, match="unknown vm state"):
         registered.set_vm_state("web-1", state, now=2.0)
     assert registered.vm("web-1").state is VMState.RESERVED  # type: ignore[union-attr]
@@ -296,9 +305,9 @@ def test_state_of_an_unknown_vm_raises(registered: ControllerStore) -> None:
 
 def test_vms_filters_by_host(registered: ControllerStore, i7_topology: dict[str, Any]) -> None:
     registered.register_host("h2", "http://h2:8000", i7_topology, 6, 0, now=1.0)
-    registered.reserve(NewVM("a", 1, 256), "h1", fits, now=1.0)
-    registered.reserve(NewVM("b", 1, 256), "h2", fits, now=1.0)
-    registered.reserve(NewVM("c", 1, 256), "h1", fits, now=1.0)
+    registered.reserve(VMRequest("a", 1, 256), "h1", fits, now=1.0)
+    registered.reserve(VMRequest("b", 1, 256), "h2", fits, now=1.0)
+    registered.reserve(VMRequest("c", 1, 256), "h1", fits, now=1.0)
 
     assert [vm.name for vm in registered.vms("h1")] == ["a", "c"]
     assert [vm.name for vm in registered.vms("h2")] == ["b"]
@@ -344,7 +353,7 @@ def test_hosts_of_one_model_share_one_topology_document(
 def test_a_state_change_or_a_deletion_and_its_event_commit_together(registered: ControllerStore) -> None:
     from pinfold.controller.store import NewEvent
 
-    registered.reserve(NewVM("web-1", 1, 256), "h1", fits, now=101.0)
+    registered.reserve(VMRequest("web-1", 1, 256), "h1", fits, now=101.0)
     registered.set_vm_state("web-1", "running", 102.0, event=NewEvent("vm created", "web-1", {"host": "h1"}))
     registered.delete_vm("web-1", NewEvent("vm deleted", "web-1", {"host": "h1"}), 103.0)
     assert [(e.kind, e.subject, e.time, dict(e.detail)) for e in registered.events()] == [

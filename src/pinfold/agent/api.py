@@ -18,23 +18,14 @@ from typing import Any, TypeVar
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
 
 from pinfold import slackvm
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
+from pinfold.bodies import CreateVM
 from pinfold.model.lifecycle import POWER_ACTIONS
 from pinfold.model.refusal import refusal_json
-from pinfold.model.vm import (
-    MAX_IMAGE_LENGTH,
-    MAX_NAME_LENGTH,
-    MAX_OWNER_LENGTH,
-    MAX_RATIO,
-    MAX_VCPUS,
-    MAX_VM_MEMORY_MIB,
-    NAME_PATTERN,
-)
 from pinfold.placement import level_key
 from pinfold.web import ApiError, install_error_handlers, open_to, token_check
 
@@ -42,17 +33,6 @@ __all__ = ["create_app"]
 
 ACTIONS: tuple[str, ...] = POWER_ACTIONS
 T = TypeVar("T")
-
-
-class CreateVM(BaseModel):
-    #: JSON numbers are taken as they are: `"1"` or `true` is no vCPU count
-    model_config = ConfigDict(strict=True)
-    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
-    vcpus: int = Field(ge=1, le=MAX_VCPUS)
-    memory_mib: int = Field(ge=1, le=MAX_VM_MEMORY_MIB)
-    ratio: float = Field(default=1.0, ge=1.0, le=MAX_RATIO)
-    owner: str = Field(default="", max_length=MAX_OWNER_LENGTH)
-    image: str = Field(default="", max_length=MAX_IMAGE_LENGTH)
 
 
 def _view(vm: StoredVM, pins: list[int]) -> dict[str, Any]:
@@ -107,8 +87,7 @@ def create_app(
 
     @app.post("/api/v1/vms", status_code=201, dependencies=[auth])
     def create_vm(body: CreateVM) -> dict[str, Any]:
-        request = VMRequest(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner, body.image)
-        return view(call(lambda: agent.create(request)))
+        return view(call(lambda: agent.create(body.to_request())))
 
     @app.get("/api/v1/vms/{name}")
     def get_vm(name: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from pinfold.model.lifecycle import VMState
+from pinfold.model.vm import VMRequest
 from pinfold.placement import HostSnapshot, VMSpec
 from pinfold.private import private_database
 
@@ -85,6 +86,12 @@ class StoredVM:
     def __post_init__(self) -> None:
         if not self.domain:
             object.__setattr__(self, "domain", self.spec.name)
+
+    @property
+    def request(self) -> VMRequest:
+        """The request this VM answers, under its own name (not its domain's)."""
+        spec = self.spec
+        return VMRequest(spec.name, spec.vcpus, spec.memory_mib, spec.ratio, self.owner, self.image)
 
 
 class Store:

@@ -24,6 +24,7 @@ import httpx
 
 from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S
 from pinfold.model.refusal import refusal_from_json
+from pinfold.model.vm import VMRequest
 from pinfold.placement import Refusal
 from pinfold.tls import tls_failure
 
@@ -80,12 +81,18 @@ class AgentClient:
     def close(self) -> None:
         self._client.close()
 
-    def create(
-        self, name: str, vcpus: int, memory_mib: int, ratio: float, owner: str, image: str
-    ) -> dict[str, Any]:
-        body = {"name": name, "vcpus": vcpus, "memory_mib": memory_mib, "ratio": ratio, "owner": owner}
-        if image:
-            body["image"] = image
+    def create(self, request: VMRequest) -> dict[str, Any]:
+        """Create `request` on the agent, in the body `pinfold.bodies.CreateVM` reads
+        (an empty image is left out, a diskless VM)."""
+        body: dict[str, Any] = {
+            "name": request.name,
+            "vcpus": request.vcpus,
+            "memory_mib": request.memory_mib,
+            "ratio": request.ratio,
+            "owner": request.owner,
+        }
+        if request.image:
+            body["image"] = request.image
         return self._call("POST", "/api/v1/vms", body)
 
     def get(self, name: str) -> dict[str, Any] | None:

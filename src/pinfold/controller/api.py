@@ -30,22 +30,14 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from pinfold import slackvm
+from pinfold import bodies, slackvm
 from pinfold.controller.credentials import Enrolment, HostCredential, Proof, digest, new_credential
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.refusals import refusal_json
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
-from pinfold.controller.store import EventRecord, NewVM, VMRecord
+from pinfold.controller.store import EventRecord, VMRecord
 from pinfold.model import lifecycle
-from pinfold.model.vm import (
-    MAX_IMAGE_LENGTH,
-    MAX_NAME_LENGTH,
-    MAX_OWNER_LENGTH,
-    MAX_RATIO,
-    MAX_VCPUS,
-    MAX_VM_MEMORY_MIB,
-    NAME_PATTERN,
-)
+from pinfold.model.vm import VMRequest
 from pinfold.placement import POLICIES
 from pinfold.serving import ExtraHeaders
 from pinfold.web import ApiError, bearer, install_error_handlers, open_to, token_check
@@ -91,14 +83,8 @@ VMName = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 CPUs = Annotated[list[CpuId], Field(max_length=MAX_CPUS)]
 
 
-class CreateVM(BaseModel):
-    model_config = STRICT
-    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
-    vcpus: int = Field(ge=1, le=MAX_VCPUS)
-    memory_mib: int = Field(ge=1, le=MAX_VM_MEMORY_MIB)
-    ratio: float = Field(default=1.0, ge=1.0, le=MAX_RATIO)
-    owner: str = Field(default="", max_length=MAX_OWNER_LENGTH)
-    image: str = Field(default="", max_length=MAX_IMAGE_LENGTH)
+class CreateVM(bodies.CreateVM):
+    # the shared body and the policy to place it by (no docstring: it would enter the OpenAPI schema)
     policy: str | None = Field(default=None, description=f"one of {', '.join(POLICIES)}")
 
 
@@ -312,15 +298,14 @@ def create_app(
     def host_views() -> dict[str, HostView]:
         return {view.record.id: view for view in controller.hosts()}
 
-    def timed_create(request: NewVM, policy: str | None) -> Placed:
+    def timed_create(request: VMRequest, policy: str | None) -> Placed:
         started = time.perf_counter()
         placed = call(lambda: controller.create(request, policy))
         latency.observe(time.perf_counter() - started)
         return placed
 
     def create(body: CreateVM, response: Response) -> dict[str, Any]:
-        request = NewVM(body.name, body.vcpus, body.memory_mib, body.ratio, body.owner, body.image)
-        placed = timed_create(request, body.policy)
+        placed = timed_create(body.to_request(), body.policy)
         response.status_code = 201 if placed.created else 200
         view = vm_view(placed.record, host_views().get(placed.record.host_id or ""))
         if placed.pinning:
@@ -466,7 +451,7 @@ def create_app(
     def slackvm_deploy_vm(asked: slackvm.Deploy) -> str | None:
         """A name already in the directory is refused, as SlackVM does (its
         local scheduler fails on a reused name), even for the same request."""
-        request = NewVM(asked.name, asked.vcpus, asked.memory_mib, asked.ratio, image=asked.image)
+        request = VMRequest(asked.name, asked.vcpus, asked.memory_mib, asked.ratio, image=asked.image)
         try:
             placed = timed_create(request, None)
         except ApiError as error:

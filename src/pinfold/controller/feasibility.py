@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from pinfold.controller.store import HostRecord, NewVM, VMRecord
+from pinfold.controller.store import HostRecord, VMRecord
+from pinfold.model.vm import VMRequest
 from pinfold.placement import HostAllocator, PlacementError, Refusal, RefusalCode
 from pinfold.topology import Topology, slackvm_json
 
@@ -36,7 +37,7 @@ class Feasibility:
         return cached
 
     def __call__(
-        self, host: HostRecord, existing: Sequence[VMRecord], new: NewVM
+        self, host: HostRecord, existing: Sequence[VMRecord], new: VMRequest
     ) -> tuple[str, Refusal] | None:
         return check(host, existing, new, self.topology)
 
@@ -48,7 +49,7 @@ def _from_json(host: HostRecord) -> Topology:
 def fits(
     host: HostRecord,
     existing: Sequence[VMRecord],
-    new: NewVM,
+    new: VMRequest,
     topology_of: Callable[[HostRecord], Topology] = _from_json,
 ) -> str | None:
     """None when `new` fits on `host` after `existing` (in seq order), else
@@ -61,7 +62,7 @@ def fits(
 def check(
     host: HostRecord,
     existing: Sequence[VMRecord],
-    new: NewVM,
+    new: VMRequest,
     topology_of: Callable[[HostRecord], Topology] = _from_json,
 ) -> tuple[str, Refusal] | None:
     """`fits` with the refusal as data too: (the text, the `Refusal`). A host

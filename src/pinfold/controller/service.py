@@ -43,7 +43,6 @@ from pinfold.controller.store import (
     HostLiveness,
     HostRecord,
     NewEvent,
-    NewVM,
     RefusedError,
     StoreError,
     UnknownHostError,
@@ -53,7 +52,7 @@ from pinfold.controller.store import (
 from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import POWER_ACTIONS, takes_actions
-from pinfold.model.vm import image_path_problem
+from pinfold.model.vm import VMRequest, image_path_problem
 from pinfold.placement import POLICIES, HostAllocator, Refusal, RefusalCode, invalid_reason
 from pinfold.topology import slackvm_json
 
@@ -301,7 +300,7 @@ class Controller:
 
     # -- VMs ---------------------------------------------------------------------
 
-    def create(self, request: NewVM, policy: str | None = None) -> Placed:
+    def create(self, request: VMRequest, policy: str | None = None) -> Placed:
         policy = policy or self.default_policy
         if policy not in POLICIES:
             raise ControllerError("invalid request", f"policy: one of {', '.join(POLICIES)}")
@@ -326,7 +325,7 @@ class Controller:
             "duplicate name", f"{request.name}: taken and dropped by other requests at once"
         )
 
-    def _place(self, request: NewVM, policy: str) -> Placed:
+    def _place(self, request: VMRequest, policy: str) -> Placed:
         eligible = self.schedulable_hosts()
         with self._picture:
             decision = self.scheduler.choose(request.spec, policy, eligible)
@@ -357,7 +356,7 @@ class Controller:
         raise NoHostError(explanation, {**reasons, **refused}, {**refusals, **as_data})
 
     def _try_host(
-        self, host: HostRecord, request: NewVM, refused: dict[str, str], as_data: dict[str, Refusal]
+        self, host: HostRecord, request: VMRequest, refused: dict[str, str], as_data: dict[str, Refusal]
     ) -> Placed | None:
         """Reserve on `host` and create there; None when the host refused
         (its reason put in `refused`, and in `as_data` if it has a code)."""
@@ -380,9 +379,7 @@ class Controller:
         if not in_step:
             self._refresh_host(host.id)
         try:
-            answer = self.agent_for(host).create(
-                request.name, request.vcpus, request.memory_mib, request.ratio, request.owner, request.image
-            )
+            answer = self.agent_for(host).create(request)
         except AgentRefusedError as error:
             self._forget(request.name)
             if error.code == "invalid request":  # the request's fault (its image), not the host's
@@ -407,7 +404,7 @@ class Controller:
         pins = answer.get("pinning")
         return Placed(record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ())
 
-    def _again(self, existing: VMRecord, request: NewVM) -> VMRecord | None:
+    def _again(self, existing: VMRecord, request: VMRequest) -> VMRecord | None:
         """Idempotency: the same request gets its VM, even when both were
         sent at once (the later one waits for the earlier one, then compares
         again: the name may be another request's by then); another one with
@@ -429,14 +426,7 @@ class Controller:
         client = self.agent_for(host)
         try:
             if client.get(existing.name) is None:
-                client.create(
-                    existing.name,
-                    existing.vcpus,
-                    existing.memory_mib,
-                    existing.ratio,
-                    existing.owner,
-                    existing.image,
-                )
+                client.create(existing.request)
         except AgentRefusedError as error:
             # "duplicate name": the dead controller's own create was still under
             # way on the agent when we looked, and it has the VM now. Forgetting
@@ -641,7 +631,7 @@ class _NameTaken(Exception):  # noqa: N818 (not an error: a create's reason to l
         self.existing = existing
 
 
-def _same_or_refuse(existing: VMRecord, request: NewVM) -> None:
+def _same_or_refuse(existing: VMRecord, request: VMRequest) -> None:
     """Refuse a request under a name whose VM is not the one it asks for."""
     same = (existing.vcpus, existing.memory_mib, existing.ratio, existing.owner, existing.image) == (
         request.vcpus, request.memory_mib, float(request.ratio), request.owner, request.image,

@@ -42,6 +42,7 @@ from pinfold.controller.models import (
 )
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import CONTROLLER_STATES
+from pinfold.model.vm import VMRequest
 from pinfold.placement import Refusal, VMSpec
 
 __all__ = [
@@ -54,7 +55,6 @@ __all__ = [
     "HostLiveness",
     "HostRecord",
     "NewEvent",
-    "NewVM",
     "RefusedError",
     "StoreError",
     "UnknownHostError",
@@ -146,22 +146,6 @@ class HostLiveness:
 
 
 @dataclass(frozen=True, slots=True)
-class NewVM:
-    """A VM to reserve room for."""
-
-    name: str
-    vcpus: int
-    memory_mib: int
-    ratio: float = 1.0
-    owner: str = ""
-    image: str = ""
-
-    @property
-    def spec(self) -> VMSpec:
-        return VMSpec(self.name, self.vcpus, self.memory_mib, float(self.ratio))
-
-
-@dataclass(frozen=True, slots=True)
 class VMRecord:
     name: str
     #: reservation order; a host's VMs replay through the allocator in it
@@ -180,6 +164,11 @@ class VMRecord:
     @property
     def spec(self) -> VMSpec:
         return VMSpec(self.name, self.vcpus, self.memory_mib, self.ratio)
+
+    @property
+    def request(self) -> VMRequest:
+        """The request this VM was reserved for (what its agent is asked to create)."""
+        return VMRequest(self.name, self.vcpus, self.memory_mib, self.ratio, self.owner, self.image)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +191,7 @@ class EventRecord:
 
 #: `fits(host, vms on it in seq order, new vm)`: None when it fits, else why
 #: not: the text, or the text with the refusal as data.
-Fits = Callable[[HostRecord, Sequence[VMRecord], NewVM], str | tuple[str, Refusal] | None]
+Fits = Callable[[HostRecord, Sequence[VMRecord], VMRequest], str | tuple[str, Refusal] | None]
 
 
 class ControllerStore:
@@ -399,7 +388,7 @@ class ControllerStore:
 
     # -- VMs -------------------------------------------------------------------
 
-    def reserve(self, vm: NewVM, host_id: str, fits: Fits, now: float) -> VMRecord:
+    def reserve(self, vm: VMRequest, host_id: str, fits: Fits, now: float) -> VMRecord:
         """Take room for `vm` on the host, atomically with checking that it fits.
 
         Under the host's lock: load the host and the VMs on it (every VM row

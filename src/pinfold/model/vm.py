@@ -1,15 +1,39 @@
 """A VM as pinfold's shells ask for it: the name rule, the bounds of its
 sizes at the edges (REST, SlackVM's query strings), the shape of a base
-image path, and `VMRequest`, the request the agent acts on.
+image path, and `VMRequest`, the request the agent and the controller act on.
 
 The rules live here, below the agent and the controller, so that both judge
 a request the same way without one importing the other (tests/test_layers.py).
+
+One request, and the other descriptions of a VM, each for a reason:
+
+- `VMRequest` (here): the VM asked for, and all that both shells take: the
+  agent's `Agent.create`, the controller's `Controller.create` and its store's
+  `reserve`, and `AgentClient.create`, which sends it on to an agent.
+- `pinfold.bodies.CreateVM`: the JSON body of `POST /api/v1/vms` in both
+  APIs, bounded by the constants below, with `to_request()`; the
+  controller's subclass adds `policy` (how to place it, not part of the VM).
+  `pinfold.slackvm.Deploy` is SlackVM's `/deploy` query in the same role.
+- `pinfold.placement.VMSpec`: what the placement core places (name, sizes,
+  level); the core sits below this package and knows no owner or image, so
+  it keeps its own type (`VMRequest.spec`).
+- `pinfold.agent.store.StoredVM`: the agent's row: the spec with owner and
+  image, its state, the operation under way, its domain's name (a warm-pool
+  VM keeps its member's) and its pool (`StoredVM.request`).
+- `pinfold.controller.store.VMRecord`: the controller's row: the request's
+  fields with the host, the reservation order, state, detail and times
+  (`VMRecord.request`, what a stale reservation's agent is asked to create).
+- `pinfold.agent.domain.DomainSpec`: the driver's input, in the hypervisor's
+  terms: the domain's name, the CPUs it is pinned to, its disk overlay and
+  how it boots, made by the agent from a `StoredVM` and its allocator.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+
+from pinfold.placement import VMSpec
 
 __all__ = [
     "MAX_IMAGE_LENGTH",
@@ -62,8 +86,9 @@ def image_path_problem(image: str) -> str | None:
 @dataclass(frozen=True)
 class VMRequest:
     """A VM to create: its sizes, oversubscription level, owner and base image
-    ("" for a diskless guest). `nics`, `ssh_keys` and `user_data` are room for
-    the guest's network and first-boot setup: empty, and not read yet."""
+    ("" for a diskless guest); `spec` is the placement core's view of it.
+    `nics`, `ssh_keys` and `user_data` are room for the guest's network and
+    first-boot setup: empty, and not read yet."""
 
     name: str
     vcpus: int
@@ -74,3 +99,8 @@ class VMRequest:
     nics: tuple[str, ...] = ()
     ssh_keys: tuple[str, ...] = ()
     user_data: str = ""
+
+    @property
+    def spec(self) -> VMSpec:
+        """What the placement core places: the sizes and the level (a float, whatever was given)."""
+        return VMSpec(self.name, self.vcpus, self.memory_mib, float(self.ratio))
