@@ -446,6 +446,8 @@ def test_vms_that_vanished_are_dropped_and_the_ds_told_they_stopped(tmp_path, i7
         assert again.state.vm(42) is None
         # the helpers, made again in their slots' rows, which are told they run
         assert ds.of(Op.VM_REGISTER_DS) == []
+        # the helpers are made again one after the other, after the registration: wait for both
+        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.VM_NOTIFY_DS and m[2] == 1) >= 2)
         restarted = [m for m in ds.of(Op.VM_NOTIFY_DS) if m[2] == 1]
         assert sorted(restarted) == sorted((Op.VM_NOTIFY_DS, vmids[user], 1) for user in (-1, -2))
     finally:
