@@ -161,6 +161,7 @@ class NetLab:
     root: Path
     timings: dict[str, float] = field(default_factory=dict)
     netns_inode: int = 0
+    bridges: list[str] = field(default_factory=list)
     _connection: Any = None
 
     @property
@@ -236,7 +237,10 @@ class NetLab:
         host at .1, DHCP over .100-.199 plus fixed `hosts` (MAC -> address), and
         dnsmasq's ping before each offer turned off (it costs ~3 s per lease)."""
         started = time.monotonic()
-        network = self._connection.networkDefineXML(network_xml(name, subnet, hosts or {}))
+        # named by the lab, so that a test can tell the bridge is gone from the machine
+        bridge = f"pfl{self.netns[-8:]}{len(self.bridges)}"
+        self.bridges.append(bridge)
+        network = self._connection.networkDefineXML(network_xml(name, subnet, hosts or {}, bridge))
         network.create()
         self.timings[f"network_{name}_up_s"] = time.monotonic() - started
         return network
@@ -274,6 +278,7 @@ class NetLab:
             pid = _pid_from(self.root / f"{daemon}.pid")
             if pid is not None and _alive(pid):
                 found.append(f"{daemon} {pid}")
+        found += [f"bridge {bridge}" for bridge in self.bridges if Path("/sys/class/net", bridge).exists()]
         if self.root.exists():
             found.append(f"directory {self.root}")
         return found
@@ -292,29 +297,28 @@ class NetLab:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _destroy_libvirt_objects(self) -> None:
+        """Destroy and undefine what the daemon holds, each object on its own: one
+        that vanished meanwhile (a guest that powered off) must not spare the rest,
+        and whatever is left is stopped by PID afterwards."""
         if self._connection is None:
             return
         libvirt = _libvirt()
         connection, self._connection = self._connection, None
-        try:
+        with contextlib.suppress(libvirt.libvirtError):
             for domain in connection.listAllDomains():
-                _quietly(libvirt, domain.destroy, domain.isActive)
-                _quietly(libvirt, domain.undefine, lambda: True)
+                with contextlib.suppress(libvirt.libvirtError):
+                    persistent = domain.isPersistent()  # a transient one is gone once destroyed
+                    if domain.isActive():
+                        domain.destroy()
+                    if persistent:
+                        domain.undefine()
             for network in connection.listAllNetworks():
-                _quietly(libvirt, network.destroy, network.isActive)
-                _quietly(libvirt, network.undefine, lambda: True)
-        except libvirt.libvirtError:
-            pass  # the daemon is gone: its processes are stopped by PID below
-        finally:
-            _quietly(libvirt, connection.close, lambda: True)
-
-
-def _quietly(libvirt: Any, action: Callable[[], object], needed: Callable[[], object]) -> None:
-    try:
-        if needed():
-            action()
-    except libvirt.libvirtError:
-        pass
+                with contextlib.suppress(libvirt.libvirtError):
+                    if network.isActive():
+                        network.destroy()
+                    network.undefine()
+        with contextlib.suppress(libvirt.libvirtError):
+            connection.close()
 
 
 def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
@@ -322,11 +326,12 @@ def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
         raise RuntimeError(f"cannot {what}: exit {result.returncode}: {result.stderr.strip()}")
 
 
-def network_xml(name: str, subnet: str, hosts: dict[str, str]) -> str:
-    """An isolated libvirt network with DHCP on subnet.0/24 and dnsmasq's no-ping."""
+def network_xml(name: str, subnet: str, hosts: dict[str, str], bridge: str) -> str:
+    """An isolated libvirt network on `bridge` with DHCP on subnet.0/24 and dnsmasq's no-ping."""
     ET.register_namespace("dnsmasq", DNSMASQ_NS)
     network = ET.Element("network")
     ET.SubElement(network, "name").text = name
+    ET.SubElement(network, "bridge", name=bridge)
     ip = ET.SubElement(network, "ip", address=f"{subnet}.1", netmask="255.255.255.0")
     dhcp = ET.SubElement(ip, "dhcp")
     ET.SubElement(dhcp, "range", start=f"{subnet}.100", end=f"{subnet}.199")
@@ -414,11 +419,18 @@ def start_lab_or_skip() -> NetLab:
         pytest.skip(f"no network lab here: {refused}")
 
 
-@pytest.fixture
-def netlab() -> Iterator[NetLab]:
-    """A running lab for one test, torn down even when the test fails."""
+@contextlib.contextmanager
+def lab_session() -> Iterator[NetLab]:
+    """A running lab for the with block, torn down however the block ends."""
     lab = start_lab_or_skip()
     try:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture
+def netlab() -> Iterator[NetLab]:
+    """A running lab for one test, torn down even when the test fails."""
+    with lab_session() as lab:
+        yield lab
