@@ -40,7 +40,7 @@ import pytest
 REQUIRE_LIBVIRT = os.environ.get("PINFOLD_REQUIRE_LIBVIRT") == "1"
 CLONE_NEWNET = 0x40000000
 DNSMASQ_NS = "http://libvirt.org/schemas/network/dnsmasq/1.0"
-DAEMON_TIMEOUT_S = 30.0
+DAEMON_TIMEOUT_S = 60.0  # ~0.2 s with the capabilities cache, ~8 s without
 QEMU_CONF = (
     "# pinfold test lab: root-run QEMU, no security driver, no cgroups of its own (domain ids\n"
     "# restart at 1 here and would clash with the system daemon's machine cgroups), no namespaces\n"
@@ -252,6 +252,16 @@ class NetLab:
             return socket.create_connection((host, port), timeout=timeout_s)
 
         return in_namespace(self.netns, open_there)
+
+    def listen(self, host: str = "", port: int = 0) -> socket.socket:
+        """A listening TCP socket inside the lab's namespace (guests reach the
+        host side of a lab network at its .1 address)."""
+        return in_namespace(self.netns, lambda: socket.create_server((host, port)))
+
+    def command(self, *argv: str) -> list[str]:
+        """argv run inside the lab's namespace (for subprocess), e.g. a pinfold
+        process that must itself reach the guests."""
+        return ["ip", "netns", "exec", self.netns, *argv]
 
     def http_get(self, host: str, port: int, timeout_s: float = 5.0) -> str:
         """The body of GET / from host:port (HTTP/1.0, so the server closes)."""

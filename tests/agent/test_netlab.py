@@ -6,7 +6,10 @@ libvirt (CI has them and sets PINFOLD_REQUIRE_LIBVIRT=1: no skips there)."""
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import os
+import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -29,6 +32,7 @@ from tests.netlab import (
 
 BOOT_TIMEOUT_S = 120.0
 CMDLINE = "console=ttyS0 panic=-1 net"
+SIOCGSKNS = 0x894C  # linux/sockios.h: a socket's network namespace, as a new fd
 
 
 def serial_value(log: Path, marker: str) -> str | None:
@@ -67,6 +71,30 @@ def test_network_xml_is_isolated_with_no_ping_and_fixed_hosts():
     assert [option.get("value") for option in options] == ["no-ping"]
 
 
+def test_sockets_made_in_the_lab_live_in_its_namespace(netlab):  # noqa: F811
+    lab_ns = os.stat(f"/run/netns/{netlab.netns}").st_ino
+    with netlab.listen("127.0.0.1") as server:
+        port = server.getsockname()[1]
+        with netlab.connect("127.0.0.1", port) as client:
+            accepted, _ = server.accept()
+            with accepted:
+                client.sendall(b"ping")
+                assert accepted.recv(4) == b"ping"
+            assert socket_netns(server) == lab_ns
+            assert socket_netns(client) == lab_ns
+    with socket.socket() as plain:
+        assert socket_netns(plain) != lab_ns  # the test's own thread stayed where it was
+
+
+def socket_netns(sock: socket.socket) -> int:
+    """The inode of the network namespace a socket lives in (ioctl SIOCGSKNS)."""
+    fd = fcntl.ioctl(sock.fileno(), SIOCGSKNS)
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
 def test_a_guest_gets_a_lease_serves_tcp_and_the_lab_leaves_nothing(guest_kernel, guest_initramfs, tmp_path):
     with lab_session() as lab:
         lab.define_network("labnet", "10.213.0")
@@ -87,6 +115,11 @@ def test_a_guest_gets_a_lease_serves_tcp_and_the_lab_leaves_nothing(guest_kernel
         assert 100 <= int(addresses[0].rsplit(".", 1)[1]) <= 199  # from the DHCP range
         assert page == f"{NET_PAGE} {addresses[0]}\n"
         assert serial_value(tmp_path / "lab-a.log", NET_ADDRESS) == addresses[0]  # what the guest took
+        url = f"http://{addresses[0]}:{NET_PORT}/"
+        fetched = subprocess.run(
+            lab.command("busybox", "wget", "-q", "-O", "-", url), capture_output=True, text=True
+        )
+        assert fetched.stdout == page  # a process run in the namespace reaches the guest too
         print(f"netlab timings: {lab.timings} boot_to_lease_s={to_lease:.2f} boot_to_tcp_s={to_tcp:.2f}")
     assert lab.leftovers() == []
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
@@ -98,11 +131,13 @@ def test_two_guests_reach_each_other(netlab, guest_kernel, guest_initramfs, tmp_
     mac_a, mac_b = random_mac(), random_mac()
     fixed = "10.213.1.10"  # A's address is known before B boots, so B can fetch A's page
     netlab.define_network("labnet", "10.213.1", hosts={mac_a: fixed})
+    started = time.monotonic()
     a = start_guest(netlab, "lab-a", guest_kernel, guest_initramfs, tmp_path, mac_a, CMDLINE)
     b_cmdline = f"{CMDLINE} netfetch={fixed}"
     b = start_guest(netlab, "lab-b", guest_kernel, guest_initramfs, tmp_path, mac_b, b_cmdline)
     b_log = tmp_path / "lab-b.log"
     fetched = wait_until(lambda: serial_value(b_log, NET_FETCHED), BOOT_TIMEOUT_S, "B's fetch of A's page")
+    to_fetch = time.monotonic() - started
     assert fetched == f"{NET_PAGE} {fixed}"  # B, a guest, got A's page over the bridge
     assert wait_until(lambda: lease_addresses(a, mac_a), BOOT_TIMEOUT_S, "A's lease") == [fixed]
     b_addresses = wait_until(lambda: lease_addresses(b, mac_b), BOOT_TIMEOUT_S, "B's lease")
@@ -114,6 +149,7 @@ def test_two_guests_reach_each_other(netlab, guest_kernel, guest_initramfs, tmp_
             functools.partial(try_get, netlab, address), BOOT_TIMEOUT_S, f"the page of {address}"
         )
         assert page == f"{NET_PAGE} {address}\n"
+    print(f"netlab timings: two guests, boot to B's fetch of A's page {to_fetch:.2f} s")
 
 
 def boot_then_fail(labs: list[NetLab], kernel: Path, initrd: Path, tmp: Path) -> None:
