@@ -48,7 +48,7 @@ QEMU_CONF = (
 )
 LIBVIRTD_CONF = 'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
 # The private directories, as (name under the lab's root, where they are mounted in the
-# daemons' mount namespace). The script gets the root as $1 and never pastes anything.
+# daemons' mount namespace), handed to START_SCRIPT as arguments: nothing is pasted.
 PRIVATE_DIRS = (
     ("etc", "/etc/libvirt"),
     ("run", "/run/libvirt"),
@@ -56,10 +56,11 @@ PRIVATE_DIRS = (
     ("cache", "/var/cache/libvirt"),
     ("log", "/var/log/libvirt"),
 )
+# $1 is the lab's root, the other arguments NAME:MOUNTPOINT pairs of PRIVATE_DIRS.
 START_SCRIPT = """set -e
 root=$1
-for pair in etc:/etc/libvirt run:/run/libvirt lib:/var/lib/libvirt cache:/var/cache/libvirt \
-log:/var/log/libvirt; do
+shift
+for pair in "$@"; do
     mkdir -p "${pair#*:}"
     mount --bind "$root/${pair%%:*}" "${pair#*:}"
 done
@@ -211,7 +212,8 @@ class NetLab:
         if capabilities.is_dir():  # skips the daemon's ~8 s probe of QEMU
             shutil.copytree(capabilities, self.root / "cache" / "qemu")
         argv = ["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private"]
-        _check(_run(*argv, "sh", "-c", START_SCRIPT, "sh", str(self.root)), "start the lab's daemons")
+        pairs = [f"{name}:{mountpoint}" for name, mountpoint in PRIVATE_DIRS]
+        _check(_run(*argv, "sh", "-c", START_SCRIPT, "sh", str(self.root), *pairs), "start the lab's daemons")
         libvirt = _libvirt()
         deadline = time.monotonic() + DAEMON_TIMEOUT_S
         while True:
