@@ -7,6 +7,12 @@ every 20 ms (to tell when a resumed guest runs again).
 Given the kernel's ACPI button and evdev modules, it also runs busybox's acpid,
 which powers the guest off when libvirt presses the ACPI power button, so that
 a graceful shutdown can be told from a forced one by the POWEROFF marker.
+
+`net` on the command line (a word of its own; guests without it are unchanged)
+loads the virtio-net modules, takes an address by DHCP (udhcpc), serves a page
+naming that address with busybox httpd on NET_PORT, and prints NET_ADDRESS and
+the address on the serial console once the page is served; `netfetch=ADDRESS`
+then makes it fetch another guest's page and print NET_FETCHED and its body.
 """
 
 from __future__ import annotations
@@ -18,6 +24,22 @@ MARKER = "pinfold-guest-up"
 TICK = "pinfold-guest-tick"
 POWEROFF_MARKER = "pinfold-guest-poweroff"
 MODULES = ("kernel/drivers/acpi/button.ko", "kernel/drivers/input/evdev.ko")
+NET_ADDRESS = "pinfold-guest-address"
+NET_FETCHED = "pinfold-guest-fetched"
+NET_PAGE = "pinfold-guest-page"
+NET_PORT = 8080
+# In this order: each needs the symbols of those before it ("unknown symbol" otherwise).
+NET_MODULES = (
+    "kernel/drivers/virtio/virtio_ring.ko",
+    "kernel/drivers/virtio/virtio.ko",
+    "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
+    "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
+    "kernel/drivers/virtio/virtio_pci.ko",
+    "kernel/net/core/failover.ko",
+    "kernel/drivers/net/net_failover.ko",
+    "kernel/drivers/net/virtio_net.ko",
+)
+NET_MODULE_NAMES = " ".join(Path(m).stem for m in NET_MODULES)
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev
@@ -32,6 +54,24 @@ if [ -e /lib/modules/button.ko ] && ! /bin/busybox grep -q deaf /proc/cmdline; t
     /bin/busybox acpid -c /etc/acpi -l /dev/null
 fi
 echo {MARKER}
+if /bin/busybox grep -qE '(^| )net( |$)' /proc/cmdline; then
+    for module in {NET_MODULE_NAMES}; do
+        /bin/busybox insmod /lib/modules/net/$module.ko
+    done
+    /bin/busybox ifconfig lo 127.0.0.1 up
+    /bin/busybox ifconfig eth0 up
+    /bin/busybox udhcpc -i eth0 -s /etc/udhcpc.sh -q -T 1 -A 1
+    address=$(/bin/busybox cat /etc/address)
+    /bin/busybox mkdir -p /www
+    echo "{NET_PAGE} $address" > /www/index.html
+    /bin/busybox httpd -p {NET_PORT} -h /www
+    echo "{NET_ADDRESS} $address"
+    fetch=$(/bin/busybox sed -n 's/.*netfetch=\\([0-9.]*\\).*/\\1/p' /proc/cmdline)
+    if [ -n "$fetch" ]; then
+        until page=$(/bin/busybox wget -q -O - "http://$fetch:{NET_PORT}/"); do /bin/busybox sleep 1; done
+        echo "{NET_FETCHED} $page"
+    fi
+fi
 if /bin/busybox grep -q burn /proc/cmdline; then
     while :; do :; done
 fi
@@ -58,10 +98,30 @@ echo {POWEROFF_MARKER} > /dev/console
 """
 
 
+# udhcpc has no default script: configure the lease's address (and route, where the
+# network offers a router: isolated networks do not) and note the address for init.
+UDHCPC_SCRIPT = """#!/bin/busybox sh
+case "$1" in
+    bound|renew)
+        /bin/busybox ifconfig "$interface" "$ip" netmask "$subnet"
+        for gateway in $router; do
+            /bin/busybox route add default gw "$gateway" dev "$interface"
+            break
+        done
+        echo "$ip" > /etc/address
+        ;;
+    deconfig)
+        /bin/busybox ifconfig "$interface" 0.0.0.0
+        ;;
+esac
+"""
+
+
 def build_initramfs(busybox: Path, out: Path, modules_dir: Path | None = None) -> Path:
     """Write an uncompressed newc archive holding /init and /bin/busybox, and,
     given the guest kernel's module tree, the modules and the power-button
-    handler of acpid (busybox's acpid runs /etc/acpi/PWRF/00000080)."""
+    handler of acpid (busybox's acpid runs /etc/acpi/PWRF/00000080), and the
+    virtio-net modules and udhcpc script of the `net` guests."""
     entries = [
         ("bin", stat.S_IFDIR | 0o755, b""),
         ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()),
@@ -79,6 +139,13 @@ def build_initramfs(busybox: Path, out: Path, modules_dir: Path | None = None) -
             ("etc/acpi", stat.S_IFDIR | 0o755, b""),
             ("etc/acpi/PWRF", stat.S_IFDIR | 0o755, b""),
             ("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, POWER_BUTTON_HANDLER.encode()),
+            # under lib/modules/net: the loop over lib/modules/*.ko must not load them
+            ("lib/modules/net", stat.S_IFDIR | 0o755, b""),
+            *(
+                (f"lib/modules/net/{Path(m).name}", stat.S_IFREG | 0o644, (modules_dir / m).read_bytes())
+                for m in NET_MODULES
+            ),
+            ("etc/udhcpc.sh", stat.S_IFREG | 0o755, UDHCPC_SCRIPT.encode()),
         ]
     archive = b"".join(_newc_entry(name, mode, data, i + 1) for i, (name, mode, data) in enumerate(entries))
     archive += _newc_entry("TRAILER!!!", 0, b"", 0)
