@@ -21,6 +21,7 @@ from pinfold.model.defaults import (
     HEARTBEAT_PERIOD_S,
     SHUTDOWN_TIMEOUT_S,
 )
+from pinfold.model.vm import NETWORK_PATTERN
 from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
@@ -46,7 +47,7 @@ class OwnNetworkConfig(BaseModel):
     """TOML table [own_network]: the NAT network with DHCP the agent makes at start."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    name: str = Field(min_length=1, max_length=63, pattern=NETWORK_PATTERN)
     subnet: ipaddress.IPv4Network
 
     @model_validator(mode="after")
@@ -103,7 +104,7 @@ class AgentConfig(HttpSettings):
     pools: tuple[PoolSpec, ...] = ()
     #: the libvirt network a VM made without NICs gets one NIC on ("": none, as SlackVM's
     #: template had `default`; off unless set, so a host without that network still works)
-    default_network: str = Field(default="", max_length=63, pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,62})?$")
+    default_network: str = Field(default="", max_length=63, pattern=f"^$|{NETWORK_PATTERN}")
     #: a NAT network with DHCP the agent makes at start when missing, TOML only:
     #: [own_network] name, subnet (e.g. "10.77.0.0/24")
     own_network: OwnNetworkConfig | None = None
