@@ -366,21 +366,14 @@ def guest_xml(
     """A small TCG guest (1 vCPU, 128 MiB) booting kernel+initrd, its serial
     console in serial_log, one virtio NIC per (MAC, libvirt network name)."""
     from pinfold.agent.domain import DomainSpec
+    from pinfold.model.vm import NIC
 
     online = frozenset(range(os.cpu_count() or 1))
     spec = DomainSpec(
         name, 1, 128, online, 1.0, owner="netlab", domain_type="qemu", kernel=kernel, initrd=initrd,
-        cmdline=cmdline, serial_log=serial_log,
+        cmdline=cmdline, serial_log=serial_log, nics=tuple(NIC(network=net, mac=mac) for mac, net in nics),
     )  # fmt: skip
-    domain = ET.fromstring(spec.to_xml())
-    devices = domain.find("devices")
-    assert devices is not None
-    for mac, network in nics:
-        interface = ET.SubElement(devices, "interface", type="network")
-        ET.SubElement(interface, "mac", address=mac)
-        ET.SubElement(interface, "source", network=network)
-        ET.SubElement(interface, "model", type="virtio")
-    return ET.tostring(domain, encoding="unicode")
+    return spec.to_xml()
 
 
 def lease_addresses(domain: Any, mac: str) -> list[str]:

@@ -4,26 +4,50 @@
 `pinfold.model.vm`'s limits, so that both APIs refuse the same bodies with the
 same 422 and publish the same OpenAPI constraints; `to_request` hands the
 shells the one `VMRequest` they act on. The controller's body adds `policy`
-(controller/api.py). The request's room for NICs, SSH keys and user data is
-not in the body yet: a client cannot send what no shell reads.
+(controller/api.py). `nics` (optional, at most `MAX_NICS`) names each NIC's
+network or bridge and, optionally, its MAC; none: the agent's default. The
+request's room for SSH keys and user data is not in the body yet.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pinfold.model.vm import (
+    BRIDGE_PATTERN,
+    MAC_PATTERN,
     MAX_IMAGE_LENGTH,
     MAX_NAME_LENGTH,
+    MAX_NICS,
     MAX_OWNER_LENGTH,
     MAX_RATIO,
     MAX_VCPUS,
     MAX_VM_MEMORY_MIB,
     NAME_PATTERN,
+    NETWORK_PATTERN,
+    NIC,
     VMRequest,
 )
 
-__all__ = ["CreateVM"]
+__all__ = ["CreateNIC", "CreateVM"]
+
+
+class CreateNIC(BaseModel):
+    """One NIC: exactly one of `network` and `bridge`; `mac` optional (the agent picks one)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    network: str | None = Field(default=None, max_length=63, pattern=NETWORK_PATTERN)
+    bridge: str | None = Field(default=None, max_length=15, pattern=BRIDGE_PATTERN)
+    mac: str | None = Field(default=None, max_length=17, pattern=MAC_PATTERN)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CreateNIC:
+        if (self.network is None) == (self.bridge is None):
+            raise ValueError("name exactly one of network and bridge")
+        return self
+
+    def to_nic(self) -> NIC:
+        return NIC(network=self.network or "", bridge=self.bridge or "", mac=(self.mac or "").lower())
 
 
 class CreateVM(BaseModel):
@@ -35,6 +59,8 @@ class CreateVM(BaseModel):
     ratio: float = Field(default=1.0, ge=1.0, le=MAX_RATIO)
     owner: str = Field(default="", max_length=MAX_OWNER_LENGTH)
     image: str = Field(default="", max_length=MAX_IMAGE_LENGTH)
+    nics: list[CreateNIC] = Field(default_factory=list, max_length=MAX_NICS)
 
     def to_request(self) -> VMRequest:
-        return VMRequest(self.name, self.vcpus, self.memory_mib, self.ratio, self.owner, self.image)
+        nics = tuple(nic.to_nic() for nic in self.nics)
+        return VMRequest(self.name, self.vcpus, self.memory_mib, self.ratio, self.owner, self.image, nics)

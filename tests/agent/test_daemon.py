@@ -24,6 +24,7 @@ from pinfold.agent.config import (
     load_or_create_token,
 )
 from pinfold.agent.drivers import SimDriver
+from pinfold.agent.service import VMRequest
 from pinfold.tokens import TokenError
 from tests.conftest import I7
 from tests.servers import free_port, wait_for_health
@@ -244,3 +245,38 @@ def test_direct_kernel_boot_settings_reach_the_agent(tmp_path):
     assert agent.settings.initrd == Path("/boot/initrd.img")
     assert agent.settings.cmdline == "console=ttyS0"
     agent.close()
+
+
+def test_network_settings_reach_the_agent_and_the_sim_host_has_the_default_network(tmp_path):
+    from pinfold.agent.daemon import build_agent
+
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'driver = "sim"\ntopology = "{I7}"\ndata_dir = "{tmp_path / "data"}"\n'
+        'default_network = "default"\n[own_network]\nname = "pinfold"\nsubnet = "10.77.0.0/24"\n'
+    )
+    agent, _, _ = build_agent(load_config(config, {}, {}))
+    assert agent.settings.default_network == "default"
+    shown = {n["name"]: (n["owned"], n["default"], n["subnet"]) for n in agent.networks()}
+    assert shown == {"default": (False, True, None), "pinfold": (True, False, "10.77.0.0/24")}
+    assert [nic.network for nic in agent.create(VMRequest("web", 1, 256)).nics] == ["default"]
+    agent.close()
+    flagged = load_config(config, {"default_network": "pinfold"}, {"PINFOLD_AGENT_DEFAULT_NETWORK": "x"})
+    assert flagged.default_network == "pinfold"  # the flag over the environment over the file
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('default_network = "a b"', "default_network"),
+        ('[own_network]\nname = "n"\nsubnet = "10.0.0.0/30"', "too small"),
+        ('[own_network]\nname = "n"\nsubnet = "10.0.0.1/24"', "own_network.subnet"),
+        ('[own_network]\nname = "n"\nsubnet = "fd00::/64"', "own_network.subnet"),
+        ('[own_network]\nsubnet = "10.0.0.0/24"', "own_network.name"),
+    ],
+)
+def test_bad_network_settings_say_which(tmp_path, content, problem):
+    config = tmp_path / "agent.toml"
+    config.write_text(content)
+    with pytest.raises(ConfigError, match=problem):
+        load_config(config, {}, {})

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pinfold.agent.domain import DomainSpec, DomainXMLError, valid_name
+from pinfold.agent.domain import GUEST_AGENT_CHANNEL, DomainSpec, DomainXMLError, valid_name
+from pinfold.model.vm import NIC
 from tests.agent.conftest import libvirt_or_skip
 
 DATA = Path(__file__).parent / "data"
@@ -24,6 +25,7 @@ def sample(**changes: object) -> DomainSpec:
         "image": "/var/lib/pinfold/images/debian.qcow2",
         "domain_type": "qemu",
         "disk": Path("/var/lib/pinfold/disks/web-1.qcow2"),
+        "nics": (NIC(network="default", mac="52:54:00:12:34:56"), NIC(bridge="br0", mac="02:00:00:00:00:01")),
     }
     values.update(changes)
     return DomainSpec(**values)  # type: ignore[arg-type]
@@ -69,6 +71,55 @@ def test_names_that_could_inject_or_escape_are_refused(name):
 def test_bad_specs_are_refused(changes, problem):
     with pytest.raises(DomainXMLError, match=problem):
         sample(**changes)
+
+
+def test_nics_and_the_guest_agent_channel_are_written_and_read_back():
+    import xml.etree.ElementTree as ET
+
+    domain = ET.fromstring(sample().to_xml())
+    interfaces = domain.findall("devices/interface")
+    assert [i.get("type") for i in interfaces] == ["network", "bridge"]
+    assert interfaces[0].find("source").attrib == {"network": "default"}  # type: ignore[union-attr]
+    assert interfaces[1].find("source").attrib == {"bridge": "br0"}  # type: ignore[union-attr]
+    assert interfaces[1].find("mac").get("address") == "02:00:00:00:00:01"  # type: ignore[union-attr]
+    assert {i.find("model").get("type") for i in interfaces} == {"virtio"}  # type: ignore[union-attr]
+    channel = domain.find("devices/channel[@type='unix']/target")
+    assert channel is not None
+    assert channel.attrib == {"type": "virtio", "name": GUEST_AGENT_CHANNEL}
+    assert DomainSpec.from_xml(sample(nics=()).to_xml()).nics == ()
+
+
+def test_interfaces_pinfold_does_not_make_are_left_out_and_macs_read_lower_case():
+    import xml.etree.ElementTree as ET
+
+    domain = ET.fromstring(sample(nics=()).to_xml())
+    devices = domain.find("devices")
+    assert devices is not None
+    user = ET.SubElement(devices, "interface", type="user")
+    ET.SubElement(user, "mac", address="52:54:00:00:00:09")
+    ours = ET.SubElement(devices, "interface", type="network")
+    ET.SubElement(ours, "mac", address="52:54:00:AB:CD:EF")
+    ET.SubElement(ours, "source", network="net-1")
+    read = DomainSpec.from_xml(ET.tostring(domain, encoding="unicode"))
+    assert read.nics == (NIC(network="net-1", mac="52:54:00:ab:cd:ef"),)
+
+
+@pytest.mark.parametrize(
+    ("nic", "problem"),
+    [
+        (NIC(network="default"), "needs its MAC"),
+        (NIC(network="default", bridge="br0", mac="52:54:00:00:00:01"), "exactly one"),
+        (NIC(mac="52:54:00:00:00:01"), "exactly one"),
+        (NIC(network="default", mac="52:54:00:00:00"), "six hexadecimal octets"),
+        (NIC(network="default", mac="52-54-00-00-00-01"), "six hexadecimal octets"),
+        (NIC(network="default", mac="01:00:5e:00:00:01"), "multicast"),
+        (NIC(bridge="a-bridge-name-too-long", mac="52:54:00:00:00:01"), "interface name"),
+        (NIC(bridge="br/0", mac="52:54:00:00:00:01"), "interface name"),
+    ],
+)
+def test_bad_nics_are_refused(nic, problem):
+    with pytest.raises(DomainXMLError, match=problem):
+        sample(nics=(nic,))
 
 
 def test_a_domain_without_pinfold_metadata_is_not_ours():

@@ -35,7 +35,8 @@ ACTIONS: tuple[str, ...] = POWER_ACTIONS
 T = TypeVar("T")
 
 
-def _view(vm: StoredVM, pins: list[int]) -> dict[str, Any]:
+def _view(vm: StoredVM, pins: list[int], network: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A VM as the API shows it; `network` its `nics` and `addresses` (`_network`)."""
     return {
         "name": vm.spec.name,
         "vcpus": vm.spec.vcpus,
@@ -45,7 +46,23 @@ def _view(vm: StoredVM, pins: list[int]) -> dict[str, Any]:
         "state": vm.state,
         "pinning": pins,
         "domain": vm.domain,
+        **(network or {"nics": [], "addresses": []}),
     }
+
+
+def _network(agent: Agent, name: str) -> dict[str, Any]:
+    """A VM's NICs with the addresses learnt for each, and its flat list of
+    IPv4 addresses (as before NICs were shown); a VM gone meanwhile has none."""
+    try:
+        nics = agent.nic_addresses(name)
+        flat = agent.addresses(name)
+    except AgentError:
+        nics, flat = [], []
+    shown = [
+        {"network": nic.network or None, "bridge": nic.bridge or None, "mac": nic.mac, "addresses": found}
+        for nic, found in nics
+    ]
+    return {"nics": shown, "addresses": flat}
 
 
 def create_app(
@@ -72,7 +89,7 @@ def create_app(
             raise ApiError(error.code, error.detail, extra) from error
 
     def view(vm: StoredVM) -> dict[str, Any]:
-        return _view(vm, agent.pinning(vm.spec.name))
+        return _view(vm, agent.pinning(vm.spec.name), _network(agent, vm.spec.name))
 
     install_error_handlers(app)
 
@@ -83,7 +100,7 @@ def create_app(
     @app.get("/api/v1/vms")
     def list_vms() -> list[dict[str, Any]]:
         now = agent.snapshot()  # the VMs and their pins read together
-        return [_view(vm, now.pins[name]) for name, vm in now.vms.items()]
+        return [_view(vm, now.pins[name], _network(agent, name)) for name, vm in now.vms.items()]
 
     @app.post("/api/v1/vms", status_code=201, dependencies=[auth])
     def create_vm(body: CreateVM) -> dict[str, Any]:
@@ -95,7 +112,7 @@ def create_app(
         vm = now.vms.get(name)
         if vm is None:  # pool members are not in `vms`: they are the agent's own
             raise ApiError("unknown vm", name)
-        return _view(vm, now.pins[name])
+        return _view(vm, now.pins[name], _network(agent, name))
 
     @app.delete("/api/v1/vms/{name}", status_code=204, dependencies=[auth])
     def delete_vm(name: str) -> None:
@@ -120,6 +137,8 @@ def create_app(
             "unknown_domains": now.unknown_domains,
             # VMs the hypervisor would not re-pin: no cold create is accepted until they are
             "stale_pins": now.stale_pins,
+            # the hypervisor's networks; `owned`: the agent made it (own_network), `default`: VMs' default
+            "networks": agent.networks(),
             "usage": monitor.latest.to_dict() if monitor is not None and monitor.latest is not None else None,
             # how old `usage` is and why sampling fails, if it does: never stale data as fresh
             "monitor": monitor.health() if monitor is not None else None,

@@ -4,12 +4,14 @@ environment variables, then command-line flags (each overrides the one before).
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pinfold.agent.networks import OwnNetwork
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.rapid_settings import RapidSettings
 from pinfold.model.defaults import (
@@ -19,6 +21,7 @@ from pinfold.model.defaults import (
     HEARTBEAT_PERIOD_S,
     SHUTDOWN_TIMEOUT_S,
 )
+from pinfold.model.vm import NETWORK_PATTERN
 from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
@@ -38,6 +41,22 @@ ENV_PREFIX = "PINFOLD_AGENT_"
 
 class ConfigError(ValueError):
     """A setting that is missing, unknown or malformed; says which and where."""
+
+
+class OwnNetworkConfig(BaseModel):
+    """TOML table [own_network]: the NAT network with DHCP the agent makes at start."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(min_length=1, max_length=63, pattern=NETWORK_PATTERN)
+    subnet: ipaddress.IPv4Network
+
+    @model_validator(mode="after")
+    def _usable(self) -> OwnNetworkConfig:
+        self.to_network()  # its ValueError says what is wrong
+        return self
+
+    def to_network(self) -> OwnNetwork:
+        return OwnNetwork(self.name, self.subnet)
 
 
 class AgentConfig(HttpSettings):
@@ -83,6 +102,12 @@ class AgentConfig(HttpSettings):
     rapid: RapidSettings = RapidSettings()
     #: warm pools, TOML only: [[pools]] name, size, vcpus, memory_mib, ratio, image, warmup_s
     pools: tuple[PoolSpec, ...] = ()
+    #: the libvirt network a VM made without NICs gets one NIC on ("": none, as SlackVM's
+    #: template had `default`; off unless set, so a host without that network still works)
+    default_network: str = Field(default="", max_length=63, pattern=f"^$|{NETWORK_PATTERN}")
+    #: a NAT network with DHCP the agent makes at start when missing, TOML only:
+    #: [own_network] name, subnet (e.g. "10.77.0.0/24")
+    own_network: OwnNetworkConfig | None = None
 
 
 def load_config(
@@ -92,7 +117,7 @@ def load_config(
     environ = environment(environ)
     flags = dict(flags)
     rapid_config = flags.pop("rapid_config", None) or environ.get(ENV_PREFIX + "RAPID_CONFIG")
-    keys = [key for key in AgentConfig.model_fields if key not in ("pools", "rapid")]
+    keys = [key for key in AgentConfig.model_fields if key not in ("pools", "rapid", "own_network")]
     try:
         values = layered(path, flags, environ, ENV_PREFIX, keys, ("image_dirs", "slackvm_open_networks"))
     except SettingsError as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pinfold.agent.disks import DiskError, Disks
 from pinfold.agent.drivers.base import Driver, DriverError, GuestState
+from pinfold.agent.networks import OwnNetwork
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Step
 from pinfold.agent.store import Pending, Store, StoredVM
@@ -42,7 +43,10 @@ class AgentError(PinfoldError):
 class AgentSettings:
     """`image_dirs` are where base images may be taken from; overlays go to
     `disk_dir`. `kernel`/`initrd`/`cmdline` boot guests directly (the test
-    guests boot this way, with or without a disk)."""
+    guests boot this way, with or without a disk). `default_network` is
+    the libvirt network a VM created without NICs gets one NIC on ("": none,
+    as before NICs existed); `own_network` the NAT network the agent makes
+    at start when it is missing (None: none)."""
 
     domain_type: str = "kvm"
     critical_size: int = DEFAULT_CRITICAL_SIZE
@@ -55,6 +59,8 @@ class AgentSettings:
     image_dirs: tuple[Path, ...] = ()
     disk_dir: Path | None = None
     pools: tuple[PoolSpec, ...] = ()
+    default_network: str = ""
+    own_network: OwnNetwork | None = None
 
 
 class NotStartedError(RuntimeError):

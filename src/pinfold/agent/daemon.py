@@ -37,7 +37,9 @@ def choose_driver(config: AgentConfig) -> tuple[Driver, str]:
     """The configured driver; with `auto`, libvirt when it answers, else sim
     (and a notice saying so). The sim driver's address counter lives in the
     data dir: a restarted agent does not hand out its old addresses again."""
-    sim = SimDriver(config.data_dir / "sim-addresses")
+    # the sim host has the default network; the own network it makes at each start
+    networks = [config.default_network] if config.default_network else []
+    sim = SimDriver(config.data_dir / "sim-addresses", networks=networks)
     if config.driver == "sim":
         return sim, "sim driver (in memory, no hypervisor)"
     try:
@@ -68,6 +70,8 @@ def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[
         initrd=config.initrd,
         cmdline=config.cmdline,
         pools=config.pools + (helper_pools(rapid, config.rapid) if rapid is not None else ()),
+        default_network=config.default_network,
+        own_network=config.own_network.to_network() if config.own_network is not None else None,
     )
     return Agent.open(topology, driver, Store(config.data_dir / "agent.db"), settings), driver, description
 

@@ -4,7 +4,9 @@ Built with an XML library (ElementTree), never by pasting strings, so that a
 VM name or a path cannot inject XML. The domain carries pinfold's metadata
 (level, owner, base image) in its own namespace, one `<vcpupin>` per vCPU and an
 `<emulatorpin>`, all on the cpuset of the VM's vNode (DESIGN.md: every vCPU is
-pinned to the whole vNode, not 1:1). `DomainSpec.from_xml` reads a domain back
+pinned to the whole vNode, not 1:1), one virtio `<interface>` per NIC and the
+QEMU guest agent's channel (libvirt learns addresses through it where no
+libvirt network leases them). `DomainSpec.from_xml` reads a domain back
 (libvirt's own XML of a defined domain included), which adoption at start uses.
 """
 
@@ -14,7 +16,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from pinfold.model.vm import NAME_PATTERN, valid_name
+from pinfold.model.vm import NAME_PATTERN, NIC, nic_problem, valid_name
 from pinfold.topology import format_cpulist, parse_cpulist
 
 __all__ = [
@@ -35,6 +37,10 @@ _PREFIX = "pinfold"
 ET.register_namespace(_PREFIX, NAMESPACE)
 
 DOMAIN_TYPES = ("kvm", "qemu")
+#: the virtio-serial port qemu-guest-agent listens on (libvirt's SRC_AGENT talks to it)
+GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+#: the interface types pinfold makes (and reads back)
+_KINDS = ("network", "bridge")
 
 
 class DomainXMLError(ValueError):
@@ -47,7 +53,8 @@ class DomainSpec:
 
     `disk` is the qcow2 overlay the agent created (None for a diskless guest);
     `kernel`/`initrd`/`cmdline` boot a kernel directly (the test guests) instead
-    of from the disk; `serial_log` sends the serial console to a file.
+    of from the disk; `serial_log` sends the serial console to a file;
+    `nics` are its virtio NICs, each with its MAC (the agent chose it).
     """
 
     name: str
@@ -63,6 +70,7 @@ class DomainSpec:
     initrd: Path | None = None
     cmdline: str = ""
     serial_log: Path | None = None
+    nics: tuple[NIC, ...] = ()
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -75,6 +83,10 @@ class DomainSpec:
             raise DomainXMLError("a domain needs a non-empty cpuset")
         if self.domain_type not in DOMAIN_TYPES:
             raise DomainXMLError(f"domain type must be one of {', '.join(DOMAIN_TYPES)}")
+        for nic in self.nics:
+            problem = nic_problem(nic) or (None if nic.mac else "nic: a domain's NIC needs its MAC")
+            if problem is not None:
+                raise DomainXMLError(problem)
 
     def with_cpuset(self, cpuset: frozenset[int]) -> DomainSpec:
         return replace(self, cpuset=cpuset)
@@ -118,6 +130,10 @@ class DomainSpec:
             ET.SubElement(serial, "target", port="0")
         else:
             ET.SubElement(ET.SubElement(devices, "serial", type="pty"), "target", port="0")
+        for nic in self.nics:
+            _interface(devices, nic)
+        channel = ET.SubElement(devices, "channel", type="unix")
+        ET.SubElement(channel, "target", type="virtio", name=GUEST_AGENT_CHANNEL)
         ET.SubElement(devices, "memballoon", model="virtio")
         ET.indent(domain)
         return ET.tostring(domain, encoding="unicode")
@@ -158,11 +174,32 @@ class DomainSpec:
                 serial_log=Path(serial.get("path", ""))
                 if serial is not None and serial.get("path")
                 else None,
+                nics=tuple(_nic(i) for i in domain.iterfind("devices/interface") if i.get("type") in _KINDS),
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, DomainXMLError):
                 raise
             raise DomainXMLError(f"malformed pinfold domain: {exc}") from None
+
+
+def _interface(devices: ET.Element, nic: NIC) -> None:
+    """`<interface type='network'|'bridge'>` with its MAC, source and a virtio model."""
+    interface = ET.SubElement(devices, "interface", type=nic.kind)
+    ET.SubElement(interface, "mac", address=nic.mac)
+    ET.SubElement(interface, "source", {nic.kind: nic.source})
+    ET.SubElement(interface, "model", type="virtio")
+
+
+def _nic(interface: ET.Element) -> NIC:
+    """A NIC read back from an `<interface>` of one of `_KINDS` (libvirt adds
+    its own elements: only the type, the MAC and the source are read; other
+    kinds of interface, added by hand, are not pinfold's and are left out)."""
+    kind = interface.get("type", "")
+    source = interface.find("source")
+    mac = interface.find("mac")
+    name = source.get(kind, "") if source is not None else ""
+    address = (mac.get("address", "") if mac is not None else "").lower()
+    return NIC(network=name, mac=address) if kind == "network" else NIC(bridge=name, mac=address)
 
 
 def repinned_xml(document: str, cpuset: frozenset[int]) -> str:

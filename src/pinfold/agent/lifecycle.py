@@ -36,7 +36,9 @@ class Lifecycle(WarmPools):
         with self.lock:
             self._retry_stale_pins()
             self._refuse_taken(request.name)
-            member = self._ready_member(request, base) if request.name not in self.allocator else None
+            # a member has the default network's NIC: a request naming its own NICs is made cold
+            taking = request.name not in self.allocator and not request.nics
+            member = self._ready_member(request, base) if taking else None
             if member is not None:
                 return self._hand_out(member, request)
             if base is None:

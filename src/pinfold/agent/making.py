@@ -15,10 +15,11 @@ from pinfold.agent.disks import DiskError
 from pinfold.agent.domain import DomainSpec, DomainXMLError
 from pinfold.agent.drivers.base import DriverError
 from pinfold.agent.failpoints import crash_point
+from pinfold.agent.networks import NicRefusedError, resolve_nics
 from pinfold.agent.pins import PinKeeping
 from pinfold.agent.store import Pending, StoredVM
 from pinfold.model.lifecycle import VMState
-from pinfold.model.vm import VMRequest
+from pinfold.model.vm import NIC, VMRequest
 from pinfold.placement import PlacementError, VMSpec
 
 __all__ = ["Making"]
@@ -32,10 +33,24 @@ class Making(PinKeeping):
         before an overlay is made for it. The placement is only a check here:
         the real one follows, under the lock again, and may still refuse."""
         self._refuse_stale()
+        self._resolve_nics(request)
         spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
         refusal = self.allocator.check(spec)
         if refusal is not None:
             raise AgentError(refusal.code.value, refusal.describe(), refusal)
+
+    def _resolve_nics(self, request: VMRequest) -> tuple[NIC, ...]:
+        """The NICs the VM gets, each with its MAC (`networks.resolve_nics`);
+        a refusal (4xx) before anything is placed, stored or defined."""
+        try:
+            return resolve_nics(
+                request.nics, self.settings.default_network, self.driver.networks(),
+                self.driver.bridge_exists, self.store.macs(),
+            )  # fmt: skip
+        except NicRefusedError as refusal:
+            raise AgentError(refusal.code, refusal.detail) from None
+        except DriverError as error:
+            raise AgentError("hypervisor failed", str(error)) from error
 
     def _refuse_taken(self, name: str) -> None:
         if any(vm.domain == name for vm in self.vms.values()):
@@ -63,11 +78,14 @@ class Making(PinKeeping):
     ) -> StoredVM:
         spec = VMSpec(request.name, request.vcpus, request.memory_mib, float(request.ratio))
         self._refuse_stale()
+        nics = self._resolve_nics(request)
         try:
             change = self.allocator.deploy(spec)
         except PlacementError as error:
             raise AgentError(error.code.value, error.refusal.describe(), error.refusal) from error
-        vm = StoredVM(spec, request.owner, str(base or ""), VMState.CREATING, Pending.CREATE, pool=pool)
+        vm = StoredVM(
+            spec, request.owner, str(base or ""), VMState.CREATING, Pending.CREATE, pool=pool, nics=nics
+        )
         try:
             self.store.save_vm(vm, self.allocator.snapshot())
         except BaseException:
@@ -131,5 +149,5 @@ class Making(PinKeeping):
         return DomainSpec(
             name=vm.domain, vcpus=vm.spec.vcpus, memory_mib=vm.spec.memory_mib, cpuset=cpuset,
             level=float(vm.spec.ratio), owner=vm.owner, image=vm.image, domain_type=s.domain_type,
-            kernel=s.kernel, initrd=s.initrd, cmdline=s.cmdline, serial_log=serial, disk=disk,
+            kernel=s.kernel, initrd=s.initrd, cmdline=s.cmdline, serial_log=serial, disk=disk, nics=vm.nics,
         )  # fmt: skip

@@ -50,7 +50,7 @@ from pinfold.agent.reconcile import Action
 from pinfold.agent.startup import StartUp
 from pinfold.agent.store import Store, StoredVM
 from pinfold.model.lifecycle import VMState
-from pinfold.model.vm import VMRequest
+from pinfold.model.vm import NIC, VMRequest
 from pinfold.topology import Topology
 
 __all__ = [
@@ -169,6 +169,32 @@ class Agent(Lifecycle, StartUp):
             return self.driver.addresses(vm.domain)
         except DriverError:
             return []
+
+    def nic_addresses(self, name: str) -> list[tuple[NIC, list[str]]]:
+        """A user VM's NICs, each with the addresses the hypervisor knows for
+        its MAC (none yet: empty)."""
+        with self.lock:
+            vm = self._get(name)
+        try:
+            learnt = self.driver.nic_addresses(vm.domain)
+        except DriverError:
+            learnt = {}
+        return [(nic, learnt.get(nic.mac, [])) for nic in vm.nics]
+
+    def networks(self) -> list[dict[str, Any]]:
+        """The host's networks as the hypervisor has them, each said to be the
+        agent's own (it made it: `own_network`) or not; [] when it cannot say."""
+        try:
+            found = self.driver.networks()
+        except DriverError:
+            return []
+        with self.lock:
+            owned = self.store.owned_networks()
+        return [
+            {"name": n.name, "bridge": n.bridge, "subnet": n.subnet or None, "active": n.active,
+             "owned": n.name in owned, "default": n.name == self.settings.default_network}
+            for n in found
+        ]  # fmt: skip
 
     @property
     def store_path(self) -> Path:

@@ -1,6 +1,7 @@
-"""The start step: load the store, restore the allocator, remove the
-overlays a crash left half made, and make the hypervisor match the store
-(`reconcile.plan`), re-pinning what a crash left on the wrong CPUs.
+"""The start step: make the agent's own network when it is missing, load
+the store, restore the allocator, remove the overlays a crash left half made,
+and make the hypervisor match the store (`reconcile.plan`), re-pinning what a
+crash left on the wrong CPUs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class StartUp(Making):
         with self.lock:
             if self._vms is not None:
                 raise RuntimeError("the agent is already started")
+            self._ensure_own_network()
             self.disks.remove_partial_overlays()
             snapshot, vms = self.store.load()
             allocator = HostAllocator.restore(
@@ -45,6 +47,31 @@ class StartUp(Making):
                 self._vms = self._allocator = None
                 raise
             return self.report
+
+    def _ensure_own_network(self) -> None:
+        """Make the `own_network` (NAT, DHCP) when the hypervisor has none of
+        that name, recorded as the agent's own first; start it when it is the
+        agent's and stopped. One of that name the agent did not make is used
+        as it is, never changed. Before the VMs are made again: their NICs
+        may be on it. A hypervisor that refuses stops the start (DriverError):
+        the operator asked for this network."""
+        own = self.settings.own_network
+        if own is None:
+            return
+        existing = {network.name: network for network in self.driver.networks()}
+        network = existing.get(own.name)
+        if network is None:
+            self.store.own_network(own.name)
+            self.driver.define_network(own.name, own.subnet)
+            log.info("start: made the network %s (%s, NAT, DHCP)", own.name, own.subnet)
+        elif own.name not in self.store.owned_networks():
+            log.warning("start: network %s exists and is not the agent's: used as it is", own.name)
+        elif not network.active:
+            self.driver.start_network(own.name)
+        if network is not None and network.subnet and network.subnet != str(own.subnet):
+            log.warning(
+                "start: network %s is on %s, not %s as configured", own.name, network.subnet, own.subnet
+            )
 
     def reconcile(self) -> list[Step]:
         """Make the hypervisor match the store (see `reconcile.plan`); returns

@@ -1,7 +1,9 @@
 """The agent's durable state: SQLite in the data directory.
 
-It holds the VMs (in deploy order), each vNode's CPUs (in the order they were
-added) and the operations under way. A VM's domain keeps the name it was
+It holds the VMs (in deploy order), their NICs (keyed by the VM's domain,
+which never changes, with the MAC chosen for each, unique on the host), each
+vNode's CPUs (in the order they were added), the operations under way and the
+networks the agent made itself (only those it may ever remove). A VM's domain keeps the name it was
 created with: a warm-pool VM handed out is renamed here and in the allocator,
 not in libvirt (a running domain cannot be renamed). Every change is one transaction, written
 with `synchronous=FULL`, and committed before the agent acknowledges it; the
@@ -18,14 +20,27 @@ from enum import StrEnum
 from pathlib import Path
 
 from pinfold.model.lifecycle import VMState
-from pinfold.model.vm import VMRequest
+from pinfold.model.vm import NIC, VMRequest
 from pinfold.placement import HostSnapshot, VMSpec
 from pinfold.private import private_database
 
 __all__ = ["Pending", "Store", "StoredVM"]
 
-SCHEMA_VERSION = 2
-SCHEMA = """
+SCHEMA_VERSION = 3
+_NICS = """
+CREATE TABLE IF NOT EXISTS nics (
+    domain TEXT NOT NULL REFERENCES vms (domain) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('network', 'bridge')),
+    source TEXT NOT NULL,
+    mac TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (domain, position)
+);
+CREATE TABLE IF NOT EXISTS owned_networks (name TEXT PRIMARY KEY);
+"""
+SCHEMA = (
+    _NICS
+    + """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS vms (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -48,6 +63,7 @@ CREATE TABLE IF NOT EXISTS vnode_cpus (
     PRIMARY KEY (ratio, position)
 );
 """
+)
 
 
 class Pending(StrEnum):
@@ -67,6 +83,8 @@ MIGRATIONS = {
         "ALTER TABLE vms ADD COLUMN pool TEXT NOT NULL DEFAULT ''",
         "CREATE UNIQUE INDEX IF NOT EXISTS vms_domain ON vms (domain)",
     ),
+    #: from schema 2: the NICs (none for the VMs made before) and the networks the agent owns
+    2: tuple(filter(str.strip, _NICS.split(";"))),
 }
 
 
@@ -82,6 +100,8 @@ class StoredVM:
     pending: Pending | None
     domain: str = ""
     pool: str = ""
+    #: its NICs, each with its MAC
+    nics: tuple[NIC, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.domain:
@@ -91,7 +111,9 @@ class StoredVM:
     def request(self) -> VMRequest:
         """The request this VM answers, under its own name (not its domain's)."""
         spec = self.spec
-        return VMRequest(spec.name, spec.vcpus, spec.memory_mib, spec.ratio, self.owner, self.image)
+        return VMRequest(
+            spec.name, spec.vcpus, spec.memory_mib, spec.ratio, self.owner, self.image, nics=self.nics
+        )
 
 
 class Store:
@@ -145,11 +167,13 @@ class Store:
             "SELECT name, vcpus, memory_mib, ratio, owner, image, state, pending, domain, pool "
             "FROM vms ORDER BY seq"
         )
+        nics = self._nics()
         for name, vcpus, memory, ratio, owner, image, state, pending, domain, pool in rows:
             spec = VMSpec(name, int(vcpus), int(memory), float(ratio))
             vms[name] = StoredVM(
-                spec, owner, image, VMState(state), Pending(pending) if pending else None, domain, pool
-            )
+                spec, owner, image, VMState(state), Pending(pending) if pending else None, domain, pool,
+                tuple(nics.get(domain, ())),
+            )  # fmt: skip
         vnodes: dict[float, list[int]] = {}
         for ratio, cpu in self._db.execute("SELECT ratio, cpu FROM vnode_cpus ORDER BY ratio, position"):
             vnodes.setdefault(float(ratio), []).append(int(cpu))
@@ -158,8 +182,33 @@ class Store:
         )
         return snapshot, vms
 
+    def _nics(self) -> dict[str, list[NIC]]:
+        """Every VM's NICs by domain, in their order."""
+        found: dict[str, list[NIC]] = {}
+        rows = self._db.execute("SELECT domain, kind, source, mac FROM nics ORDER BY domain, position")
+        for domain, kind, source, mac in rows:
+            nic = NIC(bridge=source, mac=mac) if kind == "bridge" else NIC(network=source, mac=mac)
+            found.setdefault(domain, []).append(nic)
+        return found
+
+    def macs(self) -> set[str]:
+        """Every MAC a stored VM's NIC has (lower-case)."""
+        return {mac for (mac,) in self._db.execute("SELECT mac FROM nics")}
+
+    def owned_networks(self) -> set[str]:
+        """The networks this agent made itself."""
+        return {name for (name,) in self._db.execute("SELECT name FROM owned_networks")}
+
+    def own_network(self, name: str) -> None:
+        """Record that the agent made network `name` (before it is defined:
+        a crash in between leaves a record of a network that may not exist,
+        never a network made by the agent and not known to be its own)."""
+        with self._transaction():
+            self._db.execute("INSERT OR IGNORE INTO owned_networks (name) VALUES (?)", (name,))
+
     def save_vm(self, vm: StoredVM, snapshot: HostSnapshot) -> None:
-        """Insert or update one VM and replace the vNode layout, atomically."""
+        """Insert or update one VM (its NICs with it, when it is new) and
+        replace the vNode layout, atomically."""
         with self._transaction():
             self._db.execute(
                 "INSERT INTO vms "
@@ -169,6 +218,11 @@ class Store:
                 (vm.spec.name, vm.spec.vcpus, vm.spec.memory_mib, float(vm.spec.ratio), vm.owner, vm.image,
                  vm.state, vm.pending.value if vm.pending else None, vm.domain, vm.pool),
             )  # fmt: skip
+            self._db.executemany(
+                "INSERT INTO nics (domain, position, kind, source, mac) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (domain, position) DO NOTHING",
+                [(vm.domain, i, nic.kind, nic.source, nic.mac.lower()) for i, nic in enumerate(vm.nics)],
+            )
             self._write_vnodes(snapshot.vnodes)
 
     def set_state(self, name: str, state: VMState, pending: Pending | None) -> None:

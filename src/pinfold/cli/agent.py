@@ -57,6 +57,10 @@ def agent_command(
         typer.Option("--token-file", help="File holding the agent token (default DATA_DIR/agent.token)."),
     ] = None,
     slackvm_open_networks: SlackVMOpenNetworks = None,
+    default_network: Annotated[
+        str | None,
+        typer.Option("--default-network", help="libvirt network of the NIC a VM gets when it asks none."),
+    ] = None,
     enrolment_token_file: Annotated[
         Path | None,
         typer.Option("--enrolment-token-file", help="File holding the cluster's enrolment token."),
@@ -77,7 +81,7 @@ def agent_command(
         "critical_size": critical_size, "topology": topology, "image_dirs": image_dirs,
         "controller_url": controller_url, "host_id": host_id, "advertise_url": advertise_url,
         "rapid_config": rapid_config, "monitor_period_s": monitor_period_s, "token_file": token_file,
-        "slackvm_open_networks": slackvm_open_networks,
+        "slackvm_open_networks": slackvm_open_networks, "default_network": default_network,
         "enrolment_token_file": enrolment_token_file,
         "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca,
     }  # fmt: skip

@@ -260,7 +260,21 @@ def vm_list(
 @vm_app.command("show")
 def vm_show(name: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
     vm = answer(request(endpoint(url, token, ca), "GET", f"/api/v1/vms/{_segment(name)}"), as_json)
-    show(vm, as_json, lambda v: vm_table([v]))
+    show(vm, as_json, vm_details)
+
+
+def vm_details(vm: dict[str, Any]) -> None:
+    """One VM: its row, then a table of its NICs (when it has any)."""
+    vm_table([vm])
+    nics = vm.get("nics") or []
+    if not nics:
+        return
+    table = Table("NIC", "network or bridge", "MAC", "addresses")
+    for index, nic in enumerate(nics):
+        source = nic.get("network") or (f"bridge {nic['bridge']}" if nic.get("bridge") else "-")
+        addresses = ", ".join(nic.get("addresses") or []) or "-"
+        table.add_row(str(index), source, nic.get("mac") or "(agent's choice)", addresses)
+    console.print(table)
 
 
 @vm_app.command("delete")

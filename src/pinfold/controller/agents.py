@@ -24,7 +24,7 @@ import httpx
 
 from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S
 from pinfold.model.refusal import refusal_from_json
-from pinfold.model.vm import VMRequest
+from pinfold.model.vm import NIC, VMRequest
 from pinfold.placement import Refusal
 from pinfold.tls import tls_failure
 
@@ -93,6 +93,8 @@ class AgentClient:
         }
         if request.image:
             body["image"] = request.image
+        if request.nics:  # none: the agent's default network (and an agent from before NICs takes the body)
+            body["nics"] = [_nic_body(nic) for nic in request.nics]
         return self._call("POST", "/api/v1/vms", body)
 
     def get(self, name: str) -> dict[str, Any] | None:
@@ -152,3 +154,9 @@ def _refusal(response: httpx.Response) -> AgentRefusedError | None:
     return AgentRefusedError(
         str(document["error"]), str(document.get("detail", "")), response.status_code, refusal
     )
+
+
+def _nic_body(nic: NIC) -> dict[str, str]:
+    """A NIC as `pinfold.bodies.CreateNIC` reads it (what was not given is left out)."""
+    fields = {"network": nic.network, "bridge": nic.bridge, "mac": nic.mac}
+    return {key: value for key, value in fields.items() if value}

@@ -191,6 +191,11 @@ def vm_view(record: VMRecord, host: HostView | None = None) -> dict[str, Any]:
         "detail": record.detail,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
+        # the NICs its create asked for (the MACs the agent chose and the addresses: the agent's view)
+        "nics": [
+            {"network": n.network or None, "bridge": n.bridge or None, "mac": n.mac or None}
+            for n in record.nics
+        ],
     }
 
 

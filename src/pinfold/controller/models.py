@@ -138,6 +138,8 @@ class VM(Base):
     detail: Mapped[str] = mapped_column(String, default="")
     created_at: Mapped[float] = mapped_column(Double)
     updated_at: Mapped[float] = mapped_column(Double)
+    #: the NICs asked for, [{"network", "bridge", "mac"}] ("" for what was not given)
+    nics: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list, server_default="[]")
 
 
 class Event(Base):

@@ -633,11 +633,12 @@ class _NameTaken(Exception):  # noqa: N818 (not an error: a create's reason to l
 
 def _same_or_refuse(existing: VMRecord, request: VMRequest) -> None:
     """Refuse a request under a name whose VM is not the one it asks for."""
-    same = (existing.vcpus, existing.memory_mib, existing.ratio, existing.owner, existing.image) == (
-        request.vcpus, request.memory_mib, float(request.ratio), request.owner, request.image,
+    e, r = existing, request
+    same = (e.vcpus, e.memory_mib, e.ratio, e.owner, e.image, e.nics) == (
+        r.vcpus, r.memory_mib, float(r.ratio), r.owner, r.image, r.nics,
     )  # fmt: skip
     if not same:
-        raise ControllerError("duplicate name", f"{existing.name} exists with another size or owner")
+        raise ControllerError("duplicate name", f"{existing.name} exists with another size, owner or NICs")
 
 
 def _unusable(topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int) -> str | None:

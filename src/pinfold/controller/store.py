@@ -42,7 +42,7 @@ from pinfold.controller.models import (
 )
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import CONTROLLER_STATES
-from pinfold.model.vm import VMRequest
+from pinfold.model.vm import NIC, VMRequest
 from pinfold.placement import Refusal, VMSpec
 
 __all__ = [
@@ -160,6 +160,8 @@ class VMRecord:
     detail: str
     created_at: float
     updated_at: float
+    #: the NICs its create asked for (the agent chooses the MACs not given)
+    nics: tuple[NIC, ...] = ()
 
     @property
     def spec(self) -> VMSpec:
@@ -168,7 +170,9 @@ class VMRecord:
     @property
     def request(self) -> VMRequest:
         """The request this VM was reserved for (what its agent is asked to create)."""
-        return VMRequest(self.name, self.vcpus, self.memory_mib, self.ratio, self.owner, self.image)
+        return VMRequest(
+            self.name, self.vcpus, self.memory_mib, self.ratio, self.owner, self.image, nics=self.nics
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,6 +427,7 @@ class ControllerStore:
                     detail="",
                     created_at=now,
                     updated_at=now,
+                    nics=[{"network": n.network, "bridge": n.bridge, "mac": n.mac} for n in vm.nics],
                 )
                 session.add(row)
                 session.flush()
@@ -572,6 +577,7 @@ def _vm_record(row: VM) -> VMRecord:
         detail=row.detail,
         created_at=row.created_at,
         updated_at=row.updated_at,
+        nics=tuple(NIC(n.get("network", ""), n.get("bridge", ""), n.get("mac", "")) for n in row.nics or ()),
     )
 
 

@@ -42,6 +42,9 @@ class ErrorCode(StrEnum):
     UNKNOWN_VM = "unknown vm"
     DUPLICATE_NAME = "duplicate name"
     INVALID = "invalid"
+    # networks
+    UNKNOWN_NETWORK = "unknown network"
+    MAC_IN_USE = "mac in use"
     # placement (the placement core's refusal codes, and the controller's summary)
     NOT_ENOUGH_CPU = "not enough cpu"
     NOT_ENOUGH_MEMORY = "not enough memory"
@@ -98,6 +101,10 @@ ERRORS: Final[Mapping[ErrorCode, ErrorInfo]] = MappingProxyType(
         ErrorCode.UNKNOWN_VM: ErrorInfo(HTTPStatus.NOT_FOUND, "no VM of that name"),
         ErrorCode.DUPLICATE_NAME: ErrorInfo(_CONFLICT, "a VM of that name exists already"),
         ErrorCode.INVALID: ErrorInfo(_CONFLICT, "the action does not fit the VM's state"),
+        ErrorCode.UNKNOWN_NETWORK: ErrorInfo(
+            HTTPStatus.UNPROCESSABLE_ENTITY, "the host has no network or bridge of that name"
+        ),
+        ErrorCode.MAC_IN_USE: ErrorInfo(_CONFLICT, "another NIC has that MAC address"),
         ErrorCode.NOT_ENOUGH_CPU: ErrorInfo(_CONFLICT, "the host has not enough free CPUs at the VM's level"),
         ErrorCode.NOT_ENOUGH_MEMORY: ErrorInfo(_CONFLICT, "the host has not enough free memory"),
         ErrorCode.HOST_UNAVAILABLE: ErrorInfo(_CONFLICT, "the host takes no VMs (down, draining, unusable)"),

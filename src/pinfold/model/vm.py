@@ -38,13 +38,16 @@ from pinfold.placement import VMSpec
 __all__ = [
     "MAX_IMAGE_LENGTH",
     "MAX_NAME_LENGTH",
+    "MAX_NICS",
     "MAX_OWNER_LENGTH",
     "MAX_RATIO",
     "MAX_VCPUS",
     "MAX_VM_MEMORY_MIB",
     "NAME_PATTERN",
+    "NIC",
     "VMRequest",
     "image_path_problem",
+    "nic_problem",
     "valid_name",
 ]
 
@@ -59,6 +62,14 @@ MAX_VM_MEMORY_MIB = 64 * 1024 * 1024
 MAX_RATIO = 64.0
 MAX_OWNER_LENGTH = 128
 MAX_IMAGE_LENGTH = 4096
+#: NICs one VM may have (a PCI bus holds many more; a request with more is a mistake)
+MAX_NICS = 8
+#: a libvirt network's name as pinfold accepts it (the same plain characters as a VM's)
+NETWORK_PATTERN = NAME_PATTERN
+#: a Linux interface name (a host bridge): at most 15 characters, no '/' or blank
+BRIDGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"
+#: six octets, colon-separated (any case; stored lower-case)
+MAC_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
 
 
 def valid_name(name: str) -> bool:
@@ -84,10 +95,51 @@ def image_path_problem(image: str) -> str | None:
 
 
 @dataclass(frozen=True)
+class NIC:
+    """One virtio NIC: on a libvirt network (`network`) or a host bridge
+    (`bridge`), exactly one of the two; `mac` "" lets the agent choose one
+    (then kept for the VM's life)."""
+
+    network: str = ""
+    bridge: str = ""
+    mac: str = ""
+
+    @property
+    def kind(self) -> str:
+        """libvirt's interface type: "network" or "bridge"."""
+        return "bridge" if self.bridge else "network"
+
+    @property
+    def source(self) -> str:
+        """The network's or the bridge's name."""
+        return self.bridge or self.network
+
+
+def nic_problem(nic: NIC) -> str | None:
+    """Why `nic` cannot be a NIC on any host, or None: exactly one of network
+    and bridge, each a plain name, and a MAC (when given) of six octets that
+    is unicast (a multicast source address is refused by every switch). A
+    locally administered MAC is fine (QEMU's own 52:54:00 range is one)."""
+    if bool(nic.network) == bool(nic.bridge):
+        return "nic: name exactly one of network and bridge"
+    if nic.network and not re.fullmatch(NETWORK_PATTERN, nic.network):
+        return f"nic network {nic.network[:80]!r}: use 1-63 letters, digits, '.', '_', '-'"
+    if nic.bridge and not re.fullmatch(BRIDGE_PATTERN, nic.bridge):
+        return f"nic bridge {nic.bridge[:80]!r}: an interface name of 1-15 letters, digits, '.', '_', '-'"
+    if nic.mac:
+        if not re.fullmatch(MAC_PATTERN, nic.mac):
+            return f"nic mac {nic.mac[:80]!r}: six hexadecimal octets separated by ':'"
+        if int(nic.mac[:2], 16) & 1:
+            return f"nic mac {nic.mac}: a multicast address (the first octet is odd), not a NIC's"
+    return None
+
+
+@dataclass(frozen=True)
 class VMRequest:
     """A VM to create: its sizes, oversubscription level, owner and base image
     ("" for a diskless guest); `spec` is the placement core's view of it.
-    `nics`, `ssh_keys` and `user_data` are room for the guest's network and
+    `nics` are its network interfaces (none: the agent's default network's,
+    if it has one); `ssh_keys` and `user_data` are room for the guest's
     first-boot setup: empty, and not read yet."""
 
     name: str
@@ -96,7 +148,7 @@ class VMRequest:
     ratio: float = 1.0
     owner: str = ""
     image: str = ""
-    nics: tuple[str, ...] = ()
+    nics: tuple[NIC, ...] = ()
     ssh_keys: tuple[str, ...] = ()
     user_data: str = ""
 

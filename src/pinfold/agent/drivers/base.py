@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from pinfold.agent.domain import DomainSpec
+from pinfold.agent.networks import NetworkInfo
 
 __all__ = ["Driver", "DriverError", "GuestInfo", "GuestState"]
 
@@ -76,3 +78,19 @@ class Driver(Protocol):
     def addresses(self, name: str) -> list[str]:
         """The guest's IPv4 addresses the hypervisor knows (DHCP leases, guest
         agent), or [] when it knows none yet."""
+
+    def nic_addresses(self, name: str) -> dict[str, list[str]]:
+        """Per MAC (lower-case) of the guest's NICs, the addresses the
+        hypervisor knows (IPv4 first, then IPv6; no loopback, no link-local)."""
+
+    def networks(self) -> list[NetworkInfo]:
+        """The networks the hypervisor has, started or not."""
+
+    def bridge_exists(self, name: str) -> bool:
+        """Whether the host has a bridge of that name (for bridged NICs)."""
+
+    def define_network(self, name: str, subnet: ipaddress.IPv4Network) -> None:
+        """Define a NAT network with DHCP on `subnet`, start it and mark it autostarted."""
+
+    def start_network(self, name: str) -> None:
+        """Start a defined network."""

@@ -3,9 +3,11 @@ DriverError; nothing above this module imports libvirt."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import libvirt
@@ -20,6 +22,7 @@ from pinfold.agent.domain import (
     resized_xml,
 )
 from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
+from pinfold.agent.networks import NetworkInfo, nat_network_xml, network_info_from_xml
 
 __all__ = ["LibvirtDriver"]
 
@@ -30,6 +33,7 @@ _STATES = {
 }
 _CODES = {
     libvirt.VIR_ERR_NO_DOMAIN: "not found",
+    libvirt.VIR_ERR_NO_NETWORK: "not found",
     libvirt.VIR_ERR_OPERATION_INVALID: "invalid",
     libvirt.VIR_ERR_INVALID_ARG: "invalid",
     libvirt.VIR_ERR_XML_ERROR: "invalid",
@@ -53,6 +57,10 @@ class LibvirtDriver:
     """Guests as libvirt domains on `uri` (qemu:///system in production)."""
 
     def __init__(self, uri: str = "qemu:///system", poll_s: float = 0.2) -> None:
+        # libvirt's default handler prints every error on stderr, raised or not: asking a
+        # guest without qemu-guest-agent for its addresses would write a line at every poll.
+        # Every error still raises, and is translated below (process-wide: the agent's own).
+        libvirt.registerErrorHandler(_quiet, None)
         with _translated(f"connect to {uri}"):
             self._conn = libvirt.open(uri)
         self.uri = uri
@@ -189,25 +197,71 @@ class LibvirtDriver:
         return self._info(self._domain(name))
 
     def addresses(self, name: str) -> list[str]:
-        """IPv4 addresses from the network's DHCP leases, then from the guest
-        agent; neither may know any (no lease yet, no agent in the guest)."""
-        domain = self._domain(name)
+        """The IPv4 addresses of the guest's NICs (`nic_addresses`)."""
         found: list[str] = []
+        for addresses in self.nic_addresses(name).values():
+            found += [a for a in addresses if ":" not in a and a not in found]
+        return found
+
+    def nic_addresses(self, name: str) -> dict[str, list[str]]:
+        """Per MAC, from the DHCP leases of its libvirt network as libvirt
+        matches them to this running domain's MACs (never the bare lease list:
+        leases outlive domains), then, for the MACs that have none, from the
+        guest agent; neither may know any (no lease yet, no agent in the guest)."""
+        domain = self._domain(name)
+        spec = self._info(domain).spec
+        macs = {nic.mac for nic in spec.nics} if spec is not None else set()
+        found: dict[str, list[str]] = {}
         for source in (
             libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
             libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
         ):
+            if macs and macs <= found.keys():
+                break  # every NIC has its lease: the guest agent is not asked
             try:
                 interfaces = domain.interfaceAddresses(source) or {}
             except libvirt.libvirtError:
                 continue  # no network driver, no agent: the next source, or none
             for interface in interfaces.values():
-                for address in interface.get("addrs") or ():
-                    if address.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4 and address["addr"] not in found:
-                        found.append(address["addr"])
-            if found:
-                break
+                mac = (interface.get("hwaddr") or "").lower()
+                addresses = _usable([entry["addr"] for entry in interface.get("addrs") or ()])
+                if mac and addresses and mac not in found:
+                    found[mac] = addresses
         return found
+
+    def networks(self) -> list[NetworkInfo]:
+        with _translated("list networks"):
+            networks = self._conn.listAllNetworks()
+        found = []
+        for network in networks:
+            try:
+                with _translated("read a network"):
+                    found.append(network_info_from_xml(network.XMLDesc(0), bool(network.isActive())))
+            except DriverError as error:  # gone meanwhile: not an error of the listing
+                if error.code != "not found":
+                    raise
+        return found
+
+    def bridge_exists(self, name: str) -> bool:
+        """A bridge of the host this agent runs on (libvirt's own host is the
+        same machine in production)."""
+        return "/" not in name and (Path("/sys/class/net") / name / "bridge").is_dir()
+
+    def define_network(self, name: str, subnet: ipaddress.IPv4Network) -> None:
+        with _translated(f"define network {name}"):
+            network = self._conn.networkDefineXML(nat_network_xml(name, subnet))
+        try:
+            with _translated(f"start network {name}"):
+                network.create()
+                network.setAutostart(1)
+        except DriverError:
+            with _translated(f"undefine network {name} after a failed start"):
+                network.undefine()
+            raise
+
+    def start_network(self, name: str) -> None:
+        with _translated(f"start network {name}"):
+            self._conn.networkLookupByName(name).create()
 
     def _require(self, name: str, states: set[GuestState]) -> Any:
         """The domain, if it is in one of `states` (the same check on every
@@ -241,3 +295,21 @@ class LibvirtDriver:
                     return True
             time.sleep(self.poll_s)
         return False
+
+
+def _quiet(_context: object, _error: object) -> None:
+    """libvirt's error handler: say nothing (the error raises anyway)."""
+
+
+def _usable(addresses: list[str]) -> list[str]:
+    """IPv4 first, then IPv6, without loopback or link-local addresses (the
+    guest agent reports those too; nobody reaches a guest on them)."""
+    kept = []
+    for text in addresses:
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            continue
+        if not (address.is_loopback or address.is_link_local):
+            kept.append(address)
+    return [str(a) for a in sorted(kept, key=lambda a: a.version)]

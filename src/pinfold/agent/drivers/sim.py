@@ -7,15 +7,17 @@ waits outside the agent's lock, while API threads create and delete guests.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
 from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
+from pinfold.agent.networks import NetworkInfo
 
 __all__ = ["SimDriver"]
 
@@ -26,11 +28,16 @@ _RANGES = ("198.51.100", "203.0.113", "192.0.2")
 
 
 class SimDriver:
-    def __init__(self, counter: Path | None = None) -> None:
+    def __init__(
+        self, counter: Path | None = None, networks: Iterable[str] = (), bridges: Iterable[str] = ()
+    ) -> None:
         """`counter`: a file that keeps how many addresses were handed out,
         so that a driver made again on it (an agent restarted on its data
         dir) goes on past them: a peer such as a RAPID DS may still hold
-        them. None: in memory only, from the first address."""
+        them. None: in memory only, from the first address. `networks` and
+        `bridges`: the host's, as configured (simulated: started, no subnet)."""
+        self._networks = {name: NetworkInfo(name, f"sim-{name}"[:15], "", True) for name in networks}
+        self._bridges = frozenset(bridges)
         self._guests: dict[str, GuestInfo] = {}
         self._addresses: dict[str, str] = {}
         self._counter = counter
@@ -112,6 +119,33 @@ class SimDriver:
             if guest.state is not GuestState.RUNNING:
                 return []
             return [self._addresses[name]]
+
+    def nic_addresses(self, name: str) -> dict[str, list[str]]:
+        """The simulated address, on the guest's first NIC (none without one)."""
+        guest = self._get(name)
+        nics = guest.spec.nics if guest.spec is not None else ()
+        addresses = self.addresses(name)
+        return {nics[0].mac: addresses} if nics and addresses else {}
+
+    def networks(self) -> list[NetworkInfo]:
+        with self._lock:
+            return list(self._networks.values())
+
+    def bridge_exists(self, name: str) -> bool:
+        return name in self._bridges
+
+    def define_network(self, name: str, subnet: ipaddress.IPv4Network) -> None:
+        with self._lock:
+            if name in self._networks:
+                raise DriverError("already exists", f"network '{name}' already exists")
+            self._networks[name] = NetworkInfo(name, f"sim-{name}"[:15], str(subnet), True)
+
+    def start_network(self, name: str) -> None:
+        with self._lock:
+            network = self._networks.get(name)
+            if network is None:
+                raise DriverError("not found", f"no network with matching name '{name}'")
+            self._networks[name] = replace(network, active=True)
 
     def _get(self, name: str) -> GuestInfo:
         with self._lock:
