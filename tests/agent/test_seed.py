@@ -1,5 +1,8 @@
 """cloud-init seeds (agent/seed.py): the NoCloud ISO read back with pycdlib
-holds the hostname, the keys, the user data and the network-config."""
+holds the hostname, the keys, the user data and the network-config; the
+agent writes one for a VM with keys or user data, attaches it to the domain,
+and removes it with the VM, after a failed create, and at start when a crash
+left it half written or for no VM."""
 
 from __future__ import annotations
 
@@ -8,9 +11,18 @@ import json
 from pathlib import Path
 
 import pycdlib
+import pytest
 
+from pinfold.agent.domain import DomainSpec
+from pinfold.agent.drivers import SimDriver
+from pinfold.agent.pools import PoolSpec
 from pinfold.agent.seed import LABEL, PARTIAL, Seeds, build_iso
+from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
+from pinfold.agent.store import Pending, Store, StoredVM
+from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import MAX_USER_DATA_BYTES
+from pinfold.placement import VMSpec
+from pinfold.topology import Topology
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPJQep4eS/coYUOy+Uh+HQ/PXtPmYwjCkZNEkZnPROFW alice@laptop"
 KEY2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILgGd5NvHywU0a9ldOLZJ+d+vxVQCdQzEJ3g/qYt3FRX bob"
@@ -108,3 +120,112 @@ def test_leftovers_are_the_partial_seeds_and_those_of_no_vm(tmp_path: Path) -> N
     seeds.remove_leftovers(["kept"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.cidata.iso", "orphan.qcow2"]
     Seeds(tmp_path / "none").remove_leftovers([])  # no directory yet: nothing to do
+
+
+# -- the agent ---------------------------------------------------------------------------------
+
+
+def agent_in(
+    tmp_path: Path, topology: Topology, driver: SimDriver | None = None, **settings: object
+) -> Agent:
+    return Agent.open(
+        topology, driver or SimDriver(), Store(tmp_path / "agent.db"),
+        AgentSettings(domain_type="qemu", disk_dir=tmp_path / "disks", **settings),  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_a_vm_with_keys_gets_its_seed_attached_and_loses_it_when_deleted(
+    tmp_path: Path, i7: Topology
+) -> None:
+    driver = SimDriver()
+    agent = agent_in(tmp_path, i7, driver)
+    agent.create(VMRequest("web", 1, 128, 2.0, ssh_keys=(KEY,), user_data=USER_DATA))
+    seed = tmp_path / "disks" / "web.cidata.iso"
+    assert driver.info("web").spec.seed == seed  # type: ignore[union-attr]
+    _, files = read_iso(seed)
+    assert files["user-data"] == USER_DATA.encode()
+    agent.delete("web")
+    assert not seed.exists()
+
+
+def test_a_vm_without_keys_or_user_data_has_no_seed(tmp_path: Path, i7: Topology) -> None:
+    driver = SimDriver()
+    agent = agent_in(tmp_path, i7, driver)
+    agent.create(VMRequest("plain", 1, 128, 2.0))
+    assert driver.info("plain").spec.seed is None  # type: ignore[union-attr]
+    assert not (tmp_path / "disks").exists() or not list((tmp_path / "disks").iterdir())
+
+
+def test_too_big_user_data_is_refused_with_nothing_made(tmp_path: Path, i7: Topology) -> None:
+    driver = SimDriver()
+    agent = agent_in(tmp_path, i7, driver)
+    with pytest.raises(AgentError, match=f"at most {MAX_USER_DATA_BYTES}") as refused:
+        agent.create(VMRequest("big", 1, 128, 2.0, user_data="é" * (MAX_USER_DATA_BYTES // 2 + 1)))
+    assert refused.value.code == "invalid request"
+    with pytest.raises(AgentError, match="ssh key"):
+        agent.create(VMRequest("bad", 1, 128, 2.0, ssh_keys=("ssh-ed25519 not-base64!",)))
+    assert driver.guests() == []
+    assert agent.vms == {}
+    assert not (tmp_path / "disks").exists() or not list((tmp_path / "disks").iterdir())
+
+
+def test_a_failed_create_removes_its_seed(tmp_path: Path, i7: Topology) -> None:
+    driver = SimDriver()
+    agent = agent_in(tmp_path, i7, driver)
+    driver.create(DomainSpec("clash", 1, 128, frozenset({0}), 1.0))  # a domain the store does not know
+    with pytest.raises(AgentError, match="hypervisor failed"):
+        agent.create(VMRequest("clash", 1, 128, 1.0, ssh_keys=(KEY,)))
+    assert not (tmp_path / "disks" / "clash.cidata.iso").exists()
+
+
+def test_a_seeded_vm_is_made_cold_not_handed_a_booted_pool_member(tmp_path: Path, i7: Topology) -> None:
+    driver = SimDriver()
+    pool = PoolSpec(name="small", size=1, vcpus=1, memory_mib=128, ratio=2.0, warmup_s=0.0)
+    agent = agent_in(tmp_path, i7, driver, pools=(pool,))
+    while agent.tend_pools(0.0):
+        pass
+    agent.tend_pools(1.0)
+    assert agent.pool_status()["small"]["ready"] == 1
+    members = {g.name for g in driver.guests()}
+    assert len(members) == 1
+    agent.create(VMRequest("keyed", 1, 128, 2.0, ssh_keys=(KEY,)))
+    assert agent.vms["keyed"].domain == "keyed"  # its own domain, with its seed
+    assert driver.info("keyed").spec.seed is not None  # type: ignore[union-attr]
+
+
+def test_start_up_removes_leftover_seeds_and_keeps_a_stored_vms(tmp_path: Path, i7: Topology) -> None:
+    """A crash after a seed was written but before its VM was stored leaves a
+    seed of no VM; one during the write leaves a partial file; one after the
+    store leaves a VM whose domain start-up makes again, with its seed."""
+    driver = SimDriver()
+    first = agent_in(tmp_path, i7, driver)
+    first.create(VMRequest("kept", 1, 128, 2.0, ssh_keys=(KEY,)))
+    seeds = Seeds(tmp_path / "disks")
+    seeds.write("never-stored", [KEY], "")
+    (tmp_path / "disks" / f"{PARTIAL}0.iso").write_bytes(b"half")
+    # stored with a pending create, its seed written, its domain never made
+    seeds.write("half-created", [KEY], "")
+    first.allocator.deploy(VMSpec("half-created", 1, 128, 2.0))
+    first.store.save_vm(
+        StoredVM(VMSpec("half-created", 1, 128, 2.0), "", "", VMState.CREATING, Pending.CREATE),
+        first.allocator.snapshot(),
+    )
+    first.store.close()
+    agent = agent_in(tmp_path, i7, driver)
+    assert sorted(p.name for p in (tmp_path / "disks").iterdir()) == [
+        "half-created.cidata.iso", "kept.cidata.iso",
+    ]  # fmt: skip
+    assert driver.info("half-created").spec.seed == seeds.path("half-created")  # type: ignore[union-attr]
+    assert agent.vms["half-created"].state == "running"
+
+
+def test_a_vm_whose_domain_went_with_a_delete_loses_its_seed_at_start(tmp_path: Path, i7: Topology) -> None:
+    driver = SimDriver()
+    first = agent_in(tmp_path, i7, driver)
+    first.create(VMRequest("gone", 1, 128, 2.0, ssh_keys=(KEY,)))
+    first.store.set_state("gone", "running", Pending.DELETE)  # the delete marked, then the crash
+    driver.delete("gone")
+    first.store.close()
+    agent = agent_in(tmp_path, i7, driver)
+    assert "gone" not in agent.vms
+    assert not (tmp_path / "disks" / "gone.cidata.iso").exists()

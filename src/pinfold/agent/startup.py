@@ -1,5 +1,6 @@
 """The start step: load the store, restore the allocator, remove the
-overlays a crash left half made, and make the hypervisor match the store
+overlays and cloud-init seeds a crash left half made (or made for no VM
+stored), and make the hypervisor match the store
 (`reconcile.plan`), re-pinning what a crash left on the wrong CPUs.
 """
 
@@ -35,6 +36,7 @@ class StartUp(Making):
                 raise RuntimeError("the agent is already started")
             self.disks.remove_partial_overlays()
             snapshot, vms = self.store.load()
+            self.seeds.remove_leftovers(vm.domain for vm in vms.values())
             allocator = HostAllocator.restore(
                 self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
             )
