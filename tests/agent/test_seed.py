@@ -223,7 +223,7 @@ def test_a_vm_whose_domain_went_with_a_delete_loses_its_seed_at_start(tmp_path: 
     driver = SimDriver()
     first = agent_in(tmp_path, i7, driver)
     first.create(VMRequest("gone", 1, 128, 2.0, ssh_keys=(KEY,)))
-    first.store.set_state("gone", "running", Pending.DELETE)  # the delete marked, then the crash
+    first.store.set_state("gone", VMState.RUNNING, Pending.DELETE)  # the delete marked, then the crash
     driver.delete("gone")
     first.store.close()
     agent = agent_in(tmp_path, i7, driver)
