@@ -229,3 +229,14 @@ def test_a_vm_whose_domain_went_with_a_delete_loses_its_seed_at_start(tmp_path: 
     agent = agent_in(tmp_path, i7, driver)
     assert "gone" not in agent.vms
     assert not (tmp_path / "disks" / "gone.cidata.iso").exists()
+
+
+def test_a_vm_without_keys_never_gets_a_stale_seed_of_its_name(tmp_path: Path, i7: Topology) -> None:
+    """A seed left under a name (say, copied back by an operator's restore)
+    is no VM's: a VM made under that name without keys must not boot with it."""
+    driver = SimDriver()
+    agent = agent_in(tmp_path, i7, driver)
+    Seeds(tmp_path / "disks").write("plain", [KEY], "#!/bin/sh\necho not yours\n")
+    agent.create(VMRequest("plain", 1, 128, 2.0))
+    assert driver.info("plain").spec.seed is None  # type: ignore[union-attr]
+    assert not (tmp_path / "disks" / "plain.cidata.iso").exists()

@@ -92,8 +92,11 @@ class Making(PinKeeping):
     def _write_seed(self, request: VMRequest) -> None:
         """The cloud-init seed of a VM with SSH keys or user data, written
         before the VM is stored: a crash leaves either a seed of no VM, which
-        the next start removes, or a stored VM whose seed `_make` finds."""
+        the next start removes, or a stored VM whose seed `_make` finds. A VM
+        without keys or user data has none, whatever file lies under its name
+        (`_make` attaches the seed it finds)."""
         if not (request.ssh_keys or request.user_data):
+            self.seeds.remove(request.name)
             return
         try:
             self.seeds.write(request.name, request.ssh_keys, request.user_data)
