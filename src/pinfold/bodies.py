@@ -5,11 +5,16 @@
 same 422 and publish the same OpenAPI constraints; `to_request` hands the
 shells the one `VMRequest` they act on. The controller's body adds `policy`
 (controller/api.py). `nics` (optional, at most `MAX_NICS`) names each NIC's
-network or bridge and, optionally, its MAC; none: the agent's default. The
-request's room for SSH keys and user data is not in the body yet.
+network or bridge and, optionally, its MAC; none: the agent's default.
+`ssh_keys` and `user_data` go into the VM's cloud-init seed; the bounds here
+are the coarse ones a schema can state (user data counted in characters), and
+`pinfold.model.vm.first_boot_problem` judges the rest (key format, user data
+in UTF-8 bytes).
 """
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -21,6 +26,9 @@ from pinfold.model.vm import (
     MAX_NICS,
     MAX_OWNER_LENGTH,
     MAX_RATIO,
+    MAX_SSH_KEY_LENGTH,
+    MAX_SSH_KEYS,
+    MAX_USER_DATA_BYTES,
     MAX_VCPUS,
     MAX_VM_MEMORY_MIB,
     NAME_PATTERN,
@@ -50,6 +58,9 @@ class CreateNIC(BaseModel):
         return NIC(network=self.network or "", bridge=self.bridge or "", mac=(self.mac or "").lower())
 
 
+SSHKey = Annotated[str, Field(min_length=1, max_length=MAX_SSH_KEY_LENGTH)]
+
+
 class CreateVM(BaseModel):
     #: JSON numbers are taken as they are: `"1"` or `true` is no vCPU count
     model_config = ConfigDict(strict=True)
@@ -60,7 +71,12 @@ class CreateVM(BaseModel):
     owner: str = Field(default="", max_length=MAX_OWNER_LENGTH)
     image: str = Field(default="", max_length=MAX_IMAGE_LENGTH)
     nics: list[CreateNIC] = Field(default_factory=list, max_length=MAX_NICS)
+    ssh_keys: list[SSHKey] = Field(default_factory=list, max_length=MAX_SSH_KEYS)
+    user_data: str = Field(default="", max_length=MAX_USER_DATA_BYTES)
 
     def to_request(self) -> VMRequest:
-        nics = tuple(nic.to_nic() for nic in self.nics)
-        return VMRequest(self.name, self.vcpus, self.memory_mib, self.ratio, self.owner, self.image, nics)
+        return VMRequest(
+            self.name, self.vcpus, self.memory_mib, self.ratio, self.owner, self.image,
+            nics=tuple(nic.to_nic() for nic in self.nics),
+            ssh_keys=tuple(self.ssh_keys), user_data=self.user_data,
+        )  # fmt: skip

@@ -13,6 +13,13 @@ loads the virtio-net modules, takes an address by DHCP (udhcpc), serves a page
 naming that address with busybox httpd on NET_PORT, and prints NET_ADDRESS and
 the address on the serial console once the page is served; `netfetch=ADDRESS`
 then makes it fetch another guest's page and print NET_FETCHED and its body.
+
+`cidata` on the command line (a word of its own; guests without it are
+unchanged) loads the IDE CD-ROM and ISO 9660 modules, waits for /dev/sr0,
+prints CIDATA_DEVICE and the device, CIDATA_LABEL and the volume label read
+off it (busybox-static has no blkid), mounts it and
+prints each line of its meta-data and user-data after CIDATA_META and
+CIDATA_USER: what cloud-init would find on the NoCloud seed.
 """
 
 from __future__ import annotations
@@ -40,6 +47,23 @@ NET_MODULES = (
     "kernel/drivers/net/virtio_net.ko",
 )
 NET_MODULE_NAMES = " ".join(Path(m).stem for m in NET_MODULES)
+CIDATA_DEVICE = "pinfold-guest-cidata-device"
+CIDATA_LABEL = "pinfold-guest-cidata-label"
+CIDATA_META = "pinfold-guest-cidata-meta"
+CIDATA_USER = "pinfold-guest-cidata-user"
+CIDATA_DONE = "pinfold-guest-cidata-done"
+# The PIIX IDE controller of machine type pc (ata_piix: the cloud kernel has no AHCI),
+# the SCSI CD-ROM driver on top and ISO 9660; in this order, as for NET_MODULES.
+CIDATA_MODULES = (
+    "kernel/drivers/scsi/scsi_common.ko",
+    "kernel/drivers/scsi/scsi_mod.ko",
+    "kernel/drivers/cdrom/cdrom.ko",
+    "kernel/drivers/scsi/sr_mod.ko",
+    "kernel/drivers/ata/libata.ko",
+    "kernel/drivers/ata/ata_piix.ko",
+    "kernel/fs/isofs/isofs.ko",
+)
+CIDATA_MODULE_NAMES = " ".join(Path(m).stem for m in CIDATA_MODULES)
 
 INIT = f"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev
@@ -71,6 +95,23 @@ if /bin/busybox grep -qE '(^| )net( |$)' /proc/cmdline; then
         until page=$(/bin/busybox wget -q -O - "http://$fetch:{NET_PORT}/"); do /bin/busybox sleep 1; done
         echo "{NET_FETCHED} $page"
     fi
+fi
+if /bin/busybox grep -qE '(^| )cidata( |$)' /proc/cmdline; then
+    for module in {CIDATA_MODULE_NAMES}; do
+        /bin/busybox insmod /lib/modules/cidata/$module.ko
+    done
+    tries=0
+    until [ -b /dev/sr0 ] || [ $tries -ge 300 ]; do /bin/busybox usleep 100000; tries=$((tries + 1)); done
+    echo "{CIDATA_DEVICE} $(/bin/busybox ls /dev/sr0)"
+    # the volume identifier: 32 bytes at offset 40 of the primary volume descriptor (sector 16)
+    label=$(/bin/busybox dd if=/dev/sr0 bs=2048 skip=16 count=1 2>/dev/null \\
+        | /bin/busybox dd bs=1 skip=40 count=32 2>/dev/null | /bin/busybox sed 's/ *$//')
+    echo "{CIDATA_LABEL} $label"
+    /bin/busybox mkdir -p /cidata
+    /bin/busybox mount -t iso9660 -o ro /dev/sr0 /cidata
+    /bin/busybox sed 's/^/{CIDATA_META} /' /cidata/meta-data
+    /bin/busybox sed 's/^/{CIDATA_USER} /' /cidata/user-data
+    echo {CIDATA_DONE}
 fi
 if /bin/busybox grep -q burn /proc/cmdline; then
     while :; do :; done
@@ -121,7 +162,8 @@ def build_initramfs(busybox: Path, out: Path, modules_dir: Path | None = None) -
     """Write an uncompressed newc archive holding /init and /bin/busybox, and,
     given the guest kernel's module tree, the modules and the power-button
     handler of acpid (busybox's acpid runs /etc/acpi/PWRF/00000080), and the
-    virtio-net modules and udhcpc script of the `net` guests."""
+    virtio-net modules and udhcpc script of the `net` guests, and the CD-ROM
+    modules of the `cidata` guests."""
     entries = [
         ("bin", stat.S_IFDIR | 0o755, b""),
         ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()),
@@ -146,6 +188,12 @@ def build_initramfs(busybox: Path, out: Path, modules_dir: Path | None = None) -
                 for m in NET_MODULES
             ),
             ("etc/udhcpc.sh", stat.S_IFREG | 0o755, UDHCPC_SCRIPT.encode()),
+            # under lib/modules/cidata, loaded only by the `cidata` guests, as the net ones
+            ("lib/modules/cidata", stat.S_IFDIR | 0o755, b""),
+            *(
+                (f"lib/modules/cidata/{Path(m).name}", stat.S_IFREG | 0o644, (modules_dir / m).read_bytes())
+                for m in CIDATA_MODULES
+            ),
         ]
     archive = b"".join(_newc_entry(name, mode, data, i + 1) for i, (name, mode, data) in enumerate(entries))
     archive += _newc_entry("TRAILER!!!", 0, b"", 0)

@@ -17,6 +17,7 @@ from pinfold.agent.monitor import Monitor
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
 from pinfold.agent.store import Store
+from pinfold.model.vm import MAX_SSH_KEYS, MAX_USER_DATA_BYTES
 from tests.agent.test_service import SlowShutdown
 from tests.servers import serving as serving_app
 
@@ -129,6 +130,56 @@ def test_bad_input_is_a_4xx_json_error_and_changes_nothing(agent_url, body, stat
         assert response.status_code == status
         assert response.json()["error"] == error
         assert [vm["name"] for vm in http.get("/api/v1/vms").json()] == ["A"]
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPJQep4eS/coYUOy+Uh+HQ/PXtPmYwjCkZNEkZnPROFW alice@laptop"
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "words"),
+    [
+        ({"user_data": "é" * (MAX_USER_DATA_BYTES // 2 + 1)}, 400, "bytes, at most"),  # bytes, not characters
+        ({"user_data": "x" * (MAX_USER_DATA_BYTES + 1)}, 422, "user_data"),
+        ({"ssh_keys": ["ssh-ed25519 AAAA"]}, 400, "ssh key"),
+        ({"ssh_keys": [KEY] * (MAX_SSH_KEYS + 1)}, 422, "ssh_keys"),
+        ({"ssh_keys": KEY}, 422, "ssh_keys"),
+    ],
+    ids=["user-data-bytes", "user-data-chars", "bad-key", "too-many-keys", "key-not-a-list"],
+)
+def test_bad_cloud_init_input_is_a_4xx_with_nothing_created(tmp_path, i7, extra, status, words):
+    disks = tmp_path / "agent" / "disks"
+    agent = Agent.open(
+        i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu", disk_dir=disks)
+    )
+    try:
+        with serving_app(create_app(agent, TOKEN)) as url, httpx.Client(base_url=url, timeout=10) as http:
+            body = {"name": "c", "vcpus": 1, "memory_mib": 128, **extra}
+            response = http.post("/api/v1/vms", json=body, headers=AUTH)
+            assert response.status_code == status, response.text
+            assert response.json()["error"] == "invalid request"
+            assert words in response.json()["detail"]
+            assert http.get("/api/v1/vms").json() == []
+        assert agent.driver.guests() == []
+        assert not disks.exists() or list(disks.iterdir()) == []
+        assert agent.store.load()[1] == {}
+    finally:
+        agent.close()
+
+
+def test_a_vm_created_with_keys_over_http_has_its_seed(tmp_path, i7):
+    disks = tmp_path / "disks"
+    agent = Agent.open(
+        i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu", disk_dir=disks)
+    )
+    try:
+        with serving_app(create_app(agent, TOKEN)) as url, httpx.Client(base_url=url, timeout=10) as http:
+            body = {"name": "c", "vcpus": 1, "memory_mib": 128, "ssh_keys": [KEY], "user_data": "#!/bin/sh\n"}
+            assert http.post("/api/v1/vms", json=body, headers=AUTH).status_code == 201
+            assert (disks / "c.cidata.iso").is_file()
+            assert http.delete("/api/v1/vms/c", headers=AUTH).status_code == 204
+            assert not (disks / "c.cidata.iso").exists()
+    finally:
+        agent.close()
 
 
 def test_slackvm_routes_place_as_slackvm_does(agent_url):

@@ -3,6 +3,7 @@ and names or paths that must not become XML."""
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,33 @@ def test_relabel_changes_only_the_owner_and_refuses_foreign_domains():
     assert "alice &lt;&amp;&gt;" in metadata_fragment(relabeled_xml(spec.to_xml(), "alice <&>"))
     with pytest.raises(DomainXMLError):
         relabeled_xml("<domain type='kvm'><name>x</name></domain>", "bob")
+
+
+def test_a_seed_is_a_read_only_ide_cdrom_read_back_apart_from_the_disk():
+    seed = Path("/var/lib/pinfold/disks/web-1.cidata.iso")
+    for disk in (Path("/var/lib/pinfold/disks/web-1.qcow2"), None):
+        spec = sample(disk=disk, seed=seed)
+        root = ET.fromstring(spec.to_xml())
+        cdroms = root.findall("devices/disk[@device='cdrom']")
+        assert len(cdroms) == 1
+        cdrom = cdroms[0]
+        assert cdrom.get("type") == "file"
+        assert cdrom.find("driver").attrib == {"name": "qemu", "type": "raw"}  # type: ignore[union-attr]
+        assert cdrom.find("source").get("file") == str(seed)  # type: ignore[union-attr]
+        assert cdrom.find("target").attrib == {"dev": "hdc", "bus": "ide"}  # type: ignore[union-attr]
+        assert cdrom.find("readonly") is not None
+        assert DomainSpec.from_xml(spec.to_xml()) == spec  # a diskless VM's seed is no disk
+
+
+def test_without_a_seed_the_domain_has_no_cdrom():
+    assert "cdrom" not in sample().to_xml()
+
+
+def test_libvirt_accepts_the_seed_cdrom_on_machine_pc():
+    conn = libvirt_or_skip("test:///default")
+    spec = sample(name="seed-check", disk=None, seed=Path("/var/lib/pinfold/disks/seed-check.cidata.iso"))
+    domain = conn.defineXML(spec.to_xml())  # type: ignore[attr-defined]
+    try:
+        assert DomainSpec.from_xml(domain.XMLDesc()) == spec
+    finally:
+        domain.undefine()

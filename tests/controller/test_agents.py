@@ -139,9 +139,13 @@ def test_a_create_sends_the_requests_fields_as_the_agents_body() -> None:
         try:
             client.create(VMRequest("web-1", 2, 512, 2.0, "alice", "/img/base.qcow2"))
             client.create(VMRequest("d", 1, 128))
+            client.create(VMRequest("k", 1, 128, ssh_keys=("ssh-ed25519 AAAA a",), user_data="#!/bin/sh\n"))
         finally:
             client.close()
     assert received == [
         b'{"name":"web-1","vcpus":2,"memory_mib":512,"ratio":2.0,"owner":"alice","image":"/img/base.qcow2"}',
         b'{"name":"d","vcpus":1,"memory_mib":128,"ratio":1.0,"owner":""}',
+        # keys and user data only when there are some: a create without them sends what it did
+        b'{"name":"k","vcpus":1,"memory_mib":128,"ratio":1.0,"owner":"","ssh_keys":["ssh-ed25519 AAAA a"],'
+        b'"user_data":"#!/bin/sh\\n"}',
     ]

@@ -225,3 +225,66 @@ def test_a_shutdown_from_the_cli_waits_longer_than_the_controller_waits_for_the_
     assert result.exit_code == 0, result.output
     assert seen["url"].endswith("/api/v1/vms/web/shutdown")
     assert seen["timeout"] > ControllerConfig().agent_action_timeout_s + 10
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPJQep4eS/coYUOy+Uh+HQ/PXtPmYwjCkZNEkZnPROFW alice@laptop"
+KEY2 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILgGd5NvHywU0a9ldOLZJ+d+vxVQCdQzEJ3g/qYt3FRX bob"
+
+
+def test_ssh_keys_and_user_data_from_files_reach_the_vms_seed(cluster, tmp_path):
+    from tests.agent.test_seed import read_iso
+
+    (tmp_path / "a.pub").write_text(KEY + "\n")
+    (tmp_path / "keys").write_text(f"# two more\n{KEY2}\n\n")
+    (tmp_path / "user-data").write_text("#cloud-config\npackages: [nginx]\n")
+    code, out = cli(
+        cluster, "vm", "create", "web", "--ssh-key", str(tmp_path / "a.pub"), "--ssh-key",
+        str(tmp_path / "keys"), "--user-data", str(tmp_path / "user-data"), "--json",
+    )  # fmt: skip
+    assert code == 0, out
+    agent = cluster.hosts[json.loads(out)["host"]].agent
+    seed = agent.seeds.path("web")
+    _, files = read_iso(seed)
+    assert json.loads(files["meta-data"])["public-keys"] == [KEY, KEY2]
+    assert files["user-data"] == b"#cloud-config\npackages: [nginx]\n"
+    assert cli(cluster, "vm", "delete", "web")[0] == 0
+    assert not seed.exists()
+
+
+def test_bad_key_and_user_data_files_are_clear_errors_and_nothing_is_created(cluster, tmp_path):
+    from pinfold.model.vm import MAX_USER_DATA_BYTES
+
+    (tmp_path / "big").write_bytes(b"x" * (MAX_USER_DATA_BYTES + 1))
+    (tmp_path / "latin1").write_bytes(b"caf\xe9")
+    (tmp_path / "empty.pub").write_text("# nothing\n")
+    (tmp_path / "bad.pub").write_text("ssh-ed25519 AAAA\n")
+    cases = [
+        (["--user-data", str(tmp_path / "missing")], 2, "No such file"),
+        (["--user-data", str(tmp_path / "big")], 2, f"larger than {MAX_USER_DATA_BYTES} bytes"),
+        (["--user-data", str(tmp_path / "latin1")], 2, "not UTF-8"),
+        (["--ssh-key", str(tmp_path / "missing.pub")], 2, "No such file"),
+        (["--ssh-key", str(tmp_path / "empty.pub")], 2, "no public key"),
+        (["--ssh-key", str(tmp_path / "bad.pub")], 1, "ssh key"),  # judged by the controller: a 400
+    ]
+    for flags, status, words in cases:
+        code, out = cli(cluster, "vm", "create", "web", *flags)
+        assert code == status, (flags, out)
+        assert words in " ".join(out.split()), (flags, out)
+    assert json.loads(cli(cluster, "vm", "list", "--json")[1]) == []
+    for host in cluster.hosts.values():
+        assert host.agent.vms == {}
+        assert not host.agent.seeds.directory.exists() or list(host.agent.seeds.directory.iterdir()) == []
+
+
+def test_the_controller_refuses_too_big_user_data_with_nothing_left(cluster):
+    from pinfold.model.vm import MAX_USER_DATA_BYTES
+
+    body = {"name": "web", "vcpus": 1, "memory_mib": 128, "user_data": "é" * (MAX_USER_DATA_BYTES // 2 + 1)}
+    response = httpx.post(
+        f"{cluster.url}/api/v1/vms", json=body, headers={"Authorization": f"Bearer {ADMIN}"}, timeout=10
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid request"
+    assert f"at most {MAX_USER_DATA_BYTES}" in response.json()["detail"]
+    assert cluster.controller.store.vm("web") is None
+    assert all(host.agent.vms == {} for host in cluster.hosts.values())

@@ -4,6 +4,7 @@ rebuilds one field by field."""
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,19 @@ from pydantic import ValidationError
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.bodies import CreateVM
 from pinfold.model.lifecycle import VMState
-from pinfold.model.vm import NIC, VMRequest, nic_problem
+from pinfold.model.vm import (
+    MAX_SSH_KEY_LENGTH,
+    MAX_SSH_KEYS,
+    MAX_USER_DATA_BYTES,
+    NIC,
+    VMRequest,
+    first_boot_problem,
+    nic_problem,
+    ssh_key_problem,
+)
 from pinfold.placement import HostSnapshot, VMSpec
 
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPJQep4eS/coYUOy+Uh+HQ/PXtPmYwjCkZNEkZnPROFW alice@laptop"
 WEB = VMRequest("web-1", 2, 2048, 2.0, "alice", "/images/debian.qcow2")
 
 
@@ -55,8 +66,8 @@ def test_the_create_body_keeps_the_models_bounds(bad: dict[str, object]) -> None
         CreateVM.model_validate({"name": "web-1", "vcpus": 2, "memory_mib": 2048, **bad})
 
 
-def test_the_create_body_has_no_room_for_keys_or_user_data_yet() -> None:
-    fields = {"name", "vcpus", "memory_mib", "ratio", "owner", "image", "nics"}
+def test_the_create_body_has_the_requests_fields() -> None:
+    fields = {"name", "vcpus", "memory_mib", "ratio", "owner", "image", "nics", "ssh_keys", "user_data"}
     assert set(CreateVM.model_fields) == fields
 
 
@@ -82,6 +93,80 @@ def test_the_create_body_hands_its_nics_on_with_macs_lower_case() -> None:
 def test_nic_problems(nic: NIC, problem: str | None) -> None:
     found = nic_problem(nic)
     assert (found is None) if problem is None else (problem in (found or "")), found
+
+
+def test_the_create_body_carries_keys_and_user_data_to_the_request() -> None:
+    body = {"name": "k", "vcpus": 1, "memory_mib": 128, "ssh_keys": [ED25519], "user_data": "#cloud-config\n"}
+    request = CreateVM.model_validate(body).to_request()
+    assert (request.ssh_keys, request.user_data) == ((ED25519,), "#cloud-config\n")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ssh_keys": ED25519},  # a string is no list
+        {"ssh_keys": [""]},
+        {"ssh_keys": ["k" * (MAX_SSH_KEY_LENGTH + 1)]},
+        {"ssh_keys": [ED25519] * (MAX_SSH_KEYS + 1)},
+        {"user_data": "x" * (MAX_USER_DATA_BYTES + 1)},
+        {"user_data": 1},
+    ],
+)
+def test_the_create_body_bounds_keys_and_user_data(bad: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        CreateVM.model_validate({"name": "k", "vcpus": 1, "memory_mib": 128, **bad})
+
+
+def _key(kind: str, blob: bytes) -> str:
+    return f"{kind} {base64.b64encode(blob).decode()}"
+
+
+def _blob(kind: str) -> bytes:
+    return len(kind).to_bytes(4, "big") + kind.encode() + b"\x00" * 40
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        ED25519,
+        ED25519.rsplit(" ", 1)[0],  # no comment
+        ED25519 + " and a comment with spaces",
+        _key("ssh-rsa", _blob("ssh-rsa")),
+        _key("ecdsa-sha2-nistp256", _blob("ecdsa-sha2-nistp256")),
+        _key("sk-ssh-ed25519@openssh.com", _blob("sk-ssh-ed25519@openssh.com")),
+    ],
+)
+def test_public_key_lines_of_known_types_are_taken(key: str) -> None:
+    assert ssh_key_problem(key) is None
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("", "a public key line"),
+        ("ssh-ed25519", "a public key line"),
+        ("ssh-dss " + base64.b64encode(_blob("ssh-dss")).decode(), "a public key line"),
+        ('from="10.0.0.1" ' + ED25519, "a public key line"),  # authorized_keys options
+        ("ssh-ed25519 not!base64", "not base64"),
+        (_key("ssh-ed25519", _blob("ssh-rsa")), "not a ssh-ed25519 key"),
+        (ED25519 + "\nssh-rsa AAAA", "one line"),
+        ("-----BEGIN OPENSSH PRIVATE KEY-----", "a public key line"),
+        ("ssh-ed25519 " + "A" * MAX_SSH_KEY_LENGTH, "longer than"),
+    ],
+)
+def test_anything_but_a_public_key_line_is_refused(key: str, why: str) -> None:
+    problem = ssh_key_problem(key)
+    assert problem is not None
+    assert why in problem
+
+
+def test_first_boot_inputs_are_bounded() -> None:
+    assert first_boot_problem((ED25519,) * MAX_SSH_KEYS, "x" * MAX_USER_DATA_BYTES) is None
+    assert "at most 32 keys" in (first_boot_problem((ED25519,) * (MAX_SSH_KEYS + 1), "") or "")
+    assert "ssh key" in (first_boot_problem((ED25519, "nope"), "") or "")
+    # counted in UTF-8 bytes: 2 bytes each, so half the characters already fill it
+    assert "bytes, at most" in (first_boot_problem((), "é" * (MAX_USER_DATA_BYTES // 2 + 1)) or "")
+    assert "UTF-8" in (first_boot_problem((), "\ud800") or "")  # a lone surrogate JSON can carry
 
 
 def test_an_agent_store_row_gives_back_its_request(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pinfold.agent.drivers.base import Driver, DriverError, GuestState
 from pinfold.agent.networks import OwnNetwork
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Step
+from pinfold.agent.seed import Seeds
 from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.model.defaults import DEFAULT_CRITICAL_SIZE, DEFAULT_RESERVED_MEMORY_MIB, SHUTDOWN_TIMEOUT_S
 from pinfold.model.errors import ErrorCode, PinfoldError
@@ -95,6 +96,8 @@ class AgentCore:
     def __post_init__(self) -> None:
         disk_dir = self.settings.disk_dir or self.store.path.parent / "disks"
         self.disks = Disks(self.settings.image_dirs, disk_dir)
+        #: the VMs' cloud-init seeds, next to their overlays
+        self.seeds = Seeds(disk_dir)
         self._warming_since: dict[str, float] = {}
         #: per pool, why its last step (adding or suspending a member) failed: why it does not fill
         self.pool_errors: dict[str, str] = {}

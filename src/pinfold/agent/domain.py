@@ -54,7 +54,10 @@ class DomainSpec:
     `disk` is the qcow2 overlay the agent created (None for a diskless guest);
     `kernel`/`initrd`/`cmdline` boot a kernel directly (the test guests) instead
     of from the disk; `serial_log` sends the serial console to a file;
-    `nics` are its virtio NICs, each with its MAC (the agent chose it).
+    `nics` are its virtio NICs, each with its MAC (the agent chose it); `seed`
+    is the VM's cloud-init seed ISO, attached as a read-only CD-ROM on the IDE
+    bus: machine type `pc` has that controller built in, and guest kernels
+    drive it with ata_piix (Debian's cloud kernel has no AHCI driver for SATA).
     """
 
     name: str
@@ -71,6 +74,7 @@ class DomainSpec:
     cmdline: str = ""
     serial_log: Path | None = None
     nics: tuple[NIC, ...] = ()
+    seed: Path | None = None
 
     def __post_init__(self) -> None:
         if not valid_name(self.name):
@@ -124,6 +128,12 @@ class DomainSpec:
             ET.SubElement(disk, "driver", name="qemu", type="qcow2")
             ET.SubElement(disk, "source", file=str(self.disk))
             ET.SubElement(disk, "target", dev="vda", bus="virtio")
+        if self.seed is not None:
+            cdrom = ET.SubElement(devices, "disk", type="file", device="cdrom")
+            ET.SubElement(cdrom, "driver", name="qemu", type="raw")
+            ET.SubElement(cdrom, "source", file=str(self.seed))
+            ET.SubElement(cdrom, "target", dev="hdc", bus="ide")
+            ET.SubElement(cdrom, "readonly")
         if self.serial_log is not None:
             serial = ET.SubElement(devices, "serial", type="file")
             ET.SubElement(serial, "source", path=str(self.serial_log))
@@ -154,7 +164,8 @@ class DomainSpec:
                 cpuset_text = vcpu_element.get("cpuset")
             if not cpuset_text:
                 raise DomainXMLError("the domain is not pinned")
-            disk = domain.find("devices/disk/source")
+            disk = domain.find("devices/disk[@device='disk']/source")
+            seed = domain.find("devices/disk[@device='cdrom']/source")
             kernel = domain.find("os/kernel")
             initrd = domain.find("os/initrd")
             serial = domain.find("devices/serial[@type='file']/source")
@@ -175,6 +186,7 @@ class DomainSpec:
                 if serial is not None and serial.get("path")
                 else None,
                 nics=tuple(_nic(i) for i in domain.iterfind("devices/interface") if i.get("type") in _KINDS),
+                seed=Path(seed.get("file", "")) if seed is not None and seed.get("file") else None,
             )
         except (TypeError, ValueError) as exc:
             if isinstance(exc, DomainXMLError):

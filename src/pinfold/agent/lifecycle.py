@@ -13,7 +13,7 @@ from pinfold.agent.store import Pending, StoredVM
 from pinfold.agent.warm import WarmPools
 from pinfold.model.lifecycle import Action as LifecycleAction
 from pinfold.model.lifecycle import Refused, VMState, transition
-from pinfold.model.vm import VMRequest, image_path_problem, valid_name
+from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem, valid_name
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 
 __all__ = ["Lifecycle"]
@@ -26,19 +26,24 @@ class Lifecycle(WarmPools):
         """A VM as asked: from a warm pool when one matches, else made cold.
         A cold VM's overlay is made without the lock and adopted under it
         (`_overlay_for`): no request waits for qemu-img. It is made only
-        once the VM would fit: a refused create runs no qemu-img."""
+        once the VM would fit: a refused create runs no qemu-img. A VM with
+        SSH keys or user data is always made cold: a pool member has booted
+        already, so cloud-init would never read its seed."""
         if not valid_name(request.name):
             raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
         problem = image_path_problem(request.image) if request.image else None
+        problem = problem or first_boot_problem(request.ssh_keys, request.user_data)
         if problem is not None:
             raise AgentError("invalid request", problem)
         base = self._base_image(request.image)
         with self.lock:
             self._retry_stale_pins()
             self._refuse_taken(request.name)
-            # a member has the default network's NIC: a request naming its own NICs is made cold
-            taking = request.name not in self.allocator and not request.nics
-            member = self._ready_member(request, base) if taking else None
+            # a member has the default network's NIC and booted without a seed: a request
+            # naming its own NICs, or with keys or user data, is made cold
+            seeded = bool(request.ssh_keys or request.user_data)
+            warm = request.name not in self.allocator and not request.nics and not seeded
+            member = self._ready_member(request, base) if warm else None
             if member is not None:
                 return self._hand_out(member, request)
             if base is None:

@@ -87,8 +87,10 @@ class Making(PinKeeping):
             spec, request.owner, str(base or ""), VMState.CREATING, Pending.CREATE, pool=pool, nics=nics
         )
         try:
+            self._write_seed(request, nics)
             self.store.save_vm(vm, self.allocator.snapshot())
         except BaseException:
+            self.seeds.remove(vm.domain)
             self.allocator.remove(spec.name)
             raise
         self.vms[spec.name] = vm
@@ -105,6 +107,23 @@ class Making(PinKeeping):
             raise AgentError("hypervisor failed", "cannot re-pin " + "; ".join(failed))
         return self._set(spec.name, VMState.WARMING if pool else VMState.RUNNING, None)
 
+    def _write_seed(self, request: VMRequest, nics: tuple[NIC, ...]) -> None:
+        """The cloud-init seed of a VM with SSH keys or user data, written
+        before the VM is stored: a crash leaves either a seed of no VM, which
+        the next start removes, or a stored VM whose seed `_make` finds. A VM
+        without keys or user data has none, whatever file lies under its name
+        (`_make` attaches the seed it finds). Its network-config sets each
+        NIC up by its MAC."""
+        if not (request.ssh_keys or request.user_data):
+            self.seeds.remove(request.name)
+            return
+        try:
+            self.seeds.write(
+                request.name, request.ssh_keys, request.user_data, macs=tuple(nic.mac for nic in nics)
+            )
+        except OSError as error:
+            raise AgentError("disk failed", f"cannot write the cloud-init seed: {error}") from error
+
     def _delete(self, vm: StoredVM) -> None:
         name = vm.spec.name
         self._set(name, vm.state, Pending.DELETE)
@@ -120,6 +139,7 @@ class Making(PinKeeping):
 
     def _forget(self, name: str) -> None:
         self.disks.remove_overlay(self.vms[name].domain)
+        self.seeds.remove(self.vms[name].domain)
         self._warming_since.pop(name, None)
         self._stale_pins.pop(name, None)
         self._shutdowns.pop(name, None)  # a shutdown still waiting records nothing
@@ -150,4 +170,5 @@ class Making(PinKeeping):
             name=vm.domain, vcpus=vm.spec.vcpus, memory_mib=vm.spec.memory_mib, cpuset=cpuset,
             level=float(vm.spec.ratio), owner=vm.owner, image=vm.image, domain_type=s.domain_type,
             kernel=s.kernel, initrd=s.initrd, cmdline=s.cmdline, serial_log=serial, disk=disk, nics=vm.nics,
+            seed=self.seeds.existing(vm.domain),
         )  # fmt: skip

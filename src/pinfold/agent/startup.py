@@ -1,7 +1,8 @@
 """The start step: make the agent's own network when it is missing, load
-the store, restore the allocator, remove the overlays a crash left half made,
-and make the hypervisor match the store (`reconcile.plan`), re-pinning what a
-crash left on the wrong CPUs.
+the store, restore the allocator, remove the overlays and cloud-init seeds a
+crash left half made (or made for no VM stored), and make the hypervisor
+match the store (`reconcile.plan`), re-pinning what a crash left on the
+wrong CPUs.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class StartUp(Making):
             self._ensure_own_network()
             self.disks.remove_partial_overlays()
             snapshot, vms = self.store.load()
+            self.seeds.remove_leftovers(vm.domain for vm in vms.values())
             allocator = HostAllocator.restore(
                 self.topology, snapshot, self.settings.critical_size, self.settings.reserved_memory_mib
             )

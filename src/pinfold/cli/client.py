@@ -25,6 +25,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pinfold.model.defaults import ACTION_TIMEOUT_S, CONTROLLER_PORT
+from pinfold.model.vm import MAX_SSH_KEY_LENGTH, MAX_SSH_KEYS, MAX_USER_DATA_BYTES
 from pinfold.tls import client_context, tls_failure, warn_plain_url
 
 __all__ = ["CLI_CONFIG", "REQUEST_TIMEOUT_S", "cli_config_path", "register", "vm_table"]
@@ -223,13 +224,27 @@ def vm_create(
     explain: Annotated[
         bool, typer.Option("--explain", help="When nothing fits, say why host by host.")
     ] = False,
+    ssh_key: Annotated[
+        list[Path] | None,
+        typer.Option("--ssh-key", help="SSH public key file for cloud-init (repeatable).", dir_okay=False),
+    ] = None,
+    user_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--user-data",
+            help=f"cloud-init user data file (at most {MAX_USER_DATA_BYTES} bytes).",
+            dir_okay=False,
+        ),
+    ] = None,
     url: Url = None,
     token: Token = None,
     ca: Ca = None,
     as_json: Json = False,
 ) -> None:
-    """Place and create a VM; the same command again returns the same VM."""
-    body = {
+    """Place and create a VM; the same command again returns the same VM.
+    With --ssh-key or --user-data it gets a cloud-init seed (NoCloud):
+    hostname = NAME, the keys for the image's default user."""
+    body: dict[str, Any] = {
         "name": name,
         "vcpus": vcpus,
         "memory_mib": memory,
@@ -239,8 +254,43 @@ def vm_create(
     }
     if policy:
         body["policy"] = policy
+    keys = [key for path in ssh_key or [] for key in read_ssh_keys(path)]
+    if keys:
+        body["ssh_keys"] = keys
+    if user_data is not None:
+        body["user_data"] = read_text_file(user_data, MAX_USER_DATA_BYTES, "--user-data")
     vm = answer(request(endpoint(url, token, ca), "POST", "/api/v1/vms", body), as_json, explain)
     show(vm, as_json, lambda v: vm_table([v]))
+
+
+def read_text_file(path: Path, limit: int, flag: str) -> str:
+    """The UTF-8 text of `path`, at most `limit` bytes: else a clear error
+    naming the flag and exit 2 (nothing is sent)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        console.print(f"[red]{flag} {escape(str(path))}: {escape(exc.strerror or str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    if len(data) > limit:
+        console.print(f"[red]{flag} {escape(str(path))}: larger than {limit} bytes[/red]")
+        raise typer.Exit(2)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        console.print(f"[red]{flag} {escape(str(path))}: not UTF-8 text[/red]")
+        raise typer.Exit(2) from None
+
+
+def read_ssh_keys(path: Path) -> list[str]:
+    """The public key lines of `path` (an id_*.pub, or several keys one per
+    line; blank lines and # comments skipped). The controller judges each."""
+    text = read_text_file(path, MAX_SSH_KEY_LENGTH * MAX_SSH_KEYS, "--ssh-key")
+    keys = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        console.print(f"[red]--ssh-key {escape(str(path))}: no public key in the file[/red]")
+        raise typer.Exit(2)
+    return keys
 
 
 @vm_app.command("list")

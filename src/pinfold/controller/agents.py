@@ -83,7 +83,8 @@ class AgentClient:
 
     def create(self, request: VMRequest) -> dict[str, Any]:
         """Create `request` on the agent, in the body `pinfold.bodies.CreateVM` reads
-        (an empty image is left out, a diskless VM)."""
+        (an empty image is left out, a diskless VM; SSH keys and user data
+        only when there are some, so a create without them sends what it did)."""
         body: dict[str, Any] = {
             "name": request.name,
             "vcpus": request.vcpus,
@@ -95,6 +96,10 @@ class AgentClient:
             body["image"] = request.image
         if request.nics:  # none: the agent's default network (and an agent from before NICs takes the body)
             body["nics"] = [_nic_body(nic) for nic in request.nics]
+        if request.ssh_keys:
+            body["ssh_keys"] = list(request.ssh_keys)
+        if request.user_data:
+            body["user_data"] = request.user_data
         return self._call("POST", "/api/v1/vms", body)
 
     def get(self, name: str) -> dict[str, Any] | None:

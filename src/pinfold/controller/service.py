@@ -52,7 +52,7 @@ from pinfold.controller.store import (
 from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import POWER_ACTIONS, takes_actions
-from pinfold.model.vm import VMRequest, image_path_problem
+from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem
 from pinfold.placement import POLICIES, HostAllocator, Refusal, RefusalCode, invalid_reason
 from pinfold.topology import slackvm_json
 
@@ -307,6 +307,7 @@ class Controller:
         problem = invalid_reason(request.spec) or (
             image_path_problem(request.image) if request.image else None
         )
+        problem = problem or first_boot_problem(request.ssh_keys, request.user_data)
         if problem is not None:
             raise ControllerError("invalid request", problem)
         existing = self.store.vm(request.name)

@@ -30,7 +30,10 @@ One request, and the other descriptions of a VM, each for a reason:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pinfold.placement import VMSpec
@@ -41,13 +44,19 @@ __all__ = [
     "MAX_NICS",
     "MAX_OWNER_LENGTH",
     "MAX_RATIO",
+    "MAX_SSH_KEYS",
+    "MAX_SSH_KEY_LENGTH",
+    "MAX_USER_DATA_BYTES",
     "MAX_VCPUS",
     "MAX_VM_MEMORY_MIB",
     "NAME_PATTERN",
     "NIC",
+    "SSH_KEY_TYPES",
     "VMRequest",
+    "first_boot_problem",
     "image_path_problem",
     "nic_problem",
+    "ssh_key_problem",
     "valid_name",
 ]
 
@@ -71,6 +80,24 @@ BRIDGE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$"
 #: six octets, colon-separated (any case; stored lower-case)
 MAC_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
 
+#: cloud-init's inputs: a few keys, each one line (an RSA key of 16384 bits is ~2.8 KiB),
+#: and user data of at most 64 KiB in UTF-8 (the NoCloud seed is made in memory)
+MAX_SSH_KEYS = 32
+MAX_SSH_KEY_LENGTH = 8192
+MAX_USER_DATA_BYTES = 64 * 1024
+#: the public key types OpenSSH accepts today (DSA is gone from it)
+SSH_KEY_TYPES = frozenset(
+    {
+        "ssh-ed25519",
+        "ssh-rsa",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "sk-ssh-ed25519@openssh.com",
+        "sk-ecdsa-sha2-nistp256@openssh.com",
+    }
+)
+
 
 def valid_name(name: str) -> bool:
     """1-63 characters of letters, digits, '.', '_' and '-', starting with a
@@ -91,6 +118,48 @@ def image_path_problem(image: str) -> str | None:
     for part in image.split("/")[1:]:
         if part in ("", ".", ".."):
             return f"image {image[:200]!r}: no {part!r} part in the path (name the file itself)"
+    return None
+
+
+def ssh_key_problem(key: str) -> str | None:
+    """Why `key` is not one SSH public key line ("TYPE BASE64 [COMMENT]", no
+    authorized_keys options), or None. The blob must decode and name its own
+    type first, as OpenSSH's do, so that a pasted private key, a truncated
+    line or a key of another type is refused here rather than in the guest."""
+    shown = key[:60]
+    if len(key) > MAX_SSH_KEY_LENGTH:
+        return f"ssh key {shown!r}...: longer than {MAX_SSH_KEY_LENGTH} characters"
+    if not key.isprintable():
+        return f"ssh key {shown!r}: one line of printable characters"
+    fields = key.split(maxsplit=2)
+    if len(fields) < 2 or fields[0] not in SSH_KEY_TYPES:
+        return f"ssh key {shown!r}: a public key line starting with one of {', '.join(sorted(SSH_KEY_TYPES))}"
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except (binascii.Error, ValueError):
+        return f"ssh key {shown!r}: its key is not base64"
+    kind = fields[0].encode()
+    if blob[:4] != len(kind).to_bytes(4, "big") or blob[4 : 4 + len(kind)] != kind:
+        return f"ssh key {shown!r}: its key is not a {fields[0]} key"
+    return None
+
+
+def first_boot_problem(ssh_keys: Sequence[str], user_data: str) -> str | None:
+    """Why the SSH keys or the user data cannot go into a VM's cloud-init
+    seed, or None: at most `MAX_SSH_KEYS` keys, each `ssh_key_problem`-free,
+    and user data of at most `MAX_USER_DATA_BYTES` in UTF-8."""
+    if len(ssh_keys) > MAX_SSH_KEYS:
+        return f"ssh_keys: at most {MAX_SSH_KEYS} keys, not {len(ssh_keys)}"
+    for key in ssh_keys:
+        problem = ssh_key_problem(key)
+        if problem is not None:
+            return problem
+    try:
+        size = len(user_data.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "user_data: not valid UTF-8 text"
+    if size > MAX_USER_DATA_BYTES:
+        return f"user_data: {size} bytes, at most {MAX_USER_DATA_BYTES} (UTF-8)"
     return None
 
 
@@ -139,8 +208,8 @@ class VMRequest:
     """A VM to create: its sizes, oversubscription level, owner and base image
     ("" for a diskless guest); `spec` is the placement core's view of it.
     `nics` are its network interfaces (none: the agent's default network's,
-    if it has one); `ssh_keys` and `user_data` are room for the guest's
-    first-boot setup: empty, and not read yet."""
+    if it has one); `ssh_keys` and `user_data` go into the VM's cloud-init
+    seed (the agent's `seed` module; `first_boot_problem` judges them)."""
 
     name: str
     vcpus: int
