@@ -12,14 +12,22 @@ from collections.abc import Callable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from pinfold.model.errors import ErrorCode, PinfoldError, error_body
 
-__all__ = ["ApiError", "bearer", "install_error_handlers", "open_to", "token_check"]
+__all__ = [
+    "ApiError",
+    "bearer",
+    "install_error_handlers",
+    "open_to",
+    "refuse_websocket",
+    "token_check",
+    "websocket_token_ok",
+]
 
 
 class ApiError(PinfoldError):
@@ -39,6 +47,29 @@ def bearer(request: Request) -> str:
     token in a URL would end up in logs); empty when there is none."""
     header = request.headers.get("authorization", "")
     return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+
+
+def websocket_token_ok(websocket: WebSocket, *tokens: str) -> bool:
+    """Whether a WebSocket handshake carries one of `tokens` in `Authorization:
+    Bearer` (compared in constant time; an empty token never matches)."""
+    header = websocket.headers.get("authorization", "")
+    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    return bool(given) and any(
+        token and hmac.compare_digest(given.encode(), token.encode()) for token in tokens
+    )
+
+
+async def refuse_websocket(websocket: WebSocket, code: ErrorCode | str, detail: str) -> None:
+    """Refuse a WebSocket before the upgrade with the JSON error and status
+    every other route answers (the ASGI denial response, which uvicorn offers);
+    a server without it gets a close with code 1008 and the detail instead."""
+    known = ErrorCode(code)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            JSONResponse(error_body(known, detail), status_code=known.status)
+        )
+        return
+    await websocket.close(code=1008, reason=f"{known.value}: {detail}"[:120])
 
 
 def token_check(*tokens: str, what: str = "token", query: bool = False) -> Callable[..., None]:

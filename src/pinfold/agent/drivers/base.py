@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
 from pinfold.agent.domain import DomainSpec
 
-__all__ = ["Driver", "DriverError", "GuestInfo", "GuestState"]
+__all__ = ["Console", "Driver", "DriverError", "GuestInfo", "GuestState"]
 
 
 class GuestState(StrEnum):
@@ -36,6 +37,17 @@ class GuestInfo:
     name: str
     state: GuestState
     spec: DomainSpec | None
+
+
+class Console(Protocol):
+    """An open serial console of a guest (`Driver.console`). Its output goes to
+    the `output` callback it was opened with, on a thread of the driver's."""
+
+    def write(self, data: bytes) -> None:
+        """Send keystrokes to the guest; DriverError once the console is closed."""
+
+    def close(self) -> None:
+        """Detach (idempotent); `closed` is not called for a close asked so."""
 
 
 class Driver(Protocol):
@@ -76,3 +88,10 @@ class Driver(Protocol):
     def addresses(self, name: str) -> list[str]:
         """The guest's IPv4 addresses the hypervisor knows (DHCP leases, guest
         agent), or [] when it knows none yet."""
+
+    def console(self, name: str, output: Callable[[bytes], None], closed: Callable[[str], None]) -> Console:
+        """Attach to the serial console of running guest `name`: its bytes go to
+        `output`, and `closed(reason)` is called once when the console ends on the
+        guest's side (it stopped, it was deleted). DriverError "invalid" for a
+        guest that is not running, "not found" for none. One console per guest at
+        a time: the caller shares it among its clients."""
