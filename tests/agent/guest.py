@@ -13,6 +13,10 @@ loads the virtio-net modules, takes an address by DHCP (udhcpc), serves a page
 naming that address with busybox httpd on NET_PORT, and prints NET_ADDRESS and
 the address on the serial console once the page is served; `netfetch=ADDRESS`
 then makes it fetch another guest's page and print NET_FETCHED and its body.
+
+`shell` (a word of its own; guests without it are unchanged) prints SHELL_MARKER
+and runs busybox's shell on the serial console (ttyS0), again whenever it exits,
+for the console tests to type into.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ NET_ADDRESS = "pinfold-guest-address"
 NET_FETCHED = "pinfold-guest-fetched"
 NET_PAGE = "pinfold-guest-page"
 NET_PORT = 8080
+SHELL_MARKER = "pinfold-guest-shell"
 # In this order: each needs the symbols of those before it ("unknown symbol" otherwise).
 NET_MODULES = (
     "kernel/drivers/virtio/virtio_ring.ko",
@@ -71,6 +76,10 @@ if /bin/busybox grep -qE '(^| )net( |$)' /proc/cmdline; then
         until page=$(/bin/busybox wget -q -O - "http://$fetch:{NET_PORT}/"); do /bin/busybox sleep 1; done
         echo "{NET_FETCHED} $page"
     fi
+fi
+if /bin/busybox grep -qE '(^| )shell( |$)' /proc/cmdline; then
+    echo {SHELL_MARKER}
+    while :; do /bin/busybox sh < /dev/ttyS0 > /dev/ttyS0 2>&1; done
 fi
 if /bin/busybox grep -q burn /proc/cmdline; then
     while :; do :; done
