@@ -23,8 +23,7 @@ from pinfold.agent.store import Store
 from pinfold.topology import Topology
 from tests.agent.guest import SHELL_MARKER
 from tests.agent.test_console import AUTH, TOKEN, console, read_until, refusal, ws_url
-from tests.netlab import NetLab, wait_until
-from tests.netlab import netlab  # noqa: F401  (fixture)
+from tests.netlab import lab_session, wait_until
 from tests.servers import serving
 
 BOOT_TIMEOUT_S = 120.0
@@ -41,13 +40,16 @@ class LabAgent:
 
 
 @pytest.fixture
-def lab_agent(
-    netlab: NetLab, guest_kernel: Path, guest_initramfs: Path, tmp_path: Path
-) -> Iterator[LabAgent]:  # noqa: F811
+def lab_agent(guest_kernel: Path, guest_initramfs: Path, tmp_path: Path) -> Iterator[LabAgent]:
     """An agent on the lab's libvirtd with one shell guest `shell-1` booted, served on loopback."""
+    with lab_session() as lab:
+        yield from _agent_in(lab.uri, guest_kernel, guest_initramfs, tmp_path)
+
+
+def _agent_in(uri: str, guest_kernel: Path, guest_initramfs: Path, tmp_path: Path) -> Iterator[LabAgent]:
     from pinfold.agent.drivers.libvirt import LibvirtDriver
 
-    driver = LibvirtDriver(netlab.uri)
+    driver = LibvirtDriver(uri)
     settings = AgentSettings(
         domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs,
         cmdline="console=ttyS0 panic=-1 shell", serial_dir=tmp_path / "consoles",
