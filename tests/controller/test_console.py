@@ -6,9 +6,15 @@ of the agent's console reaches the client, and the log is read through it."""
 from __future__ import annotations
 
 import json
+import os
+import select
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -89,3 +95,47 @@ def test_the_console_log_through_the_controller(cluster):
     assert log.content == b"logged line\r\n"
     assert cluster.http.get("/api/v1/vms/web/console/log", params={"bytes": -1}).status_code == 422
     assert cluster.http.get("/api/v1/vms/nope/console/log").status_code == 404
+
+
+def cli(cluster: LocalCluster, *args: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PINFOLD_URL": cluster.url, "PINFOLD_TOKEN": ADMIN_AUTH["Authorization"][7:],
+           "PINFOLD_CLI_CONFIG": "/nonexistent/cli.toml"}  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "pinfold", "vm", "console", *args],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+
+
+def read_pipe_until(pipe: IO[bytes], wanted: bytes, timeout_s: float = 30.0) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    while wanted not in seen:
+        ready, _, _ = select.select([pipe], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"no {wanted!r} in {seen!r}"
+        chunk = os.read(pipe.fileno(), 4096)
+        assert chunk, f"the command ended before {wanted!r}: {seen!r}"
+        seen += chunk
+    return seen
+
+
+def test_pinfold_vm_console_attaches_and_ctrl_bracket_leaves(cluster):
+    process = cli(cluster, "web")
+    assert process.stdin is not None
+    assert process.stdout is not None
+    read_pipe_until(process.stdout, b"echoed]\r\n")
+    process.stdin.write(b"typed in the cli\r")
+    process.stdin.flush()
+    read_pipe_until(process.stdout, b"typed in the cli\r\n")
+    process.stdin.write(b"\x1d")
+    process.stdin.flush()
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert b"Ctrl-] leaves" in err
+    assert b"[left with Ctrl-]]" in err
+
+
+def test_pinfold_vm_console_says_why_it_is_refused(cluster):
+    process = cli(cluster, "nope")
+    out, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert b"unknown vm" in out
