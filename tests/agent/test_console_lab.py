@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from pinfold.agent.api import create_app
 from pinfold.agent.service import Agent, AgentSettings, VMRequest
@@ -112,3 +113,43 @@ def test_the_console_ends_with_its_guest_and_the_log_goes_with_the_vm(lab_agent:
     assert lab_agent.log.exists()
     agent.delete("shell-1")
     assert not lab_agent.log.exists()
+
+
+def test_a_console_round_trip_through_the_controller_on_a_real_guest(
+    guest_kernel: Path, guest_initramfs: Path, tmp_path: Path, i7: Topology
+):
+    """The same round trip through the controller's proxy to an agent on the lab's libvirtd."""
+    from pinfold.agent.drivers.libvirt import LibvirtDriver
+    from tests.controller.cluster import ADMIN_AUTH, LocalCluster
+    from tests.controller.test_console import ws_url as controller_ws
+
+    settings = AgentSettings(
+        domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs,
+        cmdline="console=ttyS0 panic=-1 shell", serial_dir=tmp_path / "consoles",
+    )  # fmt: skip
+    (tmp_path / "consoles").mkdir()
+    with lab_session() as lab:
+        driver = LibvirtDriver(lab.uri)
+        cluster = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", i7)
+        try:
+            cluster.add_host("lab", driver=driver, settings=settings, topology=Topology.discover())
+            body = {"name": "shell-2", "vcpus": 1, "memory_mib": 128, "ratio": 2.0}
+            assert cluster.http.post("/api/v1/vms", json=body).status_code == 201
+            log = cluster.http.get
+            wait_until(
+                lambda: SHELL_MARKER.encode() in log("/api/v1/vms/shell-2/console/log").content,
+                BOOT_TIMEOUT_S, "the guest's shell, in the log read through the controller",
+            )  # fmt: skip
+            with connect(controller_ws(cluster, "shell-2"), additional_headers=ADMIN_AUTH) as ws:
+                first = round_trip_s(ws)
+                times = [round_trip_s(ws) for _ in range(ROUND_TRIPS)]
+            median = statistics.median(times)
+            print(
+                f"\nconsole round trip through the controller: first {first * 1000:.1f} ms, "
+                f"median of {ROUND_TRIPS} {median * 1000:.1f} ms, max {max(times) * 1000:.1f} ms"
+            )
+            assert cluster.http.delete("/api/v1/vms/shell-2").status_code == 204
+            assert not list((tmp_path / "consoles").iterdir())
+        finally:
+            cluster.close()
+            driver.close()
