@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException
 from pinfold.model.errors import ErrorCode, PinfoldError, error_body
 
 __all__ = [
+    "CONSOLE_PROTOCOL",
+    "TOKEN_PROTOCOL",
     "ApiError",
     "bearer",
     "install_error_handlers",
@@ -49,11 +51,22 @@ def bearer(request: Request) -> str:
     return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
 
 
-def websocket_token_ok(websocket: WebSocket, *tokens: str) -> bool:
+#: a browser cannot set headers on a WebSocket: it offers its token as this subprotocol
+#: prefix (`pinfold.token.<token>`, with the subprotocol CONSOLE_PROTOCOL), never in the URL
+TOKEN_PROTOCOL = "pinfold.token."
+CONSOLE_PROTOCOL = "pinfold.console"
+
+
+def websocket_token_ok(websocket: WebSocket, *tokens: str, protocol: bool = False) -> bool:
     """Whether a WebSocket handshake carries one of `tokens` in `Authorization:
-    Bearer` (compared in constant time; an empty token never matches)."""
+    Bearer` or, with `protocol` (the controller's, for its dashboard), as an
+    offered subprotocol `pinfold.token.<token>` (compared in constant time; an
+    empty token never matches)."""
     header = websocket.headers.get("authorization", "")
     given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    if not given and protocol:
+        offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
+        given = next((p.removeprefix(TOKEN_PROTOCOL) for p in offered if p.startswith(TOKEN_PROTOCOL)), "")
     return bool(given) and any(
         token and hmac.compare_digest(given.encode(), token.encode()) for token in tokens
     )

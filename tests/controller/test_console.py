@@ -19,6 +19,7 @@ from typing import IO
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+from websockets.typing import Subprotocol
 
 from pinfold.agent.service import AgentSettings
 from tests.agent.test_console import read_until
@@ -139,3 +140,16 @@ def test_pinfold_vm_console_says_why_it_is_refused(cluster):
     out, _ = process.communicate(timeout=60)
     assert process.returncode == 1
     assert b"unknown vm" in out
+
+
+def test_a_browser_passes_the_admin_token_as_a_subprotocol(cluster):
+    """Browsers cannot set headers on a WebSocket: the dashboard offers the token as a subprotocol."""
+    token = ADMIN_AUTH["Authorization"][7:]
+    offered = [Subprotocol("pinfold.console"), Subprotocol(f"pinfold.token.{token}")]
+    with connect(ws_url(cluster), subprotocols=offered, open_timeout=WAIT_S) as ws:
+        assert ws.subprotocol == "pinfold.console"
+        read_until(ws, b"echoed]\r\n")
+    wrong = [Subprotocol("pinfold.console"), Subprotocol("pinfold.token.wrong")]
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(cluster), subprotocols=wrong, open_timeout=WAIT_S)
+    assert refused.value.response.status_code == 401

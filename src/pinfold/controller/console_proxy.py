@@ -5,7 +5,10 @@ proxied behind the admin token (docs/controller.md, "Consoles").
 the agent token and relays binary frames both ways; the agent's refusal (404
 unknown vm, 409 not running or writer's seat taken) comes back before the
 upgrade with its status and JSON, an agent that does not answer is a 502, and
-the agent's close (code and reason) is passed on to the client.
+the agent's close (code and reason) is passed on to the client. The admin
+token comes in `Authorization: Bearer`, or from a browser (the dashboard), which
+cannot set headers on a WebSocket, as the offered subprotocol
+`pinfold.token.<token>` next to `pinfold.console` (the one answered).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.service import Controller, ControllerError
 from pinfold.model.errors import ErrorCode
-from pinfold.web import ApiError, refuse_websocket, token_check, websocket_token_ok
+from pinfold.web import CONSOLE_PROTOCOL, ApiError, refuse_websocket, token_check, websocket_token_ok
 
 __all__ = ["add_console_routes"]
 
@@ -99,6 +102,13 @@ async def _relay(websocket: WebSocket, upstream: ClientConnection) -> None:
                 await task
 
 
+def _offered(websocket: WebSocket) -> bool:
+    """Whether the client offered CONSOLE_PROTOCOL (a browser, which must be
+    answered with one of the subprotocols it offered)."""
+    offered = websocket.headers.get("sec-websocket-protocol", "")
+    return CONSOLE_PROTOCOL in [p.strip() for p in offered.split(",")]
+
+
 def add_console_routes(app: FastAPI, controller: Controller, admin_token: str) -> None:
     """The console routes on `app`, both behind the admin token."""
     admin = Depends(token_check(admin_token, what="admin token"))
@@ -111,7 +121,7 @@ def add_console_routes(app: FastAPI, controller: Controller, admin_token: str) -
 
     @app.websocket("/api/v1/vms/{name}/console")
     async def console(websocket: WebSocket, name: str, mode: str = "write") -> None:
-        if not websocket_token_ok(websocket, admin_token):
+        if not websocket_token_ok(websocket, admin_token, protocol=True):
             await refuse_websocket(websocket, ErrorCode.UNAUTHORIZED, "a valid admin token is required")
             return
         if mode not in CONSOLE_MODES:
@@ -134,7 +144,7 @@ def add_console_routes(app: FastAPI, controller: Controller, admin_token: str) -
             await refuse_websocket(websocket, ErrorCode.AGENT_FAILED, f"cannot reach the agent: {error}")
             return
         try:
-            await websocket.accept()
+            await websocket.accept(subprotocol=CONSOLE_PROTOCOL if _offered(websocket) else None)
             await _relay(websocket, upstream)
         finally:
             await upstream.close()
