@@ -6,11 +6,13 @@ kept for the clients written before `code`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from http import HTTPStatus
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -20,7 +22,10 @@ from starlette.exceptions import HTTPException
 from pinfold.model.errors import ErrorCode, PinfoldError, error_body
 
 __all__ = [
+    "CONSOLE_MODES",
     "CONSOLE_PROTOCOL",
+    "LOG_DEFAULT_BYTES",
+    "LOG_MAX_BYTES",
     "TOKEN_PROTOCOL",
     "ApiError",
     "bearer",
@@ -28,6 +33,8 @@ __all__ = [
     "open_to",
     "refuse_websocket",
     "token_check",
+    "until_first_ends",
+    "websocket_input",
     "websocket_token_ok",
 ]
 
@@ -55,6 +62,38 @@ def bearer(request: Request) -> str:
 #: prefix (`pinfold.token.<token>`, with the subprotocol CONSOLE_PROTOCOL), never in the URL
 TOKEN_PROTOCOL = "pinfold.token."
 CONSOLE_PROTOCOL = "pinfold.console"
+#: a console's `?mode=`: the one writer's seat, or watching
+CONSOLE_MODES = ("write", "read")
+#: the console log's `?bytes=`: its default and its bound
+LOG_DEFAULT_BYTES = 64 * 1024
+LOG_MAX_BYTES = 4 * 1024 * 1024
+
+
+async def websocket_input(websocket: WebSocket) -> AsyncIterator[bytes]:
+    """What a WebSocket client sends, as bytes (a text frame as its UTF-8),
+    until it disconnects."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        if data is None and message.get("text") is not None:
+            data = message["text"].encode()
+        if data:
+            yield data
+
+
+async def until_first_ends(*work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` together until one ends (a relay's two directions), then cancel the others."""
+    tasks = [asyncio.create_task(each) for each in work]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
 
 
 def websocket_token_ok(websocket: WebSocket, *tokens: str, protocol: bool = False) -> bool:

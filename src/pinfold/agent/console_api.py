@@ -14,7 +14,6 @@ too slow to take the output is closed with 1013.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Annotated
 
@@ -26,13 +25,20 @@ from pinfold.agent.consoles import ConsoleHub, Seat
 from pinfold.agent.core import AgentError
 from pinfold.agent.service import Agent
 from pinfold.model.errors import ErrorCode
-from pinfold.web import ApiError, refuse_websocket, token_check, websocket_token_ok
+from pinfold.web import (
+    CONSOLE_MODES,
+    LOG_DEFAULT_BYTES,
+    LOG_MAX_BYTES,
+    ApiError,
+    refuse_websocket,
+    token_check,
+    until_first_ends,
+    websocket_input,
+    websocket_token_ok,
+)
 
-__all__ = ["CONSOLE_MODES", "LOG_DEFAULT_BYTES", "LOG_MAX_BYTES", "add_console_routes", "relay_queue"]
+__all__ = ["add_console_routes", "relay_queue"]
 
-CONSOLE_MODES = ("write", "read")
-LOG_DEFAULT_BYTES = 64 * 1024
-LOG_MAX_BYTES = 4 * 1024 * 1024
 #: output chunks a client may have waiting before it is closed as too slow
 MAX_QUEUED = 4096
 CLOSE_NORMAL = 1000
@@ -80,35 +86,12 @@ async def _send_output(websocket: WebSocket, queue: asyncio.Queue[bytes | _Ended
 
 
 async def _take_input(websocket: WebSocket, seat: Seat) -> None:
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
+    async for data in websocket_input(websocket):
+        try:
+            await run_in_threadpool(seat.write, data)
+        except AgentError as error:
+            await websocket.close(code=CLOSE_FAILED, reason=error.detail[:120])
             return
-        data = message.get("bytes")
-        if data is None and message.get("text") is not None:
-            data = message["text"].encode()
-        if data:
-            try:
-                await run_in_threadpool(seat.write, data)
-            except AgentError as error:
-                await websocket.close(code=CLOSE_FAILED, reason=error.detail[:120])
-                return
-
-
-async def _relay(websocket: WebSocket, seat: Seat, queue: asyncio.Queue[bytes | _Ended]) -> None:
-    """Both directions until either ends (the console, or the client)."""
-    tasks = [
-        asyncio.create_task(_send_output(websocket, queue)),
-        asyncio.create_task(_take_input(websocket, seat)),
-    ]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
 
 
 def add_console_routes(app: FastAPI, agent: Agent, token: str) -> ConsoleHub:
@@ -133,7 +116,7 @@ def add_console_routes(app: FastAPI, agent: Agent, token: str) -> ConsoleHub:
             return
         try:
             await websocket.accept()
-            await _relay(websocket, seat, queue)
+            await until_first_ends(_send_output(websocket, queue), _take_input(websocket, seat))
         finally:
             await run_in_threadpool(seat.leave)
 

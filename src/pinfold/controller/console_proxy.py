@@ -13,8 +13,6 @@ cannot set headers on a WebSocket, as the offered subprotocol
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from typing import Annotated, Any
 
@@ -28,13 +26,21 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.service import Controller, ControllerError
 from pinfold.model.errors import ErrorCode
-from pinfold.web import CONSOLE_PROTOCOL, ApiError, refuse_websocket, token_check, websocket_token_ok
+from pinfold.web import (
+    CONSOLE_MODES,
+    CONSOLE_PROTOCOL,
+    LOG_DEFAULT_BYTES,
+    LOG_MAX_BYTES,
+    ApiError,
+    refuse_websocket,
+    token_check,
+    until_first_ends,
+    websocket_input,
+    websocket_token_ok,
+)
 
 __all__ = ["add_console_routes"]
 
-CONSOLE_MODES = ("write", "read")
-LOG_DEFAULT_BYTES = 64 * 1024
-LOG_MAX_BYTES = 4 * 1024 * 1024
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -63,15 +69,8 @@ def _refused_upgrade(refused: InvalidStatus) -> tuple[ErrorCode, str]:
 
 
 async def _to_agent(websocket: WebSocket, upstream: ClientConnection) -> None:
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        data = message.get("bytes")
-        if data is None and message.get("text") is not None:
-            data = message["text"].encode()
-        if data:
-            await upstream.send(data)
+    async for data in websocket_input(websocket):
+        await upstream.send(data)
 
 
 async def _from_agent(websocket: WebSocket, upstream: ClientConnection) -> None:
@@ -85,21 +84,6 @@ async def _from_agent(websocket: WebSocket, upstream: ClientConnection) -> None:
     if code is None or code in (1005, 1006):  # no status sent, or no close frame at all
         code, reason = (1000, reason) if code == 1005 else (1011, "the agent's console went away")
     await websocket.close(code=code, reason=reason[:120])
-
-
-async def _relay(websocket: WebSocket, upstream: ClientConnection) -> None:
-    tasks = [
-        asyncio.create_task(_to_agent(websocket, upstream)),
-        asyncio.create_task(_from_agent(websocket, upstream)),
-    ]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
 
 
 def _offered(websocket: WebSocket) -> bool:
@@ -145,7 +129,7 @@ def add_console_routes(app: FastAPI, controller: Controller, admin_token: str) -
             return
         try:
             await websocket.accept(subprotocol=CONSOLE_PROTOCOL if _offered(websocket) else None)
-            await _relay(websocket, upstream)
+            await until_first_ends(_to_agent(websocket, upstream), _from_agent(websocket, upstream))
         finally:
             await upstream.close()
 
