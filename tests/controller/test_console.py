@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import select
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -153,3 +155,28 @@ def test_a_browser_passes_the_admin_token_as_a_subprotocol(cluster):
     with pytest.raises(InvalidStatus) as refused:
         connect(ws_url(cluster), subprotocols=wrong, open_timeout=WAIT_S)
     assert refused.value.response.status_code == 401
+
+
+def test_pinfold_vm_console_puts_a_terminal_in_raw_mode_and_restores_it(cluster):
+    """On a real pty: raw mode (no local echo, Ctrl-C goes to the guest), restored on leaving."""
+    controller, terminal = pty.openpty()
+    before = termios.tcgetattr(terminal)
+    env = {**os.environ, "PINFOLD_URL": cluster.url, "PINFOLD_TOKEN": ADMIN_AUTH["Authorization"][7:],
+           "PINFOLD_CLI_CONFIG": "/nonexistent/cli.toml"}  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pinfold", "vm", "console", "web"],
+        stdin=terminal, stdout=terminal, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    try:
+        with os.fdopen(controller, "r+b", buffering=0) as pty_side:
+            read_pipe_until(pty_side, b"echoed]\r\n")
+            pty_side.write(b"raw\x03line\r")  # Ctrl-C is a byte for the guest, not a signal here
+            read_pipe_until(pty_side, b"raw\x03line\r\n")
+            pty_side.write(b"\x1d")
+            _, err = process.communicate(timeout=30)
+            assert process.returncode == 0, err
+            assert termios.tcgetattr(terminal) == before  # read while the pty is still open
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(terminal)
