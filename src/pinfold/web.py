@@ -6,20 +6,37 @@ kept for the clients written before `code`)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from http import HTTPStatus
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from pinfold.model.errors import ErrorCode, PinfoldError, error_body
 
-__all__ = ["ApiError", "bearer", "install_error_handlers", "open_to", "token_check"]
+__all__ = [
+    "CONSOLE_MODES",
+    "CONSOLE_PROTOCOL",
+    "LOG_DEFAULT_BYTES",
+    "LOG_MAX_BYTES",
+    "TOKEN_PROTOCOL",
+    "ApiError",
+    "bearer",
+    "install_error_handlers",
+    "open_to",
+    "refuse_websocket",
+    "token_check",
+    "until_first_ends",
+    "websocket_input",
+    "websocket_token_ok",
+]
 
 
 class ApiError(PinfoldError):
@@ -39,6 +56,72 @@ def bearer(request: Request) -> str:
     token in a URL would end up in logs); empty when there is none."""
     header = request.headers.get("authorization", "")
     return header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+
+
+#: a browser cannot set headers on a WebSocket: it offers its token as this subprotocol
+#: prefix (`pinfold.token.<token>`, with the subprotocol CONSOLE_PROTOCOL), never in the URL
+TOKEN_PROTOCOL = "pinfold.token."
+CONSOLE_PROTOCOL = "pinfold.console"
+#: a console's `?mode=`: the one writer's seat, or watching
+CONSOLE_MODES = ("write", "read")
+#: the console log's `?bytes=`: its default and its bound
+LOG_DEFAULT_BYTES = 64 * 1024
+LOG_MAX_BYTES = 4 * 1024 * 1024
+
+
+async def websocket_input(websocket: WebSocket) -> AsyncIterator[bytes]:
+    """What a WebSocket client sends, as bytes (a text frame as its UTF-8),
+    until it disconnects."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes")
+        if data is None and message.get("text") is not None:
+            data = message["text"].encode()
+        if data:
+            yield data
+
+
+async def until_first_ends(*work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` together until one ends (a relay's two directions), then cancel the others."""
+    tasks = [asyncio.create_task(each) for each in work]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+def websocket_token_ok(websocket: WebSocket, *tokens: str, protocol: bool = False) -> bool:
+    """Whether a WebSocket handshake carries one of `tokens` in `Authorization:
+    Bearer` or, with `protocol` (the controller's, for its dashboard), as an
+    offered subprotocol `pinfold.token.<token>` (compared in constant time; an
+    empty token never matches)."""
+    header = websocket.headers.get("authorization", "")
+    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+    if not given and protocol:
+        offered = [p.strip() for p in websocket.headers.get("sec-websocket-protocol", "").split(",")]
+        given = next((p.removeprefix(TOKEN_PROTOCOL) for p in offered if p.startswith(TOKEN_PROTOCOL)), "")
+    return bool(given) and any(
+        token and hmac.compare_digest(given.encode(), token.encode()) for token in tokens
+    )
+
+
+async def refuse_websocket(websocket: WebSocket, code: ErrorCode | str, detail: str) -> None:
+    """Refuse a WebSocket before the upgrade with the JSON error and status
+    every other route answers (the ASGI denial response, which uvicorn offers);
+    a server without it gets a close with code 1008 and the detail instead."""
+    known = ErrorCode(code)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            JSONResponse(error_body(known, detail), status_code=known.status)
+        )
+        return
+    await websocket.close(code=1008, reason=f"{known.value}: {detail}"[:120])
 
 
 def token_check(*tokens: str, what: str = "token", query: bool = False) -> Callable[..., None]:

@@ -20,6 +20,9 @@ prints CIDATA_DEVICE and the device, CIDATA_LABEL and the volume label read
 off it (busybox-static has no blkid), mounts it and
 prints each line of its meta-data and user-data after CIDATA_META and
 CIDATA_USER: what cloud-init would find on the NoCloud seed.
+`shell` (a word of its own; guests without it are unchanged) prints SHELL_MARKER
+and runs busybox's shell on the serial console (ttyS0), again whenever it exits,
+for the console tests to type into.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ NET_ADDRESS = "pinfold-guest-address"
 NET_FETCHED = "pinfold-guest-fetched"
 NET_PAGE = "pinfold-guest-page"
 NET_PORT = 8080
+SHELL_MARKER = "pinfold-guest-shell"
 # In this order: each needs the symbols of those before it ("unknown symbol" otherwise).
 NET_MODULES = (
     "kernel/drivers/virtio/virtio_ring.ko",
@@ -112,6 +116,10 @@ if /bin/busybox grep -qE '(^| )cidata( |$)' /proc/cmdline; then
     /bin/busybox sed 's/^/{CIDATA_META} /' /cidata/meta-data
     /bin/busybox sed 's/^/{CIDATA_USER} /' /cidata/user-data
     echo {CIDATA_DONE}
+fi
+if /bin/busybox grep -qE '(^| )shell( |$)' /proc/cmdline; then
+    echo {SHELL_MARKER}
+    while :; do /bin/busybox sh < /dev/ttyS0 > /dev/ttyS0 2>&1; done
 fi
 if /bin/busybox grep -q burn /proc/cmdline; then
     while :; do :; done

@@ -45,6 +45,23 @@ def test_direct_kernel_boot_and_serial_log():
     assert DomainSpec.from_xml(xml) == spec
 
 
+def test_a_serial_log_keeps_the_console_a_pty():
+    """libvirt opens a console only on a pty: the log is the pty's <log>, not a file serial."""
+    spec = sample(disk=None, serial_log=Path("/tmp/web-1.log"))
+    devices = ET.fromstring(spec.to_xml()).find("devices")
+    assert devices is not None
+    serial = devices.find("serial")
+    assert serial is not None
+    assert serial.get("type") == "pty"
+    log = serial.find("log")
+    assert log is not None
+    assert log.get("file") == "/tmp/web-1.log"
+    assert log.get("append") == "on"
+    console = devices.find("console")
+    assert console is not None
+    assert console.get("type") == "pty"
+
+
 def test_round_trip_keeps_every_field():
     spec = sample(owner='<b>&"quoted"', image="/images/a&b.qcow2")
     xml = spec.to_xml()

@@ -20,6 +20,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from pinfold import slackvm
+from pinfold.agent.console_api import add_console_routes
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
@@ -124,6 +125,8 @@ def create_app(
             raise ApiError("invalid request", f"action must be one of {', '.join(ACTIONS)}")
         operation: Callable[[str], StoredVM] = getattr(agent, action)
         return view(call(lambda: operation(name)))
+
+    add_console_routes(app, agent, token)
 
     @app.get("/api/v1/host")
     def host() -> dict[str, Any]:

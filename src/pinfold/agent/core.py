@@ -143,6 +143,13 @@ class AgentCore:
             raise AgentError("unknown vm", name)
         return vm
 
+    def serial_log(self, domain: str) -> Path | None:
+        """Where the serial console of domain `domain` is logged: derived from
+        its name in `serial_dir` (never stored), None when no log is kept."""
+        if self.settings.serial_dir is None:
+            return None
+        return self.settings.serial_dir / f"{domain}.log"
+
     def _base_image(self, image: str) -> Path | None:
         if not image:
             return None

@@ -59,6 +59,8 @@ def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[
     exclude = parse_cpulist(config.exclude_cpus)
     topology = Topology.load(config.topology, exclude) if config.topology else Topology.discover(exclude)
     driver, description = choose_driver(config)
+    consoles = config.data_dir / "consoles"  # each VM's console log, named after its domain
+    consoles.mkdir(parents=True, exist_ok=True)
     settings = AgentSettings(
         domain_type=config.domain_type,
         critical_size=config.critical_size,
@@ -66,6 +68,7 @@ def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[
         shutdown_timeout_s=config.shutdown_timeout_s,
         image_dirs=config.image_dirs + (rapid.image_dirs if rapid is not None else ()),
         disk_dir=config.data_dir / "disks",
+        serial_dir=consoles,
         kernel=config.kernel,
         initrd=config.initrd,
         cmdline=config.cmdline,

@@ -53,7 +53,8 @@ class DomainSpec:
 
     `disk` is the qcow2 overlay the agent created (None for a diskless guest);
     `kernel`/`initrd`/`cmdline` boot a kernel directly (the test guests) instead
-    of from the disk; `serial_log` sends the serial console to a file;
+    of from the disk; `serial_log` keeps the serial console's output in a file
+    (the serial stays a pty, which libvirt can attach a console to);
     `nics` are its virtio NICs, each with its MAC (the agent chose it); `seed`
     is the VM's cloud-init seed ISO, attached as a read-only CD-ROM on the IDE
     bus: machine type `pc` has that controller built in, and guest kernels
@@ -135,9 +136,12 @@ class DomainSpec:
             ET.SubElement(cdrom, "target", dev="hdc", bus="ide")
             ET.SubElement(cdrom, "readonly")
         if self.serial_log is not None:
-            serial = ET.SubElement(devices, "serial", type="file")
-            ET.SubElement(serial, "source", path=str(self.serial_log))
+            # a pty (libvirt attaches a console only to a pty) whose output is logged as well
+            serial = ET.SubElement(devices, "serial", type="pty")
+            ET.SubElement(serial, "log", file=str(self.serial_log), append="on")
             ET.SubElement(serial, "target", port="0")
+            console = ET.SubElement(devices, "console", type="pty")
+            ET.SubElement(console, "target", type="serial", port="0")
         else:
             ET.SubElement(ET.SubElement(devices, "serial", type="pty"), "target", port="0")
         for nic in self.nics:
@@ -168,7 +172,10 @@ class DomainSpec:
             seed = domain.find("devices/disk[@device='cdrom']/source")
             kernel = domain.find("os/kernel")
             initrd = domain.find("os/initrd")
-            serial = domain.find("devices/serial[@type='file']/source")
+            # a pty's <log file> (today's domains), or a file serial (those made before)
+            serial = domain.find("devices/serial/log")
+            if serial is None:
+                serial = domain.find("devices/serial[@type='file']/source")
             return cls(
                 name=name,
                 vcpus=vcpus,
@@ -182,9 +189,7 @@ class DomainSpec:
                 kernel=Path(kernel.text) if kernel is not None and kernel.text else None,
                 initrd=Path(initrd.text) if initrd is not None and initrd.text else None,
                 cmdline=domain.findtext("os/cmdline") or "",
-                serial_log=Path(serial.get("path", ""))
-                if serial is not None and serial.get("path")
-                else None,
+                serial_log=_serial_log(serial),
                 nics=tuple(_nic(i) for i in domain.iterfind("devices/interface") if i.get("type") in _KINDS),
                 seed=Path(seed.get("file", "")) if seed is not None and seed.get("file") else None,
             )
@@ -275,6 +280,14 @@ def metadata_fragment(document: str) -> str:
     for child in metadata:
         ET.SubElement(bare, child.tag.split("}", 1)[-1]).text = child.text
     return ET.tostring(bare, encoding="unicode")
+
+
+def _serial_log(element: ET.Element | None) -> Path | None:
+    """The log file a serial's <log file> or <source path> names, if any."""
+    if element is None:
+        return None
+    path = element.get("file") or element.get("path")
+    return Path(path) if path else None
 
 
 def _parse(document: str) -> ET.Element:

@@ -140,6 +140,7 @@ class Making(PinKeeping):
     def _forget(self, name: str) -> None:
         self.disks.remove_overlay(self.vms[name].domain)
         self.seeds.remove(self.vms[name].domain)
+        self._remove_serial_log(self.vms[name].domain)
         self._warming_since.pop(name, None)
         self._stale_pins.pop(name, None)
         self._shutdowns.pop(name, None)  # a shutdown still waiting records nothing
@@ -148,6 +149,13 @@ class Making(PinKeeping):
         self.vms.pop(name, None)
         # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
         self._repin(change.repinned)
+
+    def _remove_serial_log(self, domain: str) -> None:
+        """The console log goes with its VM (a VM made again later under the
+        same name starts a log of its own)."""
+        log_path = self.serial_log(domain)
+        if log_path is not None:
+            log_path.unlink(missing_ok=True)
 
     def _make(self, vm: StoredVM, prepared: Path | None = None) -> None:
         """The VM's disk (the overlay prepared for it, else one made now, when
@@ -165,7 +173,7 @@ class Making(PinKeeping):
 
     def _domain(self, vm: StoredVM, cpuset: frozenset[int], disk: Path | None) -> DomainSpec:
         s = self.settings
-        serial = s.serial_dir / f"{vm.domain}.log" if s.serial_dir is not None else None
+        serial = self.serial_log(vm.domain)
         return DomainSpec(
             name=vm.domain, vcpus=vm.spec.vcpus, memory_mib=vm.spec.memory_mib, cpuset=cpuset,
             level=float(vm.spec.ratio), owner=vm.owner, image=vm.image, domain_type=s.domain_type,

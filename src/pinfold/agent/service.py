@@ -38,13 +38,14 @@ and never touch its `vms`, `allocator`, `lock`, `driver`, `store` or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pinfold.agent.core import AgentError, AgentSettings, NotStartedError, StalePin, state_of
-from pinfold.agent.drivers.base import Driver, DriverError
+from pinfold.agent.drivers.base import Console, Driver, DriverError
 from pinfold.agent.lifecycle import Lifecycle
 from pinfold.agent.reconcile import Action
 from pinfold.agent.startup import StartUp
@@ -195,6 +196,46 @@ class Agent(Lifecycle, StartUp):
              "owned": n.name in owned, "default": n.name == self.settings.default_network}
             for n in found
         ]  # fmt: skip
+
+    def console_domain(self, name: str) -> str:
+        """The domain of user VM `name` if its guest runs (a console needs a
+        running guest): AgentError "unknown vm" (404), else "invalid" (409)."""
+        with self.lock:
+            vm = self._get(name)
+        state = self.guest_state(name)
+        if state is not VMState.RUNNING:
+            shown = state.value if state is not None else "gone"
+            raise AgentError("invalid", f"{name} is {shown}: a console needs a running VM")
+        return vm.domain
+
+    def open_console(
+        self, domain: str, output: Callable[[bytes], None], closed: Callable[[str], None]
+    ) -> Console:
+        """The driver's console of `domain` (see `Driver.console`); a guest
+        that is not running, or has gone, is "invalid" (409)."""
+        try:
+            return self.driver.console(domain, output, closed)
+        except DriverError as error:
+            if error.code in ("invalid", "not found"):
+                raise AgentError("invalid", f"{domain}: {error.detail}") from error
+            raise AgentError("hypervisor failed", str(error)) from error
+
+    def console_log(self, name: str, limit: int) -> bytes:
+        """The last `limit` bytes of user VM `name`'s console log (empty when
+        the guest has printed nothing yet); AgentError "unknown vm" for none,
+        "not found" when this agent keeps no console logs."""
+        with self.lock:
+            vm = self._get(name)
+        path = self.serial_log(vm.domain)
+        if path is None:
+            raise AgentError("not found", "this agent keeps no console logs (it has no serial_dir)")
+        try:
+            with path.open("rb") as log:
+                log.seek(0, os.SEEK_END)
+                log.seek(max(0, log.tell() - limit))
+                return log.read(limit)
+        except FileNotFoundError:
+            return b""
 
     @property
     def store_path(self) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -352,6 +353,48 @@ def _action(action: str) -> Any:
 
 for _name in ("start", "shutdown", "suspend", "resume"):
     vm_app.command(_name)(_action(_name))
+
+
+@vm_app.command("console")
+def vm_console(
+    name: str,
+    url: Url = None,
+    token: Token = None,
+    ca: Ca = None,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Watch; leave the keyboard to another.")
+    ] = False,
+) -> None:
+    """Attach this terminal to a running VM's serial console; Ctrl-] leaves."""
+    from websockets.exceptions import InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect
+
+    from pinfold.cli.console import ESCAPE_NAME, raw_terminal, relay, ssl_for, websocket_url
+
+    where = endpoint(url, token, ca)
+    warn_plain_url("pinfold", where.url)
+    mode = "read" if read_only else "write"
+    ws_url = websocket_url(where.url, f"/api/v1/vms/{_segment(name)}/console?mode={mode}")
+    headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
+    try:
+        ws = connect(
+            ws_url,
+            additional_headers=headers,
+            open_timeout=30,
+            ssl=ssl_for(ws_url, client_context(where.ca_file)),
+        )
+    except InvalidStatus as refused:
+        body = bytes(refused.response.body or b"")
+        answer(httpx.Response(refused.response.status_code, content=body), as_json=False)
+        raise typer.Exit(1) from None
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        console.print(f"[red]cannot reach the controller at {escape(where.url)}: {escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    note = "watching (read-only)" if read_only else "attached"
+    sys.stderr.write(f"{note}: the console of {name}; {ESCAPE_NAME} leaves\r\n")
+    with raw_terminal(sys.stdin.fileno()):
+        why = relay(ws, sys.stdin.fileno(), sys.stdout.buffer)
+    sys.stderr.write(f"\r\n[{why}]\r\n")
 
 
 @host_app.command("list")

@@ -70,6 +70,9 @@ class AgentClient:
         verify: ssl.SSLContext | bool = True,
     ) -> None:
         self._action_timeout_s = max(action_timeout_s, timeout_s)
+        self.address = address.rstrip("/")
+        self._token = token
+        self._verify = verify
         self._client = httpx.Client(
             base_url=address.rstrip("/"),
             headers={"Authorization": f"Bearer {token}"},
@@ -123,6 +126,39 @@ class AgentClient:
     def act(self, name: str, action: str) -> dict[str, Any]:
         """start, shutdown, suspend or resume, with `action_timeout_s`."""
         return self._call("POST", f"/api/v1/vms/{name}/{action}", timeout_s=self._action_timeout_s)
+
+    def console_url(self, name: str, mode: str) -> str:
+        """The agent's console WebSocket of VM `name` (ws:// or wss:// as its API)."""
+        scheme, rest = self.address.split("://", 1)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/api/v1/vms/{name}/console?mode={mode}"
+
+    def websocket_options(self) -> dict[str, Any]:
+        """What a WebSocket client needs to reach this agent as the HTTP client
+        does: the agent token, and the same check of an HTTPS agent's certificate."""
+        options: dict[str, Any] = {"additional_headers": {"Authorization": f"Bearer {self._token}"}}
+        if self.address.startswith("https://"):
+            if isinstance(self._verify, ssl.SSLContext):
+                options["ssl"] = self._verify
+            else:
+                context = ssl.create_default_context()
+                if not self._verify:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                options["ssl"] = context
+        return options
+
+    def console_log(self, name: str, limit: int) -> bytes:
+        """The tail of VM `name`'s console log (AgentRefusedError with the
+        agent's status for a refusal)."""
+        try:
+            response = self._client.get(f"/api/v1/vms/{name}/console/log", params={"bytes": limit})
+        except httpx.HTTPError as error:
+            raise AgentUnreachableError(f"no answer from the agent: {error}", sent=True) from error
+        if response.status_code >= 400:
+            raise _refusal(response) or AgentRefusedError(
+                "refused", response.text[:200], response.status_code
+            )
+        return response.content
 
     def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, timeout_s: float | None = None

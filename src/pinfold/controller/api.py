@@ -31,6 +31,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from pydantic import BaseModel, ConfigDict, Field
 
 from pinfold import bodies, slackvm
+from pinfold.controller.console_proxy import add_console_routes
 from pinfold.controller.credentials import Enrolment, HostCredential, Proof, digest, new_credential
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.refusals import refusal_json
@@ -426,6 +427,8 @@ def create_app(
             raise ApiError("invalid request", f"action: one of {', '.join(ACTIONS)}")
         record = call(lambda: controller.act(name, action))
         return vm_view(record, host_views().get(record.host_id or ""))
+
+    add_console_routes(app, controller, admin_token)
 
     @app.get("/api/v1/lifecycle", dependencies=[admin])
     def lifecycle_table() -> dict[str, list[str]]:

@@ -510,6 +510,15 @@ class Controller:
             raise ControllerError("unknown vm", name)
         return record
 
+    def agent_of(self, name: str) -> AgentClient:
+        """The client of the agent VM `name` is on (for its console);
+        "unknown vm" for none, "invalid" for a VM on no host (yet)."""
+        record = self.vm(name)
+        host = self.store.host(record.host_id) if record.host_id else None
+        if host is None:
+            raise ControllerError("invalid", f"{name} is {record.state.value}: it is on no host")
+        return self.agent_for(host)
+
     def vms(self, host_id: str | None = None) -> list[VMRecord]:
         return self.store.vms(host_id)
 

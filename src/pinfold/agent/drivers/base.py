@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -10,7 +11,7 @@ from typing import Protocol
 from pinfold.agent.domain import DomainSpec
 from pinfold.agent.networks import NetworkInfo
 
-__all__ = ["Driver", "DriverError", "GuestInfo", "GuestState"]
+__all__ = ["Console", "Driver", "DriverError", "GuestInfo", "GuestState"]
 
 
 class GuestState(StrEnum):
@@ -38,6 +39,17 @@ class GuestInfo:
     name: str
     state: GuestState
     spec: DomainSpec | None
+
+
+class Console(Protocol):
+    """An open serial console of a guest (`Driver.console`). Its output goes to
+    the `output` callback it was opened with, on a thread of the driver's."""
+
+    def write(self, data: bytes) -> None:
+        """Send keystrokes to the guest; DriverError once the console is closed."""
+
+    def close(self) -> None:
+        """Detach (idempotent); `closed` is not called for a close asked so."""
 
 
 class Driver(Protocol):
@@ -94,3 +106,10 @@ class Driver(Protocol):
 
     def start_network(self, name: str) -> None:
         """Start a defined network."""
+
+    def console(self, name: str, output: Callable[[bytes], None], closed: Callable[[str], None]) -> Console:
+        """Attach to the serial console of running guest `name`: its bytes go to
+        `output`, and `closed(reason)` is called once when the console ends on the
+        guest's side (it stopped, it was deleted). DriverError "invalid" for a
+        guest that is not running, "not found" for none. One console per guest at
+        a time: the caller shares it among its clients."""

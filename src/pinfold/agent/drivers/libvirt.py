@@ -4,9 +4,10 @@ DriverError; nothing above this module imports libvirt."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from pinfold.agent.domain import (
     repinned_xml,
     resized_xml,
 )
-from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
+from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState
 from pinfold.agent.networks import NetworkInfo, nat_network_xml, network_info_from_xml
 
 __all__ = ["LibvirtDriver"]
@@ -53,6 +54,114 @@ def _translated(action: str) -> Iterator[None]:
         raise DriverError(code, f"{action}: {message}") from exc
 
 
+#: how long a console write waits for a full stream to take its bytes
+CONSOLE_SEND_TIMEOUT_S = 5.0
+_CONSOLE_CHUNK = 65536
+_events_started = threading.Lock()
+_events_running = False
+
+
+def _start_event_loop() -> None:
+    """libvirt's default event loop, run by one daemon thread for the process.
+
+    Why: a console is a non-blocking virStream whose data arrives through
+    stream callbacks, which only an event loop runs (as `virsh console` does).
+    A blocking recv in a thread per console was the other way, but nothing
+    could wake that thread when its client leaves before the guest prints
+    again. The loop must be registered before the connection is opened, hence here."""
+    global _events_running
+    with _events_started:
+        if _events_running:
+            return
+        libvirt.virEventRegisterDefaultImpl()
+
+        def run() -> None:
+            while True:
+                libvirt.virEventRunDefaultImpl()
+
+        threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+        _events_running = True
+
+
+class _LibvirtConsole:
+    """A domain's console stream: bytes read in the event loop's callback go to
+    `output`; `closed` is called once when the stream ends on libvirt's side."""
+
+    def __init__(
+        self, name: str, stream: Any, output: Callable[[bytes], None], closed: Callable[[str], None]
+    ) -> None:
+        self._name = name
+        self._stream = stream
+        self._output = output
+        self._closed = closed
+        self._lock = threading.Lock()
+        self._open = True
+        self._writable = threading.Event()
+
+    def on_event(self, stream: Any, events: int, _opaque: object) -> None:
+        if events & libvirt.VIR_STREAM_EVENT_WRITABLE:
+            self._writable.set()
+            with suppress(libvirt.libvirtError):
+                stream.eventUpdateCallback(libvirt.VIR_STREAM_EVENT_READABLE)
+        if events & libvirt.VIR_STREAM_EVENT_READABLE:
+            self._drain(stream)
+        if events & (libvirt.VIR_STREAM_EVENT_ERROR | libvirt.VIR_STREAM_EVENT_HANGUP):
+            self._end(f"the console of {self._name} closed (the guest stopped or was deleted)")
+
+    def _drain(self, stream: Any) -> None:
+        while True:
+            try:
+                data = stream.recv(_CONSOLE_CHUNK)
+            except libvirt.libvirtError as error:
+                self._end(f"the console of {self._name} failed: {error.get_error_message()}")
+                return
+            if data == -2:  # nothing more for now
+                return
+            if not data:
+                self._end(f"the console of {self._name} closed (the guest stopped or was deleted)")
+                return
+            self._output(data)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + CONSOLE_SEND_TIMEOUT_S
+        while view:
+            if not self._open:
+                raise DriverError("invalid", f"the console of {self._name} is closed")
+            with _translated(f"write to the console of {self._name}"):
+                sent = self._stream.send(bytes(view))
+                if sent == -2:  # the stream is full: wait until the loop says it takes more
+                    self._writable.clear()
+                    self._stream.eventUpdateCallback(
+                        libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_WRITABLE
+                    )
+                    if not self._writable.wait(max(0.0, deadline - time.monotonic())):
+                        raise DriverError("failed", f"the console of {self._name} takes no input")
+                    continue
+            view = view[sent:]
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._open:
+                return
+            self._open = False
+        self._teardown()
+
+    def _end(self, reason: str) -> None:
+        with self._lock:
+            if not self._open:
+                return
+            self._open = False
+        self._teardown()
+        self._closed(reason)
+
+    def _teardown(self) -> None:
+        with suppress(libvirt.libvirtError):
+            self._stream.eventRemoveCallback()
+        with suppress(libvirt.libvirtError):
+            self._stream.abort()
+
+
 class LibvirtDriver:
     """Guests as libvirt domains on `uri` (qemu:///system in production)."""
 
@@ -61,6 +170,7 @@ class LibvirtDriver:
         # guest without qemu-guest-agent for its addresses would write a line at every poll.
         # Every error still raises, and is translated below (process-wide: the agent's own).
         libvirt.registerErrorHandler(_quiet, None)
+        _start_event_loop()
         with _translated(f"connect to {uri}"):
             self._conn = libvirt.open(uri)
         self.uri = uri
@@ -262,6 +372,23 @@ class LibvirtDriver:
     def start_network(self, name: str) -> None:
         with _translated(f"start network {name}"):
             self._conn.networkLookupByName(name).create()
+
+    def console(self, name: str, output: Callable[[bytes], None], closed: Callable[[str], None]) -> Console:
+        """The domain's console (its serial pty) as a non-blocking stream, read
+        by libvirt's event loop (see `_start_event_loop`)."""
+        domain = self._require(name, {GuestState.RUNNING})
+        with _translated(f"open the console of {name}"):
+            stream = self._conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
+            domain.openConsole(None, stream, 0)
+        console = _LibvirtConsole(name, stream, output, closed)
+        try:
+            with _translated(f"watch the console of {name}"):
+                stream.eventAddCallback(libvirt.VIR_STREAM_EVENT_READABLE, console.on_event, None)
+        except DriverError:
+            with suppress(libvirt.libvirtError):
+                stream.abort()
+            raise
+        return console
 
     def _require(self, name: str, states: set[GuestState]) -> Any:
         """The domain, if it is in one of `states` (the same check on every

@@ -16,12 +16,53 @@ from dataclasses import replace
 from pathlib import Path
 
 from pinfold.agent.domain import DomainSpec
-from pinfold.agent.drivers.base import DriverError, GuestInfo, GuestState
+from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState
 from pinfold.agent.networks import NetworkInfo
 
 __all__ = ["SimDriver"]
 
 log = logging.getLogger(__name__)
+
+SIM_CONSOLE_BANNER = "[pinfold simulated console of {name}: no guest runs here, what you type is echoed]\r\n"
+
+
+class SimConsole:
+    """A simulated console, said to be one: it echoes what is typed (a return
+    as CR LF), and keeps what it shows in the guest's serial log, as a real
+    guest's serial is logged."""
+
+    def __init__(
+        self, name: str, output: Callable[[bytes], None], closed: Callable[[str], None], log: Path | None
+    ) -> None:
+        self.name = name
+        self._output = output
+        self._closed = closed
+        self._log = log
+        self._lock = threading.Lock()
+        self._open = True
+
+    def show(self, data: bytes) -> None:
+        if self._log is not None:
+            self._log.parent.mkdir(parents=True, exist_ok=True)
+            with self._log.open("ab") as log:
+                log.write(data)
+        self._output(data)
+
+    def write(self, data: bytes) -> None:
+        if not self._open:
+            raise DriverError("invalid", f"the console of {self.name} is closed")
+        self.show(data.replace(b"\r\n", b"\r").replace(b"\n", b"\r").replace(b"\r", b"\r\n"))
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+
+    def end(self, reason: str) -> None:
+        with self._lock:
+            was_open, self._open = self._open, False
+        if was_open:
+            self._closed(reason)
+
 
 #: the documentation ranges (TEST-NET-2, -3, -1), in the order addresses are taken from them
 _RANGES = ("198.51.100", "203.0.113", "192.0.2")
@@ -44,6 +85,7 @@ class SimDriver:
         self._created = _count_in(counter) if counter is not None else 0
         #: held around every read and change of the guests (RLock: methods call `_get`)
         self._lock = threading.RLock()
+        self._consoles: dict[str, list[SimConsole]] = {}
 
     def create(self, spec: DomainSpec) -> None:
         with self._lock:
@@ -68,6 +110,7 @@ class SimDriver:
         with self._lock:
             self._get(name)
             del self._guests[name]
+        self._end_consoles(name, "deleted")
 
     def start(self, name: str) -> None:
         self._move(name, {GuestState.SHUTOFF}, GuestState.RUNNING)
@@ -147,6 +190,24 @@ class SimDriver:
                 raise DriverError("not found", f"no network with matching name '{name}'")
             self._networks[name] = replace(network, active=True)
 
+    def console(self, name: str, output: Callable[[bytes], None], closed: Callable[[str], None]) -> Console:
+        """A `SimConsole` on a running guest: a banner saying it is simulated, then echoes."""
+        with self._lock:
+            guest = self._get(name)
+            if guest.state is not GuestState.RUNNING:
+                raise DriverError("invalid", f"domain '{name}' is {guest.state.value}")
+            log = guest.spec.serial_log if guest.spec is not None else None
+            console = SimConsole(name, output, closed, log)
+            self._consoles.setdefault(name, []).append(console)
+        console.show(SIM_CONSOLE_BANNER.format(name=name).encode())
+        return console
+
+    def _end_consoles(self, name: str, how: str) -> None:
+        with self._lock:
+            consoles = self._consoles.pop(name, [])
+        for console in consoles:
+            console.end(f"the console of {name} closed (the guest was {how})")
+
     def _get(self, name: str) -> GuestInfo:
         with self._lock:
             guest = self._guests.get(name)
@@ -160,6 +221,8 @@ class SimDriver:
             if guest.state not in allowed:
                 raise DriverError("invalid", f"domain '{name}' is {guest.state.value}")
             self._guests[name] = replace(guest, state=to)
+        if to is GuestState.SHUTOFF:
+            self._end_consoles(name, "stopped")
 
     def _update(self, name: str, change: Callable[[DomainSpec], DomainSpec]) -> None:
         with self._lock:

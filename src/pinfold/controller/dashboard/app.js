@@ -206,7 +206,7 @@ function vmTable(vms, lifecycle, use) {
       h("td", { "data-testid": "state" }, vm.host_state === "down" ? vm.state + " (host down)" : vm.state),
       h("td", {}, (vm.pinning || []).join(",") || "-"),
       use ? h("td", {}, use[vm.name] ? use[vm.name].cpu_cores.toFixed(2) : "-") : [],
-      lifecycle ? h("td", {}, actions(vm, lifecycle[vm.state] || ["delete"])) : [])));
+      lifecycle ? h("td", {}, actions(vm, lifecycle[vm.state] || ["delete"]), consoleLink(vm)) : [])));
 }
 
 // The destructive actions ask first.
@@ -225,6 +225,105 @@ function actions(vm, allowed) {
       render();
     },
   }, action));
+}
+
+// -- console ------------------------------------------------------------------------------
+// A running VM's serial console in xterm.js (vendored in the package: /dashboard/vendor/xterm,
+// loaded on this page only). The browser cannot set headers on a WebSocket: the admin token
+// goes as the offered subprotocol "pinfold.token.<token>" (never in the URL, which is logged).
+
+let openConsole = null;  // { name, socket, terminal } while a console page is shown
+
+function consoleLink(vm) {
+  if (vm.state !== "running") return [];
+  return h("a", { href: "#/console/" + encodeURIComponent(vm.name), "data-console": vm.name }, "console");
+}
+
+function load(tag, attrs) {
+  return new Promise((resolve, reject) => {
+    const element = h(tag, { ...attrs, onload: resolve, onerror: () => reject(new Error("cannot load " + (attrs.src || attrs.href))) });
+    document.head.append(element);
+  });
+}
+
+async function xterm() {
+  if (!window.Terminal) {
+    await Promise.all([
+      load("link", { rel: "stylesheet", href: "/dashboard/vendor/xterm/xterm.css" }),
+      load("script", { src: "/dashboard/vendor/xterm/xterm.js" }),
+    ]);
+  }
+  return window.Terminal;
+}
+
+// xterm.js writes <style> elements of its own, which the Content-Security-Policy refuses as
+// inline styles: their text is copied into constructed style sheets (CSSOM, which it allows).
+const adopted = new Map();
+function adoptStyles() {
+  for (const style of document.querySelectorAll(".terminal style")) {
+    if (!adopted.has(style)) adopted.set(style, new CSSStyleSheet());
+    adopted.get(style).replaceSync(style.textContent);
+  }
+  for (const style of [...adopted.keys()]) if (!style.isConnected) adopted.delete(style);
+  document.adoptedStyleSheets = [...adopted.values()];
+}
+new MutationObserver(adoptStyles).observe(document.documentElement, { subtree: true, childList: true, characterData: true });
+
+function closeConsole() {
+  if (!openConsole) return;
+  if (openConsole.socket) openConsole.socket.close();
+  if (openConsole.terminal) openConsole.terminal.dispose();
+  openConsole = null;
+}
+
+function consoleSocket(name, mode) {
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const url = scheme + location.host + "/api/v1/vms/" + encodeURIComponent(name) + "/console?mode=" + mode;
+  const socket = new WebSocket(url, ["pinfold.console", "pinfold.token." + token()]);
+  socket.binaryType = "arraybuffer";
+  return socket;
+}
+
+// Write first; a console another client writes to (or a refusal the browser cannot read)
+// is tried again read-only, and the page says which it got.
+function attach(name, terminal, note, mode) {
+  const socket = consoleSocket(name, mode);
+  let opened = false;
+  openConsole.socket = socket;
+  socket.onopen = () => {
+    opened = true;
+    note.textContent = mode === "write" ? "attached: type in the terminal" : "watching read-only: another client writes";
+    note.dataset.mode = mode;
+    if (mode === "write") terminal.focus();
+  };
+  socket.onmessage = (event) => terminal.write(new Uint8Array(event.data));
+  socket.onclose = (event) => {
+    if (!openConsole || openConsole.socket !== socket) return;
+    if (!opened && mode === "write") { attach(name, terminal, note, "read"); return; }
+    note.textContent = opened ? "console closed" + (event.reason ? ": " + event.reason : "") : "the console refused: is the VM running?";
+    note.dataset.mode = "closed";
+  };
+  terminal.onData((data) => {
+    if (mode === "write" && socket.readyState === WebSocket.OPEN) socket.send(new TextEncoder().encode(data));
+  });
+}
+
+async function consolePage(name) {
+  if (openConsole && openConsole.name === name) return;  // the refresh keeps the terminal
+  closeConsole();
+  openConsole = { name, socket: null, terminal: null };
+  const vm = await api("GET", "/api/v1/vms/" + encodeURIComponent(name));
+  const note = h("p", { class: "muted", "data-testid": "console-status" }, "connecting");
+  const screen = h("div", { class: "terminal", "data-testid": "terminal" });
+  main.replaceChildren(h("h2", {}, "Console of " + name), note, screen,
+    h("p", { class: "muted" }, "The VM's serial console; its log: GET /api/v1/vms/" + name + "/console/log."));
+  if (vm.state !== "running") { note.textContent = name + " is " + vm.state + ": a console needs a running VM"; return; }
+  const Terminal = await xterm();
+  if (!openConsole || openConsole.name !== name) return;  // left meanwhile
+  const terminal = new Terminal({ cursorBlink: true, rows: 24, cols: 80 });
+  openConsole.terminal = terminal;
+  terminal.open(screen);
+  attach(name, terminal, note, "write");
 }
 
 // The lifecycle table, asked once: it changes only with the controller's version.
@@ -292,7 +391,9 @@ async function render() {
   busy = true;
   const route = location.hash.slice(1) || "/";
   try {
-    if (route.startsWith("/hosts/")) await hostPage(decodeURIComponent(route.slice(7)));
+    if (!route.startsWith("/console/")) closeConsole();
+    if (route.startsWith("/console/")) await consolePage(decodeURIComponent(route.slice(9)));
+    else if (route.startsWith("/hosts/")) await hostPage(decodeURIComponent(route.slice(7)));
     else if (route === "/vms") await vmsPage();
     else await overview();
   } catch (error) {
@@ -303,6 +404,7 @@ async function render() {
 }
 
 function showLogin(message) {
+  closeConsole();
   sessionStorage.removeItem("pinfold-token");
   document.getElementById("login").hidden = false;
   document.getElementById("logout").hidden = true;
