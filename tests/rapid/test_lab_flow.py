@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
@@ -35,6 +36,9 @@ from tests.netlab import NetLab, netlab, wait_until  # noqa: F401  (fixture)
 from tests.rapid.peers import FakeDS, FakeSLAM, as_register, start_vm
 from tests.rapid.rig import FAST
 
+if TYPE_CHECKING:  # libvirt-python may be missing: the lab then skips
+    from pinfold.agent.drivers.libvirt import LibvirtDriver
+
 SUBNET = ipaddress.ip_network("10.213.8.0/24")
 HELPERS = ("rapid-helper-1", "rapid-helper-2")
 
@@ -44,14 +48,15 @@ def guest_address(tmp: Path, name: str) -> str:
     return wait_until(lambda: serial_value(tmp / f"{name}.log", NET_ADDRESS), 30, f"{name}'s address line")
 
 
-def lab_agent(lab: NetLab, tmp: Path, kernel: Path, initrd: Path) -> Agent:
+def lab_agent(lab: NetLab, tmp: Path, kernel: Path, initrd: Path) -> tuple[Agent, LibvirtDriver]:
     from pinfold.agent.drivers.libvirt import LibvirtDriver
 
     settings = AgentSettings(
         domain_type="qemu", kernel=kernel, initrd=initrd, cmdline=CMDLINE, serial_dir=tmp,
         critical_size=0, reserved_memory_mib=0, default_network="rapidnet",
     )  # fmt: skip
-    return Agent.open(Topology.discover(), LibvirtDriver(lab.uri), Store(tmp / "agent.db"), settings)
+    driver = LibvirtDriver(lab.uri)
+    return Agent.open(Topology.discover(), driver, Store(tmp / "agent.db"), settings), driver
 
 
 def test_the_slam_start_answers_with_the_guests_lab_address_and_helpers_register_theirs(
@@ -61,15 +66,13 @@ def test_the_slam_start_answers_with_the_guests_lab_address_and_helpers_register
     tmp_path,
 ):
     netlab.define_network("rapidnet", "10.213.8")
-    agent = lab_agent(netlab, tmp_path, guest_kernel, guest_initramfs)
+    agent, driver = lab_agent(netlab, tmp_path, guest_kernel, guest_initramfs)
     slam = FakeSLAM()
     ds = FakeDS(slam.port)
     state = RapidState(agent.store.path)
     config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port)  # no ipShellPath
-    rapid = FAST.model_copy(
-        update={"helper_memory_mib": 128, "ratio": 2.0, "as_wait_s": BOOT_TIMEOUT_S, "ip_wait_s": BOOT_TIMEOUT_S,
-                "recheck_period_s": 600}  # fmt: skip
-    )
+    waits = {"as_wait_s": BOOT_TIMEOUT_S, "ip_wait_s": BOOT_TIMEOUT_S, "recheck_period_s": 600}
+    rapid = FAST.model_copy(update={"helper_memory_mib": 128, "ratio": 2.0, **waits})
     vmm = VMM(AgentBackend(agent), state, config, rapid, lambda: Usage(5, 1024, 0, 2))
     server = RapidServer(vmm.handle, "127.0.0.1", 0, 4, rapid.socket_timeout_s)
     server.start()
@@ -103,7 +106,7 @@ def test_the_slam_start_answers_with_the_guests_lab_address_and_helpers_register
                 agent.delete(name)
         state.close()
         agent.close()
-        agent.driver.close()
+        driver.close()
         ds.stop()
         slam.stop()
     assert netlab.connection().listAllDomains() == []
