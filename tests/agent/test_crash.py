@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +23,14 @@ PREFIX = "pinfold-crash-"
 
 
 class Daemon:
-    def __init__(self, data_dir: Path, crash_at: str | None = None) -> None:
+    def __init__(self, data_dir: Path, crash_at: str | None = None, args: Sequence[str] = ()) -> None:
         self.port = free_port()
         env = dict(os.environ)
         env.pop("PINFOLD_AGENT_CRASH_AT", None)
         if crash_at:
             env["PINFOLD_AGENT_CRASH_AT"] = crash_at
         command = [sys.executable, "-m", "pinfold", "agent", "--driver", "libvirt", "--domain-type", "qemu",
-                   "--port", str(self.port), "--data-dir", str(data_dir)]  # fmt: skip
+                   "--port", str(self.port), "--data-dir", str(data_dir), *args]  # fmt: skip
         self.process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
@@ -48,8 +48,8 @@ class Daemon:
         token = (data_dir / "agent.token").read_text().strip()
         self.auth = {"Authorization": f"Bearer {token}"}
 
-    def create(self, name: str, ratio: float = 1.0) -> httpx.Response:
-        body = {"name": name, "vcpus": 1, "memory_mib": 64, "ratio": ratio}
+    def create(self, name: str, ratio: float = 1.0, **extra: Any) -> httpx.Response:
+        body = {"name": name, "vcpus": 1, "memory_mib": 64, "ratio": ratio, **extra}
         return httpx.post(self.url + "/api/v1/vms", json=body, headers=self.auth, timeout=30)
 
     def stop(self) -> None:

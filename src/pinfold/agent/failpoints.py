@@ -12,7 +12,7 @@ import signal
 __all__ = ["POINTS", "crash_point"]
 
 ENV = "PINFOLD_AGENT_CRASH_AT"
-POINTS = ("create:stored", "create:made", "delete:marked", "delete:unmade")
+POINTS = ("create:seeded", "create:stored", "create:defined", "create:made", "delete:marked", "delete:unmade")
 
 
 def crash_point(name: str) -> None:

@@ -88,6 +88,7 @@ class Making(PinKeeping):
         )
         try:
             self._write_seed(request, nics)
+            crash_point("create:seeded")
             self.store.save_vm(vm, self.allocator.snapshot())
         except BaseException:
             self.seeds.remove(vm.domain)

@@ -23,6 +23,7 @@ from pinfold.agent.domain import (
     resized_xml,
 )
 from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState
+from pinfold.agent.failpoints import crash_point
 from pinfold.agent.networks import NetworkInfo, nat_network_xml, network_info_from_xml
 
 __all__ = ["LibvirtDriver"]
@@ -188,6 +189,7 @@ class LibvirtDriver:
     def create(self, spec: DomainSpec) -> None:
         with _translated(f"define {spec.name}"):
             domain = self._conn.defineXML(spec.to_xml())
+        crash_point("create:defined")
         try:
             with _translated(f"start {spec.name}"):
                 domain.create()
