@@ -121,8 +121,12 @@ class StartUp(Making):
 
     def _finish_create(self, vm: StoredVM, state: GuestState) -> None:
         """The domain exists: a hand-out cut short still has to be resumed;
-        a pool member warms up again from now."""
+        one defined but never started (the crash came between the two) is
+        started, as the create would have; a pool member warms up again from now."""
         if state is GuestState.PAUSED and not vm.pool:
             self.driver.resume(vm.domain)
+            state = GuestState.RUNNING
+        elif state is GuestState.SHUTOFF:
+            self.driver.start(vm.domain)
             state = GuestState.RUNNING
         self._set(vm.spec.name, (VMState.WARMING if vm.pool else state_of(state)), None)
