@@ -141,6 +141,23 @@ def test_start_repairs_every_crash_point(parts, i7):
         assert driver.info(name).spec.cpuset == agent.allocator.pinning(name)
 
 
+def test_start_starts_a_created_domain_a_crash_left_defined_but_never_started(parts, i7):
+    """kill -9 between libvirt's define and its start (crash point create:defined):
+    the create was stored, so the restart carries it through to a running VM."""
+    topology, driver, store, path = parts
+    first = agent_of(parts)
+    first.allocator.deploy(VMSpec("defined", 1, 128, 2.0))
+    store.save_vm(StoredVM(VMSpec("defined", 1, 128, 2.0), "", "", VMState.CREATING, Pending.CREATE),
+                  first.allocator.snapshot())  # fmt: skip
+    driver.create(DomainSpec("defined", 1, 128, first.allocator.pinning("defined"), 2.0))
+    driver.shutdown("defined", 1.0)  # as defined and not started
+    store.close()
+    agent = Agent.open(topology, driver, Store(path), AgentSettings(domain_type="qemu"))
+    assert [(step.action, step.name) for step in agent.report] == [(Action.FINISH_CREATE, "defined")]
+    assert (agent.vms["defined"].state, agent.vms["defined"].pending) == ("running", None)
+    assert driver.info("defined").state is GuestState.RUNNING
+
+
 def test_the_store_refuses_a_cpu_in_two_vnodes(tmp_path):
     import sqlite3
 
