@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import psutil
+from pathlib import Path
 
+import psutil
+import pytest
+
+from pinfold.agent.config import AgentConfig
 from pinfold.agent.drivers import SimDriver
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
@@ -28,3 +32,29 @@ def test_the_ds_hears_the_cpus_the_agent_places_on_not_the_machines_cores(tmp_pa
         endpoint.server.stop()
         endpoint.state.close()
         agent.store.close()
+
+
+@pytest.mark.parametrize(
+    ("simulated", "network", "script", "said"),
+    [
+        (False, "", None, "every start answers ERROR"),
+        (False, "", Path("/opt/rapid/getIp.sh"), "only from ipShellPath"),
+        (False, "default", None, None),
+        (True, "", None, None),  # the sim driver shows its simulated address with or without a NIC
+    ],
+)
+def test_an_agent_whose_rapid_vms_would_get_no_nic_says_so(simulated, network, script, said):
+    """RAPID's VMs get their NIC on the agent's `default_network` (RAPID's
+    template had one NIC on the default network); without it, on libvirt,
+    no lease can give their address and each start waits `ip_wait_s` for nothing."""
+    from pinfold.agent.daemon import rapid_address_notice
+
+    config = AgentConfig(default_network=network)
+    rapid = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ip_script=script)
+    notice = rapid_address_notice(config, rapid, simulated)
+    if said is None:
+        assert notice is None
+    else:
+        assert notice is not None
+        assert said in notice
+        assert "default_network" in notice

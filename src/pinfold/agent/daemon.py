@@ -85,6 +85,22 @@ def simulated_memory(agent: Agent) -> tuple[float, float]:
     return total, total - agent.snapshot().memory_allocated_mib
 
 
+def rapid_address_notice(config: AgentConfig, rapid: RapidConfig, simulated: bool) -> str | None:
+    """What an operator must hear when RAPID's VMs would get no NIC. They get
+    theirs on `default_network`, as RAPID's template had one NIC on the
+    default network; without one, on a hypervisor, no DHCP lease can give
+    their address, only `ipShellPath`, and a start without either waits
+    `ip_wait_s` and answers ERROR. The sim driver needs no NIC for its
+    simulated addresses."""
+    if simulated or config.default_network:
+        return None
+    if rapid.ip_script is None:
+        consequence = "every start answers ERROR after ip_wait_s"
+    else:
+        consequence = f"their addresses can come only from ipShellPath ({rapid.ip_script})"
+    return f"RAPID: no default_network, so RAPID's VMs get no NIC: {consequence}"
+
+
 def rapid_endpoint(agent: Agent, rapid: RapidConfig, config: AgentConfig, monitor: Monitor) -> RapidEndpoint:
     """The RAPID VMM, listening: a port another process holds is a setting to
     change, said in one line, not a traceback."""
@@ -149,6 +165,9 @@ def serve(config: AgentConfig) -> None:
     endpoint = None
     try:
         if rapid is not None:
+            notice = rapid_address_notice(config, rapid, simulated)
+            if notice is not None:
+                log.warning("pinfold agent: %s", notice)
             endpoint = rapid_endpoint(agent, rapid, config, monitor)
         app = create_app(agent, token, monitor, config.slackvm_open_networks)
         serving.run(app, config, config.listen, config.port, "pinfold agent")

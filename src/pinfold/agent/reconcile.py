@@ -8,7 +8,7 @@ touched, so after a crash at any point:
 | store | pending | hypervisor | action |
 |---|---|---|---|
 | VM | create | no domain | create it (the placement was durable) |
-| VM | create | domain | keep it (start it if it was defined and never started, resume a hand-out cut short), clear the pending mark, check pins |
+| VM | create | domain | keep it (started or resumed if it was not), clear the pending mark, check pins |
 | VM | delete | domain | delete it, then forget the VM |
 | VM | delete | no domain | forget the VM |
 | VM | shutdown | domain | record the state it is in (the wait was cut short) |
