@@ -135,3 +135,15 @@ def wait_until(condition: Callable[[], object], timeout_s: float = 10) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.02)
+
+
+def guest_vmm(agent: Agent, config: RapidConfig, **settings: Any) -> tuple[VMM, RapidServer]:
+    """A started VMM over an agent that boots real guests, and its started
+    server on loopback: three 1-vCPU 128 MiB VMs (a user's and two helpers)
+    at 2:1, so that they fit a 2-CPU host; `settings` over FAST's."""
+    rapid = FAST.model_copy(update={"helper_memory_mib": 128, "ratio": 2.0, **settings})
+    vmm = VMM(AgentBackend(agent), RapidState(agent.store.path), config, rapid, lambda: Usage(5, 1024, 0, 2))
+    server = RapidServer(vmm.handle, "127.0.0.1", 0, 4, rapid.socket_timeout_s)
+    server.start()
+    vmm.start()
+    return vmm, server

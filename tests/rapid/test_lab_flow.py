@@ -22,19 +22,15 @@ from typing import TYPE_CHECKING
 
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
-from pinfold.rapid.agent_backend import AgentBackend
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.protocol import OK, Op
-from pinfold.rapid.server import RapidServer
-from pinfold.rapid.state import RapidState
-from pinfold.rapid.vmm import VMM, Usage
 from pinfold.topology import Topology
 from tests.agent.conftest import guest_initramfs, guest_kernel  # noqa: F401  (fixtures)
 from tests.agent.guest import NET_ADDRESS
 from tests.agent.test_netlab import BOOT_TIMEOUT_S, CMDLINE, serial_value
 from tests.netlab import NetLab, netlab, wait_until  # noqa: F401  (fixture)
 from tests.rapid.peers import FakeDS, FakeSLAM, as_register, start_vm
-from tests.rapid.rig import FAST
+from tests.rapid.rig import guest_vmm
 
 if TYPE_CHECKING:  # libvirt-python may be missing: the lab then skips
     from pinfold.agent.drivers.libvirt import LibvirtDriver
@@ -69,14 +65,10 @@ def test_the_slam_start_answers_with_the_guests_lab_address_and_helpers_register
     agent, driver = lab_agent(netlab, tmp_path, guest_kernel, guest_initramfs)
     slam = FakeSLAM()
     ds = FakeDS(slam.port)
-    state = RapidState(agent.store.path)
     config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port)  # no ipShellPath
-    waits = {"as_wait_s": BOOT_TIMEOUT_S, "ip_wait_s": BOOT_TIMEOUT_S, "recheck_period_s": 600}
-    rapid = FAST.model_copy(update={"helper_memory_mib": 128, "ratio": 2.0, **waits})
-    vmm = VMM(AgentBackend(agent), state, config, rapid, lambda: Usage(5, 1024, 0, 2))
-    server = RapidServer(vmm.handle, "127.0.0.1", 0, 4, rapid.socket_timeout_s)
-    server.start()
-    vmm.start()
+    vmm, server = guest_vmm(
+        agent, config, as_wait_s=BOOT_TIMEOUT_S, ip_wait_s=BOOT_TIMEOUT_S, recheck_period_s=600
+    )
     try:
         assert vmm.registered.wait(60)
         ds.wait_for(lambda got: len(ds.of(Op.HELPER_NOTIFY_DS)) == 2, timeout_s=2 * BOOT_TIMEOUT_S)
@@ -104,7 +96,7 @@ def test_the_slam_start_answers_with_the_guests_lab_address_and_helpers_register
         for name in (*HELPERS, "rapid-user-42"):
             if name in agent.vms:
                 agent.delete(name)
-        state.close()
+        vmm.state.close()
         agent.close()
         driver.close()
         ds.stop()

@@ -12,16 +12,12 @@ import threading
 from pinfold.agent.drivers import GuestState
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
-from pinfold.rapid.agent_backend import AgentBackend
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.protocol import OK, Op
-from pinfold.rapid.server import RapidServer
-from pinfold.rapid.state import RapidState
-from pinfold.rapid.vmm import VMM, Usage
 from pinfold.topology import Topology
 from tests.agent.conftest import guest_initramfs, guest_kernel, libvirt_or_skip  # noqa: F401  (fixtures)
 from tests.rapid.peers import FakeDS, FakeSLAM, as_register, no_reply, start_vm
-from tests.rapid.rig import FAST
+from tests.rapid.rig import guest_vmm
 
 NAMES = ("rapid-user-42", "rapid-helper-1", "rapid-helper-2")
 
@@ -41,14 +37,9 @@ def test_start_register_suspend_resume_deregister_on_libvirt(tmp_path, guest_ker
     settings = AgentSettings(domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs,
                              cmdline="console=ttyS0", serial_dir=tmp_path)  # fmt: skip
     agent = Agent.open(Topology.discover(), driver, Store(tmp_path / "agent.db"), settings)
-    state = RapidState(agent.store.path)
     config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port, ip_script=script)
-    # three 1-vCPU VMs on a 2-CPU host: at 2:1 they fit
-    rapid = FAST.model_copy(update={"helper_memory_mib": 128, "as_wait_s": 60, "ratio": 2.0})
-    vmm = VMM(AgentBackend(agent), state, config, rapid, lambda: Usage(5, 1024, 0, 2))
-    server = RapidServer(vmm.handle, "127.0.0.1", 0, 4, rapid.socket_timeout_s)
-    server.start()
-    vmm.start()
+    vmm, server = guest_vmm(agent, config, as_wait_s=60)
+    state = vmm.state
     try:
         assert vmm.registered.wait(60)
         answer: list[object] = []
