@@ -1,5 +1,5 @@
-"""kill -9 of the real agent daemon during a create with a NIC and a
-cloud-init seed, in the network lab (tests/netlab.py: the agent as a
+"""kill -9 of the real agent daemon during a create (and a delete) of a VM
+with a NIC and a cloud-init seed, in the network lab (tests/netlab.py: the agent as a
 subprocess on the lab's private libvirtd). After the kill at each crash point
 of a create and a restart, there is exactly the VM (its domain running, with
 its seed ISO attached and the NIC whose MAC the store keeps) or nothing (no
@@ -14,6 +14,8 @@ import json
 import signal
 import sqlite3
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -67,20 +69,56 @@ def reservations(lab: NetLab) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("point", POINTS)
-def test_kill_during_a_create_with_a_nic_and_a_seed(netlab, guest_kernel, guest_initramfs, tmp_path, point):  # noqa: F811
+@dataclass
+class Setup:
+    """A lab with its network, the agent's data dir and its arguments, and the
+    lab's networks before anything ran (a crash must leave them as they were)."""
+
+    lab: NetLab
+    data_dir: Path
+    args: list[str]
+    networks: list[str]
+
+    def daemon(self, crash_at: str | None = None) -> Daemon:
+        return Daemon(self.data_dir, crash_at=crash_at, args=self.args)
+
+    def killed(self, crash_at: str, call: Callable[[Daemon], object]) -> Daemon:
+        """An agent killed at `crash_at` during `call`, then restarted."""
+        daemon = self.daemon(crash_at)
+        with pytest.raises(httpx.HTTPError):
+            call(daemon)
+        assert daemon.process.wait(timeout=30) == -signal.SIGKILL
+        return self.daemon()
+
+    def assert_nothing_left(self) -> None:
+        """No domain, ISO or stored MAC; the networks as they were, none with a `<host>` entry."""
+        assert seeds(self.data_dir) == []
+        assert stored_macs(self.data_dir) == []
+        assert self.lab.connection().listAllDomains() == []
+        assert sorted(n.name() for n in self.lab.connection().listAllNetworks()) == self.networks
+        assert reservations(self.lab) == []
+
+
+@pytest.fixture
+def setup(netlab, guest_kernel, guest_initramfs, tmp_path) -> Setup:  # noqa: F811
     netlab.define_network("crashnet", "10.213.9")
     networks = sorted(n.name() for n in netlab.connection().listAllNetworks())
-    data_dir = tmp_path / "data"
-    args = agent_args(netlab, tmp_path, guest_kernel, guest_initramfs)
-    daemon = Daemon(data_dir, crash_at=point, args=args)
-    with pytest.raises(httpx.HTTPError):
-        daemon.create(NAME, ssh_keys=[KEY])
-    assert daemon.process.wait(timeout=30) == -signal.SIGKILL
-    daemon = Daemon(data_dir, args=args)
+    return Setup(
+        netlab, tmp_path / "data", agent_args(netlab, tmp_path, guest_kernel, guest_initramfs), networks
+    )
+
+
+def delete(daemon: Daemon) -> httpx.Response:
+    return httpx.delete(daemon.url + f"/api/v1/vms/{NAME}", headers=daemon.auth, timeout=30)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_kill_during_a_create_with_a_nic_and_a_seed(setup, point):
+    data_dir = setup.data_dir
+    daemon = setup.killed(point, lambda d: d.create(NAME, ssh_keys=[KEY]))
     try:
         vms = {vm["name"]: vm for vm in httpx.get(daemon.url + "/api/v1/vms").json()}
-        domains = {d.name(): d for d in netlab.connection().listAllDomains()}
+        domains = {d.name(): d for d in setup.lab.connection().listAllDomains()}
         assert set(domains) == set(vms), "store and hypervisor disagree"
         assert set(vms) == ({NAME} if POINTS[point] else set())
         if vms:  # exactly the VM: running, its seed attached, its stored MAC on its NIC
@@ -94,15 +132,23 @@ def test_kill_during_a_create_with_a_nic_and_a_seed(netlab, guest_kernel, guest_
             ]
             assert [nic["mac"] for nic in vms[NAME]["nics"]] == stored_macs(data_dir)
             assert len(stored_macs(data_dir)) == 1
-            assert (
-                httpx.delete(daemon.url + f"/api/v1/vms/{NAME}", headers=daemon.auth, timeout=30).status_code
-                == 204
-            )
-        # nothing left, whichever way it went: no ISO, no MAC kept (deleted, or never made)
-        assert seeds(data_dir) == []
-        assert stored_macs(data_dir) == []
-        assert netlab.connection().listAllDomains() == []
-        assert sorted(n.name() for n in netlab.connection().listAllNetworks()) == networks
-        assert reservations(netlab) == []
+            assert delete(daemon).status_code == 204
+        setup.assert_nothing_left()  # deleted, or never made
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize("point", ["delete:marked", "delete:unmade"])
+def test_kill_during_a_delete_of_a_vm_with_a_nic_and_a_seed(setup, point):
+    """The restart finishes the delete: the seed and the stored MAC go with the domain."""
+    daemon = setup.daemon()
+    created = daemon.create(NAME, ssh_keys=[KEY])
+    assert created.status_code == 201, created.text
+    daemon.stop()
+    assert (len(seeds(setup.data_dir)), len(stored_macs(setup.data_dir))) == (1, 1)
+    daemon = setup.killed(point, delete)
+    try:
+        assert httpx.get(daemon.url + "/api/v1/vms").json() == []
+        setup.assert_nothing_left()
     finally:
         daemon.stop()
