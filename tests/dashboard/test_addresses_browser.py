@@ -24,7 +24,10 @@ def cluster(tmp_path, i7) -> Iterator[LocalCluster]:
 def test_the_vm_list_and_a_vms_page_show_its_addresses(browser, cluster):  # noqa: F811
     body = {"name": "web", "vcpus": 1, "memory_mib": 256, "nics": [{"network": "lab"}]}
     assert cluster.http.post("/api/v1/vms", json=body).status_code == 201
-    assert cluster.http.post("/api/v1/vms", json={"name": "bare", "vcpus": 1, "memory_mib": 256}).status_code == 201
+    assert (
+        cluster.http.post("/api/v1/vms", json={"name": "bare", "vcpus": 1, "memory_mib": 256}).status_code
+        == 201
+    )
     cluster.wait(lambda: bool(cluster.http.get("/api/v1/vms/web").json()["addresses"]), "web's address")
     (nic,) = cluster.http.get("/api/v1/vms/web").json()["nics"]
     (address,) = nic["addresses"]
