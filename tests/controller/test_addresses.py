@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from alembic import command
 from sqlalchemy import Engine, event, inspect
@@ -76,6 +77,11 @@ def test_a_vms_address_reaches_the_api_cli_and_metrics_through_heartbeats(cluste
         f'pinfold_vm_address_info{{address="{address}",host="h1",mac="{on_agent.nics[0].mac}",vm="web"}} 1.0'
     )
     assert series in metrics
+    # /metrics is open to all: an anonymous scrape gets the counts, not the VMs' names and addresses
+    anonymous = httpx.get(cluster.url + "/metrics").text
+    assert "pinfold_controller_vms" in anonymous
+    assert address not in anonymous
+    assert "pinfold_vm_address_info{" not in anonymous
 
 
 @pytest.fixture

@@ -526,7 +526,9 @@ def create_app(
         )
 
     @app.get("/metrics")
-    def metrics() -> PlainTextResponse:
+    def metrics(request: Request) -> PlainTextResponse:
+        """Counts for anyone; with the admin token, also the VMs' addresses
+        (`pinfold_vm_address_info`): names and addresses are not for anonymous scrapers."""
         gauges = CollectorRegistry()
         hosts = Gauge("pinfold_hosts", "Hosts by state", ["state"], registry=gauges)
         views = controller.hosts()
@@ -538,9 +540,11 @@ def create_app(
             f"{MAX_NICS} NICs x {MAX_ADDRESSES_PER_NIC} addresses a VM)", ["vm", "host", "mac", "address"],
             registry=gauges,
         )  # fmt: skip
+        given = bearer(request)
+        as_admin = bool(given) and hmac.compare_digest(given.encode(), admin_token.encode())
         for vm in controller.vms():
             vms.labels(vm.state.value).inc()
-            for nic in vm.reported_nics or ():
+            for nic in (vm.reported_nics or ()) if as_admin else ():
                 for address in nic.addresses:
                     info.labels(vm.name, vm.host_id or "", nic.mac, address).set(1)
         text = generate_latest(gauges) + generate_latest(registry)
