@@ -23,28 +23,19 @@ from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.store import ControllerStore, ReportedNIC
 from pinfold.model.vm import VMRequest
 from tests.controller.cluster import ADMIN, ADMIN_AUTH, LocalCluster
+from tests.controller.test_nics import cluster  # noqa: F401  (a fixture: h1, a sim agent with network lab)
 
 DOCUMENTATION = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
 
-@pytest.fixture
-def cluster(tmp_path, database_url, i7) -> Iterator[LocalCluster]:
-    local = LocalCluster(tmp_path, database_url, i7)
-    local.add_host("h1", driver=SimDriver(networks=["lab"]))
-    yield local
-    local.close()
-
-
-def reported(cluster: LocalCluster, name: str) -> dict[str, Any]:
+def reported(local: LocalCluster, name: str) -> dict[str, Any]:
     """VM `name` as the controller shows it once its agent reported an address."""
-    cluster.wait(
-        lambda: bool(cluster.http.get(f"/api/v1/vms/{name}").json()["addresses"]), f"{name}'s address"
-    )
-    shown: dict[str, Any] = cluster.http.get(f"/api/v1/vms/{name}").json()
+    local.wait(lambda: bool(local.http.get(f"/api/v1/vms/{name}").json()["addresses"]), f"{name}'s address")
+    shown: dict[str, Any] = local.http.get(f"/api/v1/vms/{name}").json()
     return shown
 
 
-def test_a_vms_address_reaches_the_api_cli_and_metrics_through_heartbeats(cluster):
+def test_a_vms_address_reaches_the_api_cli_and_metrics_through_heartbeats(cluster):  # noqa: F811
     body = {"name": "web", "vcpus": 1, "memory_mib": 256, "nics": [{"network": "lab"}]}
     assert cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH).status_code == 201
     shown = reported(cluster, "web")
@@ -94,8 +85,7 @@ def quiet(tmp_path, database_url, i7) -> Iterator[LocalCluster]:
 
 
 def test_heartbeats_write_a_vms_nics_only_when_they_change(quiet):
-    cluster = quiet
-    engine = cluster.controller.store.engine
+    engine = quiet.controller.store.engine
     writes: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
@@ -104,31 +94,31 @@ def test_heartbeats_write_a_vms_nics_only_when_they_change(quiet):
 
     event.listen(engine, "before_cursor_execute", count)
     body = {"name": "web", "vcpus": 1, "memory_mib": 256, "nics": [{"network": "lab"}]}
-    assert cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH).status_code == 201
-    registrar = cluster.hosts["h1"].registrar
+    assert quiet.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH).status_code == 201
+    registrar = quiet.hosts["h1"].registrar
     registrar.beat()
-    assert cluster.http.get("/api/v1/vms/web").json()["addresses"]
+    assert quiet.http.get("/api/v1/vms/web").json()["addresses"]
     written = len(writes)
     assert written == 1
     for _ in range(5):
         registrar.beat()
     assert registrar.last_error is None
     assert len(writes) == written  # five beats, nothing changed: no write
-    agent = cluster.hosts["h1"].agent
+    agent = quiet.hosts["h1"].agent
     agent.suspend("web")  # a paused sim guest has no address: one write, then none
     for _ in range(3):
         registrar.beat()
     assert len(writes) == written + 1
-    assert cluster.http.get("/api/v1/vms/web").json()["addresses"] == []
+    assert quiet.http.get("/api/v1/vms/web").json()["addresses"] == []
     agent.resume("web")  # its address again: one write
     for _ in range(3):
         registrar.beat()
     assert len(writes) == written + 2
-    assert cluster.http.get("/api/v1/vms/web").json()["addresses"]
+    assert quiet.http.get("/api/v1/vms/web").json()["addresses"]
     event.remove(engine, "before_cursor_execute", count)
 
 
-def test_vm_list_shows_a_dash_for_a_vm_without_an_address(cluster):
+def test_vm_list_shows_a_dash_for_a_vm_without_an_address(cluster):  # noqa: F811
     body = {"name": "bare", "vcpus": 1, "memory_mib": 256}
     assert cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH).status_code == 201
     assert cluster.http.get("/api/v1/vms/bare").json()["addresses"] == []

@@ -225,13 +225,7 @@ NIC = {"network": "lab", "bridge": None, "mac": "52:54:00:00:00:01", "addresses"
 def test_a_heartbeats_nics_out_of_bounds_are_refused_and_nothing_stored(
     api: httpx.Client, store: ControllerStore, nics: dict[str, Any]
 ) -> None:
-    before = store.host("h1")
-    response = api.post("/api/v1/hosts/h1/heartbeat", json={**GOOD, "nics": nics}, headers=AGENT_AUTH)
-    assert response.status_code == 422, response.text
-    after = store.host("h1")
-    assert after is not None
-    assert before is not None
-    assert (after.last_heartbeat, after.heartbeat) == (before.last_heartbeat, before.heartbeat)
+    test_a_heartbeat_out_of_bounds_or_of_another_type_is_refused(api, store, {**GOOD, "nics": nics})
     assert [vm.reported_nics for vm in store.vms("h1")] == [None]
 
 
