@@ -111,3 +111,22 @@ def test_a_vm_without_nics_is_neither_asked_for_nor_carried(tmp_path, i7):
     assert heartbeat_document(agent, None, AddressBook(agent))["nics"] == {}
     assert driver.looked_up == []
     agent.close()
+
+
+def test_a_nic_with_many_addresses_carries_as_many_as_the_controller_takes(tmp_path, i7):
+    """A guest agent may report dozens of IPv6 addresses on one NIC: the
+    controller refuses a heartbeat with more than MAX_NIC_ADDRESSES on one
+    (422, the whole beat), so the agent sends the first ones only."""
+    from pinfold.model.vm import MAX_NIC_ADDRESSES
+
+    many = [f"2001:db8::{i:x}" for i in range(1, 40)]
+
+    class Chatty(SimDriver):
+        def nic_addresses(self, name: str) -> dict[str, list[str]]:
+            return {mac: ["192.0.2.9", *many] for mac in super().nic_addresses(name)}
+
+    agent = open_agent(tmp_path, i7, Chatty(networks=["default"]))
+    agent.create(VMRequest("web", 1, 256))
+    (nic,) = heartbeat_document(agent, None, AddressBook(agent))["nics"]["web"]
+    assert nic["addresses"] == ["192.0.2.9", *many][:MAX_NIC_ADDRESSES]
+    agent.close()

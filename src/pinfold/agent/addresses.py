@@ -21,6 +21,7 @@ from typing import Any
 from pinfold.agent.service import Agent, AgentError
 from pinfold.agent.store import StoredVM
 from pinfold.model.lifecycle import VMState
+from pinfold.model.vm import MAX_NIC_ADDRESSES
 
 __all__ = ["AddressBook"]
 
@@ -102,7 +103,7 @@ class AddressBook:
                 "network": nic.network or None,
                 "bridge": nic.bridge or None,
                 "mac": nic.mac,
-                "addresses": learnt,
+                "addresses": learnt[:MAX_NIC_ADDRESSES],  # the first: the controller refuses more
             }
             for nic, learnt in found
         )

@@ -39,7 +39,14 @@ from pinfold.controller.refusals import refusal_json
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
 from pinfold.controller.store import EventRecord, VMRecord
 from pinfold.model import lifecycle
-from pinfold.model.vm import BRIDGE_PATTERN, MAC_PATTERN, MAX_NICS, NETWORK_PATTERN, VMRequest
+from pinfold.model.vm import (
+    BRIDGE_PATTERN,
+    MAC_PATTERN,
+    MAX_NIC_ADDRESSES,
+    MAX_NICS,
+    NETWORK_PATTERN,
+    VMRequest,
+)
 from pinfold.placement import POLICIES
 from pinfold.serving import ExtraHeaders
 from pinfold.web import ApiError, bearer, install_error_handlers, open_to, token_check
@@ -161,8 +168,6 @@ class Usage(BaseModel):
     vnodes: dict[Level, VNodeUsage] = Field(default_factory=dict, max_length=MAX_LEVELS)
 
 
-#: addresses a heartbeat may carry per NIC (a guest with more shows its first ones)
-MAX_ADDRESSES_PER_NIC = 16
 #: an IPv6 address's longest text, without a zone (the agent drops link-local ones)
 ADDRESS_MAX = 45
 
@@ -182,7 +187,7 @@ class ReportedNIC(BaseModel):
     network: str | None = Field(default=None, max_length=63, pattern=NETWORK_PATTERN)
     bridge: str | None = Field(default=None, max_length=15, pattern=BRIDGE_PATTERN)
     mac: str = Field(max_length=17, pattern=MAC_PATTERN)
-    addresses: list[Address] = Field(default_factory=list, max_length=MAX_ADDRESSES_PER_NIC)
+    addresses: list[Address] = Field(default_factory=list, max_length=MAX_NIC_ADDRESSES)
 
 
 class Heartbeat(BaseModel):
@@ -537,7 +542,7 @@ def create_app(
         vms = Gauge("pinfold_controller_vms", "VMs by state", ["state"], registry=gauges)
         info = Gauge(
             "pinfold_vm_address_info", "A VM's address, one series per NIC address (at most "
-            f"{MAX_NICS} NICs x {MAX_ADDRESSES_PER_NIC} addresses a VM)", ["vm", "host", "mac", "address"],
+            f"{MAX_NICS} NICs x {MAX_NIC_ADDRESSES} addresses a VM)", ["vm", "host", "mac", "address"],
             registry=gauges,
         )  # fmt: skip
         given = bearer(request)
