@@ -8,7 +8,8 @@ where); the cluster's agent token, an enrolment token, which lets a new host
 register once and get its own credential; and that host credential, which
 alone lets the host send heartbeats and register again. SlackVM's routes take the admin token too,
 or none from the networks an operator opened to SlackVM's token-less tools.
-Open to all: /healthz, /metrics (counts only, for scrapers), the OpenAPI
+Open to all: /healthz, /metrics (counts only, for scrapers; the VMs'
+addresses too with the admin token), the OpenAPI
 document and the dashboard's files (its login form asks for the token).
 Routers only translate HTTP to `Controller` calls; errors are JSON
 `{"error", "code", "detail"}` with their code's status (`pinfold.model.errors`), a 4xx
