@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from pinfold.agent.addresses import AddressBook
 from pinfold.agent.api import create_app as agent_app
 from pinfold.agent.drivers import Driver, SimDriver
 from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
@@ -139,10 +140,11 @@ def start_host(
         )
     token = token or f"{host_id}-api-token-0123456789abcdef"
     served = Served(agent_app(agent, token))
+    book = AddressBook(agent)  # the heartbeat carries the VMs' NICs, as the daemon's does
     registrar = Registrar(
         controller_url, AGENT, host_id,
         lambda: registration_document(agent, host_id, served.url, token),
-        lambda: heartbeat_document(agent, None),
+        lambda: heartbeat_document(agent, None, book),
         period_s, tmp_path / host_id / "host.token",
     )  # fmt: skip
     registrar.beat()

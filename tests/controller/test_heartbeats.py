@@ -200,3 +200,49 @@ def test_a_heartbeat_out_of_bounds_or_of_another_type_is_refused(
     assert after is not None
     assert before is not None
     assert (after.last_heartbeat, after.heartbeat) == (before.last_heartbeat, before.heartbeat)
+
+
+NIC = {"network": "lab", "bridge": None, "mac": "52:54:00:00:00:01", "addresses": ["192.0.2.7"]}
+
+
+@pytest.mark.parametrize(
+    "nics",
+    [
+        {"v1": [{**NIC, "addresses": ["not-an-address"]}]},
+        {"v1": [{**NIC, "addresses": ["192.0.2.300"]}]},
+        {"v1": [{**NIC, "addresses": ["192.0.2.7"] * 17}]},
+        {"v1": [{**NIC, "addresses": ["1" * 100]}]},
+        {"v1": [{**NIC, "mac": "52-54-00-00-00-01"}]},
+        {"v1": [{**NIC, "network": "a b"}]},
+        {"v1": [NIC] * 9},
+        {"v1": NIC},
+        {"x" * 300: [NIC]},
+        {f"v{i}": [] for i in range(16_385)},
+    ],
+    ids=["not-an-address", "octet-300", "17-addresses", "long-address", "dashed-mac", "bad-network",
+         "9-nics", "nics-not-a-list", "long-vm-name", "16385-vms"],
+)  # fmt: skip
+def test_a_heartbeats_nics_out_of_bounds_are_refused_and_nothing_stored(
+    api: httpx.Client, store: ControllerStore, nics: dict[str, Any]
+) -> None:
+    test_a_heartbeat_out_of_bounds_or_of_another_type_is_refused(api, store, {**GOOD, "nics": nics})
+    assert [vm.reported_nics for vm in store.vms("h1")] == [None]
+
+
+def test_a_heartbeats_nics_are_kept_per_vm_and_an_older_agents_beat_keeps_them(
+    api: httpx.Client, store: ControllerStore
+) -> None:
+    beat = {**GOOD, "nics": {"v1": [NIC], "not-here": [NIC]}}
+    assert api.post("/api/v1/hosts/h1/heartbeat", json=beat, headers=AGENT_AUTH).status_code == 200
+    (vm,) = store.vms("h1")
+    assert vm.reported_nics is not None
+    assert [nic.to_dict() for nic in vm.reported_nics] == [NIC]
+    host = store.host("h1")
+    assert host is not None
+    assert host.heartbeat is not None
+    assert "nics" not in host.heartbeat  # kept per VM, not again in the host's row
+    # an agent older than the nics field: accepted, and what was reported stays
+    assert api.post("/api/v1/hosts/h1/heartbeat", json=GOOD, headers=AGENT_AUTH).status_code == 200
+    assert store.vms("h1")[0].reported_nics == vm.reported_nics
+    shown = api.get("/api/v1/vms/v1", headers=ADMIN_HEADERS).json()
+    assert (shown["nics"], shown["addresses"]) == ([NIC], ["192.0.2.7"])

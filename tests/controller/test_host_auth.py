@@ -177,7 +177,11 @@ def test_a_removed_agent_stays_out_until_its_credential_file_is_deleted(cluster:
     assert cluster.http.get("/api/v1/hosts").json() == []
     old = credential_of(cluster, "h1")
     (cluster.tmp_path / "h1" / "host.token").unlink()
-    cluster.wait(lambda: cluster.http.get("/api/v1/hosts/h1").status_code == 200, "the enrolment")
+    token = cluster.tmp_path / "h1" / "host.token"
+    # the agent writes its new credential once the controller's answer is back: after the host shows
+    cluster.wait(
+        lambda: cluster.http.get("/api/v1/hosts/h1").status_code == 200 and token.exists(), "the enrolment"
+    )
     assert credential_of(cluster, "h1") != old
     cluster.wait(lambda: host.registrar.last_error is None, "heartbeats")
 

@@ -33,10 +33,10 @@ def test_a_creates_nics_reach_the_agent_and_are_shown(cluster):
     body = {"name": "web", "vcpus": 1, "memory_mib": 256, "nics": nics}
     created = cluster.http.post("/api/v1/vms", json=body, headers=ADMIN_AUTH)
     assert created.status_code == 201, created.text
-    shown = [{"network": "lab", "bridge": None, "mac": "02:00:00:00:00:01"},
-             {"network": "lab", "bridge": None, "mac": None}]  # fmt: skip
-    assert created.json()["nics"] == shown
-    assert cluster.http.get("/api/v1/vms/web").json()["nics"] == shown
+    # as asked until the agent's heartbeat reports them (tests/controller/test_addresses.py)
+    for shown in (created.json()["nics"], cluster.http.get("/api/v1/vms/web").json()["nics"]):
+        assert [(n["network"], n["bridge"]) for n in shown] == [("lab", None), ("lab", None)]
+        assert shown[0]["mac"] == "02:00:00:00:00:01"
     on_agent = cluster.hosts["h1"].agent.find("web")
     assert on_agent is not None
     assert on_agent.nics[0].mac == "02:00:00:00:00:01"

@@ -7,6 +7,7 @@ import signal
 import sys
 
 from pinfold import serving
+from pinfold.agent.addresses import AddressBook
 from pinfold.agent.api import create_app
 from pinfold.agent.config import (
     AgentConfig,
@@ -153,10 +154,11 @@ def serve(config: AgentConfig) -> None:
                 "controller at %s will refuse this host until it is given the controller's agent.token",
                 config.controller_url,
             )
+        book = AddressBook(agent)
         registrar = Registrar(
             config.controller_url, load_enrolment_token(config, token), config.host_id,
             lambda: registration_document(agent, config.host_id, address, token),
-            lambda: heartbeat_document(agent, monitor),
+            lambda: heartbeat_document(agent, monitor, book),
             config.monitor_period_s, config.data_dir / "host.token",
             verify=client_context(config.tls_ca),
         )  # fmt: skip

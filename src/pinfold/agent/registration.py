@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from pinfold.agent.addresses import AddressBook
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent
 from pinfold.placement import level_key
@@ -204,15 +205,21 @@ def registration_document(agent: Agent, host_id: str, address: str, token: str) 
     }
 
 
-def heartbeat_document(agent: Agent, monitor: Monitor | None) -> dict[str, Any]:
-    """The host's SlackVM status, its VMs' states and the last monitor sample
-    (usage and GPUs)."""
+def heartbeat_document(
+    agent: Agent, monitor: Monitor | None, addresses: AddressBook | None = None
+) -> dict[str, Any]:
+    """The host's SlackVM status, its VMs' states, the last monitor sample
+    (usage and GPUs) and, with an `addresses` book, the VMs' NICs with their
+    addresses (only the VMs that have NICs; the book asks the hypervisor
+    only for the VMs that need it)."""
     sample = monitor.latest if monitor is not None else None
     now = agent.snapshot()  # the status, the VMs, their pins and the vNodes of one moment
+    nics = {"nics": addresses.nics(now.vms)} if addresses is not None else {}
     return {
         "status": now.status,
         "vms": {name: vm.state for name, vm in now.vms.items()},
         "pins": dict(now.pins),
         "vnodes": {level_key(ratio): cpus for ratio, cpus in now.vnodes.items()},
         "usage": sample.to_dict() if sample is not None else None,
+        **nics,
     }

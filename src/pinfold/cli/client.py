@@ -182,7 +182,7 @@ def show(body: Any, as_json: bool, render: Any) -> None:
 
 
 def vm_table(vms: list[dict[str, Any]]) -> None:
-    table = Table("name", "host", "level", "vCPUs", "MiB", "state", "pinned to", "owner")
+    table = Table("name", "host", "level", "vCPUs", "MiB", "state", "pinned to", "owner", "address")
     for vm in vms:
         state = (
             vm["state"] if vm.get("host_state") in (None, "up", "draining") else f"{vm['state']} (host down)"
@@ -190,9 +190,15 @@ def vm_table(vms: list[dict[str, Any]]) -> None:
         pins = ",".join(map(str, vm.get("pinning") or [])) or "-"
         table.add_row(
             vm["name"], vm["host"] or "-", f"{vm['ratio']:g}:1", str(vm["vcpus"]), str(vm["memory_mib"]),
-            state, pins, vm["owner"] or "-",
+            state, pins, vm["owner"] or "-", first_address(vm),
         )  # fmt: skip
     console.print(table)
+
+
+def first_address(vm: dict[str, Any]) -> str:
+    """A VM's first address (IPv4 first), "-" for none yet (or a controller
+    older than addresses, which shows none)."""
+    return next(iter(vm.get("addresses") or ()), "-")
 
 
 def host_table(hosts: list[dict[str, Any]]) -> None:

@@ -8,7 +8,8 @@ where); the cluster's agent token, an enrolment token, which lets a new host
 register once and get its own credential; and that host credential, which
 alone lets the host send heartbeats and register again. SlackVM's routes take the admin token too,
 or none from the networks an operator opened to SlackVM's token-less tools.
-Open to all: /healthz, /metrics (counts only, for scrapers), the OpenAPI
+Open to all: /healthz, /metrics (counts only, for scrapers; the VMs'
+addresses too with the admin token), the OpenAPI
 document and the dashboard's files (its login form asks for the token).
 Routers only translate HTTP to `Controller` calls; errors are JSON
 `{"error", "code", "detail"}` with their code's status (`pinfold.model.errors`), a 4xx
@@ -19,6 +20,7 @@ for anything a client can get wrong; SlackVM's routes answer 200 in SlackVM's sh
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +30,7 @@ from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pinfold import bodies, slackvm
 from pinfold.controller.console_proxy import add_console_routes
@@ -38,7 +40,14 @@ from pinfold.controller.refusals import refusal_json
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
 from pinfold.controller.store import EventRecord, VMRecord
 from pinfold.model import lifecycle
-from pinfold.model.vm import VMRequest
+from pinfold.model.vm import (
+    BRIDGE_PATTERN,
+    MAC_PATTERN,
+    MAX_NIC_ADDRESSES,
+    MAX_NICS,
+    NETWORK_PATTERN,
+    VMRequest,
+)
 from pinfold.placement import POLICIES
 from pinfold.serving import ExtraHeaders
 from pinfold.web import ApiError, bearer, install_error_handlers, open_to, token_check
@@ -160,6 +169,28 @@ class Usage(BaseModel):
     vnodes: dict[Level, VNodeUsage] = Field(default_factory=dict, max_length=MAX_LEVELS)
 
 
+#: an IPv6 address's longest text, without a zone (the agent drops link-local ones)
+ADDRESS_MAX = 45
+
+
+def _ip_address(text: str) -> str:
+    """An IPv4 or IPv6 address, as `ipaddress` writes it."""
+    return str(ipaddress.ip_address(text))
+
+
+Address = Annotated[str, Field(max_length=ADDRESS_MAX), AfterValidator(_ip_address)]
+
+
+class ReportedNIC(BaseModel):
+    """A VM's NIC as its agent has it: the MAC it chose and the addresses it learnt."""
+
+    model_config = STRICT
+    network: str | None = Field(default=None, max_length=63, pattern=NETWORK_PATTERN)
+    bridge: str | None = Field(default=None, max_length=15, pattern=BRIDGE_PATTERN)
+    mac: str = Field(max_length=17, pattern=MAC_PATTERN)
+    addresses: list[Address] = Field(default_factory=list, max_length=MAX_NIC_ADDRESSES)
+
+
 class Heartbeat(BaseModel):
     """Checked whole before anything of it is stored: a malformed one is a 422."""
 
@@ -172,6 +203,10 @@ class Heartbeat(BaseModel):
     pins: dict[VMName, CPUs] = Field(default_factory=dict, max_length=MAX_VMS_PER_HOST)
     vnodes: dict[Level, CPUs] = Field(default_factory=dict, max_length=MAX_LEVELS)
     usage: Usage | None = None
+    #: the VMs' NICs with their addresses (None: an older agent, which sends none)
+    nics: dict[VMName, Annotated[list[ReportedNIC], Field(max_length=MAX_NICS)]] | None = Field(
+        default=None, max_length=MAX_VMS_PER_HOST
+    )
 
 
 def vm_view(record: VMRecord, host: HostView | None = None) -> dict[str, Any]:
@@ -192,12 +227,23 @@ def vm_view(record: VMRecord, host: HostView | None = None) -> dict[str, Any]:
         "detail": record.detail,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
-        # the NICs its create asked for (the MACs the agent chose and the addresses: the agent's view)
-        "nics": [
-            {"network": n.network or None, "bridge": n.bridge or None, "mac": n.mac or None}
-            for n in record.nics
-        ],
+        **network_view(record),
     }
+
+
+def network_view(record: VMRecord) -> dict[str, Any]:
+    """A VM's `nics` as its agent last reported them (the MACs it chose, the
+    addresses it learnt), else as its create asked for them (no address yet);
+    and `addresses`, its IPv4 addresses over every NIC (as the agent's flat list)."""
+    if record.reported_nics is None:
+        asked: list[dict[str, Any]] = [
+            {"network": n.network or None, "bridge": n.bridge or None, "mac": n.mac or None, "addresses": []}
+            for n in record.nics
+        ]
+        return {"nics": asked, "addresses": []}
+    nics = [nic.to_dict() for nic in record.reported_nics]
+    flat = [a for nic in record.reported_nics for a in nic.addresses if ":" not in a]
+    return {"nics": nics, "addresses": list(dict.fromkeys(flat))}
 
 
 def host_view(view: HostView, vms: Sequence[VMRecord] = ()) -> dict[str, Any]:
@@ -486,15 +532,27 @@ def create_app(
         )
 
     @app.get("/metrics")
-    def metrics() -> PlainTextResponse:
+    def metrics(request: Request) -> PlainTextResponse:
+        """Counts for anyone; with the admin token, also the VMs' addresses
+        (`pinfold_vm_address_info`): names and addresses are not for anonymous scrapers."""
         gauges = CollectorRegistry()
         hosts = Gauge("pinfold_hosts", "Hosts by state", ["state"], registry=gauges)
         views = controller.hosts()
         for state in ("up", "down", "draining"):
             hosts.labels(state).set(sum(1 for v in views if v.state == state))
         vms = Gauge("pinfold_controller_vms", "VMs by state", ["state"], registry=gauges)
+        info = Gauge(
+            "pinfold_vm_address_info", "A VM's address, one series per NIC address (at most "
+            f"{MAX_NICS} NICs x {MAX_NIC_ADDRESSES} addresses a VM)", ["vm", "host", "mac", "address"],
+            registry=gauges,
+        )  # fmt: skip
+        given = bearer(request)
+        as_admin = bool(given) and hmac.compare_digest(given.encode(), admin_token.encode())
         for vm in controller.vms():
             vms.labels(vm.state.value).inc()
+            for nic in (vm.reported_nics or ()) if as_admin else ():
+                for address in nic.addresses:
+                    info.labels(vm.name, vm.host_id or "", nic.mac, address).set(1)
         text = generate_latest(gauges) + generate_latest(registry)
         return PlainTextResponse(text.decode(), media_type="text/plain; version=0.0.4")
 

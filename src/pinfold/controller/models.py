@@ -140,6 +140,9 @@ class VM(Base):
     updated_at: Mapped[float] = mapped_column(Double)
     #: the NICs asked for, [{"network", "bridge", "mac"}] ("" for what was not given)
     nics: Mapped[list[dict[str, str]]] = mapped_column(JSON, default=list, server_default="[]")
+    #: the NICs its agent last reported, [{"network", "bridge", "mac", "addresses"}]
+    #: (None: not reported yet); written only when a heartbeat changes them
+    reported_nics: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
 
 class Event(Base):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -44,6 +44,7 @@ from pinfold.controller.store import (
     HostRecord,
     NewEvent,
     RefusedError,
+    ReportedNIC,
     StoreError,
     UnknownHostError,
     UnknownVMError,
@@ -196,11 +197,15 @@ class Controller:
         reports; False when the host is unknown (the agent registers again).
         The API has checked its shape (`api.Heartbeat`)."""
         now = self.clock()
-        if not self.store.heartbeat(host_id, payload, now):
+        nics = payload.get("nics")  # kept per VM (vms.reported_nics), not in the host's row every beat
+        if not self.store.heartbeat(host_id, {k: v for k, v in payload.items() if k != "nics"}, now):
             return False
+        records = self.store.vms(host_id)
         reported = payload.get("vms")
         if isinstance(reported, Mapping):
-            self._settle(host_id, {str(k): str(v) for k, v in reported.items()}, now)
+            self._settle(host_id, records, {str(k): str(v) for k, v in reported.items()}, now)
+        if isinstance(nics, Mapping):
+            self.store.set_reported_nics(host_id, _changed_nics(records, nics))
         self.history.record(host_id, now, payload)  # a view only: last, after what the heartbeat settles
         return True
 
@@ -609,10 +614,13 @@ class Controller:
         with self._picture:
             self.scheduler.removed(name)
 
-    def _settle(self, host_id: str, reported: Mapping[str, str], now: float) -> None:
+    def _settle(
+        self, host_id: str, records: Sequence[VMRecord], reported: Mapping[str, str], now: float
+    ) -> None:
         """What the agent has is what is: carry out `settle.plan` (its table
-        says which VM follows the agent, is forgotten or is `missing`)."""
-        stored = [Stored(record.name, record.state, record.updated_at) for record in self.store.vms(host_id)]
+        says which VM follows the agent, is forgotten or is `missing`) on the
+        host's VMs as `records` has them."""
+        stored = [Stored(record.name, record.state, record.updated_at) for record in records]
         for step in plan(stored, reported, now, self.heartbeat_period_s, self.stale_after_s):
             if step.action is SettleAction.FORGET:
                 self._forget(step.name)
@@ -649,6 +657,20 @@ def _same_or_refuse(existing: VMRecord, request: VMRequest) -> None:
     )  # fmt: skip
     if not same:
         raise ControllerError("duplicate name", f"{existing.name} exists with another size, owner or NICs")
+
+
+def _changed_nics(
+    records: Sequence[VMRecord], reported: Mapping[str, Any]
+) -> dict[str, tuple[ReportedNIC, ...]]:
+    """The host's VMs whose reported NICs differ from what is stored (only
+    those are written: most heartbeats change none)."""
+    changed = {}
+    for record in records:
+        if record.name in reported:
+            nics = tuple(ReportedNIC.of(nic) for nic in reported[record.name])
+            if nics != record.reported_nics:
+                changed[record.name] = nics
+    return changed
 
 
 def _unusable(topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int) -> str | None:

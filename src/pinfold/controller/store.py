@@ -56,6 +56,7 @@ __all__ = [
     "HostRecord",
     "NewEvent",
     "RefusedError",
+    "ReportedNIC",
     "StoreError",
     "UnknownHostError",
     "UnknownVMError",
@@ -146,6 +147,31 @@ class HostLiveness:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportedNIC:
+    """A VM's NIC as its agent reported it: where it is, its MAC, its addresses."""
+
+    network: str | None
+    bridge: str | None
+    mac: str
+    addresses: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, document: Mapping[str, Any]) -> ReportedNIC:
+        return cls(
+            document.get("network"), document.get("bridge"), str(document.get("mac") or ""),
+            tuple(document.get("addresses") or ()),
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "network": self.network,
+            "bridge": self.bridge,
+            "mac": self.mac,
+            "addresses": list(self.addresses),
+        }
+
+
+@dataclass(frozen=True, slots=True)
 class VMRecord:
     name: str
     #: reservation order; a host's VMs replay through the allocator in it
@@ -162,6 +188,8 @@ class VMRecord:
     updated_at: float
     #: the NICs its create asked for (the agent chooses the MACs not given)
     nics: tuple[NIC, ...] = ()
+    #: the NICs its agent last reported, with their addresses (None: not yet)
+    reported_nics: tuple[ReportedNIC, ...] | None = None
 
     @property
     def spec(self) -> VMSpec:
@@ -304,6 +332,20 @@ class ControllerStore:
             host.last_heartbeat = now
             _heard_from(session, host, now)
             return True
+
+    def set_reported_nics(self, host_id: str, changed: Mapping[str, Sequence[ReportedNIC]]) -> None:
+        """Store the NICs an agent reported for these VMs of its host (the
+        caller sends only the VMs whose NICs changed: a heartbeat that changes
+        none writes nothing). A VM deleted or moved meanwhile is left alone."""
+        if not changed:
+            return
+        with self._write() as session:
+            for name, nics in changed.items():
+                session.execute(
+                    update(VM)
+                    .where(VM.name == name, VM.host_id == host_id)
+                    .values(reported_nics=[nic.to_dict() for nic in nics])
+                )
 
     def credential(self, host_id: str) -> str | None:
         """The digest of the host's credential (None: enrolled before host
@@ -578,6 +620,9 @@ def _vm_record(row: VM) -> VMRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         nics=tuple(NIC(n.get("network", ""), n.get("bridge", ""), n.get("mac", "")) for n in row.nics or ()),
+        reported_nics=(
+            tuple(ReportedNIC.of(n) for n in row.reported_nics) if row.reported_nics is not None else None
+        ),
     )
 
 

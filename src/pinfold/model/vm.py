@@ -42,6 +42,7 @@ __all__ = [
     "MAX_IMAGE_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_NICS",
+    "MAX_NIC_ADDRESSES",
     "MAX_OWNER_LENGTH",
     "MAX_RATIO",
     "MAX_SSH_KEYS",
@@ -73,6 +74,8 @@ MAX_OWNER_LENGTH = 128
 MAX_IMAGE_LENGTH = 4096
 #: NICs one VM may have (a PCI bus holds many more; a request with more is a mistake)
 MAX_NICS = 8
+#: addresses a NIC shows (a heartbeat carries, the controller keeps): the first ones, IPv4 first
+MAX_NIC_ADDRESSES = 16
 #: a libvirt network's name as pinfold accepts it (the same plain characters as a VM's)
 NETWORK_PATTERN = NAME_PATTERN
 #: a Linux interface name (a host bridge): at most 15 characters, no '/' or blank

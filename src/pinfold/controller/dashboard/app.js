@@ -197,7 +197,7 @@ const filters = { host: "", level: "", state: "" };
 // `lifecycle`: the controller's table of each state's legal actions (a button each), or null for none.
 function vmTable(vms, lifecycle, use) {
   return h("table", { "data-testid": "vms" },
-    h("tr", {}, ["name", "host", "level", "vCPUs", "MiB", "state", "pinned to"].map((t) => h("th", {}, t)),
+    h("tr", {}, ["name", "host", "level", "vCPUs", "MiB", "state", "pinned to", "address"].map((t) => h("th", {}, t)),
       use ? h("th", {}, "cores used") : [], lifecycle ? h("th", {}, "") : []),
     vms.map((vm) => h("tr", { "data-vm": vm.name },
       h("td", {}, vm.name), h("td", {}, vm.host || "-"),
@@ -205,8 +205,23 @@ function vmTable(vms, lifecycle, use) {
       h("td", {}, vm.vcpus), h("td", {}, vm.memory_mib),
       h("td", { "data-testid": "state" }, vm.host_state === "down" ? vm.state + " (host down)" : vm.state),
       h("td", {}, (vm.pinning || []).join(",") || "-"),
+      h("td", { "data-testid": "address", title: allAddresses(vm) }, (vm.addresses || [])[0] || "-"),
       use ? h("td", {}, use[vm.name] ? use[vm.name].cpu_cores.toFixed(2) : "-") : [],
       lifecycle ? h("td", {}, actions(vm, lifecycle[vm.state] || ["delete"]), consoleLink(vm)) : [])));
+}
+
+// Every address of every NIC, for the address cell's tooltip (the cell shows the first IPv4 one).
+function allAddresses(vm) {
+  return (vm.nics || []).flatMap((nic) => nic.addresses || []).join(", ");
+}
+
+// A VM's NICs as its agent reported them: where each is, its MAC, its addresses.
+function nicList(vm) {
+  const nics = vm.nics || [];
+  if (!nics.length) return h("p", { class: "muted", "data-testid": "vm-nics" }, "No NIC.");
+  return h("ul", { "data-testid": "vm-nics" }, nics.map((nic) => h("li", {},
+    (nic.network ? "network " + nic.network : "bridge " + nic.bridge) + " - " + (nic.mac || "MAC not chosen yet") +
+    " - " + ((nic.addresses || []).join(", ") || "no address yet"))));
 }
 
 // The destructive actions ask first.
@@ -315,7 +330,7 @@ async function consolePage(name) {
   const vm = await api("GET", "/api/v1/vms/" + encodeURIComponent(name));
   const note = h("p", { class: "muted", "data-testid": "console-status" }, "connecting");
   const screen = h("div", { class: "terminal", "data-testid": "terminal" });
-  main.replaceChildren(h("h2", {}, "Console of " + name), note, screen,
+  main.replaceChildren(h("h2", {}, "Console of " + name), nicList(vm), note, screen,
     h("p", { class: "muted" }, "The VM's serial console; its log: GET /api/v1/vms/" + name + "/console/log."));
   if (vm.state !== "running") { note.textContent = name + " is " + vm.state + ": a console needs a running VM"; return; }
   const Terminal = await xterm();

@@ -1,0 +1,109 @@
+"""The VMs' NICs and addresses the heartbeat carries, kept between beats.
+
+Learning a VM's addresses is a libvirt call per VM (its DHCP leases, then
+its guest agent), and the heartbeat runs every period for every VM: asking
+for each VM on each beat would make a host with many VMs beat slowly. The
+book asks only for the VMs it knows nothing of, whose state changed (a
+restarted guest may take another lease), that run with a NIC still without
+an address (a guest booting), and, every `recheck_s`, the others (a lease
+renewed on another address); at most `per_beat` of them per beat, the longest unasked
+first, so a host whose VMs all boot at once spreads the asking over beats.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pinfold.agent.service import Agent, AgentError
+from pinfold.agent.store import StoredVM
+from pinfold.model.lifecycle import VMState
+from pinfold.model.vm import MAX_NIC_ADDRESSES
+
+__all__ = ["AddressBook"]
+
+#: how often the addresses of a VM that has them all are asked for again
+RECHECK_S = 60.0
+#: at most this many VMs are asked for per beat
+PER_BEAT = 32
+
+
+@dataclass(frozen=True)
+class _Known:
+    state: VMState
+    asked_at: float
+    nics: tuple[dict[str, Any], ...]
+
+    @property
+    def complete(self) -> bool:
+        """Nothing more to learn before the recheck: every NIC has an address,
+        or the VM is not running (a stopped guest holds none until its state
+        changes, and is not asked for on every beat meanwhile)."""
+        return self.state is not VMState.RUNNING or all(nic["addresses"] for nic in self.nics)
+
+
+class AddressBook:
+    """Per user VM, its NICs (network, bridge, MAC) with the addresses learnt
+    for each, as last asked; `nics` brings it up to date for one beat."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        recheck_s: float = RECHECK_S,
+        per_beat: int = PER_BEAT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._agent = agent
+        self._recheck_s = recheck_s
+        self._per_beat = per_beat
+        self._clock = clock
+        self._known: dict[str, _Known] = {}
+        self._lock = threading.Lock()
+        #: how many VMs were asked for since the start (tests and the curious)
+        self.asked = 0
+
+    def nics(self, vms: Mapping[str, StoredVM]) -> dict[str, list[dict[str, Any]]]:
+        """The NICs of `vms` (those that have any), asking the hypervisor only
+        for the VMs that need it (the module's docstring says which)."""
+        with self._lock:
+            now = self._clock()
+            for name in set(self._known) - set(vms):
+                del self._known[name]  # deleted: forgotten
+            for name in self._due(vms, now)[: self._per_beat]:
+                self._known[name] = _Known(vms[name].state, now, self._ask(name))
+                self.asked += 1
+            return {name: list(known.nics) for name, known in self._known.items() if known.nics}
+
+    def _due(self, vms: Mapping[str, StoredVM], now: float) -> list[str]:
+        """The VMs to ask for, the longest unasked (or never asked) first."""
+        due = []
+        for name, vm in vms.items():
+            if not vm.nics:
+                continue  # no NIC: nothing to learn
+            known = self._known.get(name)
+            if (
+                known is None
+                or known.state != vm.state
+                or not known.complete
+                or now - known.asked_at >= self._recheck_s
+            ):
+                due.append((known.asked_at if known is not None else float("-inf"), name))
+        return [name for _, name in sorted(due)]
+
+    def _ask(self, name: str) -> tuple[dict[str, Any], ...]:
+        try:
+            found = self._agent.nic_addresses(name)
+        except AgentError:  # deleted meanwhile
+            return ()
+        return tuple(
+            {
+                "network": nic.network or None,
+                "bridge": nic.bridge or None,
+                "mac": nic.mac,
+                "addresses": learnt[:MAX_NIC_ADDRESSES],  # the first: the controller refuses more
+            }
+            for nic, learnt in found
+        )

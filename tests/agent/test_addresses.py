@@ -1,0 +1,132 @@
+"""The heartbeat's NICs and addresses (agent/addresses.py): what it carries,
+and that the hypervisor is asked only for the VMs that need it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pinfold.agent.addresses import AddressBook
+from pinfold.agent.drivers import SimDriver
+from pinfold.agent.registration import heartbeat_document
+from pinfold.agent.service import Agent, AgentSettings, VMRequest
+from pinfold.agent.store import Store
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountingSim(SimDriver):
+    """The sim driver, counting the per-VM address look-ups (a libvirt call each)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.looked_up: list[str] = []
+        self.hide = False
+
+    def nic_addresses(self, name: str) -> dict[str, list[str]]:
+        self.looked_up.append(name)
+        return {} if self.hide else super().nic_addresses(name)
+
+
+def open_agent(tmp_path: Path, topology, driver: SimDriver) -> Agent:
+    settings = AgentSettings(domain_type="qemu", default_network="default")
+    return Agent.open(topology, driver, Store(tmp_path / "agent.db"), settings)
+
+
+def test_the_heartbeat_carries_each_vms_nics_with_mac_and_addresses(tmp_path, i7):
+    agent = open_agent(tmp_path, i7, SimDriver(networks=["default"]))
+    vm = agent.create(VMRequest("web", 1, 256))
+    beat = heartbeat_document(agent, None, AddressBook(agent))
+    (nic,) = vm.nics
+    assert beat["nics"] == {
+        "web": [{"network": "default", "bridge": None, "mac": nic.mac, "addresses": ["198.51.100.1"]}]
+    }
+    assert "nics" not in heartbeat_document(agent, None)  # without a book, as older agents beat
+    agent.close()
+
+
+def test_the_book_asks_only_for_vms_unknown_changed_unaddressed_or_due(tmp_path, i7):
+    driver = CountingSim(networks=["default"])
+    agent = open_agent(tmp_path, i7, driver)
+    agent.create(VMRequest("a", 1, 256))
+    agent.create(VMRequest("b", 1, 256))
+    clock = Clock()
+    book = AddressBook(agent, recheck_s=60, clock=clock)
+
+    def beat() -> dict[str, Any]:
+        driver.looked_up.clear()
+        nics: dict[str, Any] = heartbeat_document(agent, None, book)["nics"]
+        return nics
+
+    assert set(beat()) == {"a", "b"}
+    assert sorted(driver.looked_up) == ["a", "b"]
+    beat()
+    assert driver.looked_up == []  # known, complete, not due: no call at all
+    agent.suspend("a")
+    assert beat()["a"]
+    assert driver.looked_up == ["a"]
+    clock.now += 60
+    beat()
+    assert sorted(driver.looked_up) == ["a", "b"]  # due for the recheck
+    agent.create(VMRequest("c", 1, 256))
+    driver.hide = True  # no lease yet
+    assert beat()["c"][0]["addresses"] == []
+    assert driver.looked_up == ["c"]
+    beat()
+    assert driver.looked_up == ["c"]  # no address yet: asked every beat until it has one
+    driver.hide = False
+    assert beat()["c"][0]["addresses"]
+    assert driver.looked_up == ["c"]
+    agent.delete("c")
+    assert "c" not in beat()
+    assert driver.looked_up == []
+    agent.close()
+
+
+def test_a_beat_asks_for_at_most_per_beat_vms_the_longest_unasked_first(tmp_path, i7):
+    driver = CountingSim(networks=["default"])
+    agent = open_agent(tmp_path, i7, driver)
+    for name in ("a", "b", "c"):
+        agent.create(VMRequest(name, 1, 256))
+    book = AddressBook(agent, per_beat=2, clock=Clock())
+    first = heartbeat_document(agent, None, book)["nics"]
+    assert len(first) == 2
+    assert len(driver.looked_up) == 2
+    second = heartbeat_document(agent, None, book)["nics"]
+    assert set(second) == {"a", "b", "c"}
+    assert len(driver.looked_up) == 3
+    agent.close()
+
+
+def test_a_vm_without_nics_is_neither_asked_for_nor_carried(tmp_path, i7):
+    driver = CountingSim()
+    agent = Agent.open(i7, driver, Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    agent.create(VMRequest("bare", 1, 256))
+    assert heartbeat_document(agent, None, AddressBook(agent))["nics"] == {}
+    assert driver.looked_up == []
+    agent.close()
+
+
+def test_a_nic_with_many_addresses_carries_as_many_as_the_controller_takes(tmp_path, i7):
+    """A guest agent may report dozens of IPv6 addresses on one NIC: the
+    controller refuses a heartbeat with more than MAX_NIC_ADDRESSES on one
+    (422, the whole beat), so the agent sends the first ones only."""
+    from pinfold.model.vm import MAX_NIC_ADDRESSES
+
+    many = [f"2001:db8::{i:x}" for i in range(1, 40)]
+
+    class Chatty(SimDriver):
+        def nic_addresses(self, name: str) -> dict[str, list[str]]:
+            return {mac: ["192.0.2.9", *many] for mac in super().nic_addresses(name)}
+
+    agent = open_agent(tmp_path, i7, Chatty(networks=["default"]))
+    agent.create(VMRequest("web", 1, 256))
+    (nic,) = heartbeat_document(agent, None, AddressBook(agent))["nics"]["web"]
+    assert nic["addresses"] == ["192.0.2.9", *many][:MAX_NIC_ADDRESSES]
+    agent.close()
