@@ -283,14 +283,14 @@ def modules_of(kernel: Path) -> Path:
     return kernel.parent.parent / "lib" / "modules" / release
 
 
-def demo_guest(data_dir: Path) -> DemoGuest:
-    """The demo guest of `pinfold up`: the kernel in DATA_DIR/guest-kernel
-    (fetched on first use), the initramfs DATA_DIR/demo-initramfs.cpio built
-    from the host's busybox (busybox-static: nothing else to load) and that
+def demo_guest(data_dir: Path, kernel_cache: Path | None = None) -> DemoGuest:
+    """The demo guest of `pinfold up`: the kernel in DATA_DIR/guest-kernel (or
+    `kernel_cache`; fetched on first use), the initramfs DATA_DIR/demo-initramfs.cpio
+    built from the host's busybox (busybox-static: nothing else to load) and that
     kernel's modules, again on each start (it takes a second)."""
     busybox = shutil.which("busybox")
     if busybox is None:
         raise GuestBuildError("busybox is not installed (apt-get install busybox-static), or boot --image")
-    kernel = fetch_kernel(data_dir / "guest-kernel")
+    kernel = fetch_kernel(kernel_cache or data_dir / "guest-kernel")
     initrd = build_initramfs(Path(busybox), data_dir / "demo-initramfs.cpio", modules_of(kernel))
     return DemoGuest(kernel, initrd)
