@@ -54,3 +54,29 @@ def test_with_an_image_the_agent_boots_no_demo_kernel(tmp_path: Path):
     assert config.own_network is not None
     assert str(config.own_network.subnet) == "10.99.0.0/24"
     assert not (tmp_path / "guest-kernel").exists()  # nothing fetched for an image
+
+
+def test_pinfold_up_again_shows_the_demo_vms_it_made_before(tmp_path: Path):
+    """A second `pinfold up` on the same data: the demo VMs exist already (the
+    sim agent restarted has lost them: `missing`). It still lists them and does
+    not wait for addresses of VMs that are not running."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.servers import free_port
+
+    env = dict(os.environ, PINFOLD_CLI_CONFIG=str(tmp_path / "cli.toml"), COLUMNS="200")
+    command = [sys.executable, "-m", "pinfold", "up", "--driver", "sim", "--data-dir", str(tmp_path / "data"),
+               "--heartbeat", "0.5", "--once"]  # fmt: skip
+    outputs = []
+    for _ in range(2):
+        ports = ["--controller-port", str(free_port()), "--agent-port", str(free_port())]
+        done = subprocess.run([*command, *ports], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs.append(done.stdout)
+    assert "demo-shared  198.51.100." in outputs[0]
+    again = outputs[1]
+    assert "demo-premium" in again
+    assert "demo-shared" in again
+    assert "demo-shared  not running (missing)" in again, again

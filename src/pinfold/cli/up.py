@@ -277,7 +277,8 @@ def show_demo(
 ) -> list[str]:
     """Two VMs of two levels, then the directory's view of them with the
     CPUs each is pinned to (the premium one alone on its vNode's CPUs); the
-    names of those made. With an image, they boot it with a cloud-init seed."""
+    names of those shown. With an image, they boot it with a cloud-init seed.
+    One refused because it exists (a `pinfold up` before made it) is shown as it is."""
     headers = {"Authorization": f"Bearer {admin_token}"}
     shown = []
     for demo_body in DEMO_VMS:
@@ -288,8 +289,13 @@ def show_demo(
             f"{controller_url}/api/v1/vms", json=body, headers=headers, timeout=120, verify=verify
         )
         if response.status_code >= 400:
-            console.print(f"[red]demo VM {body['name']}: {response.json()}[/red]")
-            continue
+            existing = httpx.get(
+                f"{controller_url}/api/v1/vms/{body['name']}", headers=headers, verify=verify
+            )
+            if existing.status_code != 200:
+                console.print(f"[red]demo VM {body['name']}: {response.json()}[/red]")
+                continue
+            response = existing
         shown.append(response.json())
     if shown:
         console.print("two VMs of two levels, each pinned to its level's vNode:")
@@ -324,15 +330,14 @@ def agent_settings(agent_dir: Path, data_dir: Path, subnet: str, image: Path | N
     return path
 
 
-def vm_addresses(agent_url: str, verify: ssl.SSLContext | bool, names: list[str]) -> dict[str, str]:
-    """Each VM's first IPv4 address, from the agent's API (those with one yet)."""
-    found = {}
+def vm_views(agent_url: str, verify: ssl.SSLContext | bool, names: list[str]) -> dict[str, tuple[str, str]]:
+    """Each VM's state and first IPv4 address ("" while it has none), from the agent's API."""
+    views = {}
     for name in names:
         response = httpx.get(f"{agent_url}/api/v1/vms/{name}", verify=verify)
-        addresses = response.json().get("addresses") or [] if response.status_code == 200 else []
-        if addresses:
-            found[name] = addresses[0]
-    return found
+        vm = response.json() if response.status_code == 200 else {}
+        views[name] = (str(vm.get("state", "unknown")), next(iter(vm.get("addresses") or []), ""))
+    return views
 
 
 def show_reach(
@@ -343,23 +348,31 @@ def show_reach(
     from_image: bool,
     processes: list[subprocess.Popen[bytes]],
 ) -> None:
-    """Wait for the demo VMs' addresses, then print them, a command that
-    reaches one, and the console command; with the sim driver, what is simulated."""
+    """Wait until each running demo VM has an address (at most ADDRESS_TIMEOUT_S;
+    one not running is not waited for), then print them, a command that reaches
+    one, and the console command; with the sim driver, what is simulated."""
     if not names:
         return
     if driver == "sim":
         console.print(SIMULATED)
     else:
         console.print(f"waiting for the demo VMs' addresses (DHCP on {DEMO_NETWORK}) ...")
+    deadline = time.monotonic() + ADDRESS_TIMEOUT_S
 
-    def all_addressed() -> dict[str, str] | None:
-        found = vm_addresses(agent_url, verify, names)
-        return found if len(found) == len(names) else None
+    def settled() -> dict[str, tuple[str, str]] | None:
+        views = vm_views(agent_url, verify, names)
+        done = all(state != "running" or address for state, address in views.values())
+        return views if done or time.monotonic() > deadline else None
 
-    addresses = wait_until("the demo VMs' addresses", all_addressed, processes, ADDRESS_TIMEOUT_S)
-    for name in names:
-        console.print(f"  {name}  {addresses[name]}", highlight=False)
-    first = addresses[names[-1]]
+    views = wait_until("the demo VMs' addresses", settled, processes, ADDRESS_TIMEOUT_S + 60)
+    for name, (state, address) in views.items():
+        shown = address or ("no address yet" if state == "running" else f"not running ({state})")
+        console.print(f"  {name}  {shown}", highlight=False)
+    reachable = [name for name, (_, address) in views.items() if address]
+    if not reachable:
+        console.print("no demo VM has an address: `pinfold vm list` shows them")
+        return
+    name, first = reachable[-1], views[reachable[-1]][1]
     reach = (
         f"ssh {first}   (the image's user, e.g. debian@)"
         if from_image
@@ -367,6 +380,4 @@ def show_reach(
     )
     prefix = "(simulated) " if driver == "sim" else ""
     console.print(f"{prefix}reach one:   {reach}", highlight=False)
-    console.print(
-        f"{prefix}its console: pinfold vm console {names[-1]}   ({ESCAPE_NAME} leaves)", highlight=False
-    )
+    console.print(f"{prefix}its console: pinfold vm console {name}   ({ESCAPE_NAME} leaves)", highlight=False)
