@@ -40,7 +40,12 @@ def read_pty_until(fd: int, wanted: bytes, timeout_s: float) -> bytes:
         assert remaining > 0, f"{wanted!r} not shown: {seen[-500:]!r}"
         ready, _, _ = select.select([fd], [], [], remaining)
         if ready:
-            seen += os.read(fd, 4096)
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: every writer of the terminal has gone (the command ended)
+                chunk = b""
+            assert chunk, f"the terminal closed before {wanted!r}: {seen[-2000:]!r}"
+            seen += chunk
     return seen
 
 
