@@ -1,209 +1,47 @@
-"""A tiny guest for the tests: busybox as /init in a newc cpio archive.
-
-The init script mounts /proc, prints a marker on the serial console, then
-loops; `burn` on the kernel command line makes it spin one CPU instead, and
-`deaf` makes it ignore the ACPI power button, and `tick` makes it print TICK
-every 20 ms (to tell when a resumed guest runs again).
-Given the kernel's ACPI button and evdev modules, it also runs busybox's acpid,
-which powers the guest off when libvirt presses the ACPI power button, so that
-a graceful shutdown can be told from a forced one by the POWEROFF marker.
-
-`net` on the command line (a word of its own; guests without it are unchanged)
-loads the virtio-net modules, takes an address by DHCP (udhcpc), serves a page
-naming that address with busybox httpd on NET_PORT, and prints NET_ADDRESS and
-the address on the serial console once the page is served; `netfetch=ADDRESS`
-then makes it fetch another guest's page and print NET_FETCHED and its body.
-
-`cidata` on the command line (a word of its own; guests without it are
-unchanged) loads the IDE CD-ROM and ISO 9660 modules, waits for /dev/sr0,
-prints CIDATA_DEVICE and the device, CIDATA_LABEL and the volume label read
-off it (busybox-static has no blkid), mounts it and
-prints each line of its meta-data and user-data after CIDATA_META and
-CIDATA_USER: what cloud-init would find on the NoCloud seed.
-`shell` (a word of its own; guests without it are unchanged) prints SHELL_MARKER
-and runs busybox's shell on the serial console (ttyS0), again whenever it exits,
-for the console tests to type into.
-"""
+"""The test guest: the busybox initramfs moved into the product
+(`pinfold.cli.demo_guest`, which `pinfold up` boots as its demo guest); the
+names stay importable from here so that the tests build the very same bytes."""
 
 from __future__ import annotations
 
-import stat
-from pathlib import Path
-
-MARKER = "pinfold-guest-up"
-TICK = "pinfold-guest-tick"
-POWEROFF_MARKER = "pinfold-guest-poweroff"
-MODULES = ("kernel/drivers/acpi/button.ko", "kernel/drivers/input/evdev.ko")
-NET_ADDRESS = "pinfold-guest-address"
-NET_FETCHED = "pinfold-guest-fetched"
-NET_PAGE = "pinfold-guest-page"
-NET_PORT = 8080
-SHELL_MARKER = "pinfold-guest-shell"
-# In this order: each needs the symbols of those before it ("unknown symbol" otherwise).
-NET_MODULES = (
-    "kernel/drivers/virtio/virtio_ring.ko",
-    "kernel/drivers/virtio/virtio.ko",
-    "kernel/drivers/virtio/virtio_pci_modern_dev.ko",
-    "kernel/drivers/virtio/virtio_pci_legacy_dev.ko",
-    "kernel/drivers/virtio/virtio_pci.ko",
-    "kernel/net/core/failover.ko",
-    "kernel/drivers/net/net_failover.ko",
-    "kernel/drivers/net/virtio_net.ko",
+from pinfold.cli.demo_guest import (
+    CIDATA_DEVICE,
+    CIDATA_DONE,
+    CIDATA_LABEL,
+    CIDATA_META,
+    CIDATA_MODULES,
+    CIDATA_USER,
+    INIT,
+    MARKER,
+    MODULES,
+    NET_ADDRESS,
+    NET_FETCHED,
+    NET_MODULES,
+    NET_PAGE,
+    NET_PORT,
+    POWEROFF_MARKER,
+    SHELL_MARKER,
+    TICK,
+    build_initramfs,
 )
-NET_MODULE_NAMES = " ".join(Path(m).stem for m in NET_MODULES)
-CIDATA_DEVICE = "pinfold-guest-cidata-device"
-CIDATA_LABEL = "pinfold-guest-cidata-label"
-CIDATA_META = "pinfold-guest-cidata-meta"
-CIDATA_USER = "pinfold-guest-cidata-user"
-CIDATA_DONE = "pinfold-guest-cidata-done"
-# The PIIX IDE controller of machine type pc (ata_piix: the cloud kernel has no AHCI),
-# the SCSI CD-ROM driver on top and ISO 9660; in this order, as for NET_MODULES.
-CIDATA_MODULES = (
-    "kernel/drivers/scsi/scsi_common.ko",
-    "kernel/drivers/scsi/scsi_mod.ko",
-    "kernel/drivers/cdrom/cdrom.ko",
-    "kernel/drivers/scsi/sr_mod.ko",
-    "kernel/drivers/ata/libata.ko",
-    "kernel/drivers/ata/ata_piix.ko",
-    "kernel/fs/isofs/isofs.ko",
-)
-CIDATA_MODULE_NAMES = " ".join(Path(m).stem for m in CIDATA_MODULES)
 
-INIT = f"""#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys /dev
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-for module in /lib/modules/*.ko; do
-    [ -e "$module" ] && /bin/busybox insmod "$module"
-done
-if [ -e /lib/modules/button.ko ] && ! /bin/busybox grep -q deaf /proc/cmdline; then
-    /bin/busybox sleep 1
-    /bin/busybox acpid -c /etc/acpi -l /dev/null
-fi
-echo {MARKER}
-if /bin/busybox grep -qE '(^| )net( |$)' /proc/cmdline; then
-    for module in {NET_MODULE_NAMES}; do
-        /bin/busybox insmod /lib/modules/net/$module.ko
-    done
-    /bin/busybox ifconfig lo 127.0.0.1 up
-    /bin/busybox ifconfig eth0 up
-    /bin/busybox udhcpc -i eth0 -s /etc/udhcpc.sh -q -T 1 -A 1
-    address=$(/bin/busybox cat /etc/address)
-    /bin/busybox mkdir -p /www
-    echo "{NET_PAGE} $address" > /www/index.html
-    /bin/busybox httpd -p {NET_PORT} -h /www
-    echo "{NET_ADDRESS} $address"
-    fetch=$(/bin/busybox sed -n 's/.*netfetch=\\([0-9.]*\\).*/\\1/p' /proc/cmdline)
-    if [ -n "$fetch" ]; then
-        until page=$(/bin/busybox wget -q -O - "http://$fetch:{NET_PORT}/"); do /bin/busybox sleep 1; done
-        echo "{NET_FETCHED} $page"
-    fi
-fi
-if /bin/busybox grep -qE '(^| )cidata( |$)' /proc/cmdline; then
-    for module in {CIDATA_MODULE_NAMES}; do
-        /bin/busybox insmod /lib/modules/cidata/$module.ko
-    done
-    tries=0
-    until [ -b /dev/sr0 ] || [ $tries -ge 300 ]; do /bin/busybox usleep 100000; tries=$((tries + 1)); done
-    echo "{CIDATA_DEVICE} $(/bin/busybox ls /dev/sr0)"
-    # the volume identifier: 32 bytes at offset 40 of the primary volume descriptor (sector 16)
-    label=$(/bin/busybox dd if=/dev/sr0 bs=2048 skip=16 count=1 2>/dev/null \\
-        | /bin/busybox dd bs=1 skip=40 count=32 2>/dev/null | /bin/busybox sed 's/ *$//')
-    echo "{CIDATA_LABEL} $label"
-    /bin/busybox mkdir -p /cidata
-    /bin/busybox mount -t iso9660 -o ro /dev/sr0 /cidata
-    /bin/busybox sed 's/^/{CIDATA_META} /' /cidata/meta-data
-    /bin/busybox sed 's/^/{CIDATA_USER} /' /cidata/user-data
-    echo {CIDATA_DONE}
-fi
-if /bin/busybox grep -qE '(^| )shell( |$)' /proc/cmdline; then
-    echo {SHELL_MARKER}
-    while :; do /bin/busybox sh < /dev/ttyS0 > /dev/ttyS0 2>&1; done
-fi
-if /bin/busybox grep -q burn /proc/cmdline; then
-    while :; do :; done
-fi
-if /bin/busybox grep -q tick /proc/cmdline; then
-    while :; do echo {TICK}; /bin/busybox usleep 20000; done
-fi
-while :; do /bin/busybox sleep 1; done
-"""
-
-
-def _newc_entry(name: str, mode: int, data: bytes, ino: int) -> bytes:
-    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
-    header = b"070701" + b"".join(f"{value:08X}".encode() for value in fields)
-    body = header + name.encode() + b"\0"
-    body += b"\0" * (-len(body) % 4)
-    body += data
-    body += b"\0" * (-len(body) % 4)
-    return body
-
-
-POWER_BUTTON_HANDLER = f"""#!/bin/busybox sh
-echo {POWEROFF_MARKER} > /dev/console
-/bin/busybox poweroff -f
-"""
-
-
-# udhcpc has no default script: configure the lease's address (and route, where the
-# network offers a router: isolated networks do not) and note the address for init.
-UDHCPC_SCRIPT = """#!/bin/busybox sh
-case "$1" in
-    bound|renew)
-        /bin/busybox ifconfig "$interface" "$ip" netmask "$subnet"
-        for gateway in $router; do
-            /bin/busybox route add default gw "$gateway" dev "$interface"
-            break
-        done
-        echo "$ip" > /etc/address
-        ;;
-    deconfig)
-        /bin/busybox ifconfig "$interface" 0.0.0.0
-        ;;
-esac
-"""
-
-
-def build_initramfs(busybox: Path, out: Path, modules_dir: Path | None = None) -> Path:
-    """Write an uncompressed newc archive holding /init and /bin/busybox, and,
-    given the guest kernel's module tree, the modules and the power-button
-    handler of acpid (busybox's acpid runs /etc/acpi/PWRF/00000080), and the
-    virtio-net modules and udhcpc script of the `net` guests, and the CD-ROM
-    modules of the `cidata` guests."""
-    entries = [
-        ("bin", stat.S_IFDIR | 0o755, b""),
-        ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()),
-        ("init", stat.S_IFREG | 0o755, INIT.encode()),
-    ]
-    if modules_dir is not None:
-        entries += [
-            ("lib", stat.S_IFDIR | 0o755, b""),
-            ("lib/modules", stat.S_IFDIR | 0o755, b""),
-            *(
-                (f"lib/modules/{Path(m).name}", stat.S_IFREG | 0o644, (modules_dir / m).read_bytes())
-                for m in MODULES
-            ),
-            ("etc", stat.S_IFDIR | 0o755, b""),
-            ("etc/acpi", stat.S_IFDIR | 0o755, b""),
-            ("etc/acpi/PWRF", stat.S_IFDIR | 0o755, b""),
-            ("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, POWER_BUTTON_HANDLER.encode()),
-            # under lib/modules/net: the loop over lib/modules/*.ko must not load them
-            ("lib/modules/net", stat.S_IFDIR | 0o755, b""),
-            *(
-                (f"lib/modules/net/{Path(m).name}", stat.S_IFREG | 0o644, (modules_dir / m).read_bytes())
-                for m in NET_MODULES
-            ),
-            ("etc/udhcpc.sh", stat.S_IFREG | 0o755, UDHCPC_SCRIPT.encode()),
-            # under lib/modules/cidata, loaded only by the `cidata` guests, as the net ones
-            ("lib/modules/cidata", stat.S_IFDIR | 0o755, b""),
-            *(
-                (f"lib/modules/cidata/{Path(m).name}", stat.S_IFREG | 0o644, (modules_dir / m).read_bytes())
-                for m in CIDATA_MODULES
-            ),
-        ]
-    archive = b"".join(_newc_entry(name, mode, data, i + 1) for i, (name, mode, data) in enumerate(entries))
-    archive += _newc_entry("TRAILER!!!", 0, b"", 0)
-    out.write_bytes(archive)
-    return out
+__all__ = [
+    "CIDATA_DEVICE",
+    "CIDATA_DONE",
+    "CIDATA_LABEL",
+    "CIDATA_META",
+    "CIDATA_MODULES",
+    "CIDATA_USER",
+    "INIT",
+    "MARKER",
+    "MODULES",
+    "NET_ADDRESS",
+    "NET_FETCHED",
+    "NET_MODULES",
+    "NET_PAGE",
+    "NET_PORT",
+    "POWEROFF_MARKER",
+    "SHELL_MARKER",
+    "TICK",
+    "build_initramfs",
+]

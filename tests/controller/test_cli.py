@@ -156,6 +156,10 @@ def test_pinfold_up_sets_up_a_node_and_stops_on_sigterm(tmp_path):
     assert "pinfold is up" in output
     assert "sim driver" in output
     assert "demo-premium" in output
+    # it says what is simulated, and still shows where the VMs are and how to reach one
+    assert "simulated (sim driver): no VM boots" in output
+    assert "demo-shared  198.51.100." in output
+    assert "(simulated) its console: pinfold vm console demo-shared" in output
     assert "pinfold agent: stopped" in output
     assert "pinfold controller: stopped" in output
 
