@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
+from websockets.sync.client import connect as ws_connect
 
 import pinfold
 from pinfold.agent.api import create_app as agent_app
@@ -282,3 +283,23 @@ def test_the_controller_daemon_closes_an_unfinished_request(tmp_path: Path) -> N
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
+
+
+def test_a_websocket_lives_past_the_request_timeout() -> None:
+    """The deadline is for an HTTP request to arrive whole; once a connection
+    is upgraded to a WebSocket (a console), it is no request any more and
+    the deadline must not close it (it did: every console died after 10 s)."""
+    app = echo_app()
+
+    @app.websocket("/ws")
+    async def echo(websocket: WebSocket) -> None:
+        await websocket.accept()
+        while True:
+            await websocket.send_bytes(await websocket.receive_bytes())
+
+    with running(app) as port, ws_connect(f"ws://127.0.0.1:{port}/ws", open_timeout=PATIENCE_S) as ws:
+        # past the deadline, counted from the handshake's first byte (the server's clock, not a guess:
+        # the deadline is LIMITS.request_timeout_s; three times that leaves room on a busy machine)
+        time.sleep(3 * LIMITS.request_timeout_s)
+        ws.send(b"still here")
+        assert ws.recv(timeout=PATIENCE_S) == b"still here"

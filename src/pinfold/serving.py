@@ -164,6 +164,14 @@ class BoundedH11Protocol(H11Protocol):
         if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
             self._stop_deadline()  # the request has arrived whole (or the connection is done)
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        """The connection becomes a WebSocket (a console): no HTTP request is
+        arriving any more, so its deadline ends here. Left running, it closed
+        every console 10 s after its handshake, writing a 408 into the
+        WebSocket stream on the way."""
+        self._stop_deadline()
+        super().handle_websocket_upgrade(event)
+
     def shutdown(self) -> None:
         """On the server's stop: an idle TLS connection is dropped at once.
         TLS's orderly close waits for the peer's close_notify, which an idle

@@ -13,6 +13,7 @@ cannot set headers on a WebSocket, as the offered subprotocol
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Annotated, Any
 
@@ -69,8 +70,11 @@ def _refused_upgrade(refused: InvalidStatus) -> tuple[ErrorCode, str]:
 
 
 async def _to_agent(websocket: WebSocket, upstream: ClientConnection) -> None:
-    async for data in websocket_input(websocket):
-        await upstream.send(data)
+    try:
+        async for data in websocket_input(websocket):
+            await upstream.send(data)
+    except ConnectionClosed:  # the agent ended it while a key was on its way: say why, as below
+        await _pass_close_on(websocket, upstream)
 
 
 async def _from_agent(websocket: WebSocket, upstream: ClientConnection) -> None:
@@ -79,11 +83,18 @@ async def _from_agent(websocket: WebSocket, upstream: ClientConnection) -> None:
             await websocket.send_bytes(data if isinstance(data, bytes) else data.encode())
     except ConnectionClosed:
         pass
+    await _pass_close_on(websocket, upstream)
+
+
+async def _pass_close_on(websocket: WebSocket, upstream: ClientConnection) -> None:
+    """Close the client's WebSocket with the agent's close code and reason
+    (whichever direction saw the agent's close first)."""
     code = upstream.close_code
     reason = upstream.close_reason or ""
     if code is None or code in (1005, 1006):  # no status sent, or no close frame at all
         code, reason = (1000, reason) if code == 1005 else (1011, "the agent's console went away")
-    await websocket.close(code=code, reason=reason[:120])
+    with contextlib.suppress(RuntimeError):  # closed already (by the other direction)
+        await websocket.close(code=code, reason=reason[:120])
 
 
 def _offered(websocket: WebSocket) -> bool:
