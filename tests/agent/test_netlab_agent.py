@@ -115,6 +115,7 @@ def test_bad_nics_are_refused_with_nothing_defined_and_the_own_network_is_made(
         network = netlab.connection().networkLookupByName("pfown")
         assert network.isActive()
         assert network.autostart()
+        assert "value='no-ping'" in network.XMLDesc(0)  # libvirt kept the dnsmasq option (leases at once)
         networks = {n["name"]: n for n in http.get("/api/v1/host").json()["networks"]}
         assert networks["pfown"]["owned"] is True
         assert networks["pfown"]["subnet"] == "10.213.6.0/24"

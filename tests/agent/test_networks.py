@@ -160,6 +160,11 @@ def test_nat_network_xml_and_reading_networks_back():
     assert network.find("forward").get("mode") == "nat"  # type: ignore[union-attr]
     assert network.find("ip").attrib == {"address": "10.77.0.1", "netmask": "255.255.255.0"}  # type: ignore[union-attr]
     assert network.find("ip/dhcp/range").attrib == {"start": "10.77.0.2", "end": "10.77.0.254"}  # type: ignore[union-attr]
+    # dnsmasq pings each address before offering it (about 3 s a lease): the agent's own
+    # network holds only the agent's guests, so it offers at once
+    dnsmasq = "{http://libvirt.org/schemas/network/dnsmasq/1.0}"
+    options = [o.get("value") for o in network.iterfind(f"{dnsmasq}options/{dnsmasq}option")]
+    assert options == ["no-ping"]
     libvirts = (
         "<network><name>default</name><bridge name='virbr0' stp='on'/>"
         "<ip family='ipv6' address='fd00::1' prefix='64'/><ip address='192.168.122.1' prefix='24'/></network>"

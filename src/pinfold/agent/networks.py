@@ -116,15 +116,25 @@ def _check_source(nic: NIC, known: dict[str, NetworkInfo], bridge_exists: Callab
         raise NicRefusedError("invalid", f"network {nic.network!r} is not started")
 
 
+#: libvirt's namespace for options passed to a network's dnsmasq
+DNSMASQ_NAMESPACE = "http://libvirt.org/schemas/network/dnsmasq/1.0"
+ET.register_namespace("dnsmasq", DNSMASQ_NAMESPACE)
+
+
 def nat_network_xml(name: str, subnet: ipaddress.IPv4Network) -> str:
     """A libvirt NAT network on `subnet`: the host at its first address, DHCP
-    over the others (libvirt names the bridge)."""
+    over the others (libvirt names the bridge). dnsmasq is told `no-ping`:
+    by default it pings each address before offering it, about 3 s a lease
+    (measured: a cold address took 13 s here against 7 s with it), and only
+    the agent's own guests live on this network, so nothing else can hold one."""
     hosts = list(subnet.hosts())
     network = ET.Element("network")
     ET.SubElement(network, "name").text = name
     ET.SubElement(network, "forward", mode="nat")
     ip = ET.SubElement(network, "ip", address=str(hosts[0]), netmask=str(subnet.netmask))
     ET.SubElement(ET.SubElement(ip, "dhcp"), "range", start=str(hosts[1]), end=str(hosts[-1]))
+    options = ET.SubElement(network, f"{{{DNSMASQ_NAMESPACE}}}options")
+    ET.SubElement(options, f"{{{DNSMASQ_NAMESPACE}}}option", value="no-ping")
     return ET.tostring(network, encoding="unicode")
 
 
