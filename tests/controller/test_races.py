@@ -19,6 +19,7 @@ from pinfold.controller.models import VMState
 from pinfold.controller.service import Controller, ControllerError, NoHostError, Placed
 from pinfold.controller.store import ControllerStore, HostRecord, VMRecord
 from pinfold.model.vm import VMRequest
+from tests.model.test_vm import ED25519
 
 #: short, so that a waiter that does not wake on the creator's end fails the test, not hangs it
 RACE_WAIT_S = 5.0
@@ -176,3 +177,23 @@ def test_creates_past_the_cap_of_waiters_answer_with_the_reservation_at_once(
     agent.release.set()
     with pytest.raises(NoHostError):
         first.result(timeout=30)
+
+
+def test_a_stale_reservation_finished_by_a_retry_keeps_the_retrys_first_boot_inputs(
+    controller: Controller, agent: ScriptedAgent, store: ControllerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory does not keep SSH keys or user data (they go to the
+    agent's cloud-init seed): a retry that finishes a dead controller's
+    reservation sends the agent the keys and user data it carries, not the
+    reservation's bare request (which would make the VM without its seed)."""
+    sent: list[VMRequest] = []
+
+    def create(request: VMRequest) -> dict[str, Any]:
+        sent.append(request)
+        return {"name": request.name}
+
+    monkeypatch.setattr(agent, "create", create)
+    keyed = VMRequest("keyed", 1, 512, 2.0, ssh_keys=(ED25519,), user_data="#cloud-config\n")
+    store.reserve(keyed, "h1", Feasibility(), controller.clock() - controller.stale_after_s - 1)
+    controller.create(keyed)
+    assert [(r.name, r.ssh_keys, r.user_data) for r in sent] == [("keyed", keyed.ssh_keys, keyed.user_data)]

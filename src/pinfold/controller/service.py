@@ -432,7 +432,7 @@ class Controller:
         client = self.agent_for(host)
         try:
             if client.get(existing.name) is None:
-                client.create(existing.request)
+                client.create(_with_first_boot(existing.request, request))
         except AgentRefusedError as error:
             # "duplicate name": the dead controller's own create was still under
             # way on the agent when we looked, and it has the VM now. Forgetting
@@ -647,6 +647,13 @@ class _NameTaken(Exception):  # noqa: N818 (not an error: a create's reason to l
     def __init__(self, existing: VMRecord) -> None:
         super().__init__(existing.name)
         self.existing = existing
+
+
+def _with_first_boot(reserved: VMRequest, request: VMRequest) -> VMRequest:
+    """The reserved VM with `request`'s SSH keys and user data: the directory
+    keeps neither (they go to the agent's cloud-init seed), so a retry that
+    finishes a reservation hands on what it carries."""
+    return replace(reserved, ssh_keys=request.ssh_keys, user_data=request.user_data)
 
 
 def _same_or_refuse(existing: VMRecord, request: VMRequest) -> None:
