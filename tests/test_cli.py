@@ -61,3 +61,19 @@ def test_missing_topology_file_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["topology", "show", "--topology", str(tmp_path / "none.json")])
     assert result.exit_code == 2
     assert "No such file" in result.output
+
+
+def test_no_cli_module_shadows_the_packages_console() -> None:
+    """`pinfold.cli.console` is the package's Rich console: a submodule of that
+    name, once imported, replaced it (Python sets a package's attribute to each
+    submodule loaded), and `pinfold demo` failed on `console.rule`."""
+    import importlib
+    import pkgutil
+
+    import rich.console
+
+    import pinfold.cli
+
+    for module in pkgutil.iter_modules(pinfold.cli.__path__):
+        importlib.import_module(f"pinfold.cli.{module.name}")
+    assert isinstance(pinfold.cli.console, rich.console.Console)

@@ -375,7 +375,7 @@ def vm_console(
     from websockets.exceptions import InvalidHandshake, InvalidStatus
     from websockets.sync.client import connect
 
-    from pinfold.cli.console import ESCAPE_NAME, raw_terminal, relay, ssl_for, websocket_url
+    from pinfold.cli.terminal import ESCAPE_NAME, raw_terminal, relay, ssl_for, websocket_url
 
     where = endpoint(url, token, ca)
     warn_plain_url("pinfold", where.url)

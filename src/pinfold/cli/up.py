@@ -40,8 +40,8 @@ import typer
 from rich.console import Console
 
 from pinfold.cli.client import cli_config_path, read_ssh_keys, vm_table
-from pinfold.cli.console import ESCAPE_NAME
 from pinfold.cli.demo_guest import NET_PORT, GuestBuildError, demo_guest
+from pinfold.cli.terminal import ESCAPE_NAME
 from pinfold.model.defaults import AGENT_PORT, CONTROLLER_PORT
 from pinfold.tls import client_context, local_certificates
 from pinfold.tokens import TokenError, token_in
