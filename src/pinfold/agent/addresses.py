@@ -14,21 +14,29 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pinfold.agent.service import Agent, AgentError
 from pinfold.agent.store import StoredVM
 from pinfold.model.lifecycle import VMState
-from pinfold.model.vm import MAX_NIC_ADDRESSES
+from pinfold.model.vm import MAX_NIC_ADDRESSES, NIC
 
-__all__ = ["AddressBook"]
+__all__ = ["AddressBook", "nic_document"]
 
 #: how often the addresses of a VM that has them all are asked for again
 RECHECK_S = 60.0
 #: at most this many VMs are asked for per beat
 PER_BEAT = 32
+
+
+def nic_document(nic: NIC, addresses: Sequence[str]) -> dict[str, Any]:
+    """A NIC and the addresses learnt for it, as the agent's API and its
+    heartbeat show them (no network or no bridge: null)."""
+    return {
+        "network": nic.network or None, "bridge": nic.bridge or None, "mac": nic.mac, "addresses": addresses,
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -98,12 +106,5 @@ class AddressBook:
             found = self._agent.nic_addresses(name)
         except AgentError:  # deleted meanwhile
             return ()
-        return tuple(
-            {
-                "network": nic.network or None,
-                "bridge": nic.bridge or None,
-                "mac": nic.mac,
-                "addresses": learnt[:MAX_NIC_ADDRESSES],  # the first: the controller refuses more
-            }
-            for nic, learnt in found
-        )
+        # the first MAX_NIC_ADDRESSES of each NIC: the controller refuses more
+        return tuple(nic_document(nic, learnt[:MAX_NIC_ADDRESSES]) for nic, learnt in found)

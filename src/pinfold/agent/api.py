@@ -20,6 +20,7 @@ from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from pinfold import slackvm
+from pinfold.agent.addresses import nic_document
 from pinfold.agent.console_api import add_console_routes
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
@@ -59,11 +60,7 @@ def _network(agent: Agent, name: str) -> dict[str, Any]:
         flat = agent.addresses(name)
     except AgentError:
         nics, flat = [], []
-    shown = [
-        {"network": nic.network or None, "bridge": nic.bridge or None, "mac": nic.mac, "addresses": found}
-        for nic, found in nics
-    ]
-    return {"nics": shown, "addresses": flat}
+    return {"nics": [nic_document(nic, found) for nic, found in nics], "addresses": flat}
 
 
 def create_app(
