@@ -163,6 +163,7 @@ class NetLab:
     timings: dict[str, float] = field(default_factory=dict)
     netns_inode: int = 0
     bridges: list[str] = field(default_factory=list)
+    dhcp_servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     _connection: Any = None
 
     @property
@@ -247,6 +248,30 @@ class NetLab:
         self.timings[f"network_{name}_up_s"] = time.monotonic() - started
         return network
 
+    def add_bridge(self, subnet: str = "10.213.9") -> DhcpBridge:
+        """A Linux bridge of the lab's own (no libvirt network: what an operator's
+        `br0` is), the host at subnet.1/24, and a dnsmasq serving DHCP on it over
+        .100-.199 with its own lease file: a real process in the namespace, with
+        no DNS (--port=0) and no ping before an offer (--no-ping, ~3 s a lease
+        otherwise), stopped by `close`."""
+        name = f"pfl{self.netns[-8:]}{len(self.bridges)}"
+        self.bridges.append(name)
+        for argv in (
+            ("link", "add", name, "type", "bridge"),
+            ("addr", "add", f"{subnet}.1/24", "dev", name),
+            ("link", "set", name, "up"),
+        ):
+            _check(_run("ip", "-n", self.netns, *argv), f"ip {' '.join(argv)} in the lab")
+        bridge = DhcpBridge(name, f"{subnet}.1", self.root / f"{name}.leases")
+        dnsmasq = [
+            "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0", "--no-ping",
+            "--bind-interfaces", f"--interface={name}", "--except-interface=lo", "--dhcp-authoritative",
+            f"--dhcp-range={subnet}.100,{subnet}.199,255.255.255.0,1h", f"--dhcp-leasefile={bridge.leases}",
+            f"--pid-file={self.root / f'{name}.dnsmasq.pid'}", "--user=root", "--group=root",
+        ]  # fmt: skip
+        self.dhcp_servers.append(subprocess.Popen(self.command(*dnsmasq), stdin=subprocess.DEVNULL))
+        return bridge
+
     def connect(self, host: str, port: int, timeout_s: float = 5.0) -> socket.socket:
         """A TCP socket connected to host:port inside the lab's namespace."""
 
@@ -302,6 +327,9 @@ class NetLab:
         ]
         self._destroy_libvirt_objects()
         _stop([pid for pid in daemon_pids if _alive(pid)], grace_s=5.0)
+        _stop([server.pid for server in self.dhcp_servers], grace_s=5.0)
+        for server in self.dhcp_servers:  # reaped: no zombie left for the namespace's check
+            server.wait(timeout=5)
         if self.netns_inode:  # QEMU, dnsmasq: all were started by this lab
             _stop(pids_in_netns(self.netns_inode), grace_s=5.0)
         if Path(f"/run/netns/{self.netns}").exists():
@@ -331,6 +359,28 @@ class NetLab:
                     network.undefine()
         with contextlib.suppress(libvirt.libvirtError):
             connection.close()
+
+
+@dataclass(frozen=True)
+class DhcpBridge:
+    """A bridge the lab made with `add_bridge`: its name, the host's address
+    on it, and the lease file of its dnsmasq ("expiry mac ip hostname client-id" a line)."""
+
+    name: str
+    host_address: str
+    leases: Path
+
+    def leased(self, mac: str) -> str | None:
+        """The address dnsmasq leased to this MAC, if any yet."""
+        try:
+            lines = self.leases.read_text().splitlines()
+        except FileNotFoundError:
+            return None
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 3 and fields[1].lower() == mac.lower():
+                return fields[2]
+        return None
 
 
 def _check(result: subprocess.CompletedProcess[str], what: str) -> None:

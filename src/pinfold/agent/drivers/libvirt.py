@@ -6,10 +6,12 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -355,9 +357,26 @@ class LibvirtDriver:
         return found
 
     def bridge_exists(self, name: str) -> bool:
-        """A bridge of the host this agent runs on (libvirt's own host is the
-        same machine in production)."""
-        return "/" not in name and (Path("/sys/class/net") / name / "bridge").is_dir()
+        """A bridge where libvirtd runs, asked of libvirt's interface driver:
+        the daemon may live in another network namespace or on another
+        machine (qemu+ssh), where the agent's own /sys/class/net says nothing
+        (it refused every bridge of the network lab's namespace). A daemon
+        without an interface driver: the agent's own view for a local URI,
+        and no bridge at all for a remote one (none can be checked, and a
+        domain that cannot start on a missing one would be a 5xx, not a 422)."""
+        try:
+            document = self._conn.interfaceLookupByName(name).XMLDesc(0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_INTERFACE:
+                return False
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise DriverError("failed", f"look up interface {name}: {exc.get_error_message()}") from exc
+            return (
+                is_local_uri(self.uri)
+                and "/" not in name
+                and (Path("/sys/class/net") / name / "bridge").is_dir()
+            )
+        return ET.fromstring(document).get("type") == "bridge"
 
     def define_network(self, name: str, subnet: ipaddress.IPv4Network) -> None:
         with _translated(f"define network {name}"):
@@ -442,3 +461,11 @@ def _usable(addresses: list[str]) -> list[str]:
         if not (address.is_loopback or address.is_link_local):
             kept.append(address)
     return [str(a) for a in sorted(kept, key=lambda a: a.version)]
+
+
+def is_local_uri(uri: str) -> bool:
+    """Whether a libvirt URI names a daemon on this machine: no host and no
+    remote transport (qemu:///system, qemu+unix:///system?socket=...)."""
+    parts = urlsplit(uri)
+    transport = parts.scheme.partition("+")[2]
+    return not parts.hostname and transport in ("", "unix")
