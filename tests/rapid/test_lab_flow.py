@@ -15,13 +15,15 @@ boots. Needs root, `ip netns` and libvirt (CI: PINFOLD_REQUIRE_LIBVIRT=1)."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pinfold.agent.service import Agent, AgentSettings
-from pinfold.agent.store import Store
+from pinfold.agent.store import Store, StoredVM
+from pinfold.model.vm import NIC, VMRequest
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.protocol import OK, Op
 from pinfold.topology import Topology
@@ -44,12 +46,14 @@ def guest_address(tmp: Path, name: str) -> str:
     return wait_until(lambda: serial_value(tmp / f"{name}.log", NET_ADDRESS), 30, f"{name}'s address line")
 
 
-def lab_agent(lab: NetLab, tmp: Path, kernel: Path, initrd: Path) -> tuple[Agent, LibvirtDriver]:
+def lab_agent(
+    lab: NetLab, tmp: Path, kernel: Path, initrd: Path, default_network: str = "rapidnet"
+) -> tuple[Agent, LibvirtDriver]:
     from pinfold.agent.drivers.libvirt import LibvirtDriver
 
     settings = AgentSettings(
         domain_type="qemu", kernel=kernel, initrd=initrd, cmdline=CMDLINE, serial_dir=tmp,
-        critical_size=0, reserved_memory_mib=0, default_network="rapidnet",
+        critical_size=0, reserved_memory_mib=0, default_network=default_network,
     )  # fmt: skip
     driver = LibvirtDriver(lab.uri)
     return Agent.open(Topology.discover(), driver, Store(tmp / "agent.db"), settings), driver
@@ -94,6 +98,64 @@ def test_the_slam_start_answers_with_the_guests_lab_address_and_helpers_register
         server.stop()
         vmm.stop()
         for name in (*HELPERS, "rapid-user-42"):
+            if name in agent.vms:
+                agent.delete(name)
+        vmm.state.close()
+        agent.close()
+        driver.close()
+        ds.stop()
+        slam.stop()
+    assert netlab.connection().listAllDomains() == []
+
+
+# RAPID's ipShellPath as a site would write one for a bridge whose DHCP server is its own:
+# the domain's MAC from libvirt, its address from that server's lease file. RAPID runs
+# `sh script <domain>` with nothing else, so the URI and the lease file are read from
+# files beside the script (nothing is pasted into it).
+IP_SCRIPT = """here=$(dirname "$0")
+mac=$(virsh -q -c "$(cat "$here/uri")" domiflist "$1" | awk 'NF { print $NF; exit }')
+[ -n "$mac" ] && awk -v mac="$mac" '$2 == mac { print $3; exit }' "$(cat "$here/leases")"
+"""
+
+
+def test_on_a_bridge_the_address_comes_from_rapids_ip_shell_path_script(
+    netlab,  # noqa: F811
+    guest_kernel,  # noqa: F811
+    guest_initramfs,  # noqa: F811
+    tmp_path,
+):
+    bridge = netlab.add_bridge("10.213.10")
+    script_dir = tmp_path / "ipshell"
+    script_dir.mkdir()
+    (script_dir / "uri").write_text(netlab.uri)
+    (script_dir / "leases").write_text(str(bridge.leases))
+    (script_dir / "vmip.sh").write_text(IP_SCRIPT)
+    agent, driver = lab_agent(netlab, tmp_path, guest_kernel, guest_initramfs, default_network="")
+    made = agent.create  # the agent has no default bridge: RAPID's VMs are put on the lab's here
+
+    def on_the_bridge(request: VMRequest) -> StoredVM:
+        return made(dataclasses.replace(request, nics=(NIC(bridge=bridge.name),)))
+
+    agent.create = on_the_bridge  # type: ignore[method-assign]
+    slam = FakeSLAM()
+    ds = FakeDS(slam.port)
+    config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port, ip_script=script_dir / "vmip.sh")
+    vmm, server = guest_vmm(
+        agent, config, as_wait_s=BOOT_TIMEOUT_S, ip_wait_s=BOOT_TIMEOUT_S, recheck_period_s=600
+    )
+    try:
+        assert vmm.registered.wait(60)
+        ds.wait_for(lambda got: len(ds.of(Op.HELPER_NOTIFY_DS)) == 2, timeout_s=2 * BOOT_TIMEOUT_S)
+        for slot, name in enumerate(HELPERS, start=1):
+            (row,) = ds.of_user(-slot).values()
+            assert row.ip == guest_address(tmp_path, name)  # the DS has the address the guest took
+            mac = agent.nic_addresses(name)[0][0].mac
+            assert row.ip == bridge.leased(mac)  # dnsmasq's lease of the VM's MAC, through the script
+            assert agent.addresses(name) == []  # libvirt knew none: it came from ipShellPath
+    finally:
+        server.stop()
+        vmm.stop()
+        for name in HELPERS:
             if name in agent.vms:
                 agent.delete(name)
         vmm.state.close()
