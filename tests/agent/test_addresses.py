@@ -3,14 +3,19 @@ and that the hypervisor is asked only for the VMs that need it."""
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pinfold.agent.addresses import AddressBook
 from pinfold.agent.drivers import SimDriver
 from pinfold.agent.registration import heartbeat_document
 from pinfold.agent.service import Agent, AgentSettings, VMRequest
-from pinfold.agent.store import Store
+from pinfold.agent.store import Store, StoredVM
+from pinfold.model.lifecycle import VMState
+from pinfold.model.vm import MAX_NIC_ADDRESSES, MAX_NICS, NIC
+from pinfold.placement.spec import VMSpec
 
 
 class Clock:
@@ -130,3 +135,44 @@ def test_a_nic_with_many_addresses_carries_as_many_as_the_controller_takes(tmp_p
     (nic,) = heartbeat_document(agent, None, AddressBook(agent))["nics"]["web"]
     assert nic["addresses"] == ["192.0.2.9", *many][:MAX_NIC_ADDRESSES]
     agent.close()
+
+
+class ManyAddresses:
+    """An agent whose every VM has the most NICs, each with the most IPv6
+    addresses, of the longest form: the model's bounds, all at once."""
+
+    def nic_addresses(self, name: str) -> list[tuple[NIC, list[str]]]:
+        return [
+            (
+                NIC(network="default", mac=f"52:54:00:00:{i:02x}:{n:02x}"),
+                [f"2001:db8:ffff:ffff:ffff:ffff:{n:04x}:{k:04x}" for k in range(MAX_NIC_ADDRESSES)],
+            )
+            for n in range(MAX_NICS)
+            for i in [hash(name) & 0xFF]
+        ]
+
+
+def test_a_beat_keeps_its_nics_under_the_bound_whatever_the_vms_report(caplog):
+    """800 VMs with 8 NICs of 16 long IPv6 addresses each are ~5 MB of JSON,
+    over the controller's 4 MiB body limit: every beat would be a 413 and the
+    host taken for down. The book sends at most NICS_MAX_BYTES of them (the
+    last asked first: the others keep what the controller has), and says so
+    in the log once."""
+    from pinfold.controller.config import ControllerConfig
+
+    nics = tuple(NIC(network="default", mac=f"52:54:00:00:00:{n:02x}") for n in range(MAX_NICS))
+    vms = {
+        f"vm-{i:04d}": StoredVM(VMSpec(f"vm-{i:04d}", 1, 256), "", "", VMState.RUNNING, None, nics=nics)
+        for i in range(800)
+    }
+    book = AddressBook(cast(Agent, ManyAddresses()), per_beat=len(vms), clock=Clock())
+    with caplog.at_level(logging.WARNING, logger="pinfold.agent.addresses"):
+        beats = [book.nics(vms) for _ in range(2)]
+    limit = ControllerConfig.model_fields["max_body_bytes"].default
+    for carried in beats:
+        assert len(json.dumps(carried)) <= limit // 2  # room for the rest of the beat
+        assert 0 < len(carried) < len(vms)
+    from pinfold.agent.addresses import NICS_MAX_BYTES
+
+    assert all(len(json.dumps(carried)) <= NICS_MAX_BYTES for carried in beats)
+    assert len([r for r in caplog.records if "left out" in r.getMessage()]) == 1
