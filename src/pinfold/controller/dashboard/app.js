@@ -324,7 +324,7 @@ function attach(name, terminal, note, mode) {
 }
 
 async function consolePage(name) {
-  if (openConsole && openConsole.name === name) return;  // the refresh keeps the terminal
+  if (openConsole && openConsole.name === name) return refreshNics(name);  // the refresh keeps the terminal
   closeConsole();
   openConsole = { name, socket: null, terminal: null };
   const vm = await api("GET", "/api/v1/vms/" + encodeURIComponent(name));
@@ -339,6 +339,14 @@ async function consolePage(name) {
   openConsole.terminal = terminal;
   terminal.open(screen);
   attach(name, terminal, note, "write");
+}
+
+// On each refresh of an open console page only its NIC list is drawn again (a guest that
+// boots takes its address meanwhile); the terminal and its socket are left as they are.
+async function refreshNics(name) {
+  const vm = await api("GET", "/api/v1/vms/" + encodeURIComponent(name));
+  const shown = main.querySelector("[data-testid=vm-nics]");
+  if (shown && openConsole && openConsole.name === name) shown.replaceWith(nicList(vm));
 }
 
 // The lifecycle table, asked once: it changes only with the controller's version.
