@@ -180,3 +180,20 @@ def test_pinfold_vm_console_puts_a_terminal_in_raw_mode_and_restores_it(cluster)
         if process.poll() is None:
             process.kill()
         os.close(terminal)
+
+
+def test_a_writer_that_reconnects_as_the_last_one_leaves_is_let_in(cluster):
+    """A client that closes its console and opens it again at once (a
+    terminal reattaching, the dashboard's page reloaded) must get the seat:
+    the one it left is its own. 200 rounds of connect, a keystroke echoed,
+    close, through the controller's proxy."""
+    failures: list[str] = []
+    for round_ in range(200):
+        try:
+            with console(cluster) as writer:
+                read_until(writer, b"echoed]\r\n")
+                writer.send(f"round {round_}\r".encode())
+                read_until(writer, f"round {round_}\r\n".encode())
+        except InvalidStatus as refused:
+            failures.append(f"round {round_}: {refused.response.status_code} {refused.response.body!r}")
+    assert failures == []

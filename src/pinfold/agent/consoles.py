@@ -5,11 +5,20 @@ second), so the agent opens one driver console per VM and fans its output out
 to every client attached (`Seat`); only the writer's input reaches the guest.
 The driver console is closed when the last client leaves, and every client is
 told when it ends on the guest's side (the guest stopped, it was deleted).
+
+A client that closes its socket and connects again at once (a terminal
+reattaching, a page reloaded) would race its own leaving: the socket's close
+is answered before the agent has let go of its seat. So the last seat's
+leaving and the closing of the driver console happen under the hub's lock, in
+one step with an attach (which then opens a console of its own after the old
+one is closed, never joins one being closed), and a writer that finds the
+seat taken waits up to SEAT_WAIT_S for it to be freed before it is refused.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -18,7 +27,10 @@ from pinfold.agent.drivers.base import Console, DriverError
 from pinfold.agent.service import Agent
 from pinfold.model.errors import ErrorCode
 
-__all__ = ["ConsoleHub", "Seat"]
+__all__ = ["SEAT_WAIT_S", "ConsoleHub", "Seat"]
+
+#: how long a writer waits for the writer's seat of a client that is leaving
+SEAT_WAIT_S = 2.0
 
 
 @dataclass(eq=False)
@@ -76,12 +88,7 @@ class _Shared:
             seat.closed(reason)
 
     def leave(self, seat: Seat) -> None:
-        with self.lock:
-            if seat in self.seats:
-                self.seats.remove(seat)
-            last = not self.seats
-        if last and self.hub.forget(self) and self.console is not None:
-            self.console.close()
+        self.hub.leave(self, seat)
 
 
 class ConsoleHub:
@@ -90,6 +97,8 @@ class ConsoleHub:
     def __init__(self, agent: Agent) -> None:
         self._agent = agent
         self._lock = threading.Lock()
+        #: notified whenever a seat is freed or a console forgotten (a writer may be waiting)
+        self._changed = threading.Condition(self._lock)
         self._shared: dict[str, _Shared] = {}
 
     def attach(
@@ -99,13 +108,15 @@ class ConsoleHub:
         such VM, "invalid" (409) for one not running or, with `write`, for a
         console another client already writes to."""
         domain = self._agent.console_domain(name)
-        with self._lock:
-            shared = self._shared.get(domain)
-            if shared is not None:
-                if write and shared.writer() is not None:
+        deadline = time.monotonic() + SEAT_WAIT_S
+        with self._changed:
+            while write and (taken := self._shared.get(domain)) is not None and taken.writer() is not None:
+                if not self._changed.wait(deadline - time.monotonic()):
                     raise AgentError(
                         ErrorCode.INVALID, f"another client writes to the console of {name}: use mode=read"
                     )
+            shared = self._shared.get(domain)
+            if shared is not None:
                 seat = Seat(shared, write, output, closed)
                 with shared.lock:
                     shared.seats.append(seat)
@@ -117,9 +128,24 @@ class ConsoleHub:
             self._shared[domain] = shared
             return seat
 
+    def leave(self, shared: _Shared, seat: Seat) -> None:
+        """`seat` leaves; the last one closes the driver console, before any
+        attach can look for it (see the module's docstring)."""
+        with self._changed:
+            with shared.lock:
+                if seat in shared.seats:
+                    shared.seats.remove(seat)
+                last = not shared.seats
+            if last and self._shared.get(shared.domain) is shared:
+                del self._shared[shared.domain]
+                if shared.console is not None:
+                    shared.console.close()
+            self._changed.notify_all()
+
     def forget(self, shared: _Shared) -> bool:
         """Drop `shared` from the hub; False when it was gone already."""
-        with self._lock:
+        with self._changed:
+            self._changed.notify_all()
             if self._shared.get(shared.domain) is shared:
                 del self._shared[shared.domain]
                 return True
