@@ -235,15 +235,18 @@ class NetLab:
         path = self.root / "log" / "libvirtd.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else "(no libvirtd log)"
 
-    def define_network(self, name: str, subnet: str = "10.213.0", hosts: dict[str, str] | None = None) -> Any:
+    def define_network(
+        self, name: str, subnet: str = "10.213.0", hosts: dict[str, str] | None = None, ipv6: str = ""
+    ) -> Any:
         """Define and start an isolated network (no <forward>) on subnet.0/24, the
         host at .1, DHCP over .100-.199 plus fixed `hosts` (MAC -> address), and
-        dnsmasq's ping before each offer turned off (it costs ~3 s per lease)."""
+        dnsmasq's ping before each offer turned off (it costs ~3 s per lease);
+        with `ipv6` (a /64 prefix such as "fd00:213:12::"), DHCPv6 on it too."""
         started = time.monotonic()
         # named by the lab, so that a test can tell the bridge is gone from the machine
         bridge = f"pfl{self.netns[-8:]}{len(self.bridges)}"
         self.bridges.append(bridge)
-        network = self._connection.networkDefineXML(network_xml(name, subnet, hosts or {}, bridge))
+        network = self._connection.networkDefineXML(network_xml(name, subnet, hosts or {}, bridge, ipv6))
         network.create()
         self.timings[f"network_{name}_up_s"] = time.monotonic() - started
         return network
@@ -388,8 +391,9 @@ def _check(result: subprocess.CompletedProcess[str], what: str) -> None:
         raise RuntimeError(f"cannot {what}: exit {result.returncode}: {result.stderr.strip()}")
 
 
-def network_xml(name: str, subnet: str, hosts: dict[str, str], bridge: str) -> str:
-    """An isolated libvirt network on `bridge` with DHCP on subnet.0/24 and dnsmasq's no-ping."""
+def network_xml(name: str, subnet: str, hosts: dict[str, str], bridge: str, ipv6: str = "") -> str:
+    """An isolated libvirt network on `bridge` with DHCP on subnet.0/24 and dnsmasq's
+    no-ping; with `ipv6` (a /64 prefix), the host at ::1 and DHCPv6 over ::100-::1ff."""
     ET.register_namespace("dnsmasq", DNSMASQ_NS)
     network = ET.Element("network")
     ET.SubElement(network, "name").text = name
@@ -399,6 +403,9 @@ def network_xml(name: str, subnet: str, hosts: dict[str, str], bridge: str) -> s
     ET.SubElement(dhcp, "range", start=f"{subnet}.100", end=f"{subnet}.199")
     for mac, address in hosts.items():
         ET.SubElement(dhcp, "host", mac=mac, ip=address)
+    if ipv6:
+        ip6 = ET.SubElement(network, "ip", family="ipv6", address=f"{ipv6}1", prefix="64")
+        ET.SubElement(ET.SubElement(ip6, "dhcp"), "range", start=f"{ipv6}100", end=f"{ipv6}1ff")
     options = ET.SubElement(network, f"{{{DNSMASQ_NS}}}options")
     ET.SubElement(options, f"{{{DNSMASQ_NS}}}option", value="no-ping")
     return ET.tostring(network, encoding="unicode")

@@ -65,3 +65,20 @@ def guest_initramfs(guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory
     release = guest_kernel.name.removeprefix("vmlinuz-")
     modules_dir = guest_kernel.parent.parent / "lib" / "modules" / release
     return build_initramfs(Path(busybox), tmp_path_factory.mktemp("guest") / "initramfs.cpio", modules_dir)
+
+
+@pytest.fixture(scope="session")
+def guest_initramfs6(
+    guest_initramfs: Path, guest_kernel: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The test guest with its `net6` step: DHCPv6 by ISC dhclient (busybox has no udhcpc6)."""
+    dhclient = shutil.which("dhclient")
+    if dhclient is None:
+        if REQUIRE_LIBVIRT:
+            pytest.fail("dhclient is missing: scripts/libvirt-up installs isc-dhcp-client")
+        pytest.skip("dhclient (isc-dhcp-client) is not installed")
+    busybox = Path(shutil.which("busybox") or "busybox")
+    release = guest_kernel.name.removeprefix("vmlinuz-")
+    modules_dir = guest_kernel.parent.parent / "lib" / "modules" / release
+    out = tmp_path_factory.mktemp("guest6") / "initramfs.cpio"
+    return build_initramfs(busybox, out, modules_dir, dhcp6_client=Path(dhclient))

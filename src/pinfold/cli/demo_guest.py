@@ -24,6 +24,11 @@ prints CIDATA_DEVICE and the device, CIDATA_LABEL and the volume label read
 off it (busybox-static has no blkid), mounts it and
 prints each line of its meta-data and user-data after CIDATA_META and
 CIDATA_USER: what cloud-init would find on the NoCloud seed.
+`net6` (with `net`; only in an initramfs built with a DHCPv6 client, whose init
+alone has this step: other guests' archives are byte for byte as before) waits for
+eth0's link-local address, takes an IPv6 address by DHCPv6 with ISC dhclient (busybox
+has no udhcpc6, in busybox-static nor in Debian's busybox: checked), and prints
+NET6_ADDRESS and that address; httpd serves its page on IPv6 too.
 `shell` (a word of its own; guests without it are unchanged) prints SHELL_MARKER
 and runs busybox's shell on the serial console (ttyS0), again whenever it exits,
 for the console tests to type into.
@@ -138,6 +143,30 @@ while :; do /bin/busybox sleep 1; done
 """
 
 
+NET6_ADDRESS = "pinfold-guest-address6"
+# Inserted before the cidata step in a `net6` initramfs only (see build_initramfs).
+NET6_STEP = f"""if /bin/busybox grep -qE '(^| )net6( |$)' /proc/cmdline; then
+    tries=0
+    until /bin/busybox ip -6 addr show dev eth0 scope link | /bin/busybox grep -q inet6 \\
+        && ! /bin/busybox ip -6 addr show dev eth0 | /bin/busybox grep -q tentative \\
+        || [ $tries -ge 100 ]; do /bin/busybox usleep 100000; tries=$((tries + 1)); done
+    /sbin/dhclient -6 -1 -cf /dev/null --address-prefix-len 64 -sf /etc/dhclient6.sh \\
+        -lf /tmp/dhclient6.leases -pf /tmp/dhclient6.pid eth0
+    echo "{NET6_ADDRESS} $(/bin/busybox cat /etc/address6)"
+fi
+"""
+CIDATA_STEP = "if /bin/busybox grep -qE '(^| )cidata( |$)' /proc/cmdline; then\n"
+# dhclient's script: it is run with $reason and the lease in new_ip6_* variables.
+DHCLIENT6_SCRIPT = """#!/bin/busybox sh
+case "$reason" in
+    BOUND6|RENEW6|REBIND6|REBOOT6)
+        /bin/busybox ip -6 addr add "$new_ip6_address/$new_ip6_prefixlen" dev "$interface"
+        echo "$new_ip6_address" > /etc/address6
+        ;;
+esac
+"""
+
+
 def _newc_entry(name: str, mode: int, data: bytes, ino: int) -> bytes:
     fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0]
     header = b"070701" + b"".join(f"{value:08X}".encode() for value in fields)
@@ -173,16 +202,20 @@ esac
 """
 
 
-def build_initramfs(busybox: Path, out: Path, modules_dir: Path | None = None) -> Path:
+def build_initramfs(
+    busybox: Path, out: Path, modules_dir: Path | None = None, dhcp6_client: Path | None = None
+) -> Path:
     """Write an uncompressed newc archive holding /init and /bin/busybox, and,
     given the guest kernel's module tree, the modules and the power-button
     handler of acpid (busybox's acpid runs /etc/acpi/PWRF/00000080), and the
     virtio-net modules and udhcpc script of the `net` guests, and the CD-ROM
-    modules of the `cidata` guests."""
+    modules of the `cidata` guests; given `dhcp6_client` (ISC dhclient), the
+    `net6` step, dhclient with its C library and loader, and its script."""
+    init = INIT if dhcp6_client is None else INIT.replace(CIDATA_STEP, NET6_STEP + CIDATA_STEP, 1)
     entries = [
         ("bin", stat.S_IFDIR | 0o755, b""),
         ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()),
-        ("init", stat.S_IFREG | 0o755, INIT.encode()),
+        ("init", stat.S_IFREG | 0o755, init.encode()),
     ]
     if modules_dir is not None:
         entries += [
@@ -210,10 +243,33 @@ def build_initramfs(busybox: Path, out: Path, modules_dir: Path | None = None) -
                 for m in CIDATA_MODULES
             ),
         ]
+    if dhcp6_client is not None:
+        entries += _dhcp6_entries(dhcp6_client)
     archive = b"".join(_newc_entry(name, mode, data, i + 1) for i, (name, mode, data) in enumerate(entries))
     archive += _newc_entry("TRAILER!!!", 0, b"", 0)
     out.write_bytes(archive)
     return out
+
+
+def _dhcp6_entries(dhclient: Path) -> list[tuple[str, int, bytes]]:
+    """dhclient as /sbin/dhclient, the shared libraries `ldd` names for it at
+    the paths it names, /tmp for its lease and PID files, and its script."""
+    listed = _run(["ldd", str(dhclient)])
+    if listed.returncode != 0:
+        raise GuestBuildError(f"ldd {dhclient}: {listed.stderr.strip()}")
+    libraries = sorted({Path(word) for word in listed.stdout.split() if word.startswith("/")})
+    directories = sorted(
+        {str(parent) for lib in libraries for parent in lib.relative_to("/").parents} - {"."}
+    )
+    return [
+        ("sbin", stat.S_IFDIR | 0o755, b""),
+        ("sbin/dhclient", stat.S_IFREG | 0o755, dhclient.read_bytes()),
+        ("tmp", stat.S_IFDIR | 0o1777, b""),
+        *((directory, stat.S_IFDIR | 0o755, b"") for directory in directories),
+        *((str(lib.relative_to("/")), stat.S_IFREG | 0o755, lib.resolve().read_bytes()) for lib in libraries),
+        ("etc", stat.S_IFDIR | 0o755, b""),  # again where the modules made it: the kernel takes both
+        ("etc/dhclient6.sh", stat.S_IFREG | 0o755, DHCLIENT6_SCRIPT.encode()),
+    ]
 
 
 #: the demo guest's command line: the serial console, DHCP and the page, a shell on the console
