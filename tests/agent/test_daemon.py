@@ -269,6 +269,8 @@ def test_network_settings_reach_the_agent_and_the_sim_host_has_the_default_netwo
     ("content", "problem"),
     [
         ('default_network = "a b"', "default_network"),
+        ('default_bridge = "br/0"', "default_bridge"),
+        ('default_network = "default"\ndefault_bridge = "br0"', "not both"),
         ('[own_network]\nname = "n"\nsubnet = "10.0.0.0/30"', "too small"),
         ('[own_network]\nname = "n"\nsubnet = "10.0.0.1/24"', "own_network.subnet"),
         ('[own_network]\nname = "n"\nsubnet = "fd00::/64"', "own_network.subnet"),

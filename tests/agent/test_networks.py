@@ -62,6 +62,20 @@ def test_a_vm_gets_a_nic_on_the_default_network_with_a_stable_mac(tmp_path, i7):
     again.close()
 
 
+def test_a_vm_gets_its_nic_on_the_default_bridge_and_a_missing_one_is_refused(tmp_path, i7):
+    """An operator's `br0` served by the site's DHCP (RAPID's hosts): the NIC a VM
+    asking none gets; the bridge is checked as one asked for is."""
+    agent = open_agent(tmp_path, i7, SimDriver(bridges=["br0"]), default_bridge="br0")
+    (nic,) = agent.create(VMRequest("web", 1, 256)).nics
+    assert (nic.bridge, nic.network, nic.mac[:8]) == ("br0", "", "52:54:00")
+    agent.close()
+    other = open_agent(tmp_path / "other", i7, SimDriver(), default_bridge="br0")
+    with pytest.raises(AgentError) as refused:
+        other.create(VMRequest("web", 1, 256))
+    assert refused.value.code == "unknown network"
+    other.close()
+
+
 def test_without_a_default_network_a_vm_has_no_nic_as_before(tmp_path, i7):
     agent = open_agent(tmp_path, i7, SimDriver(networks=["default"]))
     assert agent.create(VMRequest("web", 1, 256)).nics == ()
@@ -112,13 +126,13 @@ def test_bad_nics_are_refused_with_nothing_defined_or_stored(tmp_path, i7, nics,
 
 def test_a_stopped_network_is_refused(tmp_path, i7):
     with pytest.raises(NicRefusedError, match="not started") as refused:
-        resolve_nics((NIC(network="n"),), "", [NetworkInfo("n", "br", "", False)], lambda _: False, ())
+        resolve_nics((NIC(network="n"),), None, [NetworkInfo("n", "br", "", False)], lambda _: False, ())
     assert refused.value.code == "invalid"
 
 
 def test_chosen_macs_avoid_those_taken():
     taken = {f"52:54:00:00:00:{i:02x}" for i in range(256)}
-    made = resolve_nics((NIC(network="n"),) * 8, "", [NetworkInfo("n", "br", "", True)], bool, taken)
+    made = resolve_nics((NIC(network="n"),) * 8, None, [NetworkInfo("n", "br", "", True)], bool, taken)
     macs = [nic.mac for nic in made]
     assert len(set(macs)) == 8
     assert not taken & set(macs)

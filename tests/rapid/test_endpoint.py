@@ -41,6 +41,8 @@ def test_the_ds_hears_the_cpus_the_agent_places_on_not_the_machines_cores(tmp_pa
         (False, "", Path("/opt/rapid/getIp.sh"), "only from ipShellPath"),
         (False, "default", None, None),
         (True, "", None, None),  # the sim driver shows its simulated address with or without a NIC
+        (False, "bridge:br0", Path("/opt/rapid/getIp.sh"), None),  # the script reads the site's DHCP
+        (False, "bridge:br0", None, "only from a guest agent"),
     ],
 )
 def test_an_agent_whose_rapid_vms_would_get_no_nic_says_so(simulated, network, script, said):
@@ -49,7 +51,8 @@ def test_an_agent_whose_rapid_vms_would_get_no_nic_says_so(simulated, network, s
     no lease can give their address and each start waits `ip_wait_s` for nothing."""
     from pinfold.agent.daemon import rapid_address_notice
 
-    config = AgentConfig(default_network=network)
+    bridge = network.removeprefix("bridge:") if network.startswith("bridge:") else ""
+    config = AgentConfig(default_network="" if bridge else network, default_bridge=bridge)
     rapid = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ip_script=script)
     notice = rapid_address_notice(config, rapid, simulated)
     if said is None:
@@ -57,4 +60,4 @@ def test_an_agent_whose_rapid_vms_would_get_no_nic_says_so(simulated, network, s
     else:
         assert notice is not None
         assert said in notice
-        assert "default_network" in notice
+        assert ("br0" if bridge else "default_network") in notice

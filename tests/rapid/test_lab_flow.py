@@ -15,15 +15,13 @@ boots. Needs root, `ip netns` and libvirt (CI: PINFOLD_REQUIRE_LIBVIRT=1)."""
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pinfold.agent.service import Agent, AgentSettings
-from pinfold.agent.store import Store, StoredVM
-from pinfold.model.vm import NIC, VMRequest
+from pinfold.agent.store import Store
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.protocol import OK, Op
 from pinfold.topology import Topology
@@ -47,13 +45,19 @@ def guest_address(tmp: Path, name: str) -> str:
 
 
 def lab_agent(
-    lab: NetLab, tmp: Path, kernel: Path, initrd: Path, default_network: str = "rapidnet"
+    lab: NetLab,
+    tmp: Path,
+    kernel: Path,
+    initrd: Path,
+    default_network: str = "rapidnet",
+    default_bridge: str = "",
 ) -> tuple[Agent, LibvirtDriver]:
     from pinfold.agent.drivers.libvirt import LibvirtDriver
 
     settings = AgentSettings(
         domain_type="qemu", kernel=kernel, initrd=initrd, cmdline=CMDLINE, serial_dir=tmp,
         critical_size=0, reserved_memory_mib=0, default_network=default_network,
+        default_bridge=default_bridge,
     )  # fmt: skip
     driver = LibvirtDriver(lab.uri)
     return Agent.open(Topology.discover(), driver, Store(tmp / "agent.db"), settings), driver
@@ -130,13 +134,9 @@ def test_on_a_bridge_the_address_comes_from_rapids_ip_shell_path_script(
     (script_dir / "uri").write_text(netlab.uri)
     (script_dir / "leases").write_text(str(bridge.leases))
     (script_dir / "vmip.sh").write_text(IP_SCRIPT)
-    agent, driver = lab_agent(netlab, tmp_path, guest_kernel, guest_initramfs, default_network="")
-    made = agent.create  # the agent has no default bridge: RAPID's VMs are put on the lab's here
-
-    def on_the_bridge(request: VMRequest) -> StoredVM:
-        return made(dataclasses.replace(request, nics=(NIC(bridge=bridge.name),)))
-
-    agent.create = on_the_bridge  # type: ignore[method-assign]
+    agent, driver = lab_agent(
+        netlab, tmp_path, guest_kernel, guest_initramfs, default_network="", default_bridge=bridge.name
+    )
     slam = FakeSLAM()
     ds = FakeDS(slam.port)
     config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port, ip_script=script_dir / "vmip.sh")
@@ -149,7 +149,9 @@ def test_on_a_bridge_the_address_comes_from_rapids_ip_shell_path_script(
         for slot, name in enumerate(HELPERS, start=1):
             (row,) = ds.of_user(-slot).values()
             assert row.ip == guest_address(tmp_path, name)  # the DS has the address the guest took
-            mac = agent.nic_addresses(name)[0][0].mac
+            ((nic, _),) = agent.nic_addresses(name)
+            assert nic.bridge == bridge.name  # the agent's default bridge
+            mac = nic.mac
             assert row.ip == bridge.leased(mac)  # dnsmasq's lease of the VM's MAC, through the script
             assert agent.addresses(name) == []  # libvirt knew none: it came from ipShellPath
     finally:

@@ -21,7 +21,7 @@ from pinfold.model.defaults import (
     HEARTBEAT_PERIOD_S,
     SHUTDOWN_TIMEOUT_S,
 )
-from pinfold.model.vm import NETWORK_PATTERN
+from pinfold.model.vm import BRIDGE_PATTERN, NETWORK_PATTERN
 from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
@@ -105,9 +105,18 @@ class AgentConfig(HttpSettings):
     #: the libvirt network a VM made without NICs gets one NIC on ("": none, as SlackVM's
     #: template had `default`; off unless set, so a host without that network still works)
     default_network: str = Field(default="", max_length=63, pattern=f"^$|{NETWORK_PATTERN}")
+    #: or the host bridge it gets that NIC on (an operator's `br0`, DHCP served by the site:
+    #: addresses from the guest agent or RAPID's ipShellPath); not both
+    default_bridge: str = Field(default="", max_length=15, pattern=f"^$|{BRIDGE_PATTERN}")
     #: a NAT network with DHCP the agent makes at start when missing, TOML only:
     #: [own_network] name, subnet (e.g. "10.77.0.0/24")
     own_network: OwnNetworkConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_default_nic(self) -> AgentConfig:
+        if self.default_network and self.default_bridge:
+            raise ValueError("default_network and default_bridge: not both (a VM asking none gets one NIC)")
+        return self
 
 
 def load_config(

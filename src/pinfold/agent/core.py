@@ -21,6 +21,7 @@ from pinfold.agent.store import Pending, Store, StoredVM
 from pinfold.model.defaults import DEFAULT_CRITICAL_SIZE, DEFAULT_RESERVED_MEMORY_MIB, SHUTDOWN_TIMEOUT_S
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
+from pinfold.model.vm import NIC
 from pinfold.placement import HostAllocator, Refusal
 from pinfold.topology import Topology
 
@@ -46,7 +47,8 @@ class AgentSettings:
     `disk_dir`. `kernel`/`initrd`/`cmdline` boot guests directly (the test
     guests boot this way, with or without a disk). `default_network` is
     the libvirt network a VM created without NICs gets one NIC on ("": none,
-    as before NICs existed); `own_network` the NAT network the agent makes
+    as before NICs existed), or `default_bridge` the host bridge it gets
+    it on instead; `own_network` the NAT network the agent makes
     at start when it is missing (None: none)."""
 
     domain_type: str = "kvm"
@@ -61,7 +63,16 @@ class AgentSettings:
     disk_dir: Path | None = None
     pools: tuple[PoolSpec, ...] = ()
     default_network: str = ""
+    default_bridge: str = ""
     own_network: OwnNetwork | None = None
+
+    @property
+    def default_nic(self) -> NIC | None:
+        """The NIC a VM asking none gets: on the default network, else on the
+        default bridge, else none."""
+        if self.default_network:
+            return NIC(network=self.default_network)
+        return NIC(bridge=self.default_bridge) if self.default_bridge else None
 
 
 class NotStartedError(RuntimeError):

@@ -40,7 +40,8 @@ def choose_driver(config: AgentConfig) -> tuple[Driver, str]:
     data dir: a restarted agent does not hand out its old addresses again."""
     # the sim host has the default network; the own network it makes at each start
     networks = [config.default_network] if config.default_network else []
-    sim = SimDriver(config.data_dir / "sim-addresses", networks=networks)
+    bridges = [config.default_bridge] if config.default_bridge else []
+    sim = SimDriver(config.data_dir / "sim-addresses", networks=networks, bridges=bridges)
     if config.driver == "sim":
         return sim, "sim driver (in memory, no hypervisor)"
     try:
@@ -75,6 +76,7 @@ def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[
         cmdline=config.cmdline,
         pools=config.pools + (helper_pools(rapid, config.rapid) if rapid is not None else ()),
         default_network=config.default_network,
+        default_bridge=config.default_bridge,
         own_network=config.own_network.to_network() if config.own_network is not None else None,
     )
     return Agent.open(topology, driver, Store(config.data_dir / "agent.db"), settings), driver, description
@@ -89,12 +91,19 @@ def simulated_memory(agent: Agent) -> tuple[float, float]:
 def rapid_address_notice(config: AgentConfig, rapid: RapidConfig, simulated: bool) -> str | None:
     """What an operator must hear when RAPID's VMs would get no NIC. They get
     theirs on `default_network`, as RAPID's template had one NIC on the
-    default network; without one, on a hypervisor, no DHCP lease can give
+    default network (or on `default_bridge`); without one, on a hypervisor, no DHCP lease can give
     their address, only `ipShellPath`, and a start without either waits
     `ip_wait_s` and answers ERROR. The sim driver needs no NIC for its
     simulated addresses."""
     if simulated or config.default_network:
         return None
+    if config.default_bridge:
+        if rapid.ip_script is not None:
+            return None
+        return (
+            f"RAPID: VMs on bridge {config.default_bridge} get no libvirt lease and there is no ipShellPath: "
+            "their addresses can come only from a guest agent, else every start answers ERROR after ip_wait_s"
+        )
     if rapid.ip_script is None:
         consequence = "every start answers ERROR after ip_wait_s"
     else:

@@ -44,7 +44,7 @@ class Making(PinKeeping):
         a refusal (4xx) before anything is placed, stored or defined."""
         try:
             return resolve_nics(
-                request.nics, self.settings.default_network, self.driver.networks(),
+                request.nics, self.settings.default_nic, self.driver.networks(),
                 self.driver.bridge_exists, self.store.macs(),
             )  # fmt: skip
         except NicRefusedError as refusal:

@@ -75,16 +75,16 @@ def random_mac(taken: Collection[str]) -> str:
 
 def resolve_nics(
     asked: tuple[NIC, ...],
-    default_network: str,
+    default: NIC | None,
     networks: Iterable[NetworkInfo],
     bridge_exists: Callable[[str], bool],
     taken: Collection[str],
 ) -> tuple[NIC, ...]:
-    """The NICs a VM gets: those asked for, else one on `default_network`
-    (none when it is ""), each with its MAC (the one asked for, lower-case,
+    """The NICs a VM gets: those asked for, else the `default` one (on the
+    default network or bridge; none for None), each with its MAC (the one asked for, lower-case,
     else a new one). NicRefusedError for a malformed NIC, a network or bridge the
     host does not have, a network not started, or a MAC `taken` (or asked twice)."""
-    wanted = asked or ((NIC(network=default_network),) if default_network else ())
+    wanted = asked or ((default,) if default is not None else ())
     if len(wanted) > MAX_NICS:
         raise NicRefusedError("invalid request", f"nics: at most {MAX_NICS}")
     known = {network.name: network for network in networks}

@@ -61,6 +61,12 @@ def agent_command(
         str | None,
         typer.Option("--default-network", help="libvirt network of the NIC a VM gets when it asks none."),
     ] = None,
+    default_bridge: Annotated[
+        str | None,
+        typer.Option(
+            "--default-bridge", help="Host bridge of that NIC instead (not with --default-network)."
+        ),
+    ] = None,
     enrolment_token_file: Annotated[
         Path | None,
         typer.Option("--enrolment-token-file", help="File holding the cluster's enrolment token."),
@@ -82,7 +88,7 @@ def agent_command(
         "controller_url": controller_url, "host_id": host_id, "advertise_url": advertise_url,
         "rapid_config": rapid_config, "monitor_period_s": monitor_period_s, "token_file": token_file,
         "slackvm_open_networks": slackvm_open_networks, "default_network": default_network,
-        "enrolment_token_file": enrolment_token_file,
+        "default_bridge": default_bridge, "enrolment_token_file": enrolment_token_file,
         "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca,
     }  # fmt: skip
     from pinfold.rapid.config import RapidConfigError
