@@ -20,7 +20,7 @@ import pytest
 from tests.agent.guest import NET_ADDRESS, NET_PAGE
 from tests.agent.test_netlab import BOOT_TIMEOUT_S, serial_value, try_get
 from tests.agent.test_netlab_agent import AUTH, lab_agent
-from tests.netlab import netlab, wait_until  # noqa: F401  (fixture)
+from tests.netlab import lab_session, netlab, pids_in_netns, wait_until  # noqa: F401  (fixture)
 
 
 def test_a_vm_on_a_lab_bridge_takes_dnsmasqs_lease_and_serves_tcp_and_missing_bridges_are_refused(
@@ -68,3 +68,14 @@ def test_only_a_uri_without_host_or_remote_transport_is_local():
     local = ["qemu:///system", "qemu+unix:///system?socket=/tmp/pfl-x/run/libvirt-sock", "qemu:///session"]
     remote = ["qemu+ssh://root@edge-1/system", "qemu+tcp://10.0.0.5/system", "qemu://edge-1/system"]
     assert [is_local_uri(uri) for uri in local + remote] == [True] * 3 + [False] * 3
+
+
+def test_a_lab_bridge_and_its_dnsmasq_are_gone_after_the_lab():
+    with lab_session() as lab:
+        bridge = lab.add_bridge("10.213.9")
+        (server,) = lab.dhcp_servers
+        assert server.poll() is None  # dnsmasq serves, in the lab's namespace
+        assert server.pid in pids_in_netns(lab.netns_inode)
+        assert bridge.name in lab.bridges
+    assert lab.leftovers() == []
+    assert server.returncode is not None  # stopped and reaped
