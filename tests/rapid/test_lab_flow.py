@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +26,7 @@ from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.protocol import OK, Op
+from pinfold.rapid.server import RapidServer
 from pinfold.topology import Topology
 from tests.agent.conftest import guest_initramfs, guest_kernel  # noqa: F401  (fixtures)
 from tests.agent.guest import NET_ADDRESS
@@ -63,6 +66,36 @@ def lab_agent(
     return Agent.open(Topology.discover(), driver, Store(tmp / "agent.db"), settings), driver
 
 
+@contextmanager
+def rapid_in_lab(
+    agent: Agent, driver: LibvirtDriver, ip_script: Path | None = None
+) -> Iterator[tuple[RapidServer, FakeDS]]:
+    """RAPID's VMM over the lab agent, registered at a fake DS (and SLAM) and
+    with its two helpers made; on the way out everything stopped, the VMs
+    deleted and the agent and its driver closed."""
+    slam = FakeSLAM()
+    ds = FakeDS(slam.port)
+    config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port, ip_script=ip_script)
+    vmm, server = guest_vmm(
+        agent, config, as_wait_s=BOOT_TIMEOUT_S, ip_wait_s=BOOT_TIMEOUT_S, recheck_period_s=600
+    )
+    try:
+        assert vmm.registered.wait(60)
+        ds.wait_for(lambda got: len(ds.of(Op.HELPER_NOTIFY_DS)) == 2, timeout_s=2 * BOOT_TIMEOUT_S)
+        yield server, ds
+    finally:
+        server.stop()
+        vmm.stop()
+        for name in (*HELPERS, "rapid-user-42"):
+            if name in agent.vms:
+                agent.delete(name)
+        vmm.state.close()
+        agent.close()
+        driver.close()
+        ds.stop()
+        slam.stop()
+
+
 def test_the_slam_start_answers_with_the_guests_lab_address_and_helpers_register_theirs(
     netlab,  # noqa: F811
     guest_kernel,  # noqa: F811
@@ -71,15 +104,7 @@ def test_the_slam_start_answers_with_the_guests_lab_address_and_helpers_register
 ):
     netlab.define_network("rapidnet", "10.213.8")
     agent, driver = lab_agent(netlab, tmp_path, guest_kernel, guest_initramfs)
-    slam = FakeSLAM()
-    ds = FakeDS(slam.port)
-    config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port)  # no ipShellPath
-    vmm, server = guest_vmm(
-        agent, config, as_wait_s=BOOT_TIMEOUT_S, ip_wait_s=BOOT_TIMEOUT_S, recheck_period_s=600
-    )
-    try:
-        assert vmm.registered.wait(60)
-        ds.wait_for(lambda got: len(ds.of(Op.HELPER_NOTIFY_DS)) == 2, timeout_s=2 * BOOT_TIMEOUT_S)
+    with rapid_in_lab(agent, driver) as (server, ds):  # no ipShellPath
         for slot, name in enumerate(HELPERS, start=1):
             (row,) = ds.of_user(-slot).values()
             assert row.ip == guest_address(tmp_path, name)  # the DS has the address the guest took
@@ -98,17 +123,6 @@ def test_the_slam_start_answers_with_the_guests_lab_address_and_helpers_register
         assert agent.addresses("rapid-user-42") == [address]
         nics = agent.nic_addresses("rapid-user-42")
         assert [(nic.network, found) for nic, found in nics] == [("rapidnet", [address])]
-    finally:
-        server.stop()
-        vmm.stop()
-        for name in (*HELPERS, "rapid-user-42"):
-            if name in agent.vms:
-                agent.delete(name)
-        vmm.state.close()
-        agent.close()
-        driver.close()
-        ds.stop()
-        slam.stop()
     assert netlab.connection().listAllDomains() == []
 
 
@@ -137,32 +151,12 @@ def test_on_a_bridge_the_address_comes_from_rapids_ip_shell_path_script(
     agent, driver = lab_agent(
         netlab, tmp_path, guest_kernel, guest_initramfs, default_network="", default_bridge=bridge.name
     )
-    slam = FakeSLAM()
-    ds = FakeDS(slam.port)
-    config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=ds.port, ip_script=script_dir / "vmip.sh")
-    vmm, server = guest_vmm(
-        agent, config, as_wait_s=BOOT_TIMEOUT_S, ip_wait_s=BOOT_TIMEOUT_S, recheck_period_s=600
-    )
-    try:
-        assert vmm.registered.wait(60)
-        ds.wait_for(lambda got: len(ds.of(Op.HELPER_NOTIFY_DS)) == 2, timeout_s=2 * BOOT_TIMEOUT_S)
+    with rapid_in_lab(agent, driver, ip_script=script_dir / "vmip.sh") as (_, ds):
         for slot, name in enumerate(HELPERS, start=1):
             (row,) = ds.of_user(-slot).values()
             assert row.ip == guest_address(tmp_path, name)  # the DS has the address the guest took
             ((nic, _),) = agent.nic_addresses(name)
             assert nic.bridge == bridge.name  # the agent's default bridge
-            mac = nic.mac
-            assert row.ip == bridge.leased(mac)  # dnsmasq's lease of the VM's MAC, through the script
+            assert row.ip == bridge.leased(nic.mac)  # dnsmasq's lease of the VM's MAC, through the script
             assert agent.addresses(name) == []  # libvirt knew none: it came from ipShellPath
-    finally:
-        server.stop()
-        vmm.stop()
-        for name in HELPERS:
-            if name in agent.vms:
-                agent.delete(name)
-        vmm.state.close()
-        agent.close()
-        driver.close()
-        ds.stop()
-        slam.stop()
     assert netlab.connection().listAllDomains() == []
