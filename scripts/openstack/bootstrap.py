@@ -9,6 +9,8 @@ PyMySQL live there, not in the project's venv):
     bootstrap.py resources LAB   once every service is started: flavors, images,
                                  a network; then wait until the compute host can
                                  take servers
+    bootstrap.py check LAB       a lab already up and filled: pinfold's user
+                                 logs in and Neutron and Nova answer it
 
 One openstacksdk session does in seconds what ~23 CLI calls do in a minute.
 Every step finds before it creates, so a second run changes nothing. Waiting
@@ -108,11 +110,11 @@ def connect(config: dict[str, Any]) -> openstack.connection.Connection:
 
 
 def ensure_user(conn: Any, name: str, password: str, project: Any, *roles: Any) -> None:
+    # An existing user keeps its password: the lab's passwords are made once,
+    # and hashing one again costs Keystone a second.
     user = conn.identity.find_user(name, domain_id="default")
     if user is None:
         user = conn.identity.create_user(name=name, password=password, domain_id="default")
-    else:
-        conn.identity.update_user(user, password=password)
     for role in roles:
         conn.identity.assign_project_role_to_user(project, user, role)
 
@@ -203,6 +205,10 @@ def host_mapped(secrets: dict[str, str]) -> bool:
         db.close()
 
 
+def compute_up(admin: Any) -> bool:
+    return any(s.binary == "nova-compute" and s.state == "up" for s in admin.compute.services())
+
+
 def resources(lab: Path) -> None:
     secrets = read_secrets(lab)
     admin = connect(cloud("admin", secrets["ADMIN_PASSWORD"], "admin"))
@@ -215,16 +221,25 @@ def resources(lab: Path) -> None:
     ensure_network(user)
     poll("the compute host in Placement", lambda: list(admin.placement.resource_providers(name=COMPUTE_HOST)))
     poll("the compute host in its cell", lambda: host_mapped(secrets))
-    poll("the nova-compute service", lambda: [s for s in admin.compute.services() if s.binary == "nova-compute" and s.state == "up"])
+    poll("the nova-compute service", lambda: compute_up(admin))
     poll("pinfold's view of the lab", lambda: user.compute.find_flavor("lab.tiny") and user.image.find_image(IMAGES[0]))
     log("resources ready")
 
 
+def check(lab: Path) -> None:
+    secrets = read_secrets(lab)
+    user = connect(cloud(USER, secrets["PINFOLD_PASSWORD"], PROJECT))
+    poll("pinfold's network", lambda: user.network.find_network(NETWORK), timeout=60)
+    poll("pinfold's flavors", lambda: user.compute.find_flavor("lab.tiny"), timeout=60)
+
+
+COMMANDS: dict[str, Callable[[Path], None]] = {"identity": identity, "resources": resources, "check": check}
+
+
 def main(argv: list[str]) -> None:
-    if len(argv) != 3 or argv[1] not in ("identity", "resources"):
-        raise SystemExit("usage: bootstrap.py identity|resources LAB_DIRECTORY")
-    lab = Path(argv[2])
-    (identity if argv[1] == "identity" else resources)(lab)
+    if len(argv) != 3 or argv[1] not in COMMANDS:
+        raise SystemExit(f"usage: bootstrap.py {'|'.join(COMMANDS)} LAB_DIRECTORY")
+    COMMANDS[argv[1]](Path(argv[2]))
 
 
 if __name__ == "__main__":
