@@ -25,10 +25,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import openstack
 import pymysql
 import yaml
 from keystoneauth1 import exceptions as ksa_exceptions
+
+import openstack
 from openstack import exceptions as sdk_exceptions
 
 HOST = "127.0.0.1"
@@ -86,7 +87,7 @@ def poll(what: str, probe: Callable[[], T | None], timeout: float = 300.0) -> T:
 
 def read_secrets(lab: Path) -> dict[str, str]:
     pairs = (line.split("=", 1) for line in (lab / "secrets.env").read_text().splitlines() if "=" in line)
-    return {key: value for key, value in pairs}
+    return dict(pairs)
 
 
 def cloud(username: str, password: str, project: str) -> dict[str, Any]:
@@ -131,7 +132,9 @@ def ensure_service(conn: Any, name: str, kind: str, url: str) -> None:
     present = {e.interface for e in conn.identity.endpoints(service_id=service.id)}
     for interface in ("public", "internal", "admin"):
         if interface not in present:
-            conn.identity.create_endpoint(service_id=service.id, interface=interface, url=url, region_id=REGION)
+            conn.identity.create_endpoint(
+                service_id=service.id, interface=interface, url=url, region_id=REGION
+            )
 
 
 def identity(lab: Path) -> None:
@@ -222,7 +225,8 @@ def resources(lab: Path) -> None:
     poll("the compute host in Placement", lambda: list(admin.placement.resource_providers(name=COMPUTE_HOST)))
     poll("the compute host in its cell", lambda: host_mapped(secrets))
     poll("the nova-compute service", lambda: compute_up(admin))
-    poll("pinfold's view of the lab", lambda: user.compute.find_flavor("lab.tiny") and user.image.find_image(IMAGES[0]))
+    poll("pinfold's flavors", lambda: user.compute.find_flavor("lab.tiny"))
+    poll("pinfold's images", lambda: user.image.find_image(IMAGES[0]))
     log("resources ready")
 
 

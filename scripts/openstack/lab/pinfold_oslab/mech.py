@@ -28,7 +28,5 @@ class TapMechanismDriver(api.MechanismDriver):
     def bind_port(self, context: Any) -> None:
         """Bind to the first segment offered, ACTIVE at once."""
         for segment in context.segments_to_bind:
-            context.set_binding(
-                segment[api.ID], "tap", {"port_filter": False}, status="ACTIVE"
-            )
+            context.set_binding(segment[api.ID], "tap", {"port_filter": False}, status="ACTIVE")
             return
