@@ -3,6 +3,8 @@
 Run by scripts/openstack-up with the lab's own venv (openstacksdk, PyYAML and
 PyMySQL live there, not in the project's venv):
 
+    bootstrap.py databases LAB   once MariaDB answers: the services' databases
+                                 and their account
     bootstrap.py identity LAB    once Keystone is served: the service users,
                                  the catalogue, pinfold's project and user, and
                                  LAB/clouds.yaml
@@ -108,6 +110,27 @@ def cloud(username: str, password: str, project: str) -> dict[str, Any]:
 
 def connect(config: dict[str, Any]) -> openstack.connection.Connection:
     return openstack.connect(**config)
+
+
+DATABASES = ["keystone", "placement", "glance", "neutron", "nova_api", "nova", "nova_cell0"]
+
+
+def databases(lab: Path) -> None:
+    """Every service's database and the one account they share, as MariaDB's
+    root through its socket (root's login is the socket's peer, no password)."""
+    secrets = read_secrets(lab)
+    db = pymysql.connect(unix_socket=str(lab / "run" / "mysqld.sock"), user="root")
+    try:
+        with db.cursor() as cursor:
+            for name in DATABASES:  # identifiers cannot be parameters; these are constants
+                cursor.execute(f"CREATE DATABASE IF NOT EXISTS `{name}` CHARACTER SET utf8mb4")
+            cursor.execute(
+                "CREATE USER IF NOT EXISTS 'openstack'@%s IDENTIFIED BY %s", (HOST, secrets["DB_PASSWORD"])
+            )
+            cursor.execute("GRANT ALL PRIVILEGES ON *.* TO 'openstack'@%s", (HOST,))
+        db.commit()
+    finally:
+        db.close()
 
 
 def ensure_user(conn: Any, name: str, password: str, project: Any, *roles: Any) -> None:
@@ -237,7 +260,12 @@ def check(lab: Path) -> None:
     poll("pinfold's flavors", lambda: user.compute.find_flavor("lab.tiny"), timeout=60)
 
 
-COMMANDS: dict[str, Callable[[Path], None]] = {"identity": identity, "resources": resources, "check": check}
+COMMANDS: dict[str, Callable[[Path], None]] = {
+    "databases": databases,
+    "identity": identity,
+    "resources": resources,
+    "check": check,
+}
 
 
 def main(argv: list[str]) -> None:
