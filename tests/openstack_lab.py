@@ -34,6 +34,7 @@ USER_CLOUD = "pinfold-lab"  # pinfold's project, a member
 ADMIN_CLOUD = "pinfold-lab-admin"
 FLAVORS = {"lab.tiny": (1, 128, 1), "lab.small": (2, 512, 2), "lab.medium": (4, 2048, 10)}
 DEDICATED_FLAVOR = "lab.dedicated"  # 2 vCPUs, 512 MiB, 2 GB, hw:cpu_policy=dedicated
+NO_HOST_FLAVOR = "lab.nohost"  # 700000 GB of disk: no host fits, within every quota
 IMAGE = "lab-image"
 HELPER_IMAGE = "lab-helper-image"
 NETWORK = "lab-net"  # subnet lab-subnet, 10.99.0.0/24, routed nowhere

@@ -58,6 +58,9 @@ FLAVORS: dict[str, tuple[int, int, int, dict[str, str]]] = {
     "lab.small": (2, 512, 2, {}),
     "lab.medium": (4, 2048, 10, {}),
     "lab.dedicated": (2, 512, 2, {"hw:cpu_policy": "dedicated"}),
+    # More disk than the fake host has (600000 GB) and within every quota
+    # (Nova counts no disk): Nova's scheduler answers "No valid host".
+    "lab.nohost": (1, 128, 700000, {}),
 }
 # The fake driver boots nothing: a few KB stand for a disk image.
 IMAGES = ["lab-image", "lab-helper-image"]

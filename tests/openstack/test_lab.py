@@ -3,7 +3,8 @@ openstack driver's tests rely on (scripts/openstack-up, tests/openstack_lab.py).
 
 A server boots from the lab's flavor, image and network to ACTIVE with a
 Neutron address, suspends and resumes, and is deleted with its port; a wrong
-password is refused by Keystone; the fixture deletes a server a test left.
+password is refused by Keystone; a flavor no host fits ends in "No valid host";
+the fixture deletes a server a test left.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.openstack_lab import (
     HELPER_IMAGE,
     IMAGE,
     NETWORK,
+    NO_HOST_FLAVOR,
     SERVER_TIMEOUT_S,
     USER_CLOUD,
     OpenStackLab,
@@ -89,3 +91,11 @@ def test_the_fixture_deletes_the_servers_a_test_left(openstack_lab: OpenStackLab
     lab.delete_servers()
     assert lab.servers() == []
     assert lab.user.compute.find_server(left.id) is None
+
+
+def test_a_flavor_no_host_fits_ends_in_no_valid_host(openstack_lab: OpenStackLab) -> None:
+    lab = openstack_lab
+    server = wait_status(lab, lab.create_server(flavor=NO_HOST_FLAVOR), "ERROR")
+    assert "No valid host" in lab.admin.compute.get_server(server.id).fault["message"]
+    # No port is left behind for a server that never landed.
+    assert list(lab.user.network.ports(device_id=server.id)) == []
