@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from keystoneauth1.exceptions import ClientException
 from openstack.config.loader import OpenStackConfig
 from openstack.connection import Connection
+from openstack.exceptions import SDKException
 
 CLOUDS = os.environ.get("PINFOLD_TEST_OPENSTACK_CLOUDS", "")
 REQUIRE_OPENSTACK = os.environ.get("PINFOLD_REQUIRE_OPENSTACK") == "1"
@@ -110,6 +112,11 @@ def openstack_connections() -> Iterator[tuple[Path, Connection, Connection]]:
     clouds = clouds_file()
     user = connect(clouds, USER_CLOUD)
     admin = connect(clouds, ADMIN_CLOUD)
+    try:
+        user.authorize()
+        admin.authorize()
+    except (SDKException, ClientException) as exc:
+        openstack_or_skip(f"the OpenStack lab of {clouds} does not answer (scripts/openstack-up): {exc}")
     yield clouds, user, admin
     user.close()
     admin.close()
