@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pinfold.topology import Topology
+from tests.openstack_lab import openstack_connections, openstack_lab  # noqa: F401  (fixtures for every test)
 
 SHARED = Path(os.environ.get("PINFOLD_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 TOPOLOGIES = SHARED / "data" / "topologies"

@@ -1,0 +1,1 @@
+"""Glue for pinfold's loopback OpenStack lab (scripts/openstack-up)."""
