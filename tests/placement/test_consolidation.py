@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from pinfold.placement import Cluster, HostAllocator
+from pinfold.placement import Cluster, HostAllocator, HostSnapshot, VMSpec
 from pinfold.placement.consolidation import Budget, Migration, Verdict, apply_plan, plan_consolidation
 from tests.placement.helpers import vm
 
 
-def build(i7, layout: dict[str, list]) -> Cluster:
+def build(i7, layout: dict[str, list[VMSpec]]) -> Cluster:
     """A cluster of i7 hosts, registered in the order given, each with its VMs deployed in order."""
     cluster = Cluster()
     for host, specs in layout.items():
@@ -23,7 +23,7 @@ def build(i7, layout: dict[str, list]) -> Cluster:
     return cluster
 
 
-def state(cluster: Cluster) -> dict:
+def state(cluster: Cluster) -> dict[str, HostSnapshot]:
     return {host: cluster.allocator(host).snapshot() for host in cluster.hosts}
 
 
@@ -78,7 +78,7 @@ def test_a_vnode_that_cannot_grow_enough_refuses_with_the_create_reason(i7):
     assert (first.host, first.verdict) == ("h0", Verdict.NO_TARGET)
     assert "1 not enough cpu at 2.0" in first.detail
     # the same words a create of z on h1 gets
-    assert cluster.allocator("h1").explain(vm("z2", 4, 1, 2.0)).startswith("not enough cpu")
+    assert str(cluster.allocator("h1").explain(vm("z2", 4, 1, 2.0))).startswith("not enough cpu")
 
 
 def test_the_budget_stops_the_plan_and_a_host_larger_than_what_is_left_is_skipped(i7):
