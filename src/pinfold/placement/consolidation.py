@@ -31,8 +31,10 @@ How it plans, in order:
    excludes (`targets`). A VM moved in this plan is then in its cooldown,
    so a host that received one is not emptied later in the same plan.
 4. The plan stops when the budget is spent, or after `give_up_after` sources
-   in a row could not be emptied (the hosts are sorted lightest first, so the
-   next ones are heavier still).
+   in a row found no target for one of their VMs (the hosts are sorted
+   lightest first, so the next ones are heavier still). Hosts passed over
+   without a try (cooldown, frozen, more VMs than the moves left) cost
+   nothing and do not count.
 
 Every host considered gets a verdict saying what happened and why; the
 plan's `explain()` renders them. The caller's cluster is never changed: each
@@ -193,7 +195,6 @@ def plan_consolidation(
                            frozen, now, left)  # fmt: skip
         if blocked is not None:
             verdicts.append(HostVerdict(host, blocked[0], vms, load, blocked[1]))
-            failures += 1
             continue
         moves, problem = work.try_empty(host)
         if problem is not None:
