@@ -199,3 +199,18 @@ def test_cluster_replace_swaps_a_host_and_refuses_a_clash(three, i7):
     with pytest.raises(ValueError, match="already placed"):
         three.replace("h0", clash)
     assert three.allocator("h0") is copy
+
+
+def test_a_drain_may_use_empty_hosts_and_says_when_the_rest_cannot_take_a_host(i7):
+    cluster = build(
+        i7, {"busy": [vm("a", 6, 1, 1.0), vm("b", 2, 1, 2.0)], "spare": [], "full": [vm("c", 8, 1, 1.0)]}
+    )
+    drain = plan_consolidation(
+        cluster, Budget(100), now=0, sources={"busy"}, give_up_after=None, empty_targets=True
+    )
+    assert moves(drain) == [("a", "busy", "spare"), ("b", "busy", "spare")]
+    # without empty targets the rest of the cluster (full) cannot take busy's VMs
+    refused = plan_consolidation(cluster, Budget(100), now=0, sources={"busy"})
+    assert refused.migrations == ()
+    assert refused.verdicts[0].verdict is Verdict.NO_TARGET
+    assert "fits no target: 0/3 hosts fit: 2 host unavailable, 1 not enough cpu at 1.0" in refused.explain()

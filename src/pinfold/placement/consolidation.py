@@ -168,15 +168,18 @@ def plan_consolidation(
     targets: Iterable[str] | None = None,
     frozen: Collection[str] = frozenset(),
     give_up_after: int | None = 5,
+    empty_targets: bool = False,
 ) -> Plan:
     """Plan migrations that empty hosts of `cluster` (see the module docstring).
 
     `sources` limits the hosts that may be emptied, `targets` those that may
     receive VMs (the caller leaves out hosts down or draining); None means
-    every host. `give_up_after` None tries every source. Pure: same inputs,
-    same plan; `cluster` is not changed.
+    every host. `give_up_after` None tries every source. `empty_targets`
+    lets VMs go to empty hosts too: pointless for consolidation, but what a
+    drain for maintenance (`sources={host}`) wants. Pure: same inputs, same
+    plan; `cluster` is not changed.
     """
-    work = _Workspace(cluster, policy, targets)
+    work = _Workspace(cluster, policy, targets, empty_targets)
     allowed = None if sources is None else set(sources)
     order = _sources_by_load(cluster, allowed)
     migrations: list[Migration] = []
@@ -290,12 +293,15 @@ class _Workspace:
     the first time a trial changes it, and put back as it was when the trial
     fails. The caller's allocators are never changed."""
 
-    def __init__(self, cluster: Cluster, policy: str, targets: Iterable[str] | None) -> None:
+    def __init__(
+        self, cluster: Cluster, policy: str, targets: Iterable[str] | None, empty_targets: bool
+    ) -> None:
         self.cluster = Cluster()
         for name in cluster.hosts:
             self.cluster.add_host(name, cluster.allocator(name))
         self.policy = policy
         self.targets = None if targets is None else set(targets)
+        self.empty_targets = empty_targets
         self.emptied: set[str] = set()
 
     def current(self, host: str) -> HostAllocator:
@@ -335,7 +341,7 @@ class _Workspace:
             for name in self.cluster.hosts
             if name != source
             and name not in self.emptied
-            and len(self.current(name))
+            and (self.empty_targets or len(self.current(name)))
             and (self.targets is None or name in self.targets)
         ]
 
