@@ -51,8 +51,9 @@ def test_a_plan_moves_the_light_host_and_both_hosts_hold_the_vm_while_it_moves(i
     s = result.series
     assert result.name == "first-fit+consolidate(N=4)"
     assert result.migrations is not None
-    # (time, migrations, emptied, not emptied: host00001 holds b, moved in this plan)
-    assert result.migrations.plans[0] == (200, 1, 1, 1)
+    # (time, migrations, then hosts emptied, no target, cooldown (host00001
+    # holds b, moved in this plan), frozen, over budget, not tried)
+    assert result.migrations.plans[0] == (200, 1, 1, 0, 1, 0, 0, 0)
     assert result.migrations.completed == 1
     during, after = at(result, 200), at(result, 210)
     assert s.hosts_in_use[during] == 2  # the source until the copy is done

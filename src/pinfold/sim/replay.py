@@ -35,7 +35,7 @@ from pinfold.placement import (
     VMSpec,
     get_policy,
 )
-from pinfold.placement.consolidation import Budget, plan_consolidation
+from pinfold.placement.consolidation import Budget, Verdict, plan_consolidation
 from pinfold.sim.consolidate import Consolidation, shadow_name
 from pinfold.sim.events import EventList, order_events, walk
 from pinfold.sim.trace import Trace
@@ -155,9 +155,10 @@ class Result:
 @dataclass
 class MigrationLog:
     """What consolidation did in one replay. `plans` holds one row per plan:
-    (time, migrations, hosts emptied, hosts it could not empty)."""
+    (time, migrations, then how many hosts got each verdict, in `Verdict`'s
+    order: emptied, no target, cooldown, frozen, over budget, not tried)."""
 
-    plans: list[tuple[int, int, int, int]] = field(default_factory=list)
+    plans: list[tuple[int, ...]] = field(default_factory=list)
     started: int = 0
     completed: int = 0
     cancelled: int = 0  # the VM left while it migrated
@@ -374,8 +375,8 @@ class _Replay:
             give_up_after=settings.give_up_after,
         )
         self.log.planning_seconds += time.perf_counter() - started
-        failed = sum(1 for v in plan.verdicts if v.verdict.value not in ("emptied", "not tried"))
-        self.log.plans.append((t, len(plan.migrations), len(plan.emptied), failed))
+        verdicts = Counter(v.verdict for v in plan.verdicts)
+        self.log.plans.append((t, len(plan.migrations), *(verdicts[kind] for kind in Verdict)))
         for move in plan.migrations:
             self._start(t, pool, self.index_of[move.vm], move.source, move.target)
         self._push(t + settings.period_s, -1)

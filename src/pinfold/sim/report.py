@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pinfold.placement.consolidation import Verdict
 from pinfold.sim.consolidate import DEFAULT_WARM_UP_S
 from pinfold.sim.replay import SEGREGATED, Result
 from pinfold.sim.trace import Trace
@@ -182,8 +183,8 @@ def write_timeseries(results: Sequence[Result], path: Path) -> None:
 
 
 def write_plans(results: Sequence[Result], path: Path) -> None:
-    """One row per consolidation plan: when, how many migrations, how many
-    hosts it emptied and how many it tried and could not (no file without
+    """One row per consolidation plan: when, how many migrations, and how many
+    hosts got each verdict (emptied, no target, ...; no file without
     consolidation)."""
     rows = [
         (result.name, *plan) for result in results if result.migrations for plan in result.migrations.plans
@@ -192,7 +193,8 @@ def write_plans(results: Sequence[Result], path: Path) -> None:
         return
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["policy", "time_s", "migrations", "hosts_emptied", "hosts_not_emptied"])
+        verdicts = [f"hosts_{kind.value.replace(' ', '_')}" for kind in Verdict]
+        writer.writerow(["policy", "time_s", "migrations", *verdicts])
         writer.writerows(rows)
 
 
