@@ -188,3 +188,19 @@ def test_cli_refuses_consolidation_options_without_consolidate(tmp_path):
             app, ["simulate", str(trace), "--topology", str(I7), "--out", str(tmp_path / "o"), *extra]
         )
         assert result.exit_code == 2, result.output
+
+
+def test_a_source_sends_its_vms_one_after_another(i7):
+    # host00000 keeps b and b2 (5 GiB each, 5 s at 1 GiB/s) after a leaves:
+    # both are reserved on host00001 at 200, b ends at 205, b2 at 210
+    trace = trace_of(
+        [("a", 0, 100, 6, GIB, 1.0), ("b", 0, FOREVER, 1, 5 * GIB, 1.0), ("b2", 0, FOREVER, 1, 5 * GIB, 1.0),
+         ("c", 1, FOREVER, 4, GIB, 1.0), ("late", 1001, 1002, 1, GIB, 1.0)]
+    )  # fmt: skip
+    result = simulate(trace, i7, Scenario("first-fit", consolidation=EVERY_200))
+    s = result.series
+    assert s.memory_allocated[at(result, 200)] == 2 * 10 * GIB + GIB
+    assert (s.hosts_in_use[at(result, 205)], s.memory_allocated[at(result, 205)]) == (2, 15 * GIB + GIB)
+    assert (s.hosts_in_use[at(result, 210)], s.memory_allocated[at(result, 210)]) == (1, 10 * GIB + GIB)
+    assert result.migrations is not None
+    assert result.migrations.seconds == 10

@@ -88,7 +88,10 @@ def simulate_command(
         ),
     ] = False,
     consolidate_period: Annotated[
-        int | None, typer.Option("--consolidate-period", min=1, help="Seconds between plans (default 3600).")
+        int | None,
+        typer.Option(
+            "--consolidate-period", min=1, help=f"Seconds between plans (default {Consolidation.period_s})."
+        ),
     ] = None,
     consolidate_budget: Annotated[
         str | None,
@@ -101,7 +104,9 @@ def simulate_command(
     consolidate_cooldown: Annotated[
         int | None,
         typer.Option(
-            "--consolidate-cooldown", min=0, help="Seconds before a VM may move again (default 86400)."
+            "--consolidate-cooldown",
+            min=0,
+            help=f"Seconds before a VM may move again (default {Consolidation.cooldown_s}).",
         ),
     ] = None,
     migration_bandwidth: Annotated[
@@ -109,7 +114,7 @@ def simulate_command(
         typer.Option(
             "--migration-bandwidth",
             min=0.001,
-            help="MiB/s: a migration takes memory / bandwidth (default 1000).",
+            help=f"MiB/s: a migration takes memory / bandwidth (default {Consolidation.bandwidth_mib_s:g}).",
         ),
     ] = None,
     warm_up: Annotated[

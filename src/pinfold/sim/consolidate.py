@@ -7,7 +7,10 @@ its CPUs and memory on BOTH hosts (on the target under a shadow name, through
 the same `Cluster.deploy_on` a create uses), then the source copy is removed
 and the shadow takes the VM's name. It lasts `memory / bandwidth` seconds (at
 least one): pre-copy sends the memory once, and the simulator knows nothing
-of dirty pages, so this is the least a live migration takes.
+of dirty pages, so this is the least a live migration takes. A source sends
+its VMs one after another (its link is the bottleneck), so the k-th VM of a
+host ends after the first k durations; its room on the target is reserved
+from the plan's start, as a create's reservation is.
 """
 
 from __future__ import annotations
@@ -34,8 +37,8 @@ class Consolidation:
     a plan after that many hosts in a row could not be emptied."""
 
     period_s: int = 3600
-    budget: int = 16
-    cooldown_s: int = 86_400
+    budget: int = 1024
+    cooldown_s: int = 3600
     bandwidth_mib_s: float = 1000.0
     policy: str = DEFAULT_CONSOLIDATION_POLICY
     give_up_after: int = 5

@@ -35,7 +35,7 @@ from pinfold.placement import (
     VMSpec,
     get_policy,
 )
-from pinfold.placement.consolidation import Budget, Verdict, plan_consolidation
+from pinfold.placement.consolidation import Budget, Migration, Verdict, plan_consolidation
 from pinfold.sim.consolidate import Consolidation, shadow_name
 from pinfold.sim.events import EventList, order_events, walk
 from pinfold.sim.trace import Trace
@@ -377,12 +377,17 @@ class _Replay:
         self.log.planning_seconds += time.perf_counter() - started
         verdicts = Counter(v.verdict for v in plan.verdicts)
         self.log.plans.append((t, len(plan.migrations), *(verdicts[kind] for kind in Verdict)))
+        sent: Counter[str] = Counter()  # seconds each source has been sending for
         for move in plan.migrations:
-            self._start(t, pool, self.index_of[move.vm], move.source, move.target)
+            sent[move.source] += self._start(t, sent[move.source], pool, self.index_of[move.vm], move)
         self._push(t + settings.period_s, -1)
 
-    def _start(self, t: int, pool: _Pool, vm: int, source: str, target: str) -> None:
-        """A migration starts: the VM's copy takes its room on the target."""
+    def _start(self, t: int, queued: int, pool: _Pool, vm: int, move: Migration) -> int:
+        """A migration starts: the VM's copy takes its room on the target now
+        (reserved as a create is), and the copy ends `queued` + its own
+        duration seconds later (a source sends its VMs one after another).
+        Returns its duration (0 if the target refused)."""
+        source, target = move.source, move.target
         assert self.consolidation is not None
         name = self.vm_ids[vm]
         spec = VMSpec(shadow_name(name), self.vcpus[vm], self.memory[vm], self.ratio[vm])
@@ -390,7 +395,7 @@ class _Replay:
             self.cpus_allocated += pool.deploy_on(target, spec)
         except PlacementError:
             self.log.refused += 1
-            return
+            return 0
         self.memory_allocated += spec.memory_mib
         self.vms_on[target] = self.vms_on.get(target, 0) + 1
         if self.vms_on[target] == 1:
@@ -402,7 +407,8 @@ class _Replay:
         self.log.per_vm[name] += 1
         duration = self.consolidation.duration_s(spec.memory_mib)
         self.log.seconds += duration
-        self._push(t + duration, vm)
+        self._push(t + queued + duration, vm)
+        return duration
 
     def _finish(self, t: int, vm: int) -> None:
         """A migration ends: the source copy goes, the shadow takes the name."""
