@@ -185,6 +185,7 @@ def plan_consolidation(
     migrations: list[Migration] = []
     verdicts: list[HostVerdict] = []
     received: set[str] = set()  # VMs moved in this plan: none moves twice
+    rank = {name: index for index, name in enumerate(cluster.hosts)}
     failures = 0
     for position, host in enumerate(order):
         left = budget.max_migrations - len(migrations)
@@ -194,8 +195,7 @@ def plan_consolidation(
         if stop is not None:
             verdicts += [_not_tried(work.cluster, name, stop) for name in order[position:]]
             break
-        blocked = _blocked(allocator, budget, received,
-                           frozen, now, left)  # fmt: skip
+        blocked = _blocked(allocator, budget, received, frozen, now, left)
         if blocked is not None:
             verdicts.append(HostVerdict(host, blocked[0], vms, load, blocked[1]))
             continue
@@ -207,7 +207,6 @@ def plan_consolidation(
         failures = 0
         migrations += moves
         received.update(m.vm for m in moves)
-        rank = {name: index for index, name in enumerate(cluster.hosts)}
         targets_used = sorted({m.target for m in moves}, key=rank.__getitem__)
         verdicts.append(
             HostVerdict(host, Verdict.EMPTIED, vms, load, f"{vms} VMs to {', '.join(targets_used)}")
@@ -321,7 +320,7 @@ class _Workspace:
             decision = self.cluster.choose(spec, self.policy, eligible) if eligible else None
             if decision is None or decision.host is None:
                 self._undo(saved)
-                why = "no other host holds VMs" if decision is None else decision.explain()
+                why = "no host may receive it" if decision is None else decision.explain()
                 return [], (
                     f"{spec.name} ({spec.vcpus} vCPUs at {float(spec.ratio):g}, {spec.memory_mib} MiB) "
                     f"fits no target: {why}"
