@@ -81,7 +81,7 @@ def test_the_same_trace_without_consolidation_keeps_both_hosts(i7):
 def test_an_arrival_avoids_the_host_being_emptied(i7):
     # during b's migration (200-210) `f` arrives: first-fit would pick
     # host00000 (6 CPUs free), which is being emptied; it goes to host00001
-    trace = trace_of([*TWO_HOSTS, ("f", 205, FOREVER, 1, GIB, 1.0)])
+    trace = trace_of([*TWO_HOSTS, ("f", 205, FOREVER, 1, GIB, 1.0), ("late", 1001, 1002, 1, GIB, 1.0)])
     result = simulate(trace, i7, Scenario("first-fit", consolidation=EVERY_200))
     s = result.series
     assert s.hosts_in_use[at(result, 205)] == 2
@@ -204,3 +204,14 @@ def test_a_source_sends_its_vms_one_after_another(i7):
     assert (s.hosts_in_use[at(result, 210)], s.memory_allocated[at(result, 210)]) == (1, 10 * GIB + GIB)
     assert result.migrations is not None
     assert result.migrations.seconds == 10
+
+
+def test_migrations_still_in_flight_at_the_end_finish_without_stretching_the_series(i7):
+    # the plan at 200 runs after that instant's events (d arrives), and moves b
+    # then d; both end after the last event: the cluster ends consistent, and
+    # the series (and its time-weighted means) stop at the trace's last instant
+    trace = trace_of([*TWO_HOSTS, ("d", 200, FOREVER, 1, GIB, 1.0)])
+    result = simulate(trace, i7, Scenario("first-fit", consolidation=EVERY_200))
+    assert result.migrations is not None
+    assert (result.migrations.started, result.migrations.completed) == (2, 2)
+    assert result.series.time[-1] == 200

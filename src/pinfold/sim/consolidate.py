@@ -36,7 +36,7 @@ class Consolidation:
     `bandwidth_mib_s` seconds. `policy` picks targets, `give_up_after` stops
     a plan after that many hosts in a row could not be emptied."""
 
-    period_s: int = 3600
+    period_s: int = 900
     budget: int = 1024
     cooldown_s: int = 3600
     bandwidth_mib_s: float = 1000.0

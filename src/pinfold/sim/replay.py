@@ -436,11 +436,13 @@ class _Replay:
         self._sample(t)
 
     def finish(self) -> None:
-        """Let the migrations still in flight end (no more plans)."""
+        """Let the migrations still in flight end (no more plans), so that the
+        cluster ends consistent; unsampled, so that the series (and its
+        time-weighted means) cover the trace's span, as a plain replay's do."""
         self.timers = [timer for timer in self.timers if timer[2] >= 0]
         heapq.heapify(self.timers)
         if self.timers:
-            self._run_timers(before=max(timer[0] for timer in self.timers) + 1)
+            self._run_timers(until=max(timer[0] for timer in self.timers))
 
     def _sample(self, t: int) -> None:
         s, i = self.series, self.sample
