@@ -37,7 +37,7 @@ class Consolidation:
     a plan after that many hosts in a row could not be emptied."""
 
     period_s: int = 900
-    budget: int = 1024
+    budget: int = 256
     cooldown_s: int = 3600
     bandwidth_mib_s: float = 1000.0
     policy: str = DEFAULT_CONSOLIDATION_POLICY
