@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pinfold.placement import DEFAULT_CRITICAL_SIZE, DEFAULT_POLICY, POLICIES
+from pinfold.sim.consolidate import DEFAULT_WARM_UP_S, Consolidation
 from pinfold.sim.generator import TraceShape, generate_shape
 from pinfold.sim.mix import DEFAULT_LEVELS, assign_levels, parse_mix
 from pinfold.sim.readers import FORMATS, detect_format, read_trace
@@ -79,6 +80,49 @@ def simulate_command(
         Path | None,
         typer.Option("--usage", help="CPU usage samples (vm_id,t_s,cpu_util_pct) to plot the vNodes' usage."),
     ] = None,
+    consolidate: Annotated[
+        bool,
+        typer.Option(
+            "--consolidate",
+            help="Also run each policy with consolidation by live migration, beside its plain run.",
+        ),
+    ] = False,
+    consolidate_period: Annotated[
+        int | None,
+        typer.Option(
+            "--consolidate-period", min=1, help=f"Seconds between plans (default {Consolidation.period_s})."
+        ),
+    ] = None,
+    consolidate_budget: Annotated[
+        str | None,
+        typer.Option(
+            "--consolidate-budget",
+            help=f"Migrations per plan, at most, all at once; several, comma-separated, run one replay each "
+            f"(default {Consolidation.budget}).",
+        ),
+    ] = None,
+    consolidate_cooldown: Annotated[
+        int | None,
+        typer.Option(
+            "--consolidate-cooldown",
+            min=0,
+            help=f"Seconds before a VM may move again (default {Consolidation.cooldown_s}).",
+        ),
+    ] = None,
+    migration_bandwidth: Annotated[
+        float | None,
+        typer.Option(
+            "--migration-bandwidth",
+            min=0.001,
+            help=f"MiB/s: a migration takes memory / bandwidth (default {Consolidation.bandwidth_mib_s:g}).",
+        ),
+    ] = None,
+    warm_up: Annotated[
+        int,
+        typer.Option(
+            "--warm-up", min=0, help="Seconds after the first event where steady-state means start."
+        ),
+    ] = DEFAULT_WARM_UP_S,
 ) -> None:
     """Replay a VM trace on a simulated cluster through the placement core.
 
@@ -107,6 +151,9 @@ def simulate_command(
     names = [name.strip() for name in (compare or policy).split(",") if name.strip()]
     if SEGREGATED in names and hosts is not None:
         console.print(f"note: {SEGREGATED} is a baseline of elastic clusters; it ignores --hosts {hosts}")
+    settings = _consolidations(
+        consolidate, consolidate_period, consolidate_budget, consolidate_cooldown, migration_bandwidth
+    )
     try:
         scenarios = [
             Scenario(
@@ -114,8 +161,10 @@ def simulate_command(
                 hosts=None if name == SEGREGATED else hosts,
                 critical_size=critical_size,
                 segregated_policy=policy,
+                consolidation=consolidation,
             )
             for name in names
+            for consolidation in [None, *([] if name == SEGREGATED else settings)]
         ]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -134,9 +183,51 @@ def simulate_command(
         except TraceError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-    summary = write_outputs(results, trace, out, str(topology or "this host (sysfs)"), usage=samples)
+    summary = write_outputs(
+        results, trace, out, str(topology or "this host (sysfs)"), usage=samples, warm_up_s=warm_up
+    )
     _print_summary(summary)
     console.print(f"wrote {out}/summary.json, timeseries.csv, report.md and plots")
+
+
+def _consolidations(
+    consolidate: bool,
+    period: int | None,
+    budgets: str | None,
+    cooldown: int | None,
+    bandwidth: float | None,
+) -> list[Consolidation]:
+    """The consolidation settings to run, one per budget ([] without --consolidate)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--consolidate-period", period),
+            ("--consolidate-budget", budgets),
+            ("--consolidate-cooldown", cooldown),
+            ("--migration-bandwidth", bandwidth),
+        )
+        if value is not None
+    ]
+    if not consolidate:
+        if given:
+            raise typer.BadParameter(f"{', '.join(given)} only apply with --consolidate")
+        return []
+    base = Consolidation()
+    try:
+        sizes = [int(part) for part in (budgets or str(base.budget)).split(",") if part.strip()]
+        if not sizes:
+            raise ValueError("no budget")
+        return [
+            Consolidation(
+                period_s=base.period_s if period is None else period,
+                budget=size,
+                cooldown_s=base.cooldown_s if cooldown is None else cooldown,
+                bandwidth_mib_s=base.bandwidth_mib_s if bandwidth is None else bandwidth,
+            )
+            for size in sizes
+        ]
+    except ValueError as exc:
+        raise typer.BadParameter(f"--consolidate-budget: {exc}") from None
 
 
 def _load_topology(path: Path | None) -> Topology:
@@ -220,20 +311,22 @@ def _run(trace: Trace, topology: Topology, scenario: Scenario) -> Result:
         TimeElapsedColumn(),
     ]
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(f"{scenario.policy:>12}", total=None)
+        task = progress.add_task(f"{scenario.name:>12}", total=None)
 
         def advance(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
         started = time.perf_counter()
         result = simulate(trace, topology, scenario, on_progress=advance)
-        progress.update(task, description=f"{scenario.policy:>12} {time.perf_counter() - started:.1f} s")
+        progress.update(task, description=f"{scenario.name:>12} {time.perf_counter() - started:.1f} s")
     return result
 
 
 def _print_summary(summary: dict[str, object]) -> None:
     table = Table(title="simulation summary")
-    for column in ("policy", "placed", "rejected", "peak hosts", "lower bound", "peak / bound", "mean hosts"):
+    columns = ("policy", "placed", "rejected", "peak hosts", "lower bound", "peak / bound", "mean hosts",
+               "mean hosts / mean bound", "after warm-up", "migrations per VM")  # fmt: skip
+    for column in columns:
         table.add_column(column)
     policies = summary["policies"]
     assert isinstance(policies, dict)
@@ -247,8 +340,15 @@ def _print_summary(summary: dict[str, object]) -> None:
             f"{row['lower_bound_peak']:,}",
             "-" if ratio is None else f"{ratio:.3f}",
             f"{row['mean_hosts']:,.1f}",
+            _ratio(row["mean_hosts_over_mean_bound"]),
+            _ratio((row["after_warm_up"] or {}).get("mean_hosts_over_mean_bound")),
+            "-" if row["consolidation"] is None else f"{row['consolidation']['migrations_per_vm']:.3f}",
         )
     Console().print(table)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 @trace_app.command("generate")

@@ -237,6 +237,26 @@ class Cluster:
         self._host_vms[index] = now
         self._sync_index(index)
 
+    def replace(self, host: str, allocator: HostAllocator) -> HostAllocator:
+        """Put `allocator` in place of `host`'s (a copy to try changes on, or
+        the original back to undo them) and refresh its columns; returns the
+        allocator it replaced. Its VMs must not be placed on another host:
+        when swapping several hosts back, release VMs before re-adding them."""
+        index = self._host_index(host)
+        before = self._allocators[index]
+        if (allocator.usable_cpu_count, allocator.memory_usable_mib) != (
+            before.usable_cpu_count,
+            before.memory_usable_mib,
+        ):
+            raise ValueError(f"host {host!r}: a replacement must have the same usable CPUs and memory")
+        self._allocators[index] = allocator
+        try:
+            self.sync(host)
+        except ValueError:
+            self._allocators[index] = before
+            raise
+        return before
+
     def columns(self, rows: Indices | None = None) -> HostColumns:
         """Every host's columns, or only those of `rows` (ascending indices)."""
         n = len(self._names)

@@ -37,6 +37,13 @@ class VNode:
         """M: the largest vCPU count among its VMs (0 when empty)."""
         return max(self._sizes, default=0)
 
+    def copy(self) -> VNode:
+        """An independent copy: changing one never changes the other."""
+        return VNode(
+            self.ratio, self.distance_sum.copy(), cpus=list(self.cpus), vms=dict(self.vms),
+            allocated=self.allocated, stamp=self.stamp, _sizes=dict(self._sizes),
+        )  # fmt: skip
+
     def add_vm(self, name: str, vcpus: int) -> None:
         self.vms[name] = vcpus
         self.allocated += vcpus

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pinfold.placement.consolidation import Verdict
+from pinfold.sim.consolidate import DEFAULT_WARM_UP_S
 from pinfold.sim.replay import SEGREGATED, Result
 from pinfold.sim.trace import Trace
 
@@ -24,9 +26,11 @@ __all__ = ["decimate", "summarize", "write_outputs"]
 MAX_ROWS_PER_POLICY = 100_000
 
 
-def summarize(result: Result) -> dict[str, Any]:
-    """The numbers of one replay: sizes, packing against the lower bound, and
-    what was left unallocated on the hosts in use at the peak."""
+def summarize(result: Result, warm_up_s: int = DEFAULT_WARM_UP_S) -> dict[str, Any]:
+    """The numbers of one replay: sizes, packing against the lower bound (at
+    the peak, and on average over the whole trace and after `warm_up_s`), what
+    was left unallocated on the hosts in use at the peak, and what
+    consolidation did when it ran."""
     s = result.series
     n = len(s.time)
     peak_in_use = int(s.hosts_in_use.max()) if n else 0
@@ -50,6 +54,8 @@ def summarize(result: Result) -> dict[str, Any]:
         "peak_hosts_in_use": peak_in_use,
         "peak_time_s": int(s.time[peak_index]) if n else None,
         "mean_hosts": round(time_weighted_mean(s.time, s.hosts_in_use), 3),
+        **_mean_packing(s.time, s.hosts_in_use, s.lower_bound),
+        "after_warm_up": _after_warm_up(s.time, s.hosts_in_use, s.lower_bound, warm_up_s),
         "lower_bound_peak": bound_peak,
         "peak_hosts_over_lower_bound": round(peak_hosts / bound_peak, 4) if bound_peak else None,
         "unallocated_cpus_at_peak": free_cpus,
@@ -62,12 +68,77 @@ def summarize(result: Result) -> dict[str, Any]:
         "events": result.events,
         "wall_seconds": round(result.wall_seconds, 3),
         "events_per_second": round(result.events / result.wall_seconds) if result.wall_seconds else None,
+        "consolidation": _consolidation(result),
     }
 
 
-def time_weighted_mean(times: npt.NDArray[np.int64], values: npt.NDArray[Any]) -> float:
+def _mean_packing(
+    times: npt.NDArray[np.int64], hosts: npt.NDArray[Any], bound: npt.NDArray[Any], start: int | None = None
+) -> dict[str, Any]:
+    """Time-weighted mean hosts in use and mean lower bound, and their ratio."""
+    mean_hosts = time_weighted_mean(times, hosts, start)
+    mean_bound = time_weighted_mean(times, bound, start)
+    return {
+        "mean_lower_bound": round(mean_bound, 3),
+        "mean_hosts_over_mean_bound": round(mean_hosts / mean_bound, 4) if mean_bound else None,
+    }
+
+
+def _after_warm_up(
+    times: npt.NDArray[np.int64], hosts: npt.NDArray[Any], bound: npt.NDArray[Any], warm_up_s: int
+) -> dict[str, Any] | None:
+    """The same means from `warm_up_s` after the first event to the last (None
+    when the trace is not that long): the steady state, once the cluster has
+    filled (the Azure trace's hosts climb for two days)."""
+    if not len(times) or int(times[-1]) <= int(times[0]) + warm_up_s:
+        return None
+    start = int(times[0]) + warm_up_s
+    return {
+        "from_s": start,
+        "mean_hosts": round(time_weighted_mean(times, hosts, start), 3),
+        **_mean_packing(times, hosts, bound, start),
+    }
+
+
+def _consolidation(result: Result) -> dict[str, Any] | None:
+    """What the migrations cost: counts, per VM placed, time; None without consolidation."""
+    log, settings = result.migrations, result.scenario.consolidation
+    if log is None or settings is None:
+        return None
+    placed = max(result.placed, 1)
+    return {
+        "period_s": settings.period_s,
+        "budget_per_plan": settings.budget,
+        "cooldown_s": settings.cooldown_s,
+        "bandwidth_mib_s": settings.bandwidth_mib_s,
+        "policy": settings.policy,
+        "plans": len(log.plans),
+        "plans_that_moved": sum(1 for plan in log.plans if plan[1]),
+        "hosts_emptied": sum(plan[2] for plan in log.plans),
+        "migrations": log.started,
+        "migrations_completed": log.completed,
+        "migrations_cancelled_by_departure": log.cancelled,
+        "migrations_refused_by_target": log.refused,
+        "migrations_per_vm": round(log.started / placed, 4),
+        "vms_migrated": len(log.per_vm),
+        "most_migrations_of_one_vm": max(log.per_vm.values(), default=0),
+        "migration_seconds": log.seconds,
+        "planning_wall_seconds": round(log.planning_seconds, 3),
+    }
+
+
+def time_weighted_mean(
+    times: npt.NDArray[np.int64], values: npt.NDArray[Any], start: int | None = None
+) -> float:
     """Mean of a step function sampled at `times` (each value holds until the
-    next sample); a plain mean when every sample is at one instant."""
+    next sample), from `start` (the value then is the last sample at or
+    before it) or from the first sample; a plain mean when every sample is at
+    one instant."""
+    if start is not None and len(times) and start > times[0]:
+        later = times > start
+        before = int(np.flatnonzero(~later)[-1])
+        times = np.concatenate([[start], times[later]])
+        values = np.concatenate([[values[before]], values[later]])
     if len(times) == 0:
         return 0.0
     durations = np.diff(times, append=times[-1]).astype(np.float64)
@@ -111,6 +182,22 @@ def write_timeseries(results: Sequence[Result], path: Path) -> None:
                 )  # fmt: skip
 
 
+def write_plans(results: Sequence[Result], path: Path) -> None:
+    """One row per consolidation plan: when, how many migrations, and how many
+    hosts got each verdict (emptied, no target, ...; no file without
+    consolidation)."""
+    rows = [
+        (result.name, *plan) for result in results if result.migrations for plan in result.migrations.plans
+    ]
+    if not rows:
+        return
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        verdicts = [f"hosts_{kind.value.replace(' ', '_')}" for kind in Verdict]
+        writer.writerow(["policy", "time_s", "migrations", *verdicts])
+        writer.writerows(rows)
+
+
 def write_outputs(
     results: Sequence[Result],
     trace: Trace,
@@ -118,6 +205,7 @@ def write_outputs(
     topology_name: str,
     extra: dict[str, Any] | None = None,
     usage: UsageSamples | None = None,
+    warm_up_s: int = DEFAULT_WARM_UP_S,
 ) -> dict[str, Any]:
     """Write summary.json, timeseries.csv, rejected.csv, the plots and
     report.md into `out`; returns the summary document. With `usage` (per-VM
@@ -132,9 +220,11 @@ def write_outputs(
         "level_counts": {f"{level:g}": int(count) for level, count in _level_counts(trace).items()},
         "topology": topology_name,
         **(extra or {}),
-        "policies": {result.name: summarize(result) for result in results},
+        "warm_up_s": warm_up_s,
+        "policies": {result.name: summarize(result, warm_up_s) for result in results},
     }
     write_timeseries(results, out / "timeseries.csv")
+    write_plans(results, out / "plans.csv")
     with (out / "rejected.csv").open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["policy", "vm_id", "never_fits_a_host"])
@@ -185,6 +275,7 @@ def render_report(summary: dict[str, Any], images: list[tuple[str, str]]) -> str
             f"| {row['mean_hosts']:,.1f} | {_pct(row['unallocated_cpu_fraction_at_peak'])} "
             f"| {_pct(row['unallocated_memory_fraction_at_peak'])} | {row['wall_seconds']:.1f} |"
         )
+    lines += ["", *_over_time_table(summary)]
     if SEGREGATED in policies:
         lines += ["", _segregation_sentence(policies)]
     zero = next(iter(policies.values()))["zero_lifetime_skipped"] if policies else 0
@@ -199,6 +290,34 @@ def render_report(summary: dict[str, Any], images: list[tuple[str, str]]) -> str
     for title, file in images:
         lines += [f"## {title}", "", f"![{title}]({file})", ""]
     return "\n".join(lines)
+
+
+def _over_time_table(summary: dict[str, Any]) -> list[str]:
+    """Packing over time (time-weighted means, whole trace and after the
+    warm-up) and what consolidation cost, per policy."""
+    days = summary.get("warm_up_s", DEFAULT_WARM_UP_S) / 86_400
+    lines = [
+        f"Over time (time-weighted means; 'after warm-up' starts {days:g} days after the first event):",
+        "",
+        "| policy | mean hosts | mean bound | mean hosts / mean bound | after warm-up: mean hosts "
+        "| mean bound | ratio | migrations | migrations per VM | VMs migrated | hosts emptied |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, row in summary["policies"].items():
+        late = row["after_warm_up"] or {}
+        moves = row["consolidation"] or {}
+        lines.append(
+            f"| {name} | {row['mean_hosts']:,.1f} | {row['mean_lower_bound']:,.1f} "
+            f"| {_fmt(row['mean_hosts_over_mean_bound'])} | {_num(late.get('mean_hosts'))} "
+            f"| {_num(late.get('mean_lower_bound'))} | {_fmt(late.get('mean_hosts_over_mean_bound'))} "
+            f"| {moves.get('migrations', 0):,} | {moves.get('migrations_per_vm', 0):.3f} "
+            f"| {moves.get('vms_migrated', 0):,} | {moves.get('hosts_emptied', 0):,} |"
+        )
+    return lines
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
 
 
 def _segregation_sentence(policies: dict[str, Any]) -> str:
