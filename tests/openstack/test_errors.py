@@ -47,6 +47,12 @@ def _raised(status: int, message: str, kind: str = "computeFault") -> sdk.HttpEx
             ErrorCode.CLOUD_AUTH_FAILED,
         ),
         (401, "The request you have made requires authentication.", ErrorCode.CLOUD_AUTH_FAILED),
+        # the lab's answer to a flavor of disk 0: a 403 that is no matter of credentials
+        (
+            403,
+            "Only volume-backed servers are allowed for flavors with zero disk.",
+            ErrorCode.INVALID_REQUEST,
+        ),
         (400, "Flavor m9.huge could not be found.", ErrorCode.UNKNOWN_FLAVOR),
         (400, "Invalid flavorRef provided.", ErrorCode.UNKNOWN_FLAVOR),
         (400, "Image 0ab1 could not be found.", ErrorCode.UNKNOWN_IMAGE),

@@ -27,8 +27,7 @@ FLAVORS = [
         (1, 256, 0, "m1.tiny"),
         (1, 1024, 0, "a.1-1024"),  # a tie (1/1024/20 twice): by name
         (1, 1500, 10, "m1.small"),  # memory before disk
-        (2, 512, 0, "l2.small"),  # vCPUs first: 2/1024 before 2/2048
-        (2, 2048, 0, "ded.small"),
+        (2, 512, 0, "m1.large"),  # no level asked: none of a level (l2.small, ded.small)
         (3, 512, 0, "m1.large"),
     ],
 )
@@ -52,6 +51,11 @@ def test_an_explicit_flavor_by_id_or_name_whatever_its_size() -> None:
 
 def test_a_level_takes_only_its_flavors() -> None:
     assert choose_flavor(FLAVORS, 1, 256, level=2.0).name == "l2.small"
+    assert choose_flavor(
+        [*FLAVORS, Flavor("f-22", "l2.big", 2, 2048, 20, LEVEL2)], 2, 1024, level=2.0
+    ).name == (
+        "l2.small"  # vCPUs first, then memory
+    )
     assert choose_flavor(FLAVORS, 1, 256, level=1.0).name == "ded.small"
     with pytest.raises(PinfoldError) as caught:
         choose_flavor(FLAVORS, 1, 256, level=4.0)
@@ -65,10 +69,15 @@ def test_a_level_takes_only_its_flavors() -> None:
 def test_none_fits_names_the_largest() -> None:
     with pytest.raises(PinfoldError) as caught:
         choose_flavor(FLAVORS, 8, 1024, 20)
+    assert caught.value.detail == (
+        "no flavor fits 8 vCPUs, 1024 MiB, 20 GB disk of no level: "
+        "the largest is m1.large (4 vCPUs, 8192 MiB, 80 GB)"
+    )
+    with pytest.raises(PinfoldError) as caught:
+        choose_flavor(FLAVORS[:1], 8, 1024, 20, level=2)
     assert caught.value.code is ErrorCode.UNKNOWN_FLAVOR
-    assert (
-        caught.value.detail
-        == "no flavor fits 8 vCPUs, 1024 MiB, 20 GB disk: the largest is m1.large (4 vCPUs, 8192 MiB, 80 GB)"
+    assert caught.value.detail == (
+        "no flavor fits 8 vCPUs, 1024 MiB, 20 GB disk at level 2: the cloud has no flavor at level 2"
     )
     assert caught.value.code.status == 422
 

@@ -178,11 +178,17 @@ class Cloud:
         self._act(name, "resume_server", "ACTIVE")
 
     def resize(self, name: str, flavor: Flavor) -> None:
-        """Resize to `flavor` and wait for VERIFY_RESIZE: `confirm_resize` or `revert_resize` next."""
+        """Resize to `flavor` and wait for VERIFY_RESIZE: `confirm_resize` or
+        `revert_resize` next. Nova marks the server `resize_prep` before it
+        answers, so a server back in its status with no task is a resize that
+        failed (on one host without `allow_resize_to_same_host`: no valid host)."""
         server = self._ours(name)
         with _translated(ErrorCode.UNKNOWN_FLAVOR):
             self.connection.compute.resize_server(server.id, flavor.id)
-        self._wait(server.id, "VERIFY_RESIZE")
+        try:
+            self._wait(server.id, "VERIFY_RESIZE", failed=frozenset({server.status}))
+        except PinfoldError as error:
+            raise self._action_failure(server.id, "resize") or error from None
 
     def confirm_resize(self, name: str) -> None:
         self._act(name, "confirm_server_resize", "ACTIVE")
@@ -250,6 +256,29 @@ class Cloud:
 
     # inside
 
+    def _action_failure(self, server_id: str, action: str) -> PinfoldError | None:
+        """Why the server's last `action` failed, from Nova's instance actions
+        (a failed resize leaves no fault on the server): the traceback names
+        the cause where the policy shows it (admin); else the failed step,
+        and a migration the conductor could not schedule is no valid host."""
+        with _translated():
+            compute = self.connection.compute
+            mine = [item for item in compute.server_actions(server_id) if item.action == action]
+            if not mine:
+                return None
+            events = compute.get_server_action(mine[0].request_id, server_id).events or []
+        failed = [event for event in events if getattr(event, "result", None) == "Error"]
+        said = " ".join(str(getattr(event, "traceback", "") or "") for event in failed)
+        names = [str(getattr(event, "event", "")) for event in failed]
+        steps = ", ".join(names) or "no step"
+        if "NoValidHost" in said or "conductor_migrate_server" in names:
+            return PinfoldError(
+                ErrorCode.NO_VALID_HOST,
+                f"Nova found no valid host for the {action} (failed: {steps}; on one host, Nova needs "
+                "allow_resize_to_same_host)",
+            )
+        return PinfoldError(ErrorCode.HYPERVISOR_FAILED, f"Nova's {action} failed (failed: {steps})")
+
     def _mine(self, server: Any) -> bool:
         return bool((server.metadata or {}).get(OWNER_KEY) == self.owner)
 
@@ -275,9 +304,11 @@ class Cloud:
                 return None
             raise
 
-    def _wait(self, server_id: str, status: str) -> Server:
-        """Poll until the server has `status` and no task under way; ERROR is
-        its fault translated (`no valid host`...); the deadline a failure."""
+    def _wait(self, server_id: str, status: str, failed: frozenset[str] = frozenset()) -> Server:
+        """Poll until the server has `status` and no task under way. ERROR,
+        or (for an action Nova marks with a task at once) one of `failed`
+        with no task left, is the action's failure: the server's fault
+        translated (`no valid host`...). The deadline is a failure too."""
         deadline = time.monotonic() + self.wait_s
         for pause in _pauses():
             server = self._get(server_id)
@@ -285,10 +316,10 @@ class Cloud:
                 raise PinfoldError(
                     ErrorCode.UNKNOWN_VM, f"server {server_id} went while waiting for {status}"
                 )
-            if server.status == "ERROR":
-                raise fault_error(server.fault)
             if server.status == status and server.task_state is None:
                 return server
+            if server.status == "ERROR" or (server.status in failed and server.task_state is None):
+                raise fault_error(server.fault or f"server {server.name} is {server.status}, not {status}")
             if time.monotonic() + pause > deadline:
                 raise PinfoldError(
                     ErrorCode.HYPERVISOR_FAILED,

@@ -6,7 +6,8 @@ detail, in one line, and never a traceback.
 |---|---|
 | 401, or keystoneauth's `Unauthorized` / auth plugin errors | `cloud auth failed` |
 | 403 or 413 naming a quota ("Quota exceeded for instances") | `quota exceeded` |
-| another 403 (a policy refuses the user) | `cloud auth failed` |
+| a 403 naming a policy or authorization ("Policy doesn't allow ...") | `cloud auth failed` |
+| another 403 ("Only volume-backed servers are allowed for flavors with zero disk") | `invalid request` |
 | 400/404 naming a flavor, an image, a network | `unknown flavor`, `unknown image`, `unknown network` |
 | another 404 | the caller's `missing` code (`unknown vm` for a server) |
 | 409 (the server's state forbids the action) | `invalid` |
@@ -42,6 +43,7 @@ _MISSING_THING = (
 )
 _NOT_FOUND = re.compile(r"could not be found|not found|invalid imageref|invalid flavorref", re.IGNORECASE)
 _QUOTA = re.compile(r"quota", re.IGNORECASE)
+_POLICY = re.compile(r"polic(y|ies)|authoriz|permission|forbidden", re.IGNORECASE)
 _NO_VALID_HOST = re.compile(r"no valid host", re.IGNORECASE)
 
 
@@ -98,7 +100,7 @@ def _by_status(status: int, words: str, missing: ErrorCode) -> PinfoldError:
         return PinfoldError(ErrorCode.CLOUD_AUTH_FAILED, words)
     if status in (403, 413) and _QUOTA.search(words):
         return PinfoldError(ErrorCode.QUOTA_EXCEEDED, words)
-    if status == 403:
+    if status == 403 and _POLICY.search(words):
         return PinfoldError(ErrorCode.CLOUD_AUTH_FAILED, words)
     if status in (400, 404) and _NOT_FOUND.search(words):
         for pattern, code in _MISSING_THING:

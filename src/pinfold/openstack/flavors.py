@@ -10,7 +10,8 @@ A level (docs/design.md, "Levels on OpenStack") is named by a flavor's extra
 spec `trait:CUSTOM_PINFOLD_LEVEL_<n>=required` (Nova's Placement prefilter
 then sends its servers to the hosts whose resource provider has that trait),
 or, for 1:1 only, by `hw:cpu_policy=dedicated` (PCPU inventory). A flavor
-naming none is of no level, and is chosen only when no level is asked for.
+naming none is of no level. A VM of a level gets a flavor of that level; a VM
+of no level a flavor of no level (never a dedicated one by chance of size).
 """
 
 from __future__ import annotations
@@ -92,21 +93,22 @@ def choose_flavor(
 ) -> Flavor:
     """The flavor a VM of these sizes gets (see the module): `explicit` (an
     id or a name) if given, else the smallest that fits, of `level` if one is
-    asked. `unknown flavor` when none is or fits, saying what the cloud has."""
+    asked (else of no level). `unknown flavor` when none is or fits, saying
+    what the cloud has."""
     known = list(flavors)
     if explicit:
         for flavor in sorted(known, key=lambda flavor: flavor.id != explicit):  # an id before a name
             if explicit in (flavor.id, flavor.name):
                 return flavor
         raise PinfoldError(ErrorCode.UNKNOWN_FLAVOR, f"the cloud has no flavor {explicit!r}")
-    candidates = [flavor for flavor in known if level is None or flavor.level == level]
+    candidates = [flavor for flavor in known if flavor.level == level]
     fitting = sorted(
         (flavor for flavor in candidates if flavor.fits(vcpus, memory_mib, disk_gb)),
         key=lambda flavor: (flavor.vcpus, flavor.memory_mib, flavor.disk_gb, flavor.name),
     )
     if fitting:
         return fitting[0]
-    at_level = "" if level is None else f" at level {level:g}"
+    at_level = " of no level" if level is None else f" at level {level:g}"
     wanted = f"{vcpus} vCPUs, {memory_mib} MiB, {disk_gb} GB disk{at_level}"
     if not candidates:
         raise PinfoldError(

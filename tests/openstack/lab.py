@@ -1,0 +1,45 @@
+"""The real minimal OpenStack lab (scripts/openstack-up) for the tests of
+pinfold.openstack and RAPID's OpenStack back-end.
+
+PINFOLD_TEST_OPENSTACK_CLOUDS names the lab's clouds.yaml (clouds
+`pinfold-lab`, a member user, and `pinfold-lab-admin`); without it the lab
+tests skip, unless PINFOLD_REQUIRE_OPENSTACK=1 (CI), which makes that a
+failure. A local stand-in for the lab helper's fixture (tests/openstack_lab.py
+once merged): the two are to be merged into one.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import openstack.config
+import openstack.connection
+
+from pinfold.openstack.cloud import Cloud
+from pinfold.openstack.settings import CloudSettings
+
+CLOUDS_ENV = "PINFOLD_TEST_OPENSTACK_CLOUDS"
+REQUIRE = os.environ.get("PINFOLD_REQUIRE_OPENSTACK") == "1"
+MEMBER, ADMIN = "pinfold-lab", "pinfold-lab-admin"
+
+
+@dataclass
+class Lab:
+    clouds: Path
+    network: str  # the member's network for servers (a name)
+
+    def settings(self, **changes: object) -> CloudSettings:
+        values: dict[str, object] = {"cloud": MEMBER, "clouds_yaml": self.clouds, "network": self.network}
+        return CloudSettings(**(values | changes))  # type: ignore[arg-type]
+
+    def cloud(self, owner: str = "", **changes: object) -> Cloud:
+        """A Cloud of the member user, as an owner of its own (each test's servers are its own)."""
+        return Cloud.connect(self.settings(**changes), owner or f"pinfold-test-{uuid.uuid4().hex[:8]}")
+
+    def connection(self, name: str = ADMIN) -> openstack.connection.Connection:
+        """A plain openstacksdk connection (the admin's by default), for what the tests set up and check."""
+        loader = openstack.config.OpenStackConfig(config_files=[str(self.clouds)], load_envvars=False)
+        return openstack.connection.Connection(config=loader.get_one(cloud=name))
