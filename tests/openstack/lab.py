@@ -17,6 +17,7 @@ from pathlib import Path
 
 import openstack.config
 import openstack.connection
+import pytest
 
 from pinfold.openstack.cloud import Cloud
 from pinfold.openstack.settings import CloudSettings
@@ -43,3 +44,34 @@ class Lab:
         """A plain openstacksdk connection (the admin's by default), for what the tests set up and check."""
         loader = openstack.config.OpenStackConfig(config_files=[str(self.clouds)], load_envvars=False)
         return openstack.connection.Connection(config=loader.get_one(cloud=name))
+
+
+def _refuse(why: str) -> None:
+    if REQUIRE:
+        pytest.fail(f"the OpenStack lab is required (PINFOLD_REQUIRE_OPENSTACK=1): {why}")
+    pytest.skip(why)
+
+
+@pytest.fixture(scope="session")
+def openstack_lab() -> Lab:
+    path = os.environ.get(CLOUDS_ENV, "")
+    if not path:
+        _refuse(f"{CLOUDS_ENV} names no clouds.yaml (scripts/openstack-up makes the lab)")
+    clouds = Path(path)
+    if not clouds.is_file():
+        _refuse(f"{CLOUDS_ENV}={path}: no such file")
+    lab = Lab(clouds, "")
+    try:
+        member = lab.connection(MEMBER)
+        member.authorize()
+    except Exception as error:  # any failure to reach the lab is a skip (a failure in CI)
+        _refuse(f"the lab at {clouds} does not answer: {error}")
+    networks = sorted(
+        member.network.networks(),
+        key=lambda network: (network.project_id != member.current_project_id, network.name),
+    )
+    if not networks:
+        _refuse("the lab's member sees no network")
+    lab.network = networks[0].name
+    member.close()
+    return lab

@@ -118,3 +118,9 @@ def test_a_flavors_level_from_its_extra_specs() -> None:
     assert flavor_level({"hw:cpu_policy": "dedicated"}) == 1.0
     assert flavor_level({"hw:cpu_policy": "shared"}) is None
     assert flavor_level({"hw:cpu_policy": "dedicated", "trait:CUSTOM_PINFOLD_LEVEL_2": "required"}) == 2.0
+
+
+def test_a_flavor_names_a_pinfold_level_by_its_trait_only() -> None:
+    assert Flavor("a", "a", 1, 1, 1, LEVEL2).names_a_pinfold_level
+    assert not Flavor("b", "b", 1, 1, 1, {"hw:cpu_policy": "dedicated"}).names_a_pinfold_level
+    assert not Flavor("c", "c", 1, 1, 1, {"trait:CUSTOM_PINFOLD_LEVEL_2": "forbidden"}).names_a_pinfold_level

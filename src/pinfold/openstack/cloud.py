@@ -46,6 +46,9 @@ from pinfold.openstack.settings import CloudSettings
 __all__ = ["NAME_KEY", "OWNER_KEY", "Cloud", "Server"]
 
 log = logging.getLogger("pinfold.openstack")
+#: keystoneauth warns, before it raises, that it could not reach the identity service: the
+#: error pinfold raises says that once, in one line (a daemon stops on it with that line only)
+logging.getLogger("keystoneauth.identity.generic.base").setLevel(logging.ERROR)
 
 OWNER_KEY = "pinfold-owner"
 NAME_KEY = "pinfold-name"

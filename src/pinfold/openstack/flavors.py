@@ -41,6 +41,17 @@ class Flavor:
     def level(self) -> float | None:
         return flavor_level(self.extra_specs)
 
+    @property
+    def names_a_pinfold_level(self) -> bool:
+        """Whether it requires a pinfold level's trait (a cloud set up for
+        pinfold's levels has such flavors; `hw:cpu_policy` alone is any cloud's)."""
+        return any(
+            key.startswith("trait:")
+            and value == "required"
+            and trait_level(key.removeprefix("trait:")) is not None
+            for key, value in self.extra_specs.items()
+        )
+
     def fits(self, vcpus: int, memory_mib: int, disk_gb: int) -> bool:
         return self.vcpus >= vcpus and self.memory_mib >= memory_mib and self.disk_gb >= disk_gb
 
