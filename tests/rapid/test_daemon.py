@@ -176,3 +176,45 @@ def test_a_vmm_port_another_process_holds_stops_the_agent_in_one_line(tmp_path):
     assert result.returncode != 0
     assert f"RAPID vmmPort {port}: cannot listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+OPENSTACK = (
+    "<openStackSupport>1</openStackSupport><authAddress>{auth}</authAddress>"
+    "<openStackUserId>{user}</openStackUserId><openStackPasswd>{password}</openStackPasswd>"
+    "<projectId1>{project}</projectId1><projectId2>default</projectId2>"
+)
+
+
+def openstack_agent(tmp_path: Path, auth: str, user: str, password: str, project: str) -> list[str]:
+    """`pinfold agent` with RAPID on OpenStack (RAPID's keys, the libvirt ones left out)."""
+    config = CONFIG.format(port=free_port(), ds_port=free_port(), nvidia_smi="")
+    config = config.replace("<openStackSupport>0</openStackSupport>", OPENSTACK.format(
+        auth=auth, user=user, password=password, project=project))  # fmt: skip
+    config = config.replace(
+        "<normalVmImagePath/><helperVmImagePath1/><helperVmImagePath2/><vmImageFolder/><ipShellPath/>", ""
+    )
+    path = tmp_path / "configuration.xml"
+    path.write_text(config)
+    command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
+    return [
+        *command,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--port",
+        str(free_port()),
+        "--rapid-config",
+        str(path),
+    ]
+
+
+def test_a_cloud_that_does_not_answer_stops_the_agent_in_one_line_with_exit_code_1(tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        auth = f"http://127.0.0.1:{closed.getsockname()[1]}/v3"
+    command = openstack_agent(tmp_path, auth, "u", "p", "proj")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"pinfold agent: RAPID's OpenStack cloud at {auth}: cloud unreachable: ")
+    assert "Traceback" not in result.stderr
