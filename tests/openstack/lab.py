@@ -45,6 +45,28 @@ class Lab:
         loader = openstack.config.OpenStackConfig(config_files=[str(self.clouds)], load_envvars=False)
         return openstack.connection.Connection(config=loader.get_one(cloud=name))
 
+    def rapid_keys(self) -> dict[str, str]:
+        """RAPID's OpenStack keys for the lab's member user: ids, as RAPID took them."""
+        member = self.connection(MEMBER)
+        try:
+            member.authorize()
+            auth = member.config.config["auth"]
+            network = member.network.find_network(self.network)
+            assert network is not None
+            return {
+                "authAddress": auth["auth_url"],
+                "openStackUserId": str(member.current_user_id),
+                "openStackPasswd": auth["password"],
+                "projectId1": str(member.current_project_id),
+                "projectId2": "default",
+                "networkId": str(network.id),
+                "offloadingSecurity": "default",
+                "linuxNormalVmImageId": "lab-image",
+                "androidHelperVmImageId": "lab-helper-image",
+            }
+        finally:
+            member.close()
+
 
 def _refuse(why: str) -> None:
     if REQUIRE:

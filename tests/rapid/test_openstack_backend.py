@@ -10,8 +10,10 @@ when the test fails."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,37 +21,21 @@ from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
 from pinfold.openstack.settings import from_rapid_keys
+from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.openstack_backend import OpenStackBackend
-from tests.openstack.lab import ADMIN, MEMBER, Lab, openstack_lab  # noqa: F401  (fixture)
-
-
-def rapid_keys(lab: Lab) -> dict[str, str]:
-    """RAPID's OpenStack keys for the lab's member user: ids, as RAPID took them."""
-    member = lab.connection(MEMBER)
-    try:
-        member.authorize()
-        auth = member.config.config["auth"]
-        network = member.network.find_network(lab.network)
-        assert network is not None
-        return {
-            "authAddress": auth["auth_url"],
-            "openStackUserId": str(member.current_user_id),
-            "openStackPasswd": auth["password"],
-            "projectId1": str(member.current_project_id),
-            "projectId2": "default",
-            "networkId": str(network.id),
-            "offloadingSecurity": "default",
-            "linuxNormalVmImageId": "lab-image",
-            "androidHelperVmImageId": "lab-helper-image",
-        }
-    finally:
-        member.close()
+from pinfold.rapid.protocol import OK, Op
+from pinfold.rapid.server import RapidServer
+from pinfold.rapid.state import RapidState
+from pinfold.rapid.vmm import VMM, Usage
+from tests.openstack.lab import ADMIN, Lab, openstack_lab  # noqa: F401  (fixture)
+from tests.rapid.peers import FakeDS, FakeSLAM, as_register, no_reply, start_vm
+from tests.rapid.rig import FAST
 
 
 @pytest.fixture
 def backend(openstack_lab: Lab) -> Iterator[OpenStackBackend]:  # noqa: F811
     made = OpenStackBackend.connect(
-        from_rapid_keys(rapid_keys(openstack_lab)), f"rapid-test-{uuid.uuid4().hex[:8]}"
+        from_rapid_keys(openstack_lab.rapid_keys()), f"rapid-test-{uuid.uuid4().hex[:8]}"
     )
     try:
         yield made
@@ -119,7 +105,7 @@ def test_cores_from_placement_or_the_quota(openstack_lab: Lab, backend: OpenStac
 
 
 def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(openstack_lab: Lab) -> None:  # noqa: F811
-    keys = rapid_keys(openstack_lab) | {"linuxNormalVmImageId": ""}
+    keys = openstack_lab.rapid_keys() | {"linuxNormalVmImageId": ""}
     backend = OpenStackBackend.connect(from_rapid_keys(keys), f"rapid-test-{uuid.uuid4().hex[:8]}")
     try:
         with pytest.raises(PinfoldError) as caught:
@@ -128,3 +114,104 @@ def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(openstack_la
         assert backend.vms() == {}
     finally:
         backend.cloud.close()
+
+
+def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: Lab) -> None:  # noqa: F811
+    """RAPID's whole flow with the VMM on OpenStack: helpers made as servers
+    and their port addresses told to the DS; a SLAM start makes user 42's
+    server, whose AS registers from the server's address; the AS asks for
+    suspension (the server SUSPENDED), the next start resumes it, the DS
+    deregisters it (the server gone). Every server is deleted at the end."""
+    slam = FakeSLAM()
+    ds = FakeDS(slam.port)
+    config = RapidConfig(
+        vmm_port=0,
+        vmm_ip="127.0.0.1",
+        ds_port=ds.port,
+        openstack=openstack_lab.rapid_keys(),
+        openstack_support=True,
+    )
+    backend = OpenStackBackend.connect(config.cloud_settings, f"rapid-test-{uuid.uuid4().hex[:8]}")
+    settings = FAST.model_copy(update={"as_wait_s": 60, "ip_wait_s": 60})
+    state = RapidState(tmp_path / "rapid.db")
+    vmm = VMM(backend, state, config, settings, lambda: Usage(5, 1024, 0, backend.cores()))
+    server = RapidServer(vmm.handle, "127.0.0.1", 0, 4, settings.socket_timeout_s)
+    server.start()
+    vmm.start()
+    try:
+        assert vmm.registered.wait(60)
+        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2, timeout_s=120)
+        helper_ips = {m[2] for m in ds.of(Op.HELPER_NOTIFY_DS)}
+        assert helper_ips == {backend.addresses(f"rapid-helper-{n}")[0] for n in (1, 2)}
+
+        answer: list[object] = []
+        request = threading.Thread(
+            target=lambda: answer.append(start_vm(server.port, 42, vcpus=1, memory_mb=1024))
+        )
+        request.start()
+        ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == 42 for m in got), timeout_s=120)
+        [ip] = backend.addresses("rapid-user-42")
+        assert as_register(server.port, ip) == (OK, 42)
+        request.join(timeout=60)
+        assert answer == [(OK, 42, ip)]
+        vmid = next(m[6] for m in ds.of(Op.VM_REGISTER_DS) if m[4] == 42)
+
+        no_reply(server.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got, timeout_s=60)
+        assert backend.state("rapid-user-42") is VMState.PAUSED
+
+        answer.clear()
+        request = threading.Thread(
+            target=lambda: answer.append(start_vm(server.port, 42, vcpus=1, memory_mb=1024))
+        )
+        request.start()
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 3) in got, timeout_s=60)
+        assert backend.state("rapid-user-42") is VMState.RUNNING
+        assert as_register(server.port, ip) == (OK, 42)
+        request.join(timeout=60)
+        assert answer == [(OK, 42, ip)]
+
+        no_reply(server.port, Op.DS_VM_DEREGISTER_VMM, ("long", 42))
+        assert backend.state("rapid-user-42") is None
+        assert state.vm(42) is None
+        assert set(backend.vms()) == {"rapid-helper-1", "rapid-helper-2"}
+    finally:
+        server.stop()
+        vmm.stop()
+        state.close()
+        ds.stop()
+        slam.stop()
+        for name in backend.vms():
+            backend.delete(name)
+        backend.cloud.close()
+
+
+def test_a_server_a_crash_left_without_a_record_is_removed_at_start(
+    tmp_path: Path,
+    openstack_lab: Lab,  # noqa: F811
+) -> None:
+    """A VMM killed between making a server and recording it: the restarted
+    VMM (same owner, so the same metadata) finds the server by its metadata
+    and deletes it in its start-up reconcile; another owner's server stays."""
+    owner = f"rapid-test-{uuid.uuid4().hex[:8]}"
+    keys = openstack_lab.rapid_keys()
+    config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=1, openstack=keys, openstack_support=True)
+    before = OpenStackBackend.connect(config.cloud_settings, owner)
+    other = OpenStackBackend.connect(config.cloud_settings, f"{owner}-other")
+    try:
+        before.create(VMRequest("rapid-user-9", 1, 1024))
+        other.create(VMRequest("rapid-user-9", 1, 1024))
+        restarted = OpenStackBackend.connect(config.cloud_settings, owner)
+        state = RapidState(tmp_path / "rapid.db")
+        try:
+            VMM(restarted, state, config, FAST, lambda: Usage(5, 1024, 0, 4)).reconcile()
+        finally:
+            state.close()
+            restarted.cloud.close()
+        assert before.vms() == {}
+        assert other.vms() == {"rapid-user-9": VMState.RUNNING}
+    finally:
+        for backend in (before, other):
+            for name in backend.vms():
+                backend.delete(name)
+            backend.cloud.close()
