@@ -4,8 +4,9 @@ pinfold.openstack and RAPID's OpenStack back-end.
 PINFOLD_TEST_OPENSTACK_CLOUDS names the lab's clouds.yaml (clouds
 `pinfold-lab`, a member user, and `pinfold-lab-admin`); without it the lab
 tests skip, unless PINFOLD_REQUIRE_OPENSTACK=1 (CI), which makes that a
-failure. A local stand-in for the lab helper's fixture (tests/openstack_lab.py
-once merged): the two are to be merged into one.
+failure. A local stand-in for the lab's own fixture (`openstack_lab` of
+tests/openstack_lab.py, on the lab's branch), named apart (`cloud_lab`) so
+that both can be merged as they are, and then made one.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def _refuse(why: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def openstack_lab() -> Lab:
+def cloud_lab() -> Lab:
     path = os.environ.get(CLOUDS_ENV, "")
     if not path:
         _refuse(f"{CLOUDS_ENV} names no clouds.yaml (scripts/openstack-up makes the lab)")

@@ -23,9 +23,9 @@ from tests.openstack.lab import MEMBER, REQUIRE, Lab
 
 
 @pytest.fixture
-def cloud(openstack_lab: Lab) -> Iterator[Cloud]:
+def cloud(cloud_lab: Lab) -> Iterator[Cloud]:
     """A Cloud of an owner of the test's own; its servers are deleted at the end whatever happened."""
-    made = openstack_lab.cloud()
+    made = cloud_lab.cloud()
     try:
         yield made
     finally:
@@ -90,11 +90,11 @@ def test_a_servers_lifecycle(cloud: Cloud) -> None:
 
 
 @pytest.fixture
-def levelled_flavor(openstack_lab: Lab) -> Iterator[str]:
+def levelled_flavor(cloud_lab: Lab) -> Iterator[str]:
     """A public flavor of a level no host of the lab offers (its trait, required,
     is on no resource provider: Placement has no candidate), within every
     quota; deleted after."""
-    admin = openstack_lab.connection()
+    admin = cloud_lab.connection()
     huge = admin.compute.create_flavor(name=_name(), vcpus=1, ram=128, disk=2, is_public=True)
     admin.compute.create_flavor_extra_specs(huge, {f"trait:{level_trait(9)}": "required"})
     try:
@@ -143,8 +143,8 @@ def test_a_resize_no_host_can_take_is_no_valid_host_and_the_server_stays(
     assert (after.status, after.flavor) == ("ACTIVE", choose_flavor(flavors, 1, 256, 0).name)
 
 
-def test_another_owners_server_of_the_same_name_is_not_ours(openstack_lab: Lab, cloud: Cloud) -> None:
-    other = openstack_lab.cloud()
+def test_another_owners_server_of_the_same_name_is_not_ours(cloud_lab: Lab, cloud: Cloud) -> None:
+    other = cloud_lab.cloud()
     try:
         flavor = choose_flavor(cloud.flavors(), 1, 256, 0)
         image = next(cloud.connection.image.images()).name
@@ -179,9 +179,9 @@ def test_the_smallest_of_the_labs_flavors(cloud: Cloud) -> None:
 
 
 def test_a_flavor_no_host_can_take_is_no_valid_host_and_leaves_nothing(
-    openstack_lab: Lab, cloud: Cloud, levelled_flavor: str
+    cloud_lab: Lab, cloud: Cloud, levelled_flavor: str
 ) -> None:
-    admin = openstack_lab.connection()
+    admin = cloud_lab.connection()
     try:
         flavor = next(f for f in cloud.flavors() if f.id == levelled_flavor)
         name = _name()
@@ -197,11 +197,11 @@ def test_a_flavor_no_host_can_take_is_no_valid_host_and_leaves_nothing(
         admin.close()
 
 
-def test_a_quota_of_zero_is_quota_exceeded_and_leaves_nothing(openstack_lab: Lab) -> None:
+def test_a_quota_of_zero_is_quota_exceeded_and_leaves_nothing(cloud_lab: Lab) -> None:
     """In a project of the test's own (the shared project's quota is left
     alone), the member user given the member role there."""
-    admin = openstack_lab.connection()
-    member = openstack_lab.connection(MEMBER)
+    admin = cloud_lab.connection()
+    member = cloud_lab.connection(MEMBER)
     identity: Any = admin.identity  # Keystone v3 (openstacksdk types it v2 or v3)
     project = identity.create_project(name=_name(), domain_id="default")
     try:
@@ -230,8 +230,8 @@ def test_a_quota_of_zero_is_quota_exceeded_and_leaves_nothing(openstack_lab: Lab
         member.close()
 
 
-def test_bad_credentials_are_an_auth_failure(openstack_lab: Lab) -> None:
-    member = openstack_lab.connection(MEMBER)
+def test_bad_credentials_are_an_auth_failure(cloud_lab: Lab) -> None:
+    member = cloud_lab.connection(MEMBER)
     auth = member.config.config["auth"]
     member.close()
     bad = CloudSettings(

@@ -27,15 +27,15 @@ from pinfold.rapid.protocol import OK, Op
 from pinfold.rapid.server import RapidServer
 from pinfold.rapid.state import RapidState
 from pinfold.rapid.vmm import VMM, Usage
-from tests.openstack.lab import ADMIN, Lab, openstack_lab  # noqa: F401  (fixture)
+from tests.openstack.lab import ADMIN, Lab, cloud_lab  # noqa: F401  (fixture)
 from tests.rapid.peers import FakeDS, FakeSLAM, as_register, no_reply, start_vm
 from tests.rapid.rig import FAST
 
 
 @pytest.fixture
-def backend(openstack_lab: Lab) -> Iterator[OpenStackBackend]:  # noqa: F811
+def backend(cloud_lab: Lab) -> Iterator[OpenStackBackend]:  # noqa: F811
     made = OpenStackBackend.connect(
-        from_rapid_keys(openstack_lab.rapid_keys()), f"rapid-test-{uuid.uuid4().hex[:8]}"
+        from_rapid_keys(cloud_lab.rapid_keys()), f"rapid-test-{uuid.uuid4().hex[:8]}"
     )
     try:
         yield made
@@ -87,11 +87,11 @@ def test_rapids_vms_on_the_cloud(backend: OpenStackBackend) -> None:
     assert backend.vms() == {"rapid-helper-1": VMState.RUNNING}
 
 
-def test_cores_from_placement_or_the_quota(openstack_lab: Lab, backend: OpenStackBackend) -> None:  # noqa: F811
+def test_cores_from_placement_or_the_quota(cloud_lab: Lab, backend: OpenStackBackend) -> None:  # noqa: F811
     """The member may not read Placement (its policy is admin's): the
     project's vCPU quota; the admin: the compute hosts' CPUs."""
     assert backend.cores() == backend.cloud.quota_cores() > 0
-    admin = OpenStackBackend.connect(openstack_lab.settings(cloud=ADMIN), "rapid-test-admin")
+    admin = OpenStackBackend.connect(cloud_lab.settings(cloud=ADMIN), "rapid-test-admin")
     try:
         placement = admin.cloud.connection.placement
         expected = 0
@@ -104,8 +104,8 @@ def test_cores_from_placement_or_the_quota(openstack_lab: Lab, backend: OpenStac
         admin.cloud.close()
 
 
-def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(openstack_lab: Lab) -> None:  # noqa: F811
-    keys = openstack_lab.rapid_keys() | {"linuxNormalVmImageId": ""}
+def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(cloud_lab: Lab) -> None:  # noqa: F811
+    keys = cloud_lab.rapid_keys() | {"linuxNormalVmImageId": ""}
     backend = OpenStackBackend.connect(from_rapid_keys(keys), f"rapid-test-{uuid.uuid4().hex[:8]}")
     try:
         with pytest.raises(PinfoldError) as caught:
@@ -116,7 +116,7 @@ def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(openstack_la
         backend.cloud.close()
 
 
-def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: Lab) -> None:  # noqa: F811
+def test_the_slam_flow_on_the_cloud(tmp_path: Path, cloud_lab: Lab) -> None:  # noqa: F811
     """RAPID's whole flow with the VMM on OpenStack: helpers made as servers
     and their port addresses told to the DS; a SLAM start makes user 42's
     server, whose AS registers from the server's address; the AS asks for
@@ -128,7 +128,7 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: Lab) -> None:
         vmm_port=0,
         vmm_ip="127.0.0.1",
         ds_port=ds.port,
-        openstack=openstack_lab.rapid_keys(),
+        openstack=cloud_lab.rapid_keys(),
         openstack_support=True,
     )
     backend = OpenStackBackend.connect(config.cloud_settings, f"rapid-test-{uuid.uuid4().hex[:8]}")
@@ -188,13 +188,13 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: Lab) -> None:
 
 def test_a_server_a_crash_left_without_a_record_is_removed_at_start(
     tmp_path: Path,
-    openstack_lab: Lab,  # noqa: F811
+    cloud_lab: Lab,  # noqa: F811
 ) -> None:
     """A VMM killed between making a server and recording it: the restarted
     VMM (same owner, so the same metadata) finds the server by its metadata
     and deletes it in its start-up reconcile; another owner's server stays."""
     owner = f"rapid-test-{uuid.uuid4().hex[:8]}"
-    keys = openstack_lab.rapid_keys()
+    keys = cloud_lab.rapid_keys()
     config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=1, openstack=keys, openstack_support=True)
     before = OpenStackBackend.connect(config.cloud_settings, owner)
     other = OpenStackBackend.connect(config.cloud_settings, f"{owner}-other")
