@@ -9,37 +9,23 @@ import openstack.config
 import pytest
 
 from pinfold.openstack.settings import CloudSettings, from_rapid_keys
+from pinfold.rapid.config import OPENSTACK_KEYS
+from tests.rapid.test_config import SHIPPED
 
-#: RAPID's shipped keys (PROTOCOL.md section 7), with this lab's kind of values
-RAPID = {
-    "authAddress": "http://127.0.0.1:5000/v3",
-    "openStackUserId": "1f2e",
-    "openStackPasswd": "secret",
-    "projectId1": "a1b2",
-    "projectId2": "default",
-    "networkId": "net-uuid",
-    "publicKey": "rapid_vms",
-    "offloadingSecurity": "Offloading",
-    "defaultFlavorId": "8ff03907",
-    "type2_1024_20FlavorId": "d97def8c",
-    "type4_1024_20FlavorId": "b8c86381",
-    "linuxNormalVmImageId": "4c5cdd9c",
-    "linuxHelperVmImageId": "4c5cdd9c",
-    "androidNormalVmImageId": "18e0b1a9",
-    "androidHelperVmImageId": " 18e0b1a9 ",
-}
+#: RAPID's shipped OpenStack keys (PROTOCOL.md section 7), one with blanks around it
+RAPID = {key: SHIPPED[key] for key in OPENSTACK_KEYS} | {"androidHelperVmImageId": " 18e0b1a9 "}
 
 
 def test_rapids_keys_map_onto_the_settings() -> None:
     settings = from_rapid_keys(RAPID)
     assert (settings.auth_url, settings.user_id, settings.password) == (
-        "http://127.0.0.1:5000/v3",
-        "1f2e",
-        "secret",
+        "http://0.0.0.0:5000/v3",
+        "userId",
+        "admin",
     )
-    assert (settings.project_id, settings.domain_id) == ("a1b2", "default")
+    assert (settings.project_id, settings.domain_id) == ("0a1b", "2c3d")
     assert (settings.network, settings.key_name, settings.security_group) == (
-        "net-uuid",
+        "5e6f",
         "rapid_vms",
         "Offloading",
     )
@@ -51,7 +37,7 @@ def test_rapids_keys_map_onto_the_settings() -> None:
         "android-helper": "18e0b1a9",
     }
     assert settings.problem() is None
-    assert "secret" not in repr(settings)
+    assert "admin" not in repr(settings)
 
 
 def test_empty_rapid_keys_are_left_out_and_the_lack_is_named() -> None:
@@ -75,13 +61,9 @@ def test_explicit_settings_make_a_region_without_files_or_environment(
         **settings.region_options()
     )
     auth = region.config["auth"]
-    assert auth["user_id"] == "1f2e"
+    assert auth["user_id"] == "userId"
     assert "username" not in auth
-    assert (auth["project_id"], auth["user_domain_id"], auth["project_domain_id"]) == (
-        "a1b2",
-        "default",
-        "default",
-    )
+    assert (auth["project_id"], auth["user_domain_id"], auth["project_domain_id"]) == ("0a1b", "2c3d", "2c3d")
     assert region.region_name != "elsewhere"
     assert float(region.config["api_timeout"]) == 30.0
 

@@ -158,20 +158,26 @@ def test_a_configuration_without_a_key_rapid_needs_stops_the_agent_naming_it(tmp
     assert f"{path}: vmmIpAddress: missing (RAPID's VMM needs it)" in result.stderr
 
 
+def sim_agent(tmp_path: Path, rapid_config: Path) -> list[str]:
+    """`pinfold agent` on the sim driver, its data in `tmp_path`, RAPID from `rapid_config`."""
+    command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
+    return [
+        *command,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--port",
+        str(free_port()),
+        "--rapid-config",
+        str(rapid_config),
+    ]
+
+
 def test_a_vmm_port_another_process_holds_stops_the_agent_in_one_line(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as holder:
         port = holder.getsockname()[1]
         path = tmp_path / "configuration.xml"
         path.write_text(CONFIG.format(port=port, ds_port=free_port(), nvidia_smi=""))
-        command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
-        command += [
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--port",
-            str(free_port()),
-            "--rapid-config",
-            str(path),
-        ]
+        command = sim_agent(tmp_path, path)
         wide = {**os.environ, "COLUMNS": "1000"}
         result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=wide)
     assert result.returncode != 0
@@ -196,16 +202,7 @@ def openstack_agent(tmp_path: Path, auth: str, user: str, password: str, project
     )
     path = tmp_path / "configuration.xml"
     path.write_text(config)
-    command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
-    return [
-        *command,
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--port",
-        str(free_port()),
-        "--rapid-config",
-        str(path),
-    ]
+    return sim_agent(tmp_path, path)
 
 
 def test_a_cloud_that_does_not_answer_stops_the_agent_in_one_line_with_exit_code_1(tmp_path):

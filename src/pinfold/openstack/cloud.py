@@ -115,18 +115,12 @@ class Cloud:
             ]
 
     def image_id(self, name_or_id: str) -> str:
-        with _translated(ErrorCode.UNKNOWN_IMAGE):
-            image = self.connection.image.find_image(name_or_id, ignore_missing=True)
-        if image is None:
-            raise PinfoldError(ErrorCode.UNKNOWN_IMAGE, f"the cloud has no image {name_or_id!r}")
-        return str(image.id)
+        return _found_id(self.connection.image.find_image, name_or_id, ErrorCode.UNKNOWN_IMAGE, "image")
 
     def network_id(self, name_or_id: str) -> str:
-        with _translated(ErrorCode.UNKNOWN_NETWORK):
-            network = self.connection.network.find_network(name_or_id, ignore_missing=True)
-        if network is None:
-            raise PinfoldError(ErrorCode.UNKNOWN_NETWORK, f"the cloud has no network {name_or_id!r}")
-        return str(network.id)
+        return _found_id(
+            self.connection.network.find_network, name_or_id, ErrorCode.UNKNOWN_NETWORK, "network"
+        )
 
     # the servers' lifecycle
 
@@ -357,6 +351,15 @@ class Cloud:
                     self.connection.network.delete_port(port, ignore_missing=True)
         except PinfoldError as error:
             log.warning("OpenStack: server %s of a failed create may be left: %s", server_id, error)
+
+
+def _found_id(find: Callable[..., Any], name_or_id: str, missing: ErrorCode, what: str) -> str:
+    """The id of the cloud's `what` of that name or id (openstacksdk's `find_*`); `missing` for none."""
+    with _translated(missing):
+        found = find(name_or_id, ignore_missing=True)
+    if found is None:
+        raise PinfoldError(missing, f"the cloud has no {what} {name_or_id!r}")
+    return str(found.id)
 
 
 def _server(server: Any) -> Server:
