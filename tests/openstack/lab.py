@@ -63,6 +63,7 @@ class Lab:
                 "networkId": str(network.id),
                 "offloadingSecurity": "default",
                 "linuxNormalVmImageId": "lab-image",
+                "androidNormalVmImageId": "lab-helper-image",  # the lab has two images: osType 1 takes this
                 "androidHelperVmImageId": "lab-helper-image",
             }
         finally:

@@ -178,3 +178,30 @@ def test_a_file_that_is_not_xml_is_refused(tmp_path):
     path.write_text("<RAPID_VMM_DS><VMM>")
     with pytest.raises(RapidConfigError, match=r"configuration\.xml"):
         read_rapid_config(path)
+
+
+def test_the_images_of_rapids_vms_by_mode_and_os_type(tmp_path):
+    """libvirt: the base image paths; OpenStack: the Glance images of the VM's
+    kind and osType (1 Android, else Linux; helpers Android's, as RAPID), the
+    other OS's when one is empty."""
+    libvirt = read_rapid_config(write(tmp_path, SHIPPED))
+    assert libvirt.user_image(1) == "/home/rapid/vm_images/RAPID_VM_template.img"
+    assert libvirt.helper_image(2) == "/home/rapid/vm_images/RAPID_Helper2.img"
+    images = {"linuxNormalVmImageId": "linux", "androidNormalVmImageId": "android",
+              "linuxHelperVmImageId": "linux-helper", "androidHelperVmImageId": "android-helper"}  # fmt: skip
+    cloud = {**SHIPPED, "openStackSupport": "1", **images}
+    openstack = read_rapid_config(write(tmp_path, cloud))
+    assert (openstack.user_image(0), openstack.user_image(1), openstack.user_image(7)) == (
+        "linux",
+        "android",
+        "linux",
+    )
+    assert openstack.helper_image(1) == openstack.helper_image(2) == "android-helper"
+    only_linux = read_rapid_config(
+        write(tmp_path, {**cloud, "androidNormalVmImageId": "", "androidHelperVmImageId": ""})
+    )
+    assert (only_linux.user_image(1), only_linux.helper_image(1)) == ("linux", "linux-helper")
+    none = read_rapid_config(
+        write(tmp_path, {**cloud, **dict.fromkeys(("linuxNormalVmImageId", "androidNormalVmImageId"), "")})
+    )
+    assert none.user_image(0) == ""

@@ -105,7 +105,7 @@ def test_cores_from_placement_or_the_quota(cloud_lab: Lab, backend: OpenStackBac
 
 
 def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(cloud_lab: Lab) -> None:  # noqa: F811
-    keys = cloud_lab.rapid_keys() | {"linuxNormalVmImageId": ""}
+    keys = cloud_lab.rapid_keys() | {"linuxNormalVmImageId": "", "androidNormalVmImageId": ""}
     backend = OpenStackBackend.connect(from_rapid_keys(keys), f"rapid-test-{uuid.uuid4().hex[:8]}")
     try:
         with pytest.raises(PinfoldError) as caught:
@@ -113,6 +113,8 @@ def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(cloud_lab: L
         assert caught.value.code is ErrorCode.UNKNOWN_IMAGE
         assert backend.vms() == {}
     finally:
+        for name in backend.vms():
+            backend.delete(name)
         backend.cloud.close()
 
 
@@ -146,11 +148,13 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, cloud_lab: Lab) -> None:  # 
 
         answer: list[object] = []
         request = threading.Thread(
-            target=lambda: answer.append(start_vm(server.port, 42, vcpus=1, memory_mb=1024))
+            target=lambda: answer.append(start_vm(server.port, 42, vcpus=1, memory_mb=1024, os_type=1))
         )
         request.start()
         ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == 42 for m in got), timeout_s=120)
         [ip] = backend.addresses("rapid-user-42")
+        made = backend.cloud.connection.compute.get_server(str(backend.hypervisor_name("rapid-user-42")))
+        assert backend.cloud.connection.image.get_image(made.image.id).name == "lab-helper-image"  # osType 1
         assert as_register(server.port, ip) == (OK, 42)
         request.join(timeout=60)
         assert answer == [(OK, 42, ip)]

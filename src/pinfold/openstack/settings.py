@@ -40,7 +40,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["RAPID_FLAVOR_KEYS", "RAPID_IMAGE_KEYS", "CloudSettings", "from_rapid_keys"]
+__all__ = ["RAPID_FLAVOR_KEYS", "RAPID_IMAGE_KEYS", "CloudSettings", "from_rapid_keys", "rapid_image"]
 
 #: RAPID's flavor keys -> the flavor's role here (RAPID's type "<vcpus>_<memory MB>_<disk GB>")
 RAPID_FLAVOR_KEYS: Mapping[str, str] = MappingProxyType(
@@ -158,3 +158,16 @@ def from_rapid_keys(keys: Mapping[str, str]) -> CloudSettings:
         flavors={role: given(key) for key, role in RAPID_FLAVOR_KEYS.items() if given(key)},
         images={role: given(key) for key, role in RAPID_IMAGE_KEYS.items() if given(key)},
     )
+
+
+def rapid_image(images: Mapping[str, str], *, helper: bool, os_type: int = 0) -> str:
+    """The image (a role of `images`) of a RAPID VM: a helper's is Android's
+    (RAPID's choice), a user's that of its osType (1 Android, else Linux); the
+    other OS's when that one is not given; "" for none."""
+    if helper:
+        roles = ("android-helper", "linux-helper")
+    elif os_type == 1:
+        roles = ("android-normal", "linux-normal")
+    else:
+        roles = ("linux-normal", "android-normal")
+    return next((images[role] for role in roles if images.get(role)), "")

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
-from pinfold.openstack.settings import CloudSettings, from_rapid_keys
+from pinfold.openstack.settings import CloudSettings, from_rapid_keys, rapid_image
 
 __all__ = ["OPENSTACK_KEYS", "RapidConfig", "RapidConfigError", "read_rapid_config"]
 
@@ -87,6 +87,21 @@ class RapidConfig:
     def cloud_settings(self) -> CloudSettings:
         """The cloud RAPID's OpenStack keys name (see the module)."""
         return from_rapid_keys(self.openstack)
+
+    def user_image(self, os_type: int) -> str:
+        """A user VM's base image: `normalVmImagePath`, or on OpenStack the
+        Glance image of its osType (`rapid_image`); "" for none."""
+        if self.openstack_support:
+            return rapid_image(self.cloud_settings.images, helper=False, os_type=os_type)
+        return str(self.normal_image or "")
+
+    def helper_image(self, slot: int) -> str:
+        """Helper `slot`'s (1, 2) base image: `helperVmImagePath<slot>`, or on
+        OpenStack the helpers' Glance image; "" for none."""
+        if self.openstack_support:
+            return rapid_image(self.cloud_settings.images, helper=True)
+        image = self.helper_images[slot - 1]
+        return str(image or "")
 
     @property
     def image_dirs(self) -> tuple[Path, ...]:

@@ -16,11 +16,10 @@ What RAPID did, and what is done here:
   trait; docs/design.md, "Levels on OpenStack"), only flavors of RAPID's
   level (`[rapid] ratio`) are taken; on another cloud, flavors of no level
   (never a dedicated one by chance of size, nor because RAPID's ratio is 1).
-- image: a Glance id or name given in the request (not a path: libvirt's
-  base images mean nothing to a cloud), else per VM kind: helpers
-  `androidHelperVmImageId` (RAPID's choice; the Linux one if that is
-  empty), user VMs `linuxNormalVmImageId` (the Android one if that is empty:
-  the Backend's request does not carry RAPID's osType).
+- image: the Glance id or name the VMM asks for (`RapidConfig.user_image`
+  by the user's osType, `helper_image`: `androidHelperVmImageId` as RAPID),
+  else, for a request without one (or with a path: libvirt's base images
+  mean nothing to a cloud), the kind's default (`rapid_image`).
 - network, key pair, security group: `networkId`, `publicKey`,
   `offloadingSecurity` (the cloud's settings).
 - addresses: the IPv4 fixed IPs of the server's Neutron ports, as RAPID.
@@ -49,7 +48,7 @@ from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
 from pinfold.openstack.cloud import Cloud, Server
 from pinfold.openstack.flavors import Flavor, choose_flavor
-from pinfold.openstack.settings import CloudSettings
+from pinfold.openstack.settings import CloudSettings, rapid_image
 from pinfold.rapid.flavors import suitable_type
 from pinfold.rapid.vms import START_DISK_GB
 
@@ -165,19 +164,14 @@ class OpenStackBackend:
         return choose_flavor(flavors, chosen.vcpus, chosen.memory_mb, explicit=explicit, level=level)
 
     def image(self, request: VMRequest) -> str:
+        """The request's image (a Glance id or name; a path is libvirt's: it means nothing here),
+        else the kind's default (`rapid_image`: the request carries no osType)."""
         if request.image and not request.image.startswith("/"):
             return request.image
-        images = self.settings.images
-        if request.name.startswith(HELPER_PREFIX):
-            roles = ("android-helper", "linux-helper")
-        else:
-            roles = ("linux-normal", "android-normal")
-        for role in roles:
-            if images.get(role):
-                return images[role]
-        raise PinfoldError(
-            ErrorCode.UNKNOWN_IMAGE, f"no image configured for {request.name} ({' or '.join(roles)})"
-        )
+        image = rapid_image(self.settings.images, helper=request.name.startswith(HELPER_PREFIX))
+        if not image:
+            raise PinfoldError(ErrorCode.UNKNOWN_IMAGE, f"no image configured for {request.name}")
+        return image
 
     def _server(self, name: str) -> Server:
         server = self.cloud.find(name)
