@@ -19,7 +19,7 @@ from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.openstack.cloud import NAME_KEY, OWNER_KEY, Cloud
 from pinfold.openstack.flavors import choose_flavor, level_trait
 from pinfold.openstack.settings import CloudSettings
-from tests.openstack.lab import MEMBER, REQUIRE, Lab
+from tests.openstack.lab import ADMIN, MEMBER, REQUIRE, Lab
 
 
 @pytest.fixture
@@ -246,3 +246,68 @@ def test_bad_credentials_are_an_auth_failure(cloud_lab: Lab) -> None:
     assert caught.value.code is ErrorCode.CLOUD_AUTH_FAILED
     assert "401" in caught.value.detail
     assert "\n" not in caught.value.detail
+
+
+def _change_traits(admin: openstack.connection.Connection, provider: str, trait: str, present: bool) -> None:
+    """Add or remove one trait of a resource provider, keeping the others
+    (Placement's PUT replaces the list; a generation another writer moved is retried)."""
+    placement: Any = admin.placement
+    for _ in range(10):
+        now = placement.get(f"/resource_providers/{provider}/traits", microversion="1.6").json()
+        traits = (set(now["traits"]) | {trait}) if present else (set(now["traits"]) - {trait})
+        body = {"traits": sorted(traits), "resource_provider_generation": now["resource_provider_generation"]}
+        answer = placement.put(
+            f"/resource_providers/{provider}/traits", json=body, microversion="1.6", raise_exc=False
+        )
+        if answer.status_code != 409:
+            assert answer.status_code == 200, answer.text
+            return
+    raise AssertionError(f"the traits of {provider} kept changing")
+
+
+@pytest.fixture
+def level_4(cloud_lab: Lab) -> Iterator[str]:
+    """The lab's compute hosts made level 4 (their VCPU allocation ratio is 4
+    already) by the trait, and a flavor of level 4 requiring it (its id); both undone after."""
+    admin = cloud_lab.connection()
+    trait = level_trait(4)
+    placement: Any = admin.placement
+    placement.put(f"/traits/{trait}", microversion="1.6")
+    providers = [provider.id for provider in admin.placement.resource_providers()]
+    flavor = admin.compute.create_flavor(name=_name(), vcpus=1, ram=128, disk=2, is_public=True)
+    try:
+        admin.compute.create_flavor_extra_specs(flavor, {f"trait:{trait}": "required"})
+        for provider in providers:
+            _change_traits(admin, provider, trait, present=True)
+        yield flavor.id
+    finally:
+        admin.compute.delete_flavor(flavor, ignore_missing=True)
+        for provider in providers:
+            _change_traits(admin, provider, trait, present=False)
+        admin.close()
+
+
+def test_a_level_is_a_trait_its_flavors_require_and_placement_counts_it(
+    cloud_lab: Lab, cloud: Cloud, level_4: str
+) -> None:
+    """docs/design.md, "Levels on OpenStack", end to end: the flavor of level 4 is
+    chosen for a VM of level 4, its server lands (on the host with the trait),
+    and Placement's inventories and usages, grouped, show level 4's CPUs and use."""
+    flavors = cloud.flavors()
+    chosen = choose_flavor(flavors, 1, 128, 0, level=4.0)
+    assert chosen.id == level_4
+    assert chosen.level == 4.0
+    name = _name()
+    cloud.create(name, chosen, next(cloud.connection.image.images()).name)
+    admin = Cloud.connect(cloud_lab.settings(cloud=ADMIN), "pinfold-test-levels")
+    try:
+        levels = admin.levels()
+        assert list(levels) == [4.0]  # the lab's one host, its trait saying 4 (its ratio too)
+        four = levels[4.0]
+        vcpu = {provider.name: provider.inventories["VCPU"] for provider in admin.providers()}
+        assert four.hosts == sorted(vcpu)
+        assert four.cpus == sum(inventory.usable for inventory in vcpu.values())
+        assert four.vcpus == 4 * four.cpus
+        assert four.vcpus_used >= 1  # this test's server at least (others may run)
+    finally:
+        admin.close()
