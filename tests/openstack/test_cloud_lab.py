@@ -311,3 +311,18 @@ def test_a_level_is_a_trait_its_flavors_require_and_placement_counts_it(
         assert four.vcpus_used >= 1  # this test's server at least (others may run)
     finally:
         admin.close()
+
+
+def test_unknown_image_and_network_ids_are_named_and_leave_nothing(cloud_lab: Lab, cloud: Cloud) -> None:
+    """Ids are passed to Nova without a lookup: its refusals are the same codes."""
+    flavor = choose_flavor(cloud.flavors(), 1, 1, 0)
+    image = next(cloud.connection.image.images()).id
+    missing = str(uuid.uuid4())
+    with pytest.raises(PinfoldError) as caught:
+        cloud.create(_name(), flavor, missing)
+    assert caught.value.code is ErrorCode.UNKNOWN_IMAGE
+    with pytest.raises(PinfoldError) as caught:
+        cloud.create(_name(), flavor, image, network=missing)
+    assert caught.value.code is ErrorCode.UNKNOWN_NETWORK
+    assert missing in caught.value.detail
+    assert cloud.servers() == []

@@ -57,6 +57,7 @@ def _raised(status: int, message: str, kind: str = "computeFault") -> sdk.HttpEx
         (400, "Invalid flavorRef provided.", ErrorCode.UNKNOWN_FLAVOR),
         (400, "Image 0ab1 could not be found.", ErrorCode.UNKNOWN_IMAGE),
         (400, "Invalid imageRef provided.", ErrorCode.UNKNOWN_IMAGE),
+        (400, "Can not find requested image", ErrorCode.UNKNOWN_IMAGE),  # Nova, for an image id it lacks
         (400, "Network 77aa could not be found.", ErrorCode.UNKNOWN_NETWORK),
         (404, "Flavor 8ff0 could not be found.", ErrorCode.UNKNOWN_FLAVOR),
         (404, "Instance 1234 could not be found.", ErrorCode.UNKNOWN_VM),

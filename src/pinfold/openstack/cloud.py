@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -79,6 +80,9 @@ class Cloud:
         self.settings = settings
         self.owner = owner
         self.wait_s = DEFAULT_WAIT_S
+        #: the id of each server of this owner by name, as last made or found (saves the
+        #: name's lookup where an id is enough: a create's address polls)
+        self._ids: dict[str, str] = {}
 
     @classmethod
     def connect(cls, settings: CloudSettings, owner: str) -> Cloud:
@@ -150,16 +154,19 @@ class Cloud:
         with _translated(ErrorCode.UNKNOWN_FLAVOR):
             made = self.connection.compute.create_server(**options)
         try:
-            return self._wait(made.id, "ACTIVE")
+            server = self._wait(made.id, "ACTIVE")
         except PinfoldError:
             self._discard(made.id)
             raise
+        self._ids[name] = server.id
+        return server
 
     def delete(self, name: str) -> None:
         """Delete the server and wait until Nova has none of that id; `unknown vm` for none."""
         server = self._ours(name)
         with _translated():
             self.connection.compute.delete_server(server.id)
+        self._ids.pop(name, None)
         self._wait_gone(server.id)
 
     def start(self, name: str) -> None:
@@ -202,7 +209,11 @@ class Cloud:
             mine = [
                 server for server in found if self._mine(server) and server.metadata.get(NAME_KEY) == name
             ]
-        return _server(mine[0]) if mine else None
+        if not mine:
+            self._ids.pop(name, None)
+            return None
+        self._ids[name] = mine[0].id
+        return _server(mine[0])
 
     def servers(self) -> list[Server]:
         """Every server of this owner (by its metadata), by name."""
@@ -216,10 +227,11 @@ class Cloud:
 
     def addresses(self, name: str) -> list[str]:
         """The fixed IPs of the server's Neutron ports, IPv4 first (as RAPID
-        read them from the ports); none yet: empty."""
-        server = self._ours(name)
+        read them from the ports); none yet: empty. The server's id as this
+        Cloud last saw it (a server deleted behind its back has no ports: empty)."""
+        server_id = self._ids.get(name) or self._ours(name).id
         with _translated():
-            ports = sorted(self.connection.network.ports(device_id=server.id), key=lambda port: port.id)
+            ports = sorted(self.connection.network.ports(device_id=server_id), key=lambda port: port.id)
         found = [ipaddress.ip_address(ip["ip_address"]) for port in ports for ip in port.fixed_ips or []]
         return [str(ip) for ip in sorted(found, key=lambda ip: ip.version)]
 
@@ -354,7 +366,13 @@ class Cloud:
 
 
 def _found_id(find: Callable[..., Any], name_or_id: str, missing: ErrorCode, what: str) -> str:
-    """The id of the cloud's `what` of that name or id (openstacksdk's `find_*`); `missing` for none."""
+    """The id of the cloud's `what` of that name or id (openstacksdk's `find_*`); `missing` for none.
+    A UUID is taken as the id without asking (Nova refuses an unknown one: `missing` too,
+    translated once), which saves a call per create when ids are configured, as RAPID's are."""
+    try:
+        return str(uuid.UUID(name_or_id))
+    except ValueError:
+        pass
     with _translated(missing):
         found = find(name_or_id, ignore_missing=True)
     if found is None:

@@ -41,7 +41,9 @@ _MISSING_THING = (
     (re.compile(r"\bimage(ref)?\b", re.IGNORECASE), ErrorCode.UNKNOWN_IMAGE),
     (re.compile(r"\bnetwork\b", re.IGNORECASE), ErrorCode.UNKNOWN_NETWORK),
 )
-_NOT_FOUND = re.compile(r"could not be found|not found|invalid imageref|invalid flavorref", re.IGNORECASE)
+_NOT_FOUND = re.compile(
+    r"could not be found|not found|can ?not find|invalid imageref|invalid flavorref", re.IGNORECASE
+)
 _QUOTA = re.compile(r"quota", re.IGNORECASE)
 _POLICY = re.compile(r"polic(y|ies)|authoriz|permission|forbidden", re.IGNORECASE)
 _NO_VALID_HOST = re.compile(r"no valid host", re.IGNORECASE)
