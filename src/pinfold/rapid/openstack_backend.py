@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
@@ -57,6 +58,8 @@ __all__ = ["HELPER_PREFIX", "OpenStackBackend", "vm_state"]
 log = logging.getLogger("pinfold.rapid")
 
 HELPER_PREFIX = "rapid-helper-"
+#: how long the cloud's core count is kept before Placement is asked again
+CORES_TTL_S = 60.0
 #: RAPID's helper type (PROTOCOL.md 4.4): 4 vCPUs, 1024 MB, 20 GB
 HELPER_TYPE = "4_1024_20"
 
@@ -83,6 +86,7 @@ class OpenStackBackend:
         self.cloud = cloud
         self.settings: CloudSettings = cloud.settings
         self.ratio = ratio
+        self._cores: tuple[float, int] | None = None  # (when read, cores)
 
     @classmethod
     def connect(cls, settings: CloudSettings, owner: str, ratio: float = 1.0) -> OpenStackBackend:
@@ -139,6 +143,14 @@ class OpenStackBackend:
         return None if server is None else server.vcpus
 
     def cores(self) -> int:
+        """Read at most every CORES_TTL_S (the VMM asks at each heartbeat; a cloud's
+        capacity changes when hosts are added, not every few seconds)."""
+        now = time.monotonic()
+        if self._cores is None or now - self._cores[0] >= CORES_TTL_S:
+            self._cores = (now, self._read_cores())
+        return self._cores[1]
+
+    def _read_cores(self) -> int:
         try:
             return sum(level.cpus for level in self.cloud.levels().values())
         except PinfoldError as error:
