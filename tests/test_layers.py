@@ -36,6 +36,9 @@ LAYERS: tuple[tuple[str, dict[str, tuple[str, ...]]], ...] = (
     ("topology", {"topology": ("pinfold.topology",)}),
     ("placement", {"placement": ("pinfold.placement",)}),
     ("model", {"model": ("pinfold.model",)}),
+    # a cloud's VMs over openstacksdk: the model's vocabulary only, so that RAPID's back-end
+    # and an agent driver can both sit on it (issue 14)
+    ("clouds", {"openstack": ("pinfold.openstack",)}),
     ("shell-common", {"shell-common": ("pinfold.web", "pinfold.tokens", "pinfold.serving", "pinfold.tls",
                                         "pinfold.private", "pinfold.settings", "pinfold.slackvm",
                                         "pinfold.bodies")}),
@@ -292,4 +295,29 @@ def test_rapid_reaches_the_agent_only_through_its_backend_adapter(tmp_path: Path
     assert sorted(violations(src)) == [
         f"pinfold.rapid.handlers:2 imports pinfold.agent.monitor: {rule} may import pinfold.agent",
         f"pinfold.rapid.vmm:1 imports pinfold.agent.service: {rule} may import pinfold.agent",
+    ]
+
+
+def test_the_openstack_component_imports_only_the_model(tmp_path: Path) -> None:
+    """pinfold.openstack sits just above the model: an import of the agent, of
+    RAPID or of the shells' common code from it is caught; RAPID's back-end
+    over it is not."""
+    src = _tree(
+        tmp_path,
+        {
+            "pinfold/model/errors.py": "",
+            "pinfold/web.py": "",
+            "pinfold/agent/service.py": "",
+            "pinfold/rapid/backend.py": "",
+            "pinfold/openstack/errors.py": "from pinfold.model.errors import ErrorCode\n",
+            "pinfold/openstack/cloud.py": "from pinfold.agent.service import A\nfrom pinfold import web\n",
+            "pinfold/openstack/flavors.py": "def f():\n    from pinfold.rapid import backend\n",
+            "pinfold/rapid/openstack_backend.py": "from pinfold.openstack.errors import x\n",
+        },
+    )
+    assert sorted(violations(src)) == [
+        "pinfold.openstack.cloud:1 imports pinfold.agent.service: clouds is below shells",
+        "pinfold.openstack.cloud:2 imports pinfold.web: clouds is below shell-common",
+        "pinfold.openstack.flavors:2 imports pinfold.rapid.backend: only pinfold.rapid, "
+        "pinfold.agent.daemon, pinfold.cli may import pinfold.rapid",
     ]

@@ -113,13 +113,41 @@ def test_images_and_the_ip_script_may_be_left_empty(tmp_path):
     assert config.image_dirs == ()
 
 
+def test_openstack_support_takes_the_openstack_keys_and_not_libvirts(tmp_path):
+    """openStackSupport 1: RAPID's OpenStack keys become the cloud's settings,
+    and the libvirt keys (read only in libvirt mode, as RAPID) may be left out."""
+    libvirt = (
+        "normalVmImagePath",
+        "helperVmImagePath1",
+        "helperVmImagePath2",
+        "vmImageFolder",
+        "ipShellPath",
+    )
+    config = read_rapid_config(write(tmp_path, {**without(*libvirt), "openStackSupport": "1"}))
+    assert config.openstack_support
+    cloud = config.cloud_settings
+    assert (cloud.auth_url, cloud.user_id, cloud.project_id, cloud.domain_id) == (
+        "http://0.0.0.0:5000/v3",
+        "userId",
+        "0a1b",
+        "2c3d",
+    )
+    assert (cloud.network, cloud.key_name, cloud.security_group) == ("5e6f", "rapid_vms", "Offloading")
+    assert cloud.flavors["4_1024_20"] == "b8c86381"
+    assert (config.normal_image, config.ip_script, config.image_dirs) == (None, None, ())
+    assert not read_rapid_config(write(tmp_path, SHIPPED)).openstack_support
+
+
 @pytest.mark.parametrize(
     ("values", "problem"),
     [
         ({"vmmIpAddress": "0.0.0.0"}, "vmmIpAddress: 0.0.0.0 is announced"),
         ({"vmmIpAddress": "not-an-ip"}, "vmmIpAddress: 'not-an-ip' is not an IP address"),
         ({"vmmIpAddress": ""}, "vmmIpAddress: '' is not an IP address"),
-        ({"openStackSupport": "1"}, "openStackSupport is 1, but this agent has no OpenStack driver"),
+        (
+            {"openStackSupport": "1", "openStackPasswd": "", "projectId1": ""},
+            "openStackSupport is 1, but the OpenStack keys lack openStackPasswd, projectId1",
+        ),
         ({"availableType": "10"}, "availableType: ten digits expected"),
         ({"vmmPort": ""}, "vmmPort: a whole number expected, not ''"),
         ({"vmmPort": "70000"}, "vmmPort: 70000 is outside"),
@@ -150,3 +178,30 @@ def test_a_file_that_is_not_xml_is_refused(tmp_path):
     path.write_text("<RAPID_VMM_DS><VMM>")
     with pytest.raises(RapidConfigError, match=r"configuration\.xml"):
         read_rapid_config(path)
+
+
+def test_the_images_of_rapids_vms_by_mode_and_os_type(tmp_path):
+    """libvirt: the base image paths; OpenStack: the Glance images of the VM's
+    kind and osType (1 Android, else Linux; helpers Android's, as RAPID), the
+    other OS's when one is empty."""
+    libvirt = read_rapid_config(write(tmp_path, SHIPPED))
+    assert libvirt.user_image(1) == "/home/rapid/vm_images/RAPID_VM_template.img"
+    assert libvirt.helper_image(2) == "/home/rapid/vm_images/RAPID_Helper2.img"
+    images = {"linuxNormalVmImageId": "linux", "androidNormalVmImageId": "android",
+              "linuxHelperVmImageId": "linux-helper", "androidHelperVmImageId": "android-helper"}  # fmt: skip
+    cloud = {**SHIPPED, "openStackSupport": "1", **images}
+    openstack = read_rapid_config(write(tmp_path, cloud))
+    assert (openstack.user_image(0), openstack.user_image(1), openstack.user_image(7)) == (
+        "linux",
+        "android",
+        "linux",
+    )
+    assert openstack.helper_image(1) == openstack.helper_image(2) == "android-helper"
+    only_linux = read_rapid_config(
+        write(tmp_path, {**cloud, "androidNormalVmImageId": "", "androidHelperVmImageId": ""})
+    )
+    assert (only_linux.user_image(1), only_linux.helper_image(1)) == ("linux", "linux-helper")
+    none = read_rapid_config(
+        write(tmp_path, {**cloud, **dict.fromkeys(("linuxNormalVmImageId", "androidNormalVmImageId"), "")})
+    )
+    assert none.user_image(0) == ""

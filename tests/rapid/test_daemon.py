@@ -18,6 +18,7 @@ from typing import Any
 
 from pinfold.rapid.protocol import OK, Op
 from tests.conftest import I7
+from tests.openstack.lab import cloud_lab  # noqa: F401  (fixture)
 from tests.rapid.peers import FakeDS, FakeSLAM, Peer, as_register, start_vm
 from tests.servers import free_port
 
@@ -157,22 +158,74 @@ def test_a_configuration_without_a_key_rapid_needs_stops_the_agent_naming_it(tmp
     assert f"{path}: vmmIpAddress: missing (RAPID's VMM needs it)" in result.stderr
 
 
+def sim_agent(tmp_path: Path, rapid_config: Path) -> list[str]:
+    """`pinfold agent` on the sim driver, its data in `tmp_path`, RAPID from `rapid_config`."""
+    command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
+    return [
+        *command,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--port",
+        str(free_port()),
+        "--rapid-config",
+        str(rapid_config),
+    ]
+
+
 def test_a_vmm_port_another_process_holds_stops_the_agent_in_one_line(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as holder:
         port = holder.getsockname()[1]
         path = tmp_path / "configuration.xml"
         path.write_text(CONFIG.format(port=port, ds_port=free_port(), nvidia_smi=""))
-        command = [sys.executable, "-m", "pinfold", "agent", "--driver", "sim", "--topology", str(I7)]
-        command += [
-            "--data-dir",
-            str(tmp_path / "data"),
-            "--port",
-            str(free_port()),
-            "--rapid-config",
-            str(path),
-        ]
+        command = sim_agent(tmp_path, path)
         wide = {**os.environ, "COLUMNS": "1000"}
         result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False, env=wide)
     assert result.returncode != 0
     assert f"RAPID vmmPort {port}: cannot listen" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+OPENSTACK = (
+    "<openStackSupport>1</openStackSupport><authAddress>{auth}</authAddress>"
+    "<openStackUserId>{user}</openStackUserId><openStackPasswd>{password}</openStackPasswd>"
+    "<projectId1>{project}</projectId1><projectId2>default</projectId2>"
+)
+
+
+def openstack_agent(tmp_path: Path, auth: str, user: str, password: str, project: str) -> list[str]:
+    """`pinfold agent` with RAPID on OpenStack (RAPID's keys, the libvirt ones left out)."""
+    config = CONFIG.format(port=free_port(), ds_port=free_port(), nvidia_smi="")
+    config = config.replace("<openStackSupport>0</openStackSupport>", OPENSTACK.format(
+        auth=auth, user=user, password=password, project=project))  # fmt: skip
+    config = config.replace(
+        "<normalVmImagePath/><helperVmImagePath1/><helperVmImagePath2/><vmImageFolder/><ipShellPath/>", ""
+    )
+    path = tmp_path / "configuration.xml"
+    path.write_text(config)
+    return sim_agent(tmp_path, path)
+
+
+def test_a_cloud_that_does_not_answer_stops_the_agent_in_one_line_with_exit_code_1(tmp_path):
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        auth = f"http://127.0.0.1:{closed.getsockname()[1]}/v3"
+    command = openstack_agent(tmp_path, auth, "u", "p", "proj")
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"pinfold agent: RAPID's OpenStack cloud at {auth}: cloud unreachable: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_cloud_credentials_stop_the_agent_in_one_line_with_exit_code_1(tmp_path, cloud_lab):  # noqa: F811
+    """Against the real lab's Keystone: RAPID's keys with a wrong password."""
+    keys = cloud_lab.rapid_keys()
+    auth = keys["authAddress"]
+    command = openstack_agent(tmp_path, auth, keys["openStackUserId"], "wrong", keys["projectId1"])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"pinfold agent: RAPID's OpenStack cloud at {auth}: cloud auth failed: ")
+    assert "(HTTP 401)" in lines[0]

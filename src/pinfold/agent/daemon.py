@@ -24,6 +24,7 @@ from pinfold.agent.reconcile import Action
 from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
+from pinfold.model.errors import PinfoldError
 from pinfold.rapid.config import RapidConfig, read_rapid_config
 from pinfold.rapid.endpoint import RapidEndpoint, helper_pools
 from pinfold.tls import client_context, warn_plain_url
@@ -113,11 +114,18 @@ def rapid_address_notice(config: AgentConfig, rapid: RapidConfig, simulated: boo
 
 def rapid_endpoint(agent: Agent, rapid: RapidConfig, config: AgentConfig, monitor: Monitor) -> RapidEndpoint:
     """The RAPID VMM, listening: a port another process holds is a setting to
-    change, said in one line, not a traceback."""
+    change, said in one line, not a traceback; so is a cloud (openStackSupport
+    1) that refuses RAPID's credentials or does not answer (exit code 1)."""
     try:
         endpoint = RapidEndpoint(agent, rapid, config.rapid, monitor)
     except OSError as exc:
         raise ConfigError(f"RAPID vmmPort {rapid.vmm_port}: cannot listen ({exc.strerror or exc})") from None
+    except PinfoldError as error:
+        print(
+            f"pinfold agent: RAPID's OpenStack cloud at {rapid.openstack['authAddress']}: {error}",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
     endpoint.start()
     print(f"pinfold agent: RAPID VMM on port {endpoint.server.port}; DS {rapid.ds_ip}:{rapid.ds_port}")
     return endpoint

@@ -61,6 +61,13 @@ class ErrorCode(StrEnum):
     DISK_FAILED = "disk failed"
     STALE_PINS = "stale pins"
     SERVICE_UNAVAILABLE = "service unavailable"
+    # a cloud behind the agent or RAPID (pinfold.openstack): its refusals and failures
+    QUOTA_EXCEEDED = "quota exceeded"
+    NO_VALID_HOST = "no valid host"
+    UNKNOWN_FLAVOR = "unknown flavor"
+    UNKNOWN_IMAGE = "unknown image"
+    CLOUD_AUTH_FAILED = "cloud auth failed"
+    CLOUD_UNREACHABLE = "cloud unreachable"
 
     @property
     def status(self) -> HTTPStatus:
@@ -126,6 +133,16 @@ ERRORS: Final[Mapping[ErrorCode, ErrorInfo]] = MappingProxyType(
         ErrorCode.SERVICE_UNAVAILABLE: ErrorInfo(
             HTTPStatus.SERVICE_UNAVAILABLE, "too many connections at once"
         ),
+        ErrorCode.QUOTA_EXCEEDED: ErrorInfo(_CONFLICT, "the cloud's quota for the project is used up"),
+        ErrorCode.NO_VALID_HOST: ErrorInfo(_CONFLICT, "the cloud's scheduler found no host for the VM"),
+        ErrorCode.UNKNOWN_FLAVOR: ErrorInfo(
+            HTTPStatus.UNPROCESSABLE_ENTITY, "the cloud has no flavor of that name or id, or none fits"
+        ),
+        ErrorCode.UNKNOWN_IMAGE: ErrorInfo(
+            HTTPStatus.UNPROCESSABLE_ENTITY, "the cloud has no image of that name or id"
+        ),
+        ErrorCode.CLOUD_AUTH_FAILED: ErrorInfo(_BAD_GATEWAY, "the cloud refused pinfold's credentials"),
+        ErrorCode.CLOUD_UNREACHABLE: ErrorInfo(_BAD_GATEWAY, "the cloud did not answer"),
     }
 )
 

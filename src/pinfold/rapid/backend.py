@@ -1,8 +1,9 @@
 """What RAPID's VMM needs from whatever runs its VMs: the `Backend` Protocol.
 
 The VMM talks to its VMs only through this, so that another back-end can sit
-behind the same VMM: today the pinfold agent (`pinfold.rapid.agent_backend`),
-later OpenStack (issue 14, as RAPID's own `openStackSupport` did). Keep it
+behind the same VMM: the pinfold agent (`pinfold.rapid.agent_backend`), or an
+OpenStack cloud (`pinfold.rapid.openstack_backend`, as RAPID's own
+`openStackSupport` did). Keep it
 small: each method is one the VMM calls, typed with `pinfold.model` types only
 (a back-end's own types stay behind it), so that a new back-end has little to
 write and nothing of the agent to import.

@@ -16,8 +16,13 @@ agent with a message naming the file and the key. Per key:
   (9001) (the `<DS>` section is absent from the VMM's shipped file),
   `nvidiaSmiPath` (/usr/bin/nvidia-smi), `openStackSupport` (libvirt, as
   RAPID reads anything but "1"), `vmShellPath` (none);
-- the OpenStack keys are read as text (missing: empty, as RAPID) and kept,
-  but `openStackSupport` 1 is an error: this agent has no OpenStack driver.
+- the OpenStack keys are read as text (missing: empty, as RAPID) and kept.
+  With `openStackSupport` 1, RAPID's VMs are servers of that cloud
+  (`pinfold.rapid.openstack_backend`): the keys become `cloud_settings`
+  (`pinfold.openstack.settings.from_rapid_keys` says how), those that reach
+  Keystone (`authAddress`, `openStackUserId`, `openStackPasswd`,
+  `projectId1`) must be given, and the libvirt keys may be left out (RAPID
+  read them only in libvirt mode).
 
 How they map onto pinfold: `vmmPort`, `vmmIpAddress` and `vmmMaxConnection`
 are the RAPID server's port, announced address and worker count;
@@ -38,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
+from pinfold.openstack.settings import CloudSettings, from_rapid_keys, rapid_image
+
 __all__ = ["OPENSTACK_KEYS", "RapidConfig", "RapidConfigError", "read_rapid_config"]
 
 OPENSTACK_KEYS = (
@@ -46,6 +53,8 @@ OPENSTACK_KEYS = (
     "openStackUserId", "openStackPasswd", "projectId1", "projectId2", "networkId", "publicKey",
     "offloadingSecurity",
 )  # fmt: skip
+#: the OpenStack keys without which no token can be had
+KEYSTONE_KEYS = ("authAddress", "openStackUserId", "openStackPasswd", "projectId1")
 
 
 class RapidConfigError(ValueError):
@@ -69,8 +78,30 @@ class RapidConfig:
     ip_script: Path | None = None
     vm_script: Path | None = None
     data_path: Path | None = None
-    #: the OpenStack keys as written (unused: OpenStack support is refused)
+    #: the OpenStack keys as written (used with `openstack_support`, through `cloud_settings`)
     openstack: dict[str, str] = field(default_factory=dict)
+    #: openStackSupport 1: RAPID's VMs are servers of the cloud the OpenStack keys name
+    openstack_support: bool = False
+
+    @property
+    def cloud_settings(self) -> CloudSettings:
+        """The cloud RAPID's OpenStack keys name (see the module)."""
+        return from_rapid_keys(self.openstack)
+
+    def user_image(self, os_type: int) -> str:
+        """A user VM's base image: `normalVmImagePath`, or on OpenStack the
+        Glance image of its osType (`rapid_image`); "" for none."""
+        if self.openstack_support:
+            return rapid_image(self.cloud_settings.images, helper=False, os_type=os_type)
+        return str(self.normal_image or "")
+
+    def helper_image(self, slot: int) -> str:
+        """Helper `slot`'s (1, 2) base image: `helperVmImagePath<slot>`, or on
+        OpenStack the helpers' Glance image; "" for none."""
+        if self.openstack_support:
+            return rapid_image(self.cloud_settings.images, helper=True)
+        image = self.helper_images[slot - 1]
+        return str(image or "")
 
     @property
     def image_dirs(self) -> tuple[Path, ...]:
@@ -89,11 +120,15 @@ def read_rapid_config(path: Path) -> RapidConfig:
         raise RapidConfigError(f"{path}: {exc}") from None
     keys = _Keys(root, path)
     openstack = {key: keys.text(key, default="") for key in OPENSTACK_KEYS}
-    if keys.text("openStackSupport", default="") == "1":
-        raise RapidConfigError(
-            f"{path}: openStackSupport is 1, but this agent has no OpenStack driver (it drives libvirt, or "
-            "sim): set it to 0"
-        )
+    openstack_support = keys.text("openStackSupport", default="") == "1"
+    if openstack_support:
+        lacking = [key for key in KEYSTONE_KEYS if not openstack[key]]
+        if lacking:
+            raise RapidConfigError(
+                f"{path}: openStackSupport is 1, but the OpenStack keys lack {', '.join(lacking)} "
+                "(Keystone's URL, a user id, its password and a project id)"
+            )
+    libvirt_default = "" if openstack_support else None  # RAPID read them in libvirt mode only
     vmm_ip = keys.text("vmmIpAddress")
     try:
         announced = ipaddress.ip_address(vmm_ip)
@@ -122,13 +157,17 @@ def read_rapid_config(path: Path) -> RapidConfig:
         available_type=available_type,
         nvidia_smi=keys.text("nvidiaSmiPath", default="") or "/usr/bin/nvidia-smi",
         gpu_device=keys.number("gpuDeviceNum", 0, 1024),
-        normal_image=keys.path("normalVmImagePath"),
-        helper_images=(keys.path("helperVmImagePath1"), keys.path("helperVmImagePath2")),
-        image_folder=keys.path("vmImageFolder"),
-        ip_script=keys.path("ipShellPath"),
+        normal_image=keys.path("normalVmImagePath", libvirt_default),
+        helper_images=(
+            keys.path("helperVmImagePath1", libvirt_default),
+            keys.path("helperVmImagePath2", libvirt_default),
+        ),
+        image_folder=keys.path("vmImageFolder", libvirt_default),
+        ip_script=keys.path("ipShellPath", libvirt_default),
         vm_script=keys.path("vmShellPath", default=""),
         data_path=data_path,
         openstack=openstack,
+        openstack_support=openstack_support,
     )
 
 

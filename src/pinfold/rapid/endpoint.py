@@ -1,5 +1,10 @@
 """The RAPID endpoint of an agent, assembled: configuration.xml and pinfold's
-`[rapid]` settings, the state in the agent's store, the VMM and its server."""
+`[rapid]` settings, the state in the agent's store, the VMM and its server.
+
+RAPID's VMs run on the agent (`AgentBackend`), or, with `openStackSupport`
+1, as servers of the cloud RAPID's OpenStack keys name (`OpenStackBackend`,
+authenticated when the endpoint is made: bad credentials stop the start).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from pinfold.agent.monitor import Monitor
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.service import Agent
 from pinfold.rapid.agent_backend import AgentBackend
+from pinfold.rapid.backend import Backend
 from pinfold.rapid.config import RapidConfig
+from pinfold.rapid.openstack_backend import OpenStackBackend
 from pinfold.rapid.server import RapidServer
 from pinfold.rapid.settings import RapidSettings
 from pinfold.rapid.state import RapidState
@@ -20,8 +27,9 @@ __all__ = ["RapidEndpoint", "helper_pools", "vmm_server"]
 
 def helper_pools(config: RapidConfig, settings: RapidSettings) -> tuple[PoolSpec, ...]:
     """One warm pool per helper slot, of `helper_spares` suspended VMs of the
-    helper's size and image: a helper taken or lost is replaced by a resume."""
-    if settings.helper_spares == 0:
+    helper's size and image: a helper taken or lost is replaced by a resume.
+    None with OpenStack: the helpers are the cloud's servers."""
+    if settings.helper_spares == 0 or config.openstack_support:
         return ()
     return tuple(
         PoolSpec(
@@ -54,10 +62,19 @@ class RapidEndpoint:
         self.monitor = monitor
         self.config = config
         self.state = RapidState(agent.store_path)
-        self.backend = AgentBackend(agent)
+        self.backend = self._backend(agent, config, settings)
         self.vmm = VMM(self.backend, self.state, config, settings, self.usage, self.vm_usage)
         workers = min(config.max_connections, settings.max_workers)
         self.server = vmm_server(self.vmm, settings.listen, config.vmm_port, workers)
+
+    @staticmethod
+    def _backend(agent: Agent, config: RapidConfig, settings: RapidSettings) -> Backend:
+        """The agent, or the cloud (a `PinfoldError` if it refuses the credentials or does not answer).
+        The cloud's servers are this VMM's by their metadata: one owner per announced address and port."""
+        if not config.openstack_support:
+            return AgentBackend(agent)
+        owner = f"rapid-vmm@{config.vmm_ip}:{config.vmm_port}"
+        return OpenStackBackend.connect(config.cloud_settings, owner, settings.ratio)
 
     def start(self) -> None:
         self.vmm.start()

@@ -97,7 +97,7 @@ class Handlers(VMKeeper):
     ) -> RapidVM | None:
         """A user's new VM, registered with the DS; None (and no VM) when the
         agent or the DS fails."""
-        image = str(self.config.normal_image or "")
+        image = self.config.user_image(os_type)
         vm = self._create_vm(
             user_id, f"rapid-user-{user_id}", vcpus, memory_mb, os_type=os_type, gpu_cores=gpu_cores,
             image=image,

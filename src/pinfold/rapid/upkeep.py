@@ -90,10 +90,9 @@ class Upkeep(VMKeeper):
             with self._user(user_id):
                 if self.state.vm(user_id) is not None:
                     continue
-                image = self.config.helper_images[slot - 1]
                 size = (self.settings.helper_vcpus, self.settings.helper_memory_mib)
                 made = self._create_vm(
-                    user_id, f"rapid-helper-{slot}", *size, image=str(image) if image else "", helper=slot
+                    user_id, f"rapid-helper-{slot}", *size, image=self.config.helper_image(slot), helper=slot
                 )
                 if made is not None:
                     self._tell_ds(made)

@@ -1,0 +1,221 @@
+"""RAPID's `OpenStackBackend` against the real minimal OpenStack
+(tests/openstack/lab.py), reached through RAPID's own keys as
+configuration.xml names them: a user VM and a helper on their images and
+flavors, their addresses from their ports, suspend and resume, a resize to
+the flavor a VM has (nothing to do) and to one no flavor fits (refused, the
+VM unchanged), the monitoring answers (vCPUs, cores from Placement or the
+quota), delete, and the helper gone with it. Every server is deleted, also
+when the test fails."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pinfold.model.errors import ErrorCode, PinfoldError
+from pinfold.model.lifecycle import VMState
+from pinfold.model.vm import VMRequest
+from pinfold.openstack.settings import from_rapid_keys
+from pinfold.rapid.config import RapidConfig
+from pinfold.rapid.openstack_backend import OpenStackBackend
+from pinfold.rapid.protocol import OK, Op
+from pinfold.rapid.server import RapidServer
+from pinfold.rapid.state import RapidState
+from pinfold.rapid.vmm import VMM, Usage
+from tests.openstack.lab import ADMIN, Lab, cloud_lab  # noqa: F401  (fixture)
+from tests.rapid.peers import FakeDS, FakeSLAM, as_register, no_reply, start_vm
+from tests.rapid.rig import FAST
+
+
+@pytest.fixture
+def backend(cloud_lab: Lab) -> Iterator[OpenStackBackend]:  # noqa: F811
+    made = OpenStackBackend.connect(
+        from_rapid_keys(cloud_lab.rapid_keys()), f"rapid-test-{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        yield made
+    finally:
+        for name in made.vms():
+            made.delete(name)
+        made.cloud.close()
+
+
+def test_rapids_vms_on_the_cloud(backend: OpenStackBackend) -> None:
+    backend.create(
+        VMRequest("rapid-user-7", 1, 1024, owner="rapid:7", image="/home/rapid/RAPID_VM_template.img")
+    )
+    backend.create(VMRequest("rapid-helper-1", 1, 1024, owner="rapid:-1"))
+    assert backend.vms() == {"rapid-user-7": VMState.RUNNING, "rapid-helper-1": VMState.RUNNING}
+    user = backend.cloud.find("rapid-user-7")
+    helper = backend.cloud.find("rapid-helper-1")
+    assert user is not None
+    assert helper is not None
+    images = {image.id: image.name for image in backend.cloud.connection.image.images()}
+    servers = {server.name: server for server in backend.cloud.connection.compute.servers(details=True)}
+    assert images[servers["rapid-user-7"].image.id] == "lab-image"  # a libvirt path means nothing here
+    assert images[servers["rapid-helper-1"].image.id] == "lab-helper-image"
+    # RAPID's type 1_1024_20 and the helper's 4_1024_20: the lab's smallest flavor of no level that fits
+    assert (user.vcpus, user.memory_mib) == (4, 2048)
+    assert backend.vcpus("rapid-helper-1") == 4
+    assert backend.hypervisor_name("rapid-user-7") == user.id
+    assert backend.disk_allocated_bytes("rapid-user-7") is None
+    [address] = backend.addresses("rapid-user-7")
+    assert ipaddress.ip_address(address).version == 4
+
+    backend.suspend("rapid-user-7")
+    assert backend.state("rapid-user-7") is VMState.PAUSED
+    backend.resume("rapid-user-7")
+    assert backend.state("rapid-user-7") is VMState.RUNNING
+
+    backend.resize("rapid-user-7", 2, 2048)  # the same flavor: nothing to do (Nova refuses such a resize)
+    with pytest.raises(PinfoldError) as caught:
+        backend.resize("rapid-user-7", 4, 4096)
+    assert caught.value.code is ErrorCode.UNKNOWN_FLAVOR
+    assert backend.cloud.find("rapid-user-7").flavor == user.flavor  # type: ignore[union-attr]
+
+    backend.delete("rapid-user-7")
+    assert backend.state("rapid-user-7") is None
+    assert backend.addresses("rapid-user-7") == []
+    with pytest.raises(PinfoldError) as caught:
+        backend.delete("rapid-user-7")
+    assert caught.value.code is ErrorCode.UNKNOWN_VM
+    assert backend.vms() == {"rapid-helper-1": VMState.RUNNING}
+
+
+def test_cores_from_placement_or_the_quota(cloud_lab: Lab, backend: OpenStackBackend) -> None:  # noqa: F811
+    """The member may not read Placement (its policy is admin's): the
+    project's vCPU quota; the admin: the compute hosts' CPUs."""
+    assert backend.cores() == backend.cloud.quota_cores() > 0
+    admin = OpenStackBackend.connect(cloud_lab.settings(cloud=ADMIN), "rapid-test-admin")
+    try:
+        placement = admin.cloud.connection.placement
+        expected = 0
+        for provider in placement.resource_providers():
+            for inventory in placement.resource_provider_inventories(provider):
+                if inventory.resource_class in ("VCPU", "PCPU"):
+                    expected += inventory.total - (inventory.reserved or 0)
+        assert admin.cores() == expected > 0
+    finally:
+        admin.cloud.close()
+
+
+def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(cloud_lab: Lab) -> None:  # noqa: F811
+    keys = cloud_lab.rapid_keys() | {"linuxNormalVmImageId": "", "androidNormalVmImageId": ""}
+    backend = OpenStackBackend.connect(from_rapid_keys(keys), f"rapid-test-{uuid.uuid4().hex[:8]}")
+    try:
+        with pytest.raises(PinfoldError) as caught:
+            backend.create(VMRequest("rapid-user-8", 1, 1024))
+        assert caught.value.code is ErrorCode.UNKNOWN_IMAGE
+        assert backend.vms() == {}
+    finally:
+        for name in backend.vms():
+            backend.delete(name)
+        backend.cloud.close()
+
+
+def test_the_slam_flow_on_the_cloud(tmp_path: Path, cloud_lab: Lab) -> None:  # noqa: F811
+    """RAPID's whole flow with the VMM on OpenStack: helpers made as servers
+    and their port addresses told to the DS; a SLAM start makes user 42's
+    server, whose AS registers from the server's address; the AS asks for
+    suspension (the server SUSPENDED), the next start resumes it, the DS
+    deregisters it (the server gone). Every server is deleted at the end."""
+    slam = FakeSLAM()
+    ds = FakeDS(slam.port)
+    config = RapidConfig(
+        vmm_port=0,
+        vmm_ip="127.0.0.1",
+        ds_port=ds.port,
+        openstack=cloud_lab.rapid_keys(),
+        openstack_support=True,
+    )
+    backend = OpenStackBackend.connect(config.cloud_settings, f"rapid-test-{uuid.uuid4().hex[:8]}")
+    settings = FAST.model_copy(update={"as_wait_s": 60, "ip_wait_s": 60})
+    state = RapidState(tmp_path / "rapid.db")
+    vmm = VMM(backend, state, config, settings, lambda: Usage(5, 1024, 0, backend.cores()))
+    server = RapidServer(vmm.handle, "127.0.0.1", 0, 4, settings.socket_timeout_s)
+    server.start()
+    vmm.start()
+    try:
+        assert vmm.registered.wait(60)
+        ds.wait_for(lambda got: sum(1 for m in got if m[0] == Op.HELPER_NOTIFY_DS) == 2, timeout_s=120)
+        helper_ips = {m[2] for m in ds.of(Op.HELPER_NOTIFY_DS)}
+        assert helper_ips == {backend.addresses(f"rapid-helper-{n}")[0] for n in (1, 2)}
+
+        answer: list[object] = []
+        request = threading.Thread(
+            target=lambda: answer.append(start_vm(server.port, 42, vcpus=1, memory_mb=1024, os_type=1))
+        )
+        request.start()
+        ds.wait_for(lambda got: any(m[0] == Op.VM_REGISTER_DS and m[4] == 42 for m in got), timeout_s=120)
+        [ip] = backend.addresses("rapid-user-42")
+        made = backend.cloud.connection.compute.get_server(str(backend.hypervisor_name("rapid-user-42")))
+        assert backend.cloud.connection.image.get_image(made.image.id).name == "lab-helper-image"  # osType 1
+        assert as_register(server.port, ip) == (OK, 42)
+        request.join(timeout=60)
+        assert answer == [(OK, 42, ip)]
+        vmid = next(m[6] for m in ds.of(Op.VM_REGISTER_DS) if m[4] == 42)
+
+        no_reply(server.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got, timeout_s=60)
+        assert backend.state("rapid-user-42") is VMState.PAUSED
+
+        answer.clear()
+        request = threading.Thread(
+            target=lambda: answer.append(start_vm(server.port, 42, vcpus=1, memory_mb=1024))
+        )
+        request.start()
+        ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 3) in got, timeout_s=60)
+        assert backend.state("rapid-user-42") is VMState.RUNNING
+        assert as_register(server.port, ip) == (OK, 42)
+        request.join(timeout=60)
+        assert answer == [(OK, 42, ip)]
+
+        no_reply(server.port, Op.DS_VM_DEREGISTER_VMM, ("long", 42))
+        assert backend.state("rapid-user-42") is None
+        assert state.vm(42) is None
+        assert set(backend.vms()) == {"rapid-helper-1", "rapid-helper-2"}
+    finally:
+        server.stop()
+        vmm.stop()
+        state.close()
+        ds.stop()
+        slam.stop()
+        for name in backend.vms():
+            backend.delete(name)
+        backend.cloud.close()
+
+
+def test_a_server_a_crash_left_without_a_record_is_removed_at_start(
+    tmp_path: Path,
+    cloud_lab: Lab,  # noqa: F811
+) -> None:
+    """A VMM killed between making a server and recording it: the restarted
+    VMM (same owner, so the same metadata) finds the server by its metadata
+    and deletes it in its start-up reconcile; another owner's server stays."""
+    owner = f"rapid-test-{uuid.uuid4().hex[:8]}"
+    keys = cloud_lab.rapid_keys()
+    config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=1, openstack=keys, openstack_support=True)
+    before = OpenStackBackend.connect(config.cloud_settings, owner)
+    other = OpenStackBackend.connect(config.cloud_settings, f"{owner}-other")
+    try:
+        before.create(VMRequest("rapid-user-9", 1, 1024))
+        other.create(VMRequest("rapid-user-9", 1, 1024))
+        restarted = OpenStackBackend.connect(config.cloud_settings, owner)
+        state = RapidState(tmp_path / "rapid.db")
+        try:
+            VMM(restarted, state, config, FAST, lambda: Usage(5, 1024, 0, 4)).reconcile()
+        finally:
+            state.close()
+            restarted.cloud.close()
+        assert before.vms() == {}
+        assert other.vms() == {"rapid-user-9": VMState.RUNNING}
+    finally:
+        for backend in (before, other):
+            for name in backend.vms():
+                backend.delete(name)
+            backend.cloud.close()
