@@ -326,3 +326,18 @@ def test_unknown_image_and_network_ids_are_named_and_leave_nothing(cloud_lab: La
     assert caught.value.code is ErrorCode.UNKNOWN_NETWORK
     assert missing in caught.value.detail
     assert cloud.servers() == []
+
+
+def test_unknown_image_and_network_names_are_named_and_leave_nothing(cloud_lab: Lab, cloud: Cloud) -> None:
+    """Names are looked up first (openstacksdk's find_*, which raises on a miss
+    once asked not to ignore it): a miss is the same codes as an unknown id."""
+    flavor = choose_flavor(cloud.flavors(), 1, 1, 0)
+    image = next(cloud.connection.image.images()).id
+    with pytest.raises(PinfoldError) as caught:
+        cloud.create(_name(), flavor, "no-such-image")
+    assert caught.value.code is ErrorCode.UNKNOWN_IMAGE
+    assert "no-such-image" in caught.value.detail
+    with pytest.raises(PinfoldError) as caught:
+        cloud.create(_name(), flavor, image, network="no-such-network")
+    assert caught.value.code is ErrorCode.UNKNOWN_NETWORK
+    assert cloud.servers() == []

@@ -374,9 +374,11 @@ def _found_id(find: Callable[..., Any], name_or_id: str, missing: ErrorCode, wha
     except ValueError:
         pass
     with _translated(missing):
-        found = find(name_or_id, ignore_missing=True)
-    if found is None:
-        raise PinfoldError(missing, f"the cloud has no {what} {name_or_id!r}")
+        try:
+            # ignore_missing=True is deprecated (openstacksdk 6 drops it): a miss raises
+            found = find(name_or_id, ignore_missing=False)
+        except sdk.NotFoundException:  # find's own "No Image found for ...", no HTTP status
+            raise PinfoldError(missing, f"the cloud has no {what} {name_or_id!r}") from None
     return str(found.id)
 
 
