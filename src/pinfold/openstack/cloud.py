@@ -39,6 +39,7 @@ from openstack import exceptions as sdk
 from openstack.connection import Connection
 
 from pinfold.model.errors import ErrorCode, PinfoldError
+from pinfold.model.failpoints import crash_point
 from pinfold.openstack.errors import fault_error, translate
 from pinfold.openstack.flavors import Flavor
 from pinfold.openstack.levels import Inventory, LevelUse, Provider, by_level
@@ -153,6 +154,7 @@ class Cloud:
             options["user_data"] = base64.b64encode(user_data.encode()).decode()
         with _translated(ErrorCode.UNKNOWN_FLAVOR):
             made = self.connection.compute.create_server(**options)
+        crash_point("cloud:accepted")
         try:
             server = self._wait(made.id, "ACTIVE")
         except PinfoldError:
