@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,20 @@ class OpenStackLab:
             networks=[{"uuid": self.user.network.find_network(NETWORK, ignore_missing=False).id}],
             **attrs,
         )
+
+    @contextmanager
+    def image(self, **attrs: Any) -> Iterator[str]:
+        """A private image of the member's project (the lab images' 4 KiB of zeros, raw) with
+        `attrs` (min_ram, min_disk), its id; deleted after (its servers first, by the caller)."""
+        image = self.user.image.create_image(
+            name=self.name("image"), data=bytes(4096), disk_format="raw", container_format="bare",
+            visibility="private", wait=True, **attrs,
+        )  # fmt: skip
+        try:
+            yield str(image.id)
+        finally:
+            self.delete_servers()
+            self.user.image.delete_image(str(image.id), ignore_missing=True)
 
     def servers(self) -> list[Any]:
         """Every server of any project that this test made: its name or owner carries

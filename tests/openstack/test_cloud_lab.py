@@ -335,3 +335,26 @@ def test_unknown_image_and_network_names_are_named_and_leave_nothing(
         cloud.create(_name(), flavor, image, network="no-such-network")
     assert caught.value.code is ErrorCode.UNKNOWN_NETWORK
     assert cloud.servers() == []
+
+
+def test_an_images_min_disk_passes_over_the_flavors_with_less_disk(
+    openstack_lab: OpenStackLab, cloud: Cloud
+) -> None:
+    """lab.small (2 GB) is the smallest flavor for 2 vCPUs, 512 MiB; an image
+    of min_disk 5 GB makes Nova refuse it with a bare 400, so the choice, told
+    the image, takes lab.medium (10 GB), and the server lands."""
+    flavors = cloud.flavors()
+    with openstack_lab.image(min_disk=5) as image:
+        small = choose_flavor(flavors, 2, 512, 0)
+        assert small.name == "lab.small"
+        with pytest.raises(PinfoldError) as caught:
+            cloud.create(_name(), small, image)
+        assert caught.value.code is ErrorCode.INVALID_REQUEST
+        needs = cloud.image_needs(image)
+        assert (needs.id, needs.min_disk_gb, needs.min_ram_mib) == (image, 5, 0)
+        chosen = choose_flavor(flavors, 2, 512, 0, image=needs)
+        assert chosen.name == "lab.medium"
+        assert cloud.create(_name(), chosen, image).status == "ACTIVE"
+    with pytest.raises(PinfoldError) as caught:
+        cloud.image_needs(image)  # deleted
+    assert caught.value.code is ErrorCode.UNKNOWN_IMAGE

@@ -208,3 +208,20 @@ def test_a_server_a_crash_left_without_a_record_is_removed_at_start(
     finally:
         for backend in (before, other):
             backend.cloud.close()
+
+
+def test_an_images_min_ram_is_asked_of_the_flavor_before_nova_is(openstack_lab: OpenStackLab) -> None:
+    """RAPID's type 1_1024_20 gets the lab's 2048 MiB flavor, too small for an
+    image of min_ram 4096 MiB, which Nova refuses with a 400 (`invalid
+    request`, naming neither): no flavor fits, said before the cloud is asked."""
+    with openstack_lab.image(min_ram=4096) as image:
+        keys = openstack_lab.rapid_keys() | {"linuxNormalVmImageId": image}
+        backend = OpenStackBackend.connect(from_rapid_keys(keys), openstack_lab.owner())
+        try:
+            with pytest.raises(PinfoldError) as caught:
+                backend.create(VMRequest("rapid-user-11", 1, 1024))
+            assert caught.value.code is ErrorCode.UNKNOWN_FLAVOR, caught.value
+            assert "needs 4096 MiB" in caught.value.detail
+            assert backend.vms() == {}
+        finally:
+            backend.cloud.close()
