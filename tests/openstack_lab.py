@@ -6,11 +6,14 @@ Placement, Glance, neutron-server and Nova with the fake compute driver on
 as PINFOLD_TEST_OPENSTACK_CLOUDS. Without it the tests that need the lab skip,
 except in CI, which sets PINFOLD_REQUIRE_OPENSTACK=1 to make them fail.
 
-A test module imports the fixture by name (``from tests.openstack_lab import
-openstack_lab  # noqa: F401``). The lab is shared by every test, and by any
-other run on the machine: each test names what it makes with its own
-``prefix``, and the fixture deletes every server of that prefix afterwards,
-and only those.
+tests/conftest.py imports the fixtures, so that any test can ask for
+``openstack_lab``: connections as the lab's member user and its admin,
+pinfold's settings and `Cloud`s for the lab, RAPID's keys for it. The lab is
+shared by every test, and by any other run on the machine: what a test makes
+carries its own ``prefix``, in the server's name (``name()``) or in the
+``pinfold-owner`` metadata pinfold's code writes (``owner()``; ``own()`` for
+an owner pinfold chose, such as a RAPID endpoint's), and the fixture deletes
+every such server afterwards, in any project, and nothing else.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,9 @@ from keystoneauth1.exceptions import ClientException
 from openstack.config.loader import OpenStackConfig
 from openstack.connection import Connection
 from openstack.exceptions import SDKException
+
+from pinfold.openstack.cloud import OWNER_KEY, Cloud
+from pinfold.openstack.settings import CloudSettings
 
 CLOUDS = os.environ.get("PINFOLD_TEST_OPENSTACK_CLOUDS", "")
 REQUIRE_OPENSTACK = os.environ.get("PINFOLD_REQUIRE_OPENSTACK") == "1"
@@ -64,7 +71,8 @@ def clouds_file() -> Path:
 def connect(clouds: Path, cloud: str, **overrides: Any) -> Connection:
     """A Connection to one cloud of ``clouds``, whatever OS_* variables or
     ~/.config/openstack files the machine has."""
-    region = OpenStackConfig(config_files=[str(clouds)]).get_one(cloud=cloud, **overrides)
+    loader = OpenStackConfig(config_files=[str(clouds)], load_envvars=False)
+    region = loader.get_one(cloud=cloud, **overrides)
     return Connection(config=region)
 
 
@@ -76,10 +84,45 @@ class OpenStackLab:
     user: Connection
     admin: Connection
     prefix: str
+    owners: set[str] = field(default_factory=set)  # owners of no prefix this test's cleanup takes too
 
     def name(self, suffix: str = "") -> str:
         """A server name that this test's cleanup will find."""
         return f"{self.prefix}{suffix or uuid.uuid4().hex[:6]}"
+
+    def owner(self) -> str:
+        """An owner (the `pinfold-owner` metadata) whose servers this test's cleanup will find."""
+        return self.name(f"owner-{uuid.uuid4().hex[:6]}")
+
+    def own(self, owner: str) -> str:
+        """Have this test's cleanup take the servers of `owner` too (one pinfold named itself)."""
+        self.owners.add(owner)
+        return owner
+
+    def settings(self, **changes: Any) -> CloudSettings:
+        """pinfold's settings for the lab's member user (`changes` for another cloud, network, ...)."""
+        values: dict[str, Any] = {"cloud": USER_CLOUD, "clouds_yaml": self.clouds, "network": NETWORK}
+        return CloudSettings(**(values | changes))
+
+    def cloud(self, **changes: Any) -> Cloud:
+        """A `Cloud` of the member user, as an owner of this test's own."""
+        return Cloud.connect(self.settings(**changes), self.owner())
+
+    def rapid_keys(self) -> dict[str, str]:
+        """RAPID's OpenStack keys (configuration.xml) for the lab's member user: ids, as RAPID took them."""
+        auth = self.user.config.config["auth"]
+        return {
+            "authAddress": auth["auth_url"],
+            "openStackUserId": str(self.user.current_user_id),
+            "openStackPasswd": auth["password"],
+            "projectId1": str(self.user.current_project_id),
+            "projectId2": "default",
+            "networkId": str(self.user.network.find_network(NETWORK, ignore_missing=False).id),
+            "offloadingSecurity": "default",
+            "linuxNormalVmImageId": IMAGE,
+            "androidNormalVmImageId": HELPER_IMAGE,  # the lab has two images: osType 1 takes this
+            "androidHelperVmImageId": HELPER_IMAGE,
+        }
 
     def create_server(self, name: str | None = None, flavor: str = "lab.tiny", **attrs: Any) -> Any:
         """A server of the lab's image on its network, as pinfold's user (not waited for)."""
@@ -91,10 +134,30 @@ class OpenStackLab:
             **attrs,
         )
 
+    @contextmanager
+    def image(self, **attrs: Any) -> Iterator[str]:
+        """A private image of the member's project (the lab images' 4 KiB of zeros, raw) with
+        `attrs` (min_ram, min_disk), its id; deleted after (its servers first, by the caller)."""
+        image = self.user.image.create_image(
+            name=self.name("image"), data=bytes(4096), disk_format="raw", container_format="bare",
+            visibility="private", wait=True, **attrs,
+        )  # fmt: skip
+        try:
+            yield str(image.id)
+        finally:
+            self.delete_servers()
+            self.user.image.delete_image(str(image.id), ignore_missing=True)
+
     def servers(self) -> list[Any]:
-        """Every server of any project whose name carries this test's prefix."""
-        found = self.admin.compute.servers(all_projects=True, name=f"^{self.prefix}")
-        return [server for server in found if server.name.startswith(self.prefix)]
+        """Every server of any project that this test made: its name or owner carries
+        this test's prefix, or its owner is one of `owners`."""
+        return [server for server in self.admin.compute.servers(all_projects=True) if self._made(server)]
+
+    def _made(self, server: Any) -> bool:
+        owner = (server.metadata or {}).get(OWNER_KEY, "")
+        return bool(
+            server.name.startswith(self.prefix) or owner.startswith(self.prefix) or owner in self.owners
+        )
 
     def delete_servers(self) -> None:
         """Delete this test's servers and wait until Nova has forgotten them."""

@@ -1,9 +1,10 @@
-"""`Cloud` against the real minimal OpenStack (tests/openstack/lab.py): a
+"""`Cloud` against the real minimal OpenStack (tests/openstack_lab.py): a
 server's whole lifecycle with its address from its Neutron port, the flavor
 choice over the lab's real flavors, refusals translated with nothing left
 behind (no valid host for a flavor no host can take; a quota of 0 in a
 project of the test's own), and bad credentials. Every server a test makes
-is deleted, also when the test fails; waits are polls to a deadline."""
+is of an owner of the test's own, deleted by the lab's fixture also when the
+test fails; waits are polls to a deadline."""
 
 from __future__ import annotations
 
@@ -19,18 +20,16 @@ from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.openstack.cloud import NAME_KEY, OWNER_KEY, Cloud
 from pinfold.openstack.flavors import choose_flavor, level_trait
 from pinfold.openstack.settings import CloudSettings
-from tests.openstack.lab import ADMIN, MEMBER, REQUIRE, Lab
+from tests.openstack_lab import ADMIN_CLOUD, REQUIRE_OPENSTACK, OpenStackLab
 
 
 @pytest.fixture
-def cloud(cloud_lab: Lab) -> Iterator[Cloud]:
-    """A Cloud of an owner of the test's own; its servers are deleted at the end whatever happened."""
-    made = cloud_lab.cloud()
+def cloud(openstack_lab: OpenStackLab) -> Iterator[Cloud]:
+    """A Cloud of an owner of the test's own (the lab's fixture deletes its servers whatever happened)."""
+    made = openstack_lab.cloud()
     try:
         yield made
     finally:
-        for server in made.servers():
-            made.delete(server.name)
         made.close()
 
 
@@ -90,18 +89,17 @@ def test_a_servers_lifecycle(cloud: Cloud) -> None:
 
 
 @pytest.fixture
-def levelled_flavor(cloud_lab: Lab) -> Iterator[str]:
+def levelled_flavor(openstack_lab: OpenStackLab) -> Iterator[str]:
     """A public flavor of a level no host of the lab offers (its trait, required,
     is on no resource provider: Placement has no candidate), within every
     quota; deleted after."""
-    admin = cloud_lab.connection()
+    admin = openstack_lab.admin
     huge = admin.compute.create_flavor(name=_name(), vcpus=1, ram=128, disk=2, is_public=True)
     admin.compute.create_flavor_extra_specs(huge, {f"trait:{level_trait(9)}": "required"})
     try:
         yield huge.id
     finally:
         admin.compute.delete_flavor(huge, ignore_missing=True)
-        admin.close()
 
 
 def test_a_resize_and_its_confirm_and_revert(cloud: Cloud) -> None:
@@ -115,7 +113,7 @@ def test_a_resize_and_its_confirm_and_revert(cloud: Cloud) -> None:
     try:
         cloud.resize(name, bigger)
     except PinfoldError as error:
-        if error.code is ErrorCode.NO_VALID_HOST and not REQUIRE:
+        if error.code is ErrorCode.NO_VALID_HOST and not REQUIRE_OPENSTACK:
             pytest.skip(f"the lab cannot resize on its one host (allow_resize_to_same_host): {error}")
         raise
     assert cloud.find(name).status == "VERIFY_RESIZE"  # type: ignore[union-attr]
@@ -143,8 +141,10 @@ def test_a_resize_no_host_can_take_is_no_valid_host_and_the_server_stays(
     assert (after.status, after.flavor) == ("ACTIVE", choose_flavor(flavors, 1, 256, 0).name)
 
 
-def test_another_owners_server_of_the_same_name_is_not_ours(cloud_lab: Lab, cloud: Cloud) -> None:
-    other = cloud_lab.cloud()
+def test_another_owners_server_of_the_same_name_is_not_ours(
+    openstack_lab: OpenStackLab, cloud: Cloud
+) -> None:
+    other = openstack_lab.cloud()
     try:
         flavor = choose_flavor(cloud.flavors(), 1, 256, 0)
         image = next(cloud.connection.image.images()).name
@@ -156,8 +156,6 @@ def test_another_owners_server_of_the_same_name_is_not_ours(cloud_lab: Lab, clou
             cloud.suspend(name)
         assert caught.value.code is ErrorCode.UNKNOWN_VM
     finally:
-        for server in other.servers():
-            other.delete(server.name)
         other.close()
 
 
@@ -179,29 +177,26 @@ def test_the_smallest_of_the_labs_flavors(cloud: Cloud) -> None:
 
 
 def test_a_flavor_no_host_can_take_is_no_valid_host_and_leaves_nothing(
-    cloud_lab: Lab, cloud: Cloud, levelled_flavor: str
+    openstack_lab: OpenStackLab, cloud: Cloud, levelled_flavor: str
 ) -> None:
-    admin = cloud_lab.connection()
-    try:
-        flavor = next(f for f in cloud.flavors() if f.id == levelled_flavor)
-        name = _name()
-        with pytest.raises(PinfoldError) as caught:
-            cloud.create(name, flavor, next(cloud.connection.image.images()).name)
-        assert caught.value.code is ErrorCode.NO_VALID_HOST
-        assert "No valid host" in caught.value.detail
-        assert caught.value.code.status == 409
-        assert cloud.find(name) is None
-        assert [server.id for server in admin.compute.servers(all_projects=True) if server.name == name] == []
-        assert _orphan_ports(admin) == []
-    finally:
-        admin.close()
+    admin = openstack_lab.admin
+    flavor = next(f for f in cloud.flavors() if f.id == levelled_flavor)
+    name = _name()
+    with pytest.raises(PinfoldError) as caught:
+        cloud.create(name, flavor, next(cloud.connection.image.images()).name)
+    assert caught.value.code is ErrorCode.NO_VALID_HOST
+    assert "No valid host" in caught.value.detail
+    assert caught.value.code.status == 409
+    assert cloud.find(name) is None
+    assert [server.id for server in admin.compute.servers(all_projects=True) if server.name == name] == []
+    assert _orphan_ports(admin) == []
 
 
-def test_a_quota_of_zero_is_quota_exceeded_and_leaves_nothing(cloud_lab: Lab) -> None:
+def test_a_quota_of_zero_is_quota_exceeded_and_leaves_nothing(openstack_lab: OpenStackLab) -> None:
     """In a project of the test's own (the shared project's quota is left
     alone), the member user given the member role there."""
-    admin = cloud_lab.connection()
-    member = cloud_lab.connection(MEMBER)
+    admin = openstack_lab.admin
+    member = openstack_lab.user
     identity: Any = admin.identity  # Keystone v3 (openstacksdk types it v2 or v3)
     project = identity.create_project(name=_name(), domain_id="default")
     try:
@@ -212,7 +207,7 @@ def test_a_quota_of_zero_is_quota_exceeded_and_leaves_nothing(cloud_lab: Lab) ->
             auth_url=auth["auth_url"], username=auth["username"], password=auth["password"],
             project_id=project.id, domain_name="Default",
         )  # fmt: skip
-        cloud = Cloud.connect(settings, "pinfold-test-quota")
+        cloud = Cloud.connect(settings, openstack_lab.owner())
         try:
             name = _name()
             with pytest.raises(PinfoldError) as caught:
@@ -226,14 +221,10 @@ def test_a_quota_of_zero_is_quota_exceeded_and_leaves_nothing(cloud_lab: Lab) ->
     finally:
         admin.compute.revert_quota_set(project.id)
         identity.delete_project(project)
-        admin.close()
-        member.close()
 
 
-def test_bad_credentials_are_an_auth_failure(cloud_lab: Lab) -> None:
-    member = cloud_lab.connection(MEMBER)
-    auth = member.config.config["auth"]
-    member.close()
+def test_bad_credentials_are_an_auth_failure(openstack_lab: OpenStackLab) -> None:
+    auth = openstack_lab.user.config.config["auth"]
     bad = CloudSettings(
         auth_url=auth["auth_url"],
         username=auth["username"],
@@ -242,7 +233,7 @@ def test_bad_credentials_are_an_auth_failure(cloud_lab: Lab) -> None:
         domain_name="Default",
     )
     with pytest.raises(PinfoldError) as caught:
-        Cloud.connect(bad, "pinfold-test")
+        Cloud.connect(bad, openstack_lab.owner())
     assert caught.value.code is ErrorCode.CLOUD_AUTH_FAILED
     assert "401" in caught.value.detail
     assert "\n" not in caught.value.detail
@@ -266,10 +257,10 @@ def _change_traits(admin: openstack.connection.Connection, provider: str, trait:
 
 
 @pytest.fixture
-def level_4(cloud_lab: Lab) -> Iterator[str]:
+def level_4(openstack_lab: OpenStackLab) -> Iterator[str]:
     """The lab's compute hosts made level 4 (their VCPU allocation ratio is 4
     already) by the trait, and a flavor of level 4 requiring it (its id); both undone after."""
-    admin = cloud_lab.connection()
+    admin = openstack_lab.admin
     trait = level_trait(4)
     placement: Any = admin.placement
     placement.put(f"/traits/{trait}", microversion="1.6")
@@ -284,11 +275,10 @@ def level_4(cloud_lab: Lab) -> Iterator[str]:
         admin.compute.delete_flavor(flavor, ignore_missing=True)
         for provider in providers:
             _change_traits(admin, provider, trait, present=False)
-        admin.close()
 
 
 def test_a_level_is_a_trait_its_flavors_require_and_placement_counts_it(
-    cloud_lab: Lab, cloud: Cloud, level_4: str
+    openstack_lab: OpenStackLab, cloud: Cloud, level_4: str
 ) -> None:
     """docs/design.md, "Levels on OpenStack", end to end: the flavor of level 4 is
     chosen for a VM of level 4, its server lands (on the host with the trait),
@@ -299,7 +289,7 @@ def test_a_level_is_a_trait_its_flavors_require_and_placement_counts_it(
     assert chosen.level == 4.0
     name = _name()
     cloud.create(name, chosen, next(cloud.connection.image.images()).name)
-    admin = Cloud.connect(cloud_lab.settings(cloud=ADMIN), "pinfold-test-levels")
+    admin = Cloud.connect(openstack_lab.settings(cloud=ADMIN_CLOUD), "pinfold-test-levels")
     try:
         levels = admin.levels()
         assert list(levels) == [4.0]  # the lab's one host, its trait saying 4 (its ratio too)
@@ -313,7 +303,9 @@ def test_a_level_is_a_trait_its_flavors_require_and_placement_counts_it(
         admin.close()
 
 
-def test_unknown_image_and_network_ids_are_named_and_leave_nothing(cloud_lab: Lab, cloud: Cloud) -> None:
+def test_unknown_image_and_network_ids_are_named_and_leave_nothing(
+    openstack_lab: OpenStackLab, cloud: Cloud
+) -> None:
     """Ids are passed to Nova without a lookup: its refusals are the same codes."""
     flavor = choose_flavor(cloud.flavors(), 1, 1, 0)
     image = next(cloud.connection.image.images()).id
@@ -328,7 +320,9 @@ def test_unknown_image_and_network_ids_are_named_and_leave_nothing(cloud_lab: La
     assert cloud.servers() == []
 
 
-def test_unknown_image_and_network_names_are_named_and_leave_nothing(cloud_lab: Lab, cloud: Cloud) -> None:
+def test_unknown_image_and_network_names_are_named_and_leave_nothing(
+    openstack_lab: OpenStackLab, cloud: Cloud
+) -> None:
     """Names are looked up first (openstacksdk's find_*, which raises on a miss
     once asked not to ignore it): a miss is the same codes as an unknown id."""
     flavor = choose_flavor(cloud.flavors(), 1, 1, 0)
@@ -341,3 +335,26 @@ def test_unknown_image_and_network_names_are_named_and_leave_nothing(cloud_lab: 
         cloud.create(_name(), flavor, image, network="no-such-network")
     assert caught.value.code is ErrorCode.UNKNOWN_NETWORK
     assert cloud.servers() == []
+
+
+def test_an_images_min_disk_passes_over_the_flavors_with_less_disk(
+    openstack_lab: OpenStackLab, cloud: Cloud
+) -> None:
+    """lab.small (2 GB) is the smallest flavor for 2 vCPUs, 512 MiB; an image
+    of min_disk 5 GB makes Nova refuse it with a bare 400, so the choice, told
+    the image, takes lab.medium (10 GB), and the server lands."""
+    flavors = cloud.flavors()
+    with openstack_lab.image(min_disk=5) as image:
+        small = choose_flavor(flavors, 2, 512, 0)
+        assert small.name == "lab.small"
+        with pytest.raises(PinfoldError) as caught:
+            cloud.create(_name(), small, image)
+        assert caught.value.code is ErrorCode.INVALID_REQUEST
+        needs = cloud.image_needs(image)
+        assert (needs.id, needs.min_disk_gb, needs.min_ram_mib) == (image, 5, 0)
+        chosen = choose_flavor(flavors, 2, 512, 0, image=needs)
+        assert chosen.name == "lab.medium"
+        assert cloud.create(_name(), chosen, image).status == "ACTIVE"
+    with pytest.raises(PinfoldError) as caught:
+        cloud.image_needs(image)  # deleted
+    assert caught.value.code is ErrorCode.UNKNOWN_IMAGE

@@ -7,7 +7,14 @@ from __future__ import annotations
 import pytest
 
 from pinfold.model.errors import ErrorCode, PinfoldError
-from pinfold.openstack.flavors import Flavor, choose_flavor, flavor_level, level_trait, trait_level
+from pinfold.openstack.flavors import (
+    Flavor,
+    ImageNeeds,
+    choose_flavor,
+    flavor_level,
+    level_trait,
+    trait_level,
+)
 
 LEVEL2 = {"trait:CUSTOM_PINFOLD_LEVEL_2": "required"}
 FLAVORS = [
@@ -124,3 +131,40 @@ def test_a_flavor_names_a_pinfold_level_by_its_trait_only() -> None:
     assert Flavor("a", "a", 1, 1, 1, LEVEL2).names_a_pinfold_level
     assert not Flavor("b", "b", 1, 1, 1, {"hw:cpu_policy": "dedicated"}).names_a_pinfold_level
     assert not Flavor("c", "c", 1, 1, 1, {"trait:CUSTOM_PINFOLD_LEVEL_2": "forbidden"}).names_a_pinfold_level
+
+
+@pytest.mark.parametrize(
+    ("needs", "chosen"),
+    [
+        (ImageNeeds("i", "img", min_ram_mib=1024), "a.1-1024"),  # m1.tiny's 512 MiB is too little
+        (ImageNeeds("i", "img", min_disk_gb=2), "a.1-1024"),  # m1.tiny's 1 GB is too little
+        (ImageNeeds("i", "img", size_bytes=2**30 + 1), "a.1-1024"),  # bigger than m1.tiny's disk
+        (ImageNeeds("i", "img", min_disk_gb=30), "m1.large"),
+        (ImageNeeds("i", "img", min_disk_gb=1, size_bytes=2**30), "m1.tiny"),  # exactly: it fits
+    ],
+)
+def test_an_images_needs_pass_over_the_flavors_short_of_them(needs: ImageNeeds, chosen: str) -> None:
+    assert choose_flavor(FLAVORS, 1, 256, 0, image=needs).name == chosen
+
+
+def test_a_flavor_of_disk_0_takes_any_image_size_as_nova_does() -> None:
+    zero = [Flavor("z", "z.1", 1, 512, 0), *FLAVORS]
+    needs = ImageNeeds("i", "img", min_disk_gb=50, size_bytes=40 * 2**30)
+    assert choose_flavor(zero, 1, 256, 0, image=needs).name == "z.1"
+
+
+def test_no_flavor_the_image_allows_names_the_image_and_an_explicit_one_is_checked() -> None:
+    needs = ImageNeeds("i", "big-image", min_ram_mib=16384)
+    with pytest.raises(PinfoldError) as caught:
+        choose_flavor(FLAVORS, 1, 256, 0, image=needs)
+    assert caught.value.code is ErrorCode.UNKNOWN_FLAVOR
+    assert "for image big-image needs 16384 MiB" in caught.value.detail
+    with pytest.raises(PinfoldError) as caught:
+        choose_flavor(FLAVORS, 1, 256, explicit="m1.tiny", image=needs)
+    assert caught.value.code is ErrorCode.UNKNOWN_FLAVOR
+    assert caught.value.detail.startswith(
+        "flavor m1.tiny (1 vCPUs, 512 MiB, 1 GB) is too small: image big-image"
+    )
+    assert (
+        choose_flavor(FLAVORS, 1, 256, explicit="m1.tiny", image=ImageNeeds("i", "small")).name == "m1.tiny"
+    )

@@ -18,7 +18,6 @@ from typing import Any
 
 from pinfold.rapid.protocol import OK, Op
 from tests.conftest import I7
-from tests.openstack.lab import cloud_lab  # noqa: F401  (fixture)
 from tests.rapid.peers import FakeDS, FakeSLAM, Peer, as_register, start_vm
 from tests.servers import free_port
 
@@ -218,9 +217,9 @@ def test_a_cloud_that_does_not_answer_stops_the_agent_in_one_line_with_exit_code
     assert "Traceback" not in result.stderr
 
 
-def test_bad_cloud_credentials_stop_the_agent_in_one_line_with_exit_code_1(tmp_path, cloud_lab):  # noqa: F811
+def test_bad_cloud_credentials_stop_the_agent_in_one_line_with_exit_code_1(tmp_path, openstack_lab):
     """Against the real lab's Keystone: RAPID's keys with a wrong password."""
-    keys = cloud_lab.rapid_keys()
+    keys = openstack_lab.rapid_keys()
     auth = keys["authAddress"]
     command = openstack_agent(tmp_path, auth, keys["openStackUserId"], "wrong", keys["projectId1"])
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)

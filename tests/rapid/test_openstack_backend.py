@@ -1,17 +1,16 @@
 """RAPID's `OpenStackBackend` against the real minimal OpenStack
-(tests/openstack/lab.py), reached through RAPID's own keys as
+(tests/openstack_lab.py), reached through RAPID's own keys as
 configuration.xml names them: a user VM and a helper on their images and
 flavors, their addresses from their ports, suspend and resume, a resize to
 the flavor a VM has (nothing to do) and to one no flavor fits (refused, the
 VM unchanged), the monitoring answers (vCPUs, cores from Placement or the
-quota), delete, and the helper gone with it. Every server is deleted, also
-when the test fails."""
+quota), delete, and the helper gone with it. Every server is of an owner of
+the test's own, deleted by the lab's fixture also when the test fails."""
 
 from __future__ import annotations
 
 import ipaddress
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,21 +26,17 @@ from pinfold.rapid.protocol import OK, Op
 from pinfold.rapid.server import RapidServer
 from pinfold.rapid.state import RapidState
 from pinfold.rapid.vmm import VMM, Usage
-from tests.openstack.lab import ADMIN, Lab, cloud_lab  # noqa: F401  (fixture)
+from tests.openstack_lab import ADMIN_CLOUD, OpenStackLab
 from tests.rapid.peers import FakeDS, FakeSLAM, as_register, no_reply, start_vm
 from tests.rapid.rig import FAST
 
 
 @pytest.fixture
-def backend(cloud_lab: Lab) -> Iterator[OpenStackBackend]:  # noqa: F811
-    made = OpenStackBackend.connect(
-        from_rapid_keys(cloud_lab.rapid_keys()), f"rapid-test-{uuid.uuid4().hex[:8]}"
-    )
+def backend(openstack_lab: OpenStackLab) -> Iterator[OpenStackBackend]:
+    made = OpenStackBackend.connect(from_rapid_keys(openstack_lab.rapid_keys()), openstack_lab.owner())
     try:
         yield made
     finally:
-        for name in made.vms():
-            made.delete(name)
         made.cloud.close()
 
 
@@ -87,11 +82,11 @@ def test_rapids_vms_on_the_cloud(backend: OpenStackBackend) -> None:
     assert backend.vms() == {"rapid-helper-1": VMState.RUNNING}
 
 
-def test_cores_from_placement_or_the_quota(cloud_lab: Lab, backend: OpenStackBackend) -> None:  # noqa: F811
+def test_cores_from_placement_or_the_quota(openstack_lab: OpenStackLab, backend: OpenStackBackend) -> None:
     """The member may not read Placement (its policy is admin's): the
     project's vCPU quota; the admin: the compute hosts' CPUs."""
     assert backend.cores() == backend.cloud.quota_cores() > 0
-    admin = OpenStackBackend.connect(cloud_lab.settings(cloud=ADMIN), "rapid-test-admin")
+    admin = OpenStackBackend.connect(openstack_lab.settings(cloud=ADMIN_CLOUD), "rapid-test-admin")
     try:
         placement = admin.cloud.connection.placement
         expected = 0
@@ -104,21 +99,19 @@ def test_cores_from_placement_or_the_quota(cloud_lab: Lab, backend: OpenStackBac
         admin.cloud.close()
 
 
-def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(cloud_lab: Lab) -> None:  # noqa: F811
-    keys = cloud_lab.rapid_keys() | {"linuxNormalVmImageId": "", "androidNormalVmImageId": ""}
-    backend = OpenStackBackend.connect(from_rapid_keys(keys), f"rapid-test-{uuid.uuid4().hex[:8]}")
+def test_no_image_for_the_kind_is_refused_before_the_cloud_is_asked(openstack_lab: OpenStackLab) -> None:
+    keys = openstack_lab.rapid_keys() | {"linuxNormalVmImageId": "", "androidNormalVmImageId": ""}
+    backend = OpenStackBackend.connect(from_rapid_keys(keys), openstack_lab.owner())
     try:
         with pytest.raises(PinfoldError) as caught:
             backend.create(VMRequest("rapid-user-8", 1, 1024))
         assert caught.value.code is ErrorCode.UNKNOWN_IMAGE
         assert backend.vms() == {}
     finally:
-        for name in backend.vms():
-            backend.delete(name)
         backend.cloud.close()
 
 
-def test_the_slam_flow_on_the_cloud(tmp_path: Path, cloud_lab: Lab) -> None:  # noqa: F811
+def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: OpenStackLab) -> None:
     """RAPID's whole flow with the VMM on OpenStack: helpers made as servers
     and their port addresses told to the DS; a SLAM start makes user 42's
     server, whose AS registers from the server's address; the AS asks for
@@ -130,10 +123,10 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, cloud_lab: Lab) -> None:  # 
         vmm_port=0,
         vmm_ip="127.0.0.1",
         ds_port=ds.port,
-        openstack=cloud_lab.rapid_keys(),
+        openstack=openstack_lab.rapid_keys(),
         openstack_support=True,
     )
-    backend = OpenStackBackend.connect(config.cloud_settings, f"rapid-test-{uuid.uuid4().hex[:8]}")
+    backend = OpenStackBackend.connect(config.cloud_settings, openstack_lab.owner())
     settings = FAST.model_copy(update={"as_wait_s": 60, "ip_wait_s": 60})
     state = RapidState(tmp_path / "rapid.db")
     vmm = VMM(backend, state, config, settings, lambda: Usage(5, 1024, 0, backend.cores()))
@@ -185,20 +178,18 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, cloud_lab: Lab) -> None:  # 
         state.close()
         ds.stop()
         slam.stop()
-        for name in backend.vms():
-            backend.delete(name)
         backend.cloud.close()
 
 
 def test_a_server_a_crash_left_without_a_record_is_removed_at_start(
     tmp_path: Path,
-    cloud_lab: Lab,  # noqa: F811
+    openstack_lab: OpenStackLab,
 ) -> None:
     """A VMM killed between making a server and recording it: the restarted
     VMM (same owner, so the same metadata) finds the server by its metadata
     and deletes it in its start-up reconcile; another owner's server stays."""
-    owner = f"rapid-test-{uuid.uuid4().hex[:8]}"
-    keys = cloud_lab.rapid_keys()
+    owner = openstack_lab.owner()
+    keys = openstack_lab.rapid_keys()
     config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=1, openstack=keys, openstack_support=True)
     before = OpenStackBackend.connect(config.cloud_settings, owner)
     other = OpenStackBackend.connect(config.cloud_settings, f"{owner}-other")
@@ -216,6 +207,21 @@ def test_a_server_a_crash_left_without_a_record_is_removed_at_start(
         assert other.vms() == {"rapid-user-9": VMState.RUNNING}
     finally:
         for backend in (before, other):
-            for name in backend.vms():
-                backend.delete(name)
+            backend.cloud.close()
+
+
+def test_an_images_min_ram_is_asked_of_the_flavor_before_nova_is(openstack_lab: OpenStackLab) -> None:
+    """RAPID's type 1_1024_20 gets the lab's 2048 MiB flavor, too small for an
+    image of min_ram 4096 MiB, which Nova refuses with a 400 (`invalid
+    request`, naming neither): no flavor fits, said before the cloud is asked."""
+    with openstack_lab.image(min_ram=4096) as image:
+        keys = openstack_lab.rapid_keys() | {"linuxNormalVmImageId": image}
+        backend = OpenStackBackend.connect(from_rapid_keys(keys), openstack_lab.owner())
+        try:
+            with pytest.raises(PinfoldError) as caught:
+                backend.create(VMRequest("rapid-user-11", 1, 1024))
+            assert caught.value.code is ErrorCode.UNKNOWN_FLAVOR, caught.value
+            assert "needs 4096 MiB" in caught.value.detail
+            assert backend.vms() == {}
+        finally:
             backend.cloud.close()

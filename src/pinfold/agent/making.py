@@ -14,10 +14,10 @@ from pinfold.agent.core import AgentError
 from pinfold.agent.disks import DiskError
 from pinfold.agent.domain import DomainSpec, DomainXMLError
 from pinfold.agent.drivers.base import DriverError
-from pinfold.agent.failpoints import crash_point
 from pinfold.agent.networks import NicRefusedError, resolve_nics
 from pinfold.agent.pins import PinKeeping
 from pinfold.agent.store import Pending, StoredVM
+from pinfold.model.failpoints import crash_point
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import NIC, VMRequest
 from pinfold.placement import PlacementError, VMSpec

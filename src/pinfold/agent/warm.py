@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pinfold.agent.core import AgentError, log
 from pinfold.agent.drivers.base import DriverError
-from pinfold.agent.failpoints import crash_point
 from pinfold.agent.making import Making
 from pinfold.agent.pools import PoolSpec
 from pinfold.agent.store import Pending, StoredVM
+from pinfold.model.failpoints import crash_point
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
 from pinfold.placement import PlacementError

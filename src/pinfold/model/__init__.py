@@ -7,5 +7,6 @@ Rule: this package imports only the standard library and the placement core
 simulator, the RAPID endpoint and the CLI import from here; nothing here
 imports them. Its modules are imported by name (`pinfold.model.errors`,
 `pinfold.model.refusal` (a placement refusal as JSON),
-`pinfold.model.lifecycle`, `pinfold.model.vm`).
+`pinfold.model.lifecycle`, `pinfold.model.vm`, `pinfold.model.failpoints`
+(the crash points of the tests that kill the agent)).
 """

@@ -39,8 +39,9 @@ from openstack import exceptions as sdk
 from openstack.connection import Connection
 
 from pinfold.model.errors import ErrorCode, PinfoldError
+from pinfold.model.failpoints import crash_point
 from pinfold.openstack.errors import fault_error, translate
-from pinfold.openstack.flavors import Flavor
+from pinfold.openstack.flavors import Flavor, ImageNeeds
 from pinfold.openstack.levels import Inventory, LevelUse, Provider, by_level
 from pinfold.openstack.settings import CloudSettings
 
@@ -121,6 +122,17 @@ class Cloud:
     def image_id(self, name_or_id: str) -> str:
         return _found_id(self.connection.image.find_image, name_or_id, ErrorCode.UNKNOWN_IMAGE, "image")
 
+    def image_needs(self, name_or_id: str) -> ImageNeeds:
+        """What the image asks of a flavor (Glance's min_ram, min_disk, size),
+        for `choose_flavor`; `unknown image` for none."""
+        image_id = self.image_id(name_or_id)
+        with _translated(ErrorCode.UNKNOWN_IMAGE):
+            image = self.connection.image.get_image(image_id)
+        return ImageNeeds(
+            image_id, str(image.name or name_or_id), int(image.min_ram or 0), int(image.min_disk or 0),
+            int(image.size or 0),
+        )  # fmt: skip
+
     def network_id(self, name_or_id: str) -> str:
         return _found_id(
             self.connection.network.find_network, name_or_id, ErrorCode.UNKNOWN_NETWORK, "network"
@@ -153,6 +165,7 @@ class Cloud:
             options["user_data"] = base64.b64encode(user_data.encode()).decode()
         with _translated(ErrorCode.UNKNOWN_FLAVOR):
             made = self.connection.compute.create_server(**options)
+        crash_point("cloud:accepted")
         try:
             server = self._wait(made.id, "ACTIVE")
         except PinfoldError:

@@ -12,6 +12,11 @@ then sends its servers to the hosts whose resource provider has that trait),
 or, for 1:1 only, by `hw:cpu_policy=dedicated` (PCPU inventory). A flavor
 naming none is of no level. A VM of a level gets a flavor of that level; a VM
 of no level a flavor of no level (never a dedicated one by chance of size).
+
+An image may ask more of the flavor than the VM does (`ImageNeeds`: Glance's
+`min_ram`, `min_disk` and the image's size); Nova refuses a flavor short of
+them with a 400 that names neither, so where the image is known the choice
+passes over such flavors, and says so when none is left.
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ from dataclasses import dataclass, field
 
 from pinfold.model.errors import ErrorCode, PinfoldError
 
-__all__ = ["LEVEL_TRAIT_PREFIX", "Flavor", "choose_flavor", "flavor_level", "level_trait", "trait_level"]
+__all__ = [
+    "LEVEL_TRAIT_PREFIX", "Flavor", "ImageNeeds", "choose_flavor", "flavor_level", "level_trait",
+    "trait_level",
+]  # fmt: skip
 
 LEVEL_TRAIT_PREFIX = "CUSTOM_PINFOLD_LEVEL_"
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,33 @@ class Flavor:
 
     def describe(self) -> str:
         return f"{self.name} ({self.vcpus} vCPUs, {self.memory_mib} MiB, {self.disk_gb} GB)"
+
+
+@dataclass(frozen=True)
+class ImageNeeds:
+    """What an image asks of a flavor, as Nova checks it at a create: memory
+    of at least `min_ram_mib`, and a root disk of at least `min_disk_gb` and
+    of the image's size, unless the flavor's disk is 0 (then the root disk is
+    the image's own size and Nova checks neither)."""
+
+    id: str
+    name: str
+    min_ram_mib: int = 0
+    min_disk_gb: int = 0
+    size_bytes: int = 0
+
+    def allows(self, flavor: Flavor) -> bool:
+        if flavor.memory_mib < self.min_ram_mib:
+            return False
+        if flavor.disk_gb == 0:
+            return True
+        return flavor.disk_gb >= self.min_disk_gb and flavor.disk_gb * GIB >= self.size_bytes
+
+    def describe(self) -> str:
+        return (
+            f"image {self.name} needs {self.min_ram_mib} MiB, {self.min_disk_gb} GB disk "
+            f"(min_ram, min_disk) and holds {self.size_bytes} bytes"
+        )
 
 
 def level_trait(level: float) -> str:
@@ -101,26 +137,30 @@ def choose_flavor(
     *,
     explicit: str = "",
     level: float | None = None,
+    image: ImageNeeds | None = None,
 ) -> Flavor:
     """The flavor a VM of these sizes gets (see the module): `explicit` (an
     id or a name) if given, else the smallest that fits, of `level` if one is
-    asked (else of no level). `unknown flavor` when none is or fits, saying
-    what the cloud has."""
+    asked (else of no level), and that `image` allows if it is known. `unknown
+    flavor` when none is, fits or is allowed, saying what the cloud has."""
     known = list(flavors)
     if explicit:
-        for flavor in sorted(known, key=lambda flavor: flavor.id != explicit):  # an id before a name
-            if explicit in (flavor.id, flavor.name):
-                return flavor
-        raise PinfoldError(ErrorCode.UNKNOWN_FLAVOR, f"the cloud has no flavor {explicit!r}")
+        return _explicit(known, explicit, image)
     candidates = [flavor for flavor in known if flavor.level == level]
     fitting = sorted(
-        (flavor for flavor in candidates if flavor.fits(vcpus, memory_mib, disk_gb)),
+        (
+            flavor
+            for flavor in candidates
+            if flavor.fits(vcpus, memory_mib, disk_gb) and (image is None or image.allows(flavor))
+        ),
         key=lambda flavor: (flavor.vcpus, flavor.memory_mib, flavor.disk_gb, flavor.name),
     )
     if fitting:
         return fitting[0]
     at_level = " of no level" if level is None else f" at level {level:g}"
     wanted = f"{vcpus} vCPUs, {memory_mib} MiB, {disk_gb} GB disk{at_level}"
+    if image is not None:
+        wanted += f" for {image.describe()}"
     if not candidates:
         raise PinfoldError(
             ErrorCode.UNKNOWN_FLAVOR, f"no flavor fits {wanted}: the cloud has no flavor{at_level}"
@@ -131,3 +171,15 @@ def choose_flavor(
     raise PinfoldError(
         ErrorCode.UNKNOWN_FLAVOR, f"no flavor fits {wanted}: the largest is {largest.describe()}"
     )
+
+
+def _explicit(flavors: list[Flavor], explicit: str, image: ImageNeeds | None) -> Flavor:
+    """The flavor of that id (first) or name, if `image` allows it; `unknown flavor` else."""
+    for flavor in sorted(flavors, key=lambda flavor: flavor.id != explicit):  # an id before a name
+        if explicit in (flavor.id, flavor.name):
+            if image is not None and not image.allows(flavor):
+                raise PinfoldError(
+                    ErrorCode.UNKNOWN_FLAVOR, f"flavor {flavor.describe()} is too small: {image.describe()}"
+                )
+            return flavor
+    raise PinfoldError(ErrorCode.UNKNOWN_FLAVOR, f"the cloud has no flavor {explicit!r}")

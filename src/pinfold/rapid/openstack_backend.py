@@ -16,6 +16,9 @@ What RAPID did, and what is done here:
   trait; docs/design.md, "Levels on OpenStack"), only flavors of RAPID's
   level (`[rapid] ratio`) are taken; on another cloud, flavors of no level
   (never a dedicated one by chance of size, nor because RAPID's ratio is 1).
+  At a create the image is read first: a flavor short of its `min_ram`,
+  `min_disk` or size is passed over (Nova refused it with a bare 400). A
+  resize keeps RAPID's rule alone (the server's image is not read again).
 - image: the Glance id or name the VMM asks for (`RapidConfig.user_image`
   by the user's osType, `helper_image`: `androidHelperVmImageId` as RAPID),
   else, for a request without one (or with a path: libvirt's base images
@@ -48,7 +51,7 @@ from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
 from pinfold.openstack.cloud import Cloud, Server
-from pinfold.openstack.flavors import Flavor, choose_flavor
+from pinfold.openstack.flavors import Flavor, ImageNeeds, choose_flavor
 from pinfold.openstack.settings import CloudSettings, rapid_image
 from pinfold.rapid.flavors import suitable_type
 from pinfold.rapid.vms import START_DISK_GB
@@ -94,8 +97,10 @@ class OpenStackBackend:
         return cls(Cloud.connect(settings, owner), ratio)
 
     def create(self, request: VMRequest) -> None:
-        flavor = self.flavor(request.name, request.vcpus, request.memory_mib)
-        self.cloud.create(request.name, flavor, self.image(request), user_data=request.user_data)
+        """The image is read first: its min_ram and min_disk narrow the flavor choice."""
+        image = self.cloud.image_needs(self.image(request))
+        flavor = self.flavor(request.name, request.vcpus, request.memory_mib, image)
+        self.cloud.create(request.name, flavor, image.id, user_data=request.user_data)
 
     def delete(self, name: str) -> None:
         self.cloud.delete(name)
@@ -165,15 +170,18 @@ class OpenStackBackend:
 
     # the choices (see the module)
 
-    def flavor(self, name: str, vcpus: int, memory_mib: int) -> Flavor:
+    def flavor(self, name: str, vcpus: int, memory_mib: int, image: ImageNeeds | None = None) -> Flavor:
+        """`image`, where known (a create), narrows the choice to flavors it allows."""
         flavors = self.cloud.flavors()
         level = self.ratio if any(flavor.names_a_pinfold_level for flavor in flavors) else None
         if name.startswith(HELPER_PREFIX):
             explicit = self.settings.flavors.get(HELPER_TYPE, "")
-            return choose_flavor(flavors, 4, 1024, explicit=explicit, level=level)
+            return choose_flavor(flavors, 4, 1024, explicit=explicit, level=level, image=image)
         chosen = suitable_type(vcpus, memory_mib, START_DISK_GB)
         explicit = self.settings.flavors.get(f"{chosen.vcpus}_{chosen.memory_mb}_{chosen.disk_gb}", "")
-        return choose_flavor(flavors, chosen.vcpus, chosen.memory_mb, explicit=explicit, level=level)
+        return choose_flavor(
+            flavors, chosen.vcpus, chosen.memory_mb, explicit=explicit, level=level, image=image
+        )
 
     def image(self, request: VMRequest) -> str:
         """The request's image (a Glance id or name; a path is libvirt's: it means nothing here),

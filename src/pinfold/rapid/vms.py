@@ -11,6 +11,7 @@ import time
 from functools import partial
 
 from pinfold.model.errors import ErrorCode, PinfoldError
+from pinfold.model.failpoints import crash_point
 from pinfold.model.vm import VMRequest
 from pinfold.rapid import protocol
 from pinfold.rapid.core import log
@@ -40,6 +41,7 @@ class VMKeeper(DSLink):
         except PinfoldError as error:
             log.warning("RAPID: no VM for user %d: %s", user_id, error)
             return None
+        crash_point("rapid:created")
         ip = self._address(name)
         vm = RapidVM(
             user_id, name, Status.STARTED, vcpus, memory_mb, helper=helper, ip=ip or "", os_type=os_type,

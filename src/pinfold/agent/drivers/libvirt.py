@@ -25,8 +25,8 @@ from pinfold.agent.domain import (
     resized_xml,
 )
 from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState
-from pinfold.agent.failpoints import crash_point
 from pinfold.agent.networks import NetworkInfo, nat_network_xml, network_info_from_xml
+from pinfold.model.failpoints import crash_point
 
 __all__ = ["LibvirtDriver"]
 
