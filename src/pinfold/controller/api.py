@@ -47,6 +47,7 @@ from pinfold.model.errors import error_body
 from pinfold.model.vm import (
     BRIDGE_PATTERN,
     MAC_PATTERN,
+    MAX_BULK,
     MAX_NAME_LENGTH,
     MAX_NIC_ADDRESSES,
     MAX_NICS,
@@ -104,8 +105,6 @@ class CreateVM(bodies.CreateVM):
     policy: str | None = Field(default=None, description=f"one of {', '.join(POLICIES)}")
 
 
-#: the most VMs one bulk create may ask for
-MAX_BULK = 1000
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
 
 
