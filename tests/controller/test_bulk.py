@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pinfold.agent.service import VMRequest
 from pinfold.controller.api import create_app as controller_app
 from pinfold.controller.database import connect
 from pinfold.controller.service import Controller
@@ -208,3 +209,21 @@ def test_two_bulk_creates_on_two_replicas_never_over_allocate_nor_make_a_vm_twic
     finally:
         served.stop()
         second.store.engine.dispose()
+
+
+def test_all_or_nothing_deletes_what_the_agents_made_when_an_agent_refuses_too_many(cluster):
+    """Behind the controller's back h0's agent is full: the pass reserves 5 VMs
+    (4 on h0, which the picture thinks empty, 1 on h1); h0's agent refuses
+    its 4, which are then tried alone, and only 3 more fit on h1. All or
+    nothing: the 4 made on h1 are deleted from their agent, none is kept."""
+    squatted = cluster.add_host("h0")
+    cluster.add_host("h1")
+    squatted.agent.create(VMRequest("squatter", 8, 1024, 1.0))
+    body = {"name": "a{n}", "count": 5, "mode": "all-or-nothing", "policy": "first-fit", **QUARTER}
+    response = cluster.http.post("/api/v1/vms", json=body)
+    assert response.status_code == 409, response.text
+    refused = response.json()["vms"]
+    assert [vm["result"] for vm in refused] == ["refused"]
+    assert refused[0]["refusals"]["h0"]["code"] == "not enough cpu"
+    assert on_agents(cluster) == {"squatter": "h0"}
+    assert in_directory(cluster) == {}
