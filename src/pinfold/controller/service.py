@@ -556,7 +556,13 @@ class Controller:
             existing = waited
         if existing.state is not VMState.RESERVED or not self._stale(existing) or existing.host_id is None:
             return existing
-        host = self.store.host(existing.host_id)
+        # touched first, so that no heartbeat forgets it while its agent creates it
+        claimed = self.store.claim(existing.name, existing.updated_at, self.clock())
+        if claimed is None:  # another request or a heartbeat acted on it first: look again
+            again = self.store.vm(existing.name)
+            return again if again is None else self._again(again, request)
+        existing = claimed
+        host = self.store.host(existing.host_id) if existing.host_id is not None else None
         if host is None:
             return existing
         client = self.agent_for(host)
@@ -739,10 +745,15 @@ class Controller:
         if not done:
             self.refresh()
 
-    def _forget(self, name: str, event: NewEvent | None = None) -> None:
-        self.store.delete_vm(name, event, self.clock())
-        with self._picture:
-            self.scheduler.removed(name)
+    def _forget(self, name: str, event: NewEvent | None = None, unchanged_since: float | None = None) -> bool:
+        """Delete a VM's row and its place in the picture; False when there
+        was no row (or it changed since `unchanged_since`: kept, and kept in
+        the picture too; one gone meanwhile leaves it at the next refresh)."""
+        gone = self.store.delete_vm(name, event, self.clock(), unchanged_since) is not None
+        if gone or unchanged_since is None:
+            with self._picture:
+                self.scheduler.removed(name)
+        return gone
 
     def _settle(
         self, host_id: str, records: Sequence[VMRecord], reported: Mapping[str, str], now: float
@@ -751,9 +762,12 @@ class Controller:
         says which VM follows the agent, is forgotten or is `missing`) on the
         host's VMs as `records` has them."""
         stored = [Stored(record.name, record.state, record.updated_at) for record in records]
+        read_at = {record.name: record.updated_at for record in records}
         for step in plan(stored, reported, now, self.heartbeat_period_s, self.stale_after_s):
             if step.action is SettleAction.FORGET:
-                self._forget(step.name)
+                # unless changed since `records` were read (a retry took a stale reservation over)
+                if not self._forget(step.name, unchanged_since=read_at[step.name]):
+                    continue
                 self.store.add_event("vm dropped", step.name, {"host": host_id, "was": step.was.value}, now)
             elif step.state is not None:
                 self._settle_state(step.name, step.state, now, step.detail)
