@@ -235,8 +235,19 @@ def bulk(agents: int, vms: int, database_url: str | None = None) -> dict[str, An
         "one_by_one_s": round(one_by_one_s, 2),
         "hosts_used_bulk": len(set(in_bulk.values())),
         "hosts_used_one_by_one": len(set(one_by_one.values())),
+        "vms_per_host_bulk": per_host(in_bulk),
+        "vms_per_host_one_by_one": per_host(one_by_one),
+        # the agents register in a different order on each cluster: equal ranks break ties differently
         "same_host_for_each_vm": in_bulk == one_by_one,
     }
+
+
+def per_host(placements: dict[str, str]) -> list[int]:
+    """How many VMs each used host got, most first (comparable across clusters)."""
+    counts: dict[str, int] = {}
+    for host in placements.values():
+        counts[host] = counts.get(host, 0) + 1
+    return sorted(counts.values(), reverse=True)
 
 
 def main() -> None:
