@@ -157,6 +157,7 @@ def test_a_repeated_bulk_returns_the_vms_it_made_and_makes_none_twice(cluster):
         {"names": ["ok", "not ok"]},
         {"name": "c-{n}", "count": 2, "names": ["a", "b"]},
         {"name": "c-{n}", "names": ["a", "b"]},
+        {"names": ["a", "b"], "start": 1},
         {"names": ["a", "b"], "mode": "some"},
         {"names": ["a", "b"], "vcpus": 0},
     ],

@@ -123,8 +123,8 @@ class BulkCreateVM(CreateVM):
         if (self.count is None) == (self.names is None):
             raise ValueError("give either count (with a name pattern) or names, not both")
         if self.names is not None:
-            if self.name:
-                raise ValueError("name: not with names (each VM's name is in names)")
+            if self.name or "start" in self.model_fields_set:
+                raise ValueError("name and start: not with names (each VM's name is in names)")
             if len(set(self.names)) != len(self.names):
                 raise ValueError(f"names: given twice: {', '.join(_twice(self.names))}")
             return self
