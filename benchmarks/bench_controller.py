@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_controller schedule [--hosts 10000] [--vms 1000]
     python -m benchmarks.bench_controller e2e [--agents 20] [--vms 1000] [--clients 8] [--database-url URL]
+    python -m benchmarks.bench_controller bulk [--agents 20] [--vms 1000] [--database-url URL]
 
 schedule: scheduling latency inside the controller with N registered hosts
 (EPYC 7662-exp, SQLite file, pinned to one core): each create ranks every
@@ -14,11 +15,16 @@ e2e: end-to-end creates through the REST API: a `pinfold controller` process
 and N `pinfold agent --driver sim` processes on loopback (EPYC 7662-exp
 topology), C client threads posting creates; throughput and p50/p99 latency
 as the clients see them. Everything shares this machine's cores.
+
+bulk: one bulk create of N VMs (issue 16) on the same kind of cluster, timed
+until its answer (every VM running on its agent), then the same VMs one by one
+on a fresh cluster: the hosts each VM got are compared.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -26,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,78 +112,78 @@ def wait_for(what: str, check: Any, timeout_s: float = 120) -> None:
     raise TimeoutError(what)
 
 
-def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = None) -> dict[str, Any]:
-    admin, agent_token = "bench-admin-token-0123456789", "bench-agent-token-0123456789"
-    base = 18400
-    controller_url = f"http://127.0.0.1:{base}"
-    env = dict(os.environ, PINFOLD_CONTROLLER_ADMIN_TOKEN=admin, PINFOLD_CONTROLLER_AGENT_TOKEN=agent_token,
-               PINFOLD_AGENT_ENROLMENT_TOKEN=agent_token, PINFOLD_CONTROLLER_HEARTBEAT_PERIOD_S="5",
+ADMIN, AGENT_TOKEN = "bench-admin-token-0123456789", "bench-agent-token-0123456789"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
+BASE_PORT = 18400
+
+
+@contextlib.contextmanager
+def cluster(agents: int, database_url: str | None = None) -> Iterator[str]:
+    """A `pinfold controller` process and `agents` sim agents on loopback, all
+    registered and up; the controller's URL. Everything stops at the end."""
+    controller_url = f"http://127.0.0.1:{BASE_PORT}"
+    env = dict(os.environ, PINFOLD_CONTROLLER_ADMIN_TOKEN=ADMIN, PINFOLD_CONTROLLER_AGENT_TOKEN=AGENT_TOKEN,
+               PINFOLD_AGENT_ENROLMENT_TOKEN=AGENT_TOKEN, PINFOLD_CONTROLLER_HEARTBEAT_PERIOD_S="5",
                PINFOLD_AGENT_MONITOR_PERIOD_S="5")  # fmt: skip
     python = [sys.executable, "-m", "pinfold"]
     processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
             database = ["--database-url", database_url] if database_url else []
-            processes.append(subprocess.Popen(
-                [*python, "controller", "--data-dir", f"{tmp}/controller", "--port", str(base), *database],
-                env=env, stdout=subprocess.DEVNULL,
-            ))  # fmt: skip
+            command = [*python, "controller", "--data-dir", f"{tmp}/controller", "--port", str(BASE_PORT)]
+            processes.append(subprocess.Popen([*command, *database], env=env, stdout=subprocess.DEVNULL))
             wait_for("the controller", lambda: httpx.get(f"{controller_url}/healthz").status_code == 200)
             for i in range(agents):
                 command = [*python, "agent", "--driver", "sim", "--topology", str(EPYC_EXP)]
-                command += [
-                    "--data-dir",
-                    f"{tmp}/a{i}",
-                    "--port",
-                    str(base + 1 + i),
-                    "--host-id",
-                    f"h{i:02d}",
-                ]
-                command += ["--controller-url", controller_url]
+                command += ["--data-dir", f"{tmp}/a{i}", "--port", str(BASE_PORT + 1 + i)]
+                command += ["--host-id", f"h{i:02d}", "--controller-url", controller_url]
                 processes.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
 
             def all_up() -> bool:
-                auth = {"Authorization": f"Bearer {admin}"}
-                hosts = httpx.get(f"{controller_url}/api/v1/hosts", headers=auth).json()
+                hosts = httpx.get(f"{controller_url}/api/v1/hosts", headers=AUTH).json()
                 return sum(1 for h in hosts if h["state"] == "up") == agents
 
             wait_for("the agents to register", all_up)
-            latencies: list[float] = []
-            failures: list[str] = []
-            lock = threading.Lock()
-            names = iter(range(vms))
-
-            def client() -> None:
-                with httpx.Client(base_url=controller_url, timeout=120,
-                                  headers={"Authorization": f"Bearer {admin}"}) as http:  # fmt: skip
-                    while True:
-                        with lock:
-                            i = next(names, None)
-                        if i is None:
-                            return
-                        body = {"name": f"vm{i}", "vcpus": (1, 2, 4)[i % 3], "memory_mib": 2048,
-                                "ratio": LEVELS[i % 3]}  # fmt: skip
-                        started = time.perf_counter()
-                        response = http.post("/api/v1/vms", json=body)
-                        elapsed = time.perf_counter() - started
-                        with lock:
-                            if response.status_code == 201:
-                                latencies.append(elapsed)
-                            else:
-                                failures.append(f"{response.status_code} {response.text[:120]}")
-
-            threads = [threading.Thread(target=client) for _ in range(clients)]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            wall = time.perf_counter() - started
+            yield controller_url
         finally:
             for process in processes:
                 process.terminate()
             for process in processes:
                 process.wait(timeout=60)
+
+
+def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = None) -> dict[str, Any]:
+    with cluster(agents, database_url) as controller_url:
+        latencies: list[float] = []
+        failures: list[str] = []
+        lock = threading.Lock()
+        names = iter(range(vms))
+
+        def client() -> None:
+            with httpx.Client(base_url=controller_url, timeout=120, headers=AUTH) as http:
+                while True:
+                    with lock:
+                        i = next(names, None)
+                    if i is None:
+                        return
+                    body = {"name": f"vm{i}", "vcpus": (1, 2, 4)[i % 3], "memory_mib": 2048,
+                            "ratio": LEVELS[i % 3]}  # fmt: skip
+                    started = time.perf_counter()
+                    response = http.post("/api/v1/vms", json=body)
+                    elapsed = time.perf_counter() - started
+                    with lock:
+                        if response.status_code == 201:
+                            latencies.append(elapsed)
+                        else:
+                            failures.append(f"{response.status_code} {response.text[:120]}")
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
     return {
         "database": "postgresql" if database_url else "sqlite",
         "agents": agents,
@@ -192,9 +199,60 @@ def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = N
     }
 
 
+def bulk(agents: int, vms: int, database_url: str | None = None) -> dict[str, Any]:
+    """One bulk create of `vms` VMs, timed until its answer (each VM running on
+    its agent: the controller answers once the agents have created them, and
+    the directory is read to check); then the same VMs one by one on a fresh
+    cluster, to compare the hosts each VM landed on."""
+    size = {"vcpus": 2, "memory_mib": 2048, "ratio": 1.0}
+    with cluster(agents, database_url) as url, httpx.Client(base_url=url, timeout=600, headers=AUTH) as http:
+        started = time.perf_counter()
+        response = http.post("/api/v1/vms", json={"name": "vm{n}", "count": vms, **size})
+        wall = time.perf_counter() - started
+        answer = response.json()
+        listed = http.get("/api/v1/vms").json()
+        running = sum(1 for vm in listed if vm["state"] == "running")
+        in_bulk = {vm["name"]: vm["host"] for vm in listed}
+    with cluster(agents, database_url) as url, httpx.Client(base_url=url, timeout=120, headers=AUTH) as http:
+        names = [f"vm{n}" for n in range(vms)]
+        started = time.perf_counter()
+        singles = [http.post("/api/v1/vms", json={"name": name, **size}) for name in names]
+        one_by_one_s = time.perf_counter() - started
+        assert all(r.status_code in (201, 409) for r in singles), [
+            r.text for r in singles if r.status_code >= 400
+        ]
+        one_by_one = {vm["name"]: vm["host"] for vm in http.get("/api/v1/vms").json()}
+    return {
+        "database": "postgresql" if database_url else "sqlite",
+        "agents": agents,
+        "vms": vms,
+        "status": response.status_code,
+        "created": answer.get("created"),
+        "refused": answer.get("refused"),
+        "running": running,
+        "bulk_s": round(wall, 2),
+        "vms_per_s": round(running / wall, 1),
+        "one_by_one_s": round(one_by_one_s, 2),
+        "hosts_used_bulk": len(set(in_bulk.values())),
+        "hosts_used_one_by_one": len(set(one_by_one.values())),
+        "vms_per_host_bulk": per_host(in_bulk),
+        "vms_per_host_one_by_one": per_host(one_by_one),
+        # the agents register in a different order on each cluster: equal ranks break ties differently
+        "same_host_for_each_vm": in_bulk == one_by_one,
+    }
+
+
+def per_host(placements: dict[str, str]) -> list[int]:
+    """How many VMs each used host got, most first (comparable across clusters)."""
+    counts: dict[str, int] = {}
+    for host in placements.values():
+        counts[host] = counts.get(host, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["schedule", "e2e"])
+    parser.add_argument("mode", choices=["schedule", "e2e", "bulk"])
     parser.add_argument("--hosts", type=int, default=10_000)
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--vms", type=int, default=1000)
@@ -205,6 +263,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.mode == "schedule":
         result = schedule(args.hosts, args.vms)
+    elif args.mode == "bulk":
+        result = bulk(args.agents, args.vms, args.database_url)
     else:
         result = end_to_end(args.agents, args.vms, args.clients, args.database_url)
     print(json.dumps(result, indent=1))

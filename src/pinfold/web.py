@@ -189,6 +189,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        detail = "; ".join(f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors())
         # 422, not the code's 400: FastAPI's schema said no, before any check of pinfold's
         return JSONResponse(error_body(ErrorCode.INVALID_REQUEST, detail), status_code=422)
+
+
+#: the tag of a body's usual form in a union of forms (the controller's create
+#: body, one VM or many): left out of error messages, which read as before
+SINGLE = "single"
+
+
+def _where(loc: Sequence[Any]) -> str:
+    """A validation error's location, `body.vcpus`, without the `SINGLE` tag."""
+    return ".".join(str(part) for part in loc if part != SINGLE)

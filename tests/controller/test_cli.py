@@ -292,3 +292,28 @@ def test_the_controller_refuses_too_big_user_data_with_nothing_left(cluster):
     assert f"at most {MAX_USER_DATA_BYTES}" in response.json()["detail"]
     assert cluster.controller.store.vm("web") is None
     assert all(host.agent.vms == {} for host in cluster.hosts.values())
+
+
+def test_a_bulk_create_shows_each_vms_host_and_exits_1_if_any_was_refused(cluster):
+    """Two hosts take 8 VMs of 2 CPUs: `--count 10` makes 8 (the name gets
+    -{n}), shows each host, and the two refused with the reason; exit 1."""
+    code, out = cli(cluster, "vm", "create", "ci", "--count", "3", "--vcpus", "2", "--memory", "512")
+    assert code == 0, out
+    for n in range(3):
+        assert f"ci-{n}" in out
+    assert "3 VMs asked: 3 created, 0 existing, 0 refused" in out
+    code, out = cli(
+        cluster, "vm", "create", "b{n}x", "--count", "7", "--start", "1", "--vcpus", "2", "--json"
+    )
+    assert code == 1, out
+    answer = json.loads(out)
+    assert [vm["name"] for vm in answer["vms"]] == [f"b{n}x" for n in range(1, 8)]
+    assert [vm["result"] for vm in answer["vms"]] == ["created"] * 5 + ["refused"] * 2
+    code, out = cli(
+        cluster, "vm", "create", "x", "--count", "2", "--vcpus", "2", "--all-or-nothing", "--explain"
+    )
+    assert code == 1, out
+    assert "none was kept" in out
+    assert "0/2 hosts fit" in out
+    assert "not enough cpu" in out
+    assert len(cluster.controller.vms()) == 8

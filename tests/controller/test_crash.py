@@ -124,3 +124,56 @@ def test_kill_9_during_a_burst_of_creates_loses_and_doubles_nothing(tmp_path, co
         for host in hosts:
             host.stop()
             host.agent.store.close()
+
+
+BULK = 60  # 1 vCPU at level 3 each: fits the five hosts
+
+
+def test_kill_9_during_a_bulk_create_loses_and_doubles_nothing(tmp_path, controller, i7):
+    """The controller dies while its agents are creating a bulk's VMs; after a
+    restart the same bulk request, sent again until it answers, ends with
+    every VM once, on the host the directory says, and running."""
+    hosts: list[Host] = [start_host(tmp_path, i7, f"h{i}", controller.url) for i in range(5)]
+    body = {"name": "b{n}", "count": BULK, "vcpus": 1, "memory_mib": 128, "ratio": 3.0}
+
+    def made() -> int:
+        return sum(len(host.agent.user_vms()) for host in hosts)
+
+    def send() -> httpx.Response | None:
+        try:
+            return httpx.post(f"{controller.url}/api/v1/vms", json=body, headers=ADMIN_AUTH, timeout=60)
+        except httpx.HTTPError:
+            return None  # the controller died under it
+
+    try:
+        sender = threading.Thread(target=send)
+        sender.start()
+        deadline = time.monotonic() + 60
+        while made() < 1:
+            assert time.monotonic() < deadline, "the bulk did not reach the agents"
+            time.sleep(0.002)
+        controller.kill()
+        sender.join()
+        assert made() < BULK, "the kill came too late to cut the bulk"
+        controller.start()
+        deadline = time.monotonic() + 90
+        while True:  # the client retries the same bulk (stale reservations are finished)
+            answer = send()
+            if answer is not None and answer.status_code in (200, 201):
+                vms = answer.json()["vms"]
+                if all(vm["state"] == "running" for vm in vms):
+                    break
+            assert time.monotonic() < deadline, answer.text if answer is not None else "no answer"
+            time.sleep(0.5)
+        directory = {vm["name"]: vm["host"] for vm in vms}
+        assert set(directory) == {f"b{n}" for n in range(BULK)}
+        placements: dict[str, list[str]] = {}
+        for host in hosts:
+            for vm in host.agent.user_vms():
+                placements.setdefault(vm.spec.name, []).append(host.host_id)
+            host.agent.allocator.check_invariants()
+        assert placements == {name: [host] for name, host in directory.items()}
+    finally:
+        for host in hosts:
+            host.stop()
+            host.agent.store.close()

@@ -197,3 +197,23 @@ def test_a_stale_reservation_finished_by_a_retry_keeps_the_retrys_first_boot_inp
     store.reserve(keyed, "h1", Feasibility(), controller.clock() - controller.stale_after_s - 1)
     controller.create(keyed)
     assert [(r.name, r.ssh_keys, r.user_data) for r in sent] == [("keyed", keyed.ssh_keys, keyed.user_data)]
+
+
+def test_a_heartbeat_does_not_forget_a_stale_reservation_a_retry_is_finishing(
+    controller: Controller, agent: ScriptedAgent, store: ControllerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry finishes a dead controller's stale reservation; while its agent
+    is creating the VM, a heartbeat sampled before that create (the VM not
+    listed) arrives. It must not forget the VM: the next retry would place it
+    again on another host, and the first agent would keep it too (found by
+    kill -9 during a bulk create, tests/controller/test_crash.py)."""
+
+    def create(request: VMRequest) -> dict[str, Any]:
+        assert controller.heartbeat("h1", {"vms": {}})  # the agent has not listed it yet
+        return {"name": request.name, "pinning": [0]}
+
+    monkeypatch.setattr(agent, "create", create)
+    store.reserve(TWIN, "h1", Feasibility(), controller.clock() - controller.stale_after_s - 1)
+    placed = controller.create(TWIN)
+    assert placed.record.state is VMState.RUNNING
+    assert store.vm(TWIN.name) is not None

@@ -26,7 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pinfold.model.defaults import ACTION_TIMEOUT_S, CONTROLLER_PORT
-from pinfold.model.vm import MAX_SSH_KEY_LENGTH, MAX_SSH_KEYS, MAX_USER_DATA_BYTES
+from pinfold.model.vm import MAX_BULK, MAX_SSH_KEY_LENGTH, MAX_SSH_KEYS, MAX_USER_DATA_BYTES
 from pinfold.tls import client_context, tls_failure, warn_plain_url
 
 __all__ = ["CLI_CONFIG", "REQUEST_TIMEOUT_S", "cli_config_path", "register", "vm_table"]
@@ -243,6 +243,20 @@ def vm_create(
             dir_okay=False,
         ),
     ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count",
+            "-n",
+            min=1,
+            max=MAX_BULK,
+            help="Create this many VMs in one request: NAME with {n}, their number (-{n} added if absent).",
+        ),
+    ] = None,
+    start: Annotated[int, typer.Option("--start", min=0, help="With --count: the first {n}.")] = 0,
+    all_or_nothing: Annotated[
+        bool, typer.Option("--all-or-nothing", help="With --count: if any VM does not fit, create none.")
+    ] = False,
     url: Url = None,
     token: Token = None,
     ca: Ca = None,
@@ -250,7 +264,9 @@ def vm_create(
 ) -> None:
     """Place and create a VM; the same command again returns the same VM.
     With --ssh-key or --user-data it gets a cloud-init seed (NoCloud):
-    hostname = NAME, the keys for the image's default user."""
+    hostname = NAME, the keys for the image's default user. With --count,
+    many VMs in one request: a table of each one's host or refusal, exit 1
+    if any was refused (best-effort, the default, keeps those that fit)."""
     body: dict[str, Any] = {
         "name": name,
         "vcpus": vcpus,
@@ -266,8 +282,52 @@ def vm_create(
         body["ssh_keys"] = keys
     if user_data is not None:
         body["user_data"] = read_text_file(user_data, MAX_USER_DATA_BYTES, "--user-data")
-    vm = answer(request(endpoint(url, token, ca), "POST", "/api/v1/vms", body), as_json, explain)
+    where = endpoint(url, token, ca)
+    if count is not None:
+        name = name if "{n}" in name else f"{name}-{{n}}"
+        mode = "all-or-nothing" if all_or_nothing else "best-effort"
+        create_bulk(
+            where, {**body, "name": name, "count": count, "start": start, "mode": mode}, as_json, explain
+        )
+        return
+    vm = answer(request(where, "POST", "/api/v1/vms", body), as_json, explain)
     show(vm, as_json, lambda v: vm_table([v]))
+
+
+def create_bulk(where: Endpoint, body: dict[str, Any], as_json: bool, explain: bool) -> None:
+    """One bulk create: a spinner while the controller works (its answer comes
+    whole, at the end: there is no progress to show), then each VM's host or
+    refusal; exit 1 if any was refused (all-or-nothing's 409 too)."""
+    if as_json:
+        response = request(where, "POST", "/api/v1/vms", body)
+    else:
+        with console.status(f"creating {body['count']} VMs ({body['mode']})..."):
+            response = request(where, "POST", "/api/v1/vms", body)
+    result = response.json() if response.status_code == 409 and response.content else None
+    if not isinstance(result, dict) or "vms" not in result:
+        result = answer(response, as_json, explain)
+    show(result, as_json, lambda r: bulk_table(r, explain))
+    if response.status_code >= 400 or result.get("refused"):
+        raise typer.Exit(1)
+
+
+def bulk_table(result: dict[str, Any], explain: bool) -> None:
+    """A bulk create's VMs, a row each (host and pinning, or why refused),
+    and its counts; an all-or-nothing refusal's error first."""
+    if "error" in result:
+        console.print(f"[red]{escape(str(result['error']))}[/red]: {escape(str(result.get('detail', '')))}")
+    table = Table("name", "result", "host", "pinned to", "why not")
+    for vm in result["vms"]:
+        why = (vm.get("summary") or vm.get("detail") or "") if vm["result"] == "refused" else ""
+        pins = ",".join(map(str, vm.get("pinning") or [])) or "-"
+        table.add_row(escape(vm["name"]), vm["result"], escape(str(vm.get("host") or "-")), pins, escape(why))
+    console.print(table)
+    counts = ", ".join(f"{result.get(key, 0)} {key}" for key in ("created", "existing", "refused"))
+    console.print(f"{result['requested']} VMs asked: {counts}")
+    for vm in result["vms"] if explain else ():
+        if vm["result"] == "refused":
+            console.print(f"[bold]{escape(vm['name'])}[/bold]")
+            explain_refusal(vm)
 
 
 def read_text_file(path: Path, limit: int, flag: str) -> str:

@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from pinfold import bodies, slackvm
 from pinfold.controller.console_proxy import add_console_routes
@@ -40,17 +43,21 @@ from pinfold.controller.refusals import refusal_json
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
 from pinfold.controller.store import EventRecord, VMRecord
 from pinfold.model import lifecycle
+from pinfold.model.errors import error_body
 from pinfold.model.vm import (
     BRIDGE_PATTERN,
     MAC_PATTERN,
+    MAX_BULK,
+    MAX_NAME_LENGTH,
     MAX_NIC_ADDRESSES,
     MAX_NICS,
+    NAME_PATTERN,
     NETWORK_PATTERN,
     VMRequest,
 )
 from pinfold.placement import POLICIES
 from pinfold.serving import ExtraHeaders
-from pinfold.web import ApiError, bearer, install_error_handlers, open_to, token_check
+from pinfold.web import SINGLE, ApiError, bearer, install_error_handlers, open_to, token_check
 
 __all__ = ["create_app"]
 
@@ -96,6 +103,63 @@ CPUs = Annotated[list[CpuId], Field(max_length=MAX_CPUS)]
 class CreateVM(bodies.CreateVM):
     # the shared body and the policy to place it by (no docstring: it would enter the OpenAPI schema)
     policy: str | None = Field(default=None, description=f"one of {', '.join(POLICIES)}")
+
+
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
+
+
+class BulkCreateVM(CreateVM):
+    # a bulk create: the create's fields, and `count` VMs named by the pattern `name` ({n} from `start`),
+    # or one VM per name of `names`; `mode` says what happens when some do not fit (docs/controller.md)
+    name: str = Field(default="", max_length=MAX_NAME_LENGTH, pattern=r"^[A-Za-z0-9_.{}-]*$")
+    count: int | None = Field(default=None, ge=1, le=MAX_BULK)
+    start: int = Field(default=0, ge=0, le=10**9)
+    names: list[Name] | None = Field(default=None, min_length=1, max_length=MAX_BULK)
+    mode: Literal["best-effort", "all-or-nothing"] = "best-effort"
+
+    @model_validator(mode="after")
+    def _one_way_to_name(self) -> BulkCreateVM:
+        """Either a pattern and a count or a list of distinct names, each a valid VM name."""
+        if (self.count is None) == (self.names is None):
+            raise ValueError("give either count (with a name pattern) or names, not both")
+        if self.names is not None:
+            if self.name or "start" in self.model_fields_set:
+                raise ValueError("name and start: not with names (each VM's name is in names)")
+            if len(set(self.names)) != len(self.names):
+                raise ValueError(f"names: given twice: {', '.join(_twice(self.names))}")
+            return self
+        if self.name.count("{n}") != 1:  # other braces: refused with the names the pattern gives
+            raise ValueError("name: a pattern with {n} once, the VM's number (e.g. ci-{n})")
+        for name in (self.vm_names()[0], self.vm_names()[-1]):  # the longest numbers are at the end
+            if not re.fullmatch(NAME_PATTERN, name):
+                raise ValueError(f"name: the pattern gives {name!r}, not a valid VM name ({NAME_PATTERN})")
+        return self
+
+    def vm_names(self) -> list[str]:
+        if self.names is not None:
+            return list(self.names)
+        return [self.name.replace("{n}", str(n)) for n in range(self.start, self.start + (self.count or 0))]
+
+    def to_requests(self) -> list[VMRequest]:
+        one = self.to_request()
+        return [replace(one, name=name) for name in self.vm_names()]
+
+
+def _twice(names: Sequence[str]) -> list[str]:
+    return sorted(name for name, times in Counter(names).items() if times > 1)
+
+
+def _create_kind(body: Any) -> str:
+    """A body with `count` or `names` is a bulk create, any other a single one."""
+    if isinstance(body, dict):
+        return "bulk" if "count" in body or "names" in body else "single"
+    return "bulk" if isinstance(body, BulkCreateVM) else "single"
+
+
+#: POST /api/v1/vms's body: one VM, or many ("single": a tag left out of error messages, see web.py)
+CreateBody = Annotated[
+    Annotated[CreateVM, Tag(SINGLE)] | Annotated[BulkCreateVM, Tag("bulk")], Discriminator(_create_kind)
+]
 
 
 class CPUEntry(BaseModel):
@@ -246,6 +310,39 @@ def network_view(record: VMRecord) -> dict[str, Any]:
     return {"nics": nics, "addresses": list(dict.fromkeys(flat))}
 
 
+#: a bulk create's VM: made by it, there before it (the same create again), refused, or
+#: placed then dropped (all or nothing: another did not fit)
+BULK_RESULTS = ("created", "existing", "refused", "dropped")
+
+
+def bulk_entry(
+    name: str, outcome: Placed | ControllerError | None, hosts: Mapping[str, HostView]
+) -> dict[str, Any]:
+    """One VM of a bulk create's answer: its view (with the pinning its agent
+    gave) and `result`, or its refusal as a single create's error body has it."""
+    if outcome is None:
+        return {"name": name, "result": "dropped"}
+    if isinstance(outcome, ControllerError):
+        return {
+            "name": name,
+            "result": "refused",
+            **error_body(outcome.code, outcome.detail),
+            **refusal_extra(outcome),
+        }
+    view = vm_view(outcome.record, hosts.get(outcome.record.host_id or ""))
+    if outcome.pinning:
+        view["pinning"] = list(outcome.pinning)
+    return {**view, "result": "created" if outcome.created else "existing"}
+
+
+def refusal_extra(error: ControllerError) -> dict[str, Any]:
+    """A "no host" error's hosts, refusals (as data) and summary; nothing for another error."""
+    if not isinstance(error, NoHostError):
+        return {}
+    refusals = {host: refusal_json(refusal) for host, refusal in sorted(error.refusals.items())}
+    return {"hosts": error.hosts, "refusals": refusals, "summary": error.summary}
+
+
 def host_view(view: HostView, vms: Sequence[VMRecord] = ()) -> dict[str, Any]:
     record = view.record
     beat = record.heartbeat or {}
@@ -320,9 +417,7 @@ def create_app(
         try:
             return operation()
         except NoHostError as error:
-            refusals = {host: refusal_json(refusal) for host, refusal in sorted(error.refusals.items())}
-            extra = {"hosts": error.hosts, "refusals": refusals, "summary": error.summary}
-            raise ApiError(error.code, error.detail, extra) from error
+            raise ApiError(error.code, error.detail, refusal_extra(error)) from error
         except ControllerError as error:
             raise ApiError(error.code, error.detail) from error
 
@@ -365,6 +460,29 @@ def create_app(
         placed = call(lambda: controller.create(request, policy))
         latency.observe(time.perf_counter() - started)
         return placed
+
+    def create_many(body: BulkCreateVM, response: Response) -> dict[str, Any]:
+        """A bulk create's answer: 201 when all were placed (200: all were there
+        already), 207 when some were refused (best-effort), each VM's outcome in
+        `vms`; all-or-nothing with some refused: the error, none kept."""
+        bulk = call(
+            lambda: controller.create_many(body.to_requests(), body.policy, body.mode == "all-or-nothing")
+        )
+        views = host_views()
+        entries = [
+            bulk_entry(name, outcome, views)
+            for name, outcome in zip(body.vm_names(), bulk.outcomes, strict=True)
+        ]
+        refused = [entry for entry in entries if entry["result"] == "refused"]
+        counts = {result: sum(1 for e in entries if e["result"] == result) for result in BULK_RESULTS}
+        answer = {"mode": body.mode, "requested": len(entries), **counts}
+        if bulk.undone:
+            first = refused[0]
+            names = ", ".join(entry["name"] for entry in refused[:5]) + (", ..." if len(refused) > 5 else "")
+            detail = f"{len(refused)} of {len(entries)} VMs refused, so none was kept ({body.mode}): {names}"
+            raise ApiError(first["error"], detail, {**answer, "created": 0, "vms": refused})
+        response.status_code = 207 if refused else 201 if counts["created"] else 200
+        return {**answer, "vms": entries}
 
     def create(body: CreateVM, response: Response) -> dict[str, Any]:
         placed = timed_create(body.to_request(), body.policy)
@@ -455,7 +573,10 @@ def create_app(
     # -- VMs -----------------------------------------------------------------------
 
     @app.post("/api/v1/vms", status_code=201, dependencies=[admin])
-    def create_vm(body: CreateVM, response: Response) -> dict[str, Any]:
+    def create_vm(body: CreateBody, response: Response) -> dict[str, Any]:
+        """One VM, or many: with `count` and a `name` pattern, or `names` (docs/controller.md)."""
+        if isinstance(body, BulkCreateVM):
+            return create_many(body, response)
         return create(body, response)
 
     @app.get("/api/v1/vms", dependencies=[admin])

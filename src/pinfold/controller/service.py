@@ -21,10 +21,12 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar
 
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.credentials import Proof, digest, matches
@@ -54,10 +56,12 @@ from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFT
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import POWER_ACTIONS, takes_actions
 from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem
-from pinfold.placement import POLICIES, HostAllocator, Refusal, RefusalCode, invalid_reason
+from pinfold.placement import POLICIES, Decision, HostAllocator, Refusal, RefusalCode, invalid_reason
 from pinfold.topology import slackvm_json
 
-__all__ = ["Controller", "ControllerError", "HostView", "NoHostError", "Placed"]
+T = TypeVar("T")
+
+__all__ = ["Bulk", "Controller", "ControllerError", "HostView", "NoHostError", "Placed"]
 
 #: heartbeats a host may miss before it is `down`
 MISSED_HEARTBEATS = 3
@@ -66,6 +70,8 @@ ACTIONS: tuple[str, ...] = POWER_ACTIONS
 RACE_POLL_S = 0.05
 #: how many times a create looks for its name again after another request took and dropped it
 CREATE_ATTEMPTS = 3
+#: how many agent calls a bulk create makes at once (AgentClient is thread-safe)
+BULK_WORKERS = 16
 #: an agent's refusal of one of these codes is its allocator's: kept as a `Refusal`
 _REFUSAL_CODES = frozenset(code.value for code in RefusalCode)
 
@@ -98,6 +104,17 @@ class Placed:
     record: VMRecord
     created: bool
     pinning: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Bulk:
+    """A bulk create's answer: each VM's outcome in the order asked (its
+    `Placed`, the error that refused it, or None: reserved, then dropped
+    unasked, all or nothing); `undone`: all or nothing, and some did not
+    fit, so none of those placed was kept."""
+
+    outcomes: list[Placed | ControllerError | None]
+    undone: bool
 
 
 @dataclass(frozen=True)
@@ -306,15 +323,7 @@ class Controller:
     # -- VMs ---------------------------------------------------------------------
 
     def create(self, request: VMRequest, policy: str | None = None) -> Placed:
-        policy = policy or self.default_policy
-        if policy not in POLICIES:
-            raise ControllerError("invalid request", f"policy: one of {', '.join(POLICIES)}")
-        problem = invalid_reason(request.spec) or (
-            image_path_problem(request.image) if request.image else None
-        )
-        problem = problem or first_boot_problem(request.ssh_keys, request.user_data)
-        if problem is not None:
-            raise ControllerError("invalid request", problem)
+        policy = self._checked(request, policy)
         existing = self.store.vm(request.name)
         for _ in range(CREATE_ATTEMPTS):
             if existing is not None:
@@ -331,7 +340,116 @@ class Controller:
             "duplicate name", f"{request.name}: taken and dropped by other requests at once"
         )
 
+    def _checked(self, request: VMRequest, policy: str | None) -> str:
+        """The policy to place `request` by; "invalid request" for a policy,
+        size, image or first-boot data no host could take."""
+        policy = policy or self.default_policy
+        if policy not in POLICIES:
+            raise ControllerError("invalid request", f"policy: one of {', '.join(POLICIES)}")
+        problem = invalid_reason(request.spec) or (
+            image_path_problem(request.image) if request.image else None
+        )
+        problem = problem or first_boot_problem(request.ssh_keys, request.user_data)
+        if problem is not None:
+            raise ControllerError("invalid request", problem)
+        return policy
+
+    def create_many(
+        self, requests: Sequence[VMRequest], policy: str | None = None, all_or_nothing: bool = False
+    ) -> Bulk:
+        """A bulk create: each request's outcome, in order (its VM, or why it
+        was refused). One pass places them all, each ranked with the picture
+        holding the ones before it and reserved as a single create is (a row,
+        committed, before any agent is asked: `_attempt`, `_reserved`); then
+        their agents create them in parallel (`BULK_WORKERS` at once). A name
+        already in the directory is a repeated create (`create`'s rules). A
+        VM that met another request's or an agent's refusal is created alone
+        after the pass, as `create` would. `all_or_nothing`: if any is
+        refused, none stays (reservations dropped, VMs made deleted: `undone`)."""
+        policy = policy or self.default_policy
+        for request in requests:
+            self._checked(request, policy)
+        outcomes: dict[str, Placed | ControllerError | None] = {}
+        fresh = []
+        for request in requests:
+            existing = self.store.vm(request.name)
+            if existing is None:
+                fresh.append(request)
+            else:
+                outcomes[request.name] = _outcome(partial(self.create, request, policy))
+        later = self._bulk_pass(fresh, policy, outcomes, all_or_nothing)
+        for request in later:  # alone, once this request's marks on its names are gone
+            outcomes[request.name] = _outcome(partial(self.create, request, policy))
+        result = [outcomes[request.name] for request in requests]
+        undone = all_or_nothing and any(isinstance(outcome, ControllerError) for outcome in result)
+        if undone:
+            self._undo(result)
+        return Bulk(result, undone)
+
+    def _bulk_pass(
+        self,
+        requests: Sequence[VMRequest],
+        policy: str,
+        outcomes: dict[str, Placed | ControllerError | None],
+        all_or_nothing: bool,
+    ) -> list[VMRequest]:
+        """Reserve each of `requests` in turn, then create the reserved ones
+        on their agents in parallel; their outcomes go in `outcomes`. The
+        requests left to create alone. In `all_or_nothing`, a refusal drops
+        the reservations made, once all were tried (the answer says each
+        VM that did not fit), and no agent is asked."""
+        later: list[VMRequest] = []
+        reserved: list[tuple[HostRecord, _Attempt]] = []
+        with contextlib.ExitStack() as marks:
+            for request in requests:
+                marks.enter_context(self._creating_vm(request.name))
+                try:
+                    attempt = self._attempt(request, policy)
+                    host = next(self._reserved(attempt), None)
+                    if host is None:
+                        outcomes[request.name] = self._no_host(attempt)
+                    else:
+                        reserved.append((host, attempt))
+                except _NameTaken:
+                    later.append(request)
+            if all_or_nothing and any(request.name in outcomes for request in requests):
+                for _, held in reserved:
+                    self._forget(held.request.name)
+                    outcomes[held.request.name] = None
+                return later
+            with ThreadPoolExecutor(BULK_WORKERS) as pool:
+                made = list(pool.map(lambda job: self._bulk_agent(*job), reserved))
+        for (_, attempt), placed in zip(reserved, made, strict=True):
+            if placed is None:
+                later.append(attempt.request)
+            else:
+                outcomes[attempt.request.name] = placed
+        return later
+
+    def _bulk_agent(self, host: HostRecord, attempt: _Attempt) -> Placed | ControllerError | None:
+        """One reserved VM of a bulk create on its agent: `_on_agent`'s answer
+        (None: the agent refused, the VM is tried again alone), or its error."""
+        return _outcome(lambda: self._on_agent(host, attempt.request, attempt))
+
+    def _undo(self, outcomes: Sequence[Placed | ControllerError | None]) -> None:
+        """All or nothing: delete the VMs this request made (not those that
+        were there before it: a repeated create's)."""
+        for outcome in outcomes:
+            if isinstance(outcome, Placed) and outcome.created:
+                with contextlib.suppress(ControllerError):
+                    self.delete(outcome.record.name)
+
     def _place(self, request: VMRequest, policy: str) -> Placed:
+        attempt = self._attempt(request, policy)
+        for host in self._reserved(attempt):
+            placed = self._on_agent(host, request, attempt)
+            if placed is not None:
+                return placed
+        raise self._no_host(attempt)
+
+    def _attempt(self, request: VMRequest, policy: str) -> _Attempt:
+        """Rank the hosts for `request` with the picture (which holds every
+        reservation this controller made, a bulk create's earlier VMs too)."""
         eligible = self.schedulable_hosts()
         with self._picture:
             decision = self.scheduler.choose(request.spec, policy, eligible)
@@ -339,15 +457,21 @@ class Controller:
             self.refresh_vms()
             with self._picture:
                 decision = self.scheduler.choose(request.spec, policy, eligible)
-        refused: dict[str, str] = {}  # hosts of the ranking that said no, and why
-        as_data: dict[str, Refusal] = {}  # the same as data, for those with a placement code
-        ranking = decision.ranking()
-        for host_id in ranking:
+        return _Attempt(request, decision, decision.ranking())
+
+    def _reserved(self, attempt: _Attempt) -> Iterator[HostRecord]:
+        """The hosts of the ranking, in order, each once it holds a reservation
+        for the VM (the caller asks its agent, and takes the next on a refusal)."""
+        for host_id in attempt.ranking:
             host = self.store.host(host_id)
-            placed = self._try_host(host, request, refused, as_data) if host is not None else None
-            if placed is not None:
-                return placed
-        # only now, with no host: every other host's reason (one pass over all hosts)
+            if host is not None and self._reserve_on(host, attempt):
+                yield host
+
+    def _no_host(self, attempt: _Attempt) -> NoHostError:
+        """Why no host took the VM, every other host's reason with it (only
+        now, one pass over all hosts); `_NameTaken` when the name was taken
+        by another request since our look."""
+        request, decision, ranking = attempt.request, attempt.decision, attempt.ranking
         refusals = decision.refusals()
         if any(refusal.code is RefusalCode.DUPLICATE_NAME for refusal in refusals.values()):
             # the picture holds the name: another request reserved it since our look
@@ -357,15 +481,15 @@ class Controller:
         reasons = {name: refusal.describe() for name, refusal in refusals.items()}
         explanation = decision.explain()
         if ranking:
-            why = "; ".join(sorted(set(refused.values()))[:3])
+            why = "; ".join(sorted(set(attempt.refused.values()))[:3])
             explanation += f"; tried {len(ranking)}, all refused: {why}"
-        raise NoHostError(explanation, {**reasons, **refused}, {**refusals, **as_data})
+        return NoHostError(explanation, {**reasons, **attempt.refused}, {**refusals, **attempt.as_data})
 
-    def _try_host(
-        self, host: HostRecord, request: VMRequest, refused: dict[str, str], as_data: dict[str, Refusal]
-    ) -> Placed | None:
-        """Reserve on `host` and create there; None when the host refused
-        (its reason put in `refused`, and in `as_data` if it has a code)."""
+    def _reserve_on(self, host: HostRecord, attempt: _Attempt) -> bool:
+        """Reserve room on `host` (a row, committed, before any agent is
+        asked) and note it in the picture; False when the host refused (its
+        reason kept in `attempt`)."""
+        request, refused, as_data = attempt.request, attempt.refused, attempt.as_data
         try:
             self.store.reserve(request, host.id, self._fits, self.clock())
         except RefusedError as error:
@@ -373,17 +497,23 @@ class Controller:
             if error.refusal is not None:
                 as_data[host.id] = error.refusal
             self._refresh_host(host.id)
-            return None
+            return False
         except UnknownHostError:
             refused[host.id] = "host unavailable: unknown host"
             as_data[host.id] = Refusal(RefusalCode.HOST_UNAVAILABLE, detail="unknown host")
-            return None
+            return False
         except DuplicateVMError as error:  # the same name, reserved meanwhile: the same request?
             raise _NameTaken(error.existing) from error
         with self._picture:
             in_step = self.scheduler.placed(host.id, request.spec)
         if not in_step:
             self._refresh_host(host.id)
+        return True
+
+    def _on_agent(self, host: HostRecord, request: VMRequest, attempt: _Attempt) -> Placed | None:
+        """Create the reserved VM on `host`'s agent; None when it refused (the
+        reservation dropped, its reason kept in `attempt`)."""
+        refused, as_data = attempt.refused, attempt.as_data
         try:
             answer = self.agent_for(host).create(request)
         except AgentRefusedError as error:
@@ -426,7 +556,13 @@ class Controller:
             existing = waited
         if existing.state is not VMState.RESERVED or not self._stale(existing) or existing.host_id is None:
             return existing
-        host = self.store.host(existing.host_id)
+        # touched first, so that no heartbeat forgets it while its agent creates it
+        claimed = self.store.claim(existing.name, existing.updated_at, self.clock())
+        if claimed is None:  # another request or a heartbeat acted on it first: look again
+            again = self.store.vm(existing.name)
+            return again if again is None else self._again(again, request)
+        existing = claimed
+        host = self.store.host(existing.host_id) if existing.host_id is not None else None
         if host is None:
             return existing
         client = self.agent_for(host)
@@ -609,10 +745,15 @@ class Controller:
         if not done:
             self.refresh()
 
-    def _forget(self, name: str, event: NewEvent | None = None) -> None:
-        self.store.delete_vm(name, event, self.clock())
-        with self._picture:
-            self.scheduler.removed(name)
+    def _forget(self, name: str, event: NewEvent | None = None, unchanged_since: float | None = None) -> bool:
+        """Delete a VM's row and its place in the picture; False when there
+        was no row (or it changed since `unchanged_since`: kept, and kept in
+        the picture too; one gone meanwhile leaves it at the next refresh)."""
+        gone = self.store.delete_vm(name, event, self.clock(), unchanged_since) is not None
+        if gone or unchanged_since is None:
+            with self._picture:
+                self.scheduler.removed(name)
+        return gone
 
     def _settle(
         self, host_id: str, records: Sequence[VMRecord], reported: Mapping[str, str], now: float
@@ -621,9 +762,12 @@ class Controller:
         says which VM follows the agent, is forgotten or is `missing`) on the
         host's VMs as `records` has them."""
         stored = [Stored(record.name, record.state, record.updated_at) for record in records]
+        read_at = {record.name: record.updated_at for record in records}
         for step in plan(stored, reported, now, self.heartbeat_period_s, self.stale_after_s):
             if step.action is SettleAction.FORGET:
-                self._forget(step.name)
+                # unless changed since `records` were read (a retry took a stale reservation over)
+                if not self._forget(step.name, unchanged_since=read_at[step.name]):
+                    continue
                 self.store.add_event("vm dropped", step.name, {"host": host_id, "was": step.was.value}, now)
             elif step.state is not None:
                 self._settle_state(step.name, step.state, now, step.detail)
@@ -641,12 +785,33 @@ _REVOKED = (
 )
 
 
+@dataclass
+class _Attempt:
+    """One VM's placement under way: its ranking, and the hosts that refused
+    it so far and why (in words; as data for those with a placement code)."""
+
+    request: VMRequest
+    decision: Decision
+    ranking: Sequence[str]
+    refused: dict[str, str] = field(default_factory=dict)
+    as_data: dict[str, Refusal] = field(default_factory=dict)
+
+
 class _NameTaken(Exception):  # noqa: N818 (not an error: a create's reason to look again)
     """A create's reservation met another request's VM of that name."""
 
     def __init__(self, existing: VMRecord) -> None:
         super().__init__(existing.name)
         self.existing = existing
+
+
+def _outcome(operation: Callable[[], T]) -> T | ControllerError:
+    """What `operation` gave, or the controller error it raised (a bulk
+    create answers for each of its VMs)."""
+    try:
+        return operation()
+    except ControllerError as error:
+        return error
 
 
 def _with_first_boot(reserved: VMRequest, request: VMRequest) -> VMRequest:

@@ -502,18 +502,35 @@ class ControllerStore:
             session.flush()
             return _vm_record(row)
 
-    def delete_vm(self, name: str, event: NewEvent | None = None, now: float = 0.0) -> VMRecord | None:
+    def delete_vm(
+        self, name: str, event: NewEvent | None = None, now: float = 0.0, unchanged_since: float | None = None
+    ) -> VMRecord | None:
         """Forget a VM, freeing its room on its host; the record it had, or
-        None when there was no such VM. `event` goes in the same transaction."""
+        None when there was no such VM. `event` goes in the same transaction.
+        `unchanged_since`: only if the VM was last changed then (a decision
+        taken on an older read, such as a heartbeat's, holds no more once
+        another request touched the VM: `claim`)."""
         with self._write() as session:
             row = session.get(VM, name, with_for_update=True)
-            if row is None:
+            if row is None or (unchanged_since is not None and row.updated_at != unchanged_since):
                 return None
             record = _vm_record(row)
             session.delete(row)
             if event is not None:
                 session.add(_event_row(event, now))
             return record
+
+    def claim(self, name: str, updated_at: float, now: float) -> VMRecord | None:
+        """Take over a stale reservation: touch it (`updated_at` = `now`) if
+        it is still `reserved` and unchanged since `updated_at`; the record,
+        or None when it changed or is gone (someone else acted on it)."""
+        with self._write() as session:
+            row = session.get(VM, name, with_for_update=True)
+            if row is None or row.state != VMState.RESERVED.value or row.updated_at != updated_at:
+                return None
+            row.updated_at = now
+            session.flush()
+            return _vm_record(row)
 
     def vm(self, name: str) -> VMRecord | None:
         with self._read() as session:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pinfold.placement import VMSpec
 
 __all__ = [
+    "MAX_BULK",
     "MAX_IMAGE_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_NICS",
@@ -88,6 +89,8 @@ MAC_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
 MAX_SSH_KEYS = 32
 MAX_SSH_KEY_LENGTH = 8192
 MAX_USER_DATA_BYTES = 64 * 1024
+#: the most VMs one bulk create may ask for (POST /api/v1/vms with count or names)
+MAX_BULK = 1000
 #: the public key types OpenSSH accepts today (DSA is gone from it)
 SSH_KEY_TYPES = frozenset(
     {
