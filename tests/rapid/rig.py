@@ -18,7 +18,7 @@ from pinfold.agent.store import Store
 from pinfold.rapid.agent_backend import AgentBackend
 from pinfold.rapid.codec import Writer
 from pinfold.rapid.config import RapidConfig
-from pinfold.rapid.endpoint import vmm_server
+from pinfold.rapid.endpoint import stop_serving, vmm_server
 from pinfold.rapid.protocol import OK, Op
 from pinfold.rapid.server import RapidServer
 from pinfold.rapid.settings import RapidSettings
@@ -93,8 +93,7 @@ def begin(rig: Rig) -> None:
 
 
 def close(rig: Rig) -> None:
-    rig.server.stop()
-    rig.vmm.stop()
+    stop_serving(rig.server, rig.vmm)
     rig.state.close()
     rig.agent.store.close()
 

@@ -107,6 +107,14 @@ class VMMCore:
                 if self._as_answers.get(user_id) is answer:
                     del self._as_answers[user_id]
 
+    def _abandon_as_waits(self) -> None:
+        """End every start's wait for its AS, as if the AS had refused: the VMM
+        stops, and a start must not hold the process for the rest of its wait."""
+        with self._users_lock:
+            waiting = list(self._as_answers.values())
+        for answer in waiting:
+            answer.give(False)
+
 
 @dataclass
 class _UserLock:

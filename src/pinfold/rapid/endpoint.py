@@ -81,8 +81,7 @@ class RapidEndpoint:
         self.server.start()
 
     def stop(self) -> None:
-        self.server.stop()
-        self.vmm.stop()
+        stop_serving(self.server, self.vmm)
         self.state.close()
 
     def usage(self) -> Usage:
@@ -113,3 +112,11 @@ class RapidEndpoint:
         values = sample.vms[name]
         vcpus = self.backend.vcpus(name) or 1
         return values["cpu_cores"] / vcpus * 100, values["memory_mib"]
+
+
+def stop_serving(server: RapidServer, vmm: VMM) -> None:
+    """Stop answering RAPID's peers. The VMM first: its stop ends the waits of
+    the requests in flight (a start waits minutes for its AS), which the
+    server's stop then waits for."""
+    vmm.stop()
+    server.stop()

@@ -56,5 +56,6 @@ class VMM(Handlers, Upkeep):
 
     def stop(self) -> None:
         self._stop.set()
+        self._abandon_as_waits()
         for thread in self._threads:
             thread.join(timeout=self.settings.socket_timeout_s + 5)

@@ -65,7 +65,7 @@ class VMKeeper(DSLink):
                 return scripted
             if time.monotonic() >= deadline:
                 return None
-            time.sleep(min(1.0, self.settings.ip_wait_s / 10))
+            self._stop.wait(min(1.0, self.settings.ip_wait_s / 10))
         return None
 
     def _scripted_address(self, name: str) -> str | None:
