@@ -5,7 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from pinfold.placement import Cluster, HostAllocator, PlacementError, Refusal, RefusalCode, VMSpec
+from pinfold.placement import (
+    Cluster,
+    GroupPolicy,
+    GroupRule,
+    HostAllocator,
+    PlacementError,
+    Refusal,
+    RefusalCode,
+    VMSpec,
+)
 from tests.placement.helpers import vm
 
 
@@ -23,6 +32,11 @@ def trigger(code: RefusalCode, i7) -> Refusal:
         cluster = Cluster()
         cluster.add_host("h", host)
         return cluster.choose(vm("x", 1, 1, 1.0), eligible=[]).refusals()["h"]
+    if code is RefusalCode.GROUP_POLICY:
+        cluster = Cluster()
+        cluster.add_host("h", host)
+        group = GroupRule("g", GroupPolicy.ANTI_AFFINITY, frozenset({"taken"}))
+        return cluster.choose(vm("x", 1, 1, 1.0), group=group).refusals()["h"]
     with pytest.raises(PlacementError) as error:
         cases[code]()
     return error.value.refusal

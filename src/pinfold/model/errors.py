@@ -50,6 +50,11 @@ class ErrorCode(StrEnum):
     NOT_ENOUGH_MEMORY = "not enough memory"
     HOST_UNAVAILABLE = "host unavailable"
     NO_HOST = "no host"
+    GROUP_POLICY = "group policy"
+    # VM groups (the controller)
+    UNKNOWN_GROUP = "unknown group"
+    GROUP_EXISTS = "group exists"
+    GROUP_IN_USE = "group in use"
     # hosts (the controller)
     UNKNOWN_HOST = "unknown host"
     HOST_ENROLLED = "host enrolled"
@@ -116,6 +121,12 @@ ERRORS: Final[Mapping[ErrorCode, ErrorInfo]] = MappingProxyType(
         ErrorCode.NOT_ENOUGH_MEMORY: ErrorInfo(_CONFLICT, "the host has not enough free memory"),
         ErrorCode.HOST_UNAVAILABLE: ErrorInfo(_CONFLICT, "the host takes no VMs (down, draining, unusable)"),
         ErrorCode.NO_HOST: ErrorInfo(_CONFLICT, "no host can take the VM (see hosts)"),
+        ErrorCode.GROUP_POLICY: ErrorInfo(
+            _CONFLICT, "the VM's group rules the host out (affinity, anti-affinity)"
+        ),
+        ErrorCode.UNKNOWN_GROUP: ErrorInfo(HTTPStatus.NOT_FOUND, "no VM group of that name"),
+        ErrorCode.GROUP_EXISTS: ErrorInfo(_CONFLICT, "a VM group of that name exists with another policy"),
+        ErrorCode.GROUP_IN_USE: ErrorInfo(_CONFLICT, "the VM group still has VMs"),
         ErrorCode.UNKNOWN_HOST: ErrorInfo(HTTPStatus.NOT_FOUND, "no host of that id"),
         ErrorCode.HOST_ENROLLED: ErrorInfo(
             _CONFLICT, "the host is enrolled and registers with its own credential"

@@ -11,6 +11,7 @@ from pinfold.placement.allocator import DEFAULT_CRITICAL_SIZE, Change, HostAlloc
 from pinfold.placement.arithmetic import cpus_to_add, shrunk_size
 from pinfold.placement.cluster import Cluster, Decision, NoHostError
 from pinfold.placement.errors import PlacementError, Refusal, RefusalCode
+from pinfold.placement.groups import GroupPolicy, GroupRule, host_refusal
 from pinfold.placement.policies import DEFAULT_POLICY, POLICIES, Demand, HostColumns, Policy, get_policy
 from pinfold.placement.snapshot import HostSnapshot
 from pinfold.placement.spec import VMSpec, invalid_reason, level_key
@@ -23,6 +24,8 @@ __all__ = [
     "Cluster",
     "Decision",
     "Demand",
+    "GroupPolicy",
+    "GroupRule",
     "HostAllocator",
     "HostColumns",
     "HostSnapshot",
@@ -34,6 +37,7 @@ __all__ = [
     "VMSpec",
     "cpus_to_add",
     "get_policy",
+    "host_refusal",
     "invalid_reason",
     "level_key",
     "shrunk_size",

@@ -8,9 +8,11 @@ The pipeline of `Cluster.choose`, in order:
 2. feasibility, exact: the CPUs each host's level vNode must grow by (the
    allocator's own `cpus_to_add`) against its free CPUs, then memory, by the
    allocator's own rule (`arithmetic.admits`, one column per host);
-3. eligibility: hosts the caller excludes (down, draining) drop out;
-4. ranking: the policy scores the feasible hosts; the best wins, ties to the
-   earliest registered host.
+3. the VM's group, if it has one (`placement.groups`): a hard policy rules
+   hosts out; a soft one ranks the hosts by how many members they hold;
+4. eligibility: hosts the caller excludes (down, draining) drop out;
+5. ranking: among the feasible hosts the soft group's preferred ones first,
+   then the policy's score; ties to the earliest registered host.
 
 The `Decision` keeps what each stage saw, so "why no host" is rendered from the
 same data as the choice.
@@ -20,8 +22,8 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +31,7 @@ import numpy.typing as npt
 from pinfold.placement.allocator import Change, HostAllocator
 from pinfold.placement.arithmetic import admits, capacity_refusal, cpus_to_add
 from pinfold.placement.errors import PlacementError, Refusal, RefusalCode
+from pinfold.placement.groups import GroupPolicy, GroupRule
 from pinfold.placement.policies import DEFAULT_POLICY, Demand, HostColumns, balance_terms, get_policy
 from pinfold.placement.spec import VMSpec, invalid_reason
 
@@ -62,6 +65,12 @@ class Decision:
     mem_ok: Bools
     eligible_mask: Bools | None
     scores: Floats
+    #: the VM's group: which hosts its rule allowed (None: all), how much it
+    #: prefers each (None: no soft rule; higher first), its members by host
+    group: GroupRule | None = None
+    group_ok: Bools | None = None
+    group_weight: Floats | None = None
+    group_held: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def eligible(self) -> Bools:
@@ -71,14 +80,25 @@ class Decision:
         return self.eligible_mask
 
     @property
+    def allowed_by_group(self) -> Bools:
+        """Hosts the group's rule allows (all of them without a hard rule)."""
+        if self.group_ok is None:
+            return np.ones(len(self.hosts), dtype=bool)
+        return self.group_ok
+
+    @property
     def feasible(self) -> Bools:
-        return self.cpu_ok & self.mem_ok & self.eligible
+        return self.cpu_ok & self.mem_ok & self.allowed_by_group & self.eligible
 
     def ranking(self) -> list[str]:
-        """Feasible hosts, best first (ties: earliest registered first): the
-        order in which a caller tries hosts when the chosen one refuses."""
+        """Feasible hosts, best first (a soft group's preferred hosts, then
+        the policy's score; ties: earliest registered first): the order in
+        which a caller tries hosts when the chosen one refuses."""
         order = np.flatnonzero(self.feasible)
-        ranked = order[np.argsort(-self.scores[order], kind="stable")]
+        if self.group_weight is None:
+            ranked = order[np.argsort(-self.scores[order], kind="stable")]
+        else:  # lexsort is stable: the last key first, then the others, then the index
+            ranked = order[np.lexsort((-self.scores[order], -self.group_weight[order]))]
         return [self.hosts[i] for i in ranked]
 
     def refusal(self, index: int) -> Refusal | None:
@@ -94,6 +114,8 @@ class Decision:
         )  # fmt: skip
         if refusal is not None:
             return refusal
+        if self.group is not None and not self.allowed_by_group[index]:
+            return self.group.refusal()
         if not self.eligible[index]:
             return Refusal(RefusalCode.HOST_UNAVAILABLE)
         return None
@@ -114,12 +136,16 @@ class Decision:
             return Counter({self.request_refusal.reason: len(self.hosts)})
         cpu_fail = int(np.count_nonzero(~self.cpu_ok))
         mem_fail = int(np.count_nonzero(self.cpu_ok & ~self.mem_ok))
-        unavailable = int(np.count_nonzero(self.cpu_ok & self.mem_ok & ~self.eligible))
+        fit = self.cpu_ok & self.mem_ok
+        group_fail = int(np.count_nonzero(fit & ~self.allowed_by_group))
+        unavailable = int(np.count_nonzero(fit & self.allowed_by_group & ~self.eligible))
         counts: Counter[str] = Counter()
         if cpu_fail:
             counts[f"{RefusalCode.NOT_ENOUGH_CPU.value} at {float(self.spec.ratio)}"] = cpu_fail
         if mem_fail:
             counts[RefusalCode.NOT_ENOUGH_MEMORY.value] = mem_fail
+        if group_fail and self.group is not None:
+            counts[self.group.refusal().reason] = group_fail
         if unavailable:
             counts[RefusalCode.HOST_UNAVAILABLE.value] = unavailable
         return counts
@@ -131,7 +157,34 @@ class Decision:
         counts = self.counts()
         if counts:
             text += ": " + ", ".join(f"{n} {reason}" for reason, n in counts.most_common())
-        return text
+        ruled = self.group_explanation()
+        return f"{text}; {ruled}" if ruled else text
+
+    def group_explanation(self, most: int = 10) -> str:
+        """Which hosts a hard group rule ruled out, in words ("" when none):
+        "group web (anti-affinity) rules out the 3 hosts holding its members:
+        h0 (web-0), h1 (web-1), h2 (web-2)"; at most `most` hosts are named."""
+        group = self.group
+        if group is None or self.request_refusal is not None or bool(self.allowed_by_group.all()):
+            return ""
+        held = [f"{host} ({', '.join(names)})" for host, names in self.group_held.items()]
+        named = ", ".join(held[:most]) + (f" and {len(held) - most} more" if len(held) > most else "")
+        if group.policy is GroupPolicy.ANTI_AFFINITY:
+            return f"group {group.label} rules out the {len(held)} hosts holding its members: {named}"
+        others = int(np.count_nonzero(~self.allowed_by_group))
+        return (
+            f"group {group.label} keeps to the hosts holding its members, {named}: "
+            f"{others} other hosts ruled out"
+        )
+
+
+def _best(scores: Floats, weight: Floats | None) -> int:
+    """The index of the best host: the highest score (-inf: not feasible),
+    among the hosts a soft group prefers most when there is one."""
+    if weight is not None:
+        preferred = weight[np.isfinite(scores)].max()
+        scores = np.where(weight == preferred, scores, -np.inf)
+    return int(np.argmax(scores))
 
 
 class NoHostError(PlacementError):
@@ -280,11 +333,13 @@ class Cluster:
         spec: VMSpec,
         policy: str = DEFAULT_POLICY,
         eligible: Iterable[str] | None = None,
+        group: GroupRule | None = None,
     ) -> Decision:
         """Pick the host for `spec` (see the module docstring for the stages).
 
         `eligible`, when given, names the hosts that may be chosen; the others
         are reported as `host unavailable` when they would otherwise fit.
+        `group`: the VM's group, its members placed here (`placement.groups`).
         """
         scorer = get_policy(policy)
         n = len(self._names)
@@ -308,32 +363,79 @@ class Cluster:
         feasible = cpu_ok & mem_ok
         if eligible_mask is not None:
             feasible &= eligible_mask
+        group_ok, weight = self._group_columns(spec, group)
+        if group_ok is not None:
+            feasible &= group_ok
         chosen = None
         if feasible.any():
             scores = np.where(feasible, scorer.score(hosts, Demand(needed, float(spec.memory_mib))), -np.inf)
-            chosen = self._names[int(np.argmax(scores))]
+            chosen = self._names[_best(scores, weight)]
         else:
             scores = np.full(n, -np.inf)
         return Decision(
             spec, policy, self._names_tuple, chosen, None,
             needed, hosts.free_cpus.copy(), hosts.usable_cpus,
             hosts.free_mem, hosts.usable_mem, cpu_ok, mem_ok, eligible_mask, scores,
+            group, group_ok, weight, self._held(spec, group),
         )  # fmt: skip
 
-    def best_host(self, spec: VMSpec, policy: str = DEFAULT_POLICY) -> str | None:
-        """`choose(spec, policy).host` without the explanation, for callers
-        that place millions of VMs (the simulator): same stages, same answer."""
+    def best_host(
+        self, spec: VMSpec, policy: str = DEFAULT_POLICY, group: GroupRule | None = None
+    ) -> str | None:
+        """`choose(spec, policy, group=group).host` without the explanation,
+        for callers that place millions of VMs (the simulator): same stages,
+        same answer."""
         if invalid_reason(spec) is not None or spec.name in self._placed or not self._names:
             return None
         rows = self._candidate_rows()
         hosts = self.columns(rows)
         needed, cpu_ok, mem_ok = self._feasibility(spec, hosts, rows)
         raw = get_policy(policy).score(hosts, Demand(needed, float(spec.memory_mib)))
-        scores = np.where(cpu_ok & mem_ok, raw, -np.inf)
-        best = int(scores.argmax())
-        if scores[best] == -np.inf:
+        feasible = cpu_ok & mem_ok
+        group_ok, weight = self._group_columns(spec, group, rows)
+        if group_ok is not None:
+            feasible &= group_ok
+        if not feasible.any():
             return None
+        best = _best(np.where(feasible, raw, -np.inf), weight)
         return self._names[best if rows is None else int(rows[best])]
+
+    def _member_counts(self, spec: VMSpec, group: GroupRule) -> Floats:
+        """How many of the group's members (the VM itself aside) each host holds."""
+        counts = np.zeros(len(self._names))
+        for member in group.members:
+            index = self._placed.get(member)
+            if index is not None and member != spec.name:
+                counts[index] += 1
+        return counts
+
+    def _group_columns(
+        self, spec: VMSpec, group: GroupRule | None, rows: Indices | None = None
+    ) -> tuple[Bools | None, Floats | None]:
+        """Stage 3: the hosts the group's hard rule allows (None: no hard
+        rule) and its soft preference, members held or minus that (None: no
+        soft rule), for every host or those of `rows`. Empty hosts hold no
+        member: `_candidate_rows` keeps the answer the same."""
+        if group is None:
+            return None, None
+        counts = self._member_counts(spec, group)
+        picked = counts if rows is None else counts[rows]
+        if group.policy is GroupPolicy.ANTI_AFFINITY:
+            return picked == 0, None
+        if group.policy is GroupPolicy.AFFINITY:
+            return (picked > 0 if counts.any() else np.ones(len(picked), dtype=bool)), None
+        return None, picked if group.policy.together else -picked
+
+    def _held(self, spec: VMSpec, group: GroupRule | None) -> dict[str, tuple[str, ...]]:
+        """The group's members by host, hosts in registration order (for explanations)."""
+        if group is None:
+            return {}
+        by_index: dict[int, list[str]] = {}
+        for member in sorted(group.members - {spec.name}):
+            index = self._placed.get(member)
+            if index is not None:
+                by_index.setdefault(index, []).append(member)
+        return {self._names[i]: tuple(by_index[i]) for i in sorted(by_index)}
 
     def _candidate_rows(self) -> Indices | None:
         """The hosts worth scoring when many are empty: every host holding a
@@ -377,9 +479,10 @@ class Cluster:
         spec: VMSpec,
         policy: str = DEFAULT_POLICY,
         eligible: Iterable[str] | None = None,
+        group: GroupRule | None = None,
     ) -> tuple[str, Change]:
         """Choose a host and deploy there; NoHostError when nothing fits."""
-        decision = self.choose(spec, policy, eligible)
+        decision = self.choose(spec, policy, eligible, group)
         if decision.host is None:
             raise NoHostError(decision)
         return decision.host, self.deploy_on(decision.host, spec)

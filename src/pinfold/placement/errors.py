@@ -24,6 +24,8 @@ class RefusalCode(StrEnum):
     UNKNOWN_VM = "unknown vm"
     #: the host is excluded by the caller (down, draining, not a candidate)
     HOST_UNAVAILABLE = "host unavailable"
+    #: the VM's group rules the host out (affinity, anti-affinity: `placement.groups`)
+    GROUP_POLICY = "group policy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +47,10 @@ class Refusal:
 
     @property
     def reason(self) -> str:
-        """The stable string of DESIGN.md: the code, plus detail for invalid requests."""
-        if self.code is RefusalCode.INVALID_REQUEST and self.detail:
+        """The stable string of DESIGN.md: the code, plus detail for invalid
+        requests and for a group's rule (the group it is: "group policy: web
+        (anti-affinity)")."""
+        if self.code in (RefusalCode.INVALID_REQUEST, RefusalCode.GROUP_POLICY) and self.detail:
             return f"{self.code.value}: {self.detail}"
         return self.code.value
 
