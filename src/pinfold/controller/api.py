@@ -41,7 +41,7 @@ from pinfold.controller.credentials import Enrolment, HostCredential, Proof, dig
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.refusals import refusal_json
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
-from pinfold.controller.store import EventRecord, VMRecord
+from pinfold.controller.store import EventRecord, GroupRecord, VMRecord
 from pinfold.model import lifecycle
 from pinfold.model.errors import error_body
 from pinfold.model.vm import (
@@ -100,12 +100,21 @@ VMName = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
 CPUs = Annotated[list[CpuId], Field(max_length=MAX_CPUS)]
 
 
-class CreateVM(bodies.CreateVM):
-    # the shared body and the policy to place it by (no docstring: it would enter the OpenAPI schema)
-    policy: str | None = Field(default=None, description=f"one of {', '.join(POLICIES)}")
-
-
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]
+
+
+class CreateVM(bodies.CreateVM):
+    # the shared body, the policy to place it by and the group it joins (no docstring: it would
+    # enter the OpenAPI schema)
+    policy: str | None = Field(default=None, description=f"one of {', '.join(POLICIES)}")
+    group: Name | None = Field(default=None, description="a VM group's name (POST /api/v1/groups)")
+
+
+class CreateGroup(BaseModel):
+    # a VM group, as Nova's server groups (docs/controller.md, "VM groups")
+    model_config = STRICT
+    name: Name
+    policy: Literal["affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"]
 
 
 class BulkCreateVM(CreateVM):
@@ -343,6 +352,15 @@ def refusal_extra(error: ControllerError) -> dict[str, Any]:
     return {"hosts": error.hosts, "refusals": refusals, "summary": error.summary}
 
 
+def group_view(group: GroupRecord) -> dict[str, Any]:
+    return {
+        "name": group.name,
+        "policy": group.policy.value,
+        "created_at": group.created_at,
+        "members": list(group.members),
+    }
+
+
 def host_view(view: HostView, vms: Sequence[VMRecord] = ()) -> dict[str, Any]:
     record = view.record
     beat = record.heartbeat or {}
@@ -455,9 +473,9 @@ def create_app(
         except ControllerError:
             return None  # removed since the VM was read
 
-    def timed_create(request: VMRequest, policy: str | None) -> Placed:
+    def timed_create(request: VMRequest, policy: str | None, group: str | None = None) -> Placed:
         started = time.perf_counter()
-        placed = call(lambda: controller.create(request, policy))
+        placed = call(lambda: controller.create(request, policy, group))
         latency.observe(time.perf_counter() - started)
         return placed
 
@@ -466,7 +484,9 @@ def create_app(
         already), 207 when some were refused (best-effort), each VM's outcome in
         `vms`; all-or-nothing with some refused: the error, none kept."""
         bulk = call(
-            lambda: controller.create_many(body.to_requests(), body.policy, body.mode == "all-or-nothing")
+            lambda: controller.create_many(
+                body.to_requests(), body.policy, body.mode == "all-or-nothing", body.group
+            )
         )
         views = host_views()
         entries = [
@@ -485,7 +505,7 @@ def create_app(
         return {**answer, "vms": entries}
 
     def create(body: CreateVM, response: Response) -> dict[str, Any]:
-        placed = timed_create(body.to_request(), body.policy)
+        placed = timed_create(body.to_request(), body.policy, body.group)
         response.status_code = 201 if placed.created else 200
         view = vm_view(placed.record, one_host(placed.record.host_id))
         if placed.pinning:
@@ -606,6 +626,28 @@ def create_app(
         return vm_view(record, one_host(record.host_id))
 
     add_console_routes(app, controller, admin_token)
+
+    # -- VM groups -------------------------------------------------------------------
+
+    @app.post("/api/v1/groups", status_code=201, dependencies=[admin])
+    def create_group(body: CreateGroup, response: Response) -> dict[str, Any]:
+        """A VM group (201); the same name and policy again gives it (200)."""
+        group, made = call(lambda: controller.create_group(body.name, body.policy))
+        response.status_code = 201 if made else 200
+        return group_view(group)
+
+    @app.get("/api/v1/groups", dependencies=[admin])
+    def list_groups() -> list[dict[str, Any]]:
+        return [group_view(group) for group in controller.groups()]
+
+    @app.get("/api/v1/groups/{name}", dependencies=[admin])
+    def get_group(name: str) -> dict[str, Any]:
+        return group_view(call(lambda: controller.group(name)))
+
+    @app.delete("/api/v1/groups/{name}", status_code=204, dependencies=[admin])
+    def delete_group(name: str) -> None:
+        """Refused (409 `group in use`) while the group has VMs."""
+        call(lambda: controller.delete_group(name))
 
     @app.get("/api/v1/lifecycle", dependencies=[admin])
     def lifecycle_table() -> dict[str, list[str]]:

@@ -24,9 +24,11 @@ __all__ = [
     "VM",
     "Base",
     "Event",
+    "GroupMember",
     "Host",
     "RevokedCredential",
     "TopologyDocument",
+    "VMGroup",
     "VMSequence",
     "VMState",
     "digest_of",
@@ -143,6 +145,35 @@ class VM(Base):
     #: the NICs its agent last reported, [{"network", "bridge", "mac", "addresses"}]
     #: (None: not reported yet); written only when a heartbeat changes them
     reported_nics: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+
+
+class VMGroup(Base):
+    """A VM group, as Nova's server groups: its policy says whether its members
+    share hosts or keep apart (`pinfold.placement.groups`). A group with
+    members cannot be deleted (the foreign key of `group_members` says so too)."""
+
+    __tablename__ = "groups"
+    __table_args__ = (
+        # placement.GroupPolicy; a new policy needs a migration (tests check they agree)
+        CheckConstraint(
+            "policy IN ('affinity', 'anti-affinity', 'soft-affinity', 'soft-anti-affinity')",
+            name="policy_known",
+        ),
+    )
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[float] = mapped_column(Double)
+
+
+class GroupMember(Base):
+    """A VM's group (at most one, as in Nova): written with the VM's
+    reservation, in its transaction, and gone with the VM's row."""
+
+    __tablename__ = "group_members"
+
+    vm_name: Mapped[str] = mapped_column(ForeignKey("vms.name", ondelete="CASCADE"), primary_key=True)
+    group_name: Mapped[str] = mapped_column(ForeignKey("groups.name"), index=True)
 
 
 class Event(Base):

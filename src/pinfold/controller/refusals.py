@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Mapping
 
 from pinfold.model.refusal import refusal_json
-from pinfold.placement import Refusal
+from pinfold.placement import Refusal, RefusalCode
 
 __all__ = ["refusal_json", "summary"]
 
@@ -24,7 +24,7 @@ def summary(refusals: Mapping[str, Refusal], hosts: int) -> str:
     refusals counted by code and level, most first (ties: by code, then level),
     and the `hosts` that refused without a refusal as data counted as `refused
     otherwise`. Deterministic: the same refusals give the same line."""
-    counts = Counter((refusal.code.value, refusal.level) for refusal in refusals.values())
+    counts = Counter((_reason(refusal), refusal.level) for refusal in refusals.values())
     order = sorted(counts.items(), key=lambda item: (-item[1], item[0][0], item[0][1] or 0.0))
     parts = [
         f"{count} {code}" + (f" at {level}" if level is not None else "") for (code, level), count in order
@@ -32,3 +32,9 @@ def summary(refusals: Mapping[str, Refusal], hosts: int) -> str:
     if hosts > len(refusals):
         parts.append(f"{hosts - len(refusals)} refused otherwise")
     return f"0/{hosts} hosts fit: " + (", ".join(parts) if parts else "no host registered")
+
+
+def _reason(refusal: Refusal) -> str:
+    """What a refusal is counted under: its code, and the group for a group's
+    rule ("group policy: web (anti-affinity)"), which people need to read."""
+    return refusal.reason if refusal.code is RefusalCode.GROUP_POLICY else refusal.code.value

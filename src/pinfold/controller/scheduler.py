@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Sequence
 
 from pinfold.controller.store import HostRecord, VMRecord
-from pinfold.placement import Cluster, Decision, HostAllocator, PlacementError, VMSpec
+from pinfold.placement import Cluster, Decision, GroupRule, HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, slackvm_json
 
 __all__ = ["Scheduler"]
@@ -103,7 +103,9 @@ class Scheduler:
                 return False
         return True
 
-    def choose(self, spec: VMSpec, policy: str, eligible: Sequence[str]) -> Decision:
+    def choose(
+        self, spec: VMSpec, policy: str, eligible: Sequence[str], group: GroupRule | None = None
+    ) -> Decision:
         """Hosts the picture lacks are left out. The filtered list is kept for
         the same `eligible` object (the controller reuses it for a moment), and
         is None when every host is eligible, the usual case, which spares
@@ -112,7 +114,7 @@ class Scheduler:
             known = [host for host in eligible if host in self._shapes]
             self._eligible_for = eligible
             self._eligible = None if len(known) == len(self._cluster) else known
-        return self._cluster.choose(spec, policy, self._eligible)
+        return self._cluster.choose(spec, policy, self._eligible, group)
 
     def placed(self, host_id: str, spec: VMSpec) -> bool:
         """Note a reservation this controller made; False if the picture

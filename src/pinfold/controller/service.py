@@ -40,6 +40,9 @@ from pinfold.controller.settle import Stored, plan, vm_state
 from pinfold.controller.store import (
     ControllerStore,
     DuplicateVMError,
+    GroupExistsError,
+    GroupInUseError,
+    GroupRecord,
     HostAuthError,
     HostInUseError,
     HostLiveness,
@@ -48,6 +51,7 @@ from pinfold.controller.store import (
     RefusedError,
     ReportedNIC,
     StoreError,
+    UnknownGroupError,
     UnknownHostError,
     UnknownVMError,
     VMRecord,
@@ -56,7 +60,16 @@ from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFT
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import POWER_ACTIONS, takes_actions
 from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem
-from pinfold.placement import POLICIES, Decision, HostAllocator, Refusal, RefusalCode, invalid_reason
+from pinfold.placement import (
+    POLICIES,
+    Decision,
+    GroupPolicy,
+    GroupRule,
+    HostAllocator,
+    Refusal,
+    RefusalCode,
+    invalid_reason,
+)
 from pinfold.topology import slackvm_json
 
 T = TypeVar("T")
@@ -322,9 +335,14 @@ class Controller:
 
     # -- VMs ---------------------------------------------------------------------
 
-    def create(self, request: VMRequest, policy: str | None = None) -> Placed:
+    def create(self, request: VMRequest, policy: str | None = None, group: str | None = None) -> Placed:
+        """Place and create one VM; `group`: the VM joins that group (its rule
+        rules hosts out or ranks them, `placement.groups`)."""
         policy = self._checked(request, policy)
+        rule = self._group_rule(group)
         existing = self.store.vm(request.name)
+        if existing is not None:
+            self._same_group(existing, group)
         for _ in range(CREATE_ATTEMPTS):
             if existing is not None:
                 record = self._again(existing, request)
@@ -333,7 +351,7 @@ class Controller:
                 # gone once its creator was done (it found no host): place it here
             try:
                 with self._creating_vm(request.name):
-                    return self._place(request, policy)
+                    return self._place(request, policy, rule)
             except _NameTaken as taken:  # reserved by another request between our look and ours
                 existing = taken.existing
         raise ControllerError(
@@ -355,7 +373,11 @@ class Controller:
         return policy
 
     def create_many(
-        self, requests: Sequence[VMRequest], policy: str | None = None, all_or_nothing: bool = False
+        self,
+        requests: Sequence[VMRequest],
+        policy: str | None = None,
+        all_or_nothing: bool = False,
+        group: str | None = None,
     ) -> Bulk:
         """A bulk create: each request's outcome, in order (its VM, or why it
         was refused). One pass places them all, each ranked with the picture
@@ -365,10 +387,12 @@ class Controller:
         already in the directory is a repeated create (`create`'s rules). A
         VM that met another request's or an agent's refusal is created alone
         after the pass, as `create` would. `all_or_nothing`: if any is
-        refused, none stays (reservations dropped, VMs made deleted: `undone`)."""
+        refused, none stays (reservations dropped, VMs made deleted: `undone`).
+        `group`: every VM joins it; each one's rule counts those before it."""
         policy = policy or self.default_policy
         for request in requests:
             self._checked(request, policy)
+        rule = self._group_rule(group)
         outcomes: dict[str, Placed | ControllerError | None] = {}
         fresh = []
         for request in requests:
@@ -376,10 +400,10 @@ class Controller:
             if existing is None:
                 fresh.append(request)
             else:
-                outcomes[request.name] = _outcome(partial(self.create, request, policy))
-        later = self._bulk_pass(fresh, policy, outcomes, all_or_nothing)
+                outcomes[request.name] = _outcome(partial(self.create, request, policy, group))
+        later = self._bulk_pass(fresh, policy, outcomes, all_or_nothing, rule)
         for request in later:  # alone, once this request's marks on its names are gone
-            outcomes[request.name] = _outcome(partial(self.create, request, policy))
+            outcomes[request.name] = _outcome(partial(self.create, request, policy, group))
         result = [outcomes[request.name] for request in requests]
         undone = all_or_nothing and any(isinstance(outcome, ControllerError) for outcome in result)
         if undone:
@@ -392,6 +416,7 @@ class Controller:
         policy: str,
         outcomes: dict[str, Placed | ControllerError | None],
         all_or_nothing: bool,
+        group: GroupRule | None = None,
     ) -> list[VMRequest]:
         """Reserve each of `requests` in turn, then create the reserved ones
         on their agents in parallel; their outcomes go in `outcomes`. The
@@ -404,12 +429,13 @@ class Controller:
             for request in requests:
                 marks.enter_context(self._creating_vm(request.name))
                 try:
-                    attempt = self._attempt(request, policy)
+                    attempt = self._attempt(request, policy, group)
                     host = next(self._reserved(attempt), None)
                     if host is None:
                         outcomes[request.name] = self._no_host(attempt)
                     else:
                         reserved.append((host, attempt))
+                        group = group.with_member(request.name) if group is not None else None
                 except _NameTaken:
                     later.append(request)
             if all_or_nothing and any(request.name in outcomes for request in requests):
@@ -439,25 +465,25 @@ class Controller:
                 with contextlib.suppress(ControllerError):
                     self.delete(outcome.record.name)
 
-    def _place(self, request: VMRequest, policy: str) -> Placed:
-        attempt = self._attempt(request, policy)
+    def _place(self, request: VMRequest, policy: str, group: GroupRule | None = None) -> Placed:
+        attempt = self._attempt(request, policy, group)
         for host in self._reserved(attempt):
             placed = self._on_agent(host, request, attempt)
             if placed is not None:
                 return placed
         raise self._no_host(attempt)
 
-    def _attempt(self, request: VMRequest, policy: str) -> _Attempt:
+    def _attempt(self, request: VMRequest, policy: str, group: GroupRule | None = None) -> _Attempt:
         """Rank the hosts for `request` with the picture (which holds every
         reservation this controller made, a bulk create's earlier VMs too)."""
         eligible = self.schedulable_hosts()
         with self._picture:
-            decision = self.scheduler.choose(request.spec, policy, eligible)
+            decision = self.scheduler.choose(request.spec, policy, eligible, group)
         if not decision.ranking():  # the picture may be behind another replica's deletes
             self.refresh_vms()
             with self._picture:
-                decision = self.scheduler.choose(request.spec, policy, eligible)
-        return _Attempt(request, decision, decision.ranking())
+                decision = self.scheduler.choose(request.spec, policy, eligible, group)
+        return _Attempt(request, decision, decision.ranking(), group)
 
     def _reserved(self, attempt: _Attempt) -> Iterator[HostRecord]:
         """The hosts of the ranking, in order, each once it holds a reservation
@@ -490,8 +516,11 @@ class Controller:
         asked) and note it in the picture; False when the host refused (its
         reason kept in `attempt`)."""
         request, refused, as_data = attempt.request, attempt.refused, attempt.as_data
+        group = attempt.group.name if attempt.group is not None else None
         try:
-            self.store.reserve(request, host.id, self._fits, self.clock())
+            self.store.reserve(request, host.id, self._fits, self.clock(), group)
+        except UnknownGroupError as error:  # deleted since the create read it
+            raise ControllerError("unknown group", error.name) from error
         except RefusedError as error:
             refused[host.id] = error.reason
             if error.refusal is not None:
@@ -645,6 +674,50 @@ class Controller:
             with self._creating:
                 self._waiters -= 1
 
+    # -- VM groups ---------------------------------------------------------------
+
+    def create_group(self, name: str, policy: str) -> tuple[GroupRecord, bool]:
+        """Add a VM group (True) or give the one there of that name and policy
+        (False); "group exists" for another policy."""
+        if policy not in GroupPolicy._value2member_map_:
+            valid = ", ".join(p.value for p in GroupPolicy)
+            raise ControllerError("invalid request", f"policy: one of {valid}")
+        try:
+            return self.store.create_group(name, GroupPolicy(policy), self.clock())
+        except GroupExistsError as error:
+            raise ControllerError("group exists", str(error)) from error
+
+    def groups(self) -> list[GroupRecord]:
+        return self.store.groups()
+
+    def group(self, name: str) -> GroupRecord:
+        record = self.store.group(name)
+        if record is None:
+            raise ControllerError("unknown group", name)
+        return record
+
+    def delete_group(self, name: str) -> GroupRecord:
+        """Delete a VM group; refused while it has VMs (delete them first)."""
+        try:
+            return self.store.delete_group(name)
+        except UnknownGroupError as error:
+            raise ControllerError("unknown group", name) from error
+        except GroupInUseError as error:
+            names = ", ".join(error.names[:10]) + (", ..." if len(error.names) > 10 else "")
+            detail = f"{name} still has {len(error.names)} VMs ({names}): delete them first"
+            raise ControllerError("group in use", detail) from error
+
+    def _group_rule(self, name: str | None) -> GroupRule | None:
+        """The rule of the group a create names, with its members now."""
+        return None if name is None else self.group(name).rule
+
+    def _same_group(self, existing: VMRecord, group: str | None) -> None:
+        """A repeated create must name the group its VM is in (idempotency)."""
+        now_in = self.store.group_of(existing.name)
+        if now_in != group:
+            where = f"group {now_in}" if now_in else "no group"
+            raise ControllerError("duplicate name", f"{existing.name} exists in {where}")
+
     def vm(self, name: str) -> VMRecord:
         record = self.store.vm(name)
         if record is None:
@@ -793,6 +866,7 @@ class _Attempt:
     request: VMRequest
     decision: Decision
     ranking: Sequence[str]
+    group: GroupRule | None = None
     refused: dict[str, str] = field(default_factory=dict)
     as_data: dict[str, Refusal] = field(default_factory=dict)
 

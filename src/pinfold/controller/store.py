@@ -34,9 +34,11 @@ from pinfold.controller.models import (
     HOST_ID_MAX,
     VM,
     Event,
+    GroupMember,
     Host,
     RevokedCredential,
     TopologyDocument,
+    VMGroup,
     VMSequence,
     VMState,
     digest_of,
@@ -44,13 +46,16 @@ from pinfold.controller.models import (
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import CONTROLLER_STATES
 from pinfold.model.vm import NIC, VMRequest
-from pinfold.placement import Refusal, VMSpec
+from pinfold.placement import GroupPolicy, GroupRule, Refusal, VMSpec, host_refusal
 
 __all__ = [
     "ControllerStore",
     "DuplicateVMError",
     "EventRecord",
     "Fits",
+    "GroupExistsError",
+    "GroupInUseError",
+    "GroupRecord",
     "HostAuthError",
     "HostInUseError",
     "HostLiveness",
@@ -59,6 +64,7 @@ __all__ = [
     "RefusedError",
     "ReportedNIC",
     "StoreError",
+    "UnknownGroupError",
     "UnknownHostError",
     "UnknownVMError",
     "VMRecord",
@@ -104,6 +110,29 @@ class RefusedError(StoreError):
         self.host_id = host_id
         self.reason = reason
         self.refusal = refusal
+
+
+class UnknownGroupError(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown group {name!r}")
+        self.name = name
+
+
+class GroupExistsError(StoreError):
+    """A group of that name exists with another policy (`existing`)."""
+
+    def __init__(self, existing: GroupRecord) -> None:
+        super().__init__(f"group {existing.name!r} exists with policy {existing.policy.value}")
+        self.existing = existing
+
+
+class GroupInUseError(StoreError):
+    """A group to delete still has members (`names`)."""
+
+    def __init__(self, name: str, names: Sequence[str]) -> None:
+        super().__init__(f"group {name!r} has {len(names)} VMs")
+        self.name = name
+        self.names = list(names)
 
 
 class DuplicateVMError(StoreError):
@@ -202,6 +231,20 @@ class VMRecord:
         return VMRequest(
             self.name, self.vcpus, self.memory_mib, self.ratio, self.owner, self.image, nics=self.nics
         )
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    name: str
+    policy: GroupPolicy
+    created_at: float
+    #: its VMs, in reservation order
+    members: tuple[str, ...] = ()
+
+    @property
+    def rule(self) -> GroupRule:
+        """The group as the placement core applies it."""
+        return GroupRule(self.name, self.policy, frozenset(self.members))
 
 
 @dataclass(frozen=True, slots=True)
@@ -436,13 +479,17 @@ class ControllerStore:
 
     # -- VMs -------------------------------------------------------------------
 
-    def reserve(self, vm: VMRequest, host_id: str, fits: Fits, now: float) -> VMRecord:
+    def reserve(
+        self, vm: VMRequest, host_id: str, fits: Fits, now: float, group: str | None = None
+    ) -> VMRecord:
         """Take room for `vm` on the host, atomically with checking that it fits.
 
         Under the host's lock: load the host and the VMs on it (every VM row
         holds its resources until deleted), ask `fits`, and insert the VM as
         `reserved` only if it fits. Raises `RefusedError` with `fits`'s text,
         `DuplicateVMError` when the name is taken (on any host), `UnknownHostError`.
+        `group`: the VM joins that group, if its rule allows this host
+        (`_join_group`: `RefusedError`, or `UnknownGroupError`).
         """
         try:
             with self._write() as session:
@@ -458,6 +505,8 @@ class ControllerStore:
                     raise RefusedError(host_id, *reason)
                 if reason is not None:
                     raise RefusedError(host_id, reason)
+                if group is not None:
+                    _check_group(session, group, host_id)
                 row = VM(
                     name=vm.name,
                     seq=_next_seq(session),
@@ -475,6 +524,8 @@ class ControllerStore:
                 )
                 session.add(row)
                 session.flush()
+                if group is not None:
+                    session.add(GroupMember(vm_name=vm.name, group_name=group))
                 return _vm_record(row)
         except IntegrityError as exc:
             # The same name reserved at the same moment on another host (another lock).
@@ -543,6 +594,62 @@ class ControllerStore:
         with self._read() as session:
             return [_vm_record(row) for row in session.scalars(query)]
 
+    # -- VM groups ---------------------------------------------------------------
+
+    def create_group(self, name: str, policy: GroupPolicy, now: float) -> tuple[GroupRecord, bool]:
+        """Add a group; the same name and policy again gives the group there
+        (False: not made by this call); another policy, `GroupExistsError`."""
+        try:
+            with self._write() as session:
+                row = session.get(VMGroup, name)
+                if row is None:
+                    row = VMGroup(name=name, policy=policy.value, created_at=now)
+                    session.add(row)
+                    session.flush()
+                    return _group_record(row, ()), True
+        except IntegrityError:  # another request made it at the same moment
+            pass
+        existing = self.group(name)
+        if existing is None:
+            raise StoreError(f"group {name!r}: made and deleted at once by other requests")
+        if existing.policy is not policy:
+            raise GroupExistsError(existing)
+        return existing, False
+
+    def group(self, name: str) -> GroupRecord | None:
+        with self._read() as session:
+            row = session.get(VMGroup, name)
+            return None if row is None else _group_record(row, _members(session, name))
+
+    def group_of(self, vm: str) -> str | None:
+        """The name of the group VM `vm` is in, if any."""
+        with self._read() as session:
+            member = session.get(GroupMember, vm)
+            return None if member is None else member.group_name
+
+    def groups(self) -> list[GroupRecord]:
+        """Every group with its members, by name."""
+        members = select(GroupMember.group_name, GroupMember.vm_name).join(VM).order_by(VM.seq)
+        with self._read() as session:
+            by_group: dict[str, list[str]] = {}
+            for group_name, vm_name in session.execute(members):
+                by_group.setdefault(group_name, []).append(vm_name)
+            rows = session.scalars(select(VMGroup).order_by(VMGroup.name))
+            return [_group_record(row, by_group.get(row.name, ())) for row in rows]
+
+    def delete_group(self, name: str) -> GroupRecord:
+        """Delete a group with no members (`GroupInUseError` else, under the
+        group's lock, so that no reservation joins it meanwhile)."""
+        with self._write() as session:
+            row = session.get(VMGroup, name, with_for_update=True)
+            if row is None:
+                raise UnknownGroupError(name)
+            members = _members(session, name)
+            if members:
+                raise GroupInUseError(name, members)
+            session.delete(row)
+            return _group_record(row, ())
+
     # -- events ----------------------------------------------------------------
 
     def add_event(self, kind: str, subject: str, detail: Mapping[str, Any], now: float) -> EventRecord:
@@ -595,6 +702,33 @@ def _heard_from(session: Session, host: Host, now: float) -> None:
 
 def _vms_on(host_id: str) -> Any:
     return select(VM).where(VM.host_id == host_id).order_by(VM.seq)
+
+
+def _check_group(session: Session, name: str, host_id: str) -> None:
+    """A reservation's group check, under the host's lock (taken first) and
+    the group's: `RefusedError` when the group's rule rules the host out
+    (`placement.host_refusal`, the cluster choice's own check, on the
+    members as the database has them), `UnknownGroupError` for no group. The
+    group's lock makes two reservations in one group take turns, so the
+    second sees the first's member even on another host (affinity)."""
+    row = session.get(VMGroup, name, with_for_update=True)
+    if row is None:
+        raise UnknownGroupError(name)
+    query = select(VM.name, VM.host_id).join(GroupMember).where(GroupMember.group_name == name)
+    where: dict[str, str | None] = dict(session.execute(query).all())
+    rule = GroupRule(name, GroupPolicy(row.policy), frozenset(where))
+    refusal = host_refusal(rule, host_id, where)
+    if refusal is not None:
+        raise RefusedError(host_id, refusal.describe(), refusal)
+
+
+def _members(session: Session, name: str) -> list[str]:
+    query = select(VM.name).join(GroupMember).where(GroupMember.group_name == name).order_by(VM.seq)
+    return list(session.scalars(query))
+
+
+def _group_record(row: VMGroup, members: Sequence[str]) -> GroupRecord:
+    return GroupRecord(row.name, GroupPolicy(row.policy), row.created_at, tuple(members))
 
 
 def _next_seq(session: Session) -> int:
