@@ -317,3 +317,29 @@ def test_a_bulk_create_shows_each_vms_host_and_exits_1_if_any_was_refused(cluste
     assert "0/2 hosts fit" in out
     assert "not enough cpu" in out
     assert len(cluster.controller.vms()) == 8
+
+
+def test_groups_from_the_command_line_and_explain_names_the_group(cluster):
+    code, out = cli(cluster, "group", "create", "web", "--policy", "anti-affinity")
+    assert code == 0, out
+    assert "anti-affinity" in out
+    code, out = cli(cluster, "group", "create", "bad", "--policy", "spread")
+    assert code == 2, out
+    for n in range(2):
+        code, out = cli(cluster, "vm", "create", f"web-{n}", "--group", "web", "--memory", "256")
+        assert code == 0, out
+    assert {vm.host_id for vm in cluster.controller.vms()} == {"h1", "h2"}
+    code, out = cli(cluster, "vm", "create", "web-2", "--group", "web", "--memory", "256", "--explain")
+    assert code == 1, out
+    assert "0/2 hosts fit: 2 group policy: web (anti-affinity)" in out
+    assert "rules out the 2 hosts holding its members" in out
+    rows = [line for line in out.splitlines() if "group policy: web (anti-affinity)" in line and "h1" in line]
+    assert rows, out  # the table's row for h1 names the group
+    code, out = cli(cluster, "group", "list", "--json")
+    assert [(g["name"], g["members"]) for g in json.loads(out)] == [("web", ["web-0", "web-1"])]
+    code, out = cli(cluster, "group", "delete", "web")
+    assert code == 1
+    assert "group in use" in out
+    for n in range(2):
+        assert cli(cluster, "vm", "delete", f"web-{n}")[0] == 0
+    assert cli(cluster, "group", "delete", "web") == (0, "deleted group web\n")

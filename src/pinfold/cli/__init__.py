@@ -30,6 +30,7 @@ console = Console()
 from pinfold.cli import agent as _agent  # noqa: E402  (these register their commands on `app`)
 from pinfold.cli import client as _client  # noqa: E402
 from pinfold.cli import controller as _controller  # noqa: E402
+from pinfold.cli import groups as _groups  # noqa: E402
 from pinfold.cli import simulate as _simulate  # noqa: E402
 from pinfold.cli import up as _up  # noqa: E402
 
@@ -37,6 +38,7 @@ _simulate.register(app)
 _agent.register(app)
 _controller.register(app)
 _client.register(app)
+_groups.register(app)
 _up.register(app)
 
 DEFAULT_DEMO_TOPOLOGY = "topology_i7-1185G7.json"

@@ -149,8 +149,13 @@ def explain_refusal(error: dict[str, Any]) -> None:
         table = Table("host", "code", "level", "needed", "free", "could ever fit")
         for host, refusal in sorted(error["refusals"].items()):
             fits_ever = {True: "yes", False: "no"}.get(refusal.get("fits_ever"), "?")
+            code = str(refusal.get("code"))
+            if code == "group policy" and refusal.get(
+                "detail"
+            ):  # which group: "group policy: web (affinity)"
+                code = f"{code}: {refusal['detail']}"
             table.add_row(
-                escape(host), escape(str(refusal.get("code"))), _level(refusal.get("level")),
+                escape(host), escape(code), _level(refusal.get("level")),
                 _cell(refusal.get("needed")), _cell(refusal.get("free")), fits_ever,
             )  # fmt: skip
         console.print(table)
@@ -228,6 +233,9 @@ def vm_create(
     owner: Annotated[str, typer.Option("--owner")] = "",
     image: Annotated[str, typer.Option("--image", help="Base qcow2 image on the host.")] = "",
     policy: Annotated[str | None, typer.Option("--policy", help="Placement policy for this VM.")] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", help="The VM group it joins (pinfold group create).")
+    ] = None,
     explain: Annotated[
         bool, typer.Option("--explain", help="When nothing fits, say why host by host.")
     ] = False,
@@ -277,6 +285,8 @@ def vm_create(
     }
     if policy:
         body["policy"] = policy
+    if group:
+        body["group"] = group
     keys = [key for path in ssh_key or [] for key in read_ssh_keys(path)]
     if keys:
         body["ssh_keys"] = keys
@@ -376,7 +386,7 @@ def vm_list(
 
 @vm_app.command("show")
 def vm_show(name: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
-    vm = answer(request(endpoint(url, token, ca), "GET", f"/api/v1/vms/{_segment(name)}"), as_json)
+    vm = answer(request(endpoint(url, token, ca), "GET", f"/api/v1/vms/{segment(name)}"), as_json)
     show(vm, as_json, vm_details)
 
 
@@ -396,7 +406,7 @@ def vm_details(vm: dict[str, Any]) -> None:
 
 @vm_app.command("delete")
 def vm_delete(name: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
-    response = request(endpoint(url, token, ca), "DELETE", f"/api/v1/vms/{_segment(name)}")
+    response = request(endpoint(url, token, ca), "DELETE", f"/api/v1/vms/{segment(name)}")
     body = answer(response, as_json)
     if as_json:
         print(json.dumps(body or {"deleted": name}))
@@ -408,7 +418,7 @@ def vm_delete(name: str, url: Url = None, token: Token = None, ca: Ca = None, as
 
 def _action(action: str) -> Any:
     def run(name: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
-        path = f"/api/v1/vms/{_segment(name)}/{action}"
+        path = f"/api/v1/vms/{segment(name)}/{action}"
         show(
             answer(request(endpoint(url, token, ca), "POST", path), as_json), as_json, lambda v: vm_table([v])
         )
@@ -440,7 +450,7 @@ def vm_console(
     where = endpoint(url, token, ca)
     warn_plain_url("pinfold", where.url)
     mode = "read" if read_only else "write"
-    ws_url = websocket_url(where.url, f"/api/v1/vms/{_segment(name)}/console?mode={mode}")
+    ws_url = websocket_url(where.url, f"/api/v1/vms/{segment(name)}/console?mode={mode}")
     headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
     try:
         ws = connect(
@@ -472,7 +482,7 @@ def host_list(url: Url = None, token: Token = None, ca: Ca = None, as_json: Json
 def host_show(
     host_id: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False
 ) -> None:
-    host = answer(request(endpoint(url, token, ca), "GET", f"/api/v1/hosts/{_segment(host_id)}"), as_json)
+    host = answer(request(endpoint(url, token, ca), "GET", f"/api/v1/hosts/{segment(host_id)}"), as_json)
 
     def render(found: dict[str, Any]) -> None:
         host_table([found])
@@ -486,7 +496,7 @@ def host_drain(
     host_id: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False
 ) -> None:
     """Take no new VMs on this host."""
-    path = f"/api/v1/hosts/{_segment(host_id)}/drain"
+    path = f"/api/v1/hosts/{segment(host_id)}/drain"
     show(answer(request(endpoint(url, token, ca), "POST", path), as_json), as_json, lambda h: host_table([h]))
 
 
@@ -503,7 +513,7 @@ def host_remove(
 ) -> None:
     """Remove a host and revoke its credential: its agent is refused from
     then on, until its DATA_DIR/host.token is deleted and it enrols again."""
-    path = f"/api/v1/hosts/{_segment(host_id)}"
+    path = f"/api/v1/hosts/{segment(host_id)}"
     params = {"force": "true"} if force else None
     body = answer(request(endpoint(url, token, ca), "DELETE", path, params=params), as_json)
     forgotten = ", ".join(body["forgotten_vms"])
@@ -518,7 +528,7 @@ def host_remove(
 def host_undrain(
     host_id: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False
 ) -> None:
-    path = f"/api/v1/hosts/{_segment(host_id)}/undrain"
+    path = f"/api/v1/hosts/{segment(host_id)}/undrain"
     show(answer(request(endpoint(url, token, ca), "POST", path), as_json), as_json, lambda h: host_table([h]))
 
 
@@ -536,6 +546,6 @@ def status(url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = 
     show(summary, as_json, render)
 
 
-def _segment(value: str) -> str:
+def segment(value: str) -> str:
     """A path segment with anything special escaped (names are validated by the controller)."""
     return httpx.URL("/" + value).raw_path.decode().lstrip("/").replace("/", "%2F")
