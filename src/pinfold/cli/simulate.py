@@ -23,6 +23,7 @@ from rich.text import Text
 from pinfold.placement import DEFAULT_CRITICAL_SIZE, DEFAULT_POLICY, POLICIES
 from pinfold.sim.consolidate import DEFAULT_WARM_UP_S, Consolidation
 from pinfold.sim.generator import TraceShape, generate_shape
+from pinfold.sim.groups import TraceGroups, read_groups
 from pinfold.sim.mix import DEFAULT_LEVELS, assign_levels, parse_mix
 from pinfold.sim.readers import FORMATS, detect_format, read_trace
 from pinfold.sim.readers.neutral import write_neutral
@@ -79,6 +80,13 @@ def simulate_command(
     usage: Annotated[
         Path | None,
         typer.Option("--usage", help="CPU usage samples (vm_id,t_s,cpu_util_pct) to plot the vNodes' usage."),
+    ] = None,
+    groups: Annotated[
+        Path | None,
+        typer.Option(
+            "--groups",
+            help="VM groups: CSV vm_id,group,policy (affinity, anti-affinity, their soft- forms).",
+        ),
     ] = None,
     consolidate: Annotated[
         bool,
@@ -139,15 +147,20 @@ def simulate_command(
             or compare
             or levels
             or usage
+            or groups
             or policy != DEFAULT_POLICY
             or seed != 0
         ):
             raise typer.BadParameter(
                 "a SlackVM monitoring replay is one host with the levels and usage it records: "
-                "drop --hosts/--elastic/--compare/--policy/--levels/--seed/--usage"
+                "drop --hosts/--elastic/--compare/--policy/--levels/--seed/--usage/--groups"
             )
         _replay_slackvm(trace_path, _load_topology(topology), topology, out, critical_size)
         return
+    if groups is not None and consolidate:
+        raise typer.BadParameter(
+            "--groups with --consolidate: the consolidation planner does not know groups yet"
+        )
     names = [name.strip() for name in (compare or policy).split(",") if name.strip()]
     if SEGREGATED in names and hosts is not None:
         console.print(f"note: {SEGREGATED} is a baseline of elastic clusters; it ignores --hosts {hosts}")
@@ -171,7 +184,8 @@ def simulate_command(
     topo = _load_topology(topology)
     trace = _load_trace(trace_path, resolved, levels, seed)
     console.print(f"{len(trace):,} VMs from {trace.source}; {trace.level_note}")
-    results = [_run(trace, topo, scenario) for scenario in scenarios]
+    vm_groups = _load_groups(groups, trace)
+    results = [_run(trace, topo, scenario, vm_groups) for scenario in scenarios]
     from pinfold.sim.report import write_outputs
 
     samples = None
@@ -302,7 +316,19 @@ def _load_trace(path: Path, trace_format: str, levels: str | None, seed: int) ->
     return assign_levels(trace, mix, seed, keep_recorded=levels is None)
 
 
-def _run(trace: Trace, topology: Topology, scenario: Scenario) -> Result:
+def _load_groups(path: Path | None, trace: Trace) -> TraceGroups | None:
+    if path is None:
+        return None
+    try:
+        groups = read_groups(path, trace)
+    except TraceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    console.print(f"{len(groups.group_of):,} VMs in {len(groups.policies):,} groups from {path}")
+    return groups
+
+
+def _run(trace: Trace, topology: Topology, scenario: Scenario, groups: TraceGroups | None = None) -> Result:
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -317,7 +343,7 @@ def _run(trace: Trace, topology: Topology, scenario: Scenario) -> Result:
             progress.update(task, completed=done, total=total)
 
         started = time.perf_counter()
-        result = simulate(trace, topology, scenario, on_progress=advance)
+        result = simulate(trace, topology, scenario, on_progress=advance, groups=groups)
         progress.update(task, description=f"{scenario.name:>12} {time.perf_counter() - started:.1f} s")
     return result
 

@@ -7,6 +7,11 @@ controller use) and records, at the end of every instant, what the reports
 need: hosts in use, the lower bound, allocated and unallocated CPU and memory,
 and the vNode sizes of one host.
 
+With `groups` (`pinfold.sim.groups`, `--groups`), each VM of a group is
+placed with its group's rule (`placement.GroupRule`, the controller's):
+the members running at that moment count. An elastic cluster opens a host
+for a VM only when its group allows a host without members.
+
 With `Scenario.consolidation`, the replay also calls the consolidation
 planner every period and carries out its migrations (see
 `pinfold.sim.consolidate`). Plans and migration ends are timers between the
@@ -30,14 +35,17 @@ from pinfold.placement import (
     DEFAULT_CRITICAL_SIZE,
     DEFAULT_POLICY,
     Cluster,
+    GroupRule,
     HostAllocator,
     PlacementError,
     VMSpec,
     get_policy,
+    host_refusal,
 )
 from pinfold.placement.consolidation import Budget, Migration, Verdict, plan_consolidation
 from pinfold.sim.consolidate import Consolidation, shadow_name
 from pinfold.sim.events import EventList, order_events, walk
+from pinfold.sim.groups import TraceGroups
 from pinfold.sim.trace import Trace
 from pinfold.topology import Topology
 
@@ -150,6 +158,8 @@ class Result:
     #: VMs that lived on the observed host: trace index -> (arrival, departure or None)
     observed_stays: dict[int, tuple[int, int | None]] = field(default_factory=dict)
     migrations: MigrationLog | None = None
+    #: of `rejected`, the VMs refused by their group's hard rule (they would have fit without it)
+    group_rejected: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -182,26 +192,45 @@ class _Pool:
         for _ in range(scenario.hosts or 0):
             self._open()
 
+    def _next_name(self) -> str:
+        return f"{self.prefix}{len(self.cluster):05d}"
+
     def _open(self) -> str:
-        name = f"{self.prefix}{len(self.cluster):05d}"
+        name = self._next_name()
         self.cluster.add_host(
             name, HostAllocator(self.topology, critical_size=self.critical_size, report_pins=False)
         )
         return name
 
-    def place(self, spec: VMSpec, avoid: Container[str] = frozenset()) -> tuple[str, int] | None:
+    def place(
+        self, spec: VMSpec, avoid: Container[str] = frozenset(), group: GroupRule | None = None
+    ) -> tuple[str, int] | None:
         """Deploy `spec` on the policy's host (opening one if elastic), never
-        on a host of `avoid` (being emptied); returns the host and the CPUs its
-        vNodes grew by, or None if refused."""
-        host = self.cluster.best_host(spec, self.policy)
+        on a host of `avoid` (being emptied) nor one `group`'s rule rules out;
+        returns the host and the CPUs its vNodes grew by, or None if refused."""
+        host = self.cluster.best_host(spec, self.policy, group)
         if host is not None and host in avoid:
             eligible = [name for name in self.cluster.hosts if name not in avoid]
-            host = self.cluster.choose(spec, self.policy, eligible).host
+            host = self.cluster.choose(spec, self.policy, eligible, group).host
         if host is None:
-            if not self.elastic or not self.template.fits(spec):
+            if not self.elastic or not self.template.fits(spec) or not self.opens_for(group):
                 return None
             host = self._open()
         return host, self.deploy_on(host, spec)
+
+    def opens_for(self, group: GroupRule | None) -> bool:
+        """Whether `group`'s rule allows a new, empty host (not for affinity
+        once a member runs here: the VM goes with its members or nowhere)."""
+        if group is None:
+            return True
+        where = {member: self.cluster.host_of(member) for member in group.members}
+        return host_refusal(group, self._next_name(), where) is None
+
+    def fits_without(self, spec: VMSpec) -> bool:
+        """Whether `spec` would have been placed without its group."""
+        return self.cluster.best_host(spec, self.policy) is not None or (
+            self.elastic and self.template.fits(spec)
+        )
 
     def deploy_on(self, host: str, spec: VMSpec) -> int:
         """Deploy on a given host; returns the CPUs its vNodes grew by."""
@@ -221,8 +250,19 @@ class _Pool:
 class _Replay:
     """The state one replay carries across events."""
 
-    def __init__(self, trace: Trace, topology: Topology, scenario: Scenario, events: EventList) -> None:
+    def __init__(
+        self,
+        trace: Trace,
+        topology: Topology,
+        scenario: Scenario,
+        events: EventList,
+        groups: TraceGroups | None = None,
+    ) -> None:
         self.trace = trace
+        self.groups = groups or TraceGroups()
+        #: each group's members running now (placed, or migrating)
+        self.members: dict[str, set[str]] = {name: set() for name in self.groups.policies}
+        self.group_rejected: list[str] = []
         self.scenario = scenario
         self.levels = sorted({float(r) for r in np.unique(trace.ratio)})
         if scenario.policy == SEGREGATED:
@@ -291,12 +331,17 @@ class _Replay:
         ratio = self.ratio[vm]
         spec = VMSpec(self.vm_ids[vm], self.vcpus[vm], self.memory[vm], ratio)
         pool = self.pools[ratio]
-        placed = pool.place(spec, self.draining.keys())
+        group = self._rule(vm)
+        placed = pool.place(spec, self.draining.keys(), group)
         if placed is None:
             self.rejected.append(spec.name)
             if not pool.template.fits(spec):
                 self.never_fit.append(spec.name)
+            elif group is not None and group.policy.hard and pool.fits_without(spec):
+                self.group_rejected.append(spec.name)
             return
+        if group is not None:
+            self.members[group.name].add(spec.name)
         host, cpus_taken = placed
         self.cpus_allocated += cpus_taken
         self.memory_allocated += spec.memory_mib
@@ -312,7 +357,17 @@ class _Replay:
         if self.observed[1] == host:
             self.observed_stays[vm] = (t, None)
 
+    def _rule(self, vm: int) -> GroupRule | None:
+        """The rule of VM `vm`'s group, with the members running now."""
+        name = self.groups.group_of.get(vm)
+        if name is None:
+            return None
+        return GroupRule(name, self.groups.policies[name], frozenset(self.members[name]))
+
     def _depart(self, t: int, vm: int) -> None:
+        group = self.groups.group_of.get(vm)
+        if group is not None:
+            self.members[group].discard(self.vm_ids[vm])
         pool, host = self.host_of.pop(vm)
         if vm in self.observed_stays:
             self.observed_stays[vm] = (self.observed_stays[vm][0], t)
@@ -472,15 +527,18 @@ def simulate(
     scenario: Scenario,
     on_progress: Callable[[int, int], None] | None = None,
     events: EventList | None = None,
+    groups: TraceGroups | None = None,
 ) -> Result:
     """Replay `trace` under `scenario`. `on_progress(done, total)` is called
-    every few thousand events."""
+    every few thousand events. `groups`: the VM groups its VMs are placed by."""
+    if groups is not None and groups.group_of and scenario.consolidation is not None:
+        raise ValueError("VM groups and consolidation: the consolidation planner does not know groups yet")
     if not trace.has_levels:
         raise ValueError("the trace has no levels: assign them first (see pinfold.sim.mix)")
     if len(set(trace.vm_ids)) != len(trace):
         raise ValueError("the trace names a VM twice: VM ids must be unique")
     events = events if events is not None else order_events(trace)
-    replay = _Replay(trace, topology, scenario, events)
+    replay = _Replay(trace, topology, scenario, events, groups)
     total = len(events)
     start = time.perf_counter()
     walk(
@@ -510,4 +568,5 @@ def simulate(
         cluster_hosts={p.prefix: len(p.cluster) for p in pools},
         observed_stays=replay.observed_stays,
         migrations=replay.log if scenario.consolidation is not None else None,
+        group_rejected=replay.group_rejected,
     )

@@ -49,6 +49,7 @@ def summarize(result: Result, warm_up_s: int = DEFAULT_WARM_UP_S) -> dict[str, A
         "placed": result.placed,
         "rejected": len(result.rejected),
         "never_fit_any_host": len(result.never_fit),
+        "rejected_by_group": len(result.group_rejected),
         "zero_lifetime_skipped": result.zero_lifetime,
         "peak_hosts": peak_hosts,
         "peak_hosts_in_use": peak_in_use,
