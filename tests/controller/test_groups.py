@@ -6,6 +6,7 @@ group's) lock, so that a stale picture or requests at once cannot break it."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -257,3 +258,35 @@ def test_a_reservation_in_an_unknown_group_changes_nothing_and_a_used_group_stay
     hosts.delete_vm("g-0")
     assert hosts.delete_group("g").name == "g"
     assert hosts.groups() == []
+
+
+def test_the_first_two_members_of_an_affinity_group_reserved_at_once_share_a_host(hosts, database_url):
+    """Two replicas reserve the first two members of each of 12 affinity
+    groups at the same moment, one on h1 and one on h2: under their own host's
+    lock neither sees the other's member, so the group's lock must make them
+    take turns, and the second be refused."""
+    other = ControllerStore(connect(database_url))
+    rounds = 12
+    for n in range(rounds):
+        hosts.create_group(f"g{n}", GroupPolicy.AFFINITY, now=100.0)
+    start = threading.Barrier(2)
+
+    def race(store: ControllerStore, host: str) -> int:
+        made = 0
+        for n in range(rounds):
+            start.wait()
+            try:
+                reserve(store, f"g{n}-{host}", host, f"g{n}")
+                made += 1
+            except RefusedError:
+                pass
+        return made
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            made = sum(pool.map(race, [hosts, other], ["h1", "h2"]))
+    finally:
+        other.engine.dispose()
+    assert made == rounds
+    for group in hosts.groups():
+        assert len(group.members) == 1, group
