@@ -22,14 +22,6 @@ from pinfold.placement import (
 from tests.placement.helpers import vm
 
 
-@pytest.fixture
-def cluster(i7):
-    c = Cluster()
-    for name in ("h0", "h1", "h2"):
-        c.add_host(name, HostAllocator(i7))
-    return c
-
-
 def test_progress_picks_the_host_that_balances_memory_per_cpu(cluster):
     cluster.deploy_on("h0", vm("cpu-heavy", 4, 1, 1.0))  # 256 MiB/CPU: wants memory
     cluster.deploy_on("h1", vm("mem-heavy", 4, 20, 1.0))  # 5 GiB/CPU: wants CPUs

@@ -23,14 +23,6 @@ ANTI, AFFINITY = GroupPolicy.ANTI_AFFINITY, GroupPolicy.AFFINITY
 SOFT_ANTI, SOFT = GroupPolicy.SOFT_ANTI_AFFINITY, GroupPolicy.SOFT_AFFINITY
 
 
-@pytest.fixture
-def cluster(i7):
-    c = Cluster()
-    for name in ("h0", "h1", "h2"):
-        c.add_host(name, HostAllocator(i7))
-    return c
-
-
 def place(cluster: Cluster, policy: GroupPolicy, count: int, first_fit: bool = True) -> list[str]:
     """Deploy `count` small VMs of one group, each seeing the ones before it."""
     rule = GroupRule("web", policy)

@@ -10,12 +10,11 @@ controller's own rule (docs/simulator.md, "VM groups").
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pinfold.placement import GroupPolicy
-from pinfold.sim.readers._common import csv_rows, open_text
+from pinfold.sim.readers._common import headed_rows, open_text
 from pinfold.sim.trace import Trace, TraceError
 
 __all__ = ["HEADER", "TraceGroups", "read_groups"]
@@ -38,13 +37,7 @@ def read_groups(path: str | Path, trace: Trace) -> TraceGroups:
     index = {vm_id: i for i, vm_id in enumerate(trace.vm_ids)}
     groups = TraceGroups()
     with open_text(path) as handle:
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        if header != HEADER:
-            raise TraceError(
-                path, 1, f"header must be {','.join(HEADER)}, got {','.join(header) or 'nothing'}"
-            )
-        for line, row in csv_rows(reader, path, 3, ""):
+        for line, row in headed_rows(handle, path, HEADER):
             vm_id, name, policy_text = (cell.strip() for cell in row)
             vm = index.get(vm_id)
             if vm is None:

@@ -9,14 +9,13 @@ host at that instant.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
-from pinfold.sim.readers._common import csv_rows, open_text, parse_float, parse_int
+from pinfold.sim.readers._common import headed_rows, open_text, parse_float, parse_int
 from pinfold.sim.replay import Result
 from pinfold.sim.trace import Trace, TraceError
 
@@ -31,13 +30,7 @@ def read_usage(path: str | Path) -> dict[str, Series]:
     """vm_id -> (sample times ascending, util %)."""
     samples: dict[str, tuple[list[int], list[float]]] = {}
     with open_text(path) as handle:
-        reader = csv.reader(handle)
-        header = [name.strip() for name in next(reader, [])]
-        if header != HEADER:
-            raise TraceError(
-                path, 1, f"header must be {','.join(HEADER)}, got {','.join(header) or 'nothing'}"
-            )
-        for line, row in csv_rows(reader, path, 3, ""):
+        for line, row in headed_rows(handle, path, HEADER):
             t = parse_int(row[1], "t_s", path, line, minimum=0)
             pct = parse_float(row[2], "cpu_util_pct", path, line, minimum=0.0)
             times, values = samples.setdefault(row[0].strip(), ([], []))

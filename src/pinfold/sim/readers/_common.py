@@ -69,6 +69,16 @@ def parse_float(text: str, what: str, path: str | Path, line: int, minimum: floa
     return value
 
 
+def headed_rows(handle: IO[str], path: str | Path, header: list[str]) -> Iterator[tuple[int, list[str]]]:
+    """`csv_rows` of a CSV whose first line must be exactly `header` (a side
+    file's: usage samples, VM groups); else the error names the header wanted."""
+    reader = csv.reader(handle)
+    found = [name.strip() for name in next(reader, [])]
+    if found != header:
+        raise TraceError(path, 1, f"header must be {','.join(header)}, got {','.join(found) or 'nothing'}")
+    yield from csv_rows(reader, path, len(header), "")
+
+
 def csv_rows(reader: Any, path: str | Path, width: int, what: str) -> Iterator[tuple[int, list[str]]]:
     """(line number, fields) of each non-empty row, refusing rows of the wrong width."""
     for row in reader:
