@@ -95,6 +95,10 @@ def test_anti_affinity_across_three_hosts_refuses_the_fourth_clearly(cluster):
     assert {r["code"] for r in body["refusals"].values()} == {"group policy"}
     assert members(cluster, "web") == ["web-0", "web-1", "web-2"]
     assert on_agents(cluster) == hosts_of(cluster)
+    assert cluster.http.get("/api/v1/vms/web-1").json()["group"] == "web"
+    assert {vm["name"]: vm["group"] for vm in cluster.http.get("/api/v1/vms").json()} == {
+        "web-0": "web", "web-1": "web", "web-2": "web",
+    }  # fmt: skip
 
 
 def test_a_group_with_members_cannot_be_deleted_until_they_are(cluster):
@@ -113,8 +117,10 @@ def test_a_group_with_members_cannot_be_deleted_until_they_are(cluster):
 def test_a_repeated_create_must_name_the_same_group(cluster):
     group(cluster, "web", "affinity")
     body = {"name": "web-0", "group": "web", **SMALL}
-    assert cluster.http.post("/api/v1/vms", json=body).status_code == 201
-    assert cluster.http.post("/api/v1/vms", json=body).status_code == 200
+    made = cluster.http.post("/api/v1/vms", json=body)
+    assert (made.status_code, made.json()["group"]) == (201, "web")
+    again = cluster.http.post("/api/v1/vms", json=body)
+    assert (again.status_code, again.json()["group"]) == (200, "web")
     elsewhere = cluster.http.post("/api/v1/vms", json={**body, "group": None})
     assert (elsewhere.status_code, elsewhere.json()["error"]) == (409, "duplicate name")
     assert "group web" in elsewhere.json()["detail"]
@@ -132,6 +138,7 @@ def test_a_bulk_in_anti_affinity_counts_its_own_earlier_vms(cluster, mode):
     assert "group web (anti-affinity) rules out" in refused[0]["detail"]
     if mode == "best-effort":
         assert response.status_code == 207, response.text
+        assert [vm.get("group") for vm in answer["vms"]] == ["web", "web", "web", None]
         assert sorted(hosts_of(cluster).values()) == ["h0", "h1", "h2"]
         assert members(cluster, "web") == ["web-0", "web-1", "web-2"]
     else:

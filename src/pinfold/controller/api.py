@@ -282,9 +282,9 @@ class Heartbeat(BaseModel):
     )
 
 
-def vm_view(record: VMRecord, host: HostView | None = None) -> dict[str, Any]:
-    """The VM as the directory has it, with its host's state and the pinning
-    its agent last reported (the CPUs of its vNode)."""
+def vm_view(record: VMRecord, host: HostView | None = None, group: str | None = None) -> dict[str, Any]:
+    """The VM as the directory has it, with its host's state, the pinning
+    its agent last reported (the CPUs of its vNode) and its group (None: none)."""
     pins = ((host.record.heartbeat or {}).get("pins") or {}) if host is not None else {}
     return {
         "name": record.name,
@@ -300,6 +300,7 @@ def vm_view(record: VMRecord, host: HostView | None = None) -> dict[str, Any]:
         "detail": record.detail,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
+        "group": group,
         **network_view(record),
     }
 
@@ -325,7 +326,10 @@ BULK_RESULTS = ("created", "existing", "refused", "dropped")
 
 
 def bulk_entry(
-    name: str, outcome: Placed | ControllerError | None, hosts: Mapping[str, HostView]
+    name: str,
+    outcome: Placed | ControllerError | None,
+    hosts: Mapping[str, HostView],
+    group: str | None = None,
 ) -> dict[str, Any]:
     """One VM of a bulk create's answer: its view (with the pinning its agent
     gave) and `result`, or its refusal as a single create's error body has it."""
@@ -338,7 +342,7 @@ def bulk_entry(
             **error_body(outcome.code, outcome.detail),
             **refusal_extra(outcome),
         }
-    view = vm_view(outcome.record, hosts.get(outcome.record.host_id or ""))
+    view = vm_view(outcome.record, hosts.get(outcome.record.host_id or ""), group)
     if outcome.pinning:
         view["pinning"] = list(outcome.pinning)
     return {**view, "result": "created" if outcome.created else "existing"}
@@ -490,7 +494,7 @@ def create_app(
         )
         views = host_views()
         entries = [
-            bulk_entry(name, outcome, views)
+            bulk_entry(name, outcome, views, body.group)
             for name, outcome in zip(body.vm_names(), bulk.outcomes, strict=True)
         ]
         refused = [entry for entry in entries if entry["result"] == "refused"]
@@ -507,7 +511,7 @@ def create_app(
     def create(body: CreateVM, response: Response) -> dict[str, Any]:
         placed = timed_create(body.to_request(), body.policy, body.group)
         response.status_code = 201 if placed.created else 200
-        view = vm_view(placed.record, one_host(placed.record.host_id))
+        view = vm_view(placed.record, one_host(placed.record.host_id), body.group)
         if placed.pinning:
             view["pinning"] = list(placed.pinning)
         return view
@@ -602,12 +606,13 @@ def create_app(
     @app.get("/api/v1/vms", dependencies=[admin])
     def list_vms(host: Annotated[str | None, Query(max_length=HOST_ID_MAX)] = None) -> list[dict[str, Any]]:
         views = host_views()
-        return [vm_view(vm, views.get(vm.host_id or "")) for vm in controller.vms(host)]
+        groups = {member: group.name for group in controller.groups() for member in group.members}
+        return [vm_view(vm, views.get(vm.host_id or ""), groups.get(vm.name)) for vm in controller.vms(host)]
 
     @app.get("/api/v1/vms/{name}", dependencies=[admin])
     def get_vm(name: str) -> dict[str, Any]:
         record = call(lambda: controller.vm(name))
-        return vm_view(record, one_host(record.host_id))
+        return vm_view(record, one_host(record.host_id), controller.group_of(name))
 
     @app.delete("/api/v1/vms/{name}", dependencies=[admin])
     def delete_vm(name: str, response: Response) -> dict[str, Any] | None:
@@ -616,14 +621,14 @@ def create_app(
             response.status_code = 204
             return None
         response.status_code = 202  # the agent did not answer: retried every period
-        return vm_view(left)
+        return vm_view(left, group=controller.group_of(name))
 
     @app.post("/api/v1/vms/{name}/{action}", dependencies=[admin])
     def vm_action(name: str, action: str) -> dict[str, Any]:
         if action not in ACTIONS:
             raise ApiError("invalid request", f"action: one of {', '.join(ACTIONS)}")
         record = call(lambda: controller.act(name, action))
-        return vm_view(record, one_host(record.host_id))
+        return vm_view(record, one_host(record.host_id), controller.group_of(name))
 
     add_console_routes(app, controller, admin_token)
 

@@ -707,13 +707,17 @@ class Controller:
             detail = f"{name} still has {len(error.names)} VMs ({names}): delete them first"
             raise ControllerError("group in use", detail) from error
 
+    def group_of(self, vm: str) -> str | None:
+        """The name of the group VM `vm` is in (None: none, or no such VM)."""
+        return self.store.group_of(vm)
+
     def _group_rule(self, name: str | None) -> GroupRule | None:
         """The rule of the group a create names, with its members now."""
         return None if name is None else self.group(name).rule
 
     def _same_group(self, existing: VMRecord, group: str | None) -> None:
         """A repeated create must name the group its VM is in (idempotency)."""
-        now_in = self.store.group_of(existing.name)
+        now_in = self.group_of(existing.name)
         if now_in != group:
             where = f"group {now_in}" if now_in else "no group"
             raise ControllerError("duplicate name", f"{existing.name} exists in {where}")
