@@ -40,12 +40,13 @@ from openstack.connection import Connection
 
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.failpoints import crash_point
+from pinfold.model.lifecycle import VMState
 from pinfold.openstack.errors import fault_error, translate
 from pinfold.openstack.flavors import Flavor, ImageNeeds
 from pinfold.openstack.levels import Inventory, LevelUse, Provider, by_level
 from pinfold.openstack.settings import CloudSettings
 
-__all__ = ["NAME_KEY", "OWNER_KEY", "Cloud", "Server"]
+__all__ = ["NAME_KEY", "OWNER_KEY", "STATES", "Capacity", "Cloud", "Server", "vm_state"]
 
 log = logging.getLogger("pinfold.openstack")
 #: keystoneauth warns, before it raises, that it could not reach the identity service: the
@@ -56,6 +57,35 @@ OWNER_KEY = "pinfold-owner"
 NAME_KEY = "pinfold-name"
 #: how long a server may take to reach the state an action asks for
 DEFAULT_WAIT_S = 120.0
+
+
+#: Nova's server status -> the VM's state (the fake driver's SUSPENDED keeps power state RUNNING)
+STATES = {
+    "ACTIVE": VMState.RUNNING,
+    "SUSPENDED": VMState.PAUSED,
+    "PAUSED": VMState.PAUSED,
+    "SHUTOFF": VMState.SHUTOFF,
+    "BUILD": VMState.CREATING,
+    "ERROR": VMState.ERROR,
+}
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The cloud's CPUs per level as this user may read them (`Cloud.capacity`).
+    `source`: "placement" (Placement's inventories and usages, per level:
+    `by_level`); "quota" (a user Placement's policy refuses, admin only by
+    default: the project's vCPU quota and its use, as level 1, since a quota
+    counts vCPUs whatever their level; no level for an unlimited quota); or
+    "unknown", `detail` saying why (the cloud did not answer)."""
+
+    source: str
+    levels: dict[float, LevelUse]
+    detail: str = ""
+
+    @property
+    def cpus(self) -> int:
+        return sum(level.cpus for level in self.levels.values())
 
 
 @dataclass(frozen=True)
@@ -71,6 +101,11 @@ class Server:
     task_state: str | None = None
     fault: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def vm_state(server: Server) -> VMState:
+    """The VM's state from its server's status; OTHER for the rest (RESIZE, VERIFY_RESIZE, ...)."""
+    return STATES.get(server.status, VMState.OTHER)
 
 
 class Cloud:
@@ -269,6 +304,23 @@ class Cloud:
 
     def levels(self) -> dict[float, LevelUse]:
         return by_level(self.providers())
+
+    def capacity(self) -> Capacity:
+        """Per level from Placement; for a user Placement refuses, the vCPU quota (`Capacity`)."""
+        try:
+            return Capacity("placement", self.levels())
+        except PinfoldError as error:
+            if error.code is not ErrorCode.CLOUD_AUTH_FAILED:
+                return Capacity("unknown", {}, f"{error.code.value}: {error.detail}")
+        try:
+            with _translated():
+                limits = self.connection.compute.get_limits().absolute
+                cores, used = int(limits.total_cores), int(limits.total_cores_used or 0)
+        except PinfoldError as error:
+            return Capacity("unknown", {}, f"{error.code.value}: {error.detail}")
+        if cores < 0:
+            return Capacity("quota", {}, "the project's vCPU quota is unlimited")
+        return Capacity("quota", {1.0: LevelUse(1.0, ["quota"], cores, float(cores), used)})
 
     def quota_cores(self) -> int:
         """The project's vCPU quota (Nova's limits): the cores a user without
