@@ -31,6 +31,8 @@ from pinfold.agent.store import Store
 from pinfold.openstack.cloud import OWNER_KEY, Cloud
 from pinfold.openstack.settings import CloudSettings
 from pinfold.placement import level_key
+from pinfold.topology import Topology
+from tests.controller.cluster import AGENT, LocalCluster
 from tests.openstack_lab import (
     CIDR,
     IMAGE,
@@ -91,22 +93,39 @@ def _client(url: str, data: Path) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=SERVER_TIMEOUT_S)
 
 
-def test_a_vms_lifecycle_through_the_agents_api(tmp_path: Path, openstack_lab: OpenStackLab) -> None:
+def test_a_vms_lifecycle_through_the_agents_api(
+    tmp_path: Path, openstack_lab: OpenStackLab, i7: Topology
+) -> None:
     """One server through every step: the smallest flavor that fits, its
     address from its port, the power actions, a resize and its confirm, the
-    delete; the host's capacity per level the while."""
+    delete; the host's capacity per level the while, at the agent and at the
+    controller it registers with (which shows it, and places nothing there)."""
     host_id = openstack_lab.name("host")
     owner = openstack_lab.own(f"pinfold-agent@{host_id}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data = tmp_path / "data"
-    with _daemon(_command(openstack_lab, data, port, host_id)) as process:
+    controller = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", i7)
+    enrolment = tmp_path / "enrolment.token"
+    enrolment.write_text(AGENT)
+    registering = (
+        "--controller-url", controller.url, "--enrolment-token-file", str(enrolment),
+        "--monitor-period", "0.5",
+    )  # fmt: skip
+    with (
+        controller_closed(controller),
+        _daemon(_command(openstack_lab, data, port, host_id, *registering)) as process,
+    ):
         wait_for_health(url, process, "the openstack agent", timeout_s=60)
         with _client(url, data) as client:
             # the member's capacity: the project's vCPU quota, as level 1 (Placement is admin's)
             [(level, quota)] = client.get("/api/v1/host").json()["status"]["cpu"]["subset"].items()
             assert level == level_key(1.0)
             assert quota["pcap"] > 0
+            controller.wait(
+                lambda: _at_controller(controller, host_id).get("cpus") == quota["pcap"], "its beat"
+            )
+            assert _at_controller(controller, host_id)["cloud"] == "openstack"
             made = client.post("/api/v1/vms", json={"name": "vm1", "vcpus": 1, "memory_mib": 100})
             assert made.status_code == 201, made.text
             vm = made.json()
@@ -139,23 +158,41 @@ def test_a_vms_lifecycle_through_the_agents_api(tmp_path: Path, openstack_lab: O
             confirmed = client.post("/api/v1/vms/vm1/confirm_resize")
             assert confirmed.status_code == 200, confirmed.text
             assert (confirmed.json()["vcpus"], confirmed.json()["server"]["flavor"]) == (2, "lab.small")
+            controller.wait(
+                lambda: _at_controller(controller, host_id)["unmanaged_vms"] == ["vm1"], "vm1 reported"
+            )
             assert client.delete("/api/v1/vms/vm1").status_code == 204
             assert client.get("/api/v1/vms").json() == []
         assert _owned(openstack_lab, owner) == []
 
 
+@contextmanager
+def controller_closed(controller: LocalCluster) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        controller.close()
+
+
+def _at_controller(controller: LocalCluster, host_id: str) -> dict[str, Any]:
+    answer = controller.http.get(f"/api/v1/hosts/{host_id}")
+    return dict(answer.json()) if answer.status_code == 200 else {}
+
+
+@pytest.mark.parametrize("point", ["cloud:accepted", "create:made"])
 def test_a_kill_9_during_a_create_leaves_no_server_after_the_restart(
-    tmp_path: Path, openstack_lab: OpenStackLab
+    tmp_path: Path, openstack_lab: OpenStackLab, point: str
 ) -> None:
-    """Killed once Nova accepted the server (not ACTIVE yet, the agent's
-    record still pending): the restarted agent finds it by its owner and deletes it."""
+    """Killed once Nova accepted the server (still building), or once it is
+    ACTIVE but before the agent's record lost its pending mark: the restarted
+    agent finds the server by its owner and deletes it, with its port."""
     host_id = openstack_lab.name("host")
     owner = openstack_lab.own(f"pinfold-agent@{host_id}")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data = tmp_path / "data"
     command = _command(openstack_lab, data, port, host_id)
-    with _daemon(command, {CRASH_ENV: "cloud:accepted"}) as crashing:
+    with _daemon(command, {CRASH_ENV: point}) as crashing:
         wait_for_health(url, crashing, "the openstack agent", timeout_s=60)
         with _client(url, data) as client, pytest.raises(httpx.TransportError):
             client.post("/api/v1/vms", json={"name": "vm1", "vcpus": 1, "memory_mib": 100})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from pinfold import serving
 from pinfold.agent.addresses import AddressBook
@@ -22,7 +24,12 @@ from pinfold.agent.drivers import Driver, DriverError, SimDriver
 from pinfold.agent.monitor import GpuProbe, Monitor
 from pinfold.agent.pools import PoolKeeper
 from pinfold.agent.reconcile import Action, Step
-from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
+from pinfold.agent.registration import (
+    Registrar,
+    cloud_registration_document,
+    heartbeat_document,
+    registration_document,
+)
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.model.errors import PinfoldError
@@ -157,12 +164,47 @@ def serve_cloud(config: AgentConfig) -> None:
     _started(
         config, f"openstack driver on {config.openstack.cloud or config.openstack.auth_url}", agent.report
     )
+    registrar = start_registrar(
+        config, token,
+        lambda address: cloud_registration_document(config.host_id, address, token),
+        lambda: heartbeat_document(agent, None),
+    )  # fmt: skip
     try:
         app = create_app(agent, token, None, config.slackvm_open_networks)
         serving.run(app, config, config.listen, config.port, "pinfold agent")
     finally:
+        if registrar is not None:
+            registrar.stop()
         agent.close()
         print("pinfold agent: stopped")
+
+
+def start_registrar(
+    config: AgentConfig,
+    token: str,
+    registration: Callable[[str], dict[str, Any]],
+    heartbeat: Callable[[], dict[str, Any]],
+) -> Registrar | None:
+    """Register with the controller and beat, when one is configured (None: none);
+    `registration` is given the URL the controller calls this agent on."""
+    if not config.controller_url:
+        return None
+    address = advertised_url(config)
+    warn_plain_url("pinfold agent", config.controller_url)
+    if enrols_blind(config):
+        log.warning(
+            "pinfold agent: no enrolment token (enrolment_token or enrolment_token_file): the "
+            "controller at %s will refuse this host until it is given the controller's agent.token",
+            config.controller_url,
+        )
+    registrar = Registrar(
+        config.controller_url, load_enrolment_token(config, token), config.host_id,
+        lambda: registration(address), heartbeat, config.monitor_period_s, config.data_dir / "host.token",
+        verify=client_context(config.tls_ca),
+    )  # fmt: skip
+    registrar.start()
+    print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")
+    return registrar
 
 
 def _started(config: AgentConfig, description: str, report: list[Step]) -> None:
@@ -203,26 +245,12 @@ def serve(config: AgentConfig) -> None:
     keeper = PoolKeeper(agent.tend_pools)
     agent.on_hand_out = keeper.wake
     keeper.start()
-    registrar = None
-    if config.controller_url:
-        address = advertised_url(config)
-        warn_plain_url("pinfold agent", config.controller_url)
-        if enrols_blind(config):
-            log.warning(
-                "pinfold agent: no enrolment token (enrolment_token or enrolment_token_file): the "
-                "controller at %s will refuse this host until it is given the controller's agent.token",
-                config.controller_url,
-            )
-        book = AddressBook(agent)
-        registrar = Registrar(
-            config.controller_url, load_enrolment_token(config, token), config.host_id,
-            lambda: registration_document(agent, config.host_id, address, token),
-            lambda: heartbeat_document(agent, monitor, book),
-            config.monitor_period_s, config.data_dir / "host.token",
-            verify=client_context(config.tls_ca),
-        )  # fmt: skip
-        registrar.start()
-        print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")
+    book = AddressBook(agent)
+    registrar = start_registrar(
+        config, token,
+        lambda address: registration_document(agent, config.host_id, address, token),
+        lambda: heartbeat_document(agent, monitor, book),
+    )  # fmt: skip
     endpoint = None
     try:
         if rapid is not None:
