@@ -126,6 +126,10 @@ def test_a_vms_lifecycle_through_the_agents_api(
                 lambda: _at_controller(controller, host_id).get("cpus") == quota["pcap"], "its beat"
             )
             assert _at_controller(controller, host_id)["cloud"] == "openstack"
+            # SlackVM's routes: the same figures, and a progress score from them
+            assert client.get("/status").json()["cpu"]["subset"][level]["pcap"] == quota["pcap"]
+            score = client.get("/progress", params={"cpu": 1, "mem": 100, "oc": 1}).json()["progress"]
+            assert isinstance(score, float)
             made = client.post("/api/v1/vms", json={"name": "vm1", "vcpus": 1, "memory_mib": 100})
             assert made.status_code == 201, made.text
             vm = made.json()

@@ -144,8 +144,9 @@ class CloudAgent:
             try:
                 self.cloud.delete(name)
             except PinfoldError as error:
-                self.vms[name] = vm  # tried again at the next start
-                return Step(Action.DELETE, name, f"{error.code.value}: {error.detail}")
+                if error.code is not ErrorCode.UNKNOWN_VM:  # gone meanwhile: nothing left to delete
+                    self.vms[name] = vm  # tried again at the next start
+                    return Step(Action.DELETE, name, f"{error.code.value}: {error.detail}")
             self.store.forget_vm(name, NO_VNODES)
             return Step(Action.DELETE, name)
         if server is None:

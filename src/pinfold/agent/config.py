@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,13 +93,12 @@ class OpenStackConfig(BaseModel):
     owner: str = Field(default="", max_length=255)
 
     def settings(self) -> CloudSettings:
-        """How to reach the cloud, and the network its VMs get."""
+        """How to reach the cloud, and the network its VMs get: this table's fields that
+        `CloudSettings` has (the same names, so that each is written once)."""
+        given = self.model_dump(exclude={"image", "flavor", "owner"})
         return CloudSettings(
-            cloud=self.cloud, clouds_yaml=self.clouds_yaml, auth_url=self.auth_url, username=self.username,
-            user_id=self.user_id, password=self.password, project_id=self.project_id,
-            project_name=self.project_name, domain_id=self.domain_id, domain_name=self.domain_name,
-            region=self.region, network=self.network,
-        )  # fmt: skip
+            **{field.name: given[field.name] for field in fields(CloudSettings) if field.name in given}
+        )
 
 
 class AgentConfig(HttpSettings):
