@@ -34,6 +34,7 @@ from pinfold.placement import level_key
 from pinfold.topology import Topology
 from tests.controller.cluster import AGENT, LocalCluster
 from tests.openstack_lab import (
+    ADMIN_CLOUD,
     CIDR,
     IMAGE,
     NETWORK,
@@ -119,7 +120,9 @@ def test_a_vms_lifecycle_through_the_agents_api(
         wait_for_health(url, process, "the openstack agent", timeout_s=60)
         with _client(url, data) as client:
             # the member's capacity: the project's vCPU quota, as level 1 (Placement is admin's)
-            [(level, quota)] = client.get("/api/v1/host").json()["status"]["cpu"]["subset"].items()
+            host = client.get("/api/v1/host").json()
+            [(level, quota)] = host["status"]["cpu"]["subset"].items()
+            assert (host["cloud"]["source"], list(host["cloud"]["levels"])) == ("quota", [level])
             assert level == level_key(1.0)
             assert quota["pcap"] > 0
             controller.wait(
@@ -265,6 +268,29 @@ def test_refusals_are_clear_and_leave_nothing(tmp_path: Path, openstack_lab: Ope
         assert (answer.status_code, answer.json()["error"]) == (409, "no valid host"), answer.text
         assert "No valid host" in answer.json()["detail"]
         _nothing_left(url, openstack_lab)
+
+
+def test_an_admins_agent_reports_placements_levels(tmp_path: Path, openstack_lab: OpenStackLab) -> None:
+    """The lab's one compute host overcommits 4:1 (its VCPU allocation ratio): level 4."""
+    with _agent(openstack_lab, tmp_path / "a.db", openstack_lab.settings(cloud=ADMIN_CLOUD)) as url:
+        host = httpx.get(f"{url}/api/v1/host").json()
+        assert host["cloud"]["source"] == "placement"
+        level = host["cloud"]["levels"][level_key(4.0)]
+        assert level["cpus"] > 0
+        assert level["vcpus"] == 4 * level["cpus"]
+        subset = host["status"]["cpu"]["subset"][level_key(4.0)]
+        assert (subset["pcap"], subset["vavail"]) == (level["cpus"], level["vcpus_free"])
+
+
+def test_a_resize_asks_a_flavor_or_a_size_of_a_vm_it_has(tmp_path: Path, openstack_lab: OpenStackLab) -> None:
+    with _agent(openstack_lab, tmp_path / "a.db") as url:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        empty = httpx.post(f"{url}/api/v1/vms/vm1/resize", json={}, headers=auth)
+        assert (empty.status_code, empty.json()["error"]) == (422, "invalid request"), empty.text
+        unknown = httpx.post(f"{url}/api/v1/vms/vm1/resize", json={"vcpus": 2}, headers=auth)
+        assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown vm"), unknown.text
+        assert httpx.post(f"{url}/api/v1/vms/vm1/confirm_resize", headers=auth).status_code == 404
+        assert httpx.post(f"{url}/api/v1/vms/vm1/resize", json={"vcpus": 2}).status_code == 401
 
 
 def test_a_quota_refusal_is_409_and_leaves_nothing(tmp_path: Path, openstack_lab: OpenStackLab) -> None:

@@ -172,6 +172,8 @@ def create_app(
             "usage": monitor.latest.to_dict() if monitor is not None and monitor.latest is not None else None,
             # how old `usage` is and why sampling fails, if it does: never stale data as fresh
             "monitor": monitor.health() if monitor is not None else None,
+            # a cloud agent's capacity per level, and where it comes from (Placement or the quota)
+            **({"cloud": agent.cloud_view()} if isinstance(agent, CloudAgent) else {}),
         }
 
     # -- SlackVM's local scheduler routes, in SlackVM's bytes (pinfold.slackvm) --------

@@ -279,6 +279,21 @@ class CloudAgent:
     def status(self) -> dict[str, Any]:
         return capacity_status(self.capacity())
 
+    def cloud_view(self) -> dict[str, Any]:
+        """The cloud's capacity as `GET /api/v1/host` shows it under `cloud`: where it
+        comes from (`placement`, `quota`, `unknown` with why) and, per level, its hosts,
+        CPUs and vCPUs (capacity, placed, free)."""
+        capacity = self.capacity()
+        levels = {
+            level_key(level): {
+                "hosts": list(use.hosts), "cpus": use.cpus, "vcpus": use.vcpus,
+                "vcpus_used": use.vcpus_used, "vcpus_free": use.vcpus_free,
+                "memory_mib": use.memory_mib, "memory_used_mib": use.memory_used_mib,
+            }
+            for level, use in capacity.levels.items()
+        }  # fmt: skip
+        return {"source": capacity.source, "detail": capacity.detail or None, "levels": levels}
+
     def progress(self, vcpus: int, memory_mib: int, ratio: float) -> float:
         """SlackVM's progress score over the cloud's totals: a VM takes its
         vCPUs over its level in physical CPUs; the CPUs free are each level's
