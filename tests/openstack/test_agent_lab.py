@@ -319,14 +319,17 @@ def test_a_quota_refusal_is_409_and_leaves_nothing(tmp_path: Path, openstack_lab
         identity.delete_project(project)
 
 
-def test_bad_credentials_at_start_are_one_line_and_exit_code_1(
-    tmp_path: Path, openstack_lab: OpenStackLab
+@pytest.mark.parametrize("fault", ["password", "address"])
+def test_bad_credentials_or_no_cloud_at_start_are_one_line_and_exit_code_1(
+    tmp_path: Path, openstack_lab: OpenStackLab, fault: str
 ) -> None:
+    """Through the real CLI: a wrong password (Keystone's 401), or a Keystone that does not answer."""
     clouds = tmp_path / "clouds.yaml"
     auth = openstack_lab.user.config.config["auth"]
+    address = auth["auth_url"] if fault == "password" else f"http://127.0.0.1:{free_port()}/v3"
     clouds.write_text(
         "clouds:\n  bad:\n    auth:\n"
-        f"      auth_url: {auth['auth_url']}\n      username: {auth['username']}\n"
+        f"      auth_url: {address}\n      username: {auth['username']}\n"
         f"      password: wrong-{uuid.uuid4().hex}\n      project_name: {auth['project_name']}\n"
         "      user_domain_name: Default\n      project_domain_name: Default\n"
     )
@@ -338,5 +341,7 @@ def test_bad_credentials_at_start_are_one_line_and_exit_code_1(
     assert done.returncode == 1, done
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("pinfold agent: the OpenStack cloud bad: cloud auth failed: ")
-    assert "(HTTP 401)" in lines[0]
+    said = {"password": "cloud auth failed: ", "address": "cloud unreachable: "}[fault]
+    assert lines[0].startswith(f"pinfold agent: the OpenStack cloud bad: {said}")
+    if fault == "password":
+        assert "(HTTP 401)" in lines[0]

@@ -59,7 +59,7 @@ from pinfold.model.lifecycle import VMState, transition
 from pinfold.model.vm import NIC, VMRequest
 from pinfold.openstack.cloud import Capacity, Cloud, Server, vm_state
 from pinfold.openstack.flavors import Flavor, ImageNeeds, choose_flavor, cloud_level
-from pinfold.placement import Demand, HostColumns, HostSnapshot, level_key
+from pinfold.placement import Demand, HostColumns, HostSnapshot, VMSpec, level_key
 from pinfold.placement.policies import progress
 
 __all__ = ["CloudAgent", "CloudAgentSettings", "capacity_status"]
@@ -241,7 +241,7 @@ class CloudAgent:
         server = self._server(name)
         with self.lock:
             self.store.resize_vm(name, server.vcpus, server.memory_mib, NO_VNODES)
-            spec = vm.spec.__class__(name, server.vcpus, server.memory_mib, vm.spec.ratio)
+            spec = VMSpec(name, server.vcpus, server.memory_mib, vm.spec.ratio)
             resized = StoredVM(spec, vm.owner, vm.image, vm.state, None, vm.domain)
             return self._keep(resized, vm_state(server), None)
 
