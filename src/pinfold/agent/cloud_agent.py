@@ -36,7 +36,6 @@ goes back; the stored sizes change at the confirm.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import threading
@@ -328,10 +327,9 @@ class CloudAgent:
     def addresses(self, name: str) -> list[str]:
         """The IPv4 fixed IPs of the server's ports (none yet, or gone: empty)."""
         try:
-            found = self.cloud.addresses(name)
-        except PinfoldError:
+            return self.cloud.ipv4_addresses(name)
+        except PinfoldError:  # the cloud does not answer: no address to show, the VM's view goes on
             return []
-        return [address for address in found if ipaddress.ip_address(address).version == 4]
 
     def nic_addresses(self, name: str) -> list[tuple[NIC, list[str]]]:
         """No NICs of the agent's: a cloud VM's ports are Neutron's (`addresses`)."""

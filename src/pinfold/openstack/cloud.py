@@ -283,6 +283,17 @@ class Cloud:
         found = [ipaddress.ip_address(ip["ip_address"]) for port in ports for ip in port.fixed_ips or []]
         return [str(ip) for ip in sorted(found, key=lambda ip: ip.version)]
 
+    def ipv4_addresses(self, name: str) -> list[str]:
+        """The server's IPv4 fixed IPs (what RAPID and the agent's flat list show); none for
+        a server this owner does not have (gone meanwhile)."""
+        try:
+            found = self.addresses(name)
+        except PinfoldError as error:
+            if error.code is ErrorCode.UNKNOWN_VM:
+                return []
+            raise
+        return [address for address in found if ipaddress.ip_address(address).version == 4]
+
     # capacity and use, from Placement (needs a role Placement's policy lets read, admin by default)
 
     def providers(self) -> list[Provider]:

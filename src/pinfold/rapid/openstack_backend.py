@@ -43,7 +43,6 @@ removes those its records do not know.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 
@@ -112,13 +111,7 @@ class OpenStackBackend:
         return None if server is None else vm_state(server)
 
     def addresses(self, name: str) -> list[str]:
-        try:
-            found = self.cloud.addresses(name)
-        except PinfoldError as error:
-            if error.code is ErrorCode.UNKNOWN_VM:
-                return []
-            raise
-        return [address for address in found if ipaddress.ip_address(address).version == 4]
+        return self.cloud.ipv4_addresses(name)
 
     def hypervisor_name(self, name: str) -> str | None:
         """The server's id (RAPID's `ipShellPath` script is libvirt's: it finds nothing here)."""
