@@ -42,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -56,10 +56,13 @@ from pinfold.model.failpoints import crash_point
 from pinfold.model.lifecycle import Action as LifecycleAction
 from pinfold.model.lifecycle import VMState, transition
 from pinfold.model.vm import NIC, VMRequest
-from pinfold.openstack.cloud import Capacity, Cloud, Server, vm_state
 from pinfold.openstack.flavors import Flavor, ImageNeeds, choose_flavor, cloud_level
+from pinfold.openstack.records import Capacity, Server, vm_state
 from pinfold.placement import Demand, HostColumns, HostSnapshot, VMSpec, level_key
 from pinfold.placement.policies import progress
+
+if TYPE_CHECKING:  # openstacksdk is loaded only by an agent that runs on a cloud (the daemon)
+    from pinfold.openstack.cloud import Cloud
 
 __all__ = ["CloudAgent", "CloudAgentSettings", "capacity_status"]
 

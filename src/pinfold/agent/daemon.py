@@ -33,7 +33,6 @@ from pinfold.agent.registration import (
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.model.errors import PinfoldError
-from pinfold.openstack.cloud import Cloud
 from pinfold.rapid.config import RapidConfig, read_rapid_config
 from pinfold.rapid.endpoint import RapidEndpoint, helper_pools
 from pinfold.tls import client_context, warn_plain_url
@@ -144,6 +143,8 @@ def open_cloud_agent(config: AgentConfig) -> CloudAgent:
     """The openstack driver's agent, authenticated and reconciled: a cloud that
     refuses the credentials or does not answer is one line on stderr and exit
     code 1, never a traceback."""
+    from pinfold.openstack.cloud import Cloud  # openstacksdk: a second to load, for this driver only
+
     settings = config.openstack.settings()
     where = settings.cloud or settings.auth_url
     try:

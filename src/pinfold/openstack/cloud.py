@@ -28,7 +28,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import openstack.config
@@ -40,10 +39,10 @@ from openstack.connection import Connection
 
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.failpoints import crash_point
-from pinfold.model.lifecycle import VMState
 from pinfold.openstack.errors import fault_error, translate
 from pinfold.openstack.flavors import Flavor, ImageNeeds
 from pinfold.openstack.levels import Inventory, LevelUse, Provider, by_level
+from pinfold.openstack.records import NAME_KEY, OWNER_KEY, STATES, Capacity, Server, vm_state
 from pinfold.openstack.settings import CloudSettings
 
 __all__ = ["NAME_KEY", "OWNER_KEY", "STATES", "Capacity", "Cloud", "Server", "vm_state"]
@@ -53,59 +52,8 @@ log = logging.getLogger("pinfold.openstack")
 #: error pinfold raises says that once, in one line (a daemon stops on it with that line only)
 logging.getLogger("keystoneauth.identity.generic.base").setLevel(logging.ERROR)
 
-OWNER_KEY = "pinfold-owner"
-NAME_KEY = "pinfold-name"
 #: how long a server may take to reach the state an action asks for
 DEFAULT_WAIT_S = 120.0
-
-
-#: Nova's server status -> the VM's state (the fake driver's SUSPENDED keeps power state RUNNING)
-STATES = {
-    "ACTIVE": VMState.RUNNING,
-    "SUSPENDED": VMState.PAUSED,
-    "PAUSED": VMState.PAUSED,
-    "SHUTOFF": VMState.SHUTOFF,
-    "BUILD": VMState.CREATING,
-    "ERROR": VMState.ERROR,
-}
-
-
-@dataclass(frozen=True)
-class Capacity:
-    """The cloud's CPUs per level as this user may read them (`Cloud.capacity`).
-    `source`: "placement" (Placement's inventories and usages, per level:
-    `by_level`); "quota" (a user Placement's policy refuses, admin only by
-    default: the project's vCPU quota and its use, as level 1, since a quota
-    counts vCPUs whatever their level; no level for an unlimited quota); or
-    "unknown", `detail` saying why (the cloud did not answer)."""
-
-    source: str
-    levels: dict[float, LevelUse]
-    detail: str = ""
-
-    @property
-    def cpus(self) -> int:
-        return sum(level.cpus for level in self.levels.values())
-
-
-@dataclass(frozen=True)
-class Server:
-    """A server of this owner, as Nova shows it now."""
-
-    id: str
-    name: str
-    status: str
-    flavor: str
-    vcpus: int
-    memory_mib: int
-    task_state: str | None = None
-    fault: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def vm_state(server: Server) -> VMState:
-    """The VM's state from its server's status; OTHER for the rest (RESIZE, VERIFY_RESIZE, ...)."""
-    return STATES.get(server.status, VMState.OTHER)
 
 
 class Cloud:
