@@ -303,6 +303,10 @@ def test_the_openstack_driver_takes_its_cloud_from_flags_or_its_table(tmp_path: 
     [
         ({"driver": "openstack"}, "driver openstack: no clouds.yaml cloud named"),
         ({"driver": "openstack", "os_cloud": "a", "rapid_config": "/x.xml"}, "RAPID's own openStackSupport"),
+        (
+            {"driver": "openstack", "os_cloud": "a", "default_network": "default"},
+            "default_network are libvirt's",
+        ),
     ],
 )
 def test_an_openstack_agent_without_a_cloud_or_with_rapid_is_refused(

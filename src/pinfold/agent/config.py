@@ -214,8 +214,19 @@ def _cloud_problem(config: AgentConfig) -> None:
             "agent settings: driver openstack serves the agent's API only; RAPID's VMs go to a cloud "
             "through RAPID's own openStackSupport=1 (with driver sim or libvirt)"
         )
-    if config.pools:
-        raise ConfigError("agent settings: driver openstack: warm pools are libvirt's, not a cloud's")
+    libvirt_only = [
+        name
+        for name, given in (
+            ("[[pools]]", config.pools), ("[own_network]", config.own_network),
+            ("default_network", config.default_network), ("default_bridge", config.default_bridge),
+        )
+        if given
+    ]  # fmt: skip
+    if libvirt_only:
+        raise ConfigError(
+            f"agent settings: driver openstack: {', '.join(libvirt_only)} are libvirt's, not a cloud's "
+            "(a cloud VM's network: [openstack] network or --os-network)"
+        )
 
 
 def advertised_url(config: AgentConfig) -> str:
