@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -282,3 +283,34 @@ def test_bad_network_settings_say_which(tmp_path, content, problem):
     config.write_text(content)
     with pytest.raises(ConfigError, match=problem):
         load_config(config, {}, {})
+
+
+def test_the_openstack_driver_takes_its_cloud_from_flags_or_its_table(tmp_path: Path) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('driver = "openstack"\n[openstack]\ncloud = "a"\nimage = "img"\nflavor = "f"\n')
+    settings = load_config(config, {"os_cloud": "b", "os_network": "net", "host_id": "h1"}, {})
+    assert (settings.openstack.cloud, settings.openstack.image, settings.openstack.flavor) == (
+        "b",
+        "img",
+        "f",
+    )
+    assert settings.openstack.settings().network == "net"
+    assert settings.cloud_owner == "pinfold-agent@h1"
+
+
+@pytest.mark.parametrize(
+    ("flags", "problem"),
+    [
+        ({"driver": "openstack"}, "driver openstack: no clouds.yaml cloud named"),
+        ({"driver": "openstack", "os_cloud": "a", "rapid_config": "/x.xml"}, "RAPID's own openStackSupport"),
+        (
+            {"driver": "openstack", "os_cloud": "a", "default_network": "default"},
+            "default_network are libvirt's",
+        ),
+    ],
+)
+def test_an_openstack_agent_without_a_cloud_or_with_rapid_is_refused(
+    flags: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_config(None, flags, {})

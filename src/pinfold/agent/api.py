@@ -18,9 +18,11 @@ from typing import Any, TypeVar
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pinfold import slackvm
 from pinfold.agent.addresses import nic_document
+from pinfold.agent.cloud_agent import CloudAgent
 from pinfold.agent.console_api import add_console_routes
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
@@ -28,13 +30,32 @@ from pinfold.agent.store import StoredVM
 from pinfold.bodies import CreateVM
 from pinfold.model.lifecycle import POWER_ACTIONS
 from pinfold.model.refusal import refusal_json
+from pinfold.model.vm import MAX_VCPUS, MAX_VM_MEMORY_MIB
 from pinfold.placement import level_key
 from pinfold.web import ApiError, install_error_handlers, open_to, token_check
 
-__all__ = ["create_app"]
+__all__ = ["Service", "create_app"]
 
 ACTIONS: tuple[str, ...] = POWER_ACTIONS
 T = TypeVar("T")
+#: what the API serves: a host's agent (libvirt, sim), or a cloud's (driver openstack)
+Service = Agent | CloudAgent
+
+
+class ResizeVM(BaseModel):
+    """A cloud VM's resize: a `flavor` by name or id, or the sizes the smallest
+    flavor of the VM's level must fit (one left out: the VM's own)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    flavor: str = Field(default="", max_length=255)
+    vcpus: int = Field(default=0, ge=0, le=MAX_VCPUS)
+    memory_mib: int = Field(default=0, ge=0, le=MAX_VM_MEMORY_MIB)
+
+    @model_validator(mode="after")
+    def _something(self) -> ResizeVM:
+        if not (self.flavor or self.vcpus or self.memory_mib):
+            raise ValueError("name a flavor, or vcpus and/or memory_mib")
+        return self
 
 
 def _view(vm: StoredVM, pins: list[int], network: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,7 +73,7 @@ def _view(vm: StoredVM, pins: list[int], network: dict[str, Any] | None = None) 
     }
 
 
-def _network(agent: Agent, name: str) -> dict[str, Any]:
+def _network(agent: Service, name: str) -> dict[str, Any]:
     """A VM's NICs with the addresses learnt for each, and its flat list of
     IPv4 addresses (as before NICs were shown); a VM gone meanwhile has none."""
     try:
@@ -64,14 +85,15 @@ def _network(agent: Agent, name: str) -> dict[str, Any]:
 
 
 def create_app(
-    agent: Agent,
+    agent: Service,
     token: str,
     monitor: Monitor | None = None,
     slackvm_open_networks: Sequence[str] = (),
 ) -> FastAPI:
     """`slackvm_open_networks` (CIDRs, empty by default): clients from these
     networks may use SlackVM's mutating routes without a token, so that
-    SlackVM's own client and global scheduler, which send none, work as they are."""
+    SlackVM's own client and global scheduler, which send none, work as they are.
+    A `CloudAgent` gets the resize routes and each VM's `server`, and no console."""
     app = FastAPI(title="pinfold agent", version="0.1.0")
 
     auth = Depends(token_check(token, what="agent token"))
@@ -86,8 +108,12 @@ def create_app(
             extra = None if error.refusal is None else {"refusal": refusal_json(error.refusal)}
             raise ApiError(error.code, error.detail, extra) from error
 
+    def network(name: str) -> dict[str, Any]:
+        found = _network(agent, name)
+        return found | agent.server_view(name) if isinstance(agent, CloudAgent) else found
+
     def view(vm: StoredVM) -> dict[str, Any]:
-        return _view(vm, agent.pinning(vm.spec.name), _network(agent, vm.spec.name))
+        return _view(vm, agent.pinning(vm.spec.name), network(vm.spec.name))
 
     install_error_handlers(app)
 
@@ -98,7 +124,7 @@ def create_app(
     @app.get("/api/v1/vms")
     def list_vms() -> list[dict[str, Any]]:
         now = agent.snapshot()  # the VMs and their pins read together
-        return [_view(vm, now.pins[name], _network(agent, name)) for name, vm in now.vms.items()]
+        return [_view(vm, now.pins[name], network(name)) for name, vm in now.vms.items()]
 
     @app.post("/api/v1/vms", status_code=201, dependencies=[auth])
     def create_vm(body: CreateVM) -> dict[str, Any]:
@@ -110,11 +136,14 @@ def create_app(
         vm = now.vms.get(name)
         if vm is None:  # pool members are not in `vms`: they are the agent's own
             raise ApiError("unknown vm", name)
-        return _view(vm, now.pins[name], _network(agent, name))
+        return _view(vm, now.pins[name], network(name))
 
     @app.delete("/api/v1/vms/{name}", status_code=204, dependencies=[auth])
     def delete_vm(name: str) -> None:
         call(lambda: agent.delete(name))
+
+    if isinstance(agent, CloudAgent):
+        add_resize_routes(app, agent, auth, call, view)
 
     @app.post("/api/v1/vms/{name}/{action}", dependencies=[auth])
     def act(name: str, action: str) -> dict[str, Any]:
@@ -123,7 +152,8 @@ def create_app(
         operation: Callable[[str], StoredVM] = getattr(agent, action)
         return view(call(lambda: operation(name)))
 
-    add_console_routes(app, agent, token)
+    if isinstance(agent, Agent):
+        add_console_routes(app, agent, token)
 
     @app.get("/api/v1/host")
     def host() -> dict[str, Any]:
@@ -142,6 +172,8 @@ def create_app(
             "usage": monitor.latest.to_dict() if monitor is not None and monitor.latest is not None else None,
             # how old `usage` is and why sampling fails, if it does: never stale data as fresh
             "monitor": monitor.health() if monitor is not None else None,
+            # a cloud agent's capacity per level, and where it comes from (Placement or the quota)
+            **({"cloud": agent.cloud_view()} if isinstance(agent, CloudAgent) else {}),
         }
 
     # -- SlackVM's local scheduler routes, in SlackVM's bytes (pinfold.slackvm) --------
@@ -208,3 +240,26 @@ def create_app(
         return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+def add_resize_routes(
+    app: FastAPI,
+    agent: CloudAgent,
+    auth: Any,
+    call: Callable[[Callable[[], StoredVM]], StoredVM],
+    view: Callable[[StoredVM], dict[str, Any]],
+) -> None:
+    """`POST /api/v1/vms/{name}/resize` (Nova's resize; the server waits in
+    VERIFY_RESIZE), then `.../confirm_resize` or `.../revert_resize`."""
+
+    @app.post("/api/v1/vms/{name}/resize", dependencies=[auth])
+    def resize(name: str, body: ResizeVM) -> dict[str, Any]:
+        return view(call(lambda: agent.resize(name, body.vcpus, body.memory_mib, body.flavor)))
+
+    @app.post("/api/v1/vms/{name}/confirm_resize", dependencies=[auth])
+    def confirm_resize(name: str) -> dict[str, Any]:
+        return view(call(lambda: agent.confirm_resize(name)))
+
+    @app.post("/api/v1/vms/{name}/revert_resize", dependencies=[auth])
+    def revert_resize(name: str) -> dict[str, Any]:
+        return view(call(lambda: agent.revert_resize(name)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,7 @@ from pinfold.model.defaults import (
     SHUTDOWN_TIMEOUT_S,
 )
 from pinfold.model.vm import BRIDGE_PATTERN, NETWORK_PATTERN
+from pinfold.openstack.settings import CloudSettings
 from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
@@ -37,6 +39,11 @@ __all__ = [
 ]
 
 ENV_PREFIX = "PINFOLD_AGENT_"
+#: the command line's --os-* flags -> the [openstack] table's keys
+OPENSTACK_FLAGS = {
+    "os_cloud": "cloud", "os_clouds_yaml": "clouds_yaml", "os_image": "image", "os_network": "network",
+    "os_flavor": "flavor",
+}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -59,13 +66,48 @@ class OwnNetworkConfig(BaseModel):
         return OwnNetwork(self.name, self.subnet)
 
 
+class OpenStackConfig(BaseModel):
+    """TOML table [openstack] (flags --os-cloud, --os-clouds-yaml, --os-image, --os-network,
+    --os-flavor): the cloud of `driver = "openstack"`, a clouds.yaml `cloud` or explicit keys
+    (`pinfold.openstack.settings.CloudSettings`), and what its VMs are made with: the
+    default `image` (a create naming none), the `network` of their port, an explicit
+    `flavor` for every VM ("": the smallest that fits, of the VM's level). `owner`: the
+    `pinfold-owner` metadata of this agent's servers (default `pinfold-agent@HOST_ID`):
+    two agents on one cloud need two owners."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    cloud: str = ""
+    clouds_yaml: Path | None = None
+    auth_url: str = ""
+    username: str = ""
+    user_id: str = ""
+    password: str = Field(default="", repr=False)
+    project_id: str = ""
+    project_name: str = ""
+    domain_id: str = ""
+    domain_name: str = ""
+    region: str = ""
+    image: str = ""
+    network: str = ""
+    flavor: str = ""
+    owner: str = Field(default="", max_length=255)
+
+    def settings(self) -> CloudSettings:
+        """How to reach the cloud, and the network its VMs get: this table's fields that
+        `CloudSettings` has (the same names, so that each is written once)."""
+        given = self.model_dump(exclude={"image", "flavor", "owner"})
+        return CloudSettings(
+            **{field.name: given[field.name] for field in fields(CloudSettings) if field.name in given}
+        )
+
+
 class AgentConfig(HttpSettings):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     data_dir: Path = Path.home() / ".local" / "share" / "pinfold" / "agent"
     listen: str = "127.0.0.1"
     port: int = Field(default=AGENT_PORT, ge=1, le=65535)
-    driver: Literal["auto", "libvirt", "sim"] = "auto"
+    driver: Literal["auto", "libvirt", "sim", "openstack"] = "auto"
     libvirt_uri: str = "qemu:///system"
     domain_type: Literal["kvm", "qemu"] = "kvm"
     exclude_cpus: str = ""
@@ -111,12 +153,19 @@ class AgentConfig(HttpSettings):
     #: a NAT network with DHCP the agent makes at start when missing, TOML only:
     #: [own_network] name, subnet (e.g. "10.77.0.0/24")
     own_network: OwnNetworkConfig | None = None
+    #: the cloud of driver "openstack", TOML table [openstack] (see `OpenStackConfig`)
+    openstack: OpenStackConfig = OpenStackConfig()
 
     @model_validator(mode="after")
     def _one_default_nic(self) -> AgentConfig:
         if self.default_network and self.default_bridge:
             raise ValueError("default_network and default_bridge: not both (a VM asking none gets one NIC)")
         return self
+
+    @property
+    def cloud_owner(self) -> str:
+        """The `pinfold-owner` of this agent's servers."""
+        return self.openstack.owner or f"pinfold-agent@{self.host_id}"
 
 
 def load_config(
@@ -126,13 +175,19 @@ def load_config(
     environ = environment(environ)
     flags = dict(flags)
     rapid_config = flags.pop("rapid_config", None) or environ.get(ENV_PREFIX + "RAPID_CONFIG")
-    keys = [key for key in AgentConfig.model_fields if key not in ("pools", "rapid", "own_network")]
+    cloud = {key: flags.pop(flag) for flag, key in OPENSTACK_FLAGS.items() if flags.get(flag) is not None}
+    for flag in OPENSTACK_FLAGS:
+        flags.pop(flag, None)
+    tables = ("pools", "rapid", "own_network", "openstack")
+    keys = [key for key in AgentConfig.model_fields if key not in tables]
     try:
         values = layered(path, flags, environ, ENV_PREFIX, keys, ("image_dirs", "slackvm_open_networks"))
     except SettingsError as exc:
         raise ConfigError(str(exc)) from None
     if rapid_config is not None:
         values["rapid"] = {**values.get("rapid", {}), "config": rapid_config}
+    if cloud:
+        values["openstack"] = {**values.get("openstack", {}), **cloud}
     try:
         config = AgentConfig(**values)
     except ValidationError as exc:
@@ -144,7 +199,34 @@ def load_config(
         raise ConfigError("agent settings: token and token_file: set one, not both")
     if config.enrolment_token and config.enrolment_token_file:
         raise ConfigError("agent settings: enrolment_token and enrolment_token_file: set one, not both")
+    if config.driver == "openstack":
+        _cloud_problem(config)
     return config
+
+
+def _cloud_problem(config: AgentConfig) -> None:
+    """An openstack agent's settings that name no cloud, or ask what a cloud agent has not."""
+    problem = config.openstack.settings().problem()
+    if problem is not None:
+        raise ConfigError(f"agent settings: driver openstack: {problem} ([openstack] or --os-cloud)")
+    if config.rapid.config is not None:
+        raise ConfigError(
+            "agent settings: driver openstack serves the agent's API only; RAPID's VMs go to a cloud "
+            "through RAPID's own openStackSupport=1 (with driver sim or libvirt)"
+        )
+    libvirt_only = [
+        name
+        for name, given in (
+            ("[[pools]]", config.pools), ("[own_network]", config.own_network),
+            ("default_network", config.default_network), ("default_bridge", config.default_bridge),
+        )
+        if given
+    ]  # fmt: skip
+    if libvirt_only:
+        raise ConfigError(
+            f"agent settings: driver openstack: {', '.join(libvirt_only)} are libvirt's, not a cloud's "
+            "(a cloud VM's network: [openstack] network or --os-network)"
+        )
 
 
 def advertised_url(config: AgentConfig) -> str:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from pinfold import serving
 from pinfold.agent.addresses import AddressBook
 from pinfold.agent.api import create_app
+from pinfold.agent.cloud_agent import CloudAgent, CloudAgentSettings
 from pinfold.agent.config import (
     AgentConfig,
     ConfigError,
@@ -20,8 +23,13 @@ from pinfold.agent.config import (
 from pinfold.agent.drivers import Driver, DriverError, SimDriver
 from pinfold.agent.monitor import GpuProbe, Monitor
 from pinfold.agent.pools import PoolKeeper
-from pinfold.agent.reconcile import Action
-from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
+from pinfold.agent.reconcile import Action, Step
+from pinfold.agent.registration import (
+    Registrar,
+    cloud_registration_document,
+    heartbeat_document,
+    registration_document,
+)
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.model.errors import PinfoldError
@@ -131,14 +139,80 @@ def rapid_endpoint(agent: Agent, rapid: RapidConfig, config: AgentConfig, monito
     return endpoint
 
 
-def serve(config: AgentConfig) -> None:
-    """Run until SIGTERM or SIGINT."""
-    rapid = read_rapid_config(config.rapid.config) if config.rapid.config is not None else None
-    agent, driver, description = build_agent(config, rapid)
+def open_cloud_agent(config: AgentConfig) -> CloudAgent:
+    """The openstack driver's agent, authenticated and reconciled: a cloud that
+    refuses the credentials or does not answer is one line on stderr and exit
+    code 1, never a traceback."""
+    from pinfold.openstack.cloud import Cloud  # openstacksdk: a second to load, for this driver only
+
+    settings = config.openstack.settings()
+    where = settings.cloud or settings.auth_url
+    try:
+        cloud = Cloud.connect(settings, config.cloud_owner)
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(config.data_dir / "agent.db")
+        defaults = CloudAgentSettings(image=config.openstack.image, flavor=config.openstack.flavor)
+        return CloudAgent.open(cloud, store, defaults)
+    except PinfoldError as error:
+        print(f"pinfold agent: the OpenStack cloud {where}: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def serve_cloud(config: AgentConfig) -> None:
+    """The openstack driver's daemon (`CloudAgent`): the API; no monitor, pools nor RAPID."""
+    agent = open_cloud_agent(config)
     token = load_or_create_token(config)
+    _started(
+        config, f"openstack driver on {config.openstack.cloud or config.openstack.auth_url}", agent.report
+    )
+    registrar = start_registrar(
+        config, token,
+        lambda address: cloud_registration_document(config.host_id, address, token),
+        lambda: heartbeat_document(agent, None),
+    )  # fmt: skip
+    try:
+        app = create_app(agent, token, None, config.slackvm_open_networks)
+        serving.run(app, config, config.listen, config.port, "pinfold agent")
+    finally:
+        if registrar is not None:
+            registrar.stop()
+        agent.close()
+        print("pinfold agent: stopped")
+
+
+def start_registrar(
+    config: AgentConfig,
+    token: str,
+    registration: Callable[[str], dict[str, Any]],
+    heartbeat: Callable[[], dict[str, Any]],
+) -> Registrar | None:
+    """Register with the controller and beat, when one is configured (None: none);
+    `registration` is given the URL the controller calls this agent on."""
+    if not config.controller_url:
+        return None
+    address = advertised_url(config)
+    warn_plain_url("pinfold agent", config.controller_url)
+    if enrols_blind(config):
+        log.warning(
+            "pinfold agent: no enrolment token (enrolment_token or enrolment_token_file): the "
+            "controller at %s will refuse this host until it is given the controller's agent.token",
+            config.controller_url,
+        )
+    registrar = Registrar(
+        config.controller_url, load_enrolment_token(config, token), config.host_id,
+        lambda: registration(address), heartbeat, config.monitor_period_s, config.data_dir / "host.token",
+        verify=client_context(config.tls_ca),
+    )  # fmt: skip
+    registrar.start()
+    print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")
+    return registrar
+
+
+def _started(config: AgentConfig, description: str, report: list[Step]) -> None:
+    """Say what runs and what the start-up reconcile found; have SIGTERM and SIGINT end cleanly."""
     listening = f"{config.scheme}://{config.listen}:{config.port}"
     print(f"pinfold agent: {description}; data in {config.data_dir}; listening on {listening}")
-    for step in agent.report:
+    for step in report:
         if step.error:
             again = "before every change" if step.action is Action.REPIN else "next start"
             print(f"pinfold agent: {step.action.value} {step.name} failed, tried again {again}: {step.error}")
@@ -148,6 +222,17 @@ def serve(config: AgentConfig) -> None:
     # to the handler it found: make that one a clean exit, not a kill.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(0))
+
+
+def serve(config: AgentConfig) -> None:
+    """Run until SIGTERM or SIGINT."""
+    if config.driver == "openstack":
+        serve_cloud(config)
+        return
+    rapid = read_rapid_config(config.rapid.config) if config.rapid.config is not None else None
+    agent, driver, description = build_agent(config, rapid)
+    token = load_or_create_token(config)
+    _started(config, description, agent.report)
     simulated = isinstance(driver, SimDriver)
     monitor = Monitor(
         [cpu.cpu_id for cpu in agent.topology.cpus],
@@ -161,26 +246,12 @@ def serve(config: AgentConfig) -> None:
     keeper = PoolKeeper(agent.tend_pools)
     agent.on_hand_out = keeper.wake
     keeper.start()
-    registrar = None
-    if config.controller_url:
-        address = advertised_url(config)
-        warn_plain_url("pinfold agent", config.controller_url)
-        if enrols_blind(config):
-            log.warning(
-                "pinfold agent: no enrolment token (enrolment_token or enrolment_token_file): the "
-                "controller at %s will refuse this host until it is given the controller's agent.token",
-                config.controller_url,
-            )
-        book = AddressBook(agent)
-        registrar = Registrar(
-            config.controller_url, load_enrolment_token(config, token), config.host_id,
-            lambda: registration_document(agent, config.host_id, address, token),
-            lambda: heartbeat_document(agent, monitor, book),
-            config.monitor_period_s, config.data_dir / "host.token",
-            verify=client_context(config.tls_ca),
-        )  # fmt: skip
-        registrar.start()
-        print(f"pinfold agent: registering as {config.host_id!r} ({address}) with {config.controller_url}")
+    book = AddressBook(agent)
+    registrar = start_registrar(
+        config, token,
+        lambda address: registration_document(agent, config.host_id, address, token),
+        lambda: heartbeat_document(agent, monitor, book),
+    )  # fmt: skip
     endpoint = None
     try:
         if rapid is not None:

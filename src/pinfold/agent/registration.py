@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from pinfold.agent.addresses import AddressBook
+from pinfold.agent.cloud_agent import CloudAgent
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent
 from pinfold.placement import level_key
@@ -32,7 +33,20 @@ from pinfold.tls import tls_failure
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, write_token
 from pinfold.topology import slackvm_json
 
-__all__ = ["Registrar", "heartbeat_document", "registration_document"]
+__all__ = ["CLOUD_TOPOLOGY", "Registrar", "cloud_registration_document", "heartbeat_document",
+           "registration_document"]  # fmt: skip
+
+#: a cloud agent's topology (`cloud_registration_document`): a placeholder of one CPU, marked
+#: `cloud`, which the controller never places on (its `fits` and its scheduler leave it out)
+CLOUD_TOPOLOGY: dict[str, Any] = {
+    "cpuset": {
+        "numa_distances": {"0": [10]},
+        "cpu_list": [{"cpu_id": 0, "numa_node": 0, "sib_smt": [0], "sib_cpu": [0], "cache_level": {}}],
+        "host_count": 1,
+    },
+    "memset": {"total": 1},
+    "cloud": "openstack",
+}
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +219,18 @@ def registration_document(agent: Agent, host_id: str, address: str, token: str) 
     }
 
 
+def cloud_registration_document(host_id: str, address: str, token: str) -> dict[str, Any]:
+    """A cloud agent's registration (`--driver openstack`): pinfold pins nothing on a
+    cloud, so there is no topology to replay VMs through; the placeholder `CLOUD_TOPOLOGY`
+    says so, and the heartbeats carry the cloud's CPUs per level (`status`)."""
+    return {
+        "host_id": host_id, "address": address, "agent_token": token, "topology": CLOUD_TOPOLOGY,
+        "critical_size": 0, "reserved_memory_mib": 0,
+    }  # fmt: skip
+
+
 def heartbeat_document(
-    agent: Agent, monitor: Monitor | None, addresses: AddressBook | None = None
+    agent: Agent | CloudAgent, monitor: Monitor | None, addresses: AddressBook | None = None
 ) -> dict[str, Any]:
     """The host's SlackVM status, its VMs' states, the last monitor sample
     (usage and GPUs) and, with an `addresses` book, the VMs' NICs with their

@@ -22,7 +22,9 @@ def agent_command(
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Store and token live here.")] = None,
     listen: Annotated[str | None, typer.Option("--listen")] = None,
     port: Annotated[int | None, typer.Option("--port", help=f"Default {AGENT_PORT}.")] = None,
-    driver: Annotated[str | None, typer.Option("--driver", help="auto, libvirt or sim.")] = None,
+    driver: Annotated[
+        str | None, typer.Option("--driver", help="auto, libvirt, sim or openstack (a cloud's servers).")
+    ] = None,
     libvirt_uri: Annotated[str | None, typer.Option("--libvirt-uri")] = None,
     domain_type: Annotated[str | None, typer.Option("--domain-type", help="kvm or qemu (TCG).")] = None,
     exclude_cpus: Annotated[
@@ -74,10 +76,27 @@ def agent_command(
     tls_cert: TlsCert = None,
     tls_key: TlsKey = None,
     tls_ca: TlsCa = None,
+    os_cloud: Annotated[
+        str | None, typer.Option("--os-cloud", help="--driver openstack: the clouds.yaml cloud.")
+    ] = None,
+    os_clouds_yaml: Annotated[
+        Path | None,
+        typer.Option("--os-clouds-yaml", help="That clouds.yaml (default: openstacksdk's search)."),
+    ] = None,
+    os_image: Annotated[
+        str | None, typer.Option("--os-image", help="Glance image of a VM whose create names none.")
+    ] = None,
+    os_network: Annotated[
+        str | None, typer.Option("--os-network", help="Neutron network of the VMs.")
+    ] = None,
+    os_flavor: Annotated[
+        str | None,
+        typer.Option("--os-flavor", help="A flavor every VM gets (default: the smallest that fits)."),
+    ] = None,
 ) -> None:
     """Run the host agent: VMs of several levels through libvirt (or the sim
-    driver), a SQLite store, and the HTTP API. Settings: --config TOML, then
-    PINFOLD_AGENT_* variables, then these flags."""
+    driver), or a cloud's servers (--driver openstack), a SQLite store, and the
+    HTTP API. Settings: --config TOML, then PINFOLD_AGENT_* variables, then these flags."""
     from pinfold.agent.config import ConfigError, load_config
     from pinfold.agent.daemon import serve
 
@@ -89,7 +108,9 @@ def agent_command(
         "rapid_config": rapid_config, "monitor_period_s": monitor_period_s, "token_file": token_file,
         "slackvm_open_networks": slackvm_open_networks, "default_network": default_network,
         "default_bridge": default_bridge, "enrolment_token_file": enrolment_token_file,
-        "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca,
+        "tls_cert": tls_cert, "tls_key": tls_key, "tls_ca": tls_ca, "os_cloud": os_cloud,
+        "os_clouds_yaml": os_clouds_yaml, "os_image": os_image, "os_network": os_network,
+        "os_flavor": os_flavor,
     }  # fmt: skip
     from pinfold.rapid.config import RapidConfigError
     from pinfold.tokens import TokenError

@@ -41,7 +41,7 @@ from pinfold.controller.credentials import Enrolment, HostCredential, Proof, dig
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.refusals import refusal_json
 from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
-from pinfold.controller.store import EventRecord, GroupRecord, VMRecord
+from pinfold.controller.store import EventRecord, GroupRecord, HostRecord, VMRecord
 from pinfold.model import lifecycle
 from pinfold.model.errors import error_body
 from pinfold.model.vm import (
@@ -209,6 +209,8 @@ class TopologyBody(BaseModel):
     model_config = STRICT
     cpuset: CPUSet
     memset: MemSet
+    #: a cloud agent's placeholder (`--driver openstack`): the controller places no VM there
+    cloud: Literal["openstack"] | None = None
 
 
 class Registration(BaseModel):
@@ -377,7 +379,8 @@ def host_view(view: HostView, vms: Sequence[VMRecord] = ()) -> dict[str, Any]:
         "registered_at": record.registered_at,
         "last_heartbeat": record.last_heartbeat,
         "heartbeat_period_s": record.heartbeat_period_s,
-        "cpus": len(record.topology.get("cpuset", {}).get("cpu_list", [])),
+        "cpus": _cpus(record),
+        "cloud": record.topology.get("cloud"),
         "critical_size": record.critical_size,
         "reserved_memory_mib": record.reserved_memory_mib,
         "status": beat.get("status"),
@@ -385,6 +388,14 @@ def host_view(view: HostView, vms: Sequence[VMRecord] = ()) -> dict[str, Any]:
         "vms": [vm.name for vm in vms],
         "unmanaged_vms": sorted(set(reported) - {vm.name for vm in vms}),
     }
+
+
+def _cpus(record: HostRecord) -> int:
+    """A host's CPUs: its topology's; a cloud's, those of its levels as its last heartbeat said."""
+    if not record.topology.get("cloud"):
+        return len(record.topology.get("cpuset", {}).get("cpu_list", []))
+    subset = (((record.heartbeat or {}).get("status") or {}).get("cpu") or {}).get("subset") or {}
+    return sum(int(level.get("pcap", 0)) for level in subset.values() if isinstance(level, dict))
 
 
 def cpu_map(view: HostView) -> dict[str, Any]:

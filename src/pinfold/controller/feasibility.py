@@ -18,7 +18,7 @@ from pinfold.model.vm import VMRequest
 from pinfold.placement import HostAllocator, PlacementError, Refusal, RefusalCode
 from pinfold.topology import Topology, slackvm_json
 
-__all__ = ["Feasibility", "check", "fits"]
+__all__ = ["Feasibility", "check", "cloud_reason", "fits"]
 
 
 class Feasibility:
@@ -40,6 +40,19 @@ class Feasibility:
         self, host: HostRecord, existing: Sequence[VMRecord], new: VMRequest
     ) -> tuple[str, Refusal] | None:
         return check(host, existing, new, self.topology)
+
+
+def cloud_reason(host: HostRecord) -> str | None:
+    """Why a cloud agent's host takes no VM from the controller (None: it is no cloud's).
+    pinfold pins nothing on a cloud, so the host has no topology to replay VMs through
+    (its registration's is a placeholder marked `cloud`); its agent makes VMs itself."""
+    kind = host.topology.get("cloud")
+    if not kind:
+        return None
+    return (
+        f"host {host.id!r} is an OpenStack cloud's agent ({kind}): the controller places no VM there "
+        "(pinfold cannot pin on a cloud); create VMs on that agent's own API"
+    )
 
 
 def _from_json(host: HostRecord) -> Topology:
@@ -74,6 +87,9 @@ def check(
     if host.draining:
         why = f"host {host.id!r} is draining"
         return f"{unavailable.value}: {why}", Refusal(unavailable, detail=why)
+    cloud = cloud_reason(host)
+    if cloud is not None:
+        return f"{unavailable.value}: {cloud}", Refusal(unavailable, detail=cloud)
     try:
         allocator = HostAllocator(
             topology_of(host),

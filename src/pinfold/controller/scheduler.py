@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
+from pinfold.controller.feasibility import cloud_reason
 from pinfold.controller.store import HostRecord, VMRecord
 from pinfold.placement import Cluster, Decision, GroupRule, HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, slackvm_json
@@ -28,6 +29,8 @@ class Scheduler:
         self._topologies: dict[str, Topology] = {}
         self._eligible_for: Sequence[str] | None = None
         self._eligible: list[str] | None = None
+        #: cloud agents' hosts, never in the picture, with the reason (`cloud_reason`)
+        self.clouds: dict[str, str] = {}
 
     @property
     def hosts(self) -> tuple[str, ...]:
@@ -41,6 +44,7 @@ class Scheduler:
                 by_host.setdefault(vm.host_id, []).append(vm)
         cluster = Cluster()
         shapes = {}
+        self.clouds = {}
         for host in hosts:
             allocator = self._allocator(host)
             if allocator is None:
@@ -130,6 +134,13 @@ class Scheduler:
             self._cluster.remove(name)
 
     def _allocator(self, host: HostRecord) -> HostAllocator | None:
+        """None for a host the picture leaves out: a cloud's (noted in `clouds`), or one
+        whose description does not parse."""
+        why = cloud_reason(host)
+        if why is not None:
+            self.clouds[host.id] = why
+            return None
+        self.clouds.pop(host.id, None)
         text = _shape(host)[0]
         try:
             topology = self._topologies.get(text) or slackvm_json.from_dict(host.topology)

@@ -505,6 +505,14 @@ class Controller:
             if taken is not None:
                 raise _NameTaken(taken)
         reasons = {name: refusal.describe() for name, refusal in refusals.items()}
+        with self._picture:  # a cloud agent's host is in no picture: say why it took nothing
+            clouds = dict(self.scheduler.clouds)
+        reasons = {
+            name: f"{RefusalCode.HOST_UNAVAILABLE.value}: {why}" for name, why in clouds.items()
+        } | reasons
+        refusals = {
+            name: Refusal(RefusalCode.HOST_UNAVAILABLE, detail=why) for name, why in clouds.items()
+        } | refusals
         explanation = decision.explain()
         if ranking:
             why = "; ".join(sorted(set(attempt.refused.values()))[:3])

@@ -28,7 +28,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import openstack.config
@@ -43,34 +42,18 @@ from pinfold.model.failpoints import crash_point
 from pinfold.openstack.errors import fault_error, translate
 from pinfold.openstack.flavors import Flavor, ImageNeeds
 from pinfold.openstack.levels import Inventory, LevelUse, Provider, by_level
+from pinfold.openstack.records import NAME_KEY, OWNER_KEY, STATES, Capacity, Server, vm_state
 from pinfold.openstack.settings import CloudSettings
 
-__all__ = ["NAME_KEY", "OWNER_KEY", "Cloud", "Server"]
+__all__ = ["NAME_KEY", "OWNER_KEY", "STATES", "Capacity", "Cloud", "Server", "vm_state"]
 
 log = logging.getLogger("pinfold.openstack")
 #: keystoneauth warns, before it raises, that it could not reach the identity service: the
 #: error pinfold raises says that once, in one line (a daemon stops on it with that line only)
 logging.getLogger("keystoneauth.identity.generic.base").setLevel(logging.ERROR)
 
-OWNER_KEY = "pinfold-owner"
-NAME_KEY = "pinfold-name"
 #: how long a server may take to reach the state an action asks for
 DEFAULT_WAIT_S = 120.0
-
-
-@dataclass(frozen=True)
-class Server:
-    """A server of this owner, as Nova shows it now."""
-
-    id: str
-    name: str
-    status: str
-    flavor: str
-    vcpus: int
-    memory_mib: int
-    task_state: str | None = None
-    fault: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class Cloud:
@@ -248,6 +231,17 @@ class Cloud:
         found = [ipaddress.ip_address(ip["ip_address"]) for port in ports for ip in port.fixed_ips or []]
         return [str(ip) for ip in sorted(found, key=lambda ip: ip.version)]
 
+    def ipv4_addresses(self, name: str) -> list[str]:
+        """The server's IPv4 fixed IPs (what RAPID and the agent's flat list show); none for
+        a server this owner does not have (gone meanwhile)."""
+        try:
+            found = self.addresses(name)
+        except PinfoldError as error:
+            if error.code is ErrorCode.UNKNOWN_VM:
+                return []
+            raise
+        return [address for address in found if ipaddress.ip_address(address).version == 4]
+
     # capacity and use, from Placement (needs a role Placement's policy lets read, admin by default)
 
     def providers(self) -> list[Provider]:
@@ -269,6 +263,23 @@ class Cloud:
 
     def levels(self) -> dict[float, LevelUse]:
         return by_level(self.providers())
+
+    def capacity(self) -> Capacity:
+        """Per level from Placement; for a user Placement refuses, the vCPU quota (`Capacity`)."""
+        try:
+            return Capacity("placement", self.levels())
+        except PinfoldError as error:
+            if error.code is not ErrorCode.CLOUD_AUTH_FAILED:
+                return Capacity("unknown", {}, f"{error.code.value}: {error.detail}")
+        try:
+            with _translated():
+                limits = self.connection.compute.get_limits().absolute
+                cores, used = int(limits.total_cores), int(limits.total_cores_used or 0)
+        except PinfoldError as error:
+            return Capacity("unknown", {}, f"{error.code.value}: {error.detail}")
+        if cores < 0:
+            return Capacity("quota", {}, "the project's vCPU quota is unlimited")
+        return Capacity("quota", {1.0: LevelUse(1.0, ["quota"], cores, float(cores), used)})
 
     def quota_cores(self) -> int:
         """The project's vCPU quota (Nova's limits): the cores a user without

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pinfold.model.errors import ErrorCode, PinfoldError
 
 __all__ = [
-    "LEVEL_TRAIT_PREFIX", "Flavor", "ImageNeeds", "choose_flavor", "flavor_level", "level_trait",
-    "trait_level",
+    "LEVEL_TRAIT_PREFIX", "Flavor", "ImageNeeds", "choose_flavor", "cloud_level", "flavor_level",
+    "level_trait", "trait_level",
 ]  # fmt: skip
 
 LEVEL_TRAIT_PREFIX = "CUSTOM_PINFOLD_LEVEL_"
@@ -127,6 +127,14 @@ def flavor_level(extra_specs: Mapping[str, str]) -> float | None:
     if extra_specs.get("hw:cpu_policy") == "dedicated":
         return 1.0
     return None
+
+
+def cloud_level(flavors: Iterable[Flavor], ratio: float) -> float | None:
+    """The level a VM of `ratio` asks of this cloud's flavors: `ratio` on a cloud set up
+    for pinfold's levels (some flavor requires a level trait), else None (flavors of no
+    level), so that a cloud never set up for levels works as it is (RAPID's back-end and
+    the agent's openstack driver both choose so)."""
+    return float(ratio) if any(flavor.names_a_pinfold_level for flavor in flavors) else None
 
 
 def choose_flavor(

@@ -43,15 +43,14 @@ removes those its records do not know.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
-from pinfold.openstack.cloud import Cloud, Server
-from pinfold.openstack.flavors import Flavor, ImageNeeds, choose_flavor
+from pinfold.openstack.cloud import Cloud, Server, vm_state
+from pinfold.openstack.flavors import Flavor, ImageNeeds, choose_flavor, cloud_level
 from pinfold.openstack.settings import CloudSettings, rapid_image
 from pinfold.rapid.flavors import suitable_type
 from pinfold.rapid.vms import START_DISK_GB
@@ -65,21 +64,6 @@ HELPER_PREFIX = "rapid-helper-"
 CORES_TTL_S = 60.0
 #: RAPID's helper type (PROTOCOL.md 4.4): 4 vCPUs, 1024 MB, 20 GB
 HELPER_TYPE = "4_1024_20"
-
-#: Nova's server status -> the VM's state (the fake driver's SUSPENDED keeps power state RUNNING)
-STATES = {
-    "ACTIVE": VMState.RUNNING,
-    "SUSPENDED": VMState.PAUSED,
-    "PAUSED": VMState.PAUSED,
-    "SHUTOFF": VMState.SHUTOFF,
-    "BUILD": VMState.CREATING,
-    "ERROR": VMState.ERROR,
-}
-
-
-def vm_state(server: Server) -> VMState:
-    """The VM's state from its server's status; OTHER for the rest (RESIZE, VERIFY_RESIZE, ...)."""
-    return STATES.get(server.status, VMState.OTHER)
 
 
 class OpenStackBackend:
@@ -127,13 +111,7 @@ class OpenStackBackend:
         return None if server is None else vm_state(server)
 
     def addresses(self, name: str) -> list[str]:
-        try:
-            found = self.cloud.addresses(name)
-        except PinfoldError as error:
-            if error.code is ErrorCode.UNKNOWN_VM:
-                return []
-            raise
-        return [address for address in found if ipaddress.ip_address(address).version == 4]
+        return self.cloud.ipv4_addresses(name)
 
     def hypervisor_name(self, name: str) -> str | None:
         """The server's id (RAPID's `ipShellPath` script is libvirt's: it finds nothing here)."""
@@ -156,24 +134,17 @@ class OpenStackBackend:
         return self._cores[1]
 
     def _read_cores(self) -> int:
-        try:
-            return sum(level.cpus for level in self.cloud.levels().values())
-        except PinfoldError as error:
-            if error.code is not ErrorCode.CLOUD_AUTH_FAILED:
-                log.warning("RAPID: the cloud's capacity is unknown: %s", error)
-                return 0
-        try:
-            return max(0, self.cloud.quota_cores())
-        except PinfoldError as error:
-            log.warning("RAPID: the cloud's capacity is unknown: %s", error)
-            return 0
+        capacity = self.cloud.capacity()
+        if capacity.source == "unknown":
+            log.warning("RAPID: the cloud's capacity is unknown: %s", capacity.detail)
+        return capacity.cpus
 
     # the choices (see the module)
 
     def flavor(self, name: str, vcpus: int, memory_mib: int, image: ImageNeeds | None = None) -> Flavor:
         """`image`, where known (a create), narrows the choice to flavors it allows."""
         flavors = self.cloud.flavors()
-        level = self.ratio if any(flavor.names_a_pinfold_level for flavor in flavors) else None
+        level = cloud_level(flavors, self.ratio)
         if name.startswith(HELPER_PREFIX):
             explicit = self.settings.flavors.get(HELPER_TYPE, "")
             return choose_flavor(flavors, 4, 1024, explicit=explicit, level=level, image=image)

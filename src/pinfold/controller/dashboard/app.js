@@ -76,7 +76,8 @@ async function overview() {
     });
     return h("tr", { "data-testid": "host-row" },
       h("td", {}, h("a", { href: "#/hosts/" + encodeURIComponent(host.id) }, host.id)),
-      h("td", {}, h("span", { class: "badge " + host.state }, host.state)),
+      // a cloud agent's host: its CPUs are the cloud's (per level, from Placement); the controller places nothing there
+      h("td", {}, h("span", { class: "badge " + host.state }, host.state), host.cloud ? " " + host.cloud + " cloud" : ""),
       h("td", {}, host.cpus), h("td", {}, allocated), h("td", {}, used.toFixed(2)),
       h("td", {}, memTotal ? Math.round(memVMs) + " / " + Math.round(memTotal) : Math.round(memVMs)),
       h("td", {}, Math.round(memUsed)),
