@@ -19,6 +19,7 @@ others belong to one side only (`CONTROLLER_STATES`, `AGENT_STATES`):
 | error | agent | a step of the agent's start failed (its pending mark is kept) |
 | failed | controller | kept for the schema; nothing sets it today |
 | deleting | controller | a delete its agent has not yet confirmed (retried) |
+| migrating | controller | moving live to another host: room held on both (`target_host_id`) |
 | missing | both | the hypervisor (agent) or the agent (controller) lacks it |
 
 The controller stores only its states (its table's CHECK lists them; a new
@@ -33,9 +34,12 @@ Transitions (`transition(state, action)`; every other pair is refused):
 | running | - | shutoff | paused | - | deleting |
 | paused | - | shutoff | - | running | deleting |
 | shutoff | running | - | - | - | deleting |
+| migrating | - | - | - | - | - |
 | any other | - | - | - | - | deleting |
 
-Delete is legal in every state (it forces the guest off); its next state is
+Delete is legal in every state but `migrating` (it forces the guest off: a
+VM moving between two hosts is deleted once it landed, or once its move
+failed and it is back on its source); its next state is
 the controller's `deleting` (the agent forgets the VM instead). A refusal is
 `Refused`, a `PinfoldError` of code "invalid" (HTTP 409), naming the state.
 
@@ -84,6 +88,7 @@ class VMState(StrEnum):
     FAILED = "failed"
     DELETING = "deleting"
     MISSING = "missing"
+    MIGRATING = "migrating"
 
 
 class Action(StrEnum):
@@ -99,7 +104,7 @@ class Action(StrEnum):
 #: the states the controller stores, in the order of its schema's CHECK
 CONTROLLER_STATES = (
     VMState.RESERVED, VMState.RUNNING, VMState.PAUSED, VMState.SHUTOFF,
-    VMState.FAILED, VMState.DELETING, VMState.MISSING,
+    VMState.FAILED, VMState.DELETING, VMState.MISSING, VMState.MIGRATING,
 )  # fmt: skip
 #: the states the agent stores
 AGENT_STATES = (
@@ -115,7 +120,7 @@ _TABLE: dict[tuple[VMState, Action], VMState] = {
     (VMState.PAUSED, Action.SHUTDOWN): VMState.SHUTOFF,
     (VMState.PAUSED, Action.RESUME): VMState.RUNNING,
     (VMState.SHUTOFF, Action.START): VMState.RUNNING,
-    **{(state, Action.DELETE): VMState.DELETING for state in VMState},
+    **{(state, Action.DELETE): VMState.DELETING for state in VMState if state is not VMState.MIGRATING},
 }
 
 
