@@ -121,7 +121,8 @@ class VM(Base):
         CheckConstraint("ratio >= 1.0", name="ratio_at_least_one"),
         # lifecycle.CONTROLLER_STATES; a new state needs a migration (tests check they agree)
         CheckConstraint(
-            "state IN ('reserved', 'running', 'paused', 'shutoff', 'failed', 'deleting', 'missing', 'migrating')",
+            "state IN ('reserved', 'running', 'paused', 'shutoff', 'failed', 'deleting', 'missing', "
+            "'migrating')",
             name="state_known",
         ),
     )

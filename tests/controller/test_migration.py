@@ -1,0 +1,175 @@
+"""Live migration through the controller with real sim agents on loopback:
+the REST routes, the reservation on the target (a create's), refusals that
+change nothing, failures that leave the VM running on its source, drains, and
+a controller that died mid-way (its `migrating` row settled by heartbeats).
+SQLite and PostgreSQL (the `database_url` fixture)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.controller.cluster import STALE_AFTER_S, LocalCluster
+
+
+@pytest.fixture
+def cluster(tmp_path, database_url, i7) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path, database_url, i7)
+    yield local
+    local.close()
+
+
+def create(
+    cluster: LocalCluster, name: str, vcpus: int = 1, memory_mib: int = 512, ratio: float = 1.0
+) -> None:
+    body = {"name": name, "vcpus": vcpus, "memory_mib": memory_mib, "ratio": ratio}
+    response = cluster.http.post("/api/v1/vms", json=body)
+    assert response.status_code == 201, response.text
+
+
+def vm(cluster: LocalCluster, name: str) -> dict[str, Any]:
+    response = cluster.http.get(f"/api/v1/vms/{name}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def on_agents(cluster: LocalCluster) -> dict[str, set[str]]:
+    return {host_id: set(host.agent.allocator.vms) for host_id, host in cluster.hosts.items()}
+
+
+def migrations(cluster: LocalCluster) -> list[dict[str, Any]]:
+    listed: list[dict[str, Any]] = cluster.http.get("/api/v1/migrations").json()["migrations"]
+    return listed
+
+
+def test_a_migration_to_a_full_host_is_refused_and_changes_nothing(cluster):
+    cluster.add_host("h1")
+    create(cluster, "big", vcpus=2, memory_mib=16000)
+    cluster.add_host("h2")
+    create(cluster, "filler", vcpus=1, memory_mib=20000)
+    assert (vm(cluster, "big")["host"], vm(cluster, "filler")["host"]) == ("h1", "h2")
+    before = on_agents(cluster)
+    refused = cluster.http.post("/api/v1/vms/big/migrate", json={"to": "h2"})
+    assert refused.status_code == 409, refused.text
+    body = refused.json()
+    assert body["error"] == "no host"
+    assert "not enough memory" in body["hosts"]["h2"], body
+    after = vm(cluster, "big")
+    assert (after["host"], after["state"], after["target"]) == ("h1", "running", None)
+    assert on_agents(cluster) == before
+    assert migrations(cluster) == []
+
+
+def test_explain_names_the_target_and_moves_nothing(cluster):
+    cluster.add_host("h1")
+    create(cluster, "web", vcpus=2, memory_mib=4096, ratio=2.0)
+    cluster.add_host("h2")
+    cluster.add_host("h3")
+    create(cluster, "filler", vcpus=1, memory_mib=30000)  # h2 or h3 is full of memory
+    full = vm(cluster, "filler")["host"]
+    response = cluster.http.post("/api/v1/vms/web/migrate?explain=true", json={"to": None})
+    assert response.status_code == 200, response.text
+    choice = response.json()
+    free = ({"h2", "h3"} - {full}).pop()
+    assert (choice["vm"], choice["source"], choice["target"], choice["ranking"]) == (
+        "web",
+        "h1",
+        free,
+        [free],
+    )
+    assert "not enough memory" in choice["hosts"][full]
+    assert vm(cluster, "web")["host"] == "h1"
+    assert migrations(cluster) == []
+
+
+def test_a_stopped_target_leaves_the_vm_running_on_its_source(cluster):
+    cluster.add_host("h1")
+    create(cluster, "web")
+    cluster.add_host("h2").stop()
+    response = cluster.http.post("/api/v1/vms/web/migrate", json={"to": "h2"})
+    assert response.status_code == 502, response.text
+    assert response.json()["error"] == "agent failed"
+    after = vm(cluster, "web")
+    assert (after["host"], after["state"], after["target"]) == ("h1", "running", None)
+    assert "web" in cluster.hosts["h1"].agent.allocator
+    [failed] = migrations(cluster)
+    assert (failed["vm"], failed["source"], failed["target"], failed["outcome"]) == (
+        "web",
+        "h1",
+        "h2",
+        "failed",
+    )
+    assert "h2 did not prepare it" in failed["detail"]
+    assert failed["seconds"] is not None
+
+
+def test_a_drain_the_others_cannot_take_refuses_and_moves_nothing(cluster):
+    cluster.add_host("h1")
+    create(cluster, "a", memory_mib=8000)
+    create(cluster, "b", memory_mib=8000)
+    cluster.add_host("h2")
+    create(cluster, "filler", memory_mib=20000)
+    response = cluster.http.post("/api/v1/hosts/h1/drain", json={"migrate": True})
+    assert response.status_code == 409, response.text
+    body = response.json()
+    assert body["error"] == "no host"
+    assert "h1 (2 VMs" in body["detail"], body["detail"]
+    assert "no target" in body["detail"], body["detail"]
+    assert body["plan"]["migrations"] == []
+    host = cluster.http.get("/api/v1/hosts/h1").json()
+    assert (host["draining"], sorted(host["vms"])) == (False, ["a", "b"])
+    assert migrations(cluster) == []
+
+
+def test_a_migrating_vm_takes_no_action_and_no_delete(cluster):
+    cluster.add_host("h1")
+    create(cluster, "web")
+    cluster.add_host("h2")
+    controller = cluster.controller
+    controller.store.reserve_migration("web", "h2", controller._fits, time.time())
+    assert vm(cluster, "web")["state"] == "migrating"
+    assert vm(cluster, "web")["target"] == "h2"
+    for response in (cluster.http.delete("/api/v1/vms/web"), cluster.http.post("/api/v1/vms/web/shutdown")):
+        assert response.status_code == 409, response.text
+        assert "migrating" in response.json()["detail"]
+    again = cluster.http.post("/api/v1/vms/web/migrate", json={})
+    assert again.status_code == 409, again.text
+    assert [m["outcome"] for m in migrations(cluster)] == [None]
+
+
+def test_a_stale_migration_whose_source_still_runs_it_goes_back(cluster):
+    """The controller died after reserving (no agent asked): the source's
+    heartbeats report the VM running, so the target's room is released."""
+    cluster.add_host("h1")
+    create(cluster, "web")
+    cluster.add_host("h2")
+    controller = cluster.controller
+    long_ago = time.time() - 2 * STALE_AFTER_S
+    controller.store.reserve_migration("web", "h2", controller._fits, long_ago)
+    cluster.wait(lambda: vm(cluster, "web")["state"] == "running", "the heartbeat to settle the migration")
+    after = vm(cluster, "web")
+    assert (after["host"], after["target"]) == ("h1", None)
+    [ended] = migrations(cluster)
+    assert ended["outcome"] == "failed"
+    assert "the source still has it" in ended["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error"),
+    [({"to": 5}, 422, "invalid request"), ({"to": "no-such-host"}, 404, "unknown host"),
+     ({"to": "h1"}, 409, "invalid"), ({"to": "h2", "now": True}, 422, "invalid request")],
+)  # fmt: skip
+def test_bad_migrations_are_refused_and_change_nothing(cluster, body, status, error):
+    cluster.add_host("h1")
+    create(cluster, "web")
+    cluster.add_host("h2")
+    response = cluster.http.post("/api/v1/vms/web/migrate", json=body)
+    assert (response.status_code, response.json()["error"]) == (status, error), response.text
+    assert vm(cluster, "web")["host"] == "h1"
+    assert migrations(cluster) == []
+    unknown = cluster.http.post("/api/v1/vms/nothing/migrate", json={})
+    assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown vm")
