@@ -6,13 +6,16 @@ SQLite and PostgreSQL (the `database_url` fixture)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
-from tests.controller.cluster import STALE_AFTER_S, LocalCluster
+from pinfold.cli import app
+from tests.controller.cluster import ADMIN, STALE_AFTER_S, LocalCluster
 
 
 @pytest.fixture
@@ -173,3 +176,29 @@ def test_bad_migrations_are_refused_and_change_nothing(cluster, body, status, er
     assert migrations(cluster) == []
     unknown = cluster.http.post("/api/v1/vms/nothing/migrate", json={})
     assert (unknown.status_code, unknown.json()["error"]) == (404, "unknown vm")
+
+
+def cli(cluster: LocalCluster, *args: str) -> tuple[int, str]:
+    env = {"PINFOLD_URL": cluster.url, "PINFOLD_TOKEN": ADMIN, "COLUMNS": "200"}
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result.exit_code, result.output
+
+
+def test_the_cli_explains_a_migration_and_a_drain_it_refuses(cluster):
+    cluster.add_host("h1")
+    create(cluster, "a", memory_mib=8000)
+    create(cluster, "b", memory_mib=8000)
+    cluster.add_host("h2")
+    create(cluster, "filler", memory_mib=20000)
+    code, out = cli(cluster, "vm", "migrate", "a", "--explain")
+    assert code == 0, out
+    assert "a on h1 would move to h2" in out
+    code, out = cli(cluster, "host", "drain", "h1", "--migrate")
+    assert code == 1, out
+    assert "h1 (2 VMs" in out
+    assert "no target" in out
+    code, out = cli(cluster, "host", "drain", "h1", "--migrate", "--json")
+    assert code == 1, out
+    assert json.loads(out)["error"] == "no host"
+    assert cluster.http.get("/api/v1/hosts/h1").json()["draining"] is False
+    assert migrations(cluster) == []
