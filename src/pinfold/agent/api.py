@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pinfold import slackvm
 from pinfold.agent.addresses import nic_document
 from pinfold.agent.console_api import add_console_routes
+from pinfold.agent.migration_api import add_migration_routes
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
@@ -48,6 +49,8 @@ def _view(vm: StoredVM, pins: list[int], network: dict[str, Any] | None = None) 
         "state": vm.state,
         "pinning": pins,
         "domain": vm.domain,
+        # the base image its disk is made on ("": none): a migration's target makes its disk on it
+        "image": vm.image,
         **(network or {"nics": [], "addresses": []}),
     }
 
@@ -115,6 +118,8 @@ def create_app(
     @app.delete("/api/v1/vms/{name}", status_code=204, dependencies=[auth])
     def delete_vm(name: str) -> None:
         call(lambda: agent.delete(name))
+
+    add_migration_routes(app, agent, auth, call, view)
 
     @app.post("/api/v1/vms/{name}/{action}", dependencies=[auth])
     def act(name: str, action: str) -> dict[str, Any]:

@@ -138,9 +138,13 @@ class Making(PinKeeping):
         crash_point("delete:unmade")
         self._forget(name)
 
-    def _forget(self, name: str) -> None:
-        self.disks.remove_overlay(self.vms[name].domain)
-        self.seeds.remove(self.vms[name].domain)
+    def _forget(self, name: str, keep_disk: bool = False) -> None:
+        """Forget VM `name` here: its files (`keep_disk`: not its disk and
+        seed, which a migration's target now uses on shared storage), its
+        placement and its row; neighbours follow the vNode."""
+        if not keep_disk:
+            self.disks.remove_overlay(self.vms[name].domain)
+            self.seeds.remove(self.vms[name].domain)
         self._remove_serial_log(self.vms[name].domain)
         self._warming_since.pop(name, None)
         self._stale_pins.pop(name, None)

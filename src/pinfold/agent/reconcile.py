@@ -13,6 +13,10 @@ touched, so after a crash at any point:
 | VM | delete | no domain | forget the VM |
 | VM | shutdown | domain | record the state it is in (the wait was cut short) |
 | VM | shutdown | no domain | report it missing |
+| VM | migrate-out | domain | the migration failed or never began: record its state, clear the mark |
+| VM | migrate-out | no domain | it left (the target has it): forget the VM, its disk kept unless copied |
+| VM | incoming | domain | it arrived: record its state, clear the mark, check pins |
+| VM | incoming | no domain | it never came: drop the reservation (forget the VM) |
 | VM | none | domain | keep it, check pins |
 | VM | none | no domain | report it missing (never recreated silently) |
 | none | - | pinfold domain | report it as unknown, never touch it |
@@ -40,6 +44,14 @@ class Action(StrEnum):
     DELETE = "delete"
     FORGET = "forget"
     FINISH_SHUTDOWN = "finish shutdown"
+    #: a migration's source still has the guest: it stays, its mark cleared
+    STAY = "stay"
+    #: a migration's source no longer has the guest: it left
+    LEFT = "left"
+    #: a migration's target has the guest: it arrived
+    ARRIVED = "arrived"
+    #: a migration's target never got the guest: its reservation goes
+    DROP = "drop"
     KEEP = "keep"
     MISSING = "missing"
     UNKNOWN = "unknown"
@@ -67,6 +79,10 @@ def plan(stored: Mapping[str, StoredVM], observed: Mapping[str, GuestInfo]) -> l
             steps.append(Step(Action.FINISH_CREATE if present else Action.CREATE, name))
         elif vm.pending is Pending.SHUTDOWN:
             steps.append(Step(Action.FINISH_SHUTDOWN if present else Action.MISSING, name))
+        elif vm.pending is Pending.MIGRATE_OUT:
+            steps.append(Step(Action.STAY if present else Action.LEFT, name))
+        elif vm.pending is Pending.INCOMING:
+            steps.append(Step(Action.ARRIVED if present else Action.DROP, name))
         else:
             steps.append(Step(Action.KEEP if present else Action.MISSING, name))
     domains = {vm.domain for vm in stored.values()}

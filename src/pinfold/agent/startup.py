@@ -114,8 +114,12 @@ class StartUp(Making):
             self._forget(step.name)
         elif step.action is Action.FORGET:
             self._forget(step.name)
-        elif step.action is Action.FINISH_SHUTDOWN:
+        elif step.action in (Action.FINISH_SHUTDOWN, Action.STAY, Action.ARRIVED):
             self._set(step.name, state_of(observed[vm.domain].state), None)
+        elif step.action is Action.LEFT:
+            self._forget(step.name, keep_disk=self.settings.migration_storage != "copy")
+        elif step.action is Action.DROP:
+            self._forget(step.name)
         elif step.action is Action.MISSING:
             self._set(step.name, VMState.MISSING, None)
 

@@ -14,6 +14,8 @@ others belong to one side only (`CONTROLLER_STATES`, `AGENT_STATES`):
 | running | both | the guest runs |
 | paused | both | the guest is suspended |
 | stopping | agent | a graceful shutdown under way (a `shutdown` pending mark) |
+| migrating | agent | the source of a live migration sending the guest (a `migrate-out` pending mark) |
+| incoming | agent | a live migration's target: room reserved, the guest not arrived (an `incoming` mark) |
 | shutoff | both | the guest is off |
 | other | agent | the hypervisor's state is none of the three (crashed, blocked...) |
 | error | agent | a step of the agent's start failed (its pending mark is kept) |
@@ -82,6 +84,8 @@ class VMState(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     STOPPING = "stopping"
+    MIGRATING = "migrating"
+    INCOMING = "incoming"
     SHUTOFF = "shutoff"
     OTHER = "other"
     ERROR = "error"
@@ -110,6 +114,7 @@ CONTROLLER_STATES = (
 AGENT_STATES = (
     VMState.CREATING, VMState.WARMING, VMState.POOLED, VMState.RESUMING, VMState.RUNNING,
     VMState.PAUSED, VMState.STOPPING, VMState.SHUTOFF, VMState.OTHER, VMState.ERROR, VMState.MISSING,
+    VMState.MIGRATING, VMState.INCOMING,
 )  # fmt: skip
 #: the actions of `POST /api/v1/vms/{name}/{action}` (a delete is `DELETE /api/v1/vms/{name}`)
 POWER_ACTIONS = (Action.START, Action.SHUTDOWN, Action.SUSPEND, Action.RESUME)

@@ -24,7 +24,7 @@ from pinfold.agent.domain import (
     repinned_xml,
     resized_xml,
 )
-from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState
+from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState, Migrated, MigrationTarget
 from pinfold.agent.networks import NetworkInfo, nat_network_xml, network_info_from_xml
 from pinfold.model.failpoints import crash_point
 
@@ -292,6 +292,14 @@ class LibvirtDriver:
             kib = values.get("balloon.rss", values.get("balloon.current", 0))
             out[domain.name()] = (int(values.get("cpu.time", 0)), kib / 1024)
         return out
+
+    def migrate(self, name: str, target: MigrationTarget) -> Migrated:
+        raise DriverError("failed", f"migrate {name}: live migration is not implemented in this driver yet")
+
+    def receive(self, spec: DomainSpec) -> None:
+        """A migrated guest arrives running and persistent (PERSIST_DEST):
+        nothing to make here, only to check that it came."""
+        self._require(spec.name, {GuestState.RUNNING})
 
     def guests(self) -> list[GuestInfo]:
         """Every domain. One that another client deletes between the listing
