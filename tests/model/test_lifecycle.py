@@ -75,4 +75,10 @@ def test_the_table_as_json_lists_every_state() -> None:
 
 def test_every_state_belongs_to_a_side() -> None:
     assert set(CONTROLLER_STATES) | set(AGENT_STATES) == set(VMState)
-    assert set(CONTROLLER_STATES) & set(AGENT_STATES) == {S.RUNNING, S.PAUSED, S.SHUTOFF, S.MISSING}
+    assert set(CONTROLLER_STATES) & set(AGENT_STATES) == {
+        S.RUNNING,
+        S.PAUSED,
+        S.SHUTOFF,
+        S.MISSING,
+        S.MIGRATING,
+    }

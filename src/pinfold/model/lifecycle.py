@@ -1,7 +1,7 @@
 """A VM's lifecycle: one state enum for the agent and the controller, and
 the one table of which action is legal in which state.
 
-States. Both sides use `running`, `paused`, `shutoff` and `missing`; the
+States. Both sides use `running`, `paused`, `shutoff`, `missing` and `migrating`; the
 others belong to one side only (`CONTROLLER_STATES`, `AGENT_STATES`):
 
 | state | side | meaning |
@@ -14,14 +14,13 @@ others belong to one side only (`CONTROLLER_STATES`, `AGENT_STATES`):
 | running | both | the guest runs |
 | paused | both | the guest is suspended |
 | stopping | agent | a graceful shutdown under way (a `shutdown` pending mark) |
-| migrating | agent | the source of a live migration sending the guest (a `migrate-out` pending mark) |
+| migrating | both | moving live: the source agent sends it (`migrate-out` mark); room on both hosts |
 | incoming | agent | a live migration's target: room reserved, the guest not arrived (an `incoming` mark) |
 | shutoff | both | the guest is off |
 | other | agent | the hypervisor's state is none of the three (crashed, blocked...) |
 | error | agent | a step of the agent's start failed (its pending mark is kept) |
 | failed | controller | kept for the schema; nothing sets it today |
 | deleting | controller | a delete its agent has not yet confirmed (retried) |
-| migrating | controller | moving live to another host: room held on both (`target_host_id`) |
 | missing | both | the hypervisor (agent) or the agent (controller) lacks it |
 
 The controller stores only its states (its table's CHECK lists them; a new
@@ -92,7 +91,6 @@ class VMState(StrEnum):
     FAILED = "failed"
     DELETING = "deleting"
     MISSING = "missing"
-    MIGRATING = "migrating"
 
 
 class Action(StrEnum):
