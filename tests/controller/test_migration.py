@@ -202,3 +202,88 @@ def test_the_cli_explains_a_migration_and_a_drain_it_refuses(cluster):
     assert json.loads(out)["error"] == "no host"
     assert cluster.http.get("/api/v1/hosts/h1").json()["draining"] is False
     assert migrations(cluster) == []
+
+
+def test_a_migration_moves_the_vm_and_both_hosts_numbers(cluster):
+    cluster.add_host("h1")
+    create(cluster, "web", vcpus=2, memory_mib=2048, ratio=2.0)
+    cluster.add_host("h2")
+    source, target = cluster.hosts["h1"].agent.allocator, cluster.hosts["h2"].agent.allocator
+    free_before = (source.memory_allocated_mib, target.memory_allocated_mib)
+    cpus_before = (source.free_cpu_count, target.free_cpu_count)
+    response = cluster.http.post("/api/v1/vms/web/migrate", json={"to": None})
+    assert response.status_code == 200, response.text
+    moved = response.json()
+    assert (moved["migration"]["source"], moved["migration"]["target"]) == ("h1", "h2")
+    assert moved["migration"]["outcome"] == "done"
+    assert moved["migration"]["elapsed_s"] >= 0
+    assert (moved["vm"]["host"], moved["vm"]["state"], moved["vm"]["target"]) == ("h2", "running", None)
+    assert on_agents(cluster) == {"h1": set(), "h2": {"web"}}
+    assert (source.memory_allocated_mib, target.memory_allocated_mib) == (
+        free_before[0] - 2048, free_before[1] + 2048,
+    )  # fmt: skip
+    assert source.free_cpu_count > cpus_before[0]  # its level's vNode shrank away
+    assert target.free_cpu_count < cpus_before[1]  # one grew for it
+    # the directory's numbers
+    hosts = {h["id"]: h["vms"] for h in cluster.http.get("/api/v1/hosts").json()}
+    assert hosts == {"h1": [], "h2": ["web"]}
+    [done] = migrations(cluster)
+    assert done["outcome"] == "done"
+    events = [e["kind"] for e in cluster.http.get("/api/v1/events").json()]
+    assert "vm migrating" in events
+    assert "vm migrated" in events
+    # the target's heartbeats report it (its pins), and nothing goes missing
+    cluster.wait(lambda: vm(cluster, "web")["pinning"] == sorted(target.pinning("web")), "h2's heartbeat")
+    assert vm(cluster, "web")["state"] == "running"
+
+
+def test_a_drain_with_migrations_empties_a_host_of_three_vms_of_two_levels(cluster):
+    cluster.add_host("h1")
+    create(cluster, "db", vcpus=2, memory_mib=2048, ratio=1.0)
+    create(cluster, "web1", vcpus=2, memory_mib=1024, ratio=2.0)
+    create(cluster, "web2", vcpus=1, memory_mib=1024, ratio=2.0)
+    cluster.add_host("h2")
+    cluster.add_host("h3")
+    create(cluster, "other", vcpus=1, memory_mib=512, ratio=2.0)
+    on_h1 = set(cluster.hosts["h1"].agent.allocator.vms)
+    assert {"db", "web1", "web2"} <= on_h1
+    response = cluster.http.post("/api/v1/hosts/h1/drain", json={"migrate": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["draining"], body["vms"]) == (True, [])
+    assert {m["vm"] for m in body["migrations"]} == on_h1
+    assert all(m["outcome"] == "done" and m["elapsed_s"] is not None for m in body["migrations"])
+    assert cluster.hosts["h1"].agent.allocator.vms == {}
+    landed = {name for host in ("h2", "h3") for name in cluster.hosts[host].agent.allocator.vms}
+    assert landed == {"db", "web1", "web2", "other"}
+    for name in on_h1:
+        record = vm(cluster, name)
+        assert record["host"] in ("h2", "h3")
+        assert record["state"] == "running"
+        assert name in cluster.hosts[record["host"]].agent.allocator
+
+
+def test_a_stale_migration_whose_source_let_it_go_lands_on_the_target(cluster):
+    """The controller died after the source sent the VM, before the commit:
+    the source no longer reports it, so a heartbeat commits on the target."""
+    cluster.add_host("h1")
+    create(cluster, "web")
+    cluster.add_host("h2")
+    controller = cluster.controller
+    long_ago = time.time() - 2 * STALE_AFTER_S
+    src = controller.agent_for(controller.store.host("h1"))
+    dst = controller.agent_for(controller.store.host("h2"))
+    with controller._moving_lock:  # the steps of a controller at work (its heartbeats leave them)...
+        controller._moving.add("web")
+    controller.store.reserve_migration("web", "h2", controller._fits, long_ago)
+    prepared = dst.prepare_migration(src.get("web") or {}, "h1")
+    src.send_migration("web", "h2", prepared)
+    with controller._moving_lock:  # ...which dies here, before the commit
+        controller._moving.discard("web")
+    cluster.wait(lambda: vm(cluster, "web")["host"] == "h2", "the heartbeat to land the migration")
+    after = vm(cluster, "web")
+    assert (after["state"], after["target"]) == ("running", None)
+    assert on_agents(cluster) == {"h1": set(), "h2": {"web"}}
+    assert cluster.hosts["h2"].agent.vms["web"].state == "running"
+    [ended] = migrations(cluster)
+    assert ended["outcome"] == "done"
