@@ -287,3 +287,21 @@ def test_a_stale_migration_whose_source_let_it_go_lands_on_the_target(cluster):
     assert cluster.hosts["h2"].agent.vms["web"].state == "running"
     [ended] = migrations(cluster)
     assert ended["outcome"] == "done"
+
+
+def test_the_cli_migrates_and_drains_with_progress(cluster):
+    cluster.add_host("h1")
+    create(cluster, "a", vcpus=2, memory_mib=1024, ratio=1.0)
+    create(cluster, "b", vcpus=2, memory_mib=1024, ratio=2.0)
+    cluster.add_host("h2")
+    code, out = cli(cluster, "vm", "migrate", "a", "--to", "h2")
+    assert code == 0, out
+    assert "done" in out
+    assert vm(cluster, "a")["host"] == "h2"
+    code, out = cli(cluster, "host", "drain", "h1", "--migrate")
+    assert code == 0, out
+    assert "b -> h2: done in " in out  # the progress line, with the VM's time
+    assert cluster.http.get("/api/v1/hosts/h1").json()["vms"] == []
+    code, out = cli(cluster, "host", "drain", "h2", "--migrate", "--explain")
+    assert code == 1, out  # h1 drains: nowhere to go
+    assert "no target" in out
