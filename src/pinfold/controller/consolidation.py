@@ -117,6 +117,8 @@ class Consolidator:
 
     controller: Controller
     settings: ConsolidationSettings = field(default_factory=ConsolidationSettings)
+    #: where each round's plan is told (the daemon prints it)
+    report: Callable[[str], None] = log.info
 
     def budget(self, now: float) -> Budget:
         """What this round may spend, from the migrations recorded (by every replica)."""
@@ -142,7 +144,7 @@ class Consolidator:
         """One round: plan, log the plan's explanation, carry out its moves.
         The migrations done."""
         plan = self.plan()
-        log.info("consolidation plan: %s", plan.explain())
+        self.report(f"consolidation plan: {plan.explain()}")
         done: list[MigrationRecord] = []
         for source, moves in groupby(plan.migrations, key=lambda m: m.source):
             done += self._empty(source, list(moves))

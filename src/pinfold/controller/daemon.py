@@ -12,6 +12,7 @@ from pinfold import serving
 from pinfold.controller.agents import ACTION_TIMEOUT_S, AgentClient
 from pinfold.controller.api import create_app
 from pinfold.controller.config import ControllerConfig
+from pinfold.controller.consolidation import ConsolidationSettings, Consolidator
 from pinfold.controller.database import connect
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore, HostRecord
@@ -104,6 +105,40 @@ class Upkeep:
                 print(f"pinfold controller: upkeep failed: {error}", file=sys.stderr)
 
 
+def consolidation_settings(config: ControllerConfig) -> ConsolidationSettings:
+    return ConsolidationSettings(
+        enabled=config.consolidate,
+        interval_s=config.consolidate_interval_s,
+        at_once=config.consolidate_at_once,
+        per_hour=config.consolidate_per_hour,
+        cooldown_s=config.consolidate_cooldown_s,
+    )
+
+
+class Consolidating:
+    """The consolidation policy's thread: one `Consolidator.step` every
+    `interval_s` (its migrations run one after the other, in this thread)."""
+
+    def __init__(self, consolidator: Consolidator) -> None:
+        self._consolidator = consolidator
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pinfold-consolidation", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._consolidator.settings.interval_s):
+            try:
+                self._consolidator.step()
+            except Exception as error:  # the database or an agent away for a moment: next round
+                print(f"pinfold controller: consolidation failed: {error}", file=sys.stderr)
+
+
 def serve(config: ControllerConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     admin_token, agent_token = config.tokens()
@@ -115,10 +150,20 @@ def serve(config: ControllerConfig) -> None:
         signal.signal(signum, lambda *_: sys.exit(0))
     upkeep = Upkeep(controller, config.heartbeat_period_s)
     upkeep.start()
+    consolidator = Consolidator(
+        controller,
+        consolidation_settings(config),
+        lambda text: print(f"pinfold controller: {text}", flush=True),
+    )
+    consolidating = Consolidating(consolidator) if config.consolidate else None
+    if consolidating is not None:
+        consolidating.start()
     try:
-        app = create_app(controller, admin_token, agent_token, config.slackvm_open_networks)
+        app = create_app(controller, admin_token, agent_token, config.slackvm_open_networks, consolidator)
         serving.run(app, config, config.listen, config.port, "pinfold controller")
     finally:
+        if consolidating is not None:
+            consolidating.stop()
         upkeep.stop()
         clients.close()
         controller.store.engine.dispose()
