@@ -305,3 +305,17 @@ def test_the_cli_migrates_and_drains_with_progress(cluster):
     code, out = cli(cluster, "host", "drain", "h2", "--migrate", "--explain")
     assert code == 1, out  # h1 drains: nowhere to go
     assert "no target" in out
+
+
+def test_removing_a_host_by_force_ends_the_migrations_of_the_vms_it_forgets(cluster):
+    """Else they stay in flight for ever, and hold the consolidation's budget."""
+    cluster.add_host("h1")
+    create(cluster, "web")
+    cluster.add_host("h2")
+    controller = cluster.controller
+    controller.store.reserve_migration("web", "h2", controller._fits, time.time())
+    removed = cluster.http.delete("/api/v1/hosts/h1", params={"force": "true"})
+    assert removed.status_code == 200, removed.text
+    [ended] = migrations(cluster)
+    assert ended["outcome"] == "failed"
+    assert "h1 was removed" in ended["detail"]

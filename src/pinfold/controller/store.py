@@ -397,7 +397,8 @@ class ControllerStore:
 
     def remove_host(self, host_id: str, force: bool, now: float) -> list[VMRecord]:
         """Remove a host and revoke its credential ("host removed"), and with
-        `force` forget its VMs (their agent is not asked: it may be gone);
+        `force` forget its VMs (their agent is not asked: it may be gone; the
+        migrations of those moving off it end as failed);
         without, `HostInUseError` while it has VMs. The VMs forgotten."""
         with self._write() as session:
             host = session.get(Host, host_id, with_for_update=True)
@@ -408,6 +409,16 @@ class ControllerStore:
                 raise HostInUseError(host_id, [row.name for row in rows])
             for row in rows:
                 session.delete(row)
+            session.execute(
+                update(Migration)
+                .where(Migration.vm.in_([row.name for row in rows]), Migration.outcome.is_(None))
+                .values(
+                    outcome="failed",
+                    finished=now,
+                    seconds=now - Migration.started,
+                    detail=f"{host_id} was removed",
+                )
+            )
             session.flush()  # the VMs first: they refer to the host
             if host.credential_digest is not None:
                 session.add(RevokedCredential(digest=host.credential_digest, host_id=host_id, revoked_at=now))
