@@ -110,12 +110,17 @@ def test_a_stopped_target_leaves_the_vm_running_on_its_source(cluster):
     assert failed["seconds"] is not None
 
 
-def test_a_drain_the_others_cannot_take_refuses_and_moves_nothing(cluster):
+def no_room_for_h1s_vms(cluster: LocalCluster) -> None:
+    """h1 holds two VMs of 8000 MiB, h2 has room for one only."""
     cluster.add_host("h1")
     create(cluster, "a", memory_mib=8000)
     create(cluster, "b", memory_mib=8000)
     cluster.add_host("h2")
     create(cluster, "filler", memory_mib=20000)
+
+
+def test_a_drain_the_others_cannot_take_refuses_and_moves_nothing(cluster):
+    no_room_for_h1s_vms(cluster)
     response = cluster.http.post("/api/v1/hosts/h1/drain", json={"migrate": True})
     assert response.status_code == 409, response.text
     body = response.json()
@@ -185,11 +190,7 @@ def cli(cluster: LocalCluster, *args: str) -> tuple[int, str]:
 
 
 def test_the_cli_explains_a_migration_and_a_drain_it_refuses(cluster):
-    cluster.add_host("h1")
-    create(cluster, "a", memory_mib=8000)
-    create(cluster, "b", memory_mib=8000)
-    cluster.add_host("h2")
-    create(cluster, "filler", memory_mib=20000)
+    no_room_for_h1s_vms(cluster)
     code, out = cli(cluster, "vm", "migrate", "a", "--explain")
     assert code == 0, out
     assert "a on h1 would move to h2" in out
@@ -319,3 +320,19 @@ def test_removing_a_host_by_force_ends_the_migrations_of_the_vms_it_forgets(clus
     [ended] = migrations(cluster)
     assert ended["outcome"] == "failed"
     assert "h1 was removed" in ended["detail"]
+
+
+def test_a_migration_holds_its_room_on_the_target_against_creates(cluster):
+    """While a VM moves, a create cannot take the room reserved for it on the
+    target (nor its room on the source): the reservation is a create's."""
+    cluster.add_host("h1")
+    create(cluster, "mover", memory_mib=16000)
+    cluster.add_host("h2")
+    controller = cluster.controller
+    with controller._moving_lock:  # a controller at work on it: its heartbeats leave it be
+        controller._moving.add("mover")
+    controller.store.reserve_migration("mover", "h2", controller._fits, time.time())
+    late = cluster.http.post("/api/v1/vms", json={"name": "late", "vcpus": 1, "memory_mib": 20000})
+    assert late.status_code == 409, late.text
+    assert set(late.json()["hosts"]) == {"h1", "h2"}
+    assert all("not enough memory" in why for why in late.json()["hosts"].values()), late.json()["hosts"]
