@@ -28,7 +28,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pinfold.model.defaults import ACTION_TIMEOUT_S, CONTROLLER_PORT
+from pinfold.model.defaults import ACTION_TIMEOUT_S, CONTROLLER_PORT, MIGRATION_TIMEOUT_S
 from pinfold.model.vm import MAX_BULK, MAX_SSH_KEY_LENGTH, MAX_SSH_KEYS, MAX_USER_DATA_BYTES
 from pinfold.tls import client_context, tls_failure, warn_plain_url
 
@@ -95,8 +95,10 @@ def request(
     path: str,
     body: dict[str, Any] | None = None,
     params: dict[str, str] | None = None,
+    timeout_s: float | None = REQUEST_TIMEOUT_S,
 ) -> httpx.Response:
-    """`params` go in the query string, encoded by httpx."""
+    """`params` go in the query string, encoded by httpx; `timeout_s` None:
+    no limit (a drain's answer comes when its last VM moved)."""
     headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
     url = where.url.rstrip("/") + path
     warn_plain_url("pinfold", where.url)
@@ -107,7 +109,7 @@ def request(
         raise typer.Exit(2) from None
     try:
         return httpx.request(
-            method, url, json=body, params=params, headers=headers, timeout=REQUEST_TIMEOUT_S, verify=verify
+            method, url, json=body, params=params, headers=headers, timeout=timeout_s, verify=verify
         )
     except httpx.HTTPError as exc:
         why = tls_failure(exc) or str(exc)
@@ -428,7 +430,9 @@ def vm_migrate(
     """Move a running VM live to another host."""
     path = f"/api/v1/vms/{_segment(name)}/migrate"
     params = {"explain": "true"} if explain else None
-    body = answer(request(endpoint(url, token, ca), "POST", path, {"to": to}, params=params), as_json, True)
+    where = endpoint(url, token, ca)
+    sent = request(where, "POST", path, {"to": to}, params=params, timeout_s=MIGRATION_TIMEOUT_S + 60)
+    body = answer(sent, as_json, True)
     show(body, as_json, move_choice if explain else lambda b: migration_table([b["migration"]]))
 
 
@@ -542,7 +546,11 @@ def host_drain(
         show(answer(request(where, "POST", path), as_json), as_json, lambda h: host_table([h]))
         return
     if as_json and not explain:
-        print(json.dumps(answer(request(where, "POST", path, {"migrate": True}), as_json), indent=1))
+        print(
+            json.dumps(
+                answer(request(where, "POST", path, {"migrate": True}, timeout_s=None), as_json), indent=1
+            )
+        )
         return
     plan = answer(request(where, "POST", path, {"migrate": True}, params={"explain": "true"}), as_json)
     emptied = host_id in plan["emptied"]
@@ -589,7 +597,9 @@ def _drain_with_progress(where: Endpoint, path: str, host_id: str, moves: list[d
     with Progress(*columns, console=console) as progress, ThreadPoolExecutor(1) as pool:
         task = progress.add_task(f"draining {host_id}", total=len(moves))
         done = threading.Event()
-        posted: Future[httpx.Response] = pool.submit(request, where, "POST", path, {"migrate": True})
+        posted: Future[httpx.Response] = pool.submit(
+            request, where, "POST", path, {"migrate": True}, None, None
+        )
         posted.add_done_callback(lambda _: done.set())
         while True:
             finished = done.wait(PROGRESS_POLL_S)

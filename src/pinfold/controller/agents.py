@@ -27,7 +27,7 @@ from typing import Any
 
 import httpx
 
-from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S
+from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S, MIGRATION_TIMEOUT_S
 from pinfold.model.refusal import refusal_from_json
 from pinfold.model.vm import NIC, VMRequest
 from pinfold.placement import Refusal
@@ -41,11 +41,6 @@ __all__ = [
     "AgentRefusedError",
     "AgentUnreachableError",
 ]
-
-
-#: how long the source's send may take: a live migration copies the guest's memory
-#: (and its disks when they are not shared) before it answers
-MIGRATION_TIMEOUT_S = 1800.0
 
 
 class AgentError(Exception):
