@@ -38,7 +38,9 @@ Transitions (`transition(state, action)`; every other pair is refused):
 | any other | - | - | - | - | deleting |
 
 Delete is legal in every state (it forces the guest off); its next state is
-the controller's `deleting` (the agent forgets the VM instead). A refusal is
+the controller's `deleting` (the agent forgets the VM instead). The agent
+refuses it only while a live migration has the guest in flight (`migrating`,
+`incoming`): that migration's end, or its abort, decides. A refusal is
 `Refused`, a `PinfoldError` of code "invalid" (HTTP 409), naming the state.
 
 Who consults it: the agent, with the state the hypervisor reports just
