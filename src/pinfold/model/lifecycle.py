@@ -41,7 +41,9 @@ Transitions (`transition(state, action)`; every other pair is refused):
 Delete is legal in every state but `migrating` (it forces the guest off: a
 VM moving between two hosts is deleted once it landed, or once its move
 failed and it is back on its source); its next state is
-the controller's `deleting` (the agent forgets the VM instead). A refusal is
+the controller's `deleting` (the agent forgets the VM instead). The agent
+refuses it for `incoming` too (the target of a move): that migration's end,
+or its abort, decides. A refusal is
 `Refused`, a `PinfoldError` of code "invalid" (HTTP 409), naming the state.
 
 Who consults it: the agent, with the state the hypervisor reports just
