@@ -477,7 +477,7 @@ class ControllerStore:
     def reserve(self, vm: VMRequest, host_id: str, fits: Fits, now: float) -> VMRecord:
         """Take room for `vm` on the host, atomically with checking that it fits.
 
-        Under the host's lock (`_admit_on`): load the host and the VMs it
+        Under the host's lock (`_locked`, `_admit_on`): load the host and the VMs it
         holds (every VM row holds its resources until deleted), ask `fits`,
         and insert the VM as `reserved` only if it fits. Raises `RefusedError`
         with `fits`'s text, `DuplicateVMError` when the name is taken (on any
@@ -485,10 +485,12 @@ class ControllerStore:
         """
         try:
             with self._write() as session:
+                host = self._locked(session, host_id)
+                # after the lock: a create of the same name that held it has committed by now
                 existing = session.get(VM, vm.name)
                 if existing is not None:
                     raise DuplicateVMError(_vm_record(existing))
-                self._admit_on(session, host_id, vm, fits)
+                self._admit_on(session, host, vm, fits)
                 row = VM(
                     name=vm.name,
                     seq=_next_seq(session),
@@ -514,19 +516,24 @@ class ControllerStore:
                 raise StoreError(f"vm {vm.name!r} breaks a rule of the schema: {exc.orig}") from exc
             raise DuplicateVMError(taken) from None
 
-    def _admit_on(self, session: Session, host_id: str, vm: VMRequest, fits: Fits) -> None:
-        """The reservation's check, for a create and a migration alike: lock
-        the host, replay what it holds (its VMs and those moving to it) and
-        ask `fits` about `vm`; `RefusedError` or `UnknownHostError` if not."""
+    @staticmethod
+    def _locked(session: Session, host_id: str) -> Host:
+        """The host's row, locked until the transaction ends (`UnknownHostError`)."""
         host = session.get(Host, host_id, with_for_update=True)
         if host is None:
             raise UnknownHostError(host_id)
-        on_host = [_vm_record(row) for row in session.scalars(_held_on(host_id))]
+        return host
+
+    def _admit_on(self, session: Session, host: Host, vm: VMRequest, fits: Fits) -> None:
+        """The reservation's check, for a create and a migration alike, under
+        the host's lock (`_locked`): replay what the host holds (its VMs and
+        those moving to it) and ask `fits` about `vm`; `RefusedError` if not."""
+        on_host = [_vm_record(row) for row in session.scalars(_held_on(host.id))]
         reason = fits(self._host_record(session, host), on_host, vm)
         if isinstance(reason, tuple):
-            raise RefusedError(host_id, *reason)
+            raise RefusedError(host.id, *reason)
         if reason is not None:
-            raise RefusedError(host_id, reason)
+            raise RefusedError(host.id, reason)
 
     # -- migrations ------------------------------------------------------------
 
@@ -545,7 +552,7 @@ class ControllerStore:
             if row.host_id == target:
                 raise StoreError(f"{name} is on {target} already")
             source = row.host_id
-            self._admit_on(session, target, _vm_record(row).request, fits)
+            self._admit_on(session, self._locked(session, target), _vm_record(row).request, fits)
             row = session.get(VM, name, with_for_update=True, populate_existing=True)
             if row is None or row.state != VMState.RUNNING.value or row.host_id != source:
                 raise StoreError(f"{name} changed while its migration was being reserved")
