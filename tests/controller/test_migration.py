@@ -149,21 +149,34 @@ def test_a_migrating_vm_takes_no_action_and_no_delete(cluster):
     assert [m["outcome"] for m in migrations(cluster)] == [None]
 
 
-def test_a_stale_migration_whose_source_still_runs_it_goes_back(cluster):
-    """The controller died after reserving (no agent asked): the source's
-    heartbeats report the VM running, so the target's room is released."""
+@pytest.mark.parametrize("prepared", [False, True], ids=["reserved", "prepared"])
+def test_a_stale_migration_whose_source_still_runs_it_goes_back(cluster, prepared):
+    """The controller died after reserving (no agent asked), or after the
+    target prepared: the source's heartbeats report the VM running, so the
+    target's room is released, in the directory and on its agent."""
     cluster.add_host("h1")
-    create(cluster, "web")
+    create(cluster, "web", memory_mib=1024)
     cluster.add_host("h2")
     controller = cluster.controller
     long_ago = time.time() - 2 * STALE_AFTER_S
+    with controller._moving_lock:  # a controller at work on it...
+        controller._moving.add("web")
     controller.store.reserve_migration("web", "h2", controller._fits, long_ago)
+    if prepared:
+        src = controller.agent_for(controller.store.host("h1"))
+        dst = controller.agent_for(controller.store.host("h2"))
+        dst.prepare_migration(src.get("web") or {}, "h1")
+        assert cluster.hosts["h2"].agent.allocator.memory_allocated_mib == 1024
+    with controller._moving_lock:  # ...which dies here
+        controller._moving.discard("web")
     cluster.wait(lambda: vm(cluster, "web")["state"] == "running", "the heartbeat to settle the migration")
     after = vm(cluster, "web")
     assert (after["host"], after["target"]) == ("h1", None)
     [ended] = migrations(cluster)
     assert ended["outcome"] == "failed"
     assert "the source still has it" in ended["detail"]
+    assert on_agents(cluster) == {"h1": {"web"}, "h2": set()}
+    assert cluster.hosts["h2"].agent.allocator.memory_allocated_mib == 0
 
 
 @pytest.mark.parametrize(
