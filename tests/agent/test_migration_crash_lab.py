@@ -74,6 +74,11 @@ class Side:
         assert self.daemon.process.wait(timeout=30) == -signal.SIGKILL
         self.start()
 
+    def create_guest(self) -> None:
+        """The test guest (1 vCPU, 128 MiB), made here."""
+        made = self.call("POST", "/api/v1/vms", {"name": NAME, "vcpus": 1, "memory_mib": 128})
+        assert made.status_code == 201, made.text
+
     def vms(self) -> dict[str, dict[str, Any]]:
         return {vm["name"]: vm for vm in self.call("GET", "/api/v1/vms").json()}
 
@@ -120,43 +125,34 @@ def one_running_copy(source: Side, target: Side) -> Side:
     return where[0]
 
 
-def test_the_source_killed_after_marking_keeps_the_guest(sides):
+@pytest.mark.parametrize(
+    ("point", "then", "runs_on"),
+    [("migrate:marked", "abort", "source"), ("migrate:sent", "commit", "target")],
+    ids=["after-marking", "after-sending"],
+)
+def test_the_source_killed_during_its_send(sides, point, then, runs_on):
+    """Killed once the VM is marked (nothing sent: the controller aborts, the
+    guest stays) or once libvirt sent it (the controller commits, it left)."""
     source, target = sides
-    source.start("migrate:marked")
+    source.start(point)
     target.start()
-    assert (
-        source.call("POST", "/api/v1/vms", {"name": NAME, "vcpus": 1, "memory_mib": 128}).status_code == 201
-    )
+    source.create_guest()
     prepared = prepare(source, target).json()
     with pytest.raises(httpx.HTTPError):
         send(source, target, prepared)
     source.killed()
-    assert target.call("DELETE", f"/api/v1/migrations/{NAME}").status_code == 204  # the controller's abort
-    assert one_running_copy(source, target) is source
-
-
-def test_the_source_killed_after_sending_forgets_the_guest(sides):
-    source, target = sides
-    source.start("migrate:sent")
-    target.start()
-    assert (
-        source.call("POST", "/api/v1/vms", {"name": NAME, "vcpus": 1, "memory_mib": 128}).status_code == 201
-    )
-    prepared = prepare(source, target).json()
-    with pytest.raises(httpx.HTTPError):
-        send(source, target, prepared)
-    source.killed()
-    assert target.call("POST", f"/api/v1/migrations/{NAME}/commit").status_code == 200
-    assert one_running_copy(source, target) is target
+    if then == "abort":
+        assert target.call("DELETE", f"/api/v1/migrations/{NAME}").status_code == 204
+    else:
+        assert target.call("POST", f"/api/v1/migrations/{NAME}/commit").status_code == 200
+    assert one_running_copy(source, target) is {"source": source, "target": target}[runs_on]
 
 
 def test_the_target_killed_after_storing_its_reservation_drops_it(sides):
     source, target = sides
     source.start()
     target.start("incoming:stored")
-    assert (
-        source.call("POST", "/api/v1/vms", {"name": NAME, "vcpus": 1, "memory_mib": 128}).status_code == 201
-    )
+    source.create_guest()
     with pytest.raises(httpx.HTTPError):
         prepare(source, target)
     target.killed()
@@ -168,9 +164,7 @@ def test_the_target_killed_while_committing_keeps_the_guest(sides):
     source, target = sides
     source.start()
     target.start("incoming:arrived")
-    assert (
-        source.call("POST", "/api/v1/vms", {"name": NAME, "vcpus": 1, "memory_mib": 128}).status_code == 201
-    )
+    source.create_guest()
     prepared = prepare(source, target).json()
     assert send(source, target, prepared).status_code == 200
     with pytest.raises(httpx.HTTPError):
@@ -207,9 +201,7 @@ def test_the_source_killed_while_libvirt_migrates_forgets_the_guest_that_leaves(
     source, target = sides
     source.start()
     target.start()
-    assert (
-        source.call("POST", "/api/v1/vms", {"name": NAME, "vcpus": 1, "memory_mib": 128}).status_code == 201
-    )
+    source.create_guest()
     counting(source.host.data / "consoles" / f"{NAME}.log")
     domain = source.host.connection.lookupByName(NAME)
     domain.migrateSetMaxSpeed(1, 0)  # MiB/s: it never converges, until the test lets it
