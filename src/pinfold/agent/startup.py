@@ -123,10 +123,8 @@ class StartUp(Making):
             return self._finish_migrate_out(vm)
         elif step.action in (Action.FINISH_SHUTDOWN, Action.ARRIVED):
             self._set(step.name, state_of(observed[vm.domain].state), None)
-        elif step.action is Action.LEFT:
-            self._forget(step.name, keep_disk=self.settings.migration_storage != "copy")
-        elif step.action is Action.DROP:
-            self._forget(step.name)
+        elif step.action in (Action.LEFT, Action.DROP):
+            self._forget_migrating(step.name)
         elif step.action is Action.MISSING:
             self._set(step.name, VMState.MISSING, None)
         return None
@@ -148,7 +146,7 @@ class StartUp(Making):
         except DriverError as error:
             if error.code != "not found":
                 raise
-            self._forget(vm.spec.name, keep_disk=self.settings.migration_storage != "copy")
+            self._forget_migrating(vm.spec.name)
             return Action.LEFT
         self._set(vm.spec.name, state_of(state), None)
         return None
