@@ -30,7 +30,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,18 +39,19 @@ from typing import Any
 import pytest
 
 from tests.netlab import (
-    DAEMON_TIMEOUT_S,
     PRIVATE_DIRS,
     QEMU_CONF,
     REQUIRE_LIBVIRT,
     LabUnavailableError,
     _alive,
-    _check,
     _libvirt,
     _pid_from,
     _run,
     _stop,
+    destroy_libvirt_objects,
+    make_namespace,
     network_xml,
+    open_when_up,
     pids_in_netns,
 )
 
@@ -179,14 +179,7 @@ class MigrationLab:
         return lab
 
     def _make_namespace(self) -> None:
-        added = _run("ip", "netns", "add", self.netns)
-        if added.returncode != 0:
-            raise LabUnavailableError(f"ip netns add refused: {added.stderr.strip()}")
-        self.netns_inode = os.stat(f"/run/netns/{self.netns}").st_ino
-        _check(_run("ip", "-n", self.netns, "link", "set", "lo", "up"), "bring lo up in the lab")
-        probe = _run("ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private", "true")
-        if probe.returncode != 0:
-            raise LabUnavailableError(f"unshare -m refused: {probe.stderr.strip()}")
+        self.netns_inode = make_namespace(self.netns)
 
     def _start(self, host: LabHost) -> None:
         for name, _ in PRIVATE_DIRS:
@@ -215,16 +208,7 @@ class MigrationLab:
         assert host.reaper.stdout is not None
         if host.reaper.stdout.readline().strip() != "ready":
             raise RuntimeError(f"the daemons of host {host.name} did not start (exit {host.reaper.wait(10)})")
-        libvirt = _libvirt()
-        deadline = time.monotonic() + DAEMON_TIMEOUT_S
-        while True:
-            try:
-                host.connection = libvirt.open(host.uri)
-                return
-            except libvirt.libvirtError as error:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"host {host.name}'s libvirtd does not answer: {error}") from None
-                time.sleep(0.05)
+        host.connection = open_when_up(host.uri, f"host {host.name}'s libvirtd")
 
     def define_network(self, name: str) -> None:
         """The same isolated network `name` on both hosts (each on its own bridge and subnet)."""
@@ -267,25 +251,9 @@ class MigrationLab:
 
 def _destroy_domains(host: LabHost) -> None:
     """Destroy and undefine every domain and network of a host still up."""
-    if host.connection is None:
-        return
-    libvirt = _libvirt()
     connection, host.connection = host.connection, None
-    with contextlib.suppress(libvirt.libvirtError):
-        for domain in connection.listAllDomains():
-            with contextlib.suppress(libvirt.libvirtError):
-                persistent = domain.isPersistent()
-                if domain.isActive():
-                    domain.destroy()
-                if persistent:
-                    domain.undefine()
-        for network in connection.listAllNetworks():
-            with contextlib.suppress(libvirt.libvirtError):
-                if network.isActive():
-                    network.destroy()
-                network.undefine()
-    with contextlib.suppress(libvirt.libvirtError):
-        connection.close()
+    if connection is not None:
+        destroy_libvirt_objects(connection)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ crash point's pending mark."""
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -17,11 +18,13 @@ import pytest
 from pinfold.agent.api import create_app
 from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers import SimDriver
+from pinfold.agent.migration import Outgoing
 from pinfold.agent.reconcile import Action
 from pinfold.agent.service import Agent, AgentSettings, VMRequest
 from pinfold.agent.store import Pending, Store
 from pinfold.model.lifecycle import VMState
 from pinfold.topology import Topology
+from tests.agent.conftest import qemu_img_or_skip
 from tests.servers import Served
 
 TOKEN = "test-token-0123456789abcdef"
@@ -296,3 +299,42 @@ def test_a_restart_forgets_a_vm_that_left_and_keeps_one_still_here(tmp_path, i7)
     assert len(again.vnode_layout()[2.0]) == 1  # the room "left" held is given back
     assert pins_of(driver, "stayed") == frozenset(again.pinning("stayed"))
     again.close()
+
+
+@pytest.fixture
+def shared_hosts(tmp_path: Path, i7: Topology) -> Iterator[tuple[Agent, Agent, Path]]:
+    """Two sim agents whose disks are on one shared directory, and a base image."""
+    qemu_img_or_skip()
+    images = tmp_path / "images"
+    images.mkdir()
+    base = images / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"], check=True)
+    settings = AgentSettings(
+        domain_type="qemu", image_dirs=(images,), disk_dir=tmp_path / "shared", migration_storage="shared"
+    )
+    a = Agent.open(i7, SimDriver(), Store(tmp_path / "a.db"), settings)
+    b = Agent.open(i7, SimDriver(), Store(tmp_path / "b.db"), settings)
+    yield a, b, base
+    a.close()
+    b.close()
+
+
+def test_an_abort_on_shared_storage_keeps_the_disk_the_source_runs_on(shared_hosts):
+    a, b, base = shared_hosts
+    a.create(VMRequest("web", 1, 256, 1.0, image=str(base)))
+    disk = a.disk_allocated_bytes("web")
+    assert disk is not None
+    b.prepare_incoming(VMRequest("web", 1, 256, 1.0, image=str(base)), "web", "a")
+    b.abort_incoming("web")
+    assert a.disk_allocated_bytes("web") is not None  # the source's disk is the target's too
+    stored = b.find("web")
+    assert stored is None
+
+
+def test_a_migration_on_shared_storage_leaves_the_disk_to_the_target(shared_hosts):
+    a, b, base = shared_hosts
+    a.create(VMRequest("web", 1, 256, 1.0, image=str(base)))
+    incoming = b.prepare_incoming(VMRequest("web", 1, 256, 1.0, image=str(base)), "web", "a")
+    a.migrate_out("web", Outgoing("b", frozenset(incoming.cpus), None, None))
+    assert b.commit_incoming("web").state is VMState.RUNNING
+    assert b.disk_allocated_bytes("web") is not None

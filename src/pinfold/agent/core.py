@@ -77,6 +77,9 @@ class AgentSettings:
     peer_libvirt_uri: str = ""
     #: the address QEMU's incoming migration stream listens on here, e.g. 127.0.0.1 ("": none)
     migration_address: str = ""
+    #: how long a start waits for a migration the hypervisor still carries out (the agent
+    #: was killed during its send) before it decides whether the guest stayed or left
+    migration_wait_s: float = 600.0
 
     @property
     def default_nic(self) -> NIC | None:

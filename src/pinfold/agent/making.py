@@ -155,6 +155,12 @@ class Making(PinKeeping):
         # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
         self._repin(change.repinned)
 
+    def _forget_migrating(self, name: str) -> None:
+        """Forget a VM that a live migration moves (here or away): its disk
+        file is this host's own only when disks are copied; on shared storage
+        it is the one the guest runs on, on whichever host, and stays."""
+        self._forget(name, keep_disk=self.settings.migration_storage != "copy")
+
     def _remove_serial_log(self, domain: str) -> None:
         """The console log goes with its VM (a VM made again later under the
         same name starts a log of its own)."""

@@ -99,7 +99,7 @@ class Migrating(Lifecycle):
             self._ready_disk(vm, base)
             failed = self._repin(change.repinned)
             if failed:  # its neighbours would overlap its vNode: give the room back
-                self._forget(spec.name)
+                self._forget_migrating(spec.name)
                 raise AgentError("hypervisor failed", "cannot re-pin " + "; ".join(failed))
             log.info(
                 "prepared %s to come from %s on CPUs %s",
@@ -148,7 +148,7 @@ class Migrating(Lifecycle):
             return self._migration_failed(vm, to.target, error)
         crash_point("migrate:sent")
         with self.lock:
-            self._forget(name, keep_disk=storage != "copy")
+            self._forget_migrating(name)
         log.info("%s migrated to %s in %.2f s", name, to.target, done.seconds)
         return vm, done.seconds, done.downtime_ms
 
@@ -168,7 +168,7 @@ class Migrating(Lifecycle):
                 log.warning(
                     "%s: the migration to %s reported %s, but the guest left: forgotten", name, target, error
                 )
-                self._forget(name, keep_disk=self.settings.migration_storage != "copy")
+                self._forget_migrating(name)
                 return vm, 0.0, None
             self._set(name, self._observed_state(vm.domain, VMState.RUNNING), None)
         raise AgentError("migration failed", f"{name} to {target}: {error.detail}") from error
@@ -218,4 +218,4 @@ class Migrating(Lifecycle):
                 except DriverError as error:
                     if error.code != "not found":
                         raise AgentError("hypervisor failed", str(error)) from error
-            self._forget(name)
+            self._forget_migrating(name)

@@ -13,7 +13,7 @@ touched, so after a crash at any point:
 | VM | delete | no domain | forget the VM |
 | VM | shutdown | domain | record the state it is in (the wait was cut short) |
 | VM | shutdown | no domain | report it missing |
-| VM | migrate-out | domain | the migration failed or never began: record its state, clear the mark |
+| VM | migrate-out | domain | stay: once no migration moves it away (waited for), record its state |
 | VM | migrate-out | no domain | it left (the target has it): forget the VM, its disk kept unless copied |
 | VM | incoming | domain | it arrived: record its state, clear the mark, check pins |
 | VM | incoming | no domain | it never came: drop the reservation (forget the VM) |
@@ -21,6 +21,11 @@ touched, so after a crash at any point:
 | VM | none | no domain | report it missing (never recreated silently) |
 | none | - | pinfold domain | report it as unknown, never touch it |
 | none | - | other domain | ignore it |
+
+A migrate-out's `stay` may turn out `left` when carried out: the agent was
+killed during its send and the hypervisor still migrates the guest (peer to
+peer, its daemon goes on), so the start waits for that migration to end and
+forgets the VM if it left (`StartUp._finish_migrate_out`).
 
 A stored VM's domain is the one named `domain` (a VM handed out by a warm pool
 keeps its domain's name); the steps name the VMs.

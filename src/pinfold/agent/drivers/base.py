@@ -111,6 +111,10 @@ class Driver(Protocol):
         DriverError "invalid" for a guest that is not running; any other
         failure leaves the guest running here, where the hypervisor allows."""
 
+    def migrating_out(self, name: str) -> bool:
+        """Whether guest `name` is being migrated away from here right now (by a
+        migration an agent started before it was killed: the daemon goes on)."""
+
     def receive(self, spec: DomainSpec) -> None:
         """Take in guest `spec.name`, migrated here by a peer's `migrate`:
         DriverError "not found" when it has not arrived (or does not run)."""

@@ -340,6 +340,17 @@ class LibvirtDriver:
             downtime_ms=int(downtime) if downtime is not None else None,
         )
 
+    def migrating_out(self, name: str) -> bool:
+        """libvirt's job on the domain is an outgoing migration (none: no job,
+        or no such domain)."""
+        try:
+            domain = self._conn.lookupByName(name)
+            stats = domain.jobStats()
+        except libvirt.libvirtError:
+            return False
+        active = stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE
+        return bool(active and stats.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT)
+
     def receive(self, spec: DomainSpec) -> None:
         """A migrated guest arrives running and persistent (PERSIST_DEST):
         nothing to make here, only to check that it came."""
