@@ -7,15 +7,18 @@ SQLite and PostgreSQL (the `database_url` fixture)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from pinfold.cli import app
-from tests.controller.cluster import ADMIN, STALE_AFTER_S, LocalCluster
+from tests.controller.cluster import ADMIN, ADMIN_AUTH, STALE_AFTER_S, LocalCluster
 
 
 @pytest.fixture
@@ -349,3 +352,32 @@ def test_a_migration_holds_its_room_on_the_target_against_creates(cluster):
     assert late.status_code == 409, late.text
     assert set(late.json()["hosts"]) == {"h1", "h2"}
     assert all("not enough memory" in why for why in late.json()["hosts"].values()), late.json()["hosts"]
+
+
+def test_two_migrations_at_once_to_the_last_room_of_a_host_one_is_refused(cluster):
+    """h2 has room for one of the two: exactly one moves, the other is
+    refused by the reservation (`no host`), before any agent is asked."""
+    cluster.add_host("h1")
+    create(cluster, "a", memory_mib=16000)
+    cluster.add_host("h3")
+    assert cluster.http.post("/api/v1/hosts/h1/drain").status_code == 200
+    create(cluster, "b", memory_mib=16000)
+    assert cluster.http.post("/api/v1/hosts/h1/undrain").status_code == 200
+    cluster.add_host("h2")
+    start = threading.Barrier(2)
+
+    def move(name: str) -> int:
+        start.wait()
+        response = httpx.post(
+            f"{cluster.url}/api/v1/vms/{name}/migrate", json={"to": "h2"}, headers=ADMIN_AUTH, timeout=30
+        )
+        assert response.status_code in (200, 409), response.text
+        if response.status_code == 409:
+            assert response.json()["error"] == "no host", response.text
+        return response.status_code
+
+    with ThreadPoolExecutor(2) as pool:
+        codes = sorted(pool.map(move, ["a", "b"]))
+    assert codes == [200, 409]
+    assert len(on_agents(cluster)["h2"]) == 1
+    assert [m["outcome"] for m in migrations(cluster)] == ["done"]
