@@ -234,6 +234,7 @@ def test_a_migration_moves_the_vm_and_both_hosts_numbers(cluster):
     assert (moved["migration"]["source"], moved["migration"]["target"]) == ("h1", "h2")
     assert moved["migration"]["outcome"] == "done"
     assert moved["migration"]["elapsed_s"] >= 0
+    assert moved["migration"]["detail"].startswith("job "), moved["migration"]  # the source's job time
     assert (moved["vm"]["host"], moved["vm"]["state"], moved["vm"]["target"]) == ("h2", "running", None)
     assert on_agents(cluster) == {"h1": set(), "h2": {"web"}}
     assert (source.memory_allocated_mib, target.memory_allocated_mib) == (
@@ -304,6 +305,7 @@ def test_a_stale_migration_whose_source_let_it_go_lands_on_the_target(cluster):
     assert cluster.hosts["h2"].agent.vms["web"].state == "running"
     [ended] = migrations(cluster)
     assert ended["outcome"] == "done"
+    assert ended["detail"].startswith("landed by a heartbeat"), ended
 
 
 def test_the_cli_migrates_and_drains_with_progress(cluster):

@@ -843,21 +843,21 @@ class Controller:
                     raise ControllerError("agent failed", f"{target.id}: {error}") from error
                 attempt.refused[target.id] = f"agent refused: {error}"
                 return None
-            self._send(migration, src, dst, prepared)
-            return self._land(migration, dst)
+            sent = self._send(migration, src, dst, prepared)
+            return self._land(migration, dst, _job(sent))
         finally:
             with self._moving_lock:
                 self._moving.discard(name)
 
     def _send(
         self, migration: MigrationRecord, src: AgentClient, dst: AgentClient, prepared: dict[str, Any]
-    ) -> None:
+    ) -> dict[str, Any]:
         """Step 2, the source's live send; on its definite failure the target
         aborts and the VM stays where it runs. An answer lost after it was
         sent leaves the VM `migrating`: the heartbeats tell where it is."""
         name = migration.vm
         try:
-            src.send_migration(name, migration.target, prepared)
+            return src.send_migration(name, migration.target, prepared)
         except AgentRefusedError as error:
             _abort(dst, name)
             self._move_failed(migration, f"{migration.source} did not send it: {error}")
@@ -872,9 +872,10 @@ class Controller:
             self._move_failed(migration, f"{migration.source}: {error.detail}")
             raise ControllerError("agent failed", f"{migration.source}: {error.detail}") from error
 
-    def _land(self, migration: MigrationRecord, dst: AgentClient) -> MigrationRecord:
-        """Step 3: commit on the target, then the record moves there. A commit
-        refused because it was committed already (another replica) counts."""
+    def _land(self, migration: MigrationRecord, dst: AgentClient, detail: str = "") -> MigrationRecord:
+        """Step 3: commit on the target, then the record moves there (`detail`:
+        the migration's words, the source's job time). A commit refused
+        because it was committed already (another replica) counts."""
         name = migration.vm
         try:
             dst.commit_migration(name)
@@ -887,7 +888,7 @@ class Controller:
         except AgentUnreachableError as error:
             detail = f"{migration.target}: {error.detail}; {name} stays migrating until the heartbeats tell"
             raise ControllerError("agent failed", detail) from error
-        ended = self.store.end_migration(migration.id, self.clock(), moved=True)
+        ended = self.store.end_migration(migration.id, self.clock(), moved=True, detail=detail)
         self._moved(migration)
         if ended is None:  # ended by another replica or a heartbeat meanwhile
             ended = next((m for m in self.store.migrations() if m.id == migration.id), migration)
@@ -937,7 +938,7 @@ class Controller:
             self._move_failed(migration, "neither host has it (its target was removed)", VMState.MISSING)
             return
         try:
-            self._land(migration, dst)
+            self._land(migration, dst, "landed by a heartbeat: its controller stopped after the send")
         except _NotLandedError:  # the target answered that it does not have it either
             self._move_failed(migration, "neither host has it", VMState.MISSING)
         except ControllerError:
@@ -1041,6 +1042,17 @@ def _on(source: AgentClient, name: str, host_id: str) -> dict[str, Any]:
     if body is None:
         raise AgentRefusedError("unknown vm", f"{host_id} does not have {name}", 404)
     return body
+
+
+def _job(sent: dict[str, Any]) -> str:
+    """The source's account of a live send, in words: the hypervisor's job
+    time and the guest's downtime when it knows them."""
+    parts = []
+    if isinstance(sent.get("seconds"), int | float):
+        parts.append(f"job {sent['seconds']:.2f} s")
+    if isinstance(sent.get("downtime_ms"), int | float):
+        parts.append(f"downtime {sent['downtime_ms']:g} ms")
+    return ", ".join(parts)
 
 
 def _abort(target: AgentClient, name: str) -> None:
