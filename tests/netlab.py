@@ -193,14 +193,7 @@ class NetLab:
         return lab
 
     def _make_namespace(self) -> None:
-        added = _run("ip", "netns", "add", self.netns)
-        if added.returncode != 0:
-            raise LabUnavailableError(f"ip netns add refused: {added.stderr.strip()}")
-        self.netns_inode = os.stat(f"/run/netns/{self.netns}").st_ino
-        _check(_run("ip", "-n", self.netns, "link", "set", "lo", "up"), "bring lo up in the lab")
-        probe = _run("ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private", "true")
-        if probe.returncode != 0:
-            raise LabUnavailableError(f"unshare -m refused: {probe.stderr.strip()}")
+        self.netns_inode = make_namespace(self.netns)
 
     def _start_daemons(self) -> None:
         for name, _ in PRIVATE_DIRS:
@@ -215,16 +208,7 @@ class NetLab:
         argv = ["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private"]
         pairs = [f"{name}:{mountpoint}" for name, mountpoint in PRIVATE_DIRS]
         _check(_run(*argv, "sh", "-c", START_SCRIPT, "sh", str(self.root), *pairs), "start the lab's daemons")
-        libvirt = _libvirt()
-        deadline = time.monotonic() + DAEMON_TIMEOUT_S
-        while True:
-            try:
-                self._connection = libvirt.open(self.uri)
-                return
-            except libvirt.libvirtError as error:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the lab's libvirtd does not answer: {error}\n{self.log()}") from None
-                time.sleep(0.05)
+        self._connection = open_when_up(self.uri, "the lab's libvirtd", self.log)
 
     def connection(self) -> Any:
         """The lab's libvirt connection (libvirt.virConnect)."""
@@ -343,25 +327,58 @@ class NetLab:
         """Destroy and undefine what the daemon holds, each object on its own: one
         that vanished meanwhile (a guest that powered off) must not spare the rest,
         and whatever is left is stopped by PID afterwards."""
-        if self._connection is None:
-            return
-        libvirt = _libvirt()
         connection, self._connection = self._connection, None
-        with contextlib.suppress(libvirt.libvirtError):
-            for domain in connection.listAllDomains():
-                with contextlib.suppress(libvirt.libvirtError):
-                    persistent = domain.isPersistent()  # a transient one is gone once destroyed
-                    if domain.isActive():
-                        domain.destroy()
-                    if persistent:
-                        domain.undefine()
-            for network in connection.listAllNetworks():
-                with contextlib.suppress(libvirt.libvirtError):
-                    if network.isActive():
-                        network.destroy()
-                    network.undefine()
-        with contextlib.suppress(libvirt.libvirtError):
-            connection.close()
+        if connection is not None:
+            destroy_libvirt_objects(connection)
+
+
+def open_when_up(uri: str, what: str, log: Callable[[], str] = lambda: "") -> Any:
+    """A connection to a daemon just started, once it answers (DAEMON_TIMEOUT_S at most)."""
+    libvirt = _libvirt()
+    deadline = time.monotonic() + DAEMON_TIMEOUT_S
+    while True:
+        try:
+            return libvirt.open(uri)
+        except libvirt.libvirtError as error:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} does not answer: {error}\n{log()}") from None
+            time.sleep(0.05)
+
+
+def make_namespace(netns: str) -> int:
+    """Add network namespace `netns` with `lo` up, and check that a mount
+    namespace can be made in it; its inode. LabUnavailableError where refused."""
+    added = _run("ip", "netns", "add", netns)
+    if added.returncode != 0:
+        raise LabUnavailableError(f"ip netns add refused: {added.stderr.strip()}")
+    inode = os.stat(f"/run/netns/{netns}").st_ino
+    _check(_run("ip", "-n", netns, "link", "set", "lo", "up"), "bring lo up in the lab")
+    probe = _run("ip", "netns", "exec", netns, "unshare", "-m", "--propagation", "private", "true")
+    if probe.returncode != 0:
+        raise LabUnavailableError(f"unshare -m refused: {probe.stderr.strip()}")
+    return inode
+
+
+def destroy_libvirt_objects(connection: Any) -> None:
+    """Destroy and undefine what a daemon holds, each object on its own: one
+    that vanished meanwhile (a guest that powered off) must not spare the rest,
+    and whatever is left is stopped by PID afterwards; then close the connection."""
+    libvirt = _libvirt()
+    with contextlib.suppress(libvirt.libvirtError):
+        for domain in connection.listAllDomains():
+            with contextlib.suppress(libvirt.libvirtError):
+                persistent = domain.isPersistent()  # a transient one is gone once destroyed
+                if domain.isActive():
+                    domain.destroy()
+                if persistent:
+                    domain.undefine()
+        for network in connection.listAllNetworks():
+            with contextlib.suppress(libvirt.libvirtError):
+                if network.isActive():
+                    network.destroy()
+                network.undefine()
+    with contextlib.suppress(libvirt.libvirtError):
+        connection.close()
 
 
 @dataclass(frozen=True)

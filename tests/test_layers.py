@@ -72,7 +72,8 @@ KEPT_FROM: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 
 #: the modules `Agent` is made of (pinfold.agent.service's docstring): the only ones that touch its state
 AGENT_CORE: frozenset[str] = frozenset(
-    f"pinfold.agent.{part}" for part in ("core", "pins", "making", "warm", "lifecycle", "startup", "service")
+    f"pinfold.agent.{part}"
+    for part in ("core", "pins", "making", "warm", "lifecycle", "migration", "startup", "service")
 )
 #: an agent's state: the core keeps these consistent under its lock, so nobody else touches them
 AGENT_STATE: frozenset[str] = frozenset({"vms", "allocator", "lock", "driver", "store", "disks"})

@@ -36,6 +36,11 @@ def foreign(name: str) -> GuestInfo:
         (stored("a"), ours("a"), Action.KEEP),
         (stored("a"), None, Action.MISSING),
         (stored("a"), foreign("a"), Action.MISSING),  # a foreign domain of the same name is not ours
+        (stored("a", Pending.MIGRATE_OUT), ours("a"), Action.STAY),
+        (stored("a", Pending.MIGRATE_OUT), None, Action.LEFT),
+        (stored("a", Pending.INCOMING), ours("a"), Action.ARRIVED),
+        (stored("a", Pending.INCOMING), None, Action.DROP),
+        (stored("a", Pending.INCOMING), foreign("a"), Action.DROP),
     ],
     ids=[
         "create-not-made",
@@ -47,6 +52,11 @@ def foreign(name: str) -> GuestInfo:
         "steady",
         "vanished",
         "impostor",
+        "migration-failed-or-never-began",
+        "migrated-away",
+        "migrated-here",
+        "never-came",
+        "never-came-but-a-foreign-domain-of-that-name",
     ],
 )
 def test_each_stored_vm_gets_one_step(vm, guest, action):

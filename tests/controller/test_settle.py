@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pinfold.controller.settle import NOT_REPORTED, Action, Step, Stored, plan, vm_state
+from pinfold.controller.settle import NOT_REPORTED, Action, Move, Step, Stored, move_step, plan, vm_state
 from pinfold.model.lifecycle import VMState
 
 PERIOD = 1.0
@@ -94,3 +94,18 @@ def test_vm_state_keeps_the_stored_state_for_an_agents_own():
     assert vm_state("paused", S.RUNNING) is S.PAUSED
     assert vm_state("stopping", S.RUNNING) is S.RUNNING
     assert vm_state(None, S.SHUTOFF) is S.SHUTOFF
+
+
+@pytest.mark.parametrize("reported", [None, "running", "migrating", "shutoff"])
+@pytest.mark.parametrize("updated_at", [RECENT, OLD, STALE_AT])
+def test_a_migrating_record_is_left_to_move_step(updated_at, reported):
+    assert _plan(S.MIGRATING, updated_at, reported) == []
+
+
+@pytest.mark.parametrize(
+    ("reported", "updated_at", "step"),
+    [("migrating", STALE_AT, None), ("running", STALE_AT, Move.BACK), ("shutoff", STALE_AT, Move.BACK),
+     (None, STALE_AT, Move.LAND), ("running", OLD, None), (None, OLD, None)],
+)  # fmt: skip
+def test_move_step_follows_the_source_once_stale(reported, updated_at, step):
+    assert move_step(reported, NOW - updated_at, STALE) is step

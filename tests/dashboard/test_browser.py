@@ -235,3 +235,29 @@ def test_the_page_needs_no_internet(browser, cluster):
     assert requested
     assert all(url.startswith(cluster.url) for url in requested), requested
     assert shutil.which("chromium") or Path(CHROMIUM).exists()
+
+
+def test_the_overview_shows_migrations_in_flight_and_done(browser, cluster):
+    """A migration in flight (reserved, its agents not asked) and one done."""
+    for name in ("moved", "moving"):
+        created = cluster.http.post("/api/v1/vms", json={"name": name, "vcpus": 1, "memory_mib": 256})
+        assert created.status_code == 201, created.text
+    host = cluster.http.get("/api/v1/vms/moved").json()["host"]
+    other = "edge-2" if host == "edge-1" else "edge-1"
+    moved = cluster.http.post("/api/v1/vms/moved/migrate", json={"to": other})
+    assert moved.status_code == 200, moved.text
+    controller = cluster.controller
+    source = cluster.http.get("/api/v1/vms/moving").json()["host"]
+    target = "edge-2" if source == "edge-1" else "edge-1"
+    with controller._moving_lock:  # a controller at work on it: its heartbeats leave it in flight
+        controller._moving.add("moving")
+    controller.store.reserve_migration("moving", target, controller._fits, controller.clock())
+    page = browser.new_page(viewport={"width": 1200, "height": 800})
+    log_in(page, cluster)
+    page.wait_for_selector("[data-testid=migrations] tr[data-outcome='in flight']")
+    flying = page.locator("[data-testid=migrations] tr[data-outcome='in flight'] td").all_inner_texts()
+    assert flying[:3] == ["moving", source, target]
+    done = page.locator("[data-testid=migrations] tr[data-outcome=done] td").all_inner_texts()
+    assert done[:3] == ["moved", host, other]
+    assert done[4] == "done"
+    shot(page, "migrations")

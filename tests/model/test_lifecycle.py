@@ -21,7 +21,7 @@ from pinfold.model.lifecycle import (
 
 S, A = VMState, Action
 
-#: the legal pairs besides a delete, which is legal everywhere and leads to `deleting`
+#: the legal pairs besides a delete, which is legal everywhere but `migrating` and leads to `deleting`
 LEGAL = {
     (S.RUNNING, A.SHUTDOWN): S.SHUTOFF,
     (S.RUNNING, A.SUSPEND): S.PAUSED,
@@ -32,7 +32,9 @@ LEGAL = {
 
 
 def expected(state: VMState, action: Action) -> VMState | None:
-    return S.DELETING if action is A.DELETE else LEGAL.get((state, action))
+    if action is A.DELETE:
+        return None if state is S.MIGRATING else S.DELETING
+    return LEGAL.get((state, action))
 
 
 PAIRS = list(itertools.product(VMState, Action))
@@ -68,8 +70,15 @@ def test_the_table_as_json_lists_every_state() -> None:
     assert shown["running"] == ["shutdown", "suspend", "delete"]
     assert shown["shutoff"] == ["start", "delete"]
     assert shown["missing"] == ["delete"]
+    assert shown["migrating"] == []
 
 
 def test_every_state_belongs_to_a_side() -> None:
     assert set(CONTROLLER_STATES) | set(AGENT_STATES) == set(VMState)
-    assert set(CONTROLLER_STATES) & set(AGENT_STATES) == {S.RUNNING, S.PAUSED, S.SHUTOFF, S.MISSING}
+    assert set(CONTROLLER_STATES) & set(AGENT_STATES) == {
+        S.RUNNING,
+        S.PAUSED,
+        S.SHUTOFF,
+        S.MISSING,
+        S.MIGRATING,
+    }

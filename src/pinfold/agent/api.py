@@ -24,6 +24,7 @@ from pinfold import slackvm
 from pinfold.agent.addresses import nic_document
 from pinfold.agent.cloud_agent import CloudAgent
 from pinfold.agent.console_api import add_console_routes
+from pinfold.agent.migration_api import add_migration_routes
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
@@ -69,6 +70,8 @@ def _view(vm: StoredVM, pins: list[int], network: dict[str, Any] | None = None) 
         "state": vm.state,
         "pinning": pins,
         "domain": vm.domain,
+        # the base image its disk is made on ("": none): a migration's target makes its disk on it
+        "image": vm.image,
         **(network or {"nics": [], "addresses": []}),
     }
 
@@ -144,6 +147,8 @@ def create_app(
 
     if isinstance(agent, CloudAgent):
         add_resize_routes(app, agent, auth, call, view)
+    else:  # a cloud's servers move by Nova's own means, not pinfold's
+        add_migration_routes(app, agent, auth, call, view)
 
     @app.post("/api/v1/vms/{name}/{action}", dependencies=[auth])
     def act(name: str, action: str) -> dict[str, Any]:

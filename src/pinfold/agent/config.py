@@ -155,6 +155,13 @@ class AgentConfig(HttpSettings):
     own_network: OwnNetworkConfig | None = None
     #: the cloud of driver "openstack", TOML table [openstack] (see `OpenStackConfig`)
     openstack: OpenStackConfig = OpenStackConfig()
+    #: live migration (docs/agent.md, "Live migration"): how disks move ("copy": to a file the
+    #: target makes; "shared": one file on shared storage; "shared-local": one file on one local
+    #: file system, a lab only), the libvirt URI a peer host's client reaches this host's daemon
+    #: at, and the address QEMU's incoming stream listens on ("": the host does not take VMs in)
+    migration_storage: Literal["copy", "shared", "shared-local"] = "copy"
+    peer_libvirt_uri: str = Field(default="", max_length=1024)
+    migration_address: str = Field(default="", max_length=255, pattern=r"^$|^[A-Za-z0-9.:\[\]-]+$")
 
     @model_validator(mode="after")
     def _one_default_nic(self) -> AgentConfig:

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from pinfold.agent.disks import DiskError, Disks
 from pinfold.agent.drivers.base import Driver, DriverError, GuestState
@@ -25,7 +26,9 @@ from pinfold.model.vm import NIC
 from pinfold.placement import HostAllocator, Refusal
 from pinfold.topology import Topology
 
-__all__ = ["AgentCore", "AgentError", "AgentSettings", "NotStartedError", "StalePin"]
+__all__ = ["AgentCore", "AgentError", "AgentSettings", "MigrationStorage", "NotStartedError", "StalePin"]
+
+MigrationStorage = Literal["copy", "shared", "shared-local"]
 
 #: the agent's log keeps the name it had before the core was split in modules
 log = logging.getLogger("pinfold.agent.service")
@@ -65,6 +68,18 @@ class AgentSettings:
     default_network: str = ""
     default_bridge: str = ""
     own_network: OwnNetwork | None = None
+    #: how a live migration treats the VMs' disks (the same `disk_dir` on every host):
+    #: "copy" (copied to a file the target makes), "shared" (one file, on shared storage),
+    #: "shared-local" (one file on one local file system: a lab's two daemons; libvirt
+    #: cannot tell it is shared, so the migration is forced as UNSAFE)
+    migration_storage: MigrationStorage = "copy"
+    #: the URI a peer host's libvirt client reaches this host's daemon at ("": none, sim)
+    peer_libvirt_uri: str = ""
+    #: the address QEMU's incoming migration stream listens on here, e.g. 127.0.0.1 ("": none)
+    migration_address: str = ""
+    #: how long a start waits for a migration the hypervisor still carries out (the agent
+    #: was killed during its send) before it decides whether the guest stayed or left
+    migration_wait_s: float = 600.0
 
     @property
     def default_nic(self) -> NIC | None:

@@ -87,6 +87,9 @@ def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[
         default_network=config.default_network,
         default_bridge=config.default_bridge,
         own_network=config.own_network.to_network() if config.own_network is not None else None,
+        migration_storage=config.migration_storage,
+        peer_libvirt_uri=config.peer_libvirt_uri,
+        migration_address=config.migration_address,
     )
     return Agent.open(topology, driver, Store(config.data_dir / "agent.db"), settings), driver, description
 

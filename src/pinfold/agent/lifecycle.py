@@ -54,9 +54,14 @@ class Lifecycle(WarmPools):
             return self._create_cold(request, base, pool="", prepared=prepared)
 
     def delete(self, name: str) -> None:
+        """Delete in any state but while a live migration moves the VM: the
+        guest is in flight (the migration's end, or its abort, decides)."""
         with self.lock:
             self._retry_stale_pins()
-            self._delete(self._get(name))
+            vm = self._get(name)
+            if vm.pending in (Pending.MIGRATE_OUT, Pending.INCOMING):
+                raise AgentError("invalid", f"{name} is {vm.state}: its migration is not finished")
+            self._delete(vm)
 
     def start(self, name: str) -> StoredVM:
         return self._act(name, self.driver.start, LifecycleAction.START)

@@ -138,9 +138,13 @@ class Making(PinKeeping):
         crash_point("delete:unmade")
         self._forget(name)
 
-    def _forget(self, name: str) -> None:
-        self.disks.remove_overlay(self.vms[name].domain)
-        self.seeds.remove(self.vms[name].domain)
+    def _forget(self, name: str, keep_disk: bool = False) -> None:
+        """Forget VM `name` here: its files (`keep_disk`: not its disk and
+        seed, which a migration's target now uses on shared storage), its
+        placement and its row; neighbours follow the vNode."""
+        if not keep_disk:
+            self.disks.remove_overlay(self.vms[name].domain)
+            self.seeds.remove(self.vms[name].domain)
         self._remove_serial_log(self.vms[name].domain)
         self._warming_since.pop(name, None)
         self._stale_pins.pop(name, None)
@@ -150,6 +154,12 @@ class Making(PinKeeping):
         self.vms.pop(name, None)
         # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
         self._repin(change.repinned)
+
+    def _forget_migrating(self, name: str) -> None:
+        """Forget a VM that a live migration moves (here or away): its disk
+        file is this host's own only when disks are copied; on shared storage
+        it is the one the guest runs on, on whichever host, and stays."""
+        self._forget(name, keep_disk=self.settings.migration_storage != "copy")
 
     def _remove_serial_log(self, domain: str) -> None:
         """The console log goes with its VM (a VM made again later under the

@@ -13,10 +13,19 @@ touched, so after a crash at any point:
 | VM | delete | no domain | forget the VM |
 | VM | shutdown | domain | record the state it is in (the wait was cut short) |
 | VM | shutdown | no domain | report it missing |
+| VM | migrate-out | domain | stay: once no migration moves it away (waited for), record its state |
+| VM | migrate-out | no domain | it left (the target has it): forget the VM, its disk kept unless copied |
+| VM | incoming | domain | it arrived: record its state, clear the mark, check pins |
+| VM | incoming | no domain | it never came: drop the reservation (forget the VM) |
 | VM | none | domain | keep it, check pins |
 | VM | none | no domain | report it missing (never recreated silently) |
 | none | - | pinfold domain | report it as unknown, never touch it |
 | none | - | other domain | ignore it |
+
+A migrate-out's `stay` may turn out `left` when carried out: the agent was
+killed during its send and the hypervisor still migrates the guest (peer to
+peer, its daemon goes on), so the start waits for that migration to end and
+forgets the VM if it left (`StartUp._finish_migrate_out`).
 
 A stored VM's domain is the one named `domain` (a VM handed out by a warm pool
 keeps its domain's name); the steps name the VMs.
@@ -40,6 +49,14 @@ class Action(StrEnum):
     DELETE = "delete"
     FORGET = "forget"
     FINISH_SHUTDOWN = "finish shutdown"
+    #: a migration's source still has the guest: it stays, its mark cleared
+    STAY = "stay"
+    #: a migration's source no longer has the guest: it left
+    LEFT = "left"
+    #: a migration's target has the guest: it arrived
+    ARRIVED = "arrived"
+    #: a migration's target never got the guest: its reservation goes
+    DROP = "drop"
     KEEP = "keep"
     MISSING = "missing"
     UNKNOWN = "unknown"
@@ -67,6 +84,10 @@ def plan(stored: Mapping[str, StoredVM], observed: Mapping[str, GuestInfo]) -> l
             steps.append(Step(Action.FINISH_CREATE if present else Action.CREATE, name))
         elif vm.pending is Pending.SHUTDOWN:
             steps.append(Step(Action.FINISH_SHUTDOWN if present else Action.MISSING, name))
+        elif vm.pending is Pending.MIGRATE_OUT:
+            steps.append(Step(Action.STAY if present else Action.LEFT, name))
+        elif vm.pending is Pending.INCOMING:
+            steps.append(Step(Action.ARRIVED if present else Action.DROP, name))
         else:
             steps.append(Step(Action.KEEP if present else Action.MISSING, name))
     domains = {vm.domain for vm in stored.values()}

@@ -28,7 +28,8 @@ holds to another vNode. A hand-out from a pool moves no CPU and goes on.
 the next one builds on: `core` (the state every part shares and its small
 steps), `pins` (re-pinning, stale pins), `making` (a cold create's and a
 delete's steps), `warm` (warm-pool upkeep and hand-out), `lifecycle` (the
-requests) and `startup` (the start step). Building an agent does no I/O:
+requests), `migration` (a live migration's steps on either end) and
+`startup` (the start step). Building an agent does no I/O:
 `start_up()` loads the store, restores the allocator, removes the overlays
 a crash left half made and reconciles (`Agent.open` builds and starts).
 Other packages call `Agent`'s methods (`snapshot` for one consistent read)
@@ -46,7 +47,7 @@ from typing import Any
 
 from pinfold.agent.core import AgentError, AgentSettings, NotStartedError, StalePin, state_of
 from pinfold.agent.drivers.base import Console, Driver, DriverError
-from pinfold.agent.lifecycle import Lifecycle
+from pinfold.agent.migration import Migrating
 from pinfold.agent.reconcile import Action
 from pinfold.agent.startup import StartUp
 from pinfold.agent.store import Store, StoredVM
@@ -95,7 +96,7 @@ class AgentSnapshot:
     stale_pins: dict[str, dict[str, list[int] | str]]
 
 
-class Agent(Lifecycle, StartUp):
+class Agent(Migrating, StartUp):
     """One host's agent: build it (no I/O), then `start_up`; or `Agent.open`.
     The public API other packages use; its parts are in the modules above."""
 

@@ -7,6 +7,7 @@ wrong CPUs.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -21,6 +22,9 @@ from pinfold.model.lifecycle import VMState
 from pinfold.placement import HostAllocator
 
 __all__ = ["StartUp"]
+
+#: how often a start looks whether a migration the hypervisor carries out has ended
+MIGRATION_POLL_S = 0.2
 
 
 class StartUp(Making):
@@ -90,7 +94,7 @@ class StartUp(Making):
         steps = []
         for step in plan(self.vms, observed):
             try:
-                self._carry_out(step, observed)
+                step = replace(step, action=self._carry_out(step, observed) or step.action)
             except (DriverError, DomainXMLError, DiskError) as error:
                 log.error("start: cannot %s %s: %s", step.action.value, step.name, error)
                 if step.name in self.vms:
@@ -100,10 +104,11 @@ class StartUp(Making):
         self._check_pins()
         return steps + [Step(Action.REPIN, name, pin.error) for name, pin in self._stale_pins.items()]
 
-    def _carry_out(self, step: Step, observed: Mapping[str, GuestInfo]) -> None:
+    def _carry_out(self, step: Step, observed: Mapping[str, GuestInfo]) -> Action | None:
+        """Carry `step` out; the action it turned out to be when not the planned one."""
         vm = self.vms.get(step.name)
         if vm is None:  # an unknown domain: reported, never touched
-            return
+            return None
         if step.action is Action.CREATE:
             self._make(vm)
             self._set(step.name, VMState.WARMING if vm.pool else VMState.RUNNING, None)  # as `_create_cold`
@@ -114,10 +119,37 @@ class StartUp(Making):
             self._forget(step.name)
         elif step.action is Action.FORGET:
             self._forget(step.name)
-        elif step.action is Action.FINISH_SHUTDOWN:
+        elif step.action is Action.STAY:
+            return self._finish_migrate_out(vm)
+        elif step.action in (Action.FINISH_SHUTDOWN, Action.ARRIVED):
             self._set(step.name, state_of(observed[vm.domain].state), None)
+        elif step.action in (Action.LEFT, Action.DROP):
+            self._forget_migrating(step.name)
         elif step.action is Action.MISSING:
             self._set(step.name, VMState.MISSING, None)
+        return None
+
+    def _finish_migrate_out(self, vm: StoredVM) -> Action | None:
+        """A send cut short by the agent's death, its guest still here: the
+        hypervisor may still be migrating it (peer to peer, the daemon goes on).
+        Wait for that to end (at most `migration_wait_s`), then: gone, it left
+        (forgotten, `left`); here, it stayed. One still leaving after the wait
+        keeps its mark, for the next start."""
+        deadline = time.monotonic() + self.settings.migration_wait_s
+        while self.driver.migrating_out(vm.domain):
+            if time.monotonic() > deadline:
+                log.warning("start: %s is still migrating away: its mark is kept", vm.spec.name)
+                return None
+            time.sleep(MIGRATION_POLL_S)
+        try:
+            state = self.driver.info(vm.domain).state
+        except DriverError as error:
+            if error.code != "not found":
+                raise
+            self._forget_migrating(vm.spec.name)
+            return Action.LEFT
+        self._set(vm.spec.name, state_of(state), None)
+        return None
 
     def _finish_create(self, vm: StoredVM, state: GuestState) -> None:
         """The domain exists: a hand-out cut short still has to be resumed;

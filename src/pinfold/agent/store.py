@@ -73,6 +73,10 @@ class Pending(StrEnum):
     DELETE = "delete"
     #: a graceful shutdown waiting for the guest (the agent's lock is not held meanwhile)
     SHUTDOWN = "shutdown"
+    #: a live migration's source sending the guest (the lock is not held meanwhile)
+    MIGRATE_OUT = "migrate-out"
+    #: a live migration's target: the VM reserved here, its guest not yet confirmed arrived
+    INCOMING = "incoming"
 
 
 #: from schema 1: add the domain name (equal to the VM's name until then) and the pool

@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import tomllib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,15 +25,18 @@ import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pinfold.model.defaults import ACTION_TIMEOUT_S, CONTROLLER_PORT
+from pinfold.model.defaults import ACTION_TIMEOUT_S, CONTROLLER_PORT, MIGRATION_TIMEOUT_S
 from pinfold.model.vm import MAX_BULK, MAX_SSH_KEY_LENGTH, MAX_SSH_KEYS, MAX_USER_DATA_BYTES
 from pinfold.tls import client_context, tls_failure, warn_plain_url
 
 __all__ = ["CLI_CONFIG", "REQUEST_TIMEOUT_S", "cli_config_path", "register", "vm_table"]
 
 DEFAULT_URL = f"http://127.0.0.1:{CONTROLLER_PORT}"
+#: how often `pinfold host drain --migrate` looks at the migrations under way
+PROGRESS_POLL_S = 0.5
 #: how long a request waits for the controller: longer than the controller's own wait for an
 #: agent's lifecycle action (`agent_action_timeout_s`, 90 s by default: a shutdown that ends
 #: in a forced power-off), so that `pinfold vm shutdown` hears the controller's answer
@@ -90,8 +95,10 @@ def request(
     path: str,
     body: dict[str, Any] | None = None,
     params: dict[str, str] | None = None,
+    timeout_s: float | None = REQUEST_TIMEOUT_S,
 ) -> httpx.Response:
-    """`params` go in the query string, encoded by httpx."""
+    """`params` go in the query string, encoded by httpx; `timeout_s` None:
+    no limit (a drain's answer comes when its last VM moved)."""
     headers = {"Authorization": f"Bearer {where.token}"} if where.token else {}
     url = where.url.rstrip("/") + path
     warn_plain_url("pinfold", where.url)
@@ -102,7 +109,7 @@ def request(
         raise typer.Exit(2) from None
     try:
         return httpx.request(
-            method, url, json=body, params=params, headers=headers, timeout=REQUEST_TIMEOUT_S, verify=verify
+            method, url, json=body, params=params, headers=headers, timeout=timeout_s, verify=verify
         )
     except httpx.HTTPError as exc:
         why = tls_failure(exc) or str(exc)
@@ -416,6 +423,42 @@ def vm_delete(name: str, url: Url = None, token: Token = None, ca: Ca = None, as
         console.print(f"deleted {name}")
 
 
+@vm_app.command("migrate")
+def vm_migrate(
+    name: str,
+    to: Annotated[
+        str | None, typer.Option("--to", help="The host to move to (default: the scheduler's choice).")
+    ] = None,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Only say where it would go, and why not elsewhere.")
+    ] = False,
+    url: Url = None,
+    token: Token = None,
+    ca: Ca = None,
+    as_json: Json = False,
+) -> None:
+    """Move a running VM live to another host."""
+    path = f"/api/v1/vms/{segment(name)}/migrate"
+    params = {"explain": "true"} if explain else None
+    where = endpoint(url, token, ca)
+    sent = request(where, "POST", path, {"to": to}, params=params, timeout_s=MIGRATION_TIMEOUT_S + 60)
+    body = answer(sent, as_json, True)
+    show(body, as_json, move_choice if explain else lambda b: migration_table([b["migration"]]))
+
+
+def move_choice(choice: dict[str, Any]) -> None:
+    target = choice["target"] or "no host"
+    console.print(f"{escape(choice['vm'])} on {choice['source']} would move to {target}")
+    if len(choice["ranking"]) > 1:
+        console.print("then, if it refuses: " + ", ".join(choice["ranking"][1:]))
+    console.print(escape(choice["explanation"]))
+    if choice["hosts"]:
+        table = Table("host", "why not")
+        for host, why in sorted(choice["hosts"].items()):
+            table.add_row(host, escape(why))
+        console.print(table)
+
+
 def _action(action: str) -> Any:
     def run(name: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False) -> None:
         path = f"/api/v1/vms/{segment(name)}/{action}"
@@ -493,11 +536,95 @@ def host_show(
 
 @host_app.command("drain")
 def host_drain(
-    host_id: str, url: Url = None, token: Token = None, ca: Ca = None, as_json: Json = False
+    host_id: str,
+    migrate: Annotated[
+        bool, typer.Option("--migrate", help="Also move every VM off it, live, one by one.")
+    ] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="With --migrate: only show where each VM would go.")
+    ] = False,
+    url: Url = None,
+    token: Token = None,
+    ca: Ca = None,
+    as_json: Json = False,
 ) -> None:
-    """Take no new VMs on this host."""
+    """Take no new VMs on this host; with --migrate, move its VMs to the
+    others too (refused, nothing moved, when they cannot take them all)."""
+    where = endpoint(url, token, ca)
     path = f"/api/v1/hosts/{segment(host_id)}/drain"
-    show(answer(request(endpoint(url, token, ca), "POST", path), as_json), as_json, lambda h: host_table([h]))
+    if not migrate:
+        show(answer(request(where, "POST", path), as_json), as_json, lambda h: host_table([h]))
+        return
+    if as_json and not explain:
+        print(
+            json.dumps(
+                answer(request(where, "POST", path, {"migrate": True}, timeout_s=None), as_json), indent=1
+            )
+        )
+        return
+    plan = answer(request(where, "POST", path, {"migrate": True}, params={"explain": "true"}), as_json)
+    emptied = host_id in plan["emptied"]
+    if explain or not emptied:
+        show(plan, as_json, plan_details)
+        raise typer.Exit(0 if emptied else 1)
+    body = _drain_with_progress(where, path, host_id, plan["migrations"])
+    migration_table(body["migrations"])
+    host_table([body])
+
+
+def plan_details(plan: dict[str, Any]) -> None:
+    """A drain's or consolidation's plan: its moves, then the planner's words."""
+    table = Table("VM", "from", "to", "CPUs its vNode grows by")
+    for move in plan["migrations"]:
+        table.add_row(escape(move["vm"]), move["source"], move["target"], str(move["cpus_added"]))
+    if plan["migrations"]:
+        console.print(table)
+    console.print(escape(plan["explanation"]))
+
+
+def migration_table(migrations: list[dict[str, Any]]) -> None:
+    table = Table("VM", "from", "to", "seconds", "outcome", "detail")
+    for m in migrations:
+        seconds = f"{m['elapsed_s']:.2f}" if m.get("elapsed_s") is not None else "-"
+        table.add_row(
+            escape(m["vm"]),
+            m["source"],
+            m["target"],
+            seconds,
+            m["outcome"] or "in flight",
+            escape(m["detail"]),
+        )
+    console.print(table)
+
+
+def _drain_with_progress(where: Endpoint, path: str, host_id: str, moves: list[dict[str, Any]]) -> Any:
+    """POST the drain (it answers once every VM moved) while a Rich progress
+    bar follows GET /api/v1/migrations, a line per VM as it lands, with its time."""
+    since = answer(request(where, "GET", "/api/v1/migrations", params={"limit": "1"}), False)["now"]
+    planned = {move["vm"] for move in moves}
+    reported: set[int] = set()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress, ThreadPoolExecutor(1) as pool:
+        task = progress.add_task(f"draining {host_id}", total=len(moves))
+        done = threading.Event()
+        posted: Future[httpx.Response] = pool.submit(
+            request, where, "POST", path, {"migrate": True}, None, None
+        )
+        posted.add_done_callback(lambda _: done.set())
+        while True:
+            finished = done.wait(PROGRESS_POLL_S)
+            params = {"since": str(since), "limit": "1000"}
+            listed = answer(request(where, "GET", "/api/v1/migrations", params=params), False)["migrations"]
+            for m in reversed(listed):
+                if m["vm"] in planned and m["source"] == host_id and m["outcome"] and m["id"] not in reported:
+                    reported.add(m["id"])
+                    progress.console.print(
+                        f"{escape(m['vm'])} -> {m['target']}: {m['outcome']} in {m['elapsed_s']:.2f} s"
+                    )
+                    progress.advance(task)
+            if finished:
+                break
+    return answer(posted.result(), False)
 
 
 @host_app.command("remove")

@@ -7,7 +7,8 @@ shell on the serial console).
 The init script mounts /proc, prints a marker on the serial console, then
 loops; `burn` on the kernel command line makes it spin one CPU instead, and
 `deaf` makes it ignore the ACPI power button, and `tick` makes it print TICK
-every 20 ms (to tell when a resumed guest runs again).
+and a count every 20 ms (to tell when a resumed guest runs again, and that a
+migrated guest goes on counting where it was).
 Given the kernel's ACPI button and evdev modules, it also runs busybox's acpid,
 which powers the guest off when libvirt presses the ACPI power button, so that
 a graceful shutdown can be told from a forced one by the POWEROFF marker.
@@ -137,7 +138,8 @@ if /bin/busybox grep -q burn /proc/cmdline; then
     while :; do :; done
 fi
 if /bin/busybox grep -q tick /proc/cmdline; then
-    while :; do echo {TICK}; /bin/busybox usleep 20000; done
+    n=0
+    while :; do n=$((n + 1)); echo "{TICK} $n"; /bin/busybox usleep 20000; done
 fi
 while :; do /bin/busybox sleep 1; done
 """

@@ -12,7 +12,12 @@ placement's refusal as data (`refusal`), kept in `AgentRefusedError.refusal`.
 Lifecycle actions get their own, longer timeout: an agent's shutdown waits up
 to its `shutdown_timeout_s` (30 s by default) for the guest before forcing it
 off, so with the ordinary timeout the controller would give up (502) while the
-agent is still carrying the shutdown out.
+agent is still carrying the shutdown out. A live migration's send blocks
+until the guest's memory has crossed, so it gets `MIGRATION_TIMEOUT_S`.
+
+The migration calls follow docs/controller.md's protocol (prepare on the
+target, send from the source, commit or abort on the target); the agents
+never call each other over HTTP.
 """
 
 from __future__ import annotations
@@ -22,13 +27,20 @@ from typing import Any
 
 import httpx
 
-from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S
+from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S, MIGRATION_TIMEOUT_S
 from pinfold.model.refusal import refusal_from_json
 from pinfold.model.vm import NIC, VMRequest
 from pinfold.placement import Refusal
 from pinfold.tls import tls_failure
 
-__all__ = ["ACTION_TIMEOUT_S", "AgentClient", "AgentError", "AgentRefusedError", "AgentUnreachableError"]
+__all__ = [
+    "ACTION_TIMEOUT_S",
+    "MIGRATION_TIMEOUT_S",
+    "AgentClient",
+    "AgentError",
+    "AgentRefusedError",
+    "AgentUnreachableError",
+]
 
 
 class AgentError(Exception):
@@ -126,6 +138,31 @@ class AgentClient:
     def act(self, name: str, action: str) -> dict[str, Any]:
         """start, shutdown, suspend or resume, with `action_timeout_s`."""
         return self._call("POST", f"/api/v1/vms/{name}/{action}", timeout_s=self._action_timeout_s)
+
+    def prepare_migration(self, vm: dict[str, Any], source: str) -> dict[str, Any]:
+        """On the target: reserve `vm` (the source agent's view of it) as
+        `incoming`; its answer has the target's `cpus` and the URIs the
+        source's send needs."""
+        return self._call("POST", "/api/v1/migrations", {"vm": vm, "source": source})
+
+    def send_migration(self, name: str, target: str, prepared: dict[str, Any]) -> dict[str, Any]:
+        """On the source: migrate `name` live to `target` as `prepared` (the
+        target's answer to `prepare_migration`) says; blocks until done."""
+        body = {
+            "target": target,
+            "cpus": prepared.get("cpus") or [],
+            "libvirt_uri": prepared.get("libvirt_uri"),
+            "migrate_uri": prepared.get("migrate_uri"),
+        }
+        return self._call("POST", f"/api/v1/vms/{name}/migrate", body, timeout_s=MIGRATION_TIMEOUT_S)
+
+    def commit_migration(self, name: str) -> dict[str, Any]:
+        """On the target: the VM arrived; it is running there from now on."""
+        return self._call("POST", f"/api/v1/migrations/{name}/commit")
+
+    def abort_migration(self, name: str) -> None:
+        """On the target: drop what `prepare_migration` reserved (idempotent)."""
+        self._call("DELETE", f"/api/v1/migrations/{name}")
 
     def console_url(self, name: str, mode: str) -> str:
         """The agent's console WebSocket of VM `name` (ws:// or wss:// as its API)."""

@@ -37,11 +37,25 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field
 
 from pinfold import bodies, slackvm
 from pinfold.controller.console_proxy import add_console_routes
+from pinfold.controller.consolidation import (
+    Consolidator,
+    DrainRefusedError,
+    drain_plan,
+    drain_with_migrations,
+)
 from pinfold.controller.credentials import Enrolment, HostCredential, Proof, digest, new_credential
 from pinfold.controller.models import HOST_ID_MAX
 from pinfold.controller.refusals import refusal_json
-from pinfold.controller.service import ACTIONS, Controller, ControllerError, HostView, NoHostError, Placed
-from pinfold.controller.store import EventRecord, GroupRecord, HostRecord, VMRecord
+from pinfold.controller.service import (
+    ACTIONS,
+    Controller,
+    ControllerError,
+    HostView,
+    MoveChoice,
+    NoHostError,
+    Placed,
+)
+from pinfold.controller.store import EventRecord, GroupRecord, HostRecord, MigrationRecord, VMRecord
 from pinfold.model import lifecycle
 from pinfold.model.errors import error_body
 from pinfold.model.vm import (
@@ -56,6 +70,7 @@ from pinfold.model.vm import (
     VMRequest,
 )
 from pinfold.placement import POLICIES
+from pinfold.placement.consolidation import Plan
 from pinfold.serving import ExtraHeaders
 from pinfold.web import SINGLE, ApiError, bearer, install_error_handlers, open_to, token_check
 
@@ -284,6 +299,57 @@ class Heartbeat(BaseModel):
     )
 
 
+class MigrateVM(BaseModel):
+    """`to`: the host to move to; null (or no body): the scheduler picks one."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    to: str | None = Field(default=None, min_length=1, max_length=HOST_ID_MAX, pattern=HOST_ID_PATTERN)
+
+
+class DrainHost(BaseModel):
+    """`migrate`: also move every VM off the host, live (else only no new VMs land there)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    migrate: bool = False
+
+
+#: how far back GET /api/v1/migrations looks by default (those in flight are always listed)
+RECENT_MIGRATIONS_S = 3600.0
+
+
+def migration_view(record: MigrationRecord, now: float) -> dict[str, Any]:
+    """A migration, with `elapsed_s`: its `seconds` when it ended, the time so far while in flight."""
+    elapsed = record.seconds if record.seconds is not None else max(0.0, now - record.started)
+    return {**record.to_dict(), "elapsed_s": elapsed}
+
+
+def choice_view(choice: MoveChoice) -> dict[str, Any]:
+    return {
+        "vm": choice.vm,
+        "source": choice.source,
+        "target": choice.target,
+        "ranking": list(choice.ranking),
+        "explanation": choice.explanation,
+        "hosts": dict(choice.hosts),
+    }
+
+
+def plan_view(plan: Plan) -> dict[str, Any]:
+    """A consolidation or drain plan: its moves in order, each host's verdict, and the text."""
+    return {
+        "migrations": [
+            {"vm": m.vm, "source": m.source, "target": m.target, "cpus_added": m.cpus_added}
+            for m in plan.migrations
+        ],
+        "verdicts": [
+            {"host": v.host, "verdict": v.verdict.value, "vms": v.vms, "load": v.load, "detail": v.detail}
+            for v in plan.verdicts
+        ],
+        "emptied": list(plan.emptied),
+        "explanation": plan.explain(),
+    }
+
+
 def vm_view(record: VMRecord, host: HostView | None = None, group: str | None = None) -> dict[str, Any]:
     """The VM as the directory has it, with its host's state, the pinning
     its agent last reported (the CPUs of its vNode) and its group (None: none)."""
@@ -300,6 +366,7 @@ def vm_view(record: VMRecord, host: HostView | None = None, group: str | None = 
         "image": record.image,
         "state": record.state.value,
         "detail": record.detail,
+        "target": record.target_host_id,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
         "group": group,
@@ -433,9 +500,16 @@ def event_view(event: EventRecord) -> dict[str, Any]:
 
 
 def create_app(
-    controller: Controller, admin_token: str, agent_token: str, slackvm_open_networks: Sequence[str] = ()
+    controller: Controller,
+    admin_token: str,
+    agent_token: str,
+    slackvm_open_networks: Sequence[str] = (),
+    consolidator: Consolidator | None = None,
 ) -> FastAPI:
+    """`consolidator`: the consolidation policy whose plan GET
+    /api/v1/consolidation/plan shows (default: one with the default settings)."""
     app = FastAPI(title="pinfold controller", version="0.1.0")
+    policy = consolidator or Consolidator(controller)
     install_error_handlers(app)
     admin = Depends(token_check(admin_token, what="admin token"))
     slackvm_auth = Depends(
@@ -598,6 +672,30 @@ def create_app(
         forgotten = call(lambda: controller.remove_host(host_id, force))
         return {"removed": host_id, "forgotten_vms": [vm.name for vm in forgotten]}
 
+    @app.post("/api/v1/hosts/{host_id}/drain", dependencies=[admin])
+    def drain_host(host_id: str, body: DrainHost | None = None, explain: bool = False) -> dict[str, Any]:
+        """No new VMs on the host; with `{"migrate": true}` every VM moves off
+        it too, one by one (refused with the plan's explanation, nothing moved,
+        when the other hosts cannot take them all); `?explain=true`: the plan only."""
+        if explain:
+            return {"host": host_id, **plan_view(call(lambda: drain_plan(controller, host_id)))}
+        if body is None or not body.migrate:
+            return host_action(host_id, "drain")
+        done: list[MigrationRecord] = []
+        now = controller.clock
+        try:
+            drain_with_migrations(controller, host_id, done.append)
+        except DrainRefusedError as error:
+            raise ApiError(error.code, error.detail, {"plan": plan_view(error.plan)}) from error
+        except NoHostError as error:
+            raise ApiError(
+                error.code, error.detail, {**refusal_extra(error), "migrations": _views(done, now())}
+            ) from error
+        except ControllerError as error:
+            raise ApiError(error.code, error.detail, {"migrations": _views(done, now())}) from error
+        view = host_view(controller.host(host_id), controller.vms(host_id))
+        return {**view, "migrations": _views(done, now())}
+
     @app.post("/api/v1/hosts/{host_id}/{action}", dependencies=[admin])
     def host_action(host_id: str, action: str) -> dict[str, Any]:
         if action not in ("drain", "undrain"):
@@ -633,6 +731,40 @@ def create_app(
             return None
         response.status_code = 202  # the agent did not answer: retried every period
         return vm_view(left, group=controller.group_of(name))
+
+    @app.post("/api/v1/vms/{name}/migrate", dependencies=[admin])
+    def migrate_vm(name: str, body: MigrateVM | None = None, explain: bool = False) -> dict[str, Any]:
+        """Move a running VM live to `to`, or where the scheduler says; `?explain=true`:
+        where it would go and why not elsewhere, nothing moved."""
+        to = body.to if body is not None else None
+        if explain:
+            return choice_view(call(lambda: controller.move_choice(name, to)))
+        migration = call(lambda: controller.migrate(name, to))
+        record = call(lambda: controller.vm(name))
+        return {
+            "migration": migration_view(migration, controller.clock()),
+            "vm": vm_view(record, one_host(record.host_id), controller.group_of(name)),
+        }
+
+    @app.get("/api/v1/migrations", dependencies=[admin])
+    def list_migrations(
+        since: Annotated[float | None, Query(ge=0, le=1e12)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """The migrations in flight, and those started since `since` (default: the last hour)."""
+        now = controller.clock()
+        records = controller.migrations(now - RECENT_MIGRATIONS_S if since is None else since, limit)
+        return {"now": now, "migrations": _views(records, now)}
+
+    @app.get("/api/v1/consolidation/plan", dependencies=[admin])
+    def consolidation_plan() -> dict[str, Any]:
+        """What the consolidation policy would do now (a dry run, whether or not it is on)."""
+        settings = policy.settings
+        plan = call(policy.plan)
+        return {
+            "enabled": settings.enabled, "interval_s": settings.interval_s, "at_once": settings.at_once,
+            "per_hour": settings.per_hour, "cooldown_s": settings.cooldown_s, **plan_view(plan),
+        }  # fmt: skip
 
     @app.post("/api/v1/vms/{name}/{action}", dependencies=[admin])
     def vm_action(name: str, action: str) -> dict[str, Any]:
@@ -753,6 +885,10 @@ def create_app(
         return FileResponse(DASHBOARD / "index.html")
 
     return app
+
+
+def _views(records: Sequence[MigrationRecord], now: float) -> list[dict[str, Any]]:
+    return [migration_view(record, now) for record in records]
 
 
 def _dashboard_path(path: str) -> bool:

@@ -54,6 +54,15 @@ class ControllerConfig(HttpSettings):
     #: heartbeats of big hosts (hundreds of VMs, each with its pins) outgrow the
     #: agents' 1 MiB; still far below a body that would tie up the controller
     max_body_bytes: int = Field(default=4 << 20, ge=1024)
+    #: the consolidation policy (docs/controller.md): off by default; when on, every
+    #: interval it plans live migrations that empty lightly used hosts, at most
+    #: `consolidate_at_once` in flight, `consolidate_per_hour` started an hour, and
+    #: none of a VM moved less than `consolidate_cooldown_s` ago
+    consolidate: bool = False
+    consolidate_interval_s: float = Field(default=300.0, gt=0)
+    consolidate_at_once: int = Field(default=2, ge=1)
+    consolidate_per_hour: int = Field(default=20, ge=1)
+    consolidate_cooldown_s: float = Field(default=3600.0, ge=0)
 
     @field_validator("policy")
     @classmethod

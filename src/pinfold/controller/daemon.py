@@ -7,11 +7,13 @@ import signal
 import ssl
 import sys
 import threading
+from collections.abc import Callable
 
 from pinfold import serving
 from pinfold.controller.agents import ACTION_TIMEOUT_S, AgentClient
 from pinfold.controller.api import create_app
 from pinfold.controller.config import ControllerConfig
+from pinfold.controller.consolidation import ConsolidationSettings, Consolidator
 from pinfold.controller.database import connect
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore, HostRecord
@@ -76,16 +78,17 @@ def build_controller(
     return controller, clients
 
 
-class Upkeep:
-    """Every heartbeat period: mark hosts down (events), retry deletions
-    whose agent did not answer, bring the scheduler's picture in step with
-    the database (other replicas' changes)."""
+class Periodic:
+    """A thread that calls `work` every `period_s` until stopped; a failure is
+    printed (with `what`) and the next period tries again (the database or an
+    agent may be away for a moment)."""
 
-    def __init__(self, controller: Controller, period_s: float) -> None:
-        self._controller = controller
+    def __init__(self, name: str, period_s: float, work: Callable[[], object], what: str) -> None:
         self._period_s = period_s
+        self._work = work
+        self._what = what
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pinfold-upkeep", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -97,11 +100,32 @@ class Upkeep:
     def _run(self) -> None:
         while not self._stop.wait(self._period_s):
             try:
-                self._controller.check_hosts()
-                self._controller.retry_deletes()
-                self._controller.refresh_vms()
-            except Exception as error:  # the database may be away for a moment: try next period
-                print(f"pinfold controller: upkeep failed: {error}", file=sys.stderr)
+                self._work()
+            except Exception as error:
+                print(f"pinfold controller: {self._what} failed: {error}", file=sys.stderr)
+
+
+def upkeep(controller: Controller, period_s: float) -> Periodic:
+    """Every heartbeat period: mark hosts down (events), retry deletions
+    whose agent did not answer, bring the scheduler's picture in step with
+    the database (other replicas' changes)."""
+
+    def work() -> None:
+        controller.check_hosts()
+        controller.retry_deletes()
+        controller.refresh_vms()
+
+    return Periodic("pinfold-upkeep", period_s, work, "upkeep")
+
+
+def consolidation_settings(config: ControllerConfig) -> ConsolidationSettings:
+    return ConsolidationSettings(
+        enabled=config.consolidate,
+        interval_s=config.consolidate_interval_s,
+        at_once=config.consolidate_at_once,
+        per_hour=config.consolidate_per_hour,
+        cooldown_s=config.consolidate_cooldown_s,
+    )
 
 
 def serve(config: ControllerConfig) -> None:
@@ -113,13 +137,27 @@ def serve(config: ControllerConfig) -> None:
     print(f"pinfold controller: {where}; listening on {listening}", flush=True)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: sys.exit(0))
-    upkeep = Upkeep(controller, config.heartbeat_period_s)
-    upkeep.start()
+
+    def report(text: str) -> None:
+        print(f"pinfold controller: {text}", flush=True)
+
+    consolidator = Consolidator(controller, consolidation_settings(config), report)
+    # the consolidation's migrations run one after the other, in its own thread
+    threads = [upkeep(controller, config.heartbeat_period_s)]
+    if config.consolidate:
+        threads.append(
+            Periodic(
+                "pinfold-consolidation", config.consolidate_interval_s, consolidator.step, "consolidation"
+            )
+        )
+    for thread in threads:
+        thread.start()
     try:
-        app = create_app(controller, admin_token, agent_token, config.slackvm_open_networks)
+        app = create_app(controller, admin_token, agent_token, config.slackvm_open_networks, consolidator)
         serving.run(app, config, config.listen, config.port, "pinfold controller")
     finally:
-        upkeep.stop()
+        for thread in threads:
+            thread.stop()
         clients.close()
         controller.store.engine.dispose()
         print("pinfold controller: stopped", flush=True)

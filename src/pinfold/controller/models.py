@@ -26,6 +26,7 @@ __all__ = [
     "Event",
     "GroupMember",
     "Host",
+    "Migration",
     "RevokedCredential",
     "TopologyDocument",
     "VMGroup",
@@ -122,7 +123,8 @@ class VM(Base):
         CheckConstraint("ratio >= 1.0", name="ratio_at_least_one"),
         # lifecycle.CONTROLLER_STATES; a new state needs a migration (tests check they agree)
         CheckConstraint(
-            "state IN ('reserved', 'running', 'paused', 'shutoff', 'failed', 'deleting', 'missing')",
+            "state IN ('reserved', 'running', 'paused', 'shutoff', 'failed', 'deleting', 'missing', "
+            "'migrating')",
             name="state_known",
         ),
     )
@@ -145,6 +147,27 @@ class VM(Base):
     #: the NICs its agent last reported, [{"network", "bridge", "mac", "addresses"}]
     #: (None: not reported yet); written only when a heartbeat changes them
     reported_nics: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    #: while `migrating`: the host it moves to, where its room is held too (no foreign
+    #: key: removing that host with --force leaves the move to fail, not the removal)
+    target_host_id: Mapped[str | None] = mapped_column(String(HOST_ID_MAX), index=True)
+
+
+class Migration(Base):
+    """One live migration, in flight (`finished` None) or done: what
+    `GET /api/v1/migrations` lists and the consolidation budget counts."""
+
+    __tablename__ = "migrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    vm: Mapped[str] = mapped_column(String(255), index=True)
+    source: Mapped[str] = mapped_column(String(HOST_ID_MAX))
+    target: Mapped[str] = mapped_column(String(HOST_ID_MAX))
+    started: Mapped[float] = mapped_column(Double, index=True)
+    finished: Mapped[float | None] = mapped_column(Double)
+    seconds: Mapped[float | None] = mapped_column(Double)
+    #: None while in flight, then "done" or "failed"
+    outcome: Mapped[str | None] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(String, default="")
 
 
 class VMGroup(Base):

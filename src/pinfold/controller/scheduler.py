@@ -11,11 +11,12 @@ is refreshed from the database before the next host is tried.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from pinfold.controller.feasibility import cloud_reason
 from pinfold.controller.store import HostRecord, VMRecord
 from pinfold.placement import Cluster, Decision, GroupRule, HostAllocator, PlacementError, VMSpec
+from pinfold.placement.consolidation import Budget, Plan, plan_consolidation
 from pinfold.topology import Topology, slackvm_json
 
 __all__ = ["Scheduler"]
@@ -119,6 +120,27 @@ class Scheduler:
             self._eligible_for = eligible
             self._eligible = None if len(known) == len(self._cluster) else known
         return self._cluster.choose(spec, policy, self._eligible, group)
+
+    def plan(
+        self,
+        budget: Budget,
+        now: float,
+        *,
+        policy: str,
+        targets: Collection[str],
+        frozen: Collection[str],
+        sources: Collection[str] | None = None,
+        give_up_after: int | None = 5,
+        empty_targets: bool = False,
+    ) -> Plan:
+        """Migrations that empty hosts of the picture (`plan_consolidation`,
+        which leaves the picture as it is); `targets` are left out unless
+        the picture has them."""
+        known = [host for host in targets if host in self._shapes]
+        return plan_consolidation(
+            self._cluster, budget, now, policy=policy, sources=sources, targets=known, frozen=frozen,
+            give_up_after=give_up_after, empty_targets=empty_targets,
+        )  # fmt: skip
 
     def placed(self, host_id: str, spec: VMSpec) -> bool:
         """Note a reservation this controller made; False if the picture

@@ -28,7 +28,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
+from pinfold.controller.agents import AgentClient, AgentError, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.credentials import Proof, digest, matches
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.history import History
@@ -36,7 +36,7 @@ from pinfold.controller.models import VMState
 from pinfold.controller.refusals import summary
 from pinfold.controller.scheduler import Scheduler
 from pinfold.controller.settle import Action as SettleAction
-from pinfold.controller.settle import Stored, plan, vm_state
+from pinfold.controller.settle import Move, Stored, move_step, plan, vm_state
 from pinfold.controller.store import (
     ControllerStore,
     DuplicateVMError,
@@ -47,6 +47,7 @@ from pinfold.controller.store import (
     HostInUseError,
     HostLiveness,
     HostRecord,
+    MigrationRecord,
     NewEvent,
     RefusedError,
     ReportedNIC,
@@ -58,7 +59,7 @@ from pinfold.controller.store import (
 )
 from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
 from pinfold.model.errors import PinfoldError
-from pinfold.model.lifecycle import POWER_ACTIONS, takes_actions
+from pinfold.model.lifecycle import POWER_ACTIONS, Action, Refused, takes_actions, transition
 from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem
 from pinfold.placement import (
     POLICIES,
@@ -70,11 +71,12 @@ from pinfold.placement import (
     RefusalCode,
     invalid_reason,
 )
+from pinfold.placement.consolidation import Budget, Plan
 from pinfold.topology import slackvm_json
 
 T = TypeVar("T")
 
-__all__ = ["Bulk", "Controller", "ControllerError", "HostView", "NoHostError", "Placed"]
+__all__ = ["Bulk", "Controller", "ControllerError", "HostView", "MoveChoice", "NoHostError", "Placed"]
 
 #: heartbeats a host may miss before it is `down`
 MISSED_HEARTBEATS = 3
@@ -131,6 +133,21 @@ class Bulk:
 
 
 @dataclass(frozen=True)
+class MoveChoice:
+    """Where a migration of `vm` would go, without moving it: the hosts in
+    the scheduler's order (`target` the first, None for none), and why the
+    others cannot take it (`explanation`: the create's one line; `hosts`:
+    each refusing host's reason)."""
+
+    vm: str
+    source: str
+    target: str | None
+    ranking: tuple[str, ...]
+    explanation: str
+    hosts: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class HostView:
     record: HostRecord
     state: str  # up, down or draining
@@ -174,6 +191,9 @@ class Controller:
         self._waiters = 0
         # SQLite is one controller's; on PostgreSQL a reservation's creator may be another replica
         self._replicas = self.store.engine.dialect.name != "sqlite"
+        # the VMs this process is migrating: a heartbeat leaves them to it
+        self._moving: set[str] = set()
+        self._moving_lock = threading.Lock()
         self.refresh()
 
     # -- hosts -------------------------------------------------------------------
@@ -473,10 +493,15 @@ class Controller:
                 return placed
         raise self._no_host(attempt)
 
-    def _attempt(self, request: VMRequest, policy: str, group: GroupRule | None = None) -> _Attempt:
+    def _attempt(
+        self, request: VMRequest, policy: str, group: GroupRule | None = None, exclude: str | None = None
+    ) -> _Attempt:
         """Rank the hosts for `request` with the picture (which holds every
-        reservation this controller made, a bulk create's earlier VMs too)."""
+        reservation this controller made, a bulk create's earlier VMs too);
+        `exclude`: a host left out (a migration's source)."""
         eligible = self.schedulable_hosts()
+        if exclude is not None:
+            eligible = [host for host in eligible if host != exclude]
         with self._picture:
             decision = self.scheduler.choose(request.spec, policy, eligible, group)
         if not decision.ranking():  # the picture may be behind another replica's deletes
@@ -519,14 +544,21 @@ class Controller:
             explanation += f"; tried {len(ranking)}, all refused: {why}"
         return NoHostError(explanation, {**reasons, **attempt.refused}, {**refusals, **attempt.as_data})
 
-    def _reserve_on(self, host: HostRecord, attempt: _Attempt) -> bool:
+    def _reserve_on(
+        self, host: HostRecord, attempt: _Attempt, take: Callable[[], object] | None = None
+    ) -> bool:
         """Reserve room on `host` (a row, committed, before any agent is
         asked) and note it in the picture; False when the host refused (its
-        reason kept in `attempt`)."""
+        reason kept in `attempt`). `take`: a migration's reservation in place
+        of the create's (`ControllerStore.reserve_migration`; the picture
+        learns of the move when it is done)."""
         request, refused, as_data = attempt.request, attempt.refused, attempt.as_data
         group = attempt.group.name if attempt.group is not None else None
         try:
-            self.store.reserve(request, host.id, self._fits, self.clock(), group)
+            if take is None:
+                self.store.reserve(request, host.id, self._fits, self.clock(), group)
+            else:
+                take()
         except UnknownGroupError as error:  # deleted since the create read it
             raise ControllerError("unknown group", error.name) from error
         except RefusedError as error:
@@ -541,6 +573,8 @@ class Controller:
             return False
         except DuplicateVMError as error:  # the same name, reserved meanwhile: the same request?
             raise _NameTaken(error.existing) from error
+        if take is not None:
+            return True
         with self._picture:
             in_step = self.scheduler.placed(host.id, request.spec)
         if not in_step:
@@ -752,6 +786,10 @@ class Controller:
         """Delete a VM; None when it is gone, else its record (`deleting`: the
         agent did not answer, the deletion is retried every period)."""
         record = self.vm(name)
+        try:
+            transition(record.state, Action.DELETE)
+        except Refused as refused:  # migrating: deleted once it landed, or once back on its source
+            raise ControllerError("invalid", refused.describe(name)) from refused
         if record.state is not VMState.DELETING:
             record = self._set_state(name, VMState.DELETING)
         return self._finish_delete(record)
@@ -805,6 +843,197 @@ class Controller:
                 except ControllerError:
                     continue
 
+    # -- live migration ------------------------------------------------------------
+
+    def move_choice(self, name: str, to: str | None = None) -> MoveChoice:
+        """Where `migrate(name, to)` would move the VM, and why not elsewhere
+        (a dry run: nothing reserved). `to`: only that host is considered."""
+        record = self._movable(name, to)
+        attempt = self._move_attempt(record, to)
+        error = self._no_host(attempt)
+        return MoveChoice(
+            name, record.host_id or "", attempt.ranking[0] if attempt.ranking else None,
+            tuple(attempt.ranking), error.detail, error.hosts,
+        )  # fmt: skip
+
+    def migrate(self, name: str, to: str | None = None) -> MigrationRecord:
+        """Move running VM `name` live to `to`, or to the host the scheduler
+        ranks first for it among the others (a refusal: the next one). The
+        room is reserved on the target as a create's is (`_reserve_on`, under
+        the target's lock), then the agents prepare, send and commit (the
+        protocol in docs/controller.md); the migration as it ended. On any
+        failure the target's room is released and the VM stays running on its
+        source, the migration recorded as failed: "no host" when no host took
+        it, "agent failed" when an agent failed it."""
+        record = self._movable(name, to)
+        attempt = self._move_attempt(record, to)
+        source = self.store.host(record.host_id or "")
+        if source is None:
+            raise ControllerError("invalid", f"{name}'s host is gone")
+        for host in self._move_targets(attempt, name):
+            done = self._carry_out(name, source, host, attempt, explicit=to is not None)
+            if done is not None:
+                return done
+        raise self._no_host(attempt)
+
+    def _movable(self, name: str, to: str | None) -> VMRecord:
+        """The VM, if it may move (to `to`): "invalid" for a VM not running
+        or already there, "unknown host" for an unknown `to`."""
+        record = self.vm(name)
+        if record.state is not VMState.RUNNING or record.host_id is None:
+            raise ControllerError("invalid", f"{name} is {record.state.value}: only a running VM moves live")
+        if to is not None and self.store.host(to) is None:
+            raise ControllerError("unknown host", to)
+        if to == record.host_id:
+            raise ControllerError("invalid", f"{name} is on {to} already")
+        return record
+
+    def _move_attempt(self, record: VMRecord, to: str | None) -> _Attempt:
+        """The create's ranking for the VM's size among the hosts but its
+        own (its name is on its source in the picture, so the ranking asks
+        under another); with `to`, that host alone, whatever the picture says
+        (the reservation decides)."""
+        request = replace(record.request, name=f"{record.name} (moving)")
+        rule = self._group_rule(self.group_of(record.name))
+        if rule is not None:  # the others decide; its own place rules nothing out
+            rule = GroupRule(rule.name, rule.policy, rule.members - {record.name})
+        attempt = self._attempt(request, self.default_policy, rule, exclude=record.host_id)
+        if to is not None:
+            attempt.ranking = [to]
+        return attempt
+
+    def _move_targets(self, attempt: _Attempt, name: str) -> Iterator[HostRecord]:
+        """The ranked hosts, each once it holds the room for `name` (marked `migrating`)."""
+        for host_id in attempt.ranking:
+            host = self.store.host(host_id)
+            take = partial(self.store.reserve_migration, name, host_id, self._fits, self.clock())
+            try:
+                if host is not None and self._reserve_on(host, attempt, take):
+                    yield host
+            except StoreError as error:  # not running any more, or moved meanwhile
+                raise ControllerError("invalid", str(error)) from error
+
+    def _carry_out(
+        self, name: str, source: HostRecord, target: HostRecord, attempt: _Attempt, explicit: bool
+    ) -> MigrationRecord | None:
+        """Steps 1-3 of the protocol for a reserved migration; None when the
+        target's agent refused to prepare it (released: the next host is tried)."""
+        migration = self.store.migration_of(name)
+        if migration is None:  # ended by another replica meanwhile
+            raise ControllerError("invalid", f"{name}'s migration ended meanwhile")
+        with self._moving_lock:
+            self._moving.add(name)
+        try:
+            src, dst = self.agent_for(source), self.agent_for(target)
+            try:
+                prepared = dst.prepare_migration(_on(src, name, source.id), source.id)
+            except AgentError as error:
+                self._move_failed(migration, f"{target.id} did not prepare it: {error}")
+                if explicit or not isinstance(error, AgentRefusedError) or error.code not in _REFUSAL_CODES:
+                    raise ControllerError("agent failed", f"{target.id}: {error}") from error
+                attempt.refused[target.id] = f"agent refused: {error}"
+                return None
+            sent = self._send(migration, src, dst, prepared)
+            return self._land(migration, dst, _job(sent))
+        finally:
+            with self._moving_lock:
+                self._moving.discard(name)
+
+    def _send(
+        self, migration: MigrationRecord, src: AgentClient, dst: AgentClient, prepared: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Step 2, the source's live send; on its definite failure the target
+        aborts and the VM stays where it runs. An answer lost after it was
+        sent leaves the VM `migrating`: the heartbeats tell where it is."""
+        name = migration.vm
+        try:
+            return src.send_migration(name, migration.target, prepared)
+        except AgentRefusedError as error:
+            _abort(dst, name)
+            self._move_failed(migration, f"{migration.source} did not send it: {error}")
+            raise ControllerError("invalid" if error.status == 409 else "agent failed", str(error)) from error
+        except AgentUnreachableError as error:
+            if error.sent:
+                detail = (
+                    f"{migration.source}: {error.detail}; {name} stays migrating until the heartbeats tell"
+                )
+                raise ControllerError("agent failed", detail) from error
+            _abort(dst, name)
+            self._move_failed(migration, f"{migration.source}: {error.detail}")
+            raise ControllerError("agent failed", f"{migration.source}: {error.detail}") from error
+
+    def _land(self, migration: MigrationRecord, dst: AgentClient, detail: str = "") -> MigrationRecord:
+        """Step 3: commit on the target, then the record moves there (`detail`:
+        the migration's words, the source's job time). A commit refused
+        because it was committed already (another replica) counts."""
+        name = migration.vm
+        try:
+            dst.commit_migration(name)
+        except AgentRefusedError as error:
+            landed = _landed(dst, name) if error.status == 409 else False
+            if not landed:
+                detail = f"{migration.target} did not commit it: {error}"
+                failure = ControllerError if landed is None else _NotLandedError
+                raise failure("agent failed", detail) from error
+        except AgentUnreachableError as error:
+            detail = f"{migration.target}: {error.detail}; {name} stays migrating until the heartbeats tell"
+            raise ControllerError("agent failed", detail) from error
+        ended = self.store.end_migration(migration.id, self.clock(), moved=True, detail=detail)
+        self._moved(migration)
+        if ended is None:  # ended by another replica or a heartbeat meanwhile
+            ended = next((m for m in self.store.migrations() if m.id == migration.id), migration)
+        return ended
+
+    def _move_failed(self, migration: MigrationRecord, detail: str, state: VMState = VMState.RUNNING) -> None:
+        """The VM stays on its source (in `state`), the target's room released."""
+        self.store.end_migration(migration.id, self.clock(), moved=False, detail=detail, state=state)
+        self._refresh_host(migration.target)
+
+    def _moved(self, migration: MigrationRecord) -> None:
+        """Bring the picture in step with a VM that moved."""
+        with self._picture:
+            self.scheduler.removed(migration.vm)
+        self._refresh_host(migration.source)
+        self._refresh_host(migration.target)
+
+    def migrations(self, since: float = 0.0, limit: int = 100) -> list[MigrationRecord]:
+        return self.store.migrations(since, limit)
+
+    def plan_moves(self, budget: Budget, now: float, **options: Any) -> Plan:
+        """`Scheduler.plan` on the picture brought in step with the database
+        first (`options`: its keywords): a drain's and the consolidation's plan."""
+        self.refresh_vms()
+        with self._picture:
+            return self.scheduler.plan(budget, now, **options)
+
+    def _settle_move(self, record: VMRecord, reported: str | None, now: float) -> None:
+        """A `migrating` record whose controller is gone: its source's report
+        says where it is (`settle.move_step`)."""
+        with self._moving_lock:
+            if record.name in self._moving:
+                return
+        step = move_step(reported, now - record.updated_at, self.stale_after_s)
+        migration = self.store.migration_of(record.name) if step is not None else None
+        if migration is None:
+            return
+        target = self.store.host(migration.target)
+        dst = self.agent_for(target) if target is not None else None
+        if step is Move.BACK:
+            if dst is not None:
+                _abort(dst, record.name)
+            back = vm_state(reported, VMState.RUNNING)
+            self._move_failed(migration, "its controller stopped; the source still has it", back)
+            return
+        if dst is None:
+            self._move_failed(migration, "neither host has it (its target was removed)", VMState.MISSING)
+            return
+        try:
+            self._land(migration, dst, "landed by a heartbeat: its controller stopped after the send")
+        except _NotLandedError:  # the target answered that it does not have it either
+            self._move_failed(migration, "neither host has it", VMState.MISSING)
+        except ControllerError:
+            return  # the target does not answer: the next heartbeat tries again
+
     # -- keeping the picture and the agents in step --------------------------------
 
     def refresh(self) -> None:
@@ -846,6 +1075,9 @@ class Controller:
         """What the agent has is what is: carry out `settle.plan` (its table
         says which VM follows the agent, is forgotten or is `missing`) on the
         host's VMs as `records` has them."""
+        for record in records:
+            if record.state is VMState.MIGRATING:
+                self._settle_move(record, reported.get(record.name), now)
         stored = [Stored(record.name, record.state, record.updated_at) for record in records]
         read_at = {record.name: record.updated_at for record in records}
         for step in plan(stored, reported, now, self.heartbeat_period_s, self.stale_after_s):
@@ -883,12 +1115,52 @@ class _Attempt:
     as_data: dict[str, Refusal] = field(default_factory=dict)
 
 
+class _NotLandedError(ControllerError):
+    """The target answered that a migration's VM has not arrived there."""
+
+
 class _NameTaken(Exception):  # noqa: N818 (not an error: a create's reason to look again)
     """A create's reservation met another request's VM of that name."""
 
     def __init__(self, existing: VMRecord) -> None:
         super().__init__(existing.name)
         self.existing = existing
+
+
+def _on(source: AgentClient, name: str, host_id: str) -> dict[str, Any]:
+    """VM `name` as its source agent has it (the target's prepare takes it as it is)."""
+    body = source.get(name)
+    if body is None:
+        raise AgentRefusedError("unknown vm", f"{host_id} does not have {name}", 404)
+    return body
+
+
+def _job(sent: dict[str, Any]) -> str:
+    """The source's account of a live send, in words: the hypervisor's job
+    time and the guest's downtime when it knows them."""
+    parts = []
+    if isinstance(sent.get("seconds"), int | float):
+        parts.append(f"job {sent['seconds']:.2f} s")
+    if isinstance(sent.get("downtime_ms"), int | float):
+        parts.append(f"downtime {sent['downtime_ms']:g} ms")
+    return ", ".join(parts)
+
+
+def _abort(target: AgentClient, name: str) -> None:
+    """Step 4, best effort: a target that does not answer drops its pending
+    `incoming` mark when it restarts (its reconcile)."""
+    with contextlib.suppress(AgentError):
+        target.abort_migration(name)
+
+
+def _landed(target: AgentClient, name: str) -> bool | None:
+    """Whether the target has `name` as its own (committed); None when it
+    cannot tell (no answer)."""
+    try:
+        body = target.get(name)
+    except AgentError:
+        return None
+    return body is not None and body.get("state") not in ("incoming", None)
 
 
 def _outcome(operation: Callable[[], T]) -> T | ControllerError:

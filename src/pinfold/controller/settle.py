@@ -23,8 +23,19 @@ made it did not come back to it.
 | missing | no | any | none (already missing) |
 | running, paused, shutoff, failed | no | not recent | missing ("its agent does not report it") |
 | running, paused, shutoff, failed | no | recent | none |
+| migrating | any | any | none (`move_step` settles it) |
 
 Steps come in the order of the records.
+
+A `migrating` record is its source host's (its room held on the target too)
+and is settled by `move_step`, from what the source reports, once it is stale
+and no controller in this process is moving it (`Controller._settle_move`):
+
+| the source reports it | step |
+|---|---|
+| migrating (the agent is sending it) | none |
+| in another state | back: the move did not happen; abort on the target, the record keeps the source |
+| not at all | land: it left; commit on the target, the record moves there |
 """
 
 from __future__ import annotations
@@ -35,7 +46,7 @@ from enum import StrEnum
 
 from pinfold.model.lifecycle import CONTROLLER_STATES, VMState
 
-__all__ = ["NOT_REPORTED", "Action", "Step", "Stored", "plan", "vm_state"]
+__all__ = ["NOT_REPORTED", "Action", "Move", "Step", "Stored", "move_step", "plan", "vm_state"]
 
 #: the detail of a VM marked missing
 NOT_REPORTED = "its agent does not report it"
@@ -48,6 +59,13 @@ class Action(StrEnum):
     FORGET = "forget"
     #: set the record's state to missing, with `NOT_REPORTED` as its detail
     MISSING = "missing"
+
+
+class Move(StrEnum):
+    #: the source still has it: the migration is over, it failed
+    BACK = "back"
+    #: the source no longer has it: it is on the target (commit there)
+    LAND = "land"
 
 
 @dataclass(frozen=True)
@@ -94,10 +112,20 @@ def plan(
     return steps
 
 
+def move_step(reported: str | None, age: float, stale_after_s: float) -> Move | None:
+    """What settles a `migrating` record that was last changed `age` seconds
+    ago, given the source's report of it (None: not reported); see the table."""
+    if age <= stale_after_s or reported == VMState.MIGRATING.value:
+        return None
+    return Move.LAND if reported is None else Move.BACK
+
+
 def _step(
     record: Stored, reported: Mapping[str, str], age: float, heartbeat_period_s: float, stale_after_s: float
 ) -> Step | None:
     recent = age < 2 * heartbeat_period_s
+    if record.state is VMState.MIGRATING:
+        return None
     if record.name in reported:
         if record.state is VMState.DELETING or recent:
             return None

@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,7 @@ from pinfold.controller.models import (
     Event,
     GroupMember,
     Host,
+    Migration,
     RevokedCredential,
     TopologyDocument,
     VMGroup,
@@ -60,6 +61,7 @@ __all__ = [
     "HostInUseError",
     "HostLiveness",
     "HostRecord",
+    "MigrationRecord",
     "NewEvent",
     "RefusedError",
     "ReportedNIC",
@@ -220,6 +222,8 @@ class VMRecord:
     nics: tuple[NIC, ...] = ()
     #: the NICs its agent last reported, with their addresses (None: not yet)
     reported_nics: tuple[ReportedNIC, ...] | None = None
+    #: while `migrating`: the host it moves to (its room is held there too)
+    target_host_id: str | None = None
 
     @property
     def spec(self) -> VMSpec:
@@ -245,6 +249,29 @@ class GroupRecord:
     def rule(self) -> GroupRule:
         """The group as the placement core applies it."""
         return GroupRule(self.name, self.policy, frozenset(self.members))
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationRecord:
+    """One live migration: `finished`, `seconds` and `outcome` ("done" or
+    "failed") are None while it is in flight."""
+
+    id: int
+    vm: str
+    source: str
+    target: str
+    started: float
+    finished: float | None
+    seconds: float | None
+    outcome: str | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "vm": self.vm, "source": self.source, "target": self.target,
+            "started": self.started, "finished": self.finished, "seconds": self.seconds,
+            "outcome": self.outcome, "detail": self.detail,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,7 +440,8 @@ class ControllerStore:
 
     def remove_host(self, host_id: str, force: bool, now: float) -> list[VMRecord]:
         """Remove a host and revoke its credential ("host removed"), and with
-        `force` forget its VMs (their agent is not asked: it may be gone);
+        `force` forget its VMs (their agent is not asked: it may be gone; the
+        migrations of those moving off it end as failed);
         without, `HostInUseError` while it has VMs. The VMs forgotten."""
         with self._write() as session:
             host = session.get(Host, host_id, with_for_update=True)
@@ -424,6 +452,16 @@ class ControllerStore:
                 raise HostInUseError(host_id, [row.name for row in rows])
             for row in rows:
                 session.delete(row)
+            session.execute(
+                update(Migration)
+                .where(Migration.vm.in_([row.name for row in rows]), Migration.outcome.is_(None))
+                .values(
+                    outcome="failed",
+                    finished=now,
+                    seconds=now - Migration.started,
+                    detail=f"{host_id} was removed",
+                )
+            )
             session.flush()  # the VMs first: they refer to the host
             if host.credential_digest is not None:
                 session.add(RevokedCredential(digest=host.credential_digest, host_id=host_id, revoked_at=now))
@@ -484,27 +522,21 @@ class ControllerStore:
     ) -> VMRecord:
         """Take room for `vm` on the host, atomically with checking that it fits.
 
-        Under the host's lock: load the host and the VMs on it (every VM row
-        holds its resources until deleted), ask `fits`, and insert the VM as
-        `reserved` only if it fits. Raises `RefusedError` with `fits`'s text,
-        `DuplicateVMError` when the name is taken (on any host), `UnknownHostError`.
-        `group`: the VM joins that group, if its rule allows this host
-        (`_join_group`: `RefusedError`, or `UnknownGroupError`).
+        Under the host's lock (`_locked`, `_admit_on`): load the host and the VMs it
+        holds (every VM row holds its resources until deleted), ask `fits`,
+        and insert the VM as `reserved` only if it fits. Raises `RefusedError`
+        with `fits`'s text, `DuplicateVMError` when the name is taken (on any
+        host), `UnknownHostError`. `group`: the VM joins that group, if its
+        rule allows this host (`_check_group`: `RefusedError`, or `UnknownGroupError`).
         """
         try:
             with self._write() as session:
-                host = session.get(Host, host_id, with_for_update=True)
-                if host is None:
-                    raise UnknownHostError(host_id)
+                host = self._locked(session, host_id)
+                # after the lock: a create of the same name that held it has committed by now
                 existing = session.get(VM, vm.name)
                 if existing is not None:
                     raise DuplicateVMError(_vm_record(existing))
-                on_host = [_vm_record(row) for row in session.scalars(_vms_on(host_id))]
-                reason = fits(self._host_record(session, host), on_host, vm)
-                if isinstance(reason, tuple):
-                    raise RefusedError(host_id, *reason)
-                if reason is not None:
-                    raise RefusedError(host_id, reason)
+                self._admit_on(session, host, vm, fits)
                 if group is not None:
                     _check_group(session, group, host_id)
                 row = VM(
@@ -533,6 +565,116 @@ class ControllerStore:
             if taken is None:
                 raise StoreError(f"vm {vm.name!r} breaks a rule of the schema: {exc.orig}") from exc
             raise DuplicateVMError(taken) from None
+
+    @staticmethod
+    def _locked(session: Session, host_id: str) -> Host:
+        """The host's row, locked until the transaction ends (`UnknownHostError`)."""
+        host = session.get(Host, host_id, with_for_update=True)
+        if host is None:
+            raise UnknownHostError(host_id)
+        return host
+
+    def _admit_on(self, session: Session, host: Host, vm: VMRequest, fits: Fits) -> None:
+        """The reservation's check, for a create and a migration alike, under
+        the host's lock (`_locked`): replay what the host holds (its VMs and
+        those moving to it) and ask `fits` about `vm`; `RefusedError` if not."""
+        on_host = [_vm_record(row) for row in session.scalars(_held_on(host.id))]
+        reason = fits(self._host_record(session, host), on_host, vm)
+        if isinstance(reason, tuple):
+            raise RefusedError(host.id, *reason)
+        if reason is not None:
+            raise RefusedError(host.id, reason)
+
+    # -- migrations ------------------------------------------------------------
+
+    def reserve_migration(self, name: str, target: str, fits: Fits, now: float) -> MigrationRecord:
+        """Hold room for running VM `name` on `target` as a create's
+        reservation does (the same check under the target's lock), mark it
+        `migrating` and record the migration as in flight, in one
+        transaction. `UnknownVMError`; `StoreError` for a VM that is not
+        running or is on `target` already; `RefusedError`, `UnknownHostError`."""
+        with self._write() as session:
+            row = session.get(VM, name)
+            if row is None:
+                raise UnknownVMError(name)
+            if row.state != VMState.RUNNING.value or row.host_id is None:
+                raise StoreError(f"{name} is {row.state}: only a running VM on a host moves live")
+            if row.host_id == target:
+                raise StoreError(f"{name} is on {target} already")
+            source = row.host_id
+            self._admit_on(session, self._locked(session, target), _vm_record(row).request, fits)
+            group = session.scalar(select(GroupMember.group_name).where(GroupMember.vm_name == name))
+            if group is not None:
+                _check_group(session, group, target, moving=name)
+            row = session.get(VM, name, with_for_update=True, populate_existing=True)
+            if row is None or row.state != VMState.RUNNING.value or row.host_id != source:
+                raise StoreError(f"{name} changed while its migration was being reserved")
+            row.state, row.target_host_id, row.updated_at, row.detail = (
+                VMState.MIGRATING.value,
+                target,
+                now,
+                "",
+            )
+            migration = Migration(vm=name, source=source, target=target, started=now, detail="")
+            session.add(migration)
+            event = NewEvent("vm migrating", name, {"source": source, "target": target})
+            session.add(_event_row(event, now))
+            session.flush()
+            return _migration_record(migration)
+
+    def end_migration(
+        self,
+        migration_id: int,
+        now: float,
+        *,
+        moved: bool,
+        detail: str = "",
+        state: VMState = VMState.RUNNING,
+    ) -> MigrationRecord | None:
+        """Record a migration's end: `moved`, the VM's row goes to the target
+        (with a new place in the reservation order: the target's agent
+        allocated it after its VMs), else it stays on its source in `state`;
+        the target's room is released either way. None when the migration had
+        ended already (another replica, or a heartbeat, ended it first)."""
+        with self._write() as session:
+            migration = session.get(Migration, migration_id, with_for_update=True)
+            if migration is None or migration.outcome is not None:
+                return None
+            row = session.get(VM, migration.vm, with_for_update=True)
+            if (
+                row is not None
+                and row.state == VMState.MIGRATING.value
+                and row.target_host_id == migration.target
+            ):
+                if moved:
+                    row.host_id, row.seq = migration.target, _next_seq(session)
+                    row.reported_nics = None  # the target reports them anew
+                row.state, row.target_host_id, row.updated_at, row.detail = state.value, None, now, detail
+            migration.finished, migration.seconds = now, max(0.0, now - migration.started)
+            migration.outcome, migration.detail = ("done" if moved else "failed"), detail
+            kind = "vm migrated" if moved else "vm migration failed"
+            facts = {"source": migration.source, "target": migration.target, "seconds": migration.seconds}
+            session.add(_event_row(NewEvent(kind, migration.vm, {**facts, "detail": detail}), now))
+            session.flush()
+            return _migration_record(migration)
+
+    def migrations(self, since: float = 0.0, limit: int = 100) -> list[MigrationRecord]:
+        """Those in flight, and those started since `since`: the latest first."""
+        query = (
+            select(Migration)
+            .where(or_(Migration.outcome.is_(None), Migration.started >= since))
+            .order_by(Migration.started.desc(), Migration.id.desc())
+            .limit(limit)
+        )
+        with self._read() as session:
+            return [_migration_record(row) for row in session.scalars(query)]
+
+    def migration_of(self, name: str) -> MigrationRecord | None:
+        """The migration of VM `name` in flight, if any."""
+        query = select(Migration).where(Migration.vm == name, Migration.outcome.is_(None))
+        with self._read() as session:
+            row = session.scalars(query.order_by(Migration.id.desc())).first()
+            return _migration_record(row) if row is not None else None
 
     def set_vm_state(
         self, name: str, state: VMState | str, now: float, detail: str = "", event: NewEvent | None = None
@@ -704,18 +846,21 @@ def _vms_on(host_id: str) -> Any:
     return select(VM).where(VM.host_id == host_id).order_by(VM.seq)
 
 
-def _check_group(session: Session, name: str, host_id: str) -> None:
+def _check_group(session: Session, name: str, host_id: str, moving: str | None = None) -> None:
     """A reservation's group check, under the host's lock (taken first) and
     the group's: `RefusedError` when the group's rule rules the host out
     (`placement.host_refusal`, the cluster choice's own check, on the
     members as the database has them), `UnknownGroupError` for no group. The
     group's lock makes two reservations in one group take turns, so the
-    second sees the first's member even on another host (affinity)."""
+    second sees the first's member even on another host (affinity).
+    `moving`: a member being migrated, judged against the others only (its
+    own place on its source rules nothing out)."""
     row = session.get(VMGroup, name, with_for_update=True)
     if row is None:
         raise UnknownGroupError(name)
     query = select(VM.name, VM.host_id).join(GroupMember).where(GroupMember.group_name == name)
     where: dict[str, str | None] = dict(session.execute(query).all())
+    where.pop(moving or "", None)
     rule = GroupRule(name, GroupPolicy(row.policy), frozenset(where))
     refusal = host_refusal(rule, host_id, where)
     if refusal is not None:
@@ -729,6 +874,11 @@ def _members(session: Session, name: str) -> list[str]:
 
 def _group_record(row: VMGroup, members: Sequence[str]) -> GroupRecord:
     return GroupRecord(row.name, GroupPolicy(row.policy), row.created_at, tuple(members))
+
+
+def _held_on(host_id: str) -> Any:
+    """The VMs whose room a host holds: those on it, and those moving to it."""
+    return select(VM).where(or_(VM.host_id == host_id, VM.target_host_id == host_id)).order_by(VM.seq)
 
 
 def _next_seq(session: Session) -> int:
@@ -786,7 +936,15 @@ def _vm_record(row: VM) -> VMRecord:
         reported_nics=(
             tuple(ReportedNIC.of(n) for n in row.reported_nics) if row.reported_nics is not None else None
         ),
+        target_host_id=row.target_host_id,
     )
+
+
+def _migration_record(row: Migration) -> MigrationRecord:
+    return MigrationRecord(
+        id=row.id, vm=row.vm, source=row.source, target=row.target, started=row.started,
+        finished=row.finished, seconds=row.seconds, outcome=row.outcome, detail=row.detail,
+    )  # fmt: skip
 
 
 def _event_record(row: Event) -> EventRecord:

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_RESERVED_MEMORY_MIB",
     "HEARTBEAT_PERIOD_S",
+    "MIGRATION_TIMEOUT_S",
     "SHUTDOWN_TIMEOUT_S",
     "STALE_AFTER_S",
 ]
@@ -33,6 +34,9 @@ SHUTDOWN_TIMEOUT_S = 30.0
 ACTION_TIMEOUT_S = SHUTDOWN_TIMEOUT_S + 60.0
 #: the timeout of every other call from the controller to an agent
 AGENT_TIMEOUT_S = 30.0
+#: how long the controller waits for a source agent's live send: it copies the guest's
+#: memory (and its disks when they are not shared) before it answers
+MIGRATION_TIMEOUT_S = 1800.0
 #: a reservation untouched this long has lost its creator (a controller died)
 STALE_AFTER_S = 60.0
 #: the agent's port

@@ -63,6 +63,7 @@ class ErrorCode(StrEnum):
     # failures of what the daemon relies on
     AGENT_FAILED = "agent failed"
     HYPERVISOR_FAILED = "hypervisor failed"
+    MIGRATION_FAILED = "migration failed"
     DISK_FAILED = "disk failed"
     STALE_PINS = "stale pins"
     SERVICE_UNAVAILABLE = "service unavailable"
@@ -137,6 +138,9 @@ ERRORS: Final[Mapping[ErrorCode, ErrorInfo]] = MappingProxyType(
         ),
         ErrorCode.AGENT_FAILED: ErrorInfo(_BAD_GATEWAY, "the host's agent failed or did not answer"),
         ErrorCode.HYPERVISOR_FAILED: ErrorInfo(_BAD_GATEWAY, "the hypervisor failed"),
+        ErrorCode.MIGRATION_FAILED: ErrorInfo(
+            _BAD_GATEWAY, "the live migration failed: the VM runs where it was"
+        ),
         ErrorCode.DISK_FAILED: ErrorInfo(_BAD_GATEWAY, "a disk could not be made or read"),
         ErrorCode.STALE_PINS: ErrorInfo(
             HTTPStatus.SERVICE_UNAVAILABLE, "no CPUs are handed out while a VM cannot be re-pinned"

@@ -1,7 +1,7 @@
 """A VM's lifecycle: one state enum for the agent and the controller, and
 the one table of which action is legal in which state.
 
-States. Both sides use `running`, `paused`, `shutoff` and `missing`; the
+States. Both sides use `running`, `paused`, `shutoff`, `missing` and `migrating`; the
 others belong to one side only (`CONTROLLER_STATES`, `AGENT_STATES`):
 
 | state | side | meaning |
@@ -14,6 +14,8 @@ others belong to one side only (`CONTROLLER_STATES`, `AGENT_STATES`):
 | running | both | the guest runs |
 | paused | both | the guest is suspended |
 | stopping | agent | a graceful shutdown under way (a `shutdown` pending mark) |
+| migrating | both | moving live: the source agent sends it (`migrate-out` mark); room on both hosts |
+| incoming | agent | a live migration's target: room reserved, the guest not arrived (an `incoming` mark) |
 | shutoff | both | the guest is off |
 | other | agent | the hypervisor's state is none of the three (crashed, blocked...) |
 | error | agent | a step of the agent's start failed (its pending mark is kept) |
@@ -33,10 +35,15 @@ Transitions (`transition(state, action)`; every other pair is refused):
 | running | - | shutoff | paused | - | deleting |
 | paused | - | shutoff | - | running | deleting |
 | shutoff | running | - | - | - | deleting |
+| migrating | - | - | - | - | - |
 | any other | - | - | - | - | deleting |
 
-Delete is legal in every state (it forces the guest off); its next state is
-the controller's `deleting` (the agent forgets the VM instead). A refusal is
+Delete is legal in every state but `migrating` (it forces the guest off: a
+VM moving between two hosts is deleted once it landed, or once its move
+failed and it is back on its source); its next state is
+the controller's `deleting` (the agent forgets the VM instead). The agent
+refuses it for `incoming` too (the target of a move): that migration's end,
+or its abort, decides. A refusal is
 `Refused`, a `PinfoldError` of code "invalid" (HTTP 409), naming the state.
 
 Who consults it: the agent, with the state the hypervisor reports just
@@ -78,6 +85,8 @@ class VMState(StrEnum):
     RUNNING = "running"
     PAUSED = "paused"
     STOPPING = "stopping"
+    MIGRATING = "migrating"
+    INCOMING = "incoming"
     SHUTOFF = "shutoff"
     OTHER = "other"
     ERROR = "error"
@@ -99,12 +108,13 @@ class Action(StrEnum):
 #: the states the controller stores, in the order of its schema's CHECK
 CONTROLLER_STATES = (
     VMState.RESERVED, VMState.RUNNING, VMState.PAUSED, VMState.SHUTOFF,
-    VMState.FAILED, VMState.DELETING, VMState.MISSING,
+    VMState.FAILED, VMState.DELETING, VMState.MISSING, VMState.MIGRATING,
 )  # fmt: skip
 #: the states the agent stores
 AGENT_STATES = (
     VMState.CREATING, VMState.WARMING, VMState.POOLED, VMState.RESUMING, VMState.RUNNING,
     VMState.PAUSED, VMState.STOPPING, VMState.SHUTOFF, VMState.OTHER, VMState.ERROR, VMState.MISSING,
+    VMState.MIGRATING, VMState.INCOMING,
 )  # fmt: skip
 #: the actions of `POST /api/v1/vms/{name}/{action}` (a delete is `DELETE /api/v1/vms/{name}`)
 POWER_ACTIONS = (Action.START, Action.SHUTDOWN, Action.SUSPEND, Action.RESUME)
@@ -115,7 +125,7 @@ _TABLE: dict[tuple[VMState, Action], VMState] = {
     (VMState.PAUSED, Action.SHUTDOWN): VMState.SHUTOFF,
     (VMState.PAUSED, Action.RESUME): VMState.RUNNING,
     (VMState.SHUTOFF, Action.START): VMState.RUNNING,
-    **{(state, Action.DELETE): VMState.DELETING for state in VMState},
+    **{(state, Action.DELETE): VMState.DELETING for state in VMState if state is not VMState.MIGRATING},
 }
 
 

@@ -11,7 +11,7 @@ from typing import Protocol
 from pinfold.agent.domain import DomainSpec
 from pinfold.agent.networks import NetworkInfo
 
-__all__ = ["Console", "Driver", "DriverError", "GuestInfo", "GuestState"]
+__all__ = ["Console", "Driver", "DriverError", "GuestInfo", "GuestState", "Migrated", "MigrationTarget"]
 
 
 class GuestState(StrEnum):
@@ -39,6 +39,31 @@ class GuestInfo:
     name: str
     state: GuestState
     spec: DomainSpec | None
+
+
+@dataclass(frozen=True)
+class MigrationTarget:
+    """Where `Driver.migrate` sends a guest, as the target agent's prepare
+    said: the CPUs it runs on there, the target daemon's URI (None for the
+    sim driver) and QEMU's migration stream URI there (None: the daemon's
+    choice); `copy_disks`: copy the guest's disks to files the target made
+    (non-shared storage), else they are shared; `unsafe`: shared disks on a
+    file system libvirt cannot tell is shared (one local file system: a lab)."""
+
+    cpuset: frozenset[int]
+    libvirt_uri: str | None = None
+    migrate_uri: str | None = None
+    copy_disks: bool = False
+    unsafe: bool = False
+
+
+@dataclass(frozen=True)
+class Migrated:
+    """A live migration done: the hypervisor's job time, and the guest's
+    downtime when the hypervisor said it (None otherwise)."""
+
+    seconds: float
+    downtime_ms: int | None = None
 
 
 class Console(Protocol):
@@ -79,6 +104,20 @@ class Driver(Protocol):
 
     def resize(self, name: str, vcpus: int, memory_mib: int) -> None:
         """Give the guest's persistent definition another size (in effect at its next boot)."""
+
+    def migrate(self, name: str, target: MigrationTarget) -> Migrated:
+        """Move running guest `name` live to `target`, pinned there to
+        `target.cpuset`, defined there and no longer here once it returns.
+        DriverError "invalid" for a guest that is not running; any other
+        failure leaves the guest running here, where the hypervisor allows."""
+
+    def migrating_out(self, name: str) -> bool:
+        """Whether guest `name` is being migrated away from here right now (by a
+        migration an agent started before it was killed: the daemon goes on)."""
+
+    def receive(self, spec: DomainSpec) -> None:
+        """Take in guest `spec.name`, migrated here by a peer's `migrate`:
+        DriverError "not found" when it has not arrived (or does not run)."""
 
     def guests(self) -> list[GuestInfo]: ...
 

@@ -24,7 +24,7 @@ from pinfold.agent.domain import (
     repinned_xml,
     resized_xml,
 )
-from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState
+from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState, Migrated, MigrationTarget
 from pinfold.agent.networks import NetworkInfo, nat_network_xml, network_info_from_xml
 from pinfold.model.failpoints import crash_point
 
@@ -57,6 +57,8 @@ def _translated(action: str) -> Iterator[None]:
         raise DriverError(code, f"{action}: {message}") from exc
 
 
+#: how long a finished migration waits for libvirt's statistics of its job (its downtime)
+JOB_STATS_WAIT_S = 2.0
 #: how long a console write waits for a full stream to take its bytes
 CONSOLE_SEND_TIMEOUT_S = 5.0
 _CONSOLE_CHUNK = 65536
@@ -293,6 +295,67 @@ class LibvirtDriver:
             out[domain.name()] = (int(values.get("cpu.time", 0)), kib / 1024)
         return out
 
+    def migrate(self, name: str, target: MigrationTarget) -> Migrated:
+        """Live, peer to peer: this host's daemon drives every phase with the
+        target's (`target.libvirt_uri`), so an agent killed meanwhile cuts
+        nothing short (a client-managed migration would stop between phases,
+        the guest paused on both sides). The destination and persistent
+        definitions are this domain's migratable XML pinned to the target's
+        CPUs (its uuid, devices and NICs with their MACs kept). On failure
+        libvirt resumes the guest here and removes the target's copy."""
+        if not target.libvirt_uri:
+            raise DriverError("invalid", f"migrate {name}: the target gave no libvirt URI to migrate to")
+        domain = self._require(name, {GuestState.RUNNING})
+        with _translated(f"read {name} for its migration"):
+            document = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+        try:
+            destination = repinned_xml(document, target.cpuset)
+        except DomainXMLError as error:
+            raise DriverError("invalid", f"migrate {name}: {error}") from error
+        params, flags = migration_call(destination, target)
+        completed: dict[str, Any] = {}
+        done = threading.Event()
+
+        def on_completed(_conn: object, _domain: object, stats: dict[str, Any], _opaque: object) -> None:
+            completed.update(stats)
+            done.set()
+
+        with _translated(f"watch the migration of {name}"):
+            watch = self._conn.domainEventRegisterAny(
+                domain, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_completed, None
+            )
+        started = time.monotonic()
+        try:
+            with _translated(f"migrate {name} to {target.libvirt_uri}"):
+                domain.migrateToURI3(target.libvirt_uri, params, flags)
+            seconds = time.monotonic() - started
+            done.wait(JOB_STATS_WAIT_S)  # the event comes on the event loop's thread
+        finally:
+            with suppress(libvirt.libvirtError):
+                self._conn.domainEventDeregisterAny(watch)
+        elapsed = completed.get("time_elapsed")  # ms, libvirt's own job time
+        downtime = completed.get("downtime")
+        return Migrated(
+            seconds=elapsed / 1000 if elapsed is not None else seconds,
+            downtime_ms=int(downtime) if downtime is not None else None,
+        )
+
+    def migrating_out(self, name: str) -> bool:
+        """libvirt's job on the domain is an outgoing migration (none: no job,
+        or no such domain)."""
+        try:
+            domain = self._conn.lookupByName(name)
+            stats = domain.jobStats()
+        except libvirt.libvirtError:
+            return False
+        active = stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE
+        return bool(active and stats.get("operation") == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT)
+
+    def receive(self, spec: DomainSpec) -> None:
+        """A migrated guest arrives running and persistent (PERSIST_DEST):
+        nothing to make here, only to check that it came."""
+        self._require(spec.name, {GuestState.RUNNING})
+
     def guests(self) -> list[GuestInfo]:
         """Every domain. One that another client deletes between the listing
         and its reading is left out: it is gone, not an error of the listing."""
@@ -443,6 +506,39 @@ class LibvirtDriver:
                     return True
             time.sleep(self.poll_s)
         return False
+
+
+def migration_call(destination: str, target: MigrationTarget) -> tuple[dict[str, Any], int]:
+    """`migrateToURI3`'s parameters and flags for a migration to `target`
+    with `destination` as the domain's XML there, running and persistent.
+    QEMU's stream (and the disks' copy) go where the target said: its daemon
+    cannot be told to listen on loopback in its configuration (it refuses a
+    local `migration_host`), so the URI and listen address come per call."""
+    params: dict[str, Any] = {
+        libvirt.VIR_MIGRATE_PARAM_DEST_XML: destination,
+        libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: destination,
+    }
+    flags = (
+        libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
+        | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    )  # fmt: skip
+    host = urlsplit(target.migrate_uri).hostname if target.migrate_uri else None
+    if target.migrate_uri:
+        params[libvirt.VIR_MIGRATE_PARAM_URI] = target.migrate_uri
+    if host:
+        params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = host
+    if target.copy_disks:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        if host:
+            params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = f"tcp://{_bracketed(host)}"
+    if target.unsafe:
+        flags |= libvirt.VIR_MIGRATE_UNSAFE
+    return params, flags
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address in a URI is bracketed."""
+    return f"[{host}]" if ":" in host else host
 
 
 def _quiet(_context: object, _error: object) -> None:

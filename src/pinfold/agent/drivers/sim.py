@@ -16,7 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pinfold.agent.domain import DomainSpec
-from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState
+from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState, Migrated, MigrationTarget
 from pinfold.agent.networks import NetworkInfo
 
 __all__ = ["SimDriver"]
@@ -68,6 +68,28 @@ class SimConsole:
 _RANGES = ("198.51.100", "203.0.113", "192.0.2")
 
 
+class _Wire:
+    """Sim guests in flight between two sim drivers: `migrate` puts a guest
+    here, the target's `receive` takes it. One per process: sim drivers in
+    one process (the tests' and demos' in-process agents) migrate to each
+    other; sim agents in two processes cannot (their commit finds nothing)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._guests: dict[str, tuple[DomainSpec, str]] = {}
+
+    def send(self, spec: DomainSpec, address: str) -> None:
+        with self._lock:
+            self._guests[spec.name] = (spec, address)
+
+    def take(self, name: str) -> tuple[DomainSpec, str] | None:
+        with self._lock:
+            return self._guests.pop(name, None)
+
+
+_WIRE = _Wire()
+
+
 class SimDriver:
     def __init__(
         self, counter: Path | None = None, networks: Iterable[str] = (), bridges: Iterable[str] = ()
@@ -86,6 +108,8 @@ class SimDriver:
         #: held around every read and change of the guests (RLock: methods call `_get`)
         self._lock = threading.RLock()
         self._consoles: dict[str, list[SimConsole]] = {}
+        #: set (by a test) to make the next `migrate` fail with these words, the guest left here
+        self.migration_failure = ""
 
     def create(self, spec: DomainSpec) -> None:
         with self._lock:
@@ -136,6 +160,41 @@ class SimDriver:
         if vcpus < 1 or memory_mib < 1:
             raise DriverError("invalid", "vcpus and memory must be positive")
         self._update(name, lambda spec: replace(spec, vcpus=vcpus, memory_mib=memory_mib))
+
+    def migrate(self, name: str, target: MigrationTarget) -> Migrated:
+        """The guest leaves: it is put on the process's wire, pinned to the
+        target's CPUs, for the target's `receive` (it keeps its address)."""
+        with self._lock:
+            guest = self._get(name)
+            if guest.state is not GuestState.RUNNING or guest.spec is None:
+                raise DriverError(
+                    "invalid", f"domain '{name}' is {guest.state.value}: only a running guest migrates"
+                )
+            if self.migration_failure:
+                failure, self.migration_failure = self.migration_failure, ""
+                raise DriverError("failed", failure)
+            _WIRE.send(guest.spec.with_cpuset(target.cpuset), self._addresses[name])
+            del self._guests[name]
+        self._end_consoles(name, "migrated")
+        return Migrated(seconds=0.0)
+
+    def migrating_out(self, name: str) -> bool:
+        """A sim migration is over when `migrate` returns."""
+        return False
+
+    def receive(self, spec: DomainSpec) -> None:
+        """The guest a sim peer sent: it runs here from now on, as `spec` says."""
+        with self._lock:
+            if spec.name in self._guests:
+                guest = self._guests[spec.name]
+                if guest.state is GuestState.RUNNING:
+                    return  # received before (a commit retried)
+                raise DriverError("already exists", f"domain '{spec.name}' already exists")
+            sent = _WIRE.take(spec.name)
+            if sent is None:
+                raise DriverError("not found", f"domain '{spec.name}' has not arrived")
+            self._guests[spec.name] = GuestInfo(spec.name, GuestState.RUNNING, spec)
+            self._addresses[spec.name] = sent[1]
 
     def stats(self) -> dict[str, tuple[int, float]]:
         """Sim guests use no CPU and hold their whole memory."""

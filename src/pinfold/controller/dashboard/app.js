@@ -54,8 +54,24 @@ function legend(levels) {
 
 // -- overview ---------------------------------------------------------------------------
 
+// The migrations in flight (their time so far) and the last ones (their time, how they ended).
+function migrationsTable(listed) {
+  if (!listed.length) return "";
+  const shown = listed.filter((m) => m.outcome === null).concat(listed.filter((m) => m.outcome !== null).slice(0, 10));
+  return h("section", {},
+    h("h2", {}, "Migrations"),
+    h("table", { "data-testid": "migrations" },
+      h("tr", {}, ["VM", "from", "to", "seconds", "state", "detail"].map((t) => h("th", {}, t))),
+      shown.map((m) => h("tr", { "data-migration": m.id, "data-outcome": m.outcome || "in flight" },
+        h("td", {}, m.vm), h("td", {}, m.source), h("td", {}, m.target),
+        h("td", {}, m.elapsed_s.toFixed(1)),
+        h("td", {}, h("span", { class: "badge " + (m.outcome || "in-flight") }, m.outcome || "in flight")),
+        h("td", { class: "muted" }, m.detail)))));
+}
+
 async function overview() {
-  const [hosts, vms] = await Promise.all([api("GET", "/api/v1/hosts"), api("GET", "/api/v1/vms")]);
+  const [hosts, vms, moves] = await Promise.all(
+    [api("GET", "/api/v1/hosts"), api("GET", "/api/v1/vms"), api("GET", "/api/v1/migrations")]);
   const levels = [...new Set(vms.map((vm) => vm.ratio.toFixed(1)))].sort();
   const totals = { cpus: 0, allocated: 0, used: 0, memTotal: 0, memVMs: 0, memUsed: 0, perLevel: {} };
   const rows = hosts.map((host) => {
@@ -94,7 +110,8 @@ async function overview() {
         h("td", {}, Math.round(totals.memVMs) + " / " + Math.round(totals.memTotal)),
         h("td", {}, Math.round(totals.memUsed)),
         levels.map((level) => h("td", {}, totals.perLevel[level] || 0)))),
-    hosts.length ? "" : h("p", { class: "muted" }, "No host has registered yet."));
+    hosts.length ? "" : h("p", { class: "muted" }, "No host has registered yet."),
+    migrationsTable(moves.migrations));
 }
 
 // -- one host ---------------------------------------------------------------------------

@@ -3,9 +3,12 @@
 rather than a column of `vms`: adding a foreign key column to `vms` would
 rebuild that table on SQLite, and most VMs are in no group.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2025-01-07
+
+A later migration that copies `vms` (a batch on SQLite) must keep these rows:
+with foreign keys on, SQLite's DROP TABLE of the old `vms` deletes them by the cascade.
 """
 
 from __future__ import annotations
@@ -13,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
