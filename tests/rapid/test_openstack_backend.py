@@ -20,6 +20,7 @@ import pytest
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
+from pinfold.openstack.records import Diagnostics
 from pinfold.openstack.settings import from_rapid_keys
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.openstack_backend import OpenStackBackend
@@ -159,9 +160,18 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: OpenStackLab)
         with pytest.raises(PinfoldError) as caught:
             backend.cloud.diagnostics("rapid-user-42")
         assert caught.value.code is ErrorCode.CLOUD_AUTH_FAILED
+        asked: list[str] = []
+        diagnostics = backend.cloud.diagnostics
+
+        def counted(name: str) -> Diagnostics:
+            asked.append(name)
+            return diagnostics(name)
+
+        backend.cloud.diagnostics = counted  # type: ignore[method-assign]
         for opcode in (Op.SLAM_GET_VMCPU_VMM, Op.SLAM_GET_VMMEM_VMM, Op.SLAM_GET_VMDISK_VMM):
             assert query_port(server.port, opcode, 42) == (ERROR,)
             assert query_port(server.port, opcode, 0) == (ERROR,)
+        assert len(asked) == 1  # the refusal is remembered: Nova is not asked per VM per query
 
         no_reply(server.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
         ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got, timeout_s=60)
