@@ -160,14 +160,7 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: OpenStackLab)
         with pytest.raises(PinfoldError) as caught:
             backend.cloud.diagnostics("rapid-user-42")
         assert caught.value.code is ErrorCode.CLOUD_AUTH_FAILED
-        asked: list[str] = []
-        diagnostics = backend.cloud.diagnostics
-
-        def counted(name: str) -> Diagnostics:
-            asked.append(name)
-            return diagnostics(name)
-
-        backend.cloud.diagnostics = counted  # type: ignore[method-assign]
+        asked = counted_diagnostics(backend)
         for opcode in (Op.SLAM_GET_VMCPU_VMM, Op.SLAM_GET_VMMEM_VMM, Op.SLAM_GET_VMDISK_VMM):
             assert query_port(server.port, opcode, 42) == (ERROR,)
             assert query_port(server.port, opcode, 0) == (ERROR,)
@@ -266,8 +259,12 @@ def test_the_slams_monitoring_from_novas_diagnostics(tmp_path: Path, openstack_l
         state.save(RapidVM(5, "rapid-user-5", Status.STARTED, 1, 128, vmid=77, disk_gb=1))
         server.start()
         nova = backend.cloud.connection.compute.get_server_diagnostics(made.id)
+        asked = counted_diagnostics(backend)
+        backend.reading_ttl_s = 600  # however slow this machine: the second query reuses the reading
         assert query_port(server.port, Op.SLAM_GET_VMCPU_VMM, 5) == (OK, ["5", "77", "15.0"])
         assert nova.cpu_details[0]["utilisation"] == 15
+        assert query_port(server.port, Op.SLAM_GET_VMMEM_VMM, 0) == (OK, ["5", "77", "128", "0.0"])
+        assert asked == ["rapid-user-5"]  # one reading answered both queries
         backend.reading_ttl_s = 0  # the next query reads Nova again
         assert query_port(server.port, Op.SLAM_GET_VMCPU_VMM, 0) == (OK, ["5", "77", "0.0"])
         assert query_port(server.port, Op.SLAM_GET_VMMEM_VMM, 5) == (
@@ -280,3 +277,16 @@ def test_the_slams_monitoring_from_novas_diagnostics(tmp_path: Path, openstack_l
         server.stop()
         state.close()
         backend.cloud.close()
+
+
+def counted_diagnostics(backend: OpenStackBackend) -> list[str]:
+    """The names the back-end reads Nova's diagnostics of, from now on (the real calls, counted)."""
+    asked: list[str] = []
+    diagnostics = backend.cloud.diagnostics
+
+    def counted(name: str) -> Diagnostics:
+        asked.append(name)
+        return diagnostics(name)
+
+    backend.cloud.diagnostics = counted  # type: ignore[method-assign]
+    return asked

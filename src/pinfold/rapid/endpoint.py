@@ -4,6 +4,9 @@
 RAPID's VMs run on the agent (`AgentBackend`), or, with `openStackSupport`
 1, as servers of the cloud RAPID's OpenStack keys name (`OpenStackBackend`,
 authenticated when the endpoint is made: bad credentials stop the start).
+The SLAM's per-VM CPU and memory figures come from the agent's monitor, or,
+for a cloud's servers (which the monitor does not see), from Nova's
+diagnostics (`OpenStackBackend.vm_usage`).
 """
 
 from __future__ import annotations
