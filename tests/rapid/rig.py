@@ -117,6 +117,11 @@ def start_with_as(rig: Rig, user_id: int, confirm: int = OK, **size: int) -> tup
 
 def query(rig: Rig, opcode: int, user_id: int) -> Any:
     """A SLAM query: (OK, [strings]) or (ERROR,)."""
+    return query_port(rig.port, opcode, user_id)
+
+
+def query_port(port: int, opcode: int, user_id: int) -> Any:
+    """A SLAM query to the VMM on `port`: (OK, [strings]) or (ERROR,)."""
 
     def write(out: Writer) -> None:
         out.write_byte(opcode)
@@ -126,7 +131,7 @@ def query(rig: Rig, opcode: int, user_id: int) -> Any:
         status = reply.read_byte()
         return (status, reply.read_string_list()) if status == OK else (status,)
 
-    return request(rig.port, write, read)
+    return request(port, write, read)
 
 
 def wait_until(condition: Callable[[], object], timeout_s: float = 10) -> None:

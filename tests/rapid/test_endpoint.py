@@ -13,6 +13,7 @@ from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.endpoint import RapidEndpoint
+from pinfold.rapid.openstack_backend import OpenStackBackend
 from pinfold.rapid.settings import RapidSettings
 
 
@@ -31,6 +32,27 @@ def test_the_ds_hears_the_cpus_the_agent_places_on_not_the_machines_cores(tmp_pa
     finally:
         endpoint.server.stop()
         endpoint.state.close()
+        agent.store.close()
+
+
+def test_on_openstack_the_per_vm_figures_are_novas_not_the_agents_monitor(tmp_path, epyc, openstack_lab):
+    """The agent's monitor samples its own domains, never a cloud's servers: with
+    openStackSupport the SLAM's CPU and memory queries read the back-end's
+    figures (Nova's diagnostics), with the agent's monitor without it."""
+    settings = AgentSettings(domain_type="qemu", disk_dir=tmp_path / "disks")
+    agent = Agent.open(epyc, SimDriver(), Store(tmp_path / "agent.db"), settings)
+    keys = openstack_lab.rapid_keys()
+    config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", openstack=keys, openstack_support=True)
+    endpoint = RapidEndpoint(agent, config, RapidSettings(listen="127.0.0.1"), monitor=None)
+    backend = endpoint.backend
+    try:
+        assert isinstance(backend, OpenStackBackend)
+        assert endpoint.vmm.vm_usage == backend.vm_usage
+    finally:
+        endpoint.server.stop()
+        endpoint.state.close()
+        if isinstance(backend, OpenStackBackend):
+            backend.cloud.close()
         agent.store.close()
 
 

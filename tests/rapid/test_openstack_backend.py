@@ -4,7 +4,8 @@ configuration.xml names them: a user VM and a helper on their images and
 flavors, their addresses from their ports, suspend and resume, a resize to
 the flavor a VM has (nothing to do) and to one no flavor fits (refused, the
 VM unchanged), the monitoring answers (vCPUs, cores from Placement or the
-quota), delete, and the helper gone with it. Every server is of an owner of
+quota; the SLAM's per-VM queries from Nova's diagnostics for an admin, ERROR
+for the member), delete, and the helper gone with it. Every server is of an owner of
 the test's own, deleted by the lab's fixture also when the test fails."""
 
 from __future__ import annotations
@@ -19,16 +20,17 @@ import pytest
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
+from pinfold.openstack.records import Diagnostics
 from pinfold.openstack.settings import from_rapid_keys
 from pinfold.rapid.config import RapidConfig
 from pinfold.rapid.openstack_backend import OpenStackBackend
-from pinfold.rapid.protocol import OK, Op
+from pinfold.rapid.protocol import ERROR, OK, Op
 from pinfold.rapid.server import RapidServer
-from pinfold.rapid.state import RapidState
+from pinfold.rapid.state import RapidState, RapidVM, Status
 from pinfold.rapid.vmm import VMM, Usage
-from tests.openstack_lab import ADMIN_CLOUD, OpenStackLab
+from tests.openstack_lab import ADMIN_CLOUD, IMAGE, OpenStackLab
 from tests.rapid.peers import FakeDS, FakeSLAM, as_register, no_reply, start_vm
-from tests.rapid.rig import FAST
+from tests.rapid.rig import FAST, query_port
 
 
 @pytest.fixture
@@ -116,7 +118,8 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: OpenStackLab)
     and their port addresses told to the DS; a SLAM start makes user 42's
     server, whose AS registers from the server's address; the AS asks for
     suspension (the server SUSPENDED), the next start resumes it, the DS
-    deregisters it (the server gone). Every server is deleted at the end."""
+    deregisters it (the server gone). The SLAM's monitoring queries get ERROR:
+    Nova refuses the member its servers' diagnostics. Every server is deleted at the end."""
     slam = FakeSLAM()
     ds = FakeDS(slam.port)
     config = RapidConfig(
@@ -129,7 +132,7 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: OpenStackLab)
     backend = OpenStackBackend.connect(config.cloud_settings, openstack_lab.owner())
     settings = FAST.model_copy(update={"as_wait_s": 60, "ip_wait_s": 60})
     state = RapidState(tmp_path / "rapid.db")
-    vmm = VMM(backend, state, config, settings, lambda: Usage(5, 1024, 0, backend.cores()))
+    vmm = VMM(backend, state, config, settings, lambda: Usage(5, 1024, 0, backend.cores()), backend.vm_usage)
     server = RapidServer(vmm.handle, "127.0.0.1", 0, 4, settings.socket_timeout_s)
     server.start()
     vmm.start()
@@ -152,6 +155,16 @@ def test_the_slam_flow_on_the_cloud(tmp_path: Path, openstack_lab: OpenStackLab)
         request.join(timeout=60)
         assert answer == [(OK, 42, ip)]
         vmid = next(m[6] for m in ds.of(Op.VM_REGISTER_DS) if m[4] == 42)
+
+        # the member may not read Nova's diagnostics (admin only by default): no figures, ERROR
+        with pytest.raises(PinfoldError) as caught:
+            backend.cloud.diagnostics("rapid-user-42")
+        assert caught.value.code is ErrorCode.CLOUD_AUTH_FAILED
+        asked = counted_diagnostics(backend)
+        for opcode in (Op.SLAM_GET_VMCPU_VMM, Op.SLAM_GET_VMMEM_VMM, Op.SLAM_GET_VMDISK_VMM):
+            assert query_port(server.port, opcode, 42) == (ERROR,)
+            assert query_port(server.port, opcode, 0) == (ERROR,)
+        assert len(asked) == 1  # the refusal is remembered: Nova is not asked per VM per query
 
         no_reply(server.port, Op.AS_RM_NOTIFY_VMM, ("long", 42), ("int", 1))
         ds.wait_for(lambda got: (Op.VM_NOTIFY_DS, vmid, 2) in got, timeout_s=60)
@@ -225,3 +238,55 @@ def test_an_images_min_ram_is_asked_of_the_flavor_before_nova_is(openstack_lab: 
             assert backend.vms() == {}
         finally:
             backend.cloud.close()
+
+
+def test_the_slams_monitoring_from_novas_diagnostics(tmp_path: Path, openstack_lab: OpenStackLab) -> None:
+    """SLAM_GET_VMCPU/VMMEM/VMDISK_VMM over RAPID's wire, the VMM on the admin
+    cloud (Nova's diagnostics are admin's by default policy): the first CPU
+    reading is the driver's utilisation (the fake driver's 15 %), the next a
+    rate between two readings (the fake's CPU time never moves: 0 %); memory in
+    use from the diagnostics beside the VM's size; disk: no API gives a
+    server's allocated bytes, so no VM has both figures: ERROR, as for a user
+    without a VM. (The member's answers: test_the_slam_flow_on_the_cloud.)"""
+    backend = OpenStackBackend.connect(openstack_lab.settings(cloud=ADMIN_CLOUD), openstack_lab.owner())
+    state = RapidState(tmp_path / "rapid.db")
+    config = RapidConfig(vmm_port=0, vmm_ip="127.0.0.1", ds_port=1, openstack_support=True)
+    vmm = VMM(backend, state, config, FAST, lambda: Usage(5, 1024, 0, 4), backend.vm_usage)  # as the endpoint
+    server = RapidServer(vmm.handle, "127.0.0.1", 0, 2, FAST.socket_timeout_s)
+    try:
+        [tiny] = [flavor for flavor in backend.cloud.flavors() if flavor.name == "lab.tiny"]
+        made = backend.cloud.create("rapid-user-5", tiny, IMAGE)
+        state.save(RapidVM(5, "rapid-user-5", Status.STARTED, 1, 128, vmid=77, disk_gb=1))
+        server.start()
+        nova = backend.cloud.connection.compute.get_server_diagnostics(made.id)
+        asked = counted_diagnostics(backend)
+        backend.reading_ttl_s = 600  # however slow this machine: the second query reuses the reading
+        assert query_port(server.port, Op.SLAM_GET_VMCPU_VMM, 5) == (OK, ["5", "77", "15.0"])
+        assert nova.cpu_details[0]["utilisation"] == 15
+        assert query_port(server.port, Op.SLAM_GET_VMMEM_VMM, 0) == (OK, ["5", "77", "128", "0.0"])
+        assert asked == ["rapid-user-5"]  # one reading answered both queries
+        backend.reading_ttl_s = 0  # the next query reads Nova again
+        assert query_port(server.port, Op.SLAM_GET_VMCPU_VMM, 0) == (OK, ["5", "77", "0.0"])
+        assert query_port(server.port, Op.SLAM_GET_VMMEM_VMM, 5) == (
+            OK,
+            ["5", "77", "128", f"{float(nova.memory_details['used'])}"],
+        )
+        assert query_port(server.port, Op.SLAM_GET_VMDISK_VMM, 5) == (ERROR,)
+        assert query_port(server.port, Op.SLAM_GET_VMCPU_VMM, 6) == (ERROR,)  # a user without a VM
+    finally:
+        server.stop()
+        state.close()
+        backend.cloud.close()
+
+
+def counted_diagnostics(backend: OpenStackBackend) -> list[str]:
+    """The names the back-end reads Nova's diagnostics of, from now on (the real calls, counted)."""
+    asked: list[str] = []
+    diagnostics = backend.cloud.diagnostics
+
+    def counted(name: str) -> Diagnostics:
+        asked.append(name)
+        return diagnostics(name)
+
+    backend.cloud.diagnostics = counted  # type: ignore[method-assign]
+    return asked

@@ -9,7 +9,8 @@ agent's `--driver openstack` (`pinfold.agent.cloud_agent`) sit on the same `Clou
 - `flavors`: the flavor a VM gets, and the level a flavor is (pure);
 - `errors`: the cloud's exceptions translated once into pinfold's codes;
 - `levels`: capacity and use per level from Placement's inventories (pure);
-- `records`: what `Cloud` answers as plain data (`Server`, `Capacity`, `vm_state`), importable
-  without openstacksdk;
+- `records`: what `Cloud` answers as plain data (`Server`, `Capacity`, `Diagnostics`,
+  `vm_state`), importable without openstacksdk;
+- `usage`: a server's CPU % from two readings of its diagnostics, as Ceilometer's cpu_util (pure);
 - `cloud`: `Cloud`, the servers' lifecycle over an openstacksdk connection.
 """

@@ -42,10 +42,10 @@ from pinfold.model.failpoints import crash_point
 from pinfold.openstack.errors import fault_error, translate
 from pinfold.openstack.flavors import Flavor, ImageNeeds
 from pinfold.openstack.levels import Inventory, LevelUse, Provider, by_level
-from pinfold.openstack.records import NAME_KEY, OWNER_KEY, STATES, Capacity, Server, vm_state
+from pinfold.openstack.records import NAME_KEY, OWNER_KEY, STATES, Capacity, Diagnostics, Server, vm_state
 from pinfold.openstack.settings import CloudSettings
 
-__all__ = ["NAME_KEY", "OWNER_KEY", "STATES", "Capacity", "Cloud", "Server", "vm_state"]
+__all__ = ["NAME_KEY", "OWNER_KEY", "STATES", "Capacity", "Cloud", "Diagnostics", "Server", "vm_state"]
 
 log = logging.getLogger("pinfold.openstack")
 #: keystoneauth warns, before it raises, that it could not reach the identity service: the
@@ -242,6 +242,15 @@ class Cloud:
             raise
         return [address for address in found if ipaddress.ip_address(address).version == 4]
 
+    def diagnostics(self, name: str) -> Diagnostics:
+        """The server's diagnostics now (`Diagnostics`). Nova's default policy lets only
+        an admin read them: a member gets `cloud auth failed` (Nova's 403); a server
+        this owner does not have (gone meanwhile), `unknown vm`."""
+        server_id = self._ids.get(name) or self._ours(name).id
+        with _translated():
+            found = self.connection.compute.get_server_diagnostics(server_id)
+        return _diagnostics(server_id, found)
+
     # capacity and use, from Placement (needs a role Placement's policy lets read, admin by default)
 
     def providers(self) -> list[Provider]:
@@ -420,6 +429,34 @@ def _server(server: Any) -> Server:
         fault=str(fault.get("message", "")) if isinstance(fault, dict) else str(fault),
         metadata=dict(server.metadata or {}),
     )
+
+
+def _diagnostics(server_id: str, found: Any) -> Diagnostics:
+    """openstacksdk's ServerDiagnostics as the plain record (see `Diagnostics`)."""
+    cpus = list(found.cpu_details or [])
+    times = _all([cpu.get("time") for cpu in cpus])
+    shares = _all([cpu.get("utilisation") for cpu in cpus])
+    memory = found.memory_details or {}
+    return Diagnostics(
+        server_id=server_id,
+        at_s=time.monotonic(),
+        cpu_ns=None if times is None else int(sum(times)),
+        cpu_utilisation=None if shares is None else sum(shares) / len(shares),
+        vcpus=len(cpus),
+        memory_used_mib=_number(memory.get("used")),
+        memory_maximum_mib=_number(memory.get("maximum")),
+    )
+
+
+def _all(values: list[Any]) -> list[float] | None:
+    """Every vCPU's figure, None unless every vCPU has one (and there is a vCPU)."""
+    if not values or any(value is None for value in values):
+        return None
+    return [float(value) for value in values]
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _pauses() -> Iterator[float]:

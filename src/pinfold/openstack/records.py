@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pinfold.model.lifecycle import VMState
 from pinfold.openstack.levels import LevelUse
 
-__all__ = ["NAME_KEY", "OWNER_KEY", "STATES", "Capacity", "Server", "vm_state"]
+__all__ = ["NAME_KEY", "OWNER_KEY", "STATES", "Capacity", "Diagnostics", "Server", "vm_state"]
 
 OWNER_KEY = "pinfold-owner"
 NAME_KEY = "pinfold-name"
@@ -63,3 +63,24 @@ class Server:
 def vm_state(server: Server) -> VMState:
     """The VM's state from its server's status; OTHER for the rest (RESIZE, VERIFY_RESIZE, ...)."""
     return STATES.get(server.status, VMState.OTHER)
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """One reading of a server's diagnostics (Nova's standard format, microversion
+    2.48; admin only by Nova's default policy), as `Cloud.diagnostics` made it.
+    `at_s`: when it was read (`time.monotonic`), the clock a CPU rate is taken on.
+    `cpu_ns`: the sum of the vCPUs' `time` (ns), None when a vCPU has none (or the
+    driver reports no vCPU); `cpu_utilisation`: the mean of the vCPUs' `utilisation`
+    (%), None unless every vCPU reports one (the fake driver does, libvirt does not);
+    `vcpus`: how many vCPUs it lists. `memory_used_mib`, `memory_maximum_mib`:
+    `memory_details` (MiB, as Nova documents them), None where the driver gives none.
+    Nova's `disk_details` are I/O counters only: no disk size nor allocation."""
+
+    server_id: str
+    at_s: float
+    cpu_ns: int | None
+    cpu_utilisation: float | None
+    vcpus: int
+    memory_used_mib: float | None
+    memory_maximum_mib: float | None

@@ -50,10 +50,12 @@ class VMMCore:
         config: RapidConfig,
         settings: RapidSettings,
         usage: Callable[[], Usage],
-        vm_usage: Callable[[str], tuple[float, float] | None] = lambda name: None,
+        vm_usage: Callable[[str], tuple[float | None, float | None] | None] = lambda name: None,
     ) -> None:
-        """`vm_usage(vm)`: (CPU use in % of its vCPUs, memory in use in MB) from
-        the agent's monitor, or None before the first sample."""
+        """`vm_usage(vm)`: (CPU use in % of its vCPUs, memory in use in MB), None
+        for no figures, a None inside for one missing: from the agent's monitor
+        (None before its first sample), or on OpenStack from Nova's diagnostics
+        (`OpenStackBackend.vm_usage`)."""
         self.backend = backend
         self.state = state
         self.config = config

@@ -4,6 +4,9 @@
 RAPID's VMs run on the agent (`AgentBackend`), or, with `openStackSupport`
 1, as servers of the cloud RAPID's OpenStack keys name (`OpenStackBackend`,
 authenticated when the endpoint is made: bad credentials stop the start).
+The SLAM's per-VM CPU and memory figures come from the agent's monitor, or,
+for a cloud's servers (which the monitor does not see), from Nova's
+diagnostics (`OpenStackBackend.vm_usage`).
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ class RapidEndpoint:
         self.config = config
         self.state = RapidState(agent.store_path)
         self.backend = self._backend(agent, config, settings)
-        self.vmm = VMM(self.backend, self.state, config, settings, self.usage, self.vm_usage)
+        # a cloud's servers are not in the agent's monitor: their figures are Nova's diagnostics
+        vm_usage = self.backend.vm_usage if isinstance(self.backend, OpenStackBackend) else self.vm_usage
+        self.vmm = VMM(self.backend, self.state, config, settings, self.usage, vm_usage)
         workers = min(config.max_connections, settings.max_workers)
         self.server = vmm_server(self.vmm, settings.listen, config.vmm_port, workers)
 
@@ -104,7 +109,7 @@ class RapidEndpoint:
         cores = self.backend.cores()
         return Usage(int(load), int(free), int(gpus.get(self.config.gpu_device, 0)), cores)
 
-    def vm_usage(self, name: str) -> tuple[float, float] | None:
+    def vm_usage(self, name: str) -> tuple[float | None, float | None] | None:
         """(CPU use in % of the VM's vCPUs, memory in use in MB), from the last monitor sample."""
         sample = self.monitor.latest if self.monitor is not None else None
         if sample is None or name not in sample.vms:

@@ -205,11 +205,12 @@ class Handlers(VMKeeper):
         self._reply_list(exchange, values)
 
     def _vm_cpu(self, exchange: Exchange, peer: str) -> None:
-        """SLAM_GET_VMCPU_VMM: [user, vmid, CPU %] from the agent's monitor."""
+        """SLAM_GET_VMCPU_VMM: [user, vmid, CPU %] from `vm_usage` (the agent's
+        monitor, or Nova's diagnostics)."""
 
         def row(vm: RapidVM) -> list[str] | None:
-            used = self.vm_usage(vm.vm_name)
-            return None if used is None else [_java_float(used[0])]
+            cpu = (self.vm_usage(vm.vm_name) or (None, None))[0]
+            return None if cpu is None else [_java_float(cpu)]
 
         self._reply_rows(exchange, row)
 
@@ -217,8 +218,8 @@ class Handlers(VMKeeper):
         """SLAM_GET_VMMEM_VMM: [user, vmid, size MB, in use MB]."""
 
         def row(vm: RapidVM) -> list[str] | None:
-            used = self.vm_usage(vm.vm_name)
-            return None if used is None else [str(vm.memory_mb), _java_float(used[1])]
+            used = (self.vm_usage(vm.vm_name) or (None, None))[1]
+            return None if used is None else [str(vm.memory_mb), _java_float(used)]
 
         self._reply_rows(exchange, row)
 

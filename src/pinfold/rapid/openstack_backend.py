@@ -34,7 +34,24 @@ What RAPID did, and what is done here:
 - cores: the physical CPUs of the cloud's compute hosts (Placement's
   inventories, all levels); for a user Placement's policy refuses (admin
   only by default), the project's vCPU quota; 0 when neither is known.
-- disk: RAPID's Ceilometer meters are gone from OpenStack: no figure (None).
+- CPU and memory per VM (SLAM_GET_VMCPU_VMM, SLAM_GET_VMMEM_VMM; `vm_usage`):
+  RAPID's Ceilometer meters (cpu_util, memory.usage) are gone from OpenStack;
+  here Nova's server diagnostics (microversion 2.48's standard format). CPU %
+  as Ceilometer's cpu_util: the rate of the vCPUs' CPU time between this
+  reading and the server's previous one, per vCPU (`pinfold.openstack.usage`);
+  the first reading of a server (or one after its counter restarted) gives the
+  driver's own `utilisation` where it reports one (the fake driver: 15 %),
+  else no figure (libvirt reports none: a figure from the second query on).
+  Memory in use: `memory_details.used` (MiB). One reading answers the queries
+  of the next `reading_ttl_s` (5 s), so the SLAM's CPU and memory queries cost
+  one Nova call per VM. Nova's default policy gives diagnostics to admins only:
+  for a member (Nova's 403) there are no figures (the queries answer ERROR),
+  logged, and not asked again for a minute.
+- disk (SLAM_GET_VMDISK_VMM): no figure (None). RAPID sent the allocated bytes
+  (Ceilometer's disk.allocation); no OpenStack API gives them: the diagnostics'
+  `disk_details` are I/O counters, os-simple-tenant-usage and Placement give
+  the flavor's disk (a reservation, not what the disk takes). Since a VM is
+  listed only with both figures, the query answers ERROR on OpenStack.
 
 Servers carry the metadata `pinfold-owner` = this VMM (`owner`), so a
 restarted VMM lists exactly its own servers (`vms`) and RAPID's reconcile
@@ -44,14 +61,16 @@ removes those its records do not know.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
-from pinfold.openstack.cloud import Cloud, Server, vm_state
+from pinfold.openstack.cloud import Cloud, Diagnostics, Server, vm_state
 from pinfold.openstack.flavors import Flavor, ImageNeeds, choose_flavor, cloud_level
 from pinfold.openstack.settings import CloudSettings, rapid_image
+from pinfold.openstack.usage import cpu_percent
 from pinfold.rapid.flavors import suitable_type
 from pinfold.rapid.vms import START_DISK_GB
 
@@ -62,6 +81,11 @@ log = logging.getLogger("pinfold.rapid")
 HELPER_PREFIX = "rapid-helper-"
 #: how long the cloud's core count is kept before Placement is asked again
 CORES_TTL_S = 60.0
+#: how long a reading of a server's diagnostics answers the SLAM's queries: the SLAM asks
+#: CPU, memory and disk one after the other, which one reading answers (one Nova call)
+READING_TTL_S = 5.0
+#: how long the back-end stops asking for diagnostics after the cloud refused them (403)
+FORBIDDEN_TTL_S = 60.0
 #: RAPID's helper type (PROTOCOL.md 4.4): 4 vCPUs, 1024 MB, 20 GB
 HELPER_TYPE = "4_1024_20"
 
@@ -74,6 +98,11 @@ class OpenStackBackend:
         self.settings: CloudSettings = cloud.settings
         self.ratio = ratio
         self._cores: tuple[float, int] | None = None  # (when read, cores)
+        self.reading_ttl_s = READING_TTL_S
+        #: each server's last diagnostics reading and the CPU % it gave, by name
+        self._readings: dict[str, tuple[Diagnostics, float | None]] = {}
+        self._readings_lock = threading.Lock()
+        self._forbidden_until = 0.0
 
     @classmethod
     def connect(cls, settings: CloudSettings, owner: str, ratio: float = 1.0) -> OpenStackBackend:
@@ -88,6 +117,7 @@ class OpenStackBackend:
 
     def delete(self, name: str) -> None:
         self.cloud.delete(name)
+        self._readings.pop(name, None)
 
     def suspend(self, name: str) -> None:
         self.cloud.suspend(name)
@@ -132,6 +162,45 @@ class OpenStackBackend:
         if self._cores is None or now - self._cores[0] >= CORES_TTL_S:
             self._cores = (now, self._read_cores())
         return self._cores[1]
+
+    def vm_usage(self, name: str) -> tuple[float | None, float | None] | None:
+        """(CPU use in % of the server's vCPUs, memory in use in MiB) from Nova's
+        diagnostics, each None where there is no figure; None for no reading at all
+        (the cloud refuses diagnostics to this user, the server is gone). A reading
+        younger than `reading_ttl_s` answers again; a new one gives the CPU rate
+        since the previous one (`cpu_percent`: the first, the driver's utilisation
+        or none)."""
+        with self._readings_lock:
+            kept = self._readings.get(name)
+            if kept is not None and time.monotonic() - kept[0].at_s < self.reading_ttl_s:
+                return kept[1], kept[0].memory_used_mib
+            reading = self._diagnostics(name)
+            if reading is None:
+                self._readings.pop(name, None)
+                return None
+            cpu = cpu_percent(kept[0] if kept is not None else None, reading)
+            self._readings[name] = (reading, cpu)
+            return cpu, reading.memory_used_mib
+
+    def _diagnostics(self, name: str) -> Diagnostics | None:
+        """The server's diagnostics, None where there are none: a refusal (Nova's
+        403: admin only by default) is remembered for FORBIDDEN_TTL_S and logged
+        once then, so that a member's VMM does not ask Nova per VM per query."""
+        if time.monotonic() < self._forbidden_until:
+            return None
+        try:
+            return self.cloud.diagnostics(name)
+        except PinfoldError as error:
+            if error.code is ErrorCode.CLOUD_AUTH_FAILED:
+                self._forbidden_until = time.monotonic() + FORBIDDEN_TTL_S
+                log.warning(
+                    "RAPID: the cloud refuses this user its servers' diagnostics (admin only by "
+                    "Nova's default policy): no CPU or memory figures for %g s: %s",
+                    FORBIDDEN_TTL_S, error.detail,
+                )  # fmt: skip
+            elif error.code is not ErrorCode.UNKNOWN_VM:
+                log.warning("RAPID: no diagnostics for %s: %s", name, error)
+            return None
 
     def _read_cores(self) -> int:
         capacity = self.cloud.capacity()
