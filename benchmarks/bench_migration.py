@@ -211,7 +211,9 @@ def back_and_forth(
             for round_ in range(rounds):
                 source, target = (a, b) if round_ % 2 == 0 else (b, a)
                 results.append(migrate_once(source, target, watch))
-        (a if rounds % 2 == 0 else b).http.delete(f"/api/v1/vms/{NAME}", headers=AUTH)
+        deleted = (a if rounds % 2 == 0 else b).http.delete(f"/api/v1/vms/{NAME}", headers=AUTH)
+        if deleted.status_code != 204:
+            raise RuntimeError(f"the guest was not deleted: {deleted.status_code} {deleted.text}")
         return results
 
 
