@@ -43,18 +43,17 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.agent.guest import TICK
 from tests.agent.test_migration_lab import AUTH, LabAgent, lab_agents
 from tests.migrationlab import MigrationLab
 
+from benchmarks.common import poll
 from pinfold.agent.core import MigrationStorage
 
-T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "mover"
 POLL_S = 0.005  # the console logs' read period: the gaps' resolution on our side
@@ -128,17 +127,6 @@ class CounterWatch:
                 self._arrivals.extend(found)
 
 
-def poll(check: Callable[[], T | None], what: str, timeout_s: float = TIMEOUT_S) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
-
-
 def counted_past(watch: CounterWatch, host: str, past: int) -> Arrival:
     """Wait until the guest, on `host`, has printed a count above `past`."""
 
@@ -146,7 +134,7 @@ def counted_past(watch: CounterWatch, host: str, past: int) -> Arrival:
         last = watch.last()
         return last if last is not None and last.host == host and last.count > past else None
 
-    return poll(found, f"a count past {past} on host {host}")
+    return poll(found, f"a count past {past} on host {host}", TIMEOUT_S)
 
 
 def post(agent: LabAgent, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

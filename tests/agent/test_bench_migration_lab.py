@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.bench_migration import Arrival, CounterWatch, back_and_forth, gaps, poll
+from benchmarks.bench_migration import Arrival, CounterWatch, back_and_forth, gaps
+from benchmarks.common import poll
 
 from tests.agent.guest import TICK
 from tests.migrationlab import MigrationLab, migration_lab  # noqa: F401  (fixture)
