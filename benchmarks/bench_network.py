@@ -32,7 +32,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.agent.guest import SHELL_MARKER
 from tests.agent.test_console_lab import ANSWER, COMMAND
@@ -40,6 +40,7 @@ from tests.conftest import I7
 from tests.netlab import NetLab
 from tests.servers import serving
 
+from benchmarks.common import poll
 from pinfold.agent.api import create_app
 from pinfold.agent.drivers.libvirt import LibvirtDriver
 from pinfold.agent.networks import OwnNetwork
@@ -49,24 +50,11 @@ from pinfold.agent.store import Store
 from pinfold.cli.demo_guest import NET_PORT, demo_guest
 from pinfold.topology import Topology
 
-T = TypeVar("T")
 TOKEN = "bench-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 ROUND_TRIPS = 20
-TIMEOUT_S = 180.0
 NETWORK = "benchnet"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def poll(check: Callable[[], T | None], timeout_s: float = TIMEOUT_S, every_s: float = 0.02) -> T:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError("the guest did not answer")
-        time.sleep(every_s)
 
 
 def page(lab: NetLab, address: str) -> str | None:

@@ -1,10 +1,15 @@
-"""Helpers shared by the benchmarks: where the data is, one-core pinning, stats."""
+"""Helpers shared by the benchmarks: where the data is, one-core pinning, stats, waiting."""
 
 from __future__ import annotations
 
 import os
 import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 SHARED = Path(os.environ.get("PINFOLD_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 TOPOLOGIES = SHARED / "data" / "topologies"
@@ -29,3 +34,21 @@ def percentile(values: list[float], q: float) -> float:
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def poll(
+    check: Callable[[], T | None],
+    what: str = "the guest to answer",
+    timeout_s: float = 180.0,
+    every_s: float = 0.02,
+) -> T:
+    """Call `check` every `every_s` until it returns something true; TimeoutError
+    naming `what` after `timeout_s` (a benchmark has no pytest to fail)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(every_s)
