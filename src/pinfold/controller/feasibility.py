@@ -7,6 +7,13 @@ agent runs, so the controller admits exactly what the agent will accept
 (the allocator's check is the placement core's one feasibility rule,
 `placement.arithmetic.admits`). It
 is what `ControllerStore.reserve` calls under the host's lock.
+
+A batched reservation (`ControllerStore.reserve_many`, a bulk create's VMs
+on one host) replays the host once (`Feasibility.on_host`) and then admits
+its VMs one after the other (`HostCheck.admit`, the one check of a VM
+against the host under the lock): each admitted VM stays in the allocator,
+so the next is checked against the host with it, exactly as if each had been
+reserved alone in the same order.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from pinfold.model.vm import VMRequest
 from pinfold.placement import HostAllocator, PlacementError, Refusal, RefusalCode
 from pinfold.topology import Topology, slackvm_json
 
-__all__ = ["Feasibility", "check", "fits"]
+__all__ = ["Feasibility", "HostCheck", "check", "fits"]
 
 
 class Feasibility:
@@ -40,6 +47,39 @@ class Feasibility:
         self, host: HostRecord, existing: Sequence[VMRecord], new: VMRequest
     ) -> tuple[str, Refusal] | None:
         return check(host, existing, new, self.topology)
+
+    def on_host(self, host: HostRecord, existing: Sequence[VMRecord]) -> HostCheck:
+        """The host with `existing` replayed, ready to admit new VMs in turn."""
+        return HostCheck(host, existing, self.topology)
+
+
+class HostCheck:
+    """One host under its lock, its VMs replayed once: `admit` checks new VMs
+    against it one after the other, keeping each one it admits."""
+
+    def __init__(
+        self,
+        host: HostRecord,
+        existing: Sequence[VMRecord],
+        topology_of: Callable[[HostRecord], Topology],
+    ) -> None:
+        self.host = host
+        replayed = _replayed(host, existing, topology_of)
+        self._allocator = replayed if isinstance(replayed, HostAllocator) else None
+        self._unusable = None if isinstance(replayed, HostAllocator) else replayed
+
+    def admit(self, new: VMRequest) -> tuple[str, Refusal] | None:
+        """None when `new` fits on the host as it stands (then it stays
+        placed there, for the next VM's check), else why not: the text and
+        the refusal as data. The single place a VM is checked against a host
+        at reservation: any further rule of admission belongs here."""
+        if self._unusable is not None or self._allocator is None:
+            return self._unusable
+        try:
+            self._allocator.deploy(new.spec)
+        except PlacementError as exc:
+            return exc.refusal.describe(), exc.refusal
+        return None
 
 
 def _from_json(host: HostRecord) -> Topology:
@@ -70,6 +110,14 @@ def check(
     `host unavailable` refusal whose detail is the text's reason; one holding
     more than it can (re-registered smaller) too, its detail the whole text (the
     numbers of the replayed VM are not this request's)."""
+    return HostCheck(host, existing, topology_of).admit(new)
+
+
+def _replayed(
+    host: HostRecord, existing: Sequence[VMRecord], topology_of: Callable[[HostRecord], Topology]
+) -> HostAllocator | tuple[str, Refusal]:
+    """The host's allocator with `existing` deployed in order, or why the
+    host admits nothing (draining, unusable, holding more than it can)."""
     unavailable = RefusalCode.HOST_UNAVAILABLE
     if host.draining:
         why = f"host {host.id!r} is draining"
@@ -91,8 +139,4 @@ def check(
             # The host was re-registered smaller than what it holds: admit nothing more.
             text = f"{exc.refusal.describe()} (replaying vm {vm.name!r}: host {host.id!r} holds too much)"
             return text, Refusal(unavailable, detail=text)
-    try:
-        allocator.deploy(new.spec)
-    except PlacementError as exc:
-        return exc.refusal.describe(), exc.refusal
-    return None
+    return allocator

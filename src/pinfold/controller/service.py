@@ -393,43 +393,132 @@ class Controller:
         outcomes: dict[str, Placed | ControllerError | None],
         all_or_nothing: bool,
     ) -> list[VMRequest]:
-        """Reserve each of `requests` in turn, then create the reserved ones
-        on their agents in parallel; their outcomes go in `outcomes`. The
-        requests left to create alone. In `all_or_nothing`, a refusal drops
-        the reservations made, once all were tried (the answer says each
-        VM that did not fit), and no agent is asked."""
+        """Place `requests` in one pass (`_bulk_reserve`), then create the
+        reserved ones on their agents, one call per host, hosts in parallel;
+        their outcomes go in `outcomes`. The requests left to create alone.
+        In `all_or_nothing`, a refusal drops the reservations made, once all
+        were tried (the answer says each VM that did not fit), and no agent
+        is asked."""
         later: list[VMRequest] = []
-        reserved: list[tuple[HostRecord, _Attempt]] = []
         with contextlib.ExitStack() as marks:
             for request in requests:
                 marks.enter_context(self._creating_vm(request.name))
-                try:
-                    attempt = self._attempt(request, policy)
-                    host = next(self._reserved(attempt), None)
-                    if host is None:
-                        outcomes[request.name] = self._no_host(attempt)
-                    else:
-                        reserved.append((host, attempt))
-                except _NameTaken:
-                    later.append(request)
+            batches = self._bulk_reserve(requests, policy, outcomes, later)
             if all_or_nothing and any(request.name in outcomes for request in requests):
-                for _, held in reserved:
-                    self._forget(held.request.name)
-                    outcomes[held.request.name] = None
+                for _, held in batches:
+                    for attempt in held:
+                        self._forget(attempt.request.name)
+                        outcomes[attempt.request.name] = None
                 return later
             with ThreadPoolExecutor(BULK_WORKERS) as pool:
-                made = list(pool.map(lambda job: self._bulk_agent(*job), reserved))
-        for (_, attempt), placed in zip(reserved, made, strict=True):
-            if placed is None:
-                later.append(attempt.request)
-            else:
-                outcomes[attempt.request.name] = placed
+                made = list(pool.map(lambda batch: self._bulk_on_host(*batch), batches))
+        for (_, attempts), placed in zip(batches, made, strict=True):
+            for attempt, outcome in zip(attempts, placed, strict=True):
+                if outcome is None:
+                    later.append(attempt.request)
+                else:
+                    outcomes[attempt.request.name] = outcome
         return later
 
-    def _bulk_agent(self, host: HostRecord, attempt: _Attempt) -> Placed | ControllerError | None:
-        """One reserved VM of a bulk create on its agent: `_on_agent`'s answer
-        (None: the agent refused, the VM is tried again alone), or its error."""
-        return _outcome(lambda: self._on_agent(host, attempt.request, attempt))
+    def _bulk_reserve(
+        self,
+        requests: Sequence[VMRequest],
+        policy: str,
+        outcomes: dict[str, Placed | ControllerError | None],
+        later: list[VMRequest],
+    ) -> list[tuple[HostRecord, list[_Attempt]]]:
+        """Rank each request in turn with the picture, which then holds it on
+        its first-ranked host (so the next is ranked with it there, as one-by-one
+        creates would be), and reserve each host's share in one transaction
+        (`_reserve_batches`). A request no host takes in the picture has the
+        pending ones reserved first, then is ranked as `create` ranks (the
+        picture brought in step); its refusal goes in `outcomes`. Requests
+        whose name was taken meanwhile, or whose host refused at reservation
+        (the picture was behind), go in `later`."""
+        pending: dict[str, list[_Attempt]] = {}
+        batches: list[tuple[HostRecord, list[_Attempt]]] = []
+        for request in requests:
+            try:
+                attempt = self._attempt(request, policy, catch_up=False)
+                if not attempt.ranking:
+                    batches += self._reserve_batches(pending, later)
+                    pending = {}
+                    attempt = self._attempt(request, policy)
+                if not attempt.ranking:
+                    outcomes[request.name] = self._no_host(attempt)
+                    continue
+            except _NameTaken:
+                later.append(request)
+                continue
+            host_id = attempt.ranking[0]
+            with self._picture:
+                in_step = self.scheduler.placed(host_id, request.spec)
+            if in_step:
+                pending.setdefault(host_id, []).append(attempt)
+            else:
+                later.append(request)
+        return batches + self._reserve_batches(pending, later)
+
+    def _reserve_batches(
+        self, pending: Mapping[str, list[_Attempt]], later: list[VMRequest]
+    ) -> list[tuple[HostRecord, list[_Attempt]]]:
+        """Reserve each host's share of a bulk create (`ControllerStore.reserve_many`:
+        one transaction, the host replayed once), rows committed before any
+        agent is asked. Each host with the VMs it holds now; a VM refused
+        leaves the picture and goes in `later` (created alone, as `create`
+        would: the next host of its ranking), and its host's picture is read
+        again once all are reserved."""
+        batches, stale = [], []
+        for host_id, attempts in pending.items():
+            reserved = self._reserve_batch(host_id, attempts)
+            kept = [attempt for attempt, ok in zip(attempts, reserved, strict=True) if ok]
+            if len(kept) < len(attempts):
+                stale.append(host_id)
+                with self._picture:
+                    for attempt, ok in zip(attempts, reserved, strict=True):
+                        if not ok:
+                            self.scheduler.removed(attempt.request.name)
+                later.extend(
+                    attempt.request for attempt, ok in zip(attempts, reserved, strict=True) if not ok
+                )
+            host = self.store.host(host_id) if kept else None
+            if host is not None:
+                batches.append((host, kept))
+        for host_id in stale:
+            self._refresh_host(host_id)
+        return batches
+
+    def _reserve_batch(self, host_id: str, attempts: Sequence[_Attempt]) -> list[bool]:
+        """Whether each VM of a host's share was reserved (False: refused,
+        its name taken, or the whole batch failed: each is tried alone)."""
+        try:
+            records = self.store.reserve_many(
+                [attempt.request for attempt in attempts], host_id, self._fits.on_host, self.clock()
+            )
+        except (UnknownHostError, DuplicateVMError, StoreError):
+            return [False] * len(attempts)
+        return [isinstance(record, VMRecord) for record in records]
+
+    def _bulk_on_host(
+        self, host: HostRecord, attempts: Sequence[_Attempt]
+    ) -> list[Placed | ControllerError | None]:
+        """A host's reserved VMs of a bulk create on its agent, then marked
+        running in one transaction: each one's `Placed`, its error, or None
+        (the agent refused it: the reservation dropped, it is tried alone)."""
+        answers: list[dict[str, Any] | ControllerError | None] = []
+        for attempt in attempts:
+            call = partial(self.agent_for(host).create, attempt.request)
+            answers.append(_outcome(partial(self._agent_answer, host, attempt, call)))
+        made = [
+            (attempt, answer)
+            for attempt, answer in zip(attempts, answers, strict=True)
+            if isinstance(answer, dict)
+        ]
+        running = self._running(host, made)
+        return [
+            running[attempt.request.name] if isinstance(answer, dict) else answer
+            for attempt, answer in zip(attempts, answers, strict=True)
+        ]
 
     def _undo(self, outcomes: Sequence[Placed | ControllerError | None]) -> None:
         """All or nothing: delete the VMs this request made (not those that
@@ -447,13 +536,15 @@ class Controller:
                 return placed
         raise self._no_host(attempt)
 
-    def _attempt(self, request: VMRequest, policy: str) -> _Attempt:
+    def _attempt(self, request: VMRequest, policy: str, catch_up: bool = True) -> _Attempt:
         """Rank the hosts for `request` with the picture (which holds every
-        reservation this controller made, a bulk create's earlier VMs too)."""
+        reservation this controller made, a bulk create's earlier VMs too);
+        when none has room, bring the picture in step and rank again, unless
+        not `catch_up` (a bulk create's picture holds VMs not reserved yet)."""
         eligible = self.schedulable_hosts()
         with self._picture:
             decision = self.scheduler.choose(request.spec, policy, eligible)
-        if not decision.ranking():  # the picture may be behind another replica's deletes
+        if catch_up and not decision.ranking():  # the picture may be behind another replica's deletes
             self.refresh_vms()
             with self._picture:
                 decision = self.scheduler.choose(request.spec, policy, eligible)
@@ -513,9 +604,22 @@ class Controller:
     def _on_agent(self, host: HostRecord, request: VMRequest, attempt: _Attempt) -> Placed | None:
         """Create the reserved VM on `host`'s agent; None when it refused (the
         reservation dropped, its reason kept in `attempt`)."""
-        refused, as_data = attempt.refused, attempt.as_data
+        answer = self._agent_answer(host, attempt, partial(self.agent_for(host).create, request))
+        if answer is None:
+            return None
+        placed = self._running(host, [(attempt, answer)])[request.name]
+        if isinstance(placed, ControllerError):
+            raise placed
+        return placed
+
+    def _agent_answer(
+        self, host: HostRecord, attempt: _Attempt, call: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """The agent's answer to `call`, its create of the reserved VM; None
+        when it refused (the reservation dropped, its reason kept in `attempt`)."""
+        request, refused, as_data = attempt.request, attempt.refused, attempt.as_data
         try:
-            answer = self.agent_for(host).create(request)
+            return call()
         except AgentRefusedError as error:
             self._forget(request.name)
             if error.code == "invalid request":  # the request's fault (its image), not the host's
@@ -532,13 +636,29 @@ class Controller:
                 return None
             # It may have been created: keep the room, let the heartbeat (or a retry) tell.
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
-        created = NewEvent("vm created", request.name, {"host": host.id})
-        try:
-            record = self.store.set_vm_state(request.name, VMState.RUNNING, self.clock(), event=created)
-        except UnknownVMError as error:  # deleted by another request meanwhile
-            raise ControllerError("invalid", f"{request.name} was deleted while being created") from error
-        pins = answer.get("pinning")
-        return Placed(record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ())
+
+    def _running(
+        self, host: HostRecord, made: Sequence[tuple[_Attempt, dict[str, Any]]]
+    ) -> dict[str, Placed | ControllerError]:
+        """Record the VMs `host`'s agent made as running, with a "vm created"
+        event each, in one transaction; each one's `Placed` by name, or the
+        error of one deleted by another request meanwhile."""
+        if not made:
+            return {}
+        names = [attempt.request.name for attempt, _ in made]
+        events = {name: NewEvent("vm created", name, {"host": host.id}) for name in names}
+        records = self.store.set_vm_states(names, VMState.RUNNING, self.clock(), events)
+        result: dict[str, Placed | ControllerError] = {}
+        for (attempt, answer), record in zip(made, records, strict=True):
+            name = attempt.request.name
+            if record is None:
+                result[name] = ControllerError("invalid", f"{name} was deleted while being created")
+            else:
+                pins = answer.get("pinning")
+                result[name] = Placed(
+                    record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ()
+                )
+        return result
 
     def _again(self, existing: VMRecord, request: VMRequest) -> VMRecord | None:
         """Idempotency: the same request gets its VM, even when both were

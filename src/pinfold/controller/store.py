@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -47,6 +47,7 @@ from pinfold.model.vm import NIC, VMRequest
 from pinfold.placement import Refusal, VMSpec
 
 __all__ = [
+    "Admission",
     "ControllerStore",
     "DuplicateVMError",
     "EventRecord",
@@ -56,6 +57,7 @@ __all__ = [
     "HostLiveness",
     "HostRecord",
     "NewEvent",
+    "OnHost",
     "RefusedError",
     "ReportedNIC",
     "StoreError",
@@ -225,6 +227,37 @@ class EventRecord:
 #: `fits(host, vms on it in seq order, new vm)`: None when it fits, else why
 #: not: the text, or the text with the refusal as data.
 Fits = Callable[[HostRecord, Sequence[VMRecord], VMRequest], str | tuple[str, Refusal] | None]
+
+
+class Admission(Protocol):
+    """One host under its lock, with its VMs: admits new VMs one after the other."""
+
+    def admit(self, new: VMRequest) -> str | tuple[str, Refusal] | None:
+        """None when `new` fits (it then counts for the next), else why not (as `Fits`)."""
+
+
+#: `on_host(host, vms on it in seq order)`: the `Admission` for a batch on that host
+OnHost = Callable[[HostRecord, Sequence[VMRecord]], Admission]
+
+
+@dataclass(frozen=True)
+class _Each:
+    """A `Fits` as an `OnHost` for one VM: `reserve`'s single check."""
+
+    fits: Fits
+
+    def __call__(self, host: HostRecord, existing: Sequence[VMRecord]) -> Admission:
+        return _Admit(self.fits, host, existing)
+
+
+@dataclass(frozen=True)
+class _Admit:
+    fits: Fits
+    host: HostRecord
+    existing: Sequence[VMRecord]
+
+    def admit(self, new: VMRequest) -> str | tuple[str, Refusal] | None:
+        return self.fits(self.host, self.existing, new)
 
 
 class ControllerStore:
@@ -446,42 +479,65 @@ class ControllerStore:
         """
         try:
             with self._write() as session:
-                host = session.get(Host, host_id, with_for_update=True)
-                if host is None:
-                    raise UnknownHostError(host_id)
-                existing = session.get(VM, vm.name)
-                if existing is not None:
-                    raise DuplicateVMError(_vm_record(existing))
-                on_host = [_vm_record(row) for row in session.scalars(_vms_on(host_id))]
-                reason = fits(self._host_record(session, host), on_host, vm)
-                if isinstance(reason, tuple):
-                    raise RefusedError(host_id, *reason)
-                if reason is not None:
-                    raise RefusedError(host_id, reason)
-                row = VM(
-                    name=vm.name,
-                    seq=_next_seq(session),
-                    host_id=host_id,
-                    vcpus=vm.vcpus,
-                    memory_mib=vm.memory_mib,
-                    ratio=float(vm.ratio),
-                    owner=vm.owner,
-                    image=vm.image,
-                    state=VMState.RESERVED.value,
-                    detail="",
-                    created_at=now,
-                    updated_at=now,
-                    nics=[{"network": n.network, "bridge": n.bridge, "mac": n.mac} for n in vm.nics],
-                )
-                session.add(row)
-                session.flush()
-                return _vm_record(row)
+                (outcome,) = self._reserve_rows(session, [vm], host_id, _Each(fits), now)
+                if isinstance(outcome, StoreError):
+                    raise outcome
+                return outcome
         except IntegrityError as exc:
             # The same name reserved at the same moment on another host (another lock).
-            taken = self.vm(vm.name)
-            if taken is None:
-                raise StoreError(f"vm {vm.name!r} breaks a rule of the schema: {exc.orig}") from exc
-            raise DuplicateVMError(taken) from None
+            raise self._taken(vm.name, exc) from None
+
+    def reserve_many(
+        self, vms: Sequence[VMRequest], host_id: str, on_host: OnHost, now: float
+    ) -> list[VMRecord | RefusedError | DuplicateVMError]:
+        """`reserve` for many VMs on one host in one transaction (a bulk
+        create's): under the host's lock, its VMs read and replayed once
+        (`on_host`), then each of `vms` in order is admitted or refused
+        (`Admission.admit`, which keeps what it admits: the next is checked
+        with it there), as if each were reserved alone in this order. Each
+        VM's outcome, in order: its record, or why it was refused (a name
+        taken, no room). `UnknownHostError` refuses them all; `DuplicateVMError`
+        (raised) when a name was reserved at the same moment on another host
+        under another lock (nothing reserved: the caller tries them alone)."""
+        try:
+            with self._write() as session:
+                return self._reserve_rows(session, vms, host_id, on_host, now)
+        except IntegrityError as exc:
+            for vm in vms:
+                if self.vm(vm.name) is not None:
+                    raise self._taken(vm.name, exc) from None
+            raise StoreError(f"a batch on host {host_id!r} breaks a rule of the schema: {exc.orig}") from exc
+
+    def _reserve_rows(
+        self, session: Session, vms: Sequence[VMRequest], host_id: str, on_host: OnHost, now: float
+    ) -> list[VMRecord | RefusedError | DuplicateVMError]:
+        """The VM rows of a reservation, inserted under the host's lock (see `reserve_many`)."""
+        host = session.get(Host, host_id, with_for_update=True)
+        if host is None:
+            raise UnknownHostError(host_id)
+        names = [vm.name for vm in vms]
+        taken = {row.name: row for row in session.scalars(select(VM).where(VM.name.in_(names)))}
+        on_it = [_vm_record(row) for row in session.scalars(_vms_on(host_id))]
+        admission = on_host(self._host_record(session, host), on_it)
+        outcomes: list[VM | RefusedError | DuplicateVMError] = []
+        for vm in vms:
+            if vm.name in taken:
+                outcomes.append(DuplicateVMError(_vm_record(taken[vm.name])))
+                continue
+            reason = admission.admit(vm)
+            if reason is None:
+                outcomes.append(_reserved_row(vm, host_id, _next_seq(session), now))
+            else:
+                outcomes.append(RefusedError(host_id, *_reason(reason)))
+        session.add_all([row for row in outcomes if isinstance(row, VM)])
+        session.flush()
+        return [_vm_record(row) if isinstance(row, VM) else row for row in outcomes]
+
+    def _taken(self, name: str, exc: IntegrityError) -> StoreError:
+        taken = self.vm(name)
+        if taken is None:
+            return StoreError(f"vm {name!r} breaks a rule of the schema: {exc.orig}")
+        return DuplicateVMError(taken)
 
     def set_vm_state(
         self, name: str, state: VMState | str, now: float, detail: str = "", event: NewEvent | None = None
@@ -501,6 +557,24 @@ class ControllerStore:
                 session.add(_event_row(event, now))
             session.flush()
             return _vm_record(row)
+
+    def set_vm_states(
+        self, names: Sequence[str], state: VMState, now: float, events: Mapping[str, NewEvent]
+    ) -> list[VMRecord | None]:
+        """`set_vm_state` for many VMs (a host's share of a bulk create, made
+        by its agent) in one transaction, each with its event from `events`
+        if there is one; each one's record in order, None for a VM gone
+        (deleted by another request meanwhile)."""
+        state = _vm_state(state)
+        with self._write() as session:
+            query = select(VM).where(VM.name.in_(names)).with_for_update()
+            rows = {row.name: row for row in session.scalars(query)}
+            for row in rows.values():
+                row.state, row.detail, row.updated_at = state.value, "", now
+                if row.name in events:
+                    session.add(_event_row(events[row.name], now))
+            session.flush()
+            return [_vm_record(rows[name]) if name in rows else None for name in names]
 
     def delete_vm(
         self, name: str, event: NewEvent | None = None, now: float = 0.0, unchanged_since: float | None = None
@@ -595,6 +669,28 @@ def _heard_from(session: Session, host: Host, now: float) -> None:
 
 def _vms_on(host_id: str) -> Any:
     return select(VM).where(VM.host_id == host_id).order_by(VM.seq)
+
+
+def _reason(reason: str | tuple[str, Refusal]) -> tuple[str, Refusal | None]:
+    return reason if isinstance(reason, tuple) else (reason, None)
+
+
+def _reserved_row(vm: VMRequest, host_id: str, seq: int, now: float) -> VM:
+    return VM(
+        name=vm.name,
+        seq=seq,
+        host_id=host_id,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        ratio=float(vm.ratio),
+        owner=vm.owner,
+        image=vm.image,
+        state=VMState.RESERVED.value,
+        detail="",
+        created_at=now,
+        updated_at=now,
+        nics=[{"network": n.network, "bridge": n.bridge, "mac": n.mac} for n in vm.nics],
+    )
 
 
 def _next_seq(session: Session) -> int:

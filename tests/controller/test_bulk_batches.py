@@ -1,0 +1,135 @@
+"""A bulk create's batched reservations (issue 16): each host's share of a
+bulk is reserved in one transaction, the host replayed once, and the VMs
+land exactly where one-by-one creates in the same order would put them.
+
+In-process, with an agent stand-in that accepts every create at once: only
+the controller's own choices and transactions are under test here (the
+REST path with real sim agents is tests/controller/test_bulk.py's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from pinfold.controller.database import connect
+from pinfold.controller.service import Controller, NoHostError, Placed
+from pinfold.controller.store import ControllerStore
+from pinfold.model.vm import VMRequest
+
+HOSTS = 12
+
+
+class Accepting:
+    """An agent that creates whatever it is asked, at once."""
+
+    def create(self, request: VMRequest) -> dict[str, Any]:
+        return {"name": request.name, "pinning": []}
+
+
+def controller_on(url: str, topology: dict[str, Any], policy: str) -> Controller:
+    agent = Accepting()
+    controller = Controller(
+        ControllerStore(connect(url)),
+        lambda host: agent,  # type: ignore[arg-type,return-value]
+        heartbeat_period_s=3600,
+        default_policy=policy,
+    )
+    for i in range(HOSTS):
+        controller.register(f"h{i:02d}", f"http://127.0.0.1:{9000 + i}", topology, 2, 0)
+    return controller
+
+
+def mixed(count: int) -> list[VMRequest]:
+    """VMs of mixed sizes and levels, more than the hosts can take."""
+    return [
+        VMRequest(f"vm{i}", (1, 2, 4, 1, 2)[i % 5], (256, 1024, 2048)[i % 3], (1.0, 2.0, 3.0)[i % 3])
+        for i in range(count)
+    ]
+
+
+def hosts_of(controller: Controller) -> dict[str, str | None]:
+    return {vm.name: vm.host_id for vm in controller.vms()}
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, i7_topology: dict[str, Any]) -> Iterator[Any]:
+    made: list[Controller] = []
+
+    def make(name: str, policy: str) -> Controller:
+        controller = controller_on(f"sqlite:///{tmp_path / name}.db", i7_topology, policy)
+        made.append(controller)
+        return controller
+
+    yield make
+    for controller in made:
+        controller.store.engine.dispose()
+
+
+@pytest.mark.parametrize("policy", ["progress", "first-fit", "best-fit", "worst-fit"])
+def test_a_bulk_places_every_vm_on_the_host_one_by_one_creates_choose(fresh, policy):
+    """The same mixed VMs, one by one on a fresh cluster and in one bulk on
+    another: the same host for every VM, the same ones refused for lack of
+    room (the cluster fills up before the end), with every policy."""
+    requests = mixed(HOSTS * 9)
+    single = fresh("single", policy)
+    refused_singly = set()
+    for request in requests:
+        try:
+            single.create(request)
+        except NoHostError:
+            refused_singly.add(request.name)
+    bulk = fresh("bulk", policy).create_many(requests)
+    refused_in_bulk = {
+        r.name for r, o in zip(requests, bulk.outcomes, strict=True) if isinstance(o, NoHostError)
+    }
+    assert refused_singly
+    assert refused_in_bulk == refused_singly
+    assert all(
+        isinstance(o, Placed)
+        for r, o in zip(requests, bulk.outcomes, strict=True)
+        if r.name not in refused_singly
+    )
+    placed = hosts_of(single)
+    assert len(set(placed.values())) == HOSTS
+    assert hosts_of_bulk(bulk) == placed
+
+
+def hosts_of_bulk(bulk: Any) -> dict[str, str | None]:
+    return {o.record.name: o.record.host_id for o in bulk.outcomes if isinstance(o, Placed)}
+
+
+def write_commits(controller: Controller) -> list[str]:
+    """A list that grows by one at each commit of a transaction that wrote."""
+    commits: list[str] = []
+
+    def statement(conn: Any, _cursor: Any, text: str, *_: Any) -> None:
+        if text.lstrip().split(" ", 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
+            conn.info["wrote"] = True
+
+    def commit(conn: Any) -> None:
+        if conn.info.pop("wrote", False):
+            commits.append("commit")
+
+    event.listen(controller.store.engine, "before_cursor_execute", statement)
+    event.listen(controller.store.engine, "commit", commit)
+    return commits
+
+
+def test_a_bulk_commits_twice_per_host_not_twice_per_vm(tmp_path, database_url, i7_topology):
+    """60 VMs (on the 8 hosts `progress` fills): one transaction reserves
+    each host's share and one marks it running (16 commits), where reserving
+    and marking each VM alone took two commits per VM (120)."""
+    controller = controller_on(database_url, i7_topology, "progress")
+    commits = write_commits(controller)
+    try:
+        bulk = controller.create_many([VMRequest(f"vm{i}", 1, 256, 1.0) for i in range(60)])
+        assert all(isinstance(outcome, Placed) for outcome in bulk.outcomes)
+        used = {vm.host_id for vm in controller.vms()}
+        assert len(commits) <= 2 * len(used), f"{len(commits)} commits for 60 VMs on {len(used)} hosts"
+    finally:
+        controller.store.engine.dispose()
