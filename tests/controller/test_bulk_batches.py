@@ -30,6 +30,9 @@ class Accepting:
     def create(self, request: VMRequest) -> dict[str, Any]:
         return {"name": request.name, "pinning": []}
 
+    def create_many(self, requests: list[VMRequest]) -> list[dict[str, Any]]:
+        return [self.create(request) for request in requests]
+
 
 def controller_on(url: str, topology: dict[str, Any], policy: str) -> Controller:
     agent = Accepting()

@@ -28,7 +28,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
+from pinfold.controller.agents import AgentClient, AgentError, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.credentials import Proof, digest, matches
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.history import History
@@ -502,18 +502,20 @@ class Controller:
     def _bulk_on_host(
         self, host: HostRecord, attempts: Sequence[_Attempt]
     ) -> list[Placed | ControllerError | None]:
-        """A host's reserved VMs of a bulk create on its agent, then marked
-        running in one transaction: each one's `Placed`, its error, or None
-        (the agent refused it: the reservation dropped, it is tried alone)."""
-        answers: list[dict[str, Any] | ControllerError | None] = []
-        for attempt in attempts:
-            call = partial(self.agent_for(host).create, attempt.request)
-            answers.append(_outcome(partial(self._agent_answer, host, attempt, call)))
-        made = [
-            (attempt, answer)
-            for attempt, answer in zip(attempts, answers, strict=True)
-            if isinstance(answer, dict)
+        """A host's reserved VMs of a bulk create on its agent, in one call
+        (`AgentClient.create_many`), then marked running in one transaction:
+        each one's `Placed`, its error, or None (the agent refused it: the
+        reservation dropped, it is tried alone)."""
+        results: Sequence[dict[str, Any] | AgentError]
+        try:
+            results = self.agent_for(host).create_many([attempt.request for attempt in attempts])
+        except AgentUnreachableError as error:  # no answer at all: the same for each of them
+            results = [error] * len(attempts)
+        answers = [
+            _outcome(partial(self._agent_answer, host, attempt, partial(_given, result)))
+            for attempt, result in zip(attempts, results, strict=True)
         ]
+        made = [(a, answer) for a, answer in zip(attempts, answers, strict=True) if isinstance(answer, dict)]
         running = self._running(host, made)
         return [
             running[attempt.request.name] if isinstance(answer, dict) else answer
@@ -932,6 +934,13 @@ def _outcome(operation: Callable[[], T]) -> T | ControllerError:
         return operation()
     except ControllerError as error:
         return error
+
+
+def _given(result: dict[str, Any] | AgentError) -> dict[str, Any]:
+    """An agent's answer to one create of a batch, its error raised."""
+    if isinstance(result, AgentError):
+        raise result
+    return result
 
 
 def _with_first_boot(reserved: VMRequest, request: VMRequest) -> VMRequest:
