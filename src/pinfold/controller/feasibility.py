@@ -18,7 +18,8 @@ reserved alone in the same order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pinfold.controller.store import HostRecord, VMRecord
 from pinfold.model.vm import VMRequest
@@ -36,11 +37,15 @@ class Feasibility:
         self._topologies: dict[str, Topology] = {}
 
     def topology(self, host: HostRecord) -> Topology:
-        cached = self._topologies.get(host.topology_digest) if host.topology_digest else None
+        if not host.topology_digest:
+            return slackvm_json.from_dict(host.topology)
+        return self.parsed(host.topology_digest, host.topology)
+
+    def parsed(self, digest: str, document: Mapping[str, Any]) -> Topology:
+        """The topology `document` (stored under `digest`) describes, parsed once."""
+        cached = self._topologies.get(digest)
         if cached is None:
-            cached = slackvm_json.from_dict(host.topology)
-            if host.topology_digest:
-                self._topologies[host.topology_digest] = cached
+            cached = self._topologies[digest] = slackvm_json.from_dict(document)
         return cached
 
     def __call__(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 
-from pinfold.controller.store import HostRecord, VMRecord
+from pinfold.controller.store import HostRecord, HostShape, VMRecord
 from pinfold.placement import Cluster, Decision, HostAllocator, PlacementError, VMSpec
 from pinfold.topology import Topology, slackvm_json
 
@@ -33,7 +33,7 @@ class Scheduler:
     def hosts(self) -> tuple[str, ...]:
         return self._cluster.hosts
 
-    def rebuild(self, hosts: Sequence[HostRecord], vms: Sequence[VMRecord]) -> None:
+    def rebuild(self, hosts: Sequence[HostShape | HostRecord], vms: Sequence[VMRecord]) -> None:
         """Start again from the database's hosts and VMs (in seq order)."""
         by_host: dict[str, list[VMRecord]] = {}
         for vm in vms:
@@ -127,7 +127,7 @@ class Scheduler:
         if self._cluster.host_of(name) is not None:
             self._cluster.remove(name)
 
-    def _allocator(self, host: HostRecord) -> HostAllocator | None:
+    def _allocator(self, host: HostShape | HostRecord) -> HostAllocator | None:
         text = _shape(host)[0]
         try:
             topology = self._topologies.get(text) or slackvm_json.from_dict(host.topology)
@@ -137,7 +137,7 @@ class Scheduler:
             return None  # an unusable description: `fits` refuses it with the reason
 
 
-def _shape(host: HostRecord) -> tuple[str, int, int]:
+def _shape(host: HostShape | HostRecord) -> tuple[str, int, int]:
     digest = host.topology_digest or json.dumps(host.topology, sort_keys=True)
     return digest, host.critical_size, host.reserved_memory_mib
 

@@ -57,7 +57,6 @@ from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import POWER_ACTIONS, takes_actions
 from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem
 from pinfold.placement import POLICIES, Decision, HostAllocator, Refusal, RefusalCode, invalid_reason
-from pinfold.topology import slackvm_json
 
 T = TypeVar("T")
 
@@ -181,7 +180,7 @@ class Controller:
         says it beats at, stretches the time after which it is down (see `silence_s`).
         `proof` (the API's: the enrolment token or the host's credential) is
         checked by the store; `agent_token` is what the controller calls the agent with."""
-        problem = _unusable(topology, critical_size, reserved_memory_mib)
+        problem = self._unusable(topology, critical_size, reserved_memory_mib)
         if problem is not None:
             raise ControllerError("invalid request", problem)
         try:
@@ -195,12 +194,12 @@ class Controller:
                 heartbeat_period_s,
                 proof=proof,
                 agent_token=agent_token,
+                event=NewEvent("host registered", host_id, {"address": address}),
             )
         except HostAuthError as error:
             raise ControllerError(error.code, error.detail) from error
         except StoreError as error:
             raise ControllerError("invalid request", str(error)) from error
-        self.store.add_event("host registered", host_id, {"address": address}, self.clock())
         self._schedulable = (float("-inf"), [])
         vms = self.store.vms(host_id)
         with self._picture:
@@ -208,6 +207,19 @@ class Controller:
         if not in_place:
             self.refresh()
         return self._view(record, self.clock())
+
+    def _unusable(
+        self, topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int
+    ) -> str | None:
+        """Why a registration cannot describe a host the placement core can
+        use, or None. The parsed topology is kept by digest (`Feasibility`):
+        parsing a large server's document took half of a registration."""
+        try:
+            parsed = self._fits.parsed(self.store.digest(topology), topology)
+            HostAllocator(parsed, critical_size, reserved_memory_mib, report_pins=False)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            return f"topology: {type(error).__name__}: {error}"
+        return None
 
     def heartbeat(self, host_id: str, payload: Mapping[str, Any]) -> bool:
         """Store a heartbeat and settle this host's VMs with what its agent
@@ -847,7 +859,7 @@ class Controller:
     def refresh(self) -> None:
         """Rebuild the picture from the database (at start, and when a host's
         registration changed)."""
-        hosts, vms = self.store.hosts(), self.store.vms()
+        hosts, vms = self.store.shapes(), self.store.vms()
         with self._picture:
             self.scheduler.rebuild(hosts, vms)
 
@@ -858,7 +870,7 @@ class Controller:
         vms = self.store.vms()
         with self._picture:
             if not self.scheduler.refresh_vms(vms):
-                self.scheduler.rebuild(self.store.hosts(), vms)
+                self.scheduler.rebuild(self.store.shapes(), vms)
 
     def _refresh_host(self, host_id: str) -> None:
         vms = self.store.vms(host_id)
@@ -972,12 +984,3 @@ def _changed_nics(
             if nics != record.reported_nics:
                 changed[record.name] = nics
     return changed
-
-
-def _unusable(topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int) -> str | None:
-    """Why a registration cannot describe a host the placement core can use, or None."""
-    try:
-        HostAllocator(slackvm_json.from_dict(topology), critical_size, reserved_memory_mib, report_pins=False)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
-        return f"topology: {type(error).__name__}: {error}"
-    return None

@@ -56,6 +56,7 @@ __all__ = [
     "HostInUseError",
     "HostLiveness",
     "HostRecord",
+    "HostShape",
     "NewEvent",
     "OnHost",
     "RefusedError",
@@ -138,6 +139,18 @@ class HostRecord:
     heartbeat_period_s: float | None = None
     #: the agent's own API token, which the controller calls it with (None: an older agent)
     agent_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HostShape:
+    """What the scheduler's picture needs of a host (`ControllerStore.shapes`):
+    its size, without its heartbeat's JSON or its credentials."""
+
+    id: str
+    topology: Mapping[str, Any]
+    topology_digest: str
+    critical_size: int
+    reserved_memory_mib: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,6 +309,7 @@ class ControllerStore:
         *,
         proof: Proof | None = None,
         agent_token: str | None = None,
+        event: NewEvent | None = None,
     ) -> HostRecord:
         """Add a host, or update a known one (an agent restarting, its
         topology changed): its `draining` flag, first registration time and
@@ -304,12 +318,13 @@ class ControllerStore:
         `proof` is checked under the host's lock (`HostAuthError` if it does
         not hold, nothing changed): an `Enrolment` adds a host that holds no
         credential yet and gives it the enrolment's; a `HostCredential` only
-        updates the host it was issued to. None: a caller inside the controller."""
+        updates the host it was issued to. None: a caller inside the controller.
+        `event` is recorded in the same transaction (one commit, not two)."""
         if not 1 <= len(host_id) <= HOST_ID_MAX:
             raise StoreError(f"a host id has 1 to {HOST_ID_MAX} characters, not {len(host_id)}")
-        digest = digest_of(topology)
+        digest = self.digest(topology)
         with self._write() as session:
-            if session.get(TopologyDocument, digest) is None:
+            if digest not in self._documents:
                 self._add_topology(session, digest, topology)
             host = session.get(Host, host_id, with_for_update=True)
             if isinstance(proof, HostCredential) and session.get(RevokedCredential, proof.digest) is not None:
@@ -330,18 +345,35 @@ class ControllerStore:
             host.heartbeat_period_s = heartbeat_period_s
             host.last_heartbeat = now
             _heard_from(session, host, now)
+            if event is not None:
+                session.add(_event_row(event, now))
             session.flush()
-            return self._host_record(session, host)
+            document = self._documents.get(digest) or dict(topology)
+            record = _host_record(host, document)
+        self._documents[digest] = document  # once committed: a later registration need not store it
+        return record
 
-    @staticmethod
-    def _add_topology(session: Session, digest: str, document: Mapping[str, Any]) -> None:
+    def digest(self, topology: Mapping[str, Any]) -> str:
+        """The key `topology` is stored under (`models.digest_of`). A document
+        equal to one this process has seen has that one's key: comparing takes
+        a tenth of a millisecond, the canonical JSON and its hash of a large
+        server's document several (most of a registration). Equal documents are
+        equal as Python values (1 == 1.0), which the topology parser reads alike."""
+        for digest, document in list(self._documents.items()):  # other threads add to it
+            if document == topology:
+                return digest
+        return digest_of(topology)
+
+    def _add_topology(self, session: Session, digest: str, document: Mapping[str, Any]) -> None:
         """Store a topology document once; another replica storing the same
-        one at the same moment is fine (a savepoint absorbs the conflict)."""
-        try:
-            with session.begin_nested():
-                session.add(TopologyDocument(digest=digest, document=dict(document)))
-        except IntegrityError:
-            pass
+        one at the same moment is fine (a savepoint absorbs the conflict).
+        Only its key is read to look: not the document."""
+        if session.scalar(select(TopologyDocument.digest).where(TopologyDocument.digest == digest)) is None:
+            try:
+                with session.begin_nested():
+                    session.add(TopologyDocument(digest=digest, document=dict(document)))
+            except IntegrityError:
+                pass
 
     def _host_record(self, session: Session, host: Host) -> HostRecord:
         return self._host_records(session, [host])[0]
@@ -349,12 +381,16 @@ class ControllerStore:
     def _host_records(self, session: Session, hosts: Sequence[Host]) -> list[HostRecord]:
         """Records with their topology documents, each read from the database
         once per process (a document never changes under its digest)."""
-        missing = {host.topology_digest for host in hosts} - self._documents.keys()
+        self._load_documents(session, {host.topology_digest for host in hosts})
+        return [_host_record(host, self._documents[host.topology_digest]) for host in hosts]
+
+    def _load_documents(self, session: Session, digests: set[str]) -> None:
+        """Read the topology documents of `digests` this process has not read yet."""
+        missing = digests - self._documents.keys()
         if missing:
             query = select(TopologyDocument).where(TopologyDocument.digest.in_(missing))
             for row in session.scalars(query):
                 self._documents[row.digest] = row.document
-        return [_host_record(host, self._documents[host.topology_digest]) for host in hosts]
 
     def heartbeat(self, host_id: str, payload: Mapping[str, Any], now: float) -> bool:
         """Store a host's heartbeat; False when the host is unknown (the agent
@@ -453,6 +489,19 @@ class ControllerStore:
     def hosts(self) -> list[HostRecord]:
         with self._read() as session:
             return self._host_records(session, list(session.scalars(select(Host).order_by(Host.id))))
+
+    def shapes(self) -> list[HostShape]:
+        """Every host's shape, in id order: what a controller's picture is built
+        from at start. A read of whole rows (with their last heartbeat's JSON)
+        was most of a restart with 10,000 hosts."""
+        columns = (Host.id, Host.topology_digest, Host.critical_size, Host.reserved_memory_mib)
+        with self._read() as session:
+            rows = list(session.execute(select(*columns).order_by(Host.id)))
+            self._load_documents(session, {row[1] for row in rows})
+        return [
+            HostShape(id_, self._documents[digest], digest, size, memory)
+            for id_, digest, size, memory in rows
+        ]
 
     def liveness(self) -> list[HostLiveness]:
         """Every host's id, draining flag and last heartbeat, and nothing else:
