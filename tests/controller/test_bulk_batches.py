@@ -136,3 +136,33 @@ def test_a_bulk_commits_twice_per_host_not_twice_per_vm(tmp_path, database_url, 
         assert len(commits) <= 2 * len(used), f"{len(commits)} commits for 60 VMs on {len(used)} hosts"
     finally:
         controller.store.engine.dispose()
+
+
+class Failing:
+    """An admission that fails at the third VM (a bug, a lost connection)."""
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def admit(self, new: VMRequest) -> None:
+        self.seen += 1
+        if self.seen == 3:
+            raise RuntimeError("the check failed")
+
+
+def test_a_batch_that_fails_midway_reserves_none_of_its_vms(database_url, i7_topology):
+    """One transaction: the two VMs admitted before the failure are not kept."""
+    controller = controller_on(database_url, i7_topology, "progress")
+    failing = Failing()
+    try:
+        with pytest.raises(RuntimeError):
+            controller.store.reserve_many(
+                [VMRequest(f"vm{i}", 1, 256) for i in range(4)], "h00", lambda host, vms: failing, 1.0
+            )
+        assert failing.seen == 3
+        assert controller.vms() == []
+        assert controller.store.reserve_many([VMRequest("vm0", 1, 256)], "h00", lambda h, v: Failing(), 2.0)[
+            0
+        ]
+    finally:
+        controller.store.engine.dispose()
