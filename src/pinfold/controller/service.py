@@ -371,9 +371,10 @@ class Controller:
     ) -> Bulk:
         """A bulk create: each request's outcome, in order (its VM, or why it
         was refused). One pass places them all, each ranked with the picture
-        holding the ones before it and reserved as a single create is (a row,
-        committed, before any agent is asked: `_attempt`, `_reserved`); then
-        their agents create them in parallel (`BULK_WORKERS` at once). A name
+        holding the ones before it, each host's share reserved in one
+        transaction (rows committed before any agent is asked: `_bulk_reserve`);
+        then each host's agent creates its share in one call, hosts in
+        parallel (`BULK_WORKERS` at once: `_bulk_on_host`). A name
         already in the directory is a repeated create (`create`'s rules). A
         VM that met another request's or an agent's refusal is created alone
         after the pass, as `create` would. `all_or_nothing`: if any is
