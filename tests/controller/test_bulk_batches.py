@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from pinfold.controller import feasibility
 from pinfold.controller.database import connect
+from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.service import Controller, NoHostError, Placed
 from pinfold.controller.store import ControllerStore
 from pinfold.model.vm import VMRequest
@@ -32,6 +34,9 @@ class Accepting:
 
     def create_many(self, requests: list[VMRequest]) -> list[dict[str, Any]]:
         return [self.create(request) for request in requests]
+
+    def delete(self, name: str) -> bool:
+        return True
 
 
 def controller_on(url: str, topology: dict[str, Any], policy: str) -> Controller:
@@ -164,5 +169,47 @@ def test_a_batch_that_fails_midway_reserves_none_of_its_vms(database_url, i7_top
         assert controller.store.reserve_many([VMRequest("vm0", 1, 256)], "h00", lambda h, v: Failing(), 2.0)[
             0
         ]
+    finally:
+        controller.store.engine.dispose()
+
+
+def test_reservations_on_a_host_replay_it_once_while_nothing_else_changes_it(
+    tmp_path, i7_topology, monkeypatch
+):
+    """Each reservation used to replay every VM of its host through a new
+    allocator (0.06 ms a VM, at every create); the allocator a reservation
+    leaves is taken by the next one when the host holds exactly what it holds."""
+    controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
+    replays: list[str] = []
+    replayed = feasibility._replayed
+    monkeypatch.setattr(
+        feasibility, "_replayed", lambda host, *rest: replays.append(host.id) or replayed(host, *rest)
+    )
+    try:
+        for i in range(6):
+            controller.create(VMRequest(f"vm{i}", 1, 256))
+        assert replays == ["h00"]
+        controller.delete("vm0")  # the host changed: replayed again, once
+        for i in range(6, 8):
+            controller.create(VMRequest(f"vm{i}", 1, 256))
+        assert replays == ["h00", "h00"]
+    finally:
+        controller.store.engine.dispose()
+
+
+def test_a_kept_allocator_never_holds_what_the_database_does_not(tmp_path, i7_topology):
+    """i7: 8 CPUs. A check admits 6 vCPUs whose transaction then rolls back
+    (the database never had them): the next check of the host, with the host
+    empty, admits 8; one with 8 there, held behind the kept allocator's back
+    (another replica), refuses 1 more."""
+    controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
+    try:
+        host = controller.store.host("h00")
+        assert host is not None
+        fits = Feasibility()
+        assert fits.on_host(host, []).admit(VMRequest("lost", 6, 256)) is None
+        assert fits.on_host(host, []).admit(VMRequest("all", 8, 256)) is None
+        elsewhere = controller.store.reserve(VMRequest("other", 8, 256), "h00", lambda h, v, n: None, 1.0)
+        assert fits.on_host(host, [elsewhere]).admit(VMRequest("more", 1, 256)) is not None
     finally:
         controller.store.engine.dispose()

@@ -597,7 +597,9 @@ class Controller:
         reason kept in `attempt`)."""
         request, refused, as_data = attempt.request, attempt.refused, attempt.as_data
         try:
-            self.store.reserve(request, host.id, self._fits, self.clock())
+            (outcome,) = self.store.reserve_many([request], host.id, self._fits.on_host, self.clock())
+            if isinstance(outcome, StoreError):
+                raise outcome
         except RefusedError as error:
             refused[host.id] = error.reason
             if error.refusal is not None:
