@@ -5,8 +5,9 @@ VM back, also when both are sent at once: the later waits for the earlier to
 end, then looks again, see `_await_creator`);
 rank the `up`, not draining hosts with the placement core's policy
 (`Scheduler`, a picture of the cluster); for each host in rank order, reserve
-room in the database under the host's lock (`ControllerStore.reserve`: exact,
-so two requests or two controllers cannot both take the last room), then ask
+room in the database under the host's lock (`ControllerStore.reserve_many`
+with one VM, checked by `feasibility.HostCheck.admit`: exact, so two requests
+or two controllers cannot both take the last room), then ask
 the host's agent; on a refusal, drop the reservation and try the next host.
 
 The database is the only shared state, so a controller may die at any point:
