@@ -182,9 +182,12 @@ def test_reservations_on_a_host_replay_it_once_while_nothing_else_changes_it(
     controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
     replays: list[str] = []
     replayed = feasibility._replayed
-    monkeypatch.setattr(
-        feasibility, "_replayed", lambda host, *rest: replays.append(host.id) or replayed(host, *rest)
-    )
+
+    def counted(host: Any, *rest: Any) -> Any:
+        replays.append(host.id)
+        return replayed(host, *rest)
+
+    monkeypatch.setattr(feasibility, "_replayed", counted)
     try:
         for i in range(6):
             controller.create(VMRequest(f"vm{i}", 1, 256))
