@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pinfold.model.vm import (
     BRIDGE_PATTERN,
     MAC_PATTERN,
+    MAX_BULK,
     MAX_IMAGE_LENGTH,
     MAX_NAME_LENGTH,
     MAX_NICS,
@@ -37,7 +38,7 @@ from pinfold.model.vm import (
     VMRequest,
 )
 
-__all__ = ["CreateNIC", "CreateVM"]
+__all__ = ["CreateNIC", "CreateVM", "CreateVMBatch"]
 
 
 class CreateNIC(BaseModel):
@@ -80,3 +81,12 @@ class CreateVM(BaseModel):
             nics=tuple(nic.to_nic() for nic in self.nics),
             ssh_keys=tuple(self.ssh_keys), user_data=self.user_data,
         )  # fmt: skip
+
+
+class CreateVMBatch(BaseModel):
+    """Many creates in one request to an agent (a controller's bulk create:
+    one call per host, not one per VM): each is the body of a single create,
+    and each is carried out, and answered, as if it came alone."""
+
+    model_config = ConfigDict(strict=True)
+    vms: list[CreateVM] = Field(min_length=1, max_length=MAX_BULK)

@@ -28,7 +28,8 @@ from pinfold.agent.migration_api import add_migration_routes
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
-from pinfold.bodies import CreateVM
+from pinfold.bodies import CreateVM, CreateVMBatch
+from pinfold.model.errors import error_body
 from pinfold.model.lifecycle import POWER_ACTIONS
 from pinfold.model.refusal import refusal_json
 from pinfold.model.vm import MAX_VCPUS, MAX_VM_MEMORY_MIB
@@ -87,6 +88,15 @@ def _network(agent: Service, name: str) -> dict[str, Any]:
     return {"nics": [nic_document(nic, found) for nic, found in nics], "addresses": flat}
 
 
+def _made(agent: Service, request: VMRequest, view: Callable[[StoredVM], dict[str, Any]]) -> dict[str, Any]:
+    """One create of a batch: the VM's view, or its error's JSON and status."""
+    try:
+        return view(agent.create(request))
+    except AgentError as error:
+        answer = {**error_body(error.code, error.detail), "status": int(error.code.status)}
+        return answer if error.refusal is None else {**answer, "refusal": refusal_json(error.refusal)}
+
+
 def create_app(
     agent: Service,
     token: str,
@@ -132,6 +142,13 @@ def create_app(
     @app.post("/api/v1/vms", status_code=201, dependencies=[auth])
     def create_vm(body: CreateVM) -> dict[str, Any]:
         return view(call(lambda: agent.create(body.to_request())))
+
+    @app.post("/api/v1/vm-batches", dependencies=[auth])
+    def create_vms(body: CreateVMBatch) -> dict[str, list[dict[str, Any]]]:
+        """Each VM created in turn, as `create_vm` would (each stored before
+        its domain is made, as alone); each one's view, or its error as the
+        single create would answer it, with that answer's `status`."""
+        return {"vms": [_made(agent, vm.to_request(), view) for vm in body.vms]}
 
     @app.get("/api/v1/vms/{name}")
     def get_vm(name: str) -> dict[str, Any]:

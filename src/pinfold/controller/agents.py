@@ -23,6 +23,8 @@ never call each other over HTTP.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import httpx
@@ -97,25 +99,25 @@ class AgentClient:
         self._client.close()
 
     def create(self, request: VMRequest) -> dict[str, Any]:
-        """Create `request` on the agent, in the body `pinfold.bodies.CreateVM` reads
-        (an empty image is left out, a diskless VM; SSH keys and user data
-        only when there are some, so a create without them sends what it did)."""
-        body: dict[str, Any] = {
-            "name": request.name,
-            "vcpus": request.vcpus,
-            "memory_mib": request.memory_mib,
-            "ratio": request.ratio,
-            "owner": request.owner,
-        }
-        if request.image:
-            body["image"] = request.image
-        if request.nics:  # none: the agent's default network (and an agent from before NICs takes the body)
-            body["nics"] = [_nic_body(nic) for nic in request.nics]
-        if request.ssh_keys:
-            body["ssh_keys"] = list(request.ssh_keys)
-        if request.user_data:
-            body["user_data"] = request.user_data
-        return self._call("POST", "/api/v1/vms", body)
+        """Create `request` on the agent, in the body `pinfold.bodies.CreateVM` reads."""
+        return self._call("POST", "/api/v1/vms", _create_body(request))
+
+    def create_many(self, requests: Sequence[VMRequest]) -> list[dict[str, Any] | AgentRefusedError]:
+        """Create each of `requests` on the agent in one call (its
+        /api/v1/vm-batches route, one create after the other): each one's
+        answer, or the agent's refusal of it. An agent without that route (an
+        older one) is asked once per VM. `AgentUnreachableError`: no answer
+        for the whole call (any of them may have been made)."""
+        try:
+            answer = self._call("POST", "/api/v1/vm-batches", {"vms": [_create_body(r) for r in requests]})
+        except AgentRefusedError as error:
+            if error.status not in (404, 405):
+                raise
+            return [_refused_or(partial(self.create, request)) for request in requests]
+        items = answer.get("vms")
+        if not isinstance(items, list) or len(items) != len(requests):
+            raise AgentUnreachableError("the agent's answer to a batch of creates lists other VMs", sent=True)
+        return [_item(item) for item in items]
 
     def get(self, name: str) -> dict[str, Any] | None:
         try:
@@ -232,6 +234,49 @@ def _refusal(response: httpx.Response) -> AgentRefusedError | None:
     return AgentRefusedError(
         str(document["error"]), str(document.get("detail", "")), response.status_code, refusal
     )
+
+
+def _create_body(request: VMRequest) -> dict[str, Any]:
+    """A create's body as `pinfold.bodies.CreateVM` reads it (an empty image
+    is left out, a diskless VM; SSH keys and user data only when there are
+    some, so a create without them sends what it did)."""
+    body: dict[str, Any] = {
+        "name": request.name,
+        "vcpus": request.vcpus,
+        "memory_mib": request.memory_mib,
+        "ratio": request.ratio,
+        "owner": request.owner,
+    }
+    if request.image:
+        body["image"] = request.image
+    if request.nics:  # none: the agent's default network (and an agent from before NICs takes the body)
+        body["nics"] = [_nic_body(nic) for nic in request.nics]
+    if request.ssh_keys:
+        body["ssh_keys"] = list(request.ssh_keys)
+    if request.user_data:
+        body["user_data"] = request.user_data
+    return body
+
+
+def _refused_or(create: Callable[[], dict[str, Any]]) -> dict[str, Any] | AgentRefusedError:
+    try:
+        return create()
+    except AgentRefusedError as error:
+        return error
+
+
+def _item(item: Any) -> dict[str, Any] | AgentRefusedError:
+    """One VM's answer in a batch: its view, or the agent's refusal of it
+    (its JSON error, with the status the single create would have had)."""
+    if not isinstance(item, dict):
+        return AgentRefusedError("refused", f"an answer that is no JSON object: {str(item)[:200]}", 502)
+    if "error" not in item:
+        return item
+    status = item.get("status")
+    return AgentRefusedError(
+        str(item["error"]), str(item.get("detail", "")), status if isinstance(status, int) else 400,
+        refusal_from_json(item.get("refusal")),
+    )  # fmt: skip
 
 
 def _nic_body(nic: NIC) -> dict[str, str]:

@@ -14,7 +14,7 @@ import json
 from collections.abc import Collection, Iterable, Sequence
 
 from pinfold.controller.feasibility import cloud_reason
-from pinfold.controller.store import HostRecord, VMRecord
+from pinfold.controller.store import HostRecord, HostShape, VMRecord
 from pinfold.placement import Cluster, Decision, GroupRule, HostAllocator, PlacementError, VMSpec
 from pinfold.placement.consolidation import Budget, Plan, plan_consolidation
 from pinfold.topology import Topology, slackvm_json
@@ -37,7 +37,7 @@ class Scheduler:
     def hosts(self) -> tuple[str, ...]:
         return self._cluster.hosts
 
-    def rebuild(self, hosts: Sequence[HostRecord], vms: Sequence[VMRecord]) -> None:
+    def rebuild(self, hosts: Sequence[HostShape | HostRecord], vms: Sequence[VMRecord]) -> None:
         """Start again from the database's hosts and VMs (in seq order)."""
         by_host: dict[str, list[VMRecord]] = {}
         for vm in vms:
@@ -155,7 +155,7 @@ class Scheduler:
         if self._cluster.host_of(name) is not None:
             self._cluster.remove(name)
 
-    def _allocator(self, host: HostRecord) -> HostAllocator | None:
+    def _allocator(self, host: HostShape | HostRecord) -> HostAllocator | None:
         """None for a host the picture leaves out: a cloud's (noted in `clouds`), or one
         whose description does not parse."""
         why = cloud_reason(host)
@@ -172,7 +172,7 @@ class Scheduler:
             return None  # an unusable description: `fits` refuses it with the reason
 
 
-def _shape(host: HostRecord) -> tuple[str, int, int]:
+def _shape(host: HostShape | HostRecord) -> tuple[str, int, int]:
     digest = host.topology_digest or json.dumps(host.topology, sort_keys=True)
     return digest, host.critical_size, host.reserved_memory_mib
 

@@ -5,8 +5,9 @@ VM back, also when both are sent at once: the later waits for the earlier to
 end, then looks again, see `_await_creator`);
 rank the `up`, not draining hosts with the placement core's policy
 (`Scheduler`, a picture of the cluster); for each host in rank order, reserve
-room in the database under the host's lock (`ControllerStore.reserve`: exact,
-so two requests or two controllers cannot both take the last room), then ask
+room in the database under the host's lock (`ControllerStore.reserve_many`
+with one VM, checked by `feasibility.HostCheck.admit`: exact, so two requests
+or two controllers cannot both take the last room), then ask
 the host's agent; on a refusal, drop the reservation and try the next host.
 
 The database is the only shared state, so a controller may die at any point:
@@ -72,7 +73,6 @@ from pinfold.placement import (
     invalid_reason,
 )
 from pinfold.placement.consolidation import Budget, Plan
-from pinfold.topology import slackvm_json
 
 T = TypeVar("T")
 
@@ -214,7 +214,7 @@ class Controller:
         says it beats at, stretches the time after which it is down (see `silence_s`).
         `proof` (the API's: the enrolment token or the host's credential) is
         checked by the store; `agent_token` is what the controller calls the agent with."""
-        problem = _unusable(topology, critical_size, reserved_memory_mib)
+        problem = self._unusable(topology, critical_size, reserved_memory_mib)
         if problem is not None:
             raise ControllerError("invalid request", problem)
         try:
@@ -228,12 +228,12 @@ class Controller:
                 heartbeat_period_s,
                 proof=proof,
                 agent_token=agent_token,
+                event=NewEvent("host registered", host_id, {"address": address}),
             )
         except HostAuthError as error:
             raise ControllerError(error.code, error.detail) from error
         except StoreError as error:
             raise ControllerError("invalid request", str(error)) from error
-        self.store.add_event("host registered", host_id, {"address": address}, self.clock())
         self._schedulable = (float("-inf"), [])
         vms = self.store.vms(host_id)
         with self._picture:
@@ -241,6 +241,19 @@ class Controller:
         if not in_place:
             self.refresh()
         return self._view(record, self.clock())
+
+    def _unusable(
+        self, topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int
+    ) -> str | None:
+        """Why a registration cannot describe a host the placement core can
+        use, or None. The parsed topology is kept by digest (`Feasibility`):
+        parsing a large server's document took half of a registration."""
+        try:
+            parsed = self._fits.parsed(self.store.digest(topology), topology)
+            HostAllocator(parsed, critical_size, reserved_memory_mib, report_pins=False)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+            return f"topology: {type(error).__name__}: {error}"
+        return None
 
     def heartbeat(self, host_id: str, payload: Mapping[str, Any]) -> bool:
         """Store a heartbeat and settle this host's VMs with what its agent
@@ -401,9 +414,10 @@ class Controller:
     ) -> Bulk:
         """A bulk create: each request's outcome, in order (its VM, or why it
         was refused). One pass places them all, each ranked with the picture
-        holding the ones before it and reserved as a single create is (a row,
-        committed, before any agent is asked: `_attempt`, `_reserved`); then
-        their agents create them in parallel (`BULK_WORKERS` at once). A name
+        holding the ones before it, each host's share reserved in one
+        transaction (rows committed before any agent is asked: `_bulk_reserve`);
+        then each host's agent creates its share in one call, hosts in
+        parallel (`BULK_WORKERS` at once: `_bulk_on_host`). A name
         already in the directory is a repeated create (`create`'s rules). A
         VM that met another request's or an agent's refusal is created alone
         after the pass, as `create` would. `all_or_nothing`: if any is
@@ -438,44 +452,138 @@ class Controller:
         all_or_nothing: bool,
         group: GroupRule | None = None,
     ) -> list[VMRequest]:
-        """Reserve each of `requests` in turn, then create the reserved ones
-        on their agents in parallel; their outcomes go in `outcomes`. The
-        requests left to create alone. In `all_or_nothing`, a refusal drops
-        the reservations made, once all were tried (the answer says each
-        VM that did not fit), and no agent is asked."""
+        """Place `requests` in one pass (`_bulk_reserve`), then create the
+        reserved ones on their agents, one call per host, hosts in parallel;
+        their outcomes go in `outcomes`. The requests left to create alone.
+        In `all_or_nothing`, a refusal drops the reservations made, once all
+        were tried (the answer says each VM that did not fit), and no agent
+        is asked."""
         later: list[VMRequest] = []
-        reserved: list[tuple[HostRecord, _Attempt]] = []
         with contextlib.ExitStack() as marks:
             for request in requests:
                 marks.enter_context(self._creating_vm(request.name))
-                try:
-                    attempt = self._attempt(request, policy, group)
-                    host = next(self._reserved(attempt), None)
-                    if host is None:
-                        outcomes[request.name] = self._no_host(attempt)
-                    else:
-                        reserved.append((host, attempt))
-                        group = group.with_member(request.name) if group is not None else None
-                except _NameTaken:
-                    later.append(request)
+            batches = self._bulk_reserve(requests, policy, outcomes, later, group)
             if all_or_nothing and any(request.name in outcomes for request in requests):
-                for _, held in reserved:
-                    self._forget(held.request.name)
-                    outcomes[held.request.name] = None
+                for _, held in batches:
+                    for attempt in held:
+                        self._forget(attempt.request.name)
+                        outcomes[attempt.request.name] = None
                 return later
             with ThreadPoolExecutor(BULK_WORKERS) as pool:
-                made = list(pool.map(lambda job: self._bulk_agent(*job), reserved))
-        for (_, attempt), placed in zip(reserved, made, strict=True):
-            if placed is None:
-                later.append(attempt.request)
-            else:
-                outcomes[attempt.request.name] = placed
+                made = list(pool.map(lambda batch: self._bulk_on_host(*batch), batches))
+        for (_, attempts), placed in zip(batches, made, strict=True):
+            for attempt, outcome in zip(attempts, placed, strict=True):
+                if outcome is None:
+                    later.append(attempt.request)
+                else:
+                    outcomes[attempt.request.name] = outcome
         return later
 
-    def _bulk_agent(self, host: HostRecord, attempt: _Attempt) -> Placed | ControllerError | None:
-        """One reserved VM of a bulk create on its agent: `_on_agent`'s answer
-        (None: the agent refused, the VM is tried again alone), or its error."""
-        return _outcome(lambda: self._on_agent(host, attempt.request, attempt))
+    def _bulk_reserve(
+        self,
+        requests: Sequence[VMRequest],
+        policy: str,
+        outcomes: dict[str, Placed | ControllerError | None],
+        later: list[VMRequest],
+        group: GroupRule | None = None,
+    ) -> list[tuple[HostRecord, list[_Attempt]]]:
+        """Rank each request in turn with the picture, which then holds it on
+        its first-ranked host (so the next is ranked with it there, as one-by-one
+        creates would be), and reserve each host's share in one transaction
+        (`_reserve_batches`). A request no host takes in the picture has the
+        pending ones reserved first, then is ranked as `create` ranks (the
+        picture brought in step); its refusal goes in `outcomes`. Requests
+        whose name was taken meanwhile, or whose host refused at reservation
+        (the picture was behind), go in `later`. `group`: each request's rule
+        counts the requests placed before it."""
+        pending: dict[str, list[_Attempt]] = {}
+        batches: list[tuple[HostRecord, list[_Attempt]]] = []
+        for request in requests:
+            try:
+                attempt = self._attempt(request, policy, group, catch_up=False)
+                if not attempt.ranking:
+                    batches += self._reserve_batches(pending, later)
+                    pending = {}
+                    attempt = self._attempt(request, policy, group)
+                if not attempt.ranking:
+                    outcomes[request.name] = self._no_host(attempt)
+                    continue
+            except _NameTaken:
+                later.append(request)
+                continue
+            host_id = attempt.ranking[0]
+            with self._picture:
+                in_step = self.scheduler.placed(host_id, request.spec)
+            if in_step:
+                pending.setdefault(host_id, []).append(attempt)
+                group = group.with_member(request.name) if group is not None else None
+            else:
+                later.append(request)
+        return batches + self._reserve_batches(pending, later)
+
+    def _reserve_batches(
+        self, pending: Mapping[str, list[_Attempt]], later: list[VMRequest]
+    ) -> list[tuple[HostRecord, list[_Attempt]]]:
+        """Reserve each host's share of a bulk create (`ControllerStore.reserve_many`:
+        one transaction, the host replayed once), rows committed before any
+        agent is asked. Each host with the VMs it holds now; a VM refused
+        leaves the picture and goes in `later` (created alone, as `create`
+        would: the next host of its ranking), and its host's picture is read
+        again once all are reserved."""
+        batches, stale = [], []
+        for host_id, attempts in pending.items():
+            reserved = self._reserve_batch(host_id, attempts)
+            kept = [attempt for attempt, ok in zip(attempts, reserved, strict=True) if ok]
+            if len(kept) < len(attempts):
+                stale.append(host_id)
+                with self._picture:
+                    for attempt, ok in zip(attempts, reserved, strict=True):
+                        if not ok:
+                            self.scheduler.removed(attempt.request.name)
+                later.extend(
+                    attempt.request for attempt, ok in zip(attempts, reserved, strict=True) if not ok
+                )
+            host = self.store.host(host_id) if kept else None
+            if host is not None:
+                batches.append((host, kept))
+        for host_id in stale:
+            self._refresh_host(host_id)
+        return batches
+
+    def _reserve_batch(self, host_id: str, attempts: Sequence[_Attempt]) -> list[bool]:
+        """Whether each VM of a host's share was reserved (False: refused,
+        its name taken, or the whole batch failed: each is tried alone)."""
+        group = attempts[0].group.name if attempts and attempts[0].group is not None else None
+        try:
+            records = self.store.reserve_many(
+                [attempt.request for attempt in attempts], host_id, self._fits.on_host, self.clock(), group
+            )
+        except (UnknownHostError, DuplicateVMError, StoreError):
+            return [False] * len(attempts)
+        return [isinstance(record, VMRecord) for record in records]
+
+    def _bulk_on_host(
+        self, host: HostRecord, attempts: Sequence[_Attempt]
+    ) -> list[Placed | ControllerError | None]:
+        """A host's reserved VMs of a bulk create on its agent, in one call
+        (`AgentClient.create_many`), then marked running in one transaction:
+        each one's `Placed`, its error, or None (the agent refused it: the
+        reservation dropped, it is tried alone)."""
+        results: Sequence[dict[str, Any] | AgentError]
+        try:
+            results = self.agent_for(host).create_many([attempt.request for attempt in attempts])
+        except AgentUnreachableError as error:  # no answer at all: the same for each of them
+            results = [error] * len(attempts)
+        answers = [
+            _outcome(partial(self._agent_answer, host, attempt, partial(_given, result)))
+            for attempt, result in zip(attempts, results, strict=True)
+        ]
+        made = [(a, answer) for a, answer in zip(attempts, answers, strict=True) if isinstance(answer, dict)]
+        running = self._running(host, made)
+        return [
+            running[attempt.request.name] if isinstance(answer, dict) else answer
+            for attempt, answer in zip(attempts, answers, strict=True)
+        ]
 
     def _undo(self, outcomes: Sequence[Placed | ControllerError | None]) -> None:
         """All or nothing: delete the VMs this request made (not those that
@@ -494,17 +602,24 @@ class Controller:
         raise self._no_host(attempt)
 
     def _attempt(
-        self, request: VMRequest, policy: str, group: GroupRule | None = None, exclude: str | None = None
+        self,
+        request: VMRequest,
+        policy: str,
+        group: GroupRule | None = None,
+        exclude: str | None = None,
+        catch_up: bool = True,
     ) -> _Attempt:
         """Rank the hosts for `request` with the picture (which holds every
         reservation this controller made, a bulk create's earlier VMs too);
+        when none has room, bring the picture in step and rank again, unless
+        not `catch_up` (a bulk create's picture holds VMs not reserved yet).
         `exclude`: a host left out (a migration's source)."""
         eligible = self.schedulable_hosts()
         if exclude is not None:
             eligible = [host for host in eligible if host != exclude]
         with self._picture:
             decision = self.scheduler.choose(request.spec, policy, eligible, group)
-        if not decision.ranking():  # the picture may be behind another replica's deletes
+        if catch_up and not decision.ranking():  # the picture may be behind another replica's deletes
             self.refresh_vms()
             with self._picture:
                 decision = self.scheduler.choose(request.spec, policy, eligible, group)
@@ -556,7 +671,11 @@ class Controller:
         group = attempt.group.name if attempt.group is not None else None
         try:
             if take is None:
-                self.store.reserve(request, host.id, self._fits, self.clock(), group)
+                (outcome,) = self.store.reserve_many(
+                    [request], host.id, self._fits.on_host, self.clock(), group
+                )
+                if isinstance(outcome, StoreError):
+                    raise outcome
             else:
                 take()
         except UnknownGroupError as error:  # deleted since the create read it
@@ -584,9 +703,22 @@ class Controller:
     def _on_agent(self, host: HostRecord, request: VMRequest, attempt: _Attempt) -> Placed | None:
         """Create the reserved VM on `host`'s agent; None when it refused (the
         reservation dropped, its reason kept in `attempt`)."""
-        refused, as_data = attempt.refused, attempt.as_data
+        answer = self._agent_answer(host, attempt, partial(self.agent_for(host).create, request))
+        if answer is None:
+            return None
+        placed = self._running(host, [(attempt, answer)])[request.name]
+        if isinstance(placed, ControllerError):
+            raise placed
+        return placed
+
+    def _agent_answer(
+        self, host: HostRecord, attempt: _Attempt, call: Callable[[], dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """The agent's answer to `call`, its create of the reserved VM; None
+        when it refused (the reservation dropped, its reason kept in `attempt`)."""
+        request, refused, as_data = attempt.request, attempt.refused, attempt.as_data
         try:
-            answer = self.agent_for(host).create(request)
+            return call()
         except AgentRefusedError as error:
             self._forget(request.name)
             if error.code == "invalid request":  # the request's fault (its image), not the host's
@@ -603,13 +735,29 @@ class Controller:
                 return None
             # It may have been created: keep the room, let the heartbeat (or a retry) tell.
             raise ControllerError("agent failed", f"{host.id}: {error.detail}") from error
-        created = NewEvent("vm created", request.name, {"host": host.id})
-        try:
-            record = self.store.set_vm_state(request.name, VMState.RUNNING, self.clock(), event=created)
-        except UnknownVMError as error:  # deleted by another request meanwhile
-            raise ControllerError("invalid", f"{request.name} was deleted while being created") from error
-        pins = answer.get("pinning")
-        return Placed(record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ())
+
+    def _running(
+        self, host: HostRecord, made: Sequence[tuple[_Attempt, dict[str, Any]]]
+    ) -> dict[str, Placed | ControllerError]:
+        """Record the VMs `host`'s agent made as running, with a "vm created"
+        event each, in one transaction; each one's `Placed` by name, or the
+        error of one deleted by another request meanwhile."""
+        if not made:
+            return {}
+        names = [attempt.request.name for attempt, _ in made]
+        events = {name: NewEvent("vm created", name, {"host": host.id}) for name in names}
+        records = self.store.set_vm_states(names, VMState.RUNNING, self.clock(), events)
+        result: dict[str, Placed | ControllerError] = {}
+        for (attempt, answer), record in zip(made, records, strict=True):
+            name = attempt.request.name
+            if record is None:
+                result[name] = ControllerError("invalid", f"{name} was deleted while being created")
+            else:
+                pins = answer.get("pinning")
+                result[name] = Placed(
+                    record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ()
+                )
+        return result
 
     def _again(self, existing: VMRecord, request: VMRequest) -> VMRecord | None:
         """Idempotency: the same request gets its VM, even when both were
@@ -1039,7 +1187,7 @@ class Controller:
     def refresh(self) -> None:
         """Rebuild the picture from the database (at start, and when a host's
         registration changed)."""
-        hosts, vms = self.store.hosts(), self.store.vms()
+        hosts, vms = self.store.shapes(), self.store.vms()
         with self._picture:
             self.scheduler.rebuild(hosts, vms)
 
@@ -1050,7 +1198,7 @@ class Controller:
         vms = self.store.vms()
         with self._picture:
             if not self.scheduler.refresh_vms(vms):
-                self.scheduler.rebuild(self.store.hosts(), vms)
+                self.scheduler.rebuild(self.store.shapes(), vms)
 
     def _refresh_host(self, host_id: str) -> None:
         vms = self.store.vms(host_id)
@@ -1172,6 +1320,13 @@ def _outcome(operation: Callable[[], T]) -> T | ControllerError:
         return error
 
 
+def _given(result: dict[str, Any] | AgentError) -> dict[str, Any]:
+    """An agent's answer to one create of a batch, its error raised."""
+    if isinstance(result, AgentError):
+        raise result
+    return result
+
+
 def _with_first_boot(reserved: VMRequest, request: VMRequest) -> VMRequest:
     """The reserved VM with `request`'s SSH keys and user data: the directory
     keeps neither (they go to the agent's cloud-init seed), so a retry that
@@ -1201,12 +1356,3 @@ def _changed_nics(
             if nics != record.reported_nics:
                 changed[record.name] = nics
     return changed
-
-
-def _unusable(topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int) -> str | None:
-    """Why a registration cannot describe a host the placement core can use, or None."""
-    try:
-        HostAllocator(slackvm_json.from_dict(topology), critical_size, reserved_memory_mib, report_pins=False)
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
-        return f"topology: {type(error).__name__}: {error}"
-    return None

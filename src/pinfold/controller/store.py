@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Engine, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -50,6 +50,7 @@ from pinfold.model.vm import NIC, VMRequest
 from pinfold.placement import GroupPolicy, GroupRule, Refusal, VMSpec, host_refusal
 
 __all__ = [
+    "Admission",
     "ControllerStore",
     "DuplicateVMError",
     "EventRecord",
@@ -61,8 +62,10 @@ __all__ = [
     "HostInUseError",
     "HostLiveness",
     "HostRecord",
+    "HostShape",
     "MigrationRecord",
     "NewEvent",
+    "OnHost",
     "RefusedError",
     "ReportedNIC",
     "StoreError",
@@ -167,6 +170,18 @@ class HostRecord:
     heartbeat_period_s: float | None = None
     #: the agent's own API token, which the controller calls it with (None: an older agent)
     agent_token: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class HostShape:
+    """What the scheduler's picture needs of a host (`ControllerStore.shapes`):
+    its size, without its heartbeat's JSON or its credentials."""
+
+    id: str
+    topology: Mapping[str, Any]
+    topology_digest: str
+    critical_size: int
+    reserved_memory_mib: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +312,37 @@ class EventRecord:
 Fits = Callable[[HostRecord, Sequence[VMRecord], VMRequest], str | tuple[str, Refusal] | None]
 
 
+class Admission(Protocol):
+    """One host under its lock, with its VMs: admits new VMs one after the other."""
+
+    def admit(self, new: VMRequest) -> str | tuple[str, Refusal] | None:
+        """None when `new` fits (it then counts for the next), else why not (as `Fits`)."""
+
+
+#: `on_host(host, vms on it in seq order)`: the `Admission` for a batch on that host
+OnHost = Callable[[HostRecord, Sequence[VMRecord]], Admission]
+
+
+@dataclass(frozen=True)
+class _Each:
+    """A `Fits` as an `OnHost` for one VM: `reserve`'s single check."""
+
+    fits: Fits
+
+    def __call__(self, host: HostRecord, existing: Sequence[VMRecord]) -> Admission:
+        return _Admit(self.fits, host, existing)
+
+
+@dataclass(frozen=True)
+class _Admit:
+    fits: Fits
+    host: HostRecord
+    existing: Sequence[VMRecord]
+
+    def admit(self, new: VMRequest) -> str | tuple[str, Refusal] | None:
+        return self.fits(self.host, self.existing, new)
+
+
 class ControllerStore:
     """Hosts, VMs and events on one engine (see `database.connect`)."""
 
@@ -333,6 +379,7 @@ class ControllerStore:
         *,
         proof: Proof | None = None,
         agent_token: str | None = None,
+        event: NewEvent | None = None,
     ) -> HostRecord:
         """Add a host, or update a known one (an agent restarting, its
         topology changed): its `draining` flag, first registration time and
@@ -341,12 +388,13 @@ class ControllerStore:
         `proof` is checked under the host's lock (`HostAuthError` if it does
         not hold, nothing changed): an `Enrolment` adds a host that holds no
         credential yet and gives it the enrolment's; a `HostCredential` only
-        updates the host it was issued to. None: a caller inside the controller."""
+        updates the host it was issued to. None: a caller inside the controller.
+        `event` is recorded in the same transaction (one commit, not two)."""
         if not 1 <= len(host_id) <= HOST_ID_MAX:
             raise StoreError(f"a host id has 1 to {HOST_ID_MAX} characters, not {len(host_id)}")
-        digest = digest_of(topology)
+        digest = self.digest(topology)
         with self._write() as session:
-            if session.get(TopologyDocument, digest) is None:
+            if digest not in self._documents:
                 self._add_topology(session, digest, topology)
             host = session.get(Host, host_id, with_for_update=True)
             if isinstance(proof, HostCredential) and session.get(RevokedCredential, proof.digest) is not None:
@@ -367,18 +415,35 @@ class ControllerStore:
             host.heartbeat_period_s = heartbeat_period_s
             host.last_heartbeat = now
             _heard_from(session, host, now)
+            if event is not None:
+                session.add(_event_row(event, now))
             session.flush()
-            return self._host_record(session, host)
+            document = self._documents.get(digest) or dict(topology)
+            record = _host_record(host, document)
+        self._documents[digest] = document  # once committed: a later registration need not store it
+        return record
 
-    @staticmethod
-    def _add_topology(session: Session, digest: str, document: Mapping[str, Any]) -> None:
+    def digest(self, topology: Mapping[str, Any]) -> str:
+        """The key `topology` is stored under (`models.digest_of`). A document
+        equal to one this process has seen has that one's key: comparing takes
+        a tenth of a millisecond, the canonical JSON and its hash of a large
+        server's document several (most of a registration). Equal documents are
+        equal as Python values (1 == 1.0), which the topology parser reads alike."""
+        for digest, document in list(self._documents.items()):  # other threads add to it
+            if document == topology:
+                return digest
+        return digest_of(topology)
+
+    def _add_topology(self, session: Session, digest: str, document: Mapping[str, Any]) -> None:
         """Store a topology document once; another replica storing the same
-        one at the same moment is fine (a savepoint absorbs the conflict)."""
-        try:
-            with session.begin_nested():
-                session.add(TopologyDocument(digest=digest, document=dict(document)))
-        except IntegrityError:
-            pass
+        one at the same moment is fine (a savepoint absorbs the conflict).
+        Only its key is read to look: not the document."""
+        if session.scalar(select(TopologyDocument.digest).where(TopologyDocument.digest == digest)) is None:
+            try:
+                with session.begin_nested():
+                    session.add(TopologyDocument(digest=digest, document=dict(document)))
+            except IntegrityError:
+                pass
 
     def _host_record(self, session: Session, host: Host) -> HostRecord:
         return self._host_records(session, [host])[0]
@@ -386,12 +451,16 @@ class ControllerStore:
     def _host_records(self, session: Session, hosts: Sequence[Host]) -> list[HostRecord]:
         """Records with their topology documents, each read from the database
         once per process (a document never changes under its digest)."""
-        missing = {host.topology_digest for host in hosts} - self._documents.keys()
+        self._load_documents(session, {host.topology_digest for host in hosts})
+        return [_host_record(host, self._documents[host.topology_digest]) for host in hosts]
+
+    def _load_documents(self, session: Session, digests: set[str]) -> None:
+        """Read the topology documents of `digests` this process has not read yet."""
+        missing = digests - self._documents.keys()
         if missing:
             query = select(TopologyDocument).where(TopologyDocument.digest.in_(missing))
             for row in session.scalars(query):
                 self._documents[row.digest] = row.document
-        return [_host_record(host, self._documents[host.topology_digest]) for host in hosts]
 
     def heartbeat(self, host_id: str, payload: Mapping[str, Any], now: float) -> bool:
         """Store a host's heartbeat; False when the host is unknown (the agent
@@ -502,6 +571,19 @@ class ControllerStore:
         with self._read() as session:
             return self._host_records(session, list(session.scalars(select(Host).order_by(Host.id))))
 
+    def shapes(self) -> list[HostShape]:
+        """Every host's shape, in id order: what a controller's picture is built
+        from at start. A read of whole rows (with their last heartbeat's JSON)
+        was most of a restart with 10,000 hosts."""
+        columns = (Host.id, Host.topology_digest, Host.critical_size, Host.reserved_memory_mib)
+        with self._read() as session:
+            rows = list(session.execute(select(*columns).order_by(Host.id)))
+            self._load_documents(session, {row[1] for row in rows})
+        return [
+            HostShape(id_, self._documents[digest], digest, size, memory)
+            for id_, digest, size, memory in rows
+        ]
+
     def liveness(self) -> list[HostLiveness]:
         """Every host's id, draining flag and last heartbeat, and nothing else:
         what scheduling needs on each request, cheap with many hosts."""
@@ -531,40 +613,84 @@ class ControllerStore:
         """
         try:
             with self._write() as session:
-                host = self._locked(session, host_id)
-                # after the lock: a create of the same name that held it has committed by now
-                existing = session.get(VM, vm.name)
-                if existing is not None:
-                    raise DuplicateVMError(_vm_record(existing))
-                self._admit_on(session, host, vm, fits)
-                if group is not None:
-                    _check_group(session, group, host_id)
-                row = VM(
-                    name=vm.name,
-                    seq=_next_seq(session),
-                    host_id=host_id,
-                    vcpus=vm.vcpus,
-                    memory_mib=vm.memory_mib,
-                    ratio=float(vm.ratio),
-                    owner=vm.owner,
-                    image=vm.image,
-                    state=VMState.RESERVED.value,
-                    detail="",
-                    created_at=now,
-                    updated_at=now,
-                    nics=[{"network": n.network, "bridge": n.bridge, "mac": n.mac} for n in vm.nics],
-                )
-                session.add(row)
-                session.flush()
-                if group is not None:
-                    session.add(GroupMember(vm_name=vm.name, group_name=group))
-                return _vm_record(row)
+                (outcome,) = self._reserve_rows(session, [vm], host_id, _Each(fits), now, group)
+                if isinstance(outcome, StoreError):
+                    raise outcome
+                return outcome
         except IntegrityError as exc:
             # The same name reserved at the same moment on another host (another lock).
-            taken = self.vm(vm.name)
-            if taken is None:
-                raise StoreError(f"vm {vm.name!r} breaks a rule of the schema: {exc.orig}") from exc
-            raise DuplicateVMError(taken) from None
+            raise self._taken(vm.name, exc) from None
+
+    def reserve_many(
+        self, vms: Sequence[VMRequest], host_id: str, on_host: OnHost, now: float, group: str | None = None
+    ) -> list[VMRecord | RefusedError | DuplicateVMError]:
+        """`reserve` for many VMs on one host in one transaction (a bulk
+        create's): under the host's lock, its VMs read and replayed once
+        (`on_host`), then each of `vms` in order is admitted or refused
+        (`Admission.admit`, which keeps what it admits: the next is checked
+        with it there), as if each were reserved alone in this order. Each
+        VM's outcome, in order: its record, or why it was refused (a name
+        taken, no room). `UnknownHostError` refuses them all; `DuplicateVMError`
+        (raised) when a name was reserved at the same moment on another host
+        under another lock (nothing reserved: the caller tries them alone).
+        `group`: each VM joins it if its rule allows the host, judged with
+        the batch's earlier VMs as members (`_check_group`)."""
+        try:
+            with self._write() as session:
+                return self._reserve_rows(session, vms, host_id, on_host, now, group)
+        except IntegrityError as exc:
+            for vm in vms:
+                if self.vm(vm.name) is not None:
+                    raise self._taken(vm.name, exc) from None
+            raise StoreError(f"a batch on host {host_id!r} breaks a rule of the schema: {exc.orig}") from exc
+
+    def _reserve_rows(
+        self,
+        session: Session,
+        vms: Sequence[VMRequest],
+        host_id: str,
+        on_host: OnHost,
+        now: float,
+        group: str | None = None,
+    ) -> list[VMRecord | RefusedError | DuplicateVMError]:
+        """The VM rows of a reservation, inserted under the host's lock (see
+        `reserve_many`): what the host holds (its VMs and those moving to it)
+        replayed once. A group's rule is checked before the room, so that a
+        VM it refuses is never admitted into the replayed allocator."""
+        host = self._locked(session, host_id)
+        names = [vm.name for vm in vms]
+        taken = {row.name: row for row in session.scalars(select(VM).where(VM.name.in_(names)))}
+        on_it = [_vm_record(row) for row in session.scalars(_held_on(host_id))]
+        admission = on_host(self._host_record(session, host), on_it)
+        outcomes: list[VM | RefusedError | DuplicateVMError] = []
+        for vm in vms:
+            if vm.name in taken:
+                outcomes.append(DuplicateVMError(_vm_record(taken[vm.name])))
+                continue
+            try:
+                if group is not None:
+                    _check_group(session, group, host_id)
+            except RefusedError as refused:
+                outcomes.append(refused)
+                continue
+            reason = admission.admit(vm)
+            if reason is not None:
+                outcomes.append(RefusedError(host_id, *_reason(reason)))
+                continue
+            row = _reserved_row(vm, host_id, _next_seq(session), now)
+            session.add(row)
+            if group is not None:  # the next VM's check sees this one as a member
+                session.flush()
+                session.add(GroupMember(vm_name=vm.name, group_name=group))
+            outcomes.append(row)
+        session.flush()
+        return [_vm_record(row) if isinstance(row, VM) else row for row in outcomes]
+
+    def _taken(self, name: str, exc: IntegrityError) -> StoreError:
+        taken = self.vm(name)
+        if taken is None:
+            return StoreError(f"vm {name!r} breaks a rule of the schema: {exc.orig}")
+        return DuplicateVMError(taken)
 
     @staticmethod
     def _locked(session: Session, host_id: str) -> Host:
@@ -694,6 +820,24 @@ class ControllerStore:
                 session.add(_event_row(event, now))
             session.flush()
             return _vm_record(row)
+
+    def set_vm_states(
+        self, names: Sequence[str], state: VMState, now: float, events: Mapping[str, NewEvent]
+    ) -> list[VMRecord | None]:
+        """`set_vm_state` for many VMs (a host's share of a bulk create, made
+        by its agent) in one transaction, each with its event from `events`
+        if there is one; each one's record in order, None for a VM gone
+        (deleted by another request meanwhile)."""
+        state = _vm_state(state)
+        with self._write() as session:
+            query = select(VM).where(VM.name.in_(names)).with_for_update()
+            rows = {row.name: row for row in session.scalars(query)}
+            for row in rows.values():
+                row.state, row.detail, row.updated_at = state.value, "", now
+                if row.name in events:
+                    session.add(_event_row(events[row.name], now))
+            session.flush()
+            return [_vm_record(rows[name]) if name in rows else None for name in names]
 
     def delete_vm(
         self, name: str, event: NewEvent | None = None, now: float = 0.0, unchanged_since: float | None = None
@@ -879,6 +1023,28 @@ def _group_record(row: VMGroup, members: Sequence[str]) -> GroupRecord:
 def _held_on(host_id: str) -> Any:
     """The VMs whose room a host holds: those on it, and those moving to it."""
     return select(VM).where(or_(VM.host_id == host_id, VM.target_host_id == host_id)).order_by(VM.seq)
+
+
+def _reason(reason: str | tuple[str, Refusal]) -> tuple[str, Refusal | None]:
+    return reason if isinstance(reason, tuple) else (reason, None)
+
+
+def _reserved_row(vm: VMRequest, host_id: str, seq: int, now: float) -> VM:
+    return VM(
+        name=vm.name,
+        seq=seq,
+        host_id=host_id,
+        vcpus=vm.vcpus,
+        memory_mib=vm.memory_mib,
+        ratio=float(vm.ratio),
+        owner=vm.owner,
+        image=vm.image,
+        state=VMState.RESERVED.value,
+        detail="",
+        created_at=now,
+        updated_at=now,
+        nics=[{"network": n.network, "bridge": n.bridge, "mac": n.mac} for n in vm.nics],
+    )
 
 
 def _next_seq(session: Session) -> int:

@@ -1,0 +1,104 @@
+"""The agent's batch of creates (issue 16): POST /api/v1/vm-batches carries
+a controller's bulk create for one host in one request, and answers each VM
+as its single create would have; and the controller's client of it, which
+asks an agent without the route once per VM.
+
+A real uvicorn server on loopback in front of a sim-driver agent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from pinfold.agent.service import VMRequest
+from pinfold.controller.agents import AgentClient, AgentRefusedError
+from pinfold.web import install_error_handlers
+from tests.agent.test_api import AUTH, TOKEN, serving
+from tests.servers import serving as serving_app
+
+
+@pytest.fixture
+def agent_url(tmp_path, i7) -> Iterator[str]:
+    with serving(tmp_path, i7) as url:
+        yield url
+
+
+def vm(name: str, vcpus: int = 2, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "vcpus": vcpus, "memory_mib": 512, **extra}
+
+
+def test_a_batch_answers_each_vm_as_its_single_create_would(agent_url):
+    """i7: 8 CPUs. A fits, B's name is A's, C (7 vCPUs) no longer fits after
+    A, D fits: two made, two refused, each in its own words and status."""
+    with httpx.Client(base_url=agent_url, timeout=10, headers=AUTH) as http:
+        body = {"vms": [vm("A"), vm("A"), vm("C", 7), vm("D", 1, ratio=2.0)]}
+        response = http.post("/api/v1/vm-batches", json=body)
+        assert response.status_code == 200, response.text
+        a, b, c, d = response.json()["vms"]
+        assert (a["name"], a["state"], a["pinning"]) == ("A", "running", [0, 4])
+        assert (b["error"], b["status"]) == ("duplicate name", 409)
+        assert (c["error"], c["status"]) == ("not enough cpu", 409)
+        assert c["refusal"]["code"] == "not enough cpu"
+        assert d["name"] == "D"
+        assert [v["name"] for v in http.get("/api/v1/vms").json()] == ["A", "D"]
+        single = http.post("/api/v1/vms", json=vm("C", 7))
+        assert (single.status_code, single.json()["error"]) == (409, c["error"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"vms": []}, {"vms": [vm("ok"), vm("not ok")]}, {"vms": [vm("ok", 0)]}, {"vm": [vm("ok")]}, [vm("ok")]],
+)
+def test_a_bad_batch_is_refused_whole_and_makes_nothing(agent_url, body):
+    with httpx.Client(base_url=agent_url, timeout=10, headers=AUTH) as http:
+        response = http.post("/api/v1/vm-batches", json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "invalid request"
+        assert http.get("/api/v1/vms").json() == []
+
+
+def test_a_batch_needs_the_agent_token(agent_url):
+    with httpx.Client(base_url=agent_url, timeout=10) as http:
+        response = http.post("/api/v1/vm-batches", json={"vms": [vm("A")]})
+        assert response.status_code == 401
+        assert http.get("/api/v1/vms").json() == []
+
+
+def test_the_controllers_client_reads_each_answer_of_a_batch(agent_url):
+    client = AgentClient(agent_url, TOKEN)
+    try:
+        made = client.create_many([VMRequest("A", 2, 512), VMRequest("A", 2, 512), VMRequest("C", 7, 512)])
+    finally:
+        client.close()
+    assert isinstance(made[0], dict)
+    assert made[0]["name"] == "A"
+    assert isinstance(made[1], AgentRefusedError)
+    assert (made[1].code, made[1].status) == ("duplicate name", 409)
+    assert isinstance(made[2], AgentRefusedError)
+    assert made[2].refusal is not None
+    assert made[2].refusal.code.value == "not enough cpu"
+
+
+def test_an_agent_without_batches_is_asked_once_per_vm():
+    """An older agent (no /api/v1/vm-batches: FastAPI's 404) gets each create alone."""
+    app = FastAPI()
+    install_error_handlers(app)
+    asked: list[str] = []
+
+    @app.post("/api/v1/vms", status_code=201)
+    def create(body: dict[str, Any]) -> dict[str, Any]:
+        asked.append(body["name"])
+        return {"name": body["name"], "pinning": [0]}
+
+    with serving_app(app) as url:
+        client = AgentClient(url, TOKEN)
+        try:
+            made = client.create_many([VMRequest("A", 1, 64), VMRequest("B", 1, 64)])
+        finally:
+            client.close()
+    assert asked == ["A", "B"]
+    assert made == [{"name": "A", "pinning": [0]}, {"name": "B", "pinning": [0]}]
