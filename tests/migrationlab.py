@@ -38,6 +38,8 @@ from typing import Any
 
 import pytest
 
+from pinfold.agent.core import MigrationStorage
+from pinfold.agent.service import AgentSettings
 from tests.netlab import (
     PRIVATE_DIRS,
     QEMU_CONF,
@@ -83,6 +85,8 @@ done
 virtlogd -d -p "$root/virtlogd.pid"
 libvirtd -d -p "$root/libvirtd.pid" -f /etc/libvirt/libvirtd.conf
 """
+#: the test guest's kernel command line: it counts on its serial console (tests/agent/guest.py)
+CMDLINE = "console=ttyS0 panic=-1 tick"
 #: each host's QEMU migration ports, far from each other's
 PORTS = {"a": (49200, 49231), "b": (49300, 49331)}
 
@@ -216,6 +220,20 @@ class MigrationLab:
             bridge = f"pfm{self.netns[-6:]}{index}"
             network = host.connection.networkDefineXML(network_xml(name, f"10.214.{index}", {}, bridge))
             network.create()
+
+    def agent_settings(
+        self, host: LabHost, kernel: Path, initrd: Path, storage: MigrationStorage = "copy"
+    ) -> AgentSettings:
+        """An agent's settings on `host`: TCG guests booting the test kernel
+        (their consoles in the host's `data`), disks in the host's `data` or,
+        shared, in `shared`, and live migration to it over the namespace's loopback."""
+        return AgentSettings(
+            domain_type="qemu", kernel=kernel, initrd=initrd, cmdline=CMDLINE,
+            serial_dir=host.data / "consoles",
+            disk_dir=self.shared if storage != "copy" else host.data / "disks",
+            image_dirs=(self.images,), critical_size=0, reserved_memory_mib=0,
+            migration_storage=storage, peer_libvirt_uri=host.peer_uri, migration_address="127.0.0.1",
+        )  # fmt: skip
 
     def close(self) -> None:
         """Tear everything down, whatever state a failed test left it in."""

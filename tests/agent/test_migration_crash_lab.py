@@ -27,8 +27,8 @@ from pinfold.agent.store import Store
 from pinfold.topology import Topology
 from tests.agent.conftest import guest_initramfs, guest_kernel  # noqa: F401  (fixtures)
 from tests.agent.test_crash import Daemon
-from tests.agent.test_migration_lab import CMDLINE, counting
-from tests.migrationlab import LabHost, MigrationLab, migration_lab  # noqa: F401  (fixture)
+from tests.agent.test_migration_lab import counting
+from tests.migrationlab import CMDLINE, LabHost, MigrationLab, migration_lab  # noqa: F401  (fixture)
 from tests.netlab import wait_until
 
 NAME = "moving"

@@ -25,7 +25,7 @@ import httpx
 from pinfold.agent.api import create_app
 from pinfold.agent.core import MigrationStorage
 from pinfold.agent.domain import DomainSpec
-from pinfold.agent.service import Agent, AgentSettings
+from pinfold.agent.service import Agent
 from pinfold.agent.store import Store
 from pinfold.topology import Topology, parse_cpulist
 from tests.agent.guest import TICK
@@ -35,7 +35,6 @@ from tests.servers import Served
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CMDLINE = "console=ttyS0 panic=-1 tick"
 BOOT_TIMEOUT_S = 120.0
 MIGRATE_TIMEOUT_S = 120.0
 
@@ -77,13 +76,7 @@ def lab_agents(
         for host in lab.hosts.values():
             driver = LibvirtDriver(host.uri)
             stack.callback(_quietly, driver.close)
-            settings = AgentSettings(
-                domain_type="qemu", kernel=kernel, initrd=initrd, cmdline=CMDLINE,
-                serial_dir=host.data / "consoles",
-                disk_dir=lab.shared if storage != "copy" else host.data / "disks",
-                image_dirs=(lab.images,), critical_size=0, reserved_memory_mib=0,
-                migration_storage=storage, peer_libvirt_uri=host.peer_uri, migration_address="127.0.0.1",
-            )  # fmt: skip
+            settings = lab.agent_settings(host, kernel, initrd, storage)
             agent = Agent.open(Topology.discover(), driver, Store(host.root / "agent.db"), settings)
             stack.callback(agent.close)
             served = Served(create_app(agent, TOKEN))
