@@ -75,7 +75,8 @@ def test_a_lab_bridge_and_its_dnsmasq_are_gone_after_the_lab():
         bridge = lab.add_bridge("10.213.9")
         (server,) = lab.dhcp_servers
         assert server.poll() is None  # dnsmasq serves, in the lab's namespace
-        assert server.pid in pids_in_netns(lab.netns_inode)
+        # the pid is `ip netns exec`'s until it has entered the namespace and exec'd dnsmasq
+        wait_until(lambda: server.pid in pids_in_netns(lab.netns_inode) or None, 30, "dnsmasq in the lab")
         assert bridge.name in lab.bridges
     assert lab.leftovers() == []
     assert server.returncode is not None  # stopped and reaped

@@ -1167,9 +1167,13 @@ class Controller:
         target = self.store.host(migration.target)
         dst = self.agent_for(target) if target is not None else None
         if step is Move.BACK:
-            if dst is not None:
-                _abort(dst, record.name)
-            back = vm_state(reported, VMState.RUNNING)
+            source = self.store.host(migration.source)
+            now_there = _source_state(self.agent_for(source), record.name) if source is not None else None
+            if now_there is None or now_there == VMState.MIGRATING.value:
+                return  # gone since the report was taken, sending, or no answer: a later heartbeat says
+            if dst is not None and _runs_on_target(dst, record.name):
+                return  # the guest runs on the target all the same: its commit is a heartbeat away
+            back = vm_state(now_there, VMState.RUNNING)
             self._move_failed(migration, "its controller stopped; the source still has it", back)
             return
         if dst is None:
@@ -1299,6 +1303,31 @@ def _abort(target: AgentClient, name: str) -> None:
     `incoming` mark when it restarts (its reconcile)."""
     with contextlib.suppress(AgentError):
         target.abort_migration(name)
+
+
+def _source_state(source: AgentClient, name: str) -> str | None:
+    """The state the source's agent gives VM `name` now (None: it has no
+    such VM, or no answer). A heartbeat is built before it is sent, so one
+    that arrives after the guest went across can still name it: going back
+    on it would leave the only running copy on a host the row does not name."""
+    try:
+        body = source.get(name)
+    except AgentError:
+        return None
+    return None if body is None else str(body.get("state"))
+
+
+def _runs_on_target(target: AgentClient, name: str) -> bool:
+    """Step 4 for a migration its source still has: True when the target
+    refuses the abort (409) because the guest runs there (libvirt: it is
+    across, the source's copy on its way out), its room kept."""
+    try:
+        target.abort_migration(name)
+    except AgentRefusedError as error:
+        return error.status == 409
+    except AgentError:  # no answer: the target's reconcile drops its mark when it restarts
+        return False
+    return False
 
 
 def _landed(target: AgentClient, name: str) -> bool | None:
