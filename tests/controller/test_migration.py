@@ -281,29 +281,39 @@ def test_a_drain_with_migrations_empties_a_host_of_three_vms_of_two_levels(clust
         assert name in cluster.hosts[record["host"]].agent.allocator
 
 
-def test_a_report_the_source_took_before_the_send_does_not_take_the_vm_back(cluster):
-    """A source's heartbeat is built before it is sent: one that still names
-    the VM can arrive after the guest went across. Settling it back would
-    leave the only running copy on a host the row does not name (seen in CI:
-    the row stayed on h1 while h2 ran the guest); the target's refusal to
-    abort a guest that runs there keeps the migration, and a later heartbeat
-    lands it."""
+def send_web_then_die(cluster: LocalCluster) -> list[Any]:
+    """Move "web" from h1 to h2 as a controller at work does (its heartbeats
+    leave the VM alone meanwhile), up to the send; then that controller dies,
+    before the commit. The rows of h1 as they were while it moved."""
     cluster.add_host("h1")
     create(cluster, "web")
     cluster.add_host("h2")
     controller = cluster.controller
     long_ago = time.time() - 2 * STALE_AFTER_S
-    src = controller.agent_for(controller.store.host("h1"))
-    dst = controller.agent_for(controller.store.host("h2"))
+    source, target = controller.store.host("h1"), controller.store.host("h2")
+    assert source is not None
+    assert target is not None
+    src, dst = controller.agent_for(source), controller.agent_for(target)
     with controller._moving_lock:
         controller._moving.add("web")
     controller.store.reserve_migration("web", "h2", controller._fits, long_ago)
     prepared = dst.prepare_migration(src.get("web") or {}, "h1")
     src.send_migration("web", "h2", prepared)
-    records = controller.store.vms("h1")  # migrating, on h1 (its heartbeats leave it while moving)
-    with controller._moving_lock:
+    records: list[Any] = controller.store.vms("h1")
+    with controller._moving_lock:  # it dies here
         controller._moving.discard("web")
-    controller._settle("h1", records, {"web": "running"}, time.time())  # the late report
+    return records
+
+
+def test_a_report_the_source_took_before_the_send_does_not_take_the_vm_back(cluster):
+    """A source's heartbeat is built before it is sent: one that still names
+    the VM can arrive after the guest went across. Settling it back would
+    leave the only running copy on a host the row does not name (seen in CI:
+    the row stayed on h1 while h2 ran the guest); the source's agent, asked
+    again, no longer has it, so the migration is kept, and a later heartbeat
+    lands it."""
+    records = send_web_then_die(cluster)
+    cluster.controller._settle("h1", records, {"web": "running"}, time.time())  # the late report
     assert [m["outcome"] for m in migrations(cluster)] in ([None], ["done"])  # not sent back
     cluster.wait(lambda: vm(cluster, "web")["host"] == "h2", "the heartbeat to land the migration")
     assert vm(cluster, "web")["state"] == "running"
@@ -313,20 +323,7 @@ def test_a_report_the_source_took_before_the_send_does_not_take_the_vm_back(clus
 def test_a_stale_migration_whose_source_let_it_go_lands_on_the_target(cluster):
     """The controller died after the source sent the VM, before the commit:
     the source no longer reports it, so a heartbeat commits on the target."""
-    cluster.add_host("h1")
-    create(cluster, "web")
-    cluster.add_host("h2")
-    controller = cluster.controller
-    long_ago = time.time() - 2 * STALE_AFTER_S
-    src = controller.agent_for(controller.store.host("h1"))
-    dst = controller.agent_for(controller.store.host("h2"))
-    with controller._moving_lock:  # the steps of a controller at work (its heartbeats leave them)...
-        controller._moving.add("web")
-    controller.store.reserve_migration("web", "h2", controller._fits, long_ago)
-    prepared = dst.prepare_migration(src.get("web") or {}, "h1")
-    src.send_migration("web", "h2", prepared)
-    with controller._moving_lock:  # ...which dies here, before the commit
-        controller._moving.discard("web")
+    send_web_then_die(cluster)
     cluster.wait(lambda: vm(cluster, "web")["host"] == "h2", "the heartbeat to land the migration")
     after = vm(cluster, "web")
     assert (after["state"], after["target"]) == ("running", None)
