@@ -604,7 +604,7 @@ class ControllerStore:
     ) -> VMRecord:
         """Take room for `vm` on the host, atomically with checking that it fits.
 
-        Under the host's lock (`_locked`, `_admit_on`): load the host and the VMs it
+        Under the host's lock (`_reserve_rows`): load the host and the VMs it
         holds (every VM row holds its resources until deleted), ask `fits`,
         and insert the VM as `reserved` only if it fits. Raises `RefusedError`
         with `fits`'s text, `DuplicateVMError` when the name is taken (on any
