@@ -64,6 +64,14 @@ def test_downgrade_to_base_then_upgrade_again(engine: Engine) -> None:
     assert differences(engine) == []
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Down to `revision`, as a writer (SQLite: the write lock taken at BEGIN)."""
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE: True})
+        with connection.begin():
+            command.downgrade(alembic_config(connection), revision)
+
+
 @pytest.mark.parametrize("revision", ["0002", "0001"])
 def test_downgrade_keeps_the_hosts_and_vms_of_a_database_in_use(
     engine: Engine, i7_topology: dict[str, Any], revision: str
@@ -73,10 +81,7 @@ def test_downgrade_keeps_the_hosts_and_vms_of_a_database_in_use(
     store = ControllerStore(engine)
     store.register_host("h1", "http://h1:8099", i7_topology, 6, 0, 1000.0, 10.0)
     store.reserve(VMRequest("v1", 1, 512), "h1", Feasibility(), 1000.0)
-    with engine.connect() as connection:
-        connection.execution_options(**{WRITE: True})
-        with connection.begin():
-            command.downgrade(alembic_config(connection), revision)
+    downgrade(engine, revision)
     columns = {column["name"] for column in inspect(engine).get_columns("hosts")}
     assert "heartbeat_period_s" not in columns
     assert ("down" in columns) == (revision == "0002")
@@ -160,10 +165,7 @@ def test_0009_keeps_the_vms_and_leaves_their_first_boot_digest_unknown(
     store = ControllerStore(engine)
     store.register_host("h1", "http://h1:8099", i7_topology, 6, 0, 1000.0, 10.0)
     store.reserve(VMRequest("old", 1, 512), "h1", Feasibility(), 1000.0)
-    with engine.connect() as connection:
-        connection.execution_options(**{WRITE: True})
-        with connection.begin():
-            command.downgrade(alembic_config(connection), "0008")
+    downgrade(engine, "0008")
     assert "first_boot_digest" not in {column["name"] for column in inspect(engine).get_columns("vms")}
     upgrade(engine)
     assert differences(engine) == []

@@ -180,13 +180,8 @@ def test_creates_past_the_cap_of_waiters_answer_with_the_reservation_at_once(
         first.result(timeout=30)
 
 
-def test_a_stale_reservation_finished_by_a_retry_keeps_the_retrys_first_boot_inputs(
-    controller: Controller, agent: ScriptedAgent, store: ControllerStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The directory does not keep SSH keys or user data (they go to the
-    agent's cloud-init seed): a retry that finishes a dead controller's
-    reservation sends the agent the keys and user data it carries, not the
-    reservation's bare request (which would make the VM without its seed)."""
+def recorded_creates(agent: ScriptedAgent, monkeypatch: pytest.MonkeyPatch) -> list[VMRequest]:
+    """The requests the agent is asked to create from now on (each one succeeds)."""
     sent: list[VMRequest] = []
 
     def create(request: VMRequest) -> dict[str, Any]:
@@ -194,6 +189,17 @@ def test_a_stale_reservation_finished_by_a_retry_keeps_the_retrys_first_boot_inp
         return {"name": request.name}
 
     monkeypatch.setattr(agent, "create", create)
+    return sent
+
+
+def test_a_stale_reservation_finished_by_a_retry_keeps_the_retrys_first_boot_inputs(
+    controller: Controller, agent: ScriptedAgent, store: ControllerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory does not keep SSH keys or user data (they go to the
+    agent's cloud-init seed): a retry that finishes a dead controller's
+    reservation sends the agent the keys and user data it carries, not the
+    reservation's bare request (which would make the VM without its seed)."""
+    sent = recorded_creates(agent, monkeypatch)
     keyed = VMRequest("keyed", 1, 512, 2.0, ssh_keys=(ED25519,), user_data="#cloud-config\n")
     store.reserve(keyed, "h1", Feasibility(), controller.clock() - controller.stale_after_s - 1)
     controller.create(keyed)
@@ -207,13 +213,7 @@ def test_a_retry_with_other_first_boot_inputs_does_not_finish_a_stale_reservatio
     data: a request under that name with others is not the same request, so
     it is refused (409 `duplicate name`) and hands the agent nothing; the
     reservation stays for the same request (or a heartbeat) to settle."""
-    sent: list[VMRequest] = []
-
-    def create(request: VMRequest) -> dict[str, Any]:
-        sent.append(request)
-        return {"name": request.name}
-
-    monkeypatch.setattr(agent, "create", create)
+    sent = recorded_creates(agent, monkeypatch)
     keyed = VMRequest("keyed", 1, 512, 2.0, ssh_keys=(ED25519,), user_data="#cloud-config\n")
     store.reserve(keyed, "h1", Feasibility(), controller.clock() - controller.stale_after_s - 1)
     for other in (replace(keyed, ssh_keys=()), replace(keyed, user_data="#cloud-config\nruncmd: [x]\n")):
