@@ -29,6 +29,7 @@ from pinfold.agent.service import Agent
 from pinfold.agent.store import Store
 from pinfold.topology import Topology, parse_cpulist
 from tests.agent.guest import TICK
+from tests.agent.test_migration import KEY, prepare_body
 from tests.migrationlab import LabHost, MigrationLab, migration_lab  # noqa: F401  (fixture)
 from tests.netlab import wait_until
 from tests.servers import Served
@@ -109,10 +110,8 @@ def counting(log: Path, past: int = 0) -> int:
 
 def migrate(source: LabAgent, target: LabAgent, name: str) -> tuple[httpx.Response, dict[str, Any] | None]:
     """The controller's steps 1 and 2: the prepare's refusal, or the send's answer and the prepare's."""
-    vm = source.http.get(f"/api/v1/vms/{name}").json()
-    prepared = target.http.post(
-        "/api/v1/migrations", json={"vm": vm, "source": source.host.name}, headers=AUTH
-    )
+    body = prepare_body(source.http, source.host.name, name)
+    prepared = target.http.post("/api/v1/migrations", json=body, headers=AUTH)
     if prepared.status_code != 201:
         return prepared, None
     answer = prepared.json()
@@ -194,6 +193,34 @@ def test_a_guest_moves_live_with_its_disk_copied_and_goes_on_counting(
         neighbour_pid = b.host.qemu_pid("neighbour")
         assert neighbour_pid is not None
         assert vcpu_threads_cpus(neighbour_pid) == [cpus]
+
+
+def test_a_guest_with_a_cloud_init_seed_moves_with_its_disk_copied_and_the_target_has_its_seed(
+    migration_lab,  # noqa: F811
+    guest_kernel,
+    guest_initramfs,
+):
+    """libvirt copies no read-only disk: without the seed carried in the
+    prepare the target's QEMU cannot open the CD-ROM and the send fails (502)."""
+    lab = migration_lab
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(lab.images / "base.qcow2"), "64M"], check=True
+    )
+    with lab_agents(lab, guest_kernel, guest_initramfs) as (a, b):
+        a.create("web", 1.0, image=str(lab.images / "base.qcow2"), ssh_keys=[KEY])
+        source_seed = a.host.data / "disks" / "web.cidata.iso"
+        image = source_seed.read_bytes()
+        assert domain_of(a.host, "web").seed == source_seed
+        before = counting(a.log("web"))
+        sent, _ = migrate(a, b, "web")
+        assert sent.status_code == 200, sent.text
+        assert b.http.post("/api/v1/migrations/web/commit", headers=AUTH).status_code == 200
+        assert counts(b.log("web"))[0] > before  # it went on, it did not boot again
+        # the target's own seed, the same bytes (the same instance-id); the source's is gone
+        assert (b.host.data / "disks" / "web.cidata.iso").read_bytes() == image
+        assert domain_of(b.host, "web").seed == source_seed  # the same path, the target's file there
+        assert not source_seed.exists()
+        assert "web" not in [d.name() for d in a.host.connection.listAllDomains()]
 
 
 def test_a_guest_on_shared_storage_moves_and_its_disk_stays(

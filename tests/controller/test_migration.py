@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pinfold.cli import app
+from tests.agent.test_migration import KEY
 from tests.controller.cluster import ADMIN, ADMIN_AUTH, STALE_AFTER_S, LocalCluster
 
 
@@ -253,6 +254,20 @@ def test_a_migration_moves_the_vm_and_both_hosts_numbers(cluster):
     # the target's heartbeats report it (its pins), and nothing goes missing
     cluster.wait(lambda: vm(cluster, "web")["pinning"] == sorted(target.pinning("web")), "h2's heartbeat")
     assert vm(cluster, "web")["state"] == "running"
+
+
+def test_a_vm_with_a_cloud_init_seed_takes_it_along(cluster):
+    """The controller carries the source's seed in the target's prepare."""
+    cluster.add_host("h1")
+    body = {"name": "web", "vcpus": 1, "memory_mib": 512, "ratio": 1.0, "ssh_keys": [KEY]}
+    assert cluster.http.post("/api/v1/vms", json=body).status_code == 201
+    cluster.add_host("h2")
+    source, target = cluster.hosts["h1"].agent.seeds, cluster.hosts["h2"].agent.seeds
+    image = source.read("web")
+    assert image is not None
+    response = cluster.http.post("/api/v1/vms/web/migrate", json={"to": "h2"})
+    assert response.status_code == 200, response.text
+    assert (source.read("web"), target.read("web")) == (None, image)
 
 
 def test_a_drain_with_migrations_empties_a_host_of_three_vms_of_two_levels(cluster):

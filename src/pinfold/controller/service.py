@@ -1074,7 +1074,7 @@ class Controller:
         try:
             src, dst = self.agent_for(source), self.agent_for(target)
             try:
-                prepared = dst.prepare_migration(_on(src, name, source.id), source.id)
+                prepared = dst.prepare_migration(_on(src, name, source.id), source.id, src.seed(name))
             except AgentError as error:
                 self._move_failed(migration, f"{target.id} did not prepare it: {error}")
                 if explicit or not isinstance(error, AgentRefusedError) or error.code not in _REFUSAL_CODES:
