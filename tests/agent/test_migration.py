@@ -298,6 +298,21 @@ def test_a_restart_removes_the_seeds_a_crash_left_on_either_side(tmp_path, i7):
     source.close()
 
 
+def test_a_migration_past_its_time_limit_is_cancelled_and_the_vm_stays(hosts):
+    """A send the driver cancels at `migration_timeout_s` (the sim's
+    `migration_s`: one that would take longer) answers 504 and keeps the VM."""
+    a, b = hosts
+    create(a, "web", 1, 1.0)
+    answer = prepare(b, a, "web").json()
+    a.driver.migration_s = a.agent.settings.migration_timeout_s + 1
+    failed = send(a, b, "web", answer)
+    assert failed.status_code == 504, failed.text
+    assert failed.json()["error"] == "migration timed out"
+    assert "cancelled" in failed.json()["detail"]
+    assert a.vms()["web"]["state"] == "running"
+    assert a.driver.info("web").state.value == "running"
+
+
 def test_no_delete_while_a_vm_is_incoming(hosts):
     a, b = hosts
     create(a, "web", 1, 1.0)

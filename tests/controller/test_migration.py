@@ -17,6 +17,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from pinfold.agent.drivers import SimDriver
 from pinfold.cli import app
 from tests.agent.test_migration import KEY
 from tests.controller.cluster import ADMIN, ADMIN_AUTH, STALE_AFTER_S, LocalCluster
@@ -268,6 +269,26 @@ def test_a_vm_with_a_cloud_init_seed_takes_it_along(cluster):
     response = cluster.http.post("/api/v1/vms/web/migrate", json={"to": "h2"})
     assert response.status_code == 200, response.text
     assert (source.read("web"), target.read("web")) == (None, image)
+
+
+def test_a_migration_past_the_sources_time_limit_fails_and_releases_the_target(cluster):
+    """The source cancels a send at its `migration_timeout_s` (504): the
+    migration is failed, the VM runs on its source, the target holds nothing."""
+    slow = SimDriver()
+    slow.migration_s = 10_000.0  # a send would take longer than the source's limit
+    cluster.add_host("h1", driver=slow)
+    create(cluster, "web")
+    cluster.add_host("h2")
+    response = cluster.http.post("/api/v1/vms/web/migrate", json={"to": "h2"})
+    assert response.status_code == 504, response.text
+    assert response.json()["error"] == "migration timed out"
+    after = vm(cluster, "web")
+    assert (after["host"], after["state"], after["target"]) == ("h1", "running", None)
+    assert on_agents(cluster) == {"h1": {"web"}, "h2": set()}
+    [failed] = migrations(cluster)
+    assert failed["outcome"] == "failed"
+    assert "migration timed out" in failed["detail"]
+    assert cluster.hosts["h2"].agent.find("web") is None  # the target aborted its reservation
 
 
 def test_a_drain_with_migrations_empties_a_host_of_three_vms_of_two_levels(cluster):

@@ -173,7 +173,7 @@ class Migrating(Lifecycle):
         storage = self.settings.migration_storage
         target = MigrationTarget(
             to.cpus, to.libvirt_uri, to.migrate_uri, copy_disks=storage == "copy" and bool(vm.image),
-            unsafe=storage == "shared-local",
+            unsafe=storage == "shared-local", timeout_s=self.settings.migration_timeout_s,
         )  # fmt: skip
         try:
             done = self.driver.migrate(vm.domain, target)
@@ -190,7 +190,8 @@ class Migrating(Lifecycle):
     ) -> tuple[StoredVM, float, None]:
         """The guest still here: its row back to running, the failure raised
         (502). Gone from here despite the error: it left, so it is forgotten
-        as after a success (the target's commit finds it)."""
+        as after a success (the target's commit finds it). One cancelled
+        for its time limit answers `migration timed out` (504)."""
         name = vm.spec.name
         with self.lock:
             try:
@@ -204,7 +205,8 @@ class Migrating(Lifecycle):
                 self._forget_migrating(name)
                 return vm, 0.0, None
             self._set(name, self._observed_state(vm.domain, VMState.RUNNING), None)
-        raise AgentError("migration failed", f"{name} to {target}: {error.detail}") from error
+        code = "migration timed out" if error.code == "timed out" else "migration failed"
+        raise AgentError(code, f"{name} to {target}: {error.detail}") from error
 
     def commit_incoming(self, name: str) -> StoredVM:
         """The guest arrived: it runs here, pinned to its vNode; the mark goes.

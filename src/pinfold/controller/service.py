@@ -59,7 +59,7 @@ from pinfold.controller.store import (
     VMRecord,
 )
 from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
-from pinfold.model.errors import PinfoldError
+from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import POWER_ACTIONS, Action, Refused, takes_actions, transition
 from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem
 from pinfold.placement import (
@@ -1099,7 +1099,7 @@ class Controller:
         except AgentRefusedError as error:
             _abort(dst, name)
             self._move_failed(migration, f"{migration.source} did not send it: {error}")
-            raise ControllerError("invalid" if error.status == 409 else "agent failed", str(error)) from error
+            raise ControllerError(_send_refusal(error), str(error)) from error
         except AgentUnreachableError as error:
             if error.sent:
                 detail = (
@@ -1296,6 +1296,17 @@ def _job(sent: dict[str, Any]) -> str:
     if isinstance(sent.get("downtime_ms"), int | float):
         parts.append(f"downtime {sent['downtime_ms']:g} ms")
     return ", ".join(parts)
+
+
+def _send_refusal(error: AgentRefusedError) -> ErrorCode:
+    """The controller's code for a source's refused send: `invalid` for a VM
+    not running there, `migration timed out` (504) for one the source
+    cancelled at its `migration_timeout_s`, else `agent failed`."""
+    if error.status == 409:
+        return ErrorCode.INVALID
+    if error.code == ErrorCode.MIGRATION_TIMED_OUT:
+        return ErrorCode.MIGRATION_TIMED_OUT
+    return ErrorCode.AGENT_FAILED
 
 
 def _abort(target: AgentClient, name: str) -> None:
