@@ -143,7 +143,7 @@ def test_a_migrating_vm_takes_no_action_and_no_delete(cluster):
     create(cluster, "web")
     cluster.add_host("h2")
     controller = cluster.controller
-    controller.store.reserve_migration("web", "h2", controller._fits, time.time())
+    controller.store.reserve_migration("web", "h2", controller._fits.on_host, time.time())
     assert vm(cluster, "web")["state"] == "migrating"
     assert vm(cluster, "web")["target"] == "h2"
     for response in (cluster.http.delete("/api/v1/vms/web"), cluster.http.post("/api/v1/vms/web/shutdown")):
@@ -166,7 +166,7 @@ def test_a_stale_migration_whose_source_still_runs_it_goes_back(cluster, prepare
     long_ago = time.time() - 2 * STALE_AFTER_S
     with controller._moving_lock:  # a controller at work on it...
         controller._moving.add("web")
-    controller.store.reserve_migration("web", "h2", controller._fits, long_ago)
+    controller.store.reserve_migration("web", "h2", controller._fits.on_host, long_ago)
     if prepared:
         src = controller.agent_for(controller.store.host("h1"))
         dst = controller.agent_for(controller.store.host("h2"))
@@ -332,7 +332,7 @@ def send_web_then_die(cluster: LocalCluster) -> list[Any]:
     src, dst = controller.agent_for(source), controller.agent_for(target)
     with controller._moving_lock:
         controller._moving.add("web")
-    controller.store.reserve_migration("web", "h2", controller._fits, long_ago)
+    controller.store.reserve_migration("web", "h2", controller._fits.on_host, long_ago)
     prepared = dst.prepare_migration(src.get("web") or {}, "h1")
     src.send_migration("web", "h2", prepared)
     records: list[Any] = controller.store.vms("h1")
@@ -394,7 +394,7 @@ def test_removing_a_host_by_force_ends_the_migrations_of_the_vms_it_forgets(clus
     create(cluster, "web")
     cluster.add_host("h2")
     controller = cluster.controller
-    controller.store.reserve_migration("web", "h2", controller._fits, time.time())
+    controller.store.reserve_migration("web", "h2", controller._fits.on_host, time.time())
     removed = cluster.http.delete("/api/v1/hosts/h1", params={"force": "true"})
     assert removed.status_code == 200, removed.text
     [ended] = migrations(cluster)
@@ -411,7 +411,7 @@ def test_a_migration_holds_its_room_on_the_target_against_creates(cluster):
     controller = cluster.controller
     with controller._moving_lock:  # a controller at work on it: its heartbeats leave it be
         controller._moving.add("mover")
-    controller.store.reserve_migration("mover", "h2", controller._fits, time.time())
+    controller.store.reserve_migration("mover", "h2", controller._fits.on_host, time.time())
     late = cluster.http.post("/api/v1/vms", json={"name": "late", "vcpus": 1, "memory_mib": 20000})
     assert late.status_code == 409, late.text
     assert set(late.json()["hosts"]) == {"h1", "h2"}

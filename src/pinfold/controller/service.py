@@ -668,9 +668,9 @@ class Controller:
         of the create's (`ControllerStore.reserve_migration`; the picture
         learns of the move when it is done)."""
         request, refused, as_data = attempt.request, attempt.refused, attempt.as_data
-        group = attempt.group.name if attempt.group is not None else None
         try:
             if take is None:
+                group = attempt.group.name if attempt.group is not None else None
                 (outcome,) = self.store.reserve_many(
                     [request], host.id, self._fits.on_host, self.clock(), group
                 )
@@ -1054,7 +1054,7 @@ class Controller:
         """The ranked hosts, each once it holds the room for `name` (marked `migrating`)."""
         for host_id in attempt.ranking:
             host = self.store.host(host_id)
-            take = partial(self.store.reserve_migration, name, host_id, self._fits, self.clock())
+            take = partial(self.store.reserve_migration, name, host_id, self._fits.on_host, self.clock())
             try:
                 if host is not None and self._reserve_on(host, attempt, take):
                     yield host
@@ -1171,7 +1171,7 @@ class Controller:
             now_there = _source_state(self.agent_for(source), record.name) if source is not None else None
             if now_there is None or now_there == VMState.MIGRATING.value:
                 return  # gone since the report was taken, sending, or no answer: a later heartbeat says
-            if dst is not None and _runs_on_target(dst, record.name):
+            if dst is not None and _abort(dst, record.name):
                 return  # the guest runs on the target all the same: its commit is a heartbeat away
             back = vm_state(now_there, VMState.RUNNING)
             self._move_failed(migration, "its controller stopped; the source still has it", back)
@@ -1309,11 +1309,18 @@ def _send_refusal(error: AgentRefusedError) -> ErrorCode:
     return ErrorCode.AGENT_FAILED
 
 
-def _abort(target: AgentClient, name: str) -> None:
+def _abort(target: AgentClient, name: str) -> bool:
     """Step 4, best effort: a target that does not answer drops its pending
-    `incoming` mark when it restarts (its reconcile)."""
-    with contextlib.suppress(AgentError):
+    `incoming` mark when it restarts (its reconcile). True when the target
+    refuses the abort (409) because the guest runs there (libvirt: it is
+    across, the source's copy on its way out), its room kept."""
+    try:
         target.abort_migration(name)
+    except AgentRefusedError as error:
+        return error.status == 409
+    except AgentError:
+        return False
+    return False
 
 
 def _source_state(source: AgentClient, name: str) -> str | None:
@@ -1326,19 +1333,6 @@ def _source_state(source: AgentClient, name: str) -> str | None:
     except AgentError:
         return None
     return None if body is None else str(body.get("state"))
-
-
-def _runs_on_target(target: AgentClient, name: str) -> bool:
-    """Step 4 for a migration its source still has: True when the target
-    refuses the abort (409) because the guest runs there (libvirt: it is
-    across, the source's copy on its way out), its room kept."""
-    try:
-        target.abort_migration(name)
-    except AgentRefusedError as error:
-        return error.status == 409
-    except AgentError:  # no answer: the target's reconcile drops its mark when it restarts
-        return False
-    return False
 
 
 def _landed(target: AgentClient, name: str) -> bool | None:
