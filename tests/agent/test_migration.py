@@ -79,11 +79,11 @@ def create(host: Host, name: str, vcpus: int, ratio: float, **more: Any) -> dict
     return dict(answer.json())
 
 
-def prepare_body(source: httpx.Client, host: str, name: str) -> dict[str, Any]:
+def prepare_body(source: httpx.Client, host: str, name: str, auth: dict[str, str] = AUTH) -> dict[str, Any]:
     """A prepare's body as the controller makes it: the source's view of
-    VM `name`, and its cloud-init seed when it has one."""
+    VM `name`, and its cloud-init seed when it has one (`auth`: the source's token)."""
     body: dict[str, Any] = {"vm": source.get(f"/api/v1/vms/{name}").json(), "source": host}
-    seed = source.get(f"/api/v1/vms/{name}/seed", headers=AUTH)
+    seed = source.get(f"/api/v1/vms/{name}/seed", headers=auth)
     if seed.status_code == 200:
         body["seed"] = base64.b64encode(seed.content).decode()
     else:
