@@ -236,7 +236,9 @@ def test_a_guest_on_shared_storage_moves_and_its_disk_stays(
         ["qemu-img", "create", "-q", "-f", "qcow2", str(lab.images / "base.qcow2"), "64M"], check=True
     )
     with lab_agents(lab, guest_kernel, guest_initramfs, storage="shared-local") as (a, b):
-        a.create("web", 1.0, image=str(lab.images / "base.qcow2"))
+        # with a cloud-init seed: on shared storage it is one file too, which the guest keeps
+        a.create("web", 1.0, image=str(lab.images / "base.qcow2"), ssh_keys=[KEY])
+        image = (lab.shared / "web.cidata.iso").read_bytes()
         before = counting(a.log("web"))
         sent, _ = migrate(a, b, "web")
         assert sent.status_code == 200, sent.text
@@ -245,6 +247,8 @@ def test_a_guest_on_shared_storage_moves_and_its_disk_stays(
         assert counts(b.log("web"))[0] > before
         assert domain_of(b.host, "web").disk == lab.shared / "web.qcow2"
         assert (lab.shared / "web.qcow2").exists()  # the source forgot it, and kept the shared disk
+        assert domain_of(b.host, "web").seed == lab.shared / "web.cidata.iso"
+        assert (lab.shared / "web.cidata.iso").read_bytes() == image  # kept, and not written again
 
 
 def test_a_target_that_refuses_leaves_the_guest_running_on_the_source(
