@@ -21,6 +21,7 @@ NAMED = {
     "critical_size", "policy", "default_policy", "segregated_policy", "reserved_memory_mib",
     "heartbeat_period_s", "monitor_period_s", "shutdown_timeout_s", "stale_after_s", "agent_timeout_s",
     "action_timeout_s", "agent_action_timeout_s", "port", "agent_port", "controller_port",
+    "migration_timeout_s",
 }  # fmt: skip
 
 
@@ -88,3 +89,7 @@ def test_the_named_defaults_are_the_ones_in_force() -> None:
     assert agent.monitor_period_s == controller.heartbeat_period_s == defaults.HEARTBEAT_PERIOD_S
     assert agent.shutdown_timeout_s < controller.agent_action_timeout_s == defaults.ACTION_TIMEOUT_S
     assert (agent.port, controller.port) == (defaults.AGENT_PORT, defaults.CONTROLLER_PORT)
+    # a source agent cancels a send before the controller stops waiting for its answer
+    limit = agent.migration_timeout_s
+    assert limit == AgentSettings().migration_timeout_s == defaults.MIGRATION_LIMIT_S
+    assert limit <= defaults.MAX_MIGRATION_LIMIT_S < defaults.MIGRATION_TIMEOUT_S

@@ -51,6 +51,8 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path):
         ('[[pools]]\nname = "a b"\nsize = 1\nvcpus = 1\nmemory_mib = 1\n', {}, "pools.0.name"),
         ('[[pools]]\nname = "a"\nsize = -1\nvcpus = 1\nmemory_mib = 1\n', {}, "pools.0.size"),
         ('[[pools]]\nname = "a"\nsize = 1\nvcpus = 1\nmemory_mib = 1\n' * 2, {}, "same name"),
+        ("migration_timeout_s = 0\n", {}, "migration_timeout_s"),
+        ("migration_timeout_s = 1501\n", {}, "migration_timeout_s"),
     ],
     ids=[
         "unknown-key",
@@ -62,6 +64,8 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path):
         "pool-name",
         "pool-size",
         "pool-twice",
+        "migration-timeout-zero",
+        "migration-timeout-past-the-controllers-wait",
     ],
 )
 def test_bad_settings_say_which_and_where(tmp_path, content, flags, problem):
@@ -245,6 +249,16 @@ def test_direct_kernel_boot_settings_reach_the_agent(tmp_path):
     assert agent.settings.kernel == Path("/boot/vmlinuz")
     assert agent.settings.initrd == Path("/boot/initrd.img")
     assert agent.settings.cmdline == "console=ttyS0"
+    agent.close()
+
+
+def test_the_migration_time_limit_reaches_the_agent(tmp_path):
+    from pinfold.agent.daemon import build_agent
+
+    config = tmp_path / "agent.toml"
+    config.write_text(f'driver = "sim"\ntopology = "{I7}"\ndata_dir = "{tmp_path / "data"}"\n')
+    agent, _, _ = build_agent(load_config(config, {"migration_timeout_s": 2.5}, {}))
+    assert agent.settings.migration_timeout_s == 2.5
     agent.close()
 
 

@@ -5,6 +5,7 @@ crash point's pending mark."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers import SimDriver
 from pinfold.agent.migration import Outgoing
 from pinfold.agent.reconcile import Action
+from pinfold.agent.seed import MAX_SEED_BYTES
 from pinfold.agent.service import Agent, AgentSettings, VMRequest
 from pinfold.agent.store import Pending, Store
 from pinfold.model.lifecycle import VMState
@@ -77,9 +79,22 @@ def create(host: Host, name: str, vcpus: int, ratio: float, **more: Any) -> dict
     return dict(answer.json())
 
 
+def prepare_body(source: httpx.Client, host: str, name: str, auth: dict[str, str] = AUTH) -> dict[str, Any]:
+    """A prepare's body as the controller makes it: the source's view of
+    VM `name`, and its cloud-init seed when it has one (`auth`: the source's token)."""
+    body: dict[str, Any] = {"vm": source.get(f"/api/v1/vms/{name}").json(), "source": host}
+    seed = source.get(f"/api/v1/vms/{name}/seed", headers=auth)
+    if seed.status_code == 200:
+        body["seed"] = base64.b64encode(seed.content).decode()
+    else:
+        assert seed.json()["error"] == "not found", seed.text
+    return body
+
+
 def prepare(target: Host, source: Host, name: str) -> httpx.Response:
-    vm = source.http.get(f"/api/v1/vms/{name}").json()
-    return target.http.post("/api/v1/migrations", json={"vm": vm, "source": source.name}, headers=AUTH)
+    return target.http.post(
+        "/api/v1/migrations", json=prepare_body(source.http, source.name, name), headers=AUTH
+    )
 
 
 def send(source: Host, target: Host, name: str, prepared: dict[str, Any]) -> httpx.Response:
@@ -201,6 +216,101 @@ def test_a_failed_migration_leaves_the_vm_running_on_the_source(hosts):
     assert stored.pending is None
     assert b.http.delete("/api/v1/migrations/web", headers=AUTH).status_code == 204
     assert "web" not in b.vms()
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPJQep4eS/coYUOy+Uh+HQ/PXtPmYwjCkZNEkZnPROFW alice@laptop"
+
+
+def test_a_seeded_vm_takes_its_seed_along_and_an_abort_removes_the_targets(hosts):
+    """The seed goes to the target byte for byte (the same instance-id) at
+    the target's own path; an abort removes it, a send removes the source's."""
+    a, b = hosts
+    create(a, "web", 1, 1.0, ssh_keys=[KEY])
+    source_seed = a.agent.seeds.existing("web")
+    assert source_seed is not None
+    image = source_seed.read_bytes()
+    assert a.http.get("/api/v1/vms/web/seed", headers=AUTH).content == image
+
+    assert prepare(b, a, "web").status_code == 201
+    target_seed = b.agent.seeds.existing("web")
+    assert target_seed is not None
+    assert target_seed != source_seed
+    assert target_seed.read_bytes() == image
+    assert b.http.delete("/api/v1/migrations/web", headers=AUTH).status_code == 204
+    assert b.agent.seeds.existing("web") is None
+
+    answer = prepare(b, a, "web").json()
+    assert send(a, b, "web", answer).status_code == 200
+    assert a.agent.seeds.existing("web") is None
+    assert b.http.post("/api/v1/migrations/web/commit", headers=AUTH).status_code == 200
+    assert b.agent.seeds.read("web") == image
+    spec = b.driver.info("web").spec
+    assert spec is not None
+    assert spec.seed == target_seed
+
+
+def test_a_seed_that_is_no_iso_or_too_large_is_refused_and_nothing_stored(hosts):
+    a, b = hosts
+    vm = {"name": "web", "vcpus": 1, "memory_mib": 512, "ratio": 1.0}
+    too_large = b"\0" * (MAX_SEED_BYTES + 1)
+    for seed, status in ((b"not an iso", 400), (too_large, 400), ("!!", 422), ("abc", 400)):
+        text = base64.b64encode(seed).decode() if isinstance(seed, bytes) else seed
+        refused = b.http.post(
+            "/api/v1/migrations", json={"vm": vm, "source": "a", "seed": text}, headers=AUTH
+        )
+        assert refused.status_code == status, refused.text
+        assert refused.json()["error"] == "invalid request"
+    assert b.vms() == {}
+    assert not b.agent.seeds.directory.exists() or list(b.agent.seeds.directory.iterdir()) == []
+    assert a.http.get("/api/v1/vms/none/seed", headers=AUTH).json()["error"] == "unknown vm"
+
+
+def test_a_restart_removes_the_seeds_a_crash_left_on_either_side(tmp_path, i7):
+    """Target killed after writing the seed (no row: `incoming:seeded`) or
+    with its reservation stored but no guest (`drop`); source killed after
+    the guest left (`left`): no seed stays behind."""
+    seed = Agent.open(i7, SimDriver(), Store(tmp_path / "x.db"), AgentSettings(domain_type="qemu"))
+    seed.create(VMRequest("x", 1, 256, 1.0, ssh_keys=(KEY,)))
+    image = seed.seed_of("x")
+    seed.close()
+    settings = AgentSettings(domain_type="qemu")
+    target = Agent.open(i7, SimDriver(), Store(tmp_path / "b.db"), settings)
+    target.seeds.write_image("orphan", image)  # written, then killed before the row
+    target.prepare_incoming(VMRequest("never", 1, 256, 1.0), "never", "a", image)
+    assert target.seeds.existing("never") is not None
+    target.close()
+    again = Agent.open(i7, SimDriver(), Store(tmp_path / "b.db"), settings)
+    assert {step.name: step.action for step in again.report} == {"never": Action.DROP}
+    assert list(again.seeds.directory.glob("*.iso")) == []
+    again.close()
+
+    driver = SimDriver()
+    source = Agent.open(i7, driver, Store(tmp_path / "a.db"), settings)
+    source.create(VMRequest("left", 1, 256, 1.0, ssh_keys=(KEY,)))
+    source.close()
+    store = Store(tmp_path / "a.db")
+    store.set_state("left", VMState.MIGRATING, Pending.MIGRATE_OUT)
+    store.close()
+    driver.delete("left")
+    source = Agent.open(i7, driver, Store(tmp_path / "a.db"), settings)
+    assert {step.name: step.action for step in source.report} == {"left": Action.LEFT}
+    assert list(source.seeds.directory.glob("*.iso")) == []
+    source.close()
+
+
+def test_a_migration_past_its_time_limit_is_cancelled_and_the_vm_stays(hosts):
+    """A send the driver cancels at `migration_timeout_s` (the sim's
+    `migration_s`: one that would take longer) answers 504 and keeps the VM."""
+    a, b = hosts
+    create(a, "web", 1, 1.0)
+    answer = prepare(b, a, "web").json()
+    a.driver.migration_s = a.agent.settings.migration_timeout_s + 1
+    failed = send(a, b, "web", answer)
+    assert failed.status_code == 504, failed.text
+    assert failed.json()["error"] == "migration timed out"
+    assert "cancelled" in failed.json()["detail"]
+    assert a.vms()["web"]["state"] == "running"
+    assert a.driver.info("web").state.value == "running"
 
 
 def test_no_delete_while_a_vm_is_incoming(hosts):

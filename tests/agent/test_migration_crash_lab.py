@@ -27,6 +27,7 @@ from pinfold.agent.store import Store
 from pinfold.topology import Topology
 from tests.agent.conftest import guest_initramfs, guest_kernel  # noqa: F401  (fixtures)
 from tests.agent.test_crash import Daemon
+from tests.agent.test_migration import KEY, prepare_body
 from tests.agent.test_migration_lab import counting
 from tests.migrationlab import CMDLINE, LabHost, MigrationLab, migration_lab  # noqa: F401  (fixture)
 from tests.netlab import wait_until
@@ -74,10 +75,14 @@ class Side:
         assert self.daemon.process.wait(timeout=30) == -signal.SIGKILL
         self.start()
 
-    def create_guest(self) -> None:
+    def create_guest(self, **more: Any) -> None:
         """The test guest (1 vCPU, 128 MiB), made here."""
-        made = self.call("POST", "/api/v1/vms", {"name": NAME, "vcpus": 1, "memory_mib": 128})
+        made = self.call("POST", "/api/v1/vms", {"name": NAME, "vcpus": 1, "memory_mib": 128, **more})
         assert made.status_code == 201, made.text
+
+    def seeds(self) -> list[str]:
+        """The cloud-init seeds in this host's disk directory (half written ones too)."""
+        return sorted(path.name for path in (self.host.data / "disks").glob("*.iso"))
 
     def vms(self) -> dict[str, dict[str, Any]]:
         return {vm["name"]: vm for vm in self.call("GET", "/api/v1/vms").json()}
@@ -102,8 +107,12 @@ def sides(migration_lab, guest_kernel, guest_initramfs):  # noqa: F811
 
 
 def prepare(source: Side, target: Side) -> httpx.Response:
-    vm = source.call("GET", f"/api/v1/vms/{NAME}").json()
-    return target.call("POST", "/api/v1/migrations", {"vm": vm, "source": source.host.name})
+    """As the controller prepares: the source's view of the guest, and its seed if it has one."""
+    assert source.daemon is not None
+    daemon = source.daemon
+    with httpx.Client(base_url=daemon.url, timeout=TIMEOUT_S) as client:
+        body = prepare_body(client, source.host.name, NAME, daemon.auth)
+    return target.call("POST", "/api/v1/migrations", body)
 
 
 def send(source: Side, target: Side, prepared: dict[str, Any]) -> httpx.Response:
@@ -148,16 +157,23 @@ def test_the_source_killed_during_its_send(sides, point, then, runs_on):
     assert one_running_copy(source, target) is {"source": source, "target": target}[runs_on]
 
 
-def test_the_target_killed_after_storing_its_reservation_drops_it(sides):
+@pytest.mark.parametrize(
+    "point", ["incoming:seeded", "incoming:stored"], ids=["after-seeding", "after-storing"]
+)
+def test_the_target_killed_while_preparing_drops_its_reservation_and_seed(sides, point):
+    """A guest with a cloud-init seed: the target killed once it wrote the
+    seed (no row yet: the start removes a seed of no VM) or once it stored
+    its reservation (the start drops it, its seed too)."""
     source, target = sides
     source.start()
-    target.start("incoming:stored")
-    source.create_guest()
+    target.start(point)
+    source.create_guest(ssh_keys=[KEY])
     with pytest.raises(httpx.HTTPError):
         prepare(source, target)
     target.killed()
     assert one_running_copy(source, target) is source
     assert target.call("GET", "/api/v1/host").json()["vnodes"] == {}
+    assert (source.seeds(), target.seeds()) == ([f"{NAME}.cidata.iso"], [])
 
 
 def test_the_target_killed_while_committing_keeps_the_guest(sides):

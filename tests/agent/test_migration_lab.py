@@ -17,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from pinfold.agent.service import Agent
 from pinfold.agent.store import Store
 from pinfold.topology import Topology, parse_cpulist
 from tests.agent.guest import TICK
+from tests.agent.test_migration import KEY, prepare_body
 from tests.migrationlab import LabHost, MigrationLab, migration_lab  # noqa: F401  (fixture)
 from tests.netlab import wait_until
 from tests.servers import Served
@@ -65,10 +67,10 @@ class LabAgent:
 
 @contextmanager
 def lab_agents(
-    lab: MigrationLab, kernel: Path, initrd: Path, storage: MigrationStorage = "copy"
+    lab: MigrationLab, kernel: Path, initrd: Path, storage: MigrationStorage = "copy", **more: Any
 ) -> Iterator[tuple[LabAgent, LabAgent]]:
     """An agent on each lab host (TCG guests booting the test kernel), both
-    closed on the way out (the lab destroys the domains)."""
+    closed on the way out (the lab destroys the domains); `more`: settings."""
     from pinfold.agent.drivers.libvirt import LibvirtDriver
 
     with ExitStack() as stack:
@@ -76,7 +78,7 @@ def lab_agents(
         for host in lab.hosts.values():
             driver = LibvirtDriver(host.uri)
             stack.callback(_quietly, driver.close)
-            settings = lab.agent_settings(host, kernel, initrd, storage)
+            settings = replace(lab.agent_settings(host, kernel, initrd, storage), **more)
             agent = Agent.open(Topology.discover(), driver, Store(host.root / "agent.db"), settings)
             stack.callback(agent.close)
             served = Served(create_app(agent, TOKEN))
@@ -109,10 +111,8 @@ def counting(log: Path, past: int = 0) -> int:
 
 def migrate(source: LabAgent, target: LabAgent, name: str) -> tuple[httpx.Response, dict[str, Any] | None]:
     """The controller's steps 1 and 2: the prepare's refusal, or the send's answer and the prepare's."""
-    vm = source.http.get(f"/api/v1/vms/{name}").json()
-    prepared = target.http.post(
-        "/api/v1/migrations", json={"vm": vm, "source": source.host.name}, headers=AUTH
-    )
+    body = prepare_body(source.http, source.host.name, name)
+    prepared = target.http.post("/api/v1/migrations", json=body, headers=AUTH)
     if prepared.status_code != 201:
         return prepared, None
     answer = prepared.json()
@@ -162,9 +162,10 @@ def test_a_guest_moves_live_with_its_disk_copied_and_goes_on_counting(
         committed = b.http.post("/api/v1/migrations/web/commit", headers=AUTH)
         assert committed.status_code == 200, committed.text
         assert committed.json()["state"] == "running"
-        # it goes on counting from where it was (a restarted guest would count from 1 again)
+        # it goes on counting from where it was (a restarted guest would count from 1 again);
+        # on a busy machine the target's log may have no count yet when the commit answers
+        counting(b.log("web"))
         after = counts(b.log("web"))
-        assert after, "the target's console log has no count"
         assert after[0] > before
         assert after == list(range(after[0], after[0] + len(after)))
         counting(b.log("web"), after[-1] + 10)
@@ -196,6 +197,35 @@ def test_a_guest_moves_live_with_its_disk_copied_and_goes_on_counting(
         assert vcpu_threads_cpus(neighbour_pid) == [cpus]
 
 
+def test_a_guest_with_a_cloud_init_seed_moves_with_its_disk_copied_and_the_target_has_its_seed(
+    migration_lab,  # noqa: F811
+    guest_kernel,
+    guest_initramfs,
+):
+    """libvirt copies no read-only disk: without the seed carried in the
+    prepare the target's QEMU cannot open the CD-ROM and the send fails (502)."""
+    lab = migration_lab
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(lab.images / "base.qcow2"), "64M"], check=True
+    )
+    with lab_agents(lab, guest_kernel, guest_initramfs) as (a, b):
+        a.create("web", 1.0, image=str(lab.images / "base.qcow2"), ssh_keys=[KEY])
+        source_seed = a.host.data / "disks" / "web.cidata.iso"
+        image = source_seed.read_bytes()
+        assert domain_of(a.host, "web").seed == source_seed
+        before = counting(a.log("web"))
+        sent, _ = migrate(a, b, "web")
+        assert sent.status_code == 200, sent.text
+        assert b.http.post("/api/v1/migrations/web/commit", headers=AUTH).status_code == 200
+        counting(b.log("web"))
+        assert counts(b.log("web"))[0] > before  # it went on, it did not boot again
+        # the target's own seed, the same bytes (the same instance-id); the source's is gone
+        assert (b.host.data / "disks" / "web.cidata.iso").read_bytes() == image
+        assert domain_of(b.host, "web").seed == source_seed  # the same path, the target's file there
+        assert not source_seed.exists()
+        assert "web" not in [d.name() for d in a.host.connection.listAllDomains()]
+
+
 def test_a_guest_on_shared_storage_moves_and_its_disk_stays(
     migration_lab,  # noqa: F811
     guest_kernel,
@@ -206,14 +236,19 @@ def test_a_guest_on_shared_storage_moves_and_its_disk_stays(
         ["qemu-img", "create", "-q", "-f", "qcow2", str(lab.images / "base.qcow2"), "64M"], check=True
     )
     with lab_agents(lab, guest_kernel, guest_initramfs, storage="shared-local") as (a, b):
-        a.create("web", 1.0, image=str(lab.images / "base.qcow2"))
+        # with a cloud-init seed: on shared storage it is one file too, which the guest keeps
+        a.create("web", 1.0, image=str(lab.images / "base.qcow2"), ssh_keys=[KEY])
+        image = (lab.shared / "web.cidata.iso").read_bytes()
         before = counting(a.log("web"))
         sent, _ = migrate(a, b, "web")
         assert sent.status_code == 200, sent.text
         assert b.http.post("/api/v1/migrations/web/commit", headers=AUTH).status_code == 200
+        counting(b.log("web"))
         assert counts(b.log("web"))[0] > before
         assert domain_of(b.host, "web").disk == lab.shared / "web.qcow2"
         assert (lab.shared / "web.qcow2").exists()  # the source forgot it, and kept the shared disk
+        assert domain_of(b.host, "web").seed == lab.shared / "web.cidata.iso"
+        assert (lab.shared / "web.cidata.iso").read_bytes() == image  # kept, and not written again
 
 
 def test_a_target_that_refuses_leaves_the_guest_running_on_the_source(
@@ -265,3 +300,31 @@ def test_a_target_that_dies_mid_way_leaves_the_guest_running_on_the_source(
         assert "web" not in b.vms()
         assert "1.0" not in b.vnodes() or b.vnodes()["1.0"] == []
         assert b.host.children() == []  # nothing of it runs on the dead target
+
+
+def test_a_migration_past_its_time_limit_is_cancelled_and_the_guest_keeps_running_on_the_source(
+    migration_lab,  # noqa: F811
+    guest_kernel,
+    guest_initramfs,
+):
+    """At 1 MiB/s the guest's 128 MiB cannot cross in the source's 2-second
+    limit: the job is aborted, the send answers 504, the guest goes on
+    counting on the source, and the target has nothing left once it aborts."""
+    with lab_agents(migration_lab, guest_kernel, guest_initramfs, migration_timeout_s=2.0) as (a, b):
+        a.create("web", 1.0)
+        counting(a.log("web"))
+        domain = a.host.connection.lookupByName("web")
+        domain.migrateSetMaxSpeed(1, 0)  # MiB/s
+        sent, _ = migrate(a, b, "web")
+        assert sent.status_code == 504, sent.text
+        assert sent.json()["error"] == "migration timed out"
+        assert "cancelled" in sent.json()["detail"]
+        assert a.vms()["web"]["state"] == "running"
+        assert domain.state()[0] == 1  # VIR_DOMAIN_RUNNING
+        assert domain.jobInfo()[0] == 0  # no job left: VIR_DOMAIN_JOB_NONE
+        last = counting(a.log("web"))
+        counting(a.log("web"), last + 5)  # still counting, on the source
+        assert b.host.connection.listAllDomains() == []  # libvirt removed the target's copy
+        assert b.http.delete("/api/v1/migrations/web", headers=AUTH).status_code == 204
+        assert "web" not in b.vms()
+        assert "1.0" not in b.vnodes() or b.vnodes()["1.0"] == []

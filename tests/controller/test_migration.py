@@ -17,7 +17,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from pinfold.agent.drivers import SimDriver
 from pinfold.cli import app
+from tests.agent.test_migration import KEY
 from tests.controller.cluster import ADMIN, ADMIN_AUTH, STALE_AFTER_S, LocalCluster
 
 
@@ -141,7 +143,7 @@ def test_a_migrating_vm_takes_no_action_and_no_delete(cluster):
     create(cluster, "web")
     cluster.add_host("h2")
     controller = cluster.controller
-    controller.store.reserve_migration("web", "h2", controller._fits, time.time())
+    controller.store.reserve_migration("web", "h2", controller._fits.on_host, time.time())
     assert vm(cluster, "web")["state"] == "migrating"
     assert vm(cluster, "web")["target"] == "h2"
     for response in (cluster.http.delete("/api/v1/vms/web"), cluster.http.post("/api/v1/vms/web/shutdown")):
@@ -164,7 +166,7 @@ def test_a_stale_migration_whose_source_still_runs_it_goes_back(cluster, prepare
     long_ago = time.time() - 2 * STALE_AFTER_S
     with controller._moving_lock:  # a controller at work on it...
         controller._moving.add("web")
-    controller.store.reserve_migration("web", "h2", controller._fits, long_ago)
+    controller.store.reserve_migration("web", "h2", controller._fits.on_host, long_ago)
     if prepared:
         src = controller.agent_for(controller.store.host("h1"))
         dst = controller.agent_for(controller.store.host("h2"))
@@ -255,6 +257,40 @@ def test_a_migration_moves_the_vm_and_both_hosts_numbers(cluster):
     assert vm(cluster, "web")["state"] == "running"
 
 
+def test_a_vm_with_a_cloud_init_seed_takes_it_along(cluster):
+    """The controller carries the source's seed in the target's prepare."""
+    cluster.add_host("h1")
+    body = {"name": "web", "vcpus": 1, "memory_mib": 512, "ratio": 1.0, "ssh_keys": [KEY]}
+    assert cluster.http.post("/api/v1/vms", json=body).status_code == 201
+    cluster.add_host("h2")
+    source, target = cluster.hosts["h1"].agent.seeds, cluster.hosts["h2"].agent.seeds
+    image = source.read("web")
+    assert image is not None
+    response = cluster.http.post("/api/v1/vms/web/migrate", json={"to": "h2"})
+    assert response.status_code == 200, response.text
+    assert (source.read("web"), target.read("web")) == (None, image)
+
+
+def test_a_migration_past_the_sources_time_limit_fails_and_releases_the_target(cluster):
+    """The source cancels a send at its `migration_timeout_s` (504): the
+    migration is failed, the VM runs on its source, the target holds nothing."""
+    slow = SimDriver()
+    slow.migration_s = 10_000.0  # a send would take longer than the source's limit
+    cluster.add_host("h1", driver=slow)
+    create(cluster, "web")
+    cluster.add_host("h2")
+    response = cluster.http.post("/api/v1/vms/web/migrate", json={"to": "h2"})
+    assert response.status_code == 504, response.text
+    assert response.json()["error"] == "migration timed out"
+    after = vm(cluster, "web")
+    assert (after["host"], after["state"], after["target"]) == ("h1", "running", None)
+    assert on_agents(cluster) == {"h1": {"web"}, "h2": set()}
+    [failed] = migrations(cluster)
+    assert failed["outcome"] == "failed"
+    assert "migration timed out" in failed["detail"]
+    assert cluster.hosts["h2"].agent.find("web") is None  # the target aborted its reservation
+
+
 def test_a_drain_with_migrations_empties_a_host_of_three_vms_of_two_levels(cluster):
     cluster.add_host("h1")
     create(cluster, "db", vcpus=2, memory_mib=2048, ratio=1.0)
@@ -296,7 +332,7 @@ def send_web_then_die(cluster: LocalCluster) -> list[Any]:
     src, dst = controller.agent_for(source), controller.agent_for(target)
     with controller._moving_lock:
         controller._moving.add("web")
-    controller.store.reserve_migration("web", "h2", controller._fits, long_ago)
+    controller.store.reserve_migration("web", "h2", controller._fits.on_host, long_ago)
     prepared = dst.prepare_migration(src.get("web") or {}, "h1")
     src.send_migration("web", "h2", prepared)
     records: list[Any] = controller.store.vms("h1")
@@ -358,7 +394,7 @@ def test_removing_a_host_by_force_ends_the_migrations_of_the_vms_it_forgets(clus
     create(cluster, "web")
     cluster.add_host("h2")
     controller = cluster.controller
-    controller.store.reserve_migration("web", "h2", controller._fits, time.time())
+    controller.store.reserve_migration("web", "h2", controller._fits.on_host, time.time())
     removed = cluster.http.delete("/api/v1/hosts/h1", params={"force": "true"})
     assert removed.status_code == 200, removed.text
     [ended] = migrations(cluster)
@@ -375,7 +411,7 @@ def test_a_migration_holds_its_room_on_the_target_against_creates(cluster):
     controller = cluster.controller
     with controller._moving_lock:  # a controller at work on it: its heartbeats leave it be
         controller._moving.add("mover")
-    controller.store.reserve_migration("mover", "h2", controller._fits, time.time())
+    controller.store.reserve_migration("mover", "h2", controller._fits.on_host, time.time())
     late = cluster.http.post("/api/v1/vms", json={"name": "late", "vcpus": 1, "memory_mib": 20000})
     assert late.status_code == 409, late.text
     assert set(late.json()["hosts"]) == {"h1", "h2"}

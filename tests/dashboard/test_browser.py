@@ -251,7 +251,7 @@ def test_the_overview_shows_migrations_in_flight_and_done(browser, cluster):
     target = "edge-2" if source == "edge-1" else "edge-1"
     with controller._moving_lock:  # a controller at work on it: its heartbeats leave it in flight
         controller._moving.add("moving")
-    controller.store.reserve_migration("moving", target, controller._fits, controller.clock())
+    controller.store.reserve_migration("moving", target, controller._fits.on_host, controller.clock())
     page = browser.new_page(viewport={"width": 1200, "height": 800})
     log_in(page, cluster)
     page.wait_for_selector("[data-testid=migrations] tr[data-outcome='in flight']")

@@ -20,6 +20,8 @@ from pinfold.model.defaults import (
     DEFAULT_CRITICAL_SIZE,
     DEFAULT_RESERVED_MEMORY_MIB,
     HEARTBEAT_PERIOD_S,
+    MAX_MIGRATION_LIMIT_S,
+    MIGRATION_LIMIT_S,
     SHUTDOWN_TIMEOUT_S,
 )
 from pinfold.model.vm import BRIDGE_PATTERN, NETWORK_PATTERN
@@ -162,6 +164,9 @@ class AgentConfig(HttpSettings):
     migration_storage: Literal["copy", "shared", "shared-local"] = "copy"
     peer_libvirt_uri: str = Field(default="", max_length=1024)
     migration_address: str = Field(default="", max_length=255, pattern=r"^$|^[A-Za-z0-9.:\[\]-]+$")
+    #: a send still running after this is cancelled, the guest kept here (504 migration timed
+    #: out); below the controller's wait for a send, so that its answer comes first
+    migration_timeout_s: float = Field(default=MIGRATION_LIMIT_S, gt=0, le=MAX_MIGRATION_LIMIT_S)
 
     @model_validator(mode="after")
     def _one_default_nic(self) -> AgentConfig:

@@ -19,7 +19,12 @@ from pinfold.agent.pools import PoolSpec
 from pinfold.agent.reconcile import Step
 from pinfold.agent.seed import Seeds
 from pinfold.agent.store import Pending, Store, StoredVM
-from pinfold.model.defaults import DEFAULT_CRITICAL_SIZE, DEFAULT_RESERVED_MEMORY_MIB, SHUTDOWN_TIMEOUT_S
+from pinfold.model.defaults import (
+    DEFAULT_CRITICAL_SIZE,
+    DEFAULT_RESERVED_MEMORY_MIB,
+    MIGRATION_LIMIT_S,
+    SHUTDOWN_TIMEOUT_S,
+)
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import NIC
@@ -80,6 +85,10 @@ class AgentSettings:
     #: how long a start waits for a migration the hypervisor still carries out (the agent
     #: was killed during its send) before it decides whether the guest stayed or left
     migration_wait_s: float = 600.0
+    #: how long a send may run before the agent cancels it (the hypervisor's job aborted, the
+    #: guest kept running here): a guest that dirties memory faster than the link carries it
+    #: never converges, and would keep its migration (and the target's room) open forever
+    migration_timeout_s: float = MIGRATION_LIMIT_S
 
     @property
     def default_nic(self) -> NIC | None:

@@ -89,6 +89,7 @@ def build_agent(config: AgentConfig, rapid: RapidConfig | None = None) -> tuple[
         default_bridge=config.default_bridge,
         own_network=config.own_network.to_network() if config.own_network is not None else None,
         migration_storage=config.migration_storage,
+        migration_timeout_s=config.migration_timeout_s,
         peer_libvirt_uri=config.peer_libvirt_uri,
         migration_address=config.migration_address,
     )

@@ -22,6 +22,7 @@ from pinfold.agent.core import AgentError, log
 from pinfold.agent.disks import DiskError
 from pinfold.agent.drivers.base import DriverError, MigrationTarget
 from pinfold.agent.lifecycle import Lifecycle
+from pinfold.agent.seed import image_problem
 from pinfold.agent.store import Pending, StoredVM
 from pinfold.model.failpoints import crash_point
 from pinfold.model.lifecycle import VMState
@@ -55,18 +56,26 @@ class Outgoing:
 class Migrating(Lifecycle):
     """The four steps of a live migration (the module's docstring)."""
 
-    def prepare_incoming(self, request: VMRequest, domain: str, source: str) -> Incoming:
+    def prepare_incoming(
+        self, request: VMRequest, domain: str, source: str, seed: bytes | None = None
+    ) -> Incoming:
         """Reserve `request` here for a guest coming from `source`, under
         domain name `domain` (the source's: a running domain keeps its name).
         Refused as a create is: bad name or image (422), no room (409), a name,
-        domain or MAC taken here (409); nothing is stored then."""
+        domain or MAC taken here (409); nothing is stored then. `seed` is the
+        guest's cloud-init seed as the source has it: with copied disks it is
+        written here, where this host's seed of `domain` goes (libvirt copies
+        no read-only disk, and the guest's CD-ROM must open on arrival); on
+        shared storage the source's file is the one the guest keeps."""
         for name in (request.name, domain):
             if not valid_name(name):
                 raise AgentError("invalid request", "name: use 1-63 letters, digits, '.', '_', '-'")
         problem = image_path_problem(request.image) if request.image else None
+        problem = problem or (image_problem(seed) if seed is not None else None)
         if problem is not None:
             raise AgentError("invalid request", problem)
-        base = self._base_image(request.image) if self.settings.migration_storage == "copy" else None
+        copied = self.settings.migration_storage == "copy"
+        base = self._base_image(request.image) if copied else None
         with self.lock:
             self._retry_stale_pins()
             if request.name in self.vms:
@@ -90,8 +99,13 @@ class Migrating(Lifecycle):
                 nics=nics,
             )
             try:
+                if copied and seed is not None:  # before the row: a crash leaves a seed of no VM
+                    self._write_incoming_seed(domain, seed)
+                    crash_point("incoming:seeded")
                 self.store.save_vm(vm, self.allocator.snapshot())
             except BaseException:
+                if copied:
+                    self.seeds.remove(domain)
                 self.allocator.remove(spec.name)
                 raise
             self.vms[spec.name] = vm
@@ -112,6 +126,25 @@ class Migrating(Lifecycle):
             return Incoming(
                 vm, sorted(self.allocator.pinning(spec.name)), s.peer_libvirt_uri or None, migrate_uri
             )
+
+    def _write_incoming_seed(self, domain: str, seed: bytes) -> None:
+        try:
+            self.seeds.write_image(domain, seed)
+        except OSError as error:
+            raise AgentError("disk failed", f"cannot write the cloud-init seed: {error}") from error
+
+    def seed_of(self, name: str) -> bytes:
+        """The cloud-init seed of VM `name`, byte for byte, for its
+        migration's target; "unknown vm", or "not found" when it has none."""
+        with self.lock:
+            vm = self._get(name)
+        try:
+            image = self.seeds.read(vm.domain)
+        except OSError as error:
+            raise AgentError("disk failed", f"cannot read the cloud-init seed: {error}") from error
+        if image is None:
+            raise AgentError("not found", f"{name} has no cloud-init seed")
+        return image
 
     def _ready_disk(self, vm: StoredVM, base: Path | None) -> None:
         """A copied disk needs its file here before the guest's data comes:
@@ -140,7 +173,7 @@ class Migrating(Lifecycle):
         storage = self.settings.migration_storage
         target = MigrationTarget(
             to.cpus, to.libvirt_uri, to.migrate_uri, copy_disks=storage == "copy" and bool(vm.image),
-            unsafe=storage == "shared-local",
+            unsafe=storage == "shared-local", timeout_s=self.settings.migration_timeout_s,
         )  # fmt: skip
         try:
             done = self.driver.migrate(vm.domain, target)
@@ -157,7 +190,8 @@ class Migrating(Lifecycle):
     ) -> tuple[StoredVM, float, None]:
         """The guest still here: its row back to running, the failure raised
         (502). Gone from here despite the error: it left, so it is forgotten
-        as after a success (the target's commit finds it)."""
+        as after a success (the target's commit finds it). One cancelled
+        for its time limit answers `migration timed out` (504)."""
         name = vm.spec.name
         with self.lock:
             try:
@@ -171,7 +205,8 @@ class Migrating(Lifecycle):
                 self._forget_migrating(name)
                 return vm, 0.0, None
             self._set(name, self._observed_state(vm.domain, VMState.RUNNING), None)
-        raise AgentError("migration failed", f"{name} to {target}: {error.detail}") from error
+        code = "migration timed out" if error.code == "timed out" else "migration failed"
+        raise AgentError(code, f"{name} to {target}: {error.detail}") from error
 
     def commit_incoming(self, name: str) -> StoredVM:
         """The guest arrived: it runs here, pinned to its vNode; the mark goes.

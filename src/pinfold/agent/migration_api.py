@@ -5,11 +5,15 @@ calls them in that order; agents never call each other.
 The prepare body carries the VM as the source's `GET /api/v1/vms/{name}`
 shows it: the fields a placement needs are read (and bounded as a create's
 are), the rest of that view (state, pinning, addresses) is ignored. Its
-NICs keep their MACs, so each must name one.
+NICs keep their MACs, so each must name one. A VM with a cloud-init seed
+has it carried too (`seed`, base64, at most `MAX_SEED_BYTES`), read from the
+source's `GET /api/v1/vms/{name}/seed`.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -17,7 +21,9 @@ from fastapi import FastAPI, Response
 from fastapi.params import Depends
 from pydantic import BaseModel, ConfigDict, Field
 
+from pinfold.agent.core import AgentError
 from pinfold.agent.migration import Outgoing
+from pinfold.agent.seed import MAX_SEED_BYTES
 from pinfold.agent.service import Agent
 from pinfold.agent.store import StoredVM
 from pinfold.bodies import CreateNIC
@@ -45,6 +51,8 @@ MAX_CPU = 65535
 LIBVIRT_URI_PATTERN = r"^[a-z][a-z0-9+]*://[^\s]*$"
 #: QEMU's migration stream: TCP to a host, optionally a port
 MIGRATE_URI_PATTERN = r"^tcp://[A-Za-z0-9.:\[\]-]+$"
+#: standard base64, padded
+BASE64_PATTERN = r"^[A-Za-z0-9+/]*={0,2}$"
 
 
 class IncomingNIC(CreateNIC):
@@ -82,6 +90,15 @@ class Prepare(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     vm: IncomingVM
     source: str = Field(pattern=HOST_PATTERN)
+    #: the VM's cloud-init seed, base64, as the source's `GET /api/v1/vms/{name}/seed` gave it
+    seed: str | None = Field(default=None, max_length=4 * ((MAX_SEED_BYTES + 2) // 3), pattern=BASE64_PATTERN)
+
+    def seed_bytes(self) -> bytes | None:
+        """The seed's bytes; AgentError "invalid request" for base64 that does not decode."""
+        try:
+            return None if self.seed is None else base64.b64decode(self.seed, validate=True)
+        except binascii.Error as error:
+            raise AgentError("invalid request", f"seed: not base64 ({error})") from error
 
 
 class Send(BaseModel):
@@ -113,11 +130,16 @@ def add_migration_routes(
     def prepare(body: Prepare) -> dict[str, Any]:
         request = body.vm.to_request()
         domain = body.vm.domain or body.vm.name
-        incoming = call(lambda: agent.prepare_incoming(request, domain, body.source))
+        incoming = call(lambda: agent.prepare_incoming(request, domain, body.source, body.seed_bytes()))
         return {
             "name": incoming.vm.spec.name, "cpus": incoming.cpus, "libvirt_uri": incoming.libvirt_uri,
             "migrate_uri": incoming.migrate_uri, "domain_xml": None,
         }  # fmt: skip
+
+    @app.get("/api/v1/vms/{name}/seed", dependencies=[auth])
+    def seed(name: str) -> Response:
+        """The VM's cloud-init seed as it is (404 "not found" when it has none)."""
+        return Response(call(lambda: agent.seed_of(name)), media_type="application/octet-stream")
 
     @app.post("/api/v1/vms/{name}/migrate", dependencies=[auth])
     def send(name: str, body: Send) -> dict[str, Any]:

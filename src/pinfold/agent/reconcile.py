@@ -14,9 +14,9 @@ touched, so after a crash at any point:
 | VM | shutdown | domain | record the state it is in (the wait was cut short) |
 | VM | shutdown | no domain | report it missing |
 | VM | migrate-out | domain | stay: once no migration moves it away (waited for), record its state |
-| VM | migrate-out | no domain | it left (the target has it): forget the VM, its disk kept unless copied |
+| VM | migrate-out | no domain | it left (the target has it): forget it, disk and seed kept unless copied |
 | VM | incoming | domain | it arrived: record its state, clear the mark, check pins |
-| VM | incoming | no domain | it never came: drop the reservation (forget the VM) |
+| VM | incoming | no domain | it never came: drop the reservation (forget it, disk and seed unless shared) |
 | VM | none | domain | keep it, check pins |
 | VM | none | no domain | report it missing (never recreated silently) |
 | none | - | pinfold domain | report it as unknown, never touch it |
@@ -26,6 +26,10 @@ A migrate-out's `stay` may turn out `left` when carried out: the agent was
 killed during its send and the hypervisor still migrates the guest (peer to
 peer, its daemon goes on), so the start waits for that migration to end and
 forgets the VM if it left (`StartUp._finish_migrate_out`).
+
+Files a crash left before any row names them (an overlay half made, a seed
+written by a create or by a migration's prepare before its row was stored)
+are removed before the plan (`StartUp.start_up`).
 
 A stored VM's domain is the one named `domain` (a VM handed out by a warm pool
 keeps its domain's name); the steps name the VMs.

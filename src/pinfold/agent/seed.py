@@ -39,12 +39,27 @@ from pathlib import Path
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
-__all__ = ["LABEL", "SUFFIX", "Seeds", "build_iso", "meta_data", "network_config", "user_data"]
+__all__ = [
+    "LABEL",
+    "MAX_SEED_BYTES",
+    "SUFFIX",
+    "Seeds",
+    "build_iso",
+    "image_problem",
+    "meta_data",
+    "network_config",
+    "user_data",
+]
 
 #: the volume label cloud-init's NoCloud looks for
 LABEL = "cidata"
 #: a seed's file name is the domain's name and this
 SUFFIX = ".cidata.iso"
+#: the largest seed a migration carries: `write`'s largest (32 keys of 8 KiB, 64 KiB of user
+#: data) is about 380 KiB; in a prepare's JSON body (base64) this stays below the 1 MiB limit
+MAX_SEED_BYTES = 512 * 1024
+#: every ISO 9660 volume has this at byte 32769 (its primary volume descriptor's identifier)
+ISO_MAGIC = (32769, b"CD001")
 #: a seed while it is written (no VM name starts with '.'), renamed when complete
 PARTIAL = ".partial-seed-"
 
@@ -127,7 +142,15 @@ class Seeds:
         temporary name, 0600 (the user data may hold secrets), synced, then
         renamed, so that a crash leaves either no seed or a complete one."""
         instance_id = f"iid-{domain}-{uuid.uuid4().hex[:12]}"
-        image = build_iso(seed_files(domain, ssh_keys, given_user_data, macs, instance_id))
+        return self.write_image(
+            domain, build_iso(seed_files(domain, ssh_keys, given_user_data, macs, instance_id))
+        )
+
+    def write_image(self, domain: str, image: bytes) -> Path:
+        """`image` as the seed of `domain` (a migration's target takes its
+        source's seed byte for byte: the same instance-id, so cloud-init in
+        the guest does not take it for a new instance), written as `write`
+        says: a crash leaves no seed or a complete one."""
         self.directory.mkdir(parents=True, exist_ok=True)
         partial = self.directory / f"{PARTIAL}{uuid.uuid4().hex}.iso"
         target = self.path(domain)
@@ -148,6 +171,18 @@ class Seeds:
         path = self.path(domain)
         return path if path.is_file() else None
 
+    def read(self, domain: str) -> bytes | None:
+        """The bytes of the seed of `domain`, None if it has none; OSError
+        for one larger than `MAX_SEED_BYTES` (never made by `write`)."""
+        try:
+            with self.path(domain).open("rb") as handle:
+                image = handle.read(MAX_SEED_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        if len(image) > MAX_SEED_BYTES:
+            raise OSError(f"the seed of {domain} is larger than {MAX_SEED_BYTES} bytes")
+        return image
+
     def remove(self, domain: str) -> None:
         self.path(domain).unlink(missing_ok=True)
 
@@ -163,6 +198,17 @@ class Seeds:
             if path.name not in keep:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
+
+
+def image_problem(image: bytes) -> str | None:
+    """Why `image` cannot be a seed another host sent, or None: at most
+    `MAX_SEED_BYTES`, and an ISO 9660 volume (its magic where it goes)."""
+    if len(image) > MAX_SEED_BYTES:
+        return f"seed: {len(image)} bytes, at most {MAX_SEED_BYTES}"
+    offset, magic = ISO_MAGIC
+    if image[offset : offset + len(magic)] != magic:
+        return "seed: not an ISO 9660 image"
+    return None
 
 
 def _json(document: object) -> bytes:

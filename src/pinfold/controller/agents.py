@@ -22,6 +22,7 @@ never call each other over HTTP.
 
 from __future__ import annotations
 
+import base64
 import ssl
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -141,11 +142,24 @@ class AgentClient:
         """start, shutdown, suspend or resume, with `action_timeout_s`."""
         return self._call("POST", f"/api/v1/vms/{name}/{action}", timeout_s=self._action_timeout_s)
 
-    def prepare_migration(self, vm: dict[str, Any], source: str) -> dict[str, Any]:
+    def prepare_migration(self, vm: dict[str, Any], source: str, seed: bytes | None = None) -> dict[str, Any]:
         """On the target: reserve `vm` (the source agent's view of it) as
-        `incoming`; its answer has the target's `cpus` and the URIs the
-        source's send needs."""
-        return self._call("POST", "/api/v1/migrations", {"vm": vm, "source": source})
+        `incoming`, with its cloud-init `seed` (`seed`) when it has one; its
+        answer has the target's `cpus` and the URIs the source's send needs."""
+        body: dict[str, Any] = {"vm": vm, "source": source}
+        if seed is not None:
+            body["seed"] = base64.b64encode(seed).decode()
+        return self._call("POST", "/api/v1/migrations", body)
+
+    def seed(self, name: str) -> bytes | None:
+        """On the source: VM `name`'s cloud-init seed, None when it has none
+        (or the agent is older than the route: its VMs migrate as before)."""
+        try:
+            return self._bytes(f"/api/v1/vms/{name}/seed")
+        except AgentRefusedError as error:
+            if error.code in ("not found", "method not allowed"):
+                return None
+            raise
 
     def send_migration(self, name: str, target: str, prepared: dict[str, Any]) -> dict[str, Any]:
         """On the source: migrate `name` live to `target` as `prepared` (the
@@ -189,8 +203,12 @@ class AgentClient:
     def console_log(self, name: str, limit: int) -> bytes:
         """The tail of VM `name`'s console log (AgentRefusedError with the
         agent's status for a refusal)."""
+        return self._bytes(f"/api/v1/vms/{name}/console/log", {"bytes": limit})
+
+    def _bytes(self, path: str, params: dict[str, Any] | None = None) -> bytes:
+        """A GET answered with bytes; a refusal raised as AgentRefusedError with its status."""
         try:
-            response = self._client.get(f"/api/v1/vms/{name}/console/log", params={"bytes": limit})
+            response = self._client.get(path, params=params)
         except httpx.HTTPError as error:
             raise AgentUnreachableError(f"no answer from the agent: {error}", sent=True) from error
         if response.status_code >= 400:

@@ -59,7 +59,7 @@ from pinfold.controller.store import (
     VMRecord,
 )
 from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
-from pinfold.model.errors import PinfoldError
+from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import POWER_ACTIONS, Action, Refused, takes_actions, transition
 from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem, same_first_boot
 from pinfold.placement import (
@@ -668,9 +668,9 @@ class Controller:
         of the create's (`ControllerStore.reserve_migration`; the picture
         learns of the move when it is done)."""
         request, refused, as_data = attempt.request, attempt.refused, attempt.as_data
-        group = attempt.group.name if attempt.group is not None else None
         try:
             if take is None:
+                group = attempt.group.name if attempt.group is not None else None
                 (outcome,) = self.store.reserve_many(
                     [request], host.id, self._fits.on_host, self.clock(), group
                 )
@@ -1054,7 +1054,7 @@ class Controller:
         """The ranked hosts, each once it holds the room for `name` (marked `migrating`)."""
         for host_id in attempt.ranking:
             host = self.store.host(host_id)
-            take = partial(self.store.reserve_migration, name, host_id, self._fits, self.clock())
+            take = partial(self.store.reserve_migration, name, host_id, self._fits.on_host, self.clock())
             try:
                 if host is not None and self._reserve_on(host, attempt, take):
                     yield host
@@ -1074,7 +1074,7 @@ class Controller:
         try:
             src, dst = self.agent_for(source), self.agent_for(target)
             try:
-                prepared = dst.prepare_migration(_on(src, name, source.id), source.id)
+                prepared = dst.prepare_migration(_on(src, name, source.id), source.id, src.seed(name))
             except AgentError as error:
                 self._move_failed(migration, f"{target.id} did not prepare it: {error}")
                 if explicit or not isinstance(error, AgentRefusedError) or error.code not in _REFUSAL_CODES:
@@ -1099,7 +1099,7 @@ class Controller:
         except AgentRefusedError as error:
             _abort(dst, name)
             self._move_failed(migration, f"{migration.source} did not send it: {error}")
-            raise ControllerError("invalid" if error.status == 409 else "agent failed", str(error)) from error
+            raise ControllerError(_send_refusal(error), str(error)) from error
         except AgentUnreachableError as error:
             if error.sent:
                 detail = (
@@ -1171,7 +1171,7 @@ class Controller:
             now_there = _source_state(self.agent_for(source), record.name) if source is not None else None
             if now_there is None or now_there == VMState.MIGRATING.value:
                 return  # gone since the report was taken, sending, or no answer: a later heartbeat says
-            if dst is not None and _runs_on_target(dst, record.name):
+            if dst is not None and _abort(dst, record.name):
                 return  # the guest runs on the target all the same: its commit is a heartbeat away
             back = vm_state(now_there, VMState.RUNNING)
             self._move_failed(migration, "its controller stopped; the source still has it", back)
@@ -1298,11 +1298,29 @@ def _job(sent: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _abort(target: AgentClient, name: str) -> None:
+def _send_refusal(error: AgentRefusedError) -> ErrorCode:
+    """The controller's code for a source's refused send: `invalid` for a VM
+    not running there, `migration timed out` (504) for one the source
+    cancelled at its `migration_timeout_s`, else `agent failed`."""
+    if error.status == 409:
+        return ErrorCode.INVALID
+    if error.code == ErrorCode.MIGRATION_TIMED_OUT:
+        return ErrorCode.MIGRATION_TIMED_OUT
+    return ErrorCode.AGENT_FAILED
+
+
+def _abort(target: AgentClient, name: str) -> bool:
     """Step 4, best effort: a target that does not answer drops its pending
-    `incoming` mark when it restarts (its reconcile)."""
-    with contextlib.suppress(AgentError):
+    `incoming` mark when it restarts (its reconcile). True when the target
+    refuses the abort (409) because the guest runs there (libvirt: it is
+    across, the source's copy on its way out), its room kept."""
+    try:
         target.abort_migration(name)
+    except AgentRefusedError as error:
+        return error.status == 409
+    except AgentError:
+        return False
+    return False
 
 
 def _source_state(source: AgentClient, name: str) -> str | None:
@@ -1315,19 +1333,6 @@ def _source_state(source: AgentClient, name: str) -> str | None:
     except AgentError:
         return None
     return None if body is None else str(body.get("state"))
-
-
-def _runs_on_target(target: AgentClient, name: str) -> bool:
-    """Step 4 for a migration its source still has: True when the target
-    refuses the abort (409) because the guest runs there (libvirt: it is
-    across, the source's copy on its way out), its room kept."""
-    try:
-        target.abort_migration(name)
-    except AgentRefusedError as error:
-        return error.status == 409
-    except AgentError:  # no answer: the target's reconcile drops its mark when it restarts
-        return False
-    return False
 
 
 def _landed(target: AgentClient, name: str) -> bool | None:

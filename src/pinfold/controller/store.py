@@ -660,11 +660,9 @@ class ControllerStore:
         `reserve_many`): what the host holds (its VMs and those moving to it)
         replayed once. A group's rule is checked before the room, so that a
         VM it refuses is never admitted into the replayed allocator."""
-        host = self._locked(session, host_id)
+        admission = self._admission(session, host_id, on_host)
         names = [vm.name for vm in vms]
         taken = {row.name: row for row in session.scalars(select(VM).where(VM.name.in_(names)))}
-        on_it = [_vm_record(row) for row in session.scalars(_held_on(host_id))]
-        admission = on_host(self._host_record(session, host), on_it)
         outcomes: list[VM | RefusedError | DuplicateVMError] = []
         for vm in vms:
             if vm.name in taken:
@@ -703,22 +701,19 @@ class ControllerStore:
             raise UnknownHostError(host_id)
         return host
 
-    def _admit_on(self, session: Session, host: Host, vm: VMRequest, fits: Fits) -> None:
-        """The reservation's check, for a create and a migration alike, under
-        the host's lock (`_locked`): replay what the host holds (its VMs and
-        those moving to it) and ask `fits` about `vm`; `RefusedError` if not."""
-        on_host = [_vm_record(row) for row in session.scalars(_held_on(host.id))]
-        reason = fits(self._host_record(session, host), on_host, vm)
-        if isinstance(reason, tuple):
-            raise RefusedError(host.id, *reason)
-        if reason is not None:
-            raise RefusedError(host.id, reason)
+    def _admission(self, session: Session, host_id: str, on_host: OnHost) -> Admission:
+        """The reservation's check, for a create and a migration alike: the
+        host locked (`_locked`, `UnknownHostError`) and what it holds (its VMs
+        and those moving to it, in order) handed to `on_host`."""
+        host = self._locked(session, host_id)
+        on_it = [_vm_record(row) for row in session.scalars(_held_on(host_id))]
+        return on_host(self._host_record(session, host), on_it)
 
     # -- migrations ------------------------------------------------------------
 
-    def reserve_migration(self, name: str, target: str, fits: Fits, now: float) -> MigrationRecord:
+    def reserve_migration(self, name: str, target: str, on_host: OnHost, now: float) -> MigrationRecord:
         """Hold room for running VM `name` on `target` as a create's
-        reservation does (the same check under the target's lock), mark it
+        reservation does (the same admission, `on_host`, under the target's lock), mark it
         `migrating` and record the migration as in flight, in one
         transaction. `UnknownVMError`; `StoreError` for a VM that is not
         running or is on `target` already; `RefusedError`, `UnknownHostError`."""
@@ -731,7 +726,9 @@ class ControllerStore:
             if row.host_id == target:
                 raise StoreError(f"{name} is on {target} already")
             source = row.host_id
-            self._admit_on(session, self._locked(session, target), _vm_record(row).request, fits)
+            reason = self._admission(session, target, on_host).admit(_vm_record(row).request)
+            if reason is not None:
+                raise RefusedError(target, *_reason(reason))
             group = session.scalar(select(GroupMember.group_name).where(GroupMember.vm_name == name))
             if group is not None:
                 _check_group(session, group, target, moving=name)

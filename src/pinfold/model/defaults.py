@@ -19,6 +19,8 @@ __all__ = [
     "DEFAULT_POLICY",
     "DEFAULT_RESERVED_MEMORY_MIB",
     "HEARTBEAT_PERIOD_S",
+    "MAX_MIGRATION_LIMIT_S",
+    "MIGRATION_LIMIT_S",
     "MIGRATION_TIMEOUT_S",
     "SHUTDOWN_TIMEOUT_S",
     "STALE_AFTER_S",
@@ -37,6 +39,11 @@ AGENT_TIMEOUT_S = 30.0
 #: how long the controller waits for a source agent's live send: it copies the guest's
 #: memory (and its disks when they are not shared) before it answers
 MIGRATION_TIMEOUT_S = 1800.0
+#: how long a source agent lets a live migration run before it cancels it (the guest stays);
+#: at most MAX_MIGRATION_LIMIT_S, so that the agent's answer comes before the controller stops
+#: waiting (MIGRATION_TIMEOUT_S)
+MIGRATION_LIMIT_S = 600.0
+MAX_MIGRATION_LIMIT_S = MIGRATION_TIMEOUT_S - 300.0
 #: a reservation untouched this long has lost its creator (a controller died)
 STALE_AFTER_S = 60.0
 #: the agent's port

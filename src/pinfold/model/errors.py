@@ -64,6 +64,7 @@ class ErrorCode(StrEnum):
     AGENT_FAILED = "agent failed"
     HYPERVISOR_FAILED = "hypervisor failed"
     MIGRATION_FAILED = "migration failed"
+    MIGRATION_TIMED_OUT = "migration timed out"
     DISK_FAILED = "disk failed"
     STALE_PINS = "stale pins"
     SERVICE_UNAVAILABLE = "service unavailable"
@@ -140,6 +141,10 @@ ERRORS: Final[Mapping[ErrorCode, ErrorInfo]] = MappingProxyType(
         ErrorCode.HYPERVISOR_FAILED: ErrorInfo(_BAD_GATEWAY, "the hypervisor failed"),
         ErrorCode.MIGRATION_FAILED: ErrorInfo(
             _BAD_GATEWAY, "the live migration failed: the VM runs where it was"
+        ),
+        ErrorCode.MIGRATION_TIMED_OUT: ErrorInfo(
+            HTTPStatus.GATEWAY_TIMEOUT,
+            "the live migration did not finish in time: cancelled, the VM runs where it was",
         ),
         ErrorCode.DISK_FAILED: ErrorInfo(_BAD_GATEWAY, "a disk could not be made or read"),
         ErrorCode.STALE_PINS: ErrorInfo(

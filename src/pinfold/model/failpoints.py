@@ -18,9 +18,9 @@ ENV = "PINFOLD_AGENT_CRASH_AT"
 POINTS = (
     "create:seeded", "create:stored", "create:defined", "create:made", "delete:marked", "delete:unmade",
     "take:stored",
-    # live migration: the target stored its reservation; the source marked, or sent, the guest;
-    # the target found it arrived
-    "incoming:stored", "migrate:marked", "migrate:sent", "incoming:arrived",
+    # live migration: the target wrote the guest's seed, stored its reservation; the source
+    # marked, or sent, the guest; the target found it arrived
+    "incoming:seeded", "incoming:stored", "migrate:marked", "migrate:sent", "incoming:arrived",
     "cloud:accepted",  # pinfold.openstack: Nova took the server (202); not ACTIVE, nor recorded by RAPID
     "rapid:created",  # pinfold.rapid: the back-end made the VM, RAPID has not recorded it
 )  # fmt: skip

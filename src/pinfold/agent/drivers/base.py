@@ -48,13 +48,16 @@ class MigrationTarget:
     sim driver) and QEMU's migration stream URI there (None: the daemon's
     choice); `copy_disks`: copy the guest's disks to files the target made
     (non-shared storage), else they are shared; `unsafe`: shared disks on a
-    file system libvirt cannot tell is shared (one local file system: a lab)."""
+    file system libvirt cannot tell is shared (one local file system: a lab);
+    `timeout_s`: a migration still running after this is cancelled
+    (DriverError "timed out", the guest left running here)."""
 
     cpuset: frozenset[int]
     libvirt_uri: str | None = None
     migrate_uri: str | None = None
     copy_disks: bool = False
     unsafe: bool = False
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,8 +117,9 @@ class Driver(Protocol):
     def migrate(self, name: str, target: MigrationTarget) -> Migrated:
         """Move running guest `name` live to `target`, pinned there to
         `target.cpuset`, defined there and no longer here once it returns.
-        DriverError "invalid" for a guest that is not running; any other
-        failure leaves the guest running here, where the hypervisor allows."""
+        DriverError "invalid" for a guest that is not running, "timed out"
+        for one cancelled after `target.timeout_s`; any other failure leaves
+        the guest running here, where the hypervisor allows."""
 
     def migrating_out(self, name: str) -> bool:
         """Whether guest `name` is being migrated away from here right now (by a

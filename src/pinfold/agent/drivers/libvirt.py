@@ -65,6 +65,8 @@ NO_CONSOLE = (
     "pty), so it has no console while it runs: it gets one at its next boot by the agent (shut it "
     "down, then start it); the running guest is left alone"
 )
+#: how often a migration past its time limit is asked again to abort while libvirt refuses
+ABORT_RETRY_S = 0.5
 #: how long a finished migration waits for libvirt's statistics of its job (its downtime)
 JOB_STATS_WAIT_S = 2.0
 #: how long a console write waits for a full stream to take its bytes
@@ -330,7 +332,10 @@ class LibvirtDriver:
         the guest paused on both sides). The destination and persistent
         definitions are this domain's migratable XML pinned to the target's
         CPUs (its uuid, devices and NICs with their MACs kept). On failure
-        libvirt resumes the guest here and removes the target's copy."""
+        libvirt resumes the guest here and removes the target's copy. A
+        migration still running after `target.timeout_s` is cancelled
+        (`abortJob`, from a timer thread: the call blocks until the job
+        ends) and fails so, as "timed out"."""
         if not target.libvirt_uri:
             raise DriverError("invalid", f"migrate {name}: the target gave no libvirt URI to migrate to")
         domain = self._require(name, {GuestState.RUNNING})
@@ -353,12 +358,23 @@ class LibvirtDriver:
                 domain, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_completed, None
             )
         started = time.monotonic()
+        finished, expired = threading.Event(), threading.Event()
+        if target.timeout_s is not None:
+            watchdog = (domain, target.timeout_s, finished, expired)
+            threading.Thread(target=_cancel_after, args=watchdog, name=f"migration limit {name}").start()
         try:
-            with _translated(f"migrate {name} to {target.libvirt_uri}"):
-                domain.migrateToURI3(target.libvirt_uri, params, flags)
+            try:
+                with _translated(f"migrate {name} to {target.libvirt_uri}"):
+                    domain.migrateToURI3(target.libvirt_uri, params, flags)
+            except DriverError as error:
+                if expired.is_set():
+                    detail = f"migrate {name}: not done in {target.timeout_s:g} s, cancelled ({error.detail})"
+                    raise DriverError("timed out", detail) from error
+                raise
             seconds = time.monotonic() - started
             done.wait(JOB_STATS_WAIT_S)  # the event comes on the event loop's thread
         finally:
+            finished.set()
             with suppress(libvirt.libvirtError):
                 self._conn.domainEventDeregisterAny(watch)
         elapsed = completed.get("time_elapsed")  # ms, libvirt's own job time
@@ -566,6 +582,23 @@ def migration_call(destination: str, target: MigrationTarget) -> tuple[dict[str,
     if target.unsafe:
         flags |= libvirt.VIR_MIGRATE_UNSAFE
     return params, flags
+
+
+def _cancel_after(domain: Any, timeout_s: float, finished: threading.Event, expired: threading.Event) -> None:
+    """Once a migration has run `timeout_s` without `finished`, abort its job
+    (libvirt resumes the guest where it was and removes the target's copy),
+    asked again while libvirt refuses (a phase that cannot be aborted) and the
+    migration goes on. One that ends meanwhile keeps its own outcome."""
+    if finished.wait(timeout_s):
+        return
+    expired.set()
+    while not finished.is_set():
+        try:
+            domain.abortJob()
+        except libvirt.libvirtError:
+            finished.wait(ABORT_RETRY_S)
+        else:
+            return
 
 
 def _bracketed(host: str) -> str:

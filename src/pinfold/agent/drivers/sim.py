@@ -110,6 +110,9 @@ class SimDriver:
         self._consoles: dict[str, list[SimConsole]] = {}
         #: set (by a test) to make the next `migrate` fail with these words, the guest left here
         self.migration_failure = ""
+        #: how long a migration would take (simulated: nothing waits); one longer than its
+        #: target's `timeout_s` is cancelled as libvirt's would be, the guest left here
+        self.migration_s = 0.0
 
     def create(self, spec: DomainSpec) -> None:
         with self._lock:
@@ -178,6 +181,10 @@ class SimDriver:
             if self.migration_failure:
                 failure, self.migration_failure = self.migration_failure, ""
                 raise DriverError("failed", failure)
+            if target.timeout_s is not None and self.migration_s > target.timeout_s:
+                raise DriverError(
+                    "timed out", f"migrate {name}: not done in {target.timeout_s:g} s, cancelled"
+                )
             _WIRE.send(guest.spec.with_cpuset(target.cpuset), self._addresses[name])
             del self._guests[name]
         self._end_consoles(name, "migrated")
