@@ -1,5 +1,6 @@
-"""Fixtures for the agent: libvirt connections, and a real test guest (Debian's
-cloud kernel booted directly with a busybox initramfs built here)."""
+"""Fixtures for the agent: libvirt connections, a real test guest (Debian's
+cloud kernel booted directly with a busybox initramfs built here), and a real
+Debian 12 cloud image with cloud-init (scripts/cloud-image, built once per machine)."""
 
 from __future__ import annotations
 
@@ -42,16 +43,22 @@ def qemu_img_or_skip() -> None:
         pytest.skip("qemu-img is not installed")
 
 
+def script_path(script: str, what: str, timeout_s: float) -> Path:
+    """The path a script of scripts/ prints on its last line (it fetches or
+    builds a file, cached); the test fails with its stderr when it fails."""
+    result = subprocess.run(
+        [str(ROOT / "scripts" / script)], capture_output=True, text=True, timeout=timeout_s, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"cannot {what}: {result.stderr[-4000:]}")
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.fixture(scope="session")
 def guest_kernel() -> Path:
     if shutil.which("apt-get") is None:
         pytest.skip("no apt-get to fetch the guest kernel")
-    result = subprocess.run(
-        [str(ROOT / "scripts" / "guest-kernel")], capture_output=True, text=True, timeout=600, check=False
-    )
-    if result.returncode != 0:
-        pytest.fail(f"cannot fetch the guest kernel: {result.stderr}")
-    return Path(result.stdout.strip().splitlines()[-1])
+    return script_path("guest-kernel", "fetch the guest kernel", 600)
 
 
 @pytest.fixture(scope="session")
@@ -82,3 +89,15 @@ def guest_initramfs6(
     modules_dir = guest_kernel.parent.parent / "lib" / "modules" / release
     out = tmp_path_factory.mktemp("guest6") / "initramfs.cpio"
     return build_initramfs(busybox, out, modules_dir, dhcp6_client=Path(dhclient))
+
+
+@pytest.fixture(scope="session")
+def cloud_image() -> Path:
+    """A Debian 12 cloud image with cloud-init, openssh-server and GRUB
+    (scripts/cloud-image): built on the first run on a machine (~6 min, from
+    deb.debian.org), cached in .cache/cloud-image after that."""
+    if os.geteuid() != 0 or shutil.which("mmdebstrap") is None:
+        if REQUIRE_LIBVIRT:
+            pytest.fail("the cloud image needs root and mmdebstrap: scripts/libvirt-up installs it")
+        pytest.skip("the cloud image needs root and mmdebstrap (scripts/libvirt-up installs it)")
+    return script_path("cloud-image", "build the cloud image", 1800)

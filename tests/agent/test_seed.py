@@ -70,8 +70,8 @@ def test_a_seed_with_keys_only_holds_a_cloud_config_the_hostname_and_the_network
     assert json.loads(files["network-config"]) == {
         "version": 2,
         "ethernets": {
-            "nic0": {"match": {"macaddress": "52:54:00:ab:cd:01"}, "dhcp4": True},
-            "nic1": {"match": {"macaddress": "52:54:00:ab:cd:02"}, "dhcp4": True},
+            "eth0": {"match": {"macaddress": "52:54:00:ab:cd:01"}, "set-name": "eth0", "dhcp4": True},
+            "eth1": {"match": {"macaddress": "52:54:00:ab:cd:02"}, "set-name": "eth1", "dhcp4": True},
         },
     }
 

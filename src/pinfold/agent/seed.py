@@ -3,8 +3,8 @@
 A NoCloud seed is an ISO 9660 volume labelled `cidata` holding `meta-data`
 (instance-id, local-hostname = the VM's name, and the VM's SSH keys as
 `public-keys`), `user-data`, and `network-config` (version 2: DHCP on each
-NIC, matched by its MAC) when the VM has NICs. cloud-init in the guest finds
-it by its label and reads it at first boot.
+NIC, matched by its MAC and named eth0, eth1... in order) when the VM has
+NICs. cloud-init in the guest finds it by its label and reads it at first boot.
 
 How keys and user data meet: the keys always go into meta-data's
 `public-keys`, which cloud-init gives the default user whatever the user data
@@ -82,13 +82,25 @@ def user_data(hostname: str, ssh_keys: Sequence[str], given: str) -> bytes:
 
 
 def network_config(macs: Sequence[str]) -> bytes | None:
-    """Netplan-style version 2: DHCPv4 on each NIC, matched by its MAC, the
-    entries named nic0, nic1... in the order given (the guest keeps its own
-    interface names); None for a VM without NICs."""
+    """Netplan-style version 2: DHCPv4 on each NIC, matched by its MAC and
+    named eth0, eth1... in the order given (`set-name`); None for a VM
+    without NICs.
+
+    Why the names: cloud-init renders an entry under the name it is given
+    (its `set-name`, else its key), and renames the guest's interfaces only
+    for entries with a `set-name`. Netplan matches by MAC whatever the key,
+    but the other renderers do not: ifupdown's `auto nic0` and networkd's
+    `[Match] Name=nic0` name an interface that does not exist at first boot
+    (the guest has ens2), and the NIC stays down. With a `set-name`
+    cloud-init renames the NIC before any renderer sees it, as its own
+    fallback configuration does, and as Proxmox's NoCloud seeds (eth0,
+    eth1...) do. ethN, because those are the kernel's own names: a guest
+    booted with net.ifnames=0 needs no rename at all."""
     if not macs:
         return None
     ethernets = {
-        f"nic{index}": {"match": {"macaddress": mac.lower()}, "dhcp4": True} for index, mac in enumerate(macs)
+        f"eth{index}": {"match": {"macaddress": mac.lower()}, "set-name": f"eth{index}", "dhcp4": True}
+        for index, mac in enumerate(macs)
     }
     return _json({"version": 2, "ethernets": ethernets})
 
