@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_controller schedule [--hosts 10000] [--vms 1000]
     python -m benchmarks.bench_controller e2e [--agents 20] [--vms 1000] [--clients 8] [--database-url URL]
-    python -m benchmarks.bench_controller bulk [--agents 20] [--vms 1000] [--database-url URL]
+    python -m benchmarks.bench_controller bulk [--agents 20] [--vms 1000] [--database-url URL] [--runs N]
 
 schedule: scheduling latency inside the controller with N registered hosts
 (EPYC 7662-exp, SQLite file, pinned to one core): each create ranks every
@@ -32,14 +32,16 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import make_url
 
 from benchmarks.common import EPYC_EXP, median, percentile, pin_to_one_core
-from pinfold.controller.database import connect
+from pinfold.controller.database import connect, create
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore
 from pinfold.topology import Topology, slackvm_json
@@ -202,13 +204,49 @@ def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = N
     }
 
 
+@contextlib.contextmanager
+def fresh_database(server_url: str | None) -> Iterator[str | None]:
+    """`server_url` itself, or for PostgreSQL an empty database made on that
+    server for one cluster and dropped after it (two clusters must not share
+    their VMs)."""
+    if not server_url or not server_url.startswith("postgresql"):
+        yield server_url
+        return
+    admin = create(server_url).execution_options(isolation_level="AUTOCOMMIT")
+    name = f"pinfold_bench_{uuid.uuid4().hex}"
+    quoted = admin.dialect.identifier_preparer.quote_identifier(name)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {quoted}")
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+        admin.dispose()
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """A Server-Timing header's steps, in seconds: `reserve;dur=12.5, ...`."""
+    steps = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, duration = part.partition(";dur=")
+        steps[name] = round(float(duration) / 1000, 3)
+    return steps
+
+
 def bulk(agents: int, vms: int, database_url: str | None = None, compare: bool = True) -> dict[str, Any]:
     """One bulk create of `vms` VMs, timed until its answer (each VM running on
     its agent: the controller answers once the agents have created them, and
-    the directory is read to check); then the same VMs one by one on a fresh
-    cluster, to compare the hosts each VM landed on."""
+    the directory is read to check), with the controller's own time for each
+    step (its Server-Timing header); then the same VMs one by one on a fresh
+    cluster, to compare the hosts each VM landed on. A PostgreSQL URL names
+    the server: each cluster gets a fresh database on it."""
     size = {"vcpus": 2, "memory_mib": 2048, "ratio": 1.0}
-    with cluster(agents, database_url) as url, httpx.Client(base_url=url, timeout=600, headers=AUTH) as http:
+    with (
+        fresh_database(database_url) as url_of_db,
+        cluster(agents, url_of_db) as url,
+        httpx.Client(base_url=url, timeout=600, headers=AUTH) as http,
+    ):
         started = time.perf_counter()
         response = http.post("/api/v1/vms", json={"name": "vm{n}", "count": vms, **size})
         wall = time.perf_counter() - started
@@ -216,10 +254,20 @@ def bulk(agents: int, vms: int, database_url: str | None = None, compare: bool =
         listed = http.get("/api/v1/vms").json()
         running = sum(1 for vm in listed if vm["state"] == "running")
         in_bulk = {vm["name"]: vm["host"] for vm in listed}
-    timed = {"status": response.status_code, "running": running, "bulk_s": round(wall, 2)}
+    timed = {
+        "database": "postgresql" if database_url else "sqlite",
+        "status": response.status_code,
+        "running": running,
+        "bulk_s": round(wall, 2),
+        "steps_s": server_timing(response.headers.get("server-timing", "")),
+    }
     if not compare:
         return {"agents": agents, "vms": vms, **timed, "hosts_used_bulk": len(set(in_bulk.values()))}
-    with cluster(agents, database_url) as url, httpx.Client(base_url=url, timeout=120, headers=AUTH) as http:
+    with (
+        fresh_database(database_url) as url_of_db,
+        cluster(agents, url_of_db) as url,
+        httpx.Client(base_url=url, timeout=120, headers=AUTH) as http,
+    ):
         names = [f"vm{n}" for n in range(vms)]
         started = time.perf_counter()
         singles = [http.post("/api/v1/vms", json={"name": name, **size}) for name in names]
@@ -229,14 +277,11 @@ def bulk(agents: int, vms: int, database_url: str | None = None, compare: bool =
         ]
         one_by_one = {vm["name"]: vm["host"] for vm in http.get("/api/v1/vms").json()}
     return {
-        "database": "postgresql" if database_url else "sqlite",
         "agents": agents,
         "vms": vms,
-        "status": response.status_code,
+        **timed,
         "created": answer.get("created"),
         "refused": answer.get("refused"),
-        "running": running,
-        "bulk_s": round(wall, 2),
         "vms_per_s": round(running / wall, 1),
         "one_by_one_s": round(one_by_one_s, 2),
         "hosts_used_bulk": len(set(in_bulk.values())),
@@ -264,14 +309,22 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--no-compare", action="store_true", help="bulk: skip the one-by-one creates")
+    parser.add_argument("--runs", type=int, default=1, help="bulk: this many runs, and their median")
     parser.add_argument(
-        "--database-url", help="e2e: the controller's database (default: SQLite in a temp dir)"
+        "--database-url",
+        help="e2e: the controller's database (default: SQLite in a temp dir); bulk: a PostgreSQL "
+        "server's URL, on which each cluster gets a fresh database",
     )
     args = parser.parse_args()
     if args.mode == "schedule":
         result = schedule(args.hosts, args.vms)
     elif args.mode == "bulk":
-        result = bulk(args.agents, args.vms, args.database_url, not args.no_compare)
+        runs = [bulk(args.agents, args.vms, args.database_url, not args.no_compare) for _ in range(args.runs)]
+        result = (
+            runs[0]
+            if args.runs == 1
+            else {"runs": runs, "bulk_s_median": median([r["bulk_s"] for r in runs])}
+        )
     else:
         result = end_to_end(args.agents, args.vms, args.clients, args.database_url)
     print(json.dumps(result, indent=1))
