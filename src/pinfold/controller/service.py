@@ -442,9 +442,9 @@ class Controller:
         rule = self._group_rule(group)
         outcomes: dict[str, Placed | ControllerError | None] = {}
         fresh = []
+        taken = self.store.taken([request.name for request in requests])
         for request in requests:
-            existing = self.store.vm(request.name)
-            if existing is None:
+            if request.name not in taken:
                 fresh.append(request)
             else:
                 outcomes[request.name] = _outcome(partial(self.create, request, policy, group))
