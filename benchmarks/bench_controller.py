@@ -250,7 +250,7 @@ def restart(hosts: int, runs: int, database: Path | None = None) -> dict[str, An
     `hosts` hosts in its SQLite database (a copy, afresh for each run; made
     first, or `database` when given), every host pointing at one stand-in
     agent on loopback. Also the time to its first /healthz answer."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StandInAgent)
+    server = ThreadingHTTPServer(("127.0.0.1", BASE_PORT + 1), StandInAgent)  # the same in every database
     threading.Thread(target=server.serve_forever, daemon=True).start()
     agent_url = f"http://127.0.0.1:{server.server_address[1]}"
     results = []
