@@ -176,3 +176,48 @@ def test_a_beat_keeps_its_nics_under_the_bound_whatever_the_vms_report(caplog):
 
     assert all(len(json.dumps(carried)) <= NICS_MAX_BYTES for carried in beats)
     assert len([r for r in caplog.records if "left out" in r.getMessage()]) == 1
+
+
+def test_a_whole_beat_of_a_large_host_stays_under_the_controllers_body_limit(caplog):
+    """A 512-CPU host with 2048 one-vCPU VMs at level 4.0 pins each VM to its
+    whole 512-CPU vNode: ~5 MB of pins, over the controller's 4 MiB body limit
+    with the rest of the beat (every beat a 413, the host taken for down). The
+    beat keeps its states and figures whole, its NICs within their bound, and
+    carries the per-VM usage and then the pins within what is left, whole VMs
+    each (`bounded`), saying once that it cut; the controller takes it."""
+    from types import SimpleNamespace
+
+    from pinfold.agent.bounded import HEARTBEAT_MAX_BYTES
+    from pinfold.agent.monitor import HostSample
+    from pinfold.agent.registration import BeatBounds
+    from pinfold.controller.api import Heartbeat
+    from pinfold.controller.config import ControllerConfig
+
+    cpus = list(range(512))
+    names = [f"vm-{i:04d}-".ljust(63, "x") for i in range(2048)]
+    nics = tuple(NIC(network="default", mac=f"52:54:00:00:00:{n:02x}") for n in range(MAX_NICS))
+    vms = {n: StoredVM(VMSpec(n, 1, 128, 4.0), "", "", VMState.RUNNING, None, nics=nics) for n in names}
+    snapshot = SimpleNamespace(status={}, vms=vms, pins=dict.fromkeys(names, cpus), vnodes={4.0: cpus})
+    stub = SimpleNamespace(snapshot=lambda: snapshot, nic_addresses=ManyAddresses().nic_addresses)
+    per_vm = {n: {"cpu_cores": 0.1234, "memory_mib": 117.5} for n in names}
+    sample = HostSample(0.0, dict.fromkeys(cpus, 0.5), 0.5, 65536.0, 32768.0, per_vm, {})
+    book = AddressBook(cast(Agent, stub), per_beat=len(vms), clock=Clock())
+    bounds = BeatBounds()
+    with caplog.at_level(logging.WARNING, logger="pinfold.agent.bounded"):
+        beats = [
+            heartbeat_document(cast(Agent, stub), cast(Any, SimpleNamespace(latest=sample)), book, bounds)
+            for _ in range(2)
+        ]
+    limit = ControllerConfig.model_fields["max_body_bytes"].default
+    for beat in beats:
+        body = json.dumps(beat)
+        assert len(body) <= HEARTBEAT_MAX_BYTES < limit
+        Heartbeat.model_validate_json(body)  # as the controller reads it
+        assert beat["vms"] == dict.fromkeys(names, "running")  # whole: the controller settles by them
+        assert beat["usage"]["vms"] == per_vm  # small enough to go whole
+        assert 0 < len(beat["nics"]) < len(names)
+        assert 0 < len(beat["pins"]) < len(names)
+        assert all(pins == cpus for pins in beat["pins"].values())
+    said = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len([m for m in said if "pins" in m]) == 1
+    assert len([m for m in said if "NICs" in m]) == 1

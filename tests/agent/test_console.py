@@ -141,3 +141,15 @@ def test_the_console_log_is_readable_bounded_and_removed_with_its_vm(rig, tmp_pa
     agent.delete("web")
     assert not log.exists()
     assert httpx.get(log_url, headers=AUTH).status_code == 404
+
+
+def test_the_sim_driver_has_no_domain_to_give_a_console(tmp_path):
+    """Simulated guests always have a console; an unknown one is "not found"."""
+    from pinfold.agent.domain import DomainSpec
+    from pinfold.agent.drivers import DriverError, SimDriver
+
+    driver = SimDriver()
+    driver.create(DomainSpec("d", 1, 128, frozenset({0}), 1.0))
+    assert driver.give_console("d") is False
+    with pytest.raises(DriverError, match="not found"):
+        driver.give_console("nope")

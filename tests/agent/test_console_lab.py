@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,4 +153,81 @@ def test_a_console_round_trip_through_the_controller_on_a_real_guest(
             assert not list((tmp_path / "consoles").iterdir())
         finally:
             cluster.close()
+            driver.close()
+
+
+def before_consoles(document: str, log: Path) -> str:
+    """A domain's XML as pinfold defined it before consoles: its serial a
+    file (the log), no <console> of its own (libvirt mirrors the serial)."""
+    domain = ET.fromstring(document)
+    devices = domain.find("devices")
+    assert devices is not None
+    for old in devices.findall("serial") + devices.findall("console"):
+        devices.remove(old)
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=str(log))
+    ET.SubElement(serial, "target", port="0")
+    return ET.tostring(domain, encoding="unicode")
+
+
+def test_a_domain_from_before_consoles_gets_one_at_its_next_boot_and_a_clear_409_until(
+    guest_kernel: Path, guest_initramfs: Path, tmp_path: Path
+):
+    """A domain an older pinfold defined with a file serial has no console
+    (libvirt attaches one only to a pty). While it runs, a console is a 409
+    that says why and what to do; the agent's start-up gives its definition
+    a console without touching the running guest (same QEMU, same live
+    serial); a start by the agent boots it with one (and gives one first
+    to a shut-off domain still defined the old way). One TCG guest."""
+    import libvirt
+
+    from pinfold.agent.drivers.libvirt import LibvirtDriver
+
+    settings = AgentSettings(
+        domain_type="qemu", kernel=guest_kernel, initrd=guest_initramfs, shutdown_timeout_s=5.0,
+        cmdline="console=ttyS0 panic=-1 shell", serial_dir=tmp_path / "consoles",
+    )  # fmt: skip
+    (tmp_path / "consoles").mkdir()
+    log = tmp_path / "consoles" / "old-1.log"
+    with lab_session() as lab:
+        driver = LibvirtDriver(lab.uri)
+        conn = libvirt.open(lab.uri)
+        agent = Agent.open(Topology.discover(), driver, Store(tmp_path / "agent.db"), settings)
+        try:
+            agent.create(VMRequest("old-1", 1, 128, 2.0))
+            domain = conn.lookupByName("old-1")
+            old_xml = before_consoles(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), log)
+            domain.destroy()
+            log.unlink()
+            conn.defineXML(old_xml)
+            domain.create()
+            booted = lambda: log.exists() and SHELL_MARKER in log.read_text(errors="replace")  # noqa: E731
+            wait_until(booted, BOOT_TIMEOUT_S, "the old domain's shell in its file serial's log")
+            with serving(create_app(agent, TOKEN)) as url:
+                status, body = refusal(ws_url(url, "old-1"), AUTH)
+            assert (status, body["error"]) == (409, "invalid"), body
+            assert "before pinfold had consoles" in str(body["detail"])
+            # the agent starts again: the definition gets a console, the running guest is left alone
+            qemu = domain.ID()
+            agent.close()
+            agent = Agent.open(Topology.discover(), driver, Store(tmp_path / "agent.db"), settings)
+            assert domain.ID() == qemu
+            assert "type='file'" in domain.XMLDesc(0).replace('"', "'")  # live: as it booted
+            persistent = ET.fromstring(domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            assert persistent.find("devices/serial[@type='pty']/log").get("file") == str(log)  # type: ignore[union-attr]
+            with serving(create_app(agent, TOKEN)) as url:
+                assert refusal(ws_url(url, "old-1"), AUTH)[0] == 409
+                agent.shutdown("old-1")
+                conn.defineXML(old_xml)  # a shut-off domain still defined the old way: the start gives one
+                log.write_bytes(b"")
+                agent.start("old-1")
+                wait_until(booted, BOOT_TIMEOUT_S, "the shell, logged by the pty serial")
+                with console(url, "old-1") as ws:
+                    round_trip_s(ws)
+            assert ANSWER in log.read_bytes()  # the console's output is logged to the same file
+        finally:
+            if agent.find("old-1") is not None:
+                agent.delete("old-1")
+            agent.close()
+            conn.close()
             driver.close()

@@ -199,3 +199,40 @@ def test_libvirt_accepts_the_seed_cdrom_on_machine_pc():
         assert DomainSpec.from_xml(domain.XMLDesc()) == spec
     finally:
         domain.undefine()
+
+
+def test_a_domain_from_before_consoles_gets_a_logged_pty_serial_and_nothing_else_changes():
+    """pinfold once wrote the serial to a file (no console can attach to
+    one): `consoled_xml` turns libvirt's own XML of such a domain into
+    today's (the pty logging to the same file, a console on it), keeps every
+    other device, and leaves a domain that has a pty as it is (None)."""
+    from pinfold.agent.domain import consoled_xml, file_serial
+
+    conn = libvirt_or_skip("test:///default")
+    spec = sample(name="before-consoles", serial_log=Path("/var/lib/pinfold/consoles/b.log"))
+    old = ET.fromstring(spec.to_xml())
+    devices = old.find("devices")
+    assert devices is not None
+    for element in devices.findall("serial") + devices.findall("console"):
+        devices.remove(element)
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path="/var/lib/pinfold/consoles/b.log")
+    ET.SubElement(serial, "target", port="0")
+    domain = conn.defineXML(ET.tostring(old, encoding="unicode"))  # type: ignore[attr-defined]
+    try:
+        theirs = domain.XMLDesc()
+        assert file_serial(theirs)
+        assert DomainSpec.from_xml(theirs) == spec  # read back the same, the log included
+        made = consoled_xml(theirs)
+        assert made is not None
+        domain = conn.defineXML(made)  # type: ignore[attr-defined]
+        now = ET.fromstring(domain.XMLDesc())
+        assert [s.get("type") for s in now.iterfind("devices/serial")] == ["pty"]
+        assert [c.get("type") for c in now.iterfind("devices/console")] == ["pty"]
+        assert now.find("devices/serial/log").get("file") == "/var/lib/pinfold/consoles/b.log"  # type: ignore[union-attr]
+        assert DomainSpec.from_xml(domain.XMLDesc()) == spec
+        assert not file_serial(domain.XMLDesc())
+        assert consoled_xml(domain.XMLDesc()) is None
+        assert consoled_xml(spec.to_xml()) is None
+    finally:
+        domain.undefine()

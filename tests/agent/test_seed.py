@@ -240,3 +240,33 @@ def test_a_vm_without_keys_never_gets_a_stale_seed_of_its_name(tmp_path: Path, i
     agent.create(VMRequest("plain", 1, 128, 2.0))
     assert driver.info("plain").spec.seed is None  # type: ignore[union-attr]
     assert not (tmp_path / "disks" / "plain.cidata.iso").exists()
+
+
+def test_a_repeated_create_with_other_keys_is_refused_and_leaves_the_seed_as_it_was(
+    tmp_path: Path, i7: Topology
+) -> None:
+    """The agent has no idempotent create to hand the old VM back: a create
+    of a name it has is `duplicate name` (409), whatever it carries, refused
+    before a seed is written, so the seed the guest booted with stays (and no
+    seed appears under the name of a VM handed out from a warm pool). The
+    controller tells a repeat of the same create from another (its digest)."""
+    driver = SimDriver()
+    pool = PoolSpec(name="small", size=1, vcpus=1, memory_mib=128, ratio=2.0, warmup_s=0.0)
+    agent = agent_in(tmp_path, i7, driver, pools=(pool,))
+    agent.create(VMRequest("web", 1, 128, 2.0, ssh_keys=(KEY,), user_data=USER_DATA))
+    seed = tmp_path / "disks" / "web.cidata.iso"
+    before = seed.read_bytes()
+    while agent.tend_pools(0.0):
+        pass
+    agent.tend_pools(1.0)
+    assert agent.create(VMRequest("warm", 1, 128, 2.0)).domain != "warm"  # handed out, seedless
+    for name in ("web", "warm"):
+        for other in (
+            VMRequest(name, 1, 128, 2.0, ssh_keys=(KEY2,), user_data=USER_DATA),
+            VMRequest(name, 1, 128, 2.0, ssh_keys=(KEY,)),
+        ):
+            with pytest.raises(AgentError) as refused:
+                agent.create(other)
+            assert (refused.value.code, refused.value.code.status) == ("duplicate name", 409)
+    assert seed.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "disks").glob("*.cidata.iso")) == ["web.cidata.iso"]

@@ -233,3 +233,38 @@ def test_all_or_nothing_deletes_what_the_agents_made_when_an_agent_refuses_too_m
     assert refused[0]["refusals"]["h0"]["code"] == "not enough cpu"
     assert on_agents(cluster) == {"squatter": "h0"}
     assert in_directory(cluster) == {}
+
+
+#: a second key (an ed25519 blob of bytes 0..31), to tell two creates' keys apart
+OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f bob@desk"
+
+
+def test_a_repeated_create_with_other_keys_or_user_data_is_refused_and_the_same_gets_its_vm(cluster):
+    """The directory keeps no SSH keys or user data (secrets), only a salted
+    digest of them (migration 0009): a create repeated with other ones is
+    409 `duplicate name` (the VM booted with the first, and would be handed
+    back as if it had the second); the same ones, keys in any order, get the VM."""
+    from tests.model.test_vm import ED25519
+
+    cluster.add_host("h1")
+    body = {"name": "keyed", **QUARTER, "ssh_keys": [ED25519, OTHER_KEY], "user_data": "#cloud-config\n"}
+    assert cluster.http.post("/api/v1/vms", json=body).status_code == 201
+    others: list[dict[str, object]] = [
+        {"ssh_keys": [OTHER_KEY]}, {"user_data": "#cloud-config\npassword: x\n"}, {"ssh_keys": []},
+    ]  # fmt: skip
+    for other in others:
+        again = cluster.http.post("/api/v1/vms", json=body | other)
+        assert (again.status_code, again.json()["error"]) == (409, "duplicate name"), other
+        assert "SSH keys or user data" in again.json()["detail"]
+    same = cluster.http.post("/api/v1/vms", json=body | {"ssh_keys": [OTHER_KEY, ED25519]})
+    assert same.status_code == 200, same.text
+    # the bulk create's names already there are repeats too, judged the same way
+    bulk = {"names": ["keyed", "fresh"], **QUARTER, "ssh_keys": [OTHER_KEY]}
+    answer = cluster.http.post("/api/v1/vms", json=bulk).json()["vms"]
+    assert [(vm["name"], vm.get("result"), vm.get("error")) for vm in answer] == [
+        ("keyed", "refused", "duplicate name"), ("fresh", "created", None),
+    ]  # fmt: skip
+    # and the VMs a bulk reserved keep their digest: its repeat with other keys is refused
+    again = cluster.http.post("/api/v1/vms", json=bulk | {"names": ["fresh"], "ssh_keys": [ED25519]})
+    assert (again.status_code, again.json()["vms"][0]["error"]) == (207, "duplicate name"), again.text
+    assert set(on_agents(cluster)) == {"keyed", "fresh"}

@@ -20,7 +20,7 @@ from pinfold.controller.database import HEAD_REVISION, WRITE, alembic_config, co
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import Base
 from pinfold.controller.store import ControllerStore
-from pinfold.model.vm import VMRequest
+from pinfold.model.vm import VMRequest, same_first_boot
 
 
 def differences(engine: Engine) -> list[object]:
@@ -53,7 +53,7 @@ def test_connect_leaves_the_database_at_head_and_again_is_a_no_op(database_url: 
             with engine.connect() as connection:
                 config = alembic_config(connection)
                 head = ScriptDirectory.from_config(config).get_current_head()
-                assert MigrationContext.configure(connection).get_current_revision() == head == "0008"
+                assert MigrationContext.configure(connection).get_current_revision() == head == "0009"
         finally:
             engine.dispose()
 
@@ -85,6 +85,14 @@ def test_downgrade_to_base_then_upgrade_again(engine: Engine) -> None:
     assert differences(engine) == []
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    """Down to `revision`, as a writer (SQLite: the write lock taken at BEGIN)."""
+    with engine.connect() as connection:
+        connection.execution_options(**{WRITE: True})
+        with connection.begin():
+            command.downgrade(alembic_config(connection), revision)
+
+
 @pytest.mark.parametrize("revision", ["0002", "0001"])
 def test_downgrade_keeps_the_hosts_and_vms_of_a_database_in_use(
     engine: Engine, i7_topology: dict[str, Any], revision: str
@@ -94,10 +102,7 @@ def test_downgrade_keeps_the_hosts_and_vms_of_a_database_in_use(
     store = ControllerStore(engine)
     store.register_host("h1", "http://h1:8099", i7_topology, 6, 0, 1000.0, 10.0)
     store.reserve(VMRequest("v1", 1, 512), "h1", Feasibility(), 1000.0)
-    with engine.connect() as connection:
-        connection.execution_options(**{WRITE: True})
-        with connection.begin():
-            command.downgrade(alembic_config(connection), revision)
+    downgrade(engine, revision)
     columns = {column["name"] for column in inspect(engine).get_columns("hosts")}
     assert "heartbeat_period_s" not in columns
     assert ("down" in columns) == (revision == "0002")
@@ -169,3 +174,33 @@ def test_bare_postgresql_url_uses_psycopg() -> None:
         assert engine.dialect.driver == "psycopg"
     finally:
         engine.dispose()
+
+
+def test_0009_keeps_the_vms_and_leaves_their_first_boot_digest_unknown(
+    engine: Engine, i7_topology: dict[str, Any]
+) -> None:
+    """A VM reserved before 0009 has no digest of its keys and user data
+    (NULL, not a digest of none): a repeat with any is taken for the same
+    request, as before. One reserved after has one, salted (two VMs with the
+    same inputs have unrelated digests), and only its own inputs match it."""
+    store = ControllerStore(engine)
+    store.register_host("h1", "http://h1:8099", i7_topology, 6, 0, 1000.0, 10.0)
+    store.reserve(VMRequest("old", 1, 512), "h1", Feasibility(), 1000.0)
+    downgrade(engine, "0008")
+    assert "first_boot_digest" not in {column["name"] for column in inspect(engine).get_columns("vms")}
+    upgrade(engine)
+    assert differences(engine) == []
+    old = store.vm("old")
+    assert old is not None
+    assert old.first_boot_digest is None
+    assert same_first_boot(old.first_boot_digest, ("ssh-ed25519 AAAA x",), "anything")
+    keyed = [VMRequest(name, 1, 512, ssh_keys=("k1", "k2"), user_data="#!/bin/sh\n") for name in ("a", "b")]
+    for request in keyed:
+        store.reserve(request, "h1", Feasibility(), 1001.0)
+    a, b = store.vm("a"), store.vm("b")
+    assert a is not None
+    assert b is not None
+    assert a.first_boot_digest != b.first_boot_digest
+    assert same_first_boot(a.first_boot_digest, ("k2", "k1"), "#!/bin/sh\n")
+    assert not same_first_boot(a.first_boot_digest, ("k1",), "#!/bin/sh\n")
+    assert not same_first_boot(a.first_boot_digest, ("k1", "k2"), "#!/bin/sh\n ")

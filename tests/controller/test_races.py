@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -179,13 +180,8 @@ def test_creates_past_the_cap_of_waiters_answer_with_the_reservation_at_once(
         first.result(timeout=30)
 
 
-def test_a_stale_reservation_finished_by_a_retry_keeps_the_retrys_first_boot_inputs(
-    controller: Controller, agent: ScriptedAgent, store: ControllerStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The directory does not keep SSH keys or user data (they go to the
-    agent's cloud-init seed): a retry that finishes a dead controller's
-    reservation sends the agent the keys and user data it carries, not the
-    reservation's bare request (which would make the VM without its seed)."""
+def recorded_creates(agent: ScriptedAgent, monkeypatch: pytest.MonkeyPatch) -> list[VMRequest]:
+    """The requests the agent is asked to create from now on (each one succeeds)."""
     sent: list[VMRequest] = []
 
     def create(request: VMRequest) -> dict[str, Any]:
@@ -193,10 +189,41 @@ def test_a_stale_reservation_finished_by_a_retry_keeps_the_retrys_first_boot_inp
         return {"name": request.name}
 
     monkeypatch.setattr(agent, "create", create)
+    return sent
+
+
+def test_a_stale_reservation_finished_by_a_retry_keeps_the_retrys_first_boot_inputs(
+    controller: Controller, agent: ScriptedAgent, store: ControllerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory does not keep SSH keys or user data (they go to the
+    agent's cloud-init seed): a retry that finishes a dead controller's
+    reservation sends the agent the keys and user data it carries, not the
+    reservation's bare request (which would make the VM without its seed)."""
+    sent = recorded_creates(agent, monkeypatch)
     keyed = VMRequest("keyed", 1, 512, 2.0, ssh_keys=(ED25519,), user_data="#cloud-config\n")
     store.reserve(keyed, "h1", Feasibility(), controller.clock() - controller.stale_after_s - 1)
     controller.create(keyed)
     assert [(r.name, r.ssh_keys, r.user_data) for r in sent] == [("keyed", keyed.ssh_keys, keyed.user_data)]
+
+
+def test_a_retry_with_other_first_boot_inputs_does_not_finish_a_stale_reservation(
+    controller: Controller, agent: ScriptedAgent, store: ControllerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dead controller's reservation keeps the digest of its keys and user
+    data: a request under that name with others is not the same request, so
+    it is refused (409 `duplicate name`) and hands the agent nothing; the
+    reservation stays for the same request (or a heartbeat) to settle."""
+    sent = recorded_creates(agent, monkeypatch)
+    keyed = VMRequest("keyed", 1, 512, 2.0, ssh_keys=(ED25519,), user_data="#cloud-config\n")
+    store.reserve(keyed, "h1", Feasibility(), controller.clock() - controller.stale_after_s - 1)
+    for other in (replace(keyed, ssh_keys=()), replace(keyed, user_data="#cloud-config\nruncmd: [x]\n")):
+        with pytest.raises(ControllerError) as refused:
+            controller.create(other)
+        assert (refused.value.code, refused.value.code.status) == ("duplicate name", 409)
+    assert sent == []
+    assert store.vm("keyed").state is VMState.RESERVED  # type: ignore[union-attr]
+    assert controller.create(keyed).record.state is VMState.RUNNING
+    assert [(r.ssh_keys, r.user_data) for r in sent] == [(keyed.ssh_keys, keyed.user_data)]
 
 
 def test_a_heartbeat_does_not_forget_a_stale_reservation_a_retry_is_finishing(

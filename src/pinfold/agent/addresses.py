@@ -9,25 +9,25 @@ an address (a guest booting), and, every `recheck_s`, the others (a lease
 renewed on another address); at most `per_beat` of them per beat, the longest unasked
 first, so a host whose VMs all boot at once spreads the asking over beats.
 
-A beat carries at most `NICS_MAX_BYTES` of NICs (as JSON): at the model's
-bounds (16384 VMs, 8 NICs each, 16 addresses a NIC) they would be ~100 MB,
-and the controller answers a body over 4 MiB with 413, so every beat would
-fail and the host be taken for down. Past the bound whole VMs are left out,
-the last asked kept first (what changed most recently); the controller keeps
-what it had for those left out, and each comes in again when it is asked
-(at the latest at its recheck). The agent says so in its log once.
+A beat carries at most `NICS_MAX_BYTES` of NICs (as JSON), and less when the
+rest of the beat leaves less (`bounded`): at the model's bounds (16384 VMs,
+8 NICs each, 16 addresses a NIC) they would be ~100 MB, and the controller
+answers a body over 4 MiB with 413, so every beat would fail and the host be
+taken for down. Past the bound whole VMs are left out, the last asked kept
+first (what changed most recently); the controller keeps what it had for
+those left out, and each comes in again when it is asked (at the latest at
+its recheck). The agent says so in its log once.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from pinfold.agent.bounded import Bound, entry_size
 from pinfold.agent.service import Agent, AgentError
 from pinfold.agent.store import StoredVM
 from pinfold.model.lifecycle import VMState
@@ -35,14 +35,12 @@ from pinfold.model.vm import MAX_NIC_ADDRESSES, NIC
 
 __all__ = ["NICS_MAX_BYTES", "AddressBook", "nic_document"]
 
-logger = logging.getLogger(__name__)
-
 #: how often the addresses of a VM that has them all are asked for again
 RECHECK_S = 60.0
 #: at most this many VMs are asked for per beat
 PER_BEAT = 32
 #: a beat's NICs take at most this many bytes of JSON: half the controller's 4 MiB
-#: body limit, the other half left to the VMs' states and pins
+#: body limit, the other half left to the VMs' states, pins and usage (`bounded`)
 NICS_MAX_BYTES = 2 << 20
 
 
@@ -59,7 +57,7 @@ class _Known:
     state: VMState
     asked_at: float
     nics: tuple[dict[str, Any], ...]
-    #: what they take in a beat: the JSON of the VM's entry, name included
+    #: what they take in a beat (`bounded.entry_size`)
     size: int
 
     @property
@@ -87,44 +85,27 @@ class AddressBook:
         self._clock = clock
         self._known: dict[str, _Known] = {}
         self._lock = threading.Lock()
-        self._said_left_out = False
+        self._bound = Bound("NICs", "the last asked are sent first")
         #: how many VMs were asked for since the start (tests and the curious)
         self.asked = 0
 
-    def nics(self, vms: Mapping[str, StoredVM]) -> dict[str, list[dict[str, Any]]]:
+    def nics(
+        self, vms: Mapping[str, StoredVM], max_bytes: int = NICS_MAX_BYTES
+    ) -> dict[str, list[dict[str, Any]]]:
         """The NICs of `vms` (those that have any), asking the hypervisor only
-        for the VMs that need it (the module's docstring says which)."""
+        for the VMs that need it (the module's docstring says which), within
+        `max_bytes` of JSON (and never more than NICS_MAX_BYTES)."""
         with self._lock:
             now = self._clock()
             for name in set(self._known) - set(vms):
                 del self._known[name]  # deleted: forgotten
             for name in self._due(vms, now)[: self._per_beat]:
                 nics = self._ask(name)
-                self._known[name] = _Known(vms[name].state, now, nics, len(json.dumps({name: nics})))
+                self._known[name] = _Known(vms[name].state, now, nics, entry_size(name, nics))
                 self.asked += 1
-            return self._within_bound()
-
-    def _within_bound(self) -> dict[str, list[dict[str, Any]]]:
-        """The known NICs, the last asked first, up to NICS_MAX_BYTES."""
-        carried: dict[str, list[dict[str, Any]]] = {}
-        total = 2  # the braces
-        for name, known in sorted(self._known.items(), key=lambda item: -item[1].asked_at):
-            if not known.nics:
-                continue
-            if total + known.size + 2 > NICS_MAX_BYTES:  # ", " between entries
-                self._say_left_out(sum(1 for k in self._known.values() if k.nics) - len(carried))
-                break
-            carried[name] = list(known.nics)
-            total += known.size + 2
-        return carried
-
-    def _say_left_out(self, count: int) -> None:
-        if not self._said_left_out:
-            self._said_left_out = True
-            logger.warning(
-                "the heartbeat's NICs exceed %d bytes: %d VMs' addresses left out of this beat "
-                "(the last asked are sent first; said once)", NICS_MAX_BYTES, count,
-            )  # fmt: skip
+            latest = sorted(self._known.items(), key=lambda item: -item[1].asked_at)
+            entries = [(name, list(known.nics), known.size) for name, known in latest if known.nics]
+            return self._bound.carry(entries, min(max_bytes, NICS_MAX_BYTES))
 
     def _due(self, vms: Mapping[str, StoredVM], now: float) -> list[str]:
         """The VMs to ask for, the longest unasked (or never asked) first."""

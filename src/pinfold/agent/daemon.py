@@ -25,6 +25,7 @@ from pinfold.agent.monitor import GpuProbe, Monitor
 from pinfold.agent.pools import PoolKeeper
 from pinfold.agent.reconcile import Action, Step
 from pinfold.agent.registration import (
+    BeatBounds,
     Registrar,
     cloud_registration_document,
     heartbeat_document,
@@ -168,10 +169,11 @@ def serve_cloud(config: AgentConfig) -> None:
     _started(
         config, f"openstack driver on {config.openstack.cloud or config.openstack.auth_url}", agent.report
     )
+    bounds = BeatBounds()
     registrar = start_registrar(
         config, token,
         lambda address: cloud_registration_document(config.host_id, address, token),
-        lambda: heartbeat_document(agent, None),
+        lambda: heartbeat_document(agent, None, None, bounds),
     )  # fmt: skip
     try:
         app = create_app(agent, token, None, config.slackvm_open_networks)
@@ -249,11 +251,11 @@ def serve(config: AgentConfig) -> None:
     keeper = PoolKeeper(agent.tend_pools)
     agent.on_hand_out = keeper.wake
     keeper.start()
-    book = AddressBook(agent)
+    book, bounds = AddressBook(agent), BeatBounds()
     registrar = start_registrar(
         config, token,
         lambda address: registration_document(agent, config.host_id, address, token),
-        lambda: heartbeat_document(agent, monitor, book),
+        lambda: heartbeat_document(agent, monitor, book, bounds),
     )  # fmt: skip
     endpoint = None
     try:

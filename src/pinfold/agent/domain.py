@@ -24,6 +24,8 @@ __all__ = [
     "NAME_PATTERN",
     "DomainSpec",
     "DomainXMLError",
+    "consoled_xml",
+    "file_serial",
     "metadata_fragment",
     "relabeled_xml",
     "repinned_xml",
@@ -259,6 +261,40 @@ def resized_xml(document: str, vcpus: int, memory_mib: int) -> str:
     cpuset = vcpu.get("cpuset")
     resized = ET.tostring(domain, encoding="unicode")
     return repinned_xml(resized, frozenset(parse_cpulist(cpuset))) if cpuset else resized
+
+
+def consoled_xml(document: str) -> str | None:
+    """A domain document from before consoles (its serial a file: pinfold
+    wrote the console to a log file then) made today's: the serial a pty
+    that logs to that same file (appending), with a console on it (libvirt
+    attaches a console only to a pty); its other devices as they are. None
+    when its serial is no file (nothing to change)."""
+    domain = _parse(document)
+    devices = domain.find("devices")
+    serial = devices.find("serial[@type='file']") if devices is not None else None
+    if devices is None or serial is None:
+        return None
+    source = serial.find("source")
+    path = source.get("path") if source is not None else None
+    target = serial.find("target")
+    at = list(devices).index(serial)
+    for old in [serial, *devices.findall("console")]:  # libvirt mirrors the file serial as a console
+        devices.remove(old)
+    pty = ET.Element("serial", type="pty")
+    if path:
+        ET.SubElement(pty, "log", file=path, append="on")
+    pty.append(target if target is not None else ET.Element("target", port="0"))
+    console = ET.Element("console", type="pty")
+    ET.SubElement(console, "target", type="serial", port="0")
+    devices.insert(at, pty)
+    devices.insert(at + 1, console)
+    return ET.tostring(domain, encoding="unicode")
+
+
+def file_serial(document: str) -> bool:
+    """Whether a domain document's serial is a file (a domain defined before
+    consoles): a guest running with it has no console to attach to."""
+    return _parse(document).find("devices/serial[@type='file']") is not None
 
 
 def relabeled_xml(document: str, owner: str) -> str:

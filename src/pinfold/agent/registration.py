@@ -15,6 +15,7 @@ Either side may restart at any time; the other carries on by itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import threading
@@ -25,6 +26,7 @@ from typing import Any
 import httpx
 
 from pinfold.agent.addresses import AddressBook
+from pinfold.agent.bounded import HEARTBEAT_MAX_BYTES, Bound, sized
 from pinfold.agent.cloud_agent import CloudAgent
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent
@@ -33,8 +35,8 @@ from pinfold.tls import tls_failure
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, write_token
 from pinfold.topology import slackvm_json
 
-__all__ = ["CLOUD_TOPOLOGY", "Registrar", "cloud_registration_document", "heartbeat_document",
-           "registration_document"]  # fmt: skip
+__all__ = ["CLOUD_TOPOLOGY", "BeatBounds", "Registrar", "cloud_registration_document",
+           "heartbeat_document", "registration_document"]  # fmt: skip
 
 #: a cloud agent's topology (`cloud_registration_document`): a placeholder of one CPU, marked
 #: `cloud`, which the controller never places on (its `fits` and its scheduler leave it out)
@@ -229,21 +231,50 @@ def cloud_registration_document(host_id: str, address: str, token: str) -> dict[
     }  # fmt: skip
 
 
+class BeatBounds:
+    """The bounds of one agent's beats beyond its NICs' (the address book
+    keeps those): the pins and the monitor's per-VM usage, each cut to whole
+    VMs within what the rest of the beat leaves (`bounded`). One per daemon,
+    so that each says once that it cut."""
+
+    def __init__(self, max_bytes: int = HEARTBEAT_MAX_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.pins = Bound("pins", "in the VMs' deploy order")
+        self.usage = Bound("per-VM usage", "in the monitor's order")
+
+
 def heartbeat_document(
-    agent: Agent | CloudAgent, monitor: Monitor | None, addresses: AddressBook | None = None
+    agent: Agent | CloudAgent,
+    monitor: Monitor | None,
+    addresses: AddressBook | None = None,
+    bounds: BeatBounds | None = None,
 ) -> dict[str, Any]:
     """The host's SlackVM status, its VMs' states, the last monitor sample
     (usage and GPUs) and, with an `addresses` book, the VMs' NICs with their
     addresses (only the VMs that have NICs; the book asks the hypervisor
-    only for the VMs that need it)."""
+    only for the VMs that need it). Within `bounds.max_bytes` of JSON: the
+    VMs' states and the host's figures go whole, then the NICs, the per-VM
+    usage and the pins each get what is left, whole VMs each (`bounded`):
+    the pins last, since each VM's are its vNode's CPUs (the same list for
+    every VM of a level), which the beat's `vnodes` carry whole anyway."""
+    bounds = bounds or BeatBounds()
     sample = monitor.latest if monitor is not None else None
     now = agent.snapshot()  # the status, the VMs, their pins and the vNodes of one moment
-    nics = {"nics": addresses.nics(now.vms)} if addresses is not None else {}
-    return {
+    usage = sample.to_dict() if sample is not None else None
+    per_vm: dict[str, Any] = usage.pop("vms", {}) if usage is not None else {}
+    beat: dict[str, Any] = {
         "status": now.status,
         "vms": {name: vm.state for name, vm in now.vms.items()},
-        "pins": dict(now.pins),
+        "pins": {},
         "vnodes": {level_key(ratio): cpus for ratio, cpus in now.vnodes.items()},
-        "usage": sample.to_dict() if sample is not None else None,
-        **nics,
+        "usage": usage,
     }
+    left = bounds.max_bytes - len(json.dumps(beat))
+    if addresses is not None:
+        beat["nics"] = addresses.nics(now.vms, left)
+        left -= len(json.dumps(beat["nics"]))
+    if usage is not None:
+        usage["vms"] = bounds.usage.carry(sized(per_vm), left)
+        left -= len(json.dumps(usage["vms"]))
+    beat["pins"] = bounds.pins.carry(sized(now.pins, same=tuple), left)
+    return beat

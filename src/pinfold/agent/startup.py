@@ -102,7 +102,22 @@ class StartUp(Making):
                 step = replace(step, error=str(error))
             steps.append(step)
         self._check_pins()
+        self._give_consoles(observed)
         return steps + [Step(Action.REPIN, name, pin.error) for name, pin in self._stale_pins.items()]
+
+    def _give_consoles(self, observed: Mapping[str, GuestInfo]) -> None:
+        """Give each stored VM's domain defined before consoles (a file
+        serial) a console from its next boot (`Driver.give_console`): a
+        shut-off guest has it when it is started, a running one runs on as
+        it is. A failure is logged: the VM works without a console."""
+        for vm in self.vms.values():
+            if vm.domain not in observed or observed[vm.domain].spec is None:
+                continue
+            try:
+                if self.driver.give_console(vm.domain):
+                    log.info("start: %s gets a console at its next boot (defined before consoles)", vm.domain)
+            except DriverError as error:
+                log.warning("start: cannot give %s a console: %s", vm.domain, error)
 
     def _carry_out(self, step: Step, observed: Mapping[str, GuestInfo]) -> Action | None:
         """Carry `step` out; the action it turned out to be when not the planned one."""

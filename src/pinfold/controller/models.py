@@ -35,6 +35,8 @@ __all__ = [
     "digest_of",
 ]
 
+#: "s256$" + 32 hex digits of salt + "$" + 64 of SHA-256 is 102 characters; room for another scheme
+FIRST_BOOT_DIGEST_MAX = 160
 #: A host id is a DNS label: 1 to 63 characters (the CHECK on hosts.id says 63 too).
 HOST_ID_MAX = 63
 
@@ -150,6 +152,10 @@ class VM(Base):
     #: while `migrating`: the host it moves to, where its room is held too (no foreign
     #: key: removing that host with --force leaves the move to fail, not the removal)
     target_host_id: Mapped[str | None] = mapped_column(String(HOST_ID_MAX), index=True)
+    #: `pinfold.model.vm.first_boot_digest` of the create's SSH keys and user data (kept
+    #: themselves by its agent's seed only): a repeated create with others is refused.
+    #: None: reserved before migration 0009, its inputs unknown (any repeat matches)
+    first_boot_digest: Mapped[str | None] = mapped_column(String(FIRST_BOOT_DIGEST_MAX))
 
 
 class Migration(Base):

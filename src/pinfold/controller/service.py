@@ -61,7 +61,7 @@ from pinfold.controller.store import (
 from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import POWER_ACTIONS, Action, Refused, takes_actions, transition
-from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem
+from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem, same_first_boot
 from pinfold.placement import (
     POLICIES,
     Decision,
@@ -1378,18 +1378,28 @@ def _given(result: dict[str, Any] | AgentError) -> dict[str, Any]:
 def _with_first_boot(reserved: VMRequest, request: VMRequest) -> VMRequest:
     """The reserved VM with `request`'s SSH keys and user data: the directory
     keeps neither (they go to the agent's cloud-init seed), so a retry that
-    finishes a reservation hands on what it carries."""
+    finishes a reservation hands on what it carries (`_again` has checked
+    them against the reservation's digest first)."""
     return replace(reserved, ssh_keys=request.ssh_keys, user_data=request.user_data)
 
 
 def _same_or_refuse(existing: VMRecord, request: VMRequest) -> None:
-    """Refuse a request under a name whose VM is not the one it asks for."""
+    """Refuse a request under a name whose VM is not the one it asks for:
+    another size, owner, image or NICs, or other SSH keys or user data (told
+    by the digest kept of them: the VM booted with the first ones, and a
+    caller given it back would take the keys it sent for the ones it has)."""
     e, r = existing, request
     same = (e.vcpus, e.memory_mib, e.ratio, e.owner, e.image, e.nics) == (
         r.vcpus, r.memory_mib, float(r.ratio), r.owner, r.image, r.nics,
     )  # fmt: skip
     if not same:
         raise ControllerError("duplicate name", f"{existing.name} exists with another size, owner or NICs")
+    if not same_first_boot(e.first_boot_digest, r.ssh_keys, r.user_data):
+        raise ControllerError(
+            "duplicate name",
+            f"{existing.name} exists, created with other SSH keys or user data (they are given to a VM "
+            "at its first boot only: delete it and create it again to change them)",
+        )
 
 
 def _changed_nics(

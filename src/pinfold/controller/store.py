@@ -46,7 +46,7 @@ from pinfold.controller.models import (
 )
 from pinfold.model.errors import PinfoldError
 from pinfold.model.lifecycle import CONTROLLER_STATES
-from pinfold.model.vm import NIC, VMRequest
+from pinfold.model.vm import NIC, VMRequest, first_boot_digest
 from pinfold.placement import GroupPolicy, GroupRule, Refusal, VMSpec, host_refusal
 
 __all__ = [
@@ -239,6 +239,9 @@ class VMRecord:
     reported_nics: tuple[ReportedNIC, ...] | None = None
     #: while `migrating`: the host it moves to (its room is held there too)
     target_host_id: str | None = None
+    #: the salted digest of its create's SSH keys and user data (`model.vm.first_boot_digest`;
+    #: None: reserved before they were kept, migration 0009)
+    first_boot_digest: str | None = None
 
     @property
     def spec(self) -> VMSpec:
@@ -1054,6 +1057,7 @@ def _reserved_row(vm: VMRequest, host_id: str, seq: int, now: float) -> VM:
         created_at=now,
         updated_at=now,
         nics=[{"network": n.network, "bridge": n.bridge, "mac": n.mac} for n in vm.nics],
+        first_boot_digest=first_boot_digest(vm.ssh_keys, vm.user_data),
     )
 
 
@@ -1113,6 +1117,7 @@ def _vm_record(row: VM) -> VMRecord:
             tuple(ReportedNIC.of(n) for n in row.reported_nics) if row.reported_nics is not None else None
         ),
         target_host_id=row.target_host_id,
+        first_boot_digest=row.first_boot_digest,
     )
 
 

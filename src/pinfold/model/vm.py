@@ -32,6 +32,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,9 +59,11 @@ __all__ = [
     "NIC",
     "SSH_KEY_TYPES",
     "VMRequest",
+    "first_boot_digest",
     "first_boot_problem",
     "image_path_problem",
     "nic_problem",
+    "same_first_boot",
     "ssh_key_problem",
     "valid_name",
 ]
@@ -167,6 +173,52 @@ def first_boot_problem(ssh_keys: Sequence[str], user_data: str) -> str | None:
     if size > MAX_USER_DATA_BYTES:
         return f"user_data: {size} bytes, at most {MAX_USER_DATA_BYTES} (UTF-8)"
     return None
+
+
+#: the scheme of a stored `first_boot_digest`: salted SHA-256 (the salt is in the digest)
+FIRST_BOOT_SCHEME = "s256"
+_SALT_BYTES = 16
+
+
+def first_boot_digest(ssh_keys: Sequence[str], user_data: str, salt: bytes | None = None) -> str:
+    """What a create's SSH keys and user data are remembered by, so that the
+    same create sent again can be told from another one under the same name
+    without keeping the inputs (user data may hold passwords or tokens):
+    "s256$<salt hex>$<SHA-256 hex of the salt and the canonical inputs>".
+
+    Canonical: JSON of the keys sorted (cloud-init gives the same accounts
+    whatever their order) and the user data as given, UTF-8. Salted with 16
+    random bytes per VM (`salt`, given only to check one: `same_first_boot`),
+    not keyed: two VMs with the same user data have unrelated digests, and no
+    table of digests of known user data matches one, while every controller
+    replica checks it with nothing but the row (a key would have to be shared
+    by every replica, kept apart from the database, and never rotated). A
+    guess of one VM's user data can still be checked against its row; the
+    database also holds the agents' tokens, and is to be kept as secret."""
+    salt = os.urandom(_SALT_BYTES) if salt is None else salt
+    canonical = json.dumps(
+        {"ssh_keys": sorted(ssh_keys), "user_data": user_data}, sort_keys=True, separators=(",", ":"),
+        ensure_ascii=False,
+    )  # fmt: skip
+    hashed = hashlib.sha256(salt + canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{FIRST_BOOT_SCHEME}${salt.hex()}${hashed}"
+
+
+def same_first_boot(stored: str | None, ssh_keys: Sequence[str], user_data: str) -> bool:
+    """Whether `ssh_keys` and `user_data` are those `stored` (a
+    `first_boot_digest`) was made of; True for None: a VM reserved before
+    the digest was kept (migration 0009), whose inputs nobody knows."""
+    if stored is None:
+        return True
+    scheme, _, rest = stored.partition("$")
+    salt_hex, _, _ = rest.partition("$")
+    try:
+        salt = bytes.fromhex(salt_hex)
+    except ValueError:
+        return False
+    if scheme != FIRST_BOOT_SCHEME:
+        return False
+    return hmac.compare_digest(stored, first_boot_digest(ssh_keys, user_data, salt))
 
 
 @dataclass(frozen=True)

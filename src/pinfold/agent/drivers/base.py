@@ -99,6 +99,12 @@ class Driver(Protocol):
     def repin(self, name: str, cpuset: frozenset[int]) -> None:
         """Pin every vCPU and the emulator to `cpuset`, live and persistently."""
 
+    def give_console(self, name: str) -> bool:
+        """Give guest `name`'s persistent definition a console if it was
+        defined before consoles (its serial a file): a pty serial logging to
+        that file, in effect at its next boot; a running guest is left as it
+        is. True when it changed."""
+
     def relabel(self, name: str, owner: str) -> None:
         """Name another owner in the guest's pinfold metadata, live and persistently."""
 
@@ -150,5 +156,7 @@ class Driver(Protocol):
         """Attach to the serial console of running guest `name`: its bytes go to
         `output`, and `closed(reason)` is called once when the console ends on the
         guest's side (it stopped, it was deleted). DriverError "invalid" for a
-        guest that is not running, "not found" for none. One console per guest at
-        a time: the caller shares it among its clients."""
+        guest that is not running or runs without one (started with a file
+        serial, defined before consoles: it has one from its next boot, see
+        `give_console`), "not found" for none. One console per guest at a
+        time: the caller shares it among its clients."""

@@ -19,6 +19,8 @@ from pinfold.agent.domain import (
     NAMESPACE,
     DomainSpec,
     DomainXMLError,
+    consoled_xml,
+    file_serial,
     metadata_fragment,
     relabeled_xml,
     repinned_xml,
@@ -57,6 +59,12 @@ def _translated(action: str) -> Iterator[None]:
         raise DriverError(code, f"{action}: {message}") from exc
 
 
+#: why a guest started before consoles existed has none (`console`), until its next boot
+NO_CONSOLE = (
+    "{name} runs with the serial of a domain defined before pinfold had consoles (a log file, not a "
+    "pty), so it has no console while it runs: it gets one at its next boot by the agent (shut it "
+    "down, then start it); the running guest is left alone"
+)
 #: how long a finished migration waits for libvirt's statistics of its job (its downtime)
 JOB_STATS_WAIT_S = 2.0
 #: how long a console write waits for a full stream to take its bytes
@@ -210,9 +218,29 @@ class LibvirtDriver:
             domain.undefine()
 
     def start(self, name: str) -> None:
+        """Boot a shut-off guest: one defined before consoles gets one first
+        (`give_console`), its next boot being now."""
         domain = self._require(name, {GuestState.SHUTOFF})
+        self.give_console(name)
         with _translated(f"start {name}"):
             domain.create()
+
+    def give_console(self, name: str) -> bool:
+        """Redefine the persistent definition of a guest defined before
+        consoles (`domain.consoled_xml`): libvirt keeps a running guest's live
+        definition, so it runs on untouched and boots with the console next."""
+        domain = self._domain(name)
+        with _translated(f"read {name}"):
+            persistent = domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        try:
+            document = consoled_xml(persistent)
+        except DomainXMLError as error:
+            raise DriverError("invalid", f"give {name} a console: {error}") from error
+        if document is None:
+            return False
+        with _translated(f"give {name} a console"):
+            self._conn.defineXML(document)
+        return True
 
     def shutdown(self, name: str, timeout_s: float) -> None:
         domain = self._require(name, {GuestState.RUNNING, GuestState.PAUSED})
@@ -461,6 +489,10 @@ class LibvirtDriver:
         """The domain's console (its serial pty) as a non-blocking stream, read
         by libvirt's event loop (see `_start_event_loop`)."""
         domain = self._require(name, {GuestState.RUNNING})
+        with _translated(f"read {name}"):
+            live = domain.XMLDesc(0)
+        if file_serial(live):
+            raise DriverError("invalid", NO_CONSOLE.format(name=name))
         with _translated(f"open the console of {name}"):
             stream = self._conn.newStream(libvirt.VIR_STREAM_NONBLOCK)
             domain.openConsole(None, stream, 0)

@@ -153,6 +153,11 @@ class SimDriver:
             raise DriverError("invalid", "empty cpuset")
         self._update(name, lambda spec: spec.with_cpuset(cpuset))
 
+    def give_console(self, name: str) -> bool:
+        """A simulated guest always has a console: nothing to give."""
+        self._get(name)
+        return False
+
     def relabel(self, name: str, owner: str) -> None:
         self._update(name, lambda spec: replace(spec, owner=owner))
 
