@@ -2,7 +2,9 @@
 
     python -m benchmarks.bench_controller schedule [--hosts 10000] [--vms 1000]
     python -m benchmarks.bench_controller e2e [--agents 20] [--vms 1000] [--clients 8] [--database-url URL]
-    python -m benchmarks.bench_controller bulk [--agents 20] [--vms 1000] [--database-url URL]
+    python -m benchmarks.bench_controller bulk [--agents 20] [--vms 1000] [--database-url URL] [--runs N]
+    python -m benchmarks.bench_controller register [--hosts 10000] [--clients 8] [--database-url URL]
+    python -m benchmarks.bench_controller restart [--hosts 10000] [--runs 5] [--hosts-database FILE]
 
 schedule: scheduling latency inside the controller with N registered hosts
 (EPYC 7662-exp, SQLite file, pinned to one core): each create ranks every
@@ -19,6 +21,13 @@ as the clients see them. Everything shares this machine's cores.
 bulk: one bulk create of N VMs (issue 16) on the same kind of cluster, timed
 until its answer (every VM running on its agent), then the same VMs one by one
 on a fresh cluster: the hosts each VM got are compared.
+
+register: N host registrations through the REST API (each the 157 KB
+document an EPYC agent sends, with the enrolment token) from C client
+threads, to a fresh controller process.
+
+restart: exec of `pinfold controller` to its first 201 on a create, with N
+hosts in its SQLite database (copied afresh for each run).
 """
 
 from __future__ import annotations
@@ -27,19 +36,23 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import make_url
 
 from benchmarks.common import EPYC_EXP, median, percentile, pin_to_one_core
-from pinfold.controller.database import connect
+from pinfold.controller.database import connect, create
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore
 from pinfold.topology import Topology, slackvm_json
@@ -103,7 +116,7 @@ def schedule(hosts: int, vms: int) -> dict[str, Any]:
     }
 
 
-def wait_for(what: str, check: Any, timeout_s: float = 120) -> None:
+def wait_for(what: str, check: Any, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -117,25 +130,186 @@ def wait_for(what: str, check: Any, timeout_s: float = 120) -> None:
 
 ADMIN, AGENT_TOKEN = "bench-admin-token-0123456789", "bench-agent-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-BASE_PORT = 18400
+#: the controller's port, the agents' after it (PINFOLD_BENCH_PORT: two benchmarks at once)
+BASE_PORT = int(os.environ.get("PINFOLD_BENCH_PORT", "18400"))
+
+
+@contextlib.contextmanager
+def controller_process(data_dir: str, database_url: str | None = None) -> Iterator[str]:
+    """A `pinfold controller` process on loopback, up; its URL. Stopped at the end."""
+    url = f"http://127.0.0.1:{BASE_PORT}"
+    database = ["--database-url", database_url] if database_url else []
+    command = [
+        sys.executable,
+        "-m",
+        "pinfold",
+        "controller",
+        "--data-dir",
+        data_dir,
+        "--port",
+        str(BASE_PORT),
+    ]
+    process = subprocess.Popen([*command, *database], env=bench_env(), stdout=subprocess.DEVNULL)
+    try:
+        wait_for("the controller", lambda: httpx.get(f"{url}/healthz").status_code == 200)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def bench_env() -> dict[str, str]:
+    return dict(os.environ, PINFOLD_CONTROLLER_ADMIN_TOKEN=ADMIN, PINFOLD_CONTROLLER_AGENT_TOKEN=AGENT_TOKEN,
+                PINFOLD_AGENT_ENROLMENT_TOKEN=AGENT_TOKEN, PINFOLD_CONTROLLER_HEARTBEAT_PERIOD_S="5",
+                PINFOLD_AGENT_MONITOR_PERIOD_S="5")  # fmt: skip
+
+
+def register(hosts: int, clients: int, database_url: str | None = None) -> dict[str, Any]:
+    """`hosts` registrations through the REST API, as agents send them (the
+    EPYC 7662-exp document, 157 KB of JSON, with the enrolment token), from
+    `clients` threads, to a fresh `pinfold controller` process: the wall time
+    and each registration's latency as its client saw it."""
+    body = json.dumps({"host_id": "", "address": "", "topology": compact_topology(), "critical_size": 6,
+                       "reserved_memory_mib": 0, "agent_token": AGENT_TOKEN}).encode()  # fmt: skip
+    head, _, tail = body.partition(b'"host_id": ""')
+    latencies: list[float] = []
+    lock = threading.Lock()
+    numbers = iter(range(hosts))
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fresh_database(database_url) as url_of_db,
+        controller_process(f"{tmp}/controller", url_of_db) as url,
+    ):
+
+        def client() -> None:
+            headers = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
+            with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
+                while (i := next(numbers, None)) is not None:
+                    address = f"http://10.0.{i // 250}.{i % 250}:8099"
+                    content = (
+                        head
+                        + f'"host_id": "h{i:05d}"'.encode()
+                        + tail.replace(b'"address": ""', f'"address": "{address}"'.encode(), 1)
+                    )
+                    started = time.perf_counter()
+                    response = http.post("/api/v1/hosts", content=content)
+                    elapsed = time.perf_counter() - started
+                    assert response.status_code == 200, response.text[:300]
+                    with lock:
+                        latencies.append(elapsed)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+    return {
+        "database": "postgresql" if database_url else "sqlite",
+        "hosts": hosts,
+        "registered": len(latencies),
+        "clients": clients,
+        "body_kib": round(len(body) / 1024),
+        "wall_s": round(wall, 1),
+        "per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(median(latencies) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+    }
+
+
+class StandInAgent(BaseHTTPRequestHandler):
+    """An agent that makes every VM at once (the restart benchmark's hosts all point here)."""
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        answer = json.dumps({"name": body.get("name", ""), "state": "running", "pinning": [0]}).encode()
+        self.send_response(201)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def hosts_database(path: Path, hosts: int, agent_url: str) -> None:
+    """A controller's SQLite database holding `hosts` EPYC hosts, all at
+    `agent_url`, registered in-process (their heartbeats not due for a day)."""
+    topology = compact_topology()
+    store = ControllerStore(connect(f"sqlite:///{path}"))
+    controller = Controller(store, lambda host: AcceptingAgent(), heartbeat_period_s=3600)  # type: ignore[arg-type,return-value]
+    for i in range(hosts):
+        controller.register(f"h{i:05d}", agent_url, topology, 6, 0, heartbeat_period_s=86400)
+    store.engine.dispose()
+
+
+def restart(hosts: int, runs: int, database: Path | None = None) -> dict[str, Any]:
+    """From exec of `pinfold controller` to its first 201 on a create, with
+    `hosts` hosts in its SQLite database (a copy, afresh for each run; made
+    first, or `database` when given), every host pointing at one stand-in
+    agent on loopback. Also the time to its first /healthz answer."""
+    server = ThreadingHTTPServer(("127.0.0.1", BASE_PORT + 1), StandInAgent)  # the same in every database
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    agent_url = f"http://127.0.0.1:{server.server_address[1]}"
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = database or Path(tmp) / "hosts.db"
+        if database is None or not database.exists():
+            hosts_database(source, hosts, agent_url)
+        for run in range(runs):
+            data_dir = Path(tmp) / f"run{run}"
+            data_dir.mkdir()
+            shutil.copy(source, data_dir / "controller.db")
+            url = f"sqlite:///{data_dir / 'controller.db'}"
+            command = [sys.executable, "-m", "pinfold", "controller", "--data-dir", str(data_dir),
+                       "--port", str(BASE_PORT), "--database-url", url]  # fmt: skip
+            body = {"name": f"first{run}", "vcpus": 1, "memory_mib": 512}
+            started = time.perf_counter()
+            process = subprocess.Popen(command, env=bench_env(), stdout=subprocess.DEVNULL)
+            healthy = created = None
+            try:
+                with httpx.Client(timeout=30, headers=AUTH) as http:
+                    while created is None:
+                        with contextlib.suppress(httpx.TransportError):
+                            if (
+                                healthy is None
+                                and http.get(f"http://127.0.0.1:{BASE_PORT}/healthz").is_success
+                            ):
+                                healthy = time.perf_counter() - started
+                            if healthy is not None:
+                                response = http.post(f"http://127.0.0.1:{BASE_PORT}/api/v1/vms", json=body)
+                                assert response.status_code == 201, response.text[:300]
+                                created = time.perf_counter() - started
+                        if process.poll() is not None:
+                            raise RuntimeError("the controller exited")
+                        time.sleep(0.01)
+            finally:
+                process.terminate()
+                process.wait(timeout=60)
+            results.append({"healthz_s": round(healthy or 0, 2), "first_201_s": round(created, 2)})
+    server.shutdown()
+    return {
+        "hosts": hosts,
+        "runs": results,
+        "first_201_median_s": median([r["first_201_s"] for r in results]),
+        "load_average": os.getloadavg(),
+    }
 
 
 @contextlib.contextmanager
 def cluster(agents: int, database_url: str | None = None) -> Iterator[str]:
     """A `pinfold controller` process and `agents` sim agents on loopback, all
     registered and up; the controller's URL. Everything stops at the end."""
-    controller_url = f"http://127.0.0.1:{BASE_PORT}"
-    env = dict(os.environ, PINFOLD_CONTROLLER_ADMIN_TOKEN=ADMIN, PINFOLD_CONTROLLER_AGENT_TOKEN=AGENT_TOKEN,
-               PINFOLD_AGENT_ENROLMENT_TOKEN=AGENT_TOKEN, PINFOLD_CONTROLLER_HEARTBEAT_PERIOD_S="5",
-               PINFOLD_AGENT_MONITOR_PERIOD_S="5")  # fmt: skip
+    env = bench_env()
     python = [sys.executable, "-m", "pinfold"]
     processes: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        controller_process(f"{tmp}/controller", database_url) as controller_url,
+    ):
         try:
-            database = ["--database-url", database_url] if database_url else []
-            command = [*python, "controller", "--data-dir", f"{tmp}/controller", "--port", str(BASE_PORT)]
-            processes.append(subprocess.Popen([*command, *database], env=env, stdout=subprocess.DEVNULL))
-            wait_for("the controller", lambda: httpx.get(f"{controller_url}/healthz").status_code == 200)
             for i in range(agents):
                 command = [*python, "agent", "--driver", "sim", "--topology", str(EPYC_EXP)]
                 command += ["--data-dir", f"{tmp}/a{i}", "--port", str(BASE_PORT + 1 + i)]
@@ -202,13 +376,49 @@ def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = N
     }
 
 
+@contextlib.contextmanager
+def fresh_database(server_url: str | None) -> Iterator[str | None]:
+    """`server_url` itself, or for PostgreSQL an empty database made on that
+    server for one cluster and dropped after it (two clusters must not share
+    their VMs)."""
+    if not server_url or not server_url.startswith("postgresql"):
+        yield server_url
+        return
+    admin = create(server_url).execution_options(isolation_level="AUTOCOMMIT")
+    name = f"pinfold_bench_{uuid.uuid4().hex}"
+    quoted = admin.dialect.identifier_preparer.quote_identifier(name)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {quoted}")
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+        admin.dispose()
+
+
+def server_timing(header: str) -> dict[str, float]:
+    """A Server-Timing header's steps, in seconds: `reserve;dur=12.5, ...`."""
+    steps = {}
+    for part in filter(None, (p.strip() for p in header.split(","))):
+        name, _, duration = part.partition(";dur=")
+        steps[name] = round(float(duration) / 1000, 3)
+    return steps
+
+
 def bulk(agents: int, vms: int, database_url: str | None = None, compare: bool = True) -> dict[str, Any]:
     """One bulk create of `vms` VMs, timed until its answer (each VM running on
     its agent: the controller answers once the agents have created them, and
-    the directory is read to check); then the same VMs one by one on a fresh
-    cluster, to compare the hosts each VM landed on."""
+    the directory is read to check), with the controller's own time for each
+    step (its Server-Timing header); then the same VMs one by one on a fresh
+    cluster, to compare the hosts each VM landed on. A PostgreSQL URL names
+    the server: each cluster gets a fresh database on it."""
     size = {"vcpus": 2, "memory_mib": 2048, "ratio": 1.0}
-    with cluster(agents, database_url) as url, httpx.Client(base_url=url, timeout=600, headers=AUTH) as http:
+    with (
+        fresh_database(database_url) as url_of_db,
+        cluster(agents, url_of_db) as url,
+        httpx.Client(base_url=url, timeout=600, headers=AUTH) as http,
+    ):
         started = time.perf_counter()
         response = http.post("/api/v1/vms", json={"name": "vm{n}", "count": vms, **size})
         wall = time.perf_counter() - started
@@ -216,10 +426,20 @@ def bulk(agents: int, vms: int, database_url: str | None = None, compare: bool =
         listed = http.get("/api/v1/vms").json()
         running = sum(1 for vm in listed if vm["state"] == "running")
         in_bulk = {vm["name"]: vm["host"] for vm in listed}
-    timed = {"status": response.status_code, "running": running, "bulk_s": round(wall, 2)}
+    timed = {
+        "database": "postgresql" if database_url else "sqlite",
+        "status": response.status_code,
+        "running": running,
+        "bulk_s": round(wall, 2),
+        "steps_s": server_timing(response.headers.get("server-timing", "")),
+    }
     if not compare:
         return {"agents": agents, "vms": vms, **timed, "hosts_used_bulk": len(set(in_bulk.values()))}
-    with cluster(agents, database_url) as url, httpx.Client(base_url=url, timeout=120, headers=AUTH) as http:
+    with (
+        fresh_database(database_url) as url_of_db,
+        cluster(agents, url_of_db) as url,
+        httpx.Client(base_url=url, timeout=120, headers=AUTH) as http,
+    ):
         names = [f"vm{n}" for n in range(vms)]
         started = time.perf_counter()
         singles = [http.post("/api/v1/vms", json={"name": name, **size}) for name in names]
@@ -229,14 +449,11 @@ def bulk(agents: int, vms: int, database_url: str | None = None, compare: bool =
         ]
         one_by_one = {vm["name"]: vm["host"] for vm in http.get("/api/v1/vms").json()}
     return {
-        "database": "postgresql" if database_url else "sqlite",
         "agents": agents,
         "vms": vms,
-        "status": response.status_code,
+        **timed,
         "created": answer.get("created"),
         "refused": answer.get("refused"),
-        "running": running,
-        "bulk_s": round(wall, 2),
         "vms_per_s": round(running / wall, 1),
         "one_by_one_s": round(one_by_one_s, 2),
         "hosts_used_bulk": len(set(in_bulk.values())),
@@ -258,20 +475,35 @@ def per_host(placements: dict[str, str]) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["schedule", "e2e", "bulk"])
+    parser.add_argument("mode", choices=["schedule", "e2e", "bulk", "register", "restart"])
     parser.add_argument("--hosts", type=int, default=10_000)
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--no-compare", action="store_true", help="bulk: skip the one-by-one creates")
+    parser.add_argument("--runs", type=int, default=1, help="bulk, restart: this many runs, and their median")
     parser.add_argument(
-        "--database-url", help="e2e: the controller's database (default: SQLite in a temp dir)"
+        "--hosts-database", type=Path, help="restart: the SQLite file of hosts (made if missing, then reused)"
+    )
+    parser.add_argument(
+        "--database-url",
+        help="e2e: the controller's database (default: SQLite in a temp dir); bulk: a PostgreSQL "
+        "server's URL, on which each cluster gets a fresh database",
     )
     args = parser.parse_args()
     if args.mode == "schedule":
         result = schedule(args.hosts, args.vms)
     elif args.mode == "bulk":
-        result = bulk(args.agents, args.vms, args.database_url, not args.no_compare)
+        runs = [bulk(args.agents, args.vms, args.database_url, not args.no_compare) for _ in range(args.runs)]
+        result = (
+            runs[0]
+            if args.runs == 1
+            else {"runs": runs, "bulk_s_median": median([r["bulk_s"] for r in runs])}
+        )
+    elif args.mode == "restart":
+        result = restart(args.hosts, args.runs, args.hosts_database)
+    elif args.mode == "register":
+        result = register(args.hosts, args.clients, args.database_url)
     else:
         result = end_to_end(args.agents, args.vms, args.clients, args.database_url)
     print(json.dumps(result, indent=1))

@@ -14,8 +14,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from pinfold.agent.service import VMRequest
+from pinfold.agent.drivers import SimDriver
+from pinfold.agent.service import Agent, AgentError, AgentSettings, VMRequest
+from pinfold.agent.store import Store, StoredVM
 from pinfold.controller.agents import AgentClient, AgentRefusedError
+from pinfold.model.lifecycle import VMState
 from pinfold.web import install_error_handlers
 from tests.agent.test_api import AUTH, TOKEN, serving
 from tests.servers import serving as serving_app
@@ -102,3 +105,67 @@ def test_an_agent_without_batches_is_asked_once_per_vm():
             client.close()
     assert asked == ["A", "B"]
     assert made == [{"name": "A", "pinning": [0]}, {"name": "B", "pinning": [0]}]
+
+
+def test_a_batch_commits_twice_and_pins_as_one_by_one_creates(tmp_path, i7, monkeypatch):
+    """Agent.create_many: the VMs' placements all stored in one commit, all
+    marked made in another (not two per VM made, as each single create
+    commits); each VM and its neighbours end on the CPUs that one-by-one creates
+    give them, the refused one (7 vCPUs, no longer fitting) leaves nothing,
+    and a restart finds the same."""
+    sizes = [("A", 2, 1.0), ("B", 1, 2.0), ("C", 7, 1.0), ("D", 2, 2.0), ("E", 1, 1.0), ("F", 3, 3.0)]
+    requests = [VMRequest(name, vcpus, 512, ratio) for name, vcpus, ratio in sizes]
+    singles = Agent.open(i7, SimDriver(), Store(tmp_path / "singles.db"), AgentSettings(domain_type="qemu"))
+    expected: dict[str, Any] = {}
+    for request in requests:
+        try:
+            expected[request.name] = singles.create(request).state
+        except AgentError as error:
+            expected[request.name] = error.code
+    one_by_one = singles.snapshot().pins
+    singles.close()
+
+    commits = 0
+    real = Store._transaction
+
+    def counted(self: Store) -> Any:
+        nonlocal commits
+        commits += 1
+        return real(self)
+
+    driver = SimDriver()
+    agent = Agent.open(i7, driver, Store(tmp_path / "batch.db"), AgentSettings(domain_type="qemu"))
+    monkeypatch.setattr(Store, "_transaction", counted)
+    made = agent.create_many(requests)
+    monkeypatch.undo()
+    assert commits == 2
+    answers = {
+        r.name: m.state if isinstance(m, StoredVM) else m.code for r, m in zip(requests, made, strict=True)
+    }
+    assert answers == expected
+    assert answers["C"] == "not enough cpu"
+    assert agent.snapshot().pins == one_by_one
+    assert {g.name: g.spec.cpuset for g in driver.guests() if g.spec} == {
+        n: frozenset(p) for n, p in one_by_one.items()
+    }
+    agent.close()
+    again = Agent.open(i7, driver, Store(tmp_path / "batch.db"), AgentSettings(domain_type="qemu"))
+    try:
+        assert again.snapshot().pins == one_by_one
+        assert {name: vm.state for name, vm in again.snapshot().vms.items()} == dict.fromkeys(
+            one_by_one, VMState.RUNNING
+        )
+    finally:
+        again.close()
+
+
+def test_a_batch_refuses_a_bad_name_and_a_taken_one_and_makes_the_rest(tmp_path, i7):
+    agent = Agent.open(i7, SimDriver(), Store(tmp_path / "agent.db"), AgentSettings(domain_type="qemu"))
+    try:
+        made = agent.create_many([VMRequest("A", 1, 64), VMRequest("not ok", 1, 64), VMRequest("A", 1, 64),
+                                  VMRequest("B", 1, 64)])  # fmt: skip
+        codes = [m.code if isinstance(m, AgentError) else m.spec.name for m in made]
+        assert codes == ["A", "invalid request", "duplicate name", "B"]
+        assert list(agent.snapshot().vms) == ["A", "B"]
+    finally:
+        agent.close()

@@ -104,6 +104,27 @@ def test_kill_during_a_create(data_dir, point):
         daemon.stop()
 
 
+@pytest.mark.parametrize("point", ["batch:stored", "batch:made"])
+def test_kill_during_a_batch(data_dir, point):
+    """A batch stores its VMs together, then makes them: killed after the
+    store (none made) or after the first is made, the next start makes the
+    others and every VM of the batch runs, each on its own vNode's CPUs."""
+    daemon = Daemon(data_dir, crash_at=point)
+    names = [PREFIX + "b1", PREFIX + "b2"]
+    body = {"vms": [{"name": name, "vcpus": 1, "memory_mib": 64, "ratio": 2.0} for name in names]}
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(daemon.url + "/api/v1/vm-batches", json=body, headers=daemon.auth, timeout=30)
+    assert daemon.process.wait(timeout=30) == -signal.SIGKILL
+    assert len(domains()) == (0 if point == "batch:stored" else 1)
+    daemon = Daemon(data_dir)
+    try:
+        vms = check_consistent(daemon)
+        assert {name: vm["state"] for name, vm in vms.items()} == dict.fromkeys(names, "running")
+        assert vms[names[0]]["pinning"] == vms[names[1]]["pinning"]  # one 2:1 vNode, both on it
+    finally:
+        daemon.stop()
+
+
 @pytest.mark.parametrize("point", ["delete:marked", "delete:unmade"])
 def test_kill_during_a_delete(data_dir, point):
     daemon = Daemon(data_dir)

@@ -55,6 +55,11 @@ def test_a_bulk_that_fits_is_placed_in_one_request_and_runs_on_the_agents(cluste
     assert all(vm["state"] == "running" and len(vm["pinning"]) > 0 for vm in answer["vms"])
     assert on_agents(cluster) == {vm["name"]: vm["host"] for vm in answer["vms"]}
     assert in_directory(cluster) == on_agents(cluster)
+    # each step's time (milliseconds), for benchmarks: bench_controller bulk reads it
+    steps = [part.split(";dur=")[0] for part in response.headers["server-timing"].split(", ")]
+    assert steps == ["check", "reserve", "agents", "alone", "total"]
+    metrics = cluster.http.get("/metrics").text
+    assert 'pinfold_bulk_create_seconds_count{phase="agents"} 1.0' in metrics
 
 
 def fill(cluster: LocalCluster, hosts: int) -> int:

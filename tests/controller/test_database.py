@@ -4,6 +4,8 @@ SQLite and PostgreSQL, and SQLite is set up as the store relies on."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
-from pinfold.controller.database import WRITE, alembic_config, connect, create, upgrade
+from pinfold.controller.database import HEAD_REVISION, WRITE, alembic_config, connect, create, upgrade
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import Base
 from pinfold.controller.store import ControllerStore
@@ -54,6 +56,25 @@ def test_connect_leaves_the_database_at_head_and_again_is_a_no_op(database_url: 
                 assert MigrationContext.configure(connection).get_current_revision() == head == "0009"
         finally:
             engine.dispose()
+
+
+def test_a_database_at_head_is_opened_without_alembic(database_url: str) -> None:
+    """HEAD_REVISION is Alembic's head (a new migration must change it), and a
+    controller opening a database at head never imports Alembic: its import
+    and its scripts were a tenth of a restart's imports."""
+    connect(database_url).dispose()
+    engine = create(database_url)
+    try:
+        with engine.connect() as connection:
+            assert ScriptDirectory.from_config(alembic_config(connection)).get_current_head() == HEAD_REVISION
+    finally:
+        engine.dispose()
+    code = (
+        "import sys; from pinfold.controller.database import connect; "
+        f"connect({database_url!r}).dispose(); print('alembic' in sys.modules)"
+    )
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert answer.stdout.strip() == "False", answer.stderr
 
 
 def test_downgrade_to_base_then_upgrade_again(engine: Engine) -> None:

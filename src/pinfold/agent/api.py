@@ -88,13 +88,26 @@ def _network(agent: Service, name: str) -> dict[str, Any]:
     return {"nics": [nic_document(nic, found) for nic, found in nics], "addresses": flat}
 
 
-def _made(agent: Service, request: VMRequest, view: Callable[[StoredVM], dict[str, Any]]) -> dict[str, Any]:
+def _made(agent: Service, requests: list[VMRequest]) -> list[StoredVM | AgentError]:
+    """A batch's creates: a host's agent makes them together (`create_many`),
+    a cloud's one by one."""
+    if isinstance(agent, Agent):
+        return agent.create_many(requests)
+    answers: list[StoredVM | AgentError] = []
+    for request in requests:
+        try:
+            answers.append(agent.create(request))
+        except AgentError as error:
+            answers.append(error)
+    return answers
+
+
+def _answer(made: StoredVM | AgentError, view: Callable[[StoredVM], dict[str, Any]]) -> dict[str, Any]:
     """One create of a batch: the VM's view, or its error's JSON and status."""
-    try:
-        return view(agent.create(request))
-    except AgentError as error:
-        answer = {**error_body(error.code, error.detail), "status": int(error.code.status)}
-        return answer if error.refusal is None else {**answer, "refusal": refusal_json(error.refusal)}
+    if isinstance(made, StoredVM):
+        return view(made)
+    answer = {**error_body(made.code, made.detail), "status": int(made.code.status)}
+    return answer if made.refusal is None else {**answer, "refusal": refusal_json(made.refusal)}
 
 
 def create_app(
@@ -145,10 +158,11 @@ def create_app(
 
     @app.post("/api/v1/vm-batches", dependencies=[auth])
     def create_vms(body: CreateVMBatch) -> dict[str, list[dict[str, Any]]]:
-        """Each VM created in turn, as `create_vm` would (each stored before
-        its domain is made, as alone); each one's view, or its error as the
-        single create would answer it, with that answer's `status`."""
-        return {"vms": [_made(agent, vm.to_request(), view) for vm in body.vms]}
+        """Each VM created in turn, as `create_vm` would (all stored before
+        their domains are made, and acknowledged once all are marked made:
+        `Agent.create_many`); each one's view, or its error as the single
+        create would answer it, with that answer's `status`."""
+        return {"vms": [_answer(made, view) for made in _made(agent, [vm.to_request() for vm in body.vms])]}
 
     @app.get("/api/v1/vms/{name}")
     def get_vm(name: str) -> dict[str, Any]:

@@ -53,6 +53,40 @@ class Lifecycle(WarmPools):
             self._refuse_taken(request.name)  # again: the name may have gone meanwhile
             return self._create_cold(request, base, pool="", prepared=prepared)
 
+    def create_many(self, requests: list[VMRequest]) -> list[StoredVM | AgentError]:
+        """Each VM as `create` would make it, in order, each answered by its
+        VM or its refusal. Runs of diskless VMs without a seed that no warm
+        pool could serve are made together (`_create_cold_batch`: two commits
+        for the run instead of two per VM); any other VM goes through `create`."""
+        answers: list[StoredVM | AgentError] = []
+        run: list[VMRequest] = []
+
+        def flush() -> None:
+            if run:
+                with self.lock:
+                    self._retry_stale_pins()
+                    answers.extend(self._create_cold_batch(run))
+                run.clear()
+
+        for request in requests:
+            if valid_name(request.name) and self._batchable(request):
+                run.append(request)
+                continue
+            flush()
+            try:
+                answers.append(self.create(request))
+            except AgentError as error:
+                answers.append(error)
+        flush()
+        return answers
+
+    def _batchable(self, request: VMRequest) -> bool:
+        """A VM `_create_cold_batch` makes as `create` would: no disk to
+        prepare, no seed to write, no pool of its size to take it from."""
+        size = (request.vcpus, request.memory_mib, request.ratio)
+        pooled = any((pool.vcpus, pool.memory_mib, pool.ratio) == size for pool in self.settings.pools)
+        return not (request.image or request.ssh_keys or request.user_data or pooled)
+
     def delete(self, name: str) -> None:
         """Delete in any state but while a live migration moves the VM: the
         guest is in flight (the migration's end, or its abort, decides)."""

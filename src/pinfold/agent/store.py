@@ -213,27 +213,41 @@ class Store:
     def save_vm(self, vm: StoredVM, snapshot: HostSnapshot) -> None:
         """Insert or update one VM (its NICs with it, when it is new) and
         replace the vNode layout, atomically."""
+        self.save_vms([vm], snapshot)
+
+    def save_vms(self, vms: list[StoredVM], snapshot: HostSnapshot) -> None:
+        """`save_vm` for each of `vms`, and the vNode layout, in one transaction."""
         with self._transaction():
-            self._db.execute(
-                "INSERT INTO vms "
-                "(name, vcpus, memory_mib, ratio, owner, image, state, pending, domain, pool) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
-                "state = excluded.state, pending = excluded.pending",
-                (vm.spec.name, vm.spec.vcpus, vm.spec.memory_mib, float(vm.spec.ratio), vm.owner, vm.image,
-                 vm.state, vm.pending.value if vm.pending else None, vm.domain, vm.pool),
-            )  # fmt: skip
-            self._db.executemany(
-                "INSERT INTO nics (domain, position, kind, source, mac) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT (domain, position) DO NOTHING",
-                [(vm.domain, i, nic.kind, nic.source, nic.mac.lower()) for i, nic in enumerate(vm.nics)],
-            )
+            for vm in vms:
+                self._save_vm(vm)
             self._write_vnodes(snapshot.vnodes)
 
+    def _save_vm(self, vm: StoredVM) -> None:
+        self._db.execute(
+            "INSERT INTO vms "
+            "(name, vcpus, memory_mib, ratio, owner, image, state, pending, domain, pool) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+            "state = excluded.state, pending = excluded.pending",
+            (vm.spec.name, vm.spec.vcpus, vm.spec.memory_mib, float(vm.spec.ratio), vm.owner, vm.image,
+             vm.state, vm.pending.value if vm.pending else None, vm.domain, vm.pool),
+        )  # fmt: skip
+        self._db.executemany(
+            "INSERT INTO nics (domain, position, kind, source, mac) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (domain, position) DO NOTHING",
+            [(vm.domain, i, nic.kind, nic.source, nic.mac.lower()) for i, nic in enumerate(vm.nics)],
+        )
+
     def set_state(self, name: str, state: VMState, pending: Pending | None) -> None:
+        self.set_states([name], state, pending)
+
+    def set_states(self, names: list[str], state: VMState, pending: Pending | None) -> None:
+        """The same state and pending mark for each of `names`, in one transaction."""
+        if not names:
+            return
         with self._transaction():
-            self._db.execute(
+            self._db.executemany(
                 "UPDATE vms SET state = ?, pending = ? WHERE name = ?",
-                (state, pending.value if pending else None, name),
+                [(state, pending.value if pending else None, name) for name in names],
             )
 
     def hand_out(self, member: str, vm: StoredVM) -> None:

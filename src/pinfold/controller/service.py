@@ -130,6 +130,10 @@ class Bulk:
 
     outcomes: list[Placed | ControllerError | None]
     undone: bool
+    #: seconds each step took, in order: "check" (requests and names looked up), "reserve" (ranked
+    #: and reserved), "agents" (the hosts' shares made and marked running), "alone" (the VMs
+    #: created one by one after), "undo" (all or nothing)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -424,25 +428,37 @@ class Controller:
         refused, none stays (reservations dropped, VMs made deleted: `undone`).
         `group`: every VM joins it; each one's rule counts those before it."""
         policy = policy or self.default_policy
+        phases: dict[str, float] = {}
+        started = time.perf_counter()
+
+        def phase(name: str) -> None:
+            nonlocal started
+            now = time.perf_counter()
+            phases[name] = phases.get(name, 0.0) + now - started
+            started = now
+
         for request in requests:
             self._checked(request, policy)
         rule = self._group_rule(group)
         outcomes: dict[str, Placed | ControllerError | None] = {}
         fresh = []
+        taken = self.store.taken([request.name for request in requests])
         for request in requests:
-            existing = self.store.vm(request.name)
-            if existing is None:
+            if request.name not in taken:
                 fresh.append(request)
             else:
                 outcomes[request.name] = _outcome(partial(self.create, request, policy, group))
-        later = self._bulk_pass(fresh, policy, outcomes, all_or_nothing, rule)
+        phase("check")
+        later = self._bulk_pass(fresh, policy, outcomes, all_or_nothing, rule, phase)
         for request in later:  # alone, once this request's marks on its names are gone
             outcomes[request.name] = _outcome(partial(self.create, request, policy, group))
+        phase("alone")
         result = [outcomes[request.name] for request in requests]
         undone = all_or_nothing and any(isinstance(outcome, ControllerError) for outcome in result)
         if undone:
             self._undo(result)
-        return Bulk(result, undone)
+            phase("undo")
+        return Bulk(result, undone, phases)
 
     def _bulk_pass(
         self,
@@ -451,18 +467,20 @@ class Controller:
         outcomes: dict[str, Placed | ControllerError | None],
         all_or_nothing: bool,
         group: GroupRule | None = None,
+        phase: Callable[[str], None] = lambda name: None,
     ) -> list[VMRequest]:
         """Place `requests` in one pass (`_bulk_reserve`), then create the
         reserved ones on their agents, one call per host, hosts in parallel;
         their outcomes go in `outcomes`. The requests left to create alone.
         In `all_or_nothing`, a refusal drops the reservations made, once all
         were tried (the answer says each VM that did not fit), and no agent
-        is asked."""
+        is asked. `phase(name)` is called at the end of each step, for `Bulk.phases`."""
         later: list[VMRequest] = []
         with contextlib.ExitStack() as marks:
             for request in requests:
                 marks.enter_context(self._creating_vm(request.name))
             batches = self._bulk_reserve(requests, policy, outcomes, later, group)
+            phase("reserve")
             if all_or_nothing and any(request.name in outcomes for request in requests):
                 for _, held in batches:
                     for attempt in held:
@@ -471,6 +489,7 @@ class Controller:
                 return later
             with ThreadPoolExecutor(BULK_WORKERS) as pool:
                 made = list(pool.map(lambda batch: self._bulk_on_host(*batch), batches))
+            phase("agents")
         for (_, attempts), placed in zip(batches, made, strict=True):
             for attempt, outcome in zip(attempts, placed, strict=True):
                 if outcome is None:

@@ -874,6 +874,16 @@ class ControllerStore:
             row = session.get(VM, name)
             return _vm_record(row) if row is not None else None
 
+    def taken(self, names: Sequence[str]) -> set[str]:
+        """Which of `names` are VMs' names: one query per thousand, where a
+        bulk create asked `vm` once per name (a sixth of its time)."""
+        found: set[str] = set()
+        with self._read() as session:
+            for start in range(0, len(names), 1000):
+                chunk = list(names[start : start + 1000])
+                found.update(session.scalars(select(VM.name).where(VM.name.in_(chunk))))
+        return found
+
     def vms(self, host_id: str | None = None) -> list[VMRecord]:
         """Every VM, or those on one host, in reservation order."""
         query = select(VM).order_by(VM.seq) if host_id is None else _vms_on(host_id)

@@ -18,6 +18,8 @@ ENV = "PINFOLD_AGENT_CRASH_AT"
 POINTS = (
     "create:seeded", "create:stored", "create:defined", "create:made", "delete:marked", "delete:unmade",
     "take:stored",
+    # a batch of creates (`Agent.create_many`): all stored pending; the first of them made
+    "batch:stored", "batch:made",
     # live migration: the target wrote the guest's seed, stored its reservation; the source
     # marked, or sent, the guest; the target found it arrived
     "incoming:seeded", "incoming:stored", "migrate:marked", "migrate:sent", "incoming:arrived",
