@@ -7,7 +7,8 @@ from inside the lab's namespace with that key, as the image's default user, and
 checks what cloud-init did with the seed: the hostname is the VM's name, the
 user data's files and commands ran, the NIC whose MAC the API shows holds the
 address the API shows, configured from the seed's network-config, and
-cloud-init finished without an error. Opt-in, PINFOLD_CLOUD_IMAGE_LAB=1: a
+cloud-init finished without an error. Opt-in, PINFOLD_CLOUD_IMAGE_LAB=1 (CI's
+.ci/run sets it): a
 whole Debian boots under TCG (QEMU's process uses ~3 min of CPU to the end of
 cloud-init; 6-10 min of wall clock on the shared 2-core machine: BENCHMARKS.md).
 Then it needs root and libvirt, and under PINFOLD_REQUIRE_LIBVIRT=1 it fails
