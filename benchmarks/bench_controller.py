@@ -1,7 +1,8 @@
 """Controller benchmarks (issue 5).
 
     python -m benchmarks.bench_controller schedule [--hosts 10000] [--vms 1000]
-    python -m benchmarks.bench_controller e2e [--agents 20] [--vms 1000] [--clients 8] [--database-url URL]
+    python -m benchmarks.bench_controller e2e [--agents 20] [--vms 1000] [--clients 8]
+        [--database-url URL | --postgres-server URL]
     python -m benchmarks.bench_controller bulk [--agents 20] [--vms 1000] [--database-url URL]
 
 schedule: scheduling latency inside the controller with N registered hosts
@@ -13,8 +14,10 @@ work is timed. Registration time is reported too.
 
 e2e: end-to-end creates through the REST API: a `pinfold controller` process
 and N `pinfold agent --driver sim` processes on loopback (EPYC 7662-exp
-topology), C client threads posting creates; throughput and p50/p99 latency
-as the clients see them. Everything shares this machine's cores.
+topology), C client threads posting creates, then deleting the same VMs;
+throughput and p50/p99 latency of each as the clients see them. Everything
+shares this machine's cores. `--postgres-server URL`: the controller on a
+fresh PostgreSQL database made on that server for the run.
 
 bulk: one bulk create of N VMs (issue 16) on the same kind of cluster, timed
 until its answer (every VM running on its agent), then the same VMs one by one
@@ -32,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,7 +121,8 @@ def wait_for(what: str, check: Any, timeout_s: float = 120) -> None:
 
 ADMIN, AGENT_TOKEN = "bench-admin-token-0123456789", "bench-agent-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
-BASE_PORT = 18400
+#: the controller's port, its agents' the next ones (another port: two benchmarks side by side)
+BASE_PORT = int(os.environ.get("PINFOLD_BENCH_PORT", "18400"))
 
 
 @contextlib.contextmanager
@@ -146,7 +151,7 @@ def cluster(agents: int, database_url: str | None = None) -> Iterator[str]:
                 hosts = httpx.get(f"{controller_url}/api/v1/hosts", headers=AUTH).json()
                 return sum(1 for h in hosts if h["state"] == "up") == agents
 
-            wait_for("the agents to register", all_up)
+            wait_for("the agents to register", all_up, timeout_s=600)
             yield controller_url
         finally:
             for process in processes:
@@ -156,50 +161,110 @@ def cluster(agents: int, database_url: str | None = None) -> Iterator[str]:
 
 
 def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = None) -> dict[str, Any]:
+    """`vms` creates from `clients` threads, then the same VMs deleted the
+    same way; each phase's throughput and latency as the clients see them."""
     with cluster(agents, database_url) as controller_url:
-        latencies: list[float] = []
-        failures: list[str] = []
-        lock = threading.Lock()
-        names = iter(range(vms))
-
-        def client() -> None:
-            with httpx.Client(base_url=controller_url, timeout=120, headers=AUTH) as http:
-                while True:
-                    with lock:
-                        i = next(names, None)
-                    if i is None:
-                        return
-                    body = {"name": f"vm{i}", "vcpus": (1, 2, 4)[i % 3], "memory_mib": 2048,
-                            "ratio": LEVELS[i % 3]}  # fmt: skip
-                    started = time.perf_counter()
-                    response = http.post("/api/v1/vms", json=body)
-                    elapsed = time.perf_counter() - started
-                    with lock:
-                        if response.status_code == 201:
-                            latencies.append(elapsed)
-                        else:
-                            failures.append(f"{response.status_code} {response.text[:120]}")
-
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - started
+        creates = _phase(controller_url, clients, vms, _create)
+        deletes = _phase(controller_url, clients, vms, _delete)
     return {
         "database": "postgresql" if database_url else "sqlite",
         "agents": agents,
         "clients": clients,
         "vms": vms,
-        "created": len(latencies),
-        "failed": len(failures),
-        "first_failures": failures[:3],
-        "wall_s": round(wall, 2),
-        "creates_per_s": round(len(latencies) / wall, 1),
-        "p50_ms": round(median(latencies) * 1000, 1),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        **creates.summary("create", "created"),
+        **deletes.summary("delete", "deleted"),
     }
+
+
+def _create(http: httpx.Client, i: int) -> bool:
+    body = {"name": f"vm{i}", "vcpus": (1, 2, 4)[i % 3], "memory_mib": 2048, "ratio": LEVELS[i % 3]}
+    response = http.post("/api/v1/vms", json=body)
+    if response.status_code != 201:
+        raise RuntimeError(f"{response.status_code} {response.text[:120]}")
+    return True
+
+
+def _delete(http: httpx.Client, i: int) -> bool:
+    response = http.delete(f"/api/v1/vms/vm{i}")
+    if response.status_code != 204:
+        raise RuntimeError(f"{response.status_code} {response.text[:120]}")
+    return True
+
+
+class _Timed:
+    """One phase's latencies (of the requests that succeeded), failures and wall time."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.wall = 0.0
+
+    def summary(self, verb: str, done: str) -> dict[str, Any]:
+        ok = self.latencies or [float("nan")]
+        return {
+            done: len(self.latencies),
+            f"{verb}_failed": len(self.failures),
+            f"{verb}_first_failures": self.failures[:3],
+            f"{verb}_wall_s": round(self.wall, 2),
+            f"{verb}s_per_s": round(len(self.latencies) / self.wall, 1),
+            f"{verb}_p50_ms": round(median(ok) * 1000, 1),
+            f"{verb}_p99_ms": round(percentile(ok, 0.99) * 1000, 1),
+        }
+
+
+def _phase(url: str, clients: int, vms: int, one: Any) -> _Timed:
+    """`one(http, i)` for i in range(vms), from `clients` threads each with
+    its own kept-alive connection; a request that raises is a failure."""
+    timed = _Timed()
+    lock = threading.Lock()
+    numbers = iter(range(vms))
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=120, headers=AUTH) as http:
+            while True:
+                with lock:
+                    i = next(numbers, None)
+                if i is None:
+                    return
+                started = time.perf_counter()
+                try:
+                    one(http, i)
+                except (RuntimeError, httpx.HTTPError) as error:
+                    with lock:
+                        timed.failures.append(str(error))
+                    continue
+                elapsed = time.perf_counter() - started
+                with lock:
+                    timed.latencies.append(elapsed)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    timed.wall = time.perf_counter() - started
+    return timed
+
+
+@contextlib.contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL server of `server_url`, dropped
+    at the end (each run starts from nothing, as the tests' databases do)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    name = f"pinfold_bench_{uuid.uuid4().hex[:12]}"
+    quoted = admin.dialect.identifier_preparer.quote_identifier(name)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f"CREATE DATABASE {quoted}")
+    try:
+        yield make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+        admin.dispose()
 
 
 def bulk(agents: int, vms: int, database_url: str | None = None, compare: bool = True) -> dict[str, Any]:
@@ -267,7 +332,15 @@ def main() -> None:
     parser.add_argument(
         "--database-url", help="e2e: the controller's database (default: SQLite in a temp dir)"
     )
+    parser.add_argument(
+        "--postgres-server",
+        help="e2e: a PostgreSQL URL on whose server a fresh database is made for the run, and dropped",
+    )
     args = parser.parse_args()
+    if args.postgres_server and args.mode == "e2e":
+        with fresh_database(args.postgres_server) as url:
+            print(json.dumps(end_to_end(args.agents, args.vms, args.clients, url), indent=1))
+        return
     if args.mode == "schedule":
         result = schedule(args.hosts, args.vms)
     elif args.mode == "bulk":

@@ -155,14 +155,27 @@ class Store:
         self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, durable: bool = True) -> Iterator[None]:
+        """One transaction. Not `durable`: committed without waiting for the
+        disk (`synchronous=NORMAL`; the next durable commit's sync holds it
+        too, WAL being written in order). Only for a step that ends an
+        operation whose pending mark was stored durably: the OS keeps the
+        commit when the agent is killed, and if the machine loses it (a power
+        cut), the mark is still there and the next start finishes the
+        operation (`reconcile`), as after a crash just before this step."""
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def load(self) -> tuple[HostSnapshot, dict[str, StoredVM]]:
         """The allocator's snapshot and every stored VM, in deploy order."""
@@ -229,8 +242,9 @@ class Store:
             )
             self._write_vnodes(snapshot.vnodes)
 
-    def set_state(self, name: str, state: VMState, pending: Pending | None) -> None:
-        with self._transaction():
+    def set_state(self, name: str, state: VMState, pending: Pending | None, durable: bool = True) -> None:
+        """`durable`=False: only to clear a pending mark (see `_transaction`)."""
+        with self._transaction(durable):
             self._db.execute(
                 "UPDATE vms SET state = ?, pending = ? WHERE name = ?",
                 (state, pending.value if pending else None, name),
@@ -263,9 +277,10 @@ class Store:
             )
             self._write_vnodes(snapshot.vnodes)
 
-    def forget_vm(self, name: str, snapshot: HostSnapshot) -> None:
-        """Remove a VM and store the vNode layout without it, atomically."""
-        with self._transaction():
+    def forget_vm(self, name: str, snapshot: HostSnapshot, durable: bool = True) -> None:
+        """Remove a VM and store the vNode layout without it, atomically;
+        `durable`=False: only for a VM marked `Pending.DELETE` (see `_transaction`)."""
+        with self._transaction(durable):
             self._db.execute("DELETE FROM vms WHERE name = ?", (name,))
             self._write_vnodes(snapshot.vnodes)
 
