@@ -6,7 +6,8 @@ vNode's CPUs (in the order they were added), the operations under way and the
 networks the agent made itself (only those it may ever remove). A VM's domain keeps the name it was
 created with: a warm-pool VM handed out is renamed here and in the allocator,
 not in libvirt (a running domain cannot be renamed). Every change is one transaction, written
-with `synchronous=FULL`, and committed before the agent acknowledges it; the
+with `synchronous=FULL`, and committed before the agent acknowledges it (but for the
+clearing of a pending mark, which the next start would redo: `_transaction`); the
 schema itself refuses a CPU in two vNodes (UNIQUE) so a bug cannot persist one.
 """
 
