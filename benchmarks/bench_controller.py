@@ -15,8 +15,10 @@ work is timed. Registration time is reported too.
 
 e2e: end-to-end creates through the REST API: a `pinfold controller` process
 and N `pinfold agent --driver sim` processes on loopback (EPYC 7662-exp
-topology), C client threads posting creates; throughput and p50/p99 latency
-as the clients see them. Everything shares this machine's cores.
+topology), C client threads posting creates, then deleting the same VMs;
+throughput and p50/p99 latency of each as the clients see them. Everything
+shares this machine's cores. `--database-url` of a PostgreSQL server: the
+controller on a fresh database made on that server for the run.
 
 bulk: one bulk create of N VMs (issue 16) on the same kind of cluster, timed
 until its answer (every VM running on its agent), then the same VMs one by one
@@ -320,7 +322,7 @@ def cluster(agents: int, database_url: str | None = None) -> Iterator[str]:
                 hosts = httpx.get(f"{controller_url}/api/v1/hosts", headers=AUTH).json()
                 return sum(1 for h in hosts if h["state"] == "up") == agents
 
-            wait_for("the agents to register", all_up)
+            wait_for("the agents to register", all_up, timeout_s=600)
             yield controller_url
         finally:
             for process in processes:
@@ -330,50 +332,90 @@ def cluster(agents: int, database_url: str | None = None) -> Iterator[str]:
 
 
 def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = None) -> dict[str, Any]:
-    with cluster(agents, database_url) as controller_url:
-        latencies: list[float] = []
-        failures: list[str] = []
-        lock = threading.Lock()
-        names = iter(range(vms))
-
-        def client() -> None:
-            with httpx.Client(base_url=controller_url, timeout=120, headers=AUTH) as http:
-                while True:
-                    with lock:
-                        i = next(names, None)
-                    if i is None:
-                        return
-                    body = {"name": f"vm{i}", "vcpus": (1, 2, 4)[i % 3], "memory_mib": 2048,
-                            "ratio": LEVELS[i % 3]}  # fmt: skip
-                    started = time.perf_counter()
-                    response = http.post("/api/v1/vms", json=body)
-                    elapsed = time.perf_counter() - started
-                    with lock:
-                        if response.status_code == 201:
-                            latencies.append(elapsed)
-                        else:
-                            failures.append(f"{response.status_code} {response.text[:120]}")
-
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - started
+    """`vms` creates from `clients` threads, then the same VMs deleted the
+    same way; each phase's throughput and latency as the clients see them."""
+    with fresh_database(database_url) as url_of_db, cluster(agents, url_of_db) as controller_url:
+        creates = _phase(controller_url, clients, vms, _create)
+        deletes = _phase(controller_url, clients, vms, _delete)
     return {
         "database": "postgresql" if database_url else "sqlite",
         "agents": agents,
         "clients": clients,
         "vms": vms,
-        "created": len(latencies),
-        "failed": len(failures),
-        "first_failures": failures[:3],
-        "wall_s": round(wall, 2),
-        "creates_per_s": round(len(latencies) / wall, 1),
-        "p50_ms": round(median(latencies) * 1000, 1),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        **creates.summary("create", "created"),
+        **deletes.summary("delete", "deleted"),
     }
+
+
+def _create(http: httpx.Client, i: int) -> bool:
+    body = {"name": f"vm{i}", "vcpus": (1, 2, 4)[i % 3], "memory_mib": 2048, "ratio": LEVELS[i % 3]}
+    response = http.post("/api/v1/vms", json=body)
+    if response.status_code != 201:
+        raise RuntimeError(f"{response.status_code} {response.text[:120]}")
+    return True
+
+
+def _delete(http: httpx.Client, i: int) -> bool:
+    response = http.delete(f"/api/v1/vms/vm{i}")
+    if response.status_code != 204:
+        raise RuntimeError(f"{response.status_code} {response.text[:120]}")
+    return True
+
+
+class _Timed:
+    """One phase's latencies (of the requests that succeeded), failures and wall time."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self.wall = 0.0
+
+    def summary(self, verb: str, done: str) -> dict[str, Any]:
+        ok = self.latencies or [float("nan")]
+        return {
+            done: len(self.latencies),
+            f"{verb}_failed": len(self.failures),
+            f"{verb}_first_failures": self.failures[:3],
+            f"{verb}_wall_s": round(self.wall, 2),
+            f"{verb}s_per_s": round(len(self.latencies) / self.wall, 1),
+            f"{verb}_p50_ms": round(median(ok) * 1000, 1),
+            f"{verb}_p99_ms": round(percentile(ok, 0.99) * 1000, 1),
+        }
+
+
+def _phase(url: str, clients: int, vms: int, one: Any) -> _Timed:
+    """`one(http, i)` for i in range(vms), from `clients` threads each with
+    its own kept-alive connection; a request that raises is a failure."""
+    timed = _Timed()
+    lock = threading.Lock()
+    numbers = iter(range(vms))
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=120, headers=AUTH) as http:
+            while True:
+                with lock:
+                    i = next(numbers, None)
+                if i is None:
+                    return
+                started = time.perf_counter()
+                try:
+                    one(http, i)
+                except (RuntimeError, httpx.HTTPError) as error:
+                    with lock:
+                        timed.failures.append(str(error))
+                    continue
+                elapsed = time.perf_counter() - started
+                with lock:
+                    timed.latencies.append(elapsed)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    timed.wall = time.perf_counter() - started
+    return timed
 
 
 @contextlib.contextmanager
@@ -487,8 +529,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--database-url",
-        help="e2e: the controller's database (default: SQLite in a temp dir); bulk: a PostgreSQL "
-        "server's URL, on which each cluster gets a fresh database",
+        help="e2e, bulk, register: a PostgreSQL server's URL, on which each cluster gets a fresh "
+        "database (default: SQLite in a temp dir)",
     )
     args = parser.parse_args()
     if args.mode == "schedule":

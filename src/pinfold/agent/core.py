@@ -166,8 +166,9 @@ class AgentCore:
     def allocator(self, allocator: HostAllocator) -> None:
         self._allocator = allocator
 
-    def _set(self, name: str, state: VMState, pending: Pending | None) -> StoredVM:
-        self.store.set_state(name, state, pending)
+    def _set(self, name: str, state: VMState, pending: Pending | None, durable: bool = True) -> StoredVM:
+        """`durable`=False: a step that clears a pending mark (`Store.set_state`)."""
+        self.store.set_state(name, state, pending, durable)
         vm = self.vms[name] = replace(self.vms[name], state=state, pending=pending)
         return vm
 

@@ -109,7 +109,8 @@ class Making(PinKeeping):
         if failed:  # its neighbours would overlap its vNode: undo it rather than break isolation
             self._delete(self.vms[spec.name])
             raise AgentError("hypervisor failed", "cannot re-pin " + "; ".join(failed))
-        return self._set(spec.name, VMState.WARMING if pool else VMState.RUNNING, None)
+        # the mark's clearing need not wait for the disk: lost, the next start finishes the create
+        return self._set(spec.name, VMState.WARMING if pool else VMState.RUNNING, None, durable=False)
 
     def _create_cold_batch(self, requests: list[VMRequest]) -> list[StoredVM | AgentError]:
         """Diskless VMs without a seed, made cold as `_create_cold` makes each,
@@ -209,12 +210,13 @@ class Making(PinKeeping):
                 self._set(name, vm.state, vm.pending)  # as it was: a shutdown waiting records its end
                 raise AgentError("hypervisor failed", str(error)) from error
         crash_point("delete:unmade")
-        self._forget(name)
+        self._forget(name, durable=False)  # lost, the stored mark makes the next start forget it
 
-    def _forget(self, name: str, keep_disk: bool = False) -> None:
+    def _forget(self, name: str, keep_disk: bool = False, durable: bool = True) -> None:
         """Forget VM `name` here: its files (`keep_disk`: not its disk and
         seed, which a migration's target now uses on shared storage), its
-        placement and its row; neighbours follow the vNode."""
+        placement and its row; neighbours follow the vNode. `durable`=False:
+        only for a VM stored with `Pending.DELETE` (`Store.forget_vm`)."""
         if not keep_disk:
             self.disks.remove_overlay(self.vms[name].domain)
             self.seeds.remove(self.vms[name].domain)
@@ -223,7 +225,7 @@ class Making(PinKeeping):
         self._stale_pins.pop(name, None)
         self._shutdowns.pop(name, None)  # a shutdown still waiting records nothing
         change = self.allocator.remove(name)
-        self.store.forget_vm(name, self.allocator.snapshot())
+        self.store.forget_vm(name, self.allocator.snapshot(), durable)
         self.vms.pop(name, None)
         # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
         self._repin(change.repinned)

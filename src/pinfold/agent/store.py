@@ -6,7 +6,8 @@ vNode's CPUs (in the order they were added), the operations under way and the
 networks the agent made itself (only those it may ever remove). A VM's domain keeps the name it was
 created with: a warm-pool VM handed out is renamed here and in the allocator,
 not in libvirt (a running domain cannot be renamed). Every change is one transaction, written
-with `synchronous=FULL`, and committed before the agent acknowledges it; the
+with `synchronous=FULL`, and committed before the agent acknowledges it (but for the
+clearing of a pending mark, which the next start would redo: `_transaction`); the
 schema itself refuses a CPU in two vNodes (UNIQUE) so a bug cannot persist one.
 """
 
@@ -155,14 +156,27 @@ class Store:
         self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+    def _transaction(self, durable: bool = True) -> Iterator[None]:
+        """One transaction. Not `durable`: committed without waiting for the
+        disk (`synchronous=NORMAL`; the next durable commit's sync holds it
+        too, WAL being written in order). Only for a step that ends an
+        operation whose pending mark was stored durably: the OS keeps the
+        commit when the agent is killed, and if the machine loses it (a power
+        cut), the mark is still there and the next start finishes the
+        operation (`reconcile`), as after a crash just before this step."""
+        if not durable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if not durable:
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def load(self) -> tuple[HostSnapshot, dict[str, StoredVM]]:
         """The allocator's snapshot and every stored VM, in deploy order."""
@@ -237,14 +251,18 @@ class Store:
             [(vm.domain, i, nic.kind, nic.source, nic.mac.lower()) for i, nic in enumerate(vm.nics)],
         )
 
-    def set_state(self, name: str, state: VMState, pending: Pending | None) -> None:
-        self.set_states([name], state, pending)
+    def set_state(self, name: str, state: VMState, pending: Pending | None, durable: bool = True) -> None:
+        """`durable`=False: only to clear a pending mark (see `_transaction`)."""
+        self.set_states([name], state, pending, durable)
 
-    def set_states(self, names: list[str], state: VMState, pending: Pending | None) -> None:
-        """The same state and pending mark for each of `names`, in one transaction."""
+    def set_states(
+        self, names: list[str], state: VMState, pending: Pending | None, durable: bool = True
+    ) -> None:
+        """The same state and pending mark for each of `names`, in one transaction
+        (`durable`=False: only to clear a pending mark, see `_transaction`)."""
         if not names:
             return
-        with self._transaction():
+        with self._transaction(durable):
             self._db.executemany(
                 "UPDATE vms SET state = ?, pending = ? WHERE name = ?",
                 [(state, pending.value if pending else None, name) for name in names],
@@ -277,9 +295,10 @@ class Store:
             )
             self._write_vnodes(snapshot.vnodes)
 
-    def forget_vm(self, name: str, snapshot: HostSnapshot) -> None:
-        """Remove a VM and store the vNode layout without it, atomically."""
-        with self._transaction():
+    def forget_vm(self, name: str, snapshot: HostSnapshot, durable: bool = True) -> None:
+        """Remove a VM and store the vNode layout without it, atomically;
+        `durable`=False: only for a VM marked `Pending.DELETE` (see `_transaction`)."""
+        with self._transaction(durable):
             self._db.execute("DELETE FROM vms WHERE name = ?", (name,))
             self._write_vnodes(snapshot.vnodes)
 
