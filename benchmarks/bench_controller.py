@@ -174,49 +174,32 @@ def register(hosts: int, clients: int, database_url: str | None = None) -> dict[
     body = json.dumps({"host_id": "", "address": "", "topology": compact_topology(), "critical_size": 6,
                        "reserved_memory_mib": 0, "agent_token": AGENT_TOKEN}).encode()  # fmt: skip
     head, _, tail = body.partition(b'"host_id": ""')
-    latencies: list[float] = []
-    lock = threading.Lock()
-    numbers = iter(range(hosts))
+
+    def one(http: httpx.Client, i: int) -> bool:
+        address = f"http://10.0.{i // 250}.{i % 250}:8099"
+        content = (
+            head
+            + f'"host_id": "h{i:05d}"'.encode()
+            + tail.replace(b'"address": ""', f'"address": "{address}"'.encode(), 1)
+        )
+        response = http.post("/api/v1/hosts", content=content)
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code} {response.text[:300]}")
+        return True
+
+    headers = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
     with (
         tempfile.TemporaryDirectory() as tmp,
         fresh_database(database_url) as url_of_db,
         controller_process(f"{tmp}/controller", url_of_db) as url,
     ):
-
-        def client() -> None:
-            headers = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
-            with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
-                while (i := next(numbers, None)) is not None:
-                    address = f"http://10.0.{i // 250}.{i % 250}:8099"
-                    content = (
-                        head
-                        + f'"host_id": "h{i:05d}"'.encode()
-                        + tail.replace(b'"address": ""', f'"address": "{address}"'.encode(), 1)
-                    )
-                    started = time.perf_counter()
-                    response = http.post("/api/v1/hosts", content=content)
-                    elapsed = time.perf_counter() - started
-                    assert response.status_code == 200, response.text[:300]
-                    with lock:
-                        latencies.append(elapsed)
-
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.perf_counter() - started
+        timed = _phase(url, clients, hosts, one, headers)
     return {
         "database": "postgresql" if database_url else "sqlite",
         "hosts": hosts,
-        "registered": len(latencies),
         "clients": clients,
         "body_kib": round(len(body) / 1024),
-        "wall_s": round(wall, 1),
-        "per_s": round(len(latencies) / wall, 1),
-        "p50_ms": round(median(latencies) * 1000, 1),
-        "p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+        **timed.summary("register", "registered"),
     }
 
 
@@ -383,15 +366,16 @@ class _Timed:
         }
 
 
-def _phase(url: str, clients: int, vms: int, one: Any) -> _Timed:
+def _phase(url: str, clients: int, vms: int, one: Any, headers: dict[str, str] = AUTH) -> _Timed:
     """`one(http, i)` for i in range(vms), from `clients` threads each with
-    its own kept-alive connection; a request that raises is a failure."""
+    its own kept-alive connection (sending `headers`); a request that raises
+    is a failure."""
     timed = _Timed()
     lock = threading.Lock()
     numbers = iter(range(vms))
 
     def client() -> None:
-        with httpx.Client(base_url=url, timeout=120, headers=AUTH) as http:
+        with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
             while True:
                 with lock:
                     i = next(numbers, None)
