@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from pinfold.controller import database
 from pinfold.controller.database import connect
+from pinfold.controller.group_commit import GroupCommit, GroupCommitError
 from pinfold.controller.store import ControllerStore, DuplicateVMError, HostRecord, VMRecord
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
@@ -136,9 +137,78 @@ def test_a_failed_writer_undoes_only_its_own_work(tmp_path: Path, i7_topology: d
     store.engine.dispose()
 
 
+def test_a_failed_writers_error_waits_for_its_groups_commit(tmp_path: Path) -> None:
+    """A writer whose body fails may have decided on earlier writers' work,
+    not stored yet: its error goes out once the group has committed, as the
+    others' answers do. Three writers in one group: "a" holds its turn until
+    the others queue, "b" fails, "c" holds its turn; while "c" writes, the
+    group cannot have committed, so "b" must not have raised yet (before the
+    fix it raised as soon as it handed its turn on)."""
+    engine = connect(f"sqlite:///{tmp_path / 'controller.db'}")
+    group = GroupCommit(engine)
+    release_a, release_c, c_writes = threading.Event(), threading.Event(), threading.Event()
+    outcomes: dict[str, BaseException | None] = {}
+
+    def writer(name: str) -> None:
+        try:
+            with group.write():
+                if name == "a":
+                    release_a.wait(timeout=60)
+                elif name == "b":
+                    raise ValueError("b refused")
+                else:
+                    c_writes.set()
+                    release_c.wait(timeout=60)
+            outcomes[name] = None
+        except BaseException as error:
+            outcomes[name] = error
+
+    threads = {name: threading.Thread(target=writer, args=(name,)) for name in "abc"}
+    threads["a"].start()
+    _until(lambda: group._turn.locked())
+    for queued, name in enumerate("bc", start=1):
+        threads[name].start()
+        _until(lambda queued=queued: group._queued == queued)
+    release_a.set()
+    assert c_writes.wait(timeout=60)
+    threads["b"].join(timeout=2)
+    early = "b" in outcomes
+    release_c.set()
+    for thread in threads.values():
+        thread.join()
+    engine.dispose()
+    assert not early, "b's error went out while its group was still open"
+    assert isinstance(outcomes["b"], ValueError)
+    assert outcomes["a"] is None
+    assert outcomes["c"] is None
+
+
+def test_a_failed_group_commit_fails_every_writer_and_calls_on_failure(tmp_path: Path) -> None:
+    """The commit itself fails: every writer of the group gets
+    `GroupCommitError`, and `on_failure` empties what the store cached from
+    the group's work (its topology documents) before the next writer runs."""
+    engine = connect(f"sqlite:///{tmp_path / 'controller.db'}")
+    failures: list[int] = []
+    group = GroupCommit(engine, on_failure=lambda: failures.append(1))
+
+    def refuse(_connection: Any) -> None:
+        raise RuntimeError("disk full")
+
+    event.listen(engine, "commit", refuse)
+    with pytest.raises(GroupCommitError, match="disk full"), group.write() as session:
+        session.execute(text("SELECT 1"))
+    event.remove(engine, "commit", refuse)
+    assert failures == [1]
+    with group.write() as session:  # the next group starts afresh
+        session.execute(text("SELECT 1"))
+    assert failures == [1]
+    engine.dispose()
+
+
 CRASH_IN_A_GROUP = """
 import os, signal, sys, threading
 from pinfold.controller.database import connect
+from pinfold.controller.group_commit import GroupCommit, GroupCommitError
 from pinfold.controller.store import ControllerStore
 from pinfold.model.vm import VMRequest
 

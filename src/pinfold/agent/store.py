@@ -176,6 +176,10 @@ class Store:
             self._db.execute("COMMIT")
         finally:
             if not durable:
+                # a COMMIT or ROLLBACK that failed may leave the transaction open, and SQLite
+                # refuses the PRAGMA inside one: every later commit would then not wait for the disk
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 self._db.execute("PRAGMA synchronous=FULL")
 
     def load(self) -> tuple[HostSnapshot, dict[str, StoredVM]]:

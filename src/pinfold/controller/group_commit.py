@@ -29,7 +29,7 @@ and the server flushes concurrent commits together itself.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, RootTransaction
@@ -49,22 +49,33 @@ class GroupCommitError(Exception):
 
 class GroupCommit:
     """`write()` gives a session whose work is committed, with that of the
-    writers around it, before `write()` returns (see the module's docstring)."""
+    writers around it, before `write()` returns (see the module's docstring).
+    `on_failure` is called, under the turn, when a group's commit fails: a
+    cache filled from the group's uncommitted work is emptied before the next
+    writer can read it."""
 
-    def __init__(self, engine: Engine, limit: int = GROUP_LIMIT) -> None:
+    def __init__(
+        self, engine: Engine, limit: int = GROUP_LIMIT, on_failure: Callable[[], None] | None = None
+    ) -> None:
         self._engine = engine
         self._limit = limit
+        self._on_failure = on_failure
         self._turn = threading.Lock()
         self._state = threading.Condition()
         self._queued = 0  # writers waiting for their turn
         self._connection: Connection | None = None
         self._outer: RootTransaction | None = None
         self._members = 0  # writers whose work the open transaction holds
+        self._turns = 0  # writers that had a turn in the open group, failed ones too
         self._group = 0  # the number of the open group
         self._failed: dict[int, BaseException] = {}  # groups whose commit failed
 
     @contextmanager
     def write(self) -> Iterator[Session]:
+        """A writer that fails (its body raises) undoes only its own work, and
+        its error is raised once its group has ended too: that error may rest
+        on earlier writers' work, which the client must not be told of before
+        it is stored (a failed group's `GroupCommitError` then wins)."""
         with self._state:
             self._queued += 1
         self._turn.acquire()
@@ -73,6 +84,8 @@ class GroupCommit:
         group: int | None = None
         try:
             connection = self._open()
+            group = self._group
+            self._turns += 1
             with (
                 Session(
                     bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
@@ -81,17 +94,16 @@ class GroupCommit:
             ):
                 yield session
             self._members += 1
-            group = self._group
         finally:
             self._end_turn()
-        self._await(group)
+            self._await(group)
 
     def _open(self) -> Connection:
         """The group's connection, with its transaction begun (the write lock taken)."""
         if self._connection is None or self._outer is None or not self._outer.is_active:
             self._connection = self._engine.connect().execution_options(**{WRITE: True})
             self._outer = self._connection.begin()
-            self._members = 0
+            self._members = self._turns = 0
         return self._connection
 
     def _end_turn(self) -> None:
@@ -99,7 +111,7 @@ class GroupCommit:
         commit the group (the caller holds the turn)."""
         try:
             with self._state:
-                if self._queued and self._members < self._limit and self._healthy():
+                if self._queued and self._turns < self._limit and self._healthy():
                     return
             self._commit()
         finally:
@@ -107,18 +119,24 @@ class GroupCommit:
 
     def _healthy(self) -> bool:
         """The open transaction still holds the group's work (SQLite ends a
-        transaction itself on some errors: then it is committed or failed now)."""
+        transaction itself on some errors: then it is committed or failed now).
+        Never raises: a connection SQLAlchemy invalidated is not healthy."""
         if self._connection is None or self._outer is None or not self._outer.is_active:
             return False
-        raw = self._connection.connection.dbapi_connection
+        try:
+            raw = self._connection.connection.dbapi_connection
+        except Exception:
+            return False
         return bool(getattr(raw, "in_transaction", True))
 
     def _commit(self) -> None:
-        healthy = self._healthy()
+        """End the open group, whatever happens: its members are always woken
+        (with the error when its work is not stored), or they would wait forever."""
         connection, outer, members = self._connection, self._outer, self._members
-        self._connection, self._outer, self._members = None, None, 0
         error: BaseException | None = None
         try:
+            healthy = self._healthy()
+            self._connection, self._outer, self._members, self._turns = None, None, 0, 0
             if outer is not None and members:
                 if not healthy:
                     raise GroupCommitError("the database ended the transaction of a group of writes")
@@ -128,14 +146,22 @@ class GroupCommit:
         except BaseException as exc:  # every writer of the group is told, whatever it was
             error = exc
         finally:
+            self._connection, self._outer, self._members, self._turns = None, None, 0, 0
             if connection is not None:
-                connection.close()
-        with self._state:
-            if error is not None and members:
-                self._failed[self._group] = error
-                self._failed.pop(self._group - 1000, None)
-            self._group += 1
-            self._state.notify_all()
+                try:
+                    if error is not None:  # not back to the pool mid-transaction: a new one next time
+                        connection.invalidate()
+                    connection.close()
+                except Exception as exc:
+                    error = error or exc
+            if error is not None and members and self._on_failure is not None:
+                self._on_failure()
+            with self._state:
+                if error is not None and members:
+                    self._failed[self._group] = error
+                    self._failed.pop(self._group - 1000, None)
+                self._group += 1
+                self._state.notify_all()
 
     def _await(self, group: int | None) -> None:
         """Return once `group` is committed; `GroupCommitError` if its commit failed."""

@@ -353,7 +353,10 @@ class ControllerStore:
         self.engine = engine
         self._sessions = sessions(engine)
         self._documents: dict[str, Mapping[str, Any]] = {}
-        self._group = GroupCommit(engine) if engine.dialect.name == "sqlite" else None
+        # a failed group's writers may have cached documents it stored: forget them all
+        self._group = (
+            GroupCommit(engine, on_failure=self._documents.clear) if engine.dialect.name == "sqlite" else None
+        )
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
