@@ -128,10 +128,10 @@ def test_a_batch_commits_twice_and_pins_as_one_by_one_creates(tmp_path, i7, monk
     commits = 0
     real = Store._transaction
 
-    def counted(self: Store) -> Any:
+    def counted(self: Store, durable: bool = True) -> Any:
         nonlocal commits
         commits += 1
-        return real(self)
+        return real(self, durable)
 
     driver = SimDriver()
     agent = Agent.open(i7, driver, Store(tmp_path / "batch.db"), AgentSettings(domain_type="qemu"))
