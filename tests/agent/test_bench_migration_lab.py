@@ -58,7 +58,10 @@ def test_one_migration_of_the_benchmark(
     started = time.monotonic()
     (moved,) = back_and_forth(migration_lab, guest_kernel, guest_initramfs, "copy", 1)
     assert moved["direction"] == "a->b"
-    assert moved["continuous"], moved  # it went on counting: no restart, no count lost
+    # it went on counting, no restart: only the one line the serial port was writing as the
+    # guest paused may show on both hosts' logs, or be split between them (CI saw this once)
+    assert moved["repeated"] <= 1, f"{moved}"
+    assert moved["missing"] <= 1, f"{moved}"
     assert isinstance(moved["downtime_ms"], int)
     assert moved["job_s"] > 0
     assert 0 < moved["gap_s"] < time.monotonic() - started
