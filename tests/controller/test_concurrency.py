@@ -18,7 +18,7 @@ import pytest
 
 from pinfold.controller.database import connect
 from pinfold.controller.feasibility import fits
-from pinfold.controller.store import ControllerStore, HostRecord, RefusedError, VMRecord
+from pinfold.controller.store import ControllerStore, Holding, HostRecord, RefusedError
 from pinfold.model.vm import VMRequest
 from pinfold.placement import HostAllocator, PlacementError, VMSpec
 from pinfold.topology import slackvm_json
@@ -49,7 +49,7 @@ def test_two_controllers_do_not_over_allocate_a_host(database_url: str, i7_topol
     seen: list[tuple[int, bool]] = []  # (VMs on the host as fits saw them, admitted)
     seen_lock = threading.Lock()
 
-    def recording(host: HostRecord, existing: Sequence[VMRecord], new: VMRequest) -> str | None:
+    def recording(host: HostRecord, existing: Sequence[Holding], new: VMRequest) -> str | None:
         reason = fits(host, existing, new)
         with seen_lock:
             seen.append((len(existing), reason is None))

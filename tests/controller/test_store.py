@@ -13,12 +13,12 @@ from pinfold.controller.models import VM, VMState
 from pinfold.controller.store import (
     ControllerStore,
     DuplicateVMError,
+    Holding,
     HostRecord,
     RefusedError,
     StoreError,
     UnknownHostError,
     UnknownVMError,
-    VMRecord,
 )
 from pinfold.model.lifecycle import AGENT_STATES, CONTROLLER_STATES
 from pinfold.model.vm import VMRequest
@@ -26,7 +26,7 @@ from pinfold.placement import HostAllocator, VMSpec
 from pinfold.topology import slackvm_json
 
 
-def always(_host: HostRecord, _existing: Sequence[VMRecord], _new: VMRequest) -> str | None:
+def always(_host: HostRecord, _existing: Sequence[Holding], _new: VMRequest) -> str | None:
     return None
 
 
@@ -220,7 +220,7 @@ def test_fits_sees_the_host_and_its_vms_in_reservation_order(registered: Control
         registered.reserve(VMRequest(name, 1, 256), "h1", fits, now=1.0)
     seen: list[tuple[str, list[str], str]] = []
 
-    def recording(host: HostRecord, existing: Sequence[VMRecord], new: VMRequest) -> str | None:
+    def recording(host: HostRecord, existing: Sequence[Holding], new: VMRequest) -> str | None:
         seen.append((host.id, [vm.name for vm in existing], new.name))
         return None
 

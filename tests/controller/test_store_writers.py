@@ -26,7 +26,7 @@ from sqlalchemy import event, text
 from pinfold.controller import database
 from pinfold.controller.database import connect
 from pinfold.controller.group_commit import GroupCommit, GroupCommitError
-from pinfold.controller.store import ControllerStore, DuplicateVMError, HostRecord, VMRecord
+from pinfold.controller.store import ControllerStore, DuplicateVMError, Holding, HostRecord
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
 
@@ -34,7 +34,7 @@ WRITERS = 8
 EACH = 25
 
 
-def always(_host: HostRecord, _existing: Sequence[VMRecord], _new: VMRequest) -> str | None:
+def always(_host: HostRecord, _existing: Sequence[Holding], _new: VMRequest) -> str | None:
     return None
 
 
@@ -109,7 +109,7 @@ def test_a_failed_writer_undoes_only_its_own_work(tmp_path: Path, i7_topology: d
     release = threading.Event()
     outcomes: dict[str, BaseException | None] = {}
 
-    def first(_host: HostRecord, _existing: Sequence[VMRecord], _new: VMRequest) -> str | None:
+    def first(_host: HostRecord, _existing: Sequence[Holding], _new: VMRequest) -> str | None:
         release.wait(timeout=60)  # inside the first writer's turn
         return None
 

@@ -584,13 +584,14 @@ def create_app(
     def host_views() -> dict[str, HostView]:
         return {view.record.id: view for view in controller.hosts()}
 
-    def one_host(host_id: str | None) -> HostView | None:
+    def one_host(host_id: str | None, heartbeat: bool = True) -> HostView | None:
         """One VM's host, read alone: every host's record (each with its last
-        heartbeat's JSON) was most of a create's time with 20 hosts."""
+        heartbeat's JSON) was most of a create's time with 20 hosts. Not
+        `heartbeat`: without its last heartbeat (the VM's pinning is known)."""
         if host_id is None:
             return None
         try:
-            return controller.host(host_id)
+            return controller.host(host_id, heartbeat)
         except ControllerError:
             return None  # removed since the VM was read
 
@@ -634,7 +635,8 @@ def create_app(
     def create(body: CreateVM, response: Response) -> dict[str, Any]:
         placed = timed_create(body.to_request(), body.policy, body.group)
         response.status_code = 201 if placed.created else 200
-        view = vm_view(placed.record, one_host(placed.record.host_id), body.group)
+        # the agent's answer has the pinning: the heartbeat's JSON (pins of every VM) is not needed
+        view = vm_view(placed.record, one_host(placed.record.host_id, not placed.pinning), body.group)
         if placed.pinning:
             view["pinning"] = list(placed.pinning)
         return view

@@ -11,7 +11,10 @@ leans on is set here, in one place:
   issues BEGIN itself (the pysqlite recipe of SQLAlchemy's SQLite docs):
   `BEGIN IMMEDIATE` for connections marked with the `WRITE` execution option,
   so a write transaction holds the database's write lock from its first read
-  (what `ControllerStore.reserve` relies on), plain `BEGIN` for reads.
+  (what `ControllerStore.reserve` relies on), plain `BEGIN` for reads, and
+  none for connections marked `ONE_STATEMENT` (a single SELECT reads one
+  snapshot by itself; BEGIN and COMMIT around it were two more calls into
+  SQLite, each a wait for the GIL when requests run side by side).
 - PostgreSQL: READ COMMITTED, stated rather than assumed: after waiting for a
   host's row lock, `reserve` must see the VMs the previous holder committed,
   which REPEATABLE READ's older snapshot would hide.
@@ -33,10 +36,12 @@ from pinfold.private import private_database
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["WRITE", "alembic_config", "connect", "create", "sessions", "upgrade"]
+__all__ = ["ONE_STATEMENT", "WRITE", "alembic_config", "connect", "create", "sessions", "upgrade"]
 
 #: Execution option marking a connection whose transactions will write.
 WRITE = "pinfold_write"
+#: Execution option marking a connection that runs one read-only statement, alone.
+ONE_STATEMENT = "pinfold_one_statement"
 
 #: How long a SQLite writer waits for the write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -145,9 +150,10 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _on_sqlite_begin(connection: Connection) -> None:
-    if connection.get_execution_options().get(WRITE):
+    options = connection.get_execution_options()
+    if options.get(WRITE):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-    else:
+    elif not options.get(ONE_STATEMENT):
         connection.exec_driver_sql("BEGIN")
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from pinfold.controller.store import HostRecord, HostShape, VMRecord
+from pinfold.controller.store import Holding, HostRecord, HostShape
 from pinfold.model.vm import VMRequest
 from pinfold.placement import HostAllocator, PlacementError, Refusal, RefusalCode, VMSpec
 from pinfold.topology import Topology, slackvm_json
@@ -61,11 +61,11 @@ class Feasibility:
         return cached
 
     def __call__(
-        self, host: HostRecord, existing: Sequence[VMRecord], new: VMRequest
+        self, host: HostRecord, existing: Sequence[Holding], new: VMRequest
     ) -> tuple[str, Refusal] | None:
         return check(host, existing, new, self.topology)
 
-    def on_host(self, host: HostRecord, existing: Sequence[VMRecord]) -> HostCheck:
+    def on_host(self, host: HostRecord, existing: Sequence[Holding]) -> HostCheck:
         """The host with `existing` replayed, ready to admit new VMs in turn.
         The allocator the last check of this host left is taken instead of a
         replay when it holds exactly `existing` (the same VMs in the same
@@ -98,7 +98,7 @@ class HostCheck:
     def __init__(
         self,
         host: HostRecord,
-        existing: Sequence[VMRecord],
+        existing: Sequence[Holding],
         topology_of: Callable[[HostRecord], Topology],
         replayed: HostAllocator | None = None,
         keep: Callable[[_Replay, HostAllocator], None] | None = None,
@@ -167,7 +167,7 @@ def _from_json(host: HostRecord) -> Topology:
 
 def fits(
     host: HostRecord,
-    existing: Sequence[VMRecord],
+    existing: Sequence[Holding],
     new: VMRequest,
     topology_of: Callable[[HostRecord], Topology] = _from_json,
 ) -> str | None:
@@ -180,7 +180,7 @@ def fits(
 
 def check(
     host: HostRecord,
-    existing: Sequence[VMRecord],
+    existing: Sequence[Holding],
     new: VMRequest,
     topology_of: Callable[[HostRecord], Topology] = _from_json,
 ) -> tuple[str, Refusal] | None:
@@ -193,7 +193,7 @@ def check(
 
 
 def _replayed(
-    host: HostRecord, existing: Sequence[VMRecord], topology_of: Callable[[HostRecord], Topology]
+    host: HostRecord, existing: Sequence[Holding], topology_of: Callable[[HostRecord], Topology]
 ) -> HostAllocator | tuple[str, Refusal]:
     """The host's allocator with `existing` deployed in order, or why the
     host admits nothing (draining, unusable, holding more than it can)."""

@@ -314,8 +314,10 @@ class Controller:
         now = self.clock()
         return [self._view(record, now) for record in self.store.hosts()]
 
-    def host(self, host_id: str) -> HostView:
-        record = self.store.host(host_id)
+    def host(self, host_id: str, heartbeat: bool = True) -> HostView:
+        """The host and its state; not `heartbeat`: its last heartbeat left
+        out of the record (`ControllerStore.host`)."""
+        record = self.store.host(host_id, heartbeat)
         if record is None:
             raise ControllerError("unknown host", host_id)
         return self._view(record, self.clock())
@@ -562,7 +564,7 @@ class Controller:
                 later.extend(
                     attempt.request for attempt, ok in zip(attempts, reserved, strict=True) if not ok
                 )
-            host = self.store.host(host_id) if kept else None
+            host = self.store.host(host_id, heartbeat=False) if kept else None
             if host is not None:
                 batches.append((host, kept))
         for host_id in stale:
@@ -648,7 +650,7 @@ class Controller:
         """The hosts of the ranking, in order, each once it holds a reservation
         for the VM (the caller asks its agent, and takes the next on a refusal)."""
         for host_id in attempt.ranking:
-            host = self.store.host(host_id)
+            host = self.store.host(host_id, heartbeat=False)
             if host is not None and self._reserve_on(host, attempt):
                 yield host
 
@@ -800,7 +802,7 @@ class Controller:
             again = self.store.vm(existing.name)
             return again if again is None else self._again(again, request)
         existing = claimed
-        host = self.store.host(existing.host_id) if existing.host_id is not None else None
+        host = self.store.host(existing.host_id, heartbeat=False) if existing.host_id is not None else None
         if host is None:
             return existing
         client = self.agent_for(host)
@@ -941,7 +943,7 @@ class Controller:
         """The client of the agent VM `name` is on (for its console);
         "unknown vm" for none, "invalid" for a VM on no host (yet)."""
         record = self.vm(name)
-        host = self.store.host(record.host_id) if record.host_id else None
+        host = self.store.host(record.host_id, heartbeat=False) if record.host_id else None
         if host is None:
             raise ControllerError("invalid", f"{name} is {record.state.value}: it is on no host")
         return self.agent_for(host)
@@ -962,7 +964,7 @@ class Controller:
         return self._finish_delete(record)
 
     def _finish_delete(self, record: VMRecord) -> VMRecord | None:
-        host = self.store.host(record.host_id) if record.host_id else None
+        host = self.store.host(record.host_id, heartbeat=False) if record.host_id else None
         if host is not None:
             try:
                 self.agent_for(host).delete(record.name)
@@ -977,7 +979,7 @@ class Controller:
         if action not in ACTIONS:
             raise ControllerError("invalid request", f"action: one of {', '.join(ACTIONS)}")
         record = self.vm(name)
-        host = self.store.host(record.host_id) if record.host_id else None
+        host = self.store.host(record.host_id, heartbeat=False) if record.host_id else None
         if host is None or not takes_actions(record.state):  # the table: only a delete
             because = f": {record.detail}" if record.detail else ""
             raise ControllerError("invalid", f"{name} is {record.state.value}{because}")
@@ -1034,7 +1036,7 @@ class Controller:
         it, "agent failed" when an agent failed it."""
         record = self._movable(name, to)
         attempt = self._move_attempt(record, to)
-        source = self.store.host(record.host_id or "")
+        source = self.store.host(record.host_id or "", heartbeat=False)
         if source is None:
             raise ControllerError("invalid", f"{name}'s host is gone")
         for host in self._move_targets(attempt, name):
@@ -1049,7 +1051,7 @@ class Controller:
         record = self.vm(name)
         if record.state is not VMState.RUNNING or record.host_id is None:
             raise ControllerError("invalid", f"{name} is {record.state.value}: only a running VM moves live")
-        if to is not None and self.store.host(to) is None:
+        if to is not None and self.store.host(to, heartbeat=False) is None:
             raise ControllerError("unknown host", to)
         if to == record.host_id:
             raise ControllerError("invalid", f"{name} is on {to} already")
@@ -1072,7 +1074,7 @@ class Controller:
     def _move_targets(self, attempt: _Attempt, name: str) -> Iterator[HostRecord]:
         """The ranked hosts, each once it holds the room for `name` (marked `migrating`)."""
         for host_id in attempt.ranking:
-            host = self.store.host(host_id)
+            host = self.store.host(host_id, heartbeat=False)
             take = partial(self.store.reserve_migration, name, host_id, self._fits.on_host, self.clock())
             try:
                 if host is not None and self._reserve_on(host, attempt, take):
@@ -1183,10 +1185,10 @@ class Controller:
         migration = self.store.migration_of(record.name) if step is not None else None
         if migration is None:
             return
-        target = self.store.host(migration.target)
+        target = self.store.host(migration.target, heartbeat=False)
         dst = self.agent_for(target) if target is not None else None
         if step is Move.BACK:
-            source = self.store.host(migration.source)
+            source = self.store.host(migration.source, heartbeat=False)
             now_there = _source_state(self.agent_for(source), record.name) if source is not None else None
             if now_there is None or now_there == VMState.MIGRATING.value:
                 return  # gone since the report was taken, sending, or no answer: a later heartbeat says

@@ -23,12 +23,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sqlalchemy import Engine, Row, delete, insert, or_, select, update
+from sqlalchemy import Engine, Row, Select, bindparam, delete, insert, null, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pinfold.controller.credentials import Enrolment, HostCredential, Proof, matches
-from pinfold.controller.database import WRITE, sessions
+from pinfold.controller.database import ONE_STATEMENT, WRITE, sessions
 from pinfold.controller.group_commit import GroupCommit
 from pinfold.controller.models import (
     HOST_ID_MAX,
@@ -58,6 +58,8 @@ __all__ = [
     "GroupExistsError",
     "GroupInUseError",
     "GroupRecord",
+    "HeldVM",
+    "Holding",
     "HostAuthError",
     "HostInUseError",
     "HostLiveness",
@@ -74,6 +76,42 @@ __all__ = [
     "UnknownVMError",
     "VMRecord",
 ]
+
+
+#: the tables that hot paths write and read with plain statements (no ORM objects)
+_VMS, _HOSTS = VM.metadata.tables["vms"], Host.metadata.tables["hosts"]
+_MEMBERS, _SEQUENCE = GroupMember.metadata.tables["group_members"], VMSequence.metadata.tables["vm_sequence"]
+_EVENTS = Event.metadata.tables["events"]
+
+# The statements of a create's and a delete's path, built once with bound
+# parameters: building a statement and its cache key at each call cost as
+# much as running it (SQLAlchemy memoizes the key on the statement object).
+_HOST_COLUMNS = tuple(c for c in _HOSTS.c if c.name not in ("heartbeat", "credential_digest"))
+_HOST_ROW: Select[Any] = select(*_HOST_COLUMNS, _HOSTS.c.heartbeat).where(_HOSTS.c.id == bindparam("host_id"))
+#: a host's row with None for its heartbeat: what a create needs, without decoding that JSON
+_HOST_ROW_LIGHT: Select[Any] = select(*_HOST_COLUMNS, null().label("heartbeat")).where(
+    _HOSTS.c.id == bindparam("host_id")
+)
+_HOST_ROW_LOCKED = _HOST_ROW_LIGHT.with_for_update()
+#: the VMs whose room a host holds (on it, or moving to it), their `HeldVM` columns, in order
+_HELD_ON = (
+    select(_VMS.c.name, _VMS.c.vcpus, _VMS.c.memory_mib, _VMS.c.ratio)
+    .where(or_(_VMS.c.host_id == bindparam("host_id"), _VMS.c.target_host_id == bindparam("host_id")))
+    .order_by(_VMS.c.seq)
+)
+_VM_ROW = select(_VMS).where(_VMS.c.name == bindparam("name"))
+_VM_ROWS = select(_VMS).where(_VMS.c.name.in_(bindparam("names", expanding=True)))
+_VM_ROW_LOCKED = _VM_ROW.with_for_update()
+_SET_STATES = (
+    update(_VMS)
+    .where(_VMS.c.name.in_(bindparam("names", expanding=True)))
+    .values(state=bindparam("new_state"), detail=bindparam("new_detail"), updated_at=bindparam("now"))
+    .returning(*_VMS.c)
+)
+_DELETE_VM = delete(_VMS).where(_VMS.c.name == bindparam("name"))
+_DRAW_SEQ = insert(_SEQUENCE).returning(_SEQUENCE.c.id)
+_DROP_SEQ = delete(_SEQUENCE).where(_SEQUENCE.c.id == bindparam("seq"))
+_INSERT_VM, _INSERT_MEMBER, _INSERT_EVENT = insert(_VMS), insert(_MEMBERS), insert(_EVENTS)
 
 
 class StoreError(Exception):
@@ -310,9 +348,35 @@ class EventRecord:
     detail: Mapping[str, Any]
 
 
+class Holding(Protocol):
+    """A VM holding room on a host, as an admission replays it: its name and size."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> VMSpec: ...
+
+
+@dataclass(frozen=True, slots=True)
+class HeldVM:
+    """What a reservation reads of each VM a host holds: its name and size,
+    nothing else (building whole `VMRecord`s of a host's VMs under its lock
+    was a third of a create's time with 100 VMs on the host)."""
+
+    name: str
+    vcpus: int
+    memory_mib: int
+    ratio: float
+
+    @property
+    def spec(self) -> VMSpec:
+        return VMSpec(self.name, self.vcpus, self.memory_mib, self.ratio)
+
+
 #: `fits(host, vms on it in seq order, new vm)`: None when it fits, else why
 #: not: the text, or the text with the refusal as data.
-Fits = Callable[[HostRecord, Sequence[VMRecord], VMRequest], str | tuple[str, Refusal] | None]
+Fits = Callable[[HostRecord, Sequence[Holding], VMRequest], str | tuple[str, Refusal] | None]
 
 
 class Admission(Protocol):
@@ -323,7 +387,7 @@ class Admission(Protocol):
 
 
 #: `on_host(host, vms on it in seq order)`: the `Admission` for a batch on that host
-OnHost = Callable[[HostRecord, Sequence[VMRecord]], Admission]
+OnHost = Callable[[HostRecord, Sequence[Holding]], Admission]
 
 
 @dataclass(frozen=True)
@@ -332,7 +396,7 @@ class _Each:
 
     fits: Fits
 
-    def __call__(self, host: HostRecord, existing: Sequence[VMRecord]) -> Admission:
+    def __call__(self, host: HostRecord, existing: Sequence[Holding]) -> Admission:
         return _Admit(self.fits, host, existing)
 
 
@@ -340,7 +404,7 @@ class _Each:
 class _Admit:
     fits: Fits
     host: HostRecord
-    existing: Sequence[VMRecord]
+    existing: Sequence[Holding]
 
     def admit(self, new: VMRequest) -> str | tuple[str, Refusal] | None:
         return self.fits(self.host, self.existing, new)
@@ -362,6 +426,14 @@ class ControllerStore:
     def _read(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
+
+    def _fetch(self, statement: Any, params: Mapping[str, Any] | None = None) -> list[Row[Any]]:
+        """One read-only statement's rows, without a session: on SQLite with
+        no BEGIN and COMMIT around it (`database.ONE_STATEMENT`: one statement
+        reads one snapshot), which were most of a short read's cost."""
+        with self.engine.connect() as connection:
+            connection.execution_options(**{ONE_STATEMENT: True})
+            return list(connection.execute(statement, dict(params or {})))
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
@@ -457,10 +529,10 @@ class ControllerStore:
             except IntegrityError:
                 pass
 
-    def _host_record(self, session: Session, host: Host) -> HostRecord:
+    def _host_record(self, session: Session, host: Host | Row[Any]) -> HostRecord:
         return self._host_records(session, [host])[0]
 
-    def _host_records(self, session: Session, hosts: Sequence[Host]) -> list[HostRecord]:
+    def _host_records(self, session: Session, hosts: Sequence[Host | Row[Any]]) -> list[HostRecord]:
         """Records with their topology documents, each read from the database
         once per process (a document never changes under its digest)."""
         self._load_documents(session, {host.topology_digest for host in hosts})
@@ -478,12 +550,17 @@ class ControllerStore:
         """Store a host's heartbeat; False when the host is unknown (the agent
         should register again). A host reported down is up again ("host up")."""
         with self._write() as session:
-            host = session.get(Host, host_id, with_for_update=True)
-            if host is None:
+            # its columns, not the row: loading the row decoded the last heartbeat's JSON
+            down = session.scalar(select(Host.down).where(Host.id == host_id).with_for_update())
+            if down is None:
                 return False
-            host.heartbeat = dict(payload)
-            host.last_heartbeat = now
-            _heard_from(session, host, now)
+            session.execute(
+                update(_HOSTS)
+                .where(Host.id == host_id)
+                .values(heartbeat=dict(payload), last_heartbeat=now, down=False)
+            )
+            if down:
+                session.add(_event_row(NewEvent("host up", host_id, {}), now))
             return True
 
     def set_reported_nics(self, host_id: str, changed: Mapping[str, Sequence[ReportedNIC]]) -> None:
@@ -604,10 +681,17 @@ class ControllerStore:
         with self._read() as session:
             return [HostLiveness(*row) for row in session.execute(query)]
 
-    def host(self, host_id: str) -> HostRecord | None:
-        with self._read() as session:
-            host = session.get(Host, host_id)
-            return self._host_record(session, host) if host is not None else None
+    def host(self, host_id: str, heartbeat: bool = True) -> HostRecord | None:
+        """The host, or None; not `heartbeat`: its last heartbeat left out
+        (None), what a create or a delete needs of it (its address, size and
+        token) without decoding the heartbeat's JSON."""
+        rows = self._fetch(_HOST_ROW if heartbeat else _HOST_ROW_LIGHT, {"host_id": host_id})
+        if not rows:
+            return None
+        if rows[0].topology_digest not in self._documents:
+            with self._read() as session:
+                self._load_documents(session, {rows[0].topology_digest})
+        return _host_record(rows[0], self._documents[rows[0].topology_digest])
 
     # -- VMs -------------------------------------------------------------------
 
@@ -671,8 +755,8 @@ class ControllerStore:
         VM it refuses is never admitted into the replayed allocator."""
         admission = self._admission(session, host_id, on_host)
         names = [vm.name for vm in vms]
-        taken = {row.name: row for row in session.scalars(select(VM).where(VM.name.in_(names)))}
-        outcomes: list[VM | RefusedError | DuplicateVMError] = []
+        taken = {row.name: row for row in session.execute(_VM_ROWS, {"names": names})}
+        outcomes: list[VMRecord | RefusedError | DuplicateVMError] = []
         for vm in vms:
             if vm.name in taken:
                 outcomes.append(DuplicateVMError(_vm_record(taken[vm.name])))
@@ -687,14 +771,12 @@ class ControllerStore:
             if reason is not None:
                 outcomes.append(RefusedError(host_id, *_reason(reason)))
                 continue
-            row = _reserved_row(vm, host_id, _next_seq(session), now)
-            session.add(row)
+            record = _reserved_record(vm, host_id, _next_seq(session), now)
+            session.execute(_INSERT_VM, _vm_values(record))
             if group is not None:  # the next VM's check sees this one as a member
-                session.flush()
-                session.add(GroupMember(vm_name=vm.name, group_name=group))
-            outcomes.append(row)
-        session.flush()
-        return [_vm_record(row) if isinstance(row, VM) else row for row in outcomes]
+                session.execute(_INSERT_MEMBER, {"vm_name": vm.name, "group_name": group})
+            outcomes.append(record)
+        return outcomes
 
     def _taken(self, name: str, exc: IntegrityError) -> StoreError:
         taken = self.vm(name)
@@ -703,9 +785,10 @@ class ControllerStore:
         return DuplicateVMError(taken)
 
     @staticmethod
-    def _locked(session: Session, host_id: str) -> Host:
-        """The host's row, locked until the transaction ends (`UnknownHostError`)."""
-        host = session.get(Host, host_id, with_for_update=True)
+    def _locked(session: Session, host_id: str) -> Row[Any]:
+        """The host's row (without its heartbeat), locked until the transaction
+        ends (`UnknownHostError`)."""
+        host = session.execute(_HOST_ROW_LOCKED, {"host_id": host_id}).first()
         if host is None:
             raise UnknownHostError(host_id)
         return host
@@ -715,7 +798,7 @@ class ControllerStore:
         host locked (`_locked`, `UnknownHostError`) and what it holds (its VMs
         and those moving to it, in order) handed to `on_host`."""
         host = self._locked(session, host_id)
-        on_it = [_vm_record(row) for row in session.execute(_held_on(host_id))]
+        on_it = [HeldVM(*row) for row in session.execute(_HELD_ON, {"host_id": host_id})]
         return on_host(self._host_record(session, host), on_it)
 
     # -- migrations ------------------------------------------------------------
@@ -819,16 +902,11 @@ class ControllerStore:
         (one commit, one fsync, instead of two)."""
         state = _vm_state(state)
         with self._write() as session:
-            row = session.get(VM, name, with_for_update=True)
-            if row is None:
+            (record,) = _set_states(session, [name], state, now, detail)
+            if record is None:
                 raise UnknownVMError(name)
-            row.state = state.value
-            row.detail = detail
-            row.updated_at = now
-            if event is not None:
-                session.add(_event_row(event, now))
-            session.flush()
-            return _vm_record(row)
+            _add_events(session, [event] if event is not None else [], now)
+            return record
 
     def set_vm_states(
         self, names: Sequence[str], state: VMState, now: float, events: Mapping[str, NewEvent]
@@ -839,14 +917,9 @@ class ControllerStore:
         (deleted by another request meanwhile)."""
         state = _vm_state(state)
         with self._write() as session:
-            query = select(VM).where(VM.name.in_(names)).with_for_update()
-            rows = {row.name: row for row in session.scalars(query)}
-            for row in rows.values():
-                row.state, row.detail, row.updated_at = state.value, "", now
-                if row.name in events:
-                    session.add(_event_row(events[row.name], now))
-            session.flush()
-            return [_vm_record(rows[name]) if name in rows else None for name in names]
+            records = _set_states(session, names, state, now)
+            _add_events(session, [events[r.name] for r in records if r is not None and r.name in events], now)
+            return records
 
     def delete_vm(
         self, name: str, event: NewEvent | None = None, now: float = 0.0, unchanged_since: float | None = None
@@ -857,14 +930,12 @@ class ControllerStore:
         taken on an older read, such as a heartbeat's, holds no more once
         another request touched the VM: `claim`)."""
         with self._write() as session:
-            row = session.get(VM, name, with_for_update=True)
+            row = session.execute(_VM_ROW_LOCKED, {"name": name}).first()
             if row is None or (unchanged_since is not None and row.updated_at != unchanged_since):
                 return None
-            record = _vm_record(row)
-            session.delete(row)
-            if event is not None:
-                session.add(_event_row(event, now))
-            return record
+            session.execute(_DELETE_VM, {"name": name})
+            _add_events(session, [event] if event is not None else [], now)
+            return _vm_record(row)
 
     def claim(self, name: str, updated_at: float, now: float) -> VMRecord | None:
         """Take over a stale reservation: touch it (`updated_at` = `now`) if
@@ -879,9 +950,8 @@ class ControllerStore:
             return _vm_record(row)
 
     def vm(self, name: str) -> VMRecord | None:
-        with self._read() as session:
-            row = session.get(VM, name)
-            return _vm_record(row) if row is not None else None
+        rows = self._fetch(_VM_ROW, {"name": name})
+        return _vm_record(rows[0]) if rows else None
 
     def taken(self, names: Sequence[str]) -> set[str]:
         """Which of `names` are VMs' names: one query per thousand, where a
@@ -895,9 +965,10 @@ class ControllerStore:
 
     def vms(self, host_id: str | None = None) -> list[VMRecord]:
         """Every VM, or those on one host, in reservation order."""
-        query = select(VM).order_by(VM.seq) if host_id is None else _vms_on(host_id)
-        with self._read() as session:
-            return [_vm_record(row) for row in session.scalars(query)]
+        query = select(_VMS).order_by(_VMS.c.seq)  # plain rows: a heartbeat reads its host's VMs
+        if host_id is not None:
+            query = query.where(_VMS.c.host_id == host_id)
+        return [_vm_record(row) for row in self._fetch(query)]
 
     # -- VM groups ---------------------------------------------------------------
 
@@ -1029,21 +1100,12 @@ def _group_record(row: VMGroup, members: Sequence[str]) -> GroupRecord:
     return GroupRecord(row.name, GroupPolicy(row.policy), row.created_at, tuple(members))
 
 
-def _held_on(host_id: str) -> Any:
-    """The VMs whose room a host holds: those on it, and those moving to it;
-    as plain rows (the table's columns, not ORM objects: a reservation reads
-    them all under the host's lock, and building ORM objects was a third of
-    a create's time in the controller with 150 VMs on the host)."""
-    where = or_(VM.host_id == host_id, VM.target_host_id == host_id)
-    return select(VM.__table__).where(where).order_by(VM.seq)
-
-
 def _reason(reason: str | tuple[str, Refusal]) -> tuple[str, Refusal | None]:
     return reason if isinstance(reason, tuple) else (reason, None)
 
 
-def _reserved_row(vm: VMRequest, host_id: str, seq: int, now: float) -> VM:
-    return VM(
+def _reserved_record(vm: VMRequest, host_id: str, seq: int, now: float) -> VMRecord:
+    return VMRecord(
         name=vm.name,
         seq=seq,
         host_id=host_id,
@@ -1052,20 +1114,44 @@ def _reserved_row(vm: VMRequest, host_id: str, seq: int, now: float) -> VM:
         ratio=float(vm.ratio),
         owner=vm.owner,
         image=vm.image,
-        state=VMState.RESERVED.value,
+        state=VMState.RESERVED,
         detail="",
         created_at=now,
         updated_at=now,
-        nics=[{"network": n.network, "bridge": n.bridge, "mac": n.mac} for n in vm.nics],
+        nics=tuple(NIC(n.network, n.bridge, n.mac) for n in vm.nics),
         first_boot_digest=first_boot_digest(vm.ssh_keys, vm.user_data),
     )
 
 
+def _vm_values(record: VMRecord) -> dict[str, Any]:
+    """A new VM row's columns (`reported_nics` and `target_host_id` start empty)."""
+    return {
+        "name": record.name, "seq": record.seq, "host_id": record.host_id, "vcpus": record.vcpus,
+        "memory_mib": record.memory_mib, "ratio": record.ratio, "owner": record.owner,
+        "image": record.image, "state": record.state.value, "detail": record.detail,
+        "created_at": record.created_at, "updated_at": record.updated_at,
+        "nics": [{"network": n.network, "bridge": n.bridge, "mac": n.mac} for n in record.nics],
+        "first_boot_digest": record.first_boot_digest,
+    }  # fmt: skip
+
+
 def _next_seq(session: Session) -> int:
     """Draw the next VM number from the counter table, leaving it empty."""
-    seq = session.execute(insert(VMSequence).returning(VMSequence.id)).scalar_one()
-    session.execute(delete(VMSequence).where(VMSequence.id == seq))
+    seq: int = session.execute(_DRAW_SEQ).scalar_one()
+    session.execute(_DROP_SEQ, {"seq": seq})
     return seq
+
+
+def _set_states(
+    session: Session, names: Sequence[str], state: VMState, now: float, detail: str = ""
+) -> list[VMRecord | None]:
+    """Give VMs `names` a state (and `detail`), as table statements: each
+    one's record after, in order, None for one that is gone. An UPDATE ...
+    RETURNING, not ORM objects loaded and flushed (most of a create's second
+    transaction)."""
+    values = {"names": list(names), "new_state": state.value, "new_detail": detail, "now": now}
+    rows = {row.name: _vm_record(row) for row in session.execute(_SET_STATES, values)}
+    return [rows.get(name) for name in names]
 
 
 def _vm_state(state: VMState | str) -> VMState:
@@ -1076,11 +1162,18 @@ def _vm_state(state: VMState | str) -> VMState:
     return VMState(state)
 
 
+def _add_events(session: Session, events: Sequence[NewEvent], now: float) -> None:
+    """Record `events` in the session's transaction with one plain INSERT."""
+    if events:
+        rows = [{"time": now, "kind": e.kind, "subject": e.subject, "detail": dict(e.detail)} for e in events]
+        session.execute(_INSERT_EVENT, rows)
+
+
 def _event_row(event: NewEvent, now: float) -> Event:
     return Event(time=now, kind=event.kind, subject=event.subject, detail=dict(event.detail))
 
 
-def _host_record(host: Host, topology: Mapping[str, Any]) -> HostRecord:
+def _host_record(host: Host | Row[Any], topology: Mapping[str, Any]) -> HostRecord:
     return HostRecord(
         id=host.id,
         address=host.address,
