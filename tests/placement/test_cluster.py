@@ -271,3 +271,36 @@ def test_level_columns_equal_the_allocators(cluster):
                       "deviation", "penalty"):  # fmt: skip
             assert getattr(columns, field)[index] == getattr(single, field)[0], (host, field)
     assert n == 3
+
+
+def test_allocators_of_one_topology_share_its_mask_but_not_their_free_cpus(i7):
+    """An empty host's free mask is the topology's, copied: placing on one
+    allocator changes neither another's free CPUs nor the shared mask."""
+    one, other = HostAllocator(i7), HostAllocator(i7)
+    before = other.free_cpus()
+    one.deploy(vm("a", 4, 1, 1.0))
+    assert other.free_cpus() == before
+    assert one.free_cpu_count == other.free_cpu_count - 4
+    assert i7.usable_mask.sum() == len(i7.usable_cpus)
+    assert not i7.usable_mask.flags.writeable
+
+
+def test_a_host_added_after_others_levels_exist_has_true_level_columns(i7):
+    """`add_host` writes only the new host's own levels (its columns start at
+    zero): its level columns must still equal its allocator's, for the levels
+    it holds and those only others hold."""
+    cluster = Cluster()
+    cluster.add_host("h0", HostAllocator(i7))
+    for i, ratio in enumerate((1.0, 2.0, 3.0)):
+        cluster.deploy_on("h0", vm(f"a{i}", 2, 1, ratio))
+    late = HostAllocator(i7)
+    late.deploy(vm("b", 2, 1, 2.0))
+    cluster.add_host("h1", late)
+    cluster.add_host("h2", HostAllocator(i7))
+    for name in ("h0", "h1", "h2"):
+        index = cluster.hosts.index(name)
+        allocator = cluster.allocator(name)
+        for ratio in (1.0, 2.0, 3.0):
+            cpus, allocated = allocator.level_usage(ratio)
+            assert cluster._level_cpus[ratio][index] == cpus, (name, ratio)
+            assert cluster._level_alloc[ratio][index] == allocated, (name, ratio)

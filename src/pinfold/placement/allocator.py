@@ -79,10 +79,9 @@ class HostAllocator:
         self.memory_usable_mib = topology.memory_allowed_mib - reserved_memory_mib
         self.memory_allocated_mib = 0
         self._distances = topology.distances
-        self._usable = frozenset(topology.usable_cpus)
-        self._free = np.zeros(topology.host_count, dtype=bool)
-        self._free[list(topology.usable_cpus)] = True
-        self._free_count = len(topology.usable_cpus)
+        self._usable = topology.usable_set
+        self._free = topology.usable_mask.copy()
+        self._free_count = len(self._usable)
         self._placed_sum = np.zeros(topology.host_count, dtype=np.int64)
         self._levels: dict[float, VNode] = {}
         self._vms: dict[str, VMSpec] = {}

@@ -280,7 +280,7 @@ class Cluster:
         self._host_vms.append(set(allocator.vms))
         for vm in self._host_vms[index]:
             self._placed[vm] = index
-        self._sync_index(index)
+        self._sync_index(index, fresh=True)
 
     def sync(self, host: str) -> None:
         """Refresh the columns of `host` after its allocator changed directly."""
@@ -552,9 +552,12 @@ class Cluster:
         self._level_alloc = {r: grown(c) for r, c in self._level_alloc.items()}
         self._capacity = capacity
 
-    def _sync_index(self, index: int, ratio: float | None = None) -> None:
+    def _sync_index(self, index: int, ratio: float | None = None, fresh: bool = False) -> None:
         """Copy one host's counters into the columns: free CPUs, memory, and
-        (C, A) of `ratio`, or of every level when `ratio` is None."""
+        (C, A) of `ratio`, or of every level when `ratio` is None. `fresh`: the
+        host's first sync (`add_host`), its level columns still zero: only its
+        own levels are written (writing every known level's zeros was half of
+        adding a host, and a restart adds 10,000)."""
         allocator = self._allocators[index]
         usable = float(allocator.usable_cpu_count)
         free = float(allocator.free_cpu_count)
@@ -574,7 +577,10 @@ class Cluster:
             self._empty_count += 1 if empty else -1
             if empty:
                 heapq.heappush(self._empty_by_shape.setdefault(self._shape[index], []), index)
-        ratios = set(self._level_cpus) | set(allocator.levels) if ratio is None else {ratio}
+        if ratio is not None:
+            ratios = {ratio}
+        else:
+            ratios = set(allocator.levels) if fresh else set(self._level_cpus) | set(allocator.levels)
         for level in ratios:
             if level not in self._level_cpus:
                 self._level_cpus[level] = np.zeros(self._capacity)
