@@ -499,7 +499,8 @@ class ControllerStore:
             host.reserved_memory_mib = reserved_memory_mib
             host.heartbeat_period_s = heartbeat_period_s
             host.last_heartbeat = now
-            _heard_from(session, host, now)
+            _heard_from(session, host_id, host.down, now)
+            host.down = False
             if event is not None:
                 session.add(_event_row(event, now))
             session.flush()
@@ -560,8 +561,7 @@ class ControllerStore:
                 .where(Host.id == host_id)
                 .values(heartbeat=dict(payload), last_heartbeat=now, down=False)
             )
-            if down:
-                session.add(_event_row(NewEvent("host up", host_id, {}), now))
+            _heard_from(session, host_id, down, now)
             return True
 
     def set_reported_nics(self, host_id: str, changed: Mapping[str, Sequence[ReportedNIC]]) -> None:
@@ -1062,10 +1062,11 @@ def _admit(host: Host | None, host_id: str, proof: Proof | None) -> None:
         )
 
 
-def _heard_from(session: Session, host: Host, now: float) -> None:
-    if host.down:
-        host.down = False
-        session.add(_event_row(NewEvent("host up", host.id, {}), now))
+def _heard_from(session: Session, host_id: str, down: bool, now: float) -> None:
+    """A host heard from while reported `down` is up again: "host up" (the
+    caller clears its flag)."""
+    if down:
+        _add_events(session, [NewEvent("host up", host_id, {})], now)
 
 
 def _vms_on(host_id: str) -> Any:
@@ -1167,12 +1168,15 @@ def _vm_state(state: VMState | str) -> VMState:
 def _add_events(session: Session, events: Sequence[NewEvent], now: float) -> None:
     """Record `events` in the session's transaction with one plain INSERT."""
     if events:
-        rows = [{"time": now, "kind": e.kind, "subject": e.subject, "detail": dict(e.detail)} for e in events]
-        session.execute(_INSERT_EVENT, rows)
+        session.execute(_INSERT_EVENT, [_event_values(event, now) for event in events])
 
 
 def _event_row(event: NewEvent, now: float) -> Event:
-    return Event(time=now, kind=event.kind, subject=event.subject, detail=dict(event.detail))
+    return Event(**_event_values(event, now))
+
+
+def _event_values(event: NewEvent, now: float) -> dict[str, Any]:
+    return {"time": now, "kind": event.kind, "subject": event.subject, "detail": dict(event.detail)}
 
 
 def _host_record(host: Host | Row[Any], topology: Mapping[str, Any]) -> HostRecord:
