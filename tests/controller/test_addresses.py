@@ -60,6 +60,8 @@ def test_a_vms_address_reaches_the_api_cli_and_metrics_through_heartbeats(cluste
     (row,) = [line for line in table.output.splitlines() if "web" in line]
     assert address in row
     details = CliRunner().invoke(app, ["vm", "show", "web"], env=env)
+    assert details.exit_code == 0, details.output
+    assert on_agent.nics[0].mac in details.output, details.output
     (nic_row,) = [line for line in details.output.splitlines() if on_agent.nics[0].mac in line]
     assert address in nic_row
 

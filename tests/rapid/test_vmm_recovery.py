@@ -56,9 +56,12 @@ def test_a_ds_that_forgot_this_vmm_hears_of_all_its_vms_again_whatever_id_it_giv
     assert sorted(rig.ds.of(Op.HELPER_NOTIFY_DS)) == sorted(
         (Op.HELPER_NOTIFY_DS, vmids[user], user_ip(rig, user)) for user in (-1, -2)
     )
+    # the DS has the last notice before the VMM has its answer and clears what was pending
+    wait_until(lambda: all(vm.pending is Pending.NONE for vm in rig.state.vms()))
     assert {vm.user_id: (vm.vmid, vm.pending) for vm in rig.state.vms()} == {
         user: (vmid, Pending.NONE) for user, vmid in vmids.items()
     }
+    rig.slam.wait_for(lambda got: count(got, Op.VMM_REGISTER_SLAM) >= 2)
     assert len(rig.slam.of(Op.VMM_REGISTER_SLAM)) == 2
 
 
