@@ -304,3 +304,65 @@ def test_a_host_added_after_others_levels_exist_has_true_level_columns(i7):
             cpus, allocated = allocator.level_usage(ratio)
             assert cluster._level_cpus[ratio][index] == cpus, (name, ratio)
             assert cluster._level_alloc[ratio][index] == allocated, (name, ratio)
+
+
+def _filled(topology, rng: np.random.Generator, prefix: str) -> HostAllocator:
+    """A host with a few VMs of random sizes at levels 1, 2 and 3 (maybe none)."""
+    allocator = HostAllocator(topology)
+    for i in range(int(rng.integers(0, 4))):
+        with contextlib.suppress(PlacementError):
+            allocator.deploy(vm(f"{prefix}-{i}", int(rng.integers(1, 4)), 1, float(rng.choice([1, 2, 3]))))
+    return allocator
+
+
+def test_hosts_added_together_are_as_if_added_one_by_one(i7, epyc_exp):
+    """`add_hosts` (a restart's 10,000) writes the same columns, levels, empty
+    hosts and names as `add_host` one by one, so every later choice is the same."""
+    rng = np.random.default_rng(11)
+    hosts = [(f"h{i}", _filled(i7 if i % 3 else epyc_exp, rng, f"h{i}")) for i in range(37)]
+    one_by_one, together = Cluster(), Cluster()
+    one_by_one.add_host("first", HostAllocator(i7))
+    together.add_host("first", HostAllocator(i7))
+    for name, allocator in hosts:
+        one_by_one.add_host(name, allocator.copy())
+    together.add_hosts([(name, allocator.copy()) for name, allocator in hosts])
+    assert together.hosts == one_by_one.hosts
+    assert together._empty_count == one_by_one._empty_count > 0
+    assert together._empty_by_shape == one_by_one._empty_by_shape
+    columns = (
+        "usable_cpus",
+        "usable_mem",
+        "free_cpus",
+        "mem_alloc",
+        "cpu_alloc",
+        "target_ratio",
+        "deviation",
+    )
+    for field in (*columns, "penalty"):
+        assert np.array_equal(getattr(together.columns(), field), getattr(one_by_one.columns(), field)), field
+    assert set(together._level_cpus) == set(one_by_one._level_cpus) == {1.0, 2.0, 3.0}
+    for ratio in (1.0, 2.0, 3.0):
+        assert np.array_equal(together._level_cpus[ratio], one_by_one._level_cpus[ratio]), ratio
+        assert np.array_equal(together._level_alloc[ratio], one_by_one._level_alloc[ratio]), ratio
+    for i in range(60):
+        spec = vm(f"new{i}", int(rng.integers(1, 5)), float(rng.integers(1, 6)), float(rng.choice([1, 2, 3])))
+        for policy in POLICIES:
+            assert together.choose(spec, policy=policy).host == one_by_one.choose(spec, policy=policy).host
+        one_by_one.deploy(spec)
+        together.deploy(spec)
+
+
+def test_a_batch_of_hosts_with_a_name_or_vm_twice_adds_none_of_them(cluster, i7):
+    before = cluster.hosts
+    with_x, also_x = HostAllocator(i7), HostAllocator(i7)
+    with_x.deploy(vm("x", 1, 1, 1.0))
+    also_x.deploy(vm("x", 1, 1, 2.0))
+    for batch, why in (
+        ([("n1", HostAllocator(i7)), ("n1", HostAllocator(i7))], "already registered"),
+        ([("n1", HostAllocator(i7)), ("h0", HostAllocator(i7))], "already registered"),
+        ([("n1", with_x), ("n2", also_x)], "already placed"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            cluster.add_hosts(batch)
+        assert cluster.hosts == before
+        assert cluster.host_of("x") is None

@@ -43,16 +43,18 @@ class Scheduler:
         for vm in vms:
             if vm.host_id is not None:
                 by_host.setdefault(vm.host_id, []).append(vm)
-        cluster = Cluster()
         shapes = {}
+        pictured = []
         self.clouds = {}
         for host in hosts:
             allocator = self._allocator(host)
             if allocator is None:
                 continue
             _replay(allocator, by_host.get(host.id, ()))
-            cluster.add_host(host.id, allocator)
+            pictured.append((host.id, allocator))
             shapes[host.id] = _shape(host)
+        cluster = Cluster()
+        cluster.add_hosts(pictured)
         self._cluster, self._shapes = cluster, shapes
         self._eligible_for = None
 

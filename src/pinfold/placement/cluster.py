@@ -263,24 +263,70 @@ class Cluster:
 
     def add_host(self, name: str, allocator: HostAllocator) -> None:
         """Register a host; it ranks after every host registered before it."""
-        if name in self._index:
-            raise ValueError(f"host {name!r} is already registered")
-        clash = [vm for vm in allocator.vms if vm in self._placed]
-        if clash:
-            raise ValueError(f"VM names already placed elsewhere: {sorted(clash)[:5]}")
-        index = len(self._names)
-        if index == self._capacity:
-            self._grow_columns(max(16, 2 * self._capacity))
-        self._names.append(name)
-        self._index[name] = index
-        self._allocators.append(allocator)
-        self._usable_cpus[index] = allocator.usable_cpu_count
-        self._usable_mem[index] = allocator.memory_usable_mib
-        self._shape.append((float(allocator.usable_cpu_count), float(allocator.memory_usable_mib)))
-        self._host_vms.append(set(allocator.vms))
-        for vm in self._host_vms[index]:
-            self._placed[vm] = index
-        self._sync_index(index, fresh=True)
+        self.add_hosts(((name, allocator),))
+
+    def add_hosts(self, hosts: Sequence[tuple[str, HostAllocator]]) -> None:
+        """Register several hosts, in order, as `add_host` one after the other
+        would, but with their columns written a column at a time: a restart
+        adds 10,000 hosts, and one host's sync was most of adding it. Nothing
+        is added when one of them cannot be (a name twice, a VM on two hosts)."""
+        self._check_new_hosts(hosts)
+        start, end = len(self._names), len(self._names) + len(hosts)
+        capacity = self._capacity
+        while capacity < end:
+            capacity = max(16, 2 * capacity)
+        if capacity != self._capacity:
+            self._grow_columns(capacity)
+        for index, (name, allocator) in enumerate(hosts, start):
+            self._names.append(name)
+            self._index[name] = index
+            self._allocators.append(allocator)
+            self._shape.append((float(allocator.usable_cpu_count), float(allocator.memory_usable_mib)))
+            self._host_vms.append(set(allocator.vms))
+            for vm in self._host_vms[index]:
+                self._placed[vm] = index
+        self._write_new_columns(start, end)
+
+    def _check_new_hosts(self, hosts: Sequence[tuple[str, HostAllocator]]) -> None:
+        names: set[str] = set()
+        placing: set[str] = set()
+        for name, allocator in hosts:
+            if name in self._index or name in names:
+                raise ValueError(f"host {name!r} is already registered")
+            names.add(name)
+            clash = [vm for vm in allocator.vms if vm in self._placed or vm in placing]
+            if clash:
+                raise ValueError(f"VM names already placed elsewhere: {sorted(clash)[:5]}")
+            placing.update(allocator.vms)
+
+    def _write_new_columns(self, start: int, end: int) -> None:
+        """The columns of hosts start..end-1, just appended: theirs are still
+        zero, so only each host's own levels are written (writing every known
+        level's zeros was half of adding a host)."""
+        allocators = self._allocators[start:end]
+        usable = np.array([float(a.usable_cpu_count) for a in allocators])
+        memory = np.array([float(a.memory_usable_mib) for a in allocators])
+        free = np.array([float(a.free_cpu_count) for a in allocators])
+        mem_alloc = np.array([float(a.memory_allocated_mib) for a in allocators])
+        target, deviation, penalty = balance_terms(usable, memory, usable - free, mem_alloc)
+        self._usable_cpus[start:end] = usable
+        self._usable_mem[start:end] = memory
+        self._free_cpus[start:end] = free
+        self._mem_alloc[start:end] = mem_alloc
+        self._cpu_alloc[start:end] = usable - free
+        self._target[start:end] = target
+        self._deviation[start:end] = deviation
+        self._penalty[start:end] = penalty
+        for index, allocator in enumerate(allocators, start):
+            if len(allocator) == 0:
+                self._empty[index] = True
+                self._empty_count += 1
+                heapq.heappush(self._empty_by_shape.setdefault(self._shape[index], []), index)
+            for level in allocator.levels:
+                if level not in self._level_cpus:
+                    self._level_cpus[level] = np.zeros(self._capacity)
+                    self._level_alloc[level] = np.zeros(self._capacity)
+                self._level_cpus[level][index], self._level_alloc[level][index] = allocator.level_usage(level)
 
     def sync(self, host: str) -> None:
         """Refresh the columns of `host` after its allocator changed directly."""
@@ -552,12 +598,10 @@ class Cluster:
         self._level_alloc = {r: grown(c) for r, c in self._level_alloc.items()}
         self._capacity = capacity
 
-    def _sync_index(self, index: int, ratio: float | None = None, fresh: bool = False) -> None:
+    def _sync_index(self, index: int, ratio: float | None = None) -> None:
         """Copy one host's counters into the columns: free CPUs, memory, and
-        (C, A) of `ratio`, or of every level when `ratio` is None. `fresh`: the
-        host's first sync (`add_host`), its level columns still zero: only its
-        own levels are written (writing every known level's zeros was half of
-        adding a host, and a restart adds 10,000)."""
+        (C, A) of `ratio`, or of every level when `ratio` is None (a new host's
+        first columns are `_write_new_columns`')."""
         allocator = self._allocators[index]
         usable = float(allocator.usable_cpu_count)
         free = float(allocator.free_cpu_count)
@@ -577,10 +621,7 @@ class Cluster:
             self._empty_count += 1 if empty else -1
             if empty:
                 heapq.heappush(self._empty_by_shape.setdefault(self._shape[index], []), index)
-        if ratio is not None:
-            ratios = {ratio}
-        else:
-            ratios = set(allocator.levels) if fresh else set(self._level_cpus) | set(allocator.levels)
+        ratios = {ratio} if ratio is not None else set(self._level_cpus) | set(allocator.levels)
         for level in ratios:
             if level not in self._level_cpus:
                 self._level_cpus[level] = np.zeros(self._capacity)

@@ -296,8 +296,7 @@ class _Workspace:
         self, cluster: Cluster, policy: str, targets: Iterable[str] | None, empty_targets: bool
     ) -> None:
         self.cluster = Cluster()
-        for name in cluster.hosts:
-            self.cluster.add_host(name, cluster.allocator(name))
+        self.cluster.add_hosts([(name, cluster.allocator(name)) for name in cluster.hosts])
         self.policy = policy
         self.targets = None if targets is None else set(targets)
         self.empty_targets = empty_targets

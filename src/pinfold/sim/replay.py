@@ -189,17 +189,18 @@ class _Pool:
         self.cluster = Cluster()
         self.elastic = scenario.elastic
         self.template = HostAllocator(topology, critical_size=scenario.critical_size)
-        for _ in range(scenario.hosts or 0):
-            self._open()
+        self.cluster.add_hosts([self._new_host(i) for i in range(scenario.hosts or 0)])
 
-    def _next_name(self) -> str:
-        return f"{self.prefix}{len(self.cluster):05d}"
+    def _name(self, number: int) -> str:
+        return f"{self.prefix}{number:05d}"
+
+    def _new_host(self, number: int) -> tuple[str, HostAllocator]:
+        allocator = HostAllocator(self.topology, critical_size=self.critical_size, report_pins=False)
+        return self._name(number), allocator
 
     def _open(self) -> str:
-        name = self._next_name()
-        self.cluster.add_host(
-            name, HostAllocator(self.topology, critical_size=self.critical_size, report_pins=False)
-        )
+        name, allocator = self._new_host(len(self.cluster))
+        self.cluster.add_host(name, allocator)
         return name
 
     def place(
@@ -224,7 +225,7 @@ class _Pool:
         if group is None:
             return True
         where = {member: self.cluster.host_of(member) for member in group.members}
-        return host_refusal(group, self._next_name(), where) is None
+        return host_refusal(group, self._name(len(self.cluster)), where) is None
 
     def fits_without(self, spec: VMSpec) -> bool:
         """Whether `spec` would have been placed without its group."""
