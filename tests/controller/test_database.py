@@ -53,7 +53,7 @@ def test_connect_leaves_the_database_at_head_and_again_is_a_no_op(database_url: 
             with engine.connect() as connection:
                 config = alembic_config(connection)
                 head = ScriptDirectory.from_config(config).get_current_head()
-                assert MigrationContext.configure(connection).get_current_revision() == head == "0009"
+                assert MigrationContext.configure(connection).get_current_revision() == head == "0010"
         finally:
             engine.dispose()
 

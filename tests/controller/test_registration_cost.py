@@ -10,12 +10,16 @@ These tests count the work itself (parses, commits, statements), not time."""
 from __future__ import annotations
 
 import copy
+import gc
 import re
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from typer.testing import CliRunner
 
+from pinfold.cli import app
+from pinfold.controller import daemon
 from pinfold.controller.database import connect
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore
@@ -115,3 +119,87 @@ def test_a_restart_builds_its_picture_without_reading_heartbeats(tmp_path: Path,
         assert again.scheduler.hosts == ("h0", "h1", "h2")
     finally:
         engine_store.engine.dispose()
+
+
+def test_a_restarts_first_create_parses_no_topology_its_picture_parsed(
+    tmp_path: Path, i7_topology, monkeypatch
+):
+    """The picture and the reservation's check share one parse per model: the
+    first create after a restart parsed its host's document again (a large
+    server's: 20 ms)."""
+    url = f"sqlite:///{tmp_path / 'controller.db'}"
+    first = controller_on(url)
+    for i in range(3):
+        first.register(f"h{i}", f"http://127.0.0.1:{9000 + i}", i7_topology, 2, 0)
+    first.store.engine.dispose()
+    parses: list[int] = []
+    parse = slackvm_json.from_dict
+
+    def counted(document: Any) -> Any:
+        parses.append(1)
+        return parse(document)
+
+    monkeypatch.setattr(slackvm_json, "from_dict", counted)
+    again = controller_on(url)
+    try:
+        assert len(parses) == 1  # the picture's, for the one model of the three hosts
+        for i in range(3):
+            assert again.create(VMRequest(f"after{i}", 2, 512)).created
+        assert len(parses) == 1, f"{len(parses) - 1} parses by creates on hosts of a parsed model"
+    finally:
+        again.store.engine.dispose()
+
+
+def test_scheduling_reads_every_hosts_liveness_from_its_index_alone(tmp_path: Path, i7_topology):
+    """With SQLite, a host's liveness columns come after its heartbeat's JSON
+    in the table (migrations 0002, 0003): the index `ix_hosts_liveness` (0010)
+    has them all, so the read each second touches no heartbeat."""
+    controller = controller_on(f"sqlite:///{tmp_path / 'controller.db'}")
+    try:
+        for i in range(3):
+            controller.register(f"h{i}", f"http://127.0.0.1:{9000 + i}", i7_topology, 2, 0)
+            controller.heartbeat(f"h{i}", {"vms": {}, "usage": {"cpu": [0.5] * 8}})
+        statements, _ = counting(controller.store.engine)
+        assert [h.id for h in controller.store.liveness()] == ["h0", "h1", "h2"]
+        (read,) = statements
+        with controller.store.engine.connect() as connection:
+            plan = connection.exec_driver_sql("EXPLAIN QUERY PLAN " + read).fetchall()
+        assert [row[-1] for row in plan] == ["SCAN hosts USING COVERING INDEX ix_hosts_liveness"], plan
+        assert controller.schedulable_hosts() == ["h0", "h1", "h2"]
+    finally:
+        controller.store.engine.dispose()
+
+
+def test_the_controller_starts_without_the_collector_and_serves_with_it(tmp_path: Path, monkeypatch):
+    """`pinfold controller` builds its picture with the cyclic collector off,
+    then freezes what start-up made and turns the collector on before it
+    serves; a start refused for its settings turns it on again too."""
+    seen: list[tuple[bool, int]] = []
+    monkeypatch.setattr(
+        "pinfold.serving.run", lambda *args, **kwargs: seen.append((gc.isenabled(), gc.get_freeze_count()))
+    )
+    built: list[bool] = []
+    build = daemon.build_controller
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        built.append(gc.isenabled())
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(daemon, "build_controller", watched)
+    env = {"PINFOLD_CONTROLLER_ADMIN_TOKEN": "a" * 32, "PINFOLD_CONTROLLER_AGENT_TOKEN": "b" * 32}
+    try:
+        result = CliRunner().invoke(app, ["controller", "--data-dir", str(tmp_path), "--port", "1"], env=env)
+        assert result.exit_code == 0, result.output
+        assert built == [False]
+        ((enabled, frozen),) = seen
+        assert enabled
+        assert frozen > 0
+        gc.unfreeze()
+        refused = CliRunner().invoke(
+            app, ["controller", "--data-dir", str(tmp_path), "--policy", "nonsense"], env=env
+        )
+        assert refused.exit_code != 0, refused.output
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()

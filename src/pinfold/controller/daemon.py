@@ -3,6 +3,7 @@ periodic checks, and the HTTP server."""
 
 from __future__ import annotations
 
+import gc
 import signal
 import ssl
 import sys
@@ -128,6 +129,16 @@ def consolidation_settings(config: ControllerConfig) -> ConsolidationSettings:
     )
 
 
+def settled() -> None:
+    """What start-up made (modules, the picture of every host) lives as long
+    as the process: it is left out of the cyclic collector's passes from now
+    on (a full pass over 10,000 hosts' allocators took 40 ms, a pause in some
+    request every few seconds), and the collector is on (the `controller`
+    command turns it off for its start-up)."""
+    gc.freeze()
+    gc.enable()
+
+
 def serve(config: ControllerConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     admin_token, agent_token = config.tokens()
@@ -154,6 +165,7 @@ def serve(config: ControllerConfig) -> None:
         thread.start()
     try:
         app = create_app(controller, admin_token, agent_token, config.slackvm_open_networks, consolidator)
+        settled()
         serving.run(app, config, config.listen, config.port, "pinfold controller")
     finally:
         for thread in threads:

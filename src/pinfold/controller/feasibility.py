@@ -40,8 +40,10 @@ class Feasibility:
     """`fits` with the parsed topologies kept by digest: parsing a large
     server's document (its CPU distances) costs more than the replay."""
 
-    def __init__(self, kept_hosts: int = KEPT_HOSTS) -> None:
-        self._topologies: dict[str, Topology] = {}
+    def __init__(self, kept_hosts: int = KEPT_HOSTS, topologies: dict[str, Topology] | None = None) -> None:
+        #: parsed by digest; `topologies`: shared with the scheduler's picture, which
+        #: parsed them first (a restart's first create parsed its host's again)
+        self._topologies: dict[str, Topology] = {} if topologies is None else topologies
         #: replayed allocators by host: the host as replayed (its shape and
         #: VMs in order) and the allocator; the most recently used ones kept
         self._replayed: OrderedDict[str, tuple[_Replay, HostAllocator]] = OrderedDict()

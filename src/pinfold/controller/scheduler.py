@@ -26,8 +26,9 @@ class Scheduler:
     def __init__(self) -> None:
         self._cluster = Cluster()
         self._shapes: dict[str, tuple[str, int, int]] = {}
-        #: parsed topologies by digest: many hosts share one model
-        self._topologies: dict[str, Topology] = {}
+        #: parsed topologies by digest (many hosts share one model), shared with
+        #: the feasibility check (`Feasibility(topologies=...)`)
+        self.topologies: dict[str, Topology] = {}
         self._eligible_for: Sequence[str] | None = None
         self._eligible: list[str] | None = None
         #: cloud agents' hosts, never in the picture, with the reason (`cloud_reason`)
@@ -167,8 +168,8 @@ class Scheduler:
         self.clouds.pop(host.id, None)
         text = _shape(host)[0]
         try:
-            topology = self._topologies.get(text) or slackvm_json.from_dict(host.topology)
-            self._topologies[text] = topology
+            topology = self.topologies.get(text) or slackvm_json.from_dict(host.topology)
+            self.topologies[text] = topology
             return HostAllocator(topology, host.critical_size, host.reserved_memory_mib, report_pins=False)
         except (KeyError, TypeError, ValueError):
             return None  # an unusable description: `fits` refuses it with the reason

@@ -186,7 +186,7 @@ class Controller:
         if self.default_policy not in POLICIES:
             raise ValueError(f"unknown policy {self.default_policy!r}: one of {', '.join(POLICIES)}")
         self._picture = threading.Lock()
-        self._fits = Feasibility()
+        self._fits = Feasibility(topologies=self.scheduler.topologies)
         self._schedulable: tuple[float, list[str]] = (float("-inf"), [])
         # the creates under way in this process, by name (a create of a name
         # sent twice at once may run twice), and the creates waiting for them

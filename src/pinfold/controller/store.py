@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import Engine, Row, Select, bindparam, delete, insert, null, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -100,6 +100,10 @@ _HELD_ON = (
     .order_by(_VMS.c.seq)
 )
 _CREDENTIAL = select(_HOSTS.c.credential_digest).where(_HOSTS.c.id == bindparam("host_id"))
+#: every host's `HostLiveness` columns (read from the index `ix_hosts_liveness` alone)
+_LIVENESS = select(
+    _HOSTS.c.id, _HOSTS.c.draining, _HOSTS.c.last_heartbeat, _HOSTS.c.down, _HOSTS.c.heartbeat_period_s
+).order_by(_HOSTS.c.id)
 _VM_ROW = select(_VMS).where(_VMS.c.name == bindparam("name"))
 _VM_ROWS = select(_VMS).where(_VMS.c.name.in_(bindparam("names", expanding=True)))
 _VM_ROW_LOCKED = _VM_ROW.with_for_update()
@@ -223,8 +227,10 @@ class HostShape:
     reserved_memory_mib: int
 
 
-@dataclass(frozen=True, slots=True)
-class HostLiveness:
+class HostLiveness(NamedTuple):
+    """A host as scheduling reads it each second (a tuple: 10,000 of them are
+    made at once, and a frozen dataclass cost 2 us each)."""
+
     id: str
     draining: bool
     last_heartbeat: float
@@ -434,7 +440,7 @@ class ControllerStore:
         reads one snapshot), which were most of a short read's cost."""
         with self.engine.connect() as connection:
             connection.execution_options(**{ONE_STATEMENT: True})
-            return list(connection.execute(statement, dict(params or {})))
+            return list(connection.execute(statement, dict(params or {})).all())
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
@@ -678,10 +684,7 @@ class ControllerStore:
     def liveness(self) -> list[HostLiveness]:
         """Every host's id, draining flag and last heartbeat, and nothing else:
         what scheduling needs on each request, cheap with many hosts."""
-        columns = (Host.id, Host.draining, Host.last_heartbeat, Host.down, Host.heartbeat_period_s)
-        query = select(*columns).order_by(Host.id)
-        with self._read() as session:
-            return [HostLiveness(*row) for row in session.execute(query)]
+        return [HostLiveness._make(row) for row in self._fetch(_LIVENESS)]
 
     def host(self, host_id: str, heartbeat: bool = True) -> HostRecord | None:
         """The host, or None; not `heartbeat`: its last heartbeat left out
