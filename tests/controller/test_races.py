@@ -62,7 +62,8 @@ def controller(store: ControllerStore, agent: ScriptedAgent, i7_topology: dict[s
     def agent_for(host: HostRecord) -> AgentClient:
         return agent
 
-    control = Controller(store, agent_for, race_wait_s=RACE_WAIT_S)
+    # creates one by one: placed together (the coalescer), a name's creates never meet in this process
+    control = Controller(store, agent_for, race_wait_s=RACE_WAIT_S, coalesce_at_most=1)
     control.register("h1", "http://h1:8099", i7_topology, 6, 0)
     return control
 

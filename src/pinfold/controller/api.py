@@ -636,7 +636,8 @@ def create_app(
         placed = timed_create(body.to_request(), body.policy, body.group)
         response.status_code = 201 if placed.created else 200
         # the agent's answer has the pinning: the heartbeat's JSON (pins of every VM) is not needed
-        view = vm_view(placed.record, one_host(placed.record.host_id, not placed.pinning), body.group)
+        host = controller.view(placed.host) if placed.host is not None and placed.pinning else None
+        view = vm_view(placed.record, host or one_host(placed.record.host_id, not placed.pinning), body.group)
         if placed.pinning:
             view["pinning"] = list(placed.pinning)
         return view

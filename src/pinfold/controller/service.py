@@ -30,6 +30,7 @@ from types import MappingProxyType
 from typing import Any, TypeVar
 
 from pinfold.controller.agents import AgentClient, AgentError, AgentRefusedError, AgentUnreachableError
+from pinfold.controller.coalescing import Coalescer
 from pinfold.controller.credentials import Proof, digest, matches
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.history import History
@@ -119,6 +120,8 @@ class Placed:
     record: VMRecord
     created: bool
     pinning: tuple[int, ...] = ()
+    #: its host as read before its agent was asked, without its last heartbeat (None: not asked)
+    host: HostRecord | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,9 @@ class Controller:
     race_wait_s: float = 30.0
     #: how many creates may wait so at once (each holds one of the server's workers)
     max_race_waiters: int = 8
+    #: creates that arrive while others are being placed are placed together, this many at most
+    #: (one pass, as a bulk create's: `_create_together`); 1: each alone
+    coalesce_at_most: int = 32
     clock: Callable[[], float] = time.time
     scheduler: Scheduler = field(default_factory=Scheduler)
     history: History = field(default_factory=History)
@@ -198,6 +204,9 @@ class Controller:
         # the VMs this process is migrating: a heartbeat leaves them to it
         self._moving: set[str] = set()
         self._moving_lock = threading.Lock()
+        self.coalescer: Coalescer[tuple[str, str | None], VMRequest, Placed] = Coalescer(
+            self._create_together, lambda request: request.name, most=self.coalesce_at_most
+        )
         self.refresh()
 
     # -- hosts -------------------------------------------------------------------
@@ -353,6 +362,10 @@ class Controller:
         beats every 10 s by a 2 s period would have it flap down and up."""
         return MISSED_HEARTBEATS * max(self.heartbeat_period_s, agent_period_s or 0.0)
 
+    def view(self, record: HostRecord) -> HostView:
+        """A host record read earlier (a create's `Placed.host`), with its state now."""
+        return self._view(record, self.clock())
+
     def _view(self, record: HostRecord, now: float) -> HostView:
         return HostView(record, self._state(record, now))
 
@@ -376,8 +389,17 @@ class Controller:
 
     def create(self, request: VMRequest, policy: str | None = None, group: str | None = None) -> Placed:
         """Place and create one VM; `group`: the VM joins that group (its rule
-        rules hosts out or ranks them, `placement.groups`)."""
+        rules hosts out or ranks them, `placement.groups`). A new name is
+        placed with the creates of the same policy and group that arrive
+        meanwhile (`coalescer`); a name in the directory is a repeated create."""
         policy = self._checked(request, policy)
+        self._group_rule(group)  # an unknown group refuses this create alone
+        if self.coalesce_at_most > 1:
+            return self.coalescer.submit((policy, group), request)
+        return self._create_alone(request, policy, group)
+
+    def _create_alone(self, request: VMRequest, policy: str, group: str | None) -> Placed:
+        """`create`, for this VM alone: ranked, reserved, made on its agent."""
         rule = self._group_rule(group)
         existing = self.store.vm(request.name)
         if existing is not None:
@@ -396,6 +418,27 @@ class Controller:
         raise ControllerError(
             "duplicate name", f"{request.name}: taken and dropped by other requests at once"
         )
+
+    def _create_together(
+        self, key: tuple[str, str | None], requests: list[VMRequest]
+    ) -> list[Placed | ControllerError]:
+        """Creates of one policy and group that arrived together, placed in
+        one pass (`_bulk_pass`: each ranked with the ones before it in the
+        picture, each host's share reserved, made and marked running at once),
+        each one's outcome in order. One alone, or one whose name was taken
+        meanwhile or that the pass could not place, goes the way of
+        `_create_alone`."""
+        policy, group = key
+        alone = partial(self._create_alone, policy=policy, group=group)
+        if len(requests) == 1:
+            return [_outcome(partial(alone, requests[0]))]
+        taken = self.store.taken([request.name for request in requests])
+        fresh = [request for request in requests if request.name not in taken]
+        outcomes: dict[str, Placed | ControllerError | None] = {}
+        later = self._bulk_pass(fresh, policy, outcomes, False, self._group_rule(group))
+        for request in [*later, *(request for request in requests if request.name in taken)]:
+            outcomes[request.name] = _outcome(partial(alone, request))
+        return [_placed_or_error(outcomes[request.name]) for request in requests]
 
     def _checked(self, request: VMRequest, policy: str | None) -> str:
         """The policy to place `request` by; "invalid request" for a policy,
@@ -489,8 +532,11 @@ class Controller:
                         self._forget(attempt.request.name)
                         outcomes[attempt.request.name] = None
                 return later
-            with ThreadPoolExecutor(BULK_WORKERS) as pool:
-                made = list(pool.map(lambda batch: self._bulk_on_host(*batch), batches))
+            if len(batches) == 1:  # no pool's threads for one host's share (creates placed together)
+                made = [self._bulk_on_host(*batches[0])]
+            else:
+                with ThreadPoolExecutor(BULK_WORKERS) as pool:
+                    made = list(pool.map(lambda batch: self._bulk_on_host(*batch), batches))
             phase("agents")
         for (_, attempts), placed in zip(batches, made, strict=True):
             for attempt, outcome in zip(attempts, placed, strict=True):
@@ -776,7 +822,7 @@ class Controller:
             else:
                 pins = answer.get("pinning")
                 result[name] = Placed(
-                    record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else ()
+                    record, True, tuple(int(c) for c in pins) if isinstance(pins, list) else (), host
                 )
         return result
 
@@ -1373,6 +1419,13 @@ def _outcome(operation: Callable[[], T]) -> T | ControllerError:
         return operation()
     except ControllerError as error:
         return error
+
+
+def _placed_or_error(outcome: Placed | ControllerError | None) -> Placed | ControllerError:
+    """A best-effort pass's outcome (None is only all or nothing's)."""
+    if outcome is None:
+        raise AssertionError("a best-effort pass left a VM without an outcome")
+    return outcome
 
 
 def _given(result: dict[str, Any] | AgentError) -> dict[str, Any]:

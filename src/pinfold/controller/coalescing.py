@@ -1,0 +1,128 @@
+"""Requests that arrive while others of their kind are being done are done
+together, as the next batch, by one of their own threads (a leader). No
+timer and no thread of its own: a request that finds room runs at once, so a
+lone request waits for nothing; only under load do requests queue, and then
+they share one pass (a create's reservation, agent call and `running` write
+per host instead of one each). The pattern of a group commit, one level up."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["Coalescer"]
+
+K = TypeVar("K", bound=Hashable)
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: a batch's outcome for each of its items, in order: its result or the error it raised
+Outcomes = Sequence[R | BaseException]
+
+
+class _Ticket(Generic[K, T, R]):
+    """One request, queued, taken into a batch, then answered."""
+
+    __slots__ = ("answered", "error", "identity", "item", "key", "result", "taken")
+
+    def __init__(self, key: K, item: T, identity: Hashable) -> None:
+        self.key, self.item, self.identity = key, item, identity
+        self.taken = self.answered = False
+        self.result: R | None = None
+        self.error: BaseException | None = None
+
+
+class Coalescer(Generic[K, T, R]):
+    """`submit(key, item)` is `run(key, [item])[0]`, except that items of
+    one key submitted while `running` batches are under way are run together
+    (at most `most` of them, at most one item of each identity: a request sent
+    twice at once waits for the next batch, where it finds the first one's
+    outcome). `run` gives one outcome per item, in order: a result, or an
+    exception, raised in that item's thread; an exception of `run` itself is
+    raised in every thread of its batch."""
+
+    def __init__(
+        self,
+        run: Callable[[K, list[T]], Outcomes[R]],
+        identity: Callable[[T], Hashable],
+        most: int = 32,
+        running: int = 1,
+    ) -> None:
+        if most < 1 or running < 1:
+            raise ValueError("a batch holds at least one item, and at least one batch runs")
+        self._run, self._identity, self.most, self.running = run, identity, most, running
+        self._changed = threading.Condition()
+        self._queue: list[_Ticket[K, T, R]] = []
+        self._under_way = 0
+        #: batches run, and items run in them (for tests and metrics)
+        self.batches = self.items = 0
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch."""
+        with self._changed:
+            return len(self._queue)
+
+    def submit(self, key: K, item: T) -> R:
+        ticket: _Ticket[K, T, R] = _Ticket(key, item, self._identity(item))
+        with self._changed:
+            self._queue.append(ticket)
+            while not ticket.taken:
+                if self._under_way < self.running:
+                    batch = self._take(ticket)
+                    break
+                self._changed.wait()
+            else:  # another thread took it into its batch: wait for the answer
+                while not ticket.answered:
+                    self._changed.wait()
+                return _answer(ticket)
+        self._lead(batch)
+        return _answer(ticket)
+
+    def _take(self, leader: _Ticket[K, T, R]) -> list[_Ticket[K, T, R]]:
+        """The leader's batch, in the order they were submitted: itself and
+        the oldest queued tickets of its key, one of each identity."""
+        chosen, seen, kept = {id(leader)}, {leader.identity}, []
+        for ticket in self._queue:
+            if ticket is leader:
+                continue
+            if ticket.key == leader.key and ticket.identity not in seen and len(chosen) < self.most:
+                chosen.add(id(ticket))
+                seen.add(ticket.identity)
+            else:
+                kept.append(ticket)
+        batch = [ticket for ticket in self._queue if id(ticket) in chosen]
+        self._queue = kept
+        for ticket in batch:
+            ticket.taken = True
+        self._under_way += 1
+        self.batches += 1
+        self.items += len(batch)
+        return batch
+
+    def _lead(self, batch: list[_Ticket[K, T, R]]) -> None:
+        """Run the batch in this thread, then answer each of its tickets and
+        wake the queue (one of its threads leads the next batch)."""
+        outcomes: Outcomes[R]
+        try:
+            outcomes = self._run(batch[0].key, [ticket.item for ticket in batch])
+            if len(outcomes) != len(batch):
+                raise RuntimeError(f"a batch of {len(batch)} had {len(outcomes)} outcomes")
+        except BaseException as error:  # each of the batch's threads raises it
+            outcomes = [error] * len(batch)
+        with self._changed:
+            for ticket, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    ticket.error = outcome
+                else:
+                    ticket.result = outcome
+                ticket.answered = True
+            self._under_way -= 1
+            self._changed.notify_all()
+
+
+def _answer(ticket: _Ticket[K, T, R]) -> R:
+    if ticket.error is not None:
+        raise ticket.error
+    return ticket.result  # type: ignore[return-value]

@@ -1,0 +1,233 @@
+"""Creates that arrive while another is under way are placed together
+(issue 16): `Coalescer`, the leader/follower batching, and the controller's
+use of it, where the VMs land where one-by-one creates in the same order would
+put them, with each host's share reserved, made and marked running once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pinfold.controller.coalescing import Coalescer
+from pinfold.controller.database import connect
+from pinfold.controller.service import Controller, ControllerError, NoHostError, Placed
+from pinfold.controller.store import ControllerStore
+from pinfold.model.vm import VMRequest
+from tests.controller.test_bulk_batches import write_commits
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+class Gate:
+    """A batch runner that holds its first batch until opened, and records each batch."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.batches: list[tuple[str, list[str]]] = []
+
+    def run(self, key: str, items: list[str]) -> list[str | BaseException]:
+        self.batches.append((key, list(items)))
+        if len(self.batches) == 1:
+            assert self.open.wait(30)
+        return [ValueError(item) if item.startswith("bad") else item.upper() for item in items]
+
+
+def submit_in_order(
+    coalescer: Coalescer[str, str, str], submissions: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """Each (key, item) submitted from its own thread, each queued before the next starts."""
+    answers: dict[str, Any] = {}
+
+    def submit(key: str, item: str) -> None:
+        try:
+            answers[item] = coalescer.submit(key, item)
+        except ValueError as error:
+            answers[item] = error
+
+    threads = []
+    for key, item in submissions:
+        queued = coalescer.queued
+        threads.append(threading.Thread(target=submit, args=(key, item)))
+        threads[-1].start()
+        wait_until(lambda queued=queued: coalescer.queued == queued + 1)
+    return {"threads": threads, "answers": answers}
+
+
+def held_first(gate: Gate, most: int = 32) -> tuple[Coalescer[str, str, str], threading.Thread]:
+    """A coalescer whose first batch ("first" alone) is under way, held at the gate."""
+    coalescer: Coalescer[str, str, str] = Coalescer(gate.run, identity=str, most=most)
+    first = threading.Thread(target=coalescer.submit, args=("k", "first"))
+    first.start()
+    wait_until(lambda: len(gate.batches) == 1)
+    return coalescer, first
+
+
+def test_a_lone_item_runs_at_once_and_those_arriving_meanwhile_run_together_next():
+    gate = Gate()
+    coalescer, first = held_first(gate)
+    assert gate.batches == [("k", ["first"])]
+    assert coalescer.queued == 0
+    later = submit_in_order(coalescer, [("k", "b"), ("k", "c"), ("k", "d")])
+    assert gate.batches == [("k", ["first"])], "nothing runs beside the batch under way"
+    gate.open.set()
+    for thread in [first, *later["threads"]]:
+        thread.join(30)
+    assert gate.batches == [("k", ["first"]), ("k", ["b", "c", "d"])]
+    assert later["answers"] == {"b": "B", "c": "C", "d": "D"}
+    assert (coalescer.batches, coalescer.items) == (2, 4)
+
+
+def test_keys_are_not_mixed_and_an_item_sent_twice_waits_for_the_next_batch():
+    gate = Gate()
+    coalescer, first = held_first(gate)
+    later = submit_in_order(coalescer, [("k", "a"), ("other", "x"), ("k", "a"), ("k", "b")])
+    gate.open.set()
+    for thread in [first, *later["threads"]]:
+        thread.join(30)
+    assert sorted(gate.batches[1:]) == [("k", ["a"]), ("k", ["a", "b"]), ("other", ["x"])]
+    assert later["answers"] == {"a": "A", "x": "X", "b": "B"}
+
+
+def test_an_items_error_is_raised_in_its_thread_alone_and_a_failed_batch_in_all_of_them():
+    gate = Gate()
+    coalescer, first = held_first(gate, most=2)
+    later = submit_in_order(coalescer, [("k", "bad1"), ("k", "good"), ("k", "last")])
+    gate.open.set()
+    for thread in [first, *later["threads"]]:
+        thread.join(30)
+    assert [items for _, items in gate.batches] == [["first"], ["bad1", "good"], ["last"]]
+    assert isinstance(later["answers"]["bad1"], ValueError)
+    assert later["answers"]["good"] == "GOOD"
+
+    def broken(key: str, items: list[str]) -> list[str | BaseException]:
+        raise ValueError("the batch failed")
+
+    with pytest.raises(ValueError, match="the batch failed"):
+        Coalescer(broken, identity=str).submit("k", "any")
+    with pytest.raises(ValueError, match="at least one item"):
+        Coalescer(broken, identity=str, most=0)
+
+
+class HeldAgent:
+    """An agent that creates what it is asked at once, but holds the first
+    create until opened; records each call."""
+
+    def __init__(self) -> None:
+        self.open = threading.Event()
+        self.calls: list[list[str]] = []
+
+    def create(self, request: VMRequest) -> dict[str, Any]:
+        self.calls.append([request.name])
+        if len(self.calls) == 1:
+            assert self.open.wait(30)
+        return {"name": request.name, "pinning": [0]}
+
+    def create_many(self, requests: list[VMRequest]) -> list[dict[str, Any]]:
+        self.calls.append([request.name for request in requests])
+        return [{"name": request.name, "pinning": [0]} for request in requests]
+
+
+@pytest.fixture
+def controllers(tmp_path: Path, i7_topology: dict[str, Any]) -> Iterator[Callable[..., Controller]]:
+    made: list[Controller] = []
+
+    def make(name: str, agent: Any) -> Controller:
+        controller = Controller(
+            ControllerStore(connect(f"sqlite:///{tmp_path / name}.db")),
+            lambda host: agent,
+            heartbeat_period_s=3600,
+        )
+        for i in range(4):
+            controller.register(f"h{i}", f"http://127.0.0.1:{9000 + i}", i7_topology, 2, 0)
+        made.append(controller)
+        return controller
+
+    yield make
+    for controller in made:
+        controller.store.engine.dispose()
+
+
+def test_creates_arriving_during_a_create_are_placed_together_where_one_by_one_creates_go(controllers):
+    """One create held at its agent; 9 more arrive meanwhile (more than the
+    first host holds). They are placed in one pass: each host's share made in
+    one agent call, two commits per host, and every VM on the host that
+    one-by-one creates in the same order choose. One that fits nowhere is
+    refused alone, with its reasons."""
+    agent = HeldAgent()
+    together = controllers("together", agent)
+    requests = [VMRequest(f"vm{i}", (2, 1, 4)[i % 3], 512, (1.0, 2.0)[i % 2]) for i in range(10)]
+    requests.append(VMRequest("huge", 64, 512, 1.0))
+    answers: dict[str, Placed | ControllerError] = {}
+
+    def create(request: VMRequest) -> None:
+        try:
+            answers[request.name] = together.create(request)
+        except ControllerError as error:
+            answers[request.name] = error
+
+    first = threading.Thread(target=create, args=(requests[0],))
+    first.start()
+    wait_until(lambda: len(agent.calls) == 1)
+    threads = [first]
+    for request in requests[1:]:
+        queued = together.coalescer.queued
+        threads.append(threading.Thread(target=create, args=(request,)))
+        threads[-1].start()
+        wait_until(lambda queued=queued: together.coalescer.queued == queued + 1)
+    commits = write_commits(together)
+    agent.open.set()
+    for thread in threads:
+        thread.join(30)
+
+    one_by_one = controllers("alone", HeldAgent())
+    one_by_one.agent_for(None).open.set()  # type: ignore[arg-type]
+    for request in requests[:-1]:
+        one_by_one.create(request)
+    expected = {vm.name: vm.host_id for vm in one_by_one.vms()}
+    got = {name: a.record.host_id for name, a in answers.items() if isinstance(a, Placed)}
+    assert got == expected
+    assert len(set(expected.values())) >= 2
+    assert isinstance(answers["huge"], NoHostError)
+    assert all(
+        a.created and a.pinning == (0,) and a.host is not None
+        for a in answers.values()
+        if isinstance(a, Placed)
+    )
+    made_together = agent.calls[1:]
+    assert sorted(name for call in made_together for name in call) == sorted(r.name for r in requests[1:-1])
+    assert len(made_together) == len({got[r.name] for r in requests[1:-1]}), "one agent call per host"
+    assert len(commits) <= 2 * len(made_together), f"{len(commits)} commits"
+    assert (together.coalescer.batches, together.coalescer.items) == (2, 11)
+
+
+def test_the_same_create_sent_twice_meanwhile_makes_one_vm_and_both_get_it(controllers):
+    agent = HeldAgent()
+    controller = controllers("twins", agent)
+    first = threading.Thread(target=controller.create, args=(VMRequest("first", 1, 512),))
+    first.start()
+    wait_until(lambda: len(agent.calls) == 1)
+    twin = VMRequest("twin", 2, 512, 2.0)
+    answers: list[Placed] = []
+    threads = [threading.Thread(target=lambda: answers.append(controller.create(twin))) for _ in range(2)]
+    for thread in threads:
+        queued = controller.coalescer.queued
+        thread.start()
+        wait_until(lambda queued=queued: controller.coalescer.queued == queued + 1)
+    agent.open.set()
+    for thread in [first, *threads]:
+        thread.join(30)
+    assert sorted(a.created for a in answers) == [False, True]
+    assert {a.record.host_id for a in answers} == {
+        next(vm.host_id for vm in controller.vms() if vm.name == "twin")
+    }
+    assert [call for call in agent.calls if "twin" in call] == [["twin"]]
