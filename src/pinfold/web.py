@@ -60,6 +60,9 @@ def bearer(request: Request) -> str:
 
 #: a browser cannot set headers on a WebSocket: it offers its token as this subprotocol
 #: prefix (`pinfold.token.<token>`, with the subprotocol CONSOLE_PROTOCOL), never in the URL
+#: a request's token check, as a FastAPI dependency (a coroutine function)
+Check = Callable[..., Coroutine[Any, Any, None]]
+
 TOKEN_PROTOCOL = "pinfold.token."
 CONSOLE_PROTOCOL = "pinfold.console"
 #: a console's `?mode=`: the one writer's seat, or watching
@@ -124,11 +127,13 @@ async def refuse_websocket(websocket: WebSocket, code: ErrorCode | str, detail: 
     await websocket.close(code=1008, reason=f"{known.value}: {detail}"[:120])
 
 
-def token_check(*tokens: str, what: str = "token", query: bool = False) -> Callable[..., None]:
+def token_check(*tokens: str, what: str = "token", query: bool = False) -> Check:
     """A FastAPI dependency accepting any of `tokens` (compared in constant time)
     from `Authorization: Bearer`. With `query`, `?token=` is taken too: only
     for SlackVM's routes, whose client sends no header (a token in a URL ends
-    up in logs and browser history, so no other route takes one there)."""
+    up in logs and browser history, so no other route takes one there).
+    Coroutines: the check runs on the event loop, where a plain function
+    would hop to a worker thread and back for each request."""
 
     def verify(given: str) -> None:
         # an empty token never matches, even if a caller handed one in by mistake
@@ -137,10 +142,10 @@ def token_check(*tokens: str, what: str = "token", query: bool = False) -> Calla
         ):
             raise ApiError(ErrorCode.UNAUTHORIZED, f"a valid {what} is required")
 
-    def check_header(request: Request) -> None:
+    async def check_header(request: Request) -> None:
         verify(bearer(request))
 
-    def check_header_or_query(
+    async def check_header_or_query(
         request: Request, token_query: Annotated[str | None, Query(alias="token")] = None
     ) -> None:
         verify(bearer(request) or token_query or "")
@@ -148,13 +153,15 @@ def token_check(*tokens: str, what: str = "token", query: bool = False) -> Calla
     return check_header_or_query if query else check_header
 
 
-def open_to(networks: Sequence[str], otherwise: Callable[..., None]) -> Callable[..., None]:
+def open_to(networks: Sequence[str], otherwise: Check) -> Check:
     """A dependency letting clients from `networks` through without a token
     (SlackVM's client and global scheduler send none), others through
     `otherwise` (a `token_check(..., query=True)`)."""
     parsed = [ipaddress.ip_network(network, strict=False) for network in networks]
 
-    def check(request: Request, token_query: Annotated[str | None, Query(alias="token")] = None) -> None:
+    async def check(
+        request: Request, token_query: Annotated[str | None, Query(alias="token")] = None
+    ) -> None:
         client = request.client.host if request.client is not None else ""
         try:
             address = ipaddress.ip_address(client)
@@ -162,7 +169,7 @@ def open_to(networks: Sequence[str], otherwise: Callable[..., None]) -> Callable
             address = None
         if address is not None and any(address in network for network in parsed):
             return
-        otherwise(request, token_query)
+        await otherwise(request, token_query)
 
     return check
 

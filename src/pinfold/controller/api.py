@@ -672,7 +672,10 @@ def create_app(
             answer["credential"] = credential
         return answer
 
-    @app.post("/api/v1/hosts/{host_id}/heartbeat", dependencies=[Depends(host_credential)])
+    # response_model=None on the busiest routes: validating a dict answer hops to a worker thread and back
+    @app.post(
+        "/api/v1/hosts/{host_id}/heartbeat", dependencies=[Depends(host_credential)], response_model=None
+    )
     def heartbeat(host_id: str, body: Heartbeat) -> dict[str, str]:
         if not controller.heartbeat(host_id, body.model_dump()):
             raise ApiError("unknown host", f"{host_id}: register first")
@@ -748,7 +751,7 @@ def create_app(
 
     # -- VMs -----------------------------------------------------------------------
 
-    @app.post("/api/v1/vms", status_code=201, dependencies=[admin])
+    @app.post("/api/v1/vms", status_code=201, dependencies=[admin], response_model=None)
     def create_vm(body: CreateBody, response: Response) -> dict[str, Any]:
         """One VM, or many: with `count` and a `name` pattern, or `names` (docs/controller.md)."""
         if isinstance(body, BulkCreateVM):
@@ -761,12 +764,12 @@ def create_app(
         groups = {member: group.name for group in controller.groups() for member in group.members}
         return [vm_view(vm, views.get(vm.host_id or ""), groups.get(vm.name)) for vm in controller.vms(host)]
 
-    @app.get("/api/v1/vms/{name}", dependencies=[admin])
+    @app.get("/api/v1/vms/{name}", dependencies=[admin], response_model=None)
     def get_vm(name: str) -> dict[str, Any]:
         record = call(lambda: controller.vm(name))
         return vm_view(record, one_host(record.host_id), controller.group_of(name))
 
-    @app.delete("/api/v1/vms/{name}", dependencies=[admin])
+    @app.delete("/api/v1/vms/{name}", dependencies=[admin], response_model=None)
     def delete_vm(name: str, response: Response) -> dict[str, Any] | None:
         left = call(lambda: controller.delete(name))
         if left is None:
