@@ -42,6 +42,13 @@ class Gate:
         return [ValueError(item) if item.startswith("bad") else item.upper() for item in items]
 
 
+def start_queued(coalescer: Coalescer[Any, Any, Any], thread: threading.Thread) -> None:
+    """Start a thread that submits, and wait until its item is queued."""
+    queued = coalescer.queued
+    thread.start()
+    wait_until(lambda: coalescer.queued == queued + 1)
+
+
 def submit_in_order(
     coalescer: Coalescer[str, str, str], submissions: list[tuple[str, str]]
 ) -> dict[str, Any]:
@@ -56,10 +63,8 @@ def submit_in_order(
 
     threads = []
     for key, item in submissions:
-        queued = coalescer.queued
         threads.append(threading.Thread(target=submit, args=(key, item)))
-        threads[-1].start()
-        wait_until(lambda queued=queued: coalescer.queued == queued + 1)
+        start_queued(coalescer, threads[-1])
     return {"threads": threads, "answers": answers}
 
 
@@ -180,17 +185,16 @@ def test_creates_arriving_during_a_create_are_placed_together_where_one_by_one_c
     wait_until(lambda: len(agent.calls) == 1)
     threads = [first]
     for request in requests[1:]:
-        queued = together.coalescer.queued
         threads.append(threading.Thread(target=create, args=(request,)))
-        threads[-1].start()
-        wait_until(lambda queued=queued: together.coalescer.queued == queued + 1)
+        start_queued(together.coalescer, threads[-1])
     commits = write_commits(together)
     agent.open.set()
     for thread in threads:
         thread.join(30)
 
-    one_by_one = controllers("alone", HeldAgent())
-    one_by_one.agent_for(None).open.set()  # type: ignore[arg-type]
+    accepting = HeldAgent()
+    accepting.open.set()
+    one_by_one = controllers("alone", accepting)
     for request in requests[:-1]:
         one_by_one.create(request)
     expected = {vm.name: vm.host_id for vm in one_by_one.vms()}
@@ -220,9 +224,7 @@ def test_the_same_create_sent_twice_meanwhile_makes_one_vm_and_both_get_it(contr
     answers: list[Placed] = []
     threads = [threading.Thread(target=lambda: answers.append(controller.create(twin))) for _ in range(2)]
     for thread in threads:
-        queued = controller.coalescer.queued
-        thread.start()
-        wait_until(lambda queued=queued: controller.coalescer.queued == queued + 1)
+        start_queued(controller.coalescer, thread)
     agent.open.set()
     for thread in [first, *threads]:
         thread.join(30)
