@@ -4,6 +4,7 @@
     python -m benchmarks.bench_controller e2e [--agents 20] [--vms 1000] [--clients 8] [--database-url URL]
     python -m benchmarks.bench_controller bulk [--agents 20] [--vms 1000] [--database-url URL] [--runs N]
     python -m benchmarks.bench_controller register [--hosts 10000] [--clients 8] [--database-url URL]
+        [--whole-topology]
     python -m benchmarks.bench_controller restart [--hosts 10000] [--runs 5] [--hosts-database FILE]
 
 schedule: scheduling latency inside the controller with N registered hosts
@@ -24,9 +25,11 @@ bulk: one bulk create of N VMs (issue 16) on the same kind of cluster, timed
 until its answer (every VM running on its agent), then the same VMs one by one
 on a fresh cluster: the hosts each VM got are compared.
 
-register: N host registrations through the REST API (each the 157 KB
-document an EPYC agent sends, with the enrolment token) from C client
-threads, to a fresh controller process.
+register: N host registrations through the REST API from C client threads,
+with the enrolment token, to a fresh controller process, as EPYC agents send
+them: by the topology's digest, and the 157 KB document after a 409 `unknown
+topology` (the first host of the model); `--whole-topology`: the document in
+every registration, as agents did before digests.
 
 restart: exec of `pinfold controller` to its first 201 on a create, with N
 hosts in its SQLite database (copied afresh for each run).
@@ -45,7 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -166,23 +169,34 @@ def bench_env() -> dict[str, str]:
                 PINFOLD_AGENT_MONITOR_PERIOD_S="5")  # fmt: skip
 
 
-def register(hosts: int, clients: int, database_url: str | None = None) -> dict[str, Any]:
+def register(
+    hosts: int, clients: int, database_url: str | None = None, whole_topology: bool = False
+) -> dict[str, Any]:
     """`hosts` registrations through the REST API, as agents send them (the
-    EPYC 7662-exp document, 157 KB of JSON, with the enrolment token), from
-    `clients` threads, to a fresh `pinfold controller` process: the wall time
-    and each registration's latency as its client saw it."""
-    body = json.dumps({"host_id": "", "address": "", "topology": compact_topology(), "critical_size": 6,
-                       "reserved_memory_mib": 0, "agent_token": AGENT_TOKEN}).encode()  # fmt: skip
-    head, _, tail = body.partition(b'"host_id": ""')
+    EPYC 7662-exp topology by its digest, the 157 KB document when the
+    controller does not hold it; `whole_topology`: the document every time),
+    with the enrolment token, from `clients` threads, to a fresh `pinfold
+    controller` process: the wall time and each registration's latency as
+    its client saw it (both requests, when there are two)."""
+    topology = compact_topology()
+    fields = {
+        "host_id": "",
+        "address": "",
+        "critical_size": 6,
+        "reserved_memory_mib": 0,
+        "agent_token": AGENT_TOKEN,
+    }
+    whole = registration_bodies({**fields, "topology": topology})
+    by_digest = registration_bodies({**fields, "topology_digest": slackvm_json.digest(topology)})
 
     def one(http: httpx.Client, i: int) -> bool:
-        address = f"http://10.0.{i // 250}.{i % 250}:8099"
-        content = (
-            head
-            + f'"host_id": "h{i:05d}"'.encode()
-            + tail.replace(b'"address": ""', f'"address": "{address}"'.encode(), 1)
-        )
-        response = http.post("/api/v1/hosts", content=content)
+        response = http.post("/api/v1/hosts", content=(whole if whole_topology else by_digest)(i))
+        if (
+            not whole_topology
+            and response.status_code == 409
+            and response.json()["error"] == "unknown topology"
+        ):
+            response = http.post("/api/v1/hosts", content=whole(i))
         if response.status_code != 200:
             raise RuntimeError(f"{response.status_code} {response.text[:300]}")
         return True
@@ -198,9 +212,25 @@ def register(hosts: int, clients: int, database_url: str | None = None) -> dict[
         "database": "postgresql" if database_url else "sqlite",
         "hosts": hosts,
         "clients": clients,
-        "body_kib": round(len(body) / 1024),
+        "topology": "whole" if whole_topology else "digest",
+        "body_kib": round(len(whole(0)) / 1024),
         **timed.summary("register", "registered"),
     }
+
+
+def registration_bodies(fields: dict[str, Any]) -> Callable[[int], bytes]:
+    """Host i's registration body, `fields` encoded once with its host id and address set."""
+    head, _, tail = json.dumps(fields).encode().partition(b'"host_id": ""')
+
+    def body(i: int) -> bytes:
+        address = f"http://10.0.{i // 250}.{i % 250}:8099"
+        return (
+            head
+            + f'"host_id": "h{i:05d}"'.encode()
+            + tail.replace(b'"address": ""', f'"address": "{address}"'.encode(), 1)
+        )
+
+    return body
 
 
 class StandInAgent(BaseHTTPRequestHandler):
@@ -507,6 +537,11 @@ def main() -> None:
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--no-compare", action="store_true", help="bulk: skip the one-by-one creates")
+    parser.add_argument(
+        "--whole-topology",
+        action="store_true",
+        help="register: the document in every registration, not its digest",
+    )
     parser.add_argument("--runs", type=int, default=1, help="bulk, restart: this many runs, and their median")
     parser.add_argument(
         "--hosts-database", type=Path, help="restart: the SQLite file of hosts (made if missing, then reused)"
@@ -529,7 +564,7 @@ def main() -> None:
     elif args.mode == "restart":
         result = restart(args.hosts, args.runs, args.hosts_database)
     elif args.mode == "register":
-        result = register(args.hosts, args.clients, args.database_url)
+        result = register(args.hosts, args.clients, args.database_url, args.whole_topology)
     else:
         result = end_to_end(args.agents, args.vms, args.clients, args.database_url)
     print(json.dumps(result, indent=1))

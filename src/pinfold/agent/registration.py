@@ -133,7 +133,7 @@ class Registrar:
         # read each time: an operator deletes the file to have the host enrol again
         credential = _stored(self._credential_file) or self._unsaved
         if credential is not None:
-            response = self._client.post("/api/v1/hosts", json=document, headers=_bearer(credential))
+            response = self._post(document, credential)
             if response.status_code == 200:
                 self._credential = credential
                 self.registered = True
@@ -142,7 +142,7 @@ class Registrar:
             if response.status_code != 401:  # revoked (403), or the controller failing
                 self.last_error = _refused("registration", response)
                 return False
-        response = self._client.post("/api/v1/hosts", json=document, headers=_bearer(self._enrolment_token))
+        response = self._post(document, self._enrolment_token)
         if response.status_code != 200:
             self.last_error = _refused("enrolment", response)
             return False
@@ -154,6 +154,19 @@ class Registrar:
         self.registered = True
         self.last_error = self._save_credential()
         return True
+
+    def _post(self, document: dict[str, Any], token: str) -> httpx.Response:
+        """The registration, naming the topology by its digest first: a
+        controller that holds the document (a host of the same model registered
+        before) reads no 157 KB. One that does not (409 `unknown topology`), or
+        that predates digests (422), gets the whole document."""
+        headers = _bearer(token)
+        by_digest = {key: value for key, value in document.items() if key != "topology"}
+        by_digest["topology_digest"] = slackvm_json.digest(document["topology"])
+        response = self._client.post("/api/v1/hosts", json=by_digest, headers=headers)
+        if _code(response) in ("unknown topology", "invalid request"):
+            response = self._client.post("/api/v1/hosts", json=document, headers=headers)
+        return response
 
     def _save_credential(self) -> str | None:
         """Write an issued credential not yet on disk; the error, if that fails."""
@@ -194,6 +207,18 @@ def _stored(path: Path) -> str | None:
     except OSError:  # absent, or unreadable (the registrar says so when it cannot write it)
         return None
     return credential if len(credential) >= MIN_TOKEN_LENGTH else None
+
+
+def _code(response: httpx.Response) -> str | None:
+    """A refusal's error code, or None (a success, or an answer not in the
+    controller's JSON error shape)."""
+    if response.status_code < 400:
+        return None
+    try:
+        code = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    return code if isinstance(code, str) else None
 
 
 def _refused(what: str, response: httpx.Response) -> str:

@@ -242,7 +242,10 @@ class Registration(BaseModel):
     model_config = STRICT
     host_id: str = Field(min_length=1, max_length=HOST_ID_MAX, pattern=HOST_ID_PATTERN)
     address: str = Field(min_length=1, max_length=2048, pattern=r"^https?://")
-    topology: TopologyBody
+    #: the document, or `topology_digest`: its key (`slackvm_json.digest`), for a document
+    #: the controller holds already (any host of the same model registered it)
+    topology: TopologyBody | None = None
+    topology_digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     critical_size: int = Field(ge=0, le=MAX_CPUS)
     reserved_memory_mib: int = Field(ge=0, le=MAX_MEMORY_MIB)
     #: how often this agent sends heartbeats: the host is down after three missed
@@ -250,6 +253,12 @@ class Registration(BaseModel):
     #: the agent's own API token, which the controller calls it with (an older
     #: agent sends none: it is then called with the enrolment token, as before)
     agent_token: str | None = Field(default=None, min_length=16, max_length=512)
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> Registration:
+        if (self.topology is None) == (self.topology_digest is None):
+            raise ValueError("give the topology or its topology_digest, not both or neither")
+        return self
 
 
 async def registration_body(request: Request) -> Registration:
@@ -655,11 +664,14 @@ def create_app(
         """Enrol a new host (the answer holds its `credential`, given once) or
         register an enrolled one again (with its credential)."""
         proof, credential = proven
-        view = call(
-            lambda: controller.register(
+        topology = body.topology
+        view, vms = call(
+            lambda: controller.registration(
                 body.host_id,
                 body.address,
-                body.topology.model_dump(exclude_unset=True),
+                topology.model_dump(exclude_unset=True)
+                if topology is not None
+                else controller.topology(str(body.topology_digest)),
                 body.critical_size,
                 body.reserved_memory_mib,
                 body.heartbeat_period_s,
@@ -667,7 +679,7 @@ def create_app(
                 agent_token=body.agent_token,
             )
         )
-        answer = host_view(view, controller.vms(view.record.id))
+        answer = host_view(view, vms)
         if credential is not None:
             answer["credential"] = credential
         return answer

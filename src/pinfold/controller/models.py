@@ -9,8 +9,6 @@ The CHECK constraints keep a bug from persisting a VM no host could hold.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +16,7 @@ from sqlalchemy import JSON, CheckConstraint, Double, ForeignKey, Index, Integer
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from pinfold.model.lifecycle import VMState
+from pinfold.topology import slackvm_json
 
 __all__ = [
     "HOST_ID_MAX",
@@ -222,6 +221,6 @@ class Event(Base):
 
 
 def digest_of(document: Mapping[str, Any]) -> str:
-    """The key a topology document is stored under."""
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    """The key a topology document is stored under (`slackvm_json.digest`:
+    an agent computes the same key to register by it)."""
+    return slackvm_json.digest(document)

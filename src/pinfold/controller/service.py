@@ -227,11 +227,31 @@ class Controller:
         says it beats at, stretches the time after which it is down (see `silence_s`).
         `proof` (the API's: the enrolment token or the host's credential) is
         checked by the store; `agent_token` is what the controller calls the agent with."""
+        view, _ = self.registration(
+            host_id, address, topology, critical_size, reserved_memory_mib, heartbeat_period_s,
+            proof=proof, agent_token=agent_token,
+        )  # fmt: skip
+        return view
+
+    def registration(
+        self,
+        host_id: str,
+        address: str,
+        topology: Mapping[str, Any],
+        critical_size: int,
+        reserved_memory_mib: int,
+        heartbeat_period_s: float | None = None,
+        *,
+        proof: Proof | None = None,
+        agent_token: str | None = None,
+    ) -> tuple[HostView, list[VMRecord]]:
+        """`register`, and the host's VMs (the API's answer lists them): read
+        in the registration's transaction, and not at all for a new host."""
         problem = self._unusable(topology, critical_size, reserved_memory_mib)
         if problem is not None:
             raise ControllerError("invalid request", problem)
         try:
-            record = self.store.register_host(
+            record, vms = self.store.register_host_with_vms(
                 host_id,
                 address,
                 topology,
@@ -248,12 +268,22 @@ class Controller:
         except StoreError as error:
             raise ControllerError("invalid request", str(error)) from error
         self._schedulable = (float("-inf"), [])
-        vms = self.store.vms(host_id)
         with self._picture:
             in_place = self.scheduler.add(record, vms)
         if not in_place:
             self.refresh()
-        return self._view(record, self.clock())
+        return self._view(record, self.clock()), vms
+
+    def topology(self, digest: str) -> Mapping[str, Any]:
+        """The topology document a registration names by its digest (an agent of
+        a host model registered before sends the key, not the 157 KB document):
+        ControllerError "unknown topology" when none is stored under it."""
+        document = self.store.topology(digest)
+        if document is None:
+            raise ControllerError(
+                "unknown topology", f"no topology is stored under {digest}: send the document"
+            )
+        return document
 
     def _unusable(
         self, topology: Mapping[str, Any], critical_size: int, reserved_memory_mib: int

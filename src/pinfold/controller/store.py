@@ -481,39 +481,76 @@ class ControllerStore:
         credential yet and gives it the enrolment's; a `HostCredential` only
         updates the host it was issued to. None: a caller inside the controller.
         `event` is recorded in the same transaction (one commit, not two)."""
+        record, _ = self.register_host_with_vms(
+            host_id, address, topology, critical_size, reserved_memory_mib, now, heartbeat_period_s,
+            proof=proof, agent_token=agent_token, event=event,
+        )  # fmt: skip
+        return record
+
+    def register_host_with_vms(
+        self,
+        host_id: str,
+        address: str,
+        topology: Mapping[str, Any],
+        critical_size: int,
+        reserved_memory_mib: int,
+        now: float,
+        heartbeat_period_s: float | None = None,
+        *,
+        proof: Proof | None = None,
+        agent_token: str | None = None,
+        event: NewEvent | None = None,
+    ) -> tuple[HostRecord, list[VMRecord]]:
+        """`register_host`, and the host's VMs as the same transaction saw
+        them (none, without a query, for a host added now). Plain statements on
+        the host's columns: building and flushing ORM objects was most of a
+        registration's store time, and loading the row decoded its last
+        heartbeat's JSON for nothing."""
         if not 1 <= len(host_id) <= HOST_ID_MAX:
             raise StoreError(f"a host id has 1 to {HOST_ID_MAX} characters, not {len(host_id)}")
         digest = self.digest(topology)
+        values: dict[str, Any] = {
+            "address": address, "topology_digest": digest, "critical_size": critical_size,
+            "reserved_memory_mib": reserved_memory_mib, "heartbeat_period_s": heartbeat_period_s,
+            "last_heartbeat": now, "down": False,
+        }  # fmt: skip
+        if isinstance(proof, Enrolment):
+            values["credential_digest"] = proof.digest
+        if agent_token is not None:
+            values["agent_token"] = agent_token
         with self._write() as session:
             if digest not in self._documents:
                 self._add_topology(session, digest, topology)
-            host = session.get(Host, host_id, with_for_update=True)
+            known = session.execute(
+                select(_HOSTS.c.credential_digest, _HOSTS.c.down)
+                .where(_HOSTS.c.id == host_id)
+                .with_for_update()
+            ).first()
             if isinstance(proof, HostCredential) and session.get(RevokedCredential, proof.digest) is not None:
                 # removed since the API looked: refused as revoked, so that its agent does not enrol
                 raise HostAuthError("credential revoked", f"host {host_id} was removed (pinfold host remove)")
-            _admit(host, host_id, proof)
-            if host is None:
-                host = Host(id=host_id, draining=False, registered_at=now)
-                session.add(host)
-            if isinstance(proof, Enrolment):
-                host.credential_digest = proof.digest
-            if agent_token is not None:
-                host.agent_token = agent_token
-            host.address = address
-            host.topology_digest = digest
-            host.critical_size = critical_size
-            host.reserved_memory_mib = reserved_memory_mib
-            host.heartbeat_period_s = heartbeat_period_s
-            host.last_heartbeat = now
-            _heard_from(session, host_id, host.down, now)
-            host.down = False
-            if event is not None:
-                session.add(_event_row(event, now))
-            session.flush()
+            _admit(known is not None, None if known is None else known.credential_digest, host_id, proof)
             document = self._documents.get(digest) or dict(topology)
-            record = _host_record(host, document)
+            vms: list[VMRecord] = []
+            if known is None:
+                session.execute(
+                    insert(_HOSTS).values(id=host_id, draining=False, registered_at=now, **values)
+                )
+                record = HostRecord(
+                    id=host_id, address=address, topology=document, topology_digest=digest,
+                    critical_size=critical_size, reserved_memory_mib=reserved_memory_mib, draining=False,
+                    registered_at=now, last_heartbeat=now, heartbeat=None, down=False,
+                    heartbeat_period_s=heartbeat_period_s, agent_token=agent_token,
+                )  # fmt: skip
+            else:
+                changed = update(_HOSTS).where(_HOSTS.c.id == host_id).values(**values).returning(*_HOSTS.c)
+                record = _host_record(session.execute(changed).one(), document)
+                vms = [_vm_record(vm) for vm in session.execute(_vms_on_host(host_id))]
+                _heard_from(session, host_id, known.down, now)
+            if event is not None:
+                _add_events(session, [event], now)
         self._documents[digest] = document  # once committed: a later registration need not store it
-        return record
+        return record, vms
 
     def digest(self, topology: Mapping[str, Any]) -> str:
         """The key `topology` is stored under (`models.digest_of`). A document
@@ -522,9 +559,17 @@ class ControllerStore:
         server's document several (most of a registration). Equal documents are
         equal as Python values (1 == 1.0), which the topology parser reads alike."""
         for digest, document in list(self._documents.items()):  # other threads add to it
-            if document == topology:
+            if document is topology or document == topology:
                 return digest
         return digest_of(topology)
+
+    def topology(self, digest: str) -> Mapping[str, Any] | None:
+        """The topology document stored under `digest`, or None: what a
+        registration by digest (`topology_digest`) stands for."""
+        if digest not in self._documents:
+            with self._read() as session:
+                self._load_documents(session, {digest})
+        return self._documents.get(digest)
 
     def _add_topology(self, session: Session, digest: str, document: Mapping[str, Any]) -> None:
         """Store a topology document once; another replica storing the same
@@ -970,9 +1015,8 @@ class ControllerStore:
 
     def vms(self, host_id: str | None = None) -> list[VMRecord]:
         """Every VM, or those on one host, in reservation order."""
-        query = select(_VMS).order_by(_VMS.c.seq)  # plain rows: a heartbeat reads its host's VMs
-        if host_id is not None:
-            query = query.where(_VMS.c.host_id == host_id)
+        # plain rows: a heartbeat reads its host's VMs
+        query = select(_VMS).order_by(_VMS.c.seq) if host_id is None else _vms_on_host(host_id)
         return [_vm_record(row) for row in self._fetch(query)]
 
     # -- VM groups ---------------------------------------------------------------
@@ -1048,15 +1092,16 @@ class ControllerStore:
             return [_event_record(row) for row in session.scalars(query)]
 
 
-def _admit(host: Host | None, host_id: str, proof: Proof | None) -> None:
-    """Raise `HostAuthError` unless `proof` may register `host_id` (see `register_host`)."""
+def _admit(known: bool, credential_digest: str | None, host_id: str, proof: Proof | None) -> None:
+    """Raise `HostAuthError` unless `proof` may register `host_id` (see
+    `register_host`), a host `known` or not, holding `credential_digest`."""
     if proof is None:
         return
     if isinstance(proof, HostCredential):
-        if host is None or not matches(host.credential_digest, proof.digest):
+        if not known or not matches(credential_digest, proof.digest):
             raise HostAuthError("unauthorized", f"this credential is not host {host_id}'s")
         return
-    if host is not None and host.credential_digest is not None:
+    if credential_digest is not None:
         raise HostAuthError(
             "host enrolled",
             f"host {host_id} is enrolled already and registers with its own credential "
@@ -1070,6 +1115,11 @@ def _heard_from(session: Session, host_id: str, down: bool, now: float) -> None:
     caller clears its flag)."""
     if down:
         _add_events(session, [NewEvent("host up", host_id, {})], now)
+
+
+def _vms_on_host(host_id: str) -> Select[Any]:
+    """A host's VMs as plain rows, in reservation order."""
+    return select(_VMS).where(_VMS.c.host_id == host_id).order_by(_VMS.c.seq)
 
 
 def _vms_on(host_id: str) -> Any:

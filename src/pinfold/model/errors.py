@@ -57,6 +57,7 @@ class ErrorCode(StrEnum):
     GROUP_IN_USE = "group in use"
     # hosts (the controller)
     UNKNOWN_HOST = "unknown host"
+    UNKNOWN_TOPOLOGY = "unknown topology"
     HOST_ENROLLED = "host enrolled"
     HOST_IN_USE = "host in use"
     CREDENTIAL_REVOKED = "credential revoked"
@@ -130,6 +131,9 @@ ERRORS: Final[Mapping[ErrorCode, ErrorInfo]] = MappingProxyType(
         ErrorCode.GROUP_EXISTS: ErrorInfo(_CONFLICT, "a VM group of that name exists with another policy"),
         ErrorCode.GROUP_IN_USE: ErrorInfo(_CONFLICT, "the VM group still has VMs"),
         ErrorCode.UNKNOWN_HOST: ErrorInfo(HTTPStatus.NOT_FOUND, "no host of that id"),
+        ErrorCode.UNKNOWN_TOPOLOGY: ErrorInfo(
+            _CONFLICT, "the controller holds no topology of that digest: send the document"
+        ),
         ErrorCode.HOST_ENROLLED: ErrorInfo(
             _CONFLICT, "the host is enrolled and registers with its own credential"
         ),

@@ -7,6 +7,7 @@ so SlackVM's own tools reading a pinfold file see current numbers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from pinfold.topology.model import CPU, Topology
 
-__all__ = ["from_dict", "load", "save", "to_dict"]
+__all__ = ["digest", "from_dict", "load", "save", "to_dict"]
 
 
 def load(path: str | Path, exclude: Iterable[int] = ()) -> Topology:
@@ -31,6 +32,14 @@ def load(path: str | Path, exclude: Iterable[int] = ()) -> Topology:
 
 def save(topology: Topology, path: str | Path) -> None:
     Path(path).write_text(json.dumps(to_dict(topology), indent=1) + "\n", encoding="utf-8")
+
+
+def digest(document: Mapping[str, Any]) -> str:
+    """The SHA-256 of a document's canonical JSON (sorted keys, no spaces): the
+    key the controller stores a host's topology under, and which an agent
+    registers by when the controller holds that document already."""
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def from_dict(document: Mapping[str, Any], exclude: Iterable[int] = ()) -> Topology:

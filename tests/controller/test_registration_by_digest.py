@@ -1,0 +1,133 @@
+"""A registration names its topology by digest (issue 16: 10,000 hosts of
+one model need not send the same 157 KB document 10,000 times): the agent
+tries the digest first and sends the document only when the controller holds
+none under that key, and the controller refuses a digest it does not hold
+without registering anything."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from pinfold.agent.drivers import SimDriver
+from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
+from pinfold.agent.service import Agent, AgentSettings
+from pinfold.agent.store import Store
+from pinfold.topology import Topology, slackvm_json
+from tests.controller.cluster import AGENT, PERIOD_S, LocalCluster
+
+ENROLMENT = {"Authorization": f"Bearer {AGENT}"}
+
+
+class Recording(httpx.HTTPTransport):
+    """A real transport that notes, for each registration it carries, the
+    topology field it sent, its body's size and the answer's status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registrations: list[tuple[str, int, int]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.url.path == "/api/v1/hosts":
+            body = request.read()
+            sent = "topology" if b'"topology":' in body else "topology_digest"
+            self.registrations.append((sent, len(body), response.status_code))
+        return response
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, i7: Topology) -> Iterator[LocalCluster]:
+    local = LocalCluster(tmp_path, f"sqlite:///{tmp_path / 'controller.db'}", i7)
+    yield local
+    local.close()
+
+
+def register(cluster: LocalCluster, host_id: str) -> Recording:
+    """An agent of the cluster's host model registering once through a recording transport."""
+    agent = Agent.open(
+        cluster.topology, SimDriver(), Store(cluster.tmp_path / host_id / "agent.db"),
+        AgentSettings(domain_type="qemu"),
+    )  # fmt: skip
+    token = f"{host_id}-api-token-0123456789abcdef"
+    transport = Recording()
+    registrar = Registrar(
+        cluster.url, AGENT, host_id,
+        lambda: registration_document(agent, host_id, "http://127.0.0.1:1", token),
+        lambda: heartbeat_document(agent, None),
+        PERIOD_S, cluster.tmp_path / host_id / "host.token", transport=transport,
+    )  # fmt: skip
+    try:
+        registrar.beat()
+        assert registrar.registered, registrar.last_error
+    finally:
+        registrar.stop()
+        agent.store.close()
+    return transport
+
+
+def test_the_first_host_of_a_model_sends_its_document_and_the_next_only_its_digest(
+    cluster: LocalCluster,
+) -> None:
+    first = register(cluster, "h1")
+    assert [(sent, status) for sent, _, status in first.registrations] == [
+        ("topology_digest", 409),  # the controller holds no document of this model yet
+        ("topology", 200),
+    ]
+    second = register(cluster, "h2")
+    assert [(sent, status) for sent, _, status in second.registrations] == [("topology_digest", 200)]
+    whole, by_digest = first.registrations[1][1], second.registrations[0][1]
+    assert by_digest < whole, (by_digest, whole)
+    h1, h2 = cluster.controller.store.host("h1"), cluster.controller.store.host("h2")
+    assert h1 is not None
+    assert h2 is not None
+    assert h2.topology == h1.topology
+    assert h2.topology_digest == slackvm_json.digest(slackvm_json.to_dict(cluster.topology, distances=False))
+    assert {"h1", "h2"} <= set(cluster.controller.schedulable_hosts())
+
+
+def registration(**fields: Any) -> dict[str, Any]:
+    return {"host_id": "hx", "address": "http://127.0.0.1:1", "critical_size": 6, "reserved_memory_mib": 0,
+            **fields}  # fmt: skip
+
+
+def test_an_unknown_digest_is_refused_and_registers_nothing(cluster: LocalCluster) -> None:
+    unknown = cluster.http.post(
+        "/api/v1/hosts", json=registration(topology_digest="0" * 64), headers=ENROLMENT
+    )
+    assert unknown.status_code == 409, unknown.text
+    assert unknown.json()["error"] == "unknown topology"
+    assert "0" * 64 in unknown.json()["detail"]
+    assert cluster.http.get("/api/v1/hosts/hx").status_code == 404
+    assert cluster.controller.store.host("hx") is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {},  # neither
+        {"topology_digest": "A" * 64},  # not lower-case hex
+        {"topology_digest": "0" * 63},
+        {"topology_digest": 5},
+    ],
+    ids=["neither", "upper-case", "short", "a number"],
+)
+def test_a_registration_needs_one_well_formed_topology(cluster: LocalCluster, fields: dict[str, Any]) -> None:
+    refused = cluster.http.post("/api/v1/hosts", json=registration(**fields), headers=ENROLMENT)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"] == "invalid request"
+    assert cluster.controller.store.host("hx") is None
+
+
+def test_a_document_and_a_digest_together_are_refused(
+    cluster: LocalCluster, i7_topology: dict[str, Any]
+) -> None:
+    both = registration(topology=i7_topology, topology_digest=slackvm_json.digest(i7_topology))
+    refused = cluster.http.post("/api/v1/hosts", json=both, headers=ENROLMENT)
+    assert refused.status_code == 422, refused.text
+    assert "not both" in refused.text
+    assert cluster.controller.store.host("hx") is None
