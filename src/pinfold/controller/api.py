@@ -44,6 +44,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from starlette.concurrency import run_in_threadpool
 
 from pinfold import bodies, slackvm
 from pinfold.controller.console_proxy import add_console_routes
@@ -569,14 +570,21 @@ def create_app(
         except ControllerError as error:
             raise ApiError(error.code, error.detail) from error
 
-    def registration_proof(request: Request) -> tuple[Proof, str | None]:
+    async def registration_proof(request: Request) -> tuple[Proof, str | None]:
         """What a registration proves itself with, checked before its body:
         the enrolment token (with the credential the host gets if it is new)
-        or some host's credential (the store checks that it is this host's)."""
+        or some host's credential (the store checks that it is this host's).
+        A coroutine: the enrolment token is checked on the event loop (a sync
+        dependency hopped to a worker thread and back); a credential is looked
+        up in a worker thread, as the database is."""
         presented = bearer(request)
         if presented and hmac.compare_digest(presented.encode(), agent_token.encode()):
             credential, fresh = new_credential()
             return Enrolment(fresh), credential
+        return await run_in_threadpool(host_proof, presented)
+
+    def host_proof(presented: str) -> tuple[Proof, str | None]:
+        """A registration's proof that is not the enrolment token: a host's credential."""
         presented_digest = digest(presented)
         if presented and controller.store.revoked(presented_digest):
             raise ApiError("credential revoked", "this host was removed (pinfold host remove)")
@@ -657,7 +665,7 @@ def create_app(
 
     # -- hosts -------------------------------------------------------------------
 
-    @app.post("/api/v1/hosts")
+    @app.post("/api/v1/hosts", response_model=None)
     def register(
         proven: tuple[Proof, str | None] = enrolling, body: Registration = REGISTRATION
     ) -> dict[str, Any]:

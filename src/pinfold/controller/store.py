@@ -104,6 +104,15 @@ _CREDENTIAL = select(_HOSTS.c.credential_digest).where(_HOSTS.c.id == bindparam(
 _LIVENESS = select(
     _HOSTS.c.id, _HOSTS.c.draining, _HOSTS.c.last_heartbeat, _HOSTS.c.down, _HOSTS.c.heartbeat_period_s
 ).order_by(_HOSTS.c.id)
+#: what a registration checks under the host's lock
+_HOST_ADMISSION = (
+    select(_HOSTS.c.credential_digest, _HOSTS.c.down)
+    .where(_HOSTS.c.id == bindparam("host_id"))
+    .with_for_update()
+)
+#: a host's columns set from the parameters' names (not `host_id`, the row's key), the row after
+_REGISTER_AGAIN = update(_HOSTS).where(_HOSTS.c.id == bindparam("host_id")).returning(*_HOSTS.c)
+_INSERT_HOST = insert(_HOSTS)
 _VM_ROW = select(_VMS).where(_VMS.c.name == bindparam("name"))
 _VM_ROWS = select(_VMS).where(_VMS.c.name.in_(bindparam("names", expanding=True)))
 _VM_ROW_LOCKED = _VM_ROW.with_for_update()
@@ -521,11 +530,7 @@ class ControllerStore:
         with self._write() as session:
             if digest not in self._documents:
                 self._add_topology(session, digest, topology)
-            known = session.execute(
-                select(_HOSTS.c.credential_digest, _HOSTS.c.down)
-                .where(_HOSTS.c.id == host_id)
-                .with_for_update()
-            ).first()
+            known = session.execute(_HOST_ADMISSION, {"host_id": host_id}).first()
             if isinstance(proof, HostCredential) and session.get(RevokedCredential, proof.digest) is not None:
                 # removed since the API looked: refused as revoked, so that its agent does not enrol
                 raise HostAuthError("credential revoked", f"host {host_id} was removed (pinfold host remove)")
@@ -534,7 +539,7 @@ class ControllerStore:
             vms: list[VMRecord] = []
             if known is None:
                 session.execute(
-                    insert(_HOSTS).values(id=host_id, draining=False, registered_at=now, **values)
+                    _INSERT_HOST, {"id": host_id, "draining": False, "registered_at": now, **values}
                 )
                 record = HostRecord(
                     id=host_id, address=address, topology=document, topology_digest=digest,
@@ -543,8 +548,8 @@ class ControllerStore:
                     heartbeat_period_s=heartbeat_period_s, agent_token=agent_token,
                 )  # fmt: skip
             else:
-                changed = update(_HOSTS).where(_HOSTS.c.id == host_id).values(**values).returning(*_HOSTS.c)
-                record = _host_record(session.execute(changed).one(), document)
+                again = session.execute(_REGISTER_AGAIN, {"host_id": host_id, **values}).one()
+                record = _host_record(again, document)
                 vms = [_vm_record(vm) for vm in session.execute(_vms_on_host(host_id))]
                 _heard_from(session, host_id, known.down, now)
             if event is not None:
