@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from pinfold.controller.agents import AgentRefusedError, AgentUnreachableError
 from pinfold.controller.coalescing import Coalescer
 from pinfold.controller.database import connect
 from pinfold.controller.service import Controller, ControllerError, NoHostError, Placed
 from pinfold.controller.store import ControllerStore
+from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
 from tests.controller.test_bulk_batches import write_commits
 
@@ -233,3 +235,76 @@ def test_the_same_create_sent_twice_meanwhile_makes_one_vm_and_both_get_it(contr
         next(vm.host_id for vm in controller.vms() if vm.name == "twin")
     }
     assert [call for call in agent.calls if "twin" in call] == [["twin"]]
+
+
+class HeldDeletes(HeldAgent):
+    """`HeldAgent`, whose deletes hold the first until opened and are recorded;
+    it refuses to delete `stuck` and does not answer for `far`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deletes: list[str] = []
+        self.open_deletes = threading.Event()
+
+    def delete(self, name: str) -> None:
+        self.deletes.append(name)
+        if len(self.deletes) == 1:
+            assert self.open_deletes.wait(30)
+        if name == "stuck":
+            raise AgentRefusedError("hypervisor failed", "the domain would not go", 502)
+        if name == "far":
+            raise AgentUnreachableError("timed out", sent=True)
+
+
+def test_deletes_arriving_during_a_delete_are_done_together_each_with_its_own_outcome(controllers):
+    """One delete held at its agent; deletes of VMs on several hosts arrive
+    meanwhile, with an unknown name, a VM being migrated, one its agent
+    refuses and one whose agent does not answer. They are done in one pass
+    with two commits (every VM marked `deleting`, the deleted ones
+    forgotten), and each request gets what a delete alone would have."""
+    agent = HeldDeletes()
+    agent.open.set()
+    controller = controllers("deletes", agent)
+    names = [f"vm{i}" for i in range(8)] + ["stuck", "far", "moving"]
+    for name in names:
+        controller.create(VMRequest(name, 2, 512))
+    assert len({vm.host_id for vm in controller.vms()}) >= 2
+    controller.store.set_vm_state("moving", VMState.MIGRATING, 1.0)
+    answers: dict[str, Any] = {}
+
+    def delete(name: str) -> None:
+        try:
+            answers[name] = controller.delete(name)
+        except ControllerError as error:
+            answers[name] = error
+
+    first = threading.Thread(target=delete, args=("vm0",))
+    first.start()
+    wait_until(lambda: len(agent.deletes) == 1)
+    threads = [first]
+    for name in [*names[1:], "ghost"]:
+        threads.append(threading.Thread(target=delete, args=(name,)))
+        start_queued(controller.deleter, threads[-1])
+    commits = write_commits(controller)
+    agent.open_deletes.set()
+    for thread in threads:
+        thread.join(30)
+
+    assert all(answers[f"vm{i}"] is None for i in range(8)), answers
+    assert answers["ghost"].code == "unknown vm"
+    assert answers["moving"].code == "invalid"
+    assert answers["stuck"].code == "agent failed"
+    assert "the domain would not go" in answers["stuck"].detail
+    assert answers["far"].name == "far"
+    assert answers["far"].state is VMState.DELETING  # retried every period, as a delete alone leaves it
+    left = {vm.name: vm.state for vm in controller.vms()}
+    assert left == {"stuck": VMState.DELETING, "far": VMState.DELETING, "moving": VMState.MIGRATING}
+    deleted = [e.subject for e in controller.store.events(limit=1000) if e.kind == "vm deleted"]
+    assert sorted(deleted) == sorted(f"vm{i}" for i in range(8))
+    assert sorted(agent.deletes[1:]) == sorted([*names[1:-1]]), "the agent is asked for each VM it has"
+    # the first delete's forget, then the pass's two (alone: two a VM deleted, one a VM left deleting)
+    assert len(commits) == 3, f"{len(commits)} commits"
+    assert (controller.deleter.batches, controller.deleter.items) == (2, 12)
+    # the picture forgot them too: the freed CPUs take new VMs where the deleted ones were
+    again = controller.create(VMRequest("again", 2, 512))
+    assert again.record.host_id is not None

@@ -182,7 +182,8 @@ class Controller:
     #: how many creates may wait so at once (each holds one of the server's workers)
     max_race_waiters: int = 8
     #: creates that arrive while others are being placed are placed together, this many at most
-    #: (one pass, as a bulk create's: `_create_together`); 1: each alone
+    #: (one pass, as a bulk create's: `_create_together`), and deletes likewise (`_delete_together`);
+    #: 1: each alone
     coalesce_at_most: int = 32
     clock: Callable[[], float] = time.time
     scheduler: Scheduler = field(default_factory=Scheduler)
@@ -206,6 +207,9 @@ class Controller:
         self._moving_lock = threading.Lock()
         self.coalescer: Coalescer[tuple[str, str | None], VMRequest, Placed] = Coalescer(
             self._create_together, lambda request: request.name, most=self.coalesce_at_most
+        )
+        self.deleter: Coalescer[None, str, VMRecord | None] = Coalescer(
+            self._delete_together, lambda name: name, most=self.coalesce_at_most
         )
         self.refresh()
 
@@ -1029,15 +1033,107 @@ class Controller:
 
     def delete(self, name: str) -> VMRecord | None:
         """Delete a VM; None when it is gone, else its record (`deleting`: the
-        agent did not answer, the deletion is retried every period)."""
-        record = self.vm(name)
-        try:
-            transition(record.state, Action.DELETE)
-        except Refused as refused:  # migrating: deleted once it landed, or once back on its source
-            raise ControllerError("invalid", refused.describe(name)) from refused
+        agent did not answer, the deletion is retried every period). Deletes
+        that arrive while others are under way are done together (`deleter`)."""
+        if self.coalesce_at_most > 1:
+            return self.deleter.submit(None, name)
+        return self._delete_alone(name)
+
+    def _delete_alone(self, name: str) -> VMRecord | None:
+        """`delete`, for this VM alone."""
+        record = self._deletable(self.vm(name))
         if record.state is not VMState.DELETING:
             record = self._set_state(name, VMState.DELETING)
         return self._finish_delete(record)
+
+    def _deletable(self, record: VMRecord) -> VMRecord:
+        """`record`, if the lifecycle lets it be deleted now; "invalid" if not."""
+        try:
+            transition(record.state, Action.DELETE)
+        except Refused as refused:  # migrating: deleted once it landed, or once back on its source
+            raise ControllerError("invalid", refused.describe(record.name)) from refused
+        return record
+
+    def _delete_together(self, _: None, names: list[str]) -> list[VMRecord | ControllerError | None]:
+        """Deletes that arrived together, each one's outcome in order: read in
+        one statement, marked `deleting` in one transaction, deleted on their
+        agents (hosts in parallel), and those their agents deleted forgotten in
+        one transaction; a write and a commit for all instead of two for each.
+        One alone goes the way of `_delete_alone`."""
+        if len(names) == 1:
+            return [_outcome(partial(self._delete_alone, names[0]))]
+        stored = self.store.vms_named(names)
+        outcomes: dict[str, VMRecord | ControllerError | None] = {}
+        records: list[VMRecord] = []
+        for name in names:
+            record = stored.get(name)
+            outcome = (
+                _outcome(partial(self._deletable, record)) if record else ControllerError("unknown vm", name)
+            )
+            if isinstance(outcome, ControllerError):
+                outcomes[name] = outcome
+            else:
+                records.append(outcome)
+        marking = [record.name for record in records if record.state is not VMState.DELETING]
+        marked = dict(
+            zip(marking, self.store.set_vm_states(marking, VMState.DELETING, self.clock(), {}), strict=True)
+        )
+        deleting = [marked.get(record.name, record) for record in records]
+        for record, now in zip(records, deleting, strict=True):
+            if now is None:  # deleted by another request between the read and the mark
+                outcomes[record.name] = ControllerError(
+                    "unknown vm", f"{record.name} (deleted by another request meanwhile)"
+                )
+        by_host: dict[str | None, list[VMRecord]] = {}
+        for record in deleting:
+            if record is not None:
+                by_host.setdefault(record.host_id, []).append(record)
+        shares = list(by_host.values())
+        if len(shares) == 1:
+            done = [self._unmake_on_host(shares[0])]
+        else:
+            with ThreadPoolExecutor(min(BULK_WORKERS, len(shares))) as pool:
+                done = list(pool.map(self._unmake_on_host, shares))
+        gone: list[VMRecord] = []
+        for share, results in zip(shares, done, strict=True):
+            for record, result in zip(share, results, strict=True):
+                if result is None:
+                    gone.append(record)
+                outcomes[record.name] = result
+        self._forget_all(gone)
+        return [outcomes[name] for name in names]
+
+    def _unmake_on_host(self, records: list[VMRecord]) -> list[VMRecord | ControllerError | None]:
+        """Delete one host's share of `_delete_together` on its agent, one
+        after the other: None for each the agent deleted (or a VM on no host),
+        its record for one the agent did not answer for (retried every
+        period, as `_finish_delete` leaves it), the error of one it refused."""
+        host_id = records[0].host_id
+        host = self.store.host(host_id, heartbeat=False) if host_id else None
+        if host is None:
+            return [None] * len(records)
+        agent = self.agent_for(host)
+        results: list[VMRecord | ControllerError | None] = []
+        for record in records:
+            try:
+                agent.delete(record.name)
+                results.append(None)
+            except AgentUnreachableError:
+                results.append(record)
+            except AgentRefusedError as error:
+                results.append(ControllerError("agent failed", f"{host.id}: {error}"))
+        return results
+
+    def _forget_all(self, records: Sequence[VMRecord]) -> None:
+        """`_forget` for VMs their agents deleted, in one transaction ("vm
+        deleted" each), and their places in the picture."""
+        if not records:
+            return
+        events = [NewEvent("vm deleted", record.name, {"host": record.host_id}) for record in records]
+        self.store.delete_vms([record.name for record in records], events, self.clock())
+        with self._picture:
+            for record in records:
+                self.scheduler.removed(record.name)
 
     def _finish_delete(self, record: VMRecord) -> VMRecord | None:
         host = self.store.host(record.host_id, heartbeat=False) if record.host_id else None

@@ -123,6 +123,7 @@ _SET_STATES = (
     .returning(*_VMS.c)
 )
 _DELETE_VM = delete(_VMS).where(_VMS.c.name == bindparam("name"))
+_DELETE_VMS = delete(_VMS).where(_VMS.c.name.in_(bindparam("names", expanding=True))).returning(_VMS.c.name)
 _DRAW_SEQ = insert(_SEQUENCE).returning(_SEQUENCE.c.id)
 _DROP_SEQ = delete(_SEQUENCE).where(_SEQUENCE.c.id == bindparam("seq"))
 _INSERT_VM, _INSERT_MEMBER, _INSERT_EVENT = insert(_VMS), insert(_MEMBERS), insert(_EVENTS)
@@ -991,6 +992,19 @@ class ControllerStore:
             session.execute(_DELETE_VM, {"name": name})
             _add_events(session, [event] if event is not None else [], now)
             return _vm_record(row)
+
+    def delete_vms(self, names: Sequence[str], events: Sequence[NewEvent], now: float) -> list[str]:
+        """Forget VMs `names` in one transaction with `events`: those that
+        were there (one gone meanwhile is skipped, its event recorded all the
+        same, as its agent deleted it)."""
+        with self._write() as session:
+            gone = list(session.scalars(_DELETE_VMS, {"names": list(names)}))
+            _add_events(session, events, now)
+            return gone
+
+    def vms_named(self, names: Sequence[str]) -> dict[str, VMRecord]:
+        """The VMs of these names that there are, by name, in one statement."""
+        return {row.name: _vm_record(row) for row in self._fetch(_VM_ROWS, {"names": list(names)})}
 
     def claim(self, name: str, updated_at: float, now: float) -> VMRecord | None:
         """Take over a stale reservation: touch it (`updated_at` = `now`) if
