@@ -38,7 +38,7 @@ from pinfold.model.vm import (
     VMRequest,
 )
 
-__all__ = ["CreateNIC", "CreateVM", "CreateVMBatch"]
+__all__ = ["CreateNIC", "CreateVM", "CreateVMBatch", "DeleteVMBatch"]
 
 
 class CreateNIC(BaseModel):
@@ -90,3 +90,13 @@ class CreateVMBatch(BaseModel):
 
     model_config = ConfigDict(strict=True)
     vms: list[CreateVM] = Field(min_length=1, max_length=MAX_BULK)
+
+
+class DeleteVMBatch(BaseModel):
+    """Many deletes in one request to an agent (deletes a controller does
+    together: one call per host), each carried out, and answered, as if alone."""
+
+    model_config = ConfigDict(strict=True)
+    names: list[Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)]] = (
+        Field(min_length=1, max_length=MAX_BULK)
+    )

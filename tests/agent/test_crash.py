@@ -125,6 +125,34 @@ def test_kill_during_a_batch(data_dir, point):
         daemon.stop()
 
 
+@pytest.mark.parametrize("point", ["deletions:marked", "deletions:unmade"])
+def test_kill_during_a_batch_of_deletes(data_dir, point):
+    """A batch of deletes marks its VMs together, then removes their domains:
+    killed after the marks (none removed) or after the first domain is
+    removed, the next start finishes every delete of the batch and keeps the
+    VM outside it."""
+    daemon = Daemon(data_dir)
+    names = [PREFIX + "x1", PREFIX + "x2"]
+    keep = PREFIX + "keep"
+    for vm in (*names, keep):
+        response = daemon.create(vm, ratio=2.0)
+        assert response.status_code == 201, response.text
+    daemon.stop()
+    daemon = Daemon(data_dir, crash_at=point)
+    with pytest.raises(httpx.HTTPError):
+        httpx.post(
+            daemon.url + "/api/v1/vm-deletions", json={"names": names}, headers=daemon.auth, timeout=30
+        )
+    assert daemon.process.wait(timeout=30) == -signal.SIGKILL
+    assert len(domains()) == (3 if point == "deletions:marked" else 2)
+    daemon = Daemon(data_dir)
+    try:
+        vms = check_consistent(daemon)
+        assert set(vms) == {keep}
+    finally:
+        daemon.stop()
+
+
 @pytest.mark.parametrize("point", ["delete:marked", "delete:unmade"])
 def test_kill_during_a_delete(data_dir, point):
     daemon = Daemon(data_dir)

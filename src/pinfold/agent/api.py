@@ -28,7 +28,7 @@ from pinfold.agent.migration_api import add_migration_routes
 from pinfold.agent.monitor import Monitor
 from pinfold.agent.service import Agent, AgentError, VMRequest
 from pinfold.agent.store import StoredVM
-from pinfold.bodies import CreateVM, CreateVMBatch
+from pinfold.bodies import CreateVM, CreateVMBatch, DeleteVMBatch
 from pinfold.model.errors import error_body
 from pinfold.model.lifecycle import POWER_ACTIONS
 from pinfold.model.refusal import refusal_json
@@ -102,6 +102,28 @@ def _made(agent: Service, requests: list[VMRequest]) -> list[StoredVM | AgentErr
     return answers
 
 
+def _deleted(agent: Service, names: list[str]) -> list[AgentError | None]:
+    """A batch's deletes: a host's agent does them together (`delete_many`),
+    a cloud's one by one."""
+    if isinstance(agent, Agent):
+        return agent.delete_many(names)
+    outcomes: list[AgentError | None] = []
+    for name in names:
+        try:
+            agent.delete(name)
+            outcomes.append(None)
+        except AgentError as error:
+            outcomes.append(error)
+    return outcomes
+
+
+def _deletion(name: str, outcome: AgentError | None) -> dict[str, Any]:
+    """One delete of a batch: its name and 204, or its error's JSON and status."""
+    if outcome is None:
+        return {"name": name, "status": 204}
+    return {"name": name, **error_body(outcome.code, outcome.detail), "status": int(outcome.code.status)}
+
+
 def _answer(made: StoredVM | AgentError, view: Callable[[StoredVM], dict[str, Any]]) -> dict[str, Any]:
     """One create of a batch: the VM's view, or its error's JSON and status."""
     if isinstance(made, StoredVM):
@@ -164,6 +186,19 @@ def create_app(
         `Agent.create_many`); each one's view, or its error as the single
         create would answer it, with that answer's `status`."""
         return {"vms": [_answer(made, view) for made in _made(agent, [vm.to_request() for vm in body.vms])]}
+
+    @app.post("/api/v1/vm-deletions", dependencies=[auth], response_model=None)
+    def delete_vms(body: DeleteVMBatch) -> dict[str, list[dict[str, Any]]]:
+        """Each VM deleted in turn, as `delete_vm` would (all marked before
+        their domains are removed, and forgotten together: `Agent.delete_many`);
+        each one's `status` (204), or its error as the single delete would
+        answer it, with that answer's `status`."""
+        return {
+            "vms": [
+                _deletion(name, outcome)
+                for name, outcome in zip(body.names, _deleted(agent, body.names), strict=True)
+            ]
+        }
 
     @app.get("/api/v1/vms/{name}")
     def get_vm(name: str) -> dict[str, Any]:

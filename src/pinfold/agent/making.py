@@ -21,7 +21,7 @@ from pinfold.agent.store import Pending, StoredVM
 from pinfold.model.failpoints import crash_point
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import NIC, VMRequest
-from pinfold.placement import PlacementError, VMSpec
+from pinfold.placement import Change, PlacementError, VMSpec
 
 __all__ = ["Making"]
 
@@ -212,11 +212,53 @@ class Making(PinKeeping):
         crash_point("delete:unmade")
         self._forget(name, durable=False)  # lost, the stored mark makes the next start forget it
 
+    def _delete_batch(self, vms: list[StoredVM]) -> dict[str, AgentError]:
+        """`_delete` for each of `vms`, with one commit before their domains
+        are removed (all marked `Pending.DELETE`: a crash from there on leaves
+        deletes that the next start finishes, as a single delete's) and one
+        after (all forgotten, not waiting for the disk, as `_delete`), their
+        neighbours re-pinned once to where they end up. The error of each one
+        whose domain would not go (kept, as it was). Call it holding the lock."""
+        if not vms:
+            return {}
+        self.store.set_pending([vm.spec.name for vm in vms], Pending.DELETE)
+        self.vms.update((vm.spec.name, replace(vm, pending=Pending.DELETE)) for vm in vms)
+        crash_point("deletions:marked")
+        failed: dict[str, AgentError] = {}
+        for vm in vms:
+            try:
+                self.driver.delete(vm.domain)
+            except DriverError as error:
+                if error.code != "not found":
+                    self._set(vm.spec.name, vm.state, vm.pending)  # as it was
+                    failed[vm.spec.name] = AgentError("hypervisor failed", str(error))
+            crash_point("deletions:unmade")  # after the first: some removed, the others not
+        gone = [vm.spec.name for vm in vms if vm.spec.name not in failed]
+        moved: set[str] = set()
+        for name in gone:
+            moved.update(self._release(name).repinned)
+        self.store.forget_vms(gone, self.allocator.snapshot(), durable=False)
+        for name in gone:
+            self.vms.pop(name, None)
+        # gone for good: a neighbour that cannot follow is kept as a stale pin
+        self._repin({name: self.allocator.pinning(name) for name in moved if name in self.allocator})
+        return failed
+
     def _forget(self, name: str, keep_disk: bool = False, durable: bool = True) -> None:
         """Forget VM `name` here: its files (`keep_disk`: not its disk and
         seed, which a migration's target now uses on shared storage), its
         placement and its row; neighbours follow the vNode. `durable`=False:
         only for a VM stored with `Pending.DELETE` (`Store.forget_vm`)."""
+        change = self._release(name, keep_disk)
+        self.store.forget_vm(name, self.allocator.snapshot(), durable)
+        self.vms.pop(name, None)
+        # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
+        self._repin(change.repinned)
+
+    def _release(self, name: str, keep_disk: bool = False) -> Change:
+        """What `_forget` lets go of before the store forgets the VM: its
+        files (not its disk and seed with `keep_disk`), what is kept about it
+        in memory, and its place (the change: the neighbours it moves)."""
         if not keep_disk:
             self.disks.remove_overlay(self.vms[name].domain)
             self.seeds.remove(self.vms[name].domain)
@@ -224,11 +266,7 @@ class Making(PinKeeping):
         self._warming_since.pop(name, None)
         self._stale_pins.pop(name, None)
         self._shutdowns.pop(name, None)  # a shutdown still waiting records nothing
-        change = self.allocator.remove(name)
-        self.store.forget_vm(name, self.allocator.snapshot(), durable)
-        self.vms.pop(name, None)
-        # the VM is gone for good: a neighbour that cannot follow is kept as a stale pin
-        self._repin(change.repinned)
+        return self.allocator.remove(name)
 
     def _forget_migrating(self, name: str) -> None:
         """Forget a VM that a live migration moves (here or away): its disk

@@ -272,6 +272,13 @@ class Store:
                 [(state, pending.value if pending else None, name) for name in names],
             )
 
+    def set_pending(self, names: list[str], pending: Pending) -> None:
+        """Mark each of `names` `pending`, their states kept, in one transaction."""
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE vms SET pending = ? WHERE name = ?", [(pending.value, n) for n in names]
+            )
+
     def hand_out(self, member: str, vm: StoredVM) -> None:
         """A pool member becomes `vm` (new name, owner and state; same domain,
         same place in the deploy order), in one transaction."""
@@ -304,6 +311,12 @@ class Store:
         `durable`=False: only for a VM marked `Pending.DELETE` (see `_transaction`)."""
         with self._transaction(durable):
             self._db.execute("DELETE FROM vms WHERE name = ?", (name,))
+            self._write_vnodes(snapshot.vnodes)
+
+    def forget_vms(self, names: list[str], snapshot: HostSnapshot, durable: bool = True) -> None:
+        """`forget_vm` for each of `names`, in one transaction."""
+        with self._transaction(durable):
+            self._db.executemany("DELETE FROM vms WHERE name = ?", [(name,) for name in names])
             self._write_vnodes(snapshot.vnodes)
 
     def _write_vnodes(self, vnodes: Mapping[float, tuple[int, ...]]) -> None:

@@ -26,7 +26,7 @@ import base64
 import ssl
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -44,6 +44,9 @@ __all__ = [
     "AgentRefusedError",
     "AgentUnreachableError",
 ]
+
+
+T = TypeVar("T")
 
 
 class AgentError(Exception):
@@ -137,6 +140,24 @@ class AgentClient:
                 return False
             raise
         return True
+
+    def delete_many(self, names: Sequence[str]) -> list[bool | AgentRefusedError]:
+        """`delete` for each of `names` in one call (the agent's
+        /api/v1/vm-deletions route, one delete after the other): True for each
+        deleted, False for one the agent had not, or its refusal. An agent
+        without that route (an older one) is asked once per VM.
+        `AgentUnreachableError`: no answer for the whole call (any of them
+        may have been deleted)."""
+        try:
+            answer = self._call("POST", "/api/v1/vm-deletions", {"names": list(names)})
+        except AgentRefusedError as error:
+            if error.status not in (404, 405):
+                raise
+            return [_refused_or(partial(self.delete, name)) for name in names]
+        items = answer.get("vms")
+        if not isinstance(items, list) or len(items) != len(names):
+            raise AgentUnreachableError("the agent's answer to a batch of deletes lists other VMs", sent=True)
+        return [_deletion(item) for item in items]
 
     def act(self, name: str, action: str) -> dict[str, Any]:
         """start, shutdown, suspend or resume, with `action_timeout_s`."""
@@ -276,11 +297,20 @@ def _create_body(request: VMRequest) -> dict[str, Any]:
     return body
 
 
-def _refused_or(create: Callable[[], dict[str, Any]]) -> dict[str, Any] | AgentRefusedError:
+def _refused_or(call: Callable[[], T]) -> T | AgentRefusedError:
     try:
-        return create()
+        return call()
     except AgentRefusedError as error:
         return error
+
+
+def _deletion(item: Any) -> bool | AgentRefusedError:
+    """One VM's answer in a batch of deletes: True (deleted), False (the
+    agent had no such VM, as a lone delete's 404), or the agent's refusal."""
+    refused = _item(item)
+    if not isinstance(refused, AgentRefusedError):
+        return True
+    return False if refused.status == 404 else refused
 
 
 def _item(item: Any) -> dict[str, Any] | AgentRefusedError:

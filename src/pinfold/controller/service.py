@@ -1104,25 +1104,27 @@ class Controller:
         return [outcomes[name] for name in names]
 
     def _unmake_on_host(self, records: list[VMRecord]) -> list[VMRecord | ControllerError | None]:
-        """Delete one host's share of `_delete_together` on its agent, one
-        after the other: None for each the agent deleted (or a VM on no host),
-        its record for one the agent did not answer for (retried every
-        period, as `_finish_delete` leaves it), the error of one it refused."""
+        """Delete one host's share of `_delete_together` on its agent, in one
+        call: None for each the agent deleted (or had not; or a VM on no
+        host), the error of one it refused, and for all of them their records
+        when the agent did not answer (retried every period, as
+        `_finish_delete` leaves one)."""
         host_id = records[0].host_id
         host = self.store.host(host_id, heartbeat=False) if host_id else None
         if host is None:
             return [None] * len(records)
-        agent = self.agent_for(host)
-        results: list[VMRecord | ControllerError | None] = []
-        for record in records:
-            try:
-                agent.delete(record.name)
-                results.append(None)
-            except AgentUnreachableError:
-                results.append(record)
-            except AgentRefusedError as error:
-                results.append(ControllerError("agent failed", f"{host.id}: {error}"))
-        return results
+        try:
+            answers = self.agent_for(host).delete_many([record.name for record in records])
+        except AgentUnreachableError:
+            return list(records)
+        except AgentRefusedError as error:  # the whole call refused: each of them
+            return [ControllerError("agent failed", f"{host.id}: {error}")] * len(records)
+        return [
+            ControllerError("agent failed", f"{host.id}: {answer}")
+            if isinstance(answer, AgentRefusedError)
+            else None
+            for answer in answers
+        ]
 
     def _forget_all(self, records: Sequence[VMRecord]) -> None:
         """`_forget` for VMs their agents deleted, in one transaction ("vm

@@ -20,6 +20,8 @@ POINTS = (
     "take:stored",
     # a batch of creates (`Agent.create_many`): all stored pending; the first of them made
     "batch:stored", "batch:made",
+    # a batch of deletes (`Agent.delete_many`): all marked; the first of their domains removed
+    "deletions:marked", "deletions:unmade",
     # live migration: the target wrote the guest's seed, stored its reservation; the source
     # marked, or sent, the guest; the target found it arrived
     "incoming:seeded", "incoming:stored", "migrate:marked", "migrate:sent", "incoming:arrived",
