@@ -8,6 +8,7 @@ A real uvicorn server on loopback in front of a sim-driver agent."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -107,6 +108,23 @@ def test_an_agent_without_batches_is_asked_once_per_vm():
     assert made == [{"name": "A", "pinning": [0]}, {"name": "B", "pinning": [0]}]
 
 
+@contextmanager
+def counted_transactions(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The agent stores' transactions opened inside the block: `[n]` at its end."""
+    count = [0]
+    real = Store._transaction
+
+    def counted(self: Store, durable: bool = True) -> Any:
+        count[0] += 1
+        return real(self, durable)
+
+    monkeypatch.setattr(Store, "_transaction", counted)
+    try:
+        yield count
+    finally:
+        monkeypatch.undo()
+
+
 def test_a_batch_commits_twice_and_pins_as_one_by_one_creates(tmp_path, i7, monkeypatch):
     """Agent.create_many: the VMs' placements all stored in one commit, all
     marked made in another (not two per VM made, as each single create
@@ -125,20 +143,11 @@ def test_a_batch_commits_twice_and_pins_as_one_by_one_creates(tmp_path, i7, monk
     one_by_one = singles.snapshot().pins
     singles.close()
 
-    commits = 0
-    real = Store._transaction
-
-    def counted(self: Store, durable: bool = True) -> Any:
-        nonlocal commits
-        commits += 1
-        return real(self, durable)
-
     driver = SimDriver()
     agent = Agent.open(i7, driver, Store(tmp_path / "batch.db"), AgentSettings(domain_type="qemu"))
-    monkeypatch.setattr(Store, "_transaction", counted)
-    made = agent.create_many(requests)
-    monkeypatch.undo()
-    assert commits == 2
+    with counted_transactions(monkeypatch) as commits:
+        made = agent.create_many(requests)
+    assert commits == [2]
     answers = {
         r.name: m.state if isinstance(m, StoredVM) else m.code for r, m in zip(requests, made, strict=True)
     }

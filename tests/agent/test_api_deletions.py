@@ -9,7 +9,6 @@ A real uvicorn server on loopback in front of a sim-driver agent."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +20,7 @@ from pinfold.agent.store import Pending, Store
 from pinfold.controller.agents import AgentClient, AgentRefusedError
 from pinfold.web import install_error_handlers
 from tests.agent.test_api import AUTH, TOKEN, serving
+from tests.agent.test_api_batches import counted_transactions
 from tests.servers import serving as serving_app
 
 #: name, vCPUs, level: on the i7's 8 CPUs, three vNodes whose VMs move when others go
@@ -54,20 +54,11 @@ def test_a_batch_of_deletes_commits_twice_and_leaves_what_one_by_one_deletes_lea
     driver = SimDriver()
     agent = made(Agent.open(i7, driver, Store(tmp_path / "b.db"), AgentSettings(domain_type="qemu")))
     agent._set("F", agent.vms["F"].state, Pending.MIGRATE_OUT)  # as a live migration away marks it
-    commits = 0
-    real = Store._transaction
-
-    def counted(self: Store, durable: bool = True) -> Any:
-        nonlocal commits
-        commits += 1
-        return real(self, durable)
-
-    monkeypatch.setattr(Store, "_transaction", counted)
-    outcomes = agent.delete_many(["A", "ghost", "C", "A", "F", "E"])
-    monkeypatch.undo()
+    with counted_transactions(monkeypatch) as commits:
+        outcomes = agent.delete_many(["A", "ghost", "C", "A", "F", "E"])
     codes = [o.code if isinstance(o, AgentError) else o for o in outcomes]
     assert codes == [None, "unknown vm", None, "unknown vm", "invalid", None]
-    assert commits == 2
+    assert commits == [2]
     agent._set("F", agent.vms["F"].state, None)  # the migration ended where it began
     assert agent.snapshot().pins == expected
     assert {g.name: g.spec.cpuset for g in driver.guests() if g.spec} == {

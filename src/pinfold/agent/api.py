@@ -40,6 +40,7 @@ __all__ = ["Service", "create_app"]
 
 ACTIONS: tuple[str, ...] = POWER_ACTIONS
 T = TypeVar("T")
+R = TypeVar("R")
 #: what the API serves: a host's agent (libvirt, sim), or a cloud's (driver openstack)
 Service = Agent | CloudAgent
 
@@ -93,13 +94,7 @@ def _made(agent: Service, requests: list[VMRequest]) -> list[StoredVM | AgentErr
     a cloud's one by one."""
     if isinstance(agent, Agent):
         return agent.create_many(requests)
-    answers: list[StoredVM | AgentError] = []
-    for request in requests:
-        try:
-            answers.append(agent.create(request))
-        except AgentError as error:
-            answers.append(error)
-    return answers
+    return _one_by_one(agent.create, requests)
 
 
 def _deleted(agent: Service, names: list[str]) -> list[AgentError | None]:
@@ -107,11 +102,15 @@ def _deleted(agent: Service, names: list[str]) -> list[AgentError | None]:
     a cloud's one by one."""
     if isinstance(agent, Agent):
         return agent.delete_many(names)
-    outcomes: list[AgentError | None] = []
-    for name in names:
+    return _one_by_one(agent.delete, names)
+
+
+def _one_by_one(operation: Callable[[T], R], items: list[T]) -> list[R | AgentError]:
+    """`operation` on each item in turn: its result, or the error it raised."""
+    outcomes: list[R | AgentError] = []
+    for item in items:
         try:
-            agent.delete(name)
-            outcomes.append(None)
+            outcomes.append(operation(item))
         except AgentError as error:
             outcomes.append(error)
     return outcomes

@@ -92,10 +92,14 @@ class Lifecycle(WarmPools):
         guest is in flight (the migration's end, or its abort, decides)."""
         with self.lock:
             self._retry_stale_pins()
-            vm = self._get(name)
-            if vm.pending in (Pending.MIGRATE_OUT, Pending.INCOMING):
-                raise AgentError("invalid", f"{name} is {vm.state}: its migration is not finished")
-            self._delete(vm)
+            self._delete(self._deletable(name))
+
+    def _deletable(self, name: str) -> StoredVM:
+        """VM `name`, unless it is unknown or in flight (`AgentError`)."""
+        vm = self._get(name)
+        if vm.pending in (Pending.MIGRATE_OUT, Pending.INCOMING):
+            raise AgentError("invalid", f"{name} is {vm.state}: its migration is not finished")
+        return vm
 
     def delete_many(self, names: Sequence[str]) -> list[AgentError | None]:
         """`delete` for each of `names`, in turn, in one hold of the lock, with
@@ -105,23 +109,18 @@ class Lifecycle(WarmPools):
         with self.lock:
             self._retry_stale_pins()
             outcomes: list[AgentError | None] = []
-            chosen: dict[str, StoredVM] = {}
+            chosen: dict[str, tuple[int, StoredVM]] = {}  # name: its place in `names`, the VM
             for name in names:
                 try:
-                    vm = self._get(name) if name not in chosen else None
-                    if vm is None:
+                    if name in chosen:  # deleted by its first mention
                         raise AgentError("unknown vm", name)
-                    if vm.pending in (Pending.MIGRATE_OUT, Pending.INCOMING):
-                        raise AgentError("invalid", f"{name} is {vm.state}: its migration is not finished")
+                    chosen[name] = (len(outcomes), self._deletable(name))
+                    outcomes.append(None)
                 except AgentError as error:
                     outcomes.append(error)
-                    continue
-                chosen[name] = vm
-                outcomes.append(None)
-            failed = self._delete_batch(list(chosen.values()))
-            first = {name: names.index(name) for name in chosen}
+            failed = self._delete_batch([vm for _, vm in chosen.values()])
             for name, refused in failed.items():
-                outcomes[first[name]] = refused
+                outcomes[chosen[name][0]] = refused
             return outcomes
 
     def start(self, name: str) -> StoredVM:

@@ -112,15 +112,10 @@ class AgentClient:
         answer, or the agent's refusal of it. An agent without that route (an
         older one) is asked once per VM. `AgentUnreachableError`: no answer
         for the whole call (any of them may have been made)."""
-        try:
-            answer = self._call("POST", "/api/v1/vm-batches", {"vms": [_create_body(r) for r in requests]})
-        except AgentRefusedError as error:
-            if error.status not in (404, 405):
-                raise
+        body = {"vms": [_create_body(r) for r in requests]}
+        items = self._batch("/api/v1/vm-batches", body, len(requests), "creates")
+        if items is None:
             return [_refused_or(partial(self.create, request)) for request in requests]
-        items = answer.get("vms")
-        if not isinstance(items, list) or len(items) != len(requests):
-            raise AgentUnreachableError("the agent's answer to a batch of creates lists other VMs", sent=True)
         return [_item(item) for item in items]
 
     def get(self, name: str) -> dict[str, Any] | None:
@@ -148,16 +143,24 @@ class AgentClient:
         without that route (an older one) is asked once per VM.
         `AgentUnreachableError`: no answer for the whole call (any of them
         may have been deleted)."""
+        items = self._batch("/api/v1/vm-deletions", {"names": list(names)}, len(names), "deletes")
+        if items is None:
+            return [_refused_or(partial(self.delete, name)) for name in names]
+        return [_deletion(item) for item in items]
+
+    def _batch(self, path: str, body: dict[str, Any], count: int, what: str) -> list[Any] | None:
+        """The items of a batch route's answer, one for each of the `count`
+        VMs sent; None when the agent has no such route (an older one)."""
         try:
-            answer = self._call("POST", "/api/v1/vm-deletions", {"names": list(names)})
+            answer = self._call("POST", path, body)
         except AgentRefusedError as error:
             if error.status not in (404, 405):
                 raise
-            return [_refused_or(partial(self.delete, name)) for name in names]
+            return None
         items = answer.get("vms")
-        if not isinstance(items, list) or len(items) != len(names):
-            raise AgentUnreachableError("the agent's answer to a batch of deletes lists other VMs", sent=True)
-        return [_deletion(item) for item in items]
+        if not isinstance(items, list) or len(items) != count:
+            raise AgentUnreachableError(f"the agent's answer to a batch of {what} lists other VMs", sent=True)
+        return items
 
     def act(self, name: str, action: str) -> dict[str, Any]:
         """start, shutdown, suspend or resume, with `action_timeout_s`."""

@@ -75,6 +75,7 @@ from pinfold.placement import (
 )
 from pinfold.placement.consolidation import Budget, Plan
 
+S = TypeVar("S")
 T = TypeVar("T")
 
 __all__ = ["Bulk", "Controller", "ControllerError", "HostView", "MoveChoice", "NoHostError", "Placed"]
@@ -566,11 +567,7 @@ class Controller:
                         self._forget(attempt.request.name)
                         outcomes[attempt.request.name] = None
                 return later
-            if len(batches) == 1:  # no pool's threads for one host's share (creates placed together)
-                made = [self._bulk_on_host(*batches[0])]
-            else:
-                with ThreadPoolExecutor(BULK_WORKERS) as pool:
-                    made = list(pool.map(lambda batch: self._bulk_on_host(*batch), batches))
+            made = _on_each_host(lambda batch: self._bulk_on_host(*batch), batches)
             phase("agents")
         for (_, attempts), placed in zip(batches, made, strict=True):
             for attempt, outcome in zip(attempts, placed, strict=True):
@@ -1089,11 +1086,7 @@ class Controller:
             if record is not None:
                 by_host.setdefault(record.host_id, []).append(record)
         shares = list(by_host.values())
-        if len(shares) == 1:
-            done = [self._unmake_on_host(shares[0])]
-        else:
-            with ThreadPoolExecutor(min(BULK_WORKERS, len(shares))) as pool:
-                done = list(pool.map(self._unmake_on_host, shares))
+        done = _on_each_host(self._unmake_on_host, shares)
         gone: list[VMRecord] = []
         for share, results in zip(shares, done, strict=True):
             for record, result in zip(share, results, strict=True):
@@ -1538,6 +1531,16 @@ def _landed(target: AgentClient, name: str) -> bool | None:
     except AgentError:
         return None
     return body is not None and body.get("state") not in ("incoming", None)
+
+
+def _on_each_host(work: Callable[[S], T], shares: Sequence[S]) -> list[T]:
+    """`work` on each host's share, hosts in parallel; in this thread when
+    there is one (no pool's threads for creates or deletes done together on
+    one host)."""
+    if len(shares) <= 1:
+        return [work(share) for share in shares]
+    with ThreadPoolExecutor(min(BULK_WORKERS, len(shares))) as pool:
+        return list(pool.map(work, shares))
 
 
 def _outcome(operation: Callable[[], T]) -> T | ControllerError:

@@ -123,7 +123,7 @@ _SET_STATES = (
     .returning(*_VMS.c)
 )
 _DELETE_VM = delete(_VMS).where(_VMS.c.name == bindparam("name"))
-_DELETE_VMS = delete(_VMS).where(_VMS.c.name.in_(bindparam("names", expanding=True))).returning(_VMS.c.name)
+_DELETE_VMS = delete(_VMS).where(_VMS.c.name.in_(bindparam("names", expanding=True)))
 _DRAW_SEQ = insert(_SEQUENCE).returning(_SEQUENCE.c.id)
 _DROP_SEQ = delete(_SEQUENCE).where(_SEQUENCE.c.id == bindparam("seq"))
 _INSERT_VM, _INSERT_MEMBER, _INSERT_EVENT = insert(_VMS), insert(_MEMBERS), insert(_EVENTS)
@@ -535,7 +535,7 @@ class ControllerStore:
             if isinstance(proof, HostCredential) and session.get(RevokedCredential, proof.digest) is not None:
                 # removed since the API looked: refused as revoked, so that its agent does not enrol
                 raise HostAuthError("credential revoked", f"host {host_id} was removed (pinfold host remove)")
-            _admit(known is not None, None if known is None else known.credential_digest, host_id, proof)
+            _admit(None if known is None else known.credential_digest, host_id, proof)
             document = self._documents.get(digest) or dict(topology)
             vms: list[VMRecord] = []
             if known is None:
@@ -993,14 +993,13 @@ class ControllerStore:
             _add_events(session, [event] if event is not None else [], now)
             return _vm_record(row)
 
-    def delete_vms(self, names: Sequence[str], events: Sequence[NewEvent], now: float) -> list[str]:
-        """Forget VMs `names` in one transaction with `events`: those that
-        were there (one gone meanwhile is skipped, its event recorded all the
-        same, as its agent deleted it)."""
+    def delete_vms(self, names: Sequence[str], events: Sequence[NewEvent], now: float) -> None:
+        """Forget VMs `names` in one transaction with `events` (one gone
+        meanwhile is skipped, its event recorded all the same, as its agent
+        deleted it)."""
         with self._write() as session:
-            gone = list(session.scalars(_DELETE_VMS, {"names": list(names)}))
+            session.execute(_DELETE_VMS, {"names": list(names)})
             _add_events(session, events, now)
-            return gone
 
     def vms_named(self, names: Sequence[str]) -> dict[str, VMRecord]:
         """The VMs of these names that there are, by name, in one statement."""
@@ -1111,13 +1110,13 @@ class ControllerStore:
             return [_event_record(row) for row in session.scalars(query)]
 
 
-def _admit(known: bool, credential_digest: str | None, host_id: str, proof: Proof | None) -> None:
+def _admit(credential_digest: str | None, host_id: str, proof: Proof | None) -> None:
     """Raise `HostAuthError` unless `proof` may register `host_id` (see
-    `register_host`), a host `known` or not, holding `credential_digest`."""
+    `register_host`), a host holding `credential_digest` (None: none, or no such host)."""
     if proof is None:
         return
     if isinstance(proof, HostCredential):
-        if not known or not matches(credential_digest, proof.digest):
+        if not matches(credential_digest, proof.digest):
             raise HostAuthError("unauthorized", f"this credential is not host {host_id}'s")
         return
     if credential_digest is not None:
