@@ -2,6 +2,11 @@
 the server without finishing their requests. One place, so that the agent and
 the controller cannot drift apart.
 
+uvicorn runs on uvloop with httptools' parser (C both): with asyncio and h11
+(pure Python) a small request cost the server 1.10 ms of CPU, with these
+0.77 ms (BENCHMARKS.md, issue 16's eighth round); every create crosses two
+servers (the controller's, then its agent's).
+
 uvicorn bounds the idle time between two requests of a kept-alive connection
 (`timeout_keep_alive`) but not the time a request takes to arrive: a client
 that sends headers that never end, or a body a byte at a time, holds its
@@ -38,12 +43,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import h11
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from pinfold.model.errors import ErrorCode, error_body
 from pinfold.tls import warn_plain_listener
@@ -129,21 +133,24 @@ def server(
 ) -> uvicorn.Server:
     """uvicorn serving `app` on `host`:`port` within `limits`, over HTTPS
     with `tls` (certificate, key) (`run()` it)."""
-    protocol = type("BoundedH11Protocol", (BoundedH11Protocol,), {"limits": limits})
+    protocol = type("BoundedHttpToolsProtocol", (BoundedHttpToolsProtocol,), {"limits": limits})
     cert, key = tls or (None, None)
     config = uvicorn.Config(
         BodyLimit(app, limits.max_body_bytes), host=host, port=port, log_level=log_level, http=protocol,
-        ssl_certfile=cert, ssl_keyfile=key,
+        loop="uvloop", ssl_certfile=cert, ssl_keyfile=key,
     )  # fmt: skip
     return uvicorn.Server(config)
 
 
-class BoundedH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline for each request to arrive
-    whole and a bound on the connections held (see the module's docstring)."""
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools' C parser) with a deadline for
+    each request to arrive whole and a bound on the connections held (see the
+    module's docstring)."""
 
     limits: ClassVar[ServerLimits] = ServerLimits()
     _deadline: asyncio.TimerHandle | None = None
+    #: a request has begun to arrive and has not arrived whole yet
+    _arriving = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -158,19 +165,27 @@ class BoundedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None and self.conn.their_state is h11.IDLE:
+        if self._deadline is None and not self._arriving:
             self._start_deadline()  # the first byte of the next request on a kept-alive connection
         super().data_received(data)
-        if self.conn.their_state not in (h11.IDLE, h11.SEND_BODY):
-            self._stop_deadline()  # the request has arrived whole (or the connection is done)
 
-    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+    def on_message_begin(self) -> None:
+        self._arriving = True
+        super().on_message_begin()
+
+    def on_message_complete(self) -> None:
+        self._arriving = False
+        self._stop_deadline()  # the request has arrived whole
+        super().on_message_complete()
+
+    def handle_websocket_upgrade(self) -> None:
         """The connection becomes a WebSocket (a console): no HTTP request is
         arriving any more, so its deadline ends here. Left running, it closed
         every console 10 s after its handshake, writing a 408 into the
         WebSocket stream on the way."""
+        self._arriving = False
         self._stop_deadline()
-        super().handle_websocket_upgrade(event)
+        super().handle_websocket_upgrade()
 
     def shutdown(self) -> None:
         """On the server's stop: an idle TLS connection is dropped at once.
@@ -195,7 +210,10 @@ class BoundedH11Protocol(H11Protocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # nothing of an answer sent yet
+        answering = (
+            self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
+        )
+        if not answering:  # nothing of an answer to this request sent yet
             detail = f"the request did not arrive whole within {self.limits.request_timeout_s:g} s"
             self.transport.write(_raw_answer(ErrorCode.REQUEST_TIMEOUT, detail))
         if self.cycle is not None:
@@ -206,8 +224,8 @@ class BoundedH11Protocol(H11Protocol):
 
 
 def _raw_answer(code: ErrorCode, detail: str) -> bytes:
-    """A whole JSON answer that closes the connection, written without h11
-    (which cannot answer a request whose headers have not ended)."""
+    """A whole JSON answer that closes the connection, written as bytes: the
+    protocol has no request to answer while its headers have not ended."""
     body = json.dumps(error_body(code, detail)).encode()
     status = code.status
     head = (
