@@ -28,7 +28,7 @@ after 20 s). Here:
   arrived: the app is called with the body read whole, never with part of it.
 
 Over TLS (a certificate and key given) the deadline starts once the handshake
-is done; the handshake itself is bounded by asyncio's own 60 s, which uvicorn
+is done; the handshake itself is bounded by the event loop's own 60 s, which uvicorn
 does not let one set.
 """
 
