@@ -147,6 +147,20 @@ def test_a_byte_now_and_then_does_not_extend_the_deadline() -> None:
         assert time.monotonic() - started < PATIENCE_S, "a trickle kept the request open"
 
 
+def test_a_request_that_begins_in_the_same_write_as_a_whole_one_has_its_own_deadline() -> None:
+    """The first request arrives whole (its deadline ends) and the next one's
+    first bytes come with it, in one read: the next one's deadline runs from
+    there, so headers that never end still close the connection."""
+    with running(echo_app()) as port, connect(port) as sock:
+        started = time.monotonic()
+        sock.sendall(PING + b"GET /ping HTTP/1.1\r\nHost: test\r\n")
+        received = read_until_closed(sock)
+        assert time.monotonic() - started < PATIENCE_S
+        first, second = received.split(b"HTTP/1.1 ", 2)[1:]
+        assert status_of(b"HTTP/1.1 " + first) == 200
+        assert status_of(b"HTTP/1.1 " + second) == 408
+
+
 def test_whole_requests_still_work_also_after_an_idle_pause_on_a_kept_alive_connection() -> None:
     with running(echo_app()) as port, connect(port) as sock:
         assert status_of(exchange(sock, PING)) == 200

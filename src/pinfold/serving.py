@@ -171,6 +171,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._arriving = True
+        if self._deadline is None:  # a request after one that ended in the same read
+            self._start_deadline()
         super().on_message_begin()
 
     def on_message_complete(self) -> None:
