@@ -29,7 +29,7 @@ from pinfold.agent.store import Store
 from pinfold.controller.api import create_app as controller_app
 from pinfold.controller.config import ControllerConfig, ControllerConfigError, load_controller_config
 from pinfold.controller.daemon import build_controller
-from pinfold.serving import ServerLimits
+from pinfold.serving import MAX_HEAD_BYTES, ServerLimits
 from pinfold.topology import Topology
 from tests.servers import Served, free_port, wait_for_health
 
@@ -49,6 +49,11 @@ def echo_app() -> FastAPI:
     @app.post("/echo")
     async def echo(request: Request) -> dict[str, int]:
         return {"length": len(await request.body())}
+
+    @app.get("/slow")
+    def slow() -> dict[str, str]:
+        time.sleep(LIMITS.request_timeout_s * 2)  # longer than a request may take to arrive
+        return {"slow": "done"}
 
     return app
 
@@ -159,6 +164,41 @@ def test_a_request_that_begins_in_the_same_write_as_a_whole_one_has_its_own_dead
         first, second = received.split(b"HTTP/1.1 ", 2)[1:]
         assert status_of(b"HTTP/1.1 " + first) == 200
         assert status_of(b"HTTP/1.1 " + second) == 408
+
+
+def test_no_deadline_runs_while_the_daemon_works_even_when_the_next_request_has_begun() -> None:
+    """The next request's first bytes arrive while the daemon works on one
+    (for longer than a request may take to arrive): that one is answered,
+    and only then does the next one's deadline run (it never ends: 408)."""
+    with running(echo_app()) as port, connect(port) as sock:
+        sock.sendall(b"GET /slow HTTP/1.1\r\nHost: test\r\n\r\nGET /ping HTTP/1.1\r\n")
+        received = read_until_closed(sock)
+        first, second = received.split(b"HTTP/1.1 ", 2)[1:]
+        assert status_of(b"HTTP/1.1 " + first) == 200
+        assert body_of(b"HTTP/1.1 " + first) == {"slow": "done"}
+        assert status_of(b"HTTP/1.1 " + second) == 408
+
+
+def test_a_request_head_over_the_bound_is_refused_400_without_waiting_for_its_end() -> None:
+    with running(echo_app()) as port:
+        with connect(port) as sock:
+            header = b"X-Large: " + b"a" * (MAX_HEAD_BYTES // 2) + b"\r\n"
+            assert (
+                status_of(exchange(sock, b"GET /ping HTTP/1.1\r\nHost: test\r\n" + header + b"\r\n")) == 200
+            )
+        with connect(port) as sock:
+            started = time.monotonic()
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: test\r\nX-Huge: ")
+            for _ in range(2 * MAX_HEAD_BYTES // 1024):
+                try:
+                    sock.sendall(b"a" * 1024)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            response = read_until_closed(sock)
+            assert status_of(response) == 400, response[:200]
+            assert time.monotonic() - started < LIMITS.request_timeout_s, (
+                "refused by the deadline, not the bound"
+            )
 
 
 def test_whole_requests_still_work_also_after_an_idle_pause_on_a_kept_alive_connection() -> None:

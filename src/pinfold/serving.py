@@ -17,12 +17,15 @@ after 20 s). Here:
   `request_timeout_s` of its first byte (of the connection, for the first
   request): a deadline for the whole request, not per read, so a trickle does
   not extend it. Past it the client gets `408 {"error", "code", "detail"}` and the
-  connection is closed. No deadline runs while the app works on a request or
+  connection is closed. No deadline runs while the app works on a request (one
+  that begins to arrive meanwhile gets its deadline once the answer is done) or
   while a kept-alive connection waits for the next one (uvicorn's own
   keep-alive timeout bounds that);
 - a connection beyond `max_connections` is answered `503` (without reading a
   body or calling the app) and closed; until its request arrives, the same
   deadline bounds it;
+- a request's head (request line and headers) over `MAX_HEAD_BYTES` (16 KiB) is
+  answered `400` and its connection closed as soon as that much has arrived;
 - a body over `max_body_bytes` is refused with `413` as soon as its
   Content-Length says so, or as soon as that many bytes of a chunked body have
   arrived: the app is called with the body read whole, never with part of it.
@@ -142,15 +145,25 @@ def server(
     return uvicorn.Server(config)
 
 
+#: the most a request's head (its request line and headers) may take; one over it
+#: is answered 400 and its connection closed. h11 held heads to this; httptools holds
+#: them to nothing, and grows a partial one at each read (a cost quadratic in its size)
+MAX_HEAD_BYTES = 16 * 1024
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol (httptools' C parser) with a deadline for
-    each request to arrive whole and a bound on the connections held (see the
-    module's docstring)."""
+    each request to arrive whole, a bound on the connections held and one on
+    a request's head (see the module's docstring)."""
 
     limits: ClassVar[ServerLimits] = ServerLimits()
     _deadline: asyncio.TimerHandle | None = None
     #: a request has begun to arrive and has not arrived whole yet
     _arriving = False
+    #: ... and its head has not ended (`self.cycle` is still the request's before)
+    _in_head = False
+    #: what has arrived of that head, at least (a read may end a body, then begin it)
+    _head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -165,27 +178,49 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None and not self._arriving:
+        if self.transport.is_closing():
+            return  # refused or timed out: nothing more is read
+        if self._deadline is None and not self._arriving and not self._answer_pending():
             self._start_deadline()  # the first byte of the next request on a kept-alive connection
         super().data_received(data)
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self.send_400_response(f"The request head is over {MAX_HEAD_BYTES} bytes.")
 
     def on_message_begin(self) -> None:
-        self._arriving = True
-        if self._deadline is None:  # a request after one that ended in the same read
-            self._start_deadline()
+        self._arriving = self._in_head = True
+        self._head_bytes = 0
+        if self._deadline is None and not self._answer_pending():
+            self._start_deadline()  # a request after one that ended in the same read
         super().on_message_begin()
 
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        super().on_headers_complete()
+
     def on_message_complete(self) -> None:
-        self._arriving = False
+        self._arriving = self._in_head = False
         self._stop_deadline()  # the request has arrived whole
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        """An answer is done: a request that began to arrive meanwhile (its
+        deadline held while the daemon worked) gets its deadline now."""
+        super().on_response_complete()
+        if self._arriving and self._deadline is None and not self.transport.is_closing():
+            self._start_deadline()
+
+    def _answer_pending(self) -> bool:
+        """The daemon works on a request, or answers it: no deadline starts."""
+        return self.cycle is not None and not self.cycle.response_complete
 
     def handle_websocket_upgrade(self) -> None:
         """The connection becomes a WebSocket (a console): no HTTP request is
         arriving any more, so its deadline ends here. Left running, it closed
         every console 10 s after its handshake, writing a 408 into the
         WebSocket stream on the way."""
-        self._arriving = False
+        self._arriving = self._in_head = False
         self._stop_deadline()
         super().handle_websocket_upgrade()
 
@@ -212,10 +247,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        answering = (
-            self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete
-        )
-        if not answering:  # nothing of an answer to this request sent yet
+        answered = not self._in_head and self.cycle is not None and self.cycle.response_started
+        if not answered:  # nothing of an answer to this request sent yet
             detail = f"the request did not arrive whole within {self.limits.request_timeout_s:g} s"
             self.transport.write(_raw_answer(ErrorCode.REQUEST_TIMEOUT, detail))
         if self.cycle is not None:
@@ -288,7 +321,7 @@ class BodyLimit:
 
 
 def _declared_length(scope: Scope) -> int:
-    """The request's Content-Length, 0 without one (h11 has refused a malformed one)."""
+    """The request's Content-Length, 0 without one (httptools has refused a malformed one)."""
     for name, value in scope["headers"]:
         if name == b"content-length":
             try:
