@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -25,6 +24,9 @@ import time
 from typing import Any
 
 import httpx
+import psutil
+
+from benchmarks.common import poll
 
 STACKS = ("asyncio-h11", "uvloop-httptools", "pinfold")
 
@@ -55,34 +57,33 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def server_cpu_ms(pid: int) -> float:
+def server_cpu_ms(server: psutil.Process) -> float:
     """The process's user and system CPU so far, in ms."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+    times = server.cpu_times()
+    return (times.user + times.system) * 1000
 
 
 def measure(stack: str, requests: int) -> dict[str, Any]:
     port = free_port()
     command = [sys.executable, "-m", "benchmarks.bench_serving", "--serve", stack, "--port", str(port)]
     process = subprocess.Popen(command)
+    server = psutil.Process(process.pid)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            deadline = time.monotonic() + 30
-            while True:
+
+            def answers() -> bool:
                 try:
-                    client.post("/vms", json={"name": "warm"})
-                    break
+                    return client.post("/vms", json={"name": "up"}).status_code == 200
                 except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+                    return False
+
+            poll(answers, f"the {stack} server", timeout_s=30, every_s=0.1)
             for i in range(200):  # warm up
                 client.post("/vms", json={"name": f"w{i}", "vcpus": 2})
-            before, started = server_cpu_ms(process.pid), time.perf_counter()
+            before, started = server_cpu_ms(server), time.perf_counter()
             for i in range(requests):
                 client.post("/vms", json={"name": f"vm{i}", "vcpus": 2, "memory_mib": 2048})
-            wall, after = time.perf_counter() - started, server_cpu_ms(process.pid)
+            wall, after = time.perf_counter() - started, server_cpu_ms(server)
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -3,9 +3,9 @@ the server without finishing their requests. One place, so that the agent and
 the controller cannot drift apart.
 
 uvicorn runs on uvloop with httptools' parser (C both): with asyncio and h11
-(pure Python) a small request cost the server 1.10 ms of CPU, with these
-0.77 ms (BENCHMARKS.md, issue 16's eighth round); every create crosses two
-servers (the controller's, then its agent's).
+(pure Python) a small request cost the server 1.15-1.36 ms of CPU, here
+0.81-0.86 ms (`benchmarks/bench_serving.py`, BENCHMARKS.md); every create
+crosses two servers (the controller's, then its agent's).
 
 uvicorn bounds the idle time between two requests of a kept-alive connection
 (`timeout_keep_alive`) but not the time a request takes to arrive: a client
