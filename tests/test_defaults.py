@@ -21,7 +21,7 @@ NAMED = {
     "critical_size", "policy", "default_policy", "segregated_policy", "reserved_memory_mib",
     "heartbeat_period_s", "monitor_period_s", "shutdown_timeout_s", "stale_after_s", "agent_timeout_s",
     "action_timeout_s", "agent_action_timeout_s", "port", "agent_port", "controller_port",
-    "migration_timeout_s",
+    "migration_timeout_s", "coalesce_at_most",
 }  # fmt: skip
 
 

@@ -64,3 +64,21 @@ def test_lifecycle_actions_wait_longer_than_an_agents_forced_shutdown(tmp_path):
     finally:
         clients.close()
         controller.store.engine.dispose()
+
+
+def test_coalescing_bound_reaches_the_controller(tmp_path):
+    """`coalesce_at_most` from the environment bounds both of the built
+    controller's coalescers (1: every create and delete alone); 0 is refused."""
+    assert load_controller_config(None, {}, {}).coalesce_at_most == 32
+    env = {"PINFOLD_CONTROLLER_COALESCE_AT_MOST": "1"}
+    controller, clients = build_controller(
+        load_controller_config(None, {"data_dir": tmp_path}, env), "t" * 20
+    )
+    try:
+        assert controller.coalesce_at_most == 1
+        assert (controller.coalescer.most, controller.deleter.most) == (1, 1)
+    finally:
+        clients.close()
+        controller.store.engine.dispose()
+    with pytest.raises(ControllerConfigError, match="coalesce_at_most"):
+        load_controller_config(None, {}, {"PINFOLD_CONTROLLER_COALESCE_AT_MOST": "0"})

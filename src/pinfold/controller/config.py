@@ -11,11 +11,13 @@ from pydantic import ConfigDict, Field, ValidationError, field_validator, model_
 from pinfold.model.defaults import (
     ACTION_TIMEOUT_S,
     AGENT_TIMEOUT_S,
+    COALESCE_AT_MOST,
     CONTROLLER_PORT,
     DEFAULT_POLICY,
     HEARTBEAT_PERIOD_S,
     STALE_AFTER_S,
 )
+from pinfold.model.vm import MAX_BULK
 from pinfold.placement import POLICIES
 from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
@@ -47,6 +49,9 @@ class ControllerConfig(HttpSettings):
     #: timeout of a lifecycle action (start, shutdown, ...): longer than the agents'
     #: shutdown_timeout_s, after which they force the guest off
     agent_action_timeout_s: float = Field(default=ACTION_TIMEOUT_S, gt=0)
+    #: creates (and deletes) that arrive while others are under way are placed together,
+    #: this many at most in one pass (docs/controller.md, "Single creates under load"); 1: each alone
+    coalesce_at_most: int = Field(default=COALESCE_AT_MOST, ge=1, le=MAX_BULK)
     admin_token: str | None = Field(default=None, min_length=16)
     agent_token: str | None = Field(default=None, min_length=16)
     #: CIDRs whose clients may use SlackVM's /deploy and /remove without a token

@@ -75,6 +75,7 @@ def build_controller(
         default_policy=config.policy,
         stale_after_s=config.stale_after_s,
         race_wait_s=config.agent_timeout_s,  # the longest a concurrent create's agent call takes
+        coalesce_at_most=config.coalesce_at_most,
     )
     return controller, clients
 

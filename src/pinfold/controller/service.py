@@ -59,7 +59,7 @@ from pinfold.controller.store import (
     UnknownVMError,
     VMRecord,
 )
-from pinfold.model.defaults import DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
+from pinfold.model.defaults import COALESCE_AT_MOST, DEFAULT_POLICY, HEARTBEAT_PERIOD_S, STALE_AFTER_S
 from pinfold.model.errors import ErrorCode, PinfoldError
 from pinfold.model.lifecycle import POWER_ACTIONS, Action, Refused, takes_actions, transition
 from pinfold.model.vm import VMRequest, first_boot_problem, image_path_problem, same_first_boot
@@ -185,7 +185,7 @@ class Controller:
     #: creates that arrive while others are being placed are placed together, this many at most
     #: (one pass, as a bulk create's: `_create_together`), and deletes likewise (`_delete_together`);
     #: 1: each alone
-    coalesce_at_most: int = 32
+    coalesce_at_most: int = COALESCE_AT_MOST
     clock: Callable[[], float] = time.time
     scheduler: Scheduler = field(default_factory=Scheduler)
     history: History = field(default_factory=History)

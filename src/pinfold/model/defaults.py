@@ -14,6 +14,7 @@ __all__ = [
     "ACTION_TIMEOUT_S",
     "AGENT_PORT",
     "AGENT_TIMEOUT_S",
+    "COALESCE_AT_MOST",
     "CONTROLLER_PORT",
     "DEFAULT_CRITICAL_SIZE",
     "DEFAULT_POLICY",
@@ -46,6 +47,9 @@ MIGRATION_LIMIT_S = 600.0
 MAX_MIGRATION_LIMIT_S = MIGRATION_TIMEOUT_S - 300.0
 #: a reservation untouched this long has lost its creator (a controller died)
 STALE_AFTER_S = 60.0
+#: the most creates (or deletes) that arrive while others are under way which the controller
+#: places together in one pass, as a bulk create's; 1: each alone
+COALESCE_AT_MOST = 32
 #: the agent's port
 AGENT_PORT = 8099
 #: the controller's port, and the one the CLI calls when told no URL
