@@ -22,6 +22,7 @@ NAMED = {
     "heartbeat_period_s", "monitor_period_s", "shutdown_timeout_s", "stale_after_s", "agent_timeout_s",
     "action_timeout_s", "agent_action_timeout_s", "port", "agent_port", "controller_port",
     "migration_timeout_s", "coalesce_at_most",
+    "database_pool_size", "pool_size",
 }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from pinfold.model.defaults import (
     AGENT_TIMEOUT_S,
     COALESCE_AT_MOST,
     CONTROLLER_PORT,
+    DATABASE_POOL_SIZE,
     DEFAULT_POLICY,
     HEARTBEAT_PERIOD_S,
     STALE_AFTER_S,
@@ -40,6 +41,8 @@ class ControllerConfig(HttpSettings):
     port: int = Field(default=CONTROLLER_PORT, ge=1, le=65535)
     #: SQLAlchemy URL; default: a SQLite file in the data directory
     database_url: str | None = None
+    #: PostgreSQL: connections kept open, and as many more under load (SQLite: unused)
+    database_pool_size: int = Field(default=DATABASE_POOL_SIZE, ge=1, le=500)
     heartbeat_period_s: float = Field(default=HEARTBEAT_PERIOD_S, gt=0)
     policy: str = DEFAULT_POLICY
     #: a reservation left this long by a controller that died is finished by a retry

@@ -69,7 +69,7 @@ def build_controller(
     config.data_dir.mkdir(parents=True, exist_ok=True)
     clients = AgentClients(agent_token, config.agent_timeout_s, config.agent_action_timeout_s, verify)
     controller = Controller(
-        ControllerStore(connect(config.url)),
+        ControllerStore(connect(config.url, config.database_pool_size)),
         clients,
         heartbeat_period_s=config.heartbeat_period_s,
         default_policy=config.policy,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import URL, Connection, Engine, create_engine, event, func, inspect, make_url, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from pinfold.model.defaults import DATABASE_POOL_SIZE
 from pinfold.private import private_database
 
 if TYPE_CHECKING:
@@ -57,14 +58,15 @@ SCRIPT_LOCATION = "pinfold.controller:migrations"
 HEAD_REVISION = "0010"
 
 
-def connect(url: str | URL) -> Engine:
+def connect(url: str | URL, pool_size: int = DATABASE_POOL_SIZE) -> Engine:
     """An engine on `url`, its schema migrated to head.
 
     `sqlite:///path/controller.db` (the parent directory is created) or
     `postgresql+psycopg://user:password@host/db` (a bare `postgresql://` uses
-    psycopg too, the driver pinfold depends on).
+    psycopg too, the driver pinfold depends on), with `pool_size` connections
+    kept open (see `_create_postgresql`).
     """
-    engine = create(url)
+    engine = create(url, pool_size)
     try:
         upgrade(engine)
     except BaseException:
@@ -73,14 +75,14 @@ def connect(url: str | URL) -> Engine:
     return engine
 
 
-def create(url: str | URL) -> Engine:
+def create(url: str | URL, pool_size: int = DATABASE_POOL_SIZE) -> Engine:
     """An engine on `url` with pinfold's settings, without migrating."""
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return _create_sqlite(parsed)
     if backend == "postgresql":
-        return _create_postgresql(parsed)
+        return _create_postgresql(parsed, pool_size)
     raise ValueError(f"unsupported database {parsed.drivername!r}: use sqlite:///path or postgresql://")
 
 
@@ -157,7 +159,19 @@ def _on_sqlite_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN")
 
 
-def _create_postgresql(url: URL) -> Engine:
+def _create_postgresql(url: URL, pool_size: int) -> Engine:
+    """`pool_size` connections kept open, as many more opened under load. With
+    SQLAlchemy's default (5 kept), 8 clients made the controller open and close
+    a connection (a server process) for most requests: a registration cost the
+    machine 10.4-11.3 ms of CPU, 7.1-8.4 with 20 kept (BENCHMARKS.md, issue 16,
+    ninth round). At the default (20), twice it is the server's worker threads
+    (40): a request waits for a connection only when every thread holds one."""
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    return create_engine(url, isolation_level="READ COMMITTED", pool_pre_ping=True)
+    return create_engine(
+        url,
+        isolation_level="READ COMMITTED",
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+    )

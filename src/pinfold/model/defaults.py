@@ -16,6 +16,7 @@ __all__ = [
     "AGENT_TIMEOUT_S",
     "COALESCE_AT_MOST",
     "CONTROLLER_PORT",
+    "DATABASE_POOL_SIZE",
     "DEFAULT_CRITICAL_SIZE",
     "DEFAULT_POLICY",
     "DEFAULT_RESERVED_MEMORY_MIB",
@@ -50,6 +51,9 @@ STALE_AFTER_S = 60.0
 #: the most creates (or deletes) that arrive while others are under way which the controller
 #: places together in one pass, as a bulk create's; 1: each alone
 COALESCE_AT_MOST = 32
+#: the connections a controller keeps open to PostgreSQL, and the most it opens beyond them
+#: under load (twice this in all); SQLite's connections are local files, pooled as SQLAlchemy does
+DATABASE_POOL_SIZE = 20
 #: the agent's port
 AGENT_PORT = 8099
 #: the controller's port, and the one the CLI calls when told no URL
