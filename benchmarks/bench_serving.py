@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 import httpx
 import psutil
+from tests.servers import free_port
 
 from benchmarks.common import poll
 
@@ -100,12 +100,6 @@ def serve(stack: str, route: str, port: int) -> None:
         return
     loop, http = stack.split("-")
     uvicorn.run(app, host="127.0.0.1", port=port, loop=loop, http=http, log_level="warning")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def server_cpu_ms(server: psutil.Process) -> float:
