@@ -6,6 +6,8 @@
     python -m benchmarks.bench_controller register [--hosts 10000] [--clients 8] [--database-url URL]
         [--whole-topology]
     python -m benchmarks.bench_controller restart [--hosts 10000] [--runs 5] [--hosts-database FILE]
+    python -m benchmarks.bench_controller heartbeat [--hosts 1000] [--beats 5] [--clients 8]
+        [--database-url URL]
 
 schedule: scheduling latency inside the controller with N registered hosts
 (EPYC 7662-exp, SQLite file, pinned to one core): each create ranks every
@@ -33,6 +35,13 @@ every registration, as agents did before digests.
 
 restart: exec of `pinfold controller` to its first 201 on a create, with N
 hosts in its SQLite database (copied afresh for each run).
+
+heartbeat: N hosts registered through the REST API (as `register`), then
+`--beats` heartbeats from each, sent by C client threads with each host's own
+credential: an idle EPYC host's beat as its agent sends it (SlackVM status,
+vNodes, a monitor sample with each of its CPUs' share). The rate the
+controller keeps, against what N hosts beating every 10 s (the default
+period) would send.
 """
 
 from __future__ import annotations
@@ -57,9 +66,16 @@ import httpx
 from sqlalchemy import make_url
 
 from benchmarks.common import EPYC_EXP, median, percentile, pin_to_one_core
+from pinfold.agent.core import AgentSettings
+from pinfold.agent.drivers.sim import SimDriver
+from pinfold.agent.monitor import HostSample
+from pinfold.agent.registration import heartbeat_document
+from pinfold.agent.service import Agent
+from pinfold.agent.store import Store
 from pinfold.controller.database import connect, create
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore
+from pinfold.model.defaults import HEARTBEAT_PERIOD_S
 from pinfold.topology import Topology, slackvm_json
 
 LEVELS = (1.0, 2.0, 3.0)
@@ -163,10 +179,31 @@ def controller_process(data_dir: str, database_url: str | None = None) -> Iterat
         process.wait(timeout=60)
 
 
+@contextlib.contextmanager
+def fresh_controller(database_url: str | None) -> Iterator[str]:
+    """A `controller_process` with a data directory and a database of its own; its URL."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        fresh_database(database_url) as url_of_db,
+        controller_process(f"{tmp}/controller", url_of_db) as url,
+    ):
+        yield url
+
+
 def bench_env() -> dict[str, str]:
     return dict(os.environ, PINFOLD_CONTROLLER_ADMIN_TOKEN=ADMIN, PINFOLD_CONTROLLER_AGENT_TOKEN=AGENT_TOKEN,
                 PINFOLD_AGENT_ENROLMENT_TOKEN=AGENT_TOKEN, PINFOLD_CONTROLLER_HEARTBEAT_PERIOD_S="5",
                 PINFOLD_AGENT_MONITOR_PERIOD_S="5")  # fmt: skip
+
+
+#: a registration's fields but its host, address and topology (`registration_bodies` fills them)
+REGISTRATION_FIELDS = {
+    "host_id": "",
+    "address": "",
+    "critical_size": 6,
+    "reserved_memory_mib": 0,
+    "agent_token": AGENT_TOKEN,
+}
 
 
 def register(
@@ -179,13 +216,7 @@ def register(
     controller` process: the wall time and each registration's latency as
     its client saw it (both requests, when there are two)."""
     topology = compact_topology()
-    fields = {
-        "host_id": "",
-        "address": "",
-        "critical_size": 6,
-        "reserved_memory_mib": 0,
-        "agent_token": AGENT_TOKEN,
-    }
+    fields = REGISTRATION_FIELDS
     whole = registration_bodies({**fields, "topology": topology})
     # the digest is not computed for whole documents: this also runs against sources before digests
     first = (
@@ -207,11 +238,7 @@ def register(
         return True
 
     headers = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        fresh_database(database_url) as url_of_db,
-        controller_process(f"{tmp}/controller", url_of_db) as url,
-    ):
+    with fresh_controller(database_url) as url:
         timed = _phase(url, clients, hosts, one, headers)
     return {
         "database": "postgresql" if database_url else "sqlite",
@@ -221,6 +248,76 @@ def register(
         "body_kib": round(len(whole(0)) / 1024),
         **timed.summary("register", "registered"),
     }
+
+
+def heartbeat(hosts: int, beats: int, clients: int, database_url: str | None = None) -> dict[str, Any]:
+    """`hosts` hosts enrolled through the REST API, then `beats` heartbeats
+    from each (host i's beats spread over the run, never two at once), from
+    `clients` threads: the rate and each beat's latency as its client saw it."""
+    body = idle_heartbeat()
+    # no beat is due during the run: the down-check marks none down while others beat
+    fields = {**REGISTRATION_FIELDS, "heartbeat_period_s": 3600}
+    topology = compact_topology()
+    by_digest = registration_bodies({**fields, "topology_digest": slackvm_json.digest(topology)})
+    whole = registration_bodies({**fields, "topology": topology})
+    credentials: dict[int, str] = {}
+
+    def enrol(http: httpx.Client, i: int) -> None:
+        response = http.post("/api/v1/hosts", content=by_digest(i))
+        if response.status_code == 409:  # the first host of the model sends the document
+            response = http.post("/api/v1/hosts", content=whole(i))
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code} {response.text[:300]}")
+        credentials[i] = response.json()["credential"]
+
+    def beat(http: httpx.Client, n: int) -> None:
+        i = n % hosts
+        response = http.post(
+            f"/api/v1/hosts/h{i:05d}/heartbeat",
+            content=body,
+            headers={"Authorization": f"Bearer {credentials[i]}"},
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code} {response.text[:300]}")
+
+    enrolment = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
+    with fresh_controller(database_url) as url:
+        enrolled = _phase(url, clients, hosts, enrol, enrolment)
+        if enrolled.failures:
+            raise RuntimeError(f"registration failed: {enrolled.failures[:3]}")
+        timed = _phase(url, clients, hosts * beats, beat, {"Content-Type": "application/json"})
+    summary = timed.summary("heartbeat", "beats")
+    return {
+        "database": "postgresql" if database_url else "sqlite",
+        "hosts": hosts,
+        "clients": clients,
+        "body_kib": round(len(body) / 1024, 1),
+        **summary,
+        "hosts_at_default_period": round(summary["heartbeats_per_s"] * HEARTBEAT_PERIOD_S),
+    }
+
+
+def idle_heartbeat() -> bytes:
+    """An idle EPYC 7662-exp host's heartbeat, made by the agent's own code:
+    a sim agent's SlackVM status and vNodes and a monitor sample of that host
+    (every CPU 5 % busy, no VM, no GPU)."""
+    topology = Topology.load(EPYC_EXP)
+    with tempfile.TemporaryDirectory() as tmp:
+        agent = Agent.open(topology, SimDriver(), Store(Path(tmp) / "agent.db"), AgentSettings())
+        try:
+            beat = heartbeat_document(agent, None)
+        finally:
+            agent.store.close()
+    sample = HostSample(
+        time=0.0,
+        cpu={cpu.cpu_id: 0.05 for cpu in topology.cpus},
+        host_cpu=0.05,
+        memory_total_mib=topology.memory_total_mib,
+        memory_available_mib=topology.memory_total_mib * 0.95,
+        vms={},
+        vnodes={},
+    )
+    return json.dumps({**beat, "usage": sample.to_dict()}).encode()
 
 
 def registration_bodies(fields: dict[str, Any]) -> Callable[[int], bytes]:
@@ -536,11 +633,12 @@ def per_host(placements: dict[str, str]) -> list[int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["schedule", "e2e", "bulk", "register", "restart"])
+    parser.add_argument("mode", choices=["schedule", "e2e", "bulk", "register", "restart", "heartbeat"])
     parser.add_argument("--hosts", type=int, default=10_000)
     parser.add_argument("--agents", type=int, default=20)
     parser.add_argument("--vms", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--beats", type=int, default=5, help="heartbeat: this many from each host")
     parser.add_argument("--no-compare", action="store_true", help="bulk: skip the one-by-one creates")
     parser.add_argument(
         "--whole-topology",
@@ -553,7 +651,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--database-url",
-        help="e2e, bulk, register: a PostgreSQL server's URL, on which each cluster gets a fresh "
+        help="e2e, bulk, register, heartbeat: a PostgreSQL server's URL, on which each cluster gets a fresh "
         "database (default: SQLite in a temp dir)",
     )
     args = parser.parse_args()
@@ -570,6 +668,9 @@ def main() -> None:
         result = restart(args.hosts, args.runs, args.hosts_database)
     elif args.mode == "register":
         result = register(args.hosts, args.clients, args.database_url, args.whole_topology)
+    elif args.mode == "heartbeat":
+        hosts = args.hosts if "--hosts" in sys.argv else 1000
+        result = heartbeat(hosts, args.beats, args.clients, args.database_url)
     else:
         result = end_to_end(args.agents, args.vms, args.clients, args.database_url)
     print(json.dumps(result, indent=1))

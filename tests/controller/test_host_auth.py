@@ -70,6 +70,26 @@ def test_the_enrolment_token_cannot_heartbeat_as_an_enrolled_host(cluster: Local
     assert "a" in after.heartbeat["vms"]  # the forged heartbeat was not stored
 
 
+def test_a_heartbeat_is_checked_for_its_credential_before_its_body(cluster: LocalCluster) -> None:
+    """The route reads its body itself, in the same worker-thread hop as the
+    check (issue 16): a stranger is still told 401 whatever it sends, and
+    only the host itself learns of a malformed beat (422, as for any body)."""
+    cluster.add_host("h1")
+    malformed = b'{"vms": ["not", "a", "mapping"], "usage": {"cpu": {"0": 2.5}}}'
+    for presented in (ENROLMENT, {"Authorization": "Bearer not-a-credential"}, {}):
+        refused = cluster.http.post("/api/v1/hosts/h1/heartbeat", content=malformed, headers=presented)
+        assert refused.status_code == 401, refused.text
+    mine = credential_of(cluster, "h1")
+    invalid = cluster.http.post("/api/v1/hosts/h1/heartbeat", content=malformed, headers=mine)
+    assert invalid.status_code == 422, invalid.text
+    assert invalid.json()["error"] == "invalid request"
+    assert invalid.json()["detail"].startswith("body.vms: ")
+    assert "; body.usage.cpu.0: " in invalid.json()["detail"]
+    not_json = cluster.http.post("/api/v1/hosts/h1/heartbeat", content=b"{", headers=mine)
+    assert not_json.status_code == 422, not_json.text
+    assert cluster.http.post("/api/v1/hosts/h1/heartbeat", content=b"{}", headers=mine).status_code == 200
+
+
 def test_the_enrolment_token_cannot_register_an_enrolled_host_again(
     cluster: LocalCluster, i7_topology: dict[str, Any]
 ) -> None:
