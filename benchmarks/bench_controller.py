@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from sqlalchemy import make_url
 
 from benchmarks.common import EPYC_EXP, median, percentile, pin_to_one_core
@@ -285,8 +286,13 @@ def heartbeat(hosts: int, beats: int, clients: int, database_url: str | None = N
         enrolled = _phase(url, clients, hosts, enrol, enrolment)
         if enrolled.failures:
             raise RuntimeError(f"registration failed: {enrolled.failures[:3]}")
+        (controller,) = psutil.Process().children()
+        controller_before, machine_before = _cpu_seconds(controller.cpu_times()), _busy_seconds()
         timed = _phase(url, clients, hosts * beats, beat, {"Content-Type": "application/json"})
+        controller_s = _cpu_seconds(controller.cpu_times()) - controller_before
+        machine_s = _busy_seconds() - machine_before
     summary = timed.summary("heartbeat", "beats")
+    done = max(1, summary["beats"])
     return {
         "database": "postgresql" if database_url else "sqlite",
         "hosts": hosts,
@@ -294,7 +300,20 @@ def heartbeat(hosts: int, beats: int, clients: int, database_url: str | None = N
         "body_kib": round(len(body) / 1024, 1),
         **summary,
         "hosts_at_default_period": round(summary["heartbeats_per_s"] * HEARTBEAT_PERIOD_S),
+        "controller_cpu_ms_per_beat": round(controller_s / done * 1000, 2),
+        "machine_cpu_ms_per_beat": round(machine_s / done * 1000, 2),
     }
+
+
+def _cpu_seconds(times: Any) -> float:
+    """A process's CPU time, its own (its children's are not the controller's)."""
+    return float(times.user + times.system)
+
+
+def _busy_seconds() -> float:
+    """The machine's CPU time spent busy, every core summed (idle and iowait are not busy)."""
+    times = psutil.cpu_times()
+    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
 
 
 def idle_heartbeat() -> bytes:
