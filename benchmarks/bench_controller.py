@@ -243,7 +243,7 @@ def register(
         return True
 
     headers = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
-    with fresh_controller(database_url) as url:
+    with fresh_controller(database_url) as url, cpu_spent() as spent:
         timed = _phase(url, clients, hosts, one, headers)
     return {
         "database": "postgresql" if database_url else "sqlite",
@@ -252,6 +252,7 @@ def register(
         "topology": "whole" if whole_topology else "digest",
         "body_kib": round(len(whole(0)) / 1024),
         **timed.summary("register", "registered"),
+        **spent.per(len(timed.latencies), "registration"),
     }
 
 
@@ -289,13 +290,9 @@ def heartbeat(hosts: int, beats: int, clients: int, database_url: str | None = N
         enrolled = _phase(url, clients, hosts, enrol, enrolment)
         if enrolled.failures:
             raise RuntimeError(f"registration failed: {enrolled.failures[:3]}")
-        (controller,) = psutil.Process().children()
-        controller_before, machine_before = _cpu_seconds(controller.cpu_times()), _busy_seconds()
-        timed = _phase(url, clients, hosts * beats, beat, {"Content-Type": "application/json"})
-        controller_s = _cpu_seconds(controller.cpu_times()) - controller_before
-        machine_s = _busy_seconds() - machine_before
+        with cpu_spent() as spent:
+            timed = _phase(url, clients, hosts * beats, beat, {"Content-Type": "application/json"})
     summary = timed.summary("heartbeat", "beats")
-    done = max(1, summary["beats"])
     return {
         "database": "postgresql" if database_url else "sqlite",
         "hosts": hosts,
@@ -303,9 +300,35 @@ def heartbeat(hosts: int, beats: int, clients: int, database_url: str | None = N
         "body_kib": round(len(body) / 1024, 1),
         **summary,
         "hosts_at_default_period": round(summary["heartbeats_per_s"] * HEARTBEAT_PERIOD_S),
-        "controller_cpu_ms_per_beat": round(controller_s / done * 1000, 2),
-        "machine_cpu_ms_per_beat": round(machine_s / done * 1000, 2),
+        **spent.per(summary["beats"], "beat"),
     }
+
+
+class CpuSpent:
+    """The CPU seconds the controller and the whole machine spent over a block (`cpu_spent`)."""
+
+    controller_s = machine_s = 0.0
+
+    def per(self, requests: int, what: str) -> dict[str, float]:
+        """Each's milliseconds a request."""
+        done = max(1, requests)
+        return {
+            f"controller_cpu_ms_per_{what}": round(self.controller_s / done * 1000, 2),
+            f"machine_cpu_ms_per_{what}": round(self.machine_s / done * 1000, 2),
+        }
+
+
+@contextlib.contextmanager
+def cpu_spent() -> Iterator[CpuSpent]:
+    """What the controller (this process's only child) and the machine spent
+    over the block, in CPU seconds: a rate moves ±15-30 % between identical
+    runs on this shared machine, the CPU a request much less."""
+    (controller,) = psutil.Process().children()
+    spent = CpuSpent()
+    controller_before, machine_before = _cpu_seconds(controller.cpu_times()), _busy_seconds()
+    yield spent
+    spent.controller_s = _cpu_seconds(controller.cpu_times()) - controller_before
+    spent.machine_s = _busy_seconds() - machine_before
 
 
 def _cpu_seconds(times: Any) -> float:

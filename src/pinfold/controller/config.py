@@ -41,7 +41,7 @@ class ControllerConfig(HttpSettings):
     port: int = Field(default=CONTROLLER_PORT, ge=1, le=65535)
     #: SQLAlchemy URL; default: a SQLite file in the data directory
     database_url: str | None = None
-    #: PostgreSQL: connections kept open, and as many more under load (SQLite: unused)
+    #: connections to the database kept open, and as many more under load
     database_pool_size: int = Field(default=DATABASE_POOL_SIZE, ge=1, le=500)
     heartbeat_period_s: float = Field(default=HEARTBEAT_PERIOD_S, gt=0)
     policy: str = DEFAULT_POLICY

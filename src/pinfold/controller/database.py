@@ -64,7 +64,7 @@ def connect(url: str | URL, pool_size: int = DATABASE_POOL_SIZE) -> Engine:
     `sqlite:///path/controller.db` (the parent directory is created) or
     `postgresql+psycopg://user:password@host/db` (a bare `postgresql://` uses
     psycopg too, the driver pinfold depends on), with `pool_size` connections
-    kept open (see `_create_postgresql`).
+    kept open (see `_create_sqlite` and `_create_postgresql`).
     """
     engine = create(url, pool_size)
     try:
@@ -80,7 +80,7 @@ def create(url: str | URL, pool_size: int = DATABASE_POOL_SIZE) -> Engine:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return _create_sqlite(parsed)
+        return _create_sqlite(parsed, pool_size)
     if backend == "postgresql":
         return _create_postgresql(parsed, pool_size)
     raise ValueError(f"unsupported database {parsed.drivername!r}: use sqlite:///path or postgresql://")
@@ -129,11 +129,24 @@ def alembic_config(connection: Connection) -> Config:
     return config
 
 
-def _create_sqlite(url: URL) -> Engine:
+def _create_sqlite(url: URL, pool_size: int) -> Engine:
+    """`pool_size` connections kept open, as many more opened under load, as on
+    PostgreSQL: with SQLAlchemy's default (5 kept), 8 clients' heartbeats made
+    the controller open and close a connection for about a third of its
+    requests (1,813 opened in 6,000 requests), each opening its file, setting
+    its pragmas and reading the schema again (BENCHMARKS.md, issue 16, tenth round).
+    The most recently returned first (LIFO): under light load the same few
+    connections, and their page caches, serve every request."""
     if url.database in (None, "", ":memory:") or (url.database or "").startswith("file::memory:"):
         raise ValueError("the controller's SQLite database must be a file: sqlite:///path/controller.db")
     private_database(Path(url.database or ""))
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False})
+    engine = create_engine(
+        url,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_use_lifo=True,
+    )
     event.listen(engine, "connect", _on_sqlite_connect)
     event.listen(engine, "begin", _on_sqlite_begin)
     return engine

@@ -51,8 +51,8 @@ STALE_AFTER_S = 60.0
 #: the most creates (or deletes) that arrive while others are under way which the controller
 #: places together in one pass, as a bulk create's; 1: each alone
 COALESCE_AT_MOST = 32
-#: the connections a controller keeps open to PostgreSQL, and the most it opens beyond them
-#: under load (twice this in all); SQLite's connections are local files, pooled as SQLAlchemy does
+#: the connections a controller keeps open to its database, and the most it opens beyond them
+#: under load (twice this in all)
 DATABASE_POOL_SIZE = 20
 #: the agent's port
 AGENT_PORT = 8099
