@@ -12,6 +12,8 @@ Stacks, each with a sync FastAPI route (as the daemons' routes are):
 `pinfold` (`pinfold.serving.server`: uvloop, httptools, the request deadline
 and connection bound), `asyncio-h11` and `uvloop-httptools` (plain uvicorn).
 Then, on pinfold's stack, lighter routes that say where a request's CPU goes:
+`untraced` (the sync route with FastAPI's native OpenTelemetry off: on by
+default since FastAPI 0.16x, with no-op providers unless some are configured),
 `async` (the same FastAPI route as a coroutine: no hop to a worker thread),
 `starlette` (a Starlette route: no FastAPI) and `asgi` (a bare ASGI app: the
 server alone). Rounds alternate the variants; compare within one run.
@@ -28,12 +30,15 @@ from typing import Any
 
 import httpx
 import psutil
+from fastapi.telemetry import TelemetryConfig
 from tests.servers import free_port
 
 from benchmarks.common import poll
 
 STACKS = ("asyncio-h11", "uvloop-httptools", "pinfold")
-ROUTES = ("sync", "async", "starlette", "asgi")
+ROUTES = ("sync", "untraced", "async", "starlette", "asgi")
+#: FastAPI's native telemetry, all of it off (the `untraced` route)
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 #: (stack, route): every stack with the sync route, then pinfold's with the lighter ones
 VARIANTS = [(stack, "sync") for stack in STACKS] + [("pinfold", route) for route in ROUTES[1:]]
 
@@ -58,7 +63,7 @@ def app_for(route: str) -> Any:
             return JSONResponse(answer(json.loads(await request.body())))
 
         return Starlette(routes=[Route("/vms", handle, methods=["POST"])])
-    app = FastAPI()
+    app = FastAPI(telemetry=NO_TELEMETRY) if route == "untraced" else FastAPI()
     if route == "async":
 
         @app.post("/vms", response_model=None)
