@@ -260,6 +260,8 @@ def heartbeat(hosts: int, beats: int, clients: int, database_url: str | None = N
     """`hosts` hosts enrolled through the REST API, then `beats` heartbeats
     from each (host i's beats spread over the run, never two at once), from
     `clients` threads: the rate and each beat's latency as its client saw it."""
+    if hosts < clients:
+        raise ValueError("--hosts at least --clients: one host's beats are never sent at once")
     body = idle_heartbeat()
     fields = REGISTRATION_FIELDS
     topology = compact_topology()

@@ -5,34 +5,32 @@
 # image that was taken while the lab ran), and its pid may by then belong to
 # another process: a CI machine started from such an image had neutron's old
 # pid taken by something else, so openstack-up took neutron for running and
-# never started it. Two checks, each enough for one of the two cases.
+# never started it. So a pid counts only if its process's command line or
+# environment holds a mark of the lab: the lab's directory (MariaDB's data
+# directory, the nova daemons' venv; RabbitMQ's RABBITMQ_MNESIA_BASE) or
+# gunicorn's name for it, "pinfold-lab-NAME" (a gunicorn master retitles itself
+# "gunicorn: master [pinfold-lab-NAME]", over its environment too). Not the
+# clock (a process started after its pid file was written is not the file's):
+# a clock stepped after a restore makes that check lie.
 
-BOOT_ID_FILE=/proc/sys/kernel/random/boot_id
-
-# Forget the pid files written before the machine last booted: none of their
-# processes can be running. $1 is the lab's run directory; further arguments
-# are pid files kept elsewhere (RabbitMQ's).
-forget_earlier_boots() {
-    local run="$1" boot
-    shift
-    boot="$(cat "$BOOT_ID_FILE")"
-    if [ "$(cat "$run/boot-id" 2>/dev/null)" != "$boot" ]; then
-        rm -f "$run"/*.pid "$@"
-        echo "$boot" > "$run/boot-id"
-    fi
-}
-
-# The pid in file $1 is a running process that was started no later than the
-# file was written (a pid taken again later belongs to a newer process).
+# The pid in file $1 is a running process whose command line or environment
+# holds one of the marks $2...
 running_pidfile() {
-    local file="$1" pid age written now
+    local file="$1" pid mark patterns=()
+    shift
+    for mark in "$@"; do
+        patterns+=(-e "$mark")
+    done
     pid="$(cat "$file" 2>/dev/null)" || return 1
     [[ "$pid" =~ ^[0-9]+$ ]] || return 1
     kill -0 "$pid" 2>/dev/null || return 1
-    age="$(ps -o etimes= -p "$pid" | tr -d ' ')"
-    [[ "$age" =~ ^[0-9]+$ ]] || return 1
-    written="$(stat -c %Y "$file")" || return 1
-    now="$(date +%s)"
-    # seconds are whole on both sides: allow for the rounding
-    [ "$((now - age))" -le "$((written + 2))" ]
+    grep -qsaF "${patterns[@]}" "/proc/$pid/cmdline" "/proc/$pid/environ"
+}
+
+# As running_pidfile; a pid file that fails it is removed (gunicorn refuses to
+# start while its --pid file names a live process, whatever process it is).
+running_or_forgotten() {
+    running_pidfile "$@" && return 0
+    rm -f "$1"
+    return 1
 }

@@ -3,82 +3,87 @@ file (scripts/openstack/pidfiles.sh), without the lab.
 
 A CI machine started from a disk image taken while the lab ran found
 neutron's old pid taken by another process: openstack-up took neutron for
-running, never started it, and waited 300 s for it. The checks must refuse
-such a pid and keep accepting the process that wrote its file.
+running, never started it, and waited 300 s for it. A pid counts only if its
+process carries a mark of the lab (the lab's directory or gunicorn's
+`pinfold-lab-NAME`), in its command line or its environment; a pid file that
+fails is removed, or gunicorn would refuse to start over it.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 PIDFILES = Path(__file__).resolve().parents[2] / "scripts" / "openstack" / "pidfiles.sh"
+LAB = "/var/lib/pinfold-lab-test-marks"
 
 
-def bash(script: str, *args: str, boot_id_file: Path | None = None) -> int:
+def bash(script: str, *args: str) -> int:
     """The exit status of `script` run by bash with pidfiles.sh sourced."""
-    prelude = f"source {PIDFILES}\n"
-    if boot_id_file is not None:
-        prelude += f"BOOT_ID_FILE={boot_id_file}\n"
-    return subprocess.run(["bash", "-c", prelude + script, "bash", *args], check=False).returncode
+    command = f"set -euo pipefail\nsource {PIDFILES}\n{script}"
+    return subprocess.run(["bash", "-c", command, "bash", *args], check=False).returncode
+
+
+def running(pidfile: Path, *marks: str) -> bool:
+    return bash('if running_pidfile "$@"; then exit 0; else exit 1; fi', str(pidfile), *marks) == 0
 
 
 @pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+def stranger() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that has nothing of the lab (the pid a stale file may name)."""
     process = subprocess.Popen(["sleep", "60"])
     yield process
     process.kill()
     process.wait()
 
 
-def test_the_process_that_wrote_its_pid_file_is_running(
-    tmp_path: Path, sleeper: subprocess.Popen[bytes]
-) -> None:
-    pidfile = tmp_path / "service.pid"
-    pidfile.write_text(f"{sleeper.pid}\n")
-    assert bash('running_pidfile "$1"', str(pidfile)) == 0
+def started(command: list[str], **env: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, env={**os.environ, **env})
 
 
-def test_a_pid_taken_by_a_newer_process_is_not_the_service(
-    tmp_path: Path, sleeper: subprocess.Popen[bytes]
+def test_a_process_that_names_the_lab_is_running(tmp_path: Path) -> None:
+    by_argument = started(["bash", "-c", "sleep 60; true", f"--datadir={LAB}/mysql"])
+    by_environment = started(["sleep", "60"], RABBITMQ_MNESIA_BASE=f"{LAB}/rabbitmq/mnesia")
+    try:
+        (tmp_path / "mariadb.pid").write_text(f"{by_argument.pid}\n")
+        assert running(tmp_path / "mariadb.pid", LAB, "pinfold-lab-mariadb")
+        (tmp_path / "rabbit.pid").write_text(f"{by_environment.pid}\n")
+        assert running(tmp_path / "rabbit.pid", LAB)
+        # gunicorn's name for it, in its title (here: its command line)
+        titled = started(["bash", "-c", "sleep 60; true", "pinfold-lab-neutron"])
+        try:
+            (tmp_path / "neutron.pid").write_text(f"{titled.pid}\n")
+            assert running(tmp_path / "neutron.pid", LAB, "pinfold-lab-neutron")
+            assert not running(tmp_path / "neutron.pid", LAB, "pinfold-lab-glance")
+        finally:
+            titled.kill()
+            titled.wait()
+    finally:
+        for process in (by_argument, by_environment):
+            process.kill()
+            process.wait()
+
+
+def test_a_pid_taken_by_another_process_is_not_the_service(
+    tmp_path: Path, stranger: subprocess.Popen[bytes]
 ) -> None:
-    pidfile = tmp_path / "service.pid"
-    pidfile.write_text(f"{sleeper.pid}\n")
-    # written an hour before the process that now has the pid started
-    an_hour_ago = time.time() - 3600
-    os.utime(pidfile, (an_hour_ago, an_hour_ago))
-    assert bash('running_pidfile "$1"', str(pidfile)) == 1
+    pidfile = tmp_path / "neutron.pid"
+    pidfile.write_text(f"{stranger.pid}\n")
+    assert not running(pidfile, LAB, "pinfold-lab-neutron")
+    assert pidfile.exists()  # running_pidfile only says
+    assert bash('running_or_forgotten "$@" || exit 1', str(pidfile), LAB, "pinfold-lab-neutron") == 1
+    assert not pidfile.exists()  # forgotten: gunicorn can write its own
 
 
 @pytest.mark.parametrize("content", ["", "not a pid\n", "4194305\n"])
 def test_an_empty_garbled_or_dead_pid_is_not_running(tmp_path: Path, content: str) -> None:
     pidfile = tmp_path / "service.pid"
     pidfile.write_text(content)
-    assert bash('running_pidfile "$1"', str(pidfile)) == 1
-    assert bash('running_pidfile "$1"', str(tmp_path / "missing.pid")) == 1
-
-
-def test_pid_files_of_an_earlier_boot_are_forgotten_once(tmp_path: Path) -> None:
-    run, elsewhere, boot_id = tmp_path / "run", tmp_path / "rabbit.pid", tmp_path / "boot_id"
-    run.mkdir()
-    boot_id.write_text("first-boot\n")
-    forget = 'forget_earlier_boots "$1" "$2"'
-
-    assert bash(forget, str(run), str(elsewhere), boot_id_file=boot_id) == 0
-    (run / "neutron.pid").write_text("1051\n")
-    elsewhere.write_text("1362\n")
-    # the same boot: what this boot wrote is kept
-    assert bash(forget, str(run), str(elsewhere), boot_id_file=boot_id) == 0
-    assert (run / "neutron.pid").exists()
-    assert elsewhere.exists()
-
-    boot_id.write_text("second-boot\n")
-    assert bash(forget, str(run), str(elsewhere), boot_id_file=boot_id) == 0
-    assert not (run / "neutron.pid").exists()
-    assert not elsewhere.exists()
-    assert (run / "boot-id").read_text() == "second-boot\n"
+    assert not running(pidfile, LAB)
+    assert not running(tmp_path / "missing.pid", LAB)
+    assert bash('running_or_forgotten "$@" || exit 1', str(pidfile), LAB) == 1
+    assert not pidfile.exists()
