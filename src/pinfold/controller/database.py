@@ -129,23 +129,30 @@ def alembic_config(connection: Connection) -> Config:
     return config
 
 
+def _pooled(pool_size: int) -> dict[str, int]:
+    """`create_engine`'s pool options for both databases: `pool_size`
+    connections kept open, as many more opened under load. At the default (20),
+    twice it is the server's worker threads (40): a request waits for a
+    connection only when every thread holds one. SQLAlchemy's default kept 5
+    and closed the rest as they came back, so under 8 clients most requests
+    opened one: a PostgreSQL server process (BENCHMARKS.md, issue 16, ninth
+    round), or a SQLite file with its pragmas and schema read again (1,813 in
+    6,000 requests; tenth round)."""
+    return {"pool_size": pool_size, "max_overflow": pool_size}
+
+
 def _create_sqlite(url: URL, pool_size: int) -> Engine:
-    """`pool_size` connections kept open, as many more opened under load, as on
-    PostgreSQL: with SQLAlchemy's default (5 kept), 8 clients' heartbeats made
-    the controller open and close a connection for about a third of its
-    requests (1,813 opened in 6,000 requests), each opening its file, setting
-    its pragmas and reading the schema again (BENCHMARKS.md, issue 16, tenth round).
-    The most recently returned first (LIFO): under light load the same few
-    connections, and their page caches, serve every request."""
+    """Pooled (`_pooled`), the most recently returned connection first (LIFO):
+    under light load the same few connections, and their page caches, serve
+    every request."""
     if url.database in (None, "", ":memory:") or (url.database or "").startswith("file::memory:"):
         raise ValueError("the controller's SQLite database must be a file: sqlite:///path/controller.db")
     private_database(Path(url.database or ""))
     engine = create_engine(
         url,
         connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S, "check_same_thread": False},
-        pool_size=pool_size,
-        max_overflow=pool_size,
         pool_use_lifo=True,
+        **_pooled(pool_size),
     )
     event.listen(engine, "connect", _on_sqlite_connect)
     event.listen(engine, "begin", _on_sqlite_begin)
@@ -173,18 +180,14 @@ def _on_sqlite_begin(connection: Connection) -> None:
 
 
 def _create_postgresql(url: URL, pool_size: int) -> Engine:
-    """`pool_size` connections kept open, as many more opened under load. With
-    SQLAlchemy's default (5 kept), 8 clients made the controller open and close
-    a connection (a server process) for most requests: a registration cost the
-    machine 10.4-11.3 ms of CPU, 7.1-8.4 with 20 kept (BENCHMARKS.md, issue 16,
-    ninth round). At the default (20), twice it is the server's worker threads
-    (40): a request waits for a connection only when every thread holds one."""
+    """Pooled (`_pooled`): with 20 kept, a registration cost the machine 7.1-8.4
+    ms of CPU, against 10.4-11.3 with SQLAlchemy's default (BENCHMARKS.md,
+    issue 16, ninth round)."""
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
     return create_engine(
         url,
         isolation_level="READ COMMITTED",
         pool_pre_ping=True,
-        pool_size=pool_size,
-        max_overflow=pool_size,
+        **_pooled(pool_size),
     )
