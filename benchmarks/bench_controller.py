@@ -211,6 +211,43 @@ REGISTRATION_FIELDS = {
 }
 
 
+#: an agent's requests to its controller before it has a credential
+ENROLMENT_HEADERS = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
+
+
+class Registrations:
+    """Host i's registration as an EPYC agent sends it: by the topology's
+    digest, and the document after a 409 `unknown topology` (the first host of
+    the model); `whole_topology`: the document every time, as agents did
+    before digests (the digest is not computed then: this also runs against
+    sources before digests)."""
+
+    def __init__(self, whole_topology: bool = False) -> None:
+        topology = compact_topology()
+        self.whole_topology = whole_topology
+        self.whole = registration_bodies({**REGISTRATION_FIELDS, "topology": topology})
+        self.first = (
+            self.whole
+            if whole_topology
+            else registration_bodies(
+                {**REGISTRATION_FIELDS, "topology_digest": slackvm_json.digest(topology)}
+            )
+        )
+
+    def post(self, http: httpx.Client, i: int) -> httpx.Response:
+        """Register host i (with the enrolment token); its 200 answer, else RuntimeError."""
+        response = http.post("/api/v1/hosts", content=self.first(i))
+        if (
+            not self.whole_topology
+            and response.status_code == 409
+            and response.json()["error"] == "unknown topology"
+        ):
+            response = http.post("/api/v1/hosts", content=self.whole(i))
+        if response.status_code != 200:
+            raise RuntimeError(f"{response.status_code} {response.text[:300]}")
+        return response
+
+
 def register(
     hosts: int, clients: int, database_url: str | None = None, whole_topology: bool = False
 ) -> dict[str, Any]:
@@ -220,37 +257,15 @@ def register(
     with the enrolment token, from `clients` threads, to a fresh `pinfold
     controller` process: the wall time and each registration's latency as
     its client saw it (both requests, when there are two)."""
-    topology = compact_topology()
-    fields = REGISTRATION_FIELDS
-    whole = registration_bodies({**fields, "topology": topology})
-    # the digest is not computed for whole documents: this also runs against sources before digests
-    first = (
-        whole
-        if whole_topology
-        else registration_bodies({**fields, "topology_digest": slackvm_json.digest(topology)})
-    )
-
-    def one(http: httpx.Client, i: int) -> bool:
-        response = http.post("/api/v1/hosts", content=first(i))
-        if (
-            not whole_topology
-            and response.status_code == 409
-            and response.json()["error"] == "unknown topology"
-        ):
-            response = http.post("/api/v1/hosts", content=whole(i))
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code} {response.text[:300]}")
-        return True
-
-    headers = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
+    registrations = Registrations(whole_topology)
     with fresh_controller(database_url) as url, cpu_spent() as spent:
-        timed = _phase(url, clients, hosts, one, headers)
+        timed = _phase(url, clients, hosts, registrations.post, ENROLMENT_HEADERS)
     return {
         "database": "postgresql" if database_url else "sqlite",
         "hosts": hosts,
         "clients": clients,
         "topology": "whole" if whole_topology else "digest",
-        "body_kib": round(len(whole(0)) / 1024),
+        "body_kib": round(len(registrations.whole(0)) / 1024),
         **timed.summary("register", "registered"),
         **spent.per(len(timed.latencies), "registration"),
     }
@@ -263,19 +278,11 @@ def heartbeat(hosts: int, beats: int, clients: int, database_url: str | None = N
     if hosts < clients:
         raise ValueError("--hosts at least --clients: one host's beats are never sent at once")
     body = idle_heartbeat()
-    fields = REGISTRATION_FIELDS
-    topology = compact_topology()
-    by_digest = registration_bodies({**fields, "topology_digest": slackvm_json.digest(topology)})
-    whole = registration_bodies({**fields, "topology": topology})
+    registrations = Registrations()
     credentials: dict[int, str] = {}
 
     def enrol(http: httpx.Client, i: int) -> None:
-        response = http.post("/api/v1/hosts", content=by_digest(i))
-        if response.status_code == 409:  # the first host of the model sends the document
-            response = http.post("/api/v1/hosts", content=whole(i))
-        if response.status_code != 200:
-            raise RuntimeError(f"{response.status_code} {response.text[:300]}")
-        credentials[i] = response.json()["credential"]
+        credentials[i] = registrations.post(http, i).json()["credential"]
 
     def beat(http: httpx.Client, n: int) -> None:
         i = n % hosts
@@ -287,9 +294,8 @@ def heartbeat(hosts: int, beats: int, clients: int, database_url: str | None = N
         if response.status_code != 200:
             raise RuntimeError(f"{response.status_code} {response.text[:300]}")
 
-    enrolment = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
     with fresh_controller(database_url) as url:
-        enrolled = _phase(url, clients, hosts, enrol, enrolment)
+        enrolled = _phase(url, clients, hosts, enrol, ENROLMENT_HEADERS)
         if enrolled.failures:
             raise RuntimeError(f"registration failed: {enrolled.failures[:3]}")
         with cpu_spent() as spent:
