@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from benchmarks.common import TOPOLOGIES
+from benchmarks.common import TOPOLOGIES, process_cpu_s
 from pinfold.agent.drivers import Driver, SimDriver
 from pinfold.agent.monitor import GpuProbe, Monitor
 from pinfold.agent.service import Agent, AgentSettings, VMRequest
@@ -31,7 +31,7 @@ def measure(agent: Agent, driver: Driver, seconds: float, period: float) -> dict
     monitor = Monitor([c.cpu_id for c in agent.topology.cpus], agent.vnode_layout, driver.stats, GpuProbe())
     process = psutil.Process()
     monitor.sample()
-    cpu_before = process.cpu_times()
+    cpu_before = process_cpu_s(process)
     wall_before = time.perf_counter()
     samples = 0
     while time.perf_counter() - wall_before < seconds:
@@ -39,8 +39,7 @@ def measure(agent: Agent, driver: Driver, seconds: float, period: float) -> dict
         samples += 1
         time.sleep(period)
     wall = time.perf_counter() - wall_before
-    cpu_after = process.cpu_times()
-    used = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
+    used = process_cpu_s(process) - cpu_before
     seen = len(monitor.latest.vms) if monitor.latest else 0
     return {
         "samples": samples,

@@ -67,7 +67,7 @@ import httpx
 import psutil
 from sqlalchemy import make_url
 
-from benchmarks.common import EPYC_EXP, median, percentile, pin_to_one_core
+from benchmarks.common import EPYC_EXP, median, percentile, pin_to_one_core, process_cpu_s
 from pinfold.agent.core import AgentSettings
 from pinfold.agent.drivers.sim import SimDriver
 from pinfold.agent.monitor import HostSample
@@ -333,15 +333,10 @@ def cpu_spent() -> Iterator[CpuSpent]:
     runs on this shared machine, the CPU a request much less."""
     (controller,) = psutil.Process().children()
     spent = CpuSpent()
-    controller_before, machine_before = _cpu_seconds(controller.cpu_times()), _busy_seconds()
+    controller_before, machine_before = process_cpu_s(controller), _busy_seconds()
     yield spent
-    spent.controller_s = _cpu_seconds(controller.cpu_times()) - controller_before
+    spent.controller_s = process_cpu_s(controller) - controller_before
     spent.machine_s = _busy_seconds() - machine_before
-
-
-def _cpu_seconds(times: Any) -> float:
-    """A process's CPU time, its own (its children's are not the controller's)."""
-    return float(times.user + times.system)
 
 
 def _busy_seconds() -> float:

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: where the data is, one-core pinning, stats, waiting."""
+"""Helpers shared by the benchmarks: where the data is, one-core pinning, stats, waiting, CPU time."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+import psutil
 
 T = TypeVar("T")
 
@@ -52,3 +54,9 @@ def poll(
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(every_s)
+
+
+def process_cpu_s(process: psutil.Process) -> float:
+    """A process's own CPU time so far, user and system, in seconds (its children's not counted)."""
+    times = process.cpu_times()
+    return float(times.user + times.system)
