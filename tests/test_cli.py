@@ -77,3 +77,30 @@ def test_no_cli_module_shadows_the_packages_console() -> None:
     for module in pkgutil.iter_modules(pinfold.cli.__path__):
         importlib.import_module(f"pinfold.cli.{module.name}")
     assert isinstance(pinfold.cli.console, rich.console.Console)
+
+
+def test_the_cli_prints_what_it_is_given_without_emoji() -> None:
+    """Rich turns `:cd:` into an emoji by default: a VM's MAC 52:54:00:cd:cc:e2
+    was shown as 52:54:00💿cc:e2 in `pinfold vm show` (a test with a random MAC
+    caught it). Every console of the CLI prints a MAC as it is."""
+    import importlib
+    import pkgutil
+
+    from rich.console import Console
+    from rich.table import Table
+
+    import pinfold.cli
+
+    mac = "52:54:00:cd:cc:e2"
+    consoles = []
+    for module in pkgutil.iter_modules(pinfold.cli.__path__):
+        found = getattr(importlib.import_module(f"pinfold.cli.{module.name}"), "console", None)
+        if isinstance(found, Console):
+            consoles.append(found)
+    assert len(consoles) >= 3
+    for console in consoles:
+        table = Table("MAC")
+        table.add_row(mac)
+        with console.capture() as captured:
+            console.print(table)
+        assert mac in captured.get()

@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 topology_app = typer.Typer(no_args_is_help=True, help="Read, show and convert host CPU topologies.")
 app.add_typer(topology_app, name="topology")
-console = Console()
+console = Console(emoji=False)  # no ":cd:" in a MAC address turned into an emoji
 
 from pinfold.cli import agent as _agent  # noqa: E402  (these register their commands on `app`)
 from pinfold.cli import client as _client  # noqa: E402

@@ -43,7 +43,7 @@ PROGRESS_POLL_S = 0.5
 REQUEST_TIMEOUT_S = ACTION_TIMEOUT_S + 30.0
 CLI_CONFIG = Path(os.environ.get("PINFOLD_CLI_CONFIG", Path.home() / ".config" / "pinfold" / "cli.toml"))
 
-console = Console()
+console = Console(emoji=False)  # no ":cd:" in a MAC address turned into an emoji
 vm_app = typer.Typer(no_args_is_help=True, help="Create, list and act on VMs through the controller.")
 host_app = typer.Typer(no_args_is_help=True, help="List, show, drain and remove hosts.")
 

@@ -33,7 +33,7 @@ from pinfold.topology import Topology
 
 __all__ = ["register"]
 
-console = Console(stderr=True, soft_wrap=True)
+console = Console(stderr=True, soft_wrap=True, emoji=False)
 trace_app = typer.Typer(no_args_is_help=True, help="Make and inspect VM traces.")
 
 
@@ -370,7 +370,7 @@ def _print_summary(summary: dict[str, object]) -> None:
             _ratio((row["after_warm_up"] or {}).get("mean_hosts_over_mean_bound")),
             "-" if row["consolidation"] is None else f"{row['consolidation']['migrations_per_vm']:.3f}",
         )
-    Console().print(table)
+    Console(emoji=False).print(table)
 
 
 def _ratio(value: float | None) -> str:

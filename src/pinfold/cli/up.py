@@ -48,7 +48,7 @@ from pinfold.tokens import TokenError, token_in
 
 __all__ = ["register"]
 
-console = Console()
+console = Console(emoji=False)  # no ":cd:" in a MAC address turned into an emoji
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "pinfold"
 DEMO_VMS = (
     {"name": "demo-premium", "vcpus": 1, "memory_mib": 128, "ratio": 1.0, "owner": "pinfold-up"},
