@@ -19,8 +19,9 @@ work is timed. Registration time is reported too.
 e2e: end-to-end creates through the REST API: a `pinfold controller` process
 and N `pinfold agent --driver sim` processes on loopback (EPYC 7662-exp
 topology), C client threads posting creates, then deleting the same VMs;
-throughput and p50/p99 latency of each as the clients see them. Everything
-shares this machine's cores. `--database-url` of a PostgreSQL server: the
+throughput and p50/p99 latency of each as the clients see them, and the
+controller's and the machine's CPU a request. Everything shares this
+machine's cores. `--database-url` of a PostgreSQL server: the
 controller on a fresh database made on that server for the run.
 
 bulk: one bulk create of N VMs (issue 16) on the same kind of cluster, timed
@@ -328,10 +329,11 @@ class CpuSpent:
 
 @contextlib.contextmanager
 def cpu_spent() -> Iterator[CpuSpent]:
-    """What the controller (this process's only child) and the machine spent
-    over the block, in CPU seconds: a rate moves ±15-30 % between identical
-    runs on this shared machine, the CPU a request much less."""
-    (controller,) = psutil.Process().children()
+    """What the controller (this process's child running `pinfold controller`,
+    beside any agents) and the machine spent over the block, in CPU seconds: a
+    rate moves ±15-30 % between identical runs on this shared machine, the CPU
+    a request much less."""
+    (controller,) = [p for p in psutil.Process().children() if "controller" in p.cmdline()]
     spent = CpuSpent()
     controller_before, machine_before = process_cpu_s(controller), _busy_seconds()
     yield spent
@@ -498,15 +500,19 @@ def end_to_end(agents: int, vms: int, clients: int, database_url: str | None = N
     """`vms` creates from `clients` threads, then the same VMs deleted the
     same way; each phase's throughput and latency as the clients see them."""
     with fresh_database(database_url) as url_of_db, cluster(agents, url_of_db) as controller_url:
-        creates = _phase(controller_url, clients, vms, _create)
-        deletes = _phase(controller_url, clients, vms, _delete)
+        with cpu_spent() as creating:
+            creates = _phase(controller_url, clients, vms, _create)
+        with cpu_spent() as deleting:
+            deletes = _phase(controller_url, clients, vms, _delete)
     return {
         "database": "postgresql" if database_url else "sqlite",
         "agents": agents,
         "clients": clients,
         "vms": vms,
         **creates.summary("create", "created"),
+        **creating.per(len(creates.latencies), "create"),
         **deletes.summary("delete", "deleted"),
+        **deleting.per(len(deletes.latencies), "delete"),
     }
 
 

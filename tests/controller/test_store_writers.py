@@ -120,13 +120,9 @@ def test_a_failed_writer_undoes_only_its_own_work(tmp_path: Path, i7_topology: d
         except BaseException as error:
             outcomes[name] = error
 
-    threads = [threading.Thread(target=reserve, args=("a", first))]
-    threads[0].start()
-    _until(lambda: group._turn.locked())
-    for queued, name in enumerate(("taken", "c"), start=1):  # behind "a", in this order
-        threads.append(threading.Thread(target=reserve, args=(name,)))
-        threads[-1].start()
-        _until(lambda queued=queued: group._queued == queued)
+    threads = [threading.Thread(target=reserve, args=(name,)) for name in ("taken", "c")]
+    threads.insert(0, threading.Thread(target=reserve, args=("a", first)))
+    _in_turn_order(group, threads)  # "taken" and "c" behind "a", in this order
     release.set()
     for thread in threads:
         thread.join()
@@ -134,6 +130,65 @@ def test_a_failed_writer_undoes_only_its_own_work(tmp_path: Path, i7_topology: d
     assert outcomes["c"] is None
     assert isinstance(outcomes["taken"], DuplicateVMError)
     assert sorted(vm.name for vm in store.vms()) == ["a", "c", "taken"]
+    store.engine.dispose()
+
+
+def test_a_failed_first_writer_undoes_its_work_and_the_writers_behind_it_commit(
+    tmp_path: Path, i7_topology: dict[str, Any]
+) -> None:
+    """The group's first writer joins its transaction without a SAVEPOINT
+    (nothing else to keep): when it fails, after writing, its work is rolled
+    back with the transaction, and the writers queued behind it write and
+    commit in a new one."""
+    store = _store(tmp_path, i7_topology)
+    group = store._group
+    assert group is not None
+    release = threading.Event()
+    outcomes: dict[str, BaseException | None] = {}
+
+    def first() -> None:
+        try:
+            with group.write() as session:
+                session.execute(
+                    text("INSERT INTO events (time, kind, subject, detail) VALUES (1, 'x', 'y', '{}')")
+                )
+                release.wait(timeout=60)
+                raise ValueError("first refused")
+        except BaseException as error:
+            outcomes["first"] = error
+
+    def reserve(name: str) -> None:
+        try:
+            store.reserve(VMRequest(name, 1, 64, 1.0), "h1", always, now=2.0)
+            outcomes[name] = None
+        except BaseException as error:
+            outcomes[name] = error
+
+    threads = [threading.Thread(target=first), *(threading.Thread(target=reserve, args=(n,)) for n in "bc")]
+    _in_turn_order(group, threads)
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert isinstance(outcomes["first"], ValueError)
+    assert outcomes["b"] is None
+    assert outcomes["c"] is None
+    assert sorted(vm.name for vm in store.vms()) == ["b", "c"]
+    with store.engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM events WHERE kind = 'x'")).scalar_one() == 0
+    store.engine.dispose()
+
+
+def test_a_writer_alone_sends_no_savepoint(tmp_path: Path, i7_topology: dict[str, Any]) -> None:
+    """One writer at a time (a single client: every write) needs no
+    SAVEPOINT: no other writer's work shares its transaction. Before, each
+    write sent SAVEPOINT and RELEASE, two statements of a create's sixteen."""
+    store = _store(tmp_path, i7_topology)
+    statements: list[str] = []
+    event.listen(store.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    for i in range(3):
+        store.reserve(VMRequest(f"vm{i}", 1, 64, 1.0), "h1", always, now=2.0)
+    assert len(store.vms()) == 3
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()], statements
     store.engine.dispose()
 
 
@@ -164,11 +219,7 @@ def test_a_failed_writers_error_waits_for_its_groups_commit(tmp_path: Path) -> N
             outcomes[name] = error
 
     threads = {name: threading.Thread(target=writer, args=(name,)) for name in "abc"}
-    threads["a"].start()
-    _until(lambda: group._turn.locked())
-    for queued, name in enumerate("bc", start=1):
-        threads[name].start()
-        _until(lambda queued=queued: group._queued == queued)
+    _in_turn_order(group, list(threads.values()))
     release_a.set()
     assert c_writes.wait(timeout=60)
     threads["b"].join(timeout=2)
@@ -266,6 +317,16 @@ def test_kill_9_inside_an_open_group_keeps_nothing_of_it(tmp_path: Path, i7_topo
     again.reserve(VMRequest("after", 1, 64, 1.0), "h1", always, now=4.0)
     assert [vm.name for vm in again.vms()] == ["before", "after"]
     again.engine.dispose()
+
+
+def _in_turn_order(group: GroupCommit, threads: Sequence[threading.Thread]) -> None:
+    """Start writer `threads` so that they have their turns in that order:
+    the first has its turn (and must keep it), each next one queued behind."""
+    threads[0].start()
+    _until(lambda: group._turn.locked())
+    for queued, thread in enumerate(threads[1:], start=1):
+        thread.start()
+        _until(lambda queued=queued: group._queued == queued)
 
 
 def _until(check: Any, timeout_s: float = 30.0) -> None:

@@ -10,7 +10,8 @@ writers' commits: every create commits twice (its reservation, then
 Here the writers of one process share a transaction and its commit. One
 writer at a time has its turn (a Python lock, as before); its work runs in a
 SAVEPOINT of the open transaction, so a writer that fails undoes only its own
-work. When its turn ends with other writers waiting, it hands the turn over
+work (the group's first writer needs none: its failure rolls back the
+transaction, which holds nothing else). When its turn ends with other writers waiting, it hands the turn over
 and waits for the group's commit; the last of the group (nobody waiting, or
 `GROUP_LIMIT` writers in it) commits for all, with one fsync, and wakes them.
 No writer returns before the commit that holds its work is on disk, so
@@ -34,6 +35,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine, RootTransaction
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.session import JoinTransactionMode
 
 from pinfold.controller.database import WRITE
 
@@ -88,7 +90,7 @@ class GroupCommit:
             self._turns += 1
             with (
                 Session(
-                    bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+                    bind=connection, join_transaction_mode=self._joining(), expire_on_commit=False
                 ) as session,
                 session.begin(),
             ):
@@ -97,6 +99,14 @@ class GroupCommit:
         finally:
             self._end_turn()
             self._await(group)
+
+    def _joining(self) -> JoinTransactionMode:
+        """How the writer's session joins the open transaction: in a SAVEPOINT
+        when it holds other writers' work, which a failure must leave alone;
+        else plainly, a failure rolling the whole transaction back (which ends
+        the group: `_healthy`). A writer alone (one client: every writer) so
+        sends two statements fewer, SAVEPOINT and RELEASE (issue 16)."""
+        return "create_savepoint" if self._members else "rollback_only"
 
     def _open(self) -> Connection:
         """The group's connection, with its transaction begun (the write lock taken)."""
@@ -141,7 +151,7 @@ class GroupCommit:
                 if not healthy:
                     raise GroupCommitError("the database ended the transaction of a group of writes")
                 outer.commit()
-            elif outer is not None:
+            elif outer is not None and outer.is_active:  # a first writer that failed rolled it back
                 outer.rollback()
         except BaseException as exc:  # every writer of the group is told, whatever it was
             error = exc
