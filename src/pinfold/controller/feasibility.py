@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from pinfold.controller.store import Holding, HostRecord, HostShape
+from pinfold.controller.store import HeldVM, Holding, HostRecord, HostShape
 from pinfold.model.vm import VMRequest
 from pinfold.placement import HostAllocator, PlacementError, Refusal, RefusalCode, VMSpec
 from pinfold.topology import Topology, slackvm_json
@@ -77,7 +77,7 @@ class Feasibility:
         if host.draining or not host.topology_digest:
             return HostCheck(host, existing, self.topology)
         replay = _Replay(host.topology_digest, host.critical_size, host.reserved_memory_mib,
-                         tuple(vm.spec for vm in existing))  # fmt: skip
+                         tuple(map(_held, existing)))  # fmt: skip
         with self._lock:
             kept = self._replayed.pop(host.id, None)
         allocator = kept[1] if kept is not None and kept[0] == replay else None
@@ -144,10 +144,19 @@ class _Replay:
     digest: str
     critical_size: int
     reserved_memory_mib: int
-    vms: tuple[VMSpec, ...]
+    vms: tuple[HeldVM, ...]
 
     def with_vm(self, spec: VMSpec) -> _Replay:
-        return _Replay(self.digest, self.critical_size, self.reserved_memory_mib, (*self.vms, spec))
+        held = HeldVM(spec.name, spec.vcpus, spec.memory_mib, spec.ratio)
+        return _Replay(self.digest, self.critical_size, self.reserved_memory_mib, (*self.vms, held))
+
+
+def _held(vm: Holding) -> HeldVM:
+    """`vm` as a replay holds it: the store's own rows are already (no `VMSpec` made for each)."""
+    if isinstance(vm, HeldVM):
+        return vm
+    spec = vm.spec
+    return HeldVM(spec.name, spec.vcpus, spec.memory_mib, spec.ratio)
 
 
 def cloud_reason(host: HostRecord | HostShape) -> str | None:
