@@ -216,3 +216,25 @@ def test_a_kept_allocator_never_holds_what_the_database_does_not(tmp_path, i7_to
         assert fits.on_host(host, [elsewhere]).admit(VMRequest("more", 1, 256)) is not None
     finally:
         controller.store.engine.dispose()
+
+
+def test_a_create_reads_its_hosts_row_once_under_the_hosts_lock(tmp_path, i7_topology):
+    """The host a create's agent is asked on is the one its reservation read
+    under the host's lock; it used to be read before that too, a statement
+    and a connection a create. Also: the answer names that host."""
+    controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
+    host_rows: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if "FROM hosts" in statement and "WHERE hosts.id =" in statement:
+            host_rows.append(statement)
+
+    event.listen(controller.store.engine, "before_cursor_execute", note)
+    try:
+        placed = controller.create(VMRequest("vm0", 1, 256))
+        assert placed.host is not None
+        assert placed.host.id == placed.record.host_id == "h00"
+        assert len(host_rows) == 1, host_rows
+    finally:
+        event.remove(controller.store.engine, "before_cursor_execute", note)
+        controller.store.engine.dispose()

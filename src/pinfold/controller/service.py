@@ -40,17 +40,20 @@ from pinfold.controller.scheduler import Scheduler
 from pinfold.controller.settle import Action as SettleAction
 from pinfold.controller.settle import Move, Stored, move_step, plan, vm_state
 from pinfold.controller.store import (
+    Admission,
     ControllerStore,
     DuplicateVMError,
     GroupExistsError,
     GroupInUseError,
     GroupRecord,
+    Holding,
     HostAuthError,
     HostInUseError,
     HostLiveness,
     HostRecord,
     MigrationRecord,
     NewEvent,
+    OnHost,
     RefusedError,
     ReportedNIC,
     StoreError,
@@ -725,11 +728,20 @@ class Controller:
 
     def _reserved(self, attempt: _Attempt) -> Iterator[HostRecord]:
         """The hosts of the ranking, in order, each once it holds a reservation
-        for the VM (the caller asks its agent, and takes the next on a refusal)."""
+        for the VM (the caller asks its agent, and takes the next on a refusal),
+        as the reservation read it under the host's lock: not read before it
+        too (a statement and a connection a create, issue 16)."""
         for host_id in attempt.ranking:
-            host = self.store.host(host_id, heartbeat=False)
-            if host is not None and self._reserve_on(host, attempt):
-                yield host
+            read: list[HostRecord] = []
+
+            def on_host(
+                host: HostRecord, held: Sequence[Holding], read: list[HostRecord] = read
+            ) -> Admission:
+                read.append(host)
+                return self._fits.on_host(host, held)
+
+            if self._reserve_on(host_id, attempt, on_host=on_host):
+                yield read[-1]
 
     def _no_host(self, attempt: _Attempt) -> NoHostError:
         """Why no host took the VM, every other host's reason with it (only
@@ -758,19 +770,24 @@ class Controller:
         return NoHostError(explanation, {**reasons, **attempt.refused}, {**refusals, **attempt.as_data})
 
     def _reserve_on(
-        self, host: HostRecord, attempt: _Attempt, take: Callable[[], object] | None = None
+        self,
+        host_id: str,
+        attempt: _Attempt,
+        take: Callable[[], object] | None = None,
+        on_host: OnHost | None = None,
     ) -> bool:
-        """Reserve room on `host` (a row, committed, before any agent is
-        asked) and note it in the picture; False when the host refused (its
+        """Reserve room on host `host_id` (a row, committed, before any agent
+        is asked) and note it in the picture; False when the host refused (its
         reason kept in `attempt`). `take`: a migration's reservation in place
         of the create's (`ControllerStore.reserve_migration`; the picture
-        learns of the move when it is done)."""
+        learns of the move when it is done). `on_host`: the create's check
+        under the host's lock, `Feasibility.on_host` unless given."""
         request, refused, as_data = attempt.request, attempt.refused, attempt.as_data
         try:
             if take is None:
                 group = attempt.group.name if attempt.group is not None else None
                 (outcome,) = self.store.reserve_many(
-                    [request], host.id, self._fits.on_host, self.clock(), group
+                    [request], host_id, on_host or self._fits.on_host, self.clock(), group
                 )
                 if isinstance(outcome, StoreError):
                     raise outcome
@@ -779,23 +796,23 @@ class Controller:
         except UnknownGroupError as error:  # deleted since the create read it
             raise ControllerError("unknown group", error.name) from error
         except RefusedError as error:
-            refused[host.id] = error.reason
+            refused[host_id] = error.reason
             if error.refusal is not None:
-                as_data[host.id] = error.refusal
-            self._refresh_host(host.id)
+                as_data[host_id] = error.refusal
+            self._refresh_host(host_id)
             return False
         except UnknownHostError:
-            refused[host.id] = "host unavailable: unknown host"
-            as_data[host.id] = Refusal(RefusalCode.HOST_UNAVAILABLE, detail="unknown host")
+            refused[host_id] = "host unavailable: unknown host"
+            as_data[host_id] = Refusal(RefusalCode.HOST_UNAVAILABLE, detail="unknown host")
             return False
         except DuplicateVMError as error:  # the same name, reserved meanwhile: the same request?
             raise _NameTaken(error.existing) from error
         if take is not None:
             return True
         with self._picture:
-            in_step = self.scheduler.placed(host.id, request.spec)
+            in_step = self.scheduler.placed(host_id, request.spec)
         if not in_step:
-            self._refresh_host(host.id)
+            self._refresh_host(host_id)
         return True
 
     def _on_agent(self, host: HostRecord, request: VMRequest, attempt: _Attempt) -> Placed | None:
@@ -1244,7 +1261,7 @@ class Controller:
             host = self.store.host(host_id, heartbeat=False)
             take = partial(self.store.reserve_migration, name, host_id, self._fits.on_host, self.clock())
             try:
-                if host is not None and self._reserve_on(host, attempt, take):
+                if host is not None and self._reserve_on(host.id, attempt, take):
                     yield host
             except StoreError as error:  # not running any more, or moved meanwhile
                 raise ControllerError("invalid", str(error)) from error
