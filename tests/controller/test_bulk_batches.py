@@ -19,8 +19,9 @@ from sqlalchemy import event
 from pinfold.controller import feasibility
 from pinfold.controller.database import connect
 from pinfold.controller.feasibility import Feasibility
-from pinfold.controller.service import Controller, NoHostError, Placed
+from pinfold.controller.service import Controller, ControllerError, NoHostError, Placed
 from pinfold.controller.store import ControllerStore
+from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
 
 HOSTS = 12
@@ -218,16 +219,20 @@ def test_a_kept_allocator_never_holds_what_the_database_does_not(tmp_path, i7_to
         controller.store.engine.dispose()
 
 
-def test_a_create_reads_its_hosts_row_once_under_the_hosts_lock(tmp_path, i7_topology):
+def test_a_new_vms_create_reads_its_host_once_and_its_name_only_under_the_lock(tmp_path, i7_topology):
     """The host a create's agent is asked on is the one its reservation read
-    under the host's lock; it used to be read before that too, a statement
-    and a connection a create. Also: the answer names that host."""
+    under the host's lock, and a name the picture lacks is checked there
+    only: each was read before the reservation too, a statement and a
+    connection each. Also: the answer names that host."""
     controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
     host_rows: list[str] = []
+    name_rows: list[str] = []
 
     def note(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         if "FROM hosts" in statement and "WHERE hosts.id =" in statement:
             host_rows.append(statement)
+        if "FROM vms" in statement and "WHERE vms.name =" in statement:
+            name_rows.append(statement)
 
     event.listen(controller.store.engine, "before_cursor_execute", note)
     try:
@@ -235,6 +240,26 @@ def test_a_create_reads_its_hosts_row_once_under_the_hosts_lock(tmp_path, i7_top
         assert placed.host is not None
         assert placed.host.id == placed.record.host_id == "h00"
         assert len(host_rows) == 1, host_rows
+        assert name_rows == []
     finally:
         event.remove(controller.store.engine, "before_cursor_execute", note)
+        controller.store.engine.dispose()
+
+
+def test_a_name_the_picture_lacks_is_still_the_same_vm_again(tmp_path, i7_topology):
+    """A VM written behind this controller's picture (as another replica
+    would): the same create again is found by the reservation and answered
+    as a repeat, a different one refused as a duplicate name."""
+    controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
+    try:
+        request = VMRequest("elsewhere", 1, 256)
+        controller.store.reserve(request, "h01", lambda h, v, n: None, 1.0)
+        controller.store.set_vm_state("elsewhere", VMState.RUNNING, 2.0)
+        again = controller.create(request)
+        assert not again.created
+        assert again.record.host_id == "h01"
+        with pytest.raises(ControllerError, match="duplicate name"):
+            controller.create(VMRequest("elsewhere", 2, 256))
+        assert [vm.name for vm in controller.store.vms()] == ["elsewhere"]
+    finally:
         controller.store.engine.dispose()

@@ -90,18 +90,19 @@ def test_creates_are_idempotent_by_name(cluster):
 def race(
     cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch, bodies: list[dict[str, Any]]
 ) -> list[httpx.Response]:
-    """Send the creates at once, each past the controller's first look for the
-    name before any reserves it (a barrier on that look): they meet at the reservation."""
+    """Send the creates at once, each past the controller's look for the
+    name (in its picture) before any reserves it (a barrier before each
+    ranks the hosts): they meet at the reservation."""
     barrier = threading.Barrier(len(bodies), timeout=10)
-    looks = itertools.count()
-    look_up = cluster.controller.store.vm
+    attempts = itertools.count()
+    attempt = cluster.controller._attempt
 
-    def vm(name: str) -> Any:
-        if next(looks) < len(bodies):
+    def attempt_together(*args: Any, **kwargs: Any) -> Any:
+        if next(attempts) < len(bodies):
             barrier.wait()
-        return look_up(name)
+        return attempt(*args, **kwargs)
 
-    monkeypatch.setattr(cluster.controller.store, "vm", vm)
+    monkeypatch.setattr(cluster.controller, "_attempt", attempt_together)
     # one by one: placed together (the coalescer), creates of one name never meet in this process
     monkeypatch.setattr(cluster.controller, "coalesce_at_most", 1)
 

@@ -154,8 +154,12 @@ class Scheduler:
             return False
         return True
 
+    def holds(self, name: str) -> bool:
+        """Whether a VM of that name is in the picture (on some host)."""
+        return self._cluster.host_of(name) is not None
+
     def removed(self, name: str) -> None:
-        if self._cluster.host_of(name) is not None:
+        if self.holds(name):
             self._cluster.remove(name)
 
     def _allocator(self, host: HostShape | HostRecord) -> HostAllocator | None:

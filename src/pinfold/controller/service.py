@@ -437,13 +437,18 @@ class Controller:
         return self._create_alone(request, policy, group)
 
     def _create_alone(self, request: VMRequest, policy: str, group: str | None) -> Placed:
-        """`create`, for this VM alone: ranked, reserved, made on its agent."""
+        """`create`, for this VM alone: ranked, reserved, made on its agent.
+        The directory is asked for the name first only when the picture holds
+        it (a repeated create); a name the picture lacks (new, or another
+        replica's) is found by the reservation, which checks it under the
+        host's lock anyway (`_NameTaken`): one read fewer a create (issue 16)."""
         rule = self._group_rule(group)
-        existing = self.store.vm(request.name)
-        if existing is not None:
-            self._same_group(existing, group)
+        with self._picture:
+            pictured = self.scheduler.holds(request.name)
+        existing = self.store.vm(request.name) if pictured else None
         for _ in range(CREATE_ATTEMPTS):
             if existing is not None:
+                self._same_group(existing, group)
                 record = self._again(existing, request)
                 if record is not None:
                     return Placed(record, created=False)
@@ -700,7 +705,8 @@ class Controller:
             placed = self._on_agent(host, request, attempt)
             if placed is not None:
                 return placed
-        raise self._no_host(attempt)
+        # no reservation tried (none ranked), so nothing checked the name under a host's lock
+        raise self._no_host(attempt, look_up=not attempt.ranking)
 
     def _attempt(
         self,
@@ -743,13 +749,16 @@ class Controller:
             if self._reserve_on(host_id, attempt, on_host=on_host):
                 yield read[-1]
 
-    def _no_host(self, attempt: _Attempt) -> NoHostError:
+    def _no_host(self, attempt: _Attempt, look_up: bool = False) -> NoHostError:
         """Why no host took the VM, every other host's reason with it (only
         now, one pass over all hosts); `_NameTaken` when the name was taken
-        by another request since our look."""
+        by another request since our look. `look_up`: the name is looked up
+        whatever the picture says (a create that did not look before, and
+        whose reservations did not either: a VM the picture lacks, on no host
+        or another replica's, is then a repeat, not a refusal)."""
         request, decision, ranking = attempt.request, attempt.decision, attempt.ranking
         refusals = decision.refusals()
-        if any(refusal.code is RefusalCode.DUPLICATE_NAME for refusal in refusals.values()):
+        if look_up or any(refusal.code is RefusalCode.DUPLICATE_NAME for refusal in refusals.values()):
             # the picture holds the name: another request reserved it since our look
             taken = self.store.vm(request.name)
             if taken is not None:
