@@ -20,7 +20,7 @@ from pinfold.controller import feasibility
 from pinfold.controller.database import connect
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.service import Controller, ControllerError, NoHostError, Placed
-from pinfold.controller.store import ControllerStore
+from pinfold.controller.store import ControllerStore, UnknownHostError
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
 
@@ -248,18 +248,51 @@ def test_a_new_vms_create_reads_its_host_once_and_its_name_only_under_the_lock(t
 
 def test_a_name_the_picture_lacks_is_still_the_same_vm_again(tmp_path, i7_topology):
     """A VM written behind this controller's picture (as another replica
-    would): the same create again is found by the reservation and answered
-    as a repeat, a different one refused as a duplicate name."""
+    would): the same create again is found by the reservation (its name
+    check, `IN`, before any look-up by name) and answered as a repeat, a
+    different one refused as a duplicate name."""
+    controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
+    seen: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if "FROM vms" in statement and ("WHERE vms.name IN" in statement or "WHERE vms.name =" in statement):
+            seen.append("reservation" if "WHERE vms.name IN" in statement else "look-up")
+
+    try:
+        request = VMRequest("elsewhere", 1, 256)
+        controller.store.reserve(request, "h01", lambda h, v, n: None, 1.0)
+        controller.store.set_vm_state("elsewhere", VMState.RUNNING, 2.0)
+        event.listen(controller.store.engine, "before_cursor_execute", note)
+        again = controller.create(request)
+        event.remove(controller.store.engine, "before_cursor_execute", note)
+        assert not again.created
+        assert again.record.host_id == "h01"
+        assert seen[0] == "reservation", seen
+        with pytest.raises(ControllerError, match="duplicate name"):
+            controller.create(VMRequest("elsewhere", 2, 256))
+        assert [vm.name for vm in controller.store.vms()] == ["elsewhere"]
+    finally:
+        controller.store.engine.dispose()
+
+
+def test_a_repeat_whose_ranked_hosts_all_vanished_is_still_a_repeat(tmp_path, i7_topology, monkeypatch):
+    """Every ranked host gone before its reservation took its lock: no
+    reservation checked the name, so it is looked up before `no host` is
+    answered, and a VM the picture lacks is found as the same one again."""
     controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
     try:
         request = VMRequest("elsewhere", 1, 256)
         controller.store.reserve(request, "h01", lambda h, v, n: None, 1.0)
         controller.store.set_vm_state("elsewhere", VMState.RUNNING, 2.0)
+
+        def vanished(vms: Any, host_id: str, *rest: Any) -> Any:
+            raise UnknownHostError(host_id)
+
+        monkeypatch.setattr(controller.store, "reserve_many", vanished)
         again = controller.create(request)
         assert not again.created
         assert again.record.host_id == "h01"
-        with pytest.raises(ControllerError, match="duplicate name"):
-            controller.create(VMRequest("elsewhere", 2, 256))
-        assert [vm.name for vm in controller.store.vms()] == ["elsewhere"]
+        with pytest.raises(NoHostError):  # a new name, its hosts gone: no host, as before
+            controller.create(VMRequest("new", 1, 256))
     finally:
         controller.store.engine.dispose()

@@ -145,6 +145,7 @@ def test_a_failed_first_writer_undoes_its_work_and_the_writers_behind_it_commit(
     assert group is not None
     release = threading.Event()
     outcomes: dict[str, BaseException | None] = {}
+    groups_before = group._group
 
     def first() -> None:
         try:
@@ -170,6 +171,8 @@ def test_a_failed_first_writer_undoes_its_work_and_the_writers_behind_it_commit(
     for thread in threads:
         thread.join()
     assert isinstance(outcomes["first"], ValueError)
+    # the failure ended the first group (in a savepoint, "b" and "c" would have joined it)
+    assert group._group - groups_before == 2
     assert outcomes["b"] is None
     assert outcomes["c"] is None
     assert sorted(vm.name for vm in store.vms()) == ["b", "c"]

@@ -90,6 +90,8 @@ ACTIONS: tuple[str, ...] = POWER_ACTIONS
 RACE_POLL_S = 0.05
 #: how many times a create looks for its name again after another request took and dropped it
 CREATE_ATTEMPTS = 3
+#: a ranked host removed before its reservation took its lock (the VM's name is not checked there)
+_GONE = "host unavailable: unknown host"
 #: how many agent calls a bulk create makes at once (AgentClient is thread-safe)
 BULK_WORKERS = 16
 #: an agent's refusal of one of these codes is its allocator's: kept as a `Refusal`
@@ -705,8 +707,10 @@ class Controller:
             placed = self._on_agent(host, request, attempt)
             if placed is not None:
                 return placed
-        # no reservation tried (none ranked), so nothing checked the name under a host's lock
-        raise self._no_host(attempt, look_up=not attempt.ranking)
+        # no reservation reached the name's check under a host's lock: none ranked, or each
+        # ranked host gone before its lock was taken
+        unchecked = all(attempt.refused.get(host_id) == _GONE for host_id in attempt.ranking)
+        raise self._no_host(attempt, look_up=unchecked)
 
     def _attempt(
         self,
@@ -811,7 +815,7 @@ class Controller:
             self._refresh_host(host_id)
             return False
         except UnknownHostError:
-            refused[host_id] = "host unavailable: unknown host"
+            refused[host_id] = _GONE
             as_data[host_id] = Refusal(RefusalCode.HOST_UNAVAILABLE, detail="unknown host")
             return False
         except DuplicateVMError as error:  # the same name, reserved meanwhile: the same request?
