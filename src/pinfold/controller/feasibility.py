@@ -147,16 +147,14 @@ class _Replay:
     vms: tuple[HeldVM, ...]
 
     def with_vm(self, spec: VMSpec) -> _Replay:
-        held = HeldVM(spec.name, spec.vcpus, spec.memory_mib, spec.ratio)
-        return _Replay(self.digest, self.critical_size, self.reserved_memory_mib, (*self.vms, held))
+        return _Replay(
+            self.digest, self.critical_size, self.reserved_memory_mib, (*self.vms, HeldVM.of(spec))
+        )
 
 
 def _held(vm: Holding) -> HeldVM:
     """`vm` as a replay holds it: the store's own rows are already (no `VMSpec` made for each)."""
-    if isinstance(vm, HeldVM):
-        return vm
-    spec = vm.spec
-    return HeldVM(spec.name, spec.vcpus, spec.memory_mib, spec.ratio)
+    return vm if isinstance(vm, HeldVM) else HeldVM.of(vm.spec)
 
 
 def cloud_reason(host: HostRecord | HostShape) -> str | None:

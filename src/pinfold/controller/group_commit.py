@@ -11,8 +11,8 @@ Here the writers of one process share a transaction and its commit. One
 writer at a time has its turn (a Python lock, as before); its work runs in a
 SAVEPOINT of the open transaction, so a writer that fails undoes only its own
 work (the group's first writer needs none: its failure rolls back the
-transaction, which holds nothing else). When its turn ends with other writers waiting, it hands the turn over
-and waits for the group's commit; the last of the group (nobody waiting, or
+transaction, which holds nothing else). When its turn ends with other writers
+waiting, it hands the turn over and waits for the group's commit; the last of the group (nobody waiting, or
 `GROUP_LIMIT` writers in it) commits for all, with one fsync, and wakes them.
 No writer returns before the commit that holds its work is on disk, so
 durability is what it was: what a writer's caller acknowledges is committed.

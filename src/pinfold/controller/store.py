@@ -394,6 +394,11 @@ class HeldVM(NamedTuple):
     def spec(self) -> VMSpec:
         return VMSpec(self.name, self.vcpus, self.memory_mib, self.ratio)
 
+    @classmethod
+    def of(cls, spec: VMSpec) -> HeldVM:
+        """A VM admitted into a kept replay, as a row of it would read."""
+        return cls(spec.name, spec.vcpus, spec.memory_mib, spec.ratio)
+
 
 #: `fits(host, vms on it in seq order, new vm)`: None when it fits, else why
 #: not: the text, or the text with the refusal as data.
