@@ -65,6 +65,20 @@ def test_vm_lifecycle_from_the_command_line(cluster):
     assert "web" not in agent.allocator
 
 
+def test_text_from_the_controller_is_shown_as_sent_not_read_as_markup(cluster):
+    """An owner is any text: `[/x]` once stopped `vm list` with a MarkupError
+    and `[bold]...[/bold]` lost its brackets to a style."""
+    owner = "[/x] [bold]ops[/bold]"
+    code, out = cli(cluster, "vm", "create", "web", "--vcpus", "1", "--memory", "512", "--owner", owner)
+    assert code == 0, out
+    assert owner in out
+    code, out = cli(cluster, "vm", "list")
+    assert code == 0, out
+    assert owner in out
+    code, out = cli(cluster, "vm", "show", "web")
+    assert (code, owner in out) == (0, True), out
+
+
 def test_hosts_and_status(cluster):
     code, out = cli(cluster, "host", "list", "--json")
     assert [(h["id"], h["state"]) for h in json.loads(out)] == [("h1", "up"), ("h2", "up")]
@@ -191,7 +205,7 @@ def test_explain_from_an_older_controller_shows_its_host_strings():
         body = {
             "error": "no host",
             "detail": "0/1 hosts fit",
-            "hosts": {"h1": "not enough memory: old words"},
+            "hosts": {"h1": "not enough memory: old words", "h2": "[/x] [red]in brackets[/red]"},
         }
         return JSONResponse(body, status_code=409)
 
@@ -201,6 +215,7 @@ def test_explain_from_an_older_controller_shows_its_host_strings():
     assert result.exit_code == 1, result.output
     assert "why not" in result.output
     assert "not enough memory: old words" in result.output
+    assert "[/x] [red]in brackets[/red]" in result.output
     assert "could ever fit" not in result.output
 
 

@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from pinfold.model.defaults import ACTION_TIMEOUT_S, CONTROLLER_PORT, MIGRATION_TIMEOUT_S
 from pinfold.model.vm import MAX_BULK, MAX_SSH_KEY_LENGTH, MAX_SSH_KEYS, MAX_USER_DATA_BYTES
@@ -169,7 +170,7 @@ def explain_refusal(error: dict[str, Any]) -> None:
     elif error.get("hosts"):
         table = Table("host", "why not")
         for host, why in sorted(error["hosts"].items()):
-            table.add_row(host, why)
+            add_plain_row(table, host, why)
         console.print(table)
 
 
@@ -193,6 +194,13 @@ def show(body: Any, as_json: bool, render: Any) -> None:
         render(body)
 
 
+def add_plain_row(table: Table, *cells: str) -> None:
+    """A row of text as the controller or agent sent it: a string cell is
+    read as Rich markup, so an owner or a reason holding `[/x]` would stop
+    the table with a MarkupError, and `[bold]` would vanish into a style."""
+    table.add_row(*(Text(cell) for cell in cells))
+
+
 def vm_table(vms: list[dict[str, Any]]) -> None:
     table = Table("name", "host", "level", "vCPUs", "MiB", "state", "pinned to", "owner", "address")
     for vm in vms:
@@ -200,9 +208,9 @@ def vm_table(vms: list[dict[str, Any]]) -> None:
             vm["state"] if vm.get("host_state") in (None, "up", "draining") else f"{vm['state']} (host down)"
         )
         pins = ",".join(map(str, vm.get("pinning") or [])) or "-"
-        table.add_row(
-            vm["name"], vm["host"] or "-", f"{vm['ratio']:g}:1", str(vm["vcpus"]), str(vm["memory_mib"]),
-            state, pins, vm["owner"] or "-", first_address(vm),
+        add_plain_row(
+            table, vm["name"], vm["host"] or "-", f"{vm['ratio']:g}:1", str(vm["vcpus"]),
+            str(vm["memory_mib"]), state, pins, vm["owner"] or "-", first_address(vm),
         )  # fmt: skip
     console.print(table)
 
@@ -218,7 +226,8 @@ def host_table(hosts: list[dict[str, Any]]) -> None:
     for host in hosts:
         levels = ((host.get("status") or {}).get("cpu") or {}).get("subset") or {}
         vnodes = ", ".join(f"{level}: {values['pcap']}" for level, values in sorted(levels.items()))
-        table.add_row(
+        add_plain_row(
+            table,
             host["id"],
             host["state"],
             host["address"],
@@ -407,7 +416,7 @@ def vm_details(vm: dict[str, Any]) -> None:
     for index, nic in enumerate(nics):
         source = nic.get("network") or (f"bridge {nic['bridge']}" if nic.get("bridge") else "-")
         addresses = ", ".join(nic.get("addresses") or []) or "-"
-        table.add_row(str(index), source, nic.get("mac") or "(agent's choice)", addresses)
+        add_plain_row(table, str(index), source, nic.get("mac") or "(agent's choice)", addresses)
     console.print(table)
 
 

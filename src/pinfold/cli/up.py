@@ -38,6 +38,7 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pinfold.cli.client import cli_config_path, read_ssh_keys, vm_table
 from pinfold.cli.demo_guest import NET_PORT, GuestBuildError, demo_guest
@@ -260,7 +261,7 @@ def up_command(
             time.sleep(0.5)
         raise typer.Exit(1)
     except RuntimeError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass
