@@ -314,31 +314,49 @@ def heartbeat(hosts: int, beats: int, clients: int, database_url: str | None = N
 
 
 class CpuSpent:
-    """The CPU seconds the controller and the whole machine spent over a block (`cpu_spent`)."""
+    """The CPU seconds spent over a block (`cpu_spent`): the controller's, its
+    event loop's (its main thread: uvicorn reading requests, FastAPI routing
+    and validating them, the answers written; the rest is its worker threads
+    doing the work), the agents' and the whole machine's."""
 
-    controller_s = machine_s = 0.0
+    controller_s = loop_s = agents_s = machine_s = 0.0
+    agents = False
 
     def per(self, requests: int, what: str) -> dict[str, float]:
         """Each's milliseconds a request."""
         done = max(1, requests)
-        return {
-            f"controller_cpu_ms_per_{what}": round(self.controller_s / done * 1000, 2),
-            f"machine_cpu_ms_per_{what}": round(self.machine_s / done * 1000, 2),
-        }
+        spent = {"controller": self.controller_s, "controller_loop": self.loop_s}
+        spent |= {"agents": self.agents_s} if self.agents else {}
+        spent["machine"] = self.machine_s
+        return {f"{who}_cpu_ms_per_{what}": round(seconds / done * 1000, 2) for who, seconds in spent.items()}
 
 
 @contextlib.contextmanager
 def cpu_spent() -> Iterator[CpuSpent]:
-    """What the controller (this process's child running `pinfold controller`,
-    beside any agents) and the machine spent over the block, in CPU seconds: a
-    rate moves ±15-30 % between identical runs on this shared machine, the CPU
-    a request much less."""
-    (controller,) = [p for p in psutil.Process().children() if "controller" in p.cmdline()]
+    """What the controller (this process's child running `pinfold controller`),
+    the agents beside it (if any) and the machine spent over the block, in CPU
+    seconds: a rate moves ±15-30 % between identical runs on this shared
+    machine, the CPU a request much less."""
+    children = psutil.Process().children()
+    (controller,) = [p for p in children if "controller" in p.cmdline()]
+    agents = [p for p in children if "agent" in p.cmdline()]
     spent = CpuSpent()
-    controller_before, machine_before = process_cpu_s(controller), _busy_seconds()
+    spent.agents = bool(agents)
+    before = (process_cpu_s(controller), main_thread_cpu_s(controller), _cpu_s(agents), _busy_seconds())
     yield spent
-    spent.controller_s = process_cpu_s(controller) - controller_before
-    spent.machine_s = _busy_seconds() - machine_before
+    after = (process_cpu_s(controller), main_thread_cpu_s(controller), _cpu_s(agents), _busy_seconds())
+    spent.controller_s, spent.loop_s, spent.agents_s, spent.machine_s = (
+        b - a for a, b in zip(before, after, strict=True)
+    )
+
+
+def _cpu_s(processes: list[psutil.Process]) -> float:
+    return sum(map(process_cpu_s, processes))
+
+
+def main_thread_cpu_s(process: psutil.Process) -> float:
+    """A process's main thread's CPU time so far (its id is the process's)."""
+    return next(float(t.user_time + t.system_time) for t in process.threads() if t.id == process.pid)
 
 
 def _busy_seconds() -> float:
