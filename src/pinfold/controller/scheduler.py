@@ -11,7 +11,8 @@ is refreshed from the database before the next host is tried.
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 from pinfold.controller.feasibility import cloud_reason
 from pinfold.controller.store import HostRecord, HostShape, VMRecord
@@ -96,20 +97,17 @@ class Scheduler:
             return False
         return True
 
-    def refresh_vms(self, vms: Sequence[VMRecord]) -> bool:
-        """Replace the VMs of each host whose VMs differ from `vms` (all the
-        database's VMs, in seq order); False when a rebuild is needed."""
-        by_host: dict[str, list[VMRecord]] = {host: [] for host in self._shapes}
-        for vm in vms:
-            if vm.host_id is not None:
-                if vm.host_id not in by_host:
-                    return False  # a host the picture lacks
-                by_host[vm.host_id].append(vm)
-        for host_id, wanted in by_host.items():
-            stale = set(self._cluster.allocator(host_id).vms) != {vm.name for vm in wanted}
-            if stale and not self.refresh_host(host_id, wanted):
-                return False
-        return True
+    def stale_hosts(self, names_on: Mapping[str, AbstractSet[str]]) -> list[str] | None:
+        """The hosts whose VMs in the picture are not those of `names_on`
+        (each host's VM names in the database); None when a host the picture
+        lacks holds VMs (the caller rebuilds)."""
+        if any(host_id not in self._shapes for host_id in names_on):
+            return None
+        return [
+            host_id
+            for host_id in self._shapes
+            if self._cluster.allocator(host_id).vms.keys() != names_on.get(host_id, frozenset())
+        ]
 
     def choose(
         self, spec: VMSpec, policy: str, eligible: Sequence[str], group: GroupRule | None = None

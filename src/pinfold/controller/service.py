@@ -1417,17 +1417,25 @@ class Controller:
         """Bring the picture's VMs in step with the database, host by host where
         they differ (other replicas' creates and deletes): every period, and
         before answering "no host"."""
-        vms = self.store.vms()
+        names_on = self.store.names_on_hosts()
         with self._picture:
-            if not self.scheduler.refresh_vms(vms):
-                self.scheduler.rebuild(self.store.shapes(), vms)
+            stale = self.scheduler.stale_hosts(names_on)
+        if stale is None:
+            self.refresh()
+            return
+        for host_id in stale:  # each host's records read once it is known to differ
+            if not self._refresh_host(host_id):
+                return  # the whole picture was rebuilt
 
-    def _refresh_host(self, host_id: str) -> None:
+    def _refresh_host(self, host_id: str) -> bool:
+        """One host's VMs in the picture read again; False when the whole
+        picture had to be rebuilt instead."""
         vms = self.store.vms(host_id)
         with self._picture:
             done = self.scheduler.refresh_host(host_id, vms)
         if not done:
             self.refresh()
+        return done
 
     def _forget(self, name: str, event: NewEvent | None = None, unchanged_since: float | None = None) -> bool:
         """Delete a VM's row and its place in the picture; False when there

@@ -116,6 +116,8 @@ _HOST_ADMISSION = (
 _REGISTER_AGAIN = update(_HOSTS).where(_HOSTS.c.id == bindparam("host_id")).returning(*_HOSTS.c)
 _INSERT_HOST = insert(_HOSTS)
 _VM_ROW = select(_VMS).where(_VMS.c.name == bindparam("name"))
+#: every placed VM's host and name: what the picture is compared with every period
+_VM_HOSTS = select(_VMS.c.host_id, _VMS.c.name).where(_VMS.c.host_id.is_not(None))
 _VM_ROWS = select(_VMS).where(_VMS.c.name.in_(bindparam("names", expanding=True)))
 _VM_ROW_LOCKED = _VM_ROW.with_for_update()
 _SET_STATES = (
@@ -1047,6 +1049,16 @@ class ControllerStore:
         # plain rows: a heartbeat reads its host's VMs
         query = select(_VMS).order_by(_VMS.c.seq) if host_id is None else _vms_on_host(host_id)
         return [_vm_record(row) for row in self._fetch(query)]
+
+    def names_on_hosts(self) -> dict[str, set[str]]:
+        """Each host's VM names (a host without VMs is absent): all the
+        picture's periodic check needs. Every VM's whole record was 19 ms of
+        the controller's time a period with 1,000 VMs (issue 16), and grows
+        with them, while the records of only the hosts that differ are needed."""
+        names: dict[str, set[str]] = {}
+        for row in self._fetch(_VM_HOSTS):
+            names.setdefault(row.host_id, set()).add(row.name)
+        return names
 
     # -- VM groups ---------------------------------------------------------------
 
