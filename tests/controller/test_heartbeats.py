@@ -246,3 +246,41 @@ def test_a_heartbeats_nics_are_kept_per_vm_and_an_older_agents_beat_keeps_them(
     assert store.vms("h1")[0].reported_nics == vm.reported_nics
     shown = api.get("/api/v1/vms/v1", headers=ADMIN_HEADERS).json()
     assert (shown["nics"], shown["addresses"]) == ([NIC], ["192.0.2.7"])
+
+
+def test_a_heartbeat_reads_its_hosts_vms_light_and_their_nics_only_when_it_has_some(
+    api: httpx.Client, store: ControllerStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A beat settles its host's VMs from their names, states and last
+    changes (`settled_on`), never from whole records (every JSON column
+    decoded: half of a beat's time with 50 VMs, issue 16), reads the NICs
+    last reported only when it reports NICs, and writes only those changed."""
+    whole_reads: list[tuple[Any, ...]] = []
+    nics_read: list[bool] = []
+    written: list[list[str]] = []
+    vms, settled_on, set_reported_nics = store.vms, store.settled_on, store.set_reported_nics
+
+    def noted_vms(*args: Any) -> Any:
+        whole_reads.append(args)
+        return vms(*args)
+
+    def noted_settled_on(host_id: str, nics: bool = False) -> Any:
+        nics_read.append(nics)
+        return settled_on(host_id, nics)
+
+    def noted_set_reported_nics(host_id: str, changed: Any) -> None:
+        written.append(sorted(changed))
+        set_reported_nics(host_id, changed)
+
+    monkeypatch.setattr(store, "vms", noted_vms)
+    monkeypatch.setattr(store, "settled_on", noted_settled_on)
+    monkeypatch.setattr(store, "set_reported_nics", noted_set_reported_nics)
+    with_nics = {**GOOD, "nics": {"v1": [NIC]}}
+    for beat in (GOOD, with_nics, with_nics):
+        assert api.post("/api/v1/hosts/h1/heartbeat", json=beat, headers=AGENT_AUTH).status_code == 200
+    assert whole_reads == []
+    assert nics_read == [False, True, True]
+    assert written == [["v1"], []]  # the same NICs again: nothing written
+    (vm,) = vms("h1")
+    assert vm.reported_nics is not None
+    assert [nic.to_dict() for nic in vm.reported_nics] == [NIC]

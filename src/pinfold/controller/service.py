@@ -56,6 +56,7 @@ from pinfold.controller.store import (
     OnHost,
     RefusedError,
     ReportedNIC,
+    SettledVM,
     StoreError,
     UnknownGroupError,
     UnknownHostError,
@@ -316,12 +317,12 @@ class Controller:
         nics = payload.get("nics")  # kept per VM (vms.reported_nics), not in the host's row every beat
         if not self.store.heartbeat(host_id, {k: v for k, v in payload.items() if k != "nics"}, now):
             return False
-        records = self.store.vms(host_id)
+        settled = self.store.settled_on(host_id, nics=isinstance(nics, Mapping))
         reported = payload.get("vms")
         if isinstance(reported, Mapping):
-            self._settle(host_id, records, {str(k): str(v) for k, v in reported.items()}, now)
+            self._settle(host_id, settled, {str(k): str(v) for k, v in reported.items()}, now)
         if isinstance(nics, Mapping):
-            self.store.set_reported_nics(host_id, _changed_nics(records, nics))
+            self.store.set_reported_nics(host_id, _changed_nics(settled, nics))
         self.history.record(host_id, now, payload)  # a view only: last, after what the heartbeat settles
         return True
 
@@ -1372,7 +1373,7 @@ class Controller:
         with self._picture:
             return self.scheduler.plan(budget, now, **options)
 
-    def _settle_move(self, record: VMRecord, reported: str | None, now: float) -> None:
+    def _settle_move(self, record: SettledVM | VMRecord, reported: str | None, now: float) -> None:
         """A `migrating` record whose controller is gone: its source's report
         says where it is (`settle.move_step`)."""
         with self._moving_lock:
@@ -1448,7 +1449,7 @@ class Controller:
         return gone
 
     def _settle(
-        self, host_id: str, records: Sequence[VMRecord], reported: Mapping[str, str], now: float
+        self, host_id: str, records: Sequence[SettledVM | VMRecord], reported: Mapping[str, str], now: float
     ) -> None:
         """What the agent has is what is: carry out `settle.plan` (its table
         says which VM follows the agent, is forgotten or is `missing`) on the
@@ -1632,7 +1633,7 @@ def _same_or_refuse(existing: VMRecord, request: VMRequest) -> None:
 
 
 def _changed_nics(
-    records: Sequence[VMRecord], reported: Mapping[str, Any]
+    records: Sequence[SettledVM | VMRecord], reported: Mapping[str, Any]
 ) -> dict[str, tuple[ReportedNIC, ...]]:
     """The host's VMs whose reported NICs differ from what is stored (only
     those are written: most heartbeats change none)."""

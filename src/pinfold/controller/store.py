@@ -70,6 +70,7 @@ __all__ = [
     "OnHost",
     "RefusedError",
     "ReportedNIC",
+    "SettledVM",
     "StoreError",
     "UnknownGroupError",
     "UnknownHostError",
@@ -99,6 +100,13 @@ _HELD_ON = (
     .where(or_(_VMS.c.host_id == bindparam("host_id"), _VMS.c.target_host_id == bindparam("host_id")))
     .order_by(_VMS.c.seq)
 )
+#: a host's VMs as a heartbeat settles them (`SettledVM`), without and with their reported NICs
+_SETTLED_ON = (
+    select(_VMS.c.name, _VMS.c.state, _VMS.c.updated_at)
+    .where(_VMS.c.host_id == bindparam("host_id"))
+    .order_by(_VMS.c.seq)
+)
+_SETTLED_NICS_ON = _SETTLED_ON.add_columns(_VMS.c.reported_nics)
 _CREDENTIAL = select(_HOSTS.c.credential_digest).where(_HOSTS.c.id == bindparam("host_id"))
 _HOLDER = select(_HOSTS.c.id).where(_HOSTS.c.credential_digest == bindparam("digest"))
 _REVOKED = select(RevokedCredential.digest).where(RevokedCredential.digest == bindparam("digest"))
@@ -400,6 +408,19 @@ class HeldVM(NamedTuple):
     def of(cls, spec: VMSpec) -> HeldVM:
         """A VM admitted into a kept replay, as a row of it would read."""
         return cls(spec.name, spec.vcpus, spec.memory_mib, spec.ratio)
+
+
+class SettledVM(NamedTuple):
+    """What a heartbeat reads of each VM of its host: its name, state and
+    last change, and the NICs its agent last reported when the beat has NICs
+    to compare (None otherwise, or when none were reported). A whole
+    `VMRecord` of each, every JSON column decoded, was half of a beat's time
+    with 50 VMs on the host (issue 16)."""
+
+    name: str
+    state: VMState
+    updated_at: float
+    reported_nics: tuple[ReportedNIC, ...] | None = None
 
 
 #: `fits(host, vms on it in seq order, new vm)`: None when it fits, else why
@@ -1044,9 +1065,19 @@ class ControllerStore:
                 found.update(session.scalars(select(VM.name).where(VM.name.in_(chunk))))
         return found
 
+    def settled_on(self, host_id: str, nics: bool = False) -> list[SettledVM]:
+        """A host's VMs as its heartbeat settles them; `nics`: with the NICs
+        their agent last reported (read only for a beat that reports NICs)."""
+        if not nics:
+            rows = self._fetch(_SETTLED_ON, {"host_id": host_id})
+            return [SettledVM(row.name, VMState(row.state), row.updated_at) for row in rows]
+        return [
+            SettledVM(row.name, VMState(row.state), row.updated_at, _reported_nics(row.reported_nics))
+            for row in self._fetch(_SETTLED_NICS_ON, {"host_id": host_id})
+        ]
+
     def vms(self, host_id: str | None = None) -> list[VMRecord]:
         """Every VM, or those on one host, in reservation order."""
-        # plain rows: a heartbeat reads its host's VMs
         query = select(_VMS).order_by(_VMS.c.seq) if host_id is None else _vms_on_host(host_id)
         return [_vm_record(row) for row in self._fetch(query)]
 
@@ -1306,12 +1337,15 @@ def _vm_record(row: VM | Row[Any]) -> VMRecord:
         created_at=row.created_at,
         updated_at=row.updated_at,
         nics=tuple(NIC(n.get("network", ""), n.get("bridge", ""), n.get("mac", "")) for n in row.nics or ()),
-        reported_nics=(
-            tuple(ReportedNIC.of(n) for n in row.reported_nics) if row.reported_nics is not None else None
-        ),
+        reported_nics=_reported_nics(row.reported_nics),
         target_host_id=row.target_host_id,
         first_boot_digest=row.first_boot_digest,
     )
+
+
+def _reported_nics(column: Sequence[Mapping[str, Any]] | None) -> tuple[ReportedNIC, ...] | None:
+    """The `reported_nics` column's NICs (None: the agent never reported any)."""
+    return tuple(ReportedNIC.of(nic) for nic in column) if column is not None else None
 
 
 def _migration_record(row: Migration) -> MigrationRecord:
