@@ -6,6 +6,8 @@ without registering anything."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import httpx
 import pytest
 
 from pinfold.agent.drivers import SimDriver
-from pinfold.agent.registration import Registrar, heartbeat_document, registration_document
+from pinfold.agent.registration import BEAT_JITTER, Registrar, heartbeat_document, registration_document
 from pinfold.agent.service import Agent, AgentSettings
 from pinfold.agent.store import Store
 from pinfold.topology import Topology, slackvm_json
@@ -47,26 +49,38 @@ def cluster(tmp_path: Path, i7: Topology) -> Iterator[LocalCluster]:
     local.close()
 
 
-def register(cluster: LocalCluster, host_id: str) -> Recording:
-    """An agent of the cluster's host model registering once through a recording transport."""
+@contextlib.contextmanager
+def agent_registrar(
+    cluster: LocalCluster,
+    host_id: str,
+    period_s: float = PERIOD_S,
+    transport: httpx.HTTPTransport | None = None,
+) -> Iterator[Registrar]:
+    """The registrar (not started) of an agent of the cluster's host model; both closed at the end."""
     agent = Agent.open(
         cluster.topology, SimDriver(), Store(cluster.tmp_path / host_id / "agent.db"),
         AgentSettings(domain_type="qemu"),
     )  # fmt: skip
     token = f"{host_id}-api-token-0123456789abcdef"
-    transport = Recording()
     registrar = Registrar(
         cluster.url, AGENT, host_id,
         lambda: registration_document(agent, host_id, "http://127.0.0.1:1", token),
         lambda: heartbeat_document(agent, None),
-        PERIOD_S, cluster.tmp_path / host_id / "host.token", transport=transport,
+        period_s, cluster.tmp_path / host_id / "host.token", transport=transport,
     )  # fmt: skip
     try:
-        registrar.beat()
-        assert registrar.registered, registrar.last_error
+        yield registrar
     finally:
         registrar.stop()
         agent.store.close()
+
+
+def register(cluster: LocalCluster, host_id: str) -> Recording:
+    """An agent of the cluster's host model registering once through a recording transport."""
+    transport = Recording()
+    with agent_registrar(cluster, host_id, transport=transport) as registrar:
+        registrar.beat()
+        assert registrar.registered, registrar.last_error
     return transport
 
 
@@ -131,3 +145,39 @@ def test_a_document_and_a_digest_together_are_refused(
     assert refused.status_code == 422, refused.text
     assert "not both" in refused.text
     assert cluster.controller.store.host("hx") is None
+
+
+class CountedStop(threading.Event):
+    """A registrar's stop event that notes each wait between rounds and
+    stops the registrar after `rounds` of them."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__()
+        self.rounds = rounds
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if len(self.waits) >= self.rounds:
+            self.set()
+        return self.is_set()
+
+
+def test_registered_agents_beat_a_little_early_at_random_so_that_they_do_not_stay_in_step(
+    cluster: LocalCluster,
+) -> None:
+    """Agents started together would beat in step for ever, their beats one
+    burst at the controller: each wait after a beat is up to a tenth of the
+    period shorter, drawn each round, and never longer (the controller
+    judges a host down after three periods)."""
+    period_s = 10.0
+    stop = CountedStop(rounds=40)
+    with agent_registrar(cluster, "h1", period_s) as registrar:
+        registrar._stop = stop  # the rounds run at once: each wait is noted, not waited
+        registrar._run()
+        assert registrar.registered, registrar.last_error
+    waits = [wait for wait in stop.waits if wait is not None]
+    assert len(waits) == 40
+    assert all(BEAT_JITTER * -period_s <= wait - period_s <= 0 for wait in waits), waits
+    assert max(waits) - min(waits) > period_s * BEAT_JITTER / 4, waits  # drawn, not one fixed offset
+    assert len(set(waits)) > 30
