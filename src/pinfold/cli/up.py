@@ -294,7 +294,7 @@ def show_demo(
                 f"{controller_url}/api/v1/vms/{body['name']}", headers=headers, verify=verify
             )
             if existing.status_code != 200:
-                console.print(f"[red]demo VM {body['name']}: {response.json()}[/red]")
+                console.print(f"[red]demo VM {body['name']}: {escape(response.text[:300])}[/red]")
                 continue
             response = existing
         shown.append(response.json())
@@ -319,7 +319,9 @@ def agent_settings(agent_dir: Path, data_dir: Path, subnet: str, image: Path | N
         try:
             guest = demo_guest(data_dir)
         except GuestBuildError as exc:
-            console.print(f"[yellow]no demo guest ({exc}): VMs without an image will not boot[/yellow]")
+            console.print(
+                f"[yellow]no demo guest ({escape(str(exc))}): VMs without an image will not boot[/yellow]"
+            )
         else:
             boot = (("kernel", guest.kernel), ("initrd", guest.initrd), ("cmdline", guest.cmdline))
             boot_lines = [f"{key} = {json.dumps(str(value))}" for key, value in boot]
