@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import update
+
+from pinfold.controller.models import VM
 from pinfold.controller.service import Controller
 from pinfold.model.lifecycle import VMState
 from pinfold.model.vm import VMRequest
@@ -76,5 +79,25 @@ def test_a_vm_on_a_host_the_picture_lacks_rebuilds_the_picture(tmp_path, i7_topo
         controller.refresh_vms()
         assert asked == [None]
         assert controller.scheduler.holds("on-late")
+    finally:
+        controller.store.engine.dispose()
+
+
+def test_a_vm_moved_behind_the_picture_to_a_host_checked_first_rebuilds_it_once(
+    tmp_path, i7_topology, monkeypatch
+):
+    """Another replica moved a VM from h01 to h00: h00 is read first, cannot
+    take the VM while the picture still places it on h01, so the whole
+    picture is rebuilt, once, and h01 is not read after it."""
+    controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
+    try:
+        controller.store.reserve(VMRequest("moved", 1, 256), "h01", lambda h, v, n: None, 1.0)
+        controller.refresh_vms()  # the picture takes it on h01
+        with controller.store.engine.begin() as connection:
+            connection.execute(update(VM).where(VM.name == "moved").values(host_id="h00"))
+        asked = reads_of_vms(controller, monkeypatch)
+        controller.refresh_vms()
+        assert asked == ["h00", None]
+        assert controller.scheduler.stale_hosts(controller.store.names_on_hosts()) == []
     finally:
         controller.store.engine.dispose()
