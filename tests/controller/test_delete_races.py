@@ -23,7 +23,7 @@ from pinfold.controller.credentials import Enrolment, digest
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import VMState
 from pinfold.controller.service import Controller
-from pinfold.controller.store import ControllerStore, HostRecord, VMRecord
+from pinfold.controller.store import ControllerStore, HostRecord, SettledVM, VMRecord
 from pinfold.model.vm import VMRequest
 from pinfold.topology import Topology
 from tests.controller.cluster import ADMIN, ADMIN_AUTH, AGENT, LocalCluster
@@ -88,11 +88,11 @@ def vanishing(store: ControllerStore, monkeypatch: pytest.MonkeyPatch, method: s
     read = getattr(store, method)
     deleted: list[str] = []
 
-    def read_then_lose(*args: Any) -> Any:
-        result = read(*args)
+    def read_then_lose(*args: Any, **kwargs: Any) -> Any:
+        result = read(*args, **kwargs)
         records = result if isinstance(result, list) else [result]
         for record in records:
-            if isinstance(record, VMRecord) and store.delete_vm(record.name) is not None:
+            if isinstance(record, VMRecord | SettledVM) and store.delete_vm(record.name) is not None:
                 deleted.append(record.name)
         return result
 
@@ -137,7 +137,7 @@ def test_a_heartbeat_settling_a_vm_another_request_deleted_meanwhile_is_stored(
     """The heartbeat would mark v1 missing (or paused): it is gone by then."""
     http, clock = api
     clock.now += 3 * PERIOD_S  # v1's state is old enough for a heartbeat to change it
-    deleted = vanishing(store, monkeypatch, "vms")
+    deleted = vanishing(store, monkeypatch, "settled_on")  # what a heartbeat reads of its VMs
     response = http.post("/api/v1/hosts/h1/heartbeat", json={"vms": reported}, headers=AGENT_AUTH)
     assert deleted == ["v1"]
     assert response.status_code == 200, response.text
