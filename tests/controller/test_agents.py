@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from pinfold.controller.agents import AgentClient, AgentRefusedError, AgentUnreachableError
 from pinfold.controller.daemon import AgentClients
@@ -19,7 +19,7 @@ from pinfold.controller.models import VMState
 from pinfold.controller.service import Controller
 from pinfold.controller.store import ControllerStore
 from pinfold.model.vm import VMRequest
-from tests.servers import serving
+from tests.servers import Served, serving
 
 #: the client's ordinary timeout; the stand-in agent takes SLOW_S, its action timeout is longer
 TIMEOUT_S = 0.3
@@ -149,3 +149,66 @@ def test_a_create_sends_the_requests_fields_as_the_agents_body() -> None:
         b'{"name":"k","vcpus":1,"memory_mib":128,"ratio":1.0,"owner":"","ssh_keys":["ssh-ed25519 AAAA a"],'
         b'"user_data":"#!/bin/sh\\n"}',
     ]
+
+
+def _recording_agent(peers: list[str]) -> FastAPI:
+    """A stand-in agent that notes each request's peer (its address and port)."""
+    app = FastAPI()
+
+    @app.get("/api/v1/vms/{name}")
+    def get(name: str, request: Request) -> dict[str, str]:
+        peers.append(f"{request.client.host}:{request.client.port}" if request.client else "")
+        return {"name": name, "state": "running"}
+
+    return app
+
+
+def test_calls_to_one_agent_share_a_kept_connection() -> None:
+    peers: list[str] = []
+    with serving(_recording_agent(peers)) as url:
+        client = AgentClient(url, "t" * 16)
+        try:
+            for _ in range(3):
+                assert client.get("v1") == {"name": "v1", "state": "running"}
+        finally:
+            client.close()
+    assert len(peers) == 3, peers
+    assert len(set(peers)) == 1, peers  # one connection, kept alive
+
+
+def test_an_agent_restarted_between_two_calls_is_reached_again() -> None:
+    """The kept connection died with the agent: the next call finds it
+    dropped and opens a new one (no "no answer"); while the agent is down
+    the call was not sent at all (`sent` False: nothing to wait for)."""
+    peers: list[str] = []
+    first = Served(_recording_agent(peers))
+    client = AgentClient(first.url, "t" * 16, timeout_s=5)
+    try:
+        assert client.get("v1") == {"name": "v1", "state": "running"}
+        first.stop()
+        with pytest.raises(AgentUnreachableError) as down:
+            client.get("v1")
+        assert not down.value.sent
+        again = Served(_recording_agent(peers), port=first.port)
+        try:
+            assert client.get("v2") == {"name": "v2", "state": "running"}
+        finally:
+            again.stop()
+    finally:
+        client.close()
+    assert len(peers) == 2, peers
+    assert peers[0] != peers[1], peers  # a new connection after the restart
+
+
+def test_an_answer_that_is_not_json_is_no_answer() -> None:
+    """A 200 that is not the agent's JSON (a proxy's page, a truncated
+    body): the call may have been carried out, so it is "unreachable, sent"."""
+    app = FastAPI()
+
+    @app.post("/api/v1/vms")
+    def create() -> PlainTextResponse:
+        return PlainTextResponse("<html>gateway</html>")
+
+    with serving(app) as url, pytest.raises(AgentUnreachableError, match="not JSON") as caught:
+        AgentClient(url, "t" * 16).create(VMRequest("v", 2, 512))
+    assert caught.value.sent
