@@ -12,6 +12,7 @@ import pytest
 
 from pinfold.agent.domain import DomainSpec
 from pinfold.agent.drivers import Driver, DriverError, GuestState, SimDriver
+from pinfold.agent.drivers.sim import COUNTER_BLOCK
 from tests.agent.conftest import libvirt_or_skip
 
 
@@ -146,7 +147,30 @@ def test_a_sim_address_count_damaged_by_hand_starts_again_from_the_first(tmp_pat
     driver.create(DomainSpec("a", 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
     assert driver.addresses("a") == ["198.51.100.1"]
     assert "holds no count" in caplog.text
-    assert counter.read_text() == "1"
+    assert counter.read_text() == str(COUNTER_BLOCK)  # the first block reserved
+
+
+def test_the_sim_address_count_is_written_once_a_block_and_a_restart_goes_past_it(tmp_path):
+    """The file is not written at each create (it was a third of a sim
+    create's CPU): once a block of addresses, before the block's first is
+    handed out; a driver made again starts after the whole block."""
+    counter = tmp_path / "sim-addresses"
+    driver = SimDriver(counter)
+    writes = []
+    keep = driver._save_counter
+
+    def counting(reserved: int) -> None:
+        writes.append(reserved)
+        keep(reserved)
+
+    driver._save_counter = counting  # type: ignore[method-assign]
+    for n in range(COUNTER_BLOCK + 1):
+        driver.create(DomainSpec(f"vm{n}", 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
+    assert writes == [COUNTER_BLOCK, 2 * COUNTER_BLOCK]
+    assert driver.addresses(f"vm{COUNTER_BLOCK}") == [f"198.51.100.{COUNTER_BLOCK + 1}"]
+    again = SimDriver(counter)
+    again.create(DomainSpec("after", 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
+    assert again.addresses("after") == [f"198.51.100.{2 * COUNTER_BLOCK + 1}"]
 
 
 def test_the_sim_driver_can_be_read_while_other_threads_change_it():
