@@ -15,6 +15,7 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request, WebSocket
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
@@ -30,6 +31,7 @@ __all__ = [
     "ApiError",
     "bearer",
     "install_error_handlers",
+    "json_answer",
     "open_to",
     "refuse_websocket",
     "token_check",
@@ -125,6 +127,19 @@ async def refuse_websocket(websocket: WebSocket, code: ErrorCode | str, detail: 
         )
         return
     await websocket.close(code=1008, reason=f"{known.value}: {detail}"[:120])
+
+
+def json_answer(content: Any, status_code: int = 200) -> JSONResponse:
+    """The JSON answer FastAPI makes of `content`, byte for byte, encoded by
+    `json.dumps` alone when `content` is made of JSON's own types (str enums
+    included): FastAPI walks every item in Python first (`jsonable_encoder`),
+    0.18 ms for a VM's view with a 128-CPU pinning against 0.015 ms, on each
+    create at the agent and again at the controller (issue 16). Anything else
+    (a dataclass, a path) still goes through FastAPI's encoder."""
+    try:
+        return JSONResponse(content, status_code)
+    except TypeError:
+        return JSONResponse(jsonable_encoder(content), status_code)
 
 
 def token_check(*tokens: str, what: str = "token", query: bool = False) -> Check:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -34,7 +34,7 @@ from pinfold.model.lifecycle import POWER_ACTIONS
 from pinfold.model.refusal import refusal_json
 from pinfold.model.vm import MAX_VCPUS, MAX_VM_MEMORY_MIB
 from pinfold.placement import level_key
-from pinfold.web import ApiError, install_error_handlers, open_to, token_check
+from pinfold.web import ApiError, install_error_handlers, json_answer, open_to, token_check
 
 __all__ = ["Service", "create_app"]
 
@@ -175,16 +175,17 @@ def create_app(
 
     # response_model=None on the busiest routes: validating a dict answer hops to a worker thread and back
     @app.post("/api/v1/vms", status_code=201, dependencies=[auth], response_model=None)
-    def create_vm(body: CreateVM) -> dict[str, Any]:
-        return view(call(lambda: agent.create(body.to_request())))
+    def create_vm(body: CreateVM) -> JSONResponse:
+        return json_answer(view(call(lambda: agent.create(body.to_request()))), 201)
 
     @app.post("/api/v1/vm-batches", dependencies=[auth], response_model=None)
-    def create_vms(body: CreateVMBatch) -> dict[str, list[dict[str, Any]]]:
+    def create_vms(body: CreateVMBatch) -> JSONResponse:
         """Each VM created in turn, as `create_vm` would (all stored before
         their domains are made, and acknowledged once all are marked made:
         `Agent.create_many`); each one's view, or its error as the single
         create would answer it, with that answer's `status`."""
-        return {"vms": [_answer(made, view) for made in _made(agent, [vm.to_request() for vm in body.vms])]}
+        made = _made(agent, [vm.to_request() for vm in body.vms])
+        return json_answer({"vms": [_answer(one, view) for one in made]})
 
     @app.post("/api/v1/vm-deletions", dependencies=[auth], response_model=None)
     def delete_vms(body: DeleteVMBatch) -> dict[str, list[dict[str, Any]]]:

@@ -31,7 +31,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from pydantic import (
@@ -83,7 +83,7 @@ from pinfold.model.vm import (
 from pinfold.placement import POLICIES
 from pinfold.placement.consolidation import Plan
 from pinfold.serving import ExtraHeaders
-from pinfold.web import SINGLE, ApiError, bearer, install_error_handlers, open_to, token_check
+from pinfold.web import SINGLE, ApiError, bearer, install_error_handlers, json_answer, open_to, token_check
 
 __all__ = ["create_app"]
 
@@ -684,15 +684,14 @@ def create_app(
         response.status_code = 207 if refused else 201 if counts["created"] else 200
         return {**answer, "vms": entries}
 
-    def create(body: CreateVM, response: Response) -> dict[str, Any]:
+    def create(body: CreateVM) -> JSONResponse:
         placed = timed_create(body.to_request(), body.policy, body.group)
-        response.status_code = 201 if placed.created else 200
         # the agent's answer has the pinning: the heartbeat's JSON (pins of every VM) is not needed
         host = controller.view(placed.host) if placed.host is not None and placed.pinning else None
         view = vm_view(placed.record, host or one_host(placed.record.host_id, not placed.pinning), body.group)
         if placed.pinning:
             view["pinning"] = list(placed.pinning)
-        return view
+        return json_answer(view, 201 if placed.created else 200)
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
@@ -816,11 +815,11 @@ def create_app(
     # -- VMs -----------------------------------------------------------------------
 
     @app.post("/api/v1/vms", status_code=201, dependencies=[admin], response_model=None)
-    def create_vm(body: CreateBody, response: Response) -> dict[str, Any]:
+    def create_vm(body: CreateBody, response: Response) -> dict[str, Any] | JSONResponse:
         """One VM, or many: with `count` and a `name` pattern, or `names` (docs/controller.md)."""
         if isinstance(body, BulkCreateVM):
             return create_many(body, response)
-        return create(body, response)
+        return create(body)
 
     @app.get("/api/v1/vms", dependencies=[admin])
     def list_vms(host: Annotated[str | None, Query(max_length=HOST_ID_MAX)] = None) -> list[dict[str, Any]]:
