@@ -89,9 +89,10 @@ def test_creates_are_idempotent_by_name(cluster):
 
 def test_a_creates_answer_is_encoded_without_fastapis_item_by_item_walk(cluster, monkeypatch):
     """At the agent and at the controller, a create's view (its pinning a
-    list of CPUs) is encoded by json.dumps alone: FastAPI's jsonable_encoder
-    walked it item by item, 10x the time (issue 16). Other routes' answers
-    (heartbeats meanwhile) may still go through it."""
+    list of CPUs) is encoded by json.dumps alone, as is a registration's
+    answer: FastAPI's jsonable_encoder walked them item by item, 10x the
+    time (issue 16). Other routes' answers (heartbeats meanwhile) may still
+    go through it."""
     import fastapi.routing
 
     import pinfold.web
@@ -112,6 +113,7 @@ def test_a_creates_answer_is_encoded_without_fastapis_item_by_item_walk(cluster,
     assert (created.status_code, again.status_code) == (201, 200), created.text
     assert created.json()["pinning"] == sorted(cluster.hosts["h1"].agent.allocator.pinning("web"))
     assert "web" not in repr(walked)
+    assert not [content for content in walked if isinstance(content, dict) and "credential" in content]
 
 
 def race(
