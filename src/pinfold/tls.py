@@ -81,8 +81,8 @@ def warn_plain_url(who: str, url: str) -> bool:
 
 
 def tls_failure(error: BaseException) -> str | None:
-    """One line for a TLS failure somewhere in `error`'s causes (httpx wraps
-    ssl's errors), or None when it was not one."""
+    """One line for a TLS failure somewhere in `error`'s causes (httpx and
+    urllib3 wrap ssl's errors), or None when it was not one."""
     seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, ssl.SSLCertVerificationError):

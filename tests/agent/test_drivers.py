@@ -202,3 +202,28 @@ def test_the_sim_driver_can_be_read_while_other_threads_change_it():
         stop.set()
         thread.join()
         sys.setswitchinterval(interval)
+
+
+def test_a_failed_write_of_the_sim_address_count_is_tried_again_at_the_next_create(tmp_path):
+    """The block counts as reserved only once the file says so: a write that
+    failed (a full disk) is made again by the next create, so no address
+    handed out is missing from the file at a restart."""
+    counter = tmp_path / "sim-addresses"
+    driver = SimDriver(counter)
+    keep = driver._save_counter
+    failures = [OSError(28, "No space left on device")]
+
+    def failing_once(reserved: int) -> None:
+        if failures:
+            raise failures.pop()
+        keep(reserved)
+
+    driver._save_counter = failing_once  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="No space"):
+        driver.create(DomainSpec("a", 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
+    assert driver.guests() == []  # the failed create left no guest
+    driver.create(DomainSpec("b", 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
+    assert counter.read_text() == str(COUNTER_BLOCK)  # written now, past b's address
+    again = SimDriver(counter)
+    again.create(DomainSpec("c", 1, 128, frozenset({0}), 1.0, domain_type="qemu"))
+    assert again.addresses("c") != driver.addresses("b")

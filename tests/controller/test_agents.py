@@ -4,6 +4,9 @@ sends its request's fields as the agent's create body."""
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -212,3 +215,50 @@ def test_an_answer_that_is_not_json_is_no_answer() -> None:
     with serving(app) as url, pytest.raises(AgentUnreachableError, match="not JSON") as caught:
         AgentClient(url, "t" * 16).create(VMRequest("v", 2, 512))
     assert caught.value.sent
+
+
+@pytest.fixture
+def silent_listener() -> Iterator[socket.socket]:
+    """A TCP port that takes connections and never says a word (no TLS handshake)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield listener
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["timed-out", "reset"])
+def test_a_tls_handshake_that_fails_is_a_call_not_sent(silent_listener: socket.socket, reset: bool) -> None:
+    """The TCP connection was made, the TLS one never was (the agent said
+    nothing, or reset the connection): nothing reached the agent, so a create
+    goes to the next host, as when the connection is refused."""
+
+    def reset_it() -> None:
+        peer, _address = silent_listener.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.recv(1)  # the client's hello has started
+        peer.close()  # a reset, not a clean close
+
+    resetter = threading.Thread(target=reset_it, daemon=True)
+    if reset:
+        resetter.start()
+    port = silent_listener.getsockname()[1]
+    client = AgentClient(f"https://127.0.0.1:{port}", "t" * 16, timeout_s=5 if reset else 0.3)
+    try:
+        with pytest.raises(AgentUnreachableError, match="cannot reach the agent") as caught:
+            client.get("v1")
+        assert not caught.value.sent
+    finally:
+        client.close()
+        if reset:
+            resetter.join(timeout=5)
+
+
+@pytest.mark.parametrize("address", ["http://", "http://:8080", "http://h:99999", "http://a b:1"])
+def test_an_address_that_cannot_be_called_is_an_agent_not_reached(address: str) -> None:
+    """A registration's address the HTTP client cannot use: each call is
+    refused as unreachable (not sent), not an error of the controller's own."""
+    client = AgentClient(address, "t" * 16)
+    with pytest.raises(AgentUnreachableError, match="not usable") as caught:
+        client.create(VMRequest("v", 1, 128))
+    assert not caught.value.sent
+    client.close()

@@ -35,7 +35,14 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 import urllib3
-from urllib3.exceptions import ConnectTimeoutError, HTTPError, SSLError
+from urllib3.connection import HTTPSConnection
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    HTTPError,
+    LocationValueError,
+    NewConnectionError,
+    SSLError,
+)
 
 from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S, MIGRATION_TIMEOUT_S
 from pinfold.model.refusal import refusal_from_json
@@ -56,8 +63,9 @@ __all__ = [
 T = TypeVar("T")
 
 #: connections kept open to one agent: the calls made to it at once (a create's
-#: batch, deletes, heartbeat-driven calls, migrations) seldom exceed a few
-POOL_SIZE = 16
+#: batch, deletes, lifecycle actions, migrations) seldom exceed a few; more are
+#: made when needed, and closed (urllib3 logs that) when the pool is full
+POOL_SIZE = 32
 
 
 class AgentError(Exception):
@@ -103,11 +111,17 @@ class AgentClient:
         self._verify = verify
         self._headers = {"Authorization": f"Bearer {token}"}
         self._json_headers = self._headers | {"Content-Type": "application/json"}
-        self._pool = _pool(self.address, timeout_s, verify)
         self._prefix = urlsplit(self.address).path  # an agent served under a path
+        self._pool: urllib3.HTTPConnectionPool | None = None
+        self._unusable = ""  # why the address cannot be called (it came from a registration)
+        try:
+            self._pool = _pool(self.address, timeout_s, verify)
+        except LocationValueError as error:
+            self._unusable = f"its address {address!r} is not usable: {error}"
 
     def close(self) -> None:
-        self._pool.close()
+        if self._pool is not None:
+            self._pool.close()
 
     def create(self, request: VMRequest) -> dict[str, Any]:
         """Create `request` on the agent, in the body `pinfold.bodies.CreateVM` reads."""
@@ -267,6 +281,8 @@ class AgentClient:
     ) -> tuple[int, bytes]:
         """The agent's status and body; AgentUnreachableError when there is
         none (`sent`: False when no connection was made, TLS's included)."""
+        if self._pool is None:
+            raise AgentUnreachableError(f"cannot reach the agent: {self._unusable}", sent=False)
         timeout = urllib3.Timeout(connect=timeout_s, read=timeout_s) if timeout_s is not None else None
         encoded = None if body is None else _json(body)
         try:
@@ -275,7 +291,7 @@ class AgentClient:
                 headers=self._headers if body is None else self._json_headers,
                 retries=False, redirect=False, timeout=timeout or self._pool.timeout,
             )  # fmt: skip
-        except (ConnectTimeoutError, SSLError) as error:  # refused, unresolved, timed out, TLS
+        except (ConnectTimeoutError, SSLError) as error:  # refused, unresolved, timed out, TLS's handshake
             detail = tls_failure(error) or str(error)
             raise AgentUnreachableError(f"cannot reach the agent: {detail}", sent=False) from error
         except HTTPError as error:
@@ -288,15 +304,35 @@ def _pool(address: str, timeout_s: float, verify: ssl.SSLContext | bool) -> urll
     options: dict[str, Any] = {
         "maxsize": POOL_SIZE, "timeout": urllib3.Timeout(connect=timeout_s, read=timeout_s), "retries": False,
     }  # fmt: skip
-    if address.startswith("https://"):
-        if isinstance(verify, ssl.SSLContext):
-            options["ssl_context"] = verify
-        elif verify:
-            options["ssl_context"] = ssl.create_default_context()
-        else:
-            options["cert_reqs"] = "CERT_NONE"
-            options["assert_hostname"] = False
-    return urllib3.connection_from_url(address, **options)
+    if not address.startswith("https://"):
+        return urllib3.connection_from_url(address, **options)
+    if isinstance(verify, ssl.SSLContext):
+        options["ssl_context"] = verify
+    elif verify:
+        options["ssl_context"] = ssl.create_default_context()
+    else:
+        options["cert_reqs"] = "CERT_NONE"
+        options["assert_hostname"] = False
+    pool = urllib3.connection_from_url(address, **options)
+    pool.ConnectionCls = _HandshakeIsConnecting
+    return pool
+
+
+class _HandshakeIsConnecting(HTTPSConnection):
+    """An HTTPS connection whose TLS handshake counts as connecting: one that
+    times out or is reset raises what a refused connection raises (urllib3
+    reports them as a read timeout or an aborted request, which would say the
+    call may have reached the agent)."""
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except (ssl.SSLError, ConnectTimeoutError):  # urllib3's own reading of them stands
+            raise
+        except TimeoutError as error:
+            raise ConnectTimeoutError(self, f"the TLS handshake with {self.host} timed out") from error
+        except OSError as error:
+            raise NewConnectionError(self, f"the TLS handshake with {self.host} failed: {error}") from error
 
 
 def _json(body: dict[str, Any]) -> bytes:

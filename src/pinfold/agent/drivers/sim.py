@@ -123,23 +123,23 @@ class SimDriver:
         with self._lock:
             if spec.name in self._guests:
                 raise DriverError("already exists", f"domain '{spec.name}' already exists")
-            self._guests[spec.name] = GuestInfo(spec.name, GuestState.RUNNING, spec)
+            if self._created + 1 > self._reserved:  # a failed write leaves no guest behind
+                self._save_counter(self._created + COUNTER_BLOCK)
             self._created += 1
-            if self._created > self._reserved:
-                self._save_counter(self._created + COUNTER_BLOCK - 1)
+            self._guests[spec.name] = GuestInfo(spec.name, GuestState.RUNNING, spec)
             index = (self._created - 1) % (254 * len(_RANGES))
             self._addresses[spec.name] = f"{_RANGES[index // 254]}.{1 + index % 254}"
 
     def _save_counter(self, reserved: int) -> None:
         """Written (and replaced atomically) before an address past the last
-        reservation is handed out."""
+        reservation is handed out; kept as the reservation only once written
+        (a failed write is tried again at the next create)."""
+        if self._counter is not None:
+            self._counter.parent.mkdir(parents=True, exist_ok=True)
+            partial = self._counter.with_name(self._counter.name + ".tmp")
+            partial.write_text(str(reserved))
+            os.replace(partial, self._counter)
         self._reserved = reserved
-        if self._counter is None:
-            return
-        self._counter.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._counter.with_name(self._counter.name + ".tmp")
-        partial.write_text(str(reserved))
-        os.replace(partial, self._counter)
 
     def delete(self, name: str) -> None:
         with self._lock:
