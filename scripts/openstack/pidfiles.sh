@@ -34,3 +34,17 @@ running_or_forgotten() {
     rm -f "$1"
     return 1
 }
+
+# Whether lab service $3 runs (its pid file: $2/$3.pid; the lab's directory: $1),
+# by marks of that service alone: gunicorn's title for it "[pinfold-lab-NAME]", a
+# nova daemon's program "$1/venv/bin/NAME", MariaDB's "--pid-file=$2/NAME.pid". Not
+# the lab's directory: every process openstack-up starts after RabbitMQ's settings
+# has it in its environment (RABBITMQ_MNESIA_BASE), RabbitMQ and its helpers too. A
+# clean-clone CI run on a machine whose lab daemons had died, their pid files left,
+# found placement's old pid taken by that run's own RabbitMQ (and neutron's,
+# nova-api's and nova-conductor's by other processes of the lab's): none of the four
+# was started, and nova-api was waited for 300 s.
+service_running() {
+    local lab="$1" run="$2" name="$3"
+    running_or_forgotten "$run/$name.pid" "[pinfold-lab-$name]" "$lab/venv/bin/$name" "--pid-file=$run/$name.pid"
+}

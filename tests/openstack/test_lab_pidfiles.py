@@ -87,3 +87,33 @@ def test_an_empty_garbled_or_dead_pid_is_not_running(tmp_path: Path, content: st
     assert not running(tmp_path / "missing.pid", LAB)
     assert bash('running_or_forgotten "$@" || exit 1', str(pidfile), LAB) == 1
     assert not pidfile.exists()
+
+
+def service(tmp_path: Path, name: str, pid: int) -> bool:
+    """`service_running` of lab service `name` whose pid file names `pid`."""
+    run = tmp_path / "run"
+    run.mkdir(exist_ok=True)
+    (run / f"{name}.pid").write_text(f"{pid}\n")
+    return bash('service_running "$@" || exit 1', LAB, str(run), name) == 0
+
+
+def test_a_service_is_known_by_its_own_mark_not_by_the_labs_directory(tmp_path: Path) -> None:
+    """Every process openstack-up starts after RabbitMQ's settings has the
+    lab's directory in its environment: a stale pid file naming one of them
+    (RabbitMQ itself, here) is not the service, and is forgotten."""
+    lab_child = started(["sleep", "60"], RABBITMQ_MNESIA_BASE=f"{LAB}/rabbitmq/mnesia")
+    gunicorn = started(["bash", "-c", "sleep 60; true", "gunicorn: master [pinfold-lab-placement]"])
+    daemon = started(["bash", "-c", "sleep 60; true", f"{LAB}/venv/bin/nova-conductor"])
+    mariadb = started(["bash", "-c", "sleep 60; true", f"--pid-file={tmp_path}/run/mariadb.pid"])
+    try:
+        assert not service(tmp_path, "placement", lab_child.pid)
+        assert not (tmp_path / "run" / "placement.pid").exists()
+        assert service(tmp_path, "placement", gunicorn.pid)
+        assert not service(tmp_path, "nova-api", gunicorn.pid)
+        assert service(tmp_path, "nova-conductor", daemon.pid)
+        assert not service(tmp_path, "nova-scheduler", daemon.pid)
+        assert service(tmp_path, "mariadb", mariadb.pid)
+    finally:
+        for process in (lab_child, gunicorn, daemon, mariadb):
+            process.kill()
+            process.wait()
