@@ -25,10 +25,10 @@ __all__ = ["build_controller", "serve"]
 
 class AgentClients:
     """One client per host address and agent token, made on first use (each
-    keeps its connections in a urllib3 pool). Each agent is called with its own API token, which
-    it sent when it registered; `fallback_token` (the enrolment token) only
-    for a host registered by an older agent, which sent none (its API token
-    was then the cluster's agent token)."""
+    keeps its connections in a urllib3 pool). Each agent is called with its
+    own API token, which it sent when it registered; `fallback_token` (the
+    enrolment token) only for a host registered by an older agent, which sent
+    none (its API token was then the cluster's agent token)."""
 
     def __init__(
         self,

@@ -1068,12 +1068,15 @@ class ControllerStore:
     def settled_on(self, host_id: str, nics: bool = False) -> list[SettledVM]:
         """A host's VMs as its heartbeat settles them; `nics`: with the NICs
         their agent last reported (read only for a beat that reports NICs)."""
-        if not nics:
-            rows = self._fetch(_SETTLED_ON, {"host_id": host_id})
-            return [SettledVM(row.name, VMState(row.state), row.updated_at) for row in rows]
+        rows = self._fetch(_SETTLED_NICS_ON if nics else _SETTLED_ON, {"host_id": host_id})
         return [
-            SettledVM(row.name, VMState(row.state), row.updated_at, _reported_nics(row.reported_nics))
-            for row in self._fetch(_SETTLED_NICS_ON, {"host_id": host_id})
+            SettledVM(
+                row.name,
+                VMState(row.state),
+                row.updated_at,
+                _reported_nics(row.reported_nics) if nics else None,
+            )
+            for row in rows
         ]
 
     def vms(self, host_id: str | None = None) -> list[VMRecord]:

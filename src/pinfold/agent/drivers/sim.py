@@ -100,9 +100,10 @@ class SimDriver:
     ) -> None:
         """`counter`: a file that keeps a count past every address handed
         out (reserved `COUNTER_BLOCK` at a time), so that a driver made again
-        on it (an agent restarted on its data dir) goes on past them: a peer such as a RAPID DS may still hold
-        them. None: in memory only, from the first address. `networks` and
-        `bridges`: the host's, as configured (simulated: started, no subnet)."""
+        on it (an agent restarted on its data dir) goes on past them: a peer
+        such as a RAPID DS may still hold them. None: in memory only, from the
+        first address. `networks` and `bridges`: the host's, as configured
+        (simulated: started, no subnet)."""
         self._networks = {name: NetworkInfo(name, f"sim-{name}"[:15], "", True) for name in networks}
         self._bridges = frozenset(bridges)
         self._guests: dict[str, GuestInfo] = {}
@@ -123,7 +124,7 @@ class SimDriver:
         with self._lock:
             if spec.name in self._guests:
                 raise DriverError("already exists", f"domain '{spec.name}' already exists")
-            if self._created + 1 > self._reserved:  # a failed write leaves no guest behind
+            if self._created >= self._reserved:  # a failed write leaves no guest behind
                 self._save_counter(self._created + COUNTER_BLOCK)
             self._created += 1
             self._guests[spec.name] = GuestInfo(spec.name, GuestState.RUNNING, spec)
