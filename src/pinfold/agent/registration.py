@@ -189,21 +189,36 @@ class Registrar:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            was_registered = self.registered
             try:
                 self.beat()
             except Exception as error:  # the thread outlives any one round: the host must not go silent
                 logger.exception("a registration round failed")
                 self.last_error = f"a registration round failed: {error}"
-            eager = not self.registered and not self._revoked
-            self._stop.wait(min(self._period_s, 1.0) if eager else _jittered(self._period_s))
+            self._stop.wait(self._next_round_s(was_registered))
+
+    def _next_round_s(self, was_registered: bool) -> float:
+        """The wait before the next round: a second while registering (a
+        period once revoked); after a registration, a phase drawn anywhere in
+        the period (`_phase`); then a period, jittered (`_jittered`)."""
+        if not self.registered:
+            return self._period_s if self._revoked else min(self._period_s, 1.0)
+        return _phase(self._period_s) if not was_registered else _jittered(self._period_s)
+
+
+def _phase(period_s: float) -> float:
+    """The first wait after a registration, drawn anywhere in the period:
+    agents started together (a rack powered on, a fleet upgraded, a
+    benchmark's 20 sim agents) register within a second or two, and a small
+    jitter alone left their beats in one burst at the controller for many
+    periods (20 beats within 0.5-0.9 s, 3 ms of the controller's CPU each:
+    the creates meanwhile were the slowest of a run, issue 16)."""
+    return period_s * random.random()
 
 
 def _jittered(period_s: float) -> float:
     """A wait of up to `BEAT_JITTER` of the period shorter than it, drawn
-    each round: agents started together (a rack powered on, a fleet
-    upgraded) would otherwise beat in step for ever, every controller beat
-    arriving in one burst (20 sim agents' beats landed within 0.5 s and made
-    the creates meanwhile the slowest of a run, issue 16). Never longer than
+    each round, so that agents do not fall back in step. Never longer than
     the period: the controller judges a host down after three of them."""
     return period_s * (1.0 - BEAT_JITTER * random.random())
 

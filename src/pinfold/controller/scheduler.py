@@ -97,17 +97,24 @@ class Scheduler:
             return False
         return True
 
-    def stale_hosts(self, names_on: Mapping[str, AbstractSet[str]]) -> list[str] | None:
+    def stale_hosts(
+        self, names_on: Mapping[str, AbstractSet[str]], under_way: AbstractSet[str] = frozenset()
+    ) -> list[str] | None:
         """The hosts whose VMs in the picture are not those of `names_on`
         (each host's VM names in the database); None when a host the picture
-        lacks holds VMs (the caller rebuilds)."""
+        lacks holds VMs (the caller rebuilds). A name in `under_way` (a create
+        this controller has under way: held in the picture before its row is
+        committed) is no difference: its create brings both in step, and
+        reading its host again mid-create would drop it from the picture."""
         if any(host_id not in self._shapes for host_id in names_on):
             return None
-        return [
-            host_id
-            for host_id in self._shapes
-            if self._cluster.allocator(host_id).vms.keys() != names_on.get(host_id, frozenset())
-        ]
+        stale = []
+        for host_id in self._shapes:
+            pictured = self._cluster.allocator(host_id).vms.keys()
+            stored = names_on.get(host_id, frozenset())
+            if pictured != stored and not (pictured ^ stored) <= under_way:
+                stale.append(host_id)
+        return stale
 
     def choose(
         self, spec: VMSpec, policy: str, eligible: Sequence[str], group: GroupRule | None = None

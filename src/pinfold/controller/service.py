@@ -1419,8 +1419,10 @@ class Controller:
         they differ (other replicas' creates and deletes): every period, and
         before answering "no host"."""
         names_on = self.store.names_on_hosts()
+        with self._creating:  # after the names: one ended in between at worst has its host read
+            under_way = frozenset(self._creators)
         with self._picture:
-            stale = self.scheduler.stale_hosts(names_on)
+            stale = self.scheduler.stale_hosts(names_on, under_way)
         if stale is None:
             self.refresh()
             return
