@@ -253,7 +253,9 @@ def test_a_tls_handshake_that_fails_is_a_call_not_sent(silent_listener: socket.s
             resetter.join(timeout=5)
 
 
-@pytest.mark.parametrize("address", ["http://", "http://:8080", "http://h:99999", "http://a b:1"])
+@pytest.mark.parametrize(
+    "address", ["http://", "http://:8080", "http://h:99999", "http://a b:1", "http://h:0"]
+)
 def test_an_address_that_cannot_be_called_is_an_agent_not_reached(address: str) -> None:
     """A registration's address the HTTP client cannot use: each call is
     refused as unreachable (not sent), not an error of the controller's own."""

@@ -137,6 +137,27 @@ def test_a_registration_needs_one_well_formed_topology(cluster: LocalCluster, fi
     assert cluster.controller.store.host("hx") is None
 
 
+@pytest.mark.parametrize(
+    "address", ["http://", "http://:8080", "http://h:99999", "http://a b:1", "http://h:0"]
+)
+def test_an_address_the_controller_cannot_call_is_refused_at_registration(
+    cluster: LocalCluster, i7_topology: dict[str, Any], address: str
+) -> None:
+    """Refused with the registration (422, nothing stored), not accepted and
+    then "not usable" at each call to the agent."""
+    refused = cluster.http.post(
+        "/api/v1/hosts", json=registration(topology=i7_topology, address=address), headers=ENROLMENT
+    )
+    assert refused.status_code == 422, refused.text
+    assert "cannot call this address" in refused.json()["detail"]
+    assert cluster.controller.store.host("hx") is None
+    called = cluster.http.post(
+        "/api/v1/hosts", json=registration(topology=i7_topology, address="http://127.0.0.1:9/a/"),
+        headers=ENROLMENT,
+    )  # fmt: skip
+    assert called.status_code == 200, called.text
+
+
 def test_a_document_and_a_digest_together_are_refused(
     cluster: LocalCluster, i7_topology: dict[str, Any]
 ) -> None:

@@ -43,6 +43,7 @@ from urllib3.exceptions import (
     NewConnectionError,
     SSLError,
 )
+from urllib3.util import parse_url
 
 from pinfold.model.defaults import ACTION_TIMEOUT_S, AGENT_TIMEOUT_S, MIGRATION_TIMEOUT_S
 from pinfold.model.refusal import refusal_from_json
@@ -57,6 +58,7 @@ __all__ = [
     "AgentError",
     "AgentRefusedError",
     "AgentUnreachableError",
+    "address_problem",
 ]
 
 
@@ -113,11 +115,11 @@ class AgentClient:
         self._json_headers = self._headers | {"Content-Type": "application/json"}
         self._prefix = urlsplit(self.address).path  # an agent served under a path
         self._pool: urllib3.HTTPConnectionPool | None = None
-        self._unusable = ""  # why the address cannot be called (it came from a registration)
-        try:
+        # why the address cannot be called (stored by a registration from before the check)
+        problem = address_problem(self.address)
+        self._unusable = f"its address {address!r} is not usable: {problem}" if problem else ""
+        if problem is None:
             self._pool = _pool(self.address, timeout_s, verify)
-        except LocationValueError as error:
-            self._unusable = f"its address {address!r} is not usable: {error}"
 
     def close(self) -> None:
         if self._pool is not None:
@@ -297,6 +299,20 @@ class AgentClient:
         except HTTPError as error:
             raise AgentUnreachableError(f"no answer from the agent: {error}", sent=True) from error
         return response.status, response.data
+
+
+def address_problem(address: str) -> str | None:
+    """Why the agent client cannot call `address` (no host, a port out of
+    range or 0, a character no host name holds), or None. A registration giving
+    such an address is refused (`api.Registration`); one stored before that
+    check is "not usable" at each call."""
+    try:
+        parsed = parse_url(address.rstrip("/"))
+    except LocationValueError as error:
+        return str(error)
+    if not parsed.host:
+        return "No host specified."
+    return "Port 0 is no port to call." if parsed.port == 0 else None
 
 
 def _pool(address: str, timeout_s: float, verify: ssl.SSLContext | bool) -> urllib3.HTTPConnectionPool:

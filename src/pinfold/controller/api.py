@@ -42,11 +42,13 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    field_validator,
     model_validator,
 )
 from starlette.concurrency import run_in_threadpool
 
 from pinfold import bodies, slackvm
+from pinfold.controller.agents import address_problem
 from pinfold.controller.console_proxy import add_console_routes
 from pinfold.controller.consolidation import (
     Consolidator,
@@ -254,6 +256,15 @@ class Registration(BaseModel):
     #: the agent's own API token, which the controller calls it with (an older
     #: agent sends none: it is then called with the enrolment token, as before)
     agent_token: str | None = Field(default=None, min_length=16, max_length=512)
+
+    @field_validator("address")
+    @classmethod
+    def _callable(cls, address: str) -> str:
+        """Refused here, not at each call of the controller's to the agent."""
+        problem = address_problem(address)
+        if problem is not None:
+            raise ValueError(f"the controller cannot call this address: {problem}")
+        return address
 
     @model_validator(mode="after")
     def _one_topology(self) -> Registration:
