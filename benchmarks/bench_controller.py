@@ -20,7 +20,8 @@ e2e: end-to-end creates through the REST API: a `pinfold controller` process
 and N `pinfold agent --driver sim` processes on loopback (EPYC 7662-exp
 topology), C client threads posting creates, then deleting the same VMs;
 throughput and p50/p99 latency of each as the clients see them, and the
-controller's and the machine's CPU a request. Everything shares this
+controller's, the agents' and the machine's CPU a request, and the time the
+hypervisor stole from the machine meanwhile. Everything shares this
 machine's cores. `--database-url` of a PostgreSQL server: the
 controller on a fresh database made on that server for the run.
 
@@ -318,9 +319,11 @@ class CpuSpent:
     """The CPU seconds spent over a block (`cpu_spent`): the controller's, its
     event loop's (its main thread: uvicorn reading requests, FastAPI routing
     and validating them, the answers written; the rest is its worker threads
-    doing the work), the agents' and the whole machine's."""
+    doing the work), the agents' and the whole machine's; and the time the
+    hypervisor gave the machine's cores to other tenants (`stolen_s`: not the
+    machine's own work, so not in `machine_s`; it tells a noisy sitting)."""
 
-    controller_s = loop_s = agents_s = machine_s = 0.0
+    controller_s = loop_s = agents_s = machine_s = stolen_s = 0.0
     agents = False
 
     def per(self, requests: int, what: str) -> dict[str, float]:
@@ -329,7 +332,8 @@ class CpuSpent:
         spent = {"controller": self.controller_s, "controller_loop": self.loop_s}
         spent |= {"agents": self.agents_s} if self.agents else {}
         spent["machine"] = self.machine_s
-        return {f"{who}_cpu_ms_per_{what}": round(seconds / done * 1000, 2) for who, seconds in spent.items()}
+        per = {f"{who}_cpu_ms_per_{what}": round(seconds / done * 1000, 2) for who, seconds in spent.items()}
+        return per | {f"stolen_ms_per_{what}": round(self.stolen_s / done * 1000, 2)}
 
 
 @contextlib.contextmanager
@@ -343,10 +347,10 @@ def cpu_spent() -> Iterator[CpuSpent]:
     agents = [p for p in children if "agent" in p.cmdline()]
     spent = CpuSpent()
     spent.agents = bool(agents)
-    before = (process_cpu_s(controller), main_thread_cpu_s(controller), _cpu_s(agents), _busy_seconds())
+    before = (process_cpu_s(controller), main_thread_cpu_s(controller), _cpu_s(agents), *_machine_seconds())
     yield spent
-    after = (process_cpu_s(controller), main_thread_cpu_s(controller), _cpu_s(agents), _busy_seconds())
-    spent.controller_s, spent.loop_s, spent.agents_s, spent.machine_s = (
+    after = (process_cpu_s(controller), main_thread_cpu_s(controller), _cpu_s(agents), *_machine_seconds())
+    spent.controller_s, spent.loop_s, spent.agents_s, spent.machine_s, spent.stolen_s = (
         b - a for a, b in zip(before, after, strict=True)
     )
 
@@ -360,10 +364,16 @@ def main_thread_cpu_s(process: psutil.Process) -> float:
     return next(float(t.user_time + t.system_time) for t in process.threads() if t.id == process.pid)
 
 
-def _busy_seconds() -> float:
-    """The machine's CPU time spent busy, every core summed (idle and iowait are not busy)."""
+def _machine_seconds() -> tuple[float, float]:
+    """The machine's CPU time spent busy, every core summed, and the time
+    stolen from it. Busy is neither idle, iowait nor steal (the hypervisor
+    running other tenants: it counted as this machine's work before), nor
+    guest time (Linux counts it in user already)."""
     times = psutil.cpu_times()
-    return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
+    stolen = float(getattr(times, "steal", 0.0))
+    not_busy = times.idle + getattr(times, "iowait", 0.0) + stolen
+    doubled = getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)
+    return float(sum(times) - not_busy - doubled), stolen
 
 
 def idle_heartbeat() -> bytes:
