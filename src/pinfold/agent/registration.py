@@ -199,10 +199,10 @@ class Registrar:
 
     def _next_round_s(self, was_registered: bool) -> float:
         """The wait before the next round: a second while registering (a
-        period once revoked); after a registration, a phase drawn anywhere in
-        the period (`_phase`); then a period, jittered (`_jittered`)."""
+        period, jittered, once revoked); after a registration, a phase drawn
+        anywhere in the period (`_phase`); then a period, jittered (`_jittered`)."""
         if not self.registered:
-            return self._period_s if self._revoked else min(self._period_s, 1.0)
+            return _jittered(self._period_s) if self._revoked else min(self._period_s, 1.0)
         return _phase(self._period_s) if not was_registered else _jittered(self._period_s)
 
 
