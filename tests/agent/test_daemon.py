@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from pinfold.agent.config import (
     AgentConfig,
     ConfigError,
+    advertised_url,
     enrols_blind,
     load_config,
     load_enrolment_token,
@@ -37,6 +38,20 @@ def test_flags_override_environment_which_overrides_the_file(tmp_path):
     env = {"PINFOLD_AGENT_PORT": "9002", "PINFOLD_AGENT_CRITICAL_SIZE": "4"}
     settings = load_config(config, {"port": 9003}, env)
     assert (settings.port, settings.critical_size, settings.driver) == (9003, 4, "sim")
+
+
+@pytest.mark.parametrize(
+    ("listen", "advertised"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:9001"),
+        ("0.0.0.0", "http://127.0.0.1:9001"),
+        ("::", "http://127.0.0.1:9001"),
+        ("::1", "http://[::1]:9001"),  # was http://::1:9001, which the controller cannot call
+        ("fe80::1%eth0", "http://[fe80::1%eth0]:9001"),
+    ],
+)
+def test_the_address_told_to_the_controller_is_a_url_it_can_call(listen: str, advertised: str) -> None:
+    assert advertised_url(load_config(None, {"listen": listen, "port": 9001}, {})) == advertised
 
 
 @pytest.mark.parametrize(

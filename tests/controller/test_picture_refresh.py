@@ -128,6 +128,36 @@ def test_a_create_under_way_does_not_make_its_host_read(tmp_path, i7_topology, m
         controller.store.engine.dispose()
 
 
+def test_a_second_create_of_a_name_under_way_gets_the_vm_not_no_host(tmp_path, i7_topology, monkeypatch):
+    """The same name sent again while a bulk create holds it in the picture,
+    before its row is committed: the second create finds no host in the
+    picture (the name is on one already) and brings it in step counting every
+    difference, so both requests get the VM ("no host" for the first one's
+    hold was the review's finding on the upkeep's change)."""
+    controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
+    try:
+        reserve = controller.store.reserve_many
+        again: list[Any] = []
+
+        def sent_again_first(*args: Any, **kwargs: Any) -> Any:
+            if not again:  # the bulk's reservation, the first one made
+                again.append(None)
+                again[0] = controller.create(VMRequest("x", 1, 256))
+            return reserve(*args, **kwargs)
+
+        monkeypatch.setattr(controller.store, "reserve_many", sent_again_first)
+        bulk = controller.create_many([VMRequest("x", 1, 256), VMRequest("y", 1, 256)])
+        (second,) = again
+        first = bulk.outcomes[0]
+        assert first is not None
+        assert not isinstance(first, Exception), first
+        assert first.record.name == second.record.name == "x"
+        assert first.record.host_id == second.record.host_id
+        assert [first.created, second.created].count(True) == 1
+    finally:
+        controller.store.engine.dispose()
+
+
 def test_a_change_behind_the_picture_counts_beside_a_create_under_way(tmp_path, i7_topology):
     controller = controller_on(f"sqlite:///{tmp_path / 'c.db'}", i7_topology, "first-fit")
     try:

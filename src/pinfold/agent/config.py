@@ -242,9 +242,14 @@ def _cloud_problem(config: AgentConfig) -> None:
 
 
 def advertised_url(config: AgentConfig) -> str:
+    """The URL the controller is told to call this agent on: `advertise_url`,
+    or the listening address (loopback for a wildcard; an IPv6 one bracketed,
+    as a URL holds it: `http://::1:8099` is refused at registration)."""
     if config.advertise_url:
         return config.advertise_url
     host = "127.0.0.1" if config.listen in ("0.0.0.0", "::") else config.listen
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
     return f"{config.scheme}://{host}:{config.port}"
 
 

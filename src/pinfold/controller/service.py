@@ -732,7 +732,9 @@ class Controller:
         with self._picture:
             decision = self.scheduler.choose(request.spec, policy, eligible, group)
         if catch_up and not decision.ranking():  # the picture may be behind another replica's deletes
-            self.refresh_vms()
+            # every difference: a second create of a name whose first is under way takes it over
+            # (or finds its row) as before, not "no host" for the first one's hold in the picture
+            self.refresh_vms(leave_under_way=False)
             with self._picture:
                 decision = self.scheduler.choose(request.spec, policy, eligible, group)
         return _Attempt(request, decision, decision.ranking(), group)
@@ -1414,13 +1416,14 @@ class Controller:
         with self._picture:
             self.scheduler.rebuild(hosts, vms)
 
-    def refresh_vms(self) -> None:
+    def refresh_vms(self, leave_under_way: bool = True) -> None:
         """Bring the picture's VMs in step with the database, host by host where
         they differ (other replicas' creates and deletes): every period, and
-        before answering "no host"."""
+        before answering "no host". `leave_under_way`: the names of creates
+        under way in this controller are no difference (`Scheduler.stale_hosts`)."""
         names_on = self.store.names_on_hosts()
         with self._creating:  # after the names: one ended in between at worst has its host read
-            under_way = frozenset(self._creators)
+            under_way = frozenset(self._creators) if leave_under_way else frozenset()
         with self._picture:
             stale = self.scheduler.stale_hosts(names_on, under_way)
         if stale is None:
