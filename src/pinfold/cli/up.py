@@ -237,6 +237,12 @@ def up_command(
             return any(h["id"] == host_id and h["state"] == "up" for h in hosts)
 
         wait_until("the agent to register", registered, processes)
+        # it registers as it starts, before it listens: the demo VMs' creates would find it deaf
+        agent_url = f"{'https' if tls else 'http'}://127.0.0.1:{agent_port}"
+        agent_health = f"{agent_url}/healthz"
+        wait_until(
+            "the agent to answer", lambda: httpx.get(agent_health, verify=verify).is_success, processes
+        )
         write_cli_config(
             cli_config_path(), controller_url, admin_token, certificates.ca if certificates else None
         )
@@ -248,7 +254,6 @@ def up_command(
             console.print(f"HTTPS with a local CA: {certificates.ca} (its certificates beside it)")
         if demo:
             shown = show_demo(controller_url, admin_token, verify, image, keys)
-            agent_url = f"{'https' if tls else 'http'}://127.0.0.1:{agent_port}"
             show_reach(agent_url, verify, shown, driver, image is not None, processes)
         console.print(
             "try:  pinfold vm create web --vcpus 2 --memory 1024 --level 2\n"
