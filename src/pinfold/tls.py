@@ -32,6 +32,7 @@ __all__ = [
     "is_loopback",
     "local_certificates",
     "tls_failure",
+    "url_host",
     "warn_plain_listener",
     "warn_plain_url",
 ]
@@ -57,6 +58,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def url_host(host: str) -> str:
+    """A host as a URL holds it: an IPv6 address bracketed (once)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def warn_plain_listener(who: str, host: str, tls: bool) -> bool:

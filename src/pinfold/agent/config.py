@@ -28,6 +28,7 @@ from pinfold.model.vm import BRIDGE_PATTERN, NETWORK_PATTERN
 from pinfold.openstack.settings import CloudSettings
 from pinfold.serving import HttpSettings
 from pinfold.settings import Networks, SettingsError, describe, environment, layered
+from pinfold.tls import url_host
 from pinfold.tokens import MIN_TOKEN_LENGTH, TokenError, token_in
 
 __all__ = [
@@ -248,9 +249,7 @@ def advertised_url(config: AgentConfig) -> str:
     if config.advertise_url:
         return config.advertise_url
     host = "127.0.0.1" if config.listen in ("0.0.0.0", "::") else config.listen
-    if ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{config.scheme}://{host}:{config.port}"
+    return f"{config.scheme}://{url_host(host)}:{config.port}"
 
 
 def load_or_create_token(config: AgentConfig) -> str:

@@ -29,6 +29,7 @@ from pinfold.agent.domain import (
 from pinfold.agent.drivers.base import Console, DriverError, GuestInfo, GuestState, Migrated, MigrationTarget
 from pinfold.agent.networks import NetworkInfo, nat_network_xml, network_info_from_xml
 from pinfold.model.failpoints import crash_point
+from pinfold.tls import url_host
 
 __all__ = ["LibvirtDriver"]
 
@@ -578,7 +579,7 @@ def migration_call(destination: str, target: MigrationTarget) -> tuple[dict[str,
     if target.copy_disks:
         flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
         if host:
-            params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = f"tcp://{_bracketed(host)}"
+            params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = f"tcp://{url_host(host)}"
     if target.unsafe:
         flags |= libvirt.VIR_MIGRATE_UNSAFE
     return params, flags
@@ -599,11 +600,6 @@ def _cancel_after(domain: Any, timeout_s: float, finished: threading.Event, expi
             finished.wait(ABORT_RETRY_S)
         else:
             return
-
-
-def _bracketed(host: str) -> str:
-    """An IPv6 address in a URI is bracketed."""
-    return f"[{host}]" if ":" in host else host
 
 
 def _quiet(_context: object, _error: object) -> None:
