@@ -114,12 +114,10 @@ class AgentClient:
         self._headers = {"Authorization": f"Bearer {token}"}
         self._json_headers = self._headers | {"Content-Type": "application/json"}
         self._prefix = urlsplit(self.address).path  # an agent served under a path
-        self._pool: urllib3.HTTPConnectionPool | None = None
-        # why the address cannot be called (stored by a registration from before the check)
+        # None, and why: an address stored by a registration from before the check
         problem = address_problem(self.address)
-        self._unusable = f"its address {address!r} is not usable: {problem}" if problem else ""
-        if problem is None:
-            self._pool = _pool(self.address, timeout_s, verify)
+        self._pool = _pool(self.address, timeout_s, verify) if problem is None else None
+        self._unusable = f"its address {address!r} is not usable: {problem}"
 
     def close(self) -> None:
         if self._pool is not None:
