@@ -43,6 +43,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield from _postgres_database()
 
 
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """`database_url` on PostgreSQL only, for what only PostgreSQL has."""
+    yield from _postgres_database()
+
+
 def _postgres_database() -> Iterator[str]:
     if not POSTGRES_URL:
         postgres_or_skip("PINFOLD_TEST_POSTGRES_URL is not set: run scripts/postgres-up as root")

@@ -14,8 +14,9 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, event, inspect
+from sqlalchemy import Engine, event, inspect, text
 
+from pinfold.controller import database
 from pinfold.controller.database import HEAD_REVISION, WRITE, alembic_config, connect, create, upgrade
 from pinfold.controller.feasibility import Feasibility
 from pinfold.controller.models import Base
@@ -195,6 +196,85 @@ def test_the_database_keeps_its_connections_between_bursts(database_url: str) ->
         assert (engine.pool.size(), engine.pool.checkedout()) == (12, 0)  # type: ignore[attr-defined]
     finally:
         engine.dispose()
+
+
+def _server_ends_every_connection_to(url: str) -> None:
+    """What a server restart or an administrator does to the controller's
+    connections: the server side closes them, the pool does not know."""
+    admin = create(url).execution_options(isolation_level="AUTOCOMMIT")
+    others = "datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+    try:
+        with admin.connect() as connection:
+            ended = connection.exec_driver_sql(
+                f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {others}"
+            )
+            assert ended.scalar()
+    finally:
+        admin.dispose()
+
+
+def test_a_postgresql_connection_the_server_closed_is_replaced_before_use(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pooled connection idle past `PING_AFTER_IDLE_S` is pinged when taken
+    and, closed by the server, replaced: the statement runs (without the
+    ping it fails with 'terminating connection due to administrator
+    command')."""
+    engine = connect(postgres_url, pool_size=2)
+    try:
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+        _server_ends_every_connection_to(postgres_url)
+        monkeypatch.setattr(database, "PING_AFTER_IDLE_S", 0.0)  # idle long enough, without waiting
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT 2").scalar() == 2
+    finally:
+        engine.dispose()
+
+
+def test_a_postgresql_connection_in_use_a_moment_ago_is_not_pinged(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLAlchemy's `pool_pre_ping` sent a ping before every transaction: a
+    round trip to the server each (issue 16, fifteenth round). Only a
+    connection idle for longer than `PING_AFTER_IDLE_S` is pinged now."""
+    engine = connect(postgres_url, pool_size=2)
+    pings: list[object] = []
+    ping = engine.dialect.do_ping
+
+    def counted(dbapi_connection: Any) -> bool:
+        pings.append(dbapi_connection)
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+    try:
+        for _ in range(10):
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+        assert pings == []
+        monkeypatch.setattr(database, "PING_AFTER_IDLE_S", 0.0)
+        for _ in range(3):
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+        assert len(pings) == 3
+    finally:
+        engine.dispose()
+
+
+def test_a_single_read_opens_no_transaction_on_postgresql(postgres_url: str) -> None:
+    """The store's one-statement reads (a VM, a host, a credential) run in
+    autocommit on PostgreSQL: the statement is its own transaction (it began
+    when the query did), with no BEGIN and ROLLBACK round trips around it.
+    A read in a session still runs in a transaction, begun before it."""
+    store = ControllerStore(connect(postgres_url))
+    started = text("SELECT xact_start = query_start FROM pg_stat_activity WHERE pid = pg_backend_pid()")
+    try:
+        assert [tuple(row) for row in store._fetch(started)] == [(True,)]
+        with store._read() as session:
+            assert session.execute(started).scalar() is False
+        assert [tuple(row) for row in store._fetch(started)] == [(True,)]  # the pool's reset kept nothing
+    finally:
+        store.engine.dispose()
 
 
 def test_0009_keeps_the_vms_and_leaves_their_first_boot_digest_unknown(

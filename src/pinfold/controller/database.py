@@ -17,7 +17,9 @@ leans on is set here, in one place:
   SQLite, each a wait for the GIL when requests run side by side).
 - PostgreSQL: READ COMMITTED, stated rather than assumed: after waiting for a
   host's row lock, `reserve` must see the VMs the previous holder committed,
-  which REPEATABLE READ's older snapshot would hide.
+  which REPEATABLE READ's older snapshot would hide. Connections marked
+  `ONE_STATEMENT` run in autocommit: no BEGIN and ROLLBACK around the one
+  SELECT, each a round trip to the server.
 
 Migrations run at connect, to head, under a lock (the SQLite write lock, a
 PostgreSQL advisory lock) so that replicas starting together do not race.
@@ -25,10 +27,12 @@ PostgreSQL advisory lock) so that replicas starting together do not race.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, func, inspect, make_url, select
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pinfold.model.defaults import DATABASE_POOL_SIZE
@@ -37,7 +41,16 @@ from pinfold.private import private_database
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["ONE_STATEMENT", "WRITE", "alembic_config", "connect", "create", "sessions", "upgrade"]
+__all__ = [
+    "ONE_STATEMENT",
+    "WRITE",
+    "alembic_config",
+    "connect",
+    "create",
+    "one_statement",
+    "sessions",
+    "upgrade",
+]
 
 #: Execution option marking a connection whose transactions will write.
 WRITE = "pinfold_write"
@@ -46,6 +59,11 @@ ONE_STATEMENT = "pinfold_one_statement"
 
 #: How long a SQLite writer waits for the write lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 30
+#: A PostgreSQL connection idle in the pool for longer than this is pinged
+#: before it is handed out (see `_create_postgresql`).
+PING_AFTER_IDLE_S = 1.0
+#: Where a pooled connection's record keeps when it came back to the pool.
+_RETURNED = "pinfold_returned"
 
 #: pg_advisory_xact_lock key serialising migrations ("pinfold" in ASCII).
 MIGRATION_LOCK_KEY = 0x70696E666F6C64
@@ -90,6 +108,14 @@ def sessions(engine: Engine) -> sessionmaker[Session]:
     """Sessions on `engine`. Objects stay readable after commit: the store
     copies them into records before the session closes anyway."""
     return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def one_statement(connection: Connection) -> Connection:
+    """Mark `connection` for one read-only statement run alone: no
+    transaction is opened around it (see the module's docstring)."""
+    if connection.dialect.name == "postgresql":
+        return connection.execution_options(isolation_level="AUTOCOMMIT")
+    return connection.execution_options(**{ONE_STATEMENT: True})
 
 
 def upgrade(target: Engine | str | URL) -> None:
@@ -182,12 +208,41 @@ def _on_sqlite_begin(connection: Connection) -> None:
 def _create_postgresql(url: URL, pool_size: int) -> Engine:
     """Pooled (`_pooled`): with 20 kept, a registration cost the machine 7.1-8.4
     ms of CPU, against 10.4-11.3 with SQLAlchemy's default (BENCHMARKS.md,
-    issue 16, ninth round)."""
+    issue 16, ninth round).
+
+    A connection that sat in the pool longer than `PING_AFTER_IDLE_S` is
+    pinged before use and replaced if the server closed it (a restart, an
+    administrator, an idle timeout): what SQLAlchemy's `pool_pre_ping` does,
+    but that pinged at every checkout, a round trip before each transaction,
+    two of a create's 14 (fifteenth round). A connection used within the
+    second is taken as alive; if the server went away in that second, the
+    request using it fails (nothing is written) and SQLAlchemy then discards
+    every pooled connection, so the next requests open new ones."""
     if url.drivername == "postgresql":
         url = url.set(drivername="postgresql+psycopg")
-    return create_engine(
-        url,
-        isolation_level="READ COMMITTED",
-        pool_pre_ping=True,
-        **_pooled(pool_size),
-    )
+    engine = create_engine(url, isolation_level="READ COMMITTED", **_pooled(pool_size))
+    event.listen(engine, "checkin", _note_return)
+    event.listen(engine, "checkout", _ping_if_idle(engine))
+    return engine
+
+
+def _note_return(_dbapi_connection: Any, record: Any) -> None:
+    record.info[_RETURNED] = time.monotonic()
+
+
+def _ping_if_idle(engine: Engine) -> Any:
+    """The pool's checkout hook: raising `DisconnectionError` makes the pool
+    drop the connection and hand out another (a new one if need be)."""
+
+    def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get(_RETURNED)
+        if returned is None or time.monotonic() - returned <= PING_AFTER_IDLE_S:
+            return  # new, or in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise DisconnectionError(str(exc)) from exc
+            raise
+
+    return ping

@@ -23,12 +23,25 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import Engine, Row, Select, bindparam, delete, insert, null, or_, select, update
+from sqlalchemy import (
+    Engine,
+    Row,
+    Select,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    null,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pinfold.controller.credentials import Enrolment, HostCredential, Proof, matches
-from pinfold.controller.database import ONE_STATEMENT, WRITE, sessions
+from pinfold.controller.database import WRITE, one_statement, sessions
 from pinfold.controller.group_commit import GroupCommit
 from pinfold.controller.models import (
     HOST_ID_MAX,
@@ -138,6 +151,11 @@ _DELETE_VM = delete(_VMS).where(_VMS.c.name == bindparam("name"))
 _DELETE_VMS = delete(_VMS).where(_VMS.c.name.in_(bindparam("names", expanding=True)))
 _DRAW_SEQ = insert(_SEQUENCE).returning(_SEQUENCE.c.id)
 _DROP_SEQ = delete(_SEQUENCE).where(_SEQUENCE.c.id == bindparam("seq"))
+#: PostgreSQL: numbers from the counter table's own sequence (what an insert
+#: into it draws), as many as asked, in one statement and without a row.
+_NEXTVALS = select(
+    func.nextval(func.pg_get_serial_sequence(literal("vm_sequence"), literal("id")))
+).select_from(func.generate_series(1, bindparam("count")))
 _INSERT_VM, _INSERT_MEMBER, _INSERT_EVENT = insert(_VMS), insert(_MEMBERS), insert(_EVENTS)
 
 
@@ -478,11 +496,11 @@ class ControllerStore:
 
     def _fetch(self, statement: Any, params: Mapping[str, Any] | None = None) -> list[Row[Any]]:
         """One read-only statement's rows, without a session: on SQLite with
-        no BEGIN and COMMIT around it (`database.ONE_STATEMENT`: one statement
-        reads one snapshot), which were most of a short read's cost."""
+        no BEGIN and COMMIT around it (`database.one_statement`: one statement
+        reads one snapshot), which were most of a short read's cost; on
+        PostgreSQL in autocommit, without BEGIN and ROLLBACK."""
         with self.engine.connect() as connection:
-            connection.execution_options(**{ONE_STATEMENT: True})
-            return list(connection.execute(statement, dict(params or {})).all())
+            return list(one_statement(connection).execute(statement, dict(params or {})).all())
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
@@ -847,6 +865,7 @@ class ControllerStore:
         names = [vm.name for vm in vms]
         taken = {row.name: row for row in session.execute(_VM_ROWS, {"names": names})}
         outcomes: list[VMRecord | RefusedError | DuplicateVMError] = []
+        numbers = _seq_numbers(session, len(vms))
         for vm in vms:
             if vm.name in taken:
                 outcomes.append(DuplicateVMError(_vm_record(taken[vm.name])))
@@ -861,7 +880,7 @@ class ControllerStore:
             if reason is not None:
                 outcomes.append(RefusedError(host_id, *_reason(reason)))
                 continue
-            record = _reserved_record(vm, host_id, _next_seq(session), now)
+            record = _reserved_record(vm, host_id, next(numbers), now)
             session.execute(_INSERT_VM, _vm_values(record))
             if group is not None:  # the next VM's check sees this one as a member
                 session.execute(_INSERT_MEMBER, {"vm_name": vm.name, "group_name": group})
@@ -1267,10 +1286,27 @@ def _vm_values(record: VMRecord) -> dict[str, Any]:
 
 
 def _next_seq(session: Session) -> int:
-    """Draw the next VM number from the counter table, leaving it empty."""
-    seq: int = session.execute(_DRAW_SEQ).scalar_one()
-    session.execute(_DROP_SEQ, {"seq": seq})
-    return seq
+    """The next VM number (see `_seq_numbers`)."""
+    return next(_seq_numbers(session, 1))
+
+
+def _seq_numbers(session: Session, count: int) -> Iterator[int]:
+    """Up to `count` new VM numbers, increasing, never reused. On PostgreSQL
+    drawn all at once, one statement for a batch: each statement is a round
+    trip to the server, and an insert and a delete a VM were two of a
+    create's 14 (BENCHMARKS.md, issue 16, fifteenth round); numbers of VMs the
+    batch then refuses are skipped, which only leaves gaps in the order. On
+    SQLite (no sequences, statements in process) one at a time, as needed, by
+    inserting a row into the counter table and deleting it."""
+    if count <= 0:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        yield from session.execute(_NEXTVALS, {"count": count}).scalars()
+        return
+    for _ in range(count):
+        seq: int = session.execute(_DRAW_SEQ).scalar_one()
+        session.execute(_DROP_SEQ, {"seq": seq})
+        yield seq
 
 
 def _set_states(
