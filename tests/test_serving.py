@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request, WebSocket
 from websockets.sync.client import connect as ws_connect
 
 import pinfold
+from pinfold import serving
 from pinfold.agent.api import create_app as agent_app
 from pinfold.agent.config import load_config
 from pinfold.agent.drivers import SimDriver
@@ -357,3 +358,40 @@ def test_a_websocket_lives_past_the_request_timeout() -> None:
         time.sleep(3 * LIMITS.request_timeout_s)
         ws.send(b"still here")
         assert ws.recv(timeout=PATIENCE_S) == b"still here"
+
+
+def test_warm_up_answers_one_request_in_process_before_the_port_opens() -> None:
+    """An app's first request built Starlette's middleware stack and imported
+    parts of anyio: 11-16 ms for the first create sent to each agent (issue
+    16, fifteenth round). `warm_up` pays that before serving, with one GET of
+    /healthz through the app itself (no socket)."""
+    app = FastAPI()
+    served: list[str] = []
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        served.append("healthz")
+        return {"status": "ok"}
+
+    assert app.middleware_stack is None
+    serving.warm_up(app)
+    assert served == ["healthz"]
+    assert app.middleware_stack is not None
+
+
+def test_both_daemons_warm_their_app_up_before_serving(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serving.run` (how the agent and the controller serve) warms the app up
+    first, then runs the server."""
+    steps: list[str] = []
+
+    class Server:
+        started = True
+
+        def run(self) -> None:
+            steps.append("serve")
+
+    app = FastAPI()
+    monkeypatch.setattr(serving, "warm_up", lambda warmed: steps.append("warm up" if warmed is app else "?"))
+    monkeypatch.setattr(serving, "server", lambda *_args: Server())
+    serving.run(app, serving.HttpSettings(), "127.0.0.1", free_port(), "test")
+    assert steps == ["warm up", "serve"]

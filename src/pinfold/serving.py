@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+import httpx
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, FilePath, model_validator
 from starlette.responses import JSONResponse
@@ -55,7 +56,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from pinfold.model.errors import ErrorCode, error_body
 from pinfold.tls import warn_plain_listener
 
-__all__ = ["BodyLimit", "ExtraHeaders", "HttpSettings", "ServerLimits", "run", "server"]
+__all__ = ["BodyLimit", "ExtraHeaders", "HttpSettings", "ServerLimits", "run", "server", "warm_up"]
 
 #: how long a timed-out TLS connection's orderly close may take before it is dropped
 TLS_CLOSE_GRACE_S = 1.0
@@ -117,13 +118,30 @@ class HttpSettings(BaseModel):
 def run(app: ASGIApp, settings: HttpSettings, host: str, port: int, who: str) -> None:
     """Serve until SIGTERM or SIGINT (uvicorn stops gracefully on both); exit
     with uvicorn's status 3 when the server could not start, as `uvicorn.run`
-    does. Plain HTTP off loopback is warned about."""
+    does. Plain HTTP off loopback is warned about. The app answers one
+    request in process first (`warm_up`)."""
     warn_plain_listener(who, host, tls=settings.tls is not None)
     served = server(app, host, port, settings.limits, settings.tls)
+    warm_up(app)
     with contextlib.suppress(KeyboardInterrupt):
         served.run()
     if not served.started:
         sys.exit(STARTUP_FAILURE)
+
+
+def warm_up(app: ASGIApp, path: str = "/healthz") -> None:
+    """Send `app` one GET of `path` in process, before the port opens: an
+    app's first request builds Starlette's middleware stack and imports parts
+    of anyio, 11-16 ms that the first create sent to each agent waited for, a
+    hundred times what a request costs (BENCHMARKS.md, issue 16, fifteenth
+    round). `path` must be a read without side effects."""
+
+    async def get() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://warm-up") as client:
+            await client.get(path)
+
+    asyncio.run(get())
 
 
 def server(

@@ -70,9 +70,11 @@ def submit_in_order(
     return {"threads": threads, "answers": answers}
 
 
-def held_first(gate: Gate, most: int = 32) -> tuple[Coalescer[str, str, str], threading.Thread]:
+def held_first(
+    gate: Gate, most: int = 32, gather_s: float = 0.01
+) -> tuple[Coalescer[str, str, str], threading.Thread]:
     """A coalescer whose first batch ("first" alone) is under way, held at the gate."""
-    coalescer: Coalescer[str, str, str] = Coalescer(gate.run, identity=str, most=most)
+    coalescer: Coalescer[str, str, str] = Coalescer(gate.run, identity=str, most=most, gather_s=gather_s)
     first = threading.Thread(target=coalescer.submit, args=("k", "first"))
     first.start()
     wait_until(lambda: len(gate.batches) == 1)
@@ -92,6 +94,58 @@ def test_a_lone_item_runs_at_once_and_those_arriving_meanwhile_run_together_next
     assert gate.batches == [("k", ["first"]), ("k", ["b", "c", "d"])]
     assert later["answers"] == {"b": "B", "c": "C", "d": "D"}
     assert (coalescer.batches, coalescer.items) == (2, 4)
+
+
+def test_the_next_batch_waits_for_the_client_the_last_one_answered():
+    """When "first" ends, three requests were in flight ("first" and the two
+    queued behind it): the next batch waits for the third, the client
+    "first" answered, sending its next request ("again"), and takes all three
+    (the code before ran "a" and "b" at once, then "again" alone: two
+    batches taking turns). `gather_s` is long here, so only gathering can
+    put the three together."""
+    gate = Gate()
+    coalescer, first = held_first(gate, gather_s=60.0)
+    later = submit_in_order(coalescer, [("k", "a"), ("k", "b")])
+    gate.open.set()
+    first.join(30)
+    wait_until(lambda: coalescer.queued == 2)
+    assert gate.batches == [("k", ["first"])], "a and b wait for the third"
+    assert coalescer.submit("k", "again") == "AGAIN"
+    for thread in later["threads"]:
+        thread.join(30)
+    assert gate.batches == [("k", ["first"]), ("k", ["a", "b", "again"])]
+    assert later["answers"] == {"a": "A", "b": "B"}
+
+
+def test_gathering_ends_when_its_time_is_up():
+    """The third request never comes: "a" and "b" go together once
+    `gather_s` has passed since "first" ended."""
+    gate = Gate()
+    coalescer, first = held_first(gate, gather_s=0.05)
+    later = submit_in_order(coalescer, [("k", "a"), ("k", "b")])
+    gate.open.set()
+    for thread in [first, *later["threads"]]:
+        thread.join(30)
+    assert gate.batches == [("k", ["first"]), ("k", ["a", "b"])]
+
+
+def test_a_lone_client_is_never_held():
+    """One request at a time: each was the only one in flight when the one
+    before it ended, so each runs at once, however long `gather_s` is."""
+    gate = Gate()
+    gate.open.set()
+    coalescer: Coalescer[str, str, str] = Coalescer(gate.run, identity=str, gather_s=600.0)
+    answers: list[str] = []
+    client = threading.Thread(target=lambda: answers.extend(coalescer.submit("k", item) for item in "abc"))
+    client.start()
+    client.join(60)  # held, it would take 600 s a request
+    assert answers == ["A", "B", "C"]
+    assert gate.batches == [("k", ["a"]), ("k", ["b"]), ("k", ["c"])]
+
+
+def test_a_wait_cannot_be_negative():
+    with pytest.raises(ValueError, match="not negative"):
+        Coalescer(Gate().run, identity=str, gather_s=-1.0)
 
 
 def test_keys_are_not_mixed_and_an_item_sent_twice_waits_for_the_next_batch():

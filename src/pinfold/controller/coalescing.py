@@ -1,13 +1,25 @@
 """Requests that arrive while others of their kind are being done are done
 together, as the next batch, by one of their own threads (a leader). No
-timer and no thread of its own: a request that finds room runs at once, so a
-lone request waits for nothing; only under load do requests queue, and then
-they share one pass (a create's reservation, agent call and `running` write
-per host instead of one each). The pattern of a group commit, one level up."""
+thread of its own: a request that finds room runs at once, so a lone request
+waits for nothing; only under load do requests queue, and then they share one
+pass (a create's reservation, agent call and `running` write per host instead
+of one each). The pattern of a group commit, one level up.
+
+One wait, short and bounded (`gather_s`): when a batch ends, k requests were
+in flight (the batch's and those queued behind it), and the clients it
+answered are sending their next ones; a request that could lead the next
+batch then, with fewer than k queued, waits for the others (at most
+`gather_s` after that batch's end) so that they go as one batch. Without it,
+8 clients settled into two batches taking turns (7 and 1, or 4 and 4: each a
+whole pass, a reservation, an agent call and a `running` write), every
+request waiting for the other batch's pass before its own (BENCHMARKS.md,
+issue 16, fifteenth round). A lone client is never held: it was the only
+request in flight."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -19,6 +31,9 @@ R = TypeVar("R")
 
 #: a batch's outcome for each of its items, in order: its result or the error it raised
 Outcomes = Sequence[R | BaseException]
+
+#: how long after a batch ends a request waits for the rest of that batch's clients
+GATHER_S = 0.010
 
 
 class _Ticket(Generic[K, T, R]):
@@ -40,7 +55,10 @@ class Coalescer(Generic[K, T, R]):
     twice at once waits for the next batch, where it finds the first one's
     outcome). `run` gives one outcome per item, in order: a result, or an
     exception, raised in that item's thread; an exception of `run` itself is
-    raised in every thread of its batch."""
+    raised in every thread of its batch. A request that would lead a batch
+    within `gather_s` of the last batch's end, with fewer queued than were in
+    flight then, waits until they are queued or that time is up (the
+    module's docstring says why)."""
 
     def __init__(
         self,
@@ -48,13 +66,20 @@ class Coalescer(Generic[K, T, R]):
         identity: Callable[[T], Hashable],
         most: int = 32,
         running: int = 1,
+        gather_s: float = GATHER_S,
     ) -> None:
-        if most < 1 or running < 1:
-            raise ValueError("a batch holds at least one item, and at least one batch runs")
+        if most < 1 or running < 1 or gather_s < 0:
+            raise ValueError(
+                "a batch holds at least one item, at least one batch runs, and waits are not negative"
+            )
         self._run, self._identity, self.most, self.running = run, identity, most, running
+        self.gather_s = gather_s
         self._changed = threading.Condition()
         self._queue: list[_Ticket[K, T, R]] = []
         self._under_way = 0
+        #: requests in flight when the last batch ended (it and those queued), and when (time.monotonic)
+        self._last_size, self._last_end = 0, 0.0
+        self._gathering = 0
         #: batches run, and items run in them (for tests and metrics)
         self.batches = self.items = 0
 
@@ -68,10 +93,18 @@ class Coalescer(Generic[K, T, R]):
         ticket: _Ticket[K, T, R] = _Ticket(key, item, self._identity(item))
         with self._changed:
             self._queue.append(ticket)
+            if self._gathering:
+                self._changed.notify_all()  # one more for the batch being gathered
             while not ticket.taken:
                 if self._under_way < self.running:
-                    batch = self._take(ticket)
-                    break
+                    wait = self._gather_wait()
+                    if wait <= 0:
+                        batch = self._take(ticket)
+                        break
+                    self._gathering += 1
+                    self._changed.wait(wait)
+                    self._gathering -= 1
+                    continue
                 self._changed.wait()
             else:  # another thread took it into its batch: wait for the answer
                 while not ticket.answered:
@@ -79,6 +112,13 @@ class Coalescer(Generic[K, T, R]):
                 return _answer(ticket)
         self._lead(batch)
         return _answer(ticket)
+
+    def _gather_wait(self) -> float:
+        """How long a request that could lead a batch now waits for the rest
+        of the clients the last batch answered first (0: it leads at once)."""
+        if self._last_size <= 1 or len(self._queue) >= self._last_size:
+            return 0.0
+        return self._last_end + self.gather_s - time.monotonic()
 
     def _take(self, leader: _Ticket[K, T, R]) -> list[_Ticket[K, T, R]]:
         """The leader's batch, in the order they were submitted: itself and
@@ -119,6 +159,7 @@ class Coalescer(Generic[K, T, R]):
                     ticket.result = outcome
                 ticket.answered = True
             self._under_way -= 1
+            self._last_size, self._last_end = min(len(batch) + len(self._queue), self.most), time.monotonic()
             self._changed.notify_all()
 
 
