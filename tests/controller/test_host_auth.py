@@ -15,6 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from pinfold.agent.registration import Registrar
 from pinfold.cli import app
 from pinfold.controller.credentials import Enrolment, HostCredential, digest
 from pinfold.controller.feasibility import Feasibility
@@ -22,6 +23,7 @@ from pinfold.controller.models import VMState
 from pinfold.controller.store import ControllerStore, HostAuthError, HostInUseError
 from pinfold.model.vm import VMRequest
 from tests.controller.cluster import ADMIN, AGENT, PERIOD_S, LocalCluster, start_host
+from tests.servers import free_port
 
 ENROLMENT = {"Authorization": f"Bearer {AGENT}"}
 
@@ -245,3 +247,43 @@ def test_a_credential_that_cannot_be_saved_is_kept_in_memory_and_saved_later(clu
     cluster.wait(lambda: blocker.is_file() and host.registrar.last_error is None, "the credential saved")
     assert cluster.http.post("/api/v1/hosts/h1/heartbeat", json={"vms": {"a": "running"}},
                              headers=credential_of(cluster, "h1")).status_code == 200  # fmt: skip
+
+
+def test_a_refused_registration_is_asked_again_ever_less_often(
+    cluster: LocalCluster, i7_topology: dict[str, Any], tmp_path: Path
+) -> None:
+    """A registration the controller refuses (here an address it cannot call:
+    422) stays refused until an operator acts: the agent asks again after 2,
+    4, 8... seconds, up to its period, not every second as before (each round
+    sent the whole topology document, after the digest's 422). A controller
+    it cannot reach is tried every second; once registered, the count starts
+    again."""
+    address = ["http://h9:0"]
+    registrar = Registrar(
+        cluster.url, AGENT, "h9", lambda: registration("h9", address[0], i7_topology),
+        lambda: {"status": {}, "vms": {}, "pins": {}, "vnodes": {}}, 20.0, tmp_path / "h9.token",
+    )  # fmt: skip
+    try:
+        waits = []
+        for _ in range(6):
+            registrar.beat()
+            assert not registrar.registered
+            assert "422" in str(registrar.last_error), registrar.last_error
+            waits.append(registrar._next_round_s(was_registered=False))
+        for wait, most in zip(waits, [2, 4, 8, 16, 20, 20], strict=True):
+            assert most * 0.9 <= wait <= most, waits
+        address[0] = "http://127.0.0.1:9"
+        registrar.beat()
+        assert registrar.registered, registrar.last_error
+    finally:
+        registrar.stop()
+    document = registration("h8", "http://127.0.0.1:9", i7_topology)
+    unreachable = Registrar(
+        f"http://127.0.0.1:{free_port()}", AGENT, "h8", lambda: document, dict, 20.0, tmp_path / "h8.token"
+    )
+    try:
+        unreachable.beat()
+        assert "unreachable" in str(unreachable.last_error)
+        assert unreachable._next_round_s(was_registered=False) == 1.0
+    finally:
+        unreachable.stop()

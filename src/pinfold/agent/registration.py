@@ -88,6 +88,8 @@ class Registrar:
         self._unsaved: str | None = None
         #: the controller revoked this host: ask again only once a period, not every second
         self._revoked = False
+        #: registrations refused in a row (`_refusal`): asked again ever less often
+        self._refusals = 0
         self._client = httpx.Client(
             base_url=controller_url.rstrip("/"),
             timeout=max(2.0, period_s),
@@ -139,24 +141,30 @@ class Registrar:
             response = self._post(document, credential)
             if response.status_code == 200:
                 self._credential = credential
+                self._refusals = 0
                 self.registered = True
                 return True
             self._revoked = response.status_code == 403
             if response.status_code != 401:  # revoked (403), or the controller failing
-                self.last_error = _refused("registration", response)
-                return False
+                return self._not_registered("registration", response)
         response = self._post(document, self._enrolment_token)
         if response.status_code != 200:
-            self.last_error = _refused("enrolment", response)
-            return False
+            return self._not_registered("enrolment", response)
         issued = response.json().get("credential")
         # a controller from before host credentials issues none: it takes the enrolment token
         self._credential = issued if isinstance(issued, str) else None
         self._unsaved = self._credential
         self._revoked = False
+        self._refusals = 0
         self.registered = True
         self.last_error = self._save_credential()
         return True
+
+    def _not_registered(self, what: str, response: httpx.Response) -> bool:
+        """Note why the controller did not register this host (False)."""
+        self.last_error = _refused(what, response)
+        self._refusals = self._refusals + 1 if _refusal(response) else 0
+        return False
 
     def _post(self, document: dict[str, Any], token: str) -> httpx.Response:
         """The registration, naming the topology by its digest first: a
@@ -199,10 +207,18 @@ class Registrar:
 
     def _next_round_s(self, was_registered: bool) -> float:
         """The wait before the next round: a second while registering (a
-        period, jittered, once revoked); after a registration, a phase drawn
-        anywhere in the period (`_phase`); then a period, jittered (`_jittered`)."""
+        period, jittered, once revoked; after n refusals in a row, 2**n
+        seconds up to a period, jittered: an address or a token the
+        controller refuses stays refused until an operator acts, and each
+        round sent the registration, the whole topology document after a
+        422); after a registration, a phase drawn anywhere in the period
+        (`_phase`); then a period, jittered (`_jittered`)."""
         if not self.registered:
-            return _jittered(self._period_s) if self._revoked else min(self._period_s, 1.0)
+            if self._revoked:
+                return _jittered(self._period_s)
+            if self._refusals:
+                return _jittered(min(self._period_s, 2.0**self._refusals))
+            return min(self._period_s, 1.0)
         return _phase(self._period_s) if not was_registered else _jittered(self._period_s)
 
 
@@ -221,6 +237,12 @@ def _jittered(period_s: float) -> float:
     each round, so that agents do not fall back in step. Never longer than
     the period: the controller judges a host down after three of them."""
     return period_s * (1.0 - BEAT_JITTER * random.random())
+
+
+def _refusal(response: httpx.Response) -> bool:
+    """An answer that asking again at once will not change: a 4xx, but a
+    timeout (408) or too many requests (429)."""
+    return 400 <= response.status_code < 500 and response.status_code not in (408, 429)
 
 
 def _bearer(token: str) -> dict[str, str]:
