@@ -379,6 +379,19 @@ def test_warm_up_answers_one_request_in_process_before_the_port_opens() -> None:
     assert app.middleware_stack is not None
 
 
+def test_a_failed_warm_up_is_logged_and_the_daemon_serves_all_the_same(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        raise RuntimeError("not ready")
+
+    serving.warm_up(app)
+    assert "the warm-up request failed" in caplog.text
+
+
 def test_both_daemons_warm_their_app_up_before_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     """`serving.run` (how the agent and the controller serve) warms the app up
     first, then runs the server."""

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -57,6 +58,8 @@ from pinfold.model.errors import ErrorCode, error_body
 from pinfold.tls import warn_plain_listener
 
 __all__ = ["BodyLimit", "ExtraHeaders", "HttpSettings", "ServerLimits", "run", "server", "warm_up"]
+
+logger = logging.getLogger(__name__)
 
 #: how long a timed-out TLS connection's orderly close may take before it is dropped
 TLS_CLOSE_GRACE_S = 1.0
@@ -134,14 +137,18 @@ def warm_up(app: ASGIApp, path: str = "/healthz") -> None:
     app's first request builds Starlette's middleware stack and imports parts
     of anyio, 11-16 ms that the first create sent to each agent waited for, a
     hundred times what a request costs (BENCHMARKS.md, issue 16, fifteenth
-    round). `path` must be a read without side effects."""
+    round). `path` must be a read without side effects. Only a speed-up: a
+    failure is logged, and the daemon serves all the same."""
 
     async def get() -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://warm-up") as client:
             await client.get(path)
 
-    asyncio.run(get())
+    try:
+        asyncio.run(get())
+    except Exception:
+        logger.exception("the warm-up request failed")
 
 
 def server(

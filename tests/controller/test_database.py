@@ -219,15 +219,20 @@ def test_a_postgresql_connection_the_server_closed_is_replaced_before_use(
     """A pooled connection idle past `PING_AFTER_IDLE_S` is pinged when taken
     and, closed by the server, replaced: the statement runs (without the
     ping it fails with 'terminating connection due to administrator
-    command')."""
+    command'). The pool then drops its other connections too as they are
+    taken, a ping or not: the second one here is taken as used a moment
+    ago, unpinged, and works."""
     engine = connect(postgres_url, pool_size=2)
     try:
-        with engine.connect() as connection:
-            assert connection.exec_driver_sql("SELECT 1").scalar() == 1
+        with engine.connect() as one, engine.connect() as two:
+            assert one.exec_driver_sql("SELECT 1").scalar() == two.exec_driver_sql("SELECT 1").scalar() == 1
         _server_ends_every_connection_to(postgres_url)
         monkeypatch.setattr(database, "PING_AFTER_IDLE_S", 0.0)  # idle long enough, without waiting
         with engine.connect() as connection:
             assert connection.exec_driver_sql("SELECT 2").scalar() == 2
+            monkeypatch.setattr(database, "PING_AFTER_IDLE_S", 3600.0)  # no more pings
+            with engine.connect() as other:
+                assert other.exec_driver_sql("SELECT 3").scalar() == 3
     finally:
         engine.dispose()
 

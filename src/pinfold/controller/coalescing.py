@@ -10,11 +10,14 @@ in flight (the batch's and those queued behind it), and the clients it
 answered are sending their next ones; a request that could lead the next
 batch then, with fewer than k queued, waits for the others (at most
 `gather_s` after that batch's end) so that they go as one batch. Without it,
-8 clients settled into two batches taking turns (7 and 1, or 4 and 4: each a
-whole pass, a reservation, an agent call and a `running` write), every
-request waiting for the other batch's pass before its own (BENCHMARKS.md,
-issue 16, fifteenth round). A lone client is never held: it was the only
-request in flight."""
+8 clients settled into two batches taking turns (7 and 1: each a whole pass,
+a reservation, an agent call and a `running` write), every request waiting
+for the other batch's pass before its own (BENCHMARKS.md, issue 16,
+fifteenth round). A lone client is never held: it was the only request in
+flight. Only requests of the ended batch's key wait (a busy key must not
+hold another's), each once; and after a wait that ran out of time the next
+batch waits for none: requests that do not come back at once wait at most
+every other batch."""
 
 from __future__ import annotations
 
@@ -39,11 +42,13 @@ GATHER_S = 0.010
 class _Ticket(Generic[K, T, R]):
     """One request, queued, taken into a batch, then answered."""
 
-    __slots__ = ("answered", "error", "identity", "item", "key", "result", "taken")
+    __slots__ = ("answered", "deadline", "error", "identity", "item", "key", "result", "taken")
 
     def __init__(self, key: K, item: T, identity: Hashable) -> None:
         self.key, self.item, self.identity = key, item, identity
         self.taken = self.answered = False
+        #: until when it may wait to gather others, set the first time it could lead (0: not at all)
+        self.deadline: float | None = None
         self.result: R | None = None
         self.error: BaseException | None = None
 
@@ -56,9 +61,9 @@ class Coalescer(Generic[K, T, R]):
     outcome). `run` gives one outcome per item, in order: a result, or an
     exception, raised in that item's thread; an exception of `run` itself is
     raised in every thread of its batch. A request that would lead a batch
-    within `gather_s` of the last batch's end, with fewer queued than were in
-    flight then, waits until they are queued or that time is up (the
-    module's docstring says why)."""
+    within `gather_s` of the last batch's end, of that batch's key, with fewer
+    of that key queued than were in flight then, waits until they are queued
+    or that time is up (the module's docstring says why); once at most."""
 
     def __init__(
         self,
@@ -77,8 +82,12 @@ class Coalescer(Generic[K, T, R]):
         self._changed = threading.Condition()
         self._queue: list[_Ticket[K, T, R]] = []
         self._under_way = 0
-        #: requests in flight when the last batch ended (it and those queued), and when (time.monotonic)
-        self._last_size, self._last_end = 0, 0.0
+        #: the last batch's key, the requests of that key in flight when it ended (it and
+        #: those queued; 0: gather nothing) and when it ended (time.monotonic)
+        self._last_key: K | None = None
+        self._in_flight, self._last_end = 0, 0.0
+        #: the last gathering's time ran out before all came: the next batch's end arms none
+        self._missed = False
         self._gathering = 0
         #: batches run, and items run in them (for tests and metrics)
         self.batches = self.items = 0
@@ -97,13 +106,15 @@ class Coalescer(Generic[K, T, R]):
                 self._changed.notify_all()  # one more for the batch being gathered
             while not ticket.taken:
                 if self._under_way < self.running:
-                    wait = self._gather_wait()
+                    wait = self._gather_wait(ticket)
                     if wait <= 0:
                         batch = self._take(ticket)
                         break
                     self._gathering += 1
-                    self._changed.wait(wait)
-                    self._gathering -= 1
+                    try:
+                        self._changed.wait(wait)
+                    finally:
+                        self._gathering -= 1
                     continue
                 self._changed.wait()
             else:  # another thread took it into its batch: wait for the answer
@@ -113,12 +124,22 @@ class Coalescer(Generic[K, T, R]):
         self._lead(batch)
         return _answer(ticket)
 
-    def _gather_wait(self) -> float:
-        """How long a request that could lead a batch now waits for the rest
-        of the clients the last batch answered first (0: it leads at once)."""
-        if self._last_size <= 1 or len(self._queue) >= self._last_size:
+    def _gather_wait(self, ticket: _Ticket[K, T, R]) -> float:
+        """How long `ticket`, which could lead a batch now, waits for the rest
+        of the clients the last batch answered first (0: it leads at once).
+        Only a request of the last batch's key gathers (others would starve
+        behind a busy key), and each at most once, until its deadline."""
+        if ticket.deadline is None:
+            armed = ticket.key == self._last_key and self._in_flight > 1
+            ticket.deadline = self._last_end + self.gather_s if armed else 0.0
+        if not ticket.deadline:
             return 0.0
-        return self._last_end + self.gather_s - time.monotonic()
+        if sum(1 for queued in self._queue if queued.key == ticket.key) >= self._in_flight:
+            return 0.0
+        left = ticket.deadline - time.monotonic()
+        if left <= 0:
+            self._missed = True
+        return left
 
     def _take(self, leader: _Ticket[K, T, R]) -> list[_Ticket[K, T, R]]:
         """The leader's batch, in the order they were submitted: itself and
@@ -159,8 +180,18 @@ class Coalescer(Generic[K, T, R]):
                     ticket.result = outcome
                 ticket.answered = True
             self._under_way -= 1
-            self._last_size, self._last_end = min(len(batch) + len(self._queue), self.most), time.monotonic()
+            self._arm_gathering(batch[0].key, len(batch))
             self._changed.notify_all()
+
+    def _arm_gathering(self, key: K, size: int) -> None:
+        """At the end of a batch of `size` (holding the lock): what the next
+        batch of `key` gathers. None after a gathering that ran out of time (those clients
+        did not come back, or not at once), so that a stream of unrelated
+        requests waits at most every other batch."""
+        self._last_key, self._last_end = key, time.monotonic()
+        in_flight = size + sum(1 for queued in self._queue if queued.key == key)
+        self._in_flight = 0 if self._missed else min(in_flight, self.most)
+        self._missed = False
 
 
 def _answer(ticket: _Ticket[K, T, R]) -> R:

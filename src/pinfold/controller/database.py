@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import URL, Connection, Engine, create_engine, event, func, inspect, make_url, select
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.orm import Session, sessionmaker
 
 from pinfold.model.defaults import DATABASE_POOL_SIZE
@@ -231,8 +231,10 @@ def _note_return(_dbapi_connection: Any, record: Any) -> None:
 
 
 def _ping_if_idle(engine: Engine) -> Any:
-    """The pool's checkout hook: raising `DisconnectionError` makes the pool
-    drop the connection and hand out another (a new one if need be)."""
+    """The pool's checkout hook: raising `InvalidatePoolError` makes the pool
+    drop the connection and hand out another (a new one if need be), and
+    drop the others too when they are next taken: the server that closed
+    this one closed them as well, those used a moment ago included."""
 
     def ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
         returned = record.info.get(_RETURNED)
@@ -242,7 +244,7 @@ def _ping_if_idle(engine: Engine) -> Any:
             engine.dialect.do_ping(dbapi_connection)
         except engine.dialect.loaded_dbapi.Error as exc:
             if engine.dialect.is_disconnect(exc, dbapi_connection, None):
-                raise DisconnectionError(str(exc)) from exc
+                raise InvalidatePoolError(str(exc)) from exc
             raise
 
     return ping

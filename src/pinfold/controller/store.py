@@ -153,9 +153,11 @@ _DRAW_SEQ = insert(_SEQUENCE).returning(_SEQUENCE.c.id)
 _DROP_SEQ = delete(_SEQUENCE).where(_SEQUENCE.c.id == bindparam("seq"))
 #: PostgreSQL: numbers from the counter table's own sequence (what an insert
 #: into it draws), as many as asked, in one statement and without a row.
-_NEXTVALS = select(
-    func.nextval(func.pg_get_serial_sequence(literal("vm_sequence"), literal("id")))
-).select_from(func.generate_series(1, bindparam("count")))
+_NEXTVALS = (
+    select(func.nextval(func.pg_get_serial_sequence(literal("vm_sequence"), literal("id"))).label("seq"))
+    .select_from(func.generate_series(1, bindparam("count")))
+    .order_by("seq")
+)
 _INSERT_VM, _INSERT_MEMBER, _INSERT_EVENT = insert(_VMS), insert(_MEMBERS), insert(_EVENTS)
 
 
