@@ -70,6 +70,14 @@ def submit_in_order(
     return {"threads": threads, "answers": answers}
 
 
+def open_and_join(gate: Gate, threads: list[threading.Thread]) -> None:
+    """Let the held batch go, then wait for every thread, none held for ever."""
+    gate.open.set()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive(), "a request still waits"
+
+
 def held_first(
     gate: Gate, most: int = 32, gather_s: float = 0.01
 ) -> tuple[Coalescer[str, str, str], threading.Thread]:
@@ -126,10 +134,7 @@ def test_another_keys_request_is_not_held_by_a_gathering():
     gate = Gate()
     coalescer, first = held_first(gate, gather_s=600.0)
     later = submit_in_order(coalescer, [("other", "x"), ("k", "a")])
-    gate.open.set()
-    for thread in [first, *later["threads"]]:
-        thread.join(60)
-        assert not thread.is_alive(), "held by a gathering"
+    open_and_join(gate, [first, *later["threads"]])
     assert gate.batches == [("k", ["first"]), ("other", ["x"]), ("k", ["a"])]
     assert later["answers"] == {"x": "X", "a": "A"}
 
@@ -141,9 +146,7 @@ def test_after_a_gathering_ran_out_of_time_the_next_batch_gathers_nothing():
     gate = Gate()
     coalescer, first = held_first(gate, gather_s=0.05)
     later = submit_in_order(coalescer, [("k", "a"), ("k", "b")])
-    gate.open.set()
-    for thread in [first, *later["threads"]]:
-        thread.join(30)
+    open_and_join(gate, [first, *later["threads"]])
     assert gate.batches == [("k", ["first"]), ("k", ["a", "b"])]  # they waited 0.05 s for a third
     coalescer.gather_s = 600.0
     second = threading.Thread(target=coalescer.submit, args=("k", "alone"))
@@ -159,9 +162,7 @@ def test_gathering_ends_when_its_time_is_up():
     gate = Gate()
     coalescer, first = held_first(gate, gather_s=0.05)
     later = submit_in_order(coalescer, [("k", "a"), ("k", "b")])
-    gate.open.set()
-    for thread in [first, *later["threads"]]:
-        thread.join(30)
+    open_and_join(gate, [first, *later["threads"]])
     assert gate.batches == [("k", ["first"]), ("k", ["a", "b"])]
 
 
