@@ -36,7 +36,7 @@ R = TypeVar("R")
 Outcomes = Sequence[R | BaseException]
 
 #: how long after a batch ends a request waits for the rest of that batch's clients
-GATHER_S = 0.010
+GATHER_S = 0.020
 
 
 class _Ticket(Generic[K, T, R]):
