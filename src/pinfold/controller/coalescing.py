@@ -185,9 +185,9 @@ class Coalescer(Generic[K, T, R]):
 
     def _arm_gathering(self, key: K, size: int) -> None:
         """At the end of a batch of `size` (holding the lock): what the next
-        batch of `key` gathers. None after a gathering that ran out of time (those clients
-        did not come back, or not at once), so that a stream of unrelated
-        requests waits at most every other batch."""
+        batch of `key` gathers. None after a gathering that ran out of time
+        (those clients did not come back, or not at once), so that a stream
+        of unrelated requests waits at most every other batch."""
         self._last_key, self._last_end = key, time.monotonic()
         in_flight = size + sum(1 for queued in self._queue if queued.key == key)
         self._in_flight = 0 if self._missed else min(in_flight, self.most)
