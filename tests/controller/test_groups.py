@@ -199,7 +199,13 @@ def test_creates_at_once_in_one_anti_affinity_group_never_share_a_host(cluster, 
         with httpx.Client(base_url=url, timeout=60, headers=ADMIN_AUTH) as http:
             return http.post("/api/v1/vms", json={"name": f"web-{n}", "group": "web", **SMALL})
 
+    def all_up() -> bool:
+        return all(len(replica.schedulable_hosts()) == 3 for replica in (cluster.controller, second))
+
     try:
+        # both replicas see the three hosts up first: a clean-clone CI run, its machine busy, once
+        # had a replica whose cached list of hosts up (read when a beat was late) was empty
+        cluster.wait(all_up, "the three hosts up in both replicas")
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(create, [(cluster.url if n % 2 else served.url, n) for n in range(6)]))
     finally:
