@@ -202,11 +202,12 @@ def _server_ends_every_connection_to(url: str) -> None:
     """What a server restart or an administrator does to the controller's
     connections: the server side closes them, the pool does not know."""
     admin = create(url).execution_options(isolation_level="AUTOCOMMIT")
-    others = "datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
     try:
         with admin.connect() as connection:
             ended = connection.exec_driver_sql(
-                f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {others}"
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend'"
             )
             assert ended.scalar()
     finally:

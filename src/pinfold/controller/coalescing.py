@@ -134,12 +134,16 @@ class Coalescer(Generic[K, T, R]):
             ticket.deadline = self._last_end + self.gather_s if armed else 0.0
         if not ticket.deadline:
             return 0.0
-        if sum(1 for queued in self._queue if queued.key == ticket.key) >= self._in_flight:
+        if self._queued(ticket.key) >= self._in_flight:
             return 0.0
         left = ticket.deadline - time.monotonic()
         if left <= 0:
             self._missed = True
         return left
+
+    def _queued(self, key: K) -> int:
+        """How many requests of `key` are queued (holding the lock)."""
+        return sum(1 for queued in self._queue if queued.key == key)
 
     def _take(self, leader: _Ticket[K, T, R]) -> list[_Ticket[K, T, R]]:
         """The leader's batch, in the order they were submitted: itself and
@@ -189,7 +193,7 @@ class Coalescer(Generic[K, T, R]):
         (those clients did not come back, or not at once), so that a stream
         of unrelated requests waits at most every other batch."""
         self._last_key, self._last_end = key, time.monotonic()
-        in_flight = size + sum(1 for queued in self._queue if queued.key == key)
+        in_flight = size + self._queued(key)
         self._in_flight = 0 if self._missed else min(in_flight, self.most)
         self._missed = False
 

@@ -17,9 +17,9 @@ leans on is set here, in one place:
   SQLite, each a wait for the GIL when requests run side by side).
 - PostgreSQL: READ COMMITTED, stated rather than assumed: after waiting for a
   host's row lock, `reserve` must see the VMs the previous holder committed,
-  which REPEATABLE READ's older snapshot would hide. Connections marked
-  `ONE_STATEMENT` run in autocommit: no BEGIN and ROLLBACK around the one
-  SELECT, each a round trip to the server.
+  which REPEATABLE READ's older snapshot would hide. A connection for one
+  statement (`one_statement`) runs in autocommit: no BEGIN and ROLLBACK
+  around the one SELECT, each a round trip to the server.
 
 Migrations run at connect, to head, under a lock (the SQLite write lock, a
 PostgreSQL advisory lock) so that replicas starting together do not race.
